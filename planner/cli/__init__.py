@@ -1,0 +1,1 @@
+"""Command-line interface: one typer app, one small module per command."""

@@ -1,0 +1,45 @@
+"""The one typer app. Every command is registered here; PlannerError becomes one sentence and exit 1."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from planner.errors import PlannerError
+
+app = typer.Typer(
+    name="planner",
+    help="GPU memory and resource planner for training large language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from planner.cli import catalog_cmd, estimate_cmd
+
+    app.command("estimate")(estimate_cmd.estimate)
+    app.command("models")(catalog_cmd.models)
+    app.command("gpus")(catalog_cmd.gpus)
+
+
+_register()
+
+
+def fail(message: str) -> None:
+    """Print one sentence to stderr and exit 1."""
+    message = " ".join(str(message).split())
+    typer.echo(f"error: {message}", err=True)
+    raise SystemExit(1)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except PlannerError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted.", err=True)
+        sys.exit(130)

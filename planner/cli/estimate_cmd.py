@@ -1,0 +1,235 @@
+"""`planner estimate`: per-GPU memory for every method x ZeRO stage x offload, as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from planner.cli import options as o
+from planner.errors import PlannerError
+from planner.estimate.core import estimate as run_estimate
+from planner.estimate.result import Estimate
+from planner.models import load_model
+from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
+
+DEFAULT_MFU = 0.4
+
+
+def enumerate_rows(
+    model: ModelSpec,
+    cluster: Cluster,
+    base: TrainSpec,
+    methods: list[Method],
+    stages: list[int],
+    offloads: list[Offload],
+    *,
+    margin: float,
+    allow_longer: bool = False,
+    strict: bool = False,
+) -> list[Estimate]:
+    """One Estimate per valid method x stage x offload. With ``strict`` an invalid combination raises."""
+    rows = []
+    for method in methods:
+        for stage in stages:
+            for offload in offloads:
+                try:
+                    train = dataclasses.replace(base, method=method, zero_stage=stage, offload=offload)
+                except PlannerError:
+                    if strict:
+                        raise
+                    continue
+                rows.append(run_estimate(model, train, cluster, margin=margin, allow_longer=allow_longer))
+    return rows
+
+
+def _with_extras(est: Estimate, *, mfu: float, num_tokens: int, price: float) -> Estimate:
+    from planner.estimate.fits import find_fit
+    from planner.estimate.throughput import throughput
+
+    return dataclasses.replace(
+        est,
+        throughput=throughput(est, mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price),
+        fit=find_fit(est),
+    )
+
+
+def estimate(
+    model: o.ModelOpt,
+    gpus: o.GpusOpt = 1,
+    gpu: o.GpuOpt = "h100-sxm-80gb",
+    nodes: o.NodesOpt = 1,
+    method: o.MethodOpt = None,
+    zero: o.ZeroOpt = None,
+    offload: o.OffloadOpt = None,
+    precision: o.PrecisionOpt = "bf16-mixed",
+    optimizer: o.OptimizerOpt = "adamw",
+    lora_rank: o.LoraRankOpt = 16,
+    lora_alpha: o.LoraAlphaOpt = 32,
+    lora_dropout: o.LoraDropoutOpt = 0.05,
+    lora_targets: o.LoraTargetsOpt = "all-linear",
+    modules_to_save: o.ModulesToSaveOpt = "",
+    quant_type: o.QuantTypeOpt = "nf4",
+    double_quant: o.DoubleQuantOpt = True,
+    micro_batch: o.MicroBatchOpt = 1,
+    seq_len: o.SeqLenOpt = 2048,
+    grad_accum: o.GradAccumOpt = 1,
+    grad_checkpointing: o.CheckpointingOpt = False,
+    attn: o.AttnOpt = "sdpa",
+    dropout: o.DropoutOpt = None,
+    allow_longer: o.AllowLongerOpt = False,
+    margin: Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")] = 0.1,
+    mfu: Annotated[
+        float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for time and cost, in (0, 1].")
+    ] = DEFAULT_MFU,
+    tokens: Annotated[int, typer.Option("--tokens", help="Tokens to train on, for time and cost.")] = 0,
+    price_per_gpu_hour: Annotated[
+        float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")
+    ] = 0.0,
+    compare_gpus: Annotated[
+        bool, typer.Option("--compare-gpus", help="For every catalog GPU: fewest GPUs that fit, time and cost.")
+    ] = False,
+    trust_remote_code: o.TrustRemoteCodeOpt = False,
+    as_json: o.JsonOpt = False,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Also write the rows to this CSV file.")] = None,
+) -> None:
+    """Estimate per-GPU memory (and time and cost) for training MODEL on GPUS accelerators."""
+    if not 0.0 < mfu <= 1.0:
+        raise PlannerError(f"--mfu must be in (0, 1], got {mfu}.")
+    if price_per_gpu_hour < 0:
+        raise PlannerError(f"--price-per-gpu-hour must not be negative, got {price_per_gpu_hour}.")
+    if tokens < 0:
+        raise PlannerError(f"--tokens must not be negative, got {tokens}.")
+    if not 0.0 <= margin < 1.0:
+        raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
+    if zero is not None and zero not in (0, 1, 2, 3):
+        raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
+    if csv is not None and csv.is_dir():
+        raise PlannerError(f"--csv {str(csv)!r} is a directory; give a file path.")
+    spec = load_model(model, trust_remote_code=trust_remote_code)
+    base = o.build_train_spec(
+        method=method or "full",
+        precision=precision,
+        optimizer=optimizer,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        lora_targets=lora_targets,
+        modules_to_save=modules_to_save,
+        quant_type=quant_type,
+        double_quant=double_quant,
+        zero=0,
+        offload="none",
+        micro_batch=micro_batch,
+        seq_len=seq_len,
+        grad_accum=grad_accum,
+        grad_checkpointing=grad_checkpointing,
+        attn=attn,
+        dropout=dropout,
+    )
+    if compare_gpus:
+        _compare_gpus(spec, base, method, tokens, mfu, price_per_gpu_hour, margin, as_json)
+        return
+    cluster = o.build_cluster(gpu, gpus, nodes)
+    methods = [o.parse_method(method)] if method else list(Method)
+    stages = [zero] if zero is not None else [0, 1, 2, 3]
+    offloads = [o.parse_offload(offload)] if offload else list(Offload)
+    strict = method is not None and zero is not None and offload is not None
+    rows = enumerate_rows(
+        spec, cluster, base, methods, stages, offloads, margin=margin, allow_longer=allow_longer, strict=strict
+    )
+    if not rows:
+        raise PlannerError(
+            "no valid combination of the given --method, --zero and --offload (offload needs ZeRO 1-3, "
+            "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2)."
+        )
+    rows = [_with_extras(r, mfu=mfu, num_tokens=tokens, price=price_per_gpu_hour) for r in rows]
+    payload = {
+        "model": _model_json(spec),
+        "gpu": dataclasses.asdict(cluster.gpu),
+        "cluster": {"num_gpus": cluster.num_gpus, "num_nodes": cluster.num_nodes},
+        "train": _train_json(base),
+        "margin": margin,
+        "rows": [r.row() for r in rows],
+    }
+    if csv is not None:
+        _write_csv(csv, payload["rows"])
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2, sort_keys=True))
+        return
+    from planner.cli.render import render_estimate_table
+
+    render_estimate_table(spec, cluster, base, rows)
+
+
+def _model_json(spec: ModelSpec) -> dict:
+    from planner.estimate.params import count_params
+
+    counts = count_params(spec)
+    return {
+        "name": spec.name,
+        "model_type": spec.model_type,
+        "source": spec.source,
+        "num_params": counts.num_params,
+        "num_layers": spec.num_layers,
+        "hidden_size": spec.hidden_size,
+        "num_heads": spec.num_heads,
+        "num_kv_heads": spec.num_kv_heads,
+        "vocab_size": spec.vocab_size,
+        "tie_word_embeddings": spec.tie_word_embeddings,
+    }
+
+
+def _train_json(train: TrainSpec) -> dict:
+    from planner.specs import train_spec_to_dict
+
+    d = train_spec_to_dict(train)
+    for key in ("method", "zero_stage", "offload"):
+        d.pop(key)
+    return d
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """Flatten rows with pandas and write atomically (temp file, then rename)."""
+    import os
+    import tempfile
+
+    import pandas as pd
+
+    frame = pd.json_normalize(rows, sep=".")
+    if "notes" in frame:
+        frame["notes"] = frame["notes"].map(lambda n: " | ".join(n))
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise PlannerError(f"--csv {str(path)!r}: directory {str(parent)!r} does not exist.")
+    fd, tmp = tempfile.mkstemp(prefix=".planner-", suffix=".csv", dir=parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            frame.to_csv(fh, index=False)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise PlannerError(f"cannot write --csv {str(path)!r}: {exc.strerror or exc}.") from None
+
+
+def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json) -> None:
+    from planner.estimate.compare_gpus import compare_gpus
+    from planner.cli.render import render_compare_gpus
+
+    rows = compare_gpus(
+        spec,
+        base if method is None else dataclasses.replace(base, method=o.parse_method(method)),
+        num_tokens=tokens,
+        mfu=mfu,
+        price_per_gpu_hour=price,
+        margin=margin,
+    )
+    if method is not None:
+        rows = [r for r in rows if r.method == o.parse_method(method).value]
+    if as_json:
+        typer.echo(json.dumps({"model": _model_json(spec), "rows": [r.to_dict() for r in rows]}, indent=2, sort_keys=True))
+        return
+    render_compare_gpus(spec, rows)

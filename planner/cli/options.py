@@ -1,0 +1,156 @@
+"""Option types shared by every command that takes a training specification.
+
+Commands declare the options they need with these ``Annotated`` types and call ``build_train_spec`` /
+``build_cluster``, so `estimate`, `profile`, `recommend` and `report` read the same flags the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from planner import catalog
+from planner.errors import PlannerError
+from planner.specs import (
+    AttnImpl,
+    Cluster,
+    GpuSpec,
+    LoraSpec,
+    Method,
+    Offload,
+    Optimizer,
+    Precision,
+    QuantSpec,
+    QuantType,
+    TrainSpec,
+)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalog name, path to config.json or model dir, or hub id.")]
+TrustRemoteCodeOpt = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Allow configs that ask for remote code (auto_map).")
+]
+GpuOpt = Annotated[
+    str, typer.Option("--gpu", help="Accelerator from 'planner gpus', or 'auto' to read local GPUs via NVML.")
+]
+GpusOpt = Annotated[int, typer.Option("--gpus", help="Total number of GPUs (data-parallel ranks).")]
+NodesOpt = Annotated[int, typer.Option("--nodes", help="Number of nodes; --gpus must be divisible by it.")]
+MethodOpt = Annotated[str | None, typer.Option("--method", help="full, lora or qlora (default: all).")]
+ZeroOpt = Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 (default: all).")]
+OffloadOpt = Annotated[
+    str | None, typer.Option("--offload", help="none, optimizer, optimizer+params (default: all valid).")
+]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="bf16-mixed, fp16-mixed, bf16 (pure) or fp32.")]
+OptimizerOpt = Annotated[
+    str, typer.Option("--optimizer", help="adamw, adamw-8bit, paged-adamw, paged-adamw-8bit, sgd, adafactor.")
+]
+LoraRankOpt = Annotated[int, typer.Option("--lora-rank", help="LoRA rank r.")]
+LoraAlphaOpt = Annotated[int, typer.Option("--lora-alpha", help="LoRA alpha.")]
+LoraDropoutOpt = Annotated[float, typer.Option("--lora-dropout", help="LoRA dropout probability.")]
+LoraTargetsOpt = Annotated[
+    str, typer.Option("--lora-targets", help="'all-linear' or comma-separated module names (q_proj,v_proj).")
+]
+ModulesToSaveOpt = Annotated[
+    str, typer.Option("--modules-to-save", help="Comma-separated modules trained in full beside LoRA.")
+]
+QuantTypeOpt = Annotated[str, typer.Option("--quant-type", help="QLoRA 4-bit type: nf4 or fp4.")]
+DoubleQuantOpt = Annotated[
+    bool, typer.Option("--double-quant/--no-double-quant", help="QLoRA double quantization of the constants.")
+]
+MicroBatchOpt = Annotated[int, typer.Option("--micro-batch", "-b", help="Micro-batch size per GPU (sequences).")]
+SeqLenOpt = Annotated[int, typer.Option("--seq-len", "-s", help="Sequence length in tokens.")]
+GradAccumOpt = Annotated[int, typer.Option("--grad-accum", help="Gradient accumulation steps.")]
+CheckpointingOpt = Annotated[
+    bool, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Activation checkpointing, every layer.")
+]
+AttnOpt = Annotated[str, typer.Option("--attn", help="Attention implementation: eager, sdpa, flash_attention_2.")]
+DropoutOpt = Annotated[
+    float | None, typer.Option("--dropout", help="Override the model's dropout probabilities (default: config's).")
+]
+AllowLongerOpt = Annotated[
+    bool, typer.Option("--allow-longer", help="Allow a sequence longer than the model's position limit.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")]
+
+
+def _enum(enum_cls, value: str, flag: str):
+    try:
+        return enum_cls(value.lower())
+    except ValueError:
+        valid = ", ".join(m.value for m in enum_cls)
+        raise PlannerError(f"{flag} {value!r} is not valid; choose one of {valid}.") from None
+
+
+def parse_method(value: str) -> Method:
+    return _enum(Method, value, "--method")
+
+
+def parse_offload(value: str) -> Offload:
+    return _enum(Offload, value, "--offload")
+
+
+def parse_targets(value: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in value.split(",") if t.strip())
+    if not names:
+        raise PlannerError(f"--lora-targets {value!r} names no module; use 'all-linear' or e.g. q_proj,v_proj.")
+    return names
+
+
+def build_train_spec(
+    *,
+    method: str = "full",
+    precision: str = "bf16-mixed",
+    optimizer: str = "adamw",
+    lora_rank: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    lora_targets: str = "all-linear",
+    modules_to_save: str = "",
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    zero: int = 0,
+    offload: str = "none",
+    micro_batch: int = 1,
+    seq_len: int = 2048,
+    grad_accum: int = 1,
+    grad_checkpointing: bool = False,
+    attn: str = "sdpa",
+    dropout: float | None = None,
+) -> TrainSpec:
+    """TrainSpec from CLI values; every invalid value raises PlannerError naming it."""
+    if lora_rank < 1:
+        raise PlannerError(f"--lora-rank must be at least 1, got {lora_rank}.")
+    return TrainSpec(
+        method=parse_method(method),
+        precision=_enum(Precision, precision, "--precision"),
+        optimizer=_enum(Optimizer, optimizer, "--optimizer"),
+        lora=LoraSpec(
+            rank=lora_rank,
+            alpha=lora_alpha,
+            dropout=lora_dropout,
+            targets=parse_targets(lora_targets),
+            modules_to_save=tuple(t.strip() for t in modules_to_save.split(",") if t.strip()),
+        ),
+        quant=QuantSpec(quant_type=_enum(QuantType, quant_type, "--quant-type"), double_quant=double_quant),
+        zero_stage=zero,
+        offload=parse_offload(offload),
+        micro_batch=micro_batch,
+        seq_len=seq_len,
+        grad_accum=grad_accum,
+        grad_checkpointing=grad_checkpointing,
+        attn_impl=_enum(AttnImpl, attn, "--attn"),
+        dropout=dropout,
+    )
+
+
+def resolve_gpu(name: str) -> GpuSpec:
+    """A catalog GPU, or with 'auto' the local GPU read through NVML."""
+    if name.lower() != "auto":
+        return catalog.gpu(name)
+    from planner.nvml import local_gpu
+
+    return local_gpu()
+
+
+def build_cluster(gpu: str, gpus: int, nodes: int) -> Cluster:
+    return Cluster(gpu=resolve_gpu(gpu), num_gpus=gpus, num_nodes=nodes)

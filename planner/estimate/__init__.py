@@ -1,0 +1,1 @@
+"""The analytical estimator. Pure: never imports torch."""

@@ -1,0 +1,257 @@
+"""Analytical module inventories of the known model families, as transformers 5.x builds them.
+
+Each function reads the raw config.json dict (``ModelSpec.config``) with the family's config-class
+defaults for absent keys (``transformers/models/<family>/configuration_<family>.py``) and lists every
+module that owns parameters (``transformers/models/<family>/modeling_<family>.py``). In transformers 5,
+MoE experts are one module per layer holding fused 3-D parameters (``gate_up_proj`` [E, 2I, H] and
+``down_proj`` [E, H, I]) and the routers own a bare [E, H] weight: neither is an nn.Linear, so neither
+appears among the linears peft's 'all-linear' or bitsandbytes' Linear4bit replacement see.
+A config using a feature not written here returns None and planner.meta instantiates it instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from planner.estimate.params import ModuleGroup, ParamCounts, counts_from_groups
+from planner.specs import ModelSpec
+
+
+class _Unsupported(Exception):
+    """The config uses something this module does not model: use the meta-device fallback."""
+
+
+class _Inventory:
+    def __init__(self) -> None:
+        self.groups: list[ModuleGroup] = []
+
+    def _add(self, group: ModuleGroup) -> None:
+        if group.num_modules > 0:
+            self.groups.append(group)
+
+    def linear(self, path: str, d_in: int, d_out: int, n: int, component: str, bias: bool = False,
+               conv1d: bool = False, shared: bool = False) -> None:
+        own = d_in * d_out + (d_out if bias else 0)
+        self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, "linear", component, own, n, d_in, d_out, bias,
+                              conv1d, True, shared))
+
+    def embedding(self, path: str, num: int, dim: int, component: str = "embedding") -> None:
+        self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, "embedding", component, num * dim, 1, num, dim))
+
+    def norm(self, path: str, dim: int, n: int, bias: bool = False) -> None:
+        own = dim * (2 if bias else 1)
+        self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, "norm", "norms", own, n, bias=bias))
+
+    def param(self, path: str, kind: str, own: int, n: int, component: str) -> None:
+        self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, kind, component, own, n))
+
+
+def _get(cfg: dict[str, Any], key: str, default: Any) -> Any:
+    value = cfg.get(key, default)
+    return default if value is None and default is not None else value
+
+
+def _int(cfg: dict[str, Any], key: str, default: Any = None) -> int:
+    value = _get(cfg, key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Unsupported(key)
+    return value
+
+
+def _head_dim(cfg: dict[str, Any], hidden: int, heads: int, default: int | None = None) -> int:
+    # modeling_<family>.py: getattr(config, "head_dim", hidden_size // num_attention_heads); qwen3 and
+    # gemma2 declare head_dim with a class default (128, 256) used when the key is absent.
+    value = cfg.get("head_dim")
+    if value is None:
+        return default if default is not None else hidden // heads
+    return int(value)
+
+
+def _dense_mlp(inv: _Inventory, prefix: str, hidden: int, inter: int, n: int, bias: bool = False) -> None:
+    for name, d_in, d_out in (("gate_proj", hidden, inter), ("up_proj", hidden, inter), ("down_proj", inter, hidden)):
+        inv.linear(f"{prefix}.{name}", d_in, d_out, n, "mlp", bias)
+
+
+def _experts(inv: _Inventory, prefix: str, hidden: int, inter: int, num_experts: int, n: int) -> int:
+    # <Family>Experts: gate_up_proj [E, 2I, H] + down_proj [E, H, I]; <Family>TopKRouter: weight [E, H].
+    expert_params = num_experts * 3 * hidden * inter
+    inv.param(f"{prefix}.experts", "experts", expert_params, n, "mlp")
+    inv.param(f"{prefix}.gate", "router", num_experts * hidden, n, "mlp")
+    return expert_params * n
+
+
+def _llama_like(model: ModelSpec, family: str) -> ParamCounts:
+    cfg = model.config
+    defaults = _DEFAULTS[family]
+    hidden = _int(cfg, "hidden_size", defaults.get("hidden_size"))
+    layers = _int(cfg, "num_hidden_layers", defaults.get("num_hidden_layers"))
+    heads = _int(cfg, "num_attention_heads", defaults.get("num_attention_heads"))
+    kv_heads = _get(cfg, "num_key_value_heads", defaults.get("num_key_value_heads")) or heads
+    vocab = _int(cfg, "vocab_size")
+    inter = _int(cfg, "intermediate_size", defaults.get("intermediate_size"))
+    head_dim = _head_dim(cfg, hidden, heads, defaults.get("head_dim"))
+    attn_bias = bool(_get(cfg, "attention_bias", False)) if family in _ATTN_BIAS_FAMILIES else False
+    inv = _Inventory()
+    inv.embedding("model.embed_tokens", vocab, hidden)
+    p = "model.layers.*"
+    q_out, kv_out = heads * head_dim, kv_heads * head_dim
+    if family == "phi3":
+        # Phi3Attention: one fused qkv_proj and o_proj, no biases; Phi3MLP: fused gate_up_proj.
+        inv.linear(f"{p}.self_attn.o_proj", q_out, hidden, layers, "attention")
+        inv.linear(f"{p}.self_attn.qkv_proj", hidden, q_out + 2 * kv_out, layers, "attention")
+        inv.linear(f"{p}.mlp.gate_up_proj", hidden, 2 * inter, layers, "mlp")
+        inv.linear(f"{p}.mlp.down_proj", inter, hidden, layers, "mlp")
+    else:
+        # Qwen2Attention: biases on q, k, v (hard-coded), none on o_proj.
+        qkv_bias = attn_bias or family == "qwen2"
+        inv.linear(f"{p}.self_attn.q_proj", hidden, q_out, layers, "attention", qkv_bias)
+        inv.linear(f"{p}.self_attn.k_proj", hidden, kv_out, layers, "attention", qkv_bias)
+        inv.linear(f"{p}.self_attn.v_proj", hidden, kv_out, layers, "attention", qkv_bias)
+        inv.linear(f"{p}.self_attn.o_proj", q_out, hidden, layers, "attention", attn_bias)
+    if family in ("qwen3", "qwen3_moe"):
+        # Qwen3Attention: RMSNorm over head_dim on queries and keys.
+        inv.norm(f"{p}.self_attn.q_norm", head_dim, layers)
+        inv.norm(f"{p}.self_attn.k_norm", head_dim, layers)
+    routed, num_experts, top_k = 0, 0, 0
+    if family == "mixtral":
+        num_experts = _int(cfg, "num_local_experts", 8)
+        top_k = _int(cfg, "num_experts_per_tok", 2)
+        routed = _experts(inv, f"{p}.mlp", hidden, inter, num_experts, layers)
+    elif family == "qwen3_moe":
+        # Qwen3MoeDecoderLayer: sparse when idx not in mlp_only_layers and (idx + 1) % decoder_sparse_step == 0.
+        num_experts = _int(cfg, "num_experts", 128)
+        top_k = _int(cfg, "num_experts_per_tok", 8)
+        step = _int(cfg, "decoder_sparse_step", 1)
+        dense_only = set(_get(cfg, "mlp_only_layers", []) or [])
+        num_sparse = sum(
+            1 for i in range(layers) if i not in dense_only and num_experts > 0 and (i + 1) % step == 0
+        )
+        moe_inter = _int(cfg, "moe_intermediate_size", 768)
+        routed = _experts(inv, f"{p}.mlp", hidden, moe_inter, num_experts, num_sparse)
+        _dense_mlp(inv, f"{p}.mlp", hidden, inter, layers - num_sparse)
+        if num_sparse == 0:
+            num_experts = 0
+    elif family != "phi3":
+        mlp_bias = bool(_get(cfg, "mlp_bias", False)) if family == "llama" else False
+        _dense_mlp(inv, f"{p}.mlp", hidden, inter, layers, mlp_bias)
+    norm_names = ["input_layernorm", "post_attention_layernorm"]
+    if family == "gemma2":
+        norm_names += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
+    for name in norm_names:
+        inv.norm(f"{p}.{name}", hidden, layers)
+    inv.norm("model.norm", hidden, 1)
+    inv.linear("lm_head", hidden, vocab, 1, "lm_head", shared=model.tie_word_embeddings)
+    return counts_from_groups(inv.groups, tied=model.tie_word_embeddings, hidden_size=hidden,
+                              source="analytical", num_routed_expert_params=routed, num_experts=num_experts,
+                              num_experts_per_tok=top_k)
+
+
+def _deepseek_v2(model: ModelSpec) -> ParamCounts:
+    """DeepSeek-V2 (arXiv 2405.04434): multi-head latent attention, dense first layers, shared + routed experts."""
+    cfg = model.config
+    hidden = _int(cfg, "hidden_size", 4096)
+    layers = _int(cfg, "num_hidden_layers", 32)
+    heads = _int(cfg, "num_attention_heads", 32)
+    vocab = _int(cfg, "vocab_size")
+    inter = _int(cfg, "intermediate_size", 11008)
+    # q_lora_rank: null in V2-Lite (a plain q_proj); absent means the class default 1536.
+    q_lora = cfg["q_lora_rank"] if "q_lora_rank" in cfg else 1536
+    kv_lora = _int(cfg, "kv_lora_rank", 512)
+    rope = _int(cfg, "qk_rope_head_dim", 64)
+    nope = _int(cfg, "qk_nope_head_dim", 128)
+    v_dim = _int(cfg, "v_head_dim", 128)
+    attn_bias = bool(_get(cfg, "attention_bias", False))
+    mlp_bias = bool(_get(cfg, "mlp_bias", False))
+    first_dense = min(_int(cfg, "first_k_dense_replace", 0), layers)
+    num_experts = _int(cfg, "n_routed_experts", 64)
+    num_shared = _int(cfg, "n_shared_experts", 2)
+    moe_inter = _int(cfg, "moe_intermediate_size", 1407)
+    top_k = _get(cfg, "num_experts_per_tok", 0) or 0
+    inv = _Inventory()
+    inv.embedding("model.embed_tokens", vocab, hidden)
+    p = "model.layers.*"
+    a = f"{p}.self_attn"
+    qk_head = nope + rope
+    if q_lora is None:
+        inv.linear(f"{a}.q_proj", hidden, heads * qk_head, layers, "attention")
+    else:
+        inv.linear(f"{a}.q_a_proj", hidden, q_lora, layers, "attention", attn_bias)
+        inv.norm(f"{a}.q_a_layernorm", q_lora, layers)
+        inv.linear(f"{a}.q_b_proj", q_lora, heads * qk_head, layers, "attention")
+    inv.linear(f"{a}.kv_a_proj_with_mqa", hidden, kv_lora + rope, layers, "attention", attn_bias)
+    inv.norm(f"{a}.kv_a_layernorm", kv_lora, layers)
+    inv.linear(f"{a}.kv_b_proj", kv_lora, heads * (nope + v_dim), layers, "attention")
+    inv.linear(f"{a}.o_proj", heads * v_dim, hidden, layers, "attention", attn_bias)
+    num_moe = layers - first_dense
+    _dense_mlp(inv, f"{p}.mlp", hidden, inter, first_dense, mlp_bias)
+    routed = _experts(inv, f"{p}.mlp", hidden, moe_inter, num_experts, num_moe)
+    # DeepseekV2Moe.shared_experts: one DeepseekV2MLP of width moe_intermediate_size * n_shared_experts.
+    _dense_mlp(inv, f"{p}.mlp.shared_experts", hidden, moe_inter * num_shared, num_moe, mlp_bias)
+    for name in ("input_layernorm", "post_attention_layernorm"):
+        inv.norm(f"{p}.{name}", hidden, layers)
+    inv.norm("model.norm", hidden, 1)
+    inv.linear("lm_head", hidden, vocab, 1, "lm_head", shared=model.tie_word_embeddings)
+    return counts_from_groups(inv.groups, tied=model.tie_word_embeddings, hidden_size=hidden,
+                              source="analytical", num_routed_expert_params=routed,
+                              num_experts=num_experts if num_moe else 0, num_experts_per_tok=int(top_k))
+
+
+def _gpt2(model: ModelSpec) -> ParamCounts:
+    """GPT-2 (modeling_gpt2.py): learned position embeddings, LayerNorms with bias, Conv1D projections."""
+    cfg = model.config
+    if _get(cfg, "add_cross_attention", False):
+        raise _Unsupported("add_cross_attention")
+    hidden = _int(cfg, "n_embd", 768)
+    layers = _int(cfg, "n_layer", 12)
+    vocab = _int(cfg, "vocab_size", 50257)
+    positions = _int(cfg, "n_positions", 1024)
+    inner = _get(cfg, "n_inner", None) or 4 * hidden
+    inv = _Inventory()
+    inv.embedding("transformer.wte", vocab, hidden)
+    inv.embedding("transformer.wpe", positions, hidden, component="other")
+    p = "transformer.h.*"
+    inv.norm(f"{p}.ln_1", hidden, layers, bias=True)
+    inv.linear(f"{p}.attn.c_attn", hidden, 3 * hidden, layers, "attention", True, conv1d=True)
+    inv.linear(f"{p}.attn.c_proj", hidden, hidden, layers, "attention", True, conv1d=True)
+    inv.norm(f"{p}.ln_2", hidden, layers, bias=True)
+    inv.linear(f"{p}.mlp.c_fc", hidden, inner, layers, "mlp", True, conv1d=True)
+    inv.linear(f"{p}.mlp.c_proj", inner, hidden, layers, "mlp", True, conv1d=True)
+    inv.norm("transformer.ln_f", hidden, 1, bias=True)
+    inv.linear("lm_head", hidden, vocab, 1, "lm_head", shared=model.tie_word_embeddings)
+    return counts_from_groups(inv.groups, tied=model.tie_word_embeddings, hidden_size=hidden, source="analytical")
+
+
+# Config-class defaults used when config.json leaves a key out (configuration_<family>.py, transformers 5.x).
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32},
+    "mistral": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                "num_attention_heads": 32, "num_key_value_heads": 8},
+    "mixtral": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                "num_attention_heads": 32, "num_key_value_heads": 8},
+    "qwen2": {"hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 32},
+    "qwen3": {"hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 128},
+    "qwen3_moe": {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 24,
+                  "num_attention_heads": 32, "num_key_value_heads": 4},
+    "gemma2": {"hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+               "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256},
+    "phi3": {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 32},
+}
+# Families whose attention projections take config.attention_bias (the others hard-code their biases).
+_ATTN_BIAS_FAMILIES = ("llama", "qwen3", "qwen3_moe", "gemma2")
+
+
+def analytical_counts(model: ModelSpec) -> ParamCounts | None:
+    """Counts for a known family, or None when planner.meta must instantiate the model."""
+    family = model.model_type
+    try:
+        if family in _DEFAULTS:
+            return _llama_like(model, family)
+        if family == "deepseek_v2":
+            return _deepseek_v2(model)
+        if family == "gpt2":
+            return _gpt2(model)
+    except _Unsupported:
+        return None
+    return None

@@ -1,0 +1,257 @@
+"""Exact parameter counts per component, and the trainable / frozen / quantized split per method.
+
+Counts mirror how transformers 5.x builds each family (``transformers/models/<family>/modeling_<family>.py``):
+every module that owns parameters becomes a :class:`ModuleGroup` (same path pattern and shape across
+layers), and the component totals, the nn.Linear groups peft and bitsandbytes see, and the largest module
+(DeepSpeed's ``largest_layer_params``) are all read off those groups. Families not written here fall back
+to meta-device instantiation (``planner.meta``, torch imported lazily there and only there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.errors import PlannerError
+from planner.specs import Method, ModelSpec, TrainSpec
+
+COMPONENTS = ("embedding", "attention", "mlp", "norms", "lm_head", "other")
+
+
+@dataclass(frozen=True)
+class LinearGroup:
+    """``num_modules`` nn.Linear modules with the same leaf name and shape (e.g. every layer's q_proj).
+
+    These are what peft's ``target_modules`` and bitsandbytes' ``Linear4bit`` replacement see.
+    ``path`` is the module path with layer indices as ``*`` (``model.layers.*.self_attn.q_proj``);
+    ``conv1d`` marks transformers' Conv1D (GPT-2), which peft and bitsandbytes treat as a linear;
+    ``quantizable`` is False for nn.Linear subclasses, which transformers' bnb replacement skips.
+    """
+
+    name: str
+    in_features: int
+    out_features: int
+    num_modules: int
+    bias: bool
+    path: str = ""
+    conv1d: bool = False
+    quantizable: bool = True
+
+    @property
+    def num_weight_params(self) -> int:
+        return self.in_features * self.out_features * self.num_modules
+
+    @property
+    def num_bias_params(self) -> int:
+        return self.out_features * self.num_modules if self.bias else 0
+
+
+@dataclass(frozen=True)
+class ModuleGroup:
+    """``num_modules`` modules that own parameters, with the same path pattern and parameter shapes.
+
+    ``kind``: linear, embedding, norm, router, experts, other. ``num_params`` is the parameters one module
+    owns directly (not its children's). ``shared``: its parameters are another module's (tied lm_head), so
+    totals skip it. ``in_features``/``out_features``: linears (in, out) and embeddings (num, dim).
+    """
+
+    name: str
+    path: str
+    kind: str
+    component: str
+    num_params: int
+    num_modules: int
+    in_features: int = 0
+    out_features: int = 0
+    bias: bool = False
+    conv1d: bool = False
+    quantizable: bool = True
+    shared: bool = False
+
+    @property
+    def num_total(self) -> int:
+        return self.num_params * self.num_modules
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    embedding: int
+    attention: int
+    mlp: int  # dense MLP, or experts + router + shared experts for MoE
+    norms: int
+    lm_head: int  # 0 when tied to the embedding
+    other: int  # anything else (position embeddings, ...)
+    tied: bool
+    linears: tuple[LinearGroup, ...]  # every nn.Linear / Conv1D peft and bnb see, except the output head
+    largest_module: int  # parameters of the largest single module (DeepSpeed's largest_layer_params)
+    modules: tuple[ModuleGroup, ...] = ()  # every module owning parameters, lm_head included
+    num_routed_expert_params: int = 0  # routed (not shared) expert weights, all experts
+    num_experts: int = 0  # routed experts per MoE layer
+    num_experts_per_tok: int = 0
+    hidden_size: int = 0
+    source: str = "analytical"  # or "meta" (planner.meta instantiated it on the meta device)
+
+    @property
+    def num_params(self) -> int:
+        return self.embedding + self.attention + self.mlp + self.norms + self.lm_head + self.other
+
+    @property
+    def num_active_params(self) -> int:
+        """Parameters one token uses: routed experts count only ``num_experts_per_tok / num_experts``."""
+        if not self.num_experts:
+            return self.num_params
+        unused = self.num_routed_expert_params * (self.num_experts - self.num_experts_per_tok)
+        return self.num_params - unused // self.num_experts
+
+    @property
+    def head(self) -> ModuleGroup | None:
+        return next((m for m in self.modules if m.component == "lm_head"), None)
+
+
+def counts_from_groups(groups: list[ModuleGroup], *, tied: bool, hidden_size: int, source: str,
+                       num_routed_expert_params: int = 0, num_experts: int = 0,
+                       num_experts_per_tok: int = 0) -> ParamCounts:
+    """Sum groups into components; list the linears (not the output head); find the largest module."""
+    totals = dict.fromkeys(COMPONENTS, 0)
+    for g in groups:
+        if not g.shared:
+            totals[g.component] += g.num_total
+    linears = tuple(
+        LinearGroup(g.name, g.in_features, g.out_features, g.num_modules, g.bias, g.path, g.conv1d, g.quantizable)
+        for g in groups
+        if g.kind == "linear" and g.component != "lm_head"
+    )
+    return ParamCounts(
+        **totals,
+        tied=tied,
+        linears=linears,
+        # DeepSpeed estimate_zero3_model_states_mem_needs_all_live: largest_layer_params =
+        # max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()).
+        largest_module=max((g.num_params for g in groups), default=0),
+        modules=tuple(groups),
+        num_routed_expert_params=num_routed_expert_params,
+        num_experts=num_experts,
+        num_experts_per_tok=num_experts_per_tok,
+        hidden_size=hidden_size,
+        source=source,
+    )
+
+
+def count_params(model: ModelSpec) -> ParamCounts:
+    """Exact counts: analytical for the known families, meta-device instantiation for the rest."""
+    from planner.estimate.families import analytical_counts  # noqa: PLC0415 - keeps this module small
+
+    counts = analytical_counts(model)
+    if counts is not None:
+        return counts
+    from planner.meta import meta_param_counts  # noqa: PLC0415 - imports torch, only when needed
+
+    return meta_param_counts(model)
+
+
+# ------------------------------------------------------------------------------------------ the split
+
+
+@dataclass(frozen=True)
+class ParamSplit:
+    """What each parameter costs, by storage.
+
+    ``num_16bit`` is the base-model parameters stored in the training dtype (bf16/fp16; fp32 for fp32
+    training): all of them for full training and LoRA, all but the 4-bit linear weights for QLoRA. It does
+    not include LoRA adapters (``num_adapter``: peft upcasts them to fp32 by default) nor modules_to_save
+    copies (``num_saved``, extra copies in the base dtype). ``num_trainable = num_adapter + num_saved`` for
+    LoRA/QLoRA, ``num_params`` for full training.
+    """
+
+    num_params: int  # base model parameters
+    num_trainable: int  # parameters that get gradients and optimizer states
+    num_adapter: int  # LoRA A and B parameters (part of num_trainable)
+    num_quantized: int  # base weights stored in 4 bits (QLoRA)
+    num_16bit: int  # base parameters stored in the compute dtype (or fp32 for fp32 training)
+    num_saved: int = 0  # modules_to_save: trainable full copies of base modules (part of num_trainable)
+
+    @property
+    def num_frozen(self) -> int:
+        """Base parameters without gradients (all of them for LoRA/QLoRA; peft keeps saved originals)."""
+        return self.num_params - (self.num_trainable - self.num_adapter - self.num_saved)
+
+
+def _matches(path: str, target: str) -> bool:
+    # peft check_target_module_exists: the full module name equals the target or ends with "." + target.
+    return path == target or path.endswith("." + target)
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _valid_names(counts: ParamCounts, kinds: tuple[str, ...]) -> str:
+    names = sorted({g.name for g in counts.modules if g.kind in kinds})
+    return ", ".join(names)
+
+
+def lora_target_groups(counts: ParamCounts, targets: tuple[str, ...]) -> list[ModuleGroup]:
+    """The module groups LoRA adapts, with peft's target semantics.
+
+    ``all-linear`` (peft ``_maybe_include_all_linear_layers``): every nn.Linear and Conv1D except the output
+    layer. A list: modules whose name equals a target or ends with ``.target``; peft can adapt linears and
+    embeddings; a target matching nothing, or only modules peft cannot adapt, is an error.
+    """
+    if "all-linear" in targets:
+        if len(targets) > 1:
+            raise PlannerError(
+                f"LoRA targets {list(targets)!r} mix 'all-linear' with module names; give one or the other."
+            )
+        return [g for g in counts.modules if g.kind == "linear" and g.component != "lm_head"]
+    chosen: list[ModuleGroup] = []
+    for target in targets:
+        hits = [g for g in counts.modules if _matches(g.path, target)]
+        adaptable = [g for g in hits if g.kind in ("linear", "embedding")]
+        if not adaptable:
+            valid = _valid_names(counts, ("linear", "embedding"))
+            what = "matches only modules LoRA cannot adapt" if hits else "matches no module of this model"
+            raise PlannerError(f"LoRA target {target!r} {what}; valid targets: all-linear, {valid}.")
+        chosen += [g for g in adaptable if g not in chosen]
+    return chosen
+
+
+def saved_groups(counts: ParamCounts, names: tuple[str, ...]) -> list[ModuleGroup]:
+    """Module groups inside the modules peft's ``modules_to_save`` wraps (name or ``.name`` suffix match)."""
+    chosen: list[ModuleGroup] = []
+    for name in names:
+        hits = [g for g in counts.modules if any(_matches(p, name) for p in _prefixes(g.path))]
+        if not hits:
+            valid = _valid_names(counts, ("linear", "embedding", "norm", "router", "experts", "other"))
+            raise PlannerError(f"modules_to_save name {name!r} matches no module of this model; valid names: {valid}.")
+        chosen += [g for g in hits if g not in chosen]
+    return chosen
+
+
+def lora_params(group: ModuleGroup, rank: int) -> int:
+    # Hu et al. 2021: W (d_in x d_out) gets A (d_in x r) and B (r x d_out): r * (d_in + d_out) parameters.
+    # peft lora.Embedding: lora_embedding_A (r x num_embeddings), lora_embedding_B (embedding_dim x r).
+    return rank * (group.in_features + group.out_features) * group.num_modules
+
+
+def split_params(counts: ParamCounts, train: TrainSpec) -> ParamSplit:
+    num_params = counts.num_params
+    if train.method is Method.FULL:
+        return ParamSplit(num_params, num_params, 0, 0, num_params)
+    lora = train.lora
+    num_adapter = sum(lora_params(g, lora.rank) for g in lora_target_groups(counts, lora.targets))
+    # peft ModulesToSaveWrapper keeps the original (frozen) and trains a deep copy: a tied lm_head's copy
+    # is a full new tensor, so shared groups count here too.
+    num_saved = sum(g.num_total for g in saved_groups(counts, lora.modules_to_save))
+    num_quantized = 0
+    if train.method is Method.QLORA:
+        # transformers replace_with_bnb_linear: every nn.Linear (exact type) and Conv1D becomes Linear4bit,
+        # except get_keys_to_not_convert (output embedding, tied weights); weights only, biases stay 16-bit.
+        num_quantized = sum(g.num_weight_params for g in counts.linears if g.quantizable)
+    return ParamSplit(
+        num_params=num_params,
+        num_trainable=num_adapter + num_saved,
+        num_adapter=num_adapter,
+        num_quantized=num_quantized,
+        num_16bit=num_params - num_quantized,
+        num_saved=num_saved,
+    )

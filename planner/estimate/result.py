@@ -1,0 +1,132 @@
+"""Result dataclasses of the estimator. Byte fields are int; nothing here computes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from planner.specs import Cluster, ModelSpec, TrainSpec
+
+CATEGORIES = ("params", "grads", "optimizer_states", "activations", "temporaries", "overhead")
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes per category on one GPU (or one CPU rank) at one moment."""
+
+    params_bytes: int = 0
+    grads_bytes: int = 0
+    optimizer_states_bytes: int = 0
+    activations_bytes: int = 0
+    temporaries_bytes: int = 0
+    overhead_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return (
+            self.params_bytes
+            + self.grads_bytes
+            + self.optimizer_states_bytes
+            + self.activations_bytes
+            + self.temporaries_bytes
+            + self.overhead_bytes
+        )
+
+    @property
+    def model_states_bytes(self) -> int:
+        return self.params_bytes + self.grads_bytes + self.optimizer_states_bytes
+
+    def by_category(self) -> dict[str, int]:
+        return {c: getattr(self, f"{c}_bytes") for c in CATEGORIES}
+
+    def to_dict(self) -> dict[str, int]:
+        d = {f"{c}_bytes": v for c, v in self.by_category().items()}
+        d["total_bytes"] = self.total_bytes
+        return d
+
+
+@dataclass(frozen=True)
+class ModelStates:
+    """Per-rank model states: what lives on the GPU, and what is offloaded to CPU RAM per rank."""
+
+    gpu: MemoryBreakdown
+    cpu_bytes_per_rank: int
+    num_params: int
+    num_trainable_params: int
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Throughput:
+    flops_per_token: float  # training FLOPs per token (forward + backward [+ recomputation])
+    tokens_per_s_per_gpu: float
+    step_time_s: float  # one optimizer step (all micro-batches of the global batch)
+    mfu: float
+    num_tokens: int  # tokens to train on (0 when not given)
+    total_time_s: float
+    cost: float  # in the currency of --price-per-gpu-hour; 0 when no price
+    price_per_gpu_hour: float
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The largest micro-batch and the longest sequence (multiple of 256) that fit with the margin."""
+
+    max_micro_batch: int  # 0 when not even micro-batch 1 fits
+    max_seq_len: int  # 0 when not even 256 tokens fit
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: ModelSpec
+    train: TrainSpec
+    cluster: Cluster
+    num_params: int
+    num_trainable_params: int
+    per_gpu: MemoryBreakdown  # breakdown at the moment of the allocated peak
+    peak_phase: str  # "forward", "backward", "optimizer_step"
+    reserved_bytes: int  # caching-allocator reserved at the peak
+    device_bytes: int  # what nvidia-smi would show: reserved + context and libraries
+    cpu_bytes_per_node: int  # host RAM for offloaded states, summed over the node's ranks
+    capacity_bytes: int  # the GPU's memory
+    margin: float  # safety margin applied to the capacity (0.1 = keep 10% free)
+    phases: dict[str, MemoryBreakdown] = field(default_factory=dict)
+    throughput: Throughput | None = None
+    fit: Fit | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def usable_bytes(self) -> int:
+        return int(self.capacity_bytes * (1.0 - self.margin))
+
+    @property
+    def fits(self) -> bool:
+        return self.device_bytes <= self.usable_bytes
+
+    @property
+    def headroom_bytes(self) -> int:
+        """Usable capacity minus the device peak (negative when it does not fit)."""
+        return self.usable_bytes - self.device_bytes
+
+    def row(self) -> dict:
+        """The stable JSON row (schema documented in the README)."""
+        row = {
+            "method": self.train.method.value,
+            "zero_stage": self.train.zero_stage,
+            "offload": self.train.offload.value,
+            "num_params": self.num_params,
+            "num_trainable_params": self.num_trainable_params,
+            "fits": self.fits,
+            "headroom_bytes": self.headroom_bytes,
+            "per_gpu": self.per_gpu.to_dict(),
+            "reserved_bytes": self.reserved_bytes,
+            "device_bytes": self.device_bytes,
+            "peak_phase": self.peak_phase,
+            "cpu_bytes_per_node": self.cpu_bytes_per_node,
+        }
+        if self.fit is not None:
+            row["max_micro_batch"] = self.fit.max_micro_batch
+            row["max_seq_len"] = self.fit.max_seq_len
+        if self.throughput is not None:
+            row["throughput"] = asdict(self.throughput)
+        row["notes"] = list(self.notes)
+        return row

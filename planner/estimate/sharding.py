@@ -1,0 +1,98 @@
+"""What ZeRO stages 1-3 and offload divide or move, per rank: GPU bytes vs CPU bytes.
+
+Follows what DeepSpeed allocates (deepspeed/runtime/zero/stage_1_and_2.py and stage3.py, v0.19), which
+differs from the ZeRO paper's arithmetic (Rajbhandari et al. 2020, arXiv 1910.02054) in two places that
+planner counts as step-time temporaries, not model states:
+- stages 1 and 2 create an fp32 copy of the rank's gradient partition at the optimizer step
+  (``single_partition_of_fp32_groups[i].grad``, stage_1_and_2.py ``step``): +4 bytes x P/N;
+- stage 3 gathers each module's full 16-bit parameters for forward/backward and reduce-scatters full 16-bit
+  gradients: the largest module's parameters and gradients, +4 bytes x L (DeepSpeed's own estimator term
+  ``largest_layer_memory = 4 * largest_layer_params``), and converts each sub-group's gradient partition to
+  fp32 at the step (``_prepare_fp32_grad_for_sub_group``): +4 bytes x min(P/N, sub_group_size).
+The paper's per-rank model states (stage 1 ``4P + 12P/N``, stage 2 ``2P + 14P/N``, stage 3 ``16P/N``) are
+exactly params + grads + optimizer_states below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from planner.estimate.states import UnshardedStates
+from planner.specs import Offload, TrainSpec
+
+# DeepSpeed's default ZeRO-3 sub_group_size (deepspeed/runtime/zero/config.py, ZeroConfig.sub_group_size).
+DS_SUB_GROUP_SIZE = 1_000_000_000
+
+
+def _shard(num_bytes: int, num_ranks: int) -> int:
+    # DeepSpeed pads flat partitions so every rank holds an equal share; ceil is that share.
+    return math.ceil(num_bytes / num_ranks)
+
+
+@dataclass(frozen=True)
+class ShardedStates:
+    """One rank's model states after ZeRO and offload."""
+
+    params_bytes: int  # on the GPU
+    grads_bytes: int  # on the GPU
+    optimizer_states_bytes: int  # on the GPU
+    cpu_bytes: int  # offloaded to host RAM by this rank
+    step_grad_fp32_bytes: int  # fp32 gradient partition made at the optimizer step (GPU), stages 1-3
+    gathered_bytes: int  # ZeRO-3: largest module's gathered 16-bit params + grads (GPU)
+    notes: tuple[str, ...] = ()
+
+
+def shard_states(
+    states: UnshardedStates, train: TrainSpec, num_ranks: int, largest_module_params: int
+) -> ShardedStates:
+    n = num_ranks
+    stage = train.zero_stage
+    params, grads, opt = states.params_bytes, states.grads_bytes, states.optimizer_states_bytes
+    notes: list[str] = []
+    step_fp32 = 0
+    gathered = 0
+    if stage >= 1:
+        opt = _shard(opt, n)
+    if stage >= 2:
+        grads = _shard(grads, n)
+    if stage >= 3:
+        params = _shard(params, n)
+        # 16-bit parameters and gradients of the largest module, gathered in full (DeepSpeed stage3.py).
+        gathered = 4 * largest_module_params
+    if stage in (1, 2):
+        # fp32 gradient partition built at the step (stage_1_and_2.py step(); only with 16-bit training).
+        step_fp32 = _shard(4 * states.num_trainable, n) if states.master_bytes else 0
+        if step_fp32:
+            notes.append(
+                f"DeepSpeed ZeRO-{stage} adds an fp32 gradient partition at the optimizer step "
+                "(4 bytes per trainable parameter / ranks), above the ZeRO paper's model states."
+            )
+    if stage == 3 and states.master_bytes:
+        step_fp32 = 4 * min(math.ceil(states.num_trainable / n), DS_SUB_GROUP_SIZE)
+        notes.append(
+            "DeepSpeed ZeRO-3 gathers the largest module's 16-bit parameters and gradients (4 bytes x its "
+            "parameters) and makes fp32 gradients per sub-group at the step, above the paper's 16P/N."
+        )
+
+    cpu = 0
+    if train.offload in (Offload.OPTIMIZER, Offload.OPTIMIZER_PARAMS):
+        # ZeRO-Offload (Ren et al. 2021, arXiv 2101.06840): fp32 master + moments and fp32 gradients live in
+        # host RAM; the GPU keeps 16-bit params (sharded at stage 3) and streams gradients out by bucket.
+        cpu += opt + _shard(4 * states.num_trainable, n)
+        opt = 0
+        grads = 0
+        step_fp32 = 0
+    if train.offload is Offload.OPTIMIZER_PARAMS:
+        # ZeRO-Infinity parameter offload: the 16-bit parameter partition lives on the CPU too.
+        cpu += params
+        params = 0
+    return ShardedStates(
+        params_bytes=params,
+        grads_bytes=grads,
+        optimizer_states_bytes=opt,
+        cpu_bytes=cpu,
+        step_grad_fp32_bytes=step_fp32,
+        gathered_bytes=gathered,
+        notes=tuple(notes),
+    )

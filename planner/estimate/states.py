@@ -1,0 +1,109 @@
+"""Unsharded model states: weights, gradients and optimizer states per precision and optimizer.
+
+Bytes for the whole model on one rank before ZeRO divides anything; sharding.py divides and moves them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.estimate.params import ParamCounts, ParamSplit
+from planner.estimate.quant import quantized_weight_bytes
+from planner.specs import Method, Optimizer, Precision, TrainSpec
+from planner.units import nbytes
+
+# bitsandbytes 8-bit optimizers quantize each state in blocks of 256 values with one fp32 absmax per block
+# (bitsandbytes/optim/optimizer.py: blocksize 256 for blockwise 8-bit state; Dettmers et al. 2022,
+# "8-bit Optimizers via Block-wise Quantization", arXiv 2110.02861).
+BNB_8BIT_STATE_BLOCKSIZE = 256
+
+
+@dataclass(frozen=True)
+class UnshardedStates:
+    """Bytes of the whole model's states on one rank, before ZeRO."""
+
+    params_bytes: int  # the weights the forward pass reads (16-bit, fp32, or 4-bit + constants)
+    grads_bytes: int  # gradients of trainable parameters, in the gradient dtype
+    optimizer_states_bytes: int  # master weights + optimizer moments (trainable parameters only)
+    master_bytes: int  # part of optimizer_states_bytes: the fp32 master copy (0 without one)
+    num_trainable: int
+    num_params: int
+
+
+def _optimizer_state_bits_per_param(optimizer: Optimizer, precision: Precision) -> float:
+    """Optimizer moment storage per trainable parameter, in bits (master weights excluded)."""
+    # Pure bf16 keeps the moments in the parameter dtype (DESIGN.md §3, "Other optimizers"); otherwise fp32.
+    moment_bits = 16 if precision is Precision.BF16 else 32
+    if optimizer in (Optimizer.ADAMW, Optimizer.PAGED_ADAMW):
+        # Adam: first and second moment (Kingma & Ba 2015; ZeRO paper K = 12 includes 4 master + 8 moments).
+        return 2 * moment_bits
+    if optimizer in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT):
+        # Two uint8 states + one fp32 absmax per 256-value block each (Dettmers et al. 2022).
+        return 2 * (8 + 32 / BNB_8BIT_STATE_BLOCKSIZE)
+    if optimizer is Optimizer.SGD:
+        # SGD with momentum: one buffer.
+        return moment_bits
+    if optimizer is Optimizer.ADAFACTOR:
+        # Adafactor (Shazeer & Stern 2018) factors the second moment into row + column vectors: about
+        # (rows + cols) / (rows * cols) per matrix, negligible; no first moment by default. Count 0 here and
+        # the factored vectors via _adafactor_bytes.
+        return 0
+    raise AssertionError(optimizer)
+
+
+def _adafactor_bytes(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -> int:
+    """Adafactor (Shazeer & Stern 2018, arXiv 1804.04235): a factored second moment, rows + cols fp32 values
+    per trainable matrix; 1-D parameters keep a full fp32 second moment; no first moment (beta1=None)."""
+    if train.method is Method.FULL:
+        hidden = _hidden_of(counts)
+        num_matrix = sum(g.num_weight_params for g in counts.linears) + counts.embedding + counts.lm_head
+        vectors = sum((g.in_features + g.out_features) * g.num_modules for g in counts.linears)
+        # Embedding (and an untied head): vocab x hidden, factored likewise.
+        num_vocab_matrices = 1 if counts.lm_head == 0 else 2
+        vectors += num_vocab_matrices * (counts.embedding // hidden + hidden)
+        one_d = max(split.num_trainable - num_matrix, 0)
+        return nbytes(vectors + one_d, "fp32")
+    # LoRA: A (d_in x r) and B (r x d_out) are matrices too; rows + cols per matrix is about
+    # num_adapter / r values.
+    return nbytes(split.num_adapter // train.lora.rank, "fp32")
+
+
+def _hidden_of(counts: ParamCounts) -> int:
+    """The hidden size, read off the linears (the input width of the first projection)."""
+    return counts.linears[0].in_features if counts.linears else 1
+
+
+def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -> UnshardedStates:
+    precision = train.precision
+    compute = precision.compute_dtype
+    # Weights read by forward: 16-bit for mixed precision (ZeRO paper: 2 bytes fp16/bf16 params), the
+    # compute dtype for pure bf16/fp32, NF4/FP4 + quantization constants for QLoRA's frozen base linears.
+    if train.method is Method.QLORA:
+        params = quantized_weight_bytes(counts, train.quant) + nbytes(split.num_16bit, compute)
+    else:
+        params = nbytes(split.num_16bit, compute)
+    # LoRA adapters: peft casts adapter weights to fp32 when the base is 16-bit (LoraModel
+    # autocast_adapter_dtype=True, peft/tuners/tuners_utils.py), so A and B are fp32 with fp32 gradients and
+    # need no master copy. modules_to_save are deep copies of base modules, kept in the base dtype.
+    adapter_dtype = "fp32" if train.method is not Method.FULL else compute
+    num_saved = split.num_trainable - split.num_adapter if train.method is not Method.FULL else 0
+    params += nbytes(split.num_adapter, adapter_dtype) + nbytes(num_saved, compute)
+
+    trainable = split.num_trainable
+    num_16bit_trainable = trainable - split.num_adapter
+    # Gradients exist only for trainable parameters, in the weight dtype (ZeRO paper: 2 bytes fp16 grads).
+    grads = nbytes(num_16bit_trainable, compute) + nbytes(split.num_adapter, adapter_dtype)
+    # Mixed precision keeps an fp32 master copy of 16-bit trainable weights in the optimizer (ZeRO paper:
+    # 4 bytes of the K = 12); fp32 adapters need none.
+    master = nbytes(num_16bit_trainable, "fp32") if precision.has_master_weights else 0
+    moments = int(trainable * _optimizer_state_bits_per_param(train.optimizer, precision) / 8)
+    if train.optimizer is Optimizer.ADAFACTOR:
+        moments = _adafactor_bytes(counts, split, train)
+    return UnshardedStates(
+        params_bytes=params,
+        grads_bytes=grads,
+        optimizer_states_bytes=master + moments,
+        master_bytes=master,
+        num_trainable=trainable,
+        num_params=split.num_params,
+    )

@@ -1,0 +1,175 @@
+"""ModelSpec from a catalog name, a local config.json (or a model directory), or a Hugging Face hub id.
+
+Catalog names and local files are read without importing transformers, so `planner estimate` stays fast.
+Hub ids go through ``transformers.AutoConfig`` against the local cache only (no download unless the
+user's environment allows it; ``HF_HUB_OFFLINE`` is honoured by huggingface_hub itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from planner import catalog
+from planner.errors import PlannerError
+from planner.specs import ModelSpec
+
+# Defaults that transformers' config classes apply when a key is absent from config.json.
+# (transformers 5.x configuration_<family>.py; ``tie_word_embeddings`` default per family.)
+_TIE_DEFAULT = {"gemma": True, "gemma2": True, "gpt2": True, "qwen2": False, "qwen3": False}
+_KNOWN_GPT2_KEYS = ("n_embd", "n_layer", "n_head")
+
+
+def _require_int(cfg: dict[str, Any], key: str, name: str) -> int:
+    if key not in cfg:
+        raise PlannerError(f"model {name!r}: config is missing {key!r}.")
+    value = cfg[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise PlannerError(f"model {name!r}: {key!r} must be an integer, got {value!r}.")
+    if value < 1:
+        raise PlannerError(f"model {name!r}: {key!r} must be positive, got {value}.")
+    return value
+
+
+def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") -> ModelSpec:
+    """Normalise a Hugging Face config dict into a ModelSpec."""
+    if not isinstance(cfg, dict):
+        raise PlannerError(f"model {name!r}: config.json must hold a JSON object.")
+    if "text_config" in cfg and "hidden_size" not in cfg and isinstance(cfg["text_config"], dict):
+        cfg = {**cfg["text_config"], "architectures": cfg.get("architectures")}
+    model_type = cfg.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise PlannerError(f"model {name!r}: config has no 'model_type'.")
+    if model_type == "gpt2" or all(k in cfg for k in _KNOWN_GPT2_KEYS):
+        hidden = _require_int(cfg, "n_embd", name)
+        layers = _require_int(cfg, "n_layer", name)
+        heads = _require_int(cfg, "n_head", name)
+        if hidden % heads:
+            raise PlannerError(f"model {name!r}: n_embd ({hidden}) must be divisible by n_head ({heads}).")
+        inner = cfg.get("n_inner") or 4 * hidden
+        return ModelSpec(
+            name=name,
+            model_type=model_type,
+            hidden_size=hidden,
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=heads,
+            head_dim=hidden // heads,
+            intermediate_size=int(inner),
+            vocab_size=_require_int(cfg, "vocab_size", name),
+            max_position_embeddings=int(cfg.get("n_positions", 1024)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+            source=source,
+            config=cfg,
+        )
+    hidden = _require_int(cfg, "hidden_size", name)
+    layers = _require_int(cfg, "num_hidden_layers", name)
+    heads = _require_int(cfg, "num_attention_heads", name)
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    if not isinstance(kv_heads, int) or kv_heads < 1:
+        raise PlannerError(f"model {name!r}: 'num_key_value_heads' must be a positive integer, got {kv_heads!r}.")
+    head_dim = cfg.get("head_dim")
+    if head_dim is None:
+        if hidden % heads:
+            raise PlannerError(
+                f"model {name!r}: hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}) "
+                "when head_dim is not given."
+            )
+        head_dim = hidden // heads
+    if not isinstance(head_dim, int) or head_dim < 1:
+        raise PlannerError(f"model {name!r}: 'head_dim' must be a positive integer, got {head_dim!r}.")
+    inter = cfg.get("intermediate_size")
+    if inter is None:
+        inter = 4 * hidden
+    if not isinstance(inter, int) or inter < 1:
+        raise PlannerError(f"model {name!r}: 'intermediate_size' must be a positive integer, got {inter!r}.")
+    num_experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts") or 0)
+    top_k = int(cfg.get("num_experts_per_tok") or 0)
+    tie = cfg.get("tie_word_embeddings")
+    if tie is None:
+        tie = _TIE_DEFAULT.get(model_type, False)
+    return ModelSpec(
+        name=name,
+        model_type=model_type,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=inter,
+        vocab_size=_require_int(cfg, "vocab_size", name),
+        max_position_embeddings=int(cfg.get("max_position_embeddings") or 2048),
+        tie_word_embeddings=bool(tie),
+        num_experts=num_experts,
+        num_experts_per_tok=top_k,
+        source=source,
+        config=cfg,
+    )
+
+
+def _read_config_file(path: Path, name: str) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlannerError(f"cannot read model config {str(path)!r}: {exc.strerror or exc}.") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PlannerError(f"model config {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+
+
+def _check_remote_code(cfg: dict[str, Any], name: str, trust_remote_code: bool) -> None:
+    if "auto_map" in cfg and not trust_remote_code:
+        raise PlannerError(
+            f"model {name!r} asks for remote code (auto_map in its config); pass --trust-remote-code to allow it."
+        )
+
+
+def load_model(name: str, trust_remote_code: bool = False) -> ModelSpec:
+    """Resolve ``name``: catalog name, then a path to a config.json or model directory, then a hub id."""
+    if not name or not name.strip():
+        raise PlannerError("--model must name a catalog model, a config.json path or a hub id.")
+    if name in catalog.model_names():
+        return spec_from_config(catalog.model_config(name), name, "catalog")
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir():
+            path = path / "config.json"
+            if not path.is_file():
+                raise PlannerError(f"model directory {name!r} has no config.json.")
+        cfg = _read_config_file(path, name)
+        _check_remote_code(cfg if isinstance(cfg, dict) else {}, name, trust_remote_code)
+        return spec_from_config(cfg, path.parent.name if path.name == "config.json" else path.stem, str(path))
+    if "/" in name and not name.endswith(".json"):
+        return _load_from_hub(name, trust_remote_code)
+    catalog.model_config(name)  # raises with suggestions
+    raise AssertionError("unreachable")
+
+
+def _load_from_hub(repo_id: str, trust_remote_code: bool) -> ModelSpec:
+    """A hub id, resolved from the local Hugging Face cache (never downloads unless the environment allows)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        raise PlannerError("resolving hub ids needs the huggingface_hub package.") from None
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        cfg = _read_config_file(Path(cached), repo_id)
+        _check_remote_code(cfg, repo_id, trust_remote_code)
+        return spec_from_config(cfg, repo_id, f"hub:{repo_id}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline:
+        raise PlannerError(
+            f"hub model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "download its config.json or pass a path."
+        )
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(repo_id, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - any hub/network failure is a user-facing message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PlannerError(f"cannot resolve hub model {repo_id!r}: {first[:200]}") from None
+    return spec_from_config(config.to_dict(), repo_id, f"hub:{repo_id}")
