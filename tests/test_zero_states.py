@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from planner.estimate.params import LinearGroup, ParamCounts, ParamSplit
-from planner.estimate.sharding import shard_states
+from planner.estimate.sharding import DS_SUB_GROUP_SIZE, shard_states
 from planner.estimate.states import unsharded_states
 from planner.specs import Method, Offload, Optimizer, Precision, TrainSpec
 
@@ -68,7 +68,8 @@ def test_8bit_adam_state_is_about_two_bytes_per_param():
     counts = _dense_counts(10**9)
     s = unsharded_states(counts, _full_split(10**9), TrainSpec(optimizer=Optimizer.ADAMW_8BIT))
     moments = s.optimizer_states_bytes - s.master_bytes
-    assert 2 * 10**9 < moments < 2.02 * 10**9
+    # 2 x (8 bits + 32 bits / 256) = 2.03125 bytes per parameter
+    assert moments == 2_031_250_000
 
 
 def test_higher_stage_never_raises_model_states():
@@ -140,6 +141,12 @@ def test_parity_with_deepspeed_zero3_estimator(case, offload):
         zero_init=True,
     )
     sh, gpn = _ours(num_params, largest, gpn, nodes, 3, offload)
+    if num_params / (gpn * nodes) > DS_SUB_GROUP_SIZE and offload is Offload.NONE:
+        # stage3.py converts one sub-group (sub_group_size elements) of the gradient partition to fp32 at a
+        # time; DeepSpeed's estimator assumes the whole partition at once, so it is higher here.
+        gpu_ours = sh.params_bytes + sh.optimizer_states_bytes + sh.step_grad_fp32_bytes + sh.gathered_bytes
+        assert gpu_ours < gpu_ds
+        return
     # DeepSpeed's ZeRO-3 estimator counts 4L + 18P/N: 16-bit params, fp32 grads, master, moments, and the
     # gathered largest layer. stage3.py also allocates a 16-bit gradient partition buffer
     # (grad_partitions_flat_buffer, 2P/N) that its estimator leaves out; planner counts it as grads, so the

@@ -1,0 +1,157 @@
+"""The estimate part of the report: inputs, the method x ZeRO x offload bars, the table, throughput, GPUs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from planner.estimate.result import Estimate
+from planner.report import figures, palette
+from planner.report.html import Figure, KeyValues, Paragraph, Section, Table
+from planner.units import GIB, fmt_count
+
+OFFLOAD_SHORT = {"none": "", "optimizer": " + opt offload", "optimizer+params": " + opt+param offload"}
+
+
+def gib(num_bytes: float) -> float:
+    return round(num_bytes / GIB, 2)
+
+
+def config_label(est: Estimate) -> str:
+    return f"{est.train.method.value}, ZeRO {est.train.zero_stage}{OFFLOAD_SHORT[est.train.offload.value]}"
+
+
+def bar_row(est: Estimate) -> figures.BarRow:
+    cats = est.per_gpu.by_category()
+    return figures.BarRow(
+        group=est.train.method.value,
+        label=f"ZeRO {est.train.zero_stage}{OFFLOAD_SHORT[est.train.offload.value]}",
+        bytes_by_category=cats,
+        device_bytes=est.device_bytes,
+        headroom_bytes=est.headroom_bytes,
+        fits=est.fits,
+        peak_phase=est.peak_phase,
+        cpu_bytes_per_node=est.cpu_bytes_per_node,
+    )
+
+
+def inputs(est: Estimate, *, all_methods: bool) -> KeyValues:
+    """The inputs shared by every row (method, ZeRO and offload vary across rows unless fixed)."""
+    m, t, c = est.model, est.train, est.cluster
+    items = [
+        ("model", f"{m.name} ({m.model_type}, source: {m.source})"),
+        ("parameters", f"{fmt_count(est.num_params)} ({est.num_params:,})"),
+        ("shape", f"{m.num_layers} layers, hidden {m.hidden_size}, heads {m.num_heads}/{m.num_kv_heads} (q/kv), "
+                  f"vocabulary {m.vocab_size:,}"),
+        ("GPUs", f"{c.num_gpus} x {c.gpu.name} ({gib(c.gpu.memory_bytes):,.1f} GiB each) on {c.num_nodes} "
+                 f"node{'s' if c.num_nodes != 1 else ''}"),
+        ("precision / optimizer", f"{t.precision.value} / {t.optimizer.value}"),
+        ("batch", f"micro-batch {t.micro_batch} x sequence {t.seq_len} tokens, gradient accumulation {t.grad_accum}"),
+        ("attention / checkpointing", f"{t.attn_impl.value} / {'on' if t.grad_checkpointing else 'off'}"),
+        ("safety margin", f"{est.margin:.0%} of GPU memory kept free"),
+    ]
+    if all_methods or t.method.value != "full":
+        items.append(("LoRA", f"rank {t.lora.rank}, alpha {t.lora.alpha}, dropout {t.lora.dropout}, "
+                              f"targets {','.join(t.lora.targets)}"
+                              + (f", modules to save {','.join(t.lora.modules_to_save)}" if t.lora.modules_to_save else "")))
+    if all_methods or t.method.value == "qlora":
+        items.append(("QLoRA", f"{t.quant.quant_type.value}, double quantization "
+                               f"{'on' if t.quant.double_quant else 'off'}, block size {t.quant.blocksize}"))
+    return KeyValues(items, caption="Inputs")
+
+
+def rows_table(rows: Sequence[Estimate]) -> Table:
+    cols = ["method", "ZeRO", "offload", "trainable", "params GiB", "grads GiB", "optimizer GiB", "activations GiB",
+            "temporaries GiB", "overhead GiB", "allocated GiB", "reserved GiB", "device GiB", "peak at",
+            "CPU/node GiB", "fits", "headroom GiB", "max micro-batch", "max seq"]
+    out, classes = [], []
+    for e in rows:
+        b = e.per_gpu
+        out.append([
+            e.train.method.value, e.train.zero_stage, e.train.offload.value, fmt_count(e.num_trainable_params),
+            gib(b.params_bytes), gib(b.grads_bytes), gib(b.optimizer_states_bytes), gib(b.activations_bytes),
+            gib(b.temporaries_bytes), gib(b.overhead_bytes), gib(b.total_bytes), gib(e.reserved_bytes),
+            gib(e.device_bytes), e.peak_phase, gib(e.cpu_bytes_per_node), "yes" if e.fits else "no",
+            gib(e.headroom_bytes),
+            e.fit.max_micro_batch if e.fit else "-", e.fit.max_seq_len if e.fit else "-",
+        ])
+        classes.append("fits" if e.fits else "nofit")
+    return Table(cols, out, caption="Per-GPU memory at the peak, every configuration", row_classes=classes)
+
+
+def throughput_table(rows: Sequence[Estimate]) -> Table | None:
+    rows = [r for r in rows if r.throughput is not None]
+    if not rows:
+        return None
+    cols = ["method", "ZeRO", "offload", "fits", "FLOPs/token", "tokens/s/GPU", "step s", "MFU", "tokens",
+            "time h", "cost"]
+    out, classes = [], []
+    for e in rows:
+        th = e.throughput
+        out.append([
+            e.train.method.value, e.train.zero_stage, e.train.offload.value, "yes" if e.fits else "no",
+            f"{th.flops_per_token:.3g}", round(th.tokens_per_s_per_gpu, 1), round(th.step_time_s, 3),
+            f"{th.mfu:.0%}", fmt_count(th.num_tokens) if th.num_tokens else "-",
+            round(th.total_time_s / 3600, 2) if th.num_tokens else "-",
+            round(th.cost, 2) if th.price_per_gpu_hour and th.num_tokens else "-",
+        ])
+        classes.append("fits" if e.fits else "nofit")
+    return Table(cols, out, caption="Throughput, time and cost (at the stated utilisation)", row_classes=classes)
+
+
+def gpu_table(rows: Sequence[object]) -> Table | None:
+    """The --compare-gpus rows (objects with ``to_dict()``), columns in a fixed, readable order."""
+    dicts = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in rows]
+    if not dicts:
+        return None
+    preferred = ["gpu", "method", "fits", "num_gpus", "zero_stage", "offload", "tokens_per_s_per_gpu",
+                 "time_s", "cost"]
+    keys = [k for k in preferred if any(k in d for d in dicts)]
+    keys += sorted({k for d in dicts for k in d} - set(keys))
+    out = []
+    for d in dicts:
+        row = []
+        for k in keys:
+            v = d.get(k, "")
+            if k == "time_s" and isinstance(v, (int, float)):
+                v = round(v / 3600, 2)
+            elif isinstance(v, float):
+                v = round(v, 2)
+            elif isinstance(v, (list, tuple)):
+                v = "; ".join(map(str, v))
+            row.append(v)
+        out.append(row)
+    cols = ["time h" if k == "time_s" else k.replace("_", " ") for k in keys]
+    return Table(cols, out, caption="GPU comparison: the fewest GPUs of each kind that fit, sorted by cost")
+
+
+def estimate_section(rows: Sequence[Estimate], *, all_methods: bool, gpu_rows: Sequence[object] = ()) -> Section:
+    first = rows[0]
+    cluster = first.cluster
+    blocks: list[object] = [inputs(first, all_methods=all_methods)]
+    title = (f"{palette.text(first.model.name)} on {cluster.num_gpus} x "
+             f"{palette.text(cluster.gpu.name)}: per-GPU memory by category")
+    blocks.append(Figure(
+        figures.estimate_bars([bar_row(r) for r in rows], capacity_bytes=first.capacity_bytes,
+                              usable_bytes=first.usable_bytes, gpu_name=cluster.gpu.name, title=title),
+        name="estimate-bars",
+        caption="Stacked: the tensors alive at each configuration's peak, by category. The grey tick is the "
+                "device figure (what nvidia-smi would show); the number above each bar is the headroom: usable "
+                "capacity (after the margin) minus the device figure, negative when it does not fit.",
+    ))
+    if len(rows) == 1 and first.phases:
+        phases = {name: b.by_category() for name, b in first.phases.items()}
+        blocks.append(Figure(
+            figures.phase_bars(phases, peak_phase=first.peak_phase, title=f"{config_label(first)}: memory by phase"),
+            name="estimate-phases",
+        ))
+    blocks.append(rows_table(rows))
+    tput = throughput_table(rows)
+    if tput is not None:
+        blocks.append(tput)
+    gpus = gpu_table(gpu_rows)
+    if gpus is not None:
+        blocks.append(gpus)
+    notes = list(dict.fromkeys(n for r in rows for n in r.notes))
+    blocks += [Paragraph(n, kind="note") for n in notes]
+    return Section("Estimate", "estimate", blocks,
+                   subtitle="Every valid training method x ZeRO stage x offload for the inputs below.")

@@ -1,0 +1,243 @@
+"""The self-contained HTML writer: a ``Report`` of sections and blocks in, one offline HTML file out.
+
+plotly.js is inlined once in the head; each figure is a div and a ``Plotly.newPlot`` call with its JSON
+(plotly's encoder writes ``<`` as ``\\u003c``, so no string can close the script element). Every text
+that reaches the page is escaped with ``html.escape``. A Content-Security-Policy meta tag forbids every
+network request (no ``connect-src``, ``img-src`` or ``font-src`` beyond ``data:``), so the page cannot
+reach out even by accident, and the browser test would see the violation.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from planner.errors import PlannerError
+
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+    "img-src data: blob:; font-src data:"
+)
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "scrollZoom": False}
+
+
+# ------------------------------------------------------------------ the document model
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+    kind: str = ""  # "", "note", "warning", "error"
+
+
+@dataclass(frozen=True)
+class KeyValues:
+    items: Sequence[tuple[str, str]]
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: Sequence[str]
+    rows: Sequence[Sequence[object]]
+    caption: str = ""
+    # Per-row CSS class ("fits", "nofit", "chosen", "") for colouring; same length as rows or empty.
+    row_classes: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Figure:
+    figure: go.Figure
+    name: str  # stable, unique within the report: becomes the div id ("fig-" + name)
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Code:
+    title: str
+    text: str
+    open: bool = False
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    anchor: str
+    blocks: Sequence[object] = field(default_factory=list)
+    subtitle: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    sections: Sequence[Section]
+    generated: str = ""
+    summary: str = ""
+
+
+# ------------------------------------------------------------------ rendering
+
+_CSS = """
+:root { --fg:#1d1d1f; --muted:#5f6368; --line:#e3e3e3; --bg:#fafafa; --accent:#4C78A8; }
+* { box-sizing: border-box; }
+body { margin:0; font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+  color: var(--fg); background: var(--bg); line-height: 1.45; }
+header { background:#fff; border-bottom:1px solid var(--line); padding: 20px 32px 12px; }
+header h1 { margin: 0 0 4px; font-size: 24px; }
+header .meta { color: var(--muted); font-size: 13px; }
+nav { padding: 8px 32px; background:#fff; border-bottom:1px solid var(--line); font-size: 14px; }
+nav a { margin-right: 16px; color: var(--accent); text-decoration: none; }
+main { max-width: 1280px; margin: 0 auto; padding: 12px 32px 48px; }
+section { background:#fff; border:1px solid var(--line); border-radius: 8px; padding: 16px 20px; margin: 18px 0; }
+section h2 { margin: 0 0 4px; font-size: 20px; }
+section .subtitle { color: var(--muted); margin: 0 0 12px; font-size: 14px; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; width: auto; max-width: 100%; }
+caption { text-align: left; font-weight: 600; padding: 4px 0; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
+th { background: #f3f4f6; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.fits td:first-child { border-left: 4px solid #2CA02C; }
+tr.nofit td:first-child { border-left: 4px solid #D62728; }
+tr.chosen { background: #eef6ee; font-weight: 600; }
+.kv th { width: 220px; background: none; }
+.figure { margin: 8px 0 20px; }
+.figure .caption { color: var(--muted); font-size: 13px; margin: 2px 0 0; }
+p.note, p.warning, p.error { padding: 8px 12px; border-radius: 6px; font-size: 14px; }
+p.note { background: #eef3fa; } p.warning { background: #fff6e0; } p.error { background: #fdecea; }
+details { margin: 6px 0; } summary { cursor: pointer; font-weight: 600; }
+pre { background: #f6f8fa; border: 1px solid var(--line); border-radius: 6px; padding: 10px; overflow: auto;
+  font-size: 12px; max-height: 520px; }
+footer { color: var(--muted); font-size: 12px; text-align: center; padding: 12px; }
+"""
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _cell(value: object) -> str:
+    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f'<td class="num">{esc(value)}</td>' if is_num else f"<td>{esc(value)}</td>"
+
+
+def _table(block: Table) -> str:
+    out = ["<table>"]
+    if block.caption:
+        out.append(f"<caption>{esc(block.caption)}</caption>")
+    out.append("<thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in block.columns) + "</tr></thead><tbody>")
+    for i, row in enumerate(block.rows):
+        cls = block.row_classes[i] if i < len(block.row_classes) and block.row_classes[i] else ""
+        attr = f' class="{esc(cls)}"' if cls else ""
+        out.append(f"<tr{attr}>" + "".join(_cell(v) for v in row) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _kv(block: KeyValues) -> str:
+    out = ['<table class="kv">']
+    if block.caption:
+        out.append(f"<caption>{esc(block.caption)}</caption>")
+    out += [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in block.items]
+    out.append("</table>")
+    return "".join(out)
+
+
+def figure_html(block: Figure) -> str:
+    """A div and the script that draws it; the JSON is plotly's own (``<`` written as ``\\u003c``)."""
+    div_id = "fig-" + "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in block.name)
+    fig_json = pio.to_json(block.figure, validate=False, remove_uids=True)
+    height = block.figure.layout.height or 450
+    config = json.dumps(PLOTLY_CONFIG)
+    caption = f'<p class="caption">{esc(block.caption)}</p>' if block.caption else ""
+    return (
+        f'<div class="figure"><div id="{div_id}" class="plotly-graph-div" data-figure="{esc(block.name)}" '
+        f'style="height:{int(height)}px;width:100%"></div>{caption}'
+        f"<script>(function(){{var f={fig_json};"
+        f'Plotly.newPlot("{div_id}",f.data,f.layout,{config});}})();</script></div>'
+    )
+
+
+def _block(block: object) -> str:
+    if isinstance(block, Paragraph):
+        cls = f' class="{esc(block.kind)}"' if block.kind else ""
+        return f"<p{cls}>{esc(block.text)}</p>"
+    if isinstance(block, KeyValues):
+        return _kv(block)
+    if isinstance(block, Table):
+        return _table(block)
+    if isinstance(block, Figure):
+        return figure_html(block)
+    if isinstance(block, Code):
+        opened = " open" if block.open else ""
+        return f"<details{opened}><summary>{esc(block.title)}</summary><pre>{esc(block.text)}</pre></details>"
+    if isinstance(block, Section):
+        return _section(block, level=3)
+    raise TypeError(f"unknown report block {type(block).__name__}")
+
+
+def _section(section: Section, level: int = 2) -> str:
+    sub = f'<p class="subtitle">{esc(section.subtitle)}</p>' if section.subtitle else ""
+    body = "".join(_block(b) for b in section.blocks)
+    if level == 2:
+        return f'<section id="{esc(section.anchor)}"><h2>{esc(section.title)}</h2>{sub}{body}</section>'
+    return f'<div id="{esc(section.anchor)}"><h{level}>{esc(section.title)}</h{level}>{sub}{body}</div>'
+
+
+def render(report: Report, plotly_js: str | None = None) -> str:
+    """The whole page as one string. ``plotly_js`` defaults to the installed plotly's bundle."""
+    if plotly_js is None:
+        from plotly.offline import get_plotlyjs
+
+        plotly_js = get_plotlyjs()
+    nav = "".join(f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in report.sections)
+    meta = esc(report.generated)
+    summary = f"<div>{esc(report.summary)}</div>" if report.summary else ""
+    body = "".join(_section(s) for s in report.sections)
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="generator" content="planner report">'
+        f"<title>{esc(report.title)}</title><style>{_CSS}</style>"
+        f'<script type="text/javascript">{plotly_js}</script></head>'
+        f"<body><header><h1>{esc(report.title)}</h1>{summary}<div class=\"meta\">{meta}</div></header>"
+        f"<nav>{nav}</nav><main>{body}</main>"
+        "<footer>Generated by planner. 1 GiB = 2^30 bytes. Self-contained: this file makes no network requests.</footer>"
+        "</body></html>\n"
+    )
+
+
+def write(report: Report, path: Path) -> int:
+    """Render and write atomically (temporary file in the same directory, then rename); returns bytes."""
+    path = Path(path)
+    if path.is_dir():
+        raise PlannerError(f"-o {str(path)!r} is a directory; give a file path such as reports/NAME.html.")
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise PlannerError(f"-o {str(path)!r} must end in .html (the report is one HTML file).")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise PlannerError(f"-o {str(path)!r}: {str(parent)!r} is not a directory.")
+    text = render(report).encode("utf-8")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".planner-report-", suffix=".html", dir=parent)
+    except OSError as exc:
+        raise PlannerError(f"cannot write -o {str(path)!r}: {exc.strerror or exc}.") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise PlannerError(f"cannot write -o {str(path)!r}: {exc.strerror or exc}.") from None
+    return len(text)

@@ -1,0 +1,120 @@
+"""The profile part of the report: status, peaks per rank, the timeline, estimate vs measured."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from planner.report import figures, palette, timeline
+from planner.report.html import Figure, KeyValues, Paragraph, Section, Table
+from planner.units import MIB
+
+
+@dataclass(frozen=True)
+class RankPeak:
+    """One rank's measured peak: when it happened and what was alive then, by category (bytes)."""
+
+    rank: int
+    allocated_bytes: int
+    by_category: Mapping[str, int]
+    step: int | None = None
+    phase: str = ""
+    reserved_bytes: int | None = None
+    device_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    """What the report needs from a profile, whatever the store's own classes look like."""
+
+    name: str
+    path: str
+    status: str
+    message: str
+    inputs: Sequence[tuple[str, str]]
+    versions: Mapping[str, str]
+    peaks: Sequence[RankPeak]
+    timeline: pd.DataFrame | None = None
+    # Estimated bytes by category for the profile's own inputs (None when it could not be estimated).
+    estimated: Mapping[str, int] | None = None
+    estimate_note: str = ""
+    extra_notes: Sequence[str] = field(default_factory=tuple)
+
+
+def _mib(num_bytes: int | None) -> object:
+    return "-" if num_bytes is None else round(num_bytes / MIB, 2)
+
+
+def peaks_table(peaks: Sequence[RankPeak]) -> Table:
+    cats = [c for c in palette.CATEGORIES if any(p.by_category.get(c, 0) for p in peaks)]
+    cols = ["rank", "step", "phase", "allocated MiB", "reserved MiB", "device MiB"]
+    cols += [f"{palette.label(c)} MiB" for c in cats]
+    rows = [
+        [p.rank, "-" if p.step is None else p.step, p.phase or "-", _mib(p.allocated_bytes),
+         _mib(p.reserved_bytes), _mib(p.device_bytes)] + [_mib(p.by_category.get(c, 0)) for c in cats]
+        for p in peaks
+    ]
+    return Table(cols, rows, caption="Measured peak per rank, and what was alive at that moment")
+
+
+def comparison_table(estimated: Mapping[str, int], peaks: Sequence[RankPeak]) -> Table:
+    cats = [c for c in palette.CATEGORIES if estimated.get(c, 0) or any(p.by_category.get(c, 0) for p in peaks)]
+    rows = []
+    for p in peaks:
+        for c in [*cats, "total"]:
+            est = sum(estimated.get(k, 0) for k in cats) if c == "total" else estimated.get(c, 0)
+            meas = p.allocated_bytes if c == "total" else p.by_category.get(c, 0)
+            err = figures.signed_error(est, meas)
+            share = (est - meas) / p.allocated_bytes if p.allocated_bytes else None
+            rows.append([p.rank, "total (peak)" if c == "total" else palette.label(c), _mib(est), _mib(meas),
+                         round((est - meas) / MIB, 3), "n/a" if err is None else f"{err:+.2%}",
+                         "n/a" if share is None else f"{share:+.2%}"])
+    cols = ["rank", "category", "estimated MiB", "measured MiB", "difference MiB", "signed error",
+            "error / measured peak"]
+    return Table(cols, rows, caption="Estimate vs measured, per rank and category (signed: negative = underestimate)")
+
+
+def profile_section(view: ProfileView, index: int, *, max_points: int = timeline.DEFAULT_MAX_POINTS) -> Section:
+    blocks: list[object] = []
+    status = view.status or "unknown"
+    if status != "ok":
+        blocks.append(Paragraph(
+            f"status {status}: {view.message or 'the run did not finish'}; the timeline ends where it stopped.",
+            kind="error" if status in ("oom", "failed") else "warning",
+        ))
+    blocks.append(KeyValues([("profile", view.path), ("status", status), *view.inputs], caption="Inputs"))
+    if view.versions:
+        blocks.append(KeyValues(sorted(view.versions.items()), caption="Recorded with"))
+    if view.peaks:
+        blocks.append(peaks_table(view.peaks))
+    if view.timeline is not None and len(view.timeline):
+        num_rows = len(view.timeline)
+        fig = timeline.timeline_figure(
+            view.timeline, title=f"{palette.text(view.name)}: memory timeline by category", max_points=max_points
+        )
+        blocks.append(Figure(
+            fig, name=f"timeline-{index}",
+            caption=f"Allocated bytes stacked by category, one panel per rank; shaded bands are phases; the "
+                    f"dashed line is the caching allocator's reserved memory and the dotted one NVML device "
+                    f"memory where recorded. Drawn from {num_rows:,} samples, downsampled keeping every step's "
+                    f"peak and each bucket's highest and lowest point.",
+        ))
+    else:
+        blocks.append(Paragraph("This profile has no timeline samples.", kind="warning"))
+    if view.estimated is not None and view.peaks:
+        worst = max(view.peaks, key=lambda p: (p.allocated_bytes, -p.rank))
+        blocks.append(Figure(
+            figures.estimate_vs_measured(
+                view.estimated, worst.by_category,
+                title=f"Estimate vs measured at the peak (rank {worst.rank}, the highest)",
+            ),
+            name=f"compare-{index}",
+        ))
+        blocks.append(comparison_table(view.estimated, view.peaks))
+    if view.estimate_note:
+        blocks.append(Paragraph(view.estimate_note, kind="note"))
+    blocks += [Paragraph(n, kind="note") for n in view.extra_notes]
+    return Section(f"Profile: {view.name}", f"profile-{index}", blocks,
+                   subtitle="A real training run, recorded by planner profile.")

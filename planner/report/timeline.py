@@ -1,0 +1,248 @@
+"""Memory timelines of a profile: downsampling that keeps every peak, and the per-rank stacked-area figure.
+
+The timeline table the report reads (one row per sample, any order):
+
+    rank   int     data-parallel rank
+    t_s    float   seconds since the rank started recording
+    phase  str     forward, loss, backward, optimizer_step, ... (free text is allowed)
+    step   int     training step, 0-based
+    params, grads, optimizer_states, activations, temporaries, other (or overhead)
+           int     bytes allocated in that category at that moment (a missing column counts as 0)
+    reserved  int  caching-allocator reserved bytes (optional, CUDA)
+    nvml      int  device memory seen by NVML (optional, CUDA; NaN where not sampled)
+
+A CPU profile records every allocation and free: a 20-rank, 1,000-step run has millions of rows, far
+more than a browser should draw. ``downsample`` keeps, per rank, the first and last sample, the sample
+of the highest and the lowest total in each of ``max_points / 2`` equal-count buckets, the highest total
+of every step, and the highest reserved and NVML sample of each bucket. So the global peak, every
+step's peak and every local dip survive, and each kept row carries its real breakdown: the stack drawn
+at a peak is the breakdown measured at that moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from planner.report import palette
+from planner.report.figures import FONT, TEMPLATE, fmt_bytes, unit_for
+
+DEFAULT_MAX_POINTS = 1200
+# Above this many phase intervals per rank, phases are drawn at this many time bins (sub-pixel otherwise).
+MAX_PHASE_BANDS = 600
+OPTIONAL_COLUMNS = ("reserved", "nvml")
+
+
+def category_columns(frame: pd.DataFrame) -> list[str]:
+    """The frame's category columns in the report's stacking order (``other`` counts as overhead)."""
+    present = {palette.canonical(c): c for c in frame.columns if palette.canonical(c) in palette.CATEGORIES}
+    return [present[c] for c in palette.CATEGORIES if c in present]
+
+
+def _total(frame: pd.DataFrame) -> np.ndarray:
+    cols = category_columns(frame)
+    if not cols:
+        return np.zeros(len(frame))
+    return frame[cols].to_numpy(dtype=np.float64).sum(axis=1)
+
+
+def _argext_per_group(values: np.ndarray, groups: np.ndarray, *, largest: bool) -> np.ndarray:
+    """Positions of the largest (or smallest) value in each group; ``groups`` sorted ascending."""
+    if len(values) == 0:
+        return np.empty(0, dtype=np.int64)
+    key = -values if largest else values
+    key = np.where(np.isnan(key), np.inf, key)
+    order = np.lexsort((key, groups))  # by group, then by key ascending: the first of each group wins
+    g = groups[order]
+    first = np.r_[True, g[1:] != g[:-1]]
+    return order[first]
+
+
+def downsample_rank(frame: pd.DataFrame, max_points: int = DEFAULT_MAX_POINTS) -> pd.DataFrame:
+    """One rank's timeline reduced to about ``max_points`` rows plus one per step, keeping every peak."""
+    frame = frame.sort_values("t_s", kind="stable").reset_index(drop=True)
+    n = len(frame)
+    if n <= max_points:
+        return frame
+    total = _total(frame)
+    num_buckets = max(1, max_points // 2)
+    buckets = (np.arange(n) * num_buckets) // n
+    keep = [np.array([0, n - 1, int(np.argmax(total))])]
+    keep.append(_argext_per_group(total, buckets, largest=True))
+    keep.append(_argext_per_group(total, buckets, largest=False))
+    if "step" in frame:
+        steps = frame["step"].to_numpy()
+        if np.all(steps[1:] >= steps[:-1]):
+            keep.append(_argext_per_group(total, steps, largest=True))
+        else:
+            order = np.argsort(steps, kind="stable")
+            keep.append(order[_argext_per_group(total[order], steps[order], largest=True)])
+    for col in OPTIONAL_COLUMNS:
+        if col in frame and frame[col].notna().any():
+            values = frame[col].to_numpy(dtype=np.float64)
+            keep.append(_argext_per_group(values, buckets, largest=True))
+    idx = np.unique(np.concatenate(keep))
+    return frame.iloc[idx].reset_index(drop=True)
+
+
+def downsample(frame: pd.DataFrame, max_points: int = DEFAULT_MAX_POINTS) -> pd.DataFrame:
+    """Every rank downsampled with ``downsample_rank``; ranks in ascending order."""
+    if "rank" not in frame:
+        frame = frame.assign(rank=0)
+    parts = [downsample_rank(g, max_points) for _, g in frame.groupby("rank", sort=True)]
+    if not parts:
+        return frame.iloc[0:0]
+    return pd.concat(parts, ignore_index=True)
+
+
+def phase_bands(times: np.ndarray, phases: np.ndarray, max_bands: int = MAX_PHASE_BANDS) -> list[tuple[str, float, float]]:
+    """Contiguous (phase, start, end) intervals; at most ``max_bands`` by sampling the phase on a grid."""
+    if len(times) == 0:
+        return []
+    change = np.r_[True, phases[1:] != phases[:-1]]
+    starts = np.flatnonzero(change)
+    if len(starts) > max_bands:
+        grid = np.linspace(times[0], times[-1], max_bands + 1)
+        at = np.clip(np.searchsorted(times, grid[:-1], side="right") - 1, 0, len(times) - 1)
+        sampled = phases[at]
+        change = np.r_[True, sampled[1:] != sampled[:-1]]
+        idx = np.flatnonzero(change)
+        ends = np.r_[grid[idx[1:]], grid[-1]]
+        return [(str(sampled[i]), float(grid[i]), float(e)) for i, e in zip(idx, ends, strict=True)]
+    ends = np.r_[times[starts[1:]], times[-1]]
+    return [(str(phases[s]), float(times[s]), float(e)) for s, e in zip(starts, ends, strict=True)]
+
+
+def _band_trace(bands: Sequence[tuple[str, float, float]], phase: str, top: float, **kw) -> go.Scatter:
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for name, start, end in bands:
+        if name != phase:
+            continue
+        xs += [start, start, end, end, start, None]
+        ys += [0, top, top, 0, 0, None]
+    return go.Scatter(
+        x=xs,
+        y=ys,
+        mode="none",
+        fill="toself",
+        fillcolor=palette.phase_color(phase),
+        name=f"phase: {palette.text(phase)}",
+        legendgroup=f"phase-{phase}",
+        hoverinfo="skip",
+        **kw,
+    )
+
+
+def timeline_figure(frame: pd.DataFrame, *, title: str, max_points: int = DEFAULT_MAX_POINTS) -> go.Figure:
+    """Stacked areas of allocated bytes by category, one panel per rank, phases shaded, the peak annotated.
+
+    ``frame`` is the full timeline (see the module docstring); it is downsampled here.
+    """
+    small = downsample(frame, max_points)
+    ranks = sorted(small["rank"].unique().tolist()) if len(small) else [0]
+    cats = category_columns(small)
+    total = _total(small)
+    tops = [total]
+    tops += [small[c].to_numpy(dtype=np.float64) for c in OPTIONAL_COLUMNS if c in small]
+    top = float(np.nanmax(np.concatenate(tops))) if len(small) else 1.0
+    div, unit = unit_for(top)
+    spacing = min(0.06, 0.25 / max(1, len(ranks) - 1)) if len(ranks) > 1 else 0.0
+    fig = make_subplots(
+        rows=len(ranks),
+        cols=1,
+        shared_xaxes=False,
+        vertical_spacing=spacing,
+        subplot_titles=[f"rank {r}" for r in ranks],
+    )
+    phases_seen: set[str] = set()
+    for i, rank in enumerate(ranks, start=1):
+        part = small[small["rank"] == rank]
+        t = part["t_s"].to_numpy(dtype=np.float64)
+        rank_total = total[(small["rank"] == rank).to_numpy()]
+        rank_top = max(float(np.nanmax(rank_total)) if len(rank_total) else 0.0, 1.0)
+        for col in OPTIONAL_COLUMNS:
+            if col in part and part[col].notna().any():
+                rank_top = max(rank_top, float(part[col].max()))
+        if "phase" in part:
+            bands = phase_bands(t, part["phase"].astype(str).to_numpy())
+            for phase in dict.fromkeys(b[0] for b in bands):
+                fig.add_trace(
+                    _band_trace(bands, phase, rank_top * 1.05 / div, showlegend=phase not in phases_seen),
+                    row=i,
+                    col=1,
+                )
+                phases_seen.add(phase)
+        for col in cats:
+            cat = palette.canonical(col)
+            fig.add_trace(
+                go.Scatter(
+                    x=t.astype(np.float32),
+                    y=(part[col].to_numpy(dtype=np.float64) / div).astype(np.float32),
+                    mode="lines",
+                    line={"width": 0.5, "color": palette.color(cat), "shape": "hv"},
+                    fillcolor=palette.color(cat),
+                    stackgroup=f"rank{rank}",
+                    name=palette.label(cat),
+                    legendgroup=cat,
+                    showlegend=i == 1,
+                    hovertemplate=f"{palette.label(cat)}: %{{y:,.2f}} {unit}<extra>rank {rank}</extra>",
+                ),
+                row=i,
+                col=1,
+            )
+        for col, name, color, dash in (
+            ("reserved", "reserved (caching allocator)", palette.RESERVED_COLOR, "dash"),
+            ("nvml", "device (NVML)", palette.DEVICE_COLOR, "dot"),
+        ):
+            if col in part and part[col].notna().any():
+                sel = part[col].notna().to_numpy()
+                fig.add_trace(
+                    go.Scatter(
+                        x=t[sel].astype(np.float32),
+                        y=(part[col].to_numpy(dtype=np.float64)[sel] / div).astype(np.float32),
+                        mode="lines",
+                        line={"width": 1.5, "color": color, "dash": dash, "shape": "hv"},
+                        name=name,
+                        legendgroup=col,
+                        showlegend=i == 1,
+                        hovertemplate=f"{name}: %{{y:,.2f}} {unit}<extra>rank {rank}</extra>",
+                    ),
+                    row=i,
+                    col=1,
+                )
+        if len(rank_total):
+            at = int(np.argmax(rank_total))
+            row = part.iloc[at]
+            where = f"step {int(row['step'])}, " if "step" in part else ""
+            where += palette.text(row["phase"]) if "phase" in part else ""
+            fig.add_annotation(
+                x=float(t[at]),
+                y=float(rank_total[at]) / div,
+                text=f"peak {fmt_bytes(rank_total[at], div, unit)} ({where})",
+                showarrow=True,
+                arrowhead=2,
+                ax=40,
+                ay=-28,
+                font={"size": 11},
+                bgcolor="rgba(255,255,255,0.8)",
+                row=i,
+                col=1,
+            )
+        fig.update_yaxes(title_text=unit, range=[0, rank_top * 1.2 / div], row=i, col=1)
+    fig.update_xaxes(title_text="time (s)", row=len(ranks), col=1)
+    fig.update_layout(
+        template=TEMPLATE,
+        font=FONT,
+        title={"text": title, "x": 0.01, "xanchor": "left"},
+        height=140 + 230 * len(ranks),
+        margin={"l": 70, "r": 30, "t": 110, "b": 50},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "yref": "container", "xanchor": "left", "x": 0},
+        hovermode="x unified" if len(ranks) <= 4 else "closest",
+    )
+    fig.update_layout(legend={"y": 1.0 - 40 / (140 + 230 * len(ranks)), "yref": "paper", "yanchor": "bottom"})
+    return fig
