@@ -29,7 +29,7 @@ def build_meta_model(model: ModelSpec) -> Any:
     model_type = raw.pop("model_type", model.model_type)
     try:
         config = AutoConfig.for_model(model_type, **raw)
-    except (ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - unknown type or invalid values: one sentence either way
         raise PlannerError(
             f"model type {model_type!r} of {model.name!r} is unknown to the installed transformers, so its "
             f"parameters cannot be counted ({str(exc).splitlines()[0][:120]})."
@@ -37,10 +37,10 @@ def build_meta_model(model: ModelSpec) -> Any:
     try:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config)
-    except ValueError as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to build is the config's fault, said in one sentence
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise PlannerError(
-            f"transformers has no causal-LM class for model type {model_type!r} of {model.name!r} "
-            f"({str(exc).splitlines()[0][:120]})."
+            f"transformers cannot build a causal LM for model type {model_type!r} of {model.name!r}: {first}"
         ) from None
 
 
@@ -117,6 +117,8 @@ def param_counts_of(hf_model: Any) -> ParamCounts:
             # transformers replace_with_bnb_linear: `isinstance(module, Conv1D) or type(module) is nn.Linear`.
             "quantizable": isinstance(module, Conv1D) or type(module) is torch.nn.Linear,
             "shared": not unique,
+            "param_shapes": tuple((n, tuple(p.shape)) for n, p in module.named_parameters(recurse=False))
+            if kind in ("experts", "router") else (),
         })
         entry["num_modules"] += 1
     groups = [ModuleGroup(**g) for g in grouped.values()]
@@ -143,6 +145,7 @@ def param_counts_of(hf_model: Any) -> ParamCounts:
         num_experts=num_experts if routed else 0,
         num_experts_per_tok=int(getattr(config, "num_experts_per_tok", 0) or 0) if routed else 0,
         hidden_size=int(getattr(config, "hidden_size", 0) or 0),
+        model_type=str(getattr(config, "model_type", "")),
         source="meta",
     )
 

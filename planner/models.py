@@ -18,7 +18,10 @@ from planner.specs import ModelSpec
 
 # Defaults that transformers' config classes apply when a key is absent from config.json.
 # (transformers 5.x configuration_<family>.py; ``tie_word_embeddings`` default per family.)
-_TIE_DEFAULT = {"gemma": True, "gemma2": True, "gpt2": True, "qwen2": False, "qwen3": False}
+_TIE_DEFAULT = {"gemma": True, "gemma2": True, "gpt2": True, "starcoder2": True, "qwen2": False, "qwen3": False}
+# Class defaults when config.json omits the key (configuration_<family>.py in transformers 5.x).
+_HEAD_DIM_DEFAULT = {"qwen3": 128, "qwen3_moe": 128, "gemma2": 256, "gemma": 256}
+_KV_HEADS_DEFAULT = {"qwen2": 32, "mistral": 8, "mixtral": 8, "qwen3_moe": 4, "gemma2": 4}
 _KNOWN_GPT2_KEYS = ("n_embd", "n_layer", "n_head")
 
 
@@ -67,10 +70,10 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
     hidden = _require_int(cfg, "hidden_size", name)
     layers = _require_int(cfg, "num_hidden_layers", name)
     heads = _require_int(cfg, "num_attention_heads", name)
-    kv_heads = cfg.get("num_key_value_heads") or heads
+    kv_heads = cfg.get("num_key_value_heads") or _KV_HEADS_DEFAULT.get(model_type, heads)
     if not isinstance(kv_heads, int) or kv_heads < 1:
         raise PlannerError(f"model {name!r}: 'num_key_value_heads' must be a positive integer, got {kv_heads!r}.")
-    head_dim = cfg.get("head_dim")
+    head_dim = cfg.get("head_dim") or _HEAD_DIM_DEFAULT.get(model_type)
     if head_dim is None:
         if hidden % heads:
             raise PlannerError(

@@ -23,6 +23,8 @@ def _register() -> None:
     app.command("estimate")(estimate_cmd.estimate)
     app.command("models")(catalog_cmd.models)
     app.command("gpus")(catalog_cmd.gpus)
+    app.command("report")(__import__("planner.cli.report_cmd", fromlist=["report"]).report)
+    app.command("recommend")(__import__("planner.cli.recommend_cmd", fromlist=["recommend"]).recommend)
 
 
 _register()

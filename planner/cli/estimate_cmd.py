@@ -216,8 +216,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json) -> None:
-    from planner.estimate.compare_gpus import compare_gpus
     from planner.cli.render import render_compare_gpus
+    from planner.estimate.compare_gpus import compare_gpus
 
     rows = compare_gpus(
         spec,

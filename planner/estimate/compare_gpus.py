@@ -2,7 +2,7 @@
 
 For each accelerator x method the search tries every ZeRO stage x offload x checkpointing layout and,
 per layout, the fewest GPUs (powers of two up to ``max_gpus``, 8 per node) whose estimated device peak
-fits with the margin. Memory comes from ``planner.estimate.core.estimate`` only; the model states alone
+fits with the margin and whose offloaded states fit the node's host RAM. Memory comes from ``planner.estimate.core.estimate`` only; the model states alone
 (ZeRO's per-rank params + grads + optimizer states, a lower bound of every peak) prune layouts and GPU
 counts that cannot fit, and per-GPU memory never rising with more GPUs lets a binary search find the
 fewest. Among the layouts that fit on that fewest count, the fastest (estimated step time) wins.
@@ -33,6 +33,9 @@ from planner.estimate.throughput import (
 from planner.specs import Cluster, GpuSpec, Method, ModelSpec, Offload, Precision, TrainSpec
 
 DEFAULT_MAX_GPUS = 4096
+# Host RAM per node for offloaded states: a DGX H100 ships 2 TB of system memory; a plan whose offloaded
+# states exceed the node's RAM cannot run, however little GPU memory it needs.
+DEFAULT_HOST_MEMORY_BYTES_PER_NODE = 2048 * 2**30
 # A node of the common 8-GPU server (DGX/HGX, 8-GPU PCIe servers); more GPUs means more nodes of 8.
 GPUS_PER_NODE = 8
 METHOD_ORDER = (Method.FULL, Method.LORA, Method.QLORA)
@@ -114,8 +117,10 @@ def precision_for(gpu: GpuSpec, precision: Precision) -> Precision:
 class _Search:
     """Memoised estimates for one model; lower bounds from the model states alone."""
 
-    def __init__(self, model: ModelSpec, margin: float, gpus_per_node: int = GPUS_PER_NODE) -> None:
+    def __init__(self, model: ModelSpec, margin: float, gpus_per_node: int = GPUS_PER_NODE,
+                 host_memory_bytes_per_node: int = DEFAULT_HOST_MEMORY_BYTES_PER_NODE) -> None:
         self.model = model
+        self.host_mem = host_memory_bytes_per_node
         self.margin = margin
         self.gpus_per_node = gpus_per_node
         self.counts = count_params(model)
@@ -147,7 +152,8 @@ class _Search:
         usable = int(cluster.gpu.memory_bytes * (1.0 - self.margin))
         if self.states_lower_bound(train, cluster.num_gpus) > usable:
             return False
-        return self.estimate(train, cluster).fits
+        est = self.estimate(train, cluster)
+        return est.fits and est.reserved_bytes <= usable and est.cpu_bytes_per_node <= self.host_mem
 
 
 def _layout_trains(base: TrainSpec, method: Method, precision: Precision) -> list[TrainSpec]:
@@ -206,6 +212,7 @@ def compare_gpus(
     price_per_gpu_hour: float = 0.0,
     margin: float = 0.1,
     max_gpus: int = DEFAULT_MAX_GPUS,
+    host_memory_bytes_per_node: int = DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
     gpus: tuple[GpuSpec, ...] | None = None,
     methods: tuple[Method, ...] = METHOD_ORDER,
 ) -> list[GpuOption]:
@@ -220,7 +227,7 @@ def compare_gpus(
         raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
     if not isinstance(max_gpus, int) or max_gpus < 1 or max_gpus > 1_000_000:
         raise PlannerError(f"--max-gpus must be an integer from 1 to 1000000, got {max_gpus!r}.")
-    search = _Search(model, margin)
+    search = _Search(model, margin, host_memory_bytes_per_node=host_memory_bytes_per_node)
     counts = gpu_counts(max_gpus)
     rows: list[GpuOption] = []
     for gpu in gpus if gpus is not None else catalog.gpus():
@@ -241,7 +248,8 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
     except PlannerError as exc:
         return GpuOption(**common, fits=False, note=str(exc))
     if n is None:
-        return GpuOption(**common, fits=False, note=note or f"nothing fits on up to {max_gpus} GPUs")
+        why = f"nothing fits on up to {max_gpus} GPUs"
+        return GpuOption(**common, fits=False, note=f"{why}; {note}" if note else why)
     cluster = cluster_for(gpu, n, search.gpus_per_node)
     best = None
     for train in fitting:

@@ -42,8 +42,9 @@ class _Inventory:
         own = dim * (2 if bias else 1)
         self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, "norm", "norms", own, n, bias=bias))
 
-    def param(self, path: str, kind: str, own: int, n: int, component: str) -> None:
-        self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, kind, component, own, n))
+    def param(self, path: str, kind: str, own: int, n: int, component: str,
+              shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()) -> None:
+        self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, kind, component, own, n, param_shapes=shapes))
 
 
 def _get(cfg: dict[str, Any], key: str, default: Any) -> Any:
@@ -75,8 +76,9 @@ def _dense_mlp(inv: _Inventory, prefix: str, hidden: int, inter: int, n: int, bi
 def _experts(inv: _Inventory, prefix: str, hidden: int, inter: int, num_experts: int, n: int) -> int:
     # <Family>Experts: gate_up_proj [E, 2I, H] + down_proj [E, H, I]; <Family>TopKRouter: weight [E, H].
     expert_params = num_experts * 3 * hidden * inter
-    inv.param(f"{prefix}.experts", "experts", expert_params, n, "mlp")
-    inv.param(f"{prefix}.gate", "router", num_experts * hidden, n, "mlp")
+    shapes = (("gate_up_proj", (num_experts, 2 * inter, hidden)), ("down_proj", (num_experts, hidden, inter)))
+    inv.param(f"{prefix}.experts", "experts", expert_params, n, "mlp", shapes)
+    inv.param(f"{prefix}.gate", "router", num_experts * hidden, n, "mlp", (("weight", (num_experts, hidden)),))
     return expert_params * n
 
 
@@ -142,8 +144,8 @@ def _llama_like(model: ModelSpec, family: str) -> ParamCounts:
     inv.norm("model.norm", hidden, 1)
     inv.linear("lm_head", hidden, vocab, 1, "lm_head", shared=model.tie_word_embeddings)
     return counts_from_groups(inv.groups, tied=model.tie_word_embeddings, hidden_size=hidden,
-                              source="analytical", num_routed_expert_params=routed, num_experts=num_experts,
-                              num_experts_per_tok=top_k)
+                              source="analytical", model_type=model.model_type, num_routed_expert_params=routed,
+                              num_experts=num_experts, num_experts_per_tok=top_k)
 
 
 def _deepseek_v2(model: ModelSpec) -> ParamCounts:
@@ -192,7 +194,7 @@ def _deepseek_v2(model: ModelSpec) -> ParamCounts:
     inv.norm("model.norm", hidden, 1)
     inv.linear("lm_head", hidden, vocab, 1, "lm_head", shared=model.tie_word_embeddings)
     return counts_from_groups(inv.groups, tied=model.tie_word_embeddings, hidden_size=hidden,
-                              source="analytical", num_routed_expert_params=routed,
+                              source="analytical", model_type=model.model_type, num_routed_expert_params=routed,
                               num_experts=num_experts if num_moe else 0, num_experts_per_tok=int(top_k))
 
 
@@ -218,7 +220,8 @@ def _gpt2(model: ModelSpec) -> ParamCounts:
     inv.linear(f"{p}.mlp.c_proj", inner, hidden, layers, "mlp", True, conv1d=True)
     inv.norm("transformer.ln_f", hidden, 1, bias=True)
     inv.linear("lm_head", hidden, vocab, 1, "lm_head", shared=model.tie_word_embeddings)
-    return counts_from_groups(inv.groups, tied=model.tie_word_embeddings, hidden_size=hidden, source="analytical")
+    return counts_from_groups(inv.groups, tied=model.tie_word_embeddings, hidden_size=hidden, source="analytical",
+                              model_type=model.model_type)
 
 
 # Config-class defaults used when config.json leaves a key out (configuration_<family>.py, transformers 5.x).

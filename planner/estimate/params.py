@@ -9,10 +9,11 @@ to meta-device instantiation (``planner.meta``, torch imported lazily there and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from planner.errors import PlannerError
-from planner.specs import Method, ModelSpec, TrainSpec
+from planner.specs import LoraSpec, Method, ModelSpec, TrainSpec
 
 COMPONENTS = ("embedding", "attention", "mlp", "norms", "lm_head", "other")
 
@@ -64,8 +65,10 @@ class ModuleGroup:
     out_features: int = 0
     bias: bool = False
     conv1d: bool = False
-    quantizable: bool = True
+    quantizable: bool = False  # linears only: bitsandbytes' replacement would convert its type
     shared: bool = False
+    # (name, shape) of each own parameter, kept for MoE experts and routers (peft targets them by parameter).
+    param_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     @property
     def num_total(self) -> int:
@@ -88,6 +91,7 @@ class ParamCounts:
     num_experts: int = 0  # routed experts per MoE layer
     num_experts_per_tok: int = 0
     hidden_size: int = 0
+    model_type: str = ""
     source: str = "analytical"  # or "meta" (planner.meta instantiated it on the meta device)
 
     @property
@@ -107,7 +111,7 @@ class ParamCounts:
         return next((m for m in self.modules if m.component == "lm_head"), None)
 
 
-def counts_from_groups(groups: list[ModuleGroup], *, tied: bool, hidden_size: int, source: str,
+def counts_from_groups(groups: list[ModuleGroup], *, tied: bool, hidden_size: int, source: str, model_type: str,
                        num_routed_expert_params: int = 0, num_experts: int = 0,
                        num_experts_per_tok: int = 0) -> ParamCounts:
     """Sum groups into components; list the linears (not the output head); find the largest module."""
@@ -132,6 +136,7 @@ def counts_from_groups(groups: list[ModuleGroup], *, tied: bool, hidden_size: in
         num_experts=num_experts,
         num_experts_per_tok=num_experts_per_tok,
         hidden_size=hidden_size,
+        model_type=model_type,
         source=source,
     )
 
@@ -190,24 +195,64 @@ def _valid_names(counts: ParamCounts, kinds: tuple[str, ...]) -> str:
     return ", ".join(names)
 
 
-def lora_target_groups(counts: ParamCounts, targets: tuple[str, ...]) -> list[ModuleGroup]:
-    """The module groups LoRA adapts, with peft's target semantics.
+def _inside_saved(path: str, modules_to_save: tuple[str, ...]) -> bool:
+    # peft check_target_module_exists: adapters never go on or inside a modules_to_save module,
+    # re.match(rf"(^|.*\.){m}($|\..*)", key).
+    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", path) for m in modules_to_save)
 
-    ``all-linear`` (peft ``_maybe_include_all_linear_layers``): every nn.Linear and Conv1D except the output
-    layer. A list: modules whose name equals a target or ends with ``.target``; peft can adapt linears and
-    embeddings; a target matching nothing, or only modules peft cannot adapt, is an error.
-    """
-    if "all-linear" in targets:
-        if len(targets) > 1:
-            raise PlannerError(
-                f"LoRA targets {list(targets)!r} mix 'all-linear' with module names; give one or the other."
-            )
-        return [g for g in counts.modules if g.kind == "linear" and g.component != "lm_head"]
+
+# peft 0.21 with transformers 5 (peft/utils/transformers_weight_conversion.py, _convert_peft_config_moe;
+# transformers/conversion_mapping.py, _MODEL_TO_CONVERSION_PATTERN): for these MoE model types peft rewrites
+# LoRA targets meant for transformers 4's per-expert nn.Linear modules into ``target_parameters`` on the
+# fused 3-D expert tensors and the router weight. A target named like an old expert projection moves to the
+# parameter list even where the name is also a real nn.Linear (dense layers, shared experts), which then get
+# no adapter; targeting both halves of gate_up_proj doubles its rank (rank_pattern r * 2).
+_PEFT_MOE_MAPPING: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "mixtral": ({"gate": "gate.weight", "w1": "gate_up_proj", "w3": "gate_up_proj", "w2": "down_proj"},
+                ("w1", "w3")),
+    "qwen2_moe": ({"gate": "gate.weight", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj",
+                   "down_proj": "down_proj"}, ("gate_proj", "up_proj")),
+}
+_PEFT_MOE_PATTERN = {
+    **dict.fromkeys(("mixtral", "minimax", "minimax_m2"), "mixtral"),
+    **dict.fromkeys(("afmoe", "beam", "cohere2_moe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "dots1",
+                     "ernie4_5_moe", "exaone_moe", "flex_olmo", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa",
+                     "hunyuan_v1_moe", "longcat_flash", "mellum", "olmoe", "qwen3_moe", "qwen3_next",
+                     "solar_open"), "qwen2_moe"),
+}
+_FUSED_PARAM = "gate_up_proj"
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """LoRA A and B on ``num_modules`` matrices (or 3-D expert tensors: ``num_experts`` matrices each)."""
+
+    path: str
+    in_features: int
+    out_features: int
+    rank: int
+    num_modules: int
+    num_experts: int = 1
+
+    @property
+    def num_params(self) -> int:
+        # Hu et al. 2021: W (d_in x d_out) gets A (d_in x r) and B (r x d_out): r * (d_in + d_out).
+        # peft lora.Embedding: lora_embedding_A (r x num_embeddings), lora_embedding_B (embedding_dim x r).
+        # peft lora.ParamWrapper on [E, out, in]: lora_A (r * E x in), lora_B (out x r * E).
+        return self.rank * self.num_experts * (self.in_features + self.out_features) * self.num_modules
+
+
+def lora_params(group: ModuleGroup, rank: int) -> int:
+    return LoraAdapter(group.path, group.in_features, group.out_features, rank, group.num_modules).num_params
+
+
+def _module_targets(counts: ParamCounts, targets: list[str], modules_to_save: tuple[str, ...],
+                    strict: bool) -> list[ModuleGroup]:
     chosen: list[ModuleGroup] = []
     for target in targets:
-        hits = [g for g in counts.modules if _matches(g.path, target)]
+        hits = [g for g in counts.modules if _matches(g.path, target) and not _inside_saved(g.path, modules_to_save)]
         adaptable = [g for g in hits if g.kind in ("linear", "embedding")]
-        if not adaptable:
+        if not adaptable and strict:
             valid = _valid_names(counts, ("linear", "embedding"))
             what = "matches only modules LoRA cannot adapt" if hits else "matches no module of this model"
             raise PlannerError(f"LoRA target {target!r} {what}; valid targets: all-linear, {valid}.")
@@ -215,11 +260,75 @@ def lora_target_groups(counts: ParamCounts, targets: tuple[str, ...]) -> list[Mo
     return chosen
 
 
+def lora_target_groups(counts: ParamCounts, targets: tuple[str, ...],
+                       modules_to_save: tuple[str, ...] = ()) -> list[ModuleGroup]:
+    """The modules LoRA adapts (not counting peft's MoE parameter targets), with peft's target semantics.
+
+    ``all-linear`` (peft ``_maybe_include_all_linear_layers``): every nn.Linear and Conv1D except the output
+    layer. A list: modules whose name equals a target or ends with ``.target``; peft can adapt linears and
+    embeddings; a target matching nothing, or only modules peft cannot adapt, is an error. Modules inside a
+    ``modules_to_save`` module get no adapter.
+    """
+    return [g for g in _all_targets(counts, targets, modules_to_save, rank=1) if isinstance(g, ModuleGroup)]
+
+
+def _all_targets(counts: ParamCounts, targets: tuple[str, ...], modules_to_save: tuple[str, ...],
+                 rank: int) -> list[ModuleGroup | LoraAdapter]:
+    all_linear = "all-linear" in targets
+    if all_linear and len(targets) > 1:
+        raise PlannerError(f"LoRA targets {list(targets)!r} mix 'all-linear' with module names; give one or the other.")
+    linears = [g for g in counts.modules if g.kind == "linear" and g.component != "lm_head"]
+    pattern = _PEFT_MOE_PATTERN.get(counts.model_type)
+    if pattern is None:
+        if all_linear:
+            return [g for g in linears if not _inside_saved(g.path, modules_to_save)]
+        return list(_module_targets(counts, list(targets), modules_to_save, strict=True))
+    mapping, fused = _PEFT_MOE_MAPPING[pattern]
+    names = sorted({g.name for g in linears} | set(mapping)) if all_linear else list(targets)
+    remaining, param_targets, present = [], set(), set()
+    for name in names:
+        old = next((o for o in mapping if name == o or name.endswith("." + o)), None)
+        if old is None:
+            remaining.append(name)
+            continue
+        param_targets.add(mapping[old])
+        present |= {old} & set(fused)
+    if 0 < len(present) < len(fused):
+        missing = sorted(set(fused) - present)
+        raise PlannerError(f"LoRA targets {sorted(present)} need {missing} too: peft fuses them into {_FUSED_PARAM}.")
+    chosen: list[ModuleGroup | LoraAdapter] = list(
+        _module_targets(counts, remaining, modules_to_save, strict=not all_linear))
+    for target in sorted(param_targets):
+        # peft BaseTuner._inject_parameters: "<module>.<param>" equal to or ending with "." + target.
+        r = rank * len(fused) if target == _FUSED_PARAM and len(present) == len(fused) else rank
+        hits = [
+            LoraAdapter(f"{g.path}.{p}", shape[-1], shape[-2], r, g.num_modules, shape[0] if len(shape) == 3 else 1)
+            for g in counts.modules for p, shape in g.param_shapes if _matches(f"{g.path}.{p}", target)
+        ]
+        if not hits and not all_linear:
+            raise PlannerError(f"LoRA targets {list(targets)!r} map to the MoE parameter {target!r}, which this model lacks.")
+        chosen += hits
+    return chosen
+
+
+def lora_adapters(counts: ParamCounts, lora: LoraSpec) -> list[LoraAdapter]:
+    """Every LoRA adapter peft would create for ``lora`` on this model."""
+    out = []
+    for t in _all_targets(counts, lora.targets, lora.modules_to_save, lora.rank):
+        out.append(t if isinstance(t, LoraAdapter) else
+                   LoraAdapter(t.path, t.in_features, t.out_features, lora.rank, t.num_modules))
+    return out
+
+
 def saved_groups(counts: ParamCounts, names: tuple[str, ...]) -> list[ModuleGroup]:
-    """Module groups inside the modules peft's ``modules_to_save`` wraps (name or ``.name`` suffix match)."""
+    """Module groups inside the modules peft's ``modules_to_save`` wraps.
+
+    peft ``_set_trainable`` wraps every module whose full name ends with the given string (a plain
+    ``str.endswith``, no dot boundary: 'norm' also wraps every 'input_layernorm'), and everything inside it.
+    """
     chosen: list[ModuleGroup] = []
     for name in names:
-        hits = [g for g in counts.modules if any(_matches(p, name) for p in _prefixes(g.path))]
+        hits = [g for g in counts.modules if any(p.endswith(name) for p in _prefixes(g.path))]
         if not hits:
             valid = _valid_names(counts, ("linear", "embedding", "norm", "router", "experts", "other"))
             raise PlannerError(f"modules_to_save name {name!r} matches no module of this model; valid names: {valid}.")
@@ -227,18 +336,12 @@ def saved_groups(counts: ParamCounts, names: tuple[str, ...]) -> list[ModuleGrou
     return chosen
 
 
-def lora_params(group: ModuleGroup, rank: int) -> int:
-    # Hu et al. 2021: W (d_in x d_out) gets A (d_in x r) and B (r x d_out): r * (d_in + d_out) parameters.
-    # peft lora.Embedding: lora_embedding_A (r x num_embeddings), lora_embedding_B (embedding_dim x r).
-    return rank * (group.in_features + group.out_features) * group.num_modules
-
-
 def split_params(counts: ParamCounts, train: TrainSpec) -> ParamSplit:
     num_params = counts.num_params
     if train.method is Method.FULL:
         return ParamSplit(num_params, num_params, 0, 0, num_params)
     lora = train.lora
-    num_adapter = sum(lora_params(g, lora.rank) for g in lora_target_groups(counts, lora.targets))
+    num_adapter = sum(a.num_params for a in lora_adapters(counts, lora))
     # peft ModulesToSaveWrapper keeps the original (frozen) and trains a deep copy: a tied lm_head's copy
     # is a full new tensor, so shared groups count here too.
     num_saved = sum(g.num_total for g in saved_groups(counts, lora.modules_to_save))

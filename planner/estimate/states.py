@@ -79,7 +79,9 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -
     # Weights read by forward: 16-bit for mixed precision (ZeRO paper: 2 bytes fp16/bf16 params), the
     # compute dtype for pure bf16/fp32, NF4/FP4 + quantization constants for QLoRA's frozen base linears.
     if train.method is Method.QLORA:
-        params = quantized_weight_bytes(counts, train.quant) + nbytes(split.num_16bit, compute)
+        # The QLoRA recipe calls peft's prepare_model_for_kbit_training (peft/utils/other.py), which casts
+        # every parameter that is not 4-bit (embeddings, norms, lm_head, biases) to fp32.
+        params = quantized_weight_bytes(counts, train.quant) + nbytes(split.num_16bit, "fp32")
     else:
         params = nbytes(split.num_16bit, compute)
     # LoRA adapters: peft casts adapter weights to fp32 when the base is 16-bit (LoraModel

@@ -107,7 +107,9 @@ def flops_per_token(model: ModelSpec, train: TrainSpec, counts: ParamCounts, spl
     """
     head = _head_matmul_params(counts, model)
     # Active parameters: routed experts count only top-k of E (ParamCounts.num_active_params).
-    non_matmul = counts.embedding + counts.norms + counts.other + counts.lm_head
+    # Biases are additions, not multiply-adds: leave them out as Kaplan's and Narayanan's counts do.
+    biases = sum(g.num_bias_params for g in counts.linears)
+    non_matmul = counts.embedding + counts.norms + counts.other + counts.lm_head + biases
     layer_matmul = max(counts.num_active_params - non_matmul, 0)
     matmul = layer_matmul + head
     d_attn = model.num_heads * model.head_dim

@@ -10,6 +10,8 @@ from planner.report.html import Figure, KeyValues, Paragraph, Section, Table
 from planner.units import GIB, fmt_count
 
 OFFLOAD_SHORT = {"none": "", "optimizer": " + opt offload", "optimizer+params": " + opt+param offload"}
+# Two-line tick labels for the bars: "Z2" over what is offloaded ("opt", "opt+par").
+OFFLOAD_TICK = {"none": "", "optimizer": "\nopt", "optimizer+params": "\nopt+par"}
 
 
 def gib(num_bytes: float) -> float:
@@ -24,7 +26,7 @@ def bar_row(est: Estimate) -> figures.BarRow:
     cats = est.per_gpu.by_category()
     return figures.BarRow(
         group=est.train.method.value,
-        label=f"ZeRO {est.train.zero_stage}{OFFLOAD_SHORT[est.train.offload.value]}",
+        label=f"Z{est.train.zero_stage}{OFFLOAD_TICK[est.train.offload.value]}",
         bytes_by_category=cats,
         device_bytes=est.device_bytes,
         headroom_bytes=est.headroom_bytes,

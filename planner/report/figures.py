@@ -46,11 +46,16 @@ def base_layout(fig: go.Figure, *, title: str, height: int) -> go.Figure:
 # ------------------------------------------------------------------ estimates
 
 
+def _lines(value: str) -> str:
+    """Escaped text with each newline drawn as a line break in plotly."""
+    return "<br>".join(palette.text(line) for line in str(value).split("\n"))
+
+
 @dataclass(frozen=True)
 class BarRow:
     """One stacked bar: a configuration's per-GPU bytes by category and how it compares with the GPU.
 
-    ``group`` and ``label`` form a two-level x axis (e.g. method, then "ZeRO 2 / optimizer").
+    ``group`` and ``label`` form a two-level x axis (e.g. method, then "Z2\\nopt off"; newlines break lines).
     """
 
     group: str
@@ -69,7 +74,7 @@ def estimate_bars(
     """Per-GPU memory by category, one stacked bar per configuration, with capacity and headroom."""
     top = max([capacity_bytes] + [max(r.device_bytes, sum(r.bytes_by_category.values())) for r in rows])
     div, unit = unit_for(top)
-    x = [[palette.text(r.group) for r in rows], [palette.text(r.label) for r in rows]]
+    x = [[palette.text(r.group) for r in rows], [_lines(r.label) for r in rows]]
     fig = go.Figure()
     for cat in palette.CATEGORIES:
         values = [r.bytes_by_category.get(cat, 0) / div for r in rows]
@@ -89,7 +94,8 @@ def estimate_bars(
             y=[r.device_bytes / div for r in rows],
             mode="markers",
             name="device (what nvidia-smi shows)",
-            marker={"symbol": "line-ew-open", "size": 28, "line": {"width": 3, "color": palette.DEVICE_COLOR}},
+            marker={"symbol": "line-ew-open", "size": 26, "color": palette.DEVICE_COLOR,
+                    "line": {"width": 3, "color": palette.DEVICE_COLOR}},
             hovertemplate=f"device: %{{y:,.2f}} {unit}<extra>%{{x}}</extra>",
         )
     )
@@ -97,12 +103,13 @@ def estimate_bars(
     texts, colors, ys, hovers = [], [], [], []
     for r in rows:
         sign = "+" if r.headroom_bytes >= 0 else "−"
-        texts.append(f"{sign}{fmt_bytes(abs(r.headroom_bytes), div, unit)}")
+        texts.append(f"{sign}{abs(r.headroom_bytes) / div:,.1f}<br>{unit}")
         colors.append("#2CA02C" if r.fits else palette.CAPACITY_COLOR)
         ys.append(max(r.device_bytes, sum(r.bytes_by_category.values())) / div)
         extra = f", CPU/node {fmt_bytes(r.cpu_bytes_per_node, div, unit)}" if r.cpu_bytes_per_node else ""
         hovers.append(
-            f"{'fits' if r.fits else 'does not fit'}; headroom {texts[-1]}; peak at {palette.text(r.peak_phase)}{extra}"
+            f"{'fits' if r.fits else 'does not fit'}; headroom {sign}{fmt_bytes(abs(r.headroom_bytes), div, unit)}; "
+            f"peak at {palette.text(r.peak_phase)}{extra}"
         )
     fig.add_trace(
         go.Scatter(
@@ -111,7 +118,7 @@ def estimate_bars(
             mode="text",
             text=texts,
             textposition="top center",
-            textfont={"color": colors, "size": 11},
+            textfont={"color": colors, "size": 10},
             name="headroom",
             hovertext=hovers,
             hoverinfo="text",
@@ -122,18 +129,19 @@ def estimate_bars(
         y=capacity_bytes / div,
         line={"color": palette.CAPACITY_COLOR, "width": 2},
         annotation_text=f"{palette.text(gpu_name)} capacity {fmt_bytes(capacity_bytes, div, unit)}",
-        annotation_position="top left",
+        annotation_position="top right",
     )
     if usable_bytes != capacity_bytes:
         fig.add_hline(
             y=usable_bytes / div,
             line={"color": palette.CAPACITY_COLOR, "width": 1, "dash": "dash"},
             annotation_text=f"usable after margin {fmt_bytes(usable_bytes, div, unit)}",
-            annotation_position="bottom left",
+            annotation_position="bottom right",
         )
     base_layout(fig, title=title, height=520)
     fig.update_layout(barmode="stack", bargap=0.25)
     fig.update_yaxes(title_text=f"per-GPU memory ({unit})", range=[0, top / div * 1.12])
+    fig.update_xaxes(tickangle=0, tickfont={"size": 11})
     return fig
 
 
@@ -174,7 +182,7 @@ def signed_error(estimated: float, measured: float) -> float | None:
 def estimate_vs_measured(
     estimated: Mapping[str, int], measured: Mapping[str, int], *, title: str
 ) -> go.Figure:
-    """Grouped bars per category (estimate hatched, measured solid) with the signed error on each pair.
+    """Grouped bars per category (estimate light with an outline, measured solid) with the signed error on each pair.
 
     Includes the total (the peak) as the last pair. Categories absent from both sides are left out.
     """
@@ -196,7 +204,7 @@ def estimate_vs_measured(
             x=names,
             y=[v / div for v in est_vals],
             name="estimated",
-            marker={"color": colors, "opacity": 0.55, "pattern": {"shape": "/", "solidity": 0.35}},
+            marker={"color": colors, "opacity": 0.45, "line": {"color": colors, "width": 2}},
             offsetgroup="estimated",
             hovertemplate=f"estimated: %{{y:,.3f}} {unit}<extra>%{{x}}</extra>",
         )
@@ -210,6 +218,7 @@ def estimate_vs_measured(
             offsetgroup="measured",
             text=errors,
             textposition="outside",
+            textfont={"color": "#222222"},
             hovertemplate=f"measured: %{{y:,.3f}} {unit}<br>signed error %{{text}}<extra>%{{x}}</extra>",
         )
     )

@@ -91,16 +91,16 @@ def profile_section(view: ProfileView, index: int, *, max_points: int = timeline
         blocks.append(peaks_table(view.peaks))
     if view.timeline is not None and len(view.timeline):
         num_rows = len(view.timeline)
-        fig = timeline.timeline_figure(
-            view.timeline, title=f"{palette.text(view.name)}: memory timeline by category", max_points=max_points
+        panels = timeline.timeline_figures(
+            view.timeline, title=f"{palette.text(view.name)}: memory timeline", max_points=max_points
         )
-        blocks.append(Figure(
-            fig, name=f"timeline-{index}",
-            caption=f"Allocated bytes stacked by category, one panel per rank; shaded bands are phases; the "
-                    f"dashed line is the caching allocator's reserved memory and the dotted one NVML device "
-                    f"memory where recorded. Drawn from {num_rows:,} samples, downsampled keeping every step's "
-                    f"peak and each bucket's highest and lowest point.",
-        ))
+        for rank, fig in panels:
+            blocks.append(Figure(fig, name=f"timeline-{index}-rank-{rank}"))
+        blocks.append(Paragraph(
+            f"Allocated bytes stacked by category, one panel per rank on a common time axis and scale; shaded "
+            f"bands are phases; the dashed line is the caching allocator's reserved memory and the dotted one "
+            f"NVML device memory where recorded. Drawn from {num_rows:,} samples, downsampled keeping every "
+            f"step's peak and each bucket's highest and lowest point.", kind="note"))
     else:
         blocks.append(Paragraph("This profile has no timeline samples.", kind="warning"))
     if view.estimated is not None and view.peaks:

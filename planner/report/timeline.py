@@ -26,7 +26,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from planner.report import palette
 from planner.report.figures import FONT, TEMPLATE, fmt_bytes, unit_for
@@ -138,111 +137,114 @@ def _band_trace(bands: Sequence[tuple[str, float, float]], phase: str, top: floa
     )
 
 
-def timeline_figure(frame: pd.DataFrame, *, title: str, max_points: int = DEFAULT_MAX_POINTS) -> go.Figure:
-    """Stacked areas of allocated bytes by category, one panel per rank, phases shaded, the peak annotated.
-
-    ``frame`` is the full timeline (see the module docstring); it is downsampled here.
-    """
-    small = downsample(frame, max_points)
-    ranks = sorted(small["rank"].unique().tolist()) if len(small) else [0]
-    cats = category_columns(small)
-    total = _total(small)
-    tops = [total]
-    tops += [small[c].to_numpy(dtype=np.float64) for c in OPTIONAL_COLUMNS if c in small]
-    top = float(np.nanmax(np.concatenate(tops))) if len(small) else 1.0
-    div, unit = unit_for(top)
-    spacing = min(0.06, 0.25 / max(1, len(ranks) - 1)) if len(ranks) > 1 else 0.0
-    fig = make_subplots(
-        rows=len(ranks),
-        cols=1,
-        shared_xaxes=False,
-        vertical_spacing=spacing,
-        subplot_titles=[f"rank {r}" for r in ranks],
-    )
-    phases_seen: set[str] = set()
-    for i, rank in enumerate(ranks, start=1):
-        part = small[small["rank"] == rank]
-        t = part["t_s"].to_numpy(dtype=np.float64)
-        rank_total = total[(small["rank"] == rank).to_numpy()]
-        rank_top = max(float(np.nanmax(rank_total)) if len(rank_total) else 0.0, 1.0)
-        for col in OPTIONAL_COLUMNS:
-            if col in part and part[col].notna().any():
-                rank_top = max(rank_top, float(part[col].max()))
-        if "phase" in part:
-            bands = phase_bands(t, part["phase"].astype(str).to_numpy())
-            for phase in dict.fromkeys(b[0] for b in bands):
-                fig.add_trace(
-                    _band_trace(bands, phase, rank_top * 1.05 / div, showlegend=phase not in phases_seen),
-                    row=i,
-                    col=1,
-                )
-                phases_seen.add(phase)
-        for col in cats:
-            cat = palette.canonical(col)
+def rank_panel(
+    part: pd.DataFrame,
+    rank: int,
+    *,
+    cats: Sequence[str],
+    divisor: int,
+    unit: str,
+    x_range: tuple[float, float],
+    y_top: float,
+    title: str,
+    show_legend: bool,
+) -> go.Figure:
+    """One rank's panel: phases shaded, categories stacked, reserved and NVML lines, the peak annotated."""
+    fig = go.Figure()
+    t = part["t_s"].to_numpy(dtype=np.float64)
+    rank_total = _total(part)
+    band_top = y_top * 1.02 / divisor
+    if "phase" in part and len(part):
+        bands = phase_bands(t, part["phase"].astype(str).to_numpy())
+        for phase in dict.fromkeys(b[0] for b in bands):
+            fig.add_trace(_band_trace(bands, phase, band_top, showlegend=show_legend))
+    for col in cats:
+        cat = palette.canonical(col)
+        fig.add_trace(
+            go.Scatter(
+                x=t.astype(np.float32),
+                y=(part[col].to_numpy(dtype=np.float64) / divisor).astype(np.float32),
+                mode="lines",
+                line={"width": 0.5, "color": palette.color(cat), "shape": "hv"},
+                fillcolor=palette.color(cat),
+                stackgroup="allocated",
+                name=palette.label(cat),
+                legendgroup=cat,
+                showlegend=show_legend,
+                hovertemplate=f"{palette.label(cat)}: %{{y:,.2f}} {unit}<extra>rank {rank}</extra>",
+            )
+        )
+    for col, name, color, dash in (
+        ("reserved", "reserved (caching allocator)", palette.RESERVED_COLOR, "dash"),
+        ("nvml", "device (NVML)", palette.DEVICE_COLOR, "dot"),
+    ):
+        if col in part and part[col].notna().any():
+            sel = part[col].notna().to_numpy()
             fig.add_trace(
                 go.Scatter(
-                    x=t.astype(np.float32),
-                    y=(part[col].to_numpy(dtype=np.float64) / div).astype(np.float32),
+                    x=t[sel].astype(np.float32),
+                    y=(part[col].to_numpy(dtype=np.float64)[sel] / divisor).astype(np.float32),
                     mode="lines",
-                    line={"width": 0.5, "color": palette.color(cat), "shape": "hv"},
-                    fillcolor=palette.color(cat),
-                    stackgroup=f"rank{rank}",
-                    name=palette.label(cat),
-                    legendgroup=cat,
-                    showlegend=i == 1,
-                    hovertemplate=f"{palette.label(cat)}: %{{y:,.2f}} {unit}<extra>rank {rank}</extra>",
-                ),
-                row=i,
-                col=1,
-            )
-        for col, name, color, dash in (
-            ("reserved", "reserved (caching allocator)", palette.RESERVED_COLOR, "dash"),
-            ("nvml", "device (NVML)", palette.DEVICE_COLOR, "dot"),
-        ):
-            if col in part and part[col].notna().any():
-                sel = part[col].notna().to_numpy()
-                fig.add_trace(
-                    go.Scatter(
-                        x=t[sel].astype(np.float32),
-                        y=(part[col].to_numpy(dtype=np.float64)[sel] / div).astype(np.float32),
-                        mode="lines",
-                        line={"width": 1.5, "color": color, "dash": dash, "shape": "hv"},
-                        name=name,
-                        legendgroup=col,
-                        showlegend=i == 1,
-                        hovertemplate=f"{name}: %{{y:,.2f}} {unit}<extra>rank {rank}</extra>",
-                    ),
-                    row=i,
-                    col=1,
+                    line={"width": 1.5, "color": color, "dash": dash, "shape": "hv"},
+                    name=name,
+                    legendgroup=col,
+                    showlegend=show_legend,
+                    hovertemplate=f"{name}: %{{y:,.2f}} {unit}<extra>rank {rank}</extra>",
                 )
-        if len(rank_total):
-            at = int(np.argmax(rank_total))
-            row = part.iloc[at]
-            where = f"step {int(row['step'])}, " if "step" in part else ""
-            where += palette.text(row["phase"]) if "phase" in part else ""
-            fig.add_annotation(
-                x=float(t[at]),
-                y=float(rank_total[at]) / div,
-                text=f"peak {fmt_bytes(rank_total[at], div, unit)} ({where})",
-                showarrow=True,
-                arrowhead=2,
-                ax=40,
-                ay=-28,
-                font={"size": 11},
-                bgcolor="rgba(255,255,255,0.8)",
-                row=i,
-                col=1,
             )
-        fig.update_yaxes(title_text=unit, range=[0, rank_top * 1.2 / div], row=i, col=1)
-    fig.update_xaxes(title_text="time (s)", row=len(ranks), col=1)
+    if len(rank_total):
+        at = int(np.argmax(rank_total))
+        row = part.iloc[at]
+        where = [f"step {int(row['step'])}"] if "step" in part else []
+        where += [palette.text(row["phase"])] if "phase" in part else []
+        fig.add_annotation(
+            x=float(t[at]),
+            y=float(rank_total[at]) / divisor,
+            text=f"peak {fmt_bytes(rank_total[at], divisor, unit)}" + (f" ({', '.join(where)})" if where else ""),
+            showarrow=True,
+            arrowhead=2,
+            ax=-50 if t[at] > (x_range[0] + x_range[1]) / 2 else 50,
+            ay=-26,
+            font={"size": 11},
+            bgcolor="rgba(255,255,255,0.85)",
+        )
+    height = 300 if show_legend else 230
     fig.update_layout(
         template=TEMPLATE,
         font=FONT,
-        title={"text": title, "x": 0.01, "xanchor": "left"},
-        height=140 + 230 * len(ranks),
-        margin={"l": 70, "r": 30, "t": 110, "b": 50},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "yref": "container", "xanchor": "left", "x": 0},
-        hovermode="x unified" if len(ranks) <= 4 else "closest",
+        title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}},
+        height=height,
+        margin={"l": 70, "r": 20, "t": 40 + (70 if show_legend else 0), "b": 40},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.04, "xanchor": "left", "x": 0, "font": {"size": 11}},
+        showlegend=show_legend,
+        hovermode="closest",
     )
-    fig.update_layout(legend={"y": 1.0 - 40 / (140 + 230 * len(ranks)), "yref": "paper", "yanchor": "bottom"})
+    fig.update_xaxes(range=list(x_range), title_text="time (s)" if show_legend else None)
+    fig.update_yaxes(range=[0, y_top * 1.15 / divisor], title_text=unit)
     return fig
+
+
+def timeline_figures(
+    frame: pd.DataFrame, *, title: str, max_points: int = DEFAULT_MAX_POINTS
+) -> list[tuple[int, go.Figure]]:
+    """(rank, panel) for every rank, on one time axis and one memory scale so panels compare at a glance.
+
+    ``frame`` is the full timeline (see the module docstring); it is downsampled here. The first panel
+    carries the legend and the title.
+    """
+    small = downsample(frame, max_points)
+    if not len(small):
+        return []
+    cats = category_columns(small)
+    tops = [_total(small)] + [small[c].to_numpy(dtype=np.float64) for c in OPTIONAL_COLUMNS if c in small]
+    y_top = max(float(np.nanmax(np.concatenate(tops))), 1.0)
+    divisor, unit = unit_for(y_top)
+    t = small["t_s"].to_numpy(dtype=np.float64)
+    x_range = (float(t.min()), float(t.max()) if t.max() > t.min() else float(t.min()) + 1.0)
+    panels = []
+    for i, (rank, part) in enumerate(small.groupby("rank", sort=True)):
+        panels.append((int(rank), rank_panel(
+            part.reset_index(drop=True), int(rank), cats=cats, divisor=divisor, unit=unit, x_range=x_range,
+            y_top=y_top, title=f"{title}, rank {int(rank)}" if i == 0 else f"rank {int(rank)}", show_legend=i == 0,
+        )))
+    return panels

@@ -1,0 +1,225 @@
+"""`planner recommend`: choose the training plan (and with --out, write the bundle that runs it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from planner.cli import options as o
+from planner.errors import PlannerError
+from planner.estimate.throughput import DEFAULT_MFU
+from planner.specs import AttnImpl
+from planner.units import GIB
+
+MethodAutoOpt = Annotated[
+    str, typer.Option("--method", help="auto (prefer full, then LoRA, then QLoRA, whichever fits first), full, lora or qlora.")
+]
+GlobalBatchOpt = Annotated[
+    int,
+    typer.Option("--global-batch-size", "-g", help="Sequences per optimizer step = micro-batch x accumulation x GPUs."),
+]
+MaxGpusOpt = Annotated[
+    int | None, typer.Option("--max-gpus", help="Also search GPU counts from --gpus up to this many (powers of two).")
+]
+AttnSearchOpt = Annotated[
+    str | None, typer.Option("--attn", help="Fix the attention implementation (default: search sdpa and flash_attention_2).")
+]
+CkptSearchOpt = Annotated[
+    bool | None,
+    typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Fix activation checkpointing (default: search both)."),
+]
+HostRamOpt = Annotated[
+    float, typer.Option("--host-ram-gib", help="Host RAM per node available for offloaded states, in GiB (2^30 bytes).")
+]
+
+
+def recommend(
+    model: o.ModelOpt,
+    global_batch_size: GlobalBatchOpt,
+    gpus: o.GpusOpt = 1,
+    gpu: o.GpuOpt = "h100-sxm-80gb",
+    nodes: o.NodesOpt = 1,
+    seq_len: o.SeqLenOpt = 2048,
+    method: MethodAutoOpt = "auto",
+    tokens: Annotated[int, typer.Option("--tokens", help="Tokens to train on, for time and cost.")] = 0,
+    max_gpus: MaxGpusOpt = None,
+    margin: Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")] = 0.1,
+    mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for speed, in (0, 1].")] = DEFAULT_MFU,
+    price_per_gpu_hour: Annotated[
+        float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")
+    ] = 0.0,
+    zero: o.ZeroOpt = None,
+    offload: o.OffloadOpt = None,
+    grad_checkpointing: CkptSearchOpt = None,
+    attn: AttnSearchOpt = None,
+    precision: o.PrecisionOpt = "bf16-mixed",
+    optimizer: o.OptimizerOpt = "adamw",
+    lora_rank: o.LoraRankOpt = 16,
+    lora_alpha: o.LoraAlphaOpt = 32,
+    lora_dropout: o.LoraDropoutOpt = 0.05,
+    lora_targets: o.LoraTargetsOpt = "all-linear",
+    modules_to_save: o.ModulesToSaveOpt = "",
+    quant_type: o.QuantTypeOpt = "nf4",
+    double_quant: o.DoubleQuantOpt = True,
+    dropout: o.DropoutOpt = None,
+    allow_longer: o.AllowLongerOpt = False,
+    host_ram_gib: HostRamOpt = 2048.0,
+    runners_up: Annotated[int, typer.Option("--runners-up", help="How many runners-up to show (0-20).")] = 4,
+    trust_remote_code: o.TrustRemoteCodeOpt = False,
+    as_json: o.JsonOpt = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the training bundle (train.py, configs, launch.sh, PLAN.md) here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --out: replace a non-empty directory planner did not create.")] = False,
+) -> None:
+    """Choose method, ZeRO stage, offload, checkpointing, attention and batch layout for MODEL."""
+    from planner.models import load_model
+    from planner.recommend import NoPlanFits
+    from planner.recommend import recommend as run_recommend
+    from planner.specs import Offload
+
+    if not 0 <= runners_up <= 20:
+        raise PlannerError(f"--runners-up must be from 0 to 20, got {runners_up}.")
+    if not host_ram_gib >= 0:
+        raise PlannerError(f"--host-ram-gib must be at least 0, got {host_ram_gib}.")
+    if zero is not None and zero not in (0, 1, 2, 3):
+        raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
+    if out is not None and out.exists() and not out.is_dir():
+        raise PlannerError(f"--out {str(out)!r} is a file; give a directory.")
+    spec = load_model(model, trust_remote_code=trust_remote_code)
+    base = o.build_train_spec(
+        method="full", precision=precision, optimizer=optimizer, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,
+        quant_type=quant_type, double_quant=double_quant, seq_len=seq_len, dropout=dropout,
+    )
+    cluster = o.build_cluster(gpu, gpus, nodes)
+    kwargs = {}
+    if zero is not None:
+        kwargs["zero_stages"] = (zero,)
+    if offload is not None:
+        kwargs["offloads"] = (o.parse_offload(offload),)
+        if kwargs["offloads"] != (Offload.NONE,) and zero == 0:
+            raise PlannerError(f"--offload {offload!r} needs ZeRO stage 1, 2 or 3, not --zero 0.")
+    if grad_checkpointing is not None:
+        kwargs["checkpointing"] = (grad_checkpointing,)
+    if attn is not None:
+        try:
+            kwargs["attn_impls"] = (AttnImpl(attn.lower()),)
+        except ValueError:
+            raise PlannerError(f"--attn {attn!r} is not valid; choose one of eager, sdpa, flash_attention_2.") from None
+    try:
+        rec = run_recommend(
+            spec, base, cluster, global_batch_size=global_batch_size, method=method.lower(), max_gpus=max_gpus,
+            margin=margin, mfu=mfu, num_tokens=tokens, price_per_gpu_hour=price_per_gpu_hour,
+            host_memory_bytes_per_node=int(host_ram_gib * GIB), num_runners_up=runners_up,
+            allow_longer=allow_longer, **kwargs,
+        )
+    except NoPlanFits as exc:
+        if as_json:
+            typer.echo(json.dumps(exc.to_dict(), indent=2, sort_keys=True))
+        else:
+            _render_no_fit(exc)
+        raise
+    if out is not None:
+        _write_bundle(rec, out, force)
+    if as_json:
+        payload = rec.to_dict()
+        if out is not None:
+            payload["bundle"] = str(out)
+        typer.echo(json.dumps(payload, indent=2, sort_keys=True))
+        return
+    _render(rec)
+    if out is not None:
+        typer.echo(f"bundle written to {out}", err=True)
+
+
+def _write_bundle(rec, out: Path, force: bool) -> None:
+    try:
+        from planner.emit import write_bundle
+    except ImportError:
+        raise PlannerError("--out needs the bundle writer (planner.emit), which this installation lacks.") from None
+    write_bundle(rec, out, force=force)
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:,.1f}"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=max(Console().width, 160), soft_wrap=False)
+
+
+def _render(rec) -> None:
+    from rich.table import Table
+
+    console = _console()
+    plan, est, t = rec.plan, rec.estimate, rec.plan.train
+    tp = est.throughput
+    console.print(f"[bold]Recommended plan for {plan.model.name}[/] on {plan.cluster.num_gpus} x {plan.cluster.gpu.name} "
+                  f"({plan.cluster.num_nodes} node{'s' if plan.cluster.num_nodes > 1 else ''})")
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("method", t.method.value + (f" (rank {t.lora.rank}, {', '.join(t.lora.targets)})" if t.method.value != "full" else "")),
+        ("ZeRO stage", str(t.zero_stage)),
+        ("offload", t.offload.value),
+        ("precision", t.precision.value),
+        ("micro-batch", str(t.micro_batch)),
+        ("gradient accumulation", str(t.grad_accum)),
+        ("global batch", f"{plan.global_batch_size} sequences x {t.seq_len} tokens"),
+        ("checkpointing", "on" if t.grad_checkpointing else "off"),
+        ("attention", t.attn_impl.value),
+        ("peak per GPU", f"{_gib(est.device_bytes)} GiB device, {_gib(est.reserved_bytes)} GiB reserved at "
+                         f"{est.peak_phase} (capacity {_gib(est.capacity_bytes)} GiB, margin {est.margin:.0%})"),
+        ("tokens/s", f"{tp.tokens_per_s_per_gpu:,.0f} per GPU, step {tp.step_time_s:.2f} s (MFU {tp.mfu:.0%})"),
+    ]
+    if est.cpu_bytes_per_node:
+        rows.append(("host RAM", f"{_gib(est.cpu_bytes_per_node)} GiB per node"))
+    if tp.num_tokens:
+        rows.append(("time", f"{tp.total_time_s / 3600:,.1f} h for {tp.num_tokens:,} tokens"))
+        if tp.price_per_gpu_hour:
+            rows.append(("cost", f"{tp.cost:,.2f} at {tp.price_per_gpu_hour:g} per GPU-hour"))
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    console.print("[bold]Why[/]")
+    for line in rec.why:
+        console.print(f" - {line}")
+    if rec.runners_up:
+        ru = Table(title="Runners-up", header_style="bold")
+        for col in ("plan", "tokens/s/GPU", "peak GiB", "lost because"):
+            ru.add_column(col, overflow="fold")
+        for a in rec.runners_up:
+            ru.add_row(a.plan.label(), f"{a.estimate.throughput.tokens_per_s_per_gpu:,.0f}",
+                       _gib(a.estimate.device_bytes), a.reason)
+        console.print(ru)
+    _render_rejected(console, rec.rejected, "Rejected (best first)")
+
+
+def _render_rejected(console, rejected, title: str) -> None:
+    from rich.table import Table
+
+    if not rejected:
+        return
+    rj = Table(title=title, header_style="bold")
+    for col in ("plan", "peak GiB", "reason"):
+        rj.add_column(col, overflow="fold")
+    for r in rejected:
+        rj.add_row(r.plan.label() if r.plan else "-", _gib(r.estimate.device_bytes) if r.estimate else "-", r.reason)
+    console.print(rj)
+
+
+def _render_no_fit(exc) -> None:
+    console = _console()
+    console.print("[bold red]No plan fits[/] (the reason is on stderr).")
+    console.print("[bold]What would fit[/]")
+    for s in exc.suggestions:
+        console.print(f" - {s}")
+    _render_rejected(console, exc.rejected, "Closest tries")

@@ -1,0 +1,155 @@
+"""`planner report`: one self-contained HTML file from an estimate, profiles, a recommendation bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from planner.cli import options as o
+from planner.errors import PlannerError
+
+DEFAULT_ACCURACY = Path("reports") / "accuracy.csv"
+
+ReportModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Estimate this model (catalog name, config.json path or dir, or hub id)."),
+]
+ProfileOpt = Annotated[
+    list[Path] | None, typer.Option("--profile", help="A profile directory from 'planner profile' (repeatable).")
+]
+PlanOpt = Annotated[Path | None, typer.Option("--plan", help="A bundle directory from 'planner recommend --out'.")]
+AccuracyOpt = Annotated[
+    Path | None,
+    typer.Option("--accuracy", help=f"Accuracy CSV from 'planner validate' (default: {DEFAULT_ACCURACY} if present)."),
+]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write, e.g. reports/NAME.html.")]
+
+
+def _estimates(model, *, gpu, gpus, nodes, method, zero, offload, margin, mfu, tokens, price, allow_longer,
+               trust_remote_code, compare_gpus, **train_flags):
+    """The estimate rows exactly as `planner estimate` enumerates them, plus the GPU comparison rows."""
+    import dataclasses
+
+    from planner.cli import estimate_cmd
+    from planner.models import load_model
+    from planner.specs import Method, Offload
+
+    if zero is not None and zero not in (0, 1, 2, 3):
+        raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
+    spec = load_model(model, trust_remote_code=trust_remote_code)
+    base = o.build_train_spec(method=method or "full", zero=0, offload="none", **train_flags)
+    cluster = o.build_cluster(gpu, gpus, nodes)
+    methods = [o.parse_method(method)] if method else list(Method)
+    stages = [zero] if zero is not None else [0, 1, 2, 3]
+    offloads = [o.parse_offload(offload)] if offload else list(Offload)
+    strict = method is not None and zero is not None and offload is not None
+    rows = estimate_cmd.enumerate_rows(
+        spec, cluster, base, methods, stages, offloads, margin=margin, allow_longer=allow_longer, strict=strict
+    )
+    if not rows:
+        raise PlannerError(
+            "no valid combination of the given --method, --zero and --offload (offload needs ZeRO 1-3, "
+            "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2)."
+        )
+    rows = [estimate_cmd._with_extras(r, mfu=mfu, num_tokens=tokens, price=price) for r in rows]
+    gpu_rows = []
+    if compare_gpus:
+        from planner.estimate.compare_gpus import compare_gpus as run_compare
+
+        one = dataclasses.replace(base, method=o.parse_method(method)) if method else base
+        gpu_rows = run_compare(spec, one, num_tokens=tokens, mfu=mfu, price_per_gpu_hour=price, margin=margin)
+        if method is not None:
+            gpu_rows = [r for r in gpu_rows if r.method == o.parse_method(method).value]
+    return rows, gpu_rows, method is None
+
+
+def report(
+    output: OutputOpt,
+    model: ReportModelOpt = None,
+    profile: ProfileOpt = None,
+    plan: PlanOpt = None,
+    accuracy: AccuracyOpt = None,
+    no_accuracy: Annotated[bool, typer.Option("--no-accuracy", help="Leave the accuracy table out.")] = False,
+    title: Annotated[str | None, typer.Option("--title", help="Title of the report (default: from the inputs).")] = None,
+    max_points: Annotated[
+        int, typer.Option("--max-points", help="Timeline samples drawn per rank (every peak is kept beyond these).")
+    ] = 1200,
+    gpus: o.GpusOpt = 1,
+    gpu: o.GpuOpt = "h100-sxm-80gb",
+    nodes: o.NodesOpt = 1,
+    method: o.MethodOpt = None,
+    zero: o.ZeroOpt = None,
+    offload: o.OffloadOpt = None,
+    precision: o.PrecisionOpt = "bf16-mixed",
+    optimizer: o.OptimizerOpt = "adamw",
+    lora_rank: o.LoraRankOpt = 16,
+    lora_alpha: o.LoraAlphaOpt = 32,
+    lora_dropout: o.LoraDropoutOpt = 0.05,
+    lora_targets: o.LoraTargetsOpt = "all-linear",
+    modules_to_save: o.ModulesToSaveOpt = "",
+    quant_type: o.QuantTypeOpt = "nf4",
+    double_quant: o.DoubleQuantOpt = True,
+    micro_batch: o.MicroBatchOpt = 1,
+    seq_len: o.SeqLenOpt = 2048,
+    grad_accum: o.GradAccumOpt = 1,
+    grad_checkpointing: o.CheckpointingOpt = False,
+    attn: o.AttnOpt = "sdpa",
+    dropout: o.DropoutOpt = None,
+    allow_longer: o.AllowLongerOpt = False,
+    margin: Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")] = 0.1,
+    mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for time and cost, in (0, 1].")] = 0.4,
+    tokens: Annotated[int, typer.Option("--tokens", help="Tokens to train on, for time and cost.")] = 0,
+    price_per_gpu_hour: Annotated[float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")] = 0.0,
+    compare_gpus: Annotated[
+        bool, typer.Option("--compare-gpus", help="Add the table of every catalog GPU: fewest that fit, time, cost.")
+    ] = False,
+    trust_remote_code: o.TrustRemoteCodeOpt = False,
+) -> None:
+    """Write one self-contained HTML report (opens offline) from an estimate, profiles and/or a plan."""
+    from planner.report import html as report_html
+    from planner.report.accuracy_section import read_accuracy
+    from planner.report.build import build_report
+    from planner.report.plan_section import read_bundle
+    from planner.report.profile_source import load_profile_view
+
+    profiles = list(profile or [])
+    if model is None and not profiles and plan is None:
+        raise PlannerError("nothing to report: give --model (an estimate), --profile DIR or --plan DIR.")
+    if output.suffix.lower() not in (".html", ".htm") or output.is_dir():
+        raise PlannerError(f"-o {str(output)!r} must be an HTML file path such as reports/NAME.html.")
+    if max_points < 100:
+        raise PlannerError(f"--max-points must be at least 100, got {max_points}.")
+    if not 0.0 <= margin < 1.0:
+        raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
+    if not 0.0 < mfu <= 1.0:
+        raise PlannerError(f"--mfu must be in (0, 1], got {mfu}.")
+    if tokens < 0 or price_per_gpu_hour < 0:
+        raise PlannerError(f"--tokens and --price-per-gpu-hour must not be negative, got {tokens} and {price_per_gpu_hour}.")
+    if compare_gpus and model is None:
+        raise PlannerError("--compare-gpus needs --model (it compares GPUs for the estimated model).")
+    estimates, gpu_rows, all_methods = [], [], True
+    if model is not None:
+        estimates, gpu_rows, all_methods = _estimates(
+            model, gpu=gpu, gpus=gpus, nodes=nodes, method=method, zero=zero, offload=offload, margin=margin,
+            mfu=mfu, tokens=tokens, price=price_per_gpu_hour, allow_longer=allow_longer,
+            trust_remote_code=trust_remote_code, compare_gpus=compare_gpus,
+            precision=precision, optimizer=optimizer, lora_rank=lora_rank, lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,
+            quant_type=quant_type, double_quant=double_quant, micro_batch=micro_batch, seq_len=seq_len,
+            grad_accum=grad_accum, grad_checkpointing=grad_checkpointing, attn=attn, dropout=dropout,
+        )
+    views = [load_profile_view(p) for p in profiles]
+    bundle = read_bundle(plan) if plan is not None else None
+    acc_frame, acc_source = None, ""
+    if not no_accuracy:
+        acc_path = accuracy if accuracy is not None else (DEFAULT_ACCURACY if DEFAULT_ACCURACY.is_file() else None)
+        if acc_path is not None:
+            acc_frame, acc_source = read_accuracy(acc_path), str(acc_path)
+    doc = build_report(
+        estimates=estimates, all_methods=all_methods, gpu_rows=gpu_rows, profiles=views, plan=bundle,
+        accuracy=acc_frame, accuracy_source=acc_source, title=title, max_points=max_points,
+    )
+    size = report_html.write(doc, output)
+    typer.echo(f"wrote {output} ({size / 2**20:.1f} MiB)", err=True)

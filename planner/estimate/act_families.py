@@ -1,0 +1,361 @@
+"""Per-family decoder layers and embeddings on the symbolic tape (see activations.py for the sources).
+
+A ``Family`` holds the simulated weights (which are trainable, their dtypes, LoRA adapters, 4-bit bases) and
+writes the embedding, one decoder layer and the final norm the way the family's transformers module does.
+"""
+
+from __future__ import annotations
+
+from planner.estimate import layers as ly
+from planner.estimate import ops
+from planner.estimate.layers import Ctx, Linear
+from planner.estimate.tape import Fake, Node, Param, Tape
+from planner.specs import Method, ModelSpec, Precision
+from planner.units import dtype_bytes
+
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "phi3", "deepseek_v2", "qwen2_moe", "qwen3_moe", "mixtral")
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2")
+GELU_TANH = ("gelu_pytorch_tanh", "gelu_new_python")
+
+
+class Family:
+    def __init__(self, model: ModelSpec, ctx: Ctx, method: Method, rank: int, targets: tuple[str, ...],
+                 modules_to_save: tuple[str, ...]) -> None:
+        self.model = model
+        self.cfg = model.config or {}
+        self.ctx = ctx
+        self.method = method
+        self.rank = rank
+        self.targets = targets
+        self.notes: list[str] = []
+        self.last_node_of_layer: dict[int, Node] = {}
+        self.kind = _kind(model)
+        full = method is Method.FULL
+        self.full = full
+        save = set(modules_to_save)
+        emb_trainable = full or bool(save & {"embed_tokens", "wte"})
+        self.embed_w = Param((model.vocab_size, model.hidden_size), ctx.dtype, emb_trainable)
+        head_trainable = full or "lm_head" in save or (model.tie_word_embeddings and emb_trainable)
+        self.lm_head = Linear(model.hidden_size, model.vocab_size, ctx.dtype, head_trainable)
+        if model.tie_word_embeddings:
+            self.lm_head.w = self.embed_w  # one parameter: its gradient accumulates from both uses
+        self.final_norm_w = Param((model.hidden_size,), ctx.dtype, full)
+        self.final_norm_b = Param((model.hidden_size,), ctx.dtype, full)
+        self.layer_weights = [self._layer_weights(i) for i in range(min(model.num_layers, 3))]
+        self.layer_grad_bytes = _grad_bytes(self.layer_weights[min(1, len(self.layer_weights) - 1)])
+        self.input_requires_grad = False  # set by activations.py (checkpointing enables input grads)
+        self.drop_grads = False
+
+    # ------------------------------------------------------------ weights
+
+    def _lin(self, name: str, d_in: int, d_out: int, bias: bool = False) -> Linear:
+        adapted = not self.full and ("all-linear" in self.targets or name in self.targets)
+        return Linear(d_in, d_out, self.ctx.dtype, self.full, bias=bias and True,
+                      lora_rank=self.rank if adapted else 0, adapter_dtype=self.ctx.adapter_dtype,
+                      quant=self.ctx.quantized)
+
+    def _norm(self) -> Param:
+        return Param((self.model.hidden_size,), self.ctx.dtype, self.full)
+
+    def _layer_weights(self, i: int) -> dict:
+        m, c = self.model, self.cfg
+        h, a, kv, d = m.hidden_size, m.num_heads, m.num_kv_heads, m.head_dim
+        w: dict = {"ln1": self._norm(), "ln2": self._norm()}
+        if self.kind == "gpt2":
+            inner = m.intermediate_size
+            w.update(ln1_b=self._norm(), ln2_b=self._norm(),
+                     c_attn=self._lin("c_attn", h, 3 * h, True), c_proj=self._lin("c_proj", h, h, True),
+                     c_fc=self._lin("c_fc", h, inner, True), mlp_proj=self._lin("c_proj", inner, h, True))
+            return w
+        qkv_bias = bool(c.get("attention_bias", False)) or m.model_type == "qwen2" or m.model_type == "qwen2_moe"
+        if self.kind == "phi3":
+            w["qkv"] = self._lin("qkv_proj", h, (a + 2 * kv) * d)
+        else:
+            w.update(q=self._lin("q_proj", h, a * d, qkv_bias), k=self._lin("k_proj", h, kv * d, qkv_bias),
+                     v=self._lin("v_proj", h, kv * d, qkv_bias))
+        w["o"] = self._lin("o_proj", a * d, h, bool(c.get("attention_bias", False)) and m.model_type != "qwen2")
+        if m.model_type == "qwen3" or m.model_type == "qwen3_moe":
+            w["q_norm"] = Param((d,), self.ctx.dtype, self.full)
+            w["k_norm"] = Param((d,), self.ctx.dtype, self.full)
+        if self.kind == "gemma2":
+            w["ln3"], w["ln4"] = self._norm(), self._norm()
+        if m.is_moe and _is_moe_layer(m, i):
+            inter = int(c.get("moe_intermediate_size") or m.intermediate_size)
+            w["experts"] = ly.Experts(h, inter, m.num_experts, max(m.num_experts_per_tok, 1), self.ctx.dtype,
+                                      self.full)
+        elif self.kind == "phi3":
+            w["gate_up"] = self._lin("gate_up_proj", h, 2 * m.intermediate_size)
+            w["down"] = self._lin("down_proj", m.intermediate_size, h)
+        else:
+            bias = bool(c.get("mlp_bias", False))
+            w.update(gate=self._lin("gate_proj", h, m.intermediate_size, bias),
+                     up=self._lin("up_proj", h, m.intermediate_size, bias),
+                     down=self._lin("down_proj", m.intermediate_size, h, bias))
+        return w
+
+    def total_grad_bytes(self, num_layers: int) -> int:
+        total = self.layer_grad_bytes * max(num_layers - len(self.layer_weights), 0)
+        total += sum(_grad_bytes(w) for w in self.layer_weights)
+        for p in {id(x): x for x in (self.embed_w, self.lm_head.w, self.final_norm_w)}.values():
+            if p.trainable:
+                total += p.numel * dtype_bytes(p.dtype)
+        if self.kind == "gpt2" and self.full:
+            total += self.model.max_position_embeddings * self.model.hidden_size * dtype_bytes(self.ctx.dtype)
+            total += self.final_norm_b.numel * dtype_bytes(self.ctx.dtype)
+        return total
+
+    # ------------------------------------------------------------ embedding and extras
+
+    def embed(self, t: Tape, ids: Fake):
+        """Returns (hidden, extras, held): ``held`` are locals the base model keeps until it returns."""
+        c, ctx = self.ctx, self.ctx
+        n_shape = (c.b, c.s, self.model.hidden_size)
+        emb = t.op("embedding", [self.embed_w], [(n_shape, self.embed_w.dtype)], [ids])[0]
+        held = [emb]
+        if self.kind == "gpt2":
+            wpe = Param((self.model.max_position_embeddings, self.model.hidden_size), c.dtype, self.full)
+            pos = t.op("embedding", [wpe], [((1, c.s, self.model.hidden_size), c.dtype)], [])[0]
+            hsum = ops.add(t, emb, pos)
+            held.append(pos)
+            emb = hsum
+        elif self.kind == "gemma2":
+            emb = ops.mul_scalar(t, emb)  # * embed_scale (a 0-dim buffer)
+        if self.input_requires_grad and emb.node is None:
+            emb = Fake(emb.shape, emb.dtype, emb.st, Node("input_grad_leaf", [], lambda *_: [], 1), 0)
+            held[0] = emb
+        if self.kind == "gpt2":
+            emb = ops.dropout(t, emb, _gpt2_dropout(self, "embd_pdrop"), ctx.device)
+        extras = {}
+        if self.kind != "gpt2":
+            # rotary cos/sin [1, s, head_dim] in the activation dtype, computed once per forward.
+            extras["cos"] = t.new((1, 1, c.s, c.head_dim), c.dtype)
+            extras["sin"] = t.new((1, 1, c.s, c.head_dim), c.dtype)
+        extras["mask"] = self._mask(t)
+        return emb, extras, held
+
+    def _mask(self, t: Tape):
+        """Eager attention gets a materialised [b, 1, s, s] additive mask in the activation dtype
+        (masking_utils.eager_mask: torch.where over the boolean mask); SDPA and flash get none (is_causal)."""
+        c = self.ctx
+        if c.attn != "eager":
+            return None
+        boolean = t.new((1, 1, c.s, c.s), "bool")
+        mask = t.new((c.b, 1, c.s, c.s), c.dtype)
+        del boolean
+        return mask
+
+    # ------------------------------------------------------------ layers
+
+    def layer(self, t: Tape, i: int, x: Fake, extras: dict) -> Fake:
+        w = self.layer_weights[min(i, len(self.layer_weights) - 1)]
+        if self.kind == "gpt2":
+            return self._gpt2_layer(t, w, x, extras)
+        if self.kind == "gemma2":
+            return self._gemma2_layer(t, w, x, extras)
+        residual = x
+        hs = ly.rms_norm(t, x, w["ln1"])
+        hs = self._llama_attention(t, w, hs, extras)
+        hs = ops.add(t, residual, hs)
+        residual = hs
+        hs = ly.rms_norm(t, hs, w["ln2"])
+        hs = self._mlp(t, w, hs)
+        return ops.add(t, residual, hs)
+
+    def _mlp(self, t: Tape, w: dict, x: Fake) -> Fake:
+        if "experts" in w:
+            return ly.moe_block(t, self.ctx, x, w["experts"])
+        if "gate_up" in w:
+            up_states = ly.linear(t, self.ctx, x, w["gate_up"])
+            n = self.model.intermediate_size
+            gate = t.view(up_states, up_states.shape[:-1] + (n,))
+            up = t.view(up_states, up_states.shape[:-1] + (n,))
+            act = ops.unary_saving_input(t, "act", gate)
+            if act.node is not None and t.saving:
+                t.keep(act.node, [up_states])
+            prod = ops.mul(t, up, act)
+            del up_states, gate, up, act
+            return ly.linear(t, self.ctx, prod, w["down"])
+        return ly.swiglu_mlp(t, self.ctx, x, w["gate"], w["up"], w["down"])
+
+    def _llama_attention(self, t: Tape, w: dict, x: Fake, extras: dict) -> Fake:
+        c = self.ctx
+        b, s, a, kv, d = c.b, c.s, c.heads, c.kv_heads, c.head_dim
+        if "qkv" in w:  # phi3: one projection, split into views
+            qkv = ly.linear(t, c, x, w["qkv"])
+            q, k, v = t.op("split", [qkv], [((b, a, s, d), qkv.dtype), ((b, kv, s, d), qkv.dtype),
+                                             ((b, kv, s, d), qkv.dtype)], [], alias=qkv.st)
+            del qkv
+        else:
+            q = t.view(ly.linear(t, c, x, w["q"]), (b, a, s, d))
+            k = t.view(ly.linear(t, c, x, w["k"]), (b, kv, s, d))
+            v = t.view(ly.linear(t, c, x, w["v"]), (b, kv, s, d))
+        if "q_norm" in w:  # qwen3: RMSNorm over head_dim before rotary
+            q = ly.rms_norm(t, q, w["q_norm"])
+            k = ly.rms_norm(t, k, w["k_norm"])
+        q = ly.rotary(t, q, extras["cos"], extras["sin"])
+        k = ly.rotary(t, k, extras["cos"], extras["sin"])
+        out = self._attention_core(t, q, k, v, extras.get("mask"), softcap=False)
+        del q, k, v
+        out = t.view(out, (b, s, a * d))
+        return ly.linear(t, c, out, w["o"])
+
+    def _attention_core(self, t: Tape, q: Fake, k: Fake, v: Fake, mask, *, softcap: bool,
+                        gpt2: bool = False, qkv_base: Fake | None = None) -> Fake:
+        c = self.ctx
+        n_rep = c.heads // c.kv_heads
+        if c.attn == "eager" or (c.attn == "sdpa" and self._sdpa_falls_back()):
+            kr = ly.repeat_kv(t, k, n_rep)
+            vr = ly.repeat_kv(t, v, n_rep)
+            return ly.eager_core(t, c, q, kr, vr, mask, softmax_fp32=not gpt2, softcap=softcap,
+                                 copy_q=gpt2, copy_k=gpt2, copy_v=gpt2 or n_rep == 1)
+        # sdpa / flash_attention_2: memory-efficient kernels; GQA is passed unrepeated (enable_gqa).
+        return ly.sdpa_core(t, c, q, k, v, qkv_base)
+
+    def _sdpa_falls_back(self) -> bool:
+        """CPU SDPA runs its flash kernel only without dropout; with dropout it takes the math path, which keeps
+        the attention matrix like eager attention (torch/nn/attention, sdp_utils_cpp.cpp)."""
+        return self.ctx.device == "cpu" and self.ctx.attn_dropout > 0
+
+    def _gpt2_layer(self, t: Tape, w: dict, x: Fake, extras: dict) -> Fake:
+        c = self.ctx
+        residual = x
+        hs = ly.layer_norm(t, x, w["ln1"], w["ln1_b"])
+        attn = self._gpt2_attention(t, w, hs, extras)
+        del hs
+        hs = ops.add(t, attn, residual)
+        del attn
+        residual = hs
+        hs = ly.layer_norm(t, hs, w["ln2"], w["ln2_b"])
+        hs = ly.linear(t, c, hs, w["c_fc"])
+        act = self.cfg.get("activation_function", "gelu_new")
+        if act in ("gelu_new",):
+            hs = ly.new_gelu(t, hs)
+        else:
+            hs = ops.unary_saving_input(t, "act", hs)
+        hs = ly.linear(t, c, hs, w["mlp_proj"])
+        hs = ops.dropout(t, hs, _gpt2_dropout(self, "resid_pdrop"), c.device)
+        return ops.add(t, residual, hs)
+
+    def _gpt2_attention(self, t: Tape, w: dict, x: Fake, extras: dict) -> Fake:
+        c = self.ctx
+        b, s, a, d = c.b, c.s, c.heads, c.head_dim
+        qkv = ly.linear(t, c, x, w["c_attn"])
+        q, k, v = t.op("split", [qkv], [((b, a, s, d), qkv.dtype)] * 3, [], alias=qkv.st)
+        if c.attn == "eager" or self._sdpa_falls_back():
+            out = self._attention_core(t, q, k, v, extras.get("mask"), softcap=False, gpt2=True)
+        else:
+            out = ly.sdpa_core(t, c, q, k, v)
+        del q, k, v, qkv
+        out = ly.linear(t, c, t.view(out, (b, s, a * d)), w["c_proj"])
+        return ops.dropout(t, out, _gpt2_dropout(self, "resid_pdrop"), c.device)
+
+    def _gemma2_layer(self, t: Tape, w: dict, x: Fake, extras: dict) -> Fake:
+        c = self.ctx
+        b, s, a, kv, d = c.b, c.s, c.heads, c.kv_heads, c.head_dim
+        residual = x
+        hs = ly.gemma_rms_norm(t, x, w["ln1"])
+        q = t.view(ly.linear(t, c, hs, w["q"]), (b, a, s, d))
+        k = t.view(ly.linear(t, c, hs, w["k"]), (b, kv, s, d))
+        v = t.view(ly.linear(t, c, hs, w["v"]), (b, kv, s, d))
+        del hs
+        q = ly.rotary(t, q, extras["cos"], extras["sin"])
+        k = ly.rotary(t, k, extras["cos"], extras["sin"])
+        softcap = self.cfg.get("attn_logit_softcapping", 50.0) is not None
+        if c.attn == "flash_attention_2":
+            out = ly.sdpa_core(t, c, q, k, v)
+        else:
+            kr = ly.repeat_kv(t, k, a // kv)
+            vr = ly.repeat_kv(t, v, a // kv)
+            out = ly.eager_core(t, c, q, kr, vr, extras.get("mask"), softmax_fp32=True, softcap=softcap,
+                                copy_v=(a // kv) == 1)
+            del kr, vr
+        del q, k, v
+        hs = ly.linear(t, c, t.view(out, (b, s, a * d)), w["o"])
+        del out
+        hs = ly.gemma_rms_norm(t, hs, w["ln2"])
+        hs = ops.add(t, residual, hs)
+        residual = hs
+        hs = ly.gemma_rms_norm(t, hs, w["ln3"])
+        hs = ly.swiglu_mlp(t, c, hs, w["gate"], w["up"], w["down"])
+        hs = ly.gemma_rms_norm(t, hs, w["ln4"])
+        return ops.add(t, residual, hs)
+
+    def final_norm(self, t: Tape, h: Fake) -> Fake:
+        if self.kind == "gpt2":
+            return ly.layer_norm(t, h, self.final_norm_w, self.final_norm_b)
+        if self.kind == "gemma2":
+            return ly.gemma_rms_norm(t, h, self.final_norm_w)
+        return ly.rms_norm(t, h, self.final_norm_w)
+
+    @property
+    def final_softcap(self) -> bool:
+        return self.kind == "gemma2" and self.cfg.get("final_logit_softcapping", 30.0) is not None
+
+
+def _kind(model: ModelSpec) -> str:
+    if model.model_type == "gpt2":
+        return "gpt2"
+    if model.model_type == "gemma2":
+        return "gemma2"
+    if model.model_type == "phi3":
+        return "phi3"
+    return "llama"
+
+
+def _is_moe_layer(model: ModelSpec, i: int) -> bool:
+    c = model.config or {}
+    first_dense = int(c.get("first_k_dense_replace") or 0)
+    return i >= min(first_dense, 1) if first_dense else True
+
+
+def _gpt2_dropout(fam: Family, key: str) -> float:
+    return fam.ctx.resid_dropout if key != "attn_pdrop" else fam.ctx.attn_dropout
+
+
+def _grad_bytes(w: dict) -> int:
+    total = 0
+    for v in w.values():
+        for p in _params_of(v):
+            if p.trainable:
+                total += p.numel * dtype_bytes(p.dtype)
+    return total
+
+
+def _params_of(v) -> list[Param]:
+    if isinstance(v, Param):
+        return [v]
+    if isinstance(v, Linear):
+        return [p for p in (v.w, v.bias, v.lora_a, v.lora_b) if p is not None]
+    if isinstance(v, ly.Experts):
+        return [v.router, v.gate_up, v.down]
+    return []
+
+
+def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: int, s: int, attn: str,
+                 dropout: float | None, rank: int, lora_dropout: float, targets: tuple[str, ...],
+                 modules_to_save: tuple[str, ...], device: str) -> Family:
+    cfg = model.config or {}
+    compute = precision.compute_dtype
+    kind = _kind(model)
+    if kind == "gpt2":
+        attn_p = cfg.get("attn_pdrop", 0.1) if dropout is None else dropout
+        resid_p = cfg.get("resid_pdrop", 0.1) if dropout is None else dropout
+    else:
+        attn_p = cfg.get("attention_dropout", 0.0) if dropout is None else dropout
+        resid_p = 0.0
+    notes = []
+    if kind == "gemma2" and attn == "sdpa":
+        attn = "eager"
+        notes.append("gemma2 does not support SDPA in transformers (attention softcapping): estimated as eager.")
+    ctx = Ctx(b=b, s=s, h=model.hidden_size, heads=model.num_heads, kv_heads=model.num_kv_heads,
+              head_dim=model.head_dim, dtype=compute, device=device, attn=attn, attn_dropout=float(attn_p or 0.0),
+              resid_dropout=float(resid_p or 0.0),
+              adapter_dtype="fp32" if method is not Method.FULL else compute,
+              lora_dropout=float(lora_dropout), quantized=method is Method.QLORA)
+    fam = Family(model, ctx, method, rank, targets, modules_to_save)
+    fam.notes.extend(notes)
+    if model.model_type not in LLAMA_LIKE + ("gpt2", "gemma2"):
+        fam.notes.append(f"activations of model type {model.model_type!r} are estimated with the llama layer.")
+    if model.model_type == "deepseek_v2":
+        fam.notes.append("deepseek_v2 multi-head latent attention is estimated as grouped-query attention.")
+    return fam

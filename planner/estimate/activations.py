@@ -1,0 +1,219 @@
+"""Saved activations and the memory of one forward/backward, per family, by simulating the HF forward.
+
+``simulate_step`` builds the model's forward on the symbolic tape (layers.py, logits.py) for one micro-batch,
+then replays the backward, and returns what was alive at each moment that matters (``StepProfile``). Layers
+are written per family from the installed transformers code:
+
+- llama, mistral, qwen2 (QKV bias), qwen3 (per-head q/k RMSNorm), phi3 (fused qkv and gate_up): RMSNorm in fp32,
+  rotary, grouped-query attention, SwiGLU;
+- gemma2: four RMSNorms per layer with ``(1 + w)``, scaled embedding, attention-logit and final-logit tanh
+  softcapping, gelu-tanh; no SDPA support in transformers (``_supports_sdpa = False``): sdpa runs eager;
+- gpt2: LayerNorm, fused Conv1D c_attn, gelu_new (Python composite), dropout on embeddings, attention
+  probabilities and both residual branches, learned positions;
+- mixtral, qwen2_moe-like (qwen3_moe): attention as llama, sparse MoE block with top-k routing.
+
+Only 3 layers are simulated one by one; the middle layer stands for the other L - 3 (``Sim.ghost``): their
+saved bytes are added after it in forward and swapped for their gradients before it in backward, which gives
+the exact end-of-forward bytes and the backward peak (it is at one end of a run of identical layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from planner.estimate import layers as ly
+from planner.estimate import ops
+from planner.estimate.act_families import build_family
+from planner.estimate.logits import causal_lm_loss
+from planner.estimate.tape import Fake, Sim, Tape, backward
+from planner.specs import Method, ModelSpec, TrainSpec
+
+NUM_SIMULATED_LAYERS = 3
+
+
+@dataclass(frozen=True)
+class StepProfile:
+    """Bytes of one micro-batch's forward and backward on one device (model states excluded)."""
+
+    forward_end_bytes: int  # alive when backward starts: saved activations + what the loss keeps
+    forward_end_saved_bytes: int  # part of it saved for backward by autograd (or held by checkpoints)
+    forward_peak_bytes: int
+    forward_peak_saved_bytes: int
+    backward_peak_bytes: int  # activations left + gradients so far (kept ones) + backward scratch
+    backward_peak_saved_bytes: int
+    backward_peak_grads_bytes: int  # parameter gradients alive at the backward peak
+    grads_bytes: int  # parameter gradients made by backward (ZeRO 0 keeps them all)
+    per_layer_saved_bytes: int  # one decoder layer's saved bytes (generic layer)
+    logits_bytes: int  # the [b, s, V] logits in their dtype
+    notes: tuple[str, ...] = ()
+
+    @property
+    def activations_bytes(self) -> int:
+        return self.forward_end_bytes
+
+
+def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
+                  keep_logits: bool = False) -> StepProfile:
+    """One micro-batch forward + backward. ``keep_grads``: parameter gradients stay (ZeRO 0/1) or are reduced
+    away as they arrive (ZeRO 2/3, counted by the sharded model states instead)."""
+    return _simulate(model, _train_key(train), device, keep_grads, keep_logits)
+
+
+def _train_key(train: TrainSpec) -> tuple:
+    return (
+        train.method, train.precision, train.micro_batch, train.seq_len, train.grad_checkpointing,
+        train.attn_impl.value, train.dropout, train.lora.rank, train.lora.dropout, train.lora.targets,
+        train.lora.modules_to_save,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _simulate(model: ModelSpec, key: tuple, device: str, keep_grads: bool, keep_logits: bool) -> StepProfile:
+    (method, precision, b, s, ckpt, attn, dropout, rank, lora_dropout, targets, modules_to_save) = key
+    sim = Sim()
+    t = Tape(sim)
+    fam = build_family(model, method=method, precision=precision, b=b, s=s, attn=attn, dropout=dropout,
+                       rank=rank, lora_dropout=lora_dropout, targets=targets, modules_to_save=modules_to_save,
+                       device=device)
+    num_layers = model.num_layers
+    sim_layers = min(num_layers, NUM_SIMULATED_LAYERS)
+    ghost = num_layers - sim_layers
+    ids = Fake((b, s), "int64", None)  # the input batch: allocated before the step, counted as inputs
+    fam.input_requires_grad = ckpt  # transformers' checkpointing calls enable_input_require_grads()
+    sim.peaks.clear()
+    sim.phase = "forward"
+    hooks: dict[int, object] = {}
+    layer_saved = [0]
+    layer_grads = fam.layer_grad_bytes if keep_grads else 0
+
+    def run_layers(h: Fake, extras) -> Fake:
+        for i in range(sim_layers):
+            before = sim.saved
+            h = _run_layer(t, fam, i, h, extras, ckpt, hooks)
+            if i == 1:
+                layer_saved[0] = sim.saved - before
+                if ghost:
+                    sim.ghost(ghost * layer_saved[0], saved=True)
+                    _ghost_swap_hook(sim, hooks, fam, ghost * layer_saved[0], ghost * layer_grads)
+        return h
+
+    loss, logits_bytes = causal_lm_loss(t, fam, ids, run_layers, keep_logits=keep_logits, keep_grads=keep_grads)
+    end = sim.mark("forward_end")
+    fwd_peak = sim.peaks["forward"]
+    if not keep_grads:
+        fam.drop_grads = True
+    backward(t, loss, hooks)
+    del loss
+    bwd = sim.peaks.get("backward")
+    grads_total = fam.total_grad_bytes(num_layers) if keep_grads else 0
+    if layer_saved[0] == 0 and sim_layers == 1:
+        layer_saved[0] = end.saved_bytes
+    return StepProfile(
+        forward_end_bytes=end.live_bytes,
+        forward_end_saved_bytes=end.saved_bytes,
+        forward_peak_bytes=fwd_peak.live_bytes,
+        forward_peak_saved_bytes=fwd_peak.saved_bytes,
+        backward_peak_bytes=bwd.live_bytes if bwd else end.live_bytes,
+        backward_peak_saved_bytes=bwd.saved_bytes if bwd else end.saved_bytes,
+        backward_peak_grads_bytes=bwd.grads_bytes if bwd else 0,
+        grads_bytes=grads_total,
+        per_layer_saved_bytes=layer_saved[0],
+        logits_bytes=logits_bytes,
+        notes=tuple(fam.notes),
+    )
+
+
+def _ghost_swap_hook(sim: Sim, hooks: dict, fam, saved_bytes: int, grad_bytes: int) -> None:
+    """Before layer 1's backward: the ghost layers' activations are freed and their gradients exist."""
+    node = fam.last_node_of_layer.get(1)
+    if node is None:
+        return
+
+    def swap() -> None:
+        sim.ghost(-saved_bytes, saved=True)
+        sim.ghost(grad_bytes, grads=True)
+
+    _chain_hook(hooks, node, swap)
+
+
+def _chain_hook(hooks: dict, node, fn) -> None:
+    prev = hooks.get(id(node))
+    if prev is None:
+        hooks[id(node)] = fn
+    else:
+
+        def both() -> None:
+            prev()
+            fn()
+
+        hooks[id(node)] = both
+
+
+def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -> Fake:
+    """One decoder layer, plain or under non-reentrant activation checkpointing (transformers'
+    GradientCheckpointingLayer with ``use_reentrant=False``): the forward keeps only the layer input (and the
+    kwargs: mask, rotary tables); the first backward node of the layer recomputes the forward and the
+    recomputed saved tensors are attached to the original nodes."""
+    start = len(t.sim.nodes)
+    if not ckpt:
+        out = fam.layer(t, i, h, extras)
+        _note_last(t, fam, i, start)
+        return out
+    t.saving = False
+    out = fam.layer(t, i, h, extras)
+    t.saving = True
+    region = t.sim.nodes[start:]
+    _note_last(t, fam, i, start)
+    if not region:
+        return out
+    held = h  # the checkpoint frame keeps the layer input until the region is done
+    if held.st is not None:
+        if held.st.num_saves == 0:
+            t.sim.saved += held.st.nbytes
+        held.st.num_saves += 1
+        region[0].saved.append(held.st)
+
+    def recompute() -> None:
+        saved_t = t.saving
+        t.saving = True
+        t.grad_enabled = True
+        mark = len(t.sim.nodes)
+        again = fam.layer(t, i, _detached(t, h), extras)
+        fresh = t.sim.nodes[mark:]
+        del t.sim.nodes[mark:]
+        for orig, new in zip(region, fresh, strict=False):
+            t.keep(orig, new.saved)
+            ops_release(t, new)
+        del again, fresh
+        t.grad_enabled = False
+        t.saving = saved_t
+
+    _chain_hook(hooks, region[-1], recompute)
+    return out
+
+
+def _detached(t: Tape, h: Fake) -> Fake:
+    """The recomputation runs on the saved input (same storage), which requires grad."""
+    from planner.estimate.tape import Node
+
+    sink = Node("ckpt_input", [], lambda *_: [], 1)
+    return Fake(h.shape, h.dtype, h.st, sink, 0)
+
+
+def ops_release(t: Tape, node) -> None:
+    from planner.estimate.tape import release
+
+    release(t.sim, node)
+
+
+def _note_last(t: Tape, fam, i: int, start: int) -> None:
+    if len(t.sim.nodes) > start:
+        fam.last_node_of_layer[i] = t.sim.nodes[-1]
+
+
+def method_is_adapter(method: Method) -> bool:
+    return method in (Method.LORA, Method.QLORA)
+
+
+__all__ = ["StepProfile", "simulate_step", "ly", "ops"]

@@ -1,0 +1,312 @@
+"""Transformer building blocks on the symbolic tape, written line by line like transformers 5.x writes them.
+
+Sources (transformers 5.23): models/llama/modeling_llama.py (LlamaRMSNorm, LlamaAttention, LlamaMLP,
+apply_rotary_pos_emb, repeat_kv, eager_attention_forward), integrations/sdpa_attention.py, models/gpt2/
+modeling_gpt2.py (GPT2Attention, GPT2MLP, Conv1D), models/gemma2/modeling_gemma2.py (Gemma2RMSNorm, softcapping),
+models/mixtral/modeling_mixtral.py + integrations/moe.py (router, grouped_mm experts), activations.py
+(NewGELUActivation); peft 0.21 tuners/lora/layer.py (Linear.forward); bitsandbytes 0.50 autograd/_functions.py
+(MatMul4Bit: the 4-bit weight is dequantized to the compute dtype for the matmul in forward and again in backward).
+
+Local variables are kept exactly as long as the HF code keeps them (function scope), because their storages
+are freed when the last reference goes, which is what sets the forward peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.estimate import ops
+from planner.estimate.tape import Fake, Param, Storage, Tape
+
+
+@dataclass
+class Ctx:
+    """Shapes and switches of one simulated step (a plain mutable record, built by activations.py)."""
+
+    b: int
+    s: int
+    h: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: str  # activation/compute dtype (weights are held in it)
+    device: str  # "cpu" or "cuda": picks kernels and dropout mask formats
+    attn: str  # eager | sdpa | flash_attention_2
+    attn_dropout: float
+    resid_dropout: float
+    adapter_dtype: str
+    lora_dropout: float
+    quantized: bool  # QLoRA: frozen base linears are bitsandbytes Linear4bit
+
+
+class Linear:
+    """One nn.Linear (or HF Conv1D), optionally with a LoRA adapter (A: in x r, B: r x out) and 4-bit base."""
+
+    __slots__ = ("w", "bias", "lora_a", "lora_b", "quant", "d_in", "d_out")
+
+    def __init__(self, d_in: int, d_out: int, dtype: str, trainable: bool, *, bias: bool = False,
+                 lora_rank: int = 0, adapter_dtype: str = "fp32", quant: bool = False) -> None:
+        self.d_in, self.d_out = d_in, d_out
+        self.w = Param((d_out, d_in), dtype, trainable)
+        self.bias = Param((d_out,), dtype, trainable) if bias else None
+        self.quant = quant
+        self.lora_a = Param((lora_rank, d_in), adapter_dtype, True) if lora_rank else None
+        self.lora_b = Param((d_out, lora_rank), adapter_dtype, True) if lora_rank else None
+
+
+def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
+    """Base linear (+ 4-bit dequantization) (+ peft LoRA: ``result + B(A(dropout(x.to(A.dtype)))) * scaling``)."""
+    if lin.quant:
+        result = _linear_4bit(t, x, lin)
+    else:
+        result = ops.linear(t, x, lin.w, lin.bias)
+    if lin.lora_a is None:
+        return result
+    result_dtype = result.dtype
+    x = ops.to(t, x, lin.lora_a.dtype)
+    x = ops.dropout(t, x, ctx.lora_dropout, ctx.device)
+    delta = ops.linear(t, x, lin.lora_a)
+    del x
+    delta = ops.linear(t, delta, lin.lora_b)
+    delta = ops.mul_scalar(t, delta)
+    result = ops.add(t, result, delta)
+    del delta
+    return ops.to(t, result, result_dtype)
+
+
+def _linear_4bit(t: Tape, x: Fake, lin: Linear) -> Fake:
+    # bnb MatMul4Bit: dequantize_4bit -> [out, in] in the compute dtype, F.linear, free; nothing saved but the
+    # packed weight. Backward dequantizes again for grad_A (rule below).
+    w_dq = t.scratch(lin.d_in * lin.d_out * _bytes(x.dtype))
+    out = t.op("matmul_4bit", [x], [(x.shape[:-1] + (lin.d_out,), x.dtype)], [], _dequant_rule(lin, x.dtype))[0]
+    del w_dq
+    return out
+
+
+def _dequant_rule(lin: Linear, dtype: str):
+    def rule(t: Tape, node, grads_out):
+        w_dq = t.scratch(lin.d_in * lin.d_out * _bytes(dtype))
+        grads = [Storage(t.sim, _prod(node.edges[0][2]) * _bytes(node.edges[0][3]))]
+        del w_dq
+        return grads
+
+    return rule
+
+
+def _bytes(dtype: str) -> int:
+    from planner.units import dtype_bytes
+
+    return dtype_bytes(dtype)
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# ---------------------------------------------------------------- norms
+
+
+def rms_norm(t: Tape, x: Fake, w: Param) -> Fake:
+    """LlamaRMSNorm (also Qwen2, Mistral, Mixtral, Qwen3): fp32 math, ``weight * hs.to(input_dtype)``."""
+    input_dtype = x.dtype
+    hs = ops.to(t, x, "fp32")
+    variance = ops.mean_last(t, ops.pow_(t, hs))
+    hs = ops.mul(t, hs, ops.rsqrt(t, ops.add_scalar(t, variance)))
+    del variance
+    return ops.mul(t, w, ops.to(t, hs, input_dtype))
+
+
+def gemma_rms_norm(t: Tape, x: Fake, w: Param) -> Fake:
+    """Gemma2RMSNorm: ``_norm(x.float()) * (1.0 + weight.float())``, then ``type_as(x)``."""
+    xf = ops.to(t, x, "fp32")
+    variance = ops.mean_last(t, ops.pow_(t, xf))
+    out = ops.mul(t, xf, ops.rsqrt(t, ops.add_scalar(t, variance)))
+    del xf, variance
+    scale = t.op("one_plus_w", [w], [(w.shape, "fp32")], [])[0]  # 1.0 + weight.float(): [h], fp32
+    out = ops.mul(t, out, scale)
+    del scale
+    return ops.to(t, out, x.dtype)
+
+
+def layer_norm(t: Tape, x: Fake, w: Param, bias: Param) -> Fake:
+    """nn.LayerNorm: native_layer_norm saves input, mean and rstd ([N, 1] fp32 for 16-bit inputs)."""
+    n = _prod(x.shape[:-1])
+    mean = t.new((n,), "fp32")
+    rstd = t.new((n,), "fp32")
+    out = t.op("layer_norm", [x, w, bias], [(x.shape, x.dtype)], [x, mean, rstd])[0]
+    del mean, rstd
+    return out
+
+
+# ---------------------------------------------------------------- attention pieces
+
+
+def rotary(t: Tape, q: Fake, cos: Fake, sin: Fake) -> Fake:
+    """``(q * cos) + (rotate_half(q) * sin)``: the muls save cos and sin (no grad), nothing of q."""
+    a = ops.mul(t, q, cos)
+    half = t.op("neg_half", [q], [(q.shape[:-1] + (q.shape[-1] // 2,), q.dtype)], [])[0]
+    rot = t.op("cat", [half, q], [(q.shape, q.dtype)], [])[0]
+    del half
+    bpart = ops.mul(t, rot, sin)
+    del rot
+    return ops.add(t, a, bpart)
+
+
+def repeat_kv(t: Tape, x: Fake, n_rep: int) -> Fake:
+    """expand + reshape: a copy of [b, heads, s, d] when n_rep > 1; backward sums over the repeats."""
+    if n_rep == 1:
+        return x
+    b, kv, s, d = x.shape
+    return t.op("repeat_kv", [x], [((b, kv * n_rep, s, d), x.dtype)], [])[0]
+
+
+def mask_add(t: Tape, scores: Fake, mask: Fake | None) -> Fake:
+    return scores if mask is None else ops.add(t, scores, mask)
+
+
+def eager_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, mask: Fake | None, *, softmax_fp32: bool,
+               softcap: bool = False, copy_q: bool = False, copy_k: bool = False, copy_v: bool = True) -> Fake:
+    """QK^T, (softcap), mask, softmax, dropout, PV; returns the [b, s, heads, d] contiguous output.
+
+    Llama-style (``softmax(..., dtype=float32).to(q.dtype)``) keeps an fp32 softmax output and a 16-bit copy;
+    GPT-2 keeps the softmax output in the activation dtype. Dropout on the probabilities keeps its mask.
+    """
+    b, a, s, d = q.shape
+    scores = ops.matmul(t, q, k, (b, a, s, s), copy_a=copy_q, copy_b=copy_k)
+    scores = ops.mul_scalar(t, scores)  # * scaling
+    if softcap:
+        scores = ops.mul_scalar(t, scores)  # / softcap
+        scores = ops.unary_saving_output(t, "tanh", scores)
+        scores = ops.mul_scalar(t, scores)  # * softcap
+    scores = mask_add(t, scores, mask)
+    if softmax_fp32:
+        probs = ops.unary_saving_output(t, "softmax", scores, dtype="fp32")
+        del scores
+        probs = ops.to(t, probs, q.dtype)
+    else:
+        probs = ops.unary_saving_output(t, "softmax", scores)
+        del scores
+    probs = ops.dropout(t, probs, ctx.attn_dropout, ctx.device)
+    out = ops.matmul(t, probs, v, (b, a, s, d), copy_b=copy_v)
+    del probs
+    # .transpose(1, 2).contiguous(): a copy; its backward hands the gradient on.
+    return t.op("contiguous", [out], [((b, s, a, d), out.dtype)], [], ops._passthrough_rule)[0]
+
+
+def sdpa_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, qkv_base: Fake | None = None) -> Fake:
+    """``F.scaled_dot_product_attention`` with a memory-efficient kernel (CPU flash, CUDA flash/efficient):
+    saves q, k, v (the tensors passed in; views keep their base alive: ``qkv_base``), the output and an fp32
+    logsumexp [b, heads, s]. The output is laid out [b, s, heads, d], so transpose().contiguous() is free."""
+    b, a, s, d = q.shape
+    lse = t.new((b, a, s), "fp32")
+    saved = [q, k, v, lse] if qkv_base is None else [qkv_base, lse]
+    if ctx.device != "cpu" and ctx.attn_dropout > 0:
+        saved.append(t.new((2,), "int64"))  # philox seed and offset
+    out = t.op("sdpa", [q, k, v], [((b, s, a, d), q.dtype)], saved)[0]
+    if out.node is not None and t.saving:
+        t.keep(out.node, [out])
+    del lse
+    return out
+
+
+# ---------------------------------------------------------------- MLPs
+
+
+def swiglu_mlp(t: Tape, ctx: Ctx, x: Fake, gate: Linear, up: Linear, down: Linear) -> Fake:
+    """``down(act(gate(x)) * up(x))`` (LlamaMLP, Qwen2MLP, Gemma2MLP with gelu-tanh)."""
+    g = ops.unary_saving_input(t, "act", linear(t, ctx, x, gate))
+    u = linear(t, ctx, x, up)
+    p = ops.mul(t, g, u)
+    del g, u
+    return linear(t, ctx, p, down)
+
+
+def new_gelu(t: Tape, x: Fake) -> Fake:
+    """NewGELUActivation (GPT-2's gelu_new), a Python composite:
+    ``0.5 * x * (1.0 + tanh(sqrt(2/pi) * (x + 0.044715 * pow(x, 3.0))))`` -- pow saves x, tanh its output,
+    and the final product saves both factors."""
+    half_x = ops.mul_scalar(t, x)
+    p = ops.pow_(t, x)
+    inner = ops.mul_scalar(t, p)
+    del p
+    inner2 = ops.add(t, x, inner)
+    del inner
+    inner3 = ops.mul_scalar(t, inner2)
+    del inner2
+    th = ops.unary_saving_output(t, "tanh", inner3)
+    del inner3
+    one_plus = ops.add_scalar(t, th)
+    del th
+    return ops.mul(t, half_x, one_plus)
+
+
+# ---------------------------------------------------------------- mixture of experts
+
+
+class Experts:
+    """Fused expert weights [E, 2I, H] and [E, H, I] (transformers 5 MixtralExperts) and the [E, H] router."""
+
+    __slots__ = ("router", "gate_up", "down", "num_experts", "top_k", "inter")
+
+    def __init__(self, h: int, inter: int, num_experts: int, top_k: int, dtype: str, trainable: bool) -> None:
+        self.router = Param((num_experts, h), dtype, trainable)
+        self.gate_up = Param((num_experts, 2 * inter, h), dtype, trainable)
+        self.down = Param((num_experts, h, inter), dtype, trainable)
+        self.num_experts, self.top_k, self.inter = num_experts, top_k, inter
+
+
+def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
+    """MixtralSparseMoeBlock with the default ``grouped_mm`` experts (integrations/moe.py)."""
+    n = _prod(x.shape[:-1])
+    h = x.shape[-1]
+    k, e = ex.top_k, ex.num_experts
+    s = n * k
+    # router: F.linear -> logits [n, E]; softmax(logits.float()) saved; topk keeps its indices.
+    logits = ops.linear(t, x, ex.router)
+    probs = ops.unary_saving_output(t, "softmax", ops.to(t, logits, "fp32"))
+    top_idx = t.new((n, k), "int64")
+    top_val = t.op("topk", [probs], [((n, k), "fp32")], [top_idx])[0]
+    del probs
+    top_val = t.op("renorm", [top_val], [((n, k), "fp32")], [top_val])[0]  # /= sum: saves the sum and values
+    # experts: sort by expert, gather the routed tokens, two grouped matmuls, weight, unpermute, sum over k.
+    perm = t.new((s,), "int64")
+    ids_sorted = t.new((s,), "int64")
+    tok_idx = t.new((s,), "int64")  # perm // top_k
+    selected = t.op("index", [x], [((s, h), x.dtype)], [tok_idx])[0]
+    weights_g = t.op("index", [top_val], [((s,), "fp32")], [perm])[0]
+    del top_val
+    proj = ops.linear(t, selected, _Grouped(ex.gate_up))
+    del selected
+    gate = t.view(proj, (s, ex.inter))
+    act = ops.unary_saving_input(t, "act", gate)  # saves gate: a view, keeps proj alive
+    if act.node is not None and t.saving:
+        t.keep(act.node, [proj])
+    up = t.view(proj, (s, ex.inter))
+    inner = ops.mul(t, act, up)
+    del act, up, gate, proj
+    down = ops.linear(t, inner, _Grouped(ex.down))
+    del inner
+    weighted = ops.mul(t, down, weights_g)
+    del down, weights_g
+    inv_perm = t.new((s,), "int64")
+    unperm = t.op("index", [weighted], [((s, h), weighted.dtype)], [inv_perm])[0]
+    del weighted
+    summed = t.op("sum_k", [unperm], [((n, h), unperm.dtype)], [])[0]
+    del unperm, perm, ids_sorted, tok_idx, top_idx, inv_perm
+    return ops.to(t, summed, x.dtype)
+
+
+class _Grouped(Param):
+    """A grouped-mm weight seen as one linear of [out, in] (for the saved-input rule and the output width)."""
+
+    def __init__(self, p: Param) -> None:
+        super().__init__((p.shape[1], p.shape[2]), p.dtype, p.trainable)
+        self.grad = p.grad
+        self._full = p
+
+    @property
+    def numel(self) -> int:
+        return self._full.numel

@@ -1,0 +1,67 @@
+"""The output head and the causal-LM loss, as transformers 5.23 computes them.
+
+``LlamaForCausalLM.forward`` (and every *ForCausalLM here): ``logits = self.lm_head(hidden_states)`` in the
+activation dtype, then ``self.loss_function`` = ``transformers/loss/loss_utils.py::ForCausalLMLoss``:
+
+    logits = logits.float()                      # an fp32 copy of [b, s, V] when training in 16 bits
+    labels = pad(labels, (0, 1), value=-100)     # labels are shifted, not the logits: no logits copy
+    shift_labels = labels[..., 1:].contiguous()
+    loss = F.cross_entropy(logits.view(-1, V), shift_labels.view(-1), ignore_index=-100, reduction="mean")
+
+``cross_entropy`` is ``nll_loss(log_softmax(x))``: log_softmax saves its fp32 output (4 bytes x b x s x V) for
+backward and nll_loss saves the targets. Backward: nll_loss_backward allocates an fp32 [b*s, V] gradient,
+log_softmax_backward another, then the copy back to the logits dtype, then lm_head's matmuls. For a 16-bit
+model the forward therefore peaks with logits (2) + fp32 copy (4) + log-probabilities (4) bytes per logit, and
+the loss backward with log-probabilities + two fp32 gradients (12 bytes per logit) on top of every layer's
+saved activations -- the spike that dominates for 128k-256k vocabularies (DESIGN.md section 3).
+
+Gemma-2 first applies final-logit softcapping (``logits / cap``, ``tanh`` saving its output, ``* cap``).
+"""
+
+from __future__ import annotations
+
+from planner.estimate import layers as ly
+from planner.estimate import ops
+from planner.estimate.tape import Fake, Tape
+
+
+def causal_lm_loss(t: Tape, fam, ids: Fake, run_layers, *, keep_logits: bool, keep_grads: bool):
+    """Forward of the whole model + loss; returns (loss, logits bytes). ``keep_logits``: the caller keeps
+    the output object (and so the logits) alive through backward."""
+    t.keep_param_grads = keep_grads
+    hidden = _base_model(t, fam, ids, run_layers)
+    logits = ly.linear(t, fam.ctx, hidden, fam.lm_head)
+    if fam.final_softcap:
+        logits = ops.mul_scalar(t, logits)
+        logits = ops.unary_saving_output(t, "tanh", logits)
+        logits = ops.mul_scalar(t, logits)
+    logits_bytes = logits.nbytes
+    t.sim.phase = "forward"
+    loss = _for_causal_lm_loss(t, logits, ids)
+    del hidden
+    if keep_logits:
+        t.sim.held = logits  # type: ignore[attr-defined]
+    del logits
+    return loss, logits_bytes
+
+
+def _base_model(t: Tape, fam, ids: Fake, run_layers) -> Fake:
+    """``XModel.forward``: its locals (inputs_embeds, position embeddings, mask) live until it returns."""
+    emb, extras, held = fam.embed(t, ids)
+    fam.input_requires_grad_seen = emb.requires_grad
+    h = run_layers(emb, extras)
+    del emb
+    return fam.final_norm(t, h)
+
+
+def _for_causal_lm_loss(t: Tape, logits: Fake, ids: Fake) -> Fake:
+    b, s, v = logits.shape
+    logits = ops.to(t, logits, "fp32")
+    labels = t.new((b, s + 1), "int64")  # F.pad(labels, (0, 1))
+    shift_labels = t.new((b, s), "int64")  # labels[..., 1:].contiguous()
+    logp = ops.unary_saving_output(t, "log_softmax", logits)
+    del logits
+    total_weight = t.new((), "fp32")
+    loss = t.op("nll_loss", [logp], [((), "fp32")], [shift_labels, total_weight])[0]
+    del logp, labels, shift_labels, total_weight
+    return loss

@@ -1,0 +1,219 @@
+"""The torch ops the supported transformer families use, on the symbolic tape (tape.py).
+
+Each function mirrors one PyTorch op: its output tensors, what its autograd node saves (PyTorch
+tools/autograd/derivatives.yaml, "self: ... result ..."), and what its backward allocates. Where a backward
+formula builds intermediates (pow, rsqrt, mul with broadcasting) the rule allocates them in the same order, so the
+backward peak includes them. Views share their input's storage; a reshape of a non-mergeable view copies.
+"""
+
+from __future__ import annotations
+
+from planner.estimate.tape import Fake, Param, Storage, Tape, default_rule
+from planner.units import dtype_bytes
+
+
+def _nb(shape, dtype: str) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n * dtype_bytes(dtype)
+
+
+def _grad_like(tape: Tape, edge) -> Storage | None:
+    if edge is None:
+        return None
+    if len(edge) == 1:
+        return Storage(tape.sim, edge[0].numel * dtype_bytes(edge[0].dtype))
+    return Storage(tape.sim, _nb(edge[2], edge[3]))
+
+
+def _passthrough_rule(tape: Tape, node, grads_out):
+    """add / add-scalar / views: the incoming gradient is handed on unchanged (no allocation)."""
+    g = grads_out[0]
+    return [g if e is not None else None for e in node.edges]
+
+
+# ---------------------------------------------------------------- elementwise
+
+
+def add(tape: Tape, a: Fake, b: Fake) -> Fake:
+    shape = a.shape if _numel(a.shape) >= _numel(b.shape) else b.shape
+    dtype = promote(a.dtype, b.dtype)
+    return tape.op("add", [a, b], [(shape, dtype)], [], _add_rule)[0]
+
+
+def _add_rule(tape: Tape, node, grads_out):
+    # AddBackward returns the same gradient to both inputs; a dtype or broadcast difference makes a new one.
+    g = grads_out[0]
+    out = []
+    for e in node.edges:
+        if e is None:
+            out.append(None)
+        elif len(e) == 1 or _nb(e[2], e[3]) != g.nbytes:
+            out.append(_grad_like(tape, e))
+        else:
+            out.append(g)
+    return out
+
+
+def add_scalar(tape: Tape, a: Fake) -> Fake:
+    return tape.op("add_scalar", [a], [(a.shape, a.dtype)], [], _passthrough_rule)[0]
+
+
+def mul_scalar(tape: Tape, a: Fake) -> Fake:
+    return tape.op("mul_scalar", [a], [(a.shape, a.dtype)], [])[0]
+
+
+def mul(tape: Tape, a, b) -> Fake:
+    """Tensor x tensor (or parameter): saves the other operand of each input that needs a gradient."""
+    a_grad = _needs(a)
+    b_grad = _needs(b)
+    saved = []
+    if a_grad:
+        saved.append(b)
+    if b_grad:
+        saved.append(a)
+    shape = a.shape if _numel(a.shape) >= _numel(b.shape) else b.shape
+    dtype = promote(a.dtype, b.dtype)
+    return tape.op("mul", [a, b], [(shape, dtype)], [s for s in saved if isinstance(s, Fake)], _mul_rule)[0]
+
+
+def _mul_rule(tape: Tape, node, grads_out):
+    g = grads_out[0]
+    out = []
+    for e in node.edges:
+        if e is None:
+            out.append(None)
+            continue
+        full = Storage(tape.sim, g.nbytes)  # grad * other, at the output's shape and dtype
+        shape_bytes = e[0].numel * dtype_bytes(e[0].dtype) if len(e) == 1 else _nb(e[2], e[3])
+        if shape_bytes != g.nbytes:
+            out.append(_grad_like(tape, e))  # sum_to_size / dtype cast of a broadcast operand
+            del full
+        else:
+            out.append(full)
+    return out
+
+
+def to(tape: Tape, x: Fake, dtype: str) -> Fake:
+    """``x.to(dtype)``: the same tensor when the dtype already matches, else a copy (nothing saved)."""
+    if x.dtype == dtype:
+        return x
+    return tape.op("to", [x], [(x.shape, dtype)], [])[0]
+
+
+def pow_(tape: Tape, x: Fake) -> Fake:
+    """``x.pow(e)``: saves x; backward ``grad * (e * x.pow(e - 1))`` builds two x-sized intermediates."""
+    return tape.op("pow", [x], [(x.shape, x.dtype)], [x], _pow_rule)[0]
+
+
+def _pow_rule(tape: Tape, node, grads_out):
+    g = grads_out[0]
+    t1 = Storage(tape.sim, g.nbytes)  # x.pow(e - 1)
+    t2 = Storage(tape.sim, g.nbytes)  # e * ...
+    del t1
+    res = Storage(tape.sim, g.nbytes)  # grad * ...
+    del t2
+    return [res]
+
+
+def mean_last(tape: Tape, x: Fake) -> Fake:
+    """``x.mean(-1, keepdim=True)``: saves nothing; backward expands and divides (one x-sized tensor)."""
+    return tape.op("mean", [x], [(x.shape[:-1] + (1,), x.dtype)], [])[0]
+
+
+def rsqrt(tape: Tape, x: Fake) -> Fake:
+    out = tape.op("rsqrt", [x], [(x.shape, x.dtype)], [], _small_rule(3))[0]
+    if out.node is not None and tape.saving:
+        tape.keep(out.node, [out])
+    return out
+
+
+def _small_rule(num_temps: int):
+    def rule(tape: Tape, node, grads_out):
+        temps = [Storage(tape.sim, grads_out[0].nbytes) for _ in range(num_temps - 1)]
+        res = default_rule(tape, node, grads_out)
+        del temps
+        return res
+
+    return rule
+
+
+def unary_saving_input(tape: Tape, name: str, x: Fake) -> Fake:
+    """silu, gelu (exact or tanh-approximate), relu: save the input; backward makes one gradient."""
+    return tape.op(name, [x], [(x.shape, x.dtype)], [x])[0]
+
+
+def unary_saving_output(tape: Tape, name: str, x: Fake, dtype: str | None = None) -> Fake:
+    """tanh, softmax, log_softmax: save the result (``dtype`` converts the input first, as softmax(dtype=))."""
+    if dtype is not None and dtype != x.dtype:
+        x = to(tape, x, dtype)
+    out = tape.op(name, [x], [(x.shape, x.dtype)], [])[0]
+    if out.node is not None and tape.saving:
+        tape.keep(out.node, [out])
+    return out
+
+
+def dropout(tape: Tape, x: Fake, p: float, device: str) -> Fake:
+    """``F.dropout`` in training. p == 0 returns the input itself (ATen ``dropout``).
+
+    On CUDA the fused ``native_dropout`` saves a bool mask (1 byte per element); on CPU ATen's ``_dropout``
+    draws a noise tensor in the input dtype and multiplies (aten/src/ATen/native/Dropout.cpp), saving the noise.
+    """
+    if p <= 0.0:
+        return x
+    mask_dtype = "bool" if device != "cpu" else x.dtype
+    if not x.requires_grad:
+        noise = tape.new(x.shape, mask_dtype)
+        out = tape.new(x.shape, x.dtype)
+        del noise
+        return out
+    noise = tape.new(x.shape, mask_dtype)
+    return tape.op("dropout", [x], [(x.shape, x.dtype)], [noise])[0]
+
+
+# ---------------------------------------------------------------- matmuls
+
+
+def linear(tape: Tape, x: Fake, w: Param, bias: Param | None = None) -> Fake:
+    """``F.linear`` / HF Conv1D (addmm): saves the input only when the weight is trainable; the weight itself is
+    a parameter (already counted). Backward: grad_input = grad @ W, grad_W = grad^T @ x, grad_b = grad.sum(0)."""
+    inputs = [x, w] + ([bias] if bias is not None else [])
+    saved = [x] if w.trainable else []
+    out_shape = x.shape[:-1] + (w.shape[0],)
+    return tape.op("linear", inputs, [(out_shape, x.dtype)], saved)[0]
+
+
+def matmul(tape: Tape, a: Fake, b: Fake, out_shape, copy_a: bool = False, copy_b: bool = False) -> Fake:
+    """Batched ``torch.matmul``: bmm saves both (reshaped) operands; ``copy_*`` when the reshape of a strided
+    view cannot merge dims and copies (the copy is what is saved)."""
+    if copy_a:
+        a = tape.op("reshape_copy", [a], [(a.shape, a.dtype)], [])[0]
+    if copy_b:
+        b = tape.op("reshape_copy", [b], [(b.shape, b.dtype)], [])[0]
+    saved = []
+    if a.requires_grad or b.requires_grad:
+        saved = [a, b] if (a.requires_grad and b.requires_grad) else [b] if a.requires_grad else [a]
+    return tape.op("bmm", [a, b], [(out_shape, promote(a.dtype, b.dtype))], saved)[0]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _needs(x) -> bool:
+    return (isinstance(x, Fake) and x.requires_grad) or (isinstance(x, Param) and x.trainable)
+
+
+_RANK = {"bool": 0, "int64": 0, "bf16": 1, "fp16": 1, "fp32": 2}
+
+
+def promote(a: str, b: str) -> str:
+    """Result dtype of a binary op between floating tensors (fp32 wins over 16-bit)."""
+    return a if _RANK.get(a, 2) >= _RANK.get(b, 2) else b

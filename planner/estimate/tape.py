@@ -1,0 +1,297 @@
+"""A symbolic autograd tape: what PyTorch keeps alive during a training step, without torch.
+
+Family modules (activations.py) write each transformer layer the way the installed transformers code writes it,
+but on ``Fake`` tensors that carry only shape, dtype and requires-grad. Each op allocates its outputs and records
+a ``Node`` holding exactly the tensors that the op's PyTorch autograd formula saves for backward
+(torch/csrc/autograd/generated from tools/autograd/derivatives.yaml), and a rule for the gradients (and scratch)
+its backward allocates. Liveness follows CPython reference counting, as PyTorch's does: a storage is freed when
+the last Fake or Node referring to it is dropped, so a family function that mirrors the HF forward (locals going
+out of scope, values rebound) frees what PyTorch frees, when it frees it.
+
+``Sim`` counts live bytes, saved (activation) bytes and parameter-gradient bytes, and records the peak of each
+phase with the category split at that moment. ``backward()`` replays the nodes in reverse creation order (the
+order the autograd engine runs a single-device graph: highest sequence number first), accumulating gradients
+like the engine's InputBuffer (in place) and AccumulateGrad (the first gradient is stolen, later ones added in
+place), and releasing each node's saved tensors after it runs (``retain_graph=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from planner.units import dtype_bytes
+
+
+@dataclass
+class PhasePeak:
+    live_bytes: int = 0
+    saved_bytes: int = 0
+    grads_bytes: int = 0
+
+
+class Sim:
+    """Live-byte accounting for one simulated step (bytes are exact ints)."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.saved = 0
+        self.grads = 0
+        self.phase = "forward"
+        self.peaks: dict[str, PhasePeak] = {}
+        self.marks: dict[str, PhasePeak] = {}
+        self._seq = 0
+        self.nodes: list[Node] = []
+
+    def _touch(self) -> None:
+        peak = self.peaks.get(self.phase)
+        if peak is None:
+            self.peaks[self.phase] = PhasePeak(self.live, self.saved, self.grads)
+        elif self.live > peak.live_bytes:
+            peak.live_bytes, peak.saved_bytes, peak.grads_bytes = self.live, self.saved, self.grads
+
+    def alloc(self, nbytes: int) -> None:
+        self.live += nbytes
+        self._touch()
+
+    def free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def mark(self, name: str) -> PhasePeak:
+        snap = PhasePeak(self.live, self.saved, self.grads)
+        self.marks[name] = snap
+        return snap
+
+    def ghost(self, nbytes: int, *, saved: bool = False, grads: bool = False) -> None:
+        """Bytes that stand for layers not simulated one by one (identical layers in a block)."""
+        self.live += nbytes
+        if saved:
+            self.saved += nbytes
+        if grads:
+            self.grads += nbytes
+        self._touch()
+
+
+class Storage:
+    __slots__ = ("sim", "nbytes", "num_saves", "__weakref__")
+
+    def __init__(self, sim: Sim, nbytes: int) -> None:
+        self.sim = sim
+        self.nbytes = nbytes
+        self.num_saves = 0
+        sim.alloc(nbytes)
+
+    def __del__(self) -> None:
+        self.sim.free(self.nbytes)
+
+
+class Param:
+    """A weight: never counted as live (model states are counted elsewhere); its gradient is."""
+
+    __slots__ = ("shape", "dtype", "trainable", "grad")
+
+    def __init__(self, shape: tuple[int, ...], dtype: str, trainable: bool) -> None:
+        self.shape = shape
+        self.dtype = dtype
+        self.trainable = trainable
+        self.grad: Storage | None = None
+
+    @property
+    def numel(self) -> int:
+        return _prod(self.shape)
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class Fake:
+    """A tensor: shape, dtype, storage (shared by views) and the node that made it (None for leaves)."""
+
+    __slots__ = ("shape", "dtype", "st", "node", "out_index")
+
+    def __init__(self, shape, dtype, st: Storage | None, node: Node | None = None, out_index: int = 0):
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.st = st
+        self.node = node
+        self.out_index = out_index
+
+    @property
+    def requires_grad(self) -> bool:
+        return self.node is not None
+
+    @property
+    def numel(self) -> int:
+        return _prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtype_bytes(self.dtype)
+
+
+# An edge from a node to where an input's gradient goes: another node's output slot, or a parameter.
+Edge = tuple  # (Node, out_index, shape, dtype) | (Param,)
+
+
+class Node:
+    """One autograd node: saved storages, where its input gradients go, and its backward rule."""
+
+    __slots__ = ("seq", "saved", "edges", "rule", "grad_in", "name", "num_outputs", "extra")
+
+    def __init__(self, name: str, edges: list, rule: Callable, num_outputs: int = 1, extra=None):
+        self.name = name
+        self.edges = edges
+        self.rule = rule
+        self.saved: list[Storage] = []
+        self.grad_in: list[Storage | None] = [None] * num_outputs
+        self.num_outputs = num_outputs
+        self.extra = extra
+
+
+class Tape:
+    """Creates tensors and nodes on a Sim; ``no_grad`` and checkpointing switch what is recorded."""
+
+    def __init__(self, sim: Sim) -> None:
+        self.sim = sim
+        self.grad_enabled = True
+        self.recording: list[Node] | None = None  # nodes of the checkpointed region being recorded
+        self.saving = True  # False inside a checkpointed forward: saved tensors are not kept
+        self.keep_param_grads = True  # False: gradients are reduced away as they arrive (ZeRO 2/3)
+
+    # ------------------------------------------------------------ tensors
+
+    def new(self, shape, dtype: str) -> Fake:
+        return Fake(shape, dtype, Storage(self.sim, _prod(tuple(shape)) * dtype_bytes(dtype)))
+
+    def view(self, x: Fake, shape) -> Fake:
+        return Fake(shape, x.dtype, x.st, x.node, x.out_index)
+
+    def scratch(self, nbytes: int) -> Storage:
+        """A temporary that lives as long as the caller keeps the returned object."""
+        return Storage(self.sim, nbytes)
+
+    # ------------------------------------------------------------ recording
+
+    def op(
+        self,
+        name: str,
+        inputs: list,
+        outputs: list[tuple[tuple[int, ...], str]],
+        saved: list,
+        rule: Callable | None = None,
+        extra=None,
+        alias: Storage | None = None,
+    ) -> list[Fake]:
+        """Run an op: allocate outputs; if any input needs a gradient, record a node that saves ``saved``.
+
+        ``inputs`` are Fakes or Params; ``saved`` are Fakes (their storages are kept) or Storages.
+        ``rule(node, grads_out) -> list of grads for inputs`` allocates the backward's results; the default
+        allocates one gradient per differentiable input, shaped like it. ``alias``: the outputs are views of
+        that storage (split, chunk) instead of new tensors.
+        """
+        needs = self.grad_enabled and any(
+            (isinstance(i, Fake) and i.requires_grad) or (isinstance(i, Param) and i.trainable) for i in inputs
+        )
+        node = None
+        if needs:
+            edges = []
+            for i in inputs:
+                if isinstance(i, Fake) and i.requires_grad:
+                    edges.append((i.node, i.out_index, i.shape, i.dtype))
+                elif isinstance(i, Param) and i.trainable:
+                    edges.append((i,))
+                else:
+                    edges.append(None)
+            node = Node(name, edges, rule or default_rule, len(outputs), extra)
+            self.sim._seq += 1
+            node.seq = self.sim._seq
+            if self.saving:
+                for s in saved:
+                    st = s.st if isinstance(s, Fake) else s
+                    if st is None:
+                        continue
+                    if st.num_saves == 0:
+                        self.sim.saved += st.nbytes
+                    st.num_saves += 1
+                    node.saved.append(st)
+            if self.recording is not None:
+                self.recording.append(node)
+            self.sim.nodes.append(node)
+        return [
+            Fake(shape, dtype, alias or Storage(self.sim, _prod(shape) * dtype_bytes(dtype)), node, k)
+            for k, (shape, dtype) in enumerate(outputs)
+        ]
+
+    def keep(self, node: Node, saved: list) -> None:
+        """Attach saved tensors to an existing node (used by checkpoint recomputation)."""
+        for s in saved:
+            st = s.st if isinstance(s, Fake) else s
+            if st.num_saves == 0:
+                self.sim.saved += st.nbytes
+            st.num_saves += 1
+            node.saved.append(st)
+
+
+def release(sim: Sim, node: Node) -> None:
+    for st in node.saved:
+        st.num_saves -= 1
+        if st.num_saves == 0:
+            sim.saved -= st.nbytes
+    node.saved = []
+    node.extra = None
+
+
+def default_rule(tape: Tape, node: Node, grads_out: list) -> list:
+    """One new gradient per differentiable input (the common case: add, mul, linear, ...)."""
+    out = []
+    for e in node.edges:
+        if e is None:
+            out.append(None)
+        elif len(e) == 1:
+            out.append(Storage(tape.sim, e[0].numel * dtype_bytes(e[0].dtype)))
+        else:
+            out.append(Storage(tape.sim, _prod(e[2]) * dtype_bytes(e[3])))
+    return out
+
+
+def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
+    """Replay the recorded nodes in reverse order; ``hooks[node] -> callable`` runs before a node (recompute)."""
+    sim = tape.sim
+    sim.phase = "backward"
+    hooks = hooks or {}
+    root = loss.node
+    root.grad_in[loss.out_index] = Storage(sim, loss.nbytes)  # ones_like(loss)
+    nodes = sim.nodes
+    sim.nodes = []
+    tape.grad_enabled = False
+    for node in reversed(nodes):
+        if all(g is None for g in node.grad_in):
+            continue
+        hook = hooks.pop(id(node), None)
+        if hook is not None:
+            hook()
+        grads_out = node.grad_in
+        grads = node.rule(tape, node, grads_out)
+        node.grad_in = [None] * node.num_outputs
+        del grads_out
+        release(sim, node)
+        for e, g in zip(node.edges, grads, strict=True):
+            if e is None or g is None:
+                continue
+            if len(e) == 1:
+                param = e[0]
+                if param.grad is None and tape.keep_param_grads:
+                    param.grad = g  # AccumulateGrad steals a fresh gradient
+                    sim.grads += g.nbytes
+                # else: added in place into .grad (or copied into a ZeRO bucket); the incoming buffer is freed
+            else:
+                target, idx = e[0], e[1]
+                if target.grad_in[idx] is None:
+                    target.grad_in[idx] = g
+                # else: InputBuffer accumulates in place; the incoming buffer is freed
+        del grads
+    tape.grad_enabled = True

@@ -1,0 +1,24 @@
+"""`planner profile`: real short training runs that record every rank's memory timeline.
+
+The only package of planner that runs torch training. Layout, one concern per module:
+
+- ``workload``      the model (transformers from a config dict, peft LoRA, bitsandbytes QLoRA), data, loss
+- ``optim``         optimizers, the fp32-master mixed-precision wrapper, the DeepSpeed config
+- ``engine``        plain / DDP / DeepSpeed training step behind one interface
+- ``identity``      which storages are params, grads, optimizer states (by tensor identity)
+- ``recorders``     CPU (torch.profiler) and CUDA (memory history, memory_stats, NVML) recorders
+- ``cuda_trace``    parsing of a CUDA memory snapshot into alloc/free events (pure)
+- ``attribution``   replay of alloc/free events into categories, peaks and a timeline (pure)
+- ``torch_categories`` optional cross-check with torch.profiler._memory_profiler (private API)
+- ``runner``        one rank's run: phases, probes, failure handling
+- ``launcher``      one rank in-process or N ranks via torchrun; merging; signals
+- ``store``         atomic profile directories and ``load_profile`` (no torch import)
+
+Importing this package does not import torch: ``load_profile`` is usable by ``compare`` and reports.
+"""
+
+from __future__ import annotations
+
+from planner.profile.store import Profile, RankProfile, load_profile
+
+__all__ = ["Profile", "RankProfile", "load_profile"]

@@ -1,0 +1,116 @@
+"""One training step behind one interface: a single process, DistributedDataParallel, or DeepSpeed ZeRO.
+
+``make_engine`` is called inside the ``setup::wrap`` window, so that buffers the data-parallel engine keeps
+(DDP gradient buckets, DeepSpeed flat buffers) are told apart from the model's own setup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from planner.profile.optim import FP16_LOSS_SCALE, deepspeed_config, make_optimizer
+from planner.profile.workload import Built
+from planner.specs import Precision, TrainSpec
+
+
+class Engine:
+    """forward -> logits, backward(loss), step() (which also drops the gradients)."""
+
+    name = "single"
+
+    def __init__(self, built: Built, train: TrainSpec, device: str):
+        self.built = built
+        self.train = train
+        params = [p for p in built.model.parameters() if p.requires_grad]
+        self.optimizer: Any = make_optimizer(params, train, device)
+        self.loss_scale = FP16_LOSS_SCALE if train.precision is Precision.FP16_MIXED else 1.0
+        self.module: torch.nn.Module = built.model
+        self.config: dict[str, Any] | None = None
+
+    def forward(self, ids: torch.Tensor, micro_batch: int) -> torch.Tensor:
+        return self.module(input_ids=ids, use_cache=False).logits
+
+    def backward(self, loss: torch.Tensor, micro_batch: int) -> None:
+        scaled = loss / self.train.grad_accum
+        if self.loss_scale != 1.0:
+            scaled = scaled * self.loss_scale
+        scaled.backward()
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def identity_optimizer(self) -> Any:
+        return self.optimizer
+
+
+class DDPEngine(Engine):
+    name = "ddp"
+
+    def __init__(self, built: Built, train: TrainSpec, device: str, local_rank: int):
+        super().__init__(built, train, device)
+        kwargs = {"device_ids": [local_rank]} if device == "cuda" else {}
+        self.module = torch.nn.parallel.DistributedDataParallel(built.model, **kwargs)
+
+    def backward(self, loss: torch.Tensor, micro_batch: int) -> None:
+        last = micro_batch == self.train.grad_accum - 1
+        ctx = contextlib.nullcontext() if last else self.module.no_sync()
+        with ctx:
+            super().backward(loss, micro_batch)
+
+
+class DeepSpeedEngine(Engine):
+    name = "deepspeed"
+
+    def __init__(self, built: Built, train: TrainSpec, device: str, num_ranks: int):
+        import deepspeed
+
+        from planner.profile.optim import make_torch_optimizer
+
+        self.built = built
+        self.train = train
+        self.loss_scale = 1.0  # DeepSpeed scales fp16 losses itself
+        self.config = deepspeed_config(train, num_ranks)
+        params = [p for p in built.model.parameters() if p.requires_grad]
+        base_opt = make_torch_optimizer(params, train.optimizer, device)
+        engine, optimizer, _, _ = deepspeed.initialize(model=built.model, optimizer=base_opt, config=self.config)
+        self.module = engine
+        self.optimizer = optimizer
+
+    def forward(self, ids: torch.Tensor, micro_batch: int) -> torch.Tensor:
+        return self.module(input_ids=ids, use_cache=False).logits
+
+    def backward(self, loss: torch.Tensor, micro_batch: int) -> None:
+        self.module.backward(loss)
+        if micro_batch < self.train.grad_accum - 1:
+            self.module.step()  # DeepSpeed counts micro-steps; it only updates at the boundary
+
+    def step(self) -> None:
+        self.module.step()
+
+
+def make_engine(built: Built, train: TrainSpec, device: str, num_ranks: int, local_rank: int) -> Engine:
+    if train.zero_stage > 0:
+        return DeepSpeedEngine(built, train, device, num_ranks)
+    if num_ranks > 1:
+        return DDPEngine(built, train, device, local_rank)
+    return Engine(built, train, device)
+
+
+def init_distributed(device: str, zero_stage: int) -> None:
+    """Join the process group torchrun set up: gloo on CPU, nccl on CUDA (DeepSpeed's wrapper for ZeRO)."""
+    backend = "nccl" if device == "cuda" else "gloo"
+    if zero_stage > 0:
+        import deepspeed
+        import deepspeed.comm.torch as ds_torch_comm
+
+        if device != "cuda":
+            # DeepSpeed's CPU accelerator JIT-builds a shared-memory all-reduce kernel (a C++ compile of a
+            # minute or more); plain gloo collectives allocate the same tensors, so skip the build.
+            ds_torch_comm.build_shm_op = lambda: None
+        deepspeed.init_distributed(dist_backend=backend)
+    else:
+        torch.distributed.init_process_group(backend=backend)

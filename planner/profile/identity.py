@@ -1,0 +1,152 @@
+"""Which storages are parameters, gradients and optimizer states: by tensor identity, never by size.
+
+``collect`` walks the known objects (the model's parameters and their ``.grad``, bitsandbytes quant states,
+the optimizers' ``state`` and master copies, DeepSpeed's flat partitions) and returns the storage base
+pointers per identity key. The pointer of a storage is the address the allocator reported for it, so the
+replay can tag the allocation that was alive at that address when the probe ran (attribution.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+# DeepSpeed ZeRO optimizer attributes (deepspeed/runtime/zero/stage_1_and_2.py and stage3.py, v0.19) whose
+# tensors hold the 16-bit parameters, gradient partitions or fp32 master partitions of this rank.
+DS_PARAMS_ATTRS = (
+    "bit16_groups_flat",
+    "parallel_partitioned_bit16_groups",
+    "fp16_partitioned_groups_flat",
+    "fp16_partitioned_groups",
+    "lp_param_buffer",
+)
+DS_GRADS_ATTRS = (
+    "averaged_gradients",
+    "grads_in_partition",
+    "grad_partitions_flat_buffer",
+    "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition",
+)
+DS_OPTIMIZER_ATTRS = (
+    "single_partition_of_fp32_groups",
+    "fp32_partitioned_groups_flat",
+)
+
+
+def storage_ptr(t: torch.Tensor) -> int:
+    """Base address of the tensor's storage (0 for an empty storage)."""
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
+        return 0
+    return storage.data_ptr() if storage.nbytes() else 0
+
+
+def iter_tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """Tensors inside nested lists, tuples, dicts and sets (up to a small depth)."""
+    if depth > 4 or obj is None:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from iter_tensors(v, depth + 1)
+    elif isinstance(obj, (list, tuple, set)):
+        for v in obj:
+            yield from iter_tensors(v, depth + 1)
+
+
+def quant_state_tensors(p: torch.Tensor) -> list[torch.Tensor]:
+    """bitsandbytes Params4bit quantization constants: absmax, code, offset and the nested state's."""
+    qs = getattr(p, "quant_state", None)
+    out: list[torch.Tensor] = []
+    while qs is not None:
+        for name in ("absmax", "code", "offset"):
+            v = getattr(qs, name, None)
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+        qs = getattr(qs, "state2", None)
+    return out
+
+
+def _unique_model_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    seen: set[int] = set()
+    out = []
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def param_storage_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every distinct storage behind the model's parameters and quantization constants.
+
+    Computed from the tensor objects alone (not from the recorder): the reference that the measured
+    ``params`` category must equal exactly for a single-rank run.
+    """
+    storages: dict[int, int] = {}
+    for p in _unique_model_params(model):
+        for t in [p, *quant_state_tensors(p)]:
+            ptr = storage_ptr(t)
+            if ptr:
+                storages[ptr] = t.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def _inner_optimizers(optimizer: Any) -> Iterable[torch.optim.Optimizer]:
+    """The torch optimizers inside a wrapper (our master-weights wrapper, DeepSpeed's ZeRO optimizers)."""
+    seen: set[int] = set()
+    stack = [optimizer]
+    while stack:
+        obj = stack.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.optim.Optimizer):
+            yield obj
+        for attr in ("optimizer", "inner"):
+            stack.append(getattr(obj, attr, None))
+
+
+def collect(model: torch.nn.Module, optimizer: Any) -> dict[str, list[int]]:
+    """Storage pointers per identity key: params, grads, optimizer_states, temporaries/allgather."""
+    keys: dict[str, set[int]] = {"params": set(), "grads": set(), "optimizer_states": set()}
+    gathered: set[int] = set()
+    model_param_ids = set()
+    for p in _unique_model_params(model):
+        model_param_ids.add(id(p))
+        ds_tensor = getattr(p, "ds_tensor", None)
+        if ds_tensor is not None:
+            # ZeRO-3: the rank's partition is the parameter; a full p.data alive now is a gathered copy.
+            keys["params"].add(storage_ptr(ds_tensor))
+            if p.numel() and not getattr(p, "ds_persist", False):
+                gathered.add(storage_ptr(p))
+            else:
+                keys["params"].add(storage_ptr(p))
+        else:
+            keys["params"].add(storage_ptr(p))
+        for q in quant_state_tensors(p):
+            keys["params"].add(storage_ptr(q))
+        if p.grad is not None:
+            keys["grads"].add(storage_ptr(p.grad))
+    for opt in _inner_optimizers(optimizer):
+        for state in opt.state.values():
+            for t in iter_tensors(state):
+                keys["optimizer_states"].add(storage_ptr(t))
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if id(p) not in model_param_ids:  # fp32 master copies / partitions
+                    keys["optimizer_states"].add(storage_ptr(p))
+    _collect_deepspeed(optimizer, keys)
+    out = {k: sorted(v - {0}) for k, v in keys.items()}
+    out["temporaries/allgather"] = sorted(gathered - {0} - keys["params"])
+    return out
+
+
+def _collect_deepspeed(optimizer: Any, keys: dict[str, set[int]]) -> None:
+    for attrs, key in ((DS_PARAMS_ATTRS, "params"), (DS_GRADS_ATTRS, "grads"), (DS_OPTIMIZER_ATTRS, "optimizer_states")):
+        for attr in attrs:
+            for t in iter_tensors(getattr(optimizer, attr, None)):
+                keys[key].add(storage_ptr(t))

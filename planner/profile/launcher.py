@@ -1,0 +1,266 @@
+"""Run a profile: one rank in this process, or N ranks under torchrun; merge, publish, report the status.
+
+A single rank without ZeRO runs in-process. Anything distributed (``--gpus N`` data parallel, or any ZeRO
+stage, even on one rank) runs under the standard launcher, ``python -m torch.distributed.run``, rendezvous
+on 127.0.0.1 with a free port, each worker in its own session (torchrun's default). Ctrl-C in the parent is
+forwarded to torchrun, which forwards it to the workers; every worker still writes what it recorded. Once
+torchrun exits, any worker that is still alive (recorded by its process id) is killed, so no rank is left
+behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from planner.errors import PlannerError
+from planner.profile import meta as meta_mod
+from planner.profile.attribution import STEP_PHASES
+from planner.profile.progress import ProgressDisplay, ProgressFile
+from planner.profile.runner import Job, run_rank
+from planner.profile.store import assemble, check_target, publish, staging_dir
+from planner.specs import ModelSpec, TrainSpec, train_spec_to_dict
+
+# Seconds to wait for torchrun to wind the workers down after Ctrl-C before killing them.
+INTERRUPT_GRACE_S = 60
+FAULT_PHASES = ("init", "build", "wrap", *STEP_PHASES)
+
+
+def resolve_device(device: str, num_ranks: int) -> str:
+    import torch
+
+    device = device.lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise PlannerError(f"--device {device!r} is not valid; choose auto, cpu or cuda.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise PlannerError("--device cuda was asked for but torch sees no CUDA GPU here; use --device cpu.")
+        if torch.cuda.device_count() < num_ranks:
+            raise PlannerError(
+                f"--gpus {num_ranks} needs {num_ranks} CUDA GPUs on this machine, found {torch.cuda.device_count()}."
+            )
+    return device
+
+
+def parse_fail_at(value: str | None) -> str | None:
+    if not value:
+        return None
+    parts = value.split(":")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].lstrip("-").isdigit() or parts[2] not in FAULT_PHASES:
+        raise PlannerError(
+            f"--fail-at {value!r} is not RANK:STEP:PHASE with a phase among {', '.join(FAULT_PHASES)} "
+            "(use step -1 for setup phases)."
+        )
+    return value
+
+
+def default_slug(model: ModelSpec, train: TrainSpec, num_ranks: int, device: str) -> str:
+    name = model.name.replace("/", "--").replace(" ", "_")
+    parts = [name, train.method.value, f"z{train.zero_stage}", f"g{num_ranks}", f"b{train.micro_batch}",
+             f"s{train.seq_len}", train.precision.value]  # fmt: skip
+    if train.grad_checkpointing:
+        parts.append("ckpt")
+    if train.offload.value != "none":
+        parts.append("off-" + train.offload.value.replace("+", "-"))
+    parts.append(device)
+    return "-".join(parts)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _meta(job: Job, model: ModelSpec, train: TrainSpec, num_nodes: int, gpu: str | None) -> dict:
+    from planner.profile.optim import deepspeed_config
+
+    return {
+        "schema": 1,
+        "created_unix_s": int(time.time()),
+        "command": meta_mod.command_line(),
+        "model": {"name": model.name, "source": model.source, "config": model.config},
+        "train": train_spec_to_dict(train),
+        "cluster": {"gpu": gpu, "num_gpus": job.num_ranks, "num_nodes": num_nodes, "all_ranks_on_this_machine": True},
+        "device": job.device,
+        "steps": job.steps,
+        "seed": job.seed,
+        "weights": job.weights,
+        "data": job.data,
+        "tokenizer": job.tokenizer,
+        "fail_at": job.fail_at,
+        "workload": {
+            "engine": "deepspeed" if train.zero_stage else ("ddp" if job.num_ranks > 1 else "single"),
+            "deepspeed_config": deepspeed_config(train, job.num_ranks) if train.zero_stage else None,
+            "master_weights": train.precision.has_master_weights,
+            "optimizer_impl": "torch foreach" if train.optimizer.value in ("adamw", "sgd") else train.optimizer.value,
+            "checkpointing": "non-reentrant, every decoder layer" if train.grad_checkpointing else None,
+            "loss": "transformers ForCausalLMLoss on the logits, model output dropped before backward",
+        },
+        "versions": meta_mod.versions(),
+        "hardware": meta_mod.hardware(job.device),
+        "git_commit": meta_mod.git_commit(),
+    }
+
+
+def _overall(ranks: list[dict], interrupted: bool, num_ranks: int) -> tuple[str, str]:
+    if interrupted:
+        return "interrupted", "the run was interrupted (SIGINT) before it finished; the profile holds what was recorded."
+    bad = [r for r in ranks if r["status"] != "ok"]
+    if not bad and len(ranks) == num_ranks:
+        return "ok", ""
+    # The root cause is the earliest out-of-memory error or failure; the others were stopped because of it.
+    causes = [r for r in bad if r["status"] in ("oom", "failed")] or bad
+    causes.sort(key=lambda r: (r.get("identity", {}).get("failed_at_unix_ns") or 2**63, r["rank"]))
+    first = causes[0]
+    status = first["status"] if first["status"] in ("oom", "failed") else "failed"
+    return status, first["message"]
+
+
+def _missing_rank(rank: int, exit_code: int | None) -> dict:
+    return {
+        "rank": rank,
+        "status": "failed",
+        "message": f"rank {rank} exited without writing its recording (launcher exit code {exit_code}).",
+        "steps_completed": 0,
+        "steady_state": False,
+        "peak": None,
+        "phases": {},
+        "identity": {},
+        "cuda": None,
+        "files": [],
+    }
+
+
+def _run_torchrun(job: Job, staging: Path, display: ProgressDisplay) -> tuple[bool, int | None]:
+    """Start torchrun; poll progress; forward Ctrl-C; kill leftovers. Returns (interrupted, exit code)."""
+    job_path = staging / "job.json"
+    job_path.write_text(job.to_json())
+    (staging / "ranks").mkdir(exist_ok=True)
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // job.num_ranks)))
+    env["MASTER_ADDR"] = "127.0.0.1"
+    if Path("/sys/class/net/lo").exists():
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes=1", f"--nproc-per-node={job.num_ranks}", "--max-restarts=0",
+        "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
+        "-m", "planner.profile.worker", str(job_path),
+    ]  # fmt: skip
+    log = open(staging / "launcher.log", "wb")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)  # fmt: skip
+    interrupted = False
+    try:
+        while proc.poll() is None:
+            p = ProgressFile.read(staging / "ranks" / "progress.json")
+            if p:
+                display.update(p["step"], p["phase"], p["bytes"])
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        interrupted = True
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=INTERRUPT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        _kill_leftover_workers(staging / "ranks")
+    return interrupted, proc.returncode
+
+
+def _kill_leftover_workers(rank_dir: Path) -> None:
+    for pid_file in rank_dir.glob("pid-rank*"):
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue  # gone already
+        if b"planner.profile.worker" in cmdline and str(rank_dir.parent).encode() in cmdline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def run_profile(
+    model: ModelSpec,
+    train: TrainSpec,
+    *,
+    num_gpus: int,
+    num_nodes: int = 1,
+    steps: int = 3,
+    device: str = "auto",
+    out: Path,
+    force: bool = False,
+    seed: int = 0,
+    weights: str | None = None,
+    data: str | None = None,
+    tokenizer: str | None = None,
+    fail_at: str | None = None,
+    torch_categories: bool = False,
+    gpu: str | None = None,
+    show_progress: bool = True,
+) -> tuple[str, str, Path]:
+    """Profile one configuration; returns (status, message, profile directory)."""
+    if steps < 1:
+        raise PlannerError(f"--steps must be at least 1, got {steps}.")
+    if num_gpus < 1:
+        raise PlannerError(f"--gpus must be at least 1, got {num_gpus}.")
+    for flag, value in (("--weights", weights), ("--data", data), ("--tokenizer", tokenizer)):
+        if value is not None and not Path(value).exists():
+            raise PlannerError(f"{flag} {value!r} does not exist.")
+    check_target(out, force)
+    job = Job(
+        model_name=model.name, model_config=model.config, train=train_spec_to_dict(train), num_ranks=num_gpus,
+        device=resolve_device(device, num_gpus), steps=steps, seed=seed, weights=weights, data=data,
+        tokenizer=tokenizer, fail_at=parse_fail_at(fail_at), torch_categories=torch_categories,
+    )  # fmt: skip
+    meta = _meta(job, model, train, num_nodes, gpu)
+    staging = staging_dir(out)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        with ProgressDisplay(steps, job.device, enabled=show_progress) as display:
+            if num_gpus == 1 and train.zero_stage == 0:
+                ranks = [run_rank(job, 0, 0, staging / "ranks", progress=display.update)]
+                interrupted = ranks[0]["status"] == "interrupted"
+            else:
+                interrupted, code = _run_torchrun(job, staging, display)
+                ranks = [_read_rank(staging / "ranks", r, code) for r in range(num_gpus)]
+            status, message = _overall(ranks, interrupted, num_gpus)
+            display.finish(min(r.get("steps_completed", 0) for r in ranks))
+        (staging / "job.json").unlink(missing_ok=True)
+        extra = ["launcher.log"] if (staging / "launcher.log").exists() else []
+        assemble(staging, meta, ranks, status, message, num_gpus, extra_files=extra)
+        publish(staging, out, force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return status, message, out
+
+
+def _read_rank(rank_dir: Path, rank: int, exit_code: int | None) -> dict:
+    import json
+
+    path = rank_dir / f"rank{rank}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return _missing_rank(rank, exit_code)

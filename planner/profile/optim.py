@@ -1,0 +1,139 @@
+"""Optimizers of the profiled workload, the fp32-master mixed-precision wrapper and the DeepSpeed config.
+
+Mixed precision follows the ZeRO paper's recipe (Rajbhandari et al. 2020, arXiv 1910.02054), the one the
+estimator models: 16-bit weights and gradients, an fp32 master copy of every 16-bit trainable weight held
+by the optimizer, fp32 moments. Without DeepSpeed, ``MasterWeightsOptimizer`` does this the way DeepSpeed's
+ZeRO optimizers do at the step (stage_1_and_2.py ``step``): the 16-bit gradients are converted to fp32 all at
+once (a step temporary of 4 bytes per trainable 16-bit parameter), the fp32 optimizer updates the masters,
+and the masters are copied back into the 16-bit weights. Trainable fp32 parameters (LoRA adapters, which
+peft keeps in fp32 on a 16-bit base) are optimized in place, without a master copy.
+
+torch's AdamW and SGD run with ``foreach=True`` on every device: CUDA's default implementation, so that a
+CPU profile allocates the same optimizer-step temporaries a GPU run does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from planner.errors import PlannerError
+from planner.specs import Offload, Optimizer, Precision, TrainSpec
+
+LEARNING_RATE = 1e-4
+# Static loss scale for fp16-mixed without DeepSpeed: memory does not depend on its value.
+FP16_LOSS_SCALE = 1024.0
+
+
+def make_torch_optimizer(params: list[torch.Tensor], kind: Optimizer, device: str) -> torch.optim.Optimizer:
+    if kind is Optimizer.ADAMW:
+        return torch.optim.AdamW(params, lr=LEARNING_RATE, foreach=True)
+    if kind is Optimizer.SGD:
+        return torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.9, foreach=True)
+    if kind is Optimizer.ADAFACTOR:
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=LEARNING_RATE, scale_parameter=False, relative_step=False, warmup_init=False)
+    if kind in (Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT) and device != "cuda":
+        raise PlannerError(
+            f"optimizer {kind.value!r} pages its state through CUDA unified memory and needs --device cuda; "
+            "use adamw or adamw-8bit on CPU."
+        )
+    import bitsandbytes as bnb
+
+    cls = {
+        Optimizer.ADAMW_8BIT: bnb.optim.AdamW8bit,
+        Optimizer.PAGED_ADAMW: bnb.optim.PagedAdamW,
+        Optimizer.PAGED_ADAMW_8BIT: bnb.optim.PagedAdamW8bit,
+    }[kind]
+    return cls(params, lr=LEARNING_RATE)
+
+
+class MasterWeightsOptimizer:
+    """fp32 master weights for 16-bit trainable parameters; the inner optimizer steps the masters."""
+
+    def __init__(self, params: list[torch.nn.Parameter], kind: Optimizer, device: str, loss_scale: float = 1.0):
+        self.model_params = params
+        self.masters: list[torch.Tensor] = []
+        for p in params:
+            if p.dtype == torch.float32:
+                self.masters.append(p)
+            else:
+                m = p.detach().to(torch.float32)  # a new fp32 tensor (the dtype differs)
+                m.requires_grad_(True)
+                self.masters.append(m)
+        self.loss_scale = loss_scale
+        self.inner = make_torch_optimizer(self.masters, kind, device)
+
+    @property
+    def state(self) -> dict:
+        return self.inner.state
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.inner.param_groups
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, m in zip(self.model_params, self.masters, strict=True):
+            if m is p:
+                if p.grad is not None and self.loss_scale != 1.0:
+                    p.grad.div_(self.loss_scale)
+                continue
+            if p.grad is not None:
+                m.grad = p.grad.to(torch.float32)
+                if self.loss_scale != 1.0:
+                    m.grad.div_(self.loss_scale)
+        self.inner.step()
+        for p, m in zip(self.model_params, self.masters, strict=True):
+            if m is not p:
+                p.copy_(m)
+                m.grad = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.model_params:
+            p.grad = None
+
+
+def make_optimizer(params: list[torch.nn.Parameter], train: TrainSpec, device: str) -> Any:
+    """The optimizer of a run without DeepSpeed, following the precision's recipe."""
+    if train.precision.has_master_weights:
+        scale = FP16_LOSS_SCALE if train.precision is Precision.FP16_MIXED else 1.0
+        return MasterWeightsOptimizer(params, train.optimizer, device, loss_scale=scale)
+    return make_torch_optimizer(params, train.optimizer, device)
+
+
+def deepspeed_config(train: TrainSpec, num_ranks: int) -> dict[str, Any]:
+    """The DeepSpeed config of a ZeRO run (stored in meta.json; the same keys emit/ writes)."""
+    if train.precision is Precision.BF16:
+        raise PlannerError(
+            "--precision bf16 (pure, no master weights) cannot be profiled with DeepSpeed ZeRO, which always "
+            "keeps fp32 master weights; use --precision bf16-mixed."
+        )
+    zero: dict[str, Any] = {
+        "stage": train.zero_stage,
+        # DeepSpeed keeps parameters under 1e5 elements gathered on every rank (the default threshold); a
+        # tiny test model would then not be sharded at all. 0 shards every parameter, as for a large model.
+        "stage3_param_persistence_threshold": 0,
+    }
+    if train.offload in (Offload.OPTIMIZER, Offload.OPTIMIZER_PARAMS):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if train.offload is Offload.OPTIMIZER_PARAMS:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": train.micro_batch,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.micro_batch * train.grad_accum * num_ranks,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        # Offload with a torch optimizer instead of DeepSpeedCPUAdam (which needs a C++ build).
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 1_000_000,
+        "wall_clock_breakdown": False,
+    }
+    if train.precision is Precision.BF16_MIXED:
+        cfg["bf16"] = {"enabled": True}
+    elif train.precision is Precision.FP16_MIXED:
+        cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    return cfg

@@ -1,0 +1,285 @@
+"""One rank's profiled run: setup, steps split into marked phases, identity probes, failure handling.
+
+Every step runs, per micro-batch, ``inputs`` (the token batch), ``forward`` (logits), ``loss``
+(transformers' own causal-LM loss, called on the logits; the model output is dropped before backward, as the
+HF Trainer does) and ``backward``; then ``optimizer_step`` (which also drops the gradients). Identity probes
+run after setup, after each loss, after each backward and after each step. Whatever happens (an exception,
+an out-of-memory error, SIGINT or SIGTERM), the recorder is stopped and what was recorded so far is
+attributed and written, with the rank's status and a one-sentence message.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.profile.attribution import attribute
+
+ProgressFn = Callable[[int, str, int], None]  # (step, phase, current bytes)
+STATUSES = ("ok", "oom", "failed", "interrupted")
+
+
+@dataclass
+class Job:
+    """Everything a rank needs to run (JSON-serialisable, handed to torchrun workers as a file)."""
+
+    model_name: str
+    model_config: dict[str, Any]
+    train: dict[str, Any]  # planner.specs.train_spec_to_dict
+    num_ranks: int
+    device: str  # "cpu" or "cuda" (resolved)
+    steps: int
+    seed: int = 0
+    weights: str | None = None
+    data: str | None = None
+    tokenizer: str | None = None
+    fail_at: str | None = None  # "RANK:STEP:PHASE": raise an injected error there (failure-path testing)
+    torch_categories: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> Job:
+        return Job(**json.loads(text))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (torchrun stopping the workers) turned into an exception the step loop can handle."""
+
+
+class InjectedFailure(RuntimeError):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"signal {signum}")
+
+
+def _fault(job: Job, rank: int) -> tuple[int, str] | None:
+    if not job.fail_at:
+        return None
+    r, step, phase = job.fail_at.split(":")
+    return (int(step), phase) if int(r) == rank else None
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:300].rstrip(".")
+
+
+class RankRun:
+    def __init__(self, job: Job, rank: int, local_rank: int, rank_dir: Path, progress: ProgressFn | None = None):
+        self.job = job
+        self.rank = rank
+        self.local_rank = local_rank
+        self.rank_dir = rank_dir
+        self.progress = progress
+        self.where = ("setup", -1)
+        self.in_backward = False
+        self.steps_completed = 0
+        self.fault = _fault(job, rank)
+        self.probe_index = 0
+
+    # ------------------------------------------------------------ helpers
+
+    def _window(self, name: str, step: int = -1, phase: str = ""):
+        self.where = (phase or name, step)
+        if self.progress is not None:
+            self.progress(step, phase or name, self.recorder.current_bytes())
+        if self.fault is not None and self.fault == (step, phase):
+            self.fault = None
+            with self.recorder.window(name):
+                raise InjectedFailure(f"injected failure at step {step} {phase} (--fail-at)")
+        return self.recorder.window(name)
+
+    def _probe(self) -> None:
+        from planner.profile import identity
+
+        self.recorder.probe(self.probe_index, identity.collect(self.built.model, self.engine.identity_optimizer()))
+        self.probe_index += 1
+
+    def _install_recompute_hooks(self) -> None:
+        from planner.profile.workload import checkpointed_layers
+
+        def pre(module, args):
+            if self.in_backward:
+                self.recorder.enter("recompute")
+
+        def post(module, args, output):
+            if self.in_backward:
+                self.recorder.exit()
+
+        for layer in checkpointed_layers(self.built.model):
+            layer.register_forward_pre_hook(pre)
+            layer.register_forward_hook(post, always_call=True)
+
+    # ------------------------------------------------------------ the run
+
+    def run(self, init: Callable[[], None] | None = None) -> dict[str, Any]:
+        import torch
+
+        from planner.profile.engine import make_engine
+        from planner.profile.identity import param_storage_bytes
+        from planner.profile.recorders import CpuRecorder, CudaRecorder
+        from planner.profile.workload import Batches, build_model, causal_lm_loss, preload
+        from planner.specs import train_spec_from_dict
+
+        job = self.job
+        train = train_spec_from_dict(job.train)
+        device = job.device
+        if device == "cuda":
+            torch.cuda.set_device(self.local_rank)
+            self.recorder = CudaRecorder(self.local_rank)
+        else:
+            self.recorder = CpuRecorder(torch_categories=job.torch_categories)
+        status, message = "ok", ""
+        failed_at = None
+        facts: dict[str, Any] = {}
+        engine_name = ""
+        started = time.time()
+        preload(job.model_config, train)
+        self.recorder.start()
+        try:
+            if init is not None:  # joining the process group
+                with self._window("setup::init", phase="init"):
+                    init()
+            with self._window("setup::build", phase="build"):
+                self.built = build_model(job.model_config, train, device, seed=job.seed, weights=job.weights)
+            facts = {
+                "param_storage_bytes": param_storage_bytes(self.built.model),
+                "num_params": sum(p.numel() for p in self.built.model.parameters()),
+                "num_trainable_params": sum(p.numel() for p in self.built.model.parameters() if p.requires_grad),
+            }
+            with self._window("setup::wrap", phase="wrap"):
+                self.engine = make_engine(self.built, train, device, job.num_ranks, self.local_rank)
+            engine_name = self.engine.name
+            facts["param_storage_bytes_after_wrap"] = param_storage_bytes(self.built.model)
+            if train.grad_checkpointing:
+                self._install_recompute_hooks()
+            batches = Batches(
+                train, self.built.vocab_size, seed=job.seed, rank=self.rank, device=device,
+                data=job.data, tokenizer=job.tokenizer,
+            )  # fmt: skip
+            self._probe()
+            for step in range(job.steps):
+                for mb in range(train.grad_accum):
+                    w = f"step::{step}::{mb}::"
+                    with self._window(w + "inputs", step, "inputs"):
+                        ids = batches.next()
+                    with self._window(w + "forward", step, "forward"):
+                        logits = self.engine.forward(ids, mb)
+                    with self._window(w + "loss", step, "loss"):
+                        loss = causal_lm_loss(self.built.hf_model, logits, ids)
+                        del logits
+                    self._probe()
+                    self.in_backward = True
+                    with self._window(w + "backward", step, "backward"):
+                        self.engine.backward(loss, mb)
+                        del loss
+                    self.in_backward = False
+                    self._probe()
+                    del ids
+                with self._window(f"step::{step}::{train.grad_accum - 1}::optimizer_step", step, "optimizer_step"):
+                    self.engine.step()
+                self._probe()
+                self.steps_completed = step + 1
+        except KeyboardInterrupt as exc:
+            status = "interrupted"
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (SIGINT)"
+            message = f"rank {self.rank} was {what} during {self._where()}."
+        except BaseException as exc:  # noqa: BLE001 - any failure still yields a profile
+            failed_at = time.time_ns()
+            status = "oom" if _is_oom(exc) else "failed"
+            if status == "oom":
+                message = f"rank {self.rank} ran out of memory during {self._where()}: {_first_line(exc)}."
+            else:
+                message = f"rank {self.rank} failed during {self._where()}: {type(exc).__name__}: {_first_line(exc)}."
+        finally:
+            self.in_backward = False
+            recording = self.recorder.stop()
+        facts["failed_at_unix_ns"] = failed_at
+        return self._finish(recording, status, message, facts, engine_name, time.time() - started)
+
+    def _where(self) -> str:
+        phase, step = self.where
+        return f"setup ({phase})" if step < 0 else f"step {step} {phase}"
+
+    def _finish(self, recording, status, message, facts, engine_name, wall_s) -> dict[str, Any]:
+        import pandas as pd
+
+        att = attribute(recording)
+        self.rank_dir.mkdir(parents=True, exist_ok=True)
+        cols = dict(att.timeline)
+        cols["rank"] = [self.rank] * len(cols["t_ns"])
+        df = pd.DataFrame(cols)
+        for c in ("phase", "category", "origin"):
+            df[c] = df[c].astype("category")
+        timeline_name = f"timeline-rank{self.rank}.parquet"
+        df.to_parquet(self.rank_dir / timeline_name, compression="zstd", index=False)
+        # The steady-state windows in wall-clock time, for memory_stats rows and NVML samples (CUDA).
+        first_steady = 1 if att.steady_state else 0
+        steady_windows = [
+            w
+            for w in self.recorder.wall_windows
+            if w.name.startswith("step::") and int(w.name.split("::")[1]) >= first_steady
+        ]
+        summary = {
+            "rank": self.rank,
+            "status": status,
+            "message": message,
+            "steps_completed": self.steps_completed,
+            "engine": engine_name,
+            "steady_state": att.steady_state,
+            "peak": att.peak.to_dict() if att.peak else None,
+            "phases": {k: v.to_dict() for k, v in att.phase_peaks.items()},
+            "step_windows": att.step_windows,
+            "recorder_peak_bytes": att.recorder_peak_bytes,
+            "num_allocations": att.num_allocations,
+            "num_unmatched_frees": att.num_unmatched_frees,
+            "identity": {**facts, "identified_bytes_at_last_probe": att.identity_bytes},
+            "cuda": self.recorder.extra(steady_windows),
+            "torch_categories": getattr(self.recorder, "torch_category_bytes", None),
+            "files": [timeline_name, *self.recorder.write_raw(self.rank_dir, self.rank)],
+            "wall_s": round(wall_s, 3),
+        }
+        tmp = self.rank_dir / f"rank{self.rank}.json.tmp"
+        tmp.write_text(json.dumps(summary, sort_keys=True))
+        tmp.replace(self.rank_dir / f"rank{self.rank}.json")
+        return summary
+
+
+def run_rank(
+    job: Job,
+    rank: int,
+    local_rank: int,
+    rank_dir: Path,
+    progress: ProgressFn | None = None,
+    init: Callable[[], None] | None = None,
+) -> dict:
+    """Run one rank and write ``rank<r>.json`` plus its timeline into ``rank_dir``."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        return RankRun(job, rank, local_rank, rank_dir, progress).run(init)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,305 @@
+"""recommend(): choose the training plan. Enumerate, keep what fits, rank by estimated throughput.
+
+The search space: method (``auto`` tries full, then LoRA, then QLoRA, and takes the first that fits),
+ZeRO stage x offload, activation checkpointing, attention implementation, micro-batch with the gradient
+accumulation that completes the global batch (micro x accumulation x data-parallel ranks = global batch),
+and, with ``max_gpus``, the number of GPUs from ``--gpus`` up to ``max_gpus``.
+
+Memory is always ``planner.estimate.core.estimate``. The work stays bounded because the search exploits
+three monotonicities of that estimate (each a tested property of the estimator): memory never falls
+with a larger micro-batch (binary search for the largest that fits), never rises with more GPUs (binary
+search for the fewest that fit), and checkpointing never raises it. Estimated throughput never falls with
+a larger micro-batch at a fixed global batch, so each (layout, GPU count) group is represented by its
+largest fitting micro-batch, and groups are visited best-first by a throughput bound that memory cannot
+improve (branch and bound): the search stops once the best plans are found.
+
+Ranking: method preference (auto only), then estimated tokens/s per GPU (on a fixed GPU count that is the
+cluster's throughput; across GPU counts it is also the cost order, since cost = GPU-hours x one price),
+then more GPUs (the same cost, sooner), lower ZeRO stage, less offload, no checkpointing, sdpa before
+flash_attention_2 before eager, larger micro-batch. Every key is explicit, so the output is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner import catalog
+from planner.errors import PlannerError
+from planner.estimate.compare_gpus import DEFAULT_HOST_MEMORY_BYTES_PER_NODE, GPUS_PER_NODE
+from planner.estimate.result import Estimate
+from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_price, validate_tokens
+from planner.specs import (
+    AttnImpl,
+    Cluster,
+    GpuSpec,
+    Method,
+    ModelSpec,
+    Offload,
+    TrainSpec,
+    train_spec_to_dict,
+)
+
+METHOD_PREFERENCE = (Method.FULL, Method.LORA, Method.QLORA)
+OFFLOAD_ORDER = (Offload.NONE, Offload.OPTIMIZER, Offload.OPTIMIZER_PARAMS)
+# sdpa first on ties: it needs no extra package and dispatches to FlashAttention-2 kernels in torch on
+# Ampere and newer; eager materialises the s x s scores and is never preferred.
+ATTN_ORDER = (AttnImpl.SDPA, AttnImpl.FLASH_ATTENTION_2, AttnImpl.EAGER)
+DEFAULT_RUNNERS_UP = 4
+DEFAULT_REJECTED = 5
+# flash-attn 2 supports NVIDIA Ampere or newer (compute capability >= 8.0) and, through its ROCm
+# backend, AMD MI200 (gfx90a) and MI300 (gfx942) (Dao-AILab/flash-attention README, "Installation").
+FA2_MIN_COMPUTE_CAPABILITY = (8, 0)
+FA2_ROCM_TARGETS = ("gfx90a", "gfx942")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One complete training configuration: what to emit and run."""
+
+    model: ModelSpec
+    train: TrainSpec  # micro_batch, grad_accum, zero_stage, offload, checkpointing, attn_impl, method, ...
+    cluster: Cluster
+    global_batch_size: int  # sequences per optimizer step = micro_batch x grad_accum x num_gpus
+
+    @property
+    def num_data_parallel(self) -> int:
+        return self.cluster.num_gpus
+
+    @property
+    def micro_batch(self) -> int:
+        return self.train.micro_batch
+
+    @property
+    def grad_accum(self) -> int:
+        return self.train.grad_accum
+
+    def label(self) -> str:
+        t = self.train
+        offload = "" if t.offload is Offload.NONE else f", offload {t.offload.value}"
+        return (
+            f"{t.method.value}, ZeRO-{t.zero_stage}{offload}, micro-batch {t.micro_batch} x accumulation "
+            f"{t.grad_accum} x {self.cluster.num_gpus} GPUs, checkpointing {'on' if t.grad_checkpointing else 'off'}, "
+            f"{t.attn_impl.value}"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model.name,
+            "gpu": self.cluster.gpu.name,
+            "num_gpus": self.cluster.num_gpus,
+            "num_nodes": self.cluster.num_nodes,
+            "global_batch_size": self.global_batch_size,
+            "train": train_spec_to_dict(self.train),
+        }
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A plan that fits but ranked below the chosen one, and why."""
+
+    plan: Plan
+    estimate: Estimate  # with throughput
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A plan that was not kept, and the reason (memory, preference, hardware, divisibility)."""
+
+    plan: Plan | None
+    reason: str
+    estimate: Estimate | None = None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    plan: Plan
+    estimate: Estimate  # the chosen plan's estimate, throughput filled
+    why: tuple[str, ...]
+    runners_up: tuple[Alternative, ...]
+    rejected: tuple[Rejected, ...]
+    margin: float
+    mfu: float
+    num_tokens: int
+    price_per_gpu_hour: float
+    num_estimates: int  # estimator calls the search made (bounded work)
+
+    def to_dict(self) -> dict:
+        def est_dict(e: Estimate | None):
+            return None if e is None else e.row()
+
+        return {
+            "plan": self.plan.to_dict(),
+            "estimate": est_dict(self.estimate),
+            "why": list(self.why),
+            "runners_up": [
+                {"plan": a.plan.to_dict(), "estimate": est_dict(a.estimate), "reason": a.reason}
+                for a in self.runners_up
+            ],
+            "rejected": [
+                {"plan": r.plan.to_dict() if r.plan else None, "estimate": est_dict(r.estimate), "reason": r.reason}
+                for r in self.rejected
+            ],
+            "assumptions": {
+                "margin": self.margin,
+                "mfu": self.mfu,
+                "num_tokens": self.num_tokens,
+                "price_per_gpu_hour": self.price_per_gpu_hour,
+            },
+            "num_estimates": self.num_estimates,
+        }
+
+
+class NoPlanFits(PlannerError):
+    """No candidate fits: the message is one sentence; ``suggestions`` say what would, with numbers."""
+
+    def __init__(self, message: str, suggestions: tuple[str, ...], rejected: tuple[Rejected, ...]) -> None:
+        super().__init__(message)
+        self.suggestions = suggestions
+        self.rejected = rejected
+
+    def to_dict(self) -> dict:
+        return {
+            "error": str(self),
+            "suggestions": list(self.suggestions),
+            "rejected": [
+                {"plan": r.plan.to_dict() if r.plan else None, "reason": r.reason,
+                 "estimate": r.estimate.row() if r.estimate else None}
+                for r in self.rejected
+            ],
+        }
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def flash_attention_2_support(gpu: GpuSpec) -> tuple[bool, str]:
+    """(supported, reason) from the catalog record's compute capability or ROCm target."""
+    rec = next((r for r in catalog.gpu_records() if r["name"] == gpu.name), None)
+    if rec is None:
+        return False, f"{gpu.name}: compute capability unknown, flash_attention_2 not assumed"
+    cc = rec.get("compute_capability")
+    if cc:
+        major, minor = (int(x) for x in str(cc).split(".")[:2])
+        if (major, minor) >= FA2_MIN_COMPUTE_CAPABILITY:
+            return True, ""
+        return False, f"flash_attention_2 needs compute capability 8.0 or newer; {gpu.name} is {cc}"
+    target = rec.get("gfx_target")
+    if target in FA2_ROCM_TARGETS:
+        return True, ""
+    return False, f"flash_attention_2 has no kernel for {gpu.name} ({target or 'unknown target'})"
+
+
+def recommend(
+    model: ModelSpec,
+    base: TrainSpec,
+    cluster: Cluster,
+    *,
+    global_batch_size: int,
+    method: str = "auto",
+    max_gpus: int | None = None,
+    margin: float = 0.1,
+    mfu: float = DEFAULT_MFU,
+    num_tokens: int = 0,
+    price_per_gpu_hour: float = 0.0,
+    zero_stages: tuple[int, ...] = (0, 1, 2, 3),
+    offloads: tuple[Offload, ...] = OFFLOAD_ORDER,
+    checkpointing: tuple[bool, ...] = (False, True),
+    attn_impls: tuple[AttnImpl, ...] | None = None,
+    host_memory_bytes_per_node: int = DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
+    num_runners_up: int = DEFAULT_RUNNERS_UP,
+    num_rejected: int = DEFAULT_REJECTED,
+    allow_longer: bool = False,
+) -> Recommendation:
+    """The best plan for ``model`` on ``cluster``'s GPU type; raises NoPlanFits when nothing fits."""
+    from planner.recommend_advice import explain, no_fit
+    from planner.recommend_search import Searcher
+
+    validate_mfu(mfu)
+    validate_price(price_per_gpu_hour)
+    validate_tokens(num_tokens)
+    if not 0.0 <= margin < 1.0:
+        raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
+    if global_batch_size < 1:
+        raise PlannerError(f"--global-batch-size must be at least 1, got {global_batch_size}.")
+    if base.seq_len > model.max_position_embeddings and not allow_longer:
+        raise PlannerError(
+            f"--seq-len {base.seq_len} is longer than {model.name}'s position limit "
+            f"({model.max_position_embeddings}); use a shorter sequence or pass --allow-longer."
+        )
+    if method == "auto":
+        methods, auto = METHOD_PREFERENCE, True
+    else:
+        try:
+            methods, auto = (Method(method),), False
+        except ValueError:
+            raise PlannerError(f"--method {method!r} is not valid; choose one of auto, full, lora, qlora.") from None
+    counts, skipped = gpu_count_candidates(cluster, global_batch_size, max_gpus)
+    fa2_ok, fa2_reason = flash_attention_2_support(cluster.gpu)
+    if attn_impls is None:
+        attn_impls = (AttnImpl.SDPA, AttnImpl.FLASH_ATTENTION_2) if fa2_ok else (AttnImpl.SDPA,)
+    elif AttnImpl.FLASH_ATTENTION_2 in attn_impls and not fa2_ok:
+        raise PlannerError(f"--attn flash_attention_2 is not available here: {fa2_reason}.")
+    search = Searcher(
+        model, base, cluster.gpu, gpus_per_node(cluster), global_batch_size=global_batch_size, margin=margin,
+        mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price_per_gpu_hour,
+        host_memory_bytes_per_node=host_memory_bytes_per_node, allow_longer=allow_longer,
+        inter_node_bytes_per_s=cluster.inter_node_bytes_per_s,
+    )
+    k = 1 + num_runners_up
+    per_method: dict[Method, list] = {}
+    chosen_method = None
+    for m in methods:
+        layouts = search.layouts(m, zero_stages, offloads, checkpointing, attn_impls)
+        per_method[m] = search.best(layouts, counts, k if chosen_method is None else 1)
+        if per_method[m] and chosen_method is None:
+            chosen_method = m
+    if chosen_method is None:
+        raise no_fit(search, methods, counts, zero_stages, offloads, checkpointing, attn_impls, skipped)
+    ranked = sorted((s for lst in per_method.values() for s in lst), key=lambda s: s.key)
+    best = ranked[0]
+    return explain(search, best, ranked[1:k], per_method, auto=auto, counts=counts, skipped=skipped,
+                   fa2=(fa2_ok, fa2_reason), attn_impls=attn_impls, num_rejected=num_rejected)
+
+
+def gpus_per_node(cluster: Cluster) -> int:
+    """GPUs per node when the search grows the cluster: what --gpus/--nodes say for a multi-node cluster;
+    for one node, the common 8-GPU server (DGX/HGX), or --gpus itself when that is more."""
+    if cluster.num_nodes > 1:
+        return cluster.num_gpus_per_node
+    return max(GPUS_PER_NODE, cluster.num_gpus)
+
+
+def gpu_count_candidates(cluster: Cluster, g: int, max_gpus: int | None) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """GPU counts to search and the reasons others were skipped. Without ``max_gpus``: only ``--gpus``."""
+    n0, per_node = cluster.num_gpus, gpus_per_node(cluster)
+    if max_gpus is None:
+        if g % n0:
+            raise PlannerError(
+                f"--global-batch-size {g} is not divisible by the {n0} data-parallel ranks (--gpus); "
+                f"use a multiple of {n0}, such as {n0 * max(1, round(g / n0))}."
+            )
+        return (n0,), ()
+    if max_gpus < n0:
+        raise PlannerError(f"--max-gpus ({max_gpus}) must be at least --gpus ({n0}).")
+    if max_gpus > 1_000_000:
+        raise PlannerError(f"--max-gpus must be at most 1000000, got {max_gpus}.")
+    cands = {n0}
+    n = n0
+    while n * 2 <= max_gpus:
+        n *= 2
+        cands.add(n)
+    counts, skipped = [], []
+    for n in sorted(cands):
+        if n > per_node and n % per_node:
+            skipped.append(f"{n} GPUs do not fill whole nodes of {per_node}")
+        elif g % n:
+            skipped.append(f"{n} GPUs: global batch {g} is not divisible by {n} data-parallel ranks")
+        else:
+            counts.append(n)
+    if not counts:
+        raise PlannerError(
+            f"--global-batch-size {g} is not divisible by any GPU count searched ({n0} to {max_gpus}); "
+            f"use a multiple of {n0}."
+        )
+    return tuple(counts), tuple(skipped)

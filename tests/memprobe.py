@@ -1,0 +1,136 @@
+"""A small, self-contained CPU memory probe for the activation/peak tests (not the `planner profile` workload).
+
+It builds a tiny transformers model from a config dict with random weights, optionally wraps it with peft LoRA,
+and runs training steps under ``torch.profiler.profile(profile_memory=True)``. Every allocation and free of the
+CPU allocator is a ``[memory]`` event with a signed byte count and a timestamp; summing them in time order gives
+the live tensor bytes, and ``record_function`` markers split the step into phases (forward, backward, optimizer
+step). Figures are reported relative to the live bytes at the start of the measured step, so they count only what
+the step allocates (activations, logits, gradients, step scratch), not the weights that existed before.
+
+Conventions that match the estimator's phase model (planner/estimate/peak.py): weights in the training dtype
+(fp32 or bf16, no autocast), torch AdamW (foreach), ``zero_grad(set_to_none=True)`` after each step, the model
+output dropped before backward (only the loss is kept, as the HF Trainer does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def build_model(config: dict, *, attn: str = "eager", dtype: str = "fp32", seed: int = 0):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**config)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=TORCH_DTYPES[dtype])
+    return model
+
+
+def apply_lora(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0.0, targets=("all-linear",)):
+    from peft import LoraConfig, get_peft_model
+
+    target = "all-linear" if "all-linear" in targets else list(targets)
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Live tensor bytes during one training step, relative to the step's start (``base_bytes``)."""
+
+    base_bytes: int  # live bytes of the process' tensors at step start (tracked since the probe began)
+    forward_end_bytes: int  # after forward + loss, before backward
+    forward_peak_bytes: int
+    backward_peak_bytes: int
+    backward_end_bytes: int  # gradients (and anything else) left after backward
+    step_peak_bytes: int  # during optimizer.step()
+    peak_bytes: int  # max over the whole step
+    peak_phase: str
+
+
+def _timeline(prof, markers: tuple[str, ...]):
+    events = prof.profiler.kineto_results.events()
+    mem = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    spans = {}
+    for e in events:
+        if e.name() in markers:
+            spans[e.name()] = (e.start_ns(), e.end_ns())
+    return mem, spans
+
+
+def run_steps(
+    model,
+    *,
+    micro_batch: int,
+    seq_len: int,
+    steps: int = 2,
+    checkpointing: bool = False,
+    lr: float = 1e-4,
+    seed: int = 0,
+) -> StepMemory:
+    """Train ``steps`` steps; measure the last one (earlier ones create the optimizer states)."""
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    model.config.use_cache = False
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+
+    def one_step(prof_ctx):
+        ids = torch.randint(0, vocab, (micro_batch, seq_len), generator=gen)
+        with prof_ctx:
+            with torch.profiler.record_function("probe::forward"):
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            with torch.profiler.record_function("probe::backward"):
+                loss.backward()
+            del loss
+            with torch.profiler.record_function("probe::step"):
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    for _ in range(steps - 1):
+        one_step(contextlib.nullcontext())
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False)
+    one_step(prof)
+    mem, spans = _timeline(prof, ("probe::forward", "probe::backward", "probe::step"))
+    return _summarise(mem, spans)
+
+
+def _summarise(mem, spans) -> StepMemory:
+    f0, f1 = spans["probe::forward"]
+    b0, b1 = spans["probe::backward"]
+    s0, s1 = spans["probe::step"]
+    live = 0
+    peaks = {"forward": 0, "backward": 0, "optimizer_step": 0}
+    at = {}
+    for t, nb in mem:
+        live += nb
+        if t <= f1:
+            peaks["forward"] = max(peaks["forward"], live)
+            at["forward_end"] = live
+        elif t <= b1:
+            peaks["backward"] = max(peaks["backward"], live)
+            at["backward_end"] = live
+        elif s0 <= t <= s1:
+            peaks["optimizer_step"] = max(peaks["optimizer_step"], live)
+    at.setdefault("backward_end", at.get("forward_end", 0))
+    peak_phase = max(peaks, key=lambda p: peaks[p])
+    return StepMemory(
+        base_bytes=0,
+        forward_end_bytes=at.get("forward_end", 0),
+        forward_peak_bytes=peaks["forward"],
+        backward_peak_bytes=peaks["backward"],
+        backward_end_bytes=at["backward_end"],
+        step_peak_bytes=peaks["optimizer_step"],
+        peak_bytes=peaks[peak_phase],
+        peak_phase=peak_phase,
+    )
