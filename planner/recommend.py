@@ -45,6 +45,9 @@ OFFLOAD_ORDER = (Offload.NONE, Offload.OPTIMIZER, Offload.OPTIMIZER_PARAMS)
 # Ampere and newer; eager materialises the s x s scores and is never preferred.
 ATTN_ORDER = (AttnImpl.SDPA, AttnImpl.FLASH_ATTENTION_2, AttnImpl.EAGER)
 DEFAULT_RUNNERS_UP = 4
+# Far above any published run (Llama 3 405B: 16M tokens per step = 2,048 sequences of 8k); keeps the
+# divisor enumeration (square root of the batch per GPU count) bounded.
+MAX_GLOBAL_BATCH = 10_000_000
 DEFAULT_REJECTED = 5
 # flash-attn 2 supports NVIDIA Ampere or newer (compute capability >= 8.0) and, through its ROCm
 # backend, AMD MI200 (gfx90a) and MI300 (gfx942) (Dao-AILab/flash-attention README, "Installation").
@@ -220,8 +223,10 @@ def recommend(
     validate_tokens(num_tokens)
     if not 0.0 <= margin < 1.0:
         raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
-    if global_batch_size < 1:
-        raise PlannerError(f"--global-batch-size must be at least 1, got {global_batch_size}.")
+    if not 1 <= global_batch_size <= MAX_GLOBAL_BATCH:
+        raise PlannerError(
+            f"--global-batch-size must be from 1 to {MAX_GLOBAL_BATCH:,} sequences, got {global_batch_size}."
+        )
     if base.seq_len > model.max_position_embeddings and not allow_longer:
         raise PlannerError(
             f"--seq-len {base.seq_len} is longer than {model.name}'s position limit "
@@ -249,8 +254,15 @@ def recommend(
     k = 1 + num_runners_up
     per_method: dict[Method, list] = {}
     chosen_method = None
+    all_layouts = {m: search.layouts(m, zero_stages, offloads, checkpointing, attn_impls) for m in methods}
+    if not any(all_layouts.values()):
+        raise PlannerError(
+            f"no valid combination of --method {method}, --zero {'/'.join(map(str, zero_stages))} and --offload "
+            f"{'/'.join(o.value for o in offloads)}: offload needs ZeRO 1-3, optimizer+params needs ZeRO 3, QLoRA "
+            "supports ZeRO 0-2, and bitsandbytes optimizers no ZeRO."
+        )
     for m in methods:
-        layouts = search.layouts(m, zero_stages, offloads, checkpointing, attn_impls)
+        layouts = all_layouts[m]
         per_method[m] = search.best(layouts, counts, k if chosen_method is None else 1)
         if per_method[m] and chosen_method is None:
             chosen_method = m

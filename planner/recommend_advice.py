@@ -18,7 +18,7 @@ from planner.recommend import (
     Recommendation,
     Rejected,
 )
-from planner.recommend_search import Layout, Searcher, _Scored, divisors, gib
+from planner.recommend_search import Layout, Scored, Searcher, divisors, gib
 from planner.specs import AttnImpl, Method, Offload
 
 # How far "more GPUs" advice looks (powers of two from --gpus).
@@ -60,7 +60,7 @@ def _closest_failure(search: Searcher, method: Method):
     return plan, reason
 
 
-def lost_because(best: _Scored, other: _Scored) -> str:
+def lost_because(best: Scored, other: Scored) -> str:
     bt, ot = best.plan.train, other.plan.train
     prefix = ""
     if ot.method is not bt.method:
@@ -76,7 +76,7 @@ def lost_because(best: _Scored, other: _Scored) -> str:
                   f"{1 / ratio:.2f}x the cost")
     if ratio < 1 - 1e-9:
         # Which part of the step costs more per token (cluster-seconds per token).
-        def per_token(s: _Scored, attr: str) -> float:
+        def per_token(s: Scored, attr: str) -> float:
             return getattr(s.step, attr) / (s.step.tokens_per_rank * s.plan.cluster.num_gpus)
 
         attr, words = max(STEP_PARTS, key=lambda p: per_token(other, p[0]) - per_token(best, p[0]))
@@ -97,7 +97,7 @@ def lost_because(best: _Scored, other: _Scored) -> str:
     )
 
 
-def explain(search: Searcher, best: _Scored, runners: list[_Scored], per_method, *, auto: bool, counts,
+def explain(search: Searcher, best: Scored, runners: list[Scored], per_method, *, auto: bool, counts,
             skipped, fa2, attn_impls, num_rejected: int) -> Recommendation:
     plan = best.plan
     t = plan.train
@@ -201,7 +201,7 @@ def explain(search: Searcher, best: _Scored, runners: list[_Scored], per_method,
     )
 
 
-def _rejected(search: Searcher, best: _Scored, skipped, fa2, attn_impls, num_rejected: int) -> tuple[Rejected, ...]:
+def _rejected(search: Searcher, best: Scored, skipped, fa2, attn_impls, num_rejected: int) -> tuple[Rejected, ...]:
     """Plans that would have ranked above the chosen one had memory allowed, best first: per layout and GPU
     count, the smallest micro-batch that does not fit; then the choices refused before estimating."""
     seen, out = set(), []
@@ -231,7 +231,7 @@ def _rejected(search: Searcher, best: _Scored, skipped, fa2, attn_impls, num_rej
         eager = dataclasses.replace(_layout_of(best.plan), attn_impl=AttnImpl.EAGER)
         eplan = search.plan(eager, best.plan.micro_batch, best.plan.cluster.num_gpus)
         ok, est, reason = search.check(eplan)
-        extra = f" (peak {gib(est.device_bytes)} against {gib(search._estimate(best.plan).device_bytes)})" if est else ""
+        extra = f" (peak {gib(est.device_bytes)} against {gib(search.estimate(best.plan).device_bytes)})" if est else ""
         out.append(Rejected(eplan, "eager attention stores the s x s attention scores: never faster than sdpa in this "
                             f"model and needs at least as much memory{extra}" + ("" if ok else f"; {reason}"), est))
     if not fa2[0]:

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from planner.errors import PlannerError
-from planner.estimate.compare_gpus import LAYOUTS, _Search
+from planner.estimate.compare_gpus import LAYOUTS, EstimateCache
 from planner.estimate.result import Estimate
 from planner.estimate.throughput import StepTime, flops_per_token, step_time, throughput_from_step
 from planner.recommend import ATTN_ORDER, METHOD_PREFERENCE, OFFLOAD_ORDER, Plan
@@ -63,7 +63,7 @@ class _Group:
 
 
 @dataclass(frozen=True)
-class _Scored:
+class Scored:
     key: tuple
     plan: Plan
     step: StepTime
@@ -88,7 +88,8 @@ class Searcher:
         self.num_tokens = num_tokens
         self.price = price_per_gpu_hour
         self.host_mem = host_memory_bytes_per_node
-        self.memo = _Search(model, margin, host_memory_bytes_per_node=host_memory_bytes_per_node)
+        self.memo = EstimateCache(model, margin, host_memory_bytes_per_node=host_memory_bytes_per_node,
+                                  allow_longer=allow_longer)
         self.allow_longer = allow_longer
         self.failures: dict[tuple, tuple[tuple, Plan, Estimate | None, str]] = {}
         self.groups: list[_Group] = []
@@ -116,7 +117,7 @@ class Searcher:
     def plan(self, layout: Layout, micro: int, n: int) -> Plan:
         return Plan(self.model, self.train(layout, micro, n), self.cluster(n), self.g)
 
-    def score(self, plan: Plan) -> _Scored:
+    def score(self, plan: Plan) -> Scored:
         split = self.memo.split(plan.train)
         st = step_time(self.model, plan.train, plan.cluster, mfu=self.mfu, counts=self.memo.counts, split=split)
         tps = st.tokens_per_rank * plan.cluster.num_gpus / st.total_s
@@ -131,7 +132,7 @@ class Searcher:
             Layout(t.method, t.zero_stage, t.offload, t.grad_checkpointing, t.attn_impl).order(),
             -t.micro_batch,
         )
-        return _Scored(key, plan, st, tps)
+        return Scored(key, plan, st, tps)
 
     def check(self, plan: Plan) -> tuple[bool, Estimate | None, str]:
         """Does ``plan`` fit? (fits, estimate or None when the model states alone rule it out, reason)."""
@@ -141,7 +142,7 @@ class Searcher:
             ok, est = False, None
             reason = f"model states alone need {gib(lb)} per GPU, more than the {gib(usable)} usable"
         else:
-            est = self._estimate(plan)
+            est = self.estimate(plan)
             ok, reason = True, ""
             peak = max(est.device_bytes, est.reserved_bytes)
             if peak > usable:
@@ -159,22 +160,14 @@ class Searcher:
             self.failures.setdefault(k, (s.key, plan, est, reason))
         return ok, est, reason
 
-    def _estimate(self, plan: Plan) -> Estimate:
-        key = (plan.train, plan.cluster)
-        cache = self.memo._cache
-        if key not in cache:
-            self.memo.num_calls += 1
-            from planner.estimate.core import estimate
-
-            kwargs = {"allow_longer": True} if self.allow_longer else {}
-            cache[key] = estimate(self.model, plan.train, plan.cluster, margin=self.margin, **kwargs)
-        return cache[key]
+    def estimate(self, plan: Plan) -> Estimate:
+        return self.memo.estimate(plan.train, plan.cluster)
 
     def fits(self, layout: Layout, micro: int, n: int) -> bool:
         return self.check(self.plan(layout, micro, n))[0]
 
     def with_throughput(self, plan: Plan) -> Estimate:
-        est = self._estimate(plan)
+        est = self.estimate(plan)
         split = self.memo.split(plan.train)
         st = step_time(self.model, plan.train, plan.cluster, mfu=self.mfu, counts=self.memo.counts, split=split)
         fpt = flops_per_token(self.model, plan.train, self.memo.counts, split)
@@ -215,7 +208,7 @@ class Searcher:
         cache[layout] = counts[hi]
         return counts[hi]
 
-    def best(self, layouts: list[Layout], counts: tuple[int, ...], k: int) -> list[_Scored]:
+    def best(self, layouts: list[Layout], counts: tuple[int, ...], k: int) -> list[Scored]:
         """The ``k`` best fitting plans, at most one per (layout, GPU count), best first."""
         nmin: dict[Layout, int | None] = {}
         groups = []
@@ -227,7 +220,7 @@ class Searcher:
                 groups.append(_Group(bound.key, layout, n, micros, n0 is not None and n >= n0))
         self.groups += groups
         groups.sort(key=lambda g: g.key)
-        found: list[_Scored] = []
+        found: list[Scored] = []
         for group in groups:
             if not group.feasible:
                 continue

@@ -210,8 +210,10 @@ def test_flash_attention_2_only_on_ampere_or_newer():
 def test_global_batch_must_divide():
     with pytest.raises(PlannerError, match="not divisible by the 8 data-parallel ranks"):
         _rec("llama-3.1-8b", g=60)
-    with pytest.raises(PlannerError, match="at least 1"):
+    with pytest.raises(PlannerError, match="--global-batch-size must be from 1"):
         _rec("llama-3.1-8b", g=0)
+    with pytest.raises(PlannerError, match="--global-batch-size must be from 1"):
+        _rec("llama-3.1-8b", g=10**12)
 
 
 def test_gpu_counts_respect_max_and_divisibility():

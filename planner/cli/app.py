@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -25,6 +26,8 @@ def _register() -> None:
     app.command("gpus")(catalog_cmd.gpus)
     app.command("report")(__import__("planner.cli.report_cmd", fromlist=["report"]).report)
     app.command("recommend")(__import__("planner.cli.recommend_cmd", fromlist=["recommend"]).recommend)
+    app.command("profile")(__import__("planner.cli.profile_cmd", fromlist=["profile"]).profile)
+    app.command("compare")(__import__("planner.cli.compare_cmd", fromlist=["compare"]).compare)
 
 
 _register()
@@ -45,3 +48,7 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("error: interrupted.", err=True)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug still gets one sentence; PLANNER_DEBUG=1 shows the trace
+        if os.environ.get("PLANNER_DEBUG"):
+            raise
+        fail(f"internal error ({type(exc).__name__}: {exc}); rerun with PLANNER_DEBUG=1 for details and report it.")

@@ -81,8 +81,8 @@ def recommend(
 
     if not 0 <= runners_up <= 20:
         raise PlannerError(f"--runners-up must be from 0 to 20, got {runners_up}.")
-    if not host_ram_gib >= 0:
-        raise PlannerError(f"--host-ram-gib must be at least 0, got {host_ram_gib}.")
+    if not 0 <= host_ram_gib <= 1e9:  # also refuses nan and inf
+        raise PlannerError(f"--host-ram-gib must be a number of GiB from 0 to 1e9, got {host_ram_gib}.")
     if zero is not None and zero not in (0, 1, 2, 3):
         raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
     if out is not None and out.exists() and not out.is_dir():

@@ -45,6 +45,7 @@ class Family:
         self.layer_grad_bytes = _grad_bytes(self.layer_weights[min(1, len(self.layer_weights) - 1)])
         self.input_requires_grad = False  # set by activations.py (checkpointing enables input grads)
         self.drop_grads = False
+        self.leaf_grads: list = []
 
     # ------------------------------------------------------------ weights
 
@@ -81,8 +82,10 @@ class Family:
             w["ln3"], w["ln4"] = self._norm(), self._norm()
         if m.is_moe and _is_moe_layer(m, i):
             inter = int(c.get("moe_intermediate_size") or m.intermediate_size)
+            adapted = not self.full and ("all-linear" in self.targets or "experts" in self.targets)
             w["experts"] = ly.Experts(h, inter, m.num_experts, max(m.num_experts_per_tok, 1), self.ctx.dtype,
-                                      self.full)
+                                      self.full, lora_rank=self.rank if adapted else 0,
+                                      adapter_dtype=self.ctx.adapter_dtype)
         elif self.kind == "phi3":
             w["gate_up"] = self._lin("gate_up_proj", h, 2 * m.intermediate_size)
             w["down"] = self._lin("down_proj", m.intermediate_size, h)
@@ -111,26 +114,32 @@ class Family:
         c, ctx = self.ctx, self.ctx
         n_shape = (c.b, c.s, self.model.hidden_size)
         emb = t.op("embedding", [self.embed_w], [(n_shape, self.embed_w.dtype)], [ids])[0]
+        if self.kind == "gemma2":
+            emb = ops.mul_scalar(t, emb)  # Gemma2TextScaledWordEmbedding: * embed_scale (a 0-dim buffer)
+        if self.input_requires_grad and emb.node is None:
+            # enable_input_require_grads(): the frozen embedding's output becomes a leaf that requires grad;
+            # AccumulateGrad holds the leaf, and its .grad, until the graph is freed after backward.
+            emb = Fake(emb.shape, emb.dtype, emb.st, Node("input_grad_leaf", [], self._keep_leaf_grad, 1), 0)
+            hold = Node("leaf_hold", [], self._keep_leaf_grad, 1)
+            t.keep(hold, [emb])
+            self.leaf_grads.append(hold)
         held = [emb]
         if self.kind == "gpt2":
             wpe = Param((self.model.max_position_embeddings, self.model.hidden_size), c.dtype, self.full)
             pos = t.op("embedding", [wpe], [((1, c.s, self.model.hidden_size), c.dtype)], [])[0]
-            hsum = ops.add(t, emb, pos)
             held.append(pos)
-            emb = hsum
-        elif self.kind == "gemma2":
-            emb = ops.mul_scalar(t, emb)  # * embed_scale (a 0-dim buffer)
-        if self.input_requires_grad and emb.node is None:
-            emb = Fake(emb.shape, emb.dtype, emb.st, Node("input_grad_leaf", [], lambda *_: [], 1), 0)
-            held[0] = emb
+            emb = ops.add(t, emb, pos)
         if self.kind == "gpt2":
             emb = ops.dropout(t, emb, _gpt2_dropout(self, "embd_pdrop"), ctx.device)
-        extras = {}
+        extras = {"position_ids": t.new((1, c.s), "int64")}
         if self.kind != "gpt2":
             # rotary cos/sin [1, s, head_dim] in the activation dtype, computed once per forward.
             extras["cos"] = t.new((1, 1, c.s, c.head_dim), c.dtype)
             extras["sin"] = t.new((1, 1, c.s, c.head_dim), c.dtype)
         extras["mask"] = self._mask(t)
+        if self.kind == "gemma2":
+            # Gemma2Model builds both mappings (full and sliding-window causal masks) for eager attention
+            extras["mask_sliding"] = self._mask(t)
         return emb, extras, held
 
     def _mask(self, t: Tape):
@@ -144,6 +153,10 @@ class Family:
         del boolean
         return mask
 
+    def _keep_leaf_grad(self, t: Tape, node, grads_out) -> list:
+        self.leaf_grads.extend(g for g in grads_out if g is not None)
+        return []
+
     # ------------------------------------------------------------ layers
 
     def layer(self, t: Tape, i: int, x: Fake, extras: dict) -> Fake:
@@ -151,10 +164,10 @@ class Family:
         if self.kind == "gpt2":
             return self._gpt2_layer(t, w, x, extras)
         if self.kind == "gemma2":
-            return self._gemma2_layer(t, w, x, extras)
+            return self._gemma2_layer(t, i, w, x, extras)
         residual = x
         hs = ly.rms_norm(t, x, w["ln1"])
-        hs = self._llama_attention(t, w, hs, extras)
+        hs, _weights = self._llama_attention(t, w, hs, extras)
         hs = ops.add(t, residual, hs)
         residual = hs
         hs = ly.rms_norm(t, hs, w["ln2"])
@@ -169,9 +182,7 @@ class Family:
             n = self.model.intermediate_size
             gate = t.view(up_states, up_states.shape[:-1] + (n,))
             up = t.view(up_states, up_states.shape[:-1] + (n,))
-            act = ops.unary_saving_input(t, "act", gate)
-            if act.node is not None and t.saving:
-                t.keep(act.node, [up_states])
+            act = ops.unary_saving_input(t, "act", gate)  # saves gate, a view: keeps up_states alive
             prod = ops.mul(t, up, act)
             del up_states, gate, up, act
             return ly.linear(t, self.ctx, prod, w["down"])
@@ -194,22 +205,24 @@ class Family:
             k = ly.rms_norm(t, k, w["k_norm"])
         q = ly.rotary(t, q, extras["cos"], extras["sin"])
         k = ly.rotary(t, k, extras["cos"], extras["sin"])
-        out = self._attention_core(t, q, k, v, extras.get("mask"), softcap=False)
-        del q, k, v
+        out, weights = self._attention_core(t, q, k, v, extras.get("mask"), softcap=False)
         out = t.view(out, (b, s, a * d))
-        return ly.linear(t, c, out, w["o"])
+        return ly.linear(t, c, out, w["o"]), weights
 
     def _attention_core(self, t: Tape, q: Fake, k: Fake, v: Fake, mask, *, softcap: bool,
-                        gpt2: bool = False, qkv_base: Fake | None = None) -> Fake:
+                        gpt2: bool = False):
+        """Returns (output [b, s, heads, d], attention weights or None)."""
         c = self.ctx
         n_rep = c.heads // c.kv_heads
-        if c.attn == "eager" or (c.attn == "sdpa" and self._sdpa_falls_back()):
+        if c.attn == "eager":
             kr = ly.repeat_kv(t, k, n_rep)
             vr = ly.repeat_kv(t, v, n_rep)
             return ly.eager_core(t, c, q, kr, vr, mask, softmax_fp32=not gpt2, softcap=softcap,
                                  copy_q=gpt2, copy_k=gpt2, copy_v=gpt2 or n_rep == 1)
+        if c.attn == "sdpa" and self._sdpa_falls_back():
+            return ly.sdpa_math(t, c, q, k, v, n_rep, strided=gpt2), None
         # sdpa / flash_attention_2: memory-efficient kernels; GQA is passed unrepeated (enable_gqa).
-        return ly.sdpa_core(t, c, q, k, v, qkv_base)
+        return ly.sdpa_core(t, c, q, k, v), None
 
     def _sdpa_falls_back(self) -> bool:
         """CPU SDPA runs its flash kernel only without dropout; with dropout it takes the math path, which keeps
@@ -217,39 +230,46 @@ class Family:
         return self.ctx.device == "cpu" and self.ctx.attn_dropout > 0
 
     def _gpt2_layer(self, t: Tape, w: dict, x: Fake, extras: dict) -> Fake:
-        c = self.ctx
+        # GPT2Block.forward: attn_output stays referenced until the block returns; ln_2's output until the
+        # MLP returns.
         residual = x
         hs = ly.layer_norm(t, x, w["ln1"], w["ln1_b"])
-        attn = self._gpt2_attention(t, w, hs, extras)
-        del hs
-        hs = ops.add(t, attn, residual)
-        del attn
+        attn_output, _weights = self._gpt2_attention(t, w, hs, extras)
+        hs = ops.add(t, attn_output, residual)
         residual = hs
         hs = ly.layer_norm(t, hs, w["ln2"], w["ln2_b"])
-        hs = ly.linear(t, c, hs, w["c_fc"])
+        ff = self._gpt2_mlp(t, w, hs)
+        hs = ops.add(t, residual, ff)
+        return hs
+
+    def _gpt2_mlp(self, t: Tape, w: dict, x: Fake) -> Fake:
+        c = self.ctx
+        hs = ly.linear(t, c, x, w["c_fc"])
         act = self.cfg.get("activation_function", "gelu_new")
         if act in ("gelu_new",):
             hs = ly.new_gelu(t, hs)
         else:
             hs = ops.unary_saving_input(t, "act", hs)
         hs = ly.linear(t, c, hs, w["mlp_proj"])
-        hs = ops.dropout(t, hs, _gpt2_dropout(self, "resid_pdrop"), c.device)
-        return ops.add(t, residual, hs)
+        return ops.dropout(t, hs, _gpt2_dropout(self, "resid_pdrop"), c.device)
 
-    def _gpt2_attention(self, t: Tape, w: dict, x: Fake, extras: dict) -> Fake:
+    def _gpt2_attention(self, t: Tape, w: dict, x: Fake, extras: dict):
+        # GPT2Attention.forward: the q/k/v views (and so the c_attn output) live until it returns.
         c = self.ctx
         b, s, a, d = c.b, c.s, c.heads, c.head_dim
         qkv = ly.linear(t, c, x, w["c_attn"])
         q, k, v = t.op("split", [qkv], [((b, a, s, d), qkv.dtype)] * 3, [], alias=qkv.st)
-        if c.attn == "eager" or self._sdpa_falls_back():
-            out = self._attention_core(t, q, k, v, extras.get("mask"), softcap=False, gpt2=True)
-        else:
-            out = ly.sdpa_core(t, c, q, k, v)
-        del q, k, v, qkv
+        out, weights = self._attention_core(t, q, k, v, extras.get("mask"), softcap=False, gpt2=True)
         out = ly.linear(t, c, t.view(out, (b, s, a * d)), w["c_proj"])
-        return ops.dropout(t, out, _gpt2_dropout(self, "resid_pdrop"), c.device)
+        return ops.dropout(t, out, _gpt2_dropout(self, "resid_pdrop"), c.device), weights
 
-    def _gemma2_layer(self, t: Tape, w: dict, x: Fake, extras: dict) -> Fake:
+    def _sliding(self, i: int) -> bool:
+        types = self.cfg.get("layer_types")
+        if isinstance(types, list) and i < len(types):
+            return types[i] == "sliding_attention"
+        return i % 2 == 0  # Gemma2Config default: sliding on even layers
+
+    def _gemma2_layer(self, t: Tape, i: int, w: dict, x: Fake, extras: dict) -> Fake:
         c = self.ctx
         b, s, a, kv, d = c.b, c.s, c.heads, c.kv_heads, c.head_dim
         residual = x
@@ -266,8 +286,9 @@ class Family:
         else:
             kr = ly.repeat_kv(t, k, a // kv)
             vr = ly.repeat_kv(t, v, a // kv)
-            out = ly.eager_core(t, c, q, kr, vr, extras.get("mask"), softmax_fp32=True, softcap=softcap,
-                                copy_v=(a // kv) == 1)
+            mask = extras.get("mask_sliding" if self._sliding(i) else "mask")
+            out, _weights = ly.eager_core(t, c, q, kr, vr, mask, softmax_fp32=True,
+                                          softcap=softcap, copy_v=(a // kv) == 1)
             del kr, vr
         del q, k, v
         hs = ly.linear(t, c, t.view(out, (b, s, a * d)), w["o"])
@@ -327,7 +348,12 @@ def _params_of(v) -> list[Param]:
     if isinstance(v, Linear):
         return [p for p in (v.w, v.bias, v.lora_a, v.lora_b) if p is not None]
     if isinstance(v, ly.Experts):
-        return [v.router, v.gate_up, v.down]
+        out = [v.router, v.gate_up, v.down]
+        if v.lora_rank:
+            h, e, i, r = v.router.shape[1], v.num_experts, v.inter, v.lora_rank
+            n = r * (h + e) + 2 * r * e * (h + 2 * i) + r * e * (i + h)
+            out.append(Param((n,), v.adapter_dtype, True))
+        return out
     return []
 
 

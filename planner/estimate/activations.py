@@ -30,6 +30,11 @@ from planner.estimate.tape import Fake, Sim, Tape, backward
 from planner.specs import Method, ModelSpec, TrainSpec
 
 NUM_SIMULATED_LAYERS = 3
+# torch.utils.checkpoint (preserve_rng_state=True) stores the CPU generator state with every checkpointed
+# region: torch.get_rng_state() is a 5,056-byte uint8 tensor (mt19937 state) -- also on CUDA, next to the
+# device generators' seed/offset (16 bytes each).
+CHECKPOINT_RNG_STATE_BYTES = 5056
+CUDA_RNG_STATE_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class StepProfile:
     backward_peak_saved_bytes: int
     backward_peak_grads_bytes: int  # parameter gradients alive at the backward peak
     grads_bytes: int  # parameter gradients made by backward (ZeRO 0 keeps them all)
+    backward_end_bytes: int  # alive right after backward (gradients, leaf gradients, the loss)
     per_layer_saved_bytes: int  # one decoder layer's saved bytes (generic layer)
     logits_bytes: int  # the [b, s, V] logits in their dtype
     notes: tuple[str, ...] = ()
@@ -73,6 +79,7 @@ def _simulate(model: ModelSpec, key: tuple, device: str, keep_grads: bool, keep_
     (method, precision, b, s, ckpt, attn, dropout, rank, lora_dropout, targets, modules_to_save) = key
     sim = Sim()
     t = Tape(sim)
+    t.device = device
     fam = build_family(model, method=method, precision=precision, b=b, s=s, attn=attn, dropout=dropout,
                        rank=rank, lora_dropout=lora_dropout, targets=targets, modules_to_save=modules_to_save,
                        device=device)
@@ -104,6 +111,7 @@ def _simulate(model: ModelSpec, key: tuple, device: str, keep_grads: bool, keep_
     if not keep_grads:
         fam.drop_grads = True
     backward(t, loss, hooks)
+    bwd_end = sim.live
     del loss
     bwd = sim.peaks.get("backward")
     grads_total = fam.total_grad_bytes(num_layers) if keep_grads else 0
@@ -118,6 +126,7 @@ def _simulate(model: ModelSpec, key: tuple, device: str, keep_grads: bool, keep_
         backward_peak_saved_bytes=bwd.saved_bytes if bwd else end.saved_bytes,
         backward_peak_grads_bytes=bwd.grads_bytes if bwd else 0,
         grads_bytes=grads_total,
+        backward_end_bytes=bwd_end,
         per_layer_saved_bytes=layer_saved[0],
         logits_bytes=logits_bytes,
         notes=tuple(fam.notes),
@@ -167,29 +176,33 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     _note_last(t, fam, i, start)
     if not region:
         return out
-    held = h  # the checkpoint frame keeps the layer input until the region is done
-    if held.st is not None:
-        if held.st.num_saves == 0:
-            t.sim.saved += held.st.nbytes
-        held.st.num_saves += 1
-        region[0].saved.append(held.st)
+    # the checkpoint frame keeps the layer input and the RNG state until the region is done
+    rng = t.scratch(CHECKPOINT_RNG_STATE_BYTES + (CUDA_RNG_STATE_BYTES if fam.ctx.device != "cpu" else 0))
+    t.keep(region[0], [h, rng])
+    region[0].extra = extras  # the kwargs (mask, rotary tables, position ids) live as long as the frame
+    del rng
 
     def recompute() -> None:
         saved_t = t.saving
         t.saving = True
         t.grad_enabled = True
         mark = len(t.sim.nodes)
+        # torch.random.fork_rng saves the current generator state while the stored one is replayed
+        fork = t.scratch(CHECKPOINT_RNG_STATE_BYTES)
         again = fam.layer(t, i, _detached(t, h), extras)
         fresh = t.sim.nodes[mark:]
         del t.sim.nodes[mark:]
         for orig, new in zip(region, fresh, strict=False):
             t.keep(orig, new.saved)
             ops_release(t, new)
-        del again, fresh
+        del again, fresh, fork
         t.grad_enabled = False
         t.saving = saved_t
 
-    _chain_hook(hooks, region[-1], recompute)
+    # Recomputation starts when backward first unpacks a saved tensor of the region: at the last node (in
+    # creation order) that saves anything; nodes after it (residual add, casts) have run by then.
+    trigger = next((n for n in reversed(region) if n.has_saved), region[-1])
+    _chain_hook(hooks, trigger, recompute)
     return out
 
 

@@ -114,12 +114,14 @@ def precision_for(gpu: GpuSpec, precision: Precision) -> Precision:
     )
 
 
-class _Search:
+class EstimateCache:
     """Memoised estimates for one model; lower bounds from the model states alone."""
 
     def __init__(self, model: ModelSpec, margin: float, gpus_per_node: int = GPUS_PER_NODE,
-                 host_memory_bytes_per_node: int = DEFAULT_HOST_MEMORY_BYTES_PER_NODE) -> None:
+                 host_memory_bytes_per_node: int = DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
+                 allow_longer: bool = False) -> None:
         self.model = model
+        self.allow_longer = allow_longer
         self.host_mem = host_memory_bytes_per_node
         self.margin = margin
         self.gpus_per_node = gpus_per_node
@@ -145,7 +147,9 @@ class _Search:
         key = (train, cluster)
         if key not in self._cache:
             self.num_calls += 1
-            self._cache[key] = estimate(self.model, train, cluster, margin=self.margin)
+            # allow_longer only when asked, so this also runs against an estimate() without the keyword.
+            kwargs = {"allow_longer": True} if self.allow_longer else {}
+            self._cache[key] = estimate(self.model, train, cluster, margin=self.margin, **kwargs)
         return self._cache[key]
 
     def fits(self, train: TrainSpec, cluster: Cluster) -> bool:
@@ -179,7 +183,7 @@ def _layout_trains(base: TrainSpec, method: Method, precision: Precision) -> lis
     return out
 
 
-def _fewest_gpus(search: _Search, gpu: GpuSpec, trains: list[TrainSpec], counts: tuple[int, ...]):
+def _fewest_gpus(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], counts: tuple[int, ...]):
     """(fewest N, [trains that fit on N]) or (None, [])."""
     best_n: int | None = None
     found: list[tuple[int, TrainSpec]] = []
@@ -227,7 +231,7 @@ def compare_gpus(
         raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
     if not isinstance(max_gpus, int) or max_gpus < 1 or max_gpus > 1_000_000:
         raise PlannerError(f"--max-gpus must be an integer from 1 to 1000000, got {max_gpus!r}.")
-    search = _Search(model, margin, host_memory_bytes_per_node=host_memory_bytes_per_node)
+    search = EstimateCache(model, margin, host_memory_bytes_per_node=host_memory_bytes_per_node)
     counts = gpu_counts(max_gpus)
     rows: list[GpuOption] = []
     for gpu in gpus if gpus is not None else catalog.gpus():

@@ -168,8 +168,10 @@ def mask_add(t: Tape, scores: Fake, mask: Fake | None) -> Fake:
 
 
 def eager_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, mask: Fake | None, *, softmax_fp32: bool,
-               softcap: bool = False, copy_q: bool = False, copy_k: bool = False, copy_v: bool = True) -> Fake:
-    """QK^T, (softcap), mask, softmax, dropout, PV; returns the [b, s, heads, d] contiguous output.
+               softcap: bool = False, copy_q: bool = False, copy_k: bool = False, copy_v: bool = True):
+    """QK^T, (softcap), mask, softmax, dropout, PV; returns the [b, s, heads, d] contiguous output and the
+    attention weights (returned by the HF attention module and held by the decoder layer's ``_`` until it
+    returns).
 
     Llama-style (``softmax(..., dtype=float32).to(q.dtype)``) keeps an fp32 softmax output and a 16-bit copy;
     GPT-2 keeps the softmax output in the activation dtype. Dropout on the probabilities keeps its mask.
@@ -191,8 +193,41 @@ def eager_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, mask: Fake | None, 
         del scores
     probs = ops.dropout(t, probs, ctx.attn_dropout, ctx.device)
     out = ops.matmul(t, probs, v, (b, a, s, d), copy_b=copy_v)
-    del probs
     # .transpose(1, 2).contiguous(): a copy; its backward hands the gradient on.
+    return t.op("contiguous", [out], [((b, s, a, d), out.dtype)], [], ops._passthrough_rule)[0], probs
+
+
+def sdpa_math(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, n_rep: int, strided: bool = False) -> Fake:
+    """SDPA's composite math path (aten/src/ATen/native/transformers/attention.cpp,
+    ``_scaled_dot_product_attention_math``), taken on CPU when the flash kernel cannot run (dropout > 0):
+    16-bit q, k, v are upcast to fp32 on CPU; ``q * sqrt(scale)`` and ``k^T * sqrt(scale)`` are saved by the
+    matmul; a causal [s, s] mask is built; ``_safe_softmax`` saves its fp32 output, dropout its noise and
+    output, the PV matmul the (repeated) value; the fp32 result is cast back to the input dtype. ``strided``:
+    q/k/v are views of a fused projection (GPT-2), so matmul's reshapes copy them (the copies are saved)."""
+    b, a, s, d = q.shape
+    acc = "fp32" if (ctx.device == "cpu" and q.dtype != "fp32") else q.dtype
+    qa = ops.to(t, q, acc)
+    ka = ops.to(t, k, acc)
+    va = ops.to(t, v, acc)
+    qs = ops.mul_scalar(t, qa)
+    del qa
+    causal_bool = t.new((s, s), "bool")
+    causal = t.new((s, s), acc)
+    del causal_bool
+    kr = repeat_kv(t, ka, n_rep)
+    vr = repeat_kv(t, va, n_rep)
+    del ka, va
+    ks = ops.mul_scalar(t, kr)
+    del kr
+    scores = ops.matmul(t, qs, ks, (b, a, s, s), copy_a=strided, copy_b=strided)
+    del qs, ks
+    probs = ops.unary_saving_output(t, "softmax", scores)  # attn.add_(mask) in place, then _safe_softmax
+    del scores, causal
+    probs = ops.dropout(t, probs, ctx.attn_dropout, ctx.device)
+    out = ops.matmul(t, probs, vr, (b, a, s, d), copy_b=strided or n_rep == 1)
+    del probs, vr
+    out = ops.to(t, out, q.dtype)
+    # the output is [b, heads, s, d]; transpose(1, 2).contiguous() copies it
     return t.op("contiguous", [out], [((b, s, a, d), out.dtype)], [], ops._passthrough_rule)[0]
 
 
@@ -206,8 +241,7 @@ def sdpa_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, qkv_base: Fake | Non
     if ctx.device != "cpu" and ctx.attn_dropout > 0:
         saved.append(t.new((2,), "int64"))  # philox seed and offset
     out = t.op("sdpa", [q, k, v], [((b, s, a, d), q.dtype)], saved)[0]
-    if out.node is not None and t.saving:
-        t.keep(out.node, [out])
+    t.save_result(out)
     del lse
     return out
 
@@ -247,15 +281,52 @@ def new_gelu(t: Tape, x: Fake) -> Fake:
 
 
 class Experts:
-    """Fused expert weights [E, 2I, H] and [E, H, I] (transformers 5 MixtralExperts) and the [E, H] router."""
+    """Fused expert weights [E, 2I, H] and [E, H, I] (transformers 5 MixtralExperts) and the [E, H] router.
 
-    __slots__ = ("router", "gate_up", "down", "num_experts", "top_k", "inter")
+    ``lora_rank``: peft's 'all-linear' on transformers 5 MoE wraps the router and both expert parameters in
+    ``lora.ParamWrapper`` (peft/tuners/lora/layer.py): during forward the parameter is replaced through
+    ``nn.utils.parametrize`` by ``W + delta`` -- for the expert stacks ``torch.baddbmm(W, lhs, rhs)``
+    (``_LoraFactorsProxy``), a full-size copy of each expert stack in the weight dtype that the grouped matmul
+    saves for backward, whose gradient is a full-size tensor again before it is reduced to the factors.
+    """
 
-    def __init__(self, h: int, inter: int, num_experts: int, top_k: int, dtype: str, trainable: bool) -> None:
+    __slots__ = ("router", "gate_up", "down", "num_experts", "top_k", "inter", "lora_rank", "dtype",
+                 "adapter_dtype", "lora_router")
+
+    def __init__(self, h: int, inter: int, num_experts: int, top_k: int, dtype: str, trainable: bool,
+                 lora_rank: int = 0, adapter_dtype: str = "fp32") -> None:
         self.router = Param((num_experts, h), dtype, trainable)
         self.gate_up = Param((num_experts, 2 * inter, h), dtype, trainable)
         self.down = Param((num_experts, h, inter), dtype, trainable)
         self.num_experts, self.top_k, self.inter = num_experts, top_k, inter
+        self.lora_rank = lora_rank
+        self.lora_router = lora_rank
+        self.dtype = dtype
+        self.adapter_dtype = adapter_dtype
+
+
+def _lora_param(t: Tape, ex: Experts, p: Param, rank: int, d_in: int, d_out: int, experts: int) -> Param | Fake:
+    """The parametrized weight of a LoRA-wrapped parameter (peft ParamWrapper), a new tensor of W's size.
+
+    Expert stacks (``_LoraFactorsProxy``): ``baddbmm(W, lhs.to(W.dtype), rhs.to(W.dtype))`` with lhs
+    [E, in, r] and rhs [E, r, out] (adapters in fp32 are cast to the weight dtype, and those casts are what
+    baddbmm saves). The router (one "expert", ``_LoraParameterProxy``): ``W + (B @ A * scaling).to(W.dtype)``.
+    Backward gets a full-size gradient of W' and reduces it to the factors (fp32 gradients of A and B).
+    """
+    if rank == 0:
+        return p
+    factors = Param((rank * experts * (d_in + d_out),), ex.adapter_dtype, True)
+    if experts == 1:
+        delta = t.op("lora_delta", [factors], [(p.shape, ex.adapter_dtype)], [])[0]
+        delta = ops.to(t, delta, p.dtype)
+        return t.op("lora_param", [delta], [(p.shape, p.dtype)], [])[0]
+    lhs = t.op("lora_lhs", [factors], [((experts * d_in * rank,), p.dtype)], [])[0]
+    rhs = t.op("lora_rhs", [factors], [((experts * d_out * rank,), p.dtype)], [])[0]
+    if ex.adapter_dtype == p.dtype:
+        # the factors are views of the adapter weights: nothing new is saved
+        lhs = Fake(lhs.shape, lhs.dtype, None, lhs.node)
+        rhs = Fake(rhs.shape, rhs.dtype, None, rhs.node)
+    return t.op("lora_param", [lhs, rhs], [(p.shape, p.dtype)], [lhs, rhs])[0]
 
 
 def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
@@ -265,7 +336,9 @@ def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
     k, e = ex.top_k, ex.num_experts
     s = n * k
     # router: F.linear -> logits [n, E]; softmax(logits.float()) saved; topk keeps its indices.
-    logits = ops.linear(t, x, ex.router)
+    router_w = _lora_param(t, ex, ex.router, ex.lora_router, h, e, 1)
+    logits = _weight_linear(t, x, router_w, (n, e))
+    del router_w
     probs = ops.unary_saving_output(t, "softmax", ops.to(t, logits, "fp32"))
     top_idx = t.new((n, k), "int64")
     top_val = t.op("topk", [probs], [((n, k), "fp32")], [top_idx])[0]
@@ -278,17 +351,20 @@ def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
     selected = t.op("index", [x], [((s, h), x.dtype)], [tok_idx])[0]
     weights_g = t.op("index", [top_val], [((s,), "fp32")], [perm])[0]
     del top_val
-    proj = ops.linear(t, selected, _Grouped(ex.gate_up))
-    del selected
+    # peft's transformers-5 weight conversion fuses gate and up adapters: the gate_up stack has rank 2r
+    # (peft/utils/transformers_weight_conversion.py; lora_A is [2r*E, H] for a rank-r config).
+    gate_up_w = _lora_param(t, ex, ex.gate_up, 2 * ex.lora_rank, h, 2 * ex.inter, e)
+    proj = _weight_linear(t, selected, gate_up_w if isinstance(gate_up_w, Fake) else _Grouped(ex.gate_up),
+                          (s, 2 * ex.inter))
+    del selected, gate_up_w
     gate = t.view(proj, (s, ex.inter))
     act = ops.unary_saving_input(t, "act", gate)  # saves gate: a view, keeps proj alive
-    if act.node is not None and t.saving:
-        t.keep(act.node, [proj])
     up = t.view(proj, (s, ex.inter))
     inner = ops.mul(t, act, up)
     del act, up, gate, proj
-    down = ops.linear(t, inner, _Grouped(ex.down))
-    del inner
+    down_w = _lora_param(t, ex, ex.down, ex.lora_rank, ex.inter, h, e)
+    down = _weight_linear(t, inner, down_w if isinstance(down_w, Fake) else _Grouped(ex.down), (s, x.shape[-1]))
+    del inner, down_w
     weighted = ops.mul(t, down, weights_g)
     del down, weights_g
     inv_perm = t.new((s,), "int64")
@@ -297,6 +373,15 @@ def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
     summed = t.op("sum_k", [unperm], [((n, h), unperm.dtype)], [])[0]
     del unperm, perm, ids_sorted, tok_idx, top_idx, inv_perm
     return ops.to(t, summed, x.dtype)
+
+
+def _weight_linear(t: Tape, x: Fake, w, out_shape) -> Fake:
+    """A (grouped) matmul with a parameter or a computed weight: saves x if the weight needs a gradient and the
+    weight if x needs one (a Param is never counted)."""
+    if isinstance(w, Param):
+        return t.op("linear", [x, w], [(out_shape, x.dtype)], [x] if w.trainable else [])[0]
+    saved = ([x] if w.requires_grad else []) + ([w] if x.requires_grad else [])
+    return t.op("linear", [x, w], [(out_shape, x.dtype)], saved)[0]
 
 
 class _Grouped(Param):

@@ -39,7 +39,19 @@ def _passthrough_rule(tape: Tape, node, grads_out):
 def add(tape: Tape, a: Fake, b: Fake) -> Fake:
     shape = a.shape if _numel(a.shape) >= _numel(b.shape) else b.shape
     dtype = promote(a.dtype, b.dtype)
-    return tape.op("add", [a, b], [(shape, dtype)], [], _add_rule)[0]
+    cast = _cpu_promotion_copy(tape, a, b, dtype)
+    out = tape.op("add", [a, b], [(shape, dtype)], [], _add_rule)[0]
+    del cast
+    return out
+
+
+def _cpu_promotion_copy(tape: Tape, a, b, dtype: str):
+    """On CPU a binary op between a 16-bit and an fp32 tensor first copies the 16-bit operand to fp32
+    (``aten::to`` inside ``aten::add``/``aten::mul``, seen in the profiler); CUDA casts inside the kernel."""
+    if tape.device != "cpu" or not isinstance(a, Fake) or not isinstance(b, Fake) or a.dtype == b.dtype:
+        return None
+    low = a if a.dtype != dtype else b
+    return tape.scratch(low.numel * dtype_bytes(dtype))
 
 
 def _add_rule(tape: Tape, node, grads_out):
@@ -75,7 +87,10 @@ def mul(tape: Tape, a, b) -> Fake:
         saved.append(a)
     shape = a.shape if _numel(a.shape) >= _numel(b.shape) else b.shape
     dtype = promote(a.dtype, b.dtype)
-    return tape.op("mul", [a, b], [(shape, dtype)], [s for s in saved if isinstance(s, Fake)], _mul_rule)[0]
+    cast = _cpu_promotion_copy(tape, a, b, dtype)
+    out = tape.op("mul", [a, b], [(shape, dtype)], [s for s in saved if isinstance(s, Fake)], _mul_rule)[0]
+    del cast
+    return out
 
 
 def _mul_rule(tape: Tape, node, grads_out):
@@ -124,8 +139,7 @@ def mean_last(tape: Tape, x: Fake) -> Fake:
 
 def rsqrt(tape: Tape, x: Fake) -> Fake:
     out = tape.op("rsqrt", [x], [(x.shape, x.dtype)], [], _small_rule(3))[0]
-    if out.node is not None and tape.saving:
-        tape.keep(out.node, [out])
+    tape.save_result(out)
     return out
 
 
@@ -149,8 +163,7 @@ def unary_saving_output(tape: Tape, name: str, x: Fake, dtype: str | None = None
     if dtype is not None and dtype != x.dtype:
         x = to(tape, x, dtype)
     out = tape.op(name, [x], [(x.shape, x.dtype)], [])[0]
-    if out.node is not None and tape.saving:
-        tape.keep(out.node, [out])
+    tape.save_result(out)
     return out
 
 

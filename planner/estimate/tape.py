@@ -17,10 +17,14 @@ place), and releasing each node's saved tensors after it runs (``retain_graph=Fa
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from planner.units import dtype_bytes
+
+
+TRACE: list | None = None  # set to a list to record a backward trace (debugging only)
 
 
 @dataclass
@@ -42,6 +46,8 @@ class Sim:
         self.marks: dict[str, PhasePeak] = {}
         self._seq = 0
         self.nodes: list[Node] = []
+        self.trace: list | None = TRACE  # debugging: [node name, live before, peak during] per backward node
+        self.storages: list = []  # debugging: weak references to every storage (only when tracing)
 
     def _touch(self) -> None:
         peak = self.peaks.get(self.phase)
@@ -73,13 +79,16 @@ class Sim:
 
 
 class Storage:
-    __slots__ = ("sim", "nbytes", "num_saves", "__weakref__")
+    __slots__ = ("sim", "nbytes", "num_saves", "tag", "__weakref__")
 
-    def __init__(self, sim: Sim, nbytes: int) -> None:
+    def __init__(self, sim: Sim, nbytes: int, tag: str = "") -> None:
         self.sim = sim
         self.nbytes = nbytes
         self.num_saves = 0
+        self.tag = tag
         sim.alloc(nbytes)
+        if sim.trace is not None:
+            sim.storages.append(weakref.ref(self))
 
     def __del__(self) -> None:
         self.sim.free(self.nbytes)
@@ -140,7 +149,7 @@ Edge = tuple  # (Node, out_index, shape, dtype) | (Param,)
 class Node:
     """One autograd node: saved storages, where its input gradients go, and its backward rule."""
 
-    __slots__ = ("seq", "saved", "edges", "rule", "grad_in", "name", "num_outputs", "extra")
+    __slots__ = ("seq", "saved", "edges", "rule", "grad_in", "name", "num_outputs", "extra", "has_saved")
 
     def __init__(self, name: str, edges: list, rule: Callable, num_outputs: int = 1, extra=None):
         self.name = name
@@ -150,6 +159,7 @@ class Node:
         self.grad_in: list[Storage | None] = [None] * num_outputs
         self.num_outputs = num_outputs
         self.extra = extra
+        self.has_saved = False  # the op saves tensors (even when a checkpoint keeps only placeholders)
 
 
 class Tape:
@@ -161,6 +171,7 @@ class Tape:
         self.recording: list[Node] | None = None  # nodes of the checkpointed region being recorded
         self.saving = True  # False inside a checkpointed forward: saved tensors are not kept
         self.keep_param_grads = True  # False: gradients are reduced away as they arrive (ZeRO 2/3)
+        self.device = "cuda"  # kernels differ: CPU casts mixed-dtype operands, dropout masks
 
     # ------------------------------------------------------------ tensors
 
@@ -209,6 +220,7 @@ class Tape:
             node = Node(name, edges, rule or default_rule, len(outputs), extra)
             self.sim._seq += 1
             node.seq = self.sim._seq
+            node.has_saved = any((s.st if isinstance(s, Fake) else s) is not None for s in saved)
             if self.saving:
                 for s in saved:
                     st = s.st if isinstance(s, Fake) else s
@@ -222,9 +234,17 @@ class Tape:
                 self.recording.append(node)
             self.sim.nodes.append(node)
         return [
-            Fake(shape, dtype, alias or Storage(self.sim, _prod(shape) * dtype_bytes(dtype)), node, k)
+            Fake(shape, dtype, alias or Storage(self.sim, _prod(shape) * dtype_bytes(dtype), name), node, k)
             for k, (shape, dtype) in enumerate(outputs)
         ]
+
+    def save_result(self, out: Fake) -> None:
+        """The op saves its own output (tanh, softmax, rsqrt, sdpa ...)."""
+        if out.node is None:
+            return
+        out.node.has_saved = True
+        if self.saving:
+            self.keep(out.node, [out])
 
     def keep(self, node: Node, saved: list) -> None:
         """Attach saved tensors to an existing node (used by checkpoint recomputation)."""
@@ -271,6 +291,10 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
     for node in reversed(nodes):
         if all(g is None for g in node.grad_in):
             continue
+        if sim.trace is not None:
+            sim.trace.append([node.name, sim.live, sim.live])
+            mark = sim.peaks["backward"].live_bytes if "backward" in sim.peaks else 0
+            sim.peaks.setdefault("backward", PhasePeak()).live_bytes = sim.live
         hook = hooks.pop(id(node), None)
         if hook is not None:
             hook()
@@ -294,4 +318,8 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
                     target.grad_in[idx] = g
                 # else: InputBuffer accumulates in place; the incoming buffer is freed
         del grads
+        if sim.trace is not None:
+            sim.trace[-1][2] = sim.peaks["backward"].live_bytes
+            if mark > sim.peaks["backward"].live_bytes:
+                sim.peaks["backward"].live_bytes = mark
     tape.grad_enabled = True

@@ -1,25 +1,30 @@
 """Replay a rank's alloc/free events into the estimator's categories, peaks and a timeline (pure Python).
 
-Input (a ``Recording``): the allocator's events in time order, the phase windows the runner marked with
-``record_function``, and the identity probes: at known moments the runner listed the storage pointers of
-every parameter, gradient and optimizer-state tensor. Output (an ``Attribution``): one category per
-allocation, the running total per category, the steady-state peak and what was alive at it.
+Input (a ``Recording``): the allocator's events, the windows the runner marked with ``record_function``, and
+the identity probes: at known moments the runner listed the storage pointers of every parameter, gradient
+and optimizer-state tensor. Output (an ``Attribution``): one category per allocation, the running total per
+category, the steady-state peak and what was alive at it.
 
-Categories (DESIGN.md §2, same names as the estimator):
+Categories (DESIGN.md §2, the estimator's names):
 
 - by identity, from the probes: ``params`` (parameters incl. bitsandbytes Params4bit and their quant_state
-  tensors, DeepSpeed's flat 16-bit partitions), ``grads`` (``.grad``, DeepSpeed's 16-bit gradient
-  partitions), ``optimizer_states`` (optimizer state tensors and fp32 master weights / partitions), and
+  tensors, DeepSpeed's 16-bit flat partitions), ``grads`` (``.grad``, DeepSpeed's 16-bit gradient
+  partitions), ``optimizer_states`` (optimizer state tensors, fp32 master weights / partitions) and
   ``temporaries/allgather`` (ZeRO-3 full parameters gathered at a probe). Identity wins over lifetime.
-- by lifetime, for every other allocation: made in a step's ``forward`` or ``loss`` phase and still alive
-  when that micro-batch's ``backward`` starts -> ``activations`` (saved for backward); made inside a
-  recomputation window (a checkpointed layer's forward re-run during backward) and alive when it ends ->
-  ``activations/recompute``; anything else made during a step -> ``temporaries`` (origin = its phase),
-  except the input batch -> ``other/inputs``; made while the data-parallel engine was being set up (DDP
-  buckets, DeepSpeed buffers) -> ``temporaries/engine``; made elsewhere during setup (buffers such as
-  rotary tables) -> ``other/setup``.
+- by lifetime, for every other allocation: made in a step's ``forward`` or ``loss`` phase, alive when that
+  micro-batch's ``backward`` starts and freed by the end of the step -> ``activations`` (saved for
+  backward); made inside a recomputation window (a checkpointed layer's forward re-run during backward) and
+  alive when it ends -> ``activations/recompute``; made during a step and outliving it -> ``temporaries/
+  persistent`` (buffers an engine allocates lazily, e.g. DDP's rebuilt buckets); anything else made during
+  a step -> ``temporaries/<phase>``, except the input batch -> ``other/inputs``; made while the data-parallel
+  engine was set up -> ``temporaries/engine`` (DDP buckets, DeepSpeed buffers); elsewhere in setup ->
+  ``other/setup`` (buffers such as rotary tables).
 
 An allocation keeps one category for its whole life, so the categories add up to the total at every event.
+
+Frees the recorder could not see (a tensor whose last reference a gloo worker thread dropped, see
+gloo_settle.py) are inferred: an allocation that a liveness probe found unreachable, or whose address was
+reused while it looked alive, is freed at the end of the last collective that used it (``comm`` markers).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ STEP_PHASES = ("inputs", "forward", "loss", "backward", "optimizer_step")
 # When one storage is listed under two identities (DeepSpeed views), the first in this order wins.
 IDENTITY_PRIORITY = ("params", "optimizer_states", "grads", "temporaries/allgather")
 MARKER_PREFIX = "planner::"
+TIMELINE_COLUMNS = ("t_ns", "step", "micro_batch", "phase", "alloc_id", "delta_bytes", "category", "origin",
+                    "allocated_bytes", "inferred")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,12 @@ class Window:
 class Recording:
     """One rank's raw recording, normalised across the CPU and CUDA recorders."""
 
-    events: list[tuple[int, int, int]]  # (t_ns, addr, delta_bytes): +size alloc, -size free; in recorded order
+    events: list[tuple[int, int, int]]  # (t_ns, addr, delta_bytes): +size alloc, -size free
     windows: list[Window]
-    probes: dict[int, dict[str, list[int]]]  # probe index -> identity key -> storage data pointers
+    probes: dict[int, dict[str, list[int]]]  # probe index -> identity key -> storage pointers
     recorder_totals: list[int] | None = None  # the recorder's own running total per event (CPU profiler)
+    comm: dict[int, list[int]] = field(default_factory=dict)  # comm marker index -> storage pointers used
+    live: dict[int, list[int]] = field(default_factory=dict)  # liveness probe index -> reachable pointers
 
 
 @dataclass(frozen=True)
@@ -81,9 +90,10 @@ class Attribution:
     steady_state: bool  # False when fewer than two steps completed: the peak then includes step 0
     phase_peaks: dict[str, PeakBreakdown]  # the same window, per phase name
     step_windows: list[dict]  # per (step, micro-batch, phase): times and bytes at start / end / peak
-    timeline: dict[str, list]  # columns of the event table
+    timeline: dict[str, list]  # columns of the event table (TIMELINE_COLUMNS)
     num_allocations: int
     num_unmatched_frees: int
+    num_inferred_frees: int
     recorder_peak_bytes: int | None  # the recorder's own maximum over the same window (cross-check)
     identity_bytes: dict[str, int] = field(default_factory=dict)  # identified bytes alive at the last probe
 
@@ -93,8 +103,11 @@ class _Alloc:
     addr: int
     size: int
     t_alloc: int
+    seq_alloc: int
     t_free: int | None = None
+    seq_free: int = 0
     key: str = ""  # "category/origin"
+    free_inferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,30 +119,48 @@ class _StepWindow:
     phase: str
 
 
-def parse_windows(windows: list[Window]):
-    """Split marked windows into step phases, recomputation windows, setup windows and probes."""
-    steps: list[_StepWindow] = []
-    recompute: list[tuple[int, int]] = []
-    setup: list[tuple[int, int, str]] = []
-    probes: dict[int, int] = {}
+@dataclass
+class _Marks:
+    steps: list[_StepWindow] = field(default_factory=list)
+    recompute: list[tuple[int, int]] = field(default_factory=list)
+    setup: list[tuple[int, int, str]] = field(default_factory=list)
+    probes: dict[int, int] = field(default_factory=dict)
+    comm: dict[int, int] = field(default_factory=dict)  # index -> end time
+    live: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.index()
+
+    def index(self) -> None:
+        self.steps.sort(key=lambda s: (s.start, s.end))
+        self.recompute.sort()
+        self.setup.sort()
+        self.step_starts = [s.start for s in self.steps]
+        self.rec_starts = [r[0] for r in self.recompute]
+        self.setup_starts = [s[0] for s in self.setup]
+
+
+def parse_windows(windows: list[Window]) -> _Marks:
+    m = _Marks()
     for w in windows:
         parts = w.name.split("::")
-        if parts[0] == "step" and len(parts) == 4 and parts[3] in STEP_PHASES:
-            steps.append(_StepWindow(w.start_ns, w.end_ns, int(parts[1]), int(parts[2]), parts[3]))
-        elif parts[0] == "recompute":
-            recompute.append((w.start_ns, w.end_ns))
-        elif parts[0] == "setup" and len(parts) == 2:
-            setup.append((w.start_ns, w.end_ns, parts[1]))
-        elif parts[0] == "probe" and len(parts) == 2:
-            probes[int(parts[1])] = w.start_ns
-    steps.sort(key=lambda s: (s.start, s.end))
-    recompute.sort()
-    setup.sort()
-    return steps, recompute, setup, probes
+        kind = parts[0]
+        if kind == "step" and len(parts) == 4 and parts[3] in STEP_PHASES:
+            m.steps.append(_StepWindow(w.start_ns, w.end_ns, int(parts[1]), int(parts[2]), parts[3]))
+        elif kind == "recompute":
+            m.recompute.append((w.start_ns, w.end_ns))
+        elif kind == "setup" and len(parts) == 2:
+            m.setup.append((w.start_ns, w.end_ns, parts[1]))
+        elif kind in ("probe", "live", "comm") and len(parts) == 2:
+            getattr(m, kind if kind != "probe" else "probes")[int(parts[1])] = (
+                w.end_ns if kind == "comm" else w.start_ns
+            )
+    m.index()
+    return m
 
 
 def _find(starts: list[int], items: list, t: int):
-    """The item whose [start, end] holds t (items sorted by start, disjoint), else None."""
+    """The item whose [start, end] holds t (items sorted by start, not overlapping), else None."""
     i = bisect.bisect_right(starts, t) - 1
     if i < 0:
         return None
@@ -138,208 +169,219 @@ def _find(starts: list[int], items: list, t: int):
     return item if end >= t else None
 
 
-def _build_allocations(events: list[tuple[int, int, int]]):
+def _build_allocations(events: list[tuple[int, int, int]]) -> tuple[list[_Alloc], int]:
     order = sorted(range(len(events)), key=lambda i: (events[i][0], i))
     allocs: list[_Alloc] = []
     live: dict[int, int] = {}
-    event_alloc: list[int] = [-1] * len(events)
     unmatched = 0
     for i in order:
         t, addr, delta = events[i]
         if delta > 0:
-            if addr in live:  # a free we never saw: close the old allocation here
-                allocs[live[addr]].t_free = t
+            if addr in live:  # its free was never seen: it ended when the address was handed out again
+                old = allocs[live[addr]]
+                old.t_free, old.seq_free, old.free_inferred = t, i, True
             live[addr] = len(allocs)
-            event_alloc[i] = len(allocs)
-            allocs.append(_Alloc(addr, delta, t))
+            allocs.append(_Alloc(addr, delta, t, i))
         elif delta < 0:
             idx = live.pop(addr, None)
             if idx is None:
                 unmatched += 1
                 continue
-            allocs[idx].t_free = t
-            event_alloc[i] = idx
-    return order, allocs, event_alloc, unmatched
+            allocs[idx].t_free, allocs[idx].seq_free = t, i
+    return allocs, unmatched
 
 
-def _apply_probes(allocs: list[_Alloc], probes: dict[int, dict[str, list[int]]], probe_times: dict[int, int]):
+def _resolve_unseen_frees(allocs: list[_Alloc], marks: _Marks, rec: Recording) -> int:
+    """Free allocations that died unseen at the end of the last collective that used them."""
+    comm_times: dict[int, list[int]] = {}
+    for k, ptrs in rec.comm.items():
+        t = marks.comm.get(k)
+        if t is not None:
+            for p in ptrs:
+                comm_times.setdefault(p, []).append(t)
+    for v in comm_times.values():
+        v.sort()
+    live_sets = [(marks.live[k], set(ptrs)) for k, ptrs in rec.live.items() if k in marks.live]
+    n = 0
+    for a in allocs:
+        times = comm_times.get(a.addr)
+        if not times:
+            continue
+        unseen = a.free_inferred or any(
+            a.t_alloc <= t and (a.t_free is None or a.t_free > t) and a.addr not in ptrs for t, ptrs in live_sets
+        )
+        if not unseen:
+            continue
+        limit = a.t_free if a.t_free is not None else max(t for t, _ in live_sets)
+        j = bisect.bisect_right(times, limit) - 1
+        if j >= 0 and times[j] >= a.t_alloc:
+            a.t_free, a.seq_free, a.free_inferred = times[j], -1, True
+            n += 1
+    return n
+
+
+def _apply_probes(allocs: list[_Alloc], probes: dict[int, dict[str, list[int]]], times: dict[int, int]):
     by_addr: dict[int, list[tuple[int, int]]] = {}
     for idx, a in enumerate(allocs):
         by_addr.setdefault(a.addr, []).append((a.t_alloc, idx))
     rank = {k: i for i, k in enumerate(IDENTITY_PRIORITY)}
-    last_probe_bytes: dict[str, int] = {}
+    last_t = None
     for k in sorted(probes):
-        t = probe_times.get(k)
+        t = times.get(k)
         if t is None:
             continue
-        seen: set[int] = set()
-        found = {key: 0 for key in probes[k]}
+        last_t = t
         for key, ptrs in probes[k].items():
             for ptr in ptrs:
                 lst = by_addr.get(ptr)
-                if not lst:
-                    continue
-                j = bisect.bisect_right(lst, (t, len(allocs))) - 1
+                j = bisect.bisect_right(lst, (t, len(allocs))) - 1 if lst else -1
                 if j < 0:
                     continue
-                idx = lst[j][1]
-                a = allocs[idx]
-                if a.t_free is not None and a.t_free < t:
-                    continue
-                if not a.key or rank.get(key, 99) < rank.get(a.key, 99):
+                a = allocs[lst[j][1]]
+                if (a.t_free is None or a.t_free >= t) and (not a.key or rank.get(key, 99) < rank.get(a.key, 99)):
                     a.key = key
-                if idx not in seen and a.key == key:
-                    seen.add(idx)
-                    found[key] += a.size
-        last_probe_bytes = found
-    return last_probe_bytes
+    identity: dict[str, int] = {k: 0 for k in IDENTITY_PRIORITY}
+    if last_t is not None:
+        for a in allocs:
+            if a.key and a.t_alloc <= last_t and (a.t_free is None or a.t_free >= last_t):
+                identity[a.key] += a.size
+    return identity
 
 
-def _lifetime_key(a: _Alloc, steps, step_starts, bwd_start, recompute, rec_starts, setup, setup_starts) -> str:
-    w = _find(step_starts, steps, a.t_alloc)
+def _lifetime_key(a: _Alloc, m: _Marks, bwd_start: dict, step_end: dict) -> str:
+    w = _find(m.step_starts, m.steps, a.t_alloc)
     if w is not None:
+        end = step_end.get(w.step)
+        if end is not None and (a.t_free is None or a.t_free > end):
+            return "temporaries/persistent"
         if w.phase in ("forward", "loss"):
             b = bwd_start.get((w.step, w.mb))
             if b is not None and (a.t_free is None or a.t_free > b):
                 return f"activations/{w.phase}"
             return f"temporaries/{w.phase}"
         if w.phase == "backward":
-            r = _find(rec_starts, recompute, a.t_alloc)
+            r = _find(m.rec_starts, m.recompute, a.t_alloc)
             if r is not None and (a.t_free is None or a.t_free > r[1]):
                 return "activations/recompute"
             return "temporaries/backward"
         if w.phase == "inputs":
             return "other/inputs"
         return f"temporaries/{w.phase}"
-    s = _find(setup_starts, setup, a.t_alloc)
+    s = _find(m.setup_starts, m.setup, a.t_alloc)
     if s is not None and s[2] == "wrap":
         return "temporaries/engine"
     return "other/setup"
 
 
-def _category(key: str) -> str:
-    return key.split("/", 1)[0]
+def _breakdown(total: int, t: int, running: dict[str, int], m: _Marks, t_origin: int) -> PeakBreakdown:
+    w = _find(m.step_starts, m.steps, t)
+    by_cat = {c: 0 for c in CATEGORIES}
+    for k, v in running.items():
+        by_cat[k.split("/", 1)[0]] += v
+    return PeakBreakdown(
+        allocated_bytes=total,
+        t_ns=t - t_origin,
+        step=w.step if w else None,
+        micro_batch=w.mb if w else None,
+        phase=w.phase if w else "between",
+        by_category=by_cat,
+        detail={k: v for k, v in running.items() if v},
+    )
 
 
 def attribute(rec: Recording) -> Attribution:
-    steps, recompute, setup, probe_times = parse_windows(rec.windows)
-    order, allocs, event_alloc, unmatched = _build_allocations(rec.events)
-    identity_bytes = _apply_probes(allocs, rec.probes, probe_times)
-
-    step_starts = [s.start for s in steps]
-    rec_starts = [r[0] for r in recompute]
-    setup_starts = [s[0] for s in setup]
-    bwd_start = {}
-    for s in steps:
+    m = parse_windows(rec.windows)
+    allocs, unmatched = _build_allocations(rec.events)
+    num_inferred = _resolve_unseen_frees(allocs, m, rec)
+    identity_bytes = _apply_probes(allocs, rec.probes, m.probes)
+    bwd_start: dict[tuple[int, int], int] = {}
+    step_end: dict[int, int] = {}
+    for s in m.steps:
         if s.phase == "backward":
             bwd_start.setdefault((s.step, s.mb), s.start)
+        if s.phase == "optimizer_step":
+            step_end[s.step] = s.end
     for a in allocs:
         if not a.key:
-            a.key = _lifetime_key(a, steps, step_starts, bwd_start, recompute, rec_starts, setup, setup_starts)
+            a.key = _lifetime_key(a, m, bwd_start, step_end)
         elif "/" not in a.key:
             a.key = f"{a.key}/identity"
 
     # The steady state starts with step 1 (step 0 creates optimizer states and lazy buffers).
-    completed = sorted({s.step for s in steps if s.phase == "optimizer_step"})
-    step_ids = sorted({s.step for s in steps})
-    steady = len(completed) >= 2
-    first = 1 if steady else (step_ids[0] if step_ids else None)
-    win = [s for s in steps if first is not None and s.step >= first]
-    t0_win = min((s.start for s in win), default=None)
-    t1_win = max((s.end for s in win), default=None)
-    t_origin = min([e[0] for e in rec.events[:1]] + [w.start_ns for w in rec.windows[:1]] or [0])
-    if rec.events:
-        t_origin = min(t_origin, min(e[0] for e in rec.events))
+    steady = len(step_end) >= 2
+    first = 1 if steady else min((s.step for s in m.steps), default=None)
+    in_win = [s for s in m.steps if first is not None and s.step >= first]
+    t0_win = min((s.start for s in in_win), default=None)
+    t1_win = max((s.end for s in in_win), default=None)
+    t_origin = min([e[0] for e in rec.events] + [w.start_ns for w in rec.windows] or [0])
 
-    cols: dict[str, list] = {k: [] for k in ("t_ns", "step", "micro_batch", "phase", "alloc_id", "delta_bytes",
-                                             "category", "origin", "allocated_bytes")}
+    flow = []  # (t, seq, alloc index, delta, inferred)
+    for idx, a in enumerate(allocs):
+        flow.append((a.t_alloc, a.seq_alloc, idx, a.size, False))
+        if a.t_free is not None:
+            flow.append((a.t_free, a.seq_free, idx, -a.size, a.free_inferred))
+    flow.sort(key=lambda f: (f[0], f[1]))
+
+    cols: dict[str, list] = {k: [] for k in TIMELINE_COLUMNS}
     running: dict[str, int] = {}
     total = 0
-    peak: tuple[int, int, dict] | None = None  # (bytes, t, detail)
-    phase_peak: dict[str, tuple[int, int, dict, _StepWindow]] = {}
-    win_stats: dict[tuple[int, int, str], dict] = {}
-    rec_peak = None
-    for i in order:
-        idx = event_alloc[i]
-        if idx < 0:
-            continue
-        t, _, delta = rec.events[i]
+    peak = None
+    phase_peak: dict[str, tuple] = {}
+    win_peak: dict[tuple[int, int, str], int] = {}
+    for t, _, idx, delta, inferred in flow:
         a = allocs[idx]
         running[a.key] = running.get(a.key, 0) + delta
         total += delta
-        w = _find(step_starts, steps, t)
+        w = _find(m.step_starts, m.steps, t)
         cat, origin = a.key.split("/", 1)
         cols["t_ns"].append(t - t_origin)
         cols["step"].append(w.step if w else -1)
         cols["micro_batch"].append(w.mb if w else -1)
-        cols["phase"].append(w.phase if w else ("setup" if _find(setup_starts, setup, t) else "between"))
+        cols["phase"].append(w.phase if w else ("setup" if _find(m.setup_starts, m.setup, t) else "between"))
         cols["alloc_id"].append(idx)
         cols["delta_bytes"].append(delta)
         cols["category"].append(cat)
         cols["origin"].append(origin)
         cols["allocated_bytes"].append(total)
+        cols["inferred"].append(inferred)
         if w is not None:
-            st = win_stats.setdefault((w.step, w.mb, w.phase), {"peak_bytes": total})
-            st["peak_bytes"] = max(st["peak_bytes"], total)
-        in_window = t0_win is not None and t0_win <= t <= t1_win
-        if in_window:
-            if rec.recorder_totals is not None:
-                rec_peak = max(rec_peak or 0, rec.recorder_totals[i])
+            key = (w.step, w.mb, w.phase)
+            win_peak[key] = max(win_peak.get(key, 0), total)
+        if t0_win is not None and t0_win <= t <= t1_win:
             if peak is None or total > peak[0]:
                 peak = (total, t, dict(running))
             if w is not None and (w.phase not in phase_peak or total > phase_peak[w.phase][0]):
-                phase_peak[w.phase] = (total, t, dict(running), w)
+                phase_peak[w.phase] = (total, t, dict(running))
 
-    def breakdown(p) -> PeakBreakdown:
-        bytes_, t, detail, *rest = p
-        w = rest[0] if rest else _find(step_starts, steps, t)
-        by_cat = {c: 0 for c in CATEGORIES}
-        for k, v in detail.items():
-            by_cat[_category(k)] += v
-        return PeakBreakdown(
-            allocated_bytes=bytes_,
-            t_ns=t - t_origin,
-            step=w.step if w else None,
-            micro_batch=w.mb if w else None,
-            phase=w.phase if w else "between",
-            by_category=by_cat,
-            detail={k: v for k, v in detail.items() if v},
-        )
-
-    step_windows = _window_table(steps, allocs, order, event_alloc, rec.events, win_stats, t_origin)
+    rec_peak = None
+    if rec.recorder_totals is not None and t0_win is not None:
+        in_range = [tot for (t, _, _), tot in zip(rec.events, rec.recorder_totals, strict=True) if t0_win <= t <= t1_win]
+        rec_peak = max(in_range, default=None)
     return Attribution(
-        peak=breakdown(peak) if peak else None,
+        peak=_breakdown(*peak, m, t_origin) if peak else None,
         steady_state=steady,
-        phase_peaks={ph: breakdown(p) for ph, p in sorted(phase_peak.items())},
-        step_windows=step_windows,
+        phase_peaks={ph: _breakdown(*p, m, t_origin) for ph, p in sorted(phase_peak.items())},
+        step_windows=_window_table(m, cols, win_peak, t_origin),
         timeline=cols,
         num_allocations=len(allocs),
         num_unmatched_frees=unmatched,
+        num_inferred_frees=num_inferred,
         recorder_peak_bytes=rec_peak,
         identity_bytes=identity_bytes,
     )
 
 
-def _window_table(steps, allocs, order, event_alloc, events, win_stats, t_origin) -> list[dict]:
+def _window_table(m: _Marks, cols: dict[str, list], win_peak: dict, t_origin: int) -> list[dict]:
     """Per step window: start and end times (relative), live bytes at its start and end, and its peak."""
-    times = []
-    totals = []
-    total = 0
-    for i in order:
-        if event_alloc[i] < 0:
-            continue
-        total += events[i][2]
-        times.append(events[i][0])
-        totals.append(total)
+    times, totals = cols["t_ns"], cols["allocated_bytes"]
 
     def live_at(t: int) -> int:
-        j = bisect.bisect_right(times, t) - 1
+        j = bisect.bisect_right(times, t - t_origin) - 1
         return totals[j] if j >= 0 else 0
 
     rows = []
-    for s in steps:
+    for s in m.steps:
         start_b, end_b = live_at(s.start), live_at(s.end)
-        st = win_stats.get((s.step, s.mb, s.phase), {})
         rows.append(
             {
                 "step": s.step,
@@ -349,7 +391,7 @@ def _window_table(steps, allocs, order, event_alloc, events, win_stats, t_origin
                 "end_ns": s.end - t_origin,
                 "start_bytes": start_b,
                 "end_bytes": end_b,
-                "peak_bytes": max(st.get("peak_bytes", 0), start_b, end_b),
+                "peak_bytes": max(win_peak.get((s.step, s.mb, s.phase), 0), start_b, end_b),
             }
         )
     return rows

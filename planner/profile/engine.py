@@ -73,7 +73,7 @@ class DeepSpeedEngine(Engine):
         self.built = built
         self.train = train
         self.loss_scale = 1.0  # DeepSpeed scales fp16 losses itself
-        self.config = deepspeed_config(train, num_ranks)
+        self.config = deepspeed_config(train, num_ranks, int(built.hf_model.config.hidden_size))
         params = [p for p in built.model.parameters() if p.requires_grad]
         base_opt = make_torch_optimizer(params, train.optimizer, device)
         engine, optimizer, _, _ = deepspeed.initialize(model=built.model, optimizer=base_opt, config=self.config)
@@ -103,6 +103,10 @@ def make_engine(built: Built, train: TrainSpec, device: str, num_ranks: int, loc
 def init_distributed(device: str, zero_stage: int) -> None:
     """Join the process group torchrun set up: gloo on CPU, nccl on CUDA (DeepSpeed's wrapper for ZeRO)."""
     backend = "nccl" if device == "cuda" else "gloo"
+    if device != "cuda":
+        from planner.profile import gloo_settle
+
+        gloo_settle.install()
     if zero_stage > 0:
         import deepspeed
         import deepspeed.comm.torch as ds_torch_comm

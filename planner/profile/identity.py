@@ -150,3 +150,19 @@ def _collect_deepspeed(optimizer: Any, keys: dict[str, set[int]]) -> None:
         for attr in attrs:
             for t in iter_tensors(getattr(optimizer, attr, None)):
                 keys[key].add(storage_ptr(t))
+
+
+def reachable_ptrs() -> list[int]:
+    """Storage pointers of every tensor Python can reach (the garbage collector's view of live objects).
+
+    Taken when no autograd graph is alive (after an optimizer step), it lists every live tensor except those
+    only C++ holds (DDP's gradient buckets, for example).
+    """
+    import gc
+
+    ptrs = set()
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor):
+            ptrs.add(storage_ptr(obj))
+    ptrs.discard(0)
+    return sorted(ptrs)

@@ -99,7 +99,7 @@ def _meta(job: Job, model: ModelSpec, train: TrainSpec, num_nodes: int, gpu: str
         "fail_at": job.fail_at,
         "workload": {
             "engine": "deepspeed" if train.zero_stage else ("ddp" if job.num_ranks > 1 else "single"),
-            "deepspeed_config": deepspeed_config(train, job.num_ranks) if train.zero_stage else None,
+            "deepspeed_config": deepspeed_config(train, job.num_ranks, model.hidden_size) if train.zero_stage else None,
             "master_weights": train.precision.has_master_weights,
             "optimizer_impl": "torch foreach" if train.optimizer.value in ("adamw", "sgd") else train.optimizer.value,
             "checkpointing": "non-reentrant, every decoder layer" if train.grad_checkpointing else None,
@@ -113,7 +113,8 @@ def _meta(job: Job, model: ModelSpec, train: TrainSpec, num_nodes: int, gpu: str
 
 def _overall(ranks: list[dict], interrupted: bool, num_ranks: int) -> tuple[str, str]:
     if interrupted:
-        return "interrupted", "the run was interrupted (SIGINT) before it finished; the profile holds what was recorded."
+        told = [r["message"] for r in ranks if r["status"] == "interrupted" and "SIGINT" in r["message"]]
+        return "interrupted", (told[0] if told else "the run was interrupted (SIGINT) before it finished.")
     bad = [r for r in ranks if r["status"] != "ok"]
     if not bad and len(ranks) == num_ranks:
         return "ok", ""

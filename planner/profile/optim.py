@@ -104,19 +104,24 @@ def make_optimizer(params: list[torch.nn.Parameter], train: TrainSpec, device: s
     return make_torch_optimizer(params, train.optimizer, device)
 
 
-def deepspeed_config(train: TrainSpec, num_ranks: int) -> dict[str, Any]:
-    """The DeepSpeed config of a ZeRO run (stored in meta.json; the same keys emit/ writes)."""
+def deepspeed_config(train: TrainSpec, num_ranks: int, hidden_size: int) -> dict[str, Any]:
+    """The DeepSpeed config of a ZeRO run (stored in meta.json).
+
+    Bucket sizes and the ZeRO-3 persistence threshold take the values the Hugging Face Trainer fills in for
+    ``"auto"`` (transformers/integrations/deepspeed.py ``trainer_config_finalize``): reduce bucket h*h
+    elements, ZeRO-3 prefetch bucket 0.9*h*h, parameters under 10*h elements kept gathered. DeepSpeed's own
+    defaults (5e8-element buckets, 1e5-element threshold) would make a small model's profile all buckets and
+    leave it unsharded.
+    """
     if train.precision is Precision.BF16:
         raise PlannerError(
             "--precision bf16 (pure, no master weights) cannot be profiled with DeepSpeed ZeRO, which always "
             "keeps fp32 master weights; use --precision bf16-mixed."
         )
-    zero: dict[str, Any] = {
-        "stage": train.zero_stage,
-        # DeepSpeed keeps parameters under 1e5 elements gathered on every rank (the default threshold); a
-        # tiny test model would then not be sharded at all. 0 shards every parameter, as for a large model.
-        "stage3_param_persistence_threshold": 0,
-    }
+    zero: dict[str, Any] = {"stage": train.zero_stage, "reduce_bucket_size": hidden_size * hidden_size}
+    if train.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden_size * hidden_size)
+        zero["stage3_param_persistence_threshold"] = 10 * hidden_size
     if train.offload in (Offload.OPTIMIZER, Offload.OPTIMIZER_PARAMS):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if train.offload is Offload.OPTIMIZER_PARAMS:

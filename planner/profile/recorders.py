@@ -53,6 +53,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.probes: dict[int, dict[str, list[int]]] = {}
+        self.live: dict[int, list[int]] = {}
         self.wall_windows: list[Window] = []
         self.window_stats: list[dict[str, Any]] = []
         self._rf_stack: list[Any] = []
@@ -80,6 +81,10 @@ class Recorder:
     def probe(self, index: int, identity: dict[str, list[int]]) -> None:
         with record_function(f"{MARKER_PREFIX}probe::{index}"):
             self.probes[index] = identity
+
+    def liveness(self, index: int, reachable: list[int]) -> None:
+        with record_function(f"{MARKER_PREFIX}live::{index}"):
+            self.live[index] = reachable
 
     def on_window_end(self, name: str) -> None:
         pass
@@ -146,11 +151,15 @@ class CpuRecorder(Recorder):
             from planner.profile.torch_categories import categorise
 
             self.torch_category_bytes = categorise(self.prof)
+        from planner.profile import gloo_settle
+
         return Recording(
             events=[(t, ptr, size) for t, ptr, size, _ in raw],
             windows=windows,
             probes=self.probes,
             recorder_totals=[total for *_, total in raw],
+            comm=dict(gloo_settle.COMM_PTRS),
+            live=self.live,
         )
 
 

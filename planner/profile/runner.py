@@ -57,8 +57,20 @@ class InjectedFailure(RuntimeError):
     pass
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated(f"signal {signum}")
+class _Signals:
+    """SIGINT and SIGTERM stop the step loop once; while the recording is being written they are noted only."""
+
+    armed = False
+    received: int | None = None
+
+    @classmethod
+    def handler(cls, signum, frame):
+        cls.received = signum
+        if cls.armed:
+            cls.armed = False
+            if signum == signal.SIGTERM:
+                raise Terminated(f"signal {signum}")
+            raise KeyboardInterrupt
 
 
 def _fault(job: Job, rank: int) -> tuple[int, str] | None:
@@ -155,6 +167,7 @@ class RankRun:
         started = time.time()
         preload(job.model_config, train)
         self.recorder.start()
+        _Signals.armed = True
         try:
             if init is not None:  # joining the process group
                 with self._window("setup::init", phase="init"):
@@ -199,6 +212,10 @@ class RankRun:
                     self.engine.step()
                 self._probe()
                 self.steps_completed = step + 1
+            if device == "cpu" and (job.num_ranks > 1 or train.zero_stage > 0):
+                from planner.profile.identity import reachable_ptrs
+
+                self.recorder.liveness(0, reachable_ptrs())
         except KeyboardInterrupt as exc:
             status = "interrupted"
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (SIGINT)"
@@ -211,6 +228,7 @@ class RankRun:
             else:
                 message = f"rank {self.rank} failed during {self._where()}: {type(exc).__name__}: {_first_line(exc)}."
         finally:
+            _Signals.armed = False
             self.in_backward = False
             recording = self.recorder.stop()
         facts["failed_at_unix_ns"] = failed_at
@@ -252,6 +270,7 @@ class RankRun:
             "recorder_peak_bytes": att.recorder_peak_bytes,
             "num_allocations": att.num_allocations,
             "num_unmatched_frees": att.num_unmatched_frees,
+            "num_inferred_frees": att.num_inferred_frees,
             "identity": {**facts, "identified_bytes_at_last_probe": att.identity_bytes},
             "cuda": self.recorder.extra(steady_windows),
             "torch_categories": getattr(self.recorder, "torch_category_bytes", None),
@@ -273,13 +292,16 @@ def run_rank(
     init: Callable[[], None] | None = None,
 ) -> dict:
     """Run one rank and write ``rank<r>.json`` plus its timeline into ``rank_dir``."""
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:  # not the main thread
-        previous = None
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, _Signals.handler)
+        except ValueError:  # not the main thread: keep Python's defaults
+            pass
+    _Signals.received = None
     try:
         return RankRun(job, rank, local_rank, rank_dir, progress).run(init)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _Signals.armed = False
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

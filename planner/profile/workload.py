@@ -139,6 +139,8 @@ def build_model(
     else:
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    if device == "cpu" and (weights is not None or train.method is Method.QLORA):
+        _materialize(model)
     model.config.use_cache = False
     if train.grad_checkpointing:
         _enable_checkpointing(model)
@@ -147,6 +149,22 @@ def build_model(
         model = _apply_lora(model, train)
     model.train()
     return Built(model=model, hf_model=hf_model, vocab_size=int(config.vocab_size), notes=notes)
+
+
+def _materialize(model: torch.nn.Module) -> None:
+    """Copy loaded tensors into allocator memory.
+
+    On CPU, ``from_pretrained`` can leave weights pointing into the memory-mapped safetensors file, which the
+    allocator (and so the recorder) never sees; on a GPU they are copied to the device anyway. Quantized
+    weights were produced by bitsandbytes and are already allocated.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for name, p in list(module.named_parameters(recurse=False)):
+                if not hasattr(p, "quant_state"):
+                    p.data = p.data.clone()
+            for name, b in list(module.named_buffers(recurse=False)):
+                module._buffers[name] = b.clone()
 
 
 def _enable_checkpointing(model) -> None:

@@ -47,6 +47,9 @@ def default_title(estimates: Sequence[Estimate], profiles: Sequence[ProfileView]
     if profiles:
         return f"Memory profile: {', '.join(p.name for p in profiles)}"
     if plan is not None:
+        chosen = (plan.plan or {}).get("plan") or {}
+        if chosen.get("model"):
+            return f"Recommendation: {chosen['model']} on {chosen.get('num_gpus', '?')} x {chosen.get('gpu', '?')}"
         return f"Recommendation: {plan.path}"
     return "planner report"
 

@@ -11,11 +11,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from planner.report import palette
 from planner.units import GIB, MIB
 
-TEMPLATE = "plotly_white"
+# plotly_white's layout only (no per-trace defaults): a fraction of the bytes and of the time to apply.
+TEMPLATE = go.layout.Template(layout=pio.templates["plotly_white"].layout)
+# Phases in the order they happen in a training step.
+PHASE_ORDER = ("setup", "inputs", "forward", "loss", "backward", "optimizer_step", "between")
 FONT = {"family": "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif", "size": 13}
 
 
@@ -147,7 +151,7 @@ def estimate_bars(
 
 def phase_bars(phases: Mapping[str, Mapping[str, int]], *, peak_phase: str, title: str) -> go.Figure:
     """The breakdown at each phase of one configuration (the peak is one of them, not their sum)."""
-    names = list(phases)
+    names = sorted(phases, key=lambda n: (PHASE_ORDER.index(n) if n in PHASE_ORDER else len(PHASE_ORDER), n))
     top = max([sum(p.values()) for p in phases.values()] + [1])
     div, unit = unit_for(top)
     fig = go.Figure()
@@ -197,7 +201,7 @@ def estimate_vs_measured(
     errors = []
     for e, m in zip(est_vals, meas_vals, strict=True):
         err = signed_error(e, m)
-        errors.append("n/a" if err is None else f"{err:+.1%}")
+        errors.append("n/a" if err is None else ("±0.0%" if abs(err) < 0.0005 else f"{err:+.1%}"))
     fig = go.Figure()
     fig.add_trace(
         go.Bar(

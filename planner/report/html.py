@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -151,9 +152,13 @@ def _kv(block: KeyValues) -> str:
     return "".join(out)
 
 
+def figure_id(name: str) -> str:
+    return "fig-" + "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "-" for ch in name)
+
+
 def figure_html(block: Figure) -> str:
     """A div and a script that queues its figure; the JSON is plotly's own (``<`` written as ``\\u003c``)."""
-    div_id = "fig-" + "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in block.name)
+    div_id = figure_id(block.name)
     fig_json = pio.to_json(block.figure, validate=False, remove_uids=True)
     height = block.figure.layout.height or 450
     caption = f'<p class="caption">{esc(block.caption)}</p>' if block.caption else ""
@@ -168,11 +173,15 @@ def figure_html(block: Figure) -> str:
 # Draws the queued figures: those in the first screen at once (before the load event), then the rest one
 # at a time in DOM order, sooner when scrolled near, so a report with dozens of panels opens quickly and
 # stays responsive. Printing draws everything first. The <html> element gets data-planner-open="1" when
-# the first screen is drawn and data-planner-rendered="N" (the figure count) when every figure is drawn.
+# the first screen is drawn and data-planner-rendered="N" (the figure count) when every figure is drawn;
+# data-planner-{start,open,rendered}-ms record those moments in ms since navigation start.
 _RUNTIME = """
 (function () {
   var items = window.__plannerFigures || [], config = %s, left = items.length, root = document.documentElement;
-  function finish() { root.setAttribute("data-planner-rendered", String(items.length)); }
+  function finish() {
+    root.setAttribute("data-planner-rendered-ms", String(Math.round(performance.now())));
+    root.setAttribute("data-planner-rendered", String(items.length));
+  }
   function draw(item) {
     if (item.started) return item.promise;
     item.started = true;
@@ -186,10 +195,15 @@ _RUNTIME = """
     var r = el.getBoundingClientRect();
     return r.bottom >= -margin && r.top <= window.innerHeight + margin;
   }
-  if (!items.length) { finish(); root.setAttribute("data-planner-open", "1"); return; }
+  function opened() {
+    root.setAttribute("data-planner-open-ms", String(Math.round(performance.now())));
+    root.setAttribute("data-planner-open", "1");
+  }
+  root.setAttribute("data-planner-start-ms", String(Math.round(performance.now())));
+  if (!items.length) { finish(); opened(); return; }
   var first = items.filter(function (item) { return nearView(document.getElementById(item.id), 0); });
   Promise.all(first.map(draw)).then(function () {
-    root.setAttribute("data-planner-open", "1");
+    opened();
     setTimeout(pump, 0);
   });
   var next = 0;
@@ -232,13 +246,33 @@ def _section(section: Section, level: int = 2) -> str:
     return f'<div id="{esc(section.anchor)}"><h{level}>{esc(section.title)}</h{level}>{sub}{body}</div>'
 
 
-def render(report: Report, plotly_js: str | None = None) -> str:
-    """The whole page as one string. ``plotly_js`` defaults to the installed plotly's bundle."""
-    if plotly_js is None:
-        from plotly.offline import get_plotlyjs
+def _figure_blocks(blocks: Sequence[object]) -> list[Figure]:
+    out: list[Figure] = []
+    for b in blocks:
+        if isinstance(b, Figure):
+            out.append(b)
+        elif isinstance(b, Section):
+            out += _figure_blocks(b.blocks)
+    return out
 
-        plotly_js = get_plotlyjs()
+
+def _figures(blocks: Sequence[object]) -> list[go.Figure]:
+    return [b.figure for b in _figure_blocks(blocks)]
+
+
+def render(report: Report, plotly_js: str | None = None) -> str:
+    """The whole page as one string. ``plotly_js`` defaults to the smallest bundle that draws every figure."""
+    if plotly_js is None:
+        from planner.report.plotlyjs import bundle_for
+
+        plotly_js = bundle_for(_figures(report.sections))
+    if re.search(r"</script|<!--", plotly_js, re.IGNORECASE):
+        raise ValueError("the plotly.js bundle contains '</script' or '<!--' and cannot be inlined safely")
+    ids = [figure_id(b.name) for b in _figure_blocks(report.sections)]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"figure names must be unique within a report: {ids}")
     nav = "".join(f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in report.sections)
+    names = ",".join(ids)
     meta = esc(report.generated)
     summary = f"<div>{esc(report.summary)}</div>" if report.summary else ""
     body = "".join(_section(s) for s in report.sections)
@@ -248,6 +282,7 @@ def render(report: Report, plotly_js: str | None = None) -> str:
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<meta name="generator" content="planner report">'
+        f'<meta name="planner-figures" content="{esc(names)}">'
         f"<title>{esc(report.title)}</title><style>{_CSS}</style>"
         f'<script type="text/javascript">{plotly_js}</script></head>'
         f"<body><header><h1>{esc(report.title)}</h1>{summary}<div class=\"meta\">{meta}</div></header>"

@@ -41,6 +41,9 @@ class ProfileView:
     estimated: Mapping[str, int] | None = None
     estimate_note: str = ""
     extra_notes: Sequence[str] = field(default_factory=tuple)
+    # Measured breakdown at each phase's peak (of rank ``phases_rank``, the rank with the highest peak).
+    phases: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    phases_rank: int = 0
 
 
 def _mib(num_bytes: int | None) -> object:
@@ -91,11 +94,23 @@ def profile_section(view: ProfileView, index: int, *, max_points: int = timeline
         blocks.append(peaks_table(view.peaks))
     if view.timeline is not None and len(view.timeline):
         num_rows = len(view.timeline)
+        references = {
+            p.rank: [(label, value) for label, value in (("reserved peak (caching allocator)", p.reserved_bytes),
+                                                         ("device peak (NVML)", p.device_bytes)) if value]
+            for p in view.peaks
+        }
         panels = timeline.timeline_figures(
-            view.timeline, title=f"{palette.text(view.name)}: memory timeline", max_points=max_points
+            view.timeline, title=f"{palette.text(view.name)}: memory timeline", max_points=max_points,
+            references=references,
         )
         for rank, fig in panels:
             blocks.append(Figure(fig, name=f"timeline-{index}-rank-{rank}"))
+        hidden = timeline.hidden_setup_s(view.timeline)
+        if hidden:
+            blocks.append(Paragraph(
+                f"The panels open on the training steps: the first {hidden:.1f} s of setup (model build, engine "
+                "initialisation) are left of the view; plotly's autoscale button (top right of a panel) shows them.",
+                kind="note"))
         blocks.append(Paragraph(
             f"Allocated bytes stacked by category, one panel per rank on a common time axis and scale; shaded "
             f"bands are phases; the dashed line is the caching allocator's reserved memory and the dotted one "
@@ -103,6 +118,13 @@ def profile_section(view: ProfileView, index: int, *, max_points: int = timeline
             f"step's peak and each bucket's highest and lowest point.", kind="note"))
     else:
         blocks.append(Paragraph("This profile has no timeline samples.", kind="warning"))
+    if view.phases:
+        peak_phase = next((p.phase for p in view.peaks if p.rank == view.phases_rank), "")
+        blocks.append(Figure(
+            figures.phase_bars(view.phases, peak_phase=peak_phase,
+                               title=f"Measured: what was alive at each phase's peak (rank {view.phases_rank})"),
+            name=f"phases-{index}",
+        ))
     if view.estimated is not None and view.peaks:
         worst = max(view.peaks, key=lambda p: (p.allocated_bytes, -p.rank))
         blocks.append(Figure(

@@ -1,165 +1,152 @@
-"""Turn a profile directory into the ProfileView the report draws, and estimate its own inputs.
+"""Turn a profile directory (``planner.profile.load_profile``) into the ProfileView the report draws.
 
-The store (planner/profile) owns the on-disk format; this module only reads it. Until the store's loader
-exists, a minimal reader handles: ``meta.json`` (inputs and versions), ``summary.json`` (status, message,
-per-rank peaks by category) and a timeline table (``timeline.parquet`` or ``timeline.csv[.gz]``) in the
-schema of ``planner.report.timeline``.
+The store owns the format and its checks; this module only reads. Its timeline is an event table (one
+row per allocation or free: ``t_ns``, ``rank``, ``step``, ``phase``, ``category``, ``delta_bytes``, ...);
+the report's figures want the bytes alive per category at each event, so ``wide_timeline`` accumulates
+each category's deltas per rank (an allocation keeps one category for life, so the sum of the columns
+is the rank's allocated total at every event).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from planner.errors import PlannerError
 from planner.report import palette
 from planner.report.profile_section import ProfileView, RankPeak
 
-TIMELINE_FILES = ("timeline.parquet", "timeline.csv.gz", "timeline.csv")
+PROFILE_CATEGORIES = ("params", "grads", "optimizer_states", "activations", "temporaries", "other")
+EVENT_COLUMNS = ("t_ns", "rank", "step", "phase", "category", "delta_bytes")
+TRAIN_KEYS = ("method", "precision", "optimizer", "zero_stage", "offload", "micro_batch", "seq_len", "grad_accum",
+              "grad_checkpointing", "attn_impl")
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlannerError(f"--profile {str(path.parent)!r} has no {path.name}; it is not a planner profile.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlannerError(f"--profile: {str(path)!r} is not valid JSON ({type(exc).__name__}); the {what} "
-                           "is damaged.") from None
-    if not isinstance(data, dict):
-        raise PlannerError(f"--profile: {str(path)!r} must hold a JSON object, not {type(data).__name__}.")
-    return data
-
-
-def _read_timeline(directory: Path) -> pd.DataFrame | None:
-    for name in TIMELINE_FILES:
-        path = directory / name
-        if not path.is_file():
+def wide_timeline(events: pd.DataFrame) -> pd.DataFrame:
+    """Event table -> one row per event with the bytes alive in each category (report.timeline schema)."""
+    missing = [c for c in EVENT_COLUMNS if c not in events]
+    if missing:
+        raise PlannerError(f"the profile's timeline lacks the column(s) {', '.join(missing)}; it is not a planner timeline.")
+    rank = events["rank"].to_numpy()
+    category = events["category"].astype("category")  # a no-op for the store's categorical column
+    codes = category.cat.codes.to_numpy()
+    delta = events["delta_bytes"].to_numpy(dtype=np.int64)
+    out = pd.DataFrame({
+        "rank": rank,
+        "t_s": events["t_ns"].to_numpy(dtype=np.float64) / 1e9,
+        "phase": events["phase"].astype("category"),
+        "step": events["step"].to_numpy(),
+    })
+    names = list(category.cat.categories.astype(str))
+    for cat in PROFILE_CATEGORIES:
+        if cat not in names:
+            out[cat] = np.zeros(len(out), dtype=np.int64)
             continue
-        try:
-            frame = pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
-        except Exception as exc:  # noqa: BLE001 - pyarrow/zlib raise many types on a damaged file
-            raise PlannerError(f"--profile: {str(path)!r} cannot be read ({type(exc).__name__}); the timeline "
-                               "is damaged.") from None
-        if "t_s" not in frame:
-            raise PlannerError(f"--profile: {str(path)!r} has no 't_s' column; it is not a planner timeline.")
-        return frame
-    return None
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _by_category(d: Mapping[str, Any]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for key, value in d.items():
-        cat = palette.canonical(key.removesuffix("_bytes"))
-        if cat in palette.CATEGORIES and _int(value) is not None:
-            out[cat] = out.get(cat, 0) + int(value)
+        mine = np.where(codes == names.index(cat), delta, 0)
+        out[cat] = pd.Series(mine).groupby(rank).cumsum().to_numpy()
     return out
 
 
-def _peaks(summary: Mapping[str, Any]) -> list[RankPeak]:
-    ranks = summary.get("ranks", [])
-    if isinstance(ranks, Mapping):
-        ranks = [{"rank": k, **v} for k, v in ranks.items() if isinstance(v, Mapping)]
-    peaks = []
-    for i, r in enumerate(r for r in ranks if isinstance(r, Mapping)):
-        peak = r.get("peak", r)
-        if not isinstance(peak, Mapping):
-            continue
-        cats = _by_category(peak.get("by_category", {}) if isinstance(peak.get("by_category"), Mapping) else {})
-        allocated = _int(peak.get("allocated_bytes")) or sum(cats.values())
-        peaks.append(RankPeak(
-            rank=_int(r.get("rank")) if _int(r.get("rank")) is not None else i,
-            allocated_bytes=allocated,
-            by_category=cats,
-            step=_int(peak.get("step")),
-            phase=str(peak.get("phase", "") or ""),
-            reserved_bytes=_int(peak.get("reserved_bytes")),
-            device_bytes=_int(peak.get("device_bytes")),
-        ))
-    return sorted(peaks, key=lambda p: p.rank)
+def _peak(rank: int, peak: Any, cuda: Mapping[str, Any] | None) -> RankPeak | None:
+    if peak is None:
+        return None
+    by_cat = {palette.canonical(k): int(v) for k, v in dict(peak.by_category).items()}
+    cuda = cuda or {}
+    reserved = cuda.get("steady_reserved_peak_bytes") or cuda.get("max_reserved_bytes")
+    device = cuda.get("nvml_steady_peak_used_bytes") or cuda.get("nvml_peak_used_bytes")
+    return RankPeak(
+        rank=rank,
+        allocated_bytes=int(peak.allocated_bytes),
+        by_category=by_cat,
+        step=peak.step,
+        phase=str(peak.phase or ""),
+        reserved_bytes=int(reserved) if reserved else None,
+        device_bytes=int(device) if device else None,
+    )
 
 
-def _inputs(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
-    items = []
-    model = meta.get("model")
-    if isinstance(model, Mapping):
-        items.append(("model", str(model.get("name", "?"))))
-    elif model is not None:
-        items.append(("model", str(model)))
-    train = meta.get("train")
-    if isinstance(train, Mapping):
-        for key in ("method", "precision", "optimizer", "zero_stage", "offload", "micro_batch", "seq_len",
-                    "grad_accum", "grad_checkpointing", "attn_impl"):
-            if key in train:
-                items.append((key.replace("_", " "), str(train[key])))
-    for key in ("device", "device_name", "num_ranks", "world_size", "steps", "git_commit", "created"):
-        if key in meta:
-            items.append((key.replace("_", " "), str(meta[key])))
+def _inputs(meta: Mapping[str, Any], profile: Any) -> list[tuple[str, str]]:
+    model = meta.get("model", {})
+    train = meta.get("train", {})
+    cluster = meta.get("cluster") or {}
+    hw = meta.get("hardware") or {}
+    items = [("model", f"{model.get('name', '?')} ({model.get('config', {}).get('model_type', '?')})")]
+    items += [(k.replace("_", " "), str(train[k])) for k in TRAIN_KEYS if k in train]
+    if train.get("method") in ("lora", "qlora") and isinstance(train.get("lora"), Mapping):
+        lora = train["lora"]
+        items.append(("LoRA", f"rank {lora.get('rank')}, alpha {lora.get('alpha')}, targets "
+                              f"{','.join(map(str, lora.get('targets', [])))}"))
+    items.append(("ranks / device", f"{profile.num_ranks} x {profile.device} ({hw.get('device_name', '?')})"))
+    if cluster.get("gpu"):
+        items.append(("planned GPU", str(cluster["gpu"])))
+    items.append(("steps", f"{meta.get('steps', '?')} planned, "
+                           f"{profile.summary.get('steps_completed', '?')} completed"))
+    if meta.get("git_commit"):
+        items.append(("planner commit", str(meta["git_commit"])))
     return items
 
 
-def estimate_for(meta: Mapping[str, Any], num_ranks: int) -> tuple[dict[str, int] | None, str]:
+def estimate_for(profile: Any) -> tuple[dict[str, int] | None, str]:
     """The estimator's breakdown at the peak for the profile's own inputs, or None and why not."""
     from planner import catalog
     from planner.estimate.core import estimate
-    from planner.models import spec_from_config
-    from planner.specs import Cluster, train_spec_from_dict
+    from planner.specs import Cluster
 
-    model = meta.get("model")
-    train = meta.get("train")
-    if not isinstance(model, Mapping) or not isinstance(model.get("config"), Mapping) or not isinstance(train, Mapping):
-        return None, "No estimate: the profile's meta.json does not record the model config and training spec."
     try:
-        spec = spec_from_config(dict(model["config"]), str(model.get("name", "profile")), source="profile")
-        tspec = train_spec_from_dict(dict(train))
-        gpu_name = str(meta.get("gpu") or catalog.DEFAULT_GPU)
-        gpu = catalog.gpu(gpu_name) if gpu_name in {g.name for g in catalog.gpus()} else catalog.gpu(catalog.DEFAULT_GPU)
-        cluster = Cluster(gpu=gpu, num_gpus=max(1, num_ranks))
-        device = "cuda" if str(meta.get("device", "cpu")).startswith("cuda") else "cpu"
-        est = estimate(spec, tspec, cluster, device=device)
+        spec = profile.model_spec()
+        train = profile.train_spec()
+        gpu_name = (profile.meta.get("cluster") or {}).get("gpu") or catalog.DEFAULT_GPU
+        cluster = Cluster(gpu=catalog.gpu(str(gpu_name)), num_gpus=profile.num_ranks)
+        device = "cuda" if str(profile.device).startswith("cuda") else "cpu"
+        est = estimate(spec, train, cluster, device=device)
     except PlannerError as exc:
         return None, f"No estimate for this profile's inputs: {exc}"
-    return est.per_gpu.by_category(), (
-        f"Estimated with planner's estimator for the profile's own inputs (device {device}, {num_ranks} rank"
-        f"{'s' if num_ranks != 1 else ''})."
+    by_cat = est.per_gpu.by_category()
+    return by_cat, (
+        f"Estimated by planner for the profile's own inputs ({profile.num_ranks} rank"
+        f"{'s' if profile.num_ranks != 1 else ''}, device {device}, estimate peak at {est.peak_phase}). The "
+        "estimate's overhead is compared with the profile's 'other' (inputs, setup buffers)."
     )
 
 
 def load_profile_view(path: Path) -> ProfileView:
+    from planner.profile import load_profile
+
     path = Path(path)
-    if not path.exists():
-        raise PlannerError(f"--profile {str(path)!r} does not exist; give a directory written by 'planner profile'.")
     if not path.is_dir():
-        raise PlannerError(f"--profile {str(path)!r} is not a directory; give a directory written by 'planner profile'.")
-    meta = _read_json(path / "meta.json", "profile's metadata")
-    summary = _read_json(path / "summary.json", "profile's summary")
-    frame = _read_timeline(path)
-    peaks = _peaks(summary)
-    num_ranks = len(peaks) or (int(frame["rank"].nunique()) if frame is not None and "rank" in frame else 1)
-    estimated, note = estimate_for(meta, num_ranks)
-    versions = meta.get("versions")
+        raise PlannerError(f"--profile {str(path)!r} does not exist or is not a directory; give a directory "
+                           "written by 'planner profile'.")
+    profile = load_profile(path)
+    try:
+        events = profile.timeline()
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types on a damaged file
+        raise PlannerError(f"--profile {str(path)!r}: timeline.parquet cannot be read ({type(exc).__name__}).") from None
+    frame = wide_timeline(events) if len(events) else None
+    peaks = [p for p in (_peak(r.rank, r.peak, r.cuda) for r in profile.ranks) if p is not None]
+    top = max(profile.ranks, key=lambda r: (r.peak.allocated_bytes if r.peak else -1, -r.rank))
+    phases = {name: {palette.canonical(k): int(v) for k, v in b.by_category.items()} for name, b in top.phases.items()}
+    estimated, note = estimate_for(profile)
+    notes = [f"rank {r.rank}: {r.message}" for r in profile.ranks if r.status != "ok" and r.message]
+    if not any(r.steady_state for r in profile.ranks):
+        notes.append("Fewer than two optimizer steps completed: the peak includes step 0 (no optimizer state yet "
+                     "or lazy buffers), not a steady state.")
+    versions = profile.meta.get("versions") or {}
     return ProfileView(
         name=path.name,
         path=str(path),
-        status=str(summary.get("status", "unknown")),
-        message=str(summary.get("message", "") or ""),
-        inputs=_inputs(meta),
-        versions={str(k): str(v) for k, v in versions.items()} if isinstance(versions, Mapping) else {},
+        status=profile.status,
+        message=profile.message,
+        inputs=_inputs(profile.meta, profile),
+        versions={str(k): "not installed" if v is None else str(v) for k, v in versions.items()},
         peaks=peaks,
         timeline=frame,
         estimated=estimated,
         estimate_note=note,
+        extra_notes=tuple(notes),
+        phases=phases,
+        phases_rank=top.rank,
     )

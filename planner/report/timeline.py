@@ -21,7 +21,7 @@ at a peak is the breakdown measured at that moment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ DEFAULT_MAX_POINTS = 1200
 # Above this many phase intervals per rank, phases are drawn at this many time bins (sub-pixel otherwise).
 MAX_PHASE_BANDS = 600
 OPTIONAL_COLUMNS = ("reserved", "nvml")
+# When setup (model build, DeepSpeed init) takes more than this share of the run, the panels open on the
+# training steps; plotly's autoscale button shows the setup too.
+SETUP_SHARE = 0.3
 
 
 def category_columns(frame: pd.DataFrame) -> list[str]:
@@ -117,16 +120,13 @@ def phase_bands(times: np.ndarray, phases: np.ndarray, max_bands: int = MAX_PHAS
 
 
 def _band_trace(bands: Sequence[tuple[str, float, float]], phase: str, top: float, **kw) -> go.Scatter:
-    xs: list[float | None] = []
-    ys: list[float | None] = []
-    for name, start, end in bands:
-        if name != phase:
-            continue
-        xs += [start, start, end, end, start, None]
-        ys += [0, top, top, 0, 0, None]
+    """One trace of rectangles (NaN-separated) for every interval of ``phase``: one SVG path, not one shape each."""
+    spans = np.array([(start, end) for name, start, end in bands if name == phase], dtype=np.float64).reshape(-1, 2)
+    xs = np.column_stack([spans[:, 0], spans[:, 0], spans[:, 1], spans[:, 1], spans[:, 0], np.full(len(spans), np.nan)])
+    ys = np.tile(np.array([0.0, top, top, 0.0, 0.0, np.nan]), (len(spans), 1))
     return go.Scatter(
-        x=xs,
-        y=ys,
+        x=xs.ravel().astype(np.float32),
+        y=ys.ravel().astype(np.float32),
         mode="none",
         fill="toself",
         fillcolor=palette.phase_color(phase),
@@ -148,8 +148,13 @@ def rank_panel(
     y_top: float,
     title: str,
     show_legend: bool,
+    references: Sequence[tuple[str, int]] = (),
 ) -> go.Figure:
-    """One rank's panel: phases shaded, categories stacked, reserved and NVML lines, the peak annotated."""
+    """One rank's panel: phases shaded, categories stacked, reserved and NVML lines, the peak annotated.
+
+    ``references`` are (label, bytes) drawn as horizontal lines: peaks known without a time series, such as
+    the caching allocator's reserved peak and NVML's device peak from a CUDA profile's summary.
+    """
     fig = go.Figure()
     t = part["t_s"].to_numpy(dtype=np.float64)
     rank_total = _total(part)
@@ -192,8 +197,14 @@ def rank_panel(
                     hovertemplate=f"{name}: %{{y:,.2f}} {unit}<extra>rank {rank}</extra>",
                 )
             )
+    for label, value in references:
+        dash = "dot" if "NVML" in label else "dash"
+        fig.add_hline(y=value / divisor, line={"color": palette.RESERVED_COLOR, "width": 1, "dash": dash},
+                      annotation_text=f"{palette.text(label)} {fmt_bytes(value, divisor, unit)}",
+                      annotation_position="top left", annotation_font={"size": 10})
     if len(rank_total):
         at = int(np.argmax(rank_total))
+        right = t[at] > (x_range[0] + x_range[1]) / 2
         row = part.iloc[at]
         where = [f"step {int(row['step'])}"] if "step" in part else []
         where += [palette.text(row["phase"])] if "phase" in part else []
@@ -203,12 +214,13 @@ def rank_panel(
             text=f"peak {fmt_bytes(rank_total[at], divisor, unit)}" + (f" ({', '.join(where)})" if where else ""),
             showarrow=True,
             arrowhead=2,
-            ax=-50 if t[at] > (x_range[0] + x_range[1]) / 2 else 50,
+            ax=-40 if right else 40,
+            xanchor="right" if right else "left",
             ay=-26,
             font={"size": 11},
             bgcolor="rgba(255,255,255,0.85)",
         )
-    height = 300 if show_legend else 230
+    height = 360 if show_legend else 230
     fig.update_layout(
         template=TEMPLATE,
         font=FONT,
@@ -224,8 +236,28 @@ def rank_panel(
     return fig
 
 
+def first_step_s(frame: pd.DataFrame) -> float | None:
+    """When the first training step starts (steps are numbered from 0; setup rows carry a negative step)."""
+    if "step" not in frame or not len(frame):
+        return None
+    stepped = frame.loc[frame["step"].to_numpy() >= 0, "t_s"]
+    return float(stepped.min()) if len(stepped) else None
+
+
+def hidden_setup_s(frame: pd.DataFrame) -> float:
+    """Seconds of setup left off the initial view (0 when setup is short enough to show)."""
+    t0, t1, start = float(frame["t_s"].min()), float(frame["t_s"].max()), first_step_s(frame)
+    if start is None or start - t0 <= SETUP_SHARE * (t1 - t0):
+        return 0.0
+    return start - t0
+
+
 def timeline_figures(
-    frame: pd.DataFrame, *, title: str, max_points: int = DEFAULT_MAX_POINTS
+    frame: pd.DataFrame,
+    *,
+    title: str,
+    max_points: int = DEFAULT_MAX_POINTS,
+    references: Mapping[int, Sequence[tuple[str, int]]] | None = None,
 ) -> list[tuple[int, go.Figure]]:
     """(rank, panel) for every rank, on one time axis and one memory scale so panels compare at a glance.
 
@@ -238,13 +270,19 @@ def timeline_figures(
     cats = category_columns(small)
     tops = [_total(small)] + [small[c].to_numpy(dtype=np.float64) for c in OPTIONAL_COLUMNS if c in small]
     y_top = max(float(np.nanmax(np.concatenate(tops))), 1.0)
+    references = references or {}
+    y_top = max([y_top] + [float(v) for refs in references.values() for _, v in refs])
     divisor, unit = unit_for(y_top)
     t = small["t_s"].to_numpy(dtype=np.float64)
     x_range = (float(t.min()), float(t.max()) if t.max() > t.min() else float(t.min()) + 1.0)
+    start = first_step_s(small)
+    if start is not None and start - x_range[0] > SETUP_SHARE * (x_range[1] - x_range[0]):
+        x_range = (start - 0.02 * (x_range[1] - start), x_range[1])
     panels = []
     for i, (rank, part) in enumerate(small.groupby("rank", sort=True)):
         panels.append((int(rank), rank_panel(
             part.reset_index(drop=True), int(rank), cats=cats, divisor=divisor, unit=unit, x_range=x_range,
             y_top=y_top, title=f"{title}, rank {int(rank)}" if i == 0 else f"rank {int(rank)}", show_legend=i == 0,
+            references=references.get(int(rank), ()),
         )))
     return panels

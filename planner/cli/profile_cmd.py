@@ -1,0 +1,141 @@
+"""`planner profile`: train a real model for a few steps and record every rank's memory timeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from planner.catalog import DEFAULT_GPU
+from planner.cli import options as o
+from planner.errors import PlannerError
+
+StepsOpt = Annotated[int, typer.Option("--steps", help="Optimizer steps to run (the peak is taken after step 0).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Profile directory (default: profiles/<model>-<method>-...).")
+]
+WeightsOpt = Annotated[
+    str | None, typer.Option("--weights", help="Directory with real weights (from_pretrained); default: random.")
+]
+DataOpt = Annotated[
+    str | None, typer.Option("--data", help="JSONL file with a 'text' field per line; default: random tokens.")
+]
+TokenizerOpt = Annotated[
+    str | None, typer.Option("--tokenizer", help="Local tokenizer directory for --data (default: random ids).")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing profile directory.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random weights and tokens.")]
+FailAtOpt = Annotated[
+    str | None,
+    typer.Option("--fail-at", hidden=True, help="RANK:STEP:PHASE: raise an injected error there (testing)."),
+]
+TorchCatOpt = Annotated[
+    bool,
+    typer.Option(
+        "--torch-categories",
+        help="Also categorise with torch.profiler._memory_profiler (private API; CPU only; slower).",
+    ),
+]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")]
+
+
+def profile(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name, config.json path or dir, hub id.")] = None,
+    gpus: o.GpusOpt = 1,
+    nodes: o.NodesOpt = 1,
+    method: Annotated[str, typer.Option("--method", help="full, lora or qlora.")] = "full",
+    zero: Annotated[int, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 (0: plain / DDP).")] = 0,
+    offload: Annotated[str, typer.Option("--offload", help="none, optimizer, optimizer+params.")] = "none",
+    precision: o.PrecisionOpt = "bf16-mixed",
+    optimizer: o.OptimizerOpt = "adamw",
+    lora_rank: o.LoraRankOpt = 16,
+    lora_alpha: o.LoraAlphaOpt = 32,
+    lora_dropout: o.LoraDropoutOpt = 0.05,
+    lora_targets: o.LoraTargetsOpt = "all-linear",
+    modules_to_save: o.ModulesToSaveOpt = "",
+    quant_type: o.QuantTypeOpt = "nf4",
+    double_quant: o.DoubleQuantOpt = True,
+    micro_batch: o.MicroBatchOpt = 1,
+    seq_len: o.SeqLenOpt = 512,
+    grad_accum: o.GradAccumOpt = 1,
+    grad_checkpointing: o.CheckpointingOpt = False,
+    attn: o.AttnOpt = "sdpa",
+    dropout: o.DropoutOpt = None,
+    steps: StepsOpt = 3,
+    device: DeviceOpt = "auto",
+    out: OutOpt = None,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    tokenizer: TokenizerOpt = None,
+    force: ForceOpt = False,
+    seed: SeedOpt = 0,
+    torch_categories: TorchCatOpt = False,
+    progress: ProgressOpt = True,
+    fail_at: FailAtOpt = None,
+    trust_remote_code: o.TrustRemoteCodeOpt = False,
+    as_json: o.JsonOpt = False,
+) -> None:
+    """Train MODEL for a few steps under exactly this configuration and record every rank's memory."""
+    # Before torch loads: C++ warnings about blocks allocated before recording began are expected.
+    if "torch" not in sys.modules:
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    from planner.models import load_model
+    from planner.profile.launcher import default_slug, resolve_device, run_profile
+
+    if model is None and weights is None:
+        raise PlannerError("--model is required (or --weights DIR with a config.json).")
+    spec = load_model(model or weights, trust_remote_code=trust_remote_code)
+    train = o.build_train_spec(
+        method=method, precision=precision, optimizer=optimizer, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,
+        quant_type=quant_type, double_quant=double_quant, zero=zero, offload=offload, micro_batch=micro_batch,
+        seq_len=seq_len, grad_accum=grad_accum, grad_checkpointing=grad_checkpointing, attn=attn, dropout=dropout,
+    )  # fmt: skip
+    o.build_cluster(DEFAULT_GPU, gpus, nodes)  # validates --gpus and --nodes with the cluster's messages
+    resolved = resolve_device(device, gpus)
+    if out is None:
+        out = Path("profiles") / default_slug(spec, train, gpus, resolved)
+    status, message, path = run_profile(
+        spec, train, num_gpus=gpus, num_nodes=nodes, steps=steps, device=resolved, out=out, force=force,
+        seed=seed, weights=weights, data=data, tokenizer=tokenizer, fail_at=fail_at,
+        torch_categories=torch_categories, show_progress=progress,
+    )  # fmt: skip
+    from planner.profile import load_profile
+
+    prof = load_profile(path)
+    if as_json:
+        typer.echo(json.dumps(prof.summary, indent=2, sort_keys=True))
+    else:
+        _render(prof)
+    if status != "ok":
+        typer.echo(f"error: {message}", err=True)
+        raise SystemExit(130 if status == "interrupted" else 1)
+
+
+def _render(prof) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from planner.profile.attribution import CATEGORIES
+    from planner.units import fmt_gib
+
+    console = Console()
+    table = Table(title=f"{prof.path}  status {prof.status}  device {prof.device}")
+    table.add_column("rank", justify="right")
+    table.add_column("peak at")
+    for c in CATEGORIES:
+        table.add_column(c, justify="right")
+    table.add_column("allocated peak", justify="right")
+    for r in prof.ranks:
+        if r.peak is None:
+            table.add_row(str(r.rank), r.status, *[""] * len(CATEGORIES), "")
+            continue
+        where = f"step {r.peak.step} {r.peak.phase}"
+        cells = [fmt_gib(r.peak.by_category[c], 4) for c in CATEGORIES]
+        table.add_row(str(r.rank), where, *cells, fmt_gib(r.peak.allocated_bytes, 4))
+    console.print(table)

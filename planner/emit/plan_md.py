@@ -1,0 +1,232 @@
+"""PLAN.md: the plan, its estimate by category, the assumptions, and the command that checks it."""
+
+from __future__ import annotations
+
+import shlex
+
+from planner.emit.ds_config import bucket_sizes
+from planner.estimate.result import CATEGORIES, Estimate
+from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
+from planner.units import fmt_count, fmt_gib
+
+PROFILE_STEPS = 3
+PROFILE_DIR = "profile"
+
+
+def model_argument(model: ModelSpec) -> str:
+    """What `planner estimate/profile --model` takes for this model."""
+    if model.source == "catalog":
+        return model.name
+    if model.source.startswith("hub:"):
+        return model.source[len("hub:") :]
+    return model.source
+
+
+def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[str]:
+    """`planner profile` with every training flag of the plan (the flags `planner estimate` shares)."""
+    t = train
+    argv = [
+        "planner", "profile",
+        "--model", model_argument(model),
+        "--gpus", str(cluster.num_gpus),
+        "--method", t.method.value,
+        "--precision", t.precision.value,
+        "--optimizer", t.optimizer.value,
+        "--zero", str(t.zero_stage),
+        "--offload", t.offload.value,
+        "--micro-batch", str(t.micro_batch),
+        "--grad-accum", str(t.grad_accum),
+        "--seq-len", str(t.seq_len),
+        "--grad-checkpointing" if t.grad_checkpointing else "--no-grad-checkpointing",
+        "--attn", t.attn_impl.value,
+    ]  # fmt: skip
+    if t.method is not Method.FULL:
+        argv += [
+            "--lora-rank", str(t.lora.rank),
+            "--lora-alpha", str(t.lora.alpha),
+            "--lora-dropout", str(t.lora.dropout),
+            "--lora-targets", ",".join(t.lora.targets),
+        ]  # fmt: skip
+        if t.lora.modules_to_save:
+            argv += ["--modules-to-save", ",".join(t.lora.modules_to_save)]
+    if t.method is Method.QLORA:
+        argv += ["--quant-type", t.quant.quant_type.value]
+        argv += ["--double-quant" if t.quant.double_quant else "--no-double-quant"]
+    if t.dropout is not None:
+        argv += ["--dropout", str(t.dropout)]
+    argv += ["--steps", str(PROFILE_STEPS), "--device", "cuda", "--out", PROFILE_DIR]
+    return argv
+
+
+def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> list[str]:
+    out = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    out += [f"| {a} | {b} |" for a, b in rows]
+    return out
+
+
+def _md(text: str) -> str:
+    """A user string inside a Markdown table cell or inline code: one line, no pipes or backticks."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text).replace("|", "\\|").replace("`", "'")
+
+
+def precision_notes(train: TrainSpec) -> list[str]:
+    """How train.py holds weights for this precision and method (what the estimate's split assumes)."""
+    t, notes = train, []
+    mixed = t.precision.has_master_weights
+    if t.method is Method.FULL and mixed and t.zero_stage == 0:
+        notes.append(
+            "Without DeepSpeed the Trainer keeps fp32 weights and gradients and computes in 16 bits under "
+            "torch.autocast: the same 16 bytes per parameter with AdamW as 16-bit weights plus an fp32 master "
+            "copy, split differently between params, grads and optimizer states, plus autocast's 16-bit copies "
+            "of the weights during forward and backward."
+        )
+    elif t.method is Method.FULL and mixed:
+        notes.append(
+            "DeepSpeed keeps 16-bit weights and gradients on the GPU and the fp32 master weights with the "
+            "optimizer states, partitioned by ZeRO."
+        )
+    if t.method is not Method.FULL:
+        notes.append(
+            f"The frozen base is loaded in {t.precision.compute_dtype}; peft keeps the LoRA adapters (and their "
+            "gradients and optimizer states) in fp32."
+        )
+    if t.method is Method.QLORA:
+        notes.append(
+            "peft's prepare_model_for_kbit_training casts every layer that stays unquantized (embeddings, norms, "
+            "output head) to fp32."
+        )
+    if t.precision.value == "bf16" and t.zero_stage:
+        notes.append("Pure bf16 under DeepSpeed still keeps fp32 master partitions (DeepSpeed's bf16 optimizer).")
+    return notes
+
+
+def render_plan_md(
+    model: ModelSpec,
+    train: TrainSpec,
+    cluster: Cluster,
+    estimate: Estimate,
+    *,
+    global_batch_size: int,
+    model_ref: str | None,
+    dataset: str,
+    has_ds_config: bool,
+    label: str,
+) -> str:
+    t = train
+    method = t.method.value
+    if t.method is not Method.FULL:
+        method += f" (rank {t.lora.rank}, alpha {t.lora.alpha}, dropout {t.lora.dropout}, {', '.join(t.lora.targets)})"
+    if t.method is Method.QLORA:
+        method += f", base in {t.quant.quant_type.value}{' with double quantization' if t.quant.double_quant else ''}"
+    offload = "" if t.offload is Offload.NONE else f", offload {t.offload.value} to CPU"
+    plan_rows = [
+        ("model", f"`{_md(model.name)}` ({fmt_count(estimate.num_params)} parameters, "
+                  f"{fmt_count(estimate.num_trainable_params)} trainable)"),
+        ("weights", f"`{_md(model_ref)}`" if model_ref else "not known: pass `--model` to launch.sh"),
+        ("method", method),
+        ("precision / optimizer", f"{t.precision.value} / {t.optimizer.value}"),
+        ("GPUs", f"{cluster.num_gpus} x {cluster.gpu.name} on {cluster.num_nodes} node(s)"),
+        ("parallelism", f"ZeRO stage {t.zero_stage}{offload}" if t.zero_stage else
+                        ("data parallel (DDP)" if cluster.num_gpus > 1 else "one GPU")),
+        ("batch", f"micro-batch {t.micro_batch} x accumulation {t.grad_accum} x {cluster.num_gpus} GPUs "
+                  f"= {global_batch_size} sequences per step"),
+        ("sequence length", f"{t.seq_len} tokens ({global_batch_size * t.seq_len:,} tokens per step)"),
+        ("activation checkpointing", "on (every layer)" if t.grad_checkpointing else "off"),
+        ("attention", t.attn_impl.value),
+        ("dataset", f"`{_md(dataset)}`"),
+    ]  # fmt: skip
+    est = estimate
+    mem_rows = [(c, fmt_gib(v)) for c, v in est.per_gpu.by_category().items() if c in CATEGORIES]
+    mem_rows += [
+        ("**allocated (sum)**", f"**{fmt_gib(est.per_gpu.total_bytes)}**"),
+        ("reserved (caching allocator)", fmt_gib(est.reserved_bytes)),
+        ("device (what nvidia-smi shows)", fmt_gib(est.device_bytes)),
+        ("GPU capacity", fmt_gib(est.capacity_bytes)),
+        (f"usable with a {est.margin:.0%} margin", fmt_gib(est.usable_bytes)),
+        ("headroom", fmt_gib(est.headroom_bytes)),
+    ]
+    if est.cpu_bytes_per_node:
+        mem_rows.append(("CPU RAM per node (offloaded states)", fmt_gib(est.cpu_bytes_per_node)))
+
+    lines = [
+        f"# Training plan: {_md(model.name)}",
+        "",
+        f"{_md(label)}",
+        "",
+        *_table(plan_rows, ("setting", "value")),
+        "",
+        f"## Estimated memory per GPU (peak during {est.peak_phase})",
+        "",
+        *_table(mem_rows, ("category", "GiB")),
+        "",
+        f"The plan {'fits' if est.fits else 'does NOT fit'}: the device peak must stay under the usable capacity.",
+    ]
+    if est.throughput is not None:
+        tp = est.throughput
+        lines += [
+            "",
+            f"Estimated speed: {tp.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, {tp.step_time_s:.2f} s per "
+            f"optimizer step, at an assumed model FLOPs utilisation of {tp.mfu:.0%}.",
+        ]
+    lines += ["", "## Assumptions", ""]
+    lines += [f"- {_md(note)}" for note in est.notes]
+    sizes = bucket_sizes(model)
+    if t.zero_stage:
+        lines.append(
+            f"- DeepSpeed buckets (elements, from hidden size {model.hidden_size}): reduce "
+            f"{sizes['reduce_bucket_size']:,}"
+            + (f", all-gather {sizes['allgather_bucket_size']:,}" if t.zero_stage < 3 else
+               f", ZeRO-3 prefetch {sizes['stage3_prefetch_bucket_size']:,}, parameters under "
+               f"{sizes['stage3_param_persistence_threshold']:,} elements stay unpartitioned")
+            + "; see ds_config.json."
+        )  # fmt: skip
+    lines += [
+        "- Data: the texts are tokenized, joined with the end-of-text token and cut into rows of exactly "
+        f"{t.seq_len} tokens (no padding), so every micro-batch has the planned shape.",
+        *[f"- {note}" for note in precision_notes(train)],
+        "- Another number of GPUs changes the global batch and, under ZeRO, the memory per GPU: "
+        "re-plan with `planner recommend` rather than editing the numbers.",
+        "- Tested with torch 2.13, transformers 5.23, accelerate 1.15, peft 0.21, deepspeed 0.19.8, "
+        "bitsandbytes 0.50 (the script also needs `datasets` for hub datasets).",
+        "",
+        "## Files",
+        "",
+        "- `train.py`: the training script; the plan is its defaults (`python train.py --help`).",
+        "- `accelerate_config.yaml`: processes, machines, "
+        + ("DeepSpeed plugin." if has_ds_config else "mixed precision."),
+    ]
+    if has_ds_config:
+        lines.append("- `ds_config.json`: ZeRO stage, offload, buckets, batch sizes, clipping, bf16/fp16.")
+    lines += [
+        "- `launch.sh`: the `accelerate launch` command (multi-node form in its comments).",
+        "- `model_config.json`: the model's config.json, for `--random-init` runs and for `planner profile`.",
+        "",
+        "## Run it",
+        "",
+        "```bash",
+        "./launch.sh --max-steps 2      # smoke run: two optimizer steps",
+        "./launch.sh                    # the full run (one epoch over the dataset)",
+        "./launch.sh --help             # every option of train.py",
+        "```",
+        "",
+        "Without weights or a GPU, a CPU smoke run with random weights checks the bundle itself (small models "
+        "only: the whole model is built in host RAM; CPU runs take bf16 or fp32, not fp16):",
+        "`./launch.sh --cpu --random-init model_config.json --tokenizer bytes --seq-len 64 --max-steps 2`.",
+        "",
+        "## Check the estimate",
+        "",
+        f"Profile the same configuration for {PROFILE_STEPS} steps on {cluster.num_gpus} GPU(s) of one machine "
+        "(random weights, nothing is downloaded), then compare the measured peaks with this estimate:",
+        "",
+        "```bash",
+        shlex.join(profile_argv(model, train, cluster)),
+        f"planner compare {PROFILE_DIR}",
+        "```",
+    ]
+    if cluster.num_nodes > 1:
+        lines += [
+            "",
+            f"The plan spans {cluster.num_nodes} nodes; a profile on one machine with fewer ranks measures more "
+            "memory per GPU under ZeRO (fewer shards), so treat it as an upper bound.",
+        ]
+    return "\n".join(lines) + "\n"
