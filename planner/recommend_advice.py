@@ -34,6 +34,10 @@ STEP_PARTS = (
 METHOD_WORDS = {Method.FULL: "full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
 
 
+def _cap(words: str) -> str:
+    return words[:1].upper() + words[1:]
+
+
 def _layout_of(plan) -> Layout:
     t = plan.train
     return Layout(t.method, t.zero_stage, t.offload, t.grad_checkpointing, t.attn_impl)
@@ -107,7 +111,7 @@ def explain(search: Searcher, best: Scored, runners: list[Scored], per_method, *
     if auto:
         failed = [m for m in METHOD_PREFERENCE[: METHOD_PREFERENCE.index(t.method)]]
         if not failed:
-            line = (f"{METHOD_WORDS[t.method].capitalize()} fits, and --method auto prefers full fine-tuning over "
+            line = (f"{_cap(METHOD_WORDS[t.method])} fits, and --method auto prefers full fine-tuning over "
                     "LoRA over QLoRA (every weight trains; no adapter or 4-bit approximation).")
         else:
             parts = []
@@ -123,7 +127,7 @@ def explain(search: Searcher, best: Scored, runners: list[Scored], per_method, *
                      f"({s.tokens_per_s / best.tokens_per_s:.2f}x).")
         why.append(line)
     else:
-        why.append(f"{METHOD_WORDS[t.method].capitalize()}, as asked with --method.")
+        why.append(f"{_cap(METHOD_WORDS[t.method])}, as asked with --method.")
     # 2. layout
     rejected = _rejected(search, best, skipped, fa2, attn_impls, num_rejected)
     off = "no offload" if t.offload is Offload.NONE else f"{t.offload.value} offloaded to the CPU"
@@ -283,6 +287,7 @@ def no_fit(search: Searcher, methods, counts, zero_stages, offloads, ckpts, attn
            f"x {gpu.name} ({gib(gpu.memory_bytes)} each, {search.margin:.0%} margin) at sequence length "
            f"{search.base.seq_len} and global batch {search.g}.")
     tips: list[str] = []
+    closest = _closest_tries(search, counts)  # before the advice below tries plans outside the search space
     leanest = _leanest(search, methods, zero_stages, offloads, ckpts)
     # More GPUs (memory never rises with more GPUs, so the fewest that fit is a binary search per layout).
     more = [n0 * 2**i for i in range(40) if n0 * 2**i <= ADVICE_MAX_GPUS]
@@ -328,12 +333,12 @@ def no_fit(search: Searcher, methods, counts, zero_stages, offloads, ckpts, attn
     if tuple(offloads) != OFFLOAD_ORDER:
         hit = _fastest_fit(search, _leanest(search, methods, zero_stages, OFFLOAD_ORDER, ckpts), n0)
         if hit:
-            tips.append(f"Offload: {_layout_words(_layout_of(hit[0]))} fits on {n0} GPUs at micro-batch 1 "
+            tips.append(f"Offload: {_layout_words(_layout_of(hit[0]))} fits on {n0} GPU{'s' if n0 > 1 else ''} at micro-batch 1 "
                         f"(peak {gib(hit[1].device_bytes)}, host RAM {gib(hit[1].cpu_bytes_per_node)} per node).")
     if True not in ckpts:
         hit = _fastest_fit(search, _leanest(search, methods, zero_stages, offloads, (True,)), n0)
         if hit:
-            tips.append(f"Checkpointing: {_layout_words(_layout_of(hit[0]))} fits on {n0} GPUs at micro-batch 1 "
+            tips.append(f"Checkpointing: {_layout_words(_layout_of(hit[0]))} fits on {n0} GPU{'s' if n0 > 1 else ''} at micro-batch 1 "
                         f"(peak {gib(hit[1].device_bytes)}).")
     # Shorter sequences (memory never falls with more tokens): binary search in steps of 256.
     seq_tip = _shorter_seq(search, leanest, n0)
@@ -342,6 +347,11 @@ def no_fit(search: Searcher, methods, counts, zero_stages, offloads, ckpts, attn
     if not tips:
         tips.append(f"Nothing planner can change fits: even {ADVICE_MAX_GPUS} GPUs, the largest catalog GPU, "
                     f"QLoRA and {SEQ_STEP}-token sequences are too much.")
+    return NoPlanFits(msg, tuple(tips), closest)
+
+
+def _closest_tries(search: Searcher, counts) -> tuple[Rejected, ...]:
+    """The five failed tries that came closest to fitting (smallest device peak), one per layout."""
     tries = sorted(((est.device_bytes if est else 1 << 62, key, plan, est, reason)
                     for key, plan, est, reason in search.failures.values() if plan.cluster.num_gpus in counts),
                    key=lambda x: (x[0], x[1]))
@@ -355,8 +365,7 @@ def no_fit(search: Searcher, methods, counts, zero_stages, offloads, ckpts, attn
         closest.append(Rejected(p, f"does not fit: {r}" + (" (at any micro-batch)" if e is None else ""), e))
         if len(closest) == 5:
             break
-    closest = tuple(closest)
-    return NoPlanFits(msg, tuple(tips), closest)
+    return tuple(closest)
 
 
 def _shorter_seq(search: Searcher, leanest, n0: int) -> str | None:

@@ -134,3 +134,28 @@ def _summarise(mem, spans) -> StepMemory:
         peak_bytes=peaks[peak_phase],
         peak_phase=peak_phase,
     )
+
+
+def build_qlora_model(config: dict, *, attn: str = "eager", dtype: str = "bf16", quant_type: str = "nf4",
+                      double_quant: bool = True, seed: int = 0):
+    """A 4-bit base as transformers' bitsandbytes path builds it (random weights saved, then loaded quantized)."""
+    import tempfile
+
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+    cfg = AutoConfig.for_model(**config)
+    torch.manual_seed(seed)
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                             bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=TORCH_DTYPES[dtype])
+    with tempfile.TemporaryDirectory(prefix="memprobe-") as tmp:
+        base = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=TORCH_DTYPES[dtype])
+        base.save_pretrained(tmp)
+        del base
+        model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=bnb, dtype=TORCH_DTYPES[dtype],
+                                                     attn_implementation=attn, device_map={"": "cpu"})
+    with torch.no_grad():  # weights may still point into the memory-mapped file
+        for module in model.modules():
+            for p in list(module.parameters(recurse=False)):
+                if not hasattr(p, "quant_state"):
+                    p.data = p.data.clone()
+    return model

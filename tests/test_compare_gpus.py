@@ -100,7 +100,8 @@ def test_nothing_fits_has_empty_fields():
 
 def test_more_memory_never_needs_more_gpus():
     model = load_model("llama-3.1-8b")
-    rows = compare_gpus(model, TrainSpec(seq_len=4096))
+    pair = (catalog.gpu("a100-sxm-40gb"), catalog.gpu("a100-sxm-80gb"))
+    rows = compare_gpus(model, TrainSpec(seq_len=4096), gpus=pair)
     by = {(r.gpu, r.method): r for r in rows}
     for method in ("full", "lora", "qlora"):
         a, b = by[("a100-sxm-40gb", method)], by[("a100-sxm-80gb", method)]
@@ -111,8 +112,9 @@ def test_more_memory_never_needs_more_gpus():
 
 def test_deterministic():
     model = load_model("qwen2.5-7b")
-    a = [r.to_dict() for r in compare_gpus(model, TrainSpec(), num_tokens=10**8, price_per_gpu_hour=1.0)]
-    b = [r.to_dict() for r in compare_gpus(model, TrainSpec(), num_tokens=10**8, price_per_gpu_hour=1.0)]
+    some = tuple(catalog.gpus()[::4])
+    a = [r.to_dict() for r in compare_gpus(model, TrainSpec(), num_tokens=10**8, price_per_gpu_hour=1.0, gpus=some)]
+    b = [r.to_dict() for r in compare_gpus(model, TrainSpec(), num_tokens=10**8, price_per_gpu_hour=1.0, gpus=some)]
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 

@@ -293,6 +293,8 @@ def test_train_script_help_and_clean_errors(tmp_path):
     assert hub.returncode == 2
     if importlib.util.find_spec("datasets") is None:
         assert "'datasets' package is not installed" in hub.stderr
+    missing = run("--random-init", "model_config.json", "--dataset", "missing.jsonl")
+    assert missing.returncode == 2 and "'missing.jsonl' does not exist" in missing.stderr
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": "no text field"}\n')
     bad = run("--random-init", "model_config.json", "--dataset", str(tmp_path / "bad.jsonl"))
     assert bad.returncode == 2 and "bad.jsonl:2 has no string field 'text'" in bad.stderr

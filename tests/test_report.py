@@ -63,15 +63,19 @@ def test_every_figure_draws_a_category_in_its_colour():
                 seen.add(trace.name)
     assert seen == set(by_label)
     # Estimate vs measured colours each bar by its category (one colour per x position).
-    fig = figures.estimate_vs_measured(cats, cats, title="t")
+    rows = [(c, v, v) for c, v in cats.items() if c != "overhead"] + [("other", 5, 5), ("allocated", 9, 9)]
+    fig = figures.estimate_vs_measured(rows, peak_bytes=9, title="t")
     expected = [palette.color(c) for c in palette.CATEGORIES] + ["#555555"]
     assert list(fig.data[0].marker.color) == expected == list(fig.data[1].marker.color)
 
 
 def test_signed_error_labels():
-    fig = figures.estimate_vs_measured({"params": 110, "grads": 90}, {"params": 100, "grads": 100}, title="t")
-    assert list(fig.data[1].text) == ["+10.0%", "-10.0%", "±0.0%"]
-    assert figures.signed_error(1, 0) is None
+    rows = [("params", 110, 100), ("grads", 90, 100), ("activations", 0, 0), ("temporaries", 7, 0),
+            ("allocated", 207, 200)]
+    fig = figures.estimate_vs_measured(rows, peak_bytes=200, title="t")
+    assert list(fig.data[1].text) == ["+10.0%", "-10.0%", "new", "+3.5%"]  # rows with 0 and 0 are left out
+    assert list(fig.data[1].customdata) == ["+5.00%", "-5.00%", "+3.50%", "+3.50%"]
+    assert figures.signed_error(1, 0) is None and figures.error_label(0, 0) == "n/a"
 
 
 # ------------------------------------------------------------------ downsampling
@@ -230,7 +234,7 @@ def test_report_of_a_profile_directory(cli, tmp_path):
     names = _figure_names(out)
     assert {"fig-timeline-0-rank-0", "fig-timeline-0-rank-1", "fig-phases-0", "fig-compare-0"} <= set(names)
     text = out.read_text()
-    assert "Estimate vs measured, per rank and category" in text and "status oom" not in text
+    assert "Estimate vs measured, per rank (signed: negative = underestimate)" in text and "status oom" not in text
 
 
 def test_report_shows_a_failed_profile_status(cli, tmp_path):

@@ -47,7 +47,7 @@ def _render(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from planner.units import fmt_gib
+    from planner.cli.profile_cmd import fmt_bytes
 
     console = Console()
     for r in result.ranks:
@@ -62,9 +62,9 @@ def _render(result) -> None:
             share = f"{row.error_of_peak:+.2%}" if row.error_of_peak is not None else ""
             table.add_row(
                 row.name,
-                fmt_gib(row.estimated_bytes, 4),
-                fmt_gib(row.measured_bytes, 4),
-                f"{row.error_bytes / 2**30:+.4f} GiB",
+                fmt_bytes(row.estimated_bytes),
+                fmt_bytes(row.measured_bytes),
+                ("+" if row.error_bytes > 0 else "") + fmt_bytes(row.error_bytes),
                 share,
             )
         console.print(table)

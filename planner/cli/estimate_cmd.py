@@ -30,6 +30,7 @@ def enumerate_rows(
     margin: float,
     allow_longer: bool = False,
     strict: bool = False,
+    with_fit: bool = False,
 ) -> list[Estimate]:
     """One Estimate per valid method x stage x offload. With ``strict`` an invalid combination raises."""
     rows = []
@@ -42,18 +43,19 @@ def enumerate_rows(
                     if strict:
                         raise
                     continue
-                rows.append(run_estimate(model, train, cluster, margin=margin, allow_longer=allow_longer))
+                rows.append(
+                    run_estimate(
+                        model, train, cluster, margin=margin, allow_longer=allow_longer, with_fit=with_fit
+                    )
+                )
     return rows
 
 
-def _with_extras(est: Estimate, *, mfu: float, num_tokens: int, price: float) -> Estimate:
-    from planner.estimate.fits import find_fit
+def _with_throughput(est: Estimate, *, mfu: float, num_tokens: int, price: float) -> Estimate:
     from planner.estimate.throughput import throughput
 
     return dataclasses.replace(
-        est,
-        throughput=throughput(est, mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price),
-        fit=find_fit(est),
+        est, throughput=throughput(est, mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price)
     )
 
 
@@ -75,7 +77,7 @@ def estimate(
     quant_type: o.QuantTypeOpt = "nf4",
     double_quant: o.DoubleQuantOpt = True,
     micro_batch: o.MicroBatchOpt = 1,
-    seq_len: o.SeqLenOpt = 2048,
+    seq_len: o.SeqLenOpt = None,
     grad_accum: o.GradAccumOpt = 1,
     grad_checkpointing: o.CheckpointingOpt = False,
     attn: o.AttnOpt = "sdpa",
@@ -110,6 +112,8 @@ def estimate(
     if csv is not None and csv.is_dir():
         raise PlannerError(f"--csv {str(csv)!r} is a directory; give a file path.")
     spec = load_model(model, trust_remote_code=trust_remote_code)
+    if seq_len is None:
+        seq_len = o.default_seq_len(spec)
     base = o.build_train_spec(
         method=method or "full",
         precision=precision,
@@ -139,14 +143,23 @@ def estimate(
     offloads = [o.parse_offload(offload)] if offload else list(Offload)
     strict = method is not None and zero is not None and offload is not None
     rows = enumerate_rows(
-        spec, cluster, base, methods, stages, offloads, margin=margin, allow_longer=allow_longer, strict=strict
+        spec,
+        cluster,
+        base,
+        methods,
+        stages,
+        offloads,
+        margin=margin,
+        allow_longer=allow_longer,
+        strict=strict,
+        with_fit=True,
     )
     if not rows:
         raise PlannerError(
             "no valid combination of the given --method, --zero and --offload (offload needs ZeRO 1-3, "
             "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2)."
         )
-    rows = [_with_extras(r, mfu=mfu, num_tokens=tokens, price=price_per_gpu_hour) for r in rows]
+    rows = [_with_throughput(r, mfu=mfu, num_tokens=tokens, price=price_per_gpu_hour) for r in rows]
     payload = {
         "model": _model_json(spec),
         "gpu": dataclasses.asdict(cluster.gpu),

@@ -58,7 +58,11 @@ DoubleQuantOpt = Annotated[
     bool, typer.Option("--double-quant/--no-double-quant", help="QLoRA double quantization of the constants.")
 ]
 MicroBatchOpt = Annotated[int, typer.Option("--micro-batch", "-b", help="Micro-batch size per GPU (sequences).")]
-SeqLenOpt = Annotated[int, typer.Option("--seq-len", "-s", help="Sequence length in tokens.")]
+SeqLenOpt = Annotated[
+    int | None,
+    typer.Option("--seq-len", "-s", help="Sequence length in tokens (default: 2048, or the model's limit if lower)."),
+]
+DEFAULT_SEQ_LEN = 2048
 GradAccumOpt = Annotated[int, typer.Option("--grad-accum", help="Gradient accumulation steps.")]
 CheckpointingOpt = Annotated[
     bool, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Activation checkpointing, every layer.")
@@ -141,6 +145,11 @@ def build_train_spec(
         attn_impl=_enum(AttnImpl, attn, "--attn"),
         dropout=dropout,
     )
+
+
+def default_seq_len(model) -> int:
+    """2048 tokens, or the model's position limit when that is lower (GPT-2: 1024)."""
+    return min(DEFAULT_SEQ_LEN, model.max_position_embeddings)
 
 
 def resolve_gpu(name: str) -> GpuSpec:

@@ -117,25 +117,32 @@ def profile(
         raise SystemExit(130 if status == "interrupted" else 1)
 
 
+def fmt_bytes(num_bytes: int) -> str:
+    """MiB below 1 GiB, GiB above (small test models would read as 0.00 GiB)."""
+    from planner.units import GIB, MIB, fmt_gib
+
+    return fmt_gib(num_bytes, 3) if abs(num_bytes) >= GIB else f"{num_bytes / MIB:.3f} MiB"
+
+
 def _render(prof) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from planner.profile.attribution import CATEGORIES
-    from planner.units import fmt_gib
 
-    console = Console()
-    table = Table(title=f"{prof.path}  status {prof.status}  device {prof.device}")
-    table.add_column("rank", justify="right")
-    table.add_column("peak at")
+    ranks = [r for r in prof.ranks if r.peak is not None]
+    table = Table(title=f"{prof.path}: status {prof.status}, device {prof.device}, steady-state allocated peak")
+    table.add_column("category")
+    for r in ranks:
+        table.add_column(f"rank {r.rank}", justify="right")
+    table.add_row("peak at", *[f"step {r.peak.step} {r.peak.phase}" for r in ranks])
     for c in CATEGORIES:
-        table.add_column(c, justify="right")
-    table.add_column("allocated peak", justify="right")
+        table.add_row(c, *[fmt_bytes(r.peak.by_category[c]) for r in ranks])
+    table.add_row("allocated", *[fmt_bytes(r.peak.allocated_bytes) for r in ranks], style="bold")
+    if any(r.cuda for r in ranks):
+        table.add_row("reserved", *[fmt_bytes(int((r.cuda or {}).get("steady_reserved_peak_bytes", 0))) for r in ranks])
+        table.add_row("device (NVML)", *[fmt_bytes(int((r.cuda or {}).get("nvml_steady_peak_used_bytes", 0))) for r in ranks])
+    Console().print(table)
     for r in prof.ranks:
-        if r.peak is None:
-            table.add_row(str(r.rank), r.status, *[""] * len(CATEGORIES), "")
-            continue
-        where = f"step {r.peak.step} {r.peak.phase}"
-        cells = [fmt_gib(r.peak.by_category[c], 4) for c in CATEGORIES]
-        table.add_row(str(r.rank), where, *cells, fmt_gib(r.peak.allocated_bytes, 4))
-    console.print(table)
+        if r.status != "ok":
+            Console(stderr=True).print(f"rank {r.rank}: {r.status}: {r.message}", highlight=False)

@@ -17,12 +17,15 @@ PAPER_NOTE = (
 )
 
 
+_PHASE_SHORT = {"optimizer_step": "optim step"}
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:,.2f}"
 
 
 def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, rows: list[Estimate]) -> None:
-    console = Console(soft_wrap=False, width=max(Console().width, 180))
+    console = Console(soft_wrap=False, width=max(Console().width, 172))
     num_params = rows[0].num_params
     lines = [
         f"[bold]{model.name}[/] ({model.model_type}, {fmt_count(num_params)} parameters) on "
@@ -34,31 +37,30 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
     ]
     for line in lines:
         console.print(line)
-    table = Table(title="Per-GPU memory (GiB)", show_lines=False, header_style="bold")
-    for col, justify in (
-        ("method", "left"),
-        ("ZeRO", "right"),
-        ("offload", "left"),
-        ("trainable", "right"),
-        ("params", "right"),
-        ("grads", "right"),
-        ("optim", "right"),
-        ("activ", "right"),
-        ("temp", "right"),
-        ("overhead", "right"),
-        ("allocated", "right"),
-        ("device", "right"),
-        ("peak at", "left"),
-        ("CPU/node", "right"),
-        ("max mb", "right"),
-        ("max seq", "right"),
-        ("fits", "left"),
-        ("headroom", "right"),
+    table = Table(title="Per-GPU memory (GiB) at the peak moment", show_lines=False, header_style="bold")
+    for col in (
+        "method",
+        "ZeRO",
+        "offload",
+        "trainable",
+        "params",
+        "grads",
+        "optim",
+        "activ",
+        "temp",
+        "alloc",
+        "device",
+        "peak at",
+        "CPU/node",
+        "max mb/seq",
+        "fits (headroom)",
     ):
+        justify = "left" if col in ("method", "offload", "peak at", "fits (headroom)") else "right"
         table.add_column(col, justify=justify, no_wrap=True)
     for est in rows:
         b = est.per_gpu
         fit = est.fit
+        verdict = "[green]yes[/]" if est.fits else "[red]no[/]"
         table.add_row(
             est.train.method.value,
             str(est.train.zero_stage),
@@ -69,15 +71,12 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
             _gib(b.optimizer_states_bytes),
             _gib(b.activations_bytes),
             _gib(b.temporaries_bytes),
-            _gib(b.overhead_bytes),
             _gib(b.total_bytes),
             _gib(est.device_bytes),
-            est.peak_phase,
+            _PHASE_SHORT.get(est.peak_phase, est.peak_phase),
             _gib(est.cpu_bytes_per_node),
-            str(fit.max_micro_batch) if fit else "-",
-            str(fit.max_seq_len) if fit else "-",
-            "[green]yes[/]" if est.fits else "[red]no[/]",
-            _gib(est.headroom_bytes),
+            f"{fit.max_micro_batch}/{fit.max_seq_len}" if fit else "-",
+            f"{verdict} ({_gib(est.headroom_bytes)})",
         )
     console.print(table)
     tput = [r for r in rows if r.throughput is not None and r.throughput.num_tokens]
@@ -108,7 +107,9 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
 
 def render_compare_gpus(model: ModelSpec, rows: list) -> None:
     console = Console(width=max(Console().width, 140))
-    table = Table(title=f"{model.name}: fewest GPUs that fit, by accelerator (sorted by cost)", header_style="bold")
+    table = Table(
+        title=f"{model.name}: fewest GPUs that fit, by accelerator (sorted by cost)", header_style="bold"
+    )
     for col in ("gpu", "method", "GPUs", "ZeRO", "offload", "tokens/s/GPU", "time h", "cost"):
         table.add_column(col)
     for r in rows:

@@ -95,6 +95,8 @@ def precision_notes(train: TrainSpec) -> list[str]:
             "peft's prepare_model_for_kbit_training casts every layer that stays unquantized (embeddings, norms, "
             "output head) to fp32."
         )
+    if t.attn_impl.value == "flash_attention_2":
+        notes.append("flash_attention_2 needs the flash-attn package on the GPU hosts; `--attn-impl sdpa` otherwise.")
     if t.precision.value == "bf16" and t.zero_stage:
         notes.append("Pure bf16 under DeepSpeed still keeps fp32 master partitions (DeepSpeed's bf16 optimizer).")
     return notes

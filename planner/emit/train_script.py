@@ -27,7 +27,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -134,6 +133,8 @@ def read_texts(args: argparse.Namespace) -> list[str]:
                     fail(f"{path}:{number} has no string field {args.text_field!r} (see --text-field).")
                 texts.append(record[args.text_field])
         return texts
+    if path.suffix in (".jsonl", ".json"):
+        fail(f"--dataset file {args.dataset!r} does not exist (relative paths are tried here and next to train.py).")
     try:
         import datasets
     except ImportError:
@@ -210,7 +211,7 @@ def load_config(args: argparse.Namespace, vocab_size: int | None):
     return config
 
 
-def build_model(args: argparse.Namespace, vocab_size: int | None, device):
+def build_model(args: argparse.Namespace, vocab_size: int | None, training_args):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -227,9 +228,11 @@ def build_model(args: argparse.Namespace, vocab_size: int | None, device):
         model = AutoModelForCausalLM.from_config(config, **kwargs)
         if args.method != "qlora":
             return model
-        # bitsandbytes quantizes while loading: save the random weights, then load them in 4 bits.
-        source = scratch = tempfile.mkdtemp(prefix="random-init-", dir=args.output_dir)
-        model.save_pretrained(source)
+        # bitsandbytes quantizes while loading: rank 0 saves the random weights, then every rank loads them
+        # in 4 bits (several nodes need a shared --output-dir for this).
+        source = scratch = str(Path(args.output_dir) / "random-init-weights")
+        with training_args.main_process_first(local=False, desc="saving random weights"):
+            model.save_pretrained(source)  # writes on rank 0 only
         del model
     if args.method == "qlora":
         from transformers import BitsAndBytesConfig
@@ -240,12 +243,14 @@ def build_model(args: argparse.Namespace, vocab_size: int | None, device):
             bnb_4bit_use_double_quant=args.double_quant,
             bnb_4bit_compute_dtype=torch_dtype(compute),
         )
-        kwargs["device_map"] = {"": device}  # each rank loads its own copy onto its own device
-    try:
-        return AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
-    finally:
-        if scratch:
+        kwargs["device_map"] = {"": training_args.device}  # each rank loads a copy onto its own device
+    model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+    if scratch:
+        with training_args.main_process_first(local=False, desc="removing random weights"):
+            pass  # every rank has loaded them
+        if training_args.process_index == 0:
             shutil.rmtree(scratch, ignore_errors=True)
+    return model
 
 
 def add_adapters(model, args: argparse.Namespace):
@@ -345,10 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         remove_unused_columns=False,
         **checkpointing_kwargs(TrainingArguments, args.grad_checkpointing),
     )
-    device = training_args.device  # sets up the process group and this rank's device before the model
+    training_args.device  # noqa: B018 - sets up the process group and this rank's device before the model
     tokenizer = load_tokenizer(args)
     train_dataset = pack(texts, tokenizer, args.seq_len)
-    model = build_model(args, len(tokenizer) if args.random_init else None, device)
+    model = build_model(args, len(tokenizer) if args.random_init else None, training_args)
     model = add_adapters(model, args)
     trainer = Trainer(
         model=model, args=training_args, train_dataset=train_dataset, data_collator=default_data_collator

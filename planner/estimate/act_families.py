@@ -19,14 +19,14 @@ GELU_TANH = ("gelu_pytorch_tanh", "gelu_new_python")
 
 
 class Family:
-    def __init__(self, model: ModelSpec, ctx: Ctx, method: Method, rank: int, targets: tuple[str, ...],
+    def __init__(self, model: ModelSpec, ctx: Ctx, method: Method, adapters: tuple[tuple[str, int], ...],
                  modules_to_save: tuple[str, ...]) -> None:
         self.model = model
         self.cfg = model.config or {}
         self.ctx = ctx
         self.method = method
-        self.rank = rank
-        self.targets = targets
+        # (module or parameter path, rank) of every LoRA adapter (planner.estimate.params.lora_adapters)
+        self.adapters = adapters
         self.notes: list[str] = []
         self.last_node_of_layer: dict[int, Node] = {}
         self.kind = _kind(model)
@@ -49,10 +49,16 @@ class Family:
 
     # ------------------------------------------------------------ weights
 
-    def _lin(self, name: str, d_in: int, d_out: int, bias: bool = False) -> Linear:
-        adapted = not self.full and ("all-linear" in self.targets or name in self.targets)
+    def _rank(self, suffix: str) -> int:
+        """The LoRA rank of the module (or parameter) whose path ends with ``suffix`` (0: not adapted)."""
+        for path, rank in self.adapters:
+            if path.endswith("." + suffix) or path == suffix:
+                return rank
+        return 0
+
+    def _lin(self, suffix: str, d_in: int, d_out: int, bias: bool = False) -> Linear:
         return Linear(d_in, d_out, self.ctx.dtype, self.full, bias=bias and True,
-                      lora_rank=self.rank if adapted else 0, adapter_dtype=self.ctx.adapter_dtype,
+                      lora_rank=0 if self.full else self._rank(suffix), adapter_dtype=self.ctx.adapter_dtype,
                       quant=self.ctx.quantized)
 
     def _norm(self) -> Param:
@@ -65,16 +71,19 @@ class Family:
         if self.kind == "gpt2":
             inner = m.intermediate_size
             w.update(ln1_b=self._norm(), ln2_b=self._norm(),
-                     c_attn=self._lin("c_attn", h, 3 * h, True), c_proj=self._lin("c_proj", h, h, True),
-                     c_fc=self._lin("c_fc", h, inner, True), mlp_proj=self._lin("c_proj", inner, h, True))
+                     c_attn=self._lin("attn.c_attn", h, 3 * h, True),
+                     c_proj=self._lin("attn.c_proj", h, h, True),
+                     c_fc=self._lin("mlp.c_fc", h, inner, True), mlp_proj=self._lin("mlp.c_proj", inner, h, True))
             return w
         qkv_bias = bool(c.get("attention_bias", False)) or m.model_type == "qwen2" or m.model_type == "qwen2_moe"
         if self.kind == "phi3":
-            w["qkv"] = self._lin("qkv_proj", h, (a + 2 * kv) * d)
+            w["qkv"] = self._lin("self_attn.qkv_proj", h, (a + 2 * kv) * d)
         else:
-            w.update(q=self._lin("q_proj", h, a * d, qkv_bias), k=self._lin("k_proj", h, kv * d, qkv_bias),
-                     v=self._lin("v_proj", h, kv * d, qkv_bias))
-        w["o"] = self._lin("o_proj", a * d, h, bool(c.get("attention_bias", False)) and m.model_type != "qwen2")
+            w.update(q=self._lin("self_attn.q_proj", h, a * d, qkv_bias),
+                     k=self._lin("self_attn.k_proj", h, kv * d, qkv_bias),
+                     v=self._lin("self_attn.v_proj", h, kv * d, qkv_bias))
+        o_bias = bool(c.get("attention_bias", False)) and m.model_type != "qwen2"
+        w["o"] = self._lin("self_attn.o_proj", a * d, h, o_bias)
         if m.model_type == "qwen3" or m.model_type == "qwen3_moe":
             w["q_norm"] = Param((d,), self.ctx.dtype, self.full)
             w["k_norm"] = Param((d,), self.ctx.dtype, self.full)
@@ -82,18 +91,21 @@ class Family:
             w["ln3"], w["ln4"] = self._norm(), self._norm()
         if m.is_moe and _is_moe_layer(m, i):
             inter = int(c.get("moe_intermediate_size") or m.intermediate_size)
-            adapted = not self.full and ("all-linear" in self.targets or "experts" in self.targets)
-            w["experts"] = ly.Experts(h, inter, m.num_experts, max(m.num_experts_per_tok, 1), self.ctx.dtype,
-                                      self.full, lora_rank=self.rank if adapted else 0,
-                                      adapter_dtype=self.ctx.adapter_dtype)
+            ex = ly.Experts(h, inter, m.num_experts, max(m.num_experts_per_tok, 1), self.ctx.dtype, self.full,
+                            lora_rank=0 if self.full else self._rank("mlp.experts.down_proj"),
+                            adapter_dtype=self.ctx.adapter_dtype)
+            if not self.full:
+                ex.lora_gate_up = self._rank("mlp.experts.gate_up_proj")
+                ex.lora_router = self._rank("mlp.gate.weight")
+            w["experts"] = ex
         elif self.kind == "phi3":
-            w["gate_up"] = self._lin("gate_up_proj", h, 2 * m.intermediate_size)
-            w["down"] = self._lin("down_proj", m.intermediate_size, h)
+            w["gate_up"] = self._lin("mlp.gate_up_proj", h, 2 * m.intermediate_size)
+            w["down"] = self._lin("mlp.down_proj", m.intermediate_size, h)
         else:
             bias = bool(c.get("mlp_bias", False))
-            w.update(gate=self._lin("gate_proj", h, m.intermediate_size, bias),
-                     up=self._lin("up_proj", h, m.intermediate_size, bias),
-                     down=self._lin("down_proj", m.intermediate_size, h, bias))
+            w.update(gate=self._lin("mlp.gate_proj", h, m.intermediate_size, bias),
+                     up=self._lin("mlp.up_proj", h, m.intermediate_size, bias),
+                     down=self._lin("mlp.down_proj", m.intermediate_size, h, bias))
         return w
 
     def total_grad_bytes(self, num_layers: int) -> int:
@@ -349,16 +361,16 @@ def _params_of(v) -> list[Param]:
         return [p for p in (v.w, v.bias, v.lora_a, v.lora_b) if p is not None]
     if isinstance(v, ly.Experts):
         out = [v.router, v.gate_up, v.down]
-        if v.lora_rank:
-            h, e, i, r = v.router.shape[1], v.num_experts, v.inter, v.lora_rank
-            n = r * (h + e) + 2 * r * e * (h + 2 * i) + r * e * (i + h)
+        h, e, i = v.router.shape[1], v.num_experts, v.inter
+        n = v.lora_router * (h + e) + v.lora_gate_up * e * (h + 2 * i) + v.lora_rank * e * (i + h)
+        if n:
             out.append(Param((n,), v.adapter_dtype, True))
         return out
     return []
 
 
 def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: int, s: int, attn: str,
-                 dropout: float | None, rank: int, lora_dropout: float, targets: tuple[str, ...],
+                 dropout: float | None, adapters: tuple[tuple[str, int], ...], lora_dropout: float,
                  modules_to_save: tuple[str, ...], device: str) -> Family:
     cfg = model.config or {}
     compute = precision.compute_dtype
@@ -378,7 +390,7 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
               resid_dropout=float(resid_p or 0.0),
               adapter_dtype="fp32" if method is not Method.FULL else compute,
               lora_dropout=float(lora_dropout), quantized=method is Method.QLORA)
-    fam = Family(model, ctx, method, rank, targets, modules_to_save)
+    fam = Family(model, ctx, method, adapters, modules_to_save)
     fam.notes.extend(notes)
     if model.model_type not in LLAMA_LIKE + ("gpt2", "gemma2"):
         fam.notes.append(f"activations of model type {model.model_type!r} are estimated with the llama layer.")

@@ -25,6 +25,7 @@ from functools import lru_cache
 from planner.estimate import layers as ly
 from planner.estimate import ops
 from planner.estimate.act_families import build_family
+from planner.estimate.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.logits import causal_lm_loss
 from planner.estimate.tape import Fake, Sim, Tape, backward
 from planner.specs import Method, ModelSpec, TrainSpec
@@ -37,51 +38,59 @@ CHECKPOINT_RNG_STATE_BYTES = 5056
 CUDA_RNG_STATE_BYTES = 16
 
 
-@dataclass(frozen=True)
-class StepProfile:
-    """Bytes of one micro-batch's forward and backward on one device (model states excluded)."""
-
-    forward_end_bytes: int  # alive when backward starts: saved activations + what the loss keeps
-    forward_end_saved_bytes: int  # part of it saved for backward by autograd (or held by checkpoints)
-    forward_peak_bytes: int
-    forward_peak_saved_bytes: int
-    backward_peak_bytes: int  # activations left + gradients so far (kept ones) + backward scratch
-    backward_peak_saved_bytes: int
-    backward_peak_grads_bytes: int  # parameter gradients alive at the backward peak
-    grads_bytes: int  # parameter gradients made by backward (ZeRO 0 keeps them all)
-    backward_end_bytes: int  # alive right after backward (gradients, leaf gradients, the loss)
-    per_layer_saved_bytes: int  # one decoder layer's saved bytes (generic layer)
-    logits_bytes: int  # the [b, s, V] logits in their dtype
-    notes: tuple[str, ...] = ()
-
-    @property
-    def activations_bytes(self) -> int:
-        return self.forward_end_bytes
-
-
 def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
-                  keep_logits: bool = False) -> StepProfile:
+                  keep_logits: bool = False, adapters: tuple[tuple[str, int], ...] | None = None) -> StepProfile:
     """One micro-batch forward + backward. ``keep_grads``: parameter gradients stay (ZeRO 0/1) or are reduced
-    away as they arrive (ZeRO 2/3, counted by the sharded model states instead)."""
-    return _simulate(model, _train_key(train), device, keep_grads, keep_logits)
+    away as they arrive (ZeRO 2/3, counted by the sharded model states instead). ``adapters``: (path, rank)
+    of every LoRA adapter (default: planner.estimate.params.lora_adapters of the train spec)."""
+    if adapters is None:
+        adapters = lora_adapter_paths(model, train)
+    cfg = model.config_json()
+    if train.micro_batch == 1:
+        return _simulate(model, cfg, _train_key(train, adapters), device, keep_grads, keep_logits).profile
+    # Every tensor's size is linear in the micro-batch and the order of allocations does not depend on it:
+    # two simulations (micro-batch 2 and 3) give every candidate peak as a line in b (envelope.py).
+    env = _envelope(model, cfg, _train_key(train, adapters, micro_batch=0), device, keep_grads, keep_logits)
+    return env.at(train.micro_batch)
 
 
-def _train_key(train: TrainSpec) -> tuple:
+@lru_cache(maxsize=2048)
+def _envelope(model: ModelSpec, config_key: str, key: tuple, device: str, keep_grads: bool,
+              keep_logits: bool) -> StepEnvelope:
+    runs = []
+    for b in ENVELOPE_POINTS:
+        k = key[:2] + (b,) + key[3:]
+        runs.append(_simulate(model, config_key, k, device, keep_grads, keep_logits))
+    return StepEnvelope.from_runs(runs[0], runs[1], ENVELOPE_POINTS)
+
+
+def lora_adapter_paths(model: ModelSpec, train: TrainSpec) -> tuple[tuple[str, int], ...]:
+    if train.method is Method.FULL:
+        return ()
+    from planner.estimate.params import count_params, lora_adapters
+
+    return tuple(sorted((a.path, a.rank) for a in lora_adapters(count_params(model), train.lora)))
+
+
+def _train_key(train: TrainSpec, adapters: tuple, micro_batch: int | None = None) -> tuple:
     return (
-        train.method, train.precision, train.micro_batch, train.seq_len, train.grad_checkpointing,
-        train.attn_impl.value, train.dropout, train.lora.rank, train.lora.dropout, train.lora.targets,
+        train.method, train.precision, train.micro_batch if micro_batch is None else micro_batch, train.seq_len,
+        train.grad_checkpointing, train.attn_impl.value, train.dropout, adapters, train.lora.dropout,
         train.lora.modules_to_save,
     )
 
 
-@lru_cache(maxsize=4096)
-def _simulate(model: ModelSpec, key: tuple, device: str, keep_grads: bool, keep_logits: bool) -> StepProfile:
-    (method, precision, b, s, ckpt, attn, dropout, rank, lora_dropout, targets, modules_to_save) = key
+@lru_cache(maxsize=512)
+def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_grads: bool,
+              keep_logits: bool) -> Run:
+    # config_key: ModelSpec equality ignores the raw config; the family details live there
+    (method, precision, b, s, ckpt, attn, dropout, adapters, lora_dropout, modules_to_save) = key
     sim = Sim()
+    sim.record = []
     t = Tape(sim)
     t.device = device
     fam = build_family(model, method=method, precision=precision, b=b, s=s, attn=attn, dropout=dropout,
-                       rank=rank, lora_dropout=lora_dropout, targets=targets, modules_to_save=modules_to_save,
+                       adapters=adapters, lora_dropout=lora_dropout, modules_to_save=modules_to_save,
                        device=device)
     num_layers = model.num_layers
     sim_layers = min(num_layers, NUM_SIMULATED_LAYERS)
@@ -111,13 +120,14 @@ def _simulate(model: ModelSpec, key: tuple, device: str, keep_grads: bool, keep_
     if not keep_grads:
         fam.drop_grads = True
     backward(t, loss, hooks)
+    sim.flush()
     bwd_end = sim.live
     del loss
     bwd = sim.peaks.get("backward")
     grads_total = fam.total_grad_bytes(num_layers) if keep_grads else 0
     if layer_saved[0] == 0 and sim_layers == 1:
         layer_saved[0] = end.saved_bytes
-    return StepProfile(
+    profile = StepProfile(
         forward_end_bytes=end.live_bytes,
         forward_end_saved_bytes=end.saved_bytes,
         forward_peak_bytes=fwd_peak.live_bytes,
@@ -131,6 +141,7 @@ def _simulate(model: ModelSpec, key: tuple, device: str, keep_grads: bool, keep_
         logits_bytes=logits_bytes,
         notes=tuple(fam.notes),
     )
+    return Run(profile=profile, candidates=tuple(sim.record))
 
 
 def _ghost_swap_hook(sim: Sim, hooks: dict, fam, saved_bytes: int, grad_bytes: int) -> None:

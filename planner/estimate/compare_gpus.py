@@ -57,7 +57,8 @@ LAYOUTS: tuple[tuple[int, Offload], ...] = (
 class GpuOption:
     """One accelerator x method: the fewest GPUs that fit, the layout that gets there, time and cost.
 
-    When nothing fits up to ``max_gpus``, ``fits`` is False and the layout/time/cost fields are None."""
+    When nothing fits up to ``max_gpus``, ``fits`` is False and the layout/time/cost fields are None.
+    Time, GPU-hours and cost are 0 when no ``num_tokens`` (cost also without a price), as in Throughput."""
 
     gpu: str
     method: str
@@ -253,6 +254,8 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
         return GpuOption(**common, fits=False, note=str(exc))
     if n is None:
         why = f"nothing fits on up to {max_gpus} GPUs"
+        if method is Method.QLORA:
+            why += " (QLoRA runs with ZeRO 0-2 only, so every GPU holds the whole 4-bit base)"
         return GpuOption(**common, fits=False, note=f"{why}; {note}" if note else why)
     cluster = cluster_for(gpu, n, search.gpus_per_node)
     best = None
@@ -267,7 +270,7 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
     fpt = flops_per_token(search.model, train, search.counts, split)
     tp = throughput_from_step(st, fpt, cluster, mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price)
     cluster_tps = tp.tokens_per_s_per_gpu * n
-    gpu_hours = tp.total_time_s / SECONDS_PER_HOUR * n if num_tokens else None
+    gpu_hours = tp.total_time_s / SECONDS_PER_HOUR * n
     return GpuOption(
         **common,
         fits=True,
@@ -281,9 +284,9 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
         tokens_per_s_per_gpu=tp.tokens_per_s_per_gpu,
         tokens_per_s=cluster_tps,
         step_time_s=tp.step_time_s,
-        time_s=tp.total_time_s if num_tokens else None,
+        time_s=tp.total_time_s,  # 0 without --tokens, as in Throughput
         gpu_hours=gpu_hours,
-        cost=tp.cost if num_tokens and price else None,
+        cost=tp.cost,  # 0 without --tokens or --price-per-gpu-hour
         note=note,
     )
 

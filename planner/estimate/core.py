@@ -1,19 +1,26 @@
-"""estimate(): specs in, Estimate out. Composes params, states, sharding and the phase model."""
+"""estimate(): specs in, Estimate out. Composes params, states, sharding, the simulated step and the phases."""
 
 from __future__ import annotations
 
 from planner.errors import PlannerError
+from planner.estimate import overhead
+from planner.estimate.activations import lora_adapter_paths, simulate_step
 from planner.estimate.params import count_params, split_params
-from planner.estimate.result import Estimate, MemoryBreakdown
+from planner.estimate.peak import PHASES, phase_breakdowns
+from planner.estimate.result import Estimate
 from planner.estimate.sharding import shard_states
 from planner.estimate.states import unsharded_states
+from planner.estimate.temporaries import step_transients
 from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
+from planner.units import dtype_bytes
 
 DEFAULT_MARGIN = 0.1
-PHASES = ("forward", "backward", "optimizer_step")
+DEVICES = ("cuda", "cpu")
+
+__all__ = ["DEFAULT_MARGIN", "PHASES", "check_combination", "estimate"]
 
 
-def check_combination(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> None:
+def check_combination(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, allow_longer: bool = False) -> None:
     """Refuse combinations planner cannot estimate honestly, with a reason."""
     if train.zero_stage > 0 and cluster.num_gpus == 1 and train.offload is Offload.NONE:
         # Valid in DeepSpeed (nothing to shard across), kept: ZeRO with one rank equals stage 0 plus buffers.
@@ -21,6 +28,12 @@ def check_combination(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> N
     if train.method is Method.QLORA and not cluster.gpu.supports_bf16 and train.precision.compute_dtype == "bf16":
         raise PlannerError(
             f"GPU {cluster.gpu.name!r} has no bf16 support; use --precision fp16-mixed for QLoRA on it."
+        )
+    if train.seq_len > model.max_position_embeddings and not allow_longer:
+        raise PlannerError(
+            f"sequence length {train.seq_len} is longer than model {model.name!r}'s position limit "
+            f"(max_position_embeddings {model.max_position_embeddings}); use at most "
+            f"{model.max_position_embeddings} or pass --allow-longer."
         )
 
 
@@ -31,43 +44,75 @@ def estimate(
     *,
     margin: float = DEFAULT_MARGIN,
     device: str = "cuda",
+    allow_longer: bool = False,
+    with_fit: bool = False,
 ) -> Estimate:
-    """Per-GPU memory of one training configuration. ``device="cpu"`` leaves out GPU-only overheads."""
+    """Per-GPU memory of one training configuration at its peak moment.
+
+    ``device="cpu"`` leaves out GPU-only terms (reserved = device = allocated) and follows CPU kernels (the
+    validation suite's profiles). ``with_fit`` also searches the largest micro-batch and the longest sequence
+    that fit (fits.py; a few dozen more evaluations).
+    """
     if not 0.0 <= margin < 1.0:
         raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
-    check_combination(model, train, cluster)
+    if device not in DEVICES:
+        raise PlannerError(f"device must be one of {', '.join(DEVICES)}, got {device!r}.")
+    check_combination(model, train, cluster, allow_longer=allow_longer)
     counts = count_params(model)
     split = split_params(counts, train)
     states = unsharded_states(counts, split, train)
     sharded = shard_states(states, train, cluster.num_gpus, counts.largest_module)
 
-    model_states = MemoryBreakdown(
-        params_bytes=sharded.params_bytes,
-        grads_bytes=sharded.grads_bytes,
-        optimizer_states_bytes=sharded.optimizer_states_bytes,
+    adapters = lora_adapter_paths(model, train) if train.method is not Method.FULL else ()
+    step = simulate_step(model, train, device=device, keep_grads=train.zero_stage < 2, adapters=adapters)
+    num_16bit_trainable = split.num_trainable - split.num_adapter
+    transients = step_transients(
+        train,
+        num_trainable=split.num_trainable,
+        num_16bit_trainable=num_16bit_trainable if train.method is Method.FULL else split.num_saved,
+        num_ranks=cluster.num_gpus,
+        grads_bytes=states.grads_bytes,
+        hidden_size=model.hidden_size,
+        largest_trainable=counts.largest_module,
     )
-    step = MemoryBreakdown(
-        params_bytes=sharded.params_bytes,
-        grads_bytes=sharded.grads_bytes,
-        optimizer_states_bytes=sharded.optimizer_states_bytes,
-        temporaries_bytes=sharded.step_grad_fp32_bytes + sharded.gathered_bytes,
-    )
-    phases = {"forward": model_states, "backward": model_states, "optimizer_step": step}
-    peak_phase = max(PHASES, key=lambda p: (phases[p].total_bytes, -PHASES.index(p)))
-    peak = phases[peak_phase]
-    return Estimate(
+    cublas = overhead.allocated_overhead_bytes(device)
+    pm = phase_breakdowns(train, sharded, step, transients, overhead_bytes=cublas)
+    peak = pm.peak
+    reserved = overhead.reserved_bytes(peak.total_bytes, device)
+    device_total = overhead.device_bytes(reserved, device, cluster.num_gpus)
+
+    notes = list(sharded.notes) + list(step.notes) + list(transients.notes)
+    if train.seq_len > model.max_position_embeddings:
+        notes.append(
+            f"sequence length {train.seq_len} exceeds the model's position limit {model.max_position_embeddings} "
+            "(--allow-longer): memory is estimated, quality is not."
+        )
+    if step.logits_bytes and peak is pm.phases.get("backward") and pm.peak_phase == "backward":
+        logits_share = 3 * step.logits_bytes * 4 // max(dtype_bytes(train.precision.compute_dtype), 1)
+        if logits_share > peak.total_bytes // 3:
+            notes.append("the peak is the loss backward: fp32 log-probabilities and their gradients over the "
+                         "vocabulary (ForCausalLMLoss upcasts the logits).")
+    result = Estimate(
         model=model,
         train=train,
         cluster=cluster,
         num_params=split.num_params,
         num_trainable_params=split.num_trainable,
         per_gpu=peak,
-        peak_phase=peak_phase,
-        reserved_bytes=peak.total_bytes,
-        device_bytes=peak.total_bytes,
+        peak_phase=pm.peak_phase,
+        reserved_bytes=reserved,
+        device_bytes=device_total,
         cpu_bytes_per_node=sharded.cpu_bytes * cluster.num_gpus_per_node,
         capacity_bytes=cluster.gpu.memory_bytes,
         margin=margin,
-        phases=phases,
-        notes=sharded.notes,
+        phases=pm.phases,
+        notes=tuple(notes),
     )
+    if with_fit:
+        from dataclasses import replace
+
+        from planner.estimate.fits import find_fit
+
+        result = replace(result, fit=find_fit(model, train, cluster, margin=margin, device=device,
+                                              allow_longer=allow_longer))
+    return result

@@ -62,6 +62,8 @@ def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
         result = ops.linear(t, x, lin.w, lin.bias)
     if lin.lora_a is None:
         return result
+    if lin.quant:
+        return _lora_4bit(t, ctx, x, lin, result)
     result_dtype = result.dtype
     x = ops.to(t, x, lin.lora_a.dtype)
     x = ops.dropout(t, x, ctx.lora_dropout, ctx.device)
@@ -72,6 +74,21 @@ def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     result = ops.add(t, result, delta)
     del delta
     return ops.to(t, result, result_dtype)
+
+
+def _lora_4bit(t: Tape, ctx: Ctx, x: Fake, lin: Linear, result: Fake) -> Fake:
+    """peft lora.bnb.Linear4bit.forward: ``result = base(x).clone()`` (a defensive copy), then without autocast
+    ``output = B(A(dropout(x.to(A.dtype)))) * scaling``, cast back to the result dtype, and added."""
+    result = t.op("clone", [result], [(result.shape, result.dtype)], [], ops._passthrough_rule)[0]
+    expected = result.dtype
+    x = ops.to(t, x, lin.lora_a.dtype)
+    x = ops.dropout(t, x, ctx.lora_dropout, ctx.device)
+    out = ops.linear(t, x, lin.lora_a)
+    del x
+    out = ops.linear(t, out, lin.lora_b)
+    out = ops.mul_scalar(t, out)
+    out = ops.to(t, out, expected)
+    return ops.add(t, result, out)
 
 
 def _linear_4bit(t: Tape, x: Fake, lin: Linear) -> Fake:
@@ -291,7 +308,7 @@ class Experts:
     """
 
     __slots__ = ("router", "gate_up", "down", "num_experts", "top_k", "inter", "lora_rank", "dtype",
-                 "adapter_dtype", "lora_router")
+                 "adapter_dtype", "lora_router", "lora_gate_up")
 
     def __init__(self, h: int, inter: int, num_experts: int, top_k: int, dtype: str, trainable: bool,
                  lora_rank: int = 0, adapter_dtype: str = "fp32") -> None:
@@ -299,8 +316,9 @@ class Experts:
         self.gate_up = Param((num_experts, 2 * inter, h), dtype, trainable)
         self.down = Param((num_experts, h, inter), dtype, trainable)
         self.num_experts, self.top_k, self.inter = num_experts, top_k, inter
-        self.lora_rank = lora_rank
+        self.lora_rank = lora_rank  # down_proj (rank 0: not adapted)
         self.lora_router = lora_rank
+        self.lora_gate_up = 2 * lora_rank
         self.dtype = dtype
         self.adapter_dtype = adapter_dtype
 
@@ -353,10 +371,11 @@ def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
     del top_val
     # peft's transformers-5 weight conversion fuses gate and up adapters: the gate_up stack has rank 2r
     # (peft/utils/transformers_weight_conversion.py; lora_A is [2r*E, H] for a rank-r config).
-    gate_up_w = _lora_param(t, ex, ex.gate_up, 2 * ex.lora_rank, h, 2 * ex.inter, e)
+    gate_up_w = _lora_param(t, ex, ex.gate_up, ex.lora_gate_up, h, 2 * ex.inter, e)
     proj = _weight_linear(t, selected, gate_up_w if isinstance(gate_up_w, Fake) else _Grouped(ex.gate_up),
                           (s, 2 * ex.inter))
-    del selected, gate_up_w
+    # selected (a local of grouped_mm_experts_forward) and gate_up_w (cached by nn.utils.parametrize.cached())
+    # stay alive until the experts return
     gate = t.view(proj, (s, ex.inter))
     act = ops.unary_saving_input(t, "act", gate)  # saves gate: a view, keeps proj alive
     up = t.view(proj, (s, ex.inter))
@@ -364,15 +383,16 @@ def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
     del act, up, gate, proj
     down_w = _lora_param(t, ex, ex.down, ex.lora_rank, ex.inter, h, e)
     down = _weight_linear(t, inner, down_w if isinstance(down_w, Fake) else _Grouped(ex.down), (s, x.shape[-1]))
-    del inner, down_w
+    del inner
     weighted = ops.mul(t, down, weights_g)
     del down, weights_g
     inv_perm = t.new((s,), "int64")
     unperm = t.op("index", [weighted], [((s, h), weighted.dtype)], [inv_perm])[0]
     del weighted
     summed = t.op("sum_k", [unperm], [((n, h), unperm.dtype)], [])[0]
-    del unperm, perm, ids_sorted, tok_idx, top_idx, inv_perm
-    return ops.to(t, summed, x.dtype)
+    out = ops.to(t, summed, x.dtype)
+    del unperm, perm, ids_sorted, tok_idx, top_idx, inv_perm, gate_up_w, down_w, summed, selected
+    return out
 
 
 def _weight_linear(t: Tape, x: Fake, w, out_shape) -> Fake:

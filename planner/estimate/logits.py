@@ -36,7 +36,6 @@ def causal_lm_loss(t: Tape, fam, ids: Fake, run_layers, *, keep_logits: bool, ke
         logits = ops.unary_saving_output(t, "tanh", logits)
         logits = ops.mul_scalar(t, logits)
     logits_bytes = logits.nbytes
-    t.sim.phase = "forward"
     loss = _for_causal_lm_loss(t, logits, ids)
     del hidden
     if keep_logits:

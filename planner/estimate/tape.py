@@ -35,7 +35,13 @@ class PhasePeak:
 
 
 class Sim:
-    """Live-byte accounting for one simulated step (bytes are exact ints)."""
+    """Live-byte accounting for one simulated step (bytes are exact ints).
+
+    ``peaks[phase]`` keeps each phase's maximum with its category split. With ``record`` set, every local
+    maximum of the live bytes (an allocation followed by a free) is also appended to it as
+    ``(phase, live, saved, grads)``: the sequence of allocations and frees does not depend on the micro-batch,
+    so the same candidates, evaluated at another micro-batch, contain that micro-batch's peak.
+    """
 
     def __init__(self) -> None:
         self.live = 0
@@ -46,6 +52,8 @@ class Sim:
         self.marks: dict[str, PhasePeak] = {}
         self._seq = 0
         self.nodes: list[Node] = []
+        self.record: list | None = None
+        self._pending: tuple | None = None
         self.trace: list | None = TRACE  # debugging: [node name, live before, peak during] per backward node
         self.storages: list = []  # debugging: weak references to every storage (only when tracing)
 
@@ -55,27 +63,46 @@ class Sim:
             self.peaks[self.phase] = PhasePeak(self.live, self.saved, self.grads)
         elif self.live > peak.live_bytes:
             peak.live_bytes, peak.saved_bytes, peak.grads_bytes = self.live, self.saved, self.grads
+        if self.record is not None:
+            self._pending = (self.phase, self.live, self.saved, self.grads)
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            self.record.append(self._pending)
+            self._pending = None
+
+    def set_phase(self, phase: str) -> None:
+        if self.record is not None:
+            self.flush()
+        self.phase = phase
 
     def alloc(self, nbytes: int) -> None:
         self.live += nbytes
         self._touch()
 
     def free(self, nbytes: int) -> None:
+        if self._pending is not None:
+            self.flush()
         self.live -= nbytes
 
     def mark(self, name: str) -> PhasePeak:
+        if self.record is not None:
+            self.flush()
         snap = PhasePeak(self.live, self.saved, self.grads)
         self.marks[name] = snap
         return snap
 
     def ghost(self, nbytes: int, *, saved: bool = False, grads: bool = False) -> None:
         """Bytes that stand for layers not simulated one by one (identical layers in a block)."""
+        if nbytes < 0 and self._pending is not None:
+            self.flush()
         self.live += nbytes
         if saved:
             self.saved += nbytes
         if grads:
             self.grads += nbytes
-        self._touch()
+        if nbytes > 0:
+            self._touch()
 
 
 class Storage:
@@ -281,7 +308,7 @@ def default_rule(tape: Tape, node: Node, grads_out: list) -> list:
 def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
     """Replay the recorded nodes in reverse order; ``hooks[node] -> callable`` runs before a node (recompute)."""
     sim = tape.sim
-    sim.phase = "backward"
+    sim.set_phase("backward")
     hooks = hooks or {}
     root = loss.node
     root.grad_in[loss.out_index] = Storage(sim, loss.nbytes)  # ones_like(loss)

@@ -95,6 +95,7 @@ class Attribution:
     num_unmatched_frees: int
     num_inferred_frees: int
     recorder_peak_bytes: int | None  # the recorder's own maximum over the same window (cross-check)
+    t_origin_ns: int  # recorder clock time of t_ns == 0
     identity_bytes: dict[str, int] = field(default_factory=dict)  # identified bytes alive at the last probe
 
 
@@ -169,11 +170,13 @@ def _find(starts: list[int], items: list, t: int):
     return item if end >= t else None
 
 
-def _build_allocations(events: list[tuple[int, int, int]]) -> tuple[list[_Alloc], int]:
+def _build_allocations(events: list[tuple[int, int, int]]) -> tuple[list[_Alloc], list[int]]:
+    """Allocations with their lifetimes, and the indices of frees of allocations never seen (made before
+    the recording started)."""
     order = sorted(range(len(events)), key=lambda i: (events[i][0], i))
     allocs: list[_Alloc] = []
     live: dict[int, int] = {}
-    unmatched = 0
+    unmatched: list[int] = []
     for i in order:
         t, addr, delta = events[i]
         if delta > 0:
@@ -185,7 +188,7 @@ def _build_allocations(events: list[tuple[int, int, int]]) -> tuple[list[_Alloc]
         elif delta < 0:
             idx = live.pop(addr, None)
             if idx is None:
-                unmatched += 1
+                unmatched.append(i)
                 continue
             allocs[idx].t_free, allocs[idx].seq_free = t, i
     return allocs, unmatched
@@ -353,10 +356,7 @@ def attribute(rec: Recording) -> Attribution:
             if w is not None and (w.phase not in phase_peak or total > phase_peak[w.phase][0]):
                 phase_peak[w.phase] = (total, t, dict(running))
 
-    rec_peak = None
-    if rec.recorder_totals is not None and t0_win is not None:
-        in_range = [tot for (t, _, _), tot in zip(rec.events, rec.recorder_totals, strict=True) if t0_win <= t <= t1_win]
-        rec_peak = max(in_range, default=None)
+    rec_peak = _recorder_peak(rec, unmatched, t0_win, t1_win)
     return Attribution(
         peak=_breakdown(*peak, m, t_origin) if peak else None,
         steady_state=steady,
@@ -364,11 +364,35 @@ def attribute(rec: Recording) -> Attribution:
         step_windows=_window_table(m, cols, win_peak, t_origin),
         timeline=cols,
         num_allocations=len(allocs),
-        num_unmatched_frees=unmatched,
+        num_unmatched_frees=len(unmatched),
         num_inferred_frees=num_inferred,
         recorder_peak_bytes=rec_peak,
+        t_origin_ns=t_origin,
         identity_bytes=identity_bytes,
     )
+
+
+def _recorder_peak(rec: Recording, unmatched: list[int], t0: int | None, t1: int | None) -> int | None:
+    """The recorder's own running total, over the same window, on the replay's footing.
+
+    The CPU profiler's counter is process-wide: it starts from what earlier recordings in the process left
+    and drops by frees of allocations made before this recording, which the replay ignores.
+    """
+    if not rec.recorder_totals or t0 is None:
+        return None
+    order = sorted(range(len(rec.events)), key=lambda i: (rec.events[i][0], i))
+    base = rec.recorder_totals[order[0]] - rec.events[order[0]][2]
+    skipped = set(unmatched)
+    correction = 0
+    best = None
+    for i in order:
+        if i in skipped:
+            correction -= rec.events[i][2]
+        t = rec.events[i][0]
+        if t0 <= t <= t1:
+            value = rec.recorder_totals[i] - base + correction
+            best = value if best is None else max(best, value)
+    return best
 
 
 def _window_table(m: _Marks, cols: dict[str, list], win_peak: dict, t_origin: int) -> list[dict]:

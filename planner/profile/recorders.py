@@ -111,7 +111,6 @@ class CpuRecorder(Recorder):
         super().__init__()
         self.torch_categories = torch_categories
         self.prof: Any = None
-        self.torch_category_bytes: dict | None = None
 
     def start(self) -> None:
         from torch.profiler import ProfilerActivity, profile
@@ -147,10 +146,6 @@ class CpuRecorder(Recorder):
                 windows.append(Window(e.name[len(MARKER_PREFIX) :], e.start_time_ns, e.end_time_ns))
         raw.sort(key=lambda r: r[0])
         windows.sort(key=lambda w: (w.start_ns, w.end_ns))
-        if self.torch_categories:
-            from planner.profile.torch_categories import categorise
-
-            self.torch_category_bytes = categorise(self.prof)
         from planner.profile import gloo_settle
 
         return Recording(
@@ -161,6 +156,15 @@ class CpuRecorder(Recorder):
             comm=dict(gloo_settle.COMM_PTRS),
             live=self.live,
         )
+
+
+    def torch_categories_at(self, t_abs_ns: int) -> dict[str, Any] | None:
+        """torch's own categorisation at one moment (only with torch_categories=True)."""
+        if not self.torch_categories or self.prof is None:
+            return None
+        from planner.profile.torch_categories import categorise_at
+
+        return categorise_at(self.prof, t_abs_ns)
 
 
 class NvmlSampler:

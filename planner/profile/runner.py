@@ -127,19 +127,32 @@ class RankRun:
         self.probe_index += 1
 
     def _install_recompute_hooks(self) -> None:
+        """Mark every re-run of a checkpointed layer's forward inside backward as a ``recompute`` window.
+
+        transformers checkpoints each layer through ``layer._gradient_checkpointing_func(fn, *args)`` and the
+        recomputation calls ``fn`` again (module hooks stay outside the checkpoint), so ``fn`` is wrapped.
+        """
         from planner.profile.workload import checkpointed_layers
 
-        def pre(module, args):
-            if self.in_backward:
-                self.recorder.enter("recompute")
+        def wrap(original):
+            def checkpoint(fn, *args, **kwargs):
+                def marked(*a, **k):
+                    if not self.in_backward:
+                        return fn(*a, **k)
+                    self.recorder.enter("recompute")
+                    try:
+                        return fn(*a, **k)
+                    finally:  # also when checkpoint stops the recomputation early by raising
+                        self.recorder.exit()
 
-        def post(module, args, output):
-            if self.in_backward:
-                self.recorder.exit()
+                return original(marked, *args, **kwargs)
+
+            return checkpoint
 
         for layer in checkpointed_layers(self.built.model):
-            layer.register_forward_pre_hook(pre)
-            layer.register_forward_hook(post, always_call=True)
+            original = getattr(layer, "_gradient_checkpointing_func", None)
+            if original is not None:
+                layer._gradient_checkpointing_func = wrap(original)
 
     # ------------------------------------------------------------ the run
 
@@ -169,6 +182,8 @@ class RankRun:
         self.recorder.start()
         _Signals.armed = True
         try:
+            if _Signals.received is not None:  # a signal came while modules were loading
+                raise Terminated("signal") if _Signals.received == signal.SIGTERM else KeyboardInterrupt()
             if init is not None:  # joining the process group
                 with self._window("setup::init", phase="init"):
                     init()
@@ -273,7 +288,11 @@ class RankRun:
             "num_inferred_frees": att.num_inferred_frees,
             "identity": {**facts, "identified_bytes_at_last_probe": att.identity_bytes},
             "cuda": self.recorder.extra(steady_windows),
-            "torch_categories": getattr(self.recorder, "torch_category_bytes", None),
+            "torch_categories": (
+                self.recorder.torch_categories_at(att.peak.t_ns + att.t_origin_ns)
+                if att.peak is not None and hasattr(self.recorder, "torch_categories_at")
+                else None
+            ),
             "files": [timeline_name, *self.recorder.write_raw(self.rank_dir, self.rank)],
             "wall_s": round(wall_s, 3),
         }

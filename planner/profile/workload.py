@@ -160,7 +160,7 @@ def _materialize(model: torch.nn.Module) -> None:
     """
     with torch.no_grad():
         for module in model.modules():
-            for name, p in list(module.named_parameters(recurse=False)):
+            for p in list(module.parameters(recurse=False)):
                 if not hasattr(p, "quant_state"):
                     p.data = p.data.clone()
             for name, b in list(module.named_buffers(recurse=False)):

@@ -183,25 +183,42 @@ def signed_error(estimated: float, measured: float) -> float | None:
     return (estimated - measured) / measured
 
 
-def estimate_vs_measured(
-    estimated: Mapping[str, int], measured: Mapping[str, int], *, title: str
-) -> go.Figure:
-    """Grouped bars per category (estimate light with an outline, measured solid) with the signed error on each pair.
+# Rows of a comparison that are not categories: their labels and colours.
+TOTAL_ROWS = {
+    "allocated": ("allocated (the peak)", "#555555"),
+    "reserved": ("reserved (caching allocator)", palette.RESERVED_COLOR),
+    "device": ("device (NVML)", palette.DEVICE_COLOR),
+}
 
-    Includes the total (the peak) as the last pair. Categories absent from both sides are left out.
+
+def _row_style(name: str) -> tuple[str, str]:
+    if name in TOTAL_ROWS:
+        return TOTAL_ROWS[name]
+    return palette.label(name), palette.color(name)
+
+
+def error_label(estimated: int, measured: int) -> str:
+    err = signed_error(estimated, measured)
+    if err is None:
+        return "n/a" if estimated == 0 else "new"
+    return "±0.0%" if abs(err) < 0.0005 else f"{err:+.1%}"
+
+
+def estimate_vs_measured(rows: Sequence[tuple[str, int, int]], *, peak_bytes: int, title: str) -> go.Figure:
+    """Grouped bars per row (estimate light with an outline, measured solid), the signed error on each pair.
+
+    ``rows`` are (name, estimated bytes, measured bytes): the categories (``other`` for tensors the estimator
+    has no category for), then ``allocated`` (the peak) and on CUDA ``reserved`` and ``device``. Rows where
+    both sides are 0 are left out. ``peak_bytes`` (the measured allocated peak) scales the hover's share.
     """
-    cats = [c for c in palette.CATEGORIES if estimated.get(c, 0) or measured.get(c, 0)]
-    est_total = sum(estimated.get(c, 0) for c in palette.CATEGORIES)
-    meas_total = sum(measured.get(c, 0) for c in palette.CATEGORIES)
-    names = [palette.label(c) for c in cats] + ["total at the peak"]
-    est_vals = [estimated.get(c, 0) for c in cats] + [est_total]
-    meas_vals = [measured.get(c, 0) for c in cats] + [meas_total]
-    colors = [palette.color(c) for c in cats] + ["#555555"]
+    rows = [r for r in rows if r[1] or r[2]]
+    names = [_row_style(r[0])[0] for r in rows]
+    colors = [_row_style(r[0])[1] for r in rows]
+    est_vals = [r[1] for r in rows]
+    meas_vals = [r[2] for r in rows]
     div, unit = unit_for(max(est_vals + meas_vals + [1]))
-    errors = []
-    for e, m in zip(est_vals, meas_vals, strict=True):
-        err = signed_error(e, m)
-        errors.append("n/a" if err is None else ("±0.0%" if abs(err) < 0.0005 else f"{err:+.1%}"))
+    errors = [error_label(e, m) for e, m in zip(est_vals, meas_vals, strict=True)]
+    shares = [f"{(e - m) / peak_bytes:+.2%}" if peak_bytes else "n/a" for e, m in zip(est_vals, meas_vals, strict=True)]
     fig = go.Figure()
     fig.add_trace(
         go.Bar(
@@ -221,9 +238,11 @@ def estimate_vs_measured(
             marker={"color": colors},
             offsetgroup="measured",
             text=errors,
+            customdata=shares,
             textposition="outside",
             textfont={"color": "#222222"},
-            hovertemplate=f"measured: %{{y:,.3f}} {unit}<br>signed error %{{text}}<extra>%{{x}}</extra>",
+            hovertemplate=(f"measured: %{{y:,.3f}} {unit}<br>signed error %{{text}} (%{{customdata}} of the "
+                           "measured peak)<extra>%{x}</extra>"),
         )
     )
     base_layout(fig, title=title, height=420)

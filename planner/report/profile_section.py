@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -37,8 +38,8 @@ class ProfileView:
     versions: Mapping[str, str]
     peaks: Sequence[RankPeak]
     timeline: pd.DataFrame | None = None
-    # Estimated bytes by category for the profile's own inputs (None when it could not be estimated).
-    estimated: Mapping[str, int] | None = None
+    # planner.compare's Comparison of the estimate for the profile's own inputs (None when not estimable).
+    comparison: Any = None
     estimate_note: str = ""
     extra_notes: Sequence[str] = field(default_factory=tuple)
     # Measured breakdown at each phase's peak (of rank ``phases_rank``, the rank with the highest peak).
@@ -62,21 +63,22 @@ def peaks_table(peaks: Sequence[RankPeak]) -> Table:
     return Table(cols, rows, caption="Measured peak per rank, and what was alive at that moment")
 
 
-def comparison_table(estimated: Mapping[str, int], peaks: Sequence[RankPeak]) -> Table:
-    cats = [c for c in palette.CATEGORIES if estimated.get(c, 0) or any(p.by_category.get(c, 0) for p in peaks)]
+def _row_label(name: str) -> str:
+    return figures.TOTAL_ROWS[name][0] if name in figures.TOTAL_ROWS else palette.label(name)
+
+
+def comparison_table(comparison: Any) -> Table:
+    """Every rank's rows of a planner.compare Comparison, with both errors (of the row, of the peak)."""
     rows = []
-    for p in peaks:
-        for c in [*cats, "total"]:
-            est = sum(estimated.get(k, 0) for k in cats) if c == "total" else estimated.get(c, 0)
-            meas = p.allocated_bytes if c == "total" else p.by_category.get(c, 0)
-            err = figures.signed_error(est, meas)
-            share = (est - meas) / p.allocated_bytes if p.allocated_bytes else None
-            rows.append([p.rank, "total (peak)" if c == "total" else palette.label(c), _mib(est), _mib(meas),
-                         round((est - meas) / MIB, 3), "n/a" if err is None else f"{err:+.2%}",
+    for rc in comparison.ranks:
+        for r in rc.rows:
+            rel, share = r.relative_error, r.error_of_peak
+            rows.append([rc.rank, _row_label(r.name), _mib(r.estimated_bytes), _mib(r.measured_bytes),
+                         round(r.error_bytes / MIB, 3), "n/a" if rel is None else f"{rel:+.2%}",
                          "n/a" if share is None else f"{share:+.2%}"])
-    cols = ["rank", "category", "estimated MiB", "measured MiB", "difference MiB", "signed error",
+    cols = ["rank", "row", "estimated MiB", "measured MiB", "difference MiB", "signed error",
             "error / measured peak"]
-    return Table(cols, rows, caption="Estimate vs measured, per rank and category (signed: negative = underestimate)")
+    return Table(cols, rows, caption="Estimate vs measured, per rank (signed: negative = underestimate)")
 
 
 def profile_section(view: ProfileView, index: int, *, max_points: int = timeline.DEFAULT_MAX_POINTS) -> Section:
@@ -105,14 +107,15 @@ def profile_section(view: ProfileView, index: int, *, max_points: int = timeline
         )
         for rank, fig in panels:
             blocks.append(Figure(fig, name=f"timeline-{index}-rank-{rank}"))
-        hidden = timeline.hidden_setup_s(view.timeline)
+        hidden = timeline.hidden_setup_s(timeline.aligned(view.timeline))
         if hidden:
             blocks.append(Paragraph(
                 f"The panels open on the training steps: the first {hidden:.1f} s of setup (model build, engine "
                 "initialisation) are left of the view; plotly's autoscale button (top right of a panel) shows them.",
                 kind="note"))
         blocks.append(Paragraph(
-            f"Allocated bytes stacked by category, one panel per rank on a common time axis and scale; shaded "
+            f"Allocated bytes stacked by category, one panel per rank, on one scale and one time axis with 0 at "
+            f"each rank's first step (ranks record on their own clocks); shaded "
             f"bands are phases; the dashed line is the caching allocator's reserved memory and the dotted one "
             f"NVML device memory where recorded. Drawn from {num_rows:,} samples, downsampled keeping every "
             f"step's peak and each bucket's highest and lowest point.", kind="note"))
@@ -125,16 +128,20 @@ def profile_section(view: ProfileView, index: int, *, max_points: int = timeline
                                title=f"Measured: what was alive at each phase's peak (rank {view.phases_rank})"),
             name=f"phases-{index}",
         ))
-    if view.estimated is not None and view.peaks:
-        worst = max(view.peaks, key=lambda p: (p.allocated_bytes, -p.rank))
+    if view.comparison is not None and view.comparison.ranks:
+        top = max(view.comparison.ranks, key=lambda rc: (rc.row("allocated").measured_bytes, -rc.rank))
+        peak = top.row("allocated").measured_bytes
         blocks.append(Figure(
             figures.estimate_vs_measured(
-                view.estimated, worst.by_category,
-                title=f"Estimate vs measured at the peak (rank {worst.rank}, the highest)",
+                [(r.name, r.estimated_bytes, r.measured_bytes) for r in top.rows], peak_bytes=peak,
+                title=f"Estimate vs measured at the peak (rank {top.rank}: estimate peaks at "
+                      f"{palette.text(top.estimated_peak_phase)}, measured at step {top.measured_peak_step} "
+                      f"{palette.text(top.measured_peak_phase)})",
             ),
             name=f"compare-{index}",
         ))
-        blocks.append(comparison_table(view.estimated, view.peaks))
+        blocks.append(comparison_table(view.comparison))
+        blocks += [Paragraph(n, kind="note") for n in view.comparison.notes]
     if view.estimate_note:
         blocks.append(Paragraph(view.estimate_note, kind="note"))
     blocks += [Paragraph(n, kind="note") for n in view.extra_notes]

@@ -90,26 +90,35 @@ def _inputs(meta: Mapping[str, Any], profile: Any) -> list[tuple[str, str]]:
     return items
 
 
-def estimate_for(profile: Any) -> tuple[dict[str, int] | None, str]:
-    """The estimator's breakdown at the peak for the profile's own inputs, or None and why not."""
+def compare_for(profile: Any) -> tuple[Any, str]:
+    """planner.compare's Comparison of the estimate for the profile's own inputs (as `planner compare`
+    builds it), or None and why not."""
+    import inspect
+
     from planner import catalog
+    from planner.compare import compare
     from planner.estimate.core import estimate
     from planner.specs import Cluster
 
+    cluster_meta = profile.meta.get("cluster") or {}
+    device = "cpu" if profile.device == "cpu" else "cuda"
     try:
-        spec = profile.model_spec()
-        train = profile.train_spec()
-        gpu_name = (profile.meta.get("cluster") or {}).get("gpu") or catalog.DEFAULT_GPU
-        cluster = Cluster(gpu=catalog.gpu(str(gpu_name)), num_gpus=profile.num_ranks)
-        device = "cuda" if str(profile.device).startswith("cuda") else "cpu"
-        est = estimate(spec, train, cluster, device=device)
-    except PlannerError as exc:
+        cluster = Cluster(
+            gpu=catalog.gpu(str(cluster_meta.get("gpu") or catalog.DEFAULT_GPU)),
+            num_gpus=int(cluster_meta.get("num_gpus", profile.num_ranks)),
+            num_nodes=int(cluster_meta.get("num_nodes", 1)),
+        )
+        kwargs: dict[str, Any] = {"device": device}
+        if "allow_longer" in inspect.signature(estimate).parameters:
+            kwargs["allow_longer"] = True  # the profile ran this length, whatever the model's position limit
+        est = estimate(profile.model_spec(), profile.train_spec(), cluster, **kwargs)
+        result = compare(est, profile)
+    except (PlannerError, TypeError, ValueError) as exc:
         return None, f"No estimate for this profile's inputs: {exc}"
-    by_cat = est.per_gpu.by_category()
-    return by_cat, (
-        f"Estimated by planner for the profile's own inputs ({profile.num_ranks} rank"
-        f"{'s' if profile.num_ranks != 1 else ''}, device {device}, estimate peak at {est.peak_phase}). The "
-        "estimate's overhead is compared with the profile's 'other' (inputs, setup buffers)."
+    return result, (
+        f"Estimated by planner for the profile's own inputs (as 'planner compare' does: {profile.num_ranks} rank"
+        f"{'s' if profile.num_ranks != 1 else ''}, device {device}). 'other' holds tensors the estimator has no "
+        "category for (inputs, buffers); the estimator's non-tensor overhead is not part of the allocated peak."
     )
 
 
@@ -129,7 +138,7 @@ def load_profile_view(path: Path) -> ProfileView:
     peaks = [p for p in (_peak(r.rank, r.peak, r.cuda) for r in profile.ranks) if p is not None]
     top = max(profile.ranks, key=lambda r: (r.peak.allocated_bytes if r.peak else -1, -r.rank))
     phases = {name: {palette.canonical(k): int(v) for k, v in b.by_category.items()} for name, b in top.phases.items()}
-    estimated, note = estimate_for(profile)
+    comparison, note = compare_for(profile)
     notes = [f"rank {r.rank}: {r.message}" for r in profile.ranks if r.status != "ok" and r.message]
     if not any(r.steady_state for r in profile.ranks):
         notes.append("Fewer than two optimizer steps completed: the peak includes step 0 (no optimizer state yet "
@@ -144,7 +153,7 @@ def load_profile_view(path: Path) -> ProfileView:
         versions={str(k): "not installed" if v is None else str(v) for k, v in versions.items()},
         peaks=peaks,
         timeline=frame,
-        estimated=estimated,
+        comparison=comparison,
         estimate_note=note,
         extra_notes=tuple(notes),
         phases=phases,

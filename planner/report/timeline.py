@@ -231,25 +231,39 @@ def rank_panel(
         showlegend=show_legend,
         hovermode="closest",
     )
-    fig.update_xaxes(range=list(x_range), title_text="time (s)" if show_legend else None)
+    fig.update_xaxes(range=list(x_range), title_text="time since step 0 began (s)" if show_legend else None)
     fig.update_yaxes(range=[0, y_top * 1.15 / divisor], title_text=unit)
     return fig
 
 
-def first_step_s(frame: pd.DataFrame) -> float | None:
-    """When the first training step starts (steps are numbered from 0; setup rows carry a negative step)."""
-    if "step" not in frame or not len(frame):
-        return None
-    stepped = frame.loc[frame["step"].to_numpy() >= 0, "t_s"]
-    return float(stepped.min()) if len(stepped) else None
+def aligned(frame: pd.DataFrame) -> pd.DataFrame:
+    """``t_s`` shifted per rank so that 0 is when the rank's first training step began.
+
+    Each rank records on its own clock from its own first event, so raw times do not line up across
+    ranks; aligned on step 0, the same step sits at the same x on every panel and setup (model build,
+    engine initialisation; rows with a negative step) falls at negative times. A rank without a step
+    keeps its own start as 0.
+    """
+    if "rank" not in frame:
+        frame = frame.assign(rank=0)
+    t = frame["t_s"].to_numpy(dtype=np.float64)
+    ranks = frame["rank"].to_numpy()
+    if "step" in frame:
+        stepped = pd.Series(np.where(frame["step"].to_numpy() >= 0, t, np.nan))
+        zero = stepped.groupby(ranks).transform("min").to_numpy()
+    else:
+        zero = np.full(len(t), np.nan)
+    zero = np.where(np.isnan(zero), pd.Series(t).groupby(ranks).transform("min").to_numpy(), zero)
+    return frame.assign(t_s=t - zero)
 
 
 def hidden_setup_s(frame: pd.DataFrame) -> float:
-    """Seconds of setup left off the initial view (0 when setup is short enough to show)."""
-    t0, t1, start = float(frame["t_s"].min()), float(frame["t_s"].max()), first_step_s(frame)
-    if start is None or start - t0 <= SETUP_SHARE * (t1 - t0):
+    """Seconds of setup left off the initial view of ``aligned(frame)`` (0 when setup is short enough)."""
+    t = frame["t_s"].to_numpy(dtype=np.float64)
+    t0, t1 = float(t.min()), float(t.max())
+    if t0 >= 0 or -t0 <= SETUP_SHARE * (t1 - t0):
         return 0.0
-    return start - t0
+    return -t0
 
 
 def timeline_figures(
@@ -261,9 +275,10 @@ def timeline_figures(
 ) -> list[tuple[int, go.Figure]]:
     """(rank, panel) for every rank, on one time axis and one memory scale so panels compare at a glance.
 
-    ``frame`` is the full timeline (see the module docstring); it is downsampled here. The first panel
-    carries the legend and the title.
+    ``frame`` is the full timeline (see the module docstring); it is aligned on step 0 (``aligned``) and
+    downsampled here. The first panel carries the legend and the title.
     """
+    frame = aligned(frame)
     small = downsample(frame, max_points)
     if not len(small):
         return []
@@ -275,9 +290,8 @@ def timeline_figures(
     divisor, unit = unit_for(y_top)
     t = small["t_s"].to_numpy(dtype=np.float64)
     x_range = (float(t.min()), float(t.max()) if t.max() > t.min() else float(t.min()) + 1.0)
-    start = first_step_s(small)
-    if start is not None and start - x_range[0] > SETUP_SHARE * (x_range[1] - x_range[0]):
-        x_range = (start - 0.02 * (x_range[1] - start), x_range[1])
+    if hidden_setup_s(small):
+        x_range = (-0.02 * x_range[1], x_range[1])
     panels = []
     for i, (rank, part) in enumerate(small.groupby("rank", sort=True)):
         panels.append((int(rank), rank_panel(

@@ -1,0 +1,87 @@
+"""The phase model: what is alive at each moment of a steady-state training step, and which moment peaks.
+
+A step (after step 0, when optimizer states exist; ``zero_grad(set_to_none=True)`` after every update, as
+the HF Trainer and `planner profile` do) has three moments that can hold the allocated peak:
+
+- ``forward`` (incl. the loss): weights, optimizer states, gradients only when accumulating over several
+  micro-batches, and the forward's live bytes -- saved activations (category activations) plus whatever the
+  running op holds (temporaries: the fp32 logits copy, attention scores being built ...). For large
+  vocabularies the peak of the forward is inside the loss.
+- ``backward``: the saved activations not yet consumed, the parameter gradients made so far, and the
+  backward's scratch (the fp32 loss gradients of [b*s, V], each layer's recomputation under checkpointing).
+  Simulated op by op (activations.py), so the moment is exact: the start of the loss backward for large
+  vocabularies, the end for large models with full fine-tuning.
+- ``optimizer_step``: weights, gradients, optimizer states and the update's scratch (temporaries.py), plus
+  ZeRO's fp32 gradient partition (sharding.py).
+
+The reported breakdown is the peak moment's, not the sum of each category's own maximum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.estimate.activations import StepProfile
+from planner.estimate.result import MemoryBreakdown
+from planner.estimate.sharding import ShardedStates
+from planner.estimate.temporaries import Transients
+from planner.specs import TrainSpec
+
+PHASES = ("forward", "backward", "optimizer_step")
+
+
+@dataclass(frozen=True)
+class PhaseModel:
+    phases: dict[str, MemoryBreakdown]
+    peak_phase: str
+
+    @property
+    def peak(self) -> MemoryBreakdown:
+        return self.phases[self.peak_phase]
+
+
+def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile, transients: Transients,
+                     *, overhead_bytes: int = 0) -> PhaseModel:
+    """Per-phase breakdowns on one GPU; ``overhead_bytes``: allocator-held non-model bytes (cuBLAS)."""
+    params, grads, opt = states.params_bytes, states.grads_bytes, states.optimizer_states_bytes
+    keep = train.zero_stage < 2  # ZeRO 0/1 keep full gradients; 2/3 reduce them into partitions as they come
+    accumulating = train.grad_accum > 1
+    persistent = transients.persistent_bytes + states.gathered_bytes
+
+    # forward: gradients exist only between the micro-batches of an accumulation
+    fwd_grads = grads if accumulating else 0
+    forward = MemoryBreakdown(
+        params_bytes=params,
+        grads_bytes=fwd_grads,
+        optimizer_states_bytes=opt,
+        activations_bytes=step.forward_peak_saved_bytes,
+        temporaries_bytes=step.forward_peak_bytes - step.forward_peak_saved_bytes + persistent,
+        overhead_bytes=overhead_bytes,
+    )
+
+    # backward: the simulated moment; its gradients are the ones made so far (ZeRO 0/1, first micro-batch)
+    bwd_other = step.backward_peak_bytes - step.backward_peak_saved_bytes - step.backward_peak_grads_bytes
+    if keep and not accumulating:
+        bwd_grads = min(step.backward_peak_grads_bytes, grads) if grads else step.backward_peak_grads_bytes
+    else:
+        bwd_grads = grads  # accumulated buffers or the rank's ZeRO-2/3 partition
+    backward = MemoryBreakdown(
+        params_bytes=params,
+        grads_bytes=bwd_grads,
+        optimizer_states_bytes=opt,
+        activations_bytes=step.backward_peak_saved_bytes,
+        temporaries_bytes=max(bwd_other, 0) + persistent,
+        overhead_bytes=overhead_bytes,
+    )
+
+    # optimizer step: everything persistent + the update's scratch + ZeRO's fp32 gradient partition
+    optimizer_step = MemoryBreakdown(
+        params_bytes=params,
+        grads_bytes=grads,
+        optimizer_states_bytes=opt,
+        temporaries_bytes=transients.step_bytes + states.step_grad_fp32_bytes + persistent,
+        overhead_bytes=overhead_bytes,
+    )
+    phases = {"forward": forward, "backward": backward, "optimizer_step": optimizer_step}
+    peak_phase = max(PHASES, key=lambda p: (phases[p].total_bytes, -PHASES.index(p)))
+    return PhaseModel(phases=phases, peak_phase=peak_phase)
