@@ -23,5 +23,9 @@ if [ "$want_test" = 1 ]; then
   python -m pip install -q -e ".[test,quant]" >&2
   # DeepSpeed builds against the installed torch.
   python -m pip install -q --no-build-isolation "deepspeed>=0.15" >&2
+  # DeepSpeed JIT-compiles its CPU shared-memory communication op on first use (about 1.5 min); build it
+  # once here so the first multi-rank test does not pay for it inside its timeout.
+  python -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >&2 \
+    || echo "planner: could not pre-build DeepSpeed's shm comm op; multi-rank tests will build it" >&2
 fi
 touch "$stamp"

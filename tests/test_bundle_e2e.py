@@ -122,21 +122,6 @@ def test_deepspeed_bundle_runs_on_two_cpu_processes(tmp_path, tokenizer_dir, cas
     assert ("adapter_model.safetensors" if plan["method"] == "lora" else "model.safetensors") in saved
 
 
-def test_zero0_bundle_runs_ddp_on_two_cpu_processes(tmp_path, tokenizer_dir):
-    """ZeRO 0 on several GPUs is plain DDP (MULTI_GPU config, no ds_config.json); on CPU it runs over gloo."""
-    bundle = make_bundle(
-        tmp_path, tokenizer=str(tokenizer_dir), method="lora", zero=0, num_gpus=2, precision="bf16-mixed"
-    )
-    assert not (bundle / "ds_config.json").exists()
-    proc = launch(bundle, "--cpu", "--random-init", "model_config.json", "--max-steps", "2", cwd=tmp_path)
-    assert proc.returncode == 0, _tail(proc)
-    for s in summaries(bundle, 2):
-        assert (s["global_step"], s["world_size"], s["zero_stage"]) == (2, 2, 0)
-        assert s["distributed_type"] == "MULTI_CPU"  # accelerate's name for DDP on CPU processes
-        assert s["num_trainable_params"] == lora_trainable() and s["loss_is_finite"]
-        assert s["param_dtypes"] == ["bfloat16", "float32"]  # 16-bit frozen base, fp32 adapters (autocast)
-
-
 def test_qlora_bundle_runs_on_one_cpu_process(tmp_path, tokenizer_dir):
     bundle = make_bundle(tmp_path, tokenizer=str(tokenizer_dir), method="qlora", precision="bf16-mixed")
     proc = launch(bundle, "--cpu", "--random-init", "model_config.json", "--max-steps", "2", cwd=tmp_path)
@@ -151,8 +136,10 @@ def test_qlora_bundle_runs_on_one_cpu_process(tmp_path, tokenizer_dir):
     assert not list((bundle / "output").glob("random-init-*"))  # the scratch checkpoint is removed
 
 
-def test_hostile_paths_run_harmlessly(tmp_path, tokenizer_dir):
-    """Spaces, quotes, $(), backticks, ; & and $VARS in the model path, dataset path and --out directory."""
+def test_ddp_bundle_with_hostile_paths_runs_harmlessly(tmp_path, tokenizer_dir):
+    """ZeRO 0 on 2 GPUs is plain DDP (MULTI_GPU config, no ds_config.json; gloo on CPU), here with real
+    weights read from a model path, a dataset path and a bundle directory full of spaces, quotes, $(),
+    backticks, ; & and $VARS: every one must reach train.py literally and run nothing."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     weird = """we ird 'sq' "dq" $(touch PWNED1) `touch PWNED2` ; touch PWNED3 & $HOME"""
@@ -167,15 +154,20 @@ def test_hostile_paths_run_harmlessly(tmp_path, tokenizer_dir):
     shutil.copy(DATA, dataset)
 
     model = tiny_model(source=str(model_dir / "config.json"))
-    _, train, cluster, est, gbs = tiny_plan(model=model)
+    _, train, cluster, est, gbs = tiny_plan(model=model, method="lora", num_gpus=2, precision="bf16-mixed")
     files = render_bundle(model, train, cluster, est, global_batch_size=gbs, dataset=str(dataset))
+    assert "ds_config.json" not in files
     bundle = tmp_path / f"out {weird}"
     write_files(files, bundle)
     (tmp_path / "cwd").mkdir()
-    proc = launch(bundle, "--cpu", "--max-steps", "1", cwd=tmp_path / "cwd")
+    proc = launch(bundle, "--cpu", "--max-steps", "2", cwd=tmp_path / "cwd")
     assert proc.returncode == 0, _tail(proc)
-    (s,) = summaries(bundle, 1)
-    assert s["model"] == str(model_dir) and s["global_step"] == 1  # the real weights, by their literal path
+    for s in summaries(bundle, 2):
+        assert s["model"] == str(model_dir)  # the real weights, by their literal path
+        assert (s["global_step"], s["world_size"], s["zero_stage"]) == (2, 2, 0)
+        assert s["distributed_type"] == "MULTI_CPU"  # accelerate's name for DDP between CPU processes
+        assert s["num_trainable_params"] == lora_trainable() and s["loss_is_finite"]
+        assert s["param_dtypes"] == ["bfloat16", "float32"]  # 16-bit frozen base, fp32 adapters (autocast)
     assert list(tmp_path.rglob("PWNED*")) == [] and not list(Path.cwd().glob("PWNED*"))
 
 

@@ -18,7 +18,7 @@ LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "nu
 TOLERANCE = 0.02
 
 
-def _run(tmp_path, name: str, zero: int, gpus: int):
+def _run(tmp_path, name, zero: int, gpus: int):
     spec = spec_from_config(LLAMA, "tiny-llama")
     train = build_train_spec(precision="bf16-mixed", zero=zero, micro_batch=2, seq_len=32)
     status, message, out = run_profile(spec, train, num_gpus=gpus, steps=3, device="cpu", out=tmp_path / name,
@@ -28,15 +28,22 @@ def _run(tmp_path, name: str, zero: int, gpus: int):
 
 
 @pytest.fixture(scope="module")
-def one_rank(tmp_path_factory):
-    """The 1-rank figure: plain training with the same fp32 master weights and moments (12 bytes/param)."""
-    prof = _run(tmp_path_factory.mktemp("base"), "base", zero=0, gpus=1)
-    return prof.ranks[0]
+def profiles(tmp_path_factory):
+    """The 1-rank figure (plain training with the same fp32 master weights and moments, 12 bytes/param) and
+    2-rank runs of stages 1-3, launched side by side: each torchrun job spends most of its time importing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tmp = tmp_path_factory.mktemp("zero")
+    jobs = {"base": (0, 1), 1: (1, 2), 2: (2, 2), 3: (3, 2)}
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {k: pool.submit(_run, tmp, f"z{k}", zero, gpus) for k, (zero, gpus) in jobs.items()}
+        return {k: f.result() for k, f in futures.items()}
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_two_ranks_halve_what_the_stage_shards(tmp_path, one_rank, stage):
-    prof = _run(tmp_path, f"z{stage}", zero=stage, gpus=2)
+def test_two_ranks_halve_what_the_stage_shards(profiles, stage):
+    prof = profiles[stage]
+    one_rank = profiles["base"].ranks[0]
     assert prof.num_ranks == 2 and prof.meta["workload"]["engine"] == "deepspeed"
     base = one_rank.phases["optimizer_step"].by_category
     num = one_rank.identity["num_params"]
@@ -52,8 +59,9 @@ def test_two_ranks_halve_what_the_stage_shards(tmp_path, one_rank, stage):
         else:
             assert at_step["params"] == pytest.approx(2 * num, rel=TOLERANCE)
         if stage >= 2:
-            # Stages 2 and 3 keep only this rank's share of the 16-bit gradients.
-            assert at_step["grads"] == pytest.approx(num, rel=TOLERANCE)
+            # Stages 2 and 3 keep this rank's share of the 16-bit gradients (plus, at stage 2, the
+            # gradients of a bucket DeepSpeed has not reduced yet when the step starts).
+            assert num <= at_step["grads"] <= 1.1 * num
         assert sum(rank.peak.by_category.values()) == rank.peak.allocated_bytes
     tl = prof.timeline()
     assert set(tl["rank"]) == {0, 1}

@@ -216,7 +216,7 @@ def test_hostile_model_name_and_title_are_text_not_markup(browser, cli, tmp_path
         assert page.locator("script").count() == num_figures + 2
         inputs = page.locator("section#estimate table.kv").first.inner_text()
         assert name in inputs
-        svg_title = page.locator("#fig-estimate-bars .gtitle").inner_text()
+        svg_title = page.evaluate("document.querySelector('#fig-estimate-bars .gtitle').textContent")
         assert name in svg_title
     finally:
         context.close()

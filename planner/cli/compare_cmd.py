@@ -69,4 +69,4 @@ def _render(result) -> None:
             )
         console.print(table)
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+        typer.echo(f"note: {note}")

@@ -145,4 +145,4 @@ def _render(prof) -> None:
     Console().print(table)
     for r in prof.ranks:
         if r.status != "ok":
-            Console(stderr=True).print(f"rank {r.rank}: {r.status}: {r.message}", highlight=False)
+            typer.echo(f"rank {r.rank}: {r.status}: {r.message}", err=True)

@@ -53,7 +53,7 @@ def _estimates(model, *, gpu, gpus, nodes, method, zero, offload, margin, mfu, t
             "no valid combination of the given --method, --zero and --offload (offload needs ZeRO 1-3, "
             "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2)."
         )
-    rows = [estimate_cmd._with_extras(r, mfu=mfu, num_tokens=tokens, price=price) for r in rows]
+    rows = [estimate_cmd._with_throughput(r, mfu=mfu, num_tokens=tokens, price=price) for r in rows]
     gpu_rows = []
     if compare_gpus:
         from planner.estimate.compare_gpus import compare_gpus as run_compare
@@ -108,12 +108,6 @@ def report(
     trust_remote_code: o.TrustRemoteCodeOpt = False,
 ) -> None:
     """Write one self-contained HTML report (opens offline) from an estimate, profiles and/or a plan."""
-    from planner.report import html as report_html
-    from planner.report.accuracy_section import read_accuracy
-    from planner.report.build import build_report
-    from planner.report.plan_section import read_bundle
-    from planner.report.profile_source import load_profile_view
-
     profiles = list(profile or [])
     if model is None and not profiles and plan is None:
         raise PlannerError("nothing to report: give --model (an estimate), --profile DIR or --plan DIR.")
@@ -129,6 +123,12 @@ def report(
         raise PlannerError(f"--tokens and --price-per-gpu-hour must not be negative, got {tokens} and {price_per_gpu_hour}.")
     if compare_gpus and model is None:
         raise PlannerError("--compare-gpus needs --model (it compares GPUs for the estimated model).")
+    from planner.report import html as report_html
+    from planner.report.accuracy_section import read_accuracy
+    from planner.report.build import build_report
+    from planner.report.plan_section import read_bundle
+    from planner.report.profile_source import load_profile_view
+
     estimates, gpu_rows, all_methods = [], [], True
     if model is not None:
         estimates, gpu_rows, all_methods = _estimates(

@@ -27,7 +27,7 @@ from planner.estimate import ops
 from planner.estimate.act_families import build_family
 from planner.estimate.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.logits import causal_lm_loss
-from planner.estimate.tape import Fake, Sim, Tape, backward
+from planner.estimate.tape import Fake, Sim, StopRecompute, Tape, backward
 from planner.specs import Method, ModelSpec, TrainSpec
 
 NUM_SIMULATED_LAYERS = 3
@@ -193,20 +193,27 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     region[0].extra = extras  # the kwargs (mask, rotary tables, position ids) live as long as the frame
     del rng
 
+    num_saving = sum(1 for n in region if n.has_saved)
+
     def recompute() -> None:
         saved_t = t.saving
         t.saving = True
         t.grad_enabled = True
+        t.saves_left = num_saving
         mark = len(t.sim.nodes)
         # torch.random.fork_rng saves the current generator state while the stored one is replayed
         fork = t.scratch(CHECKPOINT_RNG_STATE_BYTES)
-        again = fam.layer(t, i, _detached(t, h), extras)
+        try:
+            fam.layer(t, i, _detached(t, h), extras)
+        except StopRecompute:
+            pass  # early stop: the rest of the layer is not re-run; its locals are freed with the traceback
+        t.saves_left = None
         fresh = t.sim.nodes[mark:]
         del t.sim.nodes[mark:]
         for orig, new in zip(region, fresh, strict=False):
             t.keep(orig, new.saved)
             ops_release(t, new)
-        del again, fresh, fork
+        del fresh, fork
         t.grad_enabled = False
         t.saving = saved_t
 

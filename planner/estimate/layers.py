@@ -57,13 +57,12 @@ class Linear:
 def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     """Base linear (+ 4-bit dequantization) (+ peft LoRA: ``result + B(A(dropout(x.to(A.dtype)))) * scaling``)."""
     if lin.quant:
-        result = _linear_4bit(t, x, lin)
-    else:
-        result = ops.linear(t, x, lin.w, lin.bias)
+        if lin.lora_a is None:
+            return _linear_4bit(t, x, lin)
+        return _lora_4bit(t, ctx, x, lin)
+    result = ops.linear(t, x, lin.w, lin.bias)
     if lin.lora_a is None:
         return result
-    if lin.quant:
-        return _lora_4bit(t, ctx, x, lin, result)
     result_dtype = result.dtype
     x = ops.to(t, x, lin.lora_a.dtype)
     x = ops.dropout(t, x, ctx.lora_dropout, ctx.device)
@@ -76,9 +75,11 @@ def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     return ops.to(t, result, result_dtype)
 
 
-def _lora_4bit(t: Tape, ctx: Ctx, x: Fake, lin: Linear, result: Fake) -> Fake:
+def _lora_4bit(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     """peft lora.bnb.Linear4bit.forward: ``result = base(x).clone()`` (a defensive copy), then without autocast
-    ``output = B(A(dropout(x.to(A.dtype)))) * scaling``, cast back to the result dtype, and added."""
+    ``output = B(A(dropout(x.to(A.dtype)))) * scaling``, cast back to the result dtype, and added.
+    (Argument temporaries stay referenced by the caller in CPython, so the base call happens in here.)"""
+    result = _linear_4bit(t, x, lin)
     result = t.op("clone", [result], [(result.shape, result.dtype)], [], ops._passthrough_rule)[0]
     expected = result.dtype
     x = ops.to(t, x, lin.lora_a.dtype)

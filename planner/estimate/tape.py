@@ -121,6 +121,10 @@ class Storage:
         self.sim.free(self.nbytes)
 
 
+class StopRecompute(Exception):
+    """Raised when a recomputation has re-created every tensor the checkpointed region saves."""
+
+
 class Param:
     """A weight: never counted as live (model states are counted elsewhere); its gradient is."""
 
@@ -199,6 +203,9 @@ class Tape:
         self.saving = True  # False inside a checkpointed forward: saved tensors are not kept
         self.keep_param_grads = True  # False: gradients are reduced away as they arrive (ZeRO 2/3)
         self.device = "cuda"  # kernels differ: CPU casts mixed-dtype operands, dropout masks
+        # During a checkpoint recomputation: how many saving ops are still to come before it stops early
+        # (torch.utils.checkpoint non-reentrant "early stop", on by default).
+        self.saves_left: int | None = None
 
     # ------------------------------------------------------------ tensors
 
@@ -260,18 +267,30 @@ class Tape:
             if self.recording is not None:
                 self.recording.append(node)
             self.sim.nodes.append(node)
-        return [
+        out = [
             Fake(shape, dtype, alias or Storage(self.sim, _prod(shape) * dtype_bytes(dtype), name), node, k)
             for k, (shape, dtype) in enumerate(outputs)
         ]
+        if node is not None and node.has_saved:
+            self._count_save()
+        return out
+
+    def _count_save(self) -> None:
+        if self.saves_left is not None:
+            self.saves_left -= 1
+            if self.saves_left <= 0:
+                raise StopRecompute
 
     def save_result(self, out: Fake) -> None:
         """The op saves its own output (tanh, softmax, rsqrt, sdpa ...)."""
         if out.node is None:
             return
+        first = not out.node.has_saved
         out.node.has_saved = True
         if self.saving:
             self.keep(out.node, [out])
+        if first:
+            self._count_save()
 
     def keep(self, node: Node, saved: list) -> None:
         """Attach saved tensors to an existing node (used by checkpoint recomputation)."""

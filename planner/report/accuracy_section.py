@@ -70,5 +70,6 @@ def accuracy_section(frame: pd.DataFrame, source: str) -> Section:
             ))
     rows = [["" if pd.isna(v) else (round(v, 4) if isinstance(v, float) else v) for v in rec]
             for rec in frame.itertuples(index=False, name=None)]
-    blocks.append(Table([str(c) for c in frame.columns], rows, caption="Accuracy table"))
+    blocks.append(Table([str(c) for c in frame.columns], rows, caption="Accuracy table, every cell",
+                        collapsible=len(rows) > 20))
     return Section("Accuracy", "accuracy", blocks, subtitle="Estimator vs measured peaks, cell by cell.")

@@ -100,30 +100,39 @@ def throughput_table(rows: Sequence[Estimate]) -> Table | None:
     return Table(cols, out, caption="Throughput, time and cost (at the stated utilisation)", row_classes=classes)
 
 
+GPU_COLUMNS = (
+    ("gpu", "gpu"), ("method", "method"), ("fits", "fits"), ("num_gpus", "GPUs"), ("num_nodes", "nodes"),
+    ("zero_stage", "ZeRO"), ("offload", "offload"), ("grad_checkpointing", "checkpointing"),
+    ("device_bytes", "device GiB"), ("headroom_bytes", "headroom GiB"), ("tokens_per_s", "tokens/s (all GPUs)"),
+    ("time_s", "time h"), ("gpu_hours", "GPU-hours"), ("cost", "cost"), ("note", "note"),
+)
+
+
+def _gpu_cell(key: str, value: object) -> object:
+    if value is None:
+        return "-"
+    if key.endswith("_bytes") and isinstance(value, (int, float)):
+        return gib(value)
+    if key == "time_s" and isinstance(value, (int, float)):
+        return round(value / 3600, 1)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return round(value, 1) if value >= 100 else round(value, 3)
+    return value
+
+
 def gpu_table(rows: Sequence[object]) -> Table | None:
-    """The --compare-gpus rows (objects with ``to_dict()``), columns in a fixed, readable order."""
+    """The --compare-gpus rows (GpuOption objects or their dicts), cheapest first as given."""
     dicts = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in rows]
     if not dicts:
         return None
-    preferred = ["gpu", "method", "fits", "num_gpus", "zero_stage", "offload", "tokens_per_s_per_gpu",
-                 "time_s", "cost"]
-    keys = [k for k in preferred if any(k in d for d in dicts)]
-    keys += sorted({k for d in dicts for k in d} - set(keys))
-    out = []
-    for d in dicts:
-        row = []
-        for k in keys:
-            v = d.get(k, "")
-            if k == "time_s" and isinstance(v, (int, float)):
-                v = round(v / 3600, 2)
-            elif isinstance(v, float):
-                v = round(v, 2)
-            elif isinstance(v, (list, tuple)):
-                v = "; ".join(map(str, v))
-            row.append(v)
-        out.append(row)
-    cols = ["time h" if k == "time_s" else k.replace("_", " ") for k in keys]
-    return Table(cols, out, caption="GPU comparison: the fewest GPUs of each kind that fit, sorted by cost")
+    cols = [(k, label) for k, label in GPU_COLUMNS if any(k in d for d in dicts)]
+    out = [[_gpu_cell(k, d.get(k)) for k, _ in cols] for d in dicts]
+    classes = ["fits" if d.get("fits") else "nofit" for d in dicts]
+    return Table([label for _, label in cols], out, row_classes=classes, collapsible=True,
+                 caption=f"GPU comparison: for each of {len({d.get('gpu') for d in dicts})} accelerators and each "
+                         "method, the fewest GPUs that fit, their layout, time and cost (sorted by cost)")
 
 
 def estimate_section(rows: Sequence[Estimate], *, all_methods: bool, gpu_rows: Sequence[object] = ()) -> Section:

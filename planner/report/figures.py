@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -16,11 +17,15 @@ import plotly.io as pio
 from planner.report import palette
 from planner.units import GIB, MIB
 
-# plotly_white's layout only (no per-trace defaults): a fraction of the bytes and of the time to apply.
-TEMPLATE = go.layout.Template(layout=pio.templates["plotly_white"].layout)
 # Phases in the order they happen in a training step.
 PHASE_ORDER = ("setup", "inputs", "forward", "loss", "backward", "optimizer_step", "between")
 FONT = {"family": "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif", "size": 13}
+
+
+@cache
+def template() -> go.layout.Template:
+    """plotly_white's layout only (no per-trace defaults): a fraction of the bytes and of the time to apply."""
+    return go.layout.Template(layout=pio.templates["plotly_white"].layout)
 
 
 def unit_for(max_bytes: float) -> tuple[int, str]:
@@ -36,11 +41,13 @@ def fmt_bytes(num_bytes: float, divisor: int, unit: str) -> str:
 
 def base_layout(fig: go.Figure, *, title: str, height: int) -> go.Figure:
     fig.update_layout(
-        template=TEMPLATE,
+        template=template(),
         font=FONT,
-        title={"text": title, "x": 0.01, "xanchor": "left"},
+        # Title pinned to the top edge, the legend (up to two rows) between it and the plot.
+        title={"text": title, "x": 0.01, "xanchor": "left", "yref": "container", "y": 1.0, "yanchor": "top",
+               "pad": {"t": 12}},
         height=height,
-        margin={"l": 70, "r": 30, "t": 70, "b": 60},
+        margin={"l": 70, "r": 30, "t": 110, "b": 60},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1.0},
         hoverlabel={"namelength": -1},
     )

@@ -52,6 +52,8 @@ class Table:
     caption: str = ""
     # Per-row CSS class ("fits", "nofit", "chosen", "") for colouring; same length as rows or empty.
     row_classes: Sequence[str] = ()
+    # Long tables start folded (<details>), the caption as their summary line.
+    collapsible: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,9 @@ def _cell(value: object) -> str:
 
 def _table(block: Table) -> str:
     out = ['<div class="scroll"><table>']
-    if block.caption:
+    if block.collapsible:
+        out = [f"<details><summary>{esc(block.caption)} ({len(block.rows)} rows)</summary>", *out]
+    elif block.caption:
         out.append(f"<caption>{esc(block.caption)}</caption>")
     out.append("<thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in block.columns) + "</tr></thead><tbody>")
     for i, row in enumerate(block.rows):
@@ -140,6 +144,8 @@ def _table(block: Table) -> str:
         attr = f' class="{esc(cls)}"' if cls else ""
         out.append(f"<tr{attr}>" + "".join(_cell(v) for v in row) + "</tr>")
     out.append("</tbody></table></div>")
+    if block.collapsible:
+        out.append("</details>")
     return "".join(out)
 
 

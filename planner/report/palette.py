@@ -76,5 +76,10 @@ def phase_color(phase: str) -> str:
 
 
 def text(value: object) -> str:
-    """A user-supplied string made safe for plotly's pseudo-HTML labels (it decodes entities back)."""
-    return html.escape(str(value), quote=True)
+    """A user-supplied string made safe for plotly's pseudo-HTML labels.
+
+    plotly renders a few tags (``<b>``, ``<a href>``, ``<br>``...) in labels and decodes ``&lt;``, ``&gt;``
+    and ``&amp;`` back to characters, but not ``&quot;``: escaping ``&``, ``<`` and ``>`` is what keeps a
+    name from becoming a tag, and quotes stay as they are (outside a tag they are plain text).
+    """
+    return html.escape(str(value), quote=False)

@@ -28,7 +28,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from planner.report import palette
-from planner.report.figures import FONT, TEMPLATE, fmt_bytes, unit_for
+from planner.report.figures import FONT, fmt_bytes, template, unit_for
 
 DEFAULT_MAX_POINTS = 1200
 # Above this many phase intervals per rank, phases are drawn at this many time bins (sub-pixel otherwise).
@@ -222,11 +222,12 @@ def rank_panel(
         )
     height = 360 if show_legend else 230
     fig.update_layout(
-        template=TEMPLATE,
+        template=template(),
         font=FONT,
-        title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}},
+        title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}, "yref": "container", "y": 1.0,
+               "yanchor": "top", "pad": {"t": 10}},
         height=height,
-        margin={"l": 70, "r": 20, "t": 40 + (70 if show_legend else 0), "b": 40},
+        margin={"l": 70, "r": 20, "t": 40 + (80 if show_legend else 0), "b": 40},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.04, "xanchor": "left", "x": 0, "font": {"size": 11}},
         showlegend=show_legend,
         hovermode="closest",
