@@ -262,10 +262,15 @@ def recommend(
             "supports ZeRO 0-2, and bitsandbytes optimizers no ZeRO."
         )
     for m in methods:
-        layouts = all_layouts[m]
-        per_method[m] = search.best(layouts, counts, k if chosen_method is None else 1)
-        if per_method[m] and chosen_method is None:
-            chosen_method = m
+        if chosen_method is None:
+            per_method[m] = search.best(all_layouts[m], counts, k)
+            chosen_method = m if per_method[m] else None
+        else:
+            # Less-preferred methods only for the comparison in "why": on the chosen plan's GPU count, with
+            # its checkpointing and attention, which keeps this to a few estimates.
+            top = per_method[chosen_method][0].plan
+            layouts = search.layouts(m, zero_stages, offloads, (top.train.grad_checkpointing,), (top.train.attn_impl,))
+            per_method[m] = search.best(layouts, (top.cluster.num_gpus,), 1)
     if chosen_method is None:
         raise no_fit(search, methods, counts, zero_stages, offloads, checkpointing, attn_impls, skipped)
     ranked = sorted((s for lst in per_method.values() for s in lst), key=lambda s: s.key)

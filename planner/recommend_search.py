@@ -213,7 +213,13 @@ class Searcher:
         nmin: dict[Layout, int | None] = {}
         groups = []
         for layout in layouts:
-            n0 = self.min_gpus(layout, counts, nmin)
+            sdpa = dataclasses.replace(layout, attn_impl=AttnImpl.SDPA)
+            if layout.attn_impl is not AttnImpl.SDPA and nmin.get(sdpa) is not None:
+                # Where the sdpa twin fits, this attention choice is settled group by group below (one check
+                # above sdpa's largest micro-batch); only where sdpa never fits does it need its own search.
+                n0 = nmin[sdpa]
+            else:
+                n0 = self.min_gpus(layout, counts, nmin)
             for n in counts:
                 micros = divisors(self.g // n)
                 bound = self.score(self.plan(layout, micros[-1], n))

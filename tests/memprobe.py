@@ -7,9 +7,10 @@ the live tensor bytes, and ``record_function`` markers split the step into phase
 step). Figures are reported relative to the live bytes at the start of the measured step, so they count only what
 the step allocates (activations, logits, gradients, step scratch), not the weights that existed before.
 
-Conventions that match the estimator's phase model (planner/estimate/peak.py): weights in the training dtype
-(fp32 or bf16, no autocast), torch AdamW (foreach), ``zero_grad(set_to_none=True)`` after each step, the model
-output dropped before backward (only the loss is kept, as the HF Trainer does).
+Conventions that match the estimator's phase model (planner/estimate/peak.py) and `planner profile`: weights in
+the training dtype (fp32 or bf16, no autocast), torch AdamW with ``foreach=True``, for 16-bit trainable weights an
+fp32 master copy stepped with fp32 copies of the gradients (``master_weights=True``), ``zero_grad(set_to_none=True)``
+after each step, the model output dropped before backward (only the loss is kept, as the HF Trainer does).
 """
 
 from __future__ import annotations
@@ -63,6 +64,30 @@ def _timeline(prof, markers: tuple[str, ...]):
     return mem, spans
 
 
+class MasterWeights:
+    """fp32 masters for 16-bit trainable weights: gradients converted to fp32 all at once at the step."""
+
+    def __init__(self, params, lr: float):
+        self.params = params
+        self.masters = [p if p.dtype == torch.float32 else p.detach().float().requires_grad_(True) for p in params]
+        self.inner = torch.optim.AdamW(self.masters, lr=lr, foreach=True)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, m in zip(self.params, self.masters, strict=True):
+            if m is not p and p.grad is not None:
+                m.grad = p.grad.float()
+        self.inner.step()
+        for p, m in zip(self.params, self.masters, strict=True):
+            if m is not p:
+                p.copy_(m)
+                m.grad = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+
 def run_steps(
     model,
     *,
@@ -70,6 +95,7 @@ def run_steps(
     seq_len: int,
     steps: int = 2,
     checkpointing: bool = False,
+    master_weights: bool = False,
     lr: float = 1e-4,
     seed: int = 0,
 ) -> StepMemory:
@@ -79,7 +105,7 @@ def run_steps(
     model.train()
     model.config.use_cache = False
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
+    opt = MasterWeights(params, lr) if master_weights else torch.optim.AdamW(params, lr=lr, foreach=True)
     gen = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
 

@@ -133,8 +133,12 @@ def write_profile_dir(path, wide: pd.DataFrame, *, name: str = "tiny-llama", sta
     rank_entries = []
     for rank, g in wide.groupby("rank", sort=True):
         phases = {str(ph): _peak_dict(gp) for ph, gp in g.groupby("phase", observed=True)}
+        cuda = None
+        if "reserved" in g and "nvml" in g:  # a CUDA run: the peaks memory_stats and NVML report
+            cuda = {"steady_reserved_peak_bytes": int(g["reserved"].max()),
+                    "nvml_steady_peak_used_bytes": int(g["nvml"].max())}
         rank_entries.append({"rank": int(rank), "status": status, "message": message, "steps_completed": steps,
-                             "steady_state": steps >= 2, "peak": _peak_dict(g), "phases": phases, "cuda": None,
+                             "steady_state": steps >= 2, "peak": _peak_dict(g), "phases": phases, "cuda": cuda,
                              "identity": {}})
     files = {}
     for fname in ("meta.json", "timeline.parquet"):

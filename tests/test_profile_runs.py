@@ -138,3 +138,28 @@ def test_refuses_to_overwrite_without_force(tmp_path):
     profile(tmp_path, "gpt2", precision="fp32")
     with pytest.raises(PlannerError, match="--force"):
         profile(tmp_path, "gpt2", precision="fp32")
+
+
+def test_jsonl_data_with_a_local_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from planner.profile.workload import pack_rows
+
+    words = "the cat sat on a mat".split()
+    vocab = {"[UNK]": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>").save_pretrained(tmp_path / "tok")
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"text": "the cat sat on a mat"}) + "\n" + json.dumps({"text": "a cat"}) + "\n")
+    import torch
+
+    rows = pack_rows(str(data), str(tmp_path / "tok"), 512, 3, torch.Generator())
+    # 6 + eos + 2 + eos = 10 tokens, packed into rows of 3: the tokenizer's ids, in order.
+    assert rows.tolist() == [[2, 3, 4], [5, 6, 7], [1, 6, 3]]
+    spec = spec_from_config(LLAMA, "tiny-llama")
+    train = build_train_spec(precision="fp32", micro_batch=2, seq_len=3)
+    status, message, _ = run_profile(spec, train, num_gpus=1, steps=2, device="cpu", out=tmp_path / "p",
+                                     data=str(data), tokenizer=str(tmp_path / "tok"), show_progress=False)  # fmt: skip
+    assert status == "ok", message

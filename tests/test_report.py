@@ -137,6 +137,9 @@ def test_wide_timeline_adds_up_to_the_allocated_total():
     events = events_from_wide(wide)
     rebuilt = wide_timeline(events)
     np.testing.assert_array_equal(_totals(rebuilt), events["allocated_bytes"].to_numpy())
+    assert "reserved" not in rebuilt
+    events["reserved_bytes"] = events["allocated_bytes"] + 2**21
+    np.testing.assert_array_equal(wide_timeline(events)["reserved"], events["reserved_bytes"].to_numpy())
     with pytest.raises(PlannerError, match="delta_bytes"):
         wide_timeline(events.drop(columns=["delta_bytes"]))
 
@@ -295,6 +298,7 @@ def test_accuracy_table_is_included(cli, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_report_of_a_recommendation_bundle(cli, tmp_path):
     bundle = tmp_path / "bundle"
     rec = cli("recommend", "-m", "llama-3.1-8b", "-g", "64", "--gpus", "8", "--json", "--out", str(bundle), timeout=120)

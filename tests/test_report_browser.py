@@ -190,6 +190,13 @@ def test_fresh_report_of_everything_renders_offline(browser, cli, tmp_path):
                                             "fig-plan-bars"))
         assert page.locator("section#estimate table").count() >= 2
         assert page.locator("section#recommendation details").count() >= 4
+        # A CUDA profile: each rank's panel carries the reserved and NVML device peaks as lines.
+        notes = page.evaluate(
+            "Array.from(document.querySelectorAll(\"[id^='fig-timeline-0-rank-'] .annotation-text\"))"
+            ".map(e => e.textContent)"
+        )
+        assert sum(n.startswith("reserved peak") for n in notes) == 2, notes
+        assert sum(n.startswith("device peak (NVML)") for n in notes) == 2, notes
     finally:
         context.close()
 

@@ -28,6 +28,7 @@ def _register() -> None:
     app.command("recommend")(__import__("planner.cli.recommend_cmd", fromlist=["recommend"]).recommend)
     app.command("profile")(__import__("planner.cli.profile_cmd", fromlist=["profile"]).profile)
     app.command("compare")(__import__("planner.cli.compare_cmd", fromlist=["compare"]).compare)
+    app.command("validate")(__import__("planner.cli.validate_cmd", fromlist=["validate"]).validate)
 
 
 _register()

@@ -51,7 +51,7 @@ def enumerate_rows(
     return rows
 
 
-def _with_throughput(est: Estimate, *, mfu: float, num_tokens: int, price: float) -> Estimate:
+def with_throughput(est: Estimate, *, mfu: float, num_tokens: int, price: float) -> Estimate:
     from planner.estimate.throughput import throughput
 
     return dataclasses.replace(
@@ -159,7 +159,7 @@ def estimate(
             "no valid combination of the given --method, --zero and --offload (offload needs ZeRO 1-3, "
             "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2)."
         )
-    rows = [_with_throughput(r, mfu=mfu, num_tokens=tokens, price=price_per_gpu_hour) for r in rows]
+    rows = [with_throughput(r, mfu=mfu, num_tokens=tokens, price=price_per_gpu_hour) for r in rows]
     payload = {
         "model": _model_json(spec),
         "gpu": dataclasses.asdict(cluster.gpu),

@@ -100,10 +100,18 @@ def profile(
     resolved = resolve_device(device, gpus)
     if out is None:
         out = Path("profiles") / default_slug(spec, train, gpus, resolved)
+    gpu_name = None
+    if resolved == "cuda":  # the catalog GPU this is, so that compare estimates for the same card
+        from planner.nvml import local_gpu
+
+        try:
+            gpu_name = local_gpu().name
+        except PlannerError:
+            gpu_name = None
     status, message, path = run_profile(
         spec, train, num_gpus=gpus, num_nodes=nodes, steps=steps, device=resolved, out=out, force=force,
         seed=seed, weights=weights, data=data, tokenizer=tokenizer, fail_at=fail_at,
-        torch_categories=torch_categories, show_progress=progress,
+        torch_categories=torch_categories, gpu=gpu_name, show_progress=progress,
     )  # fmt: skip
     from planner.profile import load_profile
 
@@ -126,12 +134,13 @@ def fmt_bytes(num_bytes: int) -> str:
 
 def _render(prof) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from planner.profile.attribution import CATEGORIES
 
     ranks = [r for r in prof.ranks if r.peak is not None]
-    table = Table(title=f"{prof.path}: status {prof.status}, device {prof.device}, steady-state allocated peak")
+    table = Table(title=escape(f"{prof.path}: status {prof.status}, device {prof.device}, steady-state allocated peak"))
     table.add_column("category")
     for r in ranks:
         table.add_column(f"rank {r.rank}", justify="right")

@@ -19,7 +19,11 @@ ReportModelOpt = Annotated[
 ProfileOpt = Annotated[
     list[Path] | None, typer.Option("--profile", help="A profile directory from 'planner profile' (repeatable).")
 ]
-PlanOpt = Annotated[Path | None, typer.Option("--plan", help="A bundle directory from 'planner recommend --out'.")]
+PlanOpt = Annotated[
+    Path | None,
+    typer.Option("--plan", help="A bundle directory from 'planner recommend --out' (its plan.json, when present, adds "
+                                "runners-up and rejections), or the .json 'planner recommend --json' prints."),
+]
 AccuracyOpt = Annotated[
     Path | None,
     typer.Option("--accuracy", help=f"Accuracy CSV from 'planner validate' (default: {DEFAULT_ACCURACY} if present)."),
@@ -53,7 +57,7 @@ def _estimates(model, *, gpu, gpus, nodes, method, zero, offload, margin, mfu, t
             "no valid combination of the given --method, --zero and --offload (offload needs ZeRO 1-3, "
             "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2)."
         )
-    rows = [estimate_cmd._with_throughput(r, mfu=mfu, num_tokens=tokens, price=price) for r in rows]
+    rows = [estimate_cmd.with_throughput(r, mfu=mfu, num_tokens=tokens, price=price) for r in rows]
     gpu_rows = []
     if compare_gpus:
         from planner.estimate.compare_gpus import compare_gpus as run_compare

@@ -227,9 +227,12 @@ def run_profile(
         if value is not None and not Path(value).exists():
             raise PlannerError(f"{flag} {value!r} does not exist.")
     check_target(out, force)
+    resolved = resolve_device(device, num_gpus)
+    if torch_categories and resolved != "cpu":
+        raise PlannerError("--torch-categories reads the CPU profiler and works only with --device cpu.")
     job = Job(
         model_name=model.name, model_config=model.config, train=train_spec_to_dict(train), num_ranks=num_gpus,
-        device=resolve_device(device, num_gpus), steps=steps, seed=seed, weights=weights, data=data,
+        device=resolved, steps=steps, seed=seed, weights=weights, data=data,
         tokenizer=tokenizer, fail_at=parse_fail_at(fail_at), torch_categories=torch_categories,
     )  # fmt: skip
     meta = _meta(job, model, train, num_nodes, gpu)

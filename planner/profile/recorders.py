@@ -236,19 +236,21 @@ class CudaRecorder(Recorder):
         self.history_note = ""
 
     def start(self) -> None:
-        torch.cuda.memory._record_memory_history(
-            enabled="all",
-            context="all",
-            stacks="python",
-            max_entries=CUDA_HISTORY_MAX_ENTRIES,
-            global_record_annotations=True,
-        )
+        kwargs = {"enabled": "all", "context": "all", "stacks": "python", "max_entries": CUDA_HISTORY_MAX_ENTRIES}
+        try:
+            # record_function markers land in the snapshot as external_annotations (same clock as the trace).
+            torch.cuda.memory._record_memory_history(**kwargs, global_record_annotations=True)
+        except TypeError:  # an older torch: markers fall back to wall-clock windows (see stop)
+            torch.cuda.memory._record_memory_history(**kwargs)
         torch.cuda.reset_peak_memory_stats(self.device_index)
         self.nvml.start()
 
     def on_window_end(self, name: str) -> None:
-        torch.cuda.synchronize(self.device_index)
-        s = torch.cuda.memory_stats(self.device_index)
+        try:
+            torch.cuda.synchronize(self.device_index)
+            s = torch.cuda.memory_stats(self.device_index)
+        except RuntimeError:  # a broken CUDA context: the failure itself is reported by the runner
+            return
         self.window_stats.append(
             {
                 "window": name,

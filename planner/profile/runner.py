@@ -257,6 +257,9 @@ class RankRun:
         import pandas as pd
 
         att = attribute(recording)
+        import os, pickle  # TEMPDEBUG
+        if os.environ.get("H4DEBUG"):  # TEMPDEBUG
+            pickle.dump(recording, open(f"/tmp/h4prof/rec{self.rank}.pkl", "wb"))  # TEMPDEBUG
         self.rank_dir.mkdir(parents=True, exist_ok=True)
         cols = dict(att.timeline)
         cols["rank"] = [self.rank] * len(cols["t_ns"])
@@ -286,6 +289,8 @@ class RankRun:
             "num_allocations": att.num_allocations,
             "num_unmatched_frees": att.num_unmatched_frees,
             "num_inferred_frees": att.num_inferred_frees,
+            "num_comm_markers": len(recording.comm),
+            "num_liveness_probes": len(recording.live),
             "identity": {**facts, "identified_bytes_at_last_probe": att.identity_bytes},
             "cuda": self.recorder.extra(steady_windows),
             "torch_categories": (

@@ -48,6 +48,10 @@ def wide_timeline(events: pd.DataFrame) -> pd.DataFrame:
             continue
         mine = np.where(codes == names.index(cat), delta, 0)
         out[cat] = pd.Series(mine).groupby(rank).cumsum().to_numpy()
+    # Series the store may add on CUDA: the caching allocator's reserved bytes and NVML's, per event.
+    for src, dst in (("reserved_bytes", "reserved"), ("nvml_bytes", "nvml")):
+        if src in events:
+            out[dst] = events[src].to_numpy(dtype=np.float64)
     return out
 
 

@@ -1,0 +1,285 @@
+"""The validation matrix: seeded, reproducible cells of tiny models, each one real profile plus its estimate.
+
+A ``Cell`` is every input of one run: the model's shape (family, hidden size, layers, heads, vocabulary,
+...) and the training configuration (method, precision, ZeRO stage and ranks, checkpointing, attention,
+sequence length, micro-batch). Issue 5 asks for these factors and levels:
+
+- families: Llama style with grouped-query attention, GPT-2 style with dropout (its config's 0.1 residual,
+  embedding and attention dropout), Qwen2 style with QKV bias (tied embeddings, as the small Qwen2.5 models),
+  and a small Mixtral-style mixture of experts (4 experts, top 2);
+- methods: full, LoRA on the attention projections, LoRA on all linear layers, QLoRA nf4 with and without
+  double quantization;
+- ZeRO 0 on one rank; ZeRO 1, 2 and 3 on two ranks (DeepSpeed, gloo); QLoRA is not combined with stage 3
+  (planner refuses it: bitsandbytes 4-bit weights are not sharded);
+- checkpointing on/off, eager and SDPA attention, three sequence lengths, three micro-batches, three hidden
+  sizes, two depths and four vocabularies.
+
+``full_matrix`` crosses family x method x checkpointing on one rank (40 cells) and adds every ZeRO stage x
+method on two ranks (13 cells); the remaining factors are drawn from balanced, seeded shuffles so each level
+appears about equally often and no single shape dominates. ``ci_matrix`` is the cheapest subset of it that
+still covers every level of every factor, every family x method pair and checkpointing on and off for
+every family and every method (a weighted greedy set cover: a
+2-rank DeepSpeed cell costs about ten single-rank cells). ``random_cells`` draws shapes the matrix was not
+written for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from planner.specs import LoraSpec, QuantSpec, TrainSpec
+
+DEFAULT_SEED = 20240605
+FAMILIES = ("llama", "gpt2", "qwen2", "mixtral")
+METHODS = ("full", "lora-attn", "lora-all", "qlora-dq", "qlora-nodq")
+ZERO_SETUPS = ((0, 1), (1, 2), (2, 2), (3, 2))  # (stage, ranks)
+ATTNS = ("eager", "sdpa")
+SEQ_LENS = (32, 64, 128)
+MICRO_BATCHES = (1, 2, 4)
+HIDDENS = (64, 96, 128)
+LAYERS = (2, 3)
+VOCABS = (512, 1000, 2048, 3072)
+PRECISIONS = ("fp32", "bf16-mixed")
+HEAD_DIM = 16
+LORA_RANK = 8
+NUM_EXPERTS, EXPERTS_PER_TOKEN = 4, 2
+STEPS = 3  # the profile's steady-state peak is taken after step 0
+# Factors whose every level the CI matrix must cover.
+COVERED = ("family", "method", "zero", "ckpt", "attn", "seq_len", "micro_batch", "hidden", "layers", "vocab",
+           "precision")  # fmt: skip
+# Relative cost of a cell for the CI subset: two processes, torchrun and a deepspeed import.
+MULTI_RANK_COST = 10
+# Attention projections per family (LoRA "attention" target set).
+ATTN_TARGETS = {"llama": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"), "mixtral": ("q_proj", "v_proj"),
+                "gpt2": ("c_attn",)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Every input of one validation run."""
+
+    family: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    method: str
+    precision: str
+    zero: int
+    num_ranks: int
+    ckpt: bool
+    attn: str
+    seq_len: int
+    micro_batch: int
+    lora_rank: int = LORA_RANK
+    num_experts: int = 0
+
+    @property
+    def id(self) -> str:
+        """Readable and unique: the main factors, then a hash of every input."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:6]
+        prec = "fp32" if self.precision == "fp32" else "bf16m"
+        return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
+                f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}-{digest}")  # fmt: skip
+
+    @property
+    def cost(self) -> int:
+        return MULTI_RANK_COST if self.num_ranks > 1 else 1
+
+    def model_config(self) -> dict[str, Any]:
+        """A transformers config dict (random weights are built from it)."""
+        positions = max(128, self.seq_len)
+        if self.family == "gpt2":
+            return {"model_type": "gpt2", "n_embd": self.hidden, "n_layer": self.layers, "n_head": self.heads,
+                    "n_inner": self.intermediate, "vocab_size": self.vocab, "n_positions": positions}  # fmt: skip
+        cfg: dict[str, Any] = {
+            "model_type": self.family,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "vocab_size": self.vocab,
+            "max_position_embeddings": positions,
+        }
+        if self.family == "qwen2":
+            cfg["tie_word_embeddings"] = True
+        if self.family == "mixtral":
+            cfg.update(num_local_experts=self.num_experts, num_experts_per_tok=EXPERTS_PER_TOKEN)
+        return cfg
+
+    def model_spec(self):
+        from planner.models import spec_from_config
+
+        return spec_from_config(self.model_config(), f"validate-{self.family}-h{self.hidden}", "validation")
+
+    def train_spec(self) -> TrainSpec:
+        from planner.cli.options import build_train_spec
+
+        method = self.method.split("-")[0]
+        targets = ",".join(ATTN_TARGETS[self.family]) if self.method == "lora-attn" else "all-linear"
+        train = build_train_spec(method=method, precision=self.precision, zero=self.zero, micro_batch=self.micro_batch,
+                                 seq_len=self.seq_len, grad_checkpointing=self.ckpt, attn=self.attn,
+                                 lora_rank=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_targets=targets)  # fmt: skip
+        if self.method.startswith("qlora"):
+            train = replace(train, quant=QuantSpec(double_quant=self.method == "qlora-dq"))
+        return replace(train, lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=train.lora.dropout,
+                                            targets=train.lora.targets))  # fmt: skip
+
+    def inputs(self) -> dict[str, Any]:
+        """Every input as a flat dict (the CSV's input columns)."""
+        d = asdict(self)
+        d["lora_targets"] = "" if self.method == "full" else ",".join(self.train_spec().lora.targets)
+        d["double_quant"] = self.method == "qlora-dq" if self.method.startswith("qlora") else ""
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Cell:
+        kinds = {f.name: f.type for f in fields(Cell)}
+        out: dict[str, Any] = {}
+        for name, kind in kinds.items():
+            value = d[name]
+            if kind == "bool":
+                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true")
+            elif kind == "int":
+                value = int(value)
+            out[name] = value
+        return Cell(**out)
+
+
+# ---------------------------------------------------------------- shapes
+
+
+def _shape(family: str, hidden: int, layers: int, vocab: int, rng: random.Random) -> dict[str, Any]:
+    heads = hidden // HEAD_DIM
+    kv = heads if family == "gpt2" else 2  # grouped-query attention: 4, 6 or 8 query heads share 2 K/V heads
+    if family == "gpt2":
+        inter = 4 * hidden
+    elif family == "mixtral":
+        inter = rng.choice((hidden, 2 * hidden))  # per expert
+    else:
+        inter = rng.choice((2 * hidden, 3 * hidden, 8 * hidden // 3 // 8 * 8))
+    return {"family": family, "hidden": hidden, "layers": layers, "heads": heads, "kv_heads": kv,
+            "intermediate": inter, "vocab": vocab, "num_experts": NUM_EXPERTS if family == "mixtral" else 0}  # fmt: skip
+
+
+def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
+    """n values cycling through the levels (each appears n/len or n/len + 1 times), shuffled."""
+    values = [levels[i % len(levels)] for i in range(n)]
+    rng.shuffle(values)
+    return values
+
+
+def _fill(skeletons: list[dict[str, Any]], rng: random.Random) -> list[Cell]:
+    n = len(skeletons)
+    draws = {
+        "attn": _balanced(ATTNS, n, rng),
+        "seq_len": _balanced(SEQ_LENS, n, rng),
+        "micro_batch": _balanced(MICRO_BATCHES, n, rng),
+        "hidden": _balanced(HIDDENS, n, rng),
+        "layers": _balanced(LAYERS, n, rng),
+        "vocab": _balanced(VOCABS, n, rng),
+        "precision": _balanced(PRECISIONS, n, rng),
+    }
+    cells = []
+    for i, sk in enumerate(skeletons):
+        shape = _shape(sk["family"], draws["hidden"][i], draws["layers"][i], draws["vocab"][i], rng)
+        # QLoRA computes in a 16-bit dtype (planner refuses fp32 QLoRA).
+        precision = "bf16-mixed" if sk["method"].startswith("qlora") else draws["precision"][i]
+        cells.append(Cell(**shape, method=sk["method"], precision=precision, zero=sk["zero"],
+                          num_ranks=sk["num_ranks"], ckpt=sk["ckpt"], attn=draws["attn"][i],
+                          seq_len=draws["seq_len"][i], micro_batch=draws["micro_batch"][i]))  # fmt: skip
+    return cells
+
+
+def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
+    """53 cells: family x method x checkpointing on one rank, and ZeRO 1/2/3 x method on two ranks."""
+    rng = random.Random(seed)
+    single = [{"family": f, "method": m, "ckpt": c, "zero": 0, "num_ranks": 1}
+              for f in FAMILIES for m in METHODS for c in (False, True)]  # fmt: skip
+    multi_keys = [(z, n, m) for z, n in ZERO_SETUPS if z > 0 for m in METHODS if not (z == 3 and m.startswith("qlora"))]
+    fams = _balanced(FAMILIES, len(multi_keys), rng)
+    ckpts = _balanced((False, True), len(multi_keys), rng)
+    multi = [{"family": f, "method": m, "ckpt": c, "zero": z, "num_ranks": n}
+             for (z, n, m), f, c in zip(multi_keys, fams, ckpts, strict=True)]  # fmt: skip
+    return _fill(single, rng) + _fill(multi, rng)
+
+
+def _requirements(cells: list[Cell]) -> set[tuple]:
+    req: set[tuple] = set()
+    for c in cells:
+        req |= _covers(c)
+    return req
+
+
+def _covers(c: Cell) -> set[tuple]:
+    out = {(k, getattr(c, k)) for k in COVERED}
+    out.add(("family x method", c.family, c.method))
+    out.add(("method x checkpointing", c.method, c.ckpt))
+    out.add(("family x checkpointing", c.family, c.ckpt))
+    if c.num_ranks > 1:  # every method and every stage run at least once under DeepSpeed
+        out.add(("multi-rank method", c.method))
+    return out
+
+
+def ci_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
+    """The cheapest subset of the full matrix covering every factor level and family x method pair."""
+    cells = full_matrix(seed)
+    todo = _requirements(cells)
+    chosen: list[Cell] = []
+    while todo:
+        best = max(cells, key=lambda c: (len(_covers(c) & todo) / c.cost, -cells.index(c)))
+        if not _covers(best) & todo:
+            break
+        chosen.append(best)
+        todo -= _covers(best)
+    order = {c: i for i, c in enumerate(cells)}
+    return sorted(chosen, key=order.__getitem__)
+
+
+# ---------------------------------------------------------------- random shapes
+
+
+def random_cells(seed: int, n: int, *, max_ranks: int = 2) -> list[Cell]:
+    """n cells with shapes the matrix was not written for (hidden, layers, heads, vocabulary, sequence).
+
+    Heads are 2-8 of an even head dimension 8-32; grouped-query families take a divisor of the heads as K/V
+    heads; vocabularies are any size 256-4096, sequences 16-160 tokens. Method, precision, checkpointing,
+    attention and micro-batch are random too; ZeRO stages 1-3 (two ranks) come up in a quarter of the cells
+    when ``max_ranks`` allows, the rest run on one rank.
+    """
+    rng = random.Random(seed)
+    cells = []
+    for _ in range(n):
+        family = rng.choice(FAMILIES)
+        heads = rng.randint(2, 8)
+        head_dim = rng.choice((8, 12, 16, 24, 32))
+        hidden = heads * head_dim
+        kv = heads if family == "gpt2" else rng.choice([k for k in range(1, heads + 1) if heads % k == 0])
+        if family == "gpt2":
+            inter = 4 * hidden
+        elif family == "mixtral":
+            inter = rng.randint(hidden // 2, 2 * hidden)
+        else:
+            inter = rng.randint(2 * hidden, 4 * hidden)
+        method = rng.choice(METHODS)
+        zero, ranks = (0, 1)
+        if max_ranks > 1 and rng.random() < 0.25:
+            zero, ranks = rng.choice([(z, r) for z, r in ZERO_SETUPS if z > 0 and not (z == 3 and "qlora" in method)])
+        precision = "bf16-mixed" if method.startswith("qlora") else rng.choice(PRECISIONS)
+        cells.append(Cell(family=family, hidden=hidden, layers=rng.randint(1, 4), heads=heads, kv_heads=kv,
+                          intermediate=inter, vocab=rng.randint(256, 4096), method=method, precision=precision,
+                          zero=zero, num_ranks=ranks, ckpt=rng.random() < 0.5, attn=rng.choice(ATTNS),
+                          seq_len=rng.randint(16, 160), micro_batch=rng.randint(1, 4),
+                          lora_rank=rng.choice((2, 4, 8, 16)),
+                          num_experts=rng.randint(2, 6) if family == "mixtral" else 0))  # fmt: skip
+    return cells

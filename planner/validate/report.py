@@ -1,0 +1,165 @@
+"""reports/accuracy.csv and reports/accuracy.md: written atomically, read back to resume a matrix. No torch.
+
+The CSV has one row per cell and rank (two-rank cells have two rows; a cell that could not be compared has
+one row with its status and message): every input, the estimated and measured bytes of every category at
+the peak, each category's signed error as a share of the measured peak, the signed error of the peak.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from planner.units import MIB
+from planner.validate.results import CATEGORIES, CellResult, RankResult, Summary, group_errors
+
+RESULT_COLUMNS = ["status", "message", "source", "rank", "estimated_peak_phase", "measured_peak_phase",
+                  "measured_peak_step",
+                  *[f"{side}_{c}_bytes" for c in CATEGORIES for side in ("estimated", "measured")],
+                  "estimated_allocated_bytes", "measured_allocated_bytes", "error",
+                  *[f"{c}_error_of_peak" for c in CATEGORIES], "profile_wall_s"]  # fmt: skip
+GROUP_KEYS = ("family", "method", "zero", "ckpt", "attn", "precision", "seq_len", "micro_batch")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def csv_text(results: list[CellResult]) -> str:
+    input_cols: list[str] = []
+    for r in results:
+        input_cols += [k for k in r.inputs if k not in input_cols]
+    out = io.StringIO()
+    w = csv.DictWriter(out, ["id", *input_cols, *RESULT_COLUMNS], lineterminator="\n")
+    w.writeheader()
+    for r in results:
+        base = {"id": r.id, **r.inputs, "status": r.status, "message": r.message, "source": r.source,
+                "profile_wall_s": "" if r.profile_wall_s is None else f"{r.profile_wall_s:.1f}"}  # fmt: skip
+        if not r.ranks:
+            w.writerow(base)
+            continue
+        for rank in r.ranks:
+            row = dict(base, rank=rank.rank, estimated_peak_phase=rank.estimated_phase,
+                       measured_peak_phase=rank.measured_phase,
+                       measured_peak_step="" if rank.measured_step is None else rank.measured_step,
+                       estimated_allocated_bytes=rank.estimated_bytes, measured_allocated_bytes=rank.measured_bytes,
+                       error=f"{rank.error:.6f}")  # fmt: skip
+            for c in CATEGORIES:
+                row[f"estimated_{c}_bytes"] = rank.estimated[c]
+                row[f"measured_{c}_bytes"] = rank.measured[c]
+                row[f"{c}_error_of_peak"] = f"{rank.category_error(c):.6f}"
+            w.writerow(row)
+    return out.getvalue()
+
+
+def read_measurements(path: Path) -> dict[str, dict[str, Any]]:
+    """Measured bytes of every fully compared cell of an earlier CSV: id -> {"ranks": [...], "wall_s": ...}.
+
+    A malformed or foreign file yields nothing (the cells are profiled again).
+    """
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            if row.get("status") != "ok" or row.get("rank", "") == "":
+                continue
+            measured = {c: int(row[f"measured_{c}_bytes"]) for c in CATEGORIES}
+            step = row.get("measured_peak_step", "")
+            entry = out.setdefault(row["id"], {"ranks": [], "wall_s": None})
+            entry["ranks"].append((int(row["rank"]), measured, row.get("measured_peak_phase", ""),
+                                   int(step) if step not in ("", None) else None))  # fmt: skip
+            wall = row.get("profile_wall_s", "")
+            entry["wall_s"] = float(wall) if wall else None
+    except (OSError, KeyError, ValueError, csv.Error):
+        return {}
+    return out
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _mib(b: int) -> str:
+    return f"{b / MIB:.3f}"
+
+
+def _worst_category(rank: RankResult) -> str:
+    c = max(CATEGORIES, key=lambda c: abs(rank.category_error(c)))
+    return f"{c} {rank.category_error(c):+.2%}"
+
+
+def markdown(results: list[CellResult], summary: Summary, *, title: str, context: dict[str, Any]) -> str:
+    v = context.get("versions", {})
+    hw = context.get("hardware", {})
+    lines = [f"# {title}", ""]
+    lines.append(context.get("description", ""))
+    lines += ["", f"- generated: {context.get('date', time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))} by "
+              f"`{context.get('command', 'planner validate')}`",
+              f"- matrix: {context.get('matrix', '')}",
+              "- versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v) if v[k]),
+              f"- hardware: {hw.get('cpu', '?')}, {hw.get('num_cpus', '?')} logical CPUs, "
+              f"{(hw.get('ram_bytes') or 0) / 2**30:.0f} GiB RAM ({hw.get('platform', '')})",
+              f"- planner commit: {context.get('git_commit') or 'unknown'}",
+              f"- profiling time: {context.get('profile_s', 0):.0f} s for the {context.get('num_profiled', 0)} "
+              f"cells profiled in this run ({context.get('num_reused', 0)} reused from the cache or an earlier CSV)",
+              ""]  # fmt: skip
+    if summary.num_cells != context.get("num_planned", summary.num_cells):
+        lines += [f"**Partial**: {summary.num_cells} of {context['num_planned']} cells done.", ""]
+    lines += ["## Summary", "", "| metric | value | bound | met |", "|---|---:|---:|:---:|"]
+    for name, value, bound, met in summary.bound_rows():
+        lines.append(f"| {name} | {value} | {bound} | {'yes' if met else '**no**'} |")
+    lines += ["", f"{summary.num_within_bounds} of {summary.num_cells} cells meet every per-cell bound. "
+              "Errors are signed, estimate minus measurement, relative to the rank's measured allocated peak "
+              "(negative: planner underestimates); a two-rank cell counts with its worse rank.", "",
+              "Largest category error in any cell, as a share of that cell's measured peak:", "",
+              "| " + " | ".join(CATEGORIES) + " |", "|" + "---:|" * len(CATEGORIES),
+              "| " + " | ".join(f"{summary.max_category_error[c]:.2%}" for c in CATEGORIES) + " |", ""]  # fmt: skip
+    keys = [k for k in GROUP_KEYS if any(k in r.inputs for r in results)]
+    if keys:
+        lines += ["## By factor", "", "| factor | level | cells | median abs | max abs | mean signed |",
+                  "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+        for k in keys:
+            for level, n, med, mx, mean in group_errors(results, k):
+                lines.append(f"| {k} | {level} | {n} | {med:.2%} | {mx:.2%} | {mean:+.2%} |")
+        lines.append("")
+    failing = [r for r in results if r.violations()]
+    lines += ["## Cells outside the bounds", ""]
+    if not failing:
+        lines.append("None.")
+    for r in failing:
+        lines.append(f"- `{r.id}`: " + "; ".join(r.violations()))
+    lines += ["", "## All cells", "", "Bytes in MiB at the steady-state allocated peak (worse rank of a two-rank cell).", "",
+              "| cell | estimated | measured | error | largest category error / peak | peak phase (est / meas) |",
+              "|---|---:|---:|---:|---|---|"]  # fmt: skip
+    for r in results:
+        if not r.ok:
+            lines.append(f"| `{r.id}` | | | {r.status} | {r.message} | |")
+            continue
+        w = r.worst
+        lines.append(f"| `{r.id}` | {_mib(w.estimated_bytes)} | {_mib(w.measured_bytes)} | {w.error:+.2%} | "
+                     f"{_worst_category(w)} | {w.estimated_phase} / {w.measured_phase} |")  # fmt: skip
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_reports(results: list[CellResult], summary: Summary, out_dir: Path, stem: str, *, title: str,
+                  context: dict[str, Any]) -> tuple[Path, Path]:  # fmt: skip
+    csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
+    write_text_atomic(csv_path, csv_text(results))
+    write_text_atomic(md_path, markdown(results, summary, title=title, context=context))
+    return csv_path, md_path
