@@ -13,10 +13,10 @@ from planner.cli import options as o
 from planner.errors import PlannerError
 from planner.estimate.core import estimate as run_estimate
 from planner.estimate.result import Estimate
+from planner.estimate.throughput import DEFAULT_MFU
 from planner.models import load_model
 from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
 
-DEFAULT_MFU = 0.4
 
 
 def enumerate_rows(

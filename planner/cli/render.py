@@ -122,7 +122,7 @@ def render_compare_gpus(model: ModelSpec, rows: list) -> None:
             str(d.get("zero_stage")) if fits else "-",
             str(d.get("offload")) if fits else "-",
             f"{d.get('tokens_per_s_per_gpu', 0):,.0f}" if fits else "-",
-            f"{d.get('time_s', 0) / 3600:,.1f}" if fits else "-",
-            f"{d.get('cost', 0):,.0f}" if fits else "does not fit",
+            f"{d['time_s'] / 3600:,.1f}" if fits and d.get("time_s") else "-",
+            (f"{d['cost']:,.0f}" if d.get("cost") else "-") if fits else "does not fit",
         )
     console.print(table)

@@ -184,6 +184,9 @@ def write_bundle(
     """
     model, train, cluster, est, gbs = _parts(plan, estimate)
     files = render_bundle(model, train, cluster, est, global_batch_size=gbs, **render_options)
+    if hasattr(plan, "to_dict"):
+        # A Recommendation: keep its runners-up and rejected plans beside the bundle (read by `planner report`).
+        files["plan.json"] = json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n"
     return write_files(files, out_dir, force=force)
 
 

@@ -7,7 +7,7 @@ writes the embedding, one decoder layer and the final norm the way the family's 
 from __future__ import annotations
 
 from planner.estimate import layers as ly
-from planner.estimate import ops
+from planner.estimate import moe, ops
 from planner.estimate.layers import Ctx, Linear
 from planner.estimate.tape import Fake, Node, Param, Tape
 from planner.specs import Method, ModelSpec, Precision
@@ -91,7 +91,7 @@ class Family:
             w["ln3"], w["ln4"] = self._norm(), self._norm()
         if m.is_moe and _is_moe_layer(m, i):
             inter = int(c.get("moe_intermediate_size") or m.intermediate_size)
-            ex = ly.Experts(h, inter, m.num_experts, max(m.num_experts_per_tok, 1), self.ctx.dtype, self.full,
+            ex = moe.Experts(h, inter, m.num_experts, max(m.num_experts_per_tok, 1), self.ctx.dtype, self.full,
                             lora_rank=0 if self.full else self._rank("mlp.experts.down_proj"),
                             adapter_dtype=self.ctx.adapter_dtype)
             if not self.full:
@@ -188,7 +188,7 @@ class Family:
 
     def _mlp(self, t: Tape, w: dict, x: Fake) -> Fake:
         if "experts" in w:
-            return ly.moe_block(t, self.ctx, x, w["experts"])
+            return moe.moe_block(t, self.ctx, x, w["experts"])
         if "gate_up" in w:
             up_states = ly.linear(t, self.ctx, x, w["gate_up"])
             n = self.model.intermediate_size
@@ -359,7 +359,7 @@ def _params_of(v) -> list[Param]:
         return [v]
     if isinstance(v, Linear):
         return [p for p in (v.w, v.bias, v.lora_a, v.lora_b) if p is not None]
-    if isinstance(v, ly.Experts):
+    if isinstance(v, moe.Experts):
         out = [v.router, v.gate_up, v.down]
         h, e, i = v.router.shape[1], v.num_experts, v.inter
         n = v.lora_router * (h + e) + v.lora_gate_up * e * (h + 2 * i) + v.lora_rank * e * (i + h)
@@ -394,6 +394,11 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
     fam.notes.extend(notes)
     if model.model_type not in LLAMA_LIKE + ("gpt2", "gemma2"):
         fam.notes.append(f"activations of model type {model.model_type!r} are estimated with the llama layer.")
+    if method is not Method.FULL and any(".experts." in path for path, _ in adapters):
+        fam.notes.append(
+            "LoRA on MoE experts (peft ParamWrapper): each layer's expert weights are materialised as W + BA in "
+            "the weight dtype during forward and saved for backward (a full copy of the expert stacks)."
+        )
     if model.model_type == "deepseek_v2":
         fam.notes.append("deepseek_v2 multi-head latent attention is estimated as grouped-query attention.")
     return fam

@@ -19,7 +19,6 @@ the exact end-of-forward bytes and the backward peak (it is at one end of a run 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 from planner.estimate import layers as ly

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 from planner.units import dtype_bytes
 
-
-TRACE: list | None = None  # set to a list to record a backward trace (debugging only)
+# Debugging aid: set to a list to record (node name, live bytes) before every backward node and keep weak
+# references to every storage (Sim.storages, with the op that made it in Storage.tag).
+TRACE: list | None = None
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Sim:
         self.nodes: list[Node] = []
         self.record: list | None = None
         self._pending: tuple | None = None
-        self.trace: list | None = TRACE  # debugging: [node name, live before, peak during] per backward node
+        self.trace: list | None = TRACE
         self.storages: list = []  # debugging: weak references to every storage (only when tracing)
 
     def _touch(self) -> None:
@@ -338,9 +339,7 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
         if all(g is None for g in node.grad_in):
             continue
         if sim.trace is not None:
-            sim.trace.append([node.name, sim.live, sim.live])
-            mark = sim.peaks["backward"].live_bytes if "backward" in sim.peaks else 0
-            sim.peaks.setdefault("backward", PhasePeak()).live_bytes = sim.live
+            sim.trace.append((node.name, sim.live))
         hook = hooks.pop(id(node), None)
         if hook is not None:
             hook()
@@ -364,8 +363,4 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
                     target.grad_in[idx] = g
                 # else: InputBuffer accumulates in place; the incoming buffer is freed
         del grads
-        if sim.trace is not None:
-            sim.trace[-1][2] = sim.peaks["backward"].live_bytes
-            if mark > sim.peaks["backward"].live_bytes:
-                sim.peaks["backward"].live_bytes = mark
     tape.grad_enabled = True

@@ -86,7 +86,8 @@ class _Marks:
     recompute: list[tuple[int, int]] = field(default_factory=list)
     setup: list[tuple[int, int, str]] = field(default_factory=list)
     probes: dict[int, int] = field(default_factory=dict)
-    comm: dict[int, int] = field(default_factory=dict)  # index -> end time
+    comm: dict[int, tuple[int, int]] = field(default_factory=dict)  # call index -> (start, end)
+    comm_wait: dict[int, int] = field(default_factory=dict)  # call index -> end of its wait
     live: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,10 +113,12 @@ def parse_windows(windows: list[Window]) -> _Marks:
             m.recompute.append((w.start_ns, w.end_ns))
         elif kind == "setup" and len(parts) == 2:
             m.setup.append((w.start_ns, w.end_ns, parts[1]))
-        elif kind in ("probe", "live", "comm") and len(parts) == 2:
-            getattr(m, kind if kind != "probe" else "probes")[int(parts[1])] = (
-                w.end_ns if kind == "comm" else w.start_ns
-            )
+        elif kind == "comm" and len(parts) == 2:
+            m.comm[int(parts[1])] = (w.start_ns, w.end_ns)
+        elif kind == "commwait" and len(parts) == 2:
+            m.comm_wait[int(parts[1])] = max(w.end_ns, m.comm_wait.get(int(parts[1]), 0))
+        elif kind in ("probe", "live") and len(parts) == 2:
+            getattr(m, "probes" if kind == "probe" else "live")[int(parts[1])] = w.start_ns
     m.index()
     return m
 
@@ -155,19 +158,25 @@ def _build_allocations(events: list[tuple[int, int, int]]) -> tuple[list[_Alloc]
 
 
 def _resolve_unseen_frees(allocs: list[_Alloc], marks: _Marks, rec: Recording) -> int:
-    """Free allocations that died unseen at the end of the last collective that used them."""
-    comm_times: dict[int, list[int]] = {}
+    """Free allocations that died unseen at the end of the last collective that used or allocated them."""
+
+    def ends(k: int) -> list[int]:
+        return [marks.comm[k][1], *([marks.comm_wait[k]] if k in marks.comm_wait else [])]
+
+    by_ptr: dict[int, list[int]] = {}
     for k, ptrs in rec.comm.items():
-        t = marks.comm.get(k)
-        if t is not None:
+        if k in marks.comm:
             for p in ptrs:
-                comm_times.setdefault(p, []).append(t)
-    for v in comm_times.values():
-        v.sort()
+                by_ptr.setdefault(p, []).extend(ends(k))
+    calls = sorted((start, end, k) for k, (start, end) in marks.comm.items())
+    call_starts = [c[0] for c in calls]
     live_sets = [(marks.live[k], set(ptrs)) for k, ptrs in rec.live.items() if k in marks.live]
     n = 0
     for a in allocs:
-        times = comm_times.get(a.addr)
+        times = list(by_ptr.get(a.addr, ()))
+        call = _find(call_starts, calls, a.t_alloc)
+        if call is not None:  # made inside a collective: c10d's own buffer for it
+            times.extend(ends(call[2]))
         if not times:
             continue
         unseen = a.free_inferred or any(
@@ -176,9 +185,9 @@ def _resolve_unseen_frees(allocs: list[_Alloc], marks: _Marks, rec: Recording) -
         if not unseen:
             continue
         limit = a.t_free if a.t_free is not None else max(t for t, _ in live_sets)
-        j = bisect.bisect_right(times, limit) - 1
-        if j >= 0 and times[j] >= a.t_alloc:
-            a.t_free, a.seq_free, a.free_inferred = times[j], -1, True
+        best = max((t for t in times if a.t_alloc <= t <= limit), default=None)
+        if best is not None:
+            a.t_free, a.seq_free, a.free_inferred = best, -1, True
             n += 1
     return n
 

@@ -9,10 +9,12 @@ collectives wait, yielding the GIL, until the worker has released the tensors (t
 back to what it was before the call), so that the caller's own drop frees them, on the main thread. This
 changes no tensor's lifetime, only the step's timing by microseconds.
 
-The wait is bounded (a collective may legitimately keep a reference, e.g. through views of its output), so
-a few frees can still go unseen. Every collective is therefore also marked (``planner::comm::<k>`` with the
-storage pointers it used, kept in ``COMM_PTRS``), and the replay frees an allocation that a final liveness
-probe finds unreachable at the end of its last collective (attribution.py).
+The wait is bounded (a collective may legitimately keep a reference, e.g. through views of its output), and
+buffers c10d allocates inside a call (flattened copies) are never seen by the caller, so a few frees can
+still go unseen. Every call is therefore marked (``planner::comm::<k>`` around the call with the storage
+pointers of its tensors in ``COMM_PTRS``, ``planner::commwait::<k>`` around the wait of an async one), and
+the replay frees an allocation that a final liveness probe finds unreachable at the end of the last
+collective that used it or allocated it (attribution.py).
 """
 
 from __future__ import annotations
@@ -55,14 +57,6 @@ _installed = False
 COMM_PTRS: dict[int, list[int]] = {}  # comm marker index -> storage pointers of the tensors it used
 
 
-def _mark(tensors: list[torch.Tensor]) -> None:
-    from planner.profile.identity import storage_ptr
-
-    k = len(COMM_PTRS)
-    with record_function(f"{MARKER_PREFIX}comm::{k}"):
-        COMM_PTRS[k] = [p for p in (storage_ptr(t) for t in tensors) if p]
-
-
 def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     out = []
     for v in (*args, *kwargs.values()):
@@ -80,18 +74,25 @@ def _settle(tensors: list[torch.Tensor], baselines: list[int]) -> None:
             time.sleep(0)  # let the gloo worker take the GIL and drop its references
 
 
-class _SettlingWork:
-    """An async collective's work handle whose ``wait`` also waits for the tensors to be released."""
+def _ptrs(tensors: list[torch.Tensor]) -> list[int]:
+    from planner.profile.identity import storage_ptr
 
-    def __init__(self, work: Any, tensors: list[torch.Tensor], baselines: list[int]):
+    return [p for p in (storage_ptr(t) for t in tensors) if p]
+
+
+class _SettlingWork:
+    """An async collective's work handle whose ``wait`` is marked and waits for the tensors' release."""
+
+    def __init__(self, work: Any, tensors: list[torch.Tensor], baselines: list[int], index: int):
         self._work = work
         self._tensors = tensors
         self._baselines = baselines
+        self._index = index
 
     def wait(self, *args, **kwargs):
-        result = self._work.wait(*args, **kwargs)
-        _settle(self._tensors, self._baselines)
-        _mark(self._tensors)
+        with record_function(f"{MARKER_PREFIX}commwait::{self._index}"):
+            result = self._work.wait(*args, **kwargs)
+            _settle(self._tensors, self._baselines)
         self._tensors, self._baselines = [], []
         return result
 
@@ -103,12 +104,16 @@ def _wrap(fn):
     def wrapper(*args, **kwargs):
         tensors = _tensors(args, kwargs)
         baselines = [t._use_count() for t in tensors]
-        result = fn(*args, **kwargs)
-        _mark(tensors)
+        index = len(COMM_PTRS)
+        COMM_PTRS[index] = _ptrs(tensors)
+        # The window covers the call, so buffers c10d allocates inside it are tied to this collective too.
+        with record_function(f"{MARKER_PREFIX}comm::{index}"):
+            result = fn(*args, **kwargs)
+            if result is None:
+                _settle(tensors, baselines)
         if result is None:
-            _settle(tensors, baselines)
-            return result
-        return _SettlingWork(result, tensors, baselines)
+            return None
+        return _SettlingWork(result, tensors, baselines, index)
 
     wrapper.__wrapped__ = fn
     wrapper.__name__ = getattr(fn, "__name__", "collective")

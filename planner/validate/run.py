@@ -1,6 +1,6 @@
 """Run validation cells: a real profile of each (planner.profile, in worker processes), then its estimate.
 
-Profiles run in a pool of ``jobs`` spawned worker processes, each importing torch, transformers, peft and
+Profiles run in ``jobs`` worker processes (pool.py, worker.py), each importing torch, transformers, peft and
 bitsandbytes once for all the cells it runs (a single-rank cell then takes seconds); a two-rank cell's
 worker starts torchrun, which runs the ranks under DeepSpeed with gloo. This process never imports torch:
 it estimates each cell (``estimate(..., device="cpu")``) as soon as its profile is in, and rewrites the
@@ -13,22 +13,19 @@ again; its estimate is always recomputed, since the estimator is what is being v
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError
-from planner.validate.matrix import STEPS, Cell
+from planner.validate.matrix import Cell
+from planner.validate.pool import WORKER_LOG, Pool
 from planner.validate.report import read_measurements, write_reports
 from planner.validate.results import CATEGORIES, CellResult, RankResult, Summary, summarize
 
 DEFAULT_CACHE = Path("profiles/validation")
-WORKER_LOG = "worker.log"  # the workers' stdout and stderr (transformers, DeepSpeed and torchrun chatter)
-MAX_TRIES = 2  # a cell whose worker process died is tried once more in a fresh worker
+INTERRUPT_GRACE_S = 90  # after Ctrl-C, time for running profiles to write what they recorded
 
 
 @dataclass(frozen=True)
@@ -38,31 +35,6 @@ class Run:
     csv_path: Path
     md_path: Path
     wall_s: float
-
-
-# ---------------------------------------------------------------- worker side (imports torch)
-
-
-def _worker_init(log_path: str) -> None:
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
-def profile_cell(cell_dict: dict[str, Any], out: str) -> tuple[str, str, float]:
-    """Profile one cell into ``out`` (replacing what is there); returns (status, message, wall seconds)."""
-    from planner.profile.launcher import run_profile
-
-    cell = Cell.from_dict(cell_dict)
-    started = time.time()
-    print(f"=== {cell.id}", flush=True)
-    try:
-        status, message, _ = run_profile(cell.model_spec(), cell.train_spec(), num_gpus=cell.num_ranks, steps=STEPS,
-                                         device="cpu", out=Path(out), force=True, seed=0, show_progress=False)  # fmt: skip
-    except PlannerError as exc:
-        status, message = "failed", str(exc)
-    return status, message, time.time() - started
 
 
 # ---------------------------------------------------------------- this process (no torch)
@@ -114,6 +86,17 @@ def evaluate(cell: Cell, status: str, message: str, measured: list, *, source: s
         for rank, by_cat, phase, step in sorted(measured, key=lambda m: m[0])
     )
     return CellResult(cell.id, inputs, "ok", "", ranks, wall_s, source)
+
+
+def _from_answer(cell: Cell, answer: dict[str, Any], cache_dir: Path) -> CellResult:
+    status, message, wall = answer["status"], answer["message"], float(answer["wall_s"])
+    try:
+        st, msg, measured = _measured_from_profile(cache_dir / cell.id)
+    except PlannerError as exc:  # the run failed before it could write a profile
+        st, msg, measured = "failed", str(exc), []
+    if status == "ok":
+        status, message = st, msg
+    return evaluate(cell, status, message, measured, source="profiled", wall_s=wall)
 
 
 def _context(command: str, matrix: str, num_planned: int, profile_s: float, num_profiled: int) -> dict[str, Any]:
@@ -194,49 +177,23 @@ def run_cells(
     run = publish()
     if not todo:
         return run
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # inherited by the spawned workers
-    import multiprocessing
-
-    tries = {c.id: 0 for c in todo}
     with _progress(progress) as bar:
         task = bar.add_task("cells", total=len(cells), completed=len(cells) - len(todo), status="")
-        pending = list(todo)
-        while pending:
-            pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_worker_init, initargs=(str(cache_dir / WORKER_LOG),))  # fmt: skip
-            retry: list[Cell] = []
-            try:
-                futures: dict[Future, Cell] = {
-                    pool.submit(profile_cell, c.to_dict(), str(cache_dir / c.id)): c for c in pending
-                }
-                for fut in as_completed(futures):
-                    cell = futures[fut]
-                    tries[cell.id] += 1
-                    try:
-                        status, message, wall = fut.result()
-                        profile_s += wall
-                        try:
-                            st, msg, measured = _measured_from_profile(cache_dir / cell.id)
-                        except PlannerError as exc:  # the run failed before it could write a profile
-                            st, msg, measured = "failed", str(exc), []
-                        if status == "ok":
-                            status, message = st, msg
-                        results[cell.id] = evaluate(cell, status, message, measured, source="profiled", wall_s=wall)
-                    except BrokenProcessPool:
-                        if tries[cell.id] < MAX_TRIES:
-                            retry.append(cell)
-                            continue
-                        results[cell.id] = CellResult(cell.id, cell.inputs(), "failed",
-                                                      "the profiling worker process died (see worker.log)")  # fmt: skip
-                    run = publish()
-                    s = run.summary
-                    med = "" if s.median_abs_error is None else f"median |err| {s.median_abs_error:.2%}, "
-                    bar.update(task, advance=1, status=f"{med}{len(s.failing)} outside bounds; last {cell.id}")
-            except KeyboardInterrupt:
-                pool.shutdown(wait=False, cancel_futures=True)
-                publish()
-                raise
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-            pending = retry
+        pool = Pool(todo, jobs, cache_dir)
+        try:
+            for cell, answer in pool.results(len(todo)):
+                if answer is None:
+                    results[cell.id] = CellResult(cell.id, cell.inputs(), "failed",
+                                                  f"the profiling worker process died twice (see {WORKER_LOG})")  # fmt: skip
+                else:
+                    profile_s += float(answer["wall_s"])
+                    results[cell.id] = _from_answer(cell, answer, cache_dir)
+                run = publish()
+                s = run.summary
+                med = "" if s.median_abs_error is None else f"median |err| {s.median_abs_error:.2%}, "
+                bar.update(task, advance=1, status=f"{med}{len(s.failing)} outside bounds; last {cell.id}")
+        except KeyboardInterrupt:
+            pool.stop(INTERRUPT_GRACE_S)
+            publish()
+            raise
     return publish()

@@ -1,0 +1,203 @@
+"""`planner validate`: the matrix, the metrics, the reports and resume (fast); the CI matrix and random shapes
+against issue 5's bounds (slow: real profiles, two-rank DeepSpeed cells included)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+
+import pytest
+
+from planner.validate import (
+    CATEGORY_BOUND,
+    MEDIAN_BOUND,
+    PEAK_BOUND,
+    UNDER_BOUND,
+    Cell,
+    CellResult,
+    RankResult,
+    ci_matrix,
+    full_matrix,
+    random_cells,
+    run_cells,
+    summarize,
+)
+from planner.validate.matrix import COVERED, FAMILIES, METHODS
+from planner.validate.report import csv_text, read_measurements
+from planner.validate.results import CATEGORIES
+
+# ---------------------------------------------------------------- the matrix (fast)
+
+
+def test_full_matrix_is_reproducible_and_large_enough():
+    cells = full_matrix()
+    assert len(cells) >= 48
+    assert cells == full_matrix()  # the same seed gives the same cells
+    assert full_matrix(seed=1) != cells
+    assert len({c.id for c in cells}) == len(cells)
+    levels = {k: {getattr(c, k) for c in cells} for k in COVERED}
+    assert levels["family"] == set(FAMILIES) and levels["method"] == set(METHODS)
+    assert levels["zero"] == {0, 1, 2, 3} and levels["ckpt"] == {False, True}
+    assert levels["attn"] == {"eager", "sdpa"}
+    assert len(levels["seq_len"]) >= 2 and len(levels["micro_batch"]) >= 2
+    assert len(levels["hidden"]) >= 3 and len(levels["vocab"]) >= 3
+    assert all(c.num_ranks == (1 if c.zero == 0 else 2) for c in cells)
+    # Every ZeRO stage runs every method it supports (QLoRA is refused with stage 3).
+    pairs = {(c.zero, c.method) for c in cells}
+    assert all((z, m) in pairs for z in (1, 2, 3) for m in METHODS if not (z == 3 and m.startswith("qlora")))
+
+
+def test_ci_matrix_covers_every_level_at_lower_cost():
+    full, ci = full_matrix(), ci_matrix()
+    assert set(ci) <= set(full) and len(ci) < len(full)
+    for k in COVERED:
+        assert {getattr(c, k) for c in ci} == {getattr(c, k) for c in full}, k
+    assert {(c.family, c.method) for c in ci} == {(f, m) for f in FAMILIES for m in METHODS}
+    multi = [c for c in ci if c.num_ranks > 1]
+    assert {c.method for c in multi} == set(METHODS) and {c.zero for c in multi} == {1, 2, 3}
+    assert sum(c.cost for c in ci) < sum(c.cost for c in full) / 2
+
+
+def test_cells_build_valid_specs_and_round_trip():
+    for cell in full_matrix() + random_cells(7, 20):
+        assert Cell.from_dict(cell.to_dict()) == cell
+        model, train = cell.model_spec(), cell.train_spec()
+        assert model.hidden_size == cell.hidden and model.vocab_size == cell.vocab
+        assert model.num_heads == cell.heads and model.num_kv_heads == cell.kv_heads
+        assert train.zero_stage == cell.zero and train.seq_len == cell.seq_len
+        assert train.method.value == cell.method.split("-")[0]
+        if cell.method.startswith("qlora"):
+            assert train.quant.double_quant == (cell.method == "qlora-dq")
+        if cell.method == "lora-attn":
+            assert not train.lora.all_linear
+        # The CSV reads inputs back as strings: from_dict must parse them.
+        assert Cell.from_dict({k: str(v) for k, v in cell.to_dict().items()}) == cell
+
+
+def test_random_cells_follow_the_seed():
+    assert random_cells(3, 5) == random_cells(3, 5)
+    assert random_cells(3, 5) != random_cells(4, 5)
+    shapes = {(c.hidden, c.vocab, c.seq_len) for c in random_cells(11, 30)}
+    assert len(shapes) > 25  # shapes the matrix was not written for, not a handful of presets
+    assert all(c.num_ranks == 1 for c in random_cells(5, 20, max_ranks=1))
+
+
+# ---------------------------------------------------------------- metrics and reports (fast)
+
+
+def _rank(est: dict[str, int], meas: dict[str, int], rank: int = 0) -> RankResult:
+    full = dict.fromkeys(CATEGORIES, 0)
+    return RankResult(rank, {**full, **est}, {**full, **meas}, "backward", "backward", 1)
+
+
+def _result(cell_id: str, *ranks: RankResult) -> CellResult:
+    return CellResult(cell_id, {"family": "llama", "method": "full"}, "ok", "", tuple(ranks))
+
+
+def test_metrics_signs_and_bounds():
+    exact = _result("a", _rank({"params": 1000}, {"params": 1000}))
+    over = _result("b", _rank({"params": 1000, "activations": 40}, {"params": 1000}))  # +4%, activations +3.8%
+    under = _result("c", _rank({"params": 1000}, {"params": 1000, "activations": 30}))  # -2.9% of the peak
+    # A two-rank cell counts with its worse rank.
+    two = _result("d", _rank({"params": 1000}, {"params": 1000}), _rank({"params": 1000}, {"params": 1010}, 1))
+    assert over.error == pytest.approx(0.04) and under.error == pytest.approx(-30 / 1030)
+    assert two.error == pytest.approx(-10 / 1010) and two.worst.rank == 1
+    assert exact.violations() == []
+    assert any("activations" in v for v in over.violations())  # 3.85% of the peak > CATEGORY_BOUND
+    assert any("underestimates" in v for v in under.violations())
+    s = summarize([exact, over, under, two])
+    assert s.num_cells == 4 and s.num_compared == 4
+    assert s.share_under == pytest.approx(0.5)
+    assert s.worst_under == pytest.approx(under.error)
+    assert s.max_abs_error == pytest.approx(0.04)
+    assert s.median_abs_error == pytest.approx((10 / 1010 + 30 / 1030) / 2)
+    assert set(s.failing) == {"b", "c"} and not s.passes
+    assert summarize([exact, two]).passes
+    failed = CellResult("e", {}, "failed", "rank 0 failed")
+    assert failed.violations() and not summarize([exact, failed]).passes
+
+
+def test_csv_has_every_input_and_category_and_reads_back(tmp_path):
+    cell = full_matrix()[0]
+    res = CellResult(cell.id, cell.inputs(), "ok", "", (_rank({"params": 900, "grads": 50}, {"params": 900, "grads": 60}),))
+    failed = CellResult("x", cell.inputs(), "oom", "rank 0 ran out of memory")
+    path = tmp_path / "a.csv"
+    path.write_text(csv_text([res, failed]))
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 2 and rows[1]["status"] == "oom" and rows[1]["rank"] == ""
+    row = rows[0]
+    for key in cell.inputs():
+        assert key in row
+    for c in CATEGORIES:
+        assert f"estimated_{c}_bytes" in row and f"measured_{c}_bytes" in row and f"{c}_error_of_peak" in row
+    assert float(row["error"]) == pytest.approx(-10 / 960, abs=1e-6)
+    back = read_measurements(path)
+    assert list(back) == [cell.id]
+    assert back[cell.id]["ranks"][0][1]["grads"] == 60
+
+
+def test_resume_from_the_csv_profiles_nothing(tmp_path):
+    """Cells whose measurements are in the CSV are estimated again but not profiled (no worker starts)."""
+    cells = ci_matrix()[:2]
+    measured = {"params": 10**6, "grads": 10**6, "optimizer_states": 2 * 10**6, "activations": 10**6}
+    rows = [CellResult(c.id, c.inputs(), "ok", "", (_rank({}, measured),)) for c in cells]
+    (tmp_path / "accuracy-ci.csv").write_text(csv_text(rows))
+    started = time.time()
+    run = run_cells(cells, out_dir=tmp_path, stem="accuracy-ci", cache_dir=tmp_path / "cache", progress=False)
+    assert time.time() - started < 30
+    assert [r.source for r in run.results] == ["csv", "csv"]
+    assert not (tmp_path / "cache" / "worker.log").exists()
+    for r in run.results:
+        assert r.ranks[0].measured["params"] == 10**6 and r.ranks[0].estimated["params"] > 0
+    text = (tmp_path / "accuracy-ci.md").read_text()
+    assert "## Summary" in text and cells[0].id in text
+
+
+def test_gpu_reference_without_profiles_is_one_sentence(tmp_path, cli):
+    res = cli("validate", "--suite", "gpu-reference", "--profiles", str(tmp_path / "gpu"), "--out", str(tmp_path))
+    assert res.returncode == 1 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: there are no committed GPU profiles")
+
+
+def test_unknown_suite_is_refused(cli):
+    res = cli("validate", "--suite", "tpu")
+    assert res.returncode == 1 and "--suite 'tpu' is not valid" in res.stderr
+
+
+# ---------------------------------------------------------------- against real profiles (slow)
+
+
+def _assert_bounds(run) -> None:
+    report = "\n".join(f"{r.id}: {'; '.join(r.violations())}" for r in run.results if r.violations())
+    s = run.summary
+    assert s.num_compared == s.num_cells, report
+    for r in run.results:
+        assert abs(r.error) <= PEAK_BOUND, report
+        assert r.error >= -UNDER_BOUND, report
+        for c in CATEGORIES:
+            assert abs(r.max_category_error(c)) <= CATEGORY_BOUND, report
+    assert s.median_abs_error <= MEDIAN_BOUND, report
+
+
+@pytest.mark.slow
+def test_ci_matrix_meets_the_issue_5_bounds(tmp_path):
+    cells = ci_matrix()
+    started = time.time()
+    run = run_cells(cells, out_dir=tmp_path, stem="accuracy-ci", cache_dir=tmp_path / "cache", jobs=2, progress=False,
+                    resume=False)  # fmt: skip
+    print(f"CI matrix: {len(cells)} cells in {time.time() - started:.0f} s; {run.md_path}")
+    assert all(r.source == "profiled" for r in run.results)
+    _assert_bounds(run)
+
+
+@pytest.mark.slow
+def test_random_shapes_meet_the_same_bounds(tmp_path):
+    seed = int(os.environ.get("PLANNER_VALIDATE_SEED") or int.from_bytes(os.urandom(4), "big"))
+    print(f"random cells: seed {seed} (reproduce with PLANNER_VALIDATE_SEED={seed})")
+    cells = random_cells(seed, 3)
+    run = run_cells(cells, out_dir=tmp_path, stem="accuracy-random", cache_dir=tmp_path / "cache", jobs=2,
+                    progress=False, resume=False)  # fmt: skip
+    assert [r.id for r in run.results] == [c.id for c in cells], f"seed {seed}"
+    _assert_bounds(run)
