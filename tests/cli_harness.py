@@ -133,6 +133,9 @@ def run_inprocess(args: list[str]) -> Outcome:
         except PlannerError as exc:
             err.write(f"error: {' '.join(str(exc).split())}\n")
             code = 1
+        except KeyboardInterrupt:
+            err.write("error: interrupted.\n")
+            code = 130
         except Exception:  # noqa: BLE001 - main() would print "internal error": a bug the tests report
             internal = traceback.format_exc()
             code = 1

@@ -137,6 +137,23 @@ def test_unseen_free_is_inferred_from_the_last_collective():
     assert att.peak.detail["temporaries/backward"] == 1000  # lived from 1160 to 1210 only
 
 
+def test_a_buffer_made_inside_an_async_collective_dies_at_its_wait():
+    windows = [*_step_windows(0, 0), *_step_windows(1, 1000), Window("comm::0", 1200, 1210),
+               Window("commwait::0", 1250, 1260), Window("live::0", 1500, 1500)]  # fmt: skip
+    events = [(1205, 0x30, 500)]  # c10d's flattened copy: not an argument, freed by the gloo thread
+    att = attribute(Recording(events=events, windows=windows, probes={}, comm={0: [0x10]}, live={0: []}))
+    assert att.num_inferred_frees == 1
+    assert att.timeline["t_ns"][-1] == 1260 and att.timeline["delta_bytes"][-1] == -500
+
+
+def test_reachable_allocations_are_not_freed_by_inference():
+    windows = [*_step_windows(0, 0), *_step_windows(1, 1000), Window("comm::0", 1200, 1210),
+               Window("live::0", 1500, 1500)]  # fmt: skip
+    events = [(1160, 0x10, 1000)]  # a persistent bucket used by a collective and still referenced
+    att = attribute(Recording(events=events, windows=windows, probes={}, comm={0: [0x10]}, live={0: [0x10]}))
+    assert att.num_inferred_frees == 0 and att.timeline["allocated_bytes"][-1] == 1000
+
+
 def test_address_reuse_closes_an_allocation_whose_free_was_not_seen():
     windows = [*_step_windows(0, 0), *_step_windows(1, 1000)]
     events = [(1160, 0x10, 100), (1200, 0x10, 100), (1250, 0x10, -100)]

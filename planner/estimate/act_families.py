@@ -371,7 +371,7 @@ def _params_of(v) -> list[Param]:
 
 def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: int, s: int, attn: str,
                  dropout: float | None, adapters: tuple[tuple[str, int], ...], lora_dropout: float,
-                 modules_to_save: tuple[str, ...], device: str) -> Family:
+                 modules_to_save: tuple[str, ...], device: str, deepspeed: bool = False) -> Family:
     cfg = model.config or {}
     compute = precision.compute_dtype
     kind = _kind(model)
@@ -388,7 +388,9 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
     ctx = Ctx(b=b, s=s, h=model.hidden_size, heads=model.num_heads, kv_heads=model.num_kv_heads,
               head_dim=model.head_dim, dtype=compute, device=device, attn=attn, attn_dropout=float(attn_p or 0.0),
               resid_dropout=float(resid_p or 0.0),
-              adapter_dtype="fp32" if method is not Method.FULL else compute,
+              # peft keeps adapters in fp32 on a 16-bit base (autocast_adapter_dtype); DeepSpeed casts the whole
+              # module to the training dtype (engine._configure_distributed_model: module.bfloat16()/half())
+              adapter_dtype="fp32" if method is not Method.FULL and not deepspeed else compute,
               lora_dropout=float(lora_dropout), quantized=method is Method.QLORA)
     fam = Family(model, ctx, method, adapters, modules_to_save)
     fam.notes.extend(notes)

@@ -12,21 +12,26 @@ are written per family from the installed transformers code:
   probabilities and both residual branches, learned positions;
 - mixtral, qwen2_moe-like (qwen3_moe): attention as llama, sparse MoE block with top-k routing.
 
+Methods: full (everything trainable), LoRA (peft 0.21: adapters in fp32 on a 16-bit base, inputs cast to
+fp32 and saved by lora_A; frozen base linears save nothing; without checkpointing the frozen embedding's output
+needs no gradient, so layer 0 saves less), QLoRA (bitsandbytes 4-bit base dequantized per matmul, peft's
+defensive clone). Gradient checkpointing follows torch's non-reentrant checkpoint: layer inputs, kwargs and
+RNG states kept; recomputation at the first unpack, with early stop.
+
 Only 3 layers are simulated one by one; the middle layer stands for the other L - 3 (``Sim.ghost``): their
 saved bytes are added after it in forward and swapped for their gradients before it in backward, which gives
 the exact end-of-forward bytes and the backward peak (it is at one end of a run of identical layers).
+Validated against CPU measurements (tests/test_activations.py, tests/memprobe.py).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from planner.estimate import layers as ly
-from planner.estimate import ops
 from planner.estimate.act_families import build_family
 from planner.estimate.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.logits import causal_lm_loss
-from planner.estimate.tape import Fake, Sim, StopRecompute, Tape, backward
+from planner.estimate.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
 from planner.specs import Method, ModelSpec, TrainSpec
 
 NUM_SIMULATED_LAYERS = 3
@@ -75,7 +80,7 @@ def _train_key(train: TrainSpec, adapters: tuple, micro_batch: int | None = None
     return (
         train.method, train.precision, train.micro_batch if micro_batch is None else micro_batch, train.seq_len,
         train.grad_checkpointing, train.attn_impl.value, train.dropout, adapters, train.lora.dropout,
-        train.lora.modules_to_save,
+        train.lora.modules_to_save, train.zero_stage > 0,
     )
 
 
@@ -83,14 +88,14 @@ def _train_key(train: TrainSpec, adapters: tuple, micro_batch: int | None = None
 def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_grads: bool,
               keep_logits: bool) -> Run:
     # config_key: ModelSpec equality ignores the raw config; the family details live there
-    (method, precision, b, s, ckpt, attn, dropout, adapters, lora_dropout, modules_to_save) = key
+    (method, precision, b, s, ckpt, attn, dropout, adapters, lora_dropout, modules_to_save, deepspeed) = key
     sim = Sim()
     sim.record = []
     t = Tape(sim)
     t.device = device
     fam = build_family(model, method=method, precision=precision, b=b, s=s, attn=attn, dropout=dropout,
                        adapters=adapters, lora_dropout=lora_dropout, modules_to_save=modules_to_save,
-                       device=device)
+                       device=device, deepspeed=deepspeed)
     num_layers = model.num_layers
     sim_layers = min(num_layers, NUM_SIMULATED_LAYERS)
     ghost = num_layers - sim_layers
@@ -123,6 +128,7 @@ def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_g
     bwd_end = sim.live
     del loss
     bwd = sim.peaks.get("backward")
+    late = sim.peaks.get("backward_late") or bwd
     grads_total = fam.total_grad_bytes(num_layers) if keep_grads else 0
     if layer_saved[0] == 0 and sim_layers == 1:
         layer_saved[0] = end.saved_bytes
@@ -134,6 +140,8 @@ def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_g
         backward_peak_bytes=bwd.live_bytes if bwd else end.live_bytes,
         backward_peak_saved_bytes=bwd.saved_bytes if bwd else end.saved_bytes,
         backward_peak_grads_bytes=bwd.grads_bytes if bwd else 0,
+        backward_late_peak_bytes=late.live_bytes if late else end.live_bytes,
+        backward_late_peak_saved_bytes=late.saved_bytes if late else end.saved_bytes,
         grads_bytes=grads_total,
         backward_end_bytes=bwd_end,
         per_layer_saved_bytes=layer_saved[0],
@@ -211,7 +219,7 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         del t.sim.nodes[mark:]
         for orig, new in zip(region, fresh, strict=False):
             t.keep(orig, new.saved)
-            ops_release(t, new)
+            release(t.sim, new)
         del fresh, fork
         t.grad_enabled = False
         t.saving = saved_t
@@ -225,16 +233,8 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
 
 def _detached(t: Tape, h: Fake) -> Fake:
     """The recomputation runs on the saved input (same storage), which requires grad."""
-    from planner.estimate.tape import Node
-
     sink = Node("ckpt_input", [], lambda *_: [], 1)
     return Fake(h.shape, h.dtype, h.st, sink, 0)
-
-
-def ops_release(t: Tape, node) -> None:
-    from planner.estimate.tape import release
-
-    release(t.sim, node)
 
 
 def _note_last(t: Tape, fam, i: int, start: int) -> None:
@@ -242,8 +242,4 @@ def _note_last(t: Tape, fam, i: int, start: int) -> None:
         fam.last_node_of_layer[i] = t.sim.nodes[-1]
 
 
-def method_is_adapter(method: Method) -> bool:
-    return method in (Method.LORA, Method.QLORA)
-
-
-__all__ = ["StepProfile", "simulate_step", "ly", "ops"]
+__all__ = ["StepProfile", "simulate_step", "lora_adapter_paths"]

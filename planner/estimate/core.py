@@ -74,6 +74,9 @@ def estimate(
         grads_bytes=states.grads_bytes,
         hidden_size=model.hidden_size,
         largest_trainable=counts.largest_module,
+        num_params=split.num_params,
+        params_bytes=states.params_bytes,
+        device=device,
     )
     cublas = overhead.allocated_overhead_bytes(device)
     pm = phase_breakdowns(train, sharded, step, transients, overhead_bytes=cublas)
@@ -87,11 +90,11 @@ def estimate(
             f"sequence length {train.seq_len} exceeds the model's position limit {model.max_position_embeddings} "
             "(--allow-longer): memory is estimated, quality is not."
         )
-    if step.logits_bytes and peak is pm.phases.get("backward") and pm.peak_phase == "backward":
-        logits_share = 3 * step.logits_bytes * 4 // max(dtype_bytes(train.precision.compute_dtype), 1)
-        if logits_share > peak.total_bytes // 3:
-            notes.append("the peak is the loss backward: fp32 log-probabilities and their gradients over the "
-                         "vocabulary (ForCausalLMLoss upcasts the logits).")
+    num_logits = step.logits_bytes // dtype_bytes(train.precision.compute_dtype)
+    # fp32 log-probabilities + their gradient + log_softmax's backward result (logits.py)
+    if pm.peak_phase == "backward" and 12 * num_logits > peak.total_bytes // 3:
+        notes.append("the peak is the loss backward: fp32 log-probabilities and two fp32 gradients of "
+                     "[tokens, vocabulary] (transformers' ForCausalLMLoss upcasts the logits).")
     result = Estimate(
         model=model,
         train=train,

@@ -30,6 +30,10 @@ class StepProfile:
     backward_peak_grads_bytes: int  # parameter gradients alive at the backward peak
     grads_bytes: int  # parameter gradients made by backward (ZeRO 0 keeps them all)
     backward_end_bytes: int  # alive right after backward (gradients, leaf gradients, the loss)
+    # When gradients are reduced away as they arrive (ZeRO 2/3): the backward peak after the first parameter
+    # gradient exists (buckets and the gradient partition are allocated from then on); else equal to the above.
+    backward_late_peak_bytes: int
+    backward_late_peak_saved_bytes: int
     per_layer_saved_bytes: int  # one decoder layer's saved bytes (generic layer)
     logits_bytes: int  # the [b, s, V] logits in their dtype
     notes: tuple[str, ...] = ()
@@ -112,7 +116,10 @@ class StepEnvelope:
         fwd = self._peak("forward", b)
         bwd = self._peak("backward", b) if "backward" in self.hulls else (v["forward_end_bytes"],
                                                                            v["forward_end_saved_bytes"], 0)
+        late = self._peak("backward_late", b) if "backward_late" in self.hulls else bwd
         return StepProfile(
+            backward_late_peak_bytes=late[0],
+            backward_late_peak_saved_bytes=late[1],
             forward_peak_bytes=fwd[0],
             forward_peak_saved_bytes=fwd[1],
             backward_peak_bytes=bwd[0],

@@ -85,7 +85,7 @@ def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
     ids_sorted = t.new((s,), "int64")
     tok_idx = t.new((s,), "int64")  # perm // top_k
     selected = t.op("index", [x], [((s, h), x.dtype)], [tok_idx])[0]
-    weights_g = t.op("index", [top_val], [((s,), "fp32")], [perm])[0]
+    weights_g = t.op("index", [top_val], [((s, 1), "fp32")], [perm])[0]  # sample_weights[perm].unsqueeze(-1)
     del top_val
     # peft's transformers-5 weight conversion fuses gate and up adapters: the gate_up stack has rank 2r
     # (peft/utils/transformers_weight_conversion.py; lora_A is [2r*E, H] for a rank-r config).
@@ -108,7 +108,7 @@ def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
     unperm = t.op("index", [weighted], [((s, h), weighted.dtype)], [inv_perm])[0]
     del weighted
     summed = t.op("sum_k", [unperm], [((n, h), unperm.dtype)], [])[0]
-    out = ops.to(t, summed, x.dtype)
+    out = t.view(ops.to(t, summed, x.dtype), x.shape)  # .reshape(batch_size, sequence_length, hidden_dim)
     del unperm, perm, ids_sorted, tok_idx, top_idx, inv_perm, gate_up_w, down_w, summed, selected
     return out
 

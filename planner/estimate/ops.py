@@ -36,8 +36,17 @@ def _passthrough_rule(tape: Tape, node, grads_out):
 # ---------------------------------------------------------------- elementwise
 
 
+def broadcast(a, b) -> tuple[int, ...]:
+    """The broadcast shape of two operands (PyTorch/NumPy rules)."""
+    x, y = tuple(a), tuple(b)
+    n = max(len(x), len(y))
+    x = (1,) * (n - len(x)) + x
+    y = (1,) * (n - len(y)) + y
+    return tuple(max(i, j) for i, j in zip(x, y, strict=True))
+
+
 def add(tape: Tape, a: Fake, b: Fake) -> Fake:
-    shape = a.shape if _numel(a.shape) >= _numel(b.shape) else b.shape
+    shape = broadcast(a.shape, b.shape)
     dtype = promote(a.dtype, b.dtype)
     cast = _cpu_promotion_copy(tape, a, b, dtype)
     out = tape.op("add", [a, b], [(shape, dtype)], [], _add_rule)[0]
@@ -85,7 +94,7 @@ def mul(tape: Tape, a, b) -> Fake:
         saved.append(b)
     if b_grad:
         saved.append(a)
-    shape = a.shape if _numel(a.shape) >= _numel(b.shape) else b.shape
+    shape = broadcast(a.shape, b.shape)
     dtype = promote(a.dtype, b.dtype)
     cast = _cpu_promotion_copy(tape, a, b, dtype)
     out = tape.op("mul", [a, b], [(shape, dtype)], [s for s in saved if isinstance(s, Fake)], _mul_rule)[0]

@@ -46,40 +46,63 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
     params, grads, opt = states.params_bytes, states.grads_bytes, states.optimizer_states_bytes
     keep = train.zero_stage < 2  # ZeRO 0/1 keep full gradients; 2/3 reduce them into partitions as they come
     accumulating = train.grad_accum > 1
-    persistent = transients.persistent_bytes + states.gathered_bytes
+    persistent = transients.persistent_bytes
+    # ZeRO-3: the gathered 16-bit parameters (and the largest module's full gradient, sharding.py) in forward
+    # and backward; what stays gathered for reuse (temporaries.py) covers the largest module's parameters
+    gathered = max(states.gathered_bytes, transients.gathered_bytes)
+    # ZeRO-3's gradient partition exists from the start; ZeRO-2's is made when the first gradient is reduced
+    early_grads = grads if (train.zero_stage == 3 or accumulating) else 0
 
-    # forward: gradients exist only between the micro-batches of an accumulation
-    fwd_grads = grads if accumulating else 0
+    # forward: gradients exist only between the micro-batches of an accumulation (or as ZeRO-3's buffer)
     forward = MemoryBreakdown(
         params_bytes=params,
-        grads_bytes=fwd_grads,
+        grads_bytes=early_grads if not keep else (grads if accumulating else 0),
         optimizer_states_bytes=opt,
         activations_bytes=step.forward_peak_saved_bytes,
-        temporaries_bytes=step.forward_peak_bytes - step.forward_peak_saved_bytes + persistent,
+        temporaries_bytes=step.forward_peak_bytes - step.forward_peak_saved_bytes + persistent
+        + gathered,
         overhead_bytes=overhead_bytes,
     )
 
-    # backward: the simulated moment; its gradients are the ones made so far (ZeRO 0/1, first micro-batch)
-    bwd_other = step.backward_peak_bytes - step.backward_peak_saved_bytes - step.backward_peak_grads_bytes
-    if keep and not accumulating:
-        bwd_grads = min(step.backward_peak_grads_bytes, grads) if grads else step.backward_peak_grads_bytes
+    if keep:
+        # the simulated moment; its gradients are the ones made so far (or the accumulated buffers)
+        bwd_other = step.backward_peak_bytes - step.backward_peak_saved_bytes - step.backward_peak_grads_bytes
+        backward = MemoryBreakdown(
+            params_bytes=params,
+            grads_bytes=grads if accumulating else step.backward_peak_grads_bytes,
+            optimizer_states_bytes=opt,
+            activations_bytes=step.backward_peak_saved_bytes,
+            temporaries_bytes=max(bwd_other, 0) + persistent + gathered,
+            overhead_bytes=overhead_bytes,
+        )
     else:
-        bwd_grads = grads  # accumulated buffers or the rank's ZeRO-2/3 partition
-    backward = MemoryBreakdown(
-        params_bytes=params,
-        grads_bytes=bwd_grads,
-        optimizer_states_bytes=opt,
-        activations_bytes=step.backward_peak_saved_bytes,
-        temporaries_bytes=max(bwd_other, 0) + persistent,
-        overhead_bytes=overhead_bytes,
-    )
+        early = MemoryBreakdown(
+            params_bytes=params,
+            grads_bytes=early_grads,
+            optimizer_states_bytes=opt,
+            activations_bytes=step.backward_peak_saved_bytes,
+            temporaries_bytes=step.backward_peak_bytes - step.backward_peak_saved_bytes + persistent
+            + gathered,
+            overhead_bytes=overhead_bytes,
+        )
+        late = MemoryBreakdown(
+            params_bytes=params,
+            grads_bytes=grads,
+            optimizer_states_bytes=opt,
+            activations_bytes=step.backward_late_peak_saved_bytes,
+            temporaries_bytes=step.backward_late_peak_bytes - step.backward_late_peak_saved_bytes + persistent
+            + gathered + transients.late_bytes,
+            overhead_bytes=overhead_bytes,
+        )
+        backward = early if early.total_bytes >= late.total_bytes else late
 
     # optimizer step: everything persistent + the update's scratch + ZeRO's fp32 gradient partition
     optimizer_step = MemoryBreakdown(
         params_bytes=params,
         grads_bytes=grads,
         optimizer_states_bytes=opt,
-        temporaries_bytes=transients.step_bytes + states.step_grad_fp32_bytes + persistent,
+        temporaries_bytes=transients.step_bytes + states.step_grad_fp32_bytes + persistent
+        + transients.late_bytes,
         overhead_bytes=overhead_bytes,
     )
     phases = {"forward": forward, "backward": backward, "optimizer_step": optimizer_step}

@@ -356,6 +356,9 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
                 if param.grad is None and tape.keep_param_grads:
                     param.grad = g  # AccumulateGrad steals a fresh gradient
                     sim.grads += g.nbytes
+                elif not tape.keep_param_grads and sim.phase == "backward":
+                    # ZeRO 2: the first gradient starts the reduce buckets and the gradient partition
+                    sim.set_phase("backward_late")
                 # else: added in place into .grad (or copied into a ZeRO bucket); the incoming buffer is freed
             else:
                 target, idx = e[0], e[1]

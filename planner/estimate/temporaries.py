@@ -28,10 +28,26 @@ ADAMW_FOREACH_SCRATCH_COPIES = 1
 ADAFACTOR_SCRATCH_COPIES = 3
 
 
+# DeepSpeed ZeRO-3 keeps a gathered parameter after a module's forward when it will be used again within
+# ``stage3_max_reuse_distance`` elements of fetches (default 1e9, deepspeed/runtime/zero/config.py;
+# partitioned_param_coordinator.py ``__params_to_release``). Around the turn from forward to backward the
+# top layers are reused within that distance, so about half of it (fetched once in forward, once in
+# backward) stays gathered, in the 16-bit dtype; a small model stays gathered entirely (measured on CPU with
+# `planner profile --zero 3`: every non-persistent parameter gathered at the loss backward).
+DS_MAX_REUSE_DISTANCE = 1_000_000_000
+# DistributedDataParallel broadcasts rank 0's parameters and buffers at construction (_sync_module_states,
+# _broadcast_coalesced): with gloo (CPU) rank 0 keeps the flat broadcast buffer, a copy of the parameters,
+# for the rest of the run (measured with `planner profile --zero 0 --gpus 2 --device cpu`). Not seen with NCCL
+# until the GPU profiles (issue 8) say otherwise.
+GLOO_DDP_RANK0_BROADCAST_COPIES = 1
+
+
 @dataclass(frozen=True)
 class Transients:
     step_bytes: int  # only during the optimizer step
     persistent_bytes: int  # through every phase of the step (buckets)
+    late_bytes: int = 0  # from the first reduced gradient through the step (ZeRO-2 reduce bucket)
+    gathered_bytes: int = 0  # forward and backward (ZeRO-3 parameters kept gathered for reuse)
     notes: tuple[str, ...] = ()
 
 
@@ -69,9 +85,10 @@ def ddp_bucket_bytes(train: TrainSpec, grads_bytes: int, num_ranks: int) -> int:
 
 def deepspeed_bucket_bytes(train: TrainSpec, hidden_size: int, grad_dtype_bytes: int) -> int:
     """DeepSpeed ZeRO-2's contiguous-gradient reduce bucket (stage_1_and_2.py: ``ipg_buffer`` of
-    ``reduce_bucket_size`` elements in the gradient dtype) and ZeRO-3's prefetch bucket, at the values the HF
-    Trainer fills in for "auto" (transformers/integrations/deepspeed.py: reduce_bucket_size = h*h,
-    stage3_prefetch_bucket_size = 0.9*h*h) -- what `planner profile` configures too."""
+    ``reduce_bucket_size`` elements in the gradient dtype, allocated when the first gradient arrives) and
+    ZeRO-3's prefetch bucket, at the values the HF Trainer fills in for "auto"
+    (transformers/integrations/deepspeed.py: reduce_bucket_size = h*h, stage3_prefetch_bucket_size =
+    0.9*h*h) -- what `planner profile` configures too."""
     if train.zero_stage == 2 and train.offload is Offload.NONE:
         return hidden_size * hidden_size * grad_dtype_bytes
     if train.zero_stage == 3:
@@ -79,8 +96,16 @@ def deepspeed_bucket_bytes(train: TrainSpec, hidden_size: int, grad_dtype_bytes:
     return 0
 
 
+def zero3_gathered_bytes(train: TrainSpec, num_params: int, largest_module: int, param_dtype_bytes: int) -> int:
+    """16-bit parameters ZeRO-3 keeps gathered around the forward/backward turn (DS_MAX_REUSE_DISTANCE)."""
+    if train.zero_stage != 3 or train.offload is Offload.OPTIMIZER_PARAMS:
+        return 0
+    return param_dtype_bytes * min(num_params, DS_MAX_REUSE_DISTANCE // 2 + largest_module)
+
+
 def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable: int, num_ranks: int,
-                    grads_bytes: int, hidden_size: int, largest_trainable: int) -> Transients:
+                    grads_bytes: int, hidden_size: int, largest_trainable: int, num_params: int = 0,
+                    params_bytes: int = 0, device: str = "cuda") -> Transients:
     """Everything above for one rank."""
     n = max(num_ranks, 1)
     # Moments: fp32, except pure bf16 where torch keeps them in the parameter dtype (DESIGN.md section 3).
@@ -94,9 +119,19 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
                                       largest_trainable=largest_trainable)
     master = master_grad_copy_bytes(train, num_16bit_trainable)
     grad_bytes = 2 if train.precision.compute_dtype in ("bf16", "fp16") else 4
-    persistent = ddp_bucket_bytes(train, grads_bytes, n) + deepspeed_bucket_bytes(train, hidden_size, grad_bytes)
+    persistent = ddp_bucket_bytes(train, grads_bytes, n)
+    if device == "cpu" and train.zero_stage == 0 and n > 1:
+        persistent += GLOO_DDP_RANK0_BROADCAST_COPIES * params_bytes
+    bucket = deepspeed_bucket_bytes(train, hidden_size, grad_bytes)
+    late = bucket if train.zero_stage == 2 else 0
+    persistent += bucket if train.zero_stage == 3 else 0
+    gathered = zero3_gathered_bytes(train, num_params, largest_trainable, grad_bytes)
     notes = []
     if scratch:
         notes.append("optimizer step: torch AdamW foreach makes a copy of the second moment (sqrt); "
                      "fused AdamW would not.")
-    return Transients(step_bytes=scratch + master, persistent_bytes=persistent, notes=tuple(notes))
+    if gathered:
+        notes.append("ZeRO-3 keeps the parameters it will reuse within stage3_max_reuse_distance gathered "
+                     "between forward and backward.")
+    return Transients(step_bytes=scratch + master, persistent_bytes=persistent, late_bytes=late,
+                      gathered_bytes=gathered, notes=tuple(notes))

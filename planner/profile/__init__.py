@@ -8,10 +8,15 @@ The only package of planner that runs torch training. Layout, one concern per mo
 - ``identity``      which storages are params, grads, optimizer states (by tensor identity)
 - ``recorders``     CPU (torch.profiler) and CUDA (memory history, memory_stats, NVML) recorders
 - ``cuda_trace``    parsing of a CUDA memory snapshot into alloc/free events (pure)
+- ``gloo_settle``   CPU multi-rank: frees of tensors used in gloo collectives happen where they are recorded
+- ``recording``     the data a recorder hands to the replay (pure)
 - ``attribution``   replay of alloc/free events into categories, peaks and a timeline (pure)
 - ``torch_categories`` optional cross-check with torch.profiler._memory_profiler (private API)
 - ``runner``        one rank's run: phases, probes, failure handling
 - ``launcher``      one rank in-process or N ranks via torchrun; merging; signals
+- ``worker``        the torchrun entry point of one rank
+- ``meta``          versions, hardware, git commit
+- ``progress``      the progress bar
 - ``store``         atomic profile directories and ``load_profile`` (no torch import)
 
 Importing this package does not import torch: ``load_profile`` is usable by ``compare`` and reports.

@@ -88,7 +88,8 @@ def param_storage_bytes(model: torch.nn.Module) -> int:
     """
     storages: dict[int, int] = {}
     for p in _unique_model_params(model):
-        for t in [p, *quant_state_tensors(p)]:
+        ds_tensor = getattr(p, "ds_tensor", None)  # ZeRO-3: the rank's partition
+        for t in [p, *quant_state_tensors(p), *([ds_tensor] if ds_tensor is not None else [])]:
             ptr = storage_ptr(t)
             if ptr:
                 storages[ptr] = t.untyped_storage().nbytes()

@@ -190,7 +190,7 @@ class RankRun:
             with self._window("setup::build", phase="build"):
                 self.built = build_model(job.model_config, train, device, seed=job.seed, weights=job.weights)
             facts = {
-                "param_storage_bytes": param_storage_bytes(self.built.model),
+                "param_storage_bytes_at_build": param_storage_bytes(self.built.model),
                 "num_params": sum(p.numel() for p in self.built.model.parameters()),
                 "num_trainable_params": sum(p.numel() for p in self.built.model.parameters() if p.requires_grad),
             }
@@ -198,6 +198,9 @@ class RankRun:
                 self.engine = make_engine(self.built, train, device, job.num_ranks, self.local_rank)
             engine_name = self.engine.name
             facts["param_storage_bytes_after_wrap"] = param_storage_bytes(self.built.model)
+            # What the parameters occupy in steady state (bitsandbytes casts biases to the compute dtype
+            # at the first forward); updated after every step.
+            facts["param_storage_bytes"] = facts["param_storage_bytes_after_wrap"]
             if train.grad_checkpointing:
                 self._install_recompute_hooks()
             batches = Batches(
@@ -226,6 +229,7 @@ class RankRun:
                 with self._window(f"step::{step}::{train.grad_accum - 1}::optimizer_step", step, "optimizer_step"):
                     self.engine.step()
                 self._probe()
+                facts["param_storage_bytes"] = param_storage_bytes(self.built.model)
                 self.steps_completed = step + 1
             if device == "cpu" and (job.num_ranks > 1 or train.zero_stage > 0):
                 from planner.profile.identity import reachable_ptrs
@@ -257,9 +261,6 @@ class RankRun:
         import pandas as pd
 
         att = attribute(recording)
-        import os, pickle  # TEMPDEBUG
-        if os.environ.get("H4DEBUG"):  # TEMPDEBUG
-            pickle.dump(recording, open(f"/tmp/h4prof/rec{self.rank}.pkl", "wb"))  # TEMPDEBUG
         self.rank_dir.mkdir(parents=True, exist_ok=True)
         cols = dict(att.timeline)
         cols["rank"] = [self.rank] * len(cols["t_ns"])

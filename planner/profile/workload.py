@@ -3,9 +3,9 @@
 The model is built from the raw config dict (``ModelSpec.config``) with random, seeded weights in the
 planned dtype, or loaded from ``--weights DIR``. QLoRA goes through transformers' own bitsandbytes path
 (``from_pretrained(..., quantization_config=BitsAndBytesConfig(...))``), with random weights saved to a
-temporary directory first when no weights are given. The base is not passed through peft's
-``prepare_model_for_kbit_training`` (which would cast norms and embeddings to fp32): embeddings, norms and
-the output head stay in the compute dtype, as DESIGN.md §3 assumes.
+temporary directory first when no weights are given, then peft's ``prepare_model_for_kbit_training``, the
+QLoRA recipe the estimator (estimate/states.py) and the emitted train.py follow: every parameter that is not
+4-bit (embeddings, norms, lm_head, biases) is cast to fp32, and checkpointing is enabled through it.
 """
 
 from __future__ import annotations
@@ -142,7 +142,15 @@ def build_model(
     if device == "cpu" and (weights is not None or train.method is Method.QLORA):
         _materialize(model)
     model.config.use_cache = False
-    if train.grad_checkpointing:
+    if train.method is Method.QLORA:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=train.grad_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif train.grad_checkpointing:
         _enable_checkpointing(model)
     hf_model = model
     if train.method in (Method.LORA, Method.QLORA):

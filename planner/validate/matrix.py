@@ -46,6 +46,7 @@ VOCABS = (512, 1000, 2048, 3072)
 PRECISIONS = ("fp32", "bf16-mixed")
 HEAD_DIM = 16
 LORA_RANK = 8
+LORA_DROPOUT = 0.05  # planner's default
 NUM_EXPERTS, EXPERTS_PER_TOKEN = 4, 2
 STEPS = 3  # the profile's steady-state peak is taken after step 0
 # Factors whose every level the CI matrix must cover.
@@ -79,6 +80,7 @@ class Cell:
     micro_batch: int
     lora_rank: int = LORA_RANK
     num_experts: int = 0
+    lora_dropout: float = LORA_DROPOUT
 
     @property
     def id(self) -> str:
@@ -129,7 +131,7 @@ class Cell:
                                  lora_rank=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_targets=targets)  # fmt: skip
         if self.method.startswith("qlora"):
             train = replace(train, quant=QuantSpec(double_quant=self.method == "qlora-dq"))
-        return replace(train, lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=train.lora.dropout,
+        return replace(train, lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
                                             targets=train.lora.targets))  # fmt: skip
 
     def inputs(self) -> dict[str, Any]:
@@ -152,6 +154,8 @@ class Cell:
                 value = value if isinstance(value, bool) else str(value).lower() in ("1", "true")
             elif kind == "int":
                 value = int(value)
+            elif kind == "float":
+                value = float(value)
             out[name] = value
         return Cell(**out)
 
@@ -170,6 +174,12 @@ def _shape(family: str, hidden: int, layers: int, vocab: int, rng: random.Random
         inter = rng.choice((2 * hidden, 3 * hidden, 8 * hidden // 3 // 8 * 8))
     return {"family": family, "hidden": hidden, "layers": layers, "heads": heads, "kv_heads": kv,
             "intermediate": inter, "vocab": vocab, "num_experts": NUM_EXPERTS if family == "mixtral" else 0}  # fmt: skip
+
+
+def _lora_dropout(family: str, method: str) -> float:
+    """peft puts LoRA on fused 3-D expert weights with ``lora.ParamWrapper``, which refuses a LoRA dropout
+    (peft/tuners/lora/layer.py): a mixture of experts with all-linear targets trains without one."""
+    return 0.0 if family == "mixtral" and method != "lora-attn" and method != "full" else LORA_DROPOUT
 
 
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
@@ -197,7 +207,8 @@ def _fill(skeletons: list[dict[str, Any]], rng: random.Random) -> list[Cell]:
         precision = "bf16-mixed" if sk["method"].startswith("qlora") else draws["precision"][i]
         cells.append(Cell(**shape, method=sk["method"], precision=precision, zero=sk["zero"],
                           num_ranks=sk["num_ranks"], ckpt=sk["ckpt"], attn=draws["attn"][i],
-                          seq_len=draws["seq_len"][i], micro_batch=draws["micro_batch"][i]))  # fmt: skip
+                          seq_len=draws["seq_len"][i], micro_batch=draws["micro_batch"][i],
+                          lora_dropout=_lora_dropout(sk["family"], sk["method"])))  # fmt: skip
     return cells
 
 
@@ -281,5 +292,6 @@ def random_cells(seed: int, n: int, *, max_ranks: int = 2) -> list[Cell]:
                           zero=zero, num_ranks=ranks, ckpt=rng.random() < 0.5, attn=rng.choice(ATTNS),
                           seq_len=rng.randint(16, 160), micro_batch=rng.randint(1, 4),
                           lora_rank=rng.choice((2, 4, 8, 16)),
-                          num_experts=rng.randint(2, 6) if family == "mixtral" else 0))  # fmt: skip
+                          num_experts=rng.randint(2, 6) if family == "mixtral" else 0,
+                          lora_dropout=_lora_dropout(family, method)))  # fmt: skip
     return cells

@@ -107,6 +107,11 @@ class Pool:
                 except queue.Empty:
                     continue
 
+    def join(self) -> None:
+        """Wait for the threads, which close their workers (so no worker outlives the run)."""
+        for t in self.threads:
+            t.join()
+
     def stop(self, grace_s: float) -> None:
         """After Ctrl-C: take no more cells, let running profiles write what they recorded, then end."""
         while True:

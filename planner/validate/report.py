@@ -115,8 +115,9 @@ def markdown(results: list[CellResult], summary: Summary, *, title: str, context
               f"- hardware: {hw.get('cpu', '?')}, {hw.get('num_cpus', '?')} logical CPUs, "
               f"{(hw.get('ram_bytes') or 0) / 2**30:.0f} GiB RAM ({hw.get('platform', '')})",
               f"- planner commit: {context.get('git_commit') or 'unknown'}",
-              f"- profiling time: {context.get('profile_s', 0):.0f} s for the {context.get('num_profiled', 0)} "
-              f"cells profiled in this run ({context.get('num_reused', 0)} reused from the cache or an earlier CSV)",
+              f"- time: {context.get('wall_s', 0):.0f} s wall for this run; {context.get('profile_s', 0):.0f} s of "
+              f"profiling summed over the {context.get('num_profiled', 0)} cells profiled in it "
+              f"({context.get('num_reused', 0)} reused from the cache or an earlier CSV)",
               ""]  # fmt: skip
     if summary.num_cells != context.get("num_planned", summary.num_cells):
         lines += [f"**Partial**: {summary.num_cells} of {context['num_planned']} cells done.", ""]

@@ -127,13 +127,13 @@ class Summary:
         compared = self.num_compared == self.num_cells and self.num_cells > 0
         return [
             ("cells compared", f"{self.num_compared} / {self.num_cells}", "all", compared),
-            ("max |peak error|", pct(self.max_abs_error), f"≤ {PEAK_BOUND:.0%}",
+            ("max abs peak error", pct(self.max_abs_error), f"≤ {PEAK_BOUND:.0%}",
              self.max_abs_error is not None and self.max_abs_error <= PEAK_BOUND),
-            ("median |peak error|", pct(self.median_abs_error), f"≤ {MEDIAN_BOUND:.1%}",
+            ("median abs peak error", pct(self.median_abs_error), f"≤ {MEDIAN_BOUND:.1%}",
              self.median_abs_error is not None and self.median_abs_error <= MEDIAN_BOUND),
             ("worst underestimate", pct(-under if under < 0 else 0.0), f"≤ {UNDER_BOUND:.0%}", under >= -UNDER_BOUND),
             ("share of cells underestimated", pct(self.share_under), "reported", True),
-            ("max |category error| / peak", pct(cat), f"≤ {CATEGORY_BOUND:.0%}", cat <= CATEGORY_BOUND),
+            ("max abs category error / peak", pct(cat), f"≤ {CATEGORY_BOUND:.0%}", cat <= CATEGORY_BOUND),
         ]  # fmt: skip
 
 

@@ -99,7 +99,8 @@ def _from_answer(cell: Cell, answer: dict[str, Any], cache_dir: Path) -> CellRes
     return evaluate(cell, status, message, measured, source="profiled", wall_s=wall)
 
 
-def _context(command: str, matrix: str, num_planned: int, profile_s: float, num_profiled: int) -> dict[str, Any]:
+def _context(command: str, matrix: str, num_planned: int, profile_s: float, num_profiled: int,
+             wall_s: float) -> dict[str, Any]:
     from planner.profile import meta
 
     return {
@@ -111,6 +112,7 @@ def _context(command: str, matrix: str, num_planned: int, profile_s: float, num_
         "git_commit": meta.git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "profile_s": profile_s,
+        "wall_s": wall_s,
         "num_profiled": num_profiled,
         "num_reused": num_planned - num_profiled,
         "description": (
@@ -170,7 +172,7 @@ def run_cells(
     def publish() -> Run:
         done = [results[c.id] for c in cells if c.id in results]
         summary = summarize(done)
-        ctx = _context(command, matrix, len(cells), profile_s, len(todo))
+        ctx = _context(command, matrix, len(cells), profile_s, len(todo), time.time() - started)
         csv_path, md_path = write_reports(done, summary, out_dir, stem, title=title, context=ctx)
         return Run(done, summary, csv_path, md_path, time.time() - started)
 
@@ -192,6 +194,7 @@ def run_cells(
                 s = run.summary
                 med = "" if s.median_abs_error is None else f"median |err| {s.median_abs_error:.2%}, "
                 bar.update(task, advance=1, status=f"{med}{len(s.failing)} outside bounds; last {cell.id}")
+            pool.join()
         except KeyboardInterrupt:
             pool.stop(INTERRUPT_GRACE_S)
             publish()
