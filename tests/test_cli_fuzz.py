@@ -199,12 +199,14 @@ def _alarm(signum, frame):
 
 
 STATS: Counter = Counter()
+SECONDS: Counter = Counter()  # wall seconds per command
 SLOWEST: list[tuple[float, str]] = []
 
 
 def _record(args: list[str], code: int | None, wall: float) -> None:
     STATS[f"{args[0]} exit {code}"] += 1
     STATS["examples"] += 1
+    SECONDS[args[0]] += wall
     SLOWEST.append((wall, " ".join(args)))
     SLOWEST.sort(reverse=True)
     del SLOWEST[5:]
@@ -269,6 +271,7 @@ def test_cli_fuzz(workspace, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative outputs (r.html, bundle-a, profiles/...) land here
     monkeypatch.setenv("COLUMNS", "120")
     STATS.clear()
+    SECONDS.clear()
     FAILURES.clear()
     KNOWN_HITS.clear()
     started = time.monotonic()
@@ -295,6 +298,7 @@ def _write_results(wall_s: float) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     data = {"examples": STATS["examples"], "requested": NUM_EXAMPLES, "wall_s": round(wall_s, 1),
             "by_outcome": {k: v for k, v in sorted(STATS.items()) if k != "examples"},
+            "seconds_by_command": {k: round(v, 1) for k, v in sorted(SECONDS.items())},
             "slowest": [{"s": round(s, 2), "args": a} for s, a in SLOWEST],
             "failures": {sig: {"count": len(ex), "example": ex[0][:1500]} for sig, ex in FAILURES.items()},
             "known_bugs_hit": dict(KNOWN_HITS)}  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -26,6 +27,7 @@ from planner.validate import (
 from planner.validate.matrix import COVERED, FAMILIES, METHODS
 from planner.validate.report import csv_text, read_measurements
 from planner.validate.results import CATEGORIES
+from planner.validate.run import measurement_fingerprint
 
 # ---------------------------------------------------------------- the matrix (fast)
 
@@ -132,7 +134,9 @@ def test_csv_has_every_input_and_category_and_reads_back(tmp_path):
     for c in CATEGORIES:
         assert f"estimated_{c}_bytes" in row and f"measured_{c}_bytes" in row and f"{c}_error_of_peak" in row
     assert float(row["error"]) == pytest.approx(-10 / 960, abs=1e-6)
-    back = read_measurements(path)
+    assert read_measurements(path, "other") == {}  # measured by another profiler or library version
+    path.write_text(csv_text([replace(res, measured_with="abc"), failed]))
+    back = read_measurements(path, "abc")
     assert list(back) == [cell.id]
     assert back[cell.id]["ranks"][0][1]["grads"] == 60
 
@@ -141,13 +145,14 @@ def test_resume_from_the_csv_profiles_nothing(tmp_path):
     """Cells whose measurements are in the CSV are estimated again but not profiled (no worker starts)."""
     cells = ci_matrix()[:2]
     measured = {"params": 10**6, "grads": 10**6, "optimizer_states": 2 * 10**6, "activations": 10**6}
-    rows = [CellResult(c.id, c.inputs(), "ok", "", (_rank({}, measured),)) for c in cells]
+    fp = measurement_fingerprint()
+    rows = [CellResult(c.id, c.inputs(), "ok", "", (_rank({}, measured),), measured_with=fp) for c in cells]
     (tmp_path / "accuracy-ci.csv").write_text(csv_text(rows))
     started = time.time()
     run = run_cells(cells, out_dir=tmp_path, stem="accuracy-ci", cache_dir=tmp_path / "cache", progress=False)
     assert time.time() - started < 30
     assert [r.source for r in run.results] == ["csv", "csv"]
-    assert not (tmp_path / "cache" / "worker.log").exists()
+    assert not (tmp_path / "cache" / fp / "worker.log").exists()
     for r in run.results:
         assert r.ranks[0].measured["params"] == 10**6 and r.ranks[0].estimated["params"] > 0
     text = (tmp_path / "accuracy-ci.md").read_text()
@@ -189,6 +194,10 @@ def test_ci_matrix_meets_the_issue_5_bounds(tmp_path):
                     resume=False)  # fmt: skip
     print(f"CI matrix: {len(cells)} cells in {time.time() - started:.0f} s; {run.md_path}")
     assert all(r.source == "profiled" for r in run.results)
+    # Resume: the same matrix again reuses every profile from the cache and only re-estimates.
+    again = run_cells(cells, out_dir=tmp_path, stem="accuracy-ci", cache_dir=tmp_path / "cache", progress=False)
+    assert all(r.source == "cache" for r in again.results if r.ok)
+    assert [r.error for r in again.results if r.ok] == [r.error for r in run.results if r.ok]
     _assert_bounds(run)
 
 
@@ -201,3 +210,48 @@ def test_random_shapes_meet_the_same_bounds(tmp_path):
                     progress=False, resume=False)  # fmt: skip
     assert [r.id for r in run.results] == [c.id for c in cells], f"seed {seed}"
     _assert_bounds(run)
+
+
+# ---------------------------------------------------------------- gpu-reference on a hand-made CUDA profile (fast)
+
+
+def _cuda_profile(out, by_category: dict[str, int]):
+    """A CUDA profile directory written by the real store (no GPU needed), with the given peak."""
+    from planner.models import spec_from_config
+    from planner.profile.store import assemble, publish, staging_dir
+    from planner.specs import TrainSpec, train_spec_to_dict
+
+    cfg = full_matrix()[0].model_config()
+    peak = {"allocated_bytes": sum(by_category.values()), "t_ns": 1, "step": 1, "micro_batch": 0, "phase": "backward",
+            "by_category": by_category, "detail": {}}  # fmt: skip
+    rank = {"rank": 0, "status": "ok", "message": "", "steps_completed": 3, "steady_state": True, "peak": peak,
+            "phases": {"backward": peak}, "identity": {}, "cuda": None, "files": []}  # fmt: skip
+    train = TrainSpec(seq_len=64, micro_batch=2)
+    meta = {"model": {"name": "tiny", "source": "test", "config": cfg}, "train": train_spec_to_dict(train),
+            "cluster": {"gpu": "h100-sxm-80gb", "num_gpus": 1, "num_nodes": 1}, "device": "cuda", "steps": 3}  # fmt: skip
+    staging = staging_dir(out)
+    (staging / "ranks").mkdir(parents=True)
+    assemble(staging, meta, [rank], "ok", "", 1)
+    publish(staging, out, force=True)
+    return spec_from_config(cfg, "tiny"), train
+
+
+def test_gpu_reference_compares_committed_cuda_profiles(tmp_path, cli):
+    from planner import catalog
+    from planner.estimate.core import estimate
+    from planner.specs import Cluster
+
+    root = tmp_path / "gpu"
+    model, train = _cuda_profile(root / "h100" / "exact", dict.fromkeys(CATEGORIES, 1))
+    est = estimate(model, train, Cluster(gpu=catalog.gpu("h100-sxm-80gb")), device="cuda").per_gpu
+    exact = {c: getattr(est, f"{c}_bytes") for c in CATEGORIES if c != "other"} | {"other": 0}
+    _cuda_profile(root / "h100" / "exact", exact)
+    res = cli("validate", "--suite", "gpu-reference", "--profiles", str(root), "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((tmp_path / "accuracy-gpu.csv").open()))
+    assert [r["id"] for r in rows] == ["h100/exact"] and float(rows[0]["error"]) == 0.0
+    # A profile that measured 10% more activations than the peak holds: outside the bounds, exit 1.
+    _cuda_profile(root / "h100" / "more", {**exact, "activations": exact["activations"] + sum(exact.values()) // 10})
+    res = cli("validate", "--suite", "gpu-reference", "--profiles", str(root), "--out", str(tmp_path))
+    assert res.returncode == 1 and "1 of 2 cells miss the issue-5 bounds" in res.stderr
+    assert "h100/more" in (tmp_path / "accuracy-gpu.md").read_text()

@@ -226,11 +226,13 @@ class Family:
         """Returns (output [b, s, heads, d], attention weights or None)."""
         c = self.ctx
         n_rep = c.heads // c.kv_heads
+        # the v_proj output viewed [b, kv, s, d] is a transpose; one KV head repeated is a stride-0 view
+        mqa = n_rep > 1 and c.kv_heads == 1
         if c.attn == "eager":
             kr = ly.repeat_kv(t, k, n_rep)
             vr = ly.repeat_kv(t, v, n_rep)
             return ly.eager_core(t, c, q, kr, vr, mask, softmax_fp32=not gpt2, softcap=softcap,
-                                 copy_q=gpt2, copy_k=gpt2, copy_v=gpt2 or n_rep == 1)
+                                 copy_q=gpt2, copy_k=gpt2 or mqa, copy_v=gpt2 or n_rep == 1 or mqa)
         if c.attn == "sdpa" and self._sdpa_falls_back():
             return ly.sdpa_math(t, c, q, k, v, n_rep, strided=gpt2), None
         # sdpa / flash_attention_2: memory-efficient kernels; GQA is passed unrepeated (enable_gqa).
@@ -275,6 +277,14 @@ class Family:
         out = ly.linear(t, c, t.view(out, (b, s, a * d)), w["c_proj"])
         return ops.dropout(t, out, _gpt2_dropout(self, "resid_pdrop"), c.device), weights
 
+    def layer_kwargs(self, i: int, extras: dict) -> dict:
+        """The tensors a checkpointed layer's recomputation closure keeps (its own mask only: Gemma-2 passes
+        each layer the mask of its type)."""
+        if self.kind != "gemma2":
+            return dict(extras)
+        drop = "mask" if self._sliding(i) else "mask_sliding"
+        return {k: v for k, v in extras.items() if k != drop}
+
     def _sliding(self, i: int) -> bool:
         types = self.cfg.get("layer_types")
         if isinstance(types, list) and i < len(types):
@@ -300,7 +310,8 @@ class Family:
             vr = ly.repeat_kv(t, v, a // kv)
             mask = extras.get("mask_sliding" if self._sliding(i) else "mask")
             out, _weights = ly.eager_core(t, c, q, kr, vr, mask, softmax_fp32=True,
-                                          softcap=softcap, copy_v=(a // kv) == 1)
+                                          softcap=softcap, copy_k=kv == 1 and a > 1,
+                                          copy_v=(a // kv) == 1 or kv == 1)
             del kr, vr
         del q, k, v
         hs = ly.linear(t, c, t.view(out, (b, s, a * d)), w["o"])

@@ -197,7 +197,8 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     # the checkpoint frame keeps the layer input and the RNG state until the region is done
     rng = t.scratch(CHECKPOINT_RNG_STATE_BYTES + (CUDA_RNG_STATE_BYTES if fam.ctx.device != "cpu" else 0))
     t.keep(region[0], [h, rng])
-    region[0].extra = extras  # the kwargs (mask, rotary tables, position ids) live as long as the frame
+    kwargs = fam.layer_kwargs(i, extras)
+    region[0].extra = kwargs  # the kwargs (mask, rotary tables, position ids) live as long as the frame
     del rng
 
     num_saving = sum(1 for n in region if n.has_saved)
@@ -211,7 +212,7 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         # torch.random.fork_rng saves the current generator state while the stored one is replayed
         fork = t.scratch(CHECKPOINT_RNG_STATE_BYTES)
         try:
-            fam.layer(t, i, _detached(t, h), extras)
+            fam.layer(t, i, _detached(t, h), kwargs)
         except StopRecompute:
             pass  # early stop: the rest of the layer is not re-run; its locals are freed with the traceback
         t.saves_left = None

@@ -174,11 +174,13 @@ def rotary(t: Tape, q: Fake, cos: Fake, sin: Fake) -> Fake:
 
 
 def repeat_kv(t: Tape, x: Fake, n_rep: int) -> Fake:
-    """expand + reshape: a copy of [b, heads, s, d] when n_rep > 1; backward sums over the repeats."""
+    """expand + reshape: a copy of [b, heads, s, d] when n_rep > 1; backward sums over the repeats. With a single
+    KV head the reshape merges a size-1 dim and stays a view of x (heads at stride 0)."""
     if n_rep == 1:
         return x
     b, kv, s, d = x.shape
-    return t.op("repeat_kv", [x], [((b, kv * n_rep, s, d), x.dtype)], [])[0]
+    alias = x.st if kv == 1 else None
+    return t.op("repeat_kv", [x], [((b, kv * n_rep, s, d), x.dtype)], [], alias=alias)[0]
 
 
 def mask_add(t: Tape, scores: Fake, mask: Fake | None) -> Fake:
@@ -237,12 +239,13 @@ def sdpa_math(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, n_rep: int, strided:
     del ka, va
     ks = ops.mul_scalar(t, kr)
     del kr
-    scores = ops.matmul(t, qs, ks, (b, a, s, s), copy_a=strided, copy_b=strided)
+    mqa = n_rep > 1 and k.shape[1] == 1  # repeat_kv of one KV head is a stride-0 view
+    scores = ops.matmul(t, qs, ks, (b, a, s, s), copy_a=strided, copy_b=strided or mqa)
     del qs, ks
     probs = ops.unary_saving_output(t, "softmax", scores)  # attn.add_(mask) in place, then _safe_softmax
     del scores, causal
     probs = ops.dropout(t, probs, ctx.attn_dropout, ctx.device)
-    out = ops.matmul(t, probs, vr, (b, a, s, d), copy_b=strided or n_rep == 1)
+    out = ops.matmul(t, probs, vr, (b, a, s, d), copy_b=strided or n_rep == 1 or mqa)
     del probs, vr
     out = ops.to(t, out, q.dtype)
     # the output is [b, heads, s, d]; transpose(1, 2).contiguous() copies it

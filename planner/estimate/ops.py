@@ -207,8 +207,12 @@ def linear(tape: Tape, x: Fake, w: Param, bias: Param | None = None) -> Fake:
 
 
 def matmul(tape: Tape, a: Fake, b: Fake, out_shape, copy_a: bool = False, copy_b: bool = False) -> Fake:
-    """Batched ``torch.matmul``: bmm saves both (reshaped) operands; ``copy_*`` when the reshape of a strided
-    view cannot merge dims and copies (the copy is what is saved)."""
+    """Batched ``torch.matmul``: bmm saves both (reshaped) operands. 4-D operands [B, H, ., .] are reshaped to
+    [B*H, ., .]; ``copy_*``: the operand is a strided view whose batch and head dims do not merge (strides
+    of a transpose, of an expand, of a slice of a fused projection), so the reshape copies -- unless B or H is
+    1, when any strides merge -- and the copy is what is saved."""
+    copy_a = copy_a and _batch_heads_differ(a)
+    copy_b = copy_b and _batch_heads_differ(b)
     if copy_a:
         a = tape.op("reshape_copy", [a], [(a.shape, a.dtype)], [])[0]
     if copy_b:
@@ -220,6 +224,10 @@ def matmul(tape: Tape, a: Fake, b: Fake, out_shape, copy_a: bool = False, copy_b
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _batch_heads_differ(x: Fake) -> bool:
+    return len(x.shape) < 4 or (x.shape[0] > 1 and x.shape[1] > 1)
 
 
 def _numel(shape) -> int:

@@ -237,9 +237,15 @@ def run_profile(
     )  # fmt: skip
     meta = _meta(job, model, train, num_nodes, gpu)
     staging = staging_dir(out)
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise PlannerError(
+            f"cannot create the profile directory in {str(out.parent)!r}: {exc.strerror or exc}; "
+            "choose a writable --out."
+        ) from None
     try:
         with ProgressDisplay(steps, job.device, enabled=show_progress) as display:
             if num_gpus == 1 and train.zero_stage == 0:
@@ -254,6 +260,11 @@ def run_profile(
         extra = ["launcher.log"] if (staging / "launcher.log").exists() else []
         assemble(staging, meta, ranks, status, message, num_gpus, extra_files=extra)
         publish(staging, out, force)
+    except OSError as exc:  # a full disk, a quota, a directory that went read-only
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PlannerError(
+            f"could not write the profile to {str(out)!r} ({exc.strerror or type(exc).__name__}); nothing was kept."
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -83,7 +83,7 @@ def _fault(job: Job, rank: int) -> tuple[int, str] | None:
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
@@ -157,26 +157,26 @@ class RankRun:
     # ------------------------------------------------------------ the run
 
     def run(self, init: Callable[[], None] | None = None) -> dict[str, Any]:
+        import gc
+
+        import pandas  # noqa: F401 - imported before the run: importing after an out-of-memory error can fail
         import torch
 
-        from planner.profile.engine import make_engine
-        from planner.profile.identity import param_storage_bytes
         from planner.profile.recorders import CpuRecorder, CudaRecorder
-        from planner.profile.workload import Batches, build_model, causal_lm_loss, preload
+        from planner.profile.workload import preload
         from planner.specs import train_spec_from_dict
 
         job = self.job
         train = train_spec_from_dict(job.train)
-        device = job.device
-        if device == "cuda":
+        if job.device == "cuda":
             torch.cuda.set_device(self.local_rank)
             self.recorder = CudaRecorder(self.local_rank)
         else:
             self.recorder = CpuRecorder(torch_categories=job.torch_categories)
         status, message = "ok", ""
         failed_at = None
-        facts: dict[str, Any] = {}
-        engine_name = ""
+        self.facts: dict[str, Any] = {}
+        self.engine_name = ""
         started = time.time()
         preload(job.model_config, train)
         self.recorder.start()
@@ -184,57 +184,7 @@ class RankRun:
         try:
             if _Signals.received is not None:  # a signal came while modules were loading
                 raise Terminated("signal") if _Signals.received == signal.SIGTERM else KeyboardInterrupt()
-            if init is not None:  # joining the process group
-                with self._window("setup::init", phase="init"):
-                    init()
-            with self._window("setup::build", phase="build"):
-                self.built = build_model(job.model_config, train, device, seed=job.seed, weights=job.weights)
-            facts = {
-                "param_storage_bytes_at_build": param_storage_bytes(self.built.model),
-                "num_params": sum(p.numel() for p in self.built.model.parameters()),
-                "num_trainable_params": sum(p.numel() for p in self.built.model.parameters() if p.requires_grad),
-            }
-            with self._window("setup::wrap", phase="wrap"):
-                self.engine = make_engine(self.built, train, device, job.num_ranks, self.local_rank)
-            engine_name = self.engine.name
-            facts["param_storage_bytes_after_wrap"] = param_storage_bytes(self.built.model)
-            # What the parameters occupy in steady state (bitsandbytes casts biases to the compute dtype
-            # at the first forward); updated after every step.
-            facts["param_storage_bytes"] = facts["param_storage_bytes_after_wrap"]
-            if train.grad_checkpointing:
-                self._install_recompute_hooks()
-            batches = Batches(
-                train, self.built.vocab_size, seed=job.seed, rank=self.rank, device=device,
-                data=job.data, tokenizer=job.tokenizer,
-            )  # fmt: skip
-            self._probe()
-            for step in range(job.steps):
-                for mb in range(train.grad_accum):
-                    w = f"step::{step}::{mb}::"
-                    with self._window(w + "inputs", step, "inputs"):
-                        ids = batches.next()
-                    with self._window(w + "forward", step, "forward"):
-                        logits = self.engine.forward(ids, mb)
-                    with self._window(w + "loss", step, "loss"):
-                        loss = causal_lm_loss(self.built.hf_model, logits, ids)
-                        del logits
-                    self._probe()
-                    self.in_backward = True
-                    with self._window(w + "backward", step, "backward"):
-                        self.engine.backward(loss, mb)
-                        del loss
-                    self.in_backward = False
-                    self._probe()
-                    del ids
-                with self._window(f"step::{step}::{train.grad_accum - 1}::optimizer_step", step, "optimizer_step"):
-                    self.engine.step()
-                self._probe()
-                facts["param_storage_bytes"] = param_storage_bytes(self.built.model)
-                self.steps_completed = step + 1
-            if device == "cpu" and (job.num_ranks > 1 or train.zero_stage > 0):
-                from planner.profile.identity import reachable_ptrs
-
-                self.recorder.liveness(0, reachable_ptrs())
+            self._body(train, init)
         except KeyboardInterrupt as exc:
             status = "interrupted"
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (SIGINT)"
@@ -249,9 +199,69 @@ class RankRun:
         finally:
             _Signals.armed = False
             self.in_backward = False
+            # Let go of the model, gradients and optimizer before the recording is processed: after an
+            # out-of-memory error that is the memory processing needs.
+            self.built = self.engine = None
+            gc.collect()
             recording = self.recorder.stop()
-        facts["failed_at_unix_ns"] = failed_at
-        return self._finish(recording, status, message, facts, engine_name, time.time() - started)
+        self.facts["failed_at_unix_ns"] = failed_at
+        return self._finish(recording, status, message, self.facts, self.engine_name, time.time() - started)
+
+    def _body(self, train, init: Callable[[], None] | None) -> None:
+        """Setup and the steps; its locals (batches, logits, loss) die with it, even when it raises."""
+        from planner.profile.engine import make_engine
+        from planner.profile.identity import param_storage_bytes, reachable_ptrs
+        from planner.profile.workload import Batches, build_model, causal_lm_loss
+
+        job, device, facts = self.job, self.job.device, self.facts
+        if init is not None:  # joining the process group
+            with self._window("setup::init", phase="init"):
+                init()
+        with self._window("setup::build", phase="build"):
+            self.built = build_model(job.model_config, train, device, seed=job.seed, weights=job.weights)
+        facts["param_storage_bytes_at_build"] = param_storage_bytes(self.built.model)
+        facts["num_params"] = sum(p.numel() for p in self.built.model.parameters())
+        facts["num_trainable_params"] = sum(p.numel() for p in self.built.model.parameters() if p.requires_grad)
+        with self._window("setup::wrap", phase="wrap"):
+            self.engine = make_engine(self.built, train, device, job.num_ranks, self.local_rank)
+        self.engine_name = self.engine.name
+        facts["param_storage_bytes_after_wrap"] = param_storage_bytes(self.built.model)
+        # What the parameters occupy in steady state (bitsandbytes casts biases to the compute dtype at the
+        # first forward); updated after every step.
+        facts["param_storage_bytes"] = facts["param_storage_bytes_after_wrap"]
+        if train.grad_checkpointing:
+            self._install_recompute_hooks()
+        batches = Batches(
+            train, self.built.vocab_size, seed=job.seed, rank=self.rank, device=device,
+            data=job.data, tokenizer=job.tokenizer,
+        )  # fmt: skip
+        self._probe()
+        for step in range(job.steps):
+            for mb in range(train.grad_accum):
+                w = f"step::{step}::{mb}::"
+                with self._window(w + "inputs", step, "inputs"):
+                    ids = batches.next()
+                with self._window(w + "forward", step, "forward"):
+                    logits = self.engine.forward(ids, mb)
+                with self._window(w + "loss", step, "loss"):
+                    loss = causal_lm_loss(self.built.hf_model, logits, ids)
+                    del logits
+                self._probe()
+                self.in_backward = True
+                with self._window(w + "backward", step, "backward"):
+                    self.engine.backward(loss, mb)
+                    del loss
+                self.in_backward = False
+                self._probe()
+                del ids
+            with self._window(f"step::{step}::{train.grad_accum - 1}::optimizer_step", step, "optimizer_step"):
+                self.engine.step()
+            self._probe()
+            facts["param_storage_bytes"] = param_storage_bytes(self.built.model)
+            self.steps_completed = step + 1
+        if device == "cpu" and (job.num_ranks > 1 or train.zero_stage > 0):
+            # Every tensor still alive is reachable now (no autograd graph): frees gloo hid can be inferred.
+            self.recorder.liveness(0, reachable_ptrs())
 
     def _where(self) -> str:
         phase, step = self.where

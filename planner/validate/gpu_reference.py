@@ -71,6 +71,17 @@ def compare_profile(path: Path) -> CellResult:
     return CellResult(cell_id, inputs, status, prof.message, tuple(ranks), source="cache")
 
 
+def _hardware(path: Path) -> dict:
+    """The recording machine of the first profile (meta.json), for the report's header."""
+    import json
+
+    try:
+        hw = json.loads((path / "meta.json").read_text()).get("hardware") or {}
+    except (OSError, ValueError):
+        return {}
+    return {**hw, "cpu": f"{hw.get('device_name', '?')} GPU on {hw.get('cpu', '?')}"}
+
+
 def run_gpu_reference(root: Path, *, out_dir: Path) -> Run:
     started = time.time()
     dirs = profile_dirs(root)
@@ -84,7 +95,7 @@ def run_gpu_reference(root: Path, *, out_dir: Path) -> Run:
     from planner.profile import meta
 
     context = {"command": "planner validate --suite gpu-reference", "matrix": f"{len(results)} committed GPU profiles",
-               "versions": meta.versions(), "hardware": {}, "git_commit": meta.git_commit(),
+               "versions": meta.versions(), "hardware": _hardware(dirs[0]), "git_commit": meta.git_commit(),
                "num_planned": len(results), "profile_s": 0, "num_profiled": 0, "num_reused": len(results),
                "description": "Committed GPU profiles (profiles/gpu/<device>/<slug>/) against `planner estimate` "
                               "of their own inputs (`device=cuda`); the allocated peak per rank and category."}  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 from planner.units import MIB
 from planner.validate.results import CATEGORIES, CellResult, RankResult, Summary, group_errors
 
-RESULT_COLUMNS = ["status", "message", "source", "rank", "estimated_peak_phase", "measured_peak_phase",
+RESULT_COLUMNS = ["status", "message", "source", "measured_with", "rank", "estimated_peak_phase", "measured_peak_phase",
                   "measured_peak_step",
                   *[f"{side}_{c}_bytes" for c in CATEGORIES for side in ("estimated", "measured")],
                   "estimated_allocated_bytes", "measured_allocated_bytes", "error",
@@ -47,6 +47,7 @@ def csv_text(results: list[CellResult]) -> str:
     w.writeheader()
     for r in results:
         base = {"id": r.id, **r.inputs, "status": r.status, "message": r.message, "source": r.source,
+                "measured_with": r.measured_with,
                 "profile_wall_s": "" if r.profile_wall_s is None else f"{r.profile_wall_s:.1f}"}  # fmt: skip
         if not r.ranks:
             w.writerow(base)
@@ -65,8 +66,9 @@ def csv_text(results: list[CellResult]) -> str:
     return out.getvalue()
 
 
-def read_measurements(path: Path) -> dict[str, dict[str, Any]]:
-    """Measured bytes of every fully compared cell of an earlier CSV: id -> {"ranks": [...], "wall_s": ...}.
+def read_measurements(path: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
+    """Measured bytes of every fully compared cell of an earlier CSV that was measured with ``fingerprint``
+    (planner/validate/run.py): id -> {"ranks": [(rank, bytes by category, phase, step)], "wall_s": ...}.
 
     A malformed or foreign file yields nothing (the cells are profiled again).
     """
@@ -77,7 +79,7 @@ def read_measurements(path: Path) -> dict[str, dict[str, Any]]:
         with open(path, encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
         for row in rows:
-            if row.get("status") != "ok" or row.get("rank", "") == "":
+            if row.get("status") != "ok" or row.get("rank", "") == "" or row.get("measured_with") != fingerprint:
                 continue
             measured = {c: int(row[f"measured_{c}_bytes"]) for c in CATEGORIES}
             step = row.get("measured_peak_step", "")
@@ -114,7 +116,8 @@ def markdown(results: list[CellResult], summary: Summary, *, title: str, context
               "- versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v) if v[k]),
               f"- hardware: {hw.get('cpu', '?')}, {hw.get('num_cpus', '?')} logical CPUs, "
               f"{(hw.get('ram_bytes') or 0) / 2**30:.0f} GiB RAM ({hw.get('platform', '')})",
-              f"- planner commit: {context.get('git_commit') or 'unknown'}",
+              f"- planner commit: {context.get('git_commit') or 'unknown'}; measurement fingerprint "
+              f"{context.get('fingerprint', '')} (profiler source and library versions)",
               f"- time: {context.get('wall_s', 0):.0f} s wall for this run; {context.get('profile_s', 0):.0f} s of "
               f"profiling summed over the {context.get('num_profiled', 0)} cells profiled in it "
               f"({context.get('num_reused', 0)} reused from the cache or an earlier CSV)",

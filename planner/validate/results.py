@@ -59,6 +59,7 @@ class CellResult:
     ranks: tuple[RankResult, ...] = ()
     profile_wall_s: float | None = None
     source: str = "profiled"  # profiled (this run), cache (profile directory), csv (an earlier report)
+    measured_with: str = ""  # the measurement fingerprint (planner/validate/run.py)
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     @property

@@ -6,15 +6,19 @@ worker starts torchrun, which runs the ranks under DeepSpeed with gloo. This pro
 it estimates each cell (``estimate(..., device="cpu")``) as soon as its profile is in, and rewrites the
 CSV and Markdown reports after every cell, so an interrupted matrix keeps what it finished.
 
-Resume: a cell whose profile directory under the cache (``profiles/validation/<cell id>/``) loads with
-status ok and the cell's exact inputs, or whose measured rows are in the existing CSV, is not profiled
-again; its estimate is always recomputed, since the estimator is what is being validated.
+Resume: a cell whose profile directory under the cache (``profiles/validation/<fingerprint>/<cell id>/``)
+loads with status ok and the cell's exact inputs, or whose measured rows are in the existing CSV with the
+same fingerprint, is not profiled again; its estimate is always recomputed, since the estimator is what is
+being validated. The fingerprint hashes what a measurement depends on besides the cell's inputs (the
+profiler's source and the versions of torch, transformers, peft, bitsandbytes, DeepSpeed, accelerate), so
+a changed profiler or library never passes off an old measurement as current.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,26 @@ class Run:
 
 
 # ---------------------------------------------------------------- this process (no torch)
+
+
+FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "deepspeed", "accelerate")
+
+
+def measurement_fingerprint() -> str:
+    """12 hex digits over planner/profile/*.py, the validation worker and the measuring libraries' versions."""
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted((root / "profile").glob("*.py")) + [root / "validate" / "worker.py"]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for name in FINGERPRINT_PACKAGES:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "-"
+        h.update(f"{name}={version}\0".encode())
+    return h.hexdigest()[:12]
 
 
 def _measured_from_profile(path: Path) -> tuple[str, str, list[tuple[int, dict[str, int], str, int | None]]]:
@@ -152,13 +176,15 @@ def run_cells(
     if len({c.id for c in cells}) != len(cells):
         raise PlannerError("the validation matrix holds the same cell twice.")
     started = time.time()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = measurement_fingerprint()
+    cells_dir = cache_dir / fingerprint
+    cells_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    previous = read_measurements(out_dir / f"{stem}.csv") if resume else {}
+    previous = read_measurements(out_dir / f"{stem}.csv", fingerprint) if resume else {}
     results: dict[str, CellResult] = {}
     todo: list[Cell] = []
     for cell in cells:
-        path = _cached_profile(cell, cache_dir) if resume else None
+        path = _cached_profile(cell, cells_dir) if resume else None
         if path is not None:
             status, message, measured = _measured_from_profile(path)
             results[cell.id] = evaluate(cell, status, message, measured, source="cache", wall_s=None)
@@ -170,9 +196,10 @@ def run_cells(
     profile_s = 0.0
 
     def publish() -> Run:
-        done = [results[c.id] for c in cells if c.id in results]
+        done = [replace(results[c.id], measured_with=fingerprint) for c in cells if c.id in results]
         summary = summarize(done)
         ctx = _context(command, matrix, len(cells), profile_s, len(todo), time.time() - started)
+        ctx["fingerprint"] = fingerprint
         csv_path, md_path = write_reports(done, summary, out_dir, stem, title=title, context=ctx)
         return Run(done, summary, csv_path, md_path, time.time() - started)
 
@@ -181,7 +208,7 @@ def run_cells(
         return run
     with _progress(progress) as bar:
         task = bar.add_task("cells", total=len(cells), completed=len(cells) - len(todo), status="")
-        pool = Pool(todo, jobs, cache_dir)
+        pool = Pool(todo, jobs, cells_dir)
         try:
             for cell, answer in pool.results(len(todo)):
                 if answer is None:
@@ -189,7 +216,7 @@ def run_cells(
                                                   f"the profiling worker process died twice (see {WORKER_LOG})")  # fmt: skip
                 else:
                     profile_s += float(answer["wall_s"])
-                    results[cell.id] = _from_answer(cell, answer, cache_dir)
+                    results[cell.id] = _from_answer(cell, answer, cells_dir)
                 run = publish()
                 s = run.summary
                 med = "" if s.median_abs_error is None else f"median |err| {s.median_abs_error:.2%}, "
