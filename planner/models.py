@@ -157,7 +157,13 @@ def _load_from_hub(repo_id: str, trust_remote_code: bool) -> ModelSpec:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
         raise PlannerError("resolving hub ids needs the huggingface_hub package.") from None
-    cached = try_to_load_from_cache(repo_id, "config.json")
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - huggingface_hub rejects malformed ids (HFValidationError)
+        raise PlannerError(
+            f"--model {repo_id!r} is not a catalog name, an existing config.json path, or a valid hub id "
+            "(owner/name)."
+        ) from None
     if isinstance(cached, str):
         cfg = _read_config_file(Path(cached), repo_id)
         _check_remote_code(cfg, repo_id, trust_remote_code)

@@ -217,6 +217,9 @@ class Family:
             k = ly.rms_norm(t, k, w["k_norm"])
         q = ly.rotary(t, q, extras["cos"], extras["sin"])
         k = ly.rotary(t, k, extras["cos"], extras["sin"])
+        if self.kind == "phi3":  # torch.cat([rotated, pass-through], dim=-1): a contiguous copy
+            q = t.op("cat", [q], [(q.shape, q.dtype)], [], ops._passthrough_rule)[0]
+            k = t.op("cat", [k], [(k.shape, k.dtype)], [], ops._passthrough_rule)[0]
         out, weights = self._attention_core(t, q, k, v, extras.get("mask"), softcap=False)
         out = t.view(out, (b, s, a * d))
         return ly.linear(t, c, out, w["o"]), weights
@@ -236,7 +239,7 @@ class Family:
         if c.attn == "sdpa" and self._sdpa_falls_back():
             return ly.sdpa_math(t, c, q, k, v, n_rep, strided=gpt2), None
         # sdpa / flash_attention_2: memory-efficient kernels; GQA is passed unrepeated (enable_gqa).
-        return ly.sdpa_core(t, c, q, k, v), None
+        return ly.sdpa_core(t, c, q, k, v, q_contiguous=self.kind == "phi3"), None
 
     def _sdpa_falls_back(self) -> bool:
         """CPU SDPA runs its flash kernel only without dropout; with dropout it takes the math path, which keeps

@@ -252,10 +252,13 @@ def sdpa_math(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, n_rep: int, strided:
     return t.op("contiguous", [out], [((b, s, a, d), out.dtype)], [], ops._passthrough_rule)[0]
 
 
-def sdpa_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, qkv_base: Fake | None = None) -> Fake:
+def sdpa_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, qkv_base: Fake | None = None,
+              q_contiguous: bool = False) -> Fake:
     """``F.scaled_dot_product_attention`` with a memory-efficient kernel (CPU flash, CUDA flash/efficient):
     saves q, k, v (the tensors passed in; views keep their base alive: ``qkv_base``), the output and an fp32
-    logsumexp [b, heads, s]. The output is laid out [b, s, heads, d], so transpose().contiguous() is free."""
+    logsumexp [b, heads, s]. The output takes q's layout: q made by elementwise ops on a transposed projection
+    is laid out [b, s, heads, d], so transpose().contiguous() is free; a contiguous [b, heads, s, d] q (phi3's
+    partial-rotary cat) makes that .contiguous() a copy, which o_proj then saves."""
     b, a, s, d = q.shape
     lse = t.new((b, a, s), "fp32")
     saved = [q, k, v, lse] if qkv_base is None else [qkv_base, lse]
@@ -264,6 +267,8 @@ def sdpa_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, qkv_base: Fake | Non
     out = t.op("sdpa", [q, k, v], [((b, s, a, d), q.dtype)], saved)[0]
     t.save_result(out)
     del lse
+    if q_contiguous:
+        return t.op("contiguous", [out], [((b, s, a, d), out.dtype)], [], ops._passthrough_rule)[0]
     return out
 
 
