@@ -35,6 +35,14 @@ SUITES = {
 DEFECTS_FIXED = [
     "planner/cli/report_cmd.py: `planner report -m gpt2 -s 512 -o r.html` -> internal error (AttributeError: "
     "estimate_cmd has no `_with_extras`, renamed `_with_throughput`); fixed in report_cmd.py.",
+    "planner/profile/launcher.py: `planner profile --out RO_DIR/p` (read-only parent) -> internal error "
+    "(PermissionError creating the staging directory); now one sentence naming the directory.",
+    "planner/profile/launcher.py: a full disk while the profile is written (RLIMIT_FSIZE: EFBIG) -> internal "
+    "error (OSError from pyarrow); now one sentence, nothing kept.",
+    "planner/profile/runner.py: an out-of-memory error under a memory cap (RLIMIT_AS) -> internal error "
+    "(MemoryError in the recorder's stop, ImportError of pandas in _finish), no profile; now an 'oom' profile.",
+    "planner/cli/validate_cmd.py: the reproduce command recorded by `planner validate` joined its arguments "
+    "with spaces, unquoted; now shlex.join.",
 ]
 
 

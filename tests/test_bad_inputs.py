@@ -96,6 +96,9 @@ def inputs(tmp_path_factory) -> Path:
             (d / "config.json").write_bytes(BINARY)
         else:
             (d / "config.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    (root / "unreadable").mkdir()
+    (root / "unreadable" / "config.json").write_text(json.dumps(LLAMA))
+    (root / "unreadable" / "config.json").chmod(0)
     (root / "no-config").mkdir()
     (root / "config-is-dir" / "config.json").mkdir(parents=True)
     os.mkfifo(root / "fifo.json")
@@ -183,6 +186,8 @@ CASES = [
     C(["estimate", "-m", "{in}/no-config"], ["no-config", "config.json"], id="est-dir-without-config"),
     C(["estimate", "-m", "{in}/config-is-dir"], ["config-is-dir", "config.json"], id="est-config-json-is-a-dir"),
     C(["estimate", "-m", "{in}/dangling.json"], ["dangling.json"], id="est-dangling-symlink"),
+    C(["estimate", "-m", "{in}/unreadable"], ["unreadable", "Permission denied"], id="est-unreadable-config",
+      marks=pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")),
     C(["estimate", "-m", "{in}/fifo.json"], ["fifo.json"], id="est-fifo-as-config",
       marks=_bug("a FIFO passed as --model blocks forever in planner/models.py (read_text on a non-regular file)")),
     C(["estimate", "-m", "/dev/zero"], ["/dev/zero"], id="est-dev-zero-as-config",

@@ -18,7 +18,6 @@ from planner.models import load_model
 from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
 
 
-
 def enumerate_rows(
     model: ModelSpec,
     cluster: Cluster,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -84,7 +85,7 @@ def _cpu(*, full, resume, out, jobs, cache, seed, random, random_seed, progress)
         extra = [c for c in random_cells(random_seed, random) if c not in cells]
         cells += extra
         label += f" + {len(extra)} random (seed {random_seed})"
-    command = " ".join(["planner", "validate", *sys.argv[2:]]) if len(sys.argv) > 1 else "planner validate"
+    command = shlex.join(["planner", "validate", *sys.argv[2:]]) if len(sys.argv) > 1 else "planner validate"
     started = time.time()
     run = run_cells(cells, out_dir=out, stem="accuracy" if full else "accuracy-ci", cache_dir=cache, resume=resume,
                     jobs=jobs, progress=progress, command=command, matrix=label)  # fmt: skip

@@ -94,6 +94,7 @@ class Family:
             ex = moe.Experts(h, inter, m.num_experts, max(m.num_experts_per_tok, 1), self.ctx.dtype, self.full,
                             lora_rank=0 if self.full else self._rank("mlp.experts.down_proj"),
                             adapter_dtype=self.ctx.adapter_dtype)
+            ex.weights_in_model_dtype = m.model_type in ("qwen2_moe", "qwen3_moe")
             if not self.full:
                 ex.lora_gate_up = self._rank("mlp.experts.gate_up_proj")
                 ex.lora_router = self._rank("mlp.gate.weight")

@@ -26,7 +26,7 @@ class Experts:
     """
 
     __slots__ = ("router", "gate_up", "down", "num_experts", "top_k", "inter", "lora_rank", "dtype",
-                 "adapter_dtype", "lora_router", "lora_gate_up")
+                 "adapter_dtype", "lora_router", "lora_gate_up", "weights_in_model_dtype")
 
     def __init__(self, h: int, inter: int, num_experts: int, top_k: int, dtype: str, trainable: bool,
                  lora_rank: int = 0, adapter_dtype: str = "fp32") -> None:
@@ -39,6 +39,7 @@ class Experts:
         self.lora_gate_up = 2 * lora_rank
         self.dtype = dtype
         self.adapter_dtype = adapter_dtype
+        self.weights_in_model_dtype = False
 
 
 def _lora_param(t: Tape, ex: Experts, p: Param, rank: int, d_in: int, d_out: int, experts: int) -> Param | Fake:
@@ -80,12 +81,14 @@ def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
     top_val = t.op("topk", [probs], [((n, k), "fp32")], [top_idx])[0]
     del probs
     top_val = t.op("renorm", [top_val], [((n, k), "fp32")], [top_val])[0]  # /= sum: saves the sum and values
+    if ex.weights_in_model_dtype:  # Qwen2/3-MoE routers: router_top_value.to(router_logits.dtype)
+        top_val = ops.to(t, top_val, x.dtype)
     # experts: sort by expert, gather the routed tokens, two grouped matmuls, weight, unpermute, sum over k.
     perm = t.new((s,), "int64")
     ids_sorted = t.new((s,), "int64")
     tok_idx = t.new((s,), "int64")  # perm // top_k
     selected = t.op("index", [x], [((s, h), x.dtype)], [tok_idx])[0]
-    weights_g = t.op("index", [top_val], [((s, 1), "fp32")], [perm])[0]  # sample_weights[perm].unsqueeze(-1)
+    weights_g = t.op("index", [top_val], [((s, 1), top_val.dtype)], [perm])[0]  # sample_weights[perm][:, None]
     del top_val
     # peft's transformers-5 weight conversion fuses gate and up adapters: the gate_up stack has rank 2r
     # (peft/utils/transformers_weight_conversion.py; lora_A is [2r*E, H] for a rank-r config).
@@ -102,14 +105,14 @@ def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
     down_w = _lora_param(t, ex, ex.down, ex.lora_rank, ex.inter, h, e)
     down = _weight_linear(t, inner, down_w if isinstance(down_w, Fake) else _Grouped(ex.down), (s, x.shape[-1]))
     del inner
-    weighted = ops.mul(t, down, weights_g)
-    del down, weights_g
+    weighted = ops.mul(t, down, weights_g)  # proj_out (down) and sample_weights_g stay referenced
     inv_perm = t.new((s,), "int64")
     unperm = t.op("index", [weighted], [((s, h), weighted.dtype)], [inv_perm])[0]
     del weighted
     summed = t.op("sum_k", [unperm], [((n, h), unperm.dtype)], [])[0]
     out = t.view(ops.to(t, summed, x.dtype), x.shape)  # .reshape(batch_size, sequence_length, hidden_dim)
-    del unperm, perm, ids_sorted, tok_idx, top_idx, inv_perm, gate_up_w, down_w, summed, selected
+    del unperm, perm, ids_sorted, tok_idx, top_idx, inv_perm, gate_up_w, down_w, summed, selected, down
+    del weights_g
     return out
 
 

@@ -86,15 +86,18 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -
         params = nbytes(split.num_16bit, compute)
     # LoRA adapters: peft casts adapter weights to fp32 when the base is 16-bit (LoraModel
     # autocast_adapter_dtype=True, peft/tuners/tuners_utils.py), so A and B are fp32 with fp32 gradients and
-    # need no master copy. modules_to_save are deep copies of base modules, kept in the base dtype.
-    adapter_dtype = "fp32" if train.method is not Method.FULL else compute
+    # need no master copy. Under DeepSpeed (ZeRO >= 1) with bf16/fp16 enabled the engine casts the whole
+    # module, adapters included, to the 16-bit dtype and its optimizer keeps fp32 masters (measured by
+    # `planner profile`, ZeRO-2 + LoRA). modules_to_save are deep copies of base modules, in the base dtype.
+    deepspeed_16bit = train.zero_stage >= 1 and precision.has_master_weights
+    adapter_dtype = "fp32" if train.method is not Method.FULL and not deepspeed_16bit else compute
     num_saved = split.num_trainable - split.num_adapter if train.method is not Method.FULL else 0
     params += nbytes(split.num_adapter, adapter_dtype) + nbytes(num_saved, compute)
 
     trainable = split.num_trainable
-    num_16bit_trainable = trainable - split.num_adapter
+    num_16bit_trainable = trainable - (0 if adapter_dtype == compute else split.num_adapter)
     # Gradients exist only for trainable parameters, in the weight dtype (ZeRO paper: 2 bytes fp16 grads).
-    grads = nbytes(num_16bit_trainable, compute) + nbytes(split.num_adapter, adapter_dtype)
+    grads = nbytes(num_16bit_trainable, compute) + nbytes(trainable - num_16bit_trainable, adapter_dtype)
     # Mixed precision keeps an fp32 master copy of 16-bit trainable weights in the optimizer (ZeRO paper:
     # 4 bytes of the K = 12); fp32 adapters need none.
     master = nbytes(num_16bit_trainable, "fp32") if precision.has_master_weights else 0
