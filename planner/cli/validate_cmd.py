@@ -110,5 +110,5 @@ def _render(run) -> None:
     console.print(table)
     for cell_id in run.summary.failing:
         result = next(r for r in run.results if r.id == cell_id)
-        console.print(f"outside bounds: {cell_id}: " + "; ".join(result.violations()), markup=False)
-    console.print(f"wrote {run.md_path} and {run.csv_path}", markup=False)
+        typer.echo(f"outside bounds: {cell_id}: " + "; ".join(result.violations()))
+    typer.echo(f"wrote {run.md_path} and {run.csv_path}")
