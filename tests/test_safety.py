@@ -209,9 +209,6 @@ def test_profile_out_refuses_an_existing_directory(foreign_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="BUG: `profile --out DIR --force` deletes any directory, not only a profile "
-                   "(planner/profile/store.py check_target/publish rename it away and rmtree it); --force should "
-                   "replace only an empty directory or a profile")  # fmt: skip
 def test_profile_force_never_deletes_a_directory_that_is_not_a_profile(foreign_dir, tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(json.dumps(LLAMA))
@@ -219,6 +216,7 @@ def test_profile_force_never_deletes_a_directory_that_is_not_a_profile(foreign_d
     res = run_inprocess(["profile", "-m", str(tmp_path / "m"), *TINY_PROFILE, "--steps", "1", "--out",
                          str(foreign_dir), "--force"])  # fmt: skip
     assert not res.internal
+    assert res.code == 1 and "not a profile" in res.stderr
     assert _tree(foreign_dir) == before, "the user's directory was replaced"
 
 

@@ -62,13 +62,14 @@ def shard_states(
         gathered = 4 * largest_module_params
     if stage in (1, 2):
         # fp32 gradient partition built at the step (stage_1_and_2.py step(); only with 16-bit training).
-        step_fp32 = _shard(4 * states.num_trainable, n) if states.master_bytes else 0
+        # (``flat_grad.to(fp32)`` copies only when the gradients are 16-bit.)
+        step_fp32 = _shard(4 * states.num_trainable, n) if train.precision.compute_dtype != "fp32" else 0
         if step_fp32:
             notes.append(
                 f"DeepSpeed ZeRO-{stage} adds an fp32 gradient partition at the optimizer step "
                 "(4 bytes per trainable parameter / ranks), above the ZeRO paper's model states."
             )
-    if stage == 3 and states.master_bytes:
+    if stage == 3 and states.master_bytes and train.precision.compute_dtype != "fp32":
         step_fp32 = 4 * min(math.ceil(states.num_trainable / n), DS_SUB_GROUP_SIZE)
         notes.append(
             "DeepSpeed ZeRO-3 gathers the largest module's 16-bit parameters and gradients (4 bytes x its "

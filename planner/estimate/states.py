@@ -100,7 +100,12 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -
     grads = nbytes(num_16bit_trainable, compute) + nbytes(trainable - num_16bit_trainable, adapter_dtype)
     # Mixed precision keeps an fp32 master copy of 16-bit trainable weights in the optimizer (ZeRO paper:
     # 4 bytes of the K = 12); fp32 adapters need none.
-    master = nbytes(num_16bit_trainable, "fp32") if precision.has_master_weights else 0
+    if train.zero_stage in (1, 2):
+        # DeepSpeed ZeRO-1/2 clone an fp32 partition of every trainable parameter, even when the weights are
+        # already fp32 (stage_1_and_2.py: single_partition_of_fp32_groups); stage 3 reuses an fp32 partition.
+        master = nbytes(trainable, "fp32")
+    else:
+        master = nbytes(num_16bit_trainable, "fp32") if precision.has_master_weights else 0
     moments = int(trainable * _optimizer_state_bits_per_param(train.optimizer, precision) / 8)
     if train.optimizer is Optimizer.ADAFACTOR:
         moments = _adafactor_bytes(counts, split, train)

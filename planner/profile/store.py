@@ -92,11 +92,26 @@ def staging_dir(final: Path) -> Path:
     return final.parent / f".{final.name}.partial-{os.getpid()}"
 
 
+def _is_replaceable(final: Path) -> bool:
+    """--force may replace an empty directory or an earlier profile (it has summary.json or meta.json), never
+    anything else: a typo in --out must not delete a user's data."""
+    try:
+        names = {p.name for p in final.iterdir()}
+    except OSError:
+        return False
+    return not names or bool(names & {"summary.json", "meta.json"})
+
+
 def check_target(final: Path, force: bool) -> None:
-    if final.exists() and not force:
-        raise PlannerError(f"--out {str(final)!r} already exists; pass --force to replace it.")
     if final.exists() and not final.is_dir():
         raise PlannerError(f"--out {str(final)!r} exists and is not a directory.")
+    if final.exists() and not force:
+        raise PlannerError(f"--out {str(final)!r} already exists; pass --force to replace it.")
+    if final.exists() and not _is_replaceable(final):
+        raise PlannerError(
+            f"--out {str(final)!r} is a non-empty directory that is not a profile; --force replaces only an "
+            "empty directory or an earlier profile, so choose another --out."
+        )
 
 
 def assemble(

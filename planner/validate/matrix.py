@@ -264,7 +264,8 @@ def random_cells(seed: int, n: int, *, max_ranks: int = 2) -> list[Cell]:
     """n cells with shapes the matrix was not written for (hidden, layers, heads, vocabulary, sequence).
 
     Heads are 2-8 of an even head dimension 8-32; grouped-query families take a divisor of the heads as K/V
-    heads; vocabularies are any size 256-4096, sequences 16-160 tokens. Method, precision, checkpointing,
+    heads; vocabularies are any size 256-4096, sequences 16-160 tokens. Mixture-of-experts sizes are multiples
+    of 8, as transformers' grouped_mm experts need (16-byte strides in bf16). Method, precision, checkpointing,
     attention and micro-batch are random too; ZeRO stages 1-3 (two ranks) come up in a quarter of the cells
     when ``max_ranks`` allows, the rest run on one rank.
     """
@@ -274,12 +275,16 @@ def random_cells(seed: int, n: int, *, max_ranks: int = 2) -> list[Cell]:
         family = rng.choice(FAMILIES)
         heads = rng.randint(2, 8)
         head_dim = rng.choice((8, 12, 16, 24, 32))
+        if family == "mixtral":  # grouped_mm's 16-byte strides (above) apply to the hidden size too
+            head_dim = rng.choice((8, 16, 24, 32))
         hidden = heads * head_dim
         kv = heads if family == "gpt2" else rng.choice([k for k in range(1, heads + 1) if heads % k == 0])
         if family == "gpt2":
             inter = 4 * hidden
         elif family == "mixtral":
-            inter = rng.randint(hidden // 2, 2 * hidden)
+            # transformers' MoE experts run torch grouped_mm, which needs 16-byte row strides
+            # (transformers/integrations/moe.py): expert sizes are multiples of 8 (bf16).
+            inter = 8 * rng.randint(max(1, hidden // 16), hidden // 4)
         else:
             inter = rng.randint(2 * hidden, 4 * hidden)
         method = rng.choice(METHODS)

@@ -74,8 +74,9 @@ def _measured_from_profile(path: Path) -> tuple[str, str, list[tuple[int, dict[s
     return prof.status, prof.message, ranks
 
 
-def _cached_profile(cell: Cell, cache_dir: Path) -> Path | None:
-    """The cell's profile directory when it loads with status ok and was made from exactly these inputs."""
+def _cached_profile(cell: Cell, cache_dir: Path, retry_failed: bool = True) -> Path | None:
+    """The cell's profile directory when it loads, was made from exactly these inputs and has status ok (or
+    any status, unless ``retry_failed``)."""
     from planner.profile.store import load_profile
     from planner.specs import train_spec_to_dict
 
@@ -87,7 +88,8 @@ def _cached_profile(cell: Cell, cache_dir: Path) -> Path | None:
     same = prof.meta["model"]["config"] == cell.model_config() and prof.meta["train"] == train_spec_to_dict(
         cell.train_spec()
     )
-    return path if prof.status == "ok" and same and prof.meta.get("device") == "cpu" else None
+    usable = prof.status == "ok" or not retry_failed
+    return path if usable and same and prof.meta.get("device") == "cpu" else None
 
 
 def evaluate(cell: Cell, status: str, message: str, measured: list, *, source: str, wall_s: float | None) -> CellResult:
@@ -169,8 +171,13 @@ def run_cells(
     title: str = "planner accuracy: CPU validation suite",
     command: str = "planner validate --suite cpu",
     matrix: str = "",
+    retry_failed: bool = True,
 ) -> Run:
-    """Profile (or reuse) and estimate every cell; write ``<out_dir>/<stem>.csv`` and ``.md`` as it goes."""
+    """Profile (or reuse) and estimate every cell; write ``<out_dir>/<stem>.csv`` and ``.md`` as it goes.
+
+    With ``resume``, a cell whose cached profile failed (oom, failed, interrupted) is profiled again unless
+    ``retry_failed`` is off, in which case the failure is reported as it was recorded.
+    """
     if jobs < 1:
         raise PlannerError(f"--jobs must be at least 1, got {jobs}.")
     if len({c.id for c in cells}) != len(cells):
@@ -184,7 +191,7 @@ def run_cells(
     results: dict[str, CellResult] = {}
     todo: list[Cell] = []
     for cell in cells:
-        path = _cached_profile(cell, cells_dir) if resume else None
+        path = _cached_profile(cell, cells_dir, retry_failed) if resume else None
         if path is not None:
             status, message, measured = _measured_from_profile(path)
             results[cell.id] = evaluate(cell, status, message, measured, source="cache", wall_s=None)
