@@ -36,6 +36,25 @@ def _require_int(cfg: dict[str, Any], key: str, name: str) -> int:
     return value
 
 
+def _optional_int(
+    cfg: dict[str, Any], key: str, name: str, default: int, minimum: int = 1, allow_null: bool = True
+) -> int:
+    """An optional integer field: absent (or null, where transformers allows it) gives ``default``; anything
+    else must be an int >= minimum."""
+    value = cfg.get(key)
+    if value is None and key in cfg and not allow_null:
+        raise PlannerError(f"model {name!r}: {key!r} must be a positive integer, got null.")
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise PlannerError(f"model {name!r}: {key!r} must be an integer of at least {minimum}, got {value!r}.")
+    return value
+
+
+# State-space and recurrent models: not transformers layers, no activation model here.
+_NOT_TRANSFORMERS = ("mamba", "mamba2", "falcon_mamba", "rwkv", "jamba", "recurrent_gemma", "xlstm")
+
+
 def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") -> ModelSpec:
     """Normalise a Hugging Face config dict into a ModelSpec."""
     if not isinstance(cfg, dict):
@@ -45,13 +64,18 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise PlannerError(f"model {name!r}: config has no 'model_type'.")
+    if model_type in _NOT_TRANSFORMERS:
+        raise PlannerError(
+            f"model {name!r} is a {model_type!r} model (state-space or recurrent), which planner does not "
+            "estimate; it supports decoder-only transformers (llama, mistral, qwen, gemma, phi, gpt2, MoE)."
+        )
     if model_type == "gpt2" or all(k in cfg for k in _KNOWN_GPT2_KEYS):
         hidden = _require_int(cfg, "n_embd", name)
         layers = _require_int(cfg, "n_layer", name)
         heads = _require_int(cfg, "n_head", name)
         if hidden % heads:
             raise PlannerError(f"model {name!r}: n_embd ({hidden}) must be divisible by n_head ({heads}).")
-        inner = cfg.get("n_inner") or 4 * hidden
+        inner = _optional_int(cfg, "n_inner", name, 4 * hidden)
         return ModelSpec(
             name=name,
             model_type=model_type,
@@ -62,7 +86,7 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
             head_dim=hidden // heads,
             intermediate_size=int(inner),
             vocab_size=_require_int(cfg, "vocab_size", name),
-            max_position_embeddings=int(cfg.get("n_positions", 1024)),
+            max_position_embeddings=_optional_int(cfg, "n_positions", name, 1024, allow_null=False),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
             source=source,
             config=cfg,
@@ -88,8 +112,13 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
         inter = 4 * hidden
     if not isinstance(inter, int) or inter < 1:
         raise PlannerError(f"model {name!r}: 'intermediate_size' must be a positive integer, got {inter!r}.")
-    num_experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts") or 0)
-    top_k = int(cfg.get("num_experts_per_tok") or 0)
+    expert_key = next((k for k in ("num_local_experts", "num_experts", "n_routed_experts") if cfg.get(k)), None)
+    num_experts = _optional_int(cfg, expert_key, name, 0) if expert_key else 0
+    top_k = _optional_int(cfg, "num_experts_per_tok", name, 0, minimum=0)
+    if num_experts and not 1 <= top_k <= num_experts:
+        raise PlannerError(
+            f"model {name!r}: num_experts_per_tok ({top_k}) must be between 1 and the number of experts ({num_experts})."
+        )
     tie = cfg.get("tie_word_embeddings")
     if tie is None:
         tie = _TIE_DEFAULT.get(model_type, False)
@@ -103,7 +132,7 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
         head_dim=head_dim,
         intermediate_size=inter,
         vocab_size=_require_int(cfg, "vocab_size", name),
-        max_position_embeddings=int(cfg.get("max_position_embeddings") or 2048),
+        max_position_embeddings=_optional_int(cfg, "max_position_embeddings", name, 2048, allow_null=False),
         tie_word_embeddings=bool(tie),
         num_experts=num_experts,
         num_experts_per_tok=top_k,
@@ -112,15 +141,30 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
     )
 
 
+MAX_CONFIG_BYTES = 4 * 2**20  # a real config.json is a few KiB
+
+
 def _read_config_file(path: Path, name: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise PlannerError(f"model config {str(path)!r} is not a regular file; give a config.json or a model directory.")
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise PlannerError(
+                f"model config {str(path)!r} is {size:,} bytes, far larger than any config.json (at most "
+                f"{MAX_CONFIG_BYTES:,})."
+            )
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise PlannerError(f"model config {str(path)!r} is not UTF-8 text; a config.json is UTF-8 JSON.") from None
+    except OSError as exc:
         raise PlannerError(f"cannot read model config {str(path)!r}: {exc.strerror or exc}.") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise PlannerError(f"model config {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+    except RecursionError:
+        raise PlannerError(f"model config {str(path)!r} nests JSON too deeply to be a config.json.") from None
 
 
 def _check_remote_code(cfg: dict[str, Any], name: str, trust_remote_code: bool) -> None:

@@ -135,6 +135,8 @@ class LoraSpec:
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise PlannerError(f"LoRA rank must be at least 1, got {self.rank}.")
+        if self.alpha <= 0:
+            raise PlannerError(f"--lora-alpha must be positive (the adapter scale is alpha / rank), got {self.alpha}.")
         if not 0.0 <= self.dropout < 1.0:
             raise PlannerError(f"LoRA dropout must be in [0, 1), got {self.dropout}.")
         if not self.targets:

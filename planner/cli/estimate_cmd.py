@@ -134,6 +134,10 @@ def estimate(
         dropout=dropout,
     )
     if compare_gpus:
+        if gpu != "h100-sxm-80gb":
+            raise PlannerError(
+                f"--compare-gpus compares every GPU in the catalog, so --gpu {gpu!r} does not apply; drop one of them."
+            )
         _compare_gpus(spec, base, method, tokens, mfu, price_per_gpu_hour, margin, as_json)
         return
     cluster = o.build_cluster(gpu, gpus, nodes)

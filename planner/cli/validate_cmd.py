@@ -52,6 +52,9 @@ def validate(
     """
     if suite not in SUITES:
         raise PlannerError(f"--suite {suite!r} is not valid; choose one of {', '.join(SUITES)}.")
+    for flag, path in (("--out", out), ("--cache", cache)):
+        if path.exists() and not path.is_dir():
+            raise PlannerError(f"{flag} {str(path)!r} is a file; give a directory.")
     if suite == "gpu-reference":
         from planner.validate.gpu_reference import run_gpu_reference
 

@@ -226,6 +226,8 @@ def run_profile(
     for flag, value in (("--weights", weights), ("--data", data), ("--tokenizer", tokenizer)):
         if value is not None and not Path(value).exists():
             raise PlannerError(f"{flag} {value!r} does not exist.")
+    if data is not None and not Path(data).is_file():
+        raise PlannerError(f"--data {data!r} is a directory; give a JSONL file with a text field.")
     check_target(out, force)
     resolved = resolve_device(device, num_gpus)
     if torch_categories and resolved != "cpu":
