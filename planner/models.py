@@ -115,7 +115,7 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
     expert_key = next((k for k in ("num_local_experts", "num_experts", "n_routed_experts") if cfg.get(k)), None)
     num_experts = _optional_int(cfg, expert_key, name, 0) if expert_key else 0
     top_k = _optional_int(cfg, "num_experts_per_tok", name, 0, minimum=0)
-    if num_experts and not 1 <= top_k <= num_experts:
+    if num_experts and cfg.get("num_experts_per_tok") is not None and not 1 <= top_k <= num_experts:
         raise PlannerError(
             f"model {name!r}: num_experts_per_tok ({top_k}) must be between 1 and the number of experts ({num_experts})."
         )
