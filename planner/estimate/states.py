@@ -81,7 +81,10 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -
     if train.method is Method.QLORA:
         # The QLoRA recipe calls peft's prepare_model_for_kbit_training (peft/utils/other.py), which casts
         # every parameter that is not 4-bit (embeddings, norms, lm_head, biases) to fp32.
-        params = quantized_weight_bytes(counts, train.quant) + nbytes(split.num_16bit, "fp32")
+        # DeepSpeed (ZeRO >= 1) then casts the module back to the 16-bit dtype (engine module.bfloat16()),
+        # measured by `planner profile` on 2 ranks.
+        non_4bit_dtype = "fp32" if train.zero_stage == 0 else compute
+        params = quantized_weight_bytes(counts, train.quant) + nbytes(split.num_16bit, non_4bit_dtype)
     else:
         params = nbytes(split.num_16bit, compute)
     # LoRA adapters: peft casts adapter weights to fp32 when the base is 16-bit (LoraModel

@@ -121,7 +121,12 @@ def build_model(
             src = weights
             if src is None:
                 base = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
-                base.save_pretrained(tmp)
+                # transformers 5's save_pretrained writes only on distributed rank 0
+                # (transformers/distributed/mixin.py), and every rank loads its own copy here: write directly.
+                from safetensors.torch import save_model
+
+                base.config.to_json_file(f"{tmp}/config.json")
+                save_model(base, f"{tmp}/model.safetensors", metadata={"format": "pt"})
                 del base
                 src = tmp
             model = AutoModelForCausalLM.from_pretrained(
