@@ -43,6 +43,20 @@ DEFECTS_FIXED = [
     "(MemoryError in the recorder's stop, ImportError of pandas in _finish), no profile; now an 'oom' profile.",
     "planner/cli/validate_cmd.py: the reproduce command recorded by `planner validate` joined its arguments "
     "with spaces, unquoted; now shlex.join.",
+    "planner/models.py: `--model FIFO` blocked forever; `--model /dev/zero` read until memory ran out; a "
+    "config.json that is not UTF-8 (AttributeError), nested 100,000 deep (RecursionError), with "
+    "max_position_embeddings 'abc', num_local_experts 'eight', gpt2 n_inner 'x' (ValueError) or n_positions "
+    "null (TypeError) -> internal errors; max_position_embeddings -5 named the wrong value; num_local_experts -4 "
+    "(negative parameter count) and num_experts_per_tok > num_local_experts were accepted; `--model ../no/such` "
+    "-> HFValidationError from huggingface_hub (fuzzing). All now one sentence, exit 1.",
+    "planner/estimate (tape.py): model_type 'mamba' -> internal error (AttributeError); now refused.",
+    "planner/specs.py, estimate_cmd.py: --lora-alpha -1 accepted; --compare-gpus ignored an unknown --gpu.",
+    "planner/profile/launcher.py: `profile --data DIR` failed inside the rank, leaving a 'failed' profile and "
+    "two stderr lines; now refused up front.",
+    "planner/profile/store.py: `profile --out DIR --force` deleted any directory, not only a profile (the "
+    "user's files were lost); --force now replaces only an empty directory or an earlier profile.",
+    "planner/validate: `validate --out FILE` / `--cache FILE` -> internal error (FileExistsError) after "
+    "creating profiles/validation; now refused up front.",
 ]
 
 

@@ -217,11 +217,7 @@ def _record(args: list[str], code: int | None, wall: float) -> None:
 
 # Known defects, each reported in reports/reliability.md with its owner: (a regular expression matched against
 # the failure text, the defect). Examples that hit them are counted, not failed; delete an entry when fixed.
-KNOWN_BUGS: list[tuple[str, str]] = [
-    (r"HFValidationError: Repo id must be in the form",
-     "planner/models.py _load_from_hub: a path-like --model that does not exist (../x) reaches huggingface_hub "
-     "and its HFValidationError escapes as an internal error"),
-]
+KNOWN_BUGS: list[tuple[str, str]] = []  # none open (a path-like --model reaching huggingface_hub: fixed)
 FAILURES: dict[str, list[str]] = {}  # signature -> example invocations
 KNOWN_HITS: Counter = Counter()
 

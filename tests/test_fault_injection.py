@@ -322,7 +322,17 @@ def _progress_step(ranks: Path) -> int:
         return -1
 
 
-@pytest.mark.parametrize("rank, step, phase", TWO_RANK_EXCEPTIONS, ids=[f"rank{r}-step{s}-{p}" for r, s, p in TWO_RANK_EXCEPTIONS])
+# BUG (planner/profile/launcher.py): a rank that fails while joining the process group leaves the other blocked
+# in C++ in the rendezvous, deaf to torchrun's SIGTERM, until torchrun's 30 s grace ends in SIGKILL.
+INIT_HANG = pytest.mark.xfail(strict=True, reason="BUG: a rank failing in 'init' leaves its peer blocked in the "
+                              "gloo rendezvous; torchrun SIGKILLs it only after its 30 s SIGTERM grace, so the "
+                              "command ends 33-35 s after the fault (planner/profile/launcher.py _run_torchrun)")  # fmt: skip
+
+
+@pytest.mark.parametrize("rank, step, phase", [
+    pytest.param(r, s, p, id=f"rank{r}-step{s}-{p}", marks=[INIT_HANG] if p == "init" else [])
+    for r, s, p in TWO_RANK_EXCEPTIONS
+])  # fmt: skip
 def test_two_rank_exception(rank, step, phase, model_dir, tmp_path):
     out = tmp_path / "p"
     proc = _popen(["profile", "-m", str(model_dir / "tiny-llama"), *TINY, "--gpus", "2", "--steps", "3",
@@ -379,10 +389,28 @@ def test_sigint_to_the_command(num_gpus, delay, model_dir, tmp_path):
     assert not problems, problems
 
 
+# The same profile of the tiny model, reporting its peak address space (VmPeak, KiB) at exit: the cap is set
+# relative to it, since a CUDA build of torch maps far more address space than a CPU one.
+VM_PROBE = """
+import atexit, sys
+def report():
+    with open(sys.argv[1], "w") as f:
+        f.write([line for line in open("/proc/self/status") if line.startswith("VmPeak")][0].split()[1])
+atexit.register(report)
+sys.argv = ["planner", *sys.argv[2:]]
+from planner.cli.app import main
+main()
+"""
+
+
 def test_memory_cap_forces_oom(model_dir, tmp_path):
     out = tmp_path / "p"
-    vm_after_imports = 3 * 2**30  # torch + transformers + pandas map about 2.5 GiB of address space
-    cap = vm_after_imports + 2**30  # room for the fp32 weights (0.8 GB), not for gradients and AdamW states
+    vm_file = tmp_path / "vmpeak"
+    probe = subprocess.run([sys.executable, "-c", VM_PROBE, str(vm_file), "profile", "-m", str(model_dir / "tiny-llama"),
+                            *TINY, "--steps", "1", "--out", str(tmp_path / "probe")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=SUBPROCESS_LIMIT_S)  # fmt: skip
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    cap = int(vm_file.read_text()) * 1024 + 2**30  # room for the fp32 weights (0.8 GB), not for grads and AdamW
 
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
