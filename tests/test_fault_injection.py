@@ -393,8 +393,9 @@ def test_sigint_to_the_command(num_gpus, delay, model_dir, tmp_path):
 # relative to it, since a CUDA build of torch maps far more address space than a CPU one.
 VM_PROBE = """
 import atexit, sys
+VM_FILE = sys.argv[1]  # read before sys.argv is replaced below
 def report():
-    with open(sys.argv[1], "w") as f:
+    with open(VM_FILE, "w") as f:
         f.write([line for line in open("/proc/self/status") if line.startswith("VmPeak")][0].split()[1])
 atexit.register(report)
 sys.argv = ["planner", *sys.argv[2:]]
