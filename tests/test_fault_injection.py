@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -32,6 +33,7 @@ from conftest import ROOT
 
 from planner.errors import PlannerError
 from planner.profile import load_profile
+from planner.profile.runner import CPU_RECORDED_STEPS
 
 pytestmark = pytest.mark.slow
 
@@ -60,9 +62,14 @@ if FULL:
 SIGINT_DELAYS = [round(_rng.uniform(0.0, 4.0), 2) for _ in range(30 if FULL else 12)]
 # CI leaves 2-rank exceptions to test_profile_cli.py (rank 1, step 1, backward) and SIGKILL below.
 TWO_RANK_EXCEPTIONS = [(_rng.randrange(2), *_rng.choice([(-1, "init"), (-1, "build"), (-1, "wrap")]
-                        + [(s, p) for s in range(2) for p in STEP_PHASES])) for _ in range(6 if FULL else 0)]  # fmt: skip
+                        + [(s, p) for s in range(2) for p in STEP_PHASES])) for _ in range(6 if FULL else 1)]  # fmt: skip
 SIGKILL_AT_STEP = [_rng.randrange(3) for _ in range(3 if FULL else 1)]
-SUBPROCESS_SIGINT = [(n, round(_rng.uniform(1.0, 25.0), 1)) for n in ([1, 2, 1, 2] if FULL else [1])]
+# Ctrl-C to the command at a random point: a delay after start (imports, setup) or a step (read off the
+# progress lines). Steps stay below 30: the time to write an interrupted profile grows with the steps
+# recorded (test_sigint_after_many_steps).
+SUBPROCESS_SIGINT = [(n, _rng.choice(["after", "step"]), round(_rng.uniform(0.5, 6.0), 1), _rng.randrange(30))
+                     for n in ([1, 2, 1, 2, 1, 2] if FULL else [1])]  # fmt: skip
+SUBPROCESS_SIGINT = [(n, "step" if i == 0 else how, d, k) for i, (n, how, d, k) in enumerate(SUBPROCESS_SIGINT)]
 TRUNCATIONS_PER_FILE = 5 if FULL else 2
 
 
@@ -371,22 +378,77 @@ def test_sigkill_one_rank_of_two(at_step, model_dir, tmp_path):
     assert not problems, problems
 
 
-@pytest.mark.parametrize("num_gpus, delay", SUBPROCESS_SIGINT, ids=[f"{n}rank-after{d}s" for n, d in SUBPROCESS_SIGINT])
-def test_sigint_to_the_command(num_gpus, delay, model_dir, tmp_path):
-    """Ctrl-C in a terminal: SIGINT to the planner process at a random time (imports, setup or steps)."""
-    out = tmp_path / "p"
-    proc = _popen(["profile", "-m", str(model_dir / "tiny-llama"), *TINY, "--gpus", str(num_gpus), "--steps", "1000",
-                   "--out", str(out)])  # fmt: skip
-    time.sleep(delay)
-    assert proc.poll() is None, "the run ended before SIGINT"
+class _StderrLines:
+    """Collect a child's stderr lines in a thread; ``step()`` is the last step its progress lines named."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc):
+        for line in proc.stderr:
+            self.lines.append(line)
+
+    def step(self) -> int:
+        for line in reversed(self.lines):
+            m = re.search(r"\bstep (\d+)", line)
+            if m:
+                return int(m.group(1))
+        return -1
+
+    def text(self) -> str:
+        self.thread.join(timeout=10)
+        return "".join(self.lines)
+
+
+def _sigint_run(num_gpus: int, out: Path, model: Path, when) -> tuple[subprocess.Popen, _StderrLines, float]:
+    """Start `planner profile` (progress lines on), send SIGINT when ``when(reader)`` holds; returns the time sent."""
+    proc = _popen(["profile", "-m", str(model), *[a for a in TINY if a != "--no-progress"], "--gpus", str(num_gpus),
+                   "--steps", "100000", "--out", str(out)])  # fmt: skip
+    reader = _StderrLines(proc)
+    _wait_for(lambda: when(reader), proc, "the moment to send SIGINT")
     proc.send_signal(signal.SIGINT)
     sent_at = time.monotonic()
-    _, err = _wait(proc)
+    try:
+        proc.wait(timeout=SUBPROCESS_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"planner ran longer than {SUBPROCESS_LIMIT_S} s after SIGINT")
+    return proc, reader, sent_at
+
+
+@pytest.mark.parametrize("num_gpus, how, delay, at_step", SUBPROCESS_SIGINT,
+                         ids=[f"{n}rank-{'after' + str(d) + 's' if h == 'after' else 'step' + str(k)}"
+                              for n, h, d, k in SUBPROCESS_SIGINT])  # fmt: skip
+def test_sigint_to_the_command(num_gpus, how, delay, at_step, model_dir, tmp_path):
+    """Ctrl-C in a terminal: SIGINT to the planner process at a random point (imports, setup or a step)."""
+    out = tmp_path / "p"
+    started = time.monotonic()
+    if how == "after":
+        when = lambda reader: time.monotonic() - started >= delay  # noqa: E731
+    else:
+        when = lambda reader: reader.step() >= at_step  # noqa: E731
+    proc, reader, sent_at = _sigint_run(num_gpus, out, model_dir / "tiny-llama", when)
+    err = reader.text()
     problems = _after(out, {"interrupted"}, may_be_missing=True, wall_s=time.monotonic() - sent_at,
-                      kind=f"SIGINT to the command, {num_gpus} rank(s)", params=[num_gpus, delay])  # fmt: skip
+                      kind=f"SIGINT to the command, {num_gpus} rank(s)", params=[num_gpus, how, delay, at_step])  # fmt: skip
     if proc.returncode != 130 or "internal error" in err or "Traceback" in err:
         problems.append(f"exit {proc.returncode} (expected 130); stderr {err[-500:]!r}")
     assert not problems, problems
+
+
+# Regression: CI's SIGINT 18.5 s into a 1000-step run took 66.5 s to end, because every step recorded so far
+# was attributed and written. The CPU recording now stops after planner.profile.runner.CPU_RECORDED_STEPS.
+def test_sigint_after_many_steps(model_dir, tmp_path):
+    out = tmp_path / "p"
+    proc, reader, sent_at = _sigint_run(1, out, model_dir / "tiny-llama", lambda reader: reader.step() >= 300)
+    problems = _after(out, {"interrupted"}, may_be_missing=False, wall_s=time.monotonic() - sent_at,
+                      kind="SIGINT to the command after 300 steps", params=[300])  # fmt: skip
+    assert proc.returncode == 130 and not problems, problems
+    summary = load_profile(out).summary
+    assert summary["steps_recorded"] == CPU_RECORDED_STEPS and summary["steps_completed"] >= 300, summary
 
 
 # The same profile of the tiny model, reporting its peak address space (VmPeak, KiB) at exit: the cap is set

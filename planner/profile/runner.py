@@ -6,6 +6,11 @@ HF Trainer does) and ``backward``; then ``optimizer_step`` (which also drops the
 run after setup, after each loss, after each backward and after each step. Whatever happens (an exception,
 an out-of-memory error, SIGINT or SIGTERM), the recorder is stopped and what was recorded so far is
 attributed and written, with the rank's status and a one-sentence message.
+
+On CPU the torch profiler keeps every event in memory and processing them takes time proportional to the
+steps recorded (about 55 ms per step of a two-layer model), so only the first ``CPU_RECORDED_STEPS`` steps
+are recorded: memory is steady from step 1 on, and a run with many steps (or one interrupted after hundreds)
+still writes its profile within seconds. Later steps run unrecorded (their wall-clock windows are kept).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from planner.profile.attribution import attribute
 
 ProgressFn = Callable[[int, str, int], None]  # (step, phase, current bytes)
 STATUSES = ("ok", "oom", "failed", "interrupted")
+CPU_RECORDED_STEPS = 10
 
 
 @dataclass
@@ -107,6 +113,8 @@ class RankRun:
         self.steps_completed = 0
         self.fault = _fault(job, rank)
         self.probe_index = 0
+        self.frozen = None  # the CPU recording once CPU_RECORDED_STEPS steps are in it
+        self.steps_recorded = 0
 
     # ------------------------------------------------------------ helpers
 
@@ -123,6 +131,8 @@ class RankRun:
     def _probe(self) -> None:
         from planner.profile import identity
 
+        if self.frozen is not None:
+            return
         self.recorder.probe(self.probe_index, identity.collect(self.built.model, self.engine.identity_optimizer()))
         self.probe_index += 1
 
@@ -203,14 +213,16 @@ class RankRun:
             # out-of-memory error that is the memory processing needs.
             self.built = self.engine = None
             gc.collect()
-            recording = self.recorder.stop()
+            recording = self.frozen if self.frozen is not None else self.recorder.stop()
+            if self.frozen is None:
+                self.steps_recorded = self.steps_completed
         self.facts["failed_at_unix_ns"] = failed_at
         return self._finish(recording, status, message, self.facts, self.engine_name, time.time() - started)
 
     def _body(self, train, init: Callable[[], None] | None) -> None:
         """Setup and the steps; its locals (batches, logits, loss) die with it, even when it raises."""
         from planner.profile.engine import make_engine
-        from planner.profile.identity import param_storage_bytes, reachable_ptrs
+        from planner.profile.identity import param_storage_bytes
         from planner.profile.workload import Batches, build_model, causal_lm_loss
 
         job, device, facts = self.job, self.job.device, self.facts
@@ -259,7 +271,25 @@ class RankRun:
             self._probe()
             facts["param_storage_bytes"] = param_storage_bytes(self.built.model)
             self.steps_completed = step + 1
-        if device == "cpu" and (job.num_ranks > 1 or train.zero_stage > 0):
+            if device == "cpu" and self.frozen is None and step + 1 == CPU_RECORDED_STEPS and step + 1 < job.steps:
+                self._freeze(train, step + 1)
+        if self.frozen is None:
+            self._liveness(train)
+
+    def _freeze(self, train, steps_recorded: int) -> None:
+        """Stop the CPU recording; a signal meanwhile is noted and raised once the recording is safe."""
+        _Signals.armed = False
+        self._liveness(train)
+        self.frozen = self.recorder.stop()
+        self.steps_recorded = steps_recorded
+        if _Signals.received is not None:
+            raise Terminated("signal") if _Signals.received == signal.SIGTERM else KeyboardInterrupt()
+        _Signals.armed = True
+
+    def _liveness(self, train) -> None:
+        from planner.profile.identity import reachable_ptrs
+
+        if self.job.device == "cpu" and (self.job.num_ranks > 1 or train.zero_stage > 0):
             # Every tensor still alive is reachable now (no autograd graph): frees gloo hid can be inferred.
             self.recorder.liveness(0, reachable_ptrs())
 
@@ -291,6 +321,7 @@ class RankRun:
             "status": status,
             "message": message,
             "steps_completed": self.steps_completed,
+            "steps_recorded": self.steps_recorded,
             "engine": engine_name,
             "steady_state": att.steady_state,
             "peak": att.peak.to_dict() if att.peak else None,

@@ -162,6 +162,7 @@ def assemble(
         "num_ranks": num_ranks,
         "steps": meta.get("steps"),
         "steps_completed": min((r.get("steps_completed", 0) for r in ranks), default=0),
+        "steps_recorded": min((r.get("steps_recorded", 0) for r in ranks), default=0),
         "ranks": sorted(ranks, key=lambda r: r["rank"]),
         "files": {name: {"bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name)}
                   for name in sorted(files)},

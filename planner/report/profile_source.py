@@ -88,7 +88,8 @@ def _inputs(meta: Mapping[str, Any], profile: Any) -> list[tuple[str, str]]:
     if cluster.get("gpu"):
         items.append(("planned GPU", str(cluster["gpu"])))
     items.append(("steps", f"{meta.get('steps', '?')} planned, "
-                           f"{profile.summary.get('steps_completed', '?')} completed"))
+                           f"{profile.summary.get('steps_completed', '?')} completed, "
+                           f"{profile.summary.get('steps_recorded', '?')} recorded"))
     if meta.get("git_commit"):
         items.append(("planner commit", str(meta["git_commit"])))
     return items
