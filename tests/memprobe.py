@@ -163,8 +163,9 @@ def _summarise(mem, spans) -> StepMemory:
 
 
 def build_qlora_model(config: dict, *, attn: str = "eager", dtype: str = "bf16", quant_type: str = "nf4",
-                      double_quant: bool = True, seed: int = 0):
-    """A 4-bit base as transformers' bitsandbytes path builds it (random weights saved, then loaded quantized)."""
+                      double_quant: bool = True, seed: int = 0, prepare: bool = True):
+    """A 4-bit base as transformers' bitsandbytes path builds it (random weights saved, then loaded quantized),
+    then peft's prepare_model_for_kbit_training unless ``prepare`` is False."""
     import tempfile
 
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
@@ -184,4 +185,8 @@ def build_qlora_model(config: dict, *, attn: str = "eager", dtype: str = "bf16",
             for p in list(module.parameters(recurse=False)):
                 if not hasattr(p, "quant_state"):
                     p.data = p.data.clone()
+    if prepare:  # peft's QLoRA recipe (what planner profile runs): non-4-bit parameters become fp32
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model

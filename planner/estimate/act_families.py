@@ -400,8 +400,13 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
     if kind == "gemma2" and attn == "sdpa":
         attn = "eager"
         notes.append("gemma2 does not support SDPA in transformers (attention softcapping): estimated as eager.")
+    # QLoRA as peft's recipe runs it: prepare_model_for_kbit_training casts every parameter that is not 4-bit
+    # (embeddings, norms, biases, lm_head) to fp32, so the embedding output, the residual stream, the norms,
+    # attention and the logits are fp32; only the 4-bit matmuls run in bnb_4bit_compute_dtype. DeepSpeed casts
+    # the module back to the training dtype (states.py), which puts activations back in 16 bits.
+    act_dtype = "fp32" if method is Method.QLORA and not deepspeed else compute
     ctx = Ctx(b=b, s=s, h=model.hidden_size, heads=model.num_heads, kv_heads=model.num_kv_heads,
-              head_dim=model.head_dim, dtype=compute, device=device, attn=attn, attn_dropout=float(attn_p or 0.0),
+              head_dim=model.head_dim, dtype=act_dtype, quant_compute_dtype=compute, device=device, attn=attn, attn_dropout=float(attn_p or 0.0),
               resid_dropout=float(resid_p or 0.0),
               # peft keeps adapters in fp32 on a 16-bit base (autocast_adapter_dtype); DeepSpeed casts the whole
               # module to the training dtype (engine._configure_distributed_model: module.bfloat16()/half())

@@ -37,6 +37,7 @@ class Ctx:
     adapter_dtype: str
     lora_dropout: float
     quantized: bool  # QLoRA: frozen base linears are bitsandbytes Linear4bit
+    quant_compute_dtype: str = ""  # bnb_4bit_compute_dtype (the 4-bit matmuls run in it); "" = dtype
 
 
 class Linear:
@@ -58,7 +59,7 @@ def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     """Base linear (+ 4-bit dequantization) (+ peft LoRA: ``result + B(A(dropout(x.to(A.dtype)))) * scaling``)."""
     if lin.quant:
         if lin.lora_a is None:
-            return _linear_4bit(t, x, lin)
+            return _linear_4bit(t, x, lin, ctx.quant_compute_dtype)
         return _lora_4bit(t, ctx, x, lin)
     result = ops.linear(t, x, lin.w, lin.bias)
     if lin.lora_a is None:
@@ -79,7 +80,7 @@ def _lora_4bit(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     """peft lora.bnb.Linear4bit.forward: ``result = base(x).clone()`` (a defensive copy), then without autocast
     ``output = B(A(dropout(x.to(A.dtype)))) * scaling``, cast back to the result dtype, and added.
     (Argument temporaries stay referenced by the caller in CPython, so the base call happens in here.)"""
-    result = _linear_4bit(t, x, lin)
+    result = _linear_4bit(t, x, lin, ctx.quant_compute_dtype)
     result = t.op("clone", [result], [(result.shape, result.dtype)], [], ops._passthrough_rule)[0]
     expected = result.dtype
     x = ops.to(t, x, lin.lora_a.dtype)
@@ -92,13 +93,18 @@ def _lora_4bit(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     return ops.add(t, result, out)
 
 
-def _linear_4bit(t: Tape, x: Fake, lin: Linear) -> Fake:
-    # bnb MatMul4Bit: dequantize_4bit -> [out, in] in the compute dtype, F.linear, free; nothing saved but the
+def _linear_4bit(t: Tape, x: Fake, lin: Linear, compute: str = "") -> Fake:
+    # bitsandbytes 0.50 nn.Linear4bit.forward: ``inp_dtype = x.dtype; x = x.to(self.compute_dtype)``, then
+    # ``matmul_4bit(x, weight).to(inp_dtype)``. After peft's prepare_model_for_kbit_training the residual stream
+    # is fp32, so the input is cast to the compute dtype and the output back to fp32 (neither cast saves).
+    # MatMul4Bit: dequantize_4bit -> [out, in] in the compute dtype, F.linear, free; nothing saved but the
     # packed weight. Backward dequantizes again for grad_A (rule below).
-    w_dq = t.scratch(lin.d_in * lin.d_out * _bytes(x.dtype))
-    out = t.op("matmul_4bit", [x], [(x.shape[:-1] + (lin.d_out,), x.dtype)], [], _dequant_rule(lin, x.dtype))[0]
-    del w_dq
-    return out
+    inp_dtype = x.dtype
+    xc = ops.to(t, x, compute or inp_dtype)
+    w_dq = t.scratch(lin.d_in * lin.d_out * _bytes(xc.dtype))
+    out = t.op("matmul_4bit", [xc], [(x.shape[:-1] + (lin.d_out,), xc.dtype)], [], _dequant_rule(lin, xc.dtype))[0]
+    del w_dq, xc
+    return ops.to(t, out, inp_dtype)
 
 
 def _dequant_rule(lin: Linear, dtype: str):

@@ -30,6 +30,8 @@ def _grad_like(tape: Tape, edge) -> Storage | None:
 def _passthrough_rule(tape: Tape, node, grads_out):
     """add / add-scalar / views: the incoming gradient is handed on unchanged (no allocation)."""
     g = grads_out[0]
+    if g is not None and sum(e is not None and len(e) > 1 for e in node.edges) > 1:
+        g.tag = "shared"  # one tensor in two InputBuffers: neither can add into it in place
     return [g if e is not None else None for e in node.edges]
 
 

@@ -312,16 +312,25 @@ def release(sim: Sim, node: Node) -> None:
     node.extra = None
 
 
+# Gradient buffers autograd cannot accumulate into in place (see backward()).
+NOT_IN_PLACE = ("view", "shared")
+# Ops whose input gradient is a view of the matmul result when the input has more dims than the kernel
+# (F.linear on [b, s, h] runs mm on [b*s, h] and reshapes; matmul on [B, H, s, d] runs bmm on [B*H, s, d]).
+_VIEW_GRAD_RANK = {"linear": 2, "bmm": 3}
+
+
 def default_rule(tape: Tape, node: Node, grads_out: list) -> list:
     """One new gradient per differentiable input (the common case: add, mul, linear, ...)."""
     out = []
+    view_rank = _VIEW_GRAD_RANK.get(node.name)
     for e in node.edges:
         if e is None:
             out.append(None)
         elif len(e) == 1:
             out.append(Storage(tape.sim, e[0].numel * dtype_bytes(e[0].dtype)))
         else:
-            out.append(Storage(tape.sim, _prod(e[2]) * dtype_bytes(e[3])))
+            tag = "view" if view_rank is not None and len(e[2]) > view_rank else ""
+            out.append(Storage(tape.sim, _prod(e[2]) * dtype_bytes(e[3]), tag))
     return out
 
 
@@ -362,8 +371,17 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
                 # else: added in place into .grad (or copied into a ZeRO bucket); the incoming buffer is freed
             else:
                 target, idx = e[0], e[1]
-                if target.grad_in[idx] is None:
+                old = target.grad_in[idx]
+                if old is None:
                     target.grad_in[idx] = g
-                # else: InputBuffer accumulates in place; the incoming buffer is freed
+                elif old.tag in NOT_IN_PLACE:
+                    # InputBuffer::accumulate adds in place only into a buffer it holds the last reference to
+                    # (can_accumulate_inplace); a view of another result (the input gradient of a linear on a
+                    # 3-D input is mm's output reshaped) or a gradient shared by two edges gets ``old + var``:
+                    # a new sum, then both are freed.
+                    target.grad_in[idx] = Storage(sim, old.nbytes, "grad_sum")
+                # else: added in place into the buffer; the incoming gradient is freed
+                del old
+            del g  # the incoming gradient is freed as soon as it is accumulated, before the next node runs
         del grads
     tape.grad_enabled = True
