@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from planner import catalog
 from planner.errors import PlannerError
@@ -148,3 +150,24 @@ def test_estimate_is_fast():
             estimate(model, TrainSpec(zero_stage=zero, micro_batch=b, seq_len=4096), cluster)
             n += 1
     assert (time.perf_counter() - start) / n < 0.005
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    a=st.integers(0, 1000), b=st.integers(0, 100_000), c=st.integers(0, 10**7), jitter=st.integers(0, 4096),
+    usable=st.integers(0, 10**9), hi=st.integers(1, 5000), lo=st.integers(1, 8),
+)
+def test_fit_search_equals_brute_force(a, b, c, jitter, usable, hi, lo):
+    """The search (quadratic prediction, then checks, then regula falsi) returns exactly the largest n that
+    fits, for monotone byte curves with allocator-like rounding steps."""
+    from planner.estimate.fits import _largest
+
+    lo = min(lo, hi)
+
+    def value(n):
+        raw = a * n * n + b * n + c
+        return raw + (-raw) % (jitter + 1)  # rounded up to a multiple: still monotone, not polynomial
+
+    assume(value(lo) <= usable)
+    expected = max(n for n in range(lo, hi + 1) if value(n) <= usable)
+    assert _largest(value, lo, hi, usable) == expected

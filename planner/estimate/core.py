@@ -117,5 +117,5 @@ def estimate(
         from planner.estimate.fits import find_fit
 
         result = replace(result, fit=find_fit(model, train, cluster, margin=margin, device=device,
-                                              allow_longer=allow_longer))
+                                              allow_longer=allow_longer, own_device_bytes=device_total))
     return result

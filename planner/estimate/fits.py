@@ -78,7 +78,10 @@ def _largest(value, lo: int, hi: int, usable: int) -> int:
 
 
 def find_fit(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, margin: float, device: str = "cuda",
-             allow_longer: bool = False) -> Fit:
+             allow_longer: bool = False, own_device_bytes: int | None = None) -> Fit:
+    """``own_device_bytes``: the device figure of ``train`` itself, when the caller has it. When it fits, both
+    searches start from the row's own micro-batch and sequence length (memory is monotone in both), which
+    saves the probes below them."""
     usable = int(cluster.gpu.memory_bytes * (1.0 - margin))
 
     def batch_bytes(b: int) -> int | None:
@@ -90,8 +93,18 @@ def find_fit(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, margin: fl
     def fits_at(v: int | None) -> bool:
         return v is not None and v <= usable
 
-    max_b = _largest(batch_bytes, 1, MAX_MICRO_BATCH, usable) if fits_at(batch_bytes(1)) else 0
+    own_fits = fits_at(own_device_bytes)
+    if own_fits and train.micro_batch <= MAX_MICRO_BATCH:
+        max_b = _largest(batch_bytes, train.micro_batch, MAX_MICRO_BATCH, usable)
+    else:
+        max_b = _largest(batch_bytes, 1, MAX_MICRO_BATCH, usable) if fits_at(batch_bytes(1)) else 0
     limit = MAX_SEQ_LEN_LONGER if allow_longer else model.max_position_embeddings
     max_k = limit // SEQ_STEP
-    max_s = _largest(seq_bytes, 1, max_k, usable) * SEQ_STEP if max_k >= 1 and fits_at(seq_bytes(1)) else 0
+    own_k = min(train.seq_len // SEQ_STEP, max_k)
+    if max_k < 1:
+        max_s = 0
+    elif own_fits and own_k >= 1:  # k * 256 <= seq_len: fits because the row does
+        max_s = _largest(seq_bytes, own_k, max_k, usable) * SEQ_STEP
+    else:
+        max_s = _largest(seq_bytes, 1, max_k, usable) * SEQ_STEP if fits_at(seq_bytes(1)) else 0
     return Fit(max_micro_batch=max_b, max_seq_len=max_s)
