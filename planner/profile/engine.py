@@ -91,6 +91,22 @@ class DeepSpeedEngine(Engine):
     def step(self) -> None:
         self.module.step()
 
+    def on_gradients_complete(self, callback) -> None:
+        """Run ``callback`` when backward has made every gradient, before ZeRO 1/2 copy this rank's partition
+        out of them and drop the ``.grad`` tensors (stage_1_and_2.py ``independent_gradient_partition_epilogue``,
+        at the end of backward): an identity probe there sees the full gradients, which no probe after
+        backward can."""
+        opt = self.optimizer
+        original = getattr(opt, "independent_gradient_partition_epilogue", None)
+        if original is None:
+            return
+
+        def epilogue(*args, **kwargs):
+            callback()
+            return original(*args, **kwargs)
+
+        opt.independent_gradient_partition_epilogue = epilogue
+
 
 def make_engine(built: Built, train: TrainSpec, device: str, num_ranks: int, local_rank: int) -> Engine:
     if train.zero_stage > 0:

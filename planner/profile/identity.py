@@ -151,6 +151,14 @@ def _collect_deepspeed(optimizer: Any, keys: dict[str, set[int]]) -> None:
         for attr in attrs:
             for t in iter_tensors(getattr(optimizer, attr, None)):
                 keys[key].add(storage_ptr(t))
+    # ZeRO 1/2 copy small gradients into the reduce bucket and point .grad at it (stage_1_and_2.py
+    # reduce_independent_p_g_buckets_and_remove_grads): the bucket is a reduce buffer (a temporary), not a
+    # gradient the step keeps.
+    buckets = getattr(optimizer, "ipg_buckets", None)
+    if isinstance(buckets, dict):
+        for bucket in buckets.values():
+            for t in iter_tensors(getattr(bucket, "buffer", None)):
+                keys["grads"].discard(storage_ptr(t))
 
 
 def reachable_ptrs() -> list[int]:

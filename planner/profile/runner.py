@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -136,13 +137,33 @@ class RankRun:
         self.recorder.probe(self.probe_index, identity.collect(self.built.model, self.engine.identity_optimizer()))
         self.probe_index += 1
 
+    def _identify_grads_at_birth(self) -> None:
+        """Identify every ``.grad`` as a gradient when autograd makes it. Registered before the data-parallel
+        engine, so these hooks run before its own: DeepSpeed ZeRO 1/2 move small gradients into a reduce
+        bucket and drop the others once reduced, and a probe after backward would never see them."""
+        from planner.profile.identity import storage_ptr
+
+        def born(param) -> None:
+            if self.frozen is None and param.grad is not None:
+                self.recorder.probe(self.probe_index, {"grads": [storage_ptr(param.grad)]})
+                self.probe_index += 1
+
+        for p in self.built.model.parameters():
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(born)
+
     def _install_recompute_hooks(self) -> None:
         """Mark every re-run of a checkpointed layer's forward inside backward as a ``recompute`` window.
 
         transformers checkpoints each layer through ``layer._gradient_checkpointing_func(fn, *args)`` and the
         recomputation calls ``fn`` again (module hooks stay outside the checkpoint), so ``fn`` is wrapped.
         """
+        import torch.utils.checkpoint as torch_checkpoint
+
         from planner.profile.workload import checkpointed_layers
+
+        # what torch.utils.checkpoint raises to stop a recomputation early (non-reentrant, early_stop=True)
+        stop_recomputation = getattr(torch_checkpoint, "_StopRecomputationError", ())
 
         def wrap(original):
             def checkpoint(fn, *args, **kwargs):
@@ -152,6 +173,13 @@ class RankRun:
                     self.recorder.enter("recompute")
                     try:
                         return fn(*a, **k)
+                    except stop_recomputation as exc:
+                        # Early stop: checkpoint raised from inside the layer once every saved tensor was
+                        # re-made. The unwound frames still hold the layer's locals until torch catches the
+                        # error a moment later (nothing is allocated in between); free them now, so the
+                        # window's end sees only what the recomputation keeps for backward.
+                        traceback.clear_frames(exc.__traceback__)
+                        raise
                     finally:  # also when checkpoint stops the recomputation early by raising
                         self.recorder.exit()
 
@@ -234,9 +262,12 @@ class RankRun:
         facts["param_storage_bytes_at_build"] = param_storage_bytes(self.built.model)
         facts["num_params"] = sum(p.numel() for p in self.built.model.parameters())
         facts["num_trainable_params"] = sum(p.numel() for p in self.built.model.parameters() if p.requires_grad)
+        self._identify_grads_at_birth()
         with self._window("setup::wrap", phase="wrap"):
             self.engine = make_engine(self.built, train, device, job.num_ranks, self.local_rank)
         self.engine_name = self.engine.name
+        if hasattr(self.engine, "on_gradients_complete"):
+            self.engine.on_gradients_complete(self._probe)
         facts["param_storage_bytes_after_wrap"] = param_storage_bytes(self.built.model)
         # What the parameters occupy in steady state (bitsandbytes casts biases to the compute dtype at the
         # first forward); updated after every step.
