@@ -59,7 +59,7 @@ class Family:
     def _lin(self, suffix: str, d_in: int, d_out: int, bias: bool = False) -> Linear:
         return Linear(d_in, d_out, self.ctx.dtype, self.full, bias=bias and True,
                       lora_rank=0 if self.full else self._rank(suffix), adapter_dtype=self.ctx.adapter_dtype,
-                      quant=self.ctx.quantized)
+                      quant=self.ctx.quantized, f_linear=self.kind != "gpt2")
 
     def _norm(self) -> Param:
         return Param((self.model.hidden_size,), self.ctx.dtype, self.full)
@@ -386,7 +386,8 @@ def _params_of(v) -> list[Param]:
 
 def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: int, s: int, attn: str,
                  dropout: float | None, adapters: tuple[tuple[str, int], ...], lora_dropout: float,
-                 modules_to_save: tuple[str, ...], device: str, deepspeed: bool = False) -> Family:
+                 modules_to_save: tuple[str, ...], device: str, zero_stage: int = 0) -> Family:
+    deepspeed = zero_stage > 0
     cfg = model.config or {}
     compute = precision.compute_dtype
     kind = _kind(model)
@@ -411,7 +412,7 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
               # peft keeps adapters in fp32 on a 16-bit base (autocast_adapter_dtype); DeepSpeed casts the whole
               # module to the training dtype (engine._configure_distributed_model: module.bfloat16()/half())
               adapter_dtype="fp32" if method is not Method.FULL and not deepspeed else compute,
-              lora_dropout=float(lora_dropout), quantized=method is Method.QLORA)
+              lora_dropout=float(lora_dropout), quantized=method is Method.QLORA, zero3_linear=zero_stage == 3)
     fam = Family(model, ctx, method, adapters, modules_to_save)
     fam.notes.extend(notes)
     if model.model_type not in LLAMA_LIKE + ("gpt2", "gemma2"):

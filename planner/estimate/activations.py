@@ -80,7 +80,7 @@ def _train_key(train: TrainSpec, adapters: tuple, micro_batch: int | None = None
     return (
         train.method, train.precision, train.micro_batch if micro_batch is None else micro_batch, train.seq_len,
         train.grad_checkpointing, train.attn_impl.value, train.dropout, adapters, train.lora.dropout,
-        train.lora.modules_to_save, train.zero_stage > 0,
+        train.lora.modules_to_save, train.zero_stage,
     )
 
 
@@ -88,14 +88,14 @@ def _train_key(train: TrainSpec, adapters: tuple, micro_batch: int | None = None
 def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_grads: bool,
               keep_logits: bool) -> Run:
     # config_key: ModelSpec equality ignores the raw config; the family details live there
-    (method, precision, b, s, ckpt, attn, dropout, adapters, lora_dropout, modules_to_save, deepspeed) = key
+    (method, precision, b, s, ckpt, attn, dropout, adapters, lora_dropout, modules_to_save, zero_stage) = key
     sim = Sim()
     sim.record = []
     t = Tape(sim)
     t.device = device
     fam = build_family(model, method=method, precision=precision, b=b, s=s, attn=attn, dropout=dropout,
                        adapters=adapters, lora_dropout=lora_dropout, modules_to_save=modules_to_save,
-                       device=device, deepspeed=deepspeed)
+                       device=device, zero_stage=zero_stage)
     num_layers = model.num_layers
     sim_layers = min(num_layers, NUM_SIMULATED_LAYERS)
     ghost = num_layers - sim_layers

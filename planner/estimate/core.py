@@ -5,7 +5,7 @@ from __future__ import annotations
 from planner.errors import PlannerError
 from planner.estimate import overhead
 from planner.estimate.activations import lora_adapter_paths, simulate_step
-from planner.estimate.params import count_params, split_params
+from planner.estimate.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.peak import PHASES, phase_breakdowns
 from planner.estimate.result import Estimate
 from planner.estimate.sharding import shard_states
@@ -74,6 +74,7 @@ def estimate(
         grads_bytes=states.grads_bytes,
         hidden_size=model.hidden_size,
         largest_trainable=counts.largest_module,
+        largest_trainable_tensor=largest_trainable_tensor(counts, train),
         num_params=split.num_params,
         params_bytes=states.params_bytes,
         device=device,

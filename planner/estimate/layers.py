@@ -38,16 +38,21 @@ class Ctx:
     lora_dropout: float
     quantized: bool  # QLoRA: frozen base linears are bitsandbytes Linear4bit
     quant_compute_dtype: str = ""  # bnb_4bit_compute_dtype (the 4-bit matmuls run in it); "" = dtype
+    # DeepSpeed ZeRO-3 replaces torch.nn.functional.linear with LinearFunctionForZeroStage3 (zero/linear.py,
+    # memory_efficient_linear defaults to true): setup_context saves the input of every F.linear that autograd
+    # records, whether or not the weight is trainable.
+    zero3_linear: bool = False
 
 
 class Linear:
     """One nn.Linear (or HF Conv1D), optionally with a LoRA adapter (A: in x r, B: r x out) and 4-bit base."""
 
-    __slots__ = ("w", "bias", "lora_a", "lora_b", "quant", "d_in", "d_out")
+    __slots__ = ("w", "bias", "lora_a", "lora_b", "quant", "d_in", "d_out", "f_linear")
 
     def __init__(self, d_in: int, d_out: int, dtype: str, trainable: bool, *, bias: bool = False,
-                 lora_rank: int = 0, adapter_dtype: str = "fp32", quant: bool = False) -> None:
+                 lora_rank: int = 0, adapter_dtype: str = "fp32", quant: bool = False, f_linear: bool = True) -> None:
         self.d_in, self.d_out = d_in, d_out
+        self.f_linear = f_linear  # nn.Linear (F.linear); False for GPT-2's Conv1D (torch.addmm)
         self.w = Param((d_out, d_in), dtype, trainable)
         self.bias = Param((d_out,), dtype, trainable) if bias else None
         self.quant = quant
@@ -61,19 +66,22 @@ def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
         if lin.lora_a is None:
             return _linear_4bit(t, x, lin, ctx.quant_compute_dtype)
         return _lora_4bit(t, ctx, x, lin)
-    result = ops.linear(t, x, lin.w, lin.bias)
+    result = ops.linear(t, x, lin.w, lin.bias, save_input=ctx.zero3_linear and lin.f_linear)
     if lin.lora_a is None:
         return result
     result_dtype = result.dtype
-    x = ops.to(t, x, lin.lora_a.dtype)
-    x = ops.dropout(t, x, ctx.lora_dropout, ctx.device)
-    delta = ops.linear(t, x, lin.lora_a)
-    del x
+    # peft rebinds ``x = self._cast_input_dtype(x, lora_A.weight.dtype)``: the cast lives until forward returns
+    xa = ops.to(t, x, lin.lora_a.dtype)
+    d = ops.dropout(t, xa, ctx.lora_dropout, ctx.device)
+    delta = ops.linear(t, d, lin.lora_a)
+    del d
     delta = ops.linear(t, delta, lin.lora_b)
     delta = ops.mul_scalar(t, delta)
     result = ops.add(t, result, delta)
     del delta
-    return ops.to(t, result, result_dtype)
+    out = ops.to(t, result, result_dtype)
+    del result, xa
+    return out
 
 
 def _lora_4bit(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
@@ -83,14 +91,16 @@ def _lora_4bit(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     result = _linear_4bit(t, x, lin, ctx.quant_compute_dtype)
     result = t.op("clone", [result], [(result.shape, result.dtype)], [], ops._passthrough_rule)[0]
     expected = result.dtype
-    x = ops.to(t, x, lin.lora_a.dtype)
-    x = ops.dropout(t, x, ctx.lora_dropout, ctx.device)
-    out = ops.linear(t, x, lin.lora_a)
-    del x
+    xa = ops.to(t, x, lin.lora_a.dtype)  # rebound to x in peft: lives until forward returns
+    d = ops.dropout(t, xa, ctx.lora_dropout, ctx.device)
+    out = ops.linear(t, d, lin.lora_a)
+    del d
     out = ops.linear(t, out, lin.lora_b)
     out = ops.mul_scalar(t, out)
     out = ops.to(t, out, expected)
-    return ops.add(t, result, out)
+    result = ops.add(t, result, out)
+    del out, xa
+    return result
 
 
 def _linear_4bit(t: Tape, x: Fake, lin: Linear, compute: str = "") -> Fake:

@@ -74,7 +74,7 @@ def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
     s = n * k
     # router: F.linear -> logits [n, E]; softmax(logits.float()) saved; topk keeps its indices.
     router_w = _lora_param(t, ex, ex.router, ex.lora_router, h, e, 1)
-    logits = _weight_linear(t, x, router_w, (n, e))
+    logits = _weight_linear(t, x, router_w, (n, e), save_input=ctx.zero3_linear)
     del router_w
     probs = ops.unary_saving_output(t, "softmax", ops.to(t, logits, "fp32"))
     top_idx = t.new((n, k), "int64")
@@ -116,12 +116,12 @@ def moe_block(t: Tape, ctx: Ctx, x: Fake, ex: Experts) -> Fake:
     return out
 
 
-def _weight_linear(t: Tape, x: Fake, w, out_shape) -> Fake:
-    """A (grouped) matmul with a parameter or a computed weight: saves x if the weight needs a gradient and the
-    weight if x needs one (a Param is never counted)."""
+def _weight_linear(t: Tape, x: Fake, w, out_shape, save_input: bool = False) -> Fake:
+    """A (grouped) matmul with a parameter or a computed weight: saves x if the weight needs a gradient (or
+    ``save_input``: ZeRO-3's F.linear) and the weight if x needs one (a Param is never counted)."""
     if isinstance(w, Param):
-        return t.op("linear", [x, w], [(out_shape, x.dtype)], [x] if w.trainable else [])[0]
-    saved = ([x] if w.requires_grad else []) + ([w] if x.requires_grad else [])
+        return t.op("linear", [x, w], [(out_shape, x.dtype)], [x] if (w.trainable or save_input) else [])[0]
+    saved = ([x] if (w.requires_grad or save_input) else []) + ([w] if x.requires_grad else [])
     return t.op("linear", [x, w], [(out_shape, x.dtype)], saved)[0]
 
 

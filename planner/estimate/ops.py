@@ -199,11 +199,12 @@ def dropout(tape: Tape, x: Fake, p: float, device: str) -> Fake:
 # ---------------------------------------------------------------- matmuls
 
 
-def linear(tape: Tape, x: Fake, w: Param, bias: Param | None = None) -> Fake:
-    """``F.linear`` / HF Conv1D (addmm): saves the input only when the weight is trainable; the weight itself is
-    a parameter (already counted). Backward: grad_input = grad @ W, grad_W = grad^T @ x, grad_b = grad.sum(0)."""
+def linear(tape: Tape, x: Fake, w: Param, bias: Param | None = None, *, save_input: bool = False) -> Fake:
+    """``F.linear`` / HF Conv1D (addmm): saves the input only when the weight is trainable (or ``save_input``:
+    DeepSpeed ZeRO-3's linear, layers.Ctx.zero3_linear); the weight itself is a parameter (already counted).
+    Backward: grad_input = grad @ W, grad_W = grad^T @ x, grad_b = grad.sum(0)."""
     inputs = [x, w] + ([bias] if bias is not None else [])
-    saved = [x] if w.trainable else []
+    saved = [x] if (w.trainable or save_input) else []
     out_shape = x.shape[:-1] + (w.shape[0],)
     return tape.op("linear", inputs, [(out_shape, x.dtype)], saved)[0]
 

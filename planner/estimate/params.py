@@ -358,3 +358,15 @@ def split_params(counts: ParamCounts, train: TrainSpec) -> ParamSplit:
         num_16bit=num_params - num_quantized,
         num_saved=num_saved,
     )
+
+
+def largest_trainable_tensor(counts: ParamCounts, train: TrainSpec) -> int:
+    """Elements of the largest trainable parameter tensor (bounds DeepSpeed's per-piece gradient-norm copy):
+    the largest module for full fine-tuning; else the largest LoRA matrix or modules_to_save module."""
+    if train.method is Method.FULL:
+        return counts.largest_module
+    lora = train.lora
+    sizes = [a.rank * a.num_experts * max(a.in_features, a.out_features) for a in lora_adapters(counts, lora)]
+    sizes += [g.num_params for g in saved_groups(counts, lora.modules_to_save)]
+    return max(sizes, default=0)
+

@@ -12,7 +12,8 @@ the HF Trainer and `planner profile` do) has three moments that can hold the all
   Simulated op by op (activations.py), so the moment is exact: the start of the loss backward for large
   vocabularies, the end for large models with full fine-tuning.
 - ``optimizer_step``: weights, gradients, optimizer states and the update's scratch (temporaries.py), plus
-  ZeRO's fp32 gradient partition (sharding.py).
+  ZeRO's fp32 gradient partition (sharding.py); for DeepSpeed ZeRO 1/2 the largest of the step's three
+  moments (gradient norm, flattening, update; temporaries.ZeroStep).
 
 The reported breakdown is the peak moment's, not the sum of each category's own maximum.
 """
@@ -64,6 +65,7 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
         overhead_bytes=overhead_bytes,
     )
 
+    zs = transients.zero_step
     if keep:
         # the simulated moment; its gradients are the ones made so far (or the accumulated buffers)
         bwd_other = step.backward_peak_bytes - step.backward_peak_saved_bytes - step.backward_peak_grads_bytes
@@ -72,9 +74,24 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
             grads_bytes=grads if accumulating else step.backward_peak_grads_bytes,
             optimizer_states_bytes=opt,
             activations_bytes=step.backward_peak_saved_bytes,
-            temporaries_bytes=max(bwd_other, 0) + persistent + gathered,
+            # ZeRO-1 fills DeepSpeed's reduce bucket as the gradients of the last micro-batch arrive
+            temporaries_bytes=max(bwd_other, 0) + persistent + gathered + transients.late_bytes,
             overhead_bytes=overhead_bytes,
         )
+        if zs is not None:
+            # ZeRO-1 at the end of backward (independent_gradient_partition_epilogue): every .grad still exists
+            # while the rank's partition is copied out of them (get_flat_partition), then the .grad tensors
+            # and the bucket are dropped.
+            epilogue = MemoryBreakdown(
+                params_bytes=params,
+                grads_bytes=grads + zs.partition_grads_bytes,
+                optimizer_states_bytes=opt,
+                temporaries_bytes=max(step.backward_end_bytes - step.grads_bytes, 0) + persistent
+                + transients.late_bytes,
+                overhead_bytes=overhead_bytes,
+            )
+            if epilogue.total_bytes > backward.total_bytes:
+                backward = epilogue
     else:
         early = MemoryBreakdown(
             params_bytes=params,
@@ -96,15 +113,27 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
         )
         backward = early if early.total_bytes >= late.total_bytes else late
 
-    # optimizer step: everything persistent + the update's scratch + ZeRO's fp32 gradient partition
-    optimizer_step = MemoryBreakdown(
-        params_bytes=params,
-        grads_bytes=grads,
-        optimizer_states_bytes=opt,
-        temporaries_bytes=transients.step_bytes + states.step_grad_fp32_bytes + persistent
-        + transients.late_bytes,
-        overhead_bytes=overhead_bytes,
-    )
+    if zs is not None:
+        # DeepSpeed ZeRO 1/2: the norm, the flattening and the update are separate moments (temporaries.py)
+        moments = [
+            MemoryBreakdown(params_bytes=params, grads_bytes=zs.partition_grads_bytes, optimizer_states_bytes=opt,
+                            temporaries_bytes=nbytes - zs.partition_grads_bytes + persistent,
+                            overhead_bytes=overhead_bytes)
+            for nbytes in (zs.norm_bytes, zs.flatten_bytes)
+        ]
+        moments.append(MemoryBreakdown(params_bytes=params, grads_bytes=0, optimizer_states_bytes=opt,
+                                       temporaries_bytes=zs.update_bytes + persistent,
+                                       overhead_bytes=overhead_bytes))
+        optimizer_step = max(moments, key=lambda m: m.total_bytes)
+    else:
+        # optimizer step: everything persistent + the update's scratch + ZeRO-3's fp32 gradient sub-group
+        optimizer_step = MemoryBreakdown(
+            params_bytes=params,
+            grads_bytes=grads,
+            optimizer_states_bytes=opt,
+            temporaries_bytes=transients.step_bytes + states.step_grad_fp32_bytes + persistent,
+            overhead_bytes=overhead_bytes,
+        )
     phases = {"forward": forward, "backward": backward, "optimizer_step": optimizer_step}
     peak_phase = max(PHASES, key=lambda p: (phases[p].total_bytes, -PHASES.index(p)))
     return PhaseModel(phases=phases, peak_phase=peak_phase)

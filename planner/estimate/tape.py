@@ -268,13 +268,14 @@ class Tape:
             if self.recording is not None:
                 self.recording.append(node)
             self.sim.nodes.append(node)
-        out = [
+        if node is not None and node.has_saved:
+            # Autograd saves an op's inputs before the kernel runs (VariableType: SavedVariable(self) precedes
+            # the redispatch), so a recomputation that stops early at this save never allocates the outputs.
+            self._count_save()
+        return [
             Fake(shape, dtype, alias or Storage(self.sim, _prod(shape) * dtype_bytes(dtype), name), node, k)
             for k, (shape, dtype) in enumerate(outputs)
         ]
-        if node is not None and node.has_saved:
-            self._count_save()
-        return out
 
     def _count_save(self) -> None:
         if self.saves_left is not None:

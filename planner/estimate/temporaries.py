@@ -42,13 +42,57 @@ DS_MAX_REUSE_DISTANCE = 1_000_000_000
 GLOO_DDP_RANK0_BROADCAST_COPIES = 1
 
 
+# DeepSpeed computes the gradient norm before every ZeRO 1/2 step (zero_optimization.compute_grad_norm,
+# default true) in fp64: stage_1_and_2.py get_grad_norm_direct runs
+# ``torch.linalg.vector_norm(g.data.to(get_norm_dtype()))`` on each gradient piece of the rank's partition in
+# turn, and zero/utils.py get_norm_dtype is torch.double wherever the device has fp64 (CUDA and CPU).
+DS_NORM_BYTES_PER_ELEMENT = 8
+
+
+@dataclass(frozen=True)
+class ZeroStep:
+    """A DeepSpeed ZeRO 1/2 optimizer step (no offload), moment by moment (stage_1_and_2.py v0.19 ``step``),
+    as bytes above params + optimizer states + persistent buffers:
+
+    - ``norm``: the rank's gradient partition plus an fp64 copy of its largest gradient piece (the norm);
+    - ``flatten``: the partition plus its flat copy (``flatten(averaged_gradients)``) and, when gradients
+      are 16-bit, the fp32 copy made of it (``.to(fp32)``; the flat 16-bit copy is deleted after);
+    - ``update``: the gradient pieces freed (``free_grad_in_param_list``), the fp32 gradient partition and the
+      optimizer's scratch over the partition.
+
+    The reduce bucket is gone by then (``_release_ipg_buffers`` at the end of backward).
+    """
+
+    partition_grads_bytes: int  # the rank's gradient partition in the gradient dtype
+    norm_bytes: int
+    flatten_bytes: int
+    update_bytes: int
+
+
 @dataclass(frozen=True)
 class Transients:
     step_bytes: int  # only during the optimizer step
     persistent_bytes: int  # through every phase of the step (buckets)
-    late_bytes: int = 0  # from the first reduced gradient through the step (ZeRO-2 reduce bucket)
+    late_bytes: int = 0  # from the first reduced gradient to the end of backward (ZeRO 1/2 reduce bucket)
     gathered_bytes: int = 0  # forward and backward (ZeRO-3 parameters kept gathered for reuse)
+    zero_step: ZeroStep | None = None  # DeepSpeed ZeRO 1/2 without offload: the step's moments
     notes: tuple[str, ...] = ()
+
+
+def zero12_step(train: TrainSpec, *, num_trainable: int, num_ranks: int, largest_trainable: int,
+                grad_bytes: int, scratch_bytes: int) -> ZeroStep | None:
+    """The ZeroStep of one rank (None outside ZeRO 1/2 without offload)."""
+    if train.zero_stage not in (1, 2) or train.offload is not Offload.NONE or num_trainable <= 0:
+        return None
+    part = -(-num_trainable // max(num_ranks, 1))
+    partition = part * grad_bytes
+    fp32_copy = part * 4 if grad_bytes != 4 else 0
+    return ZeroStep(
+        partition_grads_bytes=partition,
+        norm_bytes=partition + DS_NORM_BYTES_PER_ELEMENT * min(largest_trainable, part),
+        flatten_bytes=partition + partition + fp32_copy,
+        update_bytes=part * 4 + scratch_bytes,
+    )
 
 
 def optimizer_scratch_bytes(train: TrainSpec, *, num_trainable_on_gpu: int, moment_bytes: int,
@@ -84,12 +128,13 @@ def ddp_bucket_bytes(train: TrainSpec, grads_bytes: int, num_ranks: int) -> int:
 
 
 def deepspeed_bucket_bytes(train: TrainSpec, hidden_size: int, grad_dtype_bytes: int) -> int:
-    """DeepSpeed ZeRO-2's contiguous-gradient reduce bucket (stage_1_and_2.py: ``ipg_buffer`` of
-    ``reduce_bucket_size`` elements in the gradient dtype, allocated when the first gradient arrives) and
+    """DeepSpeed ZeRO 1/2's contiguous-gradient reduce bucket (stage_1_and_2.py: ``ipg_buckets`` of
+    ``reduce_bucket_size`` elements in the gradient dtype, allocated when the first gradient arrives; stage 1
+    fills it too, at the accumulation boundary, since contiguous_gradients installs the hooks) and
     ZeRO-3's prefetch bucket, at the values the HF Trainer fills in for "auto"
     (transformers/integrations/deepspeed.py: reduce_bucket_size = h*h, stage3_prefetch_bucket_size =
     0.9*h*h) -- what `planner profile` configures too."""
-    if train.zero_stage == 2 and train.offload is Offload.NONE:
+    if train.zero_stage in (1, 2) and train.offload is Offload.NONE:
         return hidden_size * hidden_size * grad_dtype_bytes
     if train.zero_stage == 3:
         return int(0.9 * hidden_size * hidden_size) * grad_dtype_bytes
@@ -105,8 +150,10 @@ def zero3_gathered_bytes(train: TrainSpec, num_params: int, largest_module: int,
 
 def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable: int, num_ranks: int,
                     grads_bytes: int, hidden_size: int, largest_trainable: int, num_params: int = 0,
-                    params_bytes: int = 0, device: str = "cuda") -> Transients:
-    """Everything above for one rank."""
+                    params_bytes: int = 0, device: str = "cuda", largest_trainable_tensor: int | None = None
+                    ) -> Transients:
+    """Everything above for one rank. ``largest_trainable``: the largest module (ZeRO-3 gathering, Adafactor);
+    ``largest_trainable_tensor``: the largest trainable parameter (ZeRO 1/2 norm; default the former)."""
     n = max(num_ranks, 1)
     # Moments: fp32, except pure bf16 where torch keeps them in the parameter dtype (DESIGN.md section 3).
     moment_bytes = 2 if train.precision is Precision.BF16 else 4
@@ -123,8 +170,11 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
     if device == "cpu" and train.zero_stage == 0 and n > 1:
         persistent += GLOO_DDP_RANK0_BROADCAST_COPIES * params_bytes
     bucket = deepspeed_bucket_bytes(train, hidden_size, grad_bytes)
-    late = bucket if train.zero_stage == 2 else 0
+    late = bucket if train.zero_stage in (1, 2) else 0
     persistent += bucket if train.zero_stage == 3 else 0
+    largest_tensor = largest_trainable if largest_trainable_tensor is None else largest_trainable_tensor
+    zero_step = zero12_step(train, num_trainable=num_trainable, num_ranks=n, largest_trainable=largest_tensor,
+                            grad_bytes=grad_bytes, scratch_bytes=scratch)
     gathered = zero3_gathered_bytes(train, num_params, largest_trainable, grad_bytes)
     notes = []
     if scratch:
@@ -133,5 +183,8 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
     if gathered:
         notes.append("ZeRO-3 keeps the parameters it will reuse within stage3_max_reuse_distance gathered "
                      "between forward and backward.")
+    if zero_step is not None and zero_step.norm_bytes >= max(zero_step.flatten_bytes, zero_step.update_bytes):
+        notes.append("DeepSpeed computes the gradient norm in fp64 before the step: a double copy of the largest "
+                     "gradient piece of the rank's partition.")
     return Transients(step_bytes=scratch + master, persistent_bytes=persistent, late_bytes=late,
-                      gathered_bytes=gathered, notes=tuple(notes))
+                      gathered_bytes=gathered, zero_step=zero_step, notes=tuple(notes))
