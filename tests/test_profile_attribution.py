@@ -206,3 +206,28 @@ def test_cuda_snapshot_trace_and_annotations():
 def test_cuda_trace_of_a_device_without_entries(bad_device):
     events, reserved, num_oom = trace_events({"device_traces": [[]]}, bad_device)
     assert events == [] and reserved == [] and num_oom == 0
+
+
+def test_reachable_ptrs_skips_dead_proxies_and_storageless_tensors():
+    """The liveness probe walks every object the garbage collector knows: a weakref.proxy whose referent is gone
+    raises ReferenceError on isinstance, and a FakeTensor has no data pointer; neither may fail a run (found by
+    a random validation cell: QLoRA, ZeRO-1, two ranks)."""
+    import weakref
+
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from planner.profile.identity import reachable_ptrs
+
+    class Thing:
+        pass
+
+    thing = Thing()
+    proxy = weakref.proxy(thing)
+    del thing
+    with FakeTensorMode():
+        fake = torch.empty(4)
+    real = torch.ones(3)
+    ptrs = reachable_ptrs()
+    assert real.untyped_storage().data_ptr() in ptrs
+    del proxy, fake

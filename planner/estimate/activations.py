@@ -196,9 +196,10 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         return out
     # the checkpoint frame keeps the layer input and the RNG state until the region is done
     rng = t.scratch(CHECKPOINT_RNG_STATE_BYTES + (CUDA_RNG_STATE_BYTES if fam.ctx.device != "cpu" else 0))
-    t.keep(region[0], [h, rng])
     kwargs = fam.layer_kwargs(i, extras)
-    region[0].extra = kwargs  # the kwargs (mask, rotary tables, position ids) live as long as the frame
+    # the kwargs (mask, rotary tables) live as long as the frame: kept for backward like the input (and
+    # counted once when layers share them)
+    t.keep(region[0], [h, rng] + [v for v in kwargs.values() if isinstance(v, Fake) and v.st is not None])
     del rng
 
     num_saving = sum(1 for n in region if n.has_saved)

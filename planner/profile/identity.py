@@ -171,7 +171,12 @@ def reachable_ptrs() -> list[int]:
 
     ptrs = set()
     for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor):
-            ptrs.add(storage_ptr(obj))
+        try:
+            if isinstance(obj, torch.Tensor):
+                ptrs.add(storage_ptr(obj))
+        except ReferenceError:  # a weakref.proxy whose referent is gone (isinstance reads its __class__)
+            continue
+        except RuntimeError:  # a tensor without storage (FakeTensor, FunctionalTensor): holds no memory
+            continue
     ptrs.discard(0)
     return sorted(ptrs)

@@ -16,6 +16,7 @@ still writes its profile within seconds. Later steps run unrecorded (their wall-
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 import traceback
@@ -229,6 +230,8 @@ class RankRun:
             message = f"rank {self.rank} was {what} during {self._where()}."
         except BaseException as exc:  # noqa: BLE001 - any failure still yields a profile
             failed_at = time.time_ns()
+            if os.environ.get("PLANNER_DEBUG"):  # the rank's traceback, in launcher.log
+                traceback.print_exc()
             status = "oom" if _is_oom(exc) else "failed"
             if status == "oom":
                 message = f"rank {self.rank} ran out of memory during {self._where()}: {_first_line(exc)}."
