@@ -80,8 +80,17 @@ def _train_key(train: TrainSpec, adapters: tuple, micro_batch: int | None = None
     return (
         train.method, train.precision, train.micro_batch if micro_batch is None else micro_batch, train.seq_len,
         train.grad_checkpointing, train.attn_impl.value, train.dropout, adapters, train.lora.dropout,
-        train.lora.modules_to_save, train.zero_stage,
+        train.lora.modules_to_save, _zero_key(train),
     )
+
+
+def _zero_key(train: TrainSpec) -> int:
+    """What the ZeRO stage changes in the simulated step: nothing for full fine-tuning (every weight is
+    trainable, so every linear saves its input anyway); for LoRA/QLoRA, DeepSpeed's dtype casts (any stage)
+    and ZeRO-3's input-saving F.linear. Equal keys share one simulation."""
+    if train.method is Method.FULL or train.zero_stage == 0:
+        return 0
+    return 3 if train.zero_stage == 3 else 1
 
 
 @lru_cache(maxsize=512)

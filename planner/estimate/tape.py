@@ -21,7 +21,17 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from planner.units import dtype_bytes
+from planner.units import DTYPE_BITS, dtype_bytes
+
+# dtype_bytes without its checks, for the hot paths (every byte-aligned dtype; others go through dtype_bytes)
+_DTYPE_BYTES = {k: v // 8 for k, v in DTYPE_BITS.items() if v % 8 == 0}
+
+
+def _nbytes(shape, dtype: str) -> int:
+    n = _DTYPE_BYTES.get(dtype) or dtype_bytes(dtype)
+    for d in shape:
+        n *= d
+    return n
 
 # Debugging aid: set to a list to record (node name, live bytes) before every backward node and keep weak
 # references to every storage (Sim.storages, with the op that made it in Storage.tag).
@@ -114,12 +124,16 @@ class Storage:
         self.nbytes = nbytes
         self.num_saves = 0
         self.tag = tag
-        sim.alloc(nbytes)
+        sim.live += nbytes  # Sim.alloc, inlined (the hottest path of an estimate)
+        sim._touch()
         if sim.trace is not None:
             sim.storages.append(weakref.ref(self))
 
     def __del__(self) -> None:
-        self.sim.free(self.nbytes)
+        sim = self.sim  # Sim.free, inlined
+        if sim._pending is not None:
+            sim.flush()
+        sim.live -= self.nbytes
 
 
 class StopRecompute(Exception):
@@ -211,7 +225,7 @@ class Tape:
     # ------------------------------------------------------------ tensors
 
     def new(self, shape, dtype: str) -> Fake:
-        return Fake(shape, dtype, Storage(self.sim, _prod(tuple(shape)) * dtype_bytes(dtype)))
+        return Fake(shape, dtype, Storage(self.sim, _nbytes(shape, dtype)))
 
     def view(self, x: Fake, shape) -> Fake:
         return Fake(shape, x.dtype, x.st, x.node, x.out_index)
@@ -239,19 +253,25 @@ class Tape:
         allocates one gradient per differentiable input, shaped like it. ``alias``: the outputs are views of
         that storage (split, chunk) instead of new tensors.
         """
-        needs = self.grad_enabled and any(
-            (isinstance(i, Fake) and i.requires_grad) or (isinstance(i, Param) and i.trainable) for i in inputs
-        )
         node = None
-        if needs:
+        edges = None
+        if self.grad_enabled:
+            needs = False
             edges = []
             for i in inputs:
-                if isinstance(i, Fake) and i.requires_grad:
-                    edges.append((i.node, i.out_index, i.shape, i.dtype))
+                if type(i) is Fake:
+                    if i.node is not None:  # requires grad
+                        edges.append((i.node, i.out_index, i.shape, i.dtype))
+                        needs = True
+                        continue
                 elif isinstance(i, Param) and i.trainable:
                     edges.append((i,))
-                else:
-                    edges.append(None)
+                    needs = True
+                    continue
+                edges.append(None)
+            if not needs:
+                edges = None
+        if edges is not None:
             node = Node(name, edges, rule or default_rule, len(outputs), extra)
             self.sim._seq += 1
             node.seq = self.sim._seq
@@ -272,8 +292,9 @@ class Tape:
             # Autograd saves an op's inputs before the kernel runs (VariableType: SavedVariable(self) precedes
             # the redispatch), so a recomputation that stops early at this save never allocates the outputs.
             self._count_save()
+        sim = self.sim
         return [
-            Fake(shape, dtype, alias or Storage(self.sim, _prod(shape) * dtype_bytes(dtype), name), node, k)
+            Fake(shape, dtype, alias or Storage(sim, _nbytes(shape, dtype), name), node, k)
             for k, (shape, dtype) in enumerate(outputs)
         ]
 
@@ -328,10 +349,11 @@ def default_rule(tape: Tape, node: Node, grads_out: list) -> list:
         if e is None:
             out.append(None)
         elif len(e) == 1:
-            out.append(Storage(tape.sim, e[0].numel * dtype_bytes(e[0].dtype)))
+            p = e[0]  # numel, not the shape: a grouped-experts weight reports its whole size (moe._Grouped)
+            out.append(Storage(tape.sim, p.numel * (_DTYPE_BYTES.get(p.dtype) or dtype_bytes(p.dtype))))
         else:
             tag = "view" if view_rank is not None and len(e[2]) > view_rank else ""
-            out.append(Storage(tape.sim, _prod(e[2]) * dtype_bytes(e[3]), tag))
+            out.append(Storage(tape.sim, _nbytes(e[2], e[3]), tag))
     return out
 
 
