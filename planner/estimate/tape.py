@@ -87,15 +87,6 @@ class Sim:
             self.flush()
         self.phase = phase
 
-    def alloc(self, nbytes: int) -> None:
-        self.live += nbytes
-        self._touch()
-
-    def free(self, nbytes: int) -> None:
-        if self._pending is not None:
-            self.flush()
-        self.live -= nbytes
-
     def mark(self, name: str) -> PhasePeak:
         if self.record is not None:
             self.flush()
@@ -124,13 +115,13 @@ class Storage:
         self.nbytes = nbytes
         self.num_saves = 0
         self.tag = tag
-        sim.live += nbytes  # Sim.alloc, inlined (the hottest path of an estimate)
+        sim.live += nbytes  # allocation and free are counted here (the hottest path of an estimate)
         sim._touch()
         if sim.trace is not None:
             sim.storages.append(weakref.ref(self))
 
     def __del__(self) -> None:
-        sim = self.sim  # Sim.free, inlined
+        sim = self.sim
         if sim._pending is not None:
             sim.flush()
         sim.live -= self.nbytes
@@ -350,7 +341,7 @@ def default_rule(tape: Tape, node: Node, grads_out: list) -> list:
             out.append(None)
         elif len(e) == 1:
             p = e[0]  # numel, not the shape: a grouped-experts weight reports its whole size (moe._Grouped)
-            out.append(Storage(tape.sim, p.numel * (_DTYPE_BYTES.get(p.dtype) or dtype_bytes(p.dtype))))
+            out.append(Storage(tape.sim, p.numel * _nbytes((), p.dtype)))
         else:
             tag = "view" if view_rank is not None and len(e[2]) > view_rank else ""
             out.append(Storage(tape.sim, _nbytes(e[2], e[3]), tag))
