@@ -9,13 +9,16 @@ analytical counter (``planner.estimate.params``) calls it only for a model_type 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from planner.errors import PlannerError
 from planner.estimate.params import COMPONENTS, ModuleGroup, ParamCounts
+from planner.estimate.zero_partition import uneven_layer_ids
 from planner.specs import ModelSpec
 
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
+_LAYER = re.compile(r"\.(\d+)(?=\.|$)")  # a module's first index: its decoder layer
 _ATTENTION_WORDS = ("attn", "attention")
 _MLP_WORDS = ("mlp", "ffn", "feed_forward", "feedforward", "expert", "moe")
 
@@ -121,8 +124,15 @@ def param_counts_of(hf_model: Any) -> ParamCounts:
             if kind in ("experts", "router") else (),
         })
         entry["num_modules"] += 1
-    groups = [ModuleGroup(**g) for g in grouped.values()]
+        layer = _LAYER.search(name)
+        entry.setdefault("layer_ids", []).append(int(layer.group(1)) if layer else 0)
     config = hf_model.config
+    num_layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    groups = []
+    for g in grouped.values():
+        ids = tuple(g.pop("layer_ids"))
+        group = ModuleGroup(**g)
+        groups.append(replace(group, layer_ids=uneven_layer_ids(group, ids, num_layers)))
     num_experts = int(
         getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
         or getattr(config, "n_routed_experts", None) or 0

@@ -50,7 +50,7 @@ SOURCES_ACTIVE = {
 
 def _group_key(g: ModuleGroup) -> tuple:
     return (g.path, g.kind, g.component, g.num_params, g.num_modules, g.in_features, g.out_features, g.bias,
-            g.shared, g.conv1d, g.quantizable, g.param_shapes)
+            g.shared, g.conv1d, g.quantizable, g.param_shapes, g.layer_ids)
 
 
 def _assert_same_counts(analytical, meta) -> None:

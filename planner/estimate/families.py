@@ -11,9 +11,11 @@ A config using a feature not written here returns None and planner.meta instanti
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from planner.estimate.params import ModuleGroup, ParamCounts, counts_from_groups
+from planner.estimate.zero_partition import uneven_layer_ids
 from planner.specs import ModelSpec
 
 
@@ -22,18 +24,20 @@ class _Unsupported(Exception):
 
 
 class _Inventory:
-    def __init__(self) -> None:
+    def __init__(self, num_layers: int) -> None:
         self.groups: list[ModuleGroup] = []
+        self.num_layers = num_layers
 
     def _add(self, group: ModuleGroup) -> None:
         if group.num_modules > 0:
-            self.groups.append(group)
+            ids = uneven_layer_ids(group, group.layer_ids, self.num_layers) if group.layer_ids else ()
+            self.groups.append(replace(group, layer_ids=ids))
 
     def linear(self, path: str, d_in: int, d_out: int, n: int, component: str, bias: bool = False,
-               conv1d: bool = False, shared: bool = False) -> None:
+               conv1d: bool = False, shared: bool = False, layer_ids: tuple[int, ...] = ()) -> None:
         own = d_in * d_out + (d_out if bias else 0)
         self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, "linear", component, own, n, d_in, d_out, bias,
-                              conv1d, True, shared))
+                              conv1d, True, shared, layer_ids=layer_ids))
 
     def embedding(self, path: str, num: int, dim: int, component: str = "embedding") -> None:
         self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, "embedding", component, num * dim, 1, num, dim))
@@ -43,8 +47,9 @@ class _Inventory:
         self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, "norm", "norms", own, n, bias=bias))
 
     def param(self, path: str, kind: str, own: int, n: int, component: str,
-              shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()) -> None:
-        self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, kind, component, own, n, param_shapes=shapes))
+              shapes: tuple[tuple[str, tuple[int, ...]], ...] = (), layer_ids: tuple[int, ...] = ()) -> None:
+        self._add(ModuleGroup(path.rsplit(".", 1)[-1], path, kind, component, own, n, param_shapes=shapes,
+                              layer_ids=layer_ids))
 
 
 def _get(cfg: dict[str, Any], key: str, default: Any) -> Any:
@@ -68,17 +73,26 @@ def _head_dim(cfg: dict[str, Any], hidden: int, heads: int, default: int | None 
     return int(value)
 
 
-def _dense_mlp(inv: _Inventory, prefix: str, hidden: int, inter: int, n: int, bias: bool = False) -> None:
+def _dense_mlp(inv: _Inventory, prefix: str, hidden: int, inter: int, n: int, bias: bool = False,
+               layer_ids: tuple[int, ...] = ()) -> None:
     for name, d_in, d_out in (("gate_proj", hidden, inter), ("up_proj", hidden, inter), ("down_proj", inter, hidden)):
-        inv.linear(f"{prefix}.{name}", d_in, d_out, n, "mlp", bias)
+        inv.linear(f"{prefix}.{name}", d_in, d_out, n, "mlp", bias, layer_ids=layer_ids)
 
 
-def _experts(inv: _Inventory, prefix: str, hidden: int, inter: int, num_experts: int, n: int) -> int:
+def _experts(inv: _Inventory, prefix: str, hidden: int, inter: int, num_experts: int, n: int,
+             layer_ids: tuple[int, ...] = (), router_first: bool = False) -> int:
     # <Family>Experts: gate_up_proj [E, 2I, H] + down_proj [E, H, I]; <Family>TopKRouter: weight [E, H].
+    # Registration order (model.parameters(), DeepSpeed's flat order): MixtralSparseMoeBlock makes the gate
+    # first, Qwen3Moe and DeepseekV2 the experts first.
     expert_params = num_experts * 3 * hidden * inter
     shapes = (("gate_up_proj", (num_experts, 2 * inter, hidden)), ("down_proj", (num_experts, hidden, inter)))
-    inv.param(f"{prefix}.experts", "experts", expert_params, n, "mlp", shapes)
-    inv.param(f"{prefix}.gate", "router", num_experts * hidden, n, "mlp", (("weight", (num_experts, hidden)),))
+    adds = [
+        lambda: inv.param(f"{prefix}.experts", "experts", expert_params, n, "mlp", shapes, layer_ids),
+        lambda: inv.param(f"{prefix}.gate", "router", num_experts * hidden, n, "mlp",
+                          (("weight", (num_experts, hidden)),), layer_ids),
+    ]
+    for add in reversed(adds) if router_first else adds:
+        add()
     return expert_params * n
 
 
@@ -93,7 +107,7 @@ def _llama_like(model: ModelSpec, family: str) -> ParamCounts:
     inter = _int(cfg, "intermediate_size", defaults.get("intermediate_size"))
     head_dim = _head_dim(cfg, hidden, heads, defaults.get("head_dim"))
     attn_bias = bool(_get(cfg, "attention_bias", False)) if family in _ATTN_BIAS_FAMILIES else False
-    inv = _Inventory()
+    inv = _Inventory(layers)
     inv.embedding("model.embed_tokens", vocab, hidden)
     p = "model.layers.*"
     q_out, kv_out = heads * head_dim, kv_heads * head_dim
@@ -118,19 +132,21 @@ def _llama_like(model: ModelSpec, family: str) -> ParamCounts:
     if family == "mixtral":
         num_experts = _int(cfg, "num_local_experts", 8)
         top_k = _int(cfg, "num_experts_per_tok", 2)
-        routed = _experts(inv, f"{p}.mlp", hidden, inter, num_experts, layers)
+        routed = _experts(inv, f"{p}.mlp", hidden, inter, num_experts, layers, router_first=True)
     elif family == "qwen3_moe":
         # Qwen3MoeDecoderLayer: sparse when idx not in mlp_only_layers and (idx + 1) % decoder_sparse_step == 0.
         num_experts = _int(cfg, "num_experts", 128)
         top_k = _int(cfg, "num_experts_per_tok", 8)
         step = _int(cfg, "decoder_sparse_step", 1)
         dense_only = set(_get(cfg, "mlp_only_layers", []) or [])
-        num_sparse = sum(
-            1 for i in range(layers) if i not in dense_only and num_experts > 0 and (i + 1) % step == 0
+        sparse = tuple(
+            i for i in range(layers) if i not in dense_only and num_experts > 0 and (i + 1) % step == 0
         )
+        num_sparse = len(sparse)
+        dense = tuple(i for i in range(layers) if i not in sparse)
         moe_inter = _int(cfg, "moe_intermediate_size", 768)
-        routed = _experts(inv, f"{p}.mlp", hidden, moe_inter, num_experts, num_sparse)
-        _dense_mlp(inv, f"{p}.mlp", hidden, inter, layers - num_sparse)
+        routed = _experts(inv, f"{p}.mlp", hidden, moe_inter, num_experts, num_sparse, layer_ids=sparse)
+        _dense_mlp(inv, f"{p}.mlp", hidden, inter, layers - num_sparse, layer_ids=dense)
         if num_sparse == 0:
             num_experts = 0
     elif family != "phi3":
@@ -169,7 +185,7 @@ def _deepseek_v2(model: ModelSpec) -> ParamCounts:
     num_shared = _int(cfg, "n_shared_experts", 2)
     moe_inter = _int(cfg, "moe_intermediate_size", 1407)
     top_k = _get(cfg, "num_experts_per_tok", 0) or 0
-    inv = _Inventory()
+    inv = _Inventory(layers)
     inv.embedding("model.embed_tokens", vocab, hidden)
     p = "model.layers.*"
     a = f"{p}.self_attn"
@@ -185,10 +201,12 @@ def _deepseek_v2(model: ModelSpec) -> ParamCounts:
     inv.linear(f"{a}.kv_b_proj", kv_lora, heads * (nope + v_dim), layers, "attention")
     inv.linear(f"{a}.o_proj", heads * v_dim, hidden, layers, "attention", attn_bias)
     num_moe = layers - first_dense
-    _dense_mlp(inv, f"{p}.mlp", hidden, inter, first_dense, mlp_bias)
-    routed = _experts(inv, f"{p}.mlp", hidden, moe_inter, num_experts, num_moe)
+    moe_ids = tuple(range(first_dense, layers))
+    _dense_mlp(inv, f"{p}.mlp", hidden, inter, first_dense, mlp_bias, layer_ids=tuple(range(first_dense)))
+    routed = _experts(inv, f"{p}.mlp", hidden, moe_inter, num_experts, num_moe, layer_ids=moe_ids)
     # DeepseekV2Moe.shared_experts: one DeepseekV2MLP of width moe_intermediate_size * n_shared_experts.
-    _dense_mlp(inv, f"{p}.mlp.shared_experts", hidden, moe_inter * num_shared, num_moe, mlp_bias)
+    _dense_mlp(inv, f"{p}.mlp.shared_experts", hidden, moe_inter * num_shared, num_moe, mlp_bias,
+               layer_ids=moe_ids)
     for name in ("input_layernorm", "post_attention_layernorm"):
         inv.norm(f"{p}.{name}", hidden, layers)
     inv.norm("model.norm", hidden, 1)
@@ -208,7 +226,7 @@ def _gpt2(model: ModelSpec) -> ParamCounts:
     vocab = _int(cfg, "vocab_size", 50257)
     positions = _int(cfg, "n_positions", 1024)
     inner = _get(cfg, "n_inner", None) or 4 * hidden
-    inv = _Inventory()
+    inv = _Inventory(layers)
     inv.embedding("transformer.wte", vocab, hidden)
     inv.embedding("transformer.wpe", positions, hidden, component="other")
     p = "transformer.h.*"

@@ -69,6 +69,9 @@ class ModuleGroup:
     shared: bool = False
     # (name, shape) of each own parameter, kept for MoE experts and routers (peft targets them by parameter).
     param_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # The decoder layer of each module, where not every layer has one (dense and MoE layers mixed); empty:
+    # the modules of a layered path ('*') spread evenly over the layers in order (zero_partition.py).
+    layer_ids: tuple[int, ...] = ()
 
     @property
     def num_total(self) -> int:
