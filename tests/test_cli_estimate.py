@@ -46,7 +46,7 @@ def test_estimate_json_schema(cli):
 def test_estimate_table_mentions_deepspeed_difference(cli):
     r = cli("estimate", "--model", "llama-3.1-8b", "--gpus", "8", "--method", "full")
     assert r.returncode == 0, r.stderr
-    assert "DeepSpeed raises" in r.stdout
+    assert "DeepSpeed adds" in r.stdout
     assert "ZeRO" in r.stdout
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from planner import catalog
 from planner.estimate.core import estimate
-from planner.estimate.params import count_params, split_params
+from planner.estimate.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.quant import quantized_weight_bytes
 from planner.estimate.result import CATEGORIES
 from planner.estimate.sharding import shard_states
@@ -100,8 +100,15 @@ def test_monotone_in_vocabulary_and_layers(model, train, gpus, extra_vocab, extr
     cfg = dict(model.config)
     wider = spec_from_config({**cfg, "vocab_size": cfg["vocab_size"] + extra_vocab}, "wider")
     deeper = spec_from_config({**cfg, "num_hidden_layers": cfg["num_hidden_layers"] + extra_layers}, "deeper")
-    assert estimate(wider, train, cluster).per_gpu.total_bytes >= base
-    assert estimate(deeper, train, cluster).per_gpu.total_bytes >= base
+    # ZeRO 1/2 are not monotone in the model's shape, in DeepSpeed either: a rank's gradient buffer holds the
+    # whole tensors across its partition's edges and the fp64 norm copies its largest piece, so moving the edges
+    # can drop up to two straddling tensors from a buffer and shrink the piece (zero_partition.py).
+    slack = 0
+    if train.zero_stage in (1, 2) and train.offload is Offload.NONE:
+        grad_bytes = 2 if train.precision.compute_dtype in ("bf16", "fp16") else 4
+        slack = (2 * grad_bytes + 8) * largest_trainable_tensor(count_params(model), train)
+    assert estimate(wider, train, cluster).per_gpu.total_bytes >= base - slack
+    assert estimate(deeper, train, cluster).per_gpu.total_bytes >= base - slack
 
 
 @SETTINGS

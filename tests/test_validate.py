@@ -174,26 +174,10 @@ def test_unknown_suite_is_refused(cli):
 # ---------------------------------------------------------------- against real profiles (slow)
 
 
-# The one known miss of the per-cell bounds, diagnosed against the full matrix (reports/accuracy.md): category
-# splits (never totals) of DeepSpeed ZeRO-1 full fine-tuning on two ranks. Any other miss fails the test.
-KNOWN_MISS = (
-    "ZeRO-1, full fine-tuning, two ranks: the end-of-backward moment (every .grad plus the partition DeepSpeed "
-    "copies out of them) and a mid-backward recomputation moment tie within 0.1%; DeepSpeed's partition copies "
-    "differ by rank (1.38 vs 1.02 MB where planner assumes 1.26 MB each), so the estimator picks the first and "
-    "rank 1 measures the second: totals agree to 0.01%, gradients and temporaries are split differently"
-)
-
-
-def _is_known(r, kind: str) -> bool:
-    return kind == "category" and str(r.inputs.get("zero")) == "1" and r.inputs.get("method") == "full"
-
-
 def _check_bounds(run) -> None:
-    """The issue-5 bounds (per cell, per category, median), asserted; a category miss of the known kind above
-    is reported as xfail with the list, since issue 5 stays open for it."""
+    """The issue-5 bounds, asserted: per cell, per category, the median."""
     s = run.summary
     misses = [] if s.median_abs_error <= MEDIAN_BOUND else [("median", f"median abs error {s.median_abs_error:.2%}")]
-    known = []
     for r in run.results:
         if not r.ok:
             misses.append((r.id, f"{r.status}: {r.message}"))
@@ -202,13 +186,9 @@ def _check_bounds(run) -> None:
             misses.append((r.id, f"peak error {r.error:+.2%}"))
         for c in CATEGORIES:
             if abs(r.max_category_error(c)) > CATEGORY_BOUND:
-                (known if _is_known(r, "category") else misses).append(
-                    (r.id, f"{c} {r.max_category_error(c):+.2%} of the peak"))
-    print(f"median abs error {s.median_abs_error:.2%}, max abs {s.max_abs_error:.2%}, misses: {len(misses)}, "
-          f"known: {len(known)}")
+                misses.append((r.id, f"{c} {r.max_category_error(c):+.2%} of the peak"))
+    print(f"median abs error {s.median_abs_error:.2%}, max abs {s.max_abs_error:.2%}, misses: {len(misses)}")
     assert not misses, "\n".join(f"{cid}: {what}" for cid, what in misses)
-    if known:
-        pytest.xfail(f"issue 5: {KNOWN_MISS}:\n" + "\n".join(f"{cid}: {what}" for cid, what in known))
 
 
 @pytest.mark.slow

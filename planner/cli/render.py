@@ -11,9 +11,11 @@ from planner.units import fmt_count, fmt_gib
 
 PAPER_NOTE = (
     "Model states follow the ZeRO paper (16 bytes per trainable parameter with mixed-precision AdamW: "
-    "stage 1 4P+12P/N, stage 2 2P+14P/N, stage 3 16P/N). DeepSpeed raises stages 1-2 by an fp32 gradient "
-    "partition at the optimizer step (+4P/N) and stage 3 by the gathered largest module (+4 bytes x its "
-    "parameters) and per-sub-group fp32 gradients; planner counts those as temporaries."
+    "stage 1 4P+12P/N, stage 2 2P+14P/N, stage 3 16P/N). DeepSpeed adds to stages 1-2 a gradient buffer of "
+    "the whole tensors across each rank's partition edges (the rank shown is the highest), a flat copy of the "
+    "partition and, for 16-bit training, its fp32 copy at the optimizer step; to stage 3 the gathered largest "
+    "module (+4 bytes x its parameters) and per-sub-group fp32 gradients. planner counts the copies as "
+    "temporaries."
 )
 
 

@@ -43,28 +43,32 @@ CUDA_RNG_STATE_BYTES = 16
 
 
 def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
-                  keep_logits: bool = False, adapters: tuple[tuple[str, int], ...] | None = None) -> StepProfile:
+                  keep_logits: bool = False, adapters: tuple[tuple[str, int], ...] | None = None,
+                  hold_grads_over: int = 0) -> StepProfile:
     """One micro-batch forward + backward. ``keep_grads``: parameter gradients stay (ZeRO 0/1) or are reduced
     away as they arrive (ZeRO 2/3, counted by the sharded model states instead). ``adapters``: (path, rank)
-    of every LoRA adapter (default: planner.estimate.params.lora_adapters of the train spec)."""
+    of every LoRA adapter (default: planner.estimate.params.lora_adapters of the train spec).
+    ``hold_grads_over``: ZeRO-2's reduce bucket in elements; a larger gradient stays until the next arrives."""
     if adapters is None:
         adapters = lora_adapter_paths(model, train)
     cfg = model.config_json()
     if train.micro_batch == 1:
-        return _simulate(model, cfg, _train_key(train, adapters), device, keep_grads, keep_logits).profile
+        return _simulate(model, cfg, _train_key(train, adapters), device, keep_grads, keep_logits,
+                         hold_grads_over).profile
     # Every tensor's size is linear in the micro-batch and the order of allocations does not depend on it:
     # two simulations (micro-batch 2 and 3) give every candidate peak as a line in b (envelope.py).
-    env = _envelope(model, cfg, _train_key(train, adapters, micro_batch=0), device, keep_grads, keep_logits)
+    env = _envelope(model, cfg, _train_key(train, adapters, micro_batch=0), device, keep_grads, keep_logits,
+                    hold_grads_over)
     return env.at(train.micro_batch)
 
 
 @lru_cache(maxsize=2048)
 def _envelope(model: ModelSpec, config_key: str, key: tuple, device: str, keep_grads: bool,
-              keep_logits: bool) -> StepEnvelope:
+              keep_logits: bool, hold_grads_over: int = 0) -> StepEnvelope:
     runs = []
     for b in ENVELOPE_POINTS:
         k = key[:2] + (b,) + key[3:]
-        runs.append(_simulate(model, config_key, k, device, keep_grads, keep_logits))
+        runs.append(_simulate(model, config_key, k, device, keep_grads, keep_logits, hold_grads_over))
     return StepEnvelope.from_runs(runs[0], runs[1], ENVELOPE_POINTS)
 
 
@@ -95,13 +99,14 @@ def _zero_key(train: TrainSpec) -> int:
 
 @lru_cache(maxsize=512)
 def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_grads: bool,
-              keep_logits: bool) -> Run:
+              keep_logits: bool, hold_grads_over: int = 0) -> Run:
     # config_key: ModelSpec equality ignores the raw config; the family details live there
     (method, precision, b, s, ckpt, attn, dropout, adapters, lora_dropout, modules_to_save, zero_stage) = key
     sim = Sim()
     sim.record = []
     t = Tape(sim)
     t.device = device
+    t.hold_grads_over = hold_grads_over
     fam = build_family(model, method=method, precision=precision, b=b, s=s, attn=attn, dropout=dropout,
                        adapters=adapters, lora_dropout=lora_dropout, modules_to_save=modules_to_save,
                        device=device, zero_stage=zero_stage)
@@ -151,6 +156,7 @@ def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_g
         backward_peak_grads_bytes=bwd.grads_bytes if bwd else 0,
         backward_late_peak_bytes=late.live_bytes if late else end.live_bytes,
         backward_late_peak_saved_bytes=late.saved_bytes if late else end.saved_bytes,
+        backward_late_peak_grads_bytes=late.grads_bytes if late else 0,
         grads_bytes=grads_total,
         backward_end_bytes=bwd_end,
         per_layer_saved_bytes=layer_saved[0],

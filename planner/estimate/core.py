@@ -10,7 +10,8 @@ from planner.estimate.peak import PHASES, phase_breakdowns
 from planner.estimate.result import Estimate
 from planner.estimate.sharding import shard_states
 from planner.estimate.states import unsharded_states
-from planner.estimate.temporaries import step_transients
+from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
+from planner.estimate.zero_partition import RankPartition, rank_partitions, trainable_numels
 from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
 from planner.units import dtype_bytes
 
@@ -46,12 +47,15 @@ def estimate(
     device: str = "cuda",
     allow_longer: bool = False,
     with_fit: bool = False,
+    rank: int | None = None,
 ) -> Estimate:
     """Per-GPU memory of one training configuration at its peak moment.
 
     ``device="cpu"`` leaves out GPU-only terms (reserved = device = allocated) and follows CPU kernels (the
     validation suite's profiles). ``with_fit`` also searches the largest micro-batch and the longest sequence
-    that fit (fits.py; a few dozen more evaluations).
+    that fit (fits.py; a few dozen more evaluations). Ranks differ only under ZeRO 1/2, whose gradient
+    buffers hold whole tensors across partition edges (zero_partition.py): ``rank`` picks one, by default
+    the rank with the highest peak (the one that runs out of memory first).
     """
     if not 0.0 <= margin < 1.0:
         raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
@@ -64,23 +68,39 @@ def estimate(
     sharded = shard_states(states, train, cluster.num_gpus, counts.largest_module)
 
     adapters = lora_adapter_paths(model, train) if train.method is not Method.FULL else ()
-    step = simulate_step(model, train, device=device, keep_grads=train.zero_stage < 2, adapters=adapters)
+    zero2 = train.zero_stage == 2 and train.offload is Offload.NONE
+    hold = reduce_bucket_elements(model.hidden_size) if zero2 else 0
+    step = simulate_step(model, train, device=device, keep_grads=train.zero_stage < 2, adapters=adapters,
+                         hold_grads_over=hold)
     num_16bit_trainable = split.num_trainable - split.num_adapter
-    transients = step_transients(
-        train,
-        num_trainable=split.num_trainable,
-        num_16bit_trainable=num_16bit_trainable if train.method is Method.FULL else split.num_saved,
-        num_ranks=cluster.num_gpus,
-        grads_bytes=states.grads_bytes,
-        hidden_size=model.hidden_size,
-        largest_trainable=counts.largest_module,
-        largest_trainable_tensor=largest_trainable_tensor(counts, train),
-        num_params=split.num_params,
-        params_bytes=states.params_bytes,
-        device=device,
-    )
+    largest_tensor = largest_trainable_tensor(counts, train)
+
+    def transients_for(partition: RankPartition | None) -> Transients:
+        return step_transients(
+            train,
+            num_trainable=split.num_trainable,
+            num_16bit_trainable=num_16bit_trainable if train.method is Method.FULL else split.num_saved,
+            num_ranks=cluster.num_gpus,
+            grads_bytes=states.grads_bytes,
+            hidden_size=model.hidden_size,
+            largest_trainable=counts.largest_module,
+            largest_trainable_tensor=largest_tensor,
+            num_params=split.num_params,
+            params_bytes=states.params_bytes,
+            device=device,
+            partition=partition,
+        )
+
     cublas = overhead.allocated_overhead_bytes(device)
-    pm = phase_breakdowns(train, sharded, step, transients, overhead_bytes=cublas)
+    # the rank with the highest peak (or the one asked for); ranks differ only in their ZeRO 1/2 partition
+    partitions = _rank_partitions(model, train, cluster.num_gpus, counts, split.num_trainable, rank)
+    shown: RankPartition | None = None
+    transients, pm = None, None
+    for candidate in partitions:
+        cand_transients = transients_for(candidate)
+        cand_pm = phase_breakdowns(train, sharded, step, cand_transients, overhead_bytes=cublas)
+        if pm is None or cand_pm.peak.total_bytes > pm.peak.total_bytes:
+            shown, transients, pm = candidate, cand_transients, cand_pm
     peak = pm.peak
     reserved = overhead.reserved_bytes(peak.total_bytes, device)
     device_total = overhead.device_bytes(reserved, device, cluster.num_gpus)
@@ -96,6 +116,13 @@ def estimate(
     if pm.peak_phase == "backward" and 12 * num_logits > peak.total_bytes // 3:
         notes.append("the peak is the loss backward: fp32 log-probabilities and two fp32 gradients of "
                      "[tokens, vocabulary] (transformers' ForCausalLMLoss upcasts the logits).")
+    differ = shown is not None and len(partitions) > 1
+    if differ and shown.num_buffer > shown.num_partition:
+        notes.append(
+            f"DeepSpeed ZeRO-{train.zero_stage}: the figures are rank {shown.rank}'s, the highest; its gradient "
+            f"buffer holds whole tensors across its partition's edges ({shown.num_buffer:,} elements, an even "
+            f"share is {shown.num_partition:,})."
+        )
     result = Estimate(
         model=model,
         train=train,
@@ -111,6 +138,7 @@ def estimate(
         margin=margin,
         phases=pm.phases,
         notes=tuple(notes),
+        rank=shown.rank if differ else rank,
     )
     if with_fit:
         from dataclasses import replace
@@ -120,3 +148,31 @@ def estimate(
         result = replace(result, fit=find_fit(model, train, cluster, margin=margin, device=device,
                                               allow_longer=allow_longer, own_device_bytes=device_total))
     return result
+
+
+def _rank_partitions(model: ModelSpec, train: TrainSpec, num_ranks: int, counts, num_trainable: int,
+                     rank: int | None) -> tuple[RankPartition | None, ...]:
+    """The ZeRO 1/2 partitions worth evaluating: every distinct one (lowest rank first), or ``rank``'s."""
+    if rank is not None and not 0 <= rank < num_ranks:
+        raise PlannerError(f"rank must be between 0 and {num_ranks - 1} (the number of GPUs minus one), got {rank}.")
+    if train.zero_stage not in (1, 2) or train.offload is not Offload.NONE or num_trainable <= 0:
+        return (None,)
+    # the same for every micro-batch and sequence length the fit search tries
+    key = (model.config_json(), train.method, train.lora, num_ranks)
+    if key not in _PARTITIONS:
+        if len(_PARTITIONS) > 256:
+            _PARTITIONS.clear()
+        numels = trainable_numels(counts, train, model.num_layers)
+        if sum(numels) != num_trainable:
+            parts: tuple[RankPartition | None, ...] = (None,) * num_ranks  # unordered inventory: even shares
+        else:
+            parts = rank_partitions(numels, num_ranks, reduce_bucket_elements(model.hidden_size))
+        distinct: dict[tuple[int, ...], RankPartition | None] = {}
+        for p in parts:
+            distinct.setdefault((p.num_buffer, p.num_largest_piece, p.num_full_grads_at_buffer) if p else (), p)
+        _PARTITIONS[key] = (parts, tuple(distinct.values()))
+    parts, distinct_parts = _PARTITIONS[key]
+    return (parts[rank],) if rank is not None else distinct_parts
+
+
+_PARTITIONS: dict[tuple, tuple] = {}

@@ -34,6 +34,7 @@ class StepProfile:
     # gradient exists (buckets and the gradient partition are allocated from then on); else equal to the above.
     backward_late_peak_bytes: int
     backward_late_peak_saved_bytes: int
+    backward_late_peak_grads_bytes: int  # ZeRO-2: a gradient larger than the reduce bucket, awaiting reduction
     per_layer_saved_bytes: int  # one decoder layer's saved bytes (generic layer)
     logits_bytes: int  # the [b, s, V] logits in their dtype
     notes: tuple[str, ...] = ()
@@ -120,6 +121,7 @@ class StepEnvelope:
         return StepProfile(
             backward_late_peak_bytes=late[0],
             backward_late_peak_saved_bytes=late[1],
+            backward_late_peak_grads_bytes=late[2],
             forward_peak_bytes=fwd[0],
             forward_peak_saved_bytes=fwd[1],
             backward_peak_bytes=bwd[0],

@@ -79,12 +79,12 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
             overhead_bytes=overhead_bytes,
         )
         if zs is not None:
-            # ZeRO-1 at the end of backward (independent_gradient_partition_epilogue): every .grad still exists
-            # while the rank's partition is copied out of them (get_flat_partition), then the .grad tensors
-            # and the bucket are dropped.
+            # ZeRO-1 at the end of backward (reduce_gradients, bucket by bucket in parameter order): the
+            # rank's grads_in_partition is allocated while the gradients not yet moved into the reduce bucket
+            # still exist (zero_partition.py), then the .grad tensors and the bucket are dropped.
             epilogue = MemoryBreakdown(
                 params_bytes=params,
-                grads_bytes=grads + zs.partition_grads_bytes,
+                grads_bytes=zs.epilogue_grads_bytes,
                 optimizer_states_bytes=opt,
                 temporaries_bytes=max(step.backward_end_bytes - step.grads_bytes, 0) + persistent
                 + transients.late_bytes,
@@ -104,11 +104,13 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
         )
         late = MemoryBreakdown(
             params_bytes=params,
-            grads_bytes=grads,
+            # ZeRO-2's grads_in_partition: the whole tensors overlapping the rank's partition (zero_partition.py),
+            # and a gradient larger than the reduce bucket still awaiting its reduction
+            grads_bytes=(zs.partition_grads_bytes if zs is not None else grads) + step.backward_late_peak_grads_bytes,
             optimizer_states_bytes=opt,
             activations_bytes=step.backward_late_peak_saved_bytes,
-            temporaries_bytes=step.backward_late_peak_bytes - step.backward_late_peak_saved_bytes + persistent
-            + gathered + transients.late_bytes,
+            temporaries_bytes=step.backward_late_peak_bytes - step.backward_late_peak_saved_bytes
+            - step.backward_late_peak_grads_bytes + persistent + gathered + transients.late_bytes,
             overhead_bytes=overhead_bytes,
         )
         backward = early if early.total_bytes >= late.total_bytes else late

@@ -93,6 +93,9 @@ class Estimate:
     throughput: Throughput | None = None
     fit: Fit | None = None
     notes: tuple[str, ...] = ()
+    # the rank shown where ranks differ (ZeRO 1/2 partitions, zero_partition.py): the highest peak's, or the
+    # one asked for; None when every rank is alike
+    rank: int | None = None
 
     @property
     def usable_bytes(self) -> int:

@@ -208,6 +208,10 @@ class Tape:
         self.recording: list[Node] | None = None  # nodes of the checkpointed region being recorded
         self.saving = True  # False inside a checkpointed forward: saved tensors are not kept
         self.keep_param_grads = True  # False: gradients are reduced away as they arrive (ZeRO 2/3)
+        # ZeRO-2: a gradient of more elements than DeepSpeed's reduce bucket is reduced where it is, when the next
+        # gradient arrives (0: no such holding)
+        self.hold_grads_over = 0
+        self.held_grad: Storage | None = None
         self.device = "cuda"  # kernels differ: CPU casts mixed-dtype operands, dropout masks
         # During a checkpoint recomputation: how many saving ops are still to come before it stops early
         # (torch.utils.checkpoint non-reentrant "early stop", on by default).
@@ -348,6 +352,33 @@ def default_rule(tape: Tape, node: Node, grads_out: list) -> list:
     return out
 
 
+def _accumulate_grad(tape: Tape, param, g: Storage) -> None:
+    """AccumulateGrad with the parameter's summed gradient."""
+    sim = tape.sim
+    if tape.keep_param_grads:
+        if param.grad is None:
+            param.grad = g  # AccumulateGrad steals a fresh gradient
+            sim.grads += g.nbytes
+        return  # else added in place into .grad; the incoming buffer is freed
+    # ZeRO 2/3: copied into a reduce bucket and the incoming buffer freed. The first gradient starts the
+    # buckets and the gradient partition.
+    if sim.phase == "backward":
+        sim.set_phase("backward_late")
+    _release_held(tape)
+    if tape.hold_grads_over and param.numel > tape.hold_grads_over:
+        # ZeRO-2 (stage_1_and_2.py reduce_independent_p_g_buckets_and_remove_grads): a gradient larger than the
+        # bucket is not copied into it but kept as extra_large_param_to_reduce, and reduced (then copied into
+        # the partition or dropped) when the next gradient's hook finds the bucket over-full
+        tape.held_grad = g
+        sim.grads += g.nbytes
+
+
+def _release_held(tape: Tape) -> None:
+    if tape.held_grad is not None:
+        tape.sim.grads -= tape.held_grad.nbytes
+        tape.held_grad = None
+
+
 def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
     """Replay the recorded nodes in reverse order; ``hooks[node] -> callable`` runs before a node (recompute)."""
     sim = tape.sim
@@ -358,8 +389,23 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
     nodes = sim.nodes
     sim.nodes = []
     tape.grad_enabled = False
+    # A leaf's AccumulateGrad runs once, after every use of the parameter has sent its gradient; until then the
+    # sum waits in the node's InputBuffer (torch/csrc/autograd/engine.cpp; input_buffer.cpp adds the later ones
+    # in place): a tied embedding's gradient from the lm_head matmul is a temporary until the embedding
+    # lookup's backward, and so is a fused expert tensor's until the last expert's.
+    uses: dict[int, int] = {}
+    for node in nodes:
+        for e in node.edges:
+            if e is not None and len(e) == 1:
+                uses[id(e[0])] = uses.get(id(e[0]), 0) + 1
+    pending: dict[int, Storage] = {}
     for node in reversed(nodes):
         if all(g is None for g in node.grad_in):
+            for e in node.edges:  # a use that sends no gradient still counts down its parameter's uses
+                if e is not None and len(e) == 1:
+                    uses[id(e[0])] -= 1
+                    if not uses[id(e[0])] and id(e[0]) in pending:
+                        _accumulate_grad(tape, e[0], pending.pop(id(e[0])))
             continue
         if sim.trace is not None:
             sim.trace.append((node.name, sim.live))
@@ -371,18 +417,24 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
         node.grad_in = [None] * node.num_outputs
         del grads_out
         release(sim, node)
-        for e, g in zip(node.edges, grads, strict=True):
+        pairs = list(zip(node.edges, grads, strict=True))
+        if node.name == "linear" and len(pairs) == 3:
+            # addmm's next edges are (bias, input, weight) (torch derivatives.yaml; F.linear and HF Conv1D):
+            # the bias's AccumulateGrad runs before the weight's, so a ZeRO-2 hook holding a large weight
+            # gradient keeps it until the next parameter's gradient arrives
+            pairs = [pairs[0], pairs[2], pairs[1]]
+        del grads
+        for e, g in pairs:
             if e is None or g is None:
                 continue
             if len(e) == 1:
-                param = e[0]
-                if param.grad is None and tape.keep_param_grads:
-                    param.grad = g  # AccumulateGrad steals a fresh gradient
-                    sim.grads += g.nbytes
-                elif not tape.keep_param_grads and sim.phase == "backward":
-                    # ZeRO 2: the first gradient starts the reduce buckets and the gradient partition
-                    sim.set_phase("backward_late")
-                # else: added in place into .grad (or copied into a ZeRO bucket); the incoming buffer is freed
+                key = id(e[0])
+                uses[key] -= 1
+                first = pending.setdefault(key, g)  # later contributions are added in place into the first
+                if not uses[key]:
+                    _accumulate_grad(tape, e[0], first)
+                    del pending[key]
+                del first
             else:
                 target, idx = e[0], e[1]
                 old = target.grad_in[idx]
@@ -397,5 +449,6 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
                 # else: added in place into the buffer; the incoming gradient is freed
                 del old
             del g  # the incoming gradient is freed as soon as it is accumulated, before the next node runs
-        del grads
+        del pairs
+    _release_held(tape)  # the end-of-backward epilogue reduces what is left
     tape.grad_enabled = True

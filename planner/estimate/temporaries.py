@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.estimate.zero_partition import RankPartition, even_partition
 from planner.specs import Offload, Optimizer, Precision, TrainSpec
 
 # torch.optim.AdamW with foreach=True (the CUDA default, and what `planner profile` uses on every device,
@@ -54,19 +55,23 @@ class ZeroStep:
     """A DeepSpeed ZeRO 1/2 optimizer step (no offload), moment by moment (stage_1_and_2.py v0.19 ``step``),
     as bytes above params + optimizer states + persistent buffers:
 
-    - ``norm``: the rank's gradient partition plus an fp64 copy of its largest gradient piece (the norm);
-    - ``flatten``: the partition plus its flat copy (``flatten(averaged_gradients)``) and, when gradients
-      are 16-bit, the fp32 copy made of it (``.to(fp32)``; the flat 16-bit copy is deleted after);
+    - ``norm``: the rank's gradient buffer (``grads_in_partition``, zero_partition.py) plus an fp64 copy of
+      its largest gradient piece (the norm);
+    - ``flatten``: the buffer plus the flat copy of the partition (``flatten(averaged_gradients)``) and, when
+      gradients are 16-bit, the fp32 copy made of it (``.to(fp32)``; the flat 16-bit copy is deleted after);
     - ``update``: the gradient pieces freed (``free_grad_in_param_list``), the fp32 gradient partition and the
       optimizer's scratch over the partition.
 
-    The reduce bucket is gone by then (``_release_ipg_buffers`` at the end of backward).
+    The reduce bucket is gone by then (``_release_ipg_buffers`` at the end of backward). ZeRO-1 also has an
+    end-of-backward moment (``epilogue_grads_bytes``): the gradients still in their own storage plus the buffer
+    just allocated.
     """
 
-    partition_grads_bytes: int  # the rank's gradient partition in the gradient dtype
+    partition_grads_bytes: int  # the rank's gradient buffer in the gradient dtype
     norm_bytes: int
     flatten_bytes: int
     update_bytes: int
+    epilogue_grads_bytes: int = 0  # ZeRO-1: gradients at the moment grads_in_partition is allocated
 
 
 @dataclass(frozen=True)
@@ -79,19 +84,21 @@ class Transients:
     notes: tuple[str, ...] = ()
 
 
-def zero12_step(train: TrainSpec, *, num_trainable: int, num_ranks: int, largest_trainable: int,
-                grad_bytes: int, scratch_bytes: int) -> ZeroStep | None:
+def zero12_step(train: TrainSpec, partition: RankPartition, *, grad_bytes: int, scratch_bytes: int
+                ) -> ZeroStep | None:
     """The ZeroStep of one rank (None outside ZeRO 1/2 without offload)."""
-    if train.zero_stage not in (1, 2) or train.offload is not Offload.NONE or num_trainable <= 0:
+    if train.zero_stage not in (1, 2) or train.offload is not Offload.NONE or partition.num_partition <= 0:
         return None
-    part = -(-num_trainable // max(num_ranks, 1))
-    partition = part * grad_bytes
+    part = partition.num_partition
+    buffer = partition.num_buffer * grad_bytes
     fp32_copy = part * 4 if grad_bytes != 4 else 0
     return ZeroStep(
-        partition_grads_bytes=partition,
-        norm_bytes=partition + DS_NORM_BYTES_PER_ELEMENT * min(largest_trainable, part),
-        flatten_bytes=partition + partition + fp32_copy,
+        partition_grads_bytes=buffer,
+        norm_bytes=buffer + DS_NORM_BYTES_PER_ELEMENT * partition.num_largest_piece,
+        flatten_bytes=buffer + part * grad_bytes + fp32_copy,
         update_bytes=part * 4 + scratch_bytes,
+        epilogue_grads_bytes=(partition.num_full_grads_at_buffer * grad_bytes + buffer
+                              if train.zero_stage == 1 else 0),
     )
 
 
@@ -127,6 +134,12 @@ def ddp_bucket_bytes(train: TrainSpec, grads_bytes: int, num_ranks: int) -> int:
     return grads_bytes
 
 
+def reduce_bucket_elements(hidden_size: int) -> int:
+    """DeepSpeed's ``reduce_bucket_size`` as the HF Trainer fills in "auto" (h*h; `planner profile` and the
+    emitted DeepSpeed config use the same)."""
+    return hidden_size * hidden_size
+
+
 def deepspeed_bucket_bytes(train: TrainSpec, hidden_size: int, grad_dtype_bytes: int) -> int:
     """DeepSpeed ZeRO 1/2's contiguous-gradient reduce bucket (stage_1_and_2.py: ``ipg_buckets`` of
     ``reduce_bucket_size`` elements in the gradient dtype, allocated when the first gradient arrives; stage 1
@@ -135,7 +148,7 @@ def deepspeed_bucket_bytes(train: TrainSpec, hidden_size: int, grad_dtype_bytes:
     (transformers/integrations/deepspeed.py: reduce_bucket_size = h*h, stage3_prefetch_bucket_size =
     0.9*h*h) -- what `planner profile` configures too."""
     if train.zero_stage in (1, 2) and train.offload is Offload.NONE:
-        return hidden_size * hidden_size * grad_dtype_bytes
+        return reduce_bucket_elements(hidden_size) * grad_dtype_bytes
     if train.zero_stage == 3:
         return int(0.9 * hidden_size * hidden_size) * grad_dtype_bytes
     return 0
@@ -150,16 +163,22 @@ def zero3_gathered_bytes(train: TrainSpec, num_params: int, largest_module: int,
 
 def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable: int, num_ranks: int,
                     grads_bytes: int, hidden_size: int, largest_trainable: int, num_params: int = 0,
-                    params_bytes: int = 0, device: str = "cuda", largest_trainable_tensor: int | None = None
-                    ) -> Transients:
+                    params_bytes: int = 0, device: str = "cuda", largest_trainable_tensor: int | None = None,
+                    partition: RankPartition | None = None) -> Transients:
     """Everything above for one rank. ``largest_trainable``: the largest module (ZeRO-3 gathering, Adafactor);
-    ``largest_trainable_tensor``: the largest trainable parameter (ZeRO 1/2 norm; default the former)."""
+    ``largest_trainable_tensor``: the largest trainable parameter (ZeRO 1/2 norm; default the former);
+    ``partition``: the rank's ZeRO 1/2 partition (zero_partition.py; default an even share)."""
     n = max(num_ranks, 1)
+    largest_tensor = largest_trainable if largest_trainable_tensor is None else largest_trainable_tensor
+    if partition is None:
+        partition = even_partition(num_trainable, n, largest_tensor)
     # Moments: fp32, except pure bf16 where torch keeps them in the parameter dtype (DESIGN.md section 3).
     moment_bytes = 2 if train.precision is Precision.BF16 else 4
-    on_gpu = num_trainable
-    if train.zero_stage >= 1:
-        on_gpu = -(-num_trainable // n)  # the rank's partition (DeepSpeed steps its flat fp32 partition)
+    on_gpu = num_trainable  # DeepSpeed steps the rank's flat fp32 partition
+    if train.zero_stage in (1, 2):
+        on_gpu = partition.num_partition
+    elif train.zero_stage == 3:
+        on_gpu = -(-num_trainable // n)
     if train.offload is not Offload.NONE:
         on_gpu = 0  # the optimizer runs on the CPU
     scratch = optimizer_scratch_bytes(train, num_trainable_on_gpu=on_gpu, moment_bytes=moment_bytes,
@@ -172,9 +191,7 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
     bucket = deepspeed_bucket_bytes(train, hidden_size, grad_bytes)
     late = bucket if train.zero_stage in (1, 2) else 0
     persistent += bucket if train.zero_stage == 3 else 0
-    largest_tensor = largest_trainable if largest_trainable_tensor is None else largest_trainable_tensor
-    zero_step = zero12_step(train, num_trainable=num_trainable, num_ranks=n, largest_trainable=largest_tensor,
-                            grad_bytes=grad_bytes, scratch_bytes=scratch)
+    zero_step = zero12_step(train, partition, grad_bytes=grad_bytes, scratch_bytes=scratch)
     gathered = zero3_gathered_bytes(train, num_params, largest_trainable, grad_bytes)
     notes = []
     if scratch:

@@ -101,17 +101,19 @@ def evaluate(cell: Cell, status: str, message: str, measured: list, *, source: s
     inputs = cell.inputs()
     if status != "ok":
         return CellResult(cell.id, inputs, status, message, (), wall_s, source)
+    ranks = []
     try:
         cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=cell.num_ranks)
-        est = estimate(cell.model_spec(), cell.train_spec(), cluster, device="cpu", allow_longer=True)
+        for rank, by_cat, phase, step in sorted(measured, key=lambda m: m[0]):
+            # each rank against its own estimate: ZeRO 1/2 ranks hold different gradient buffers
+            est = estimate(cell.model_spec(), cell.train_spec(), cluster, device="cpu", allow_longer=True,
+                           rank=rank)
+            estimated = {c: getattr(est.per_gpu, f"{c}_bytes") for c in CATEGORIES if c != "other"} | {"other": 0}
+            measured_by_cat = {c: int(by_cat.get(c, 0)) for c in CATEGORIES}
+            ranks.append(RankResult(rank, estimated, measured_by_cat, est.peak_phase, phase, step))
     except Exception as exc:  # noqa: BLE001 - an estimator failure is a result of the cell, not the end of the run
         return CellResult(cell.id, inputs, "estimate-error", f"{type(exc).__name__}: {exc}", (), wall_s, source)
-    estimated = {c: getattr(est.per_gpu, f"{c}_bytes") for c in CATEGORIES if c != "other"} | {"other": 0}
-    ranks = tuple(
-        RankResult(rank, estimated, {c: int(by_cat.get(c, 0)) for c in CATEGORIES}, est.peak_phase, phase, step)
-        for rank, by_cat, phase, step in sorted(measured, key=lambda m: m[0])
-    )
-    return CellResult(cell.id, inputs, "ok", "", ranks, wall_s, source)
+    return CellResult(cell.id, inputs, "ok", "", tuple(ranks), wall_s, source)
 
 
 def _from_answer(cell: Cell, answer: dict[str, Any], cache_dir: Path) -> CellResult:
