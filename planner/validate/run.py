@@ -128,7 +128,7 @@ def _from_answer(cell: Cell, answer: dict[str, Any], cache_dir: Path) -> CellRes
 
 
 def _context(command: str, matrix: str, num_planned: int, profile_s: float, num_profiled: int,
-             wall_s: float) -> dict[str, Any]:
+             wall_s: float, git_commit: str | None) -> dict[str, Any]:
     from planner.profile import meta
 
     return {
@@ -137,7 +137,7 @@ def _context(command: str, matrix: str, num_planned: int, profile_s: float, num_
         "num_planned": num_planned,
         "versions": meta.versions(),
         "hardware": meta.hardware("cpu"),
-        "git_commit": meta.git_commit(),
+        "git_commit": git_commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "profile_s": profile_s,
         "wall_s": wall_s,
@@ -185,6 +185,9 @@ def run_cells(
     if len({c.id for c in cells}) != len(cells):
         raise PlannerError("the validation matrix holds the same cell twice.")
     started = time.time()
+    from planner.profile.meta import git_commit
+
+    commit = git_commit()  # before this run writes its own report files into the tree
     fingerprint = measurement_fingerprint()
     cells_dir = cache_dir / fingerprint
     cells_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +210,7 @@ def run_cells(
     def publish() -> Run:
         done = [replace(results[c.id], measured_with=fingerprint) for c in cells if c.id in results]
         summary = summarize(done)
-        ctx = _context(command, matrix, len(cells), profile_s, len(todo), time.time() - started)
+        ctx = _context(command, matrix, len(cells), profile_s, len(todo), time.time() - started, commit)
         ctx["fingerprint"] = fingerprint
         csv_path, md_path = write_reports(done, summary, out_dir, stem, title=title, context=ctx)
         return Run(done, summary, csv_path, md_path, time.time() - started)
