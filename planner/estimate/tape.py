@@ -379,6 +379,17 @@ def _release_held(tape: Tape) -> None:
         tape.held_grad = None
 
 
+def _param_grad_arrives(tape: Tape, uses: dict, pending: dict, param, g: Storage | None) -> None:
+    """One use of ``param`` sends its gradient ``g`` (None: that use got none); the last use runs AccumulateGrad
+    with the sum (later contributions are added in place into the first)."""
+    key = id(param)
+    uses[key] -= 1
+    if g is not None:
+        pending.setdefault(key, g)
+    if not uses[key] and key in pending:
+        _accumulate_grad(tape, param, pending.pop(key))
+
+
 def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
     """Replay the recorded nodes in reverse order; ``hooks[node] -> callable`` runs before a node (recompute)."""
     sim = tape.sim
@@ -403,9 +414,7 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
         if all(g is None for g in node.grad_in):
             for e in node.edges:  # a use that sends no gradient still counts down its parameter's uses
                 if e is not None and len(e) == 1:
-                    uses[id(e[0])] -= 1
-                    if not uses[id(e[0])] and id(e[0]) in pending:
-                        _accumulate_grad(tape, e[0], pending.pop(id(e[0])))
+                    _param_grad_arrives(tape, uses, pending, e[0], None)
             continue
         if sim.trace is not None:
             sim.trace.append((node.name, sim.live))
@@ -428,13 +437,7 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
             if e is None or g is None:
                 continue
             if len(e) == 1:
-                key = id(e[0])
-                uses[key] -= 1
-                first = pending.setdefault(key, g)  # later contributions are added in place into the first
-                if not uses[key]:
-                    _accumulate_grad(tape, e[0], first)
-                    del pending[key]
-                del first
+                _param_grad_arrives(tape, uses, pending, e[0], g)
             else:
                 target, idx = e[0], e[1]
                 old = target.grad_in[idx]

@@ -174,9 +174,9 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
         partition = even_partition(num_trainable, n, largest_tensor)
     # Moments: fp32, except pure bf16 where torch keeps them in the parameter dtype (DESIGN.md section 3).
     moment_bytes = 2 if train.precision is Precision.BF16 else 4
-    on_gpu = num_trainable  # DeepSpeed steps the rank's flat fp32 partition
+    on_gpu = num_trainable
     if train.zero_stage in (1, 2):
-        on_gpu = partition.num_partition
+        on_gpu = partition.num_partition  # DeepSpeed steps the rank's flat fp32 partition
     elif train.zero_stage == 3:
         on_gpu = -(-num_trainable // n)
     if train.offload is not Offload.NONE:
