@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Create .venv and install planner with everything its commands and tests need. Idempotent: a stamp keyed
-# on pyproject.toml skips the work when nothing changed. Usage: bash scripts/setup.sh [--test]
+# Create .venv and install planner with everything its commands and tests need, at the exact versions of
+# requirements/lock.txt (pip constraints on every install: the versions the README's accuracy was measured
+# with; pyproject.toml keeps the ranges). Idempotent: a stamp keyed on pyproject.toml, this script and the
+# lock skips the work when nothing changed; a changed lock re-installs (pip moves every package to its pin).
+# Usage: bash scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,19 +13,20 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-stamp=".venv/.planner-setup-$(sha1sum pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-$want_test"
+LOCK=requirements/lock.txt
+stamp=".venv/.planner-setup-$(sha1sum pyproject.toml scripts/setup.sh "$LOCK" | sha1sum | cut -c1-12)-$want_test"
 if [ -f "$stamp" ]; then
   exit 0
 fi
 echo "planner: setting up .venv (one time)..." >&2
-python -m pip install -q --upgrade pip >&2
-# The CPU build of torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
-python -m pip install -q "torch==2.13.0" >&2
-python -m pip install -q -e ".[quant]" >&2
+python -m pip install -q -c "$LOCK" --upgrade pip setuptools >&2
+# torch first, at the lock's CPU build: an unconstrained torch would pull a multi-GB CUDA build.
+python -m pip install -q -c "$LOCK" torch >&2
+python -m pip install -q -c "$LOCK" -e ".[quant]" >&2
 if [ "$want_test" = 1 ]; then
-  python -m pip install -q -e ".[test,quant]" >&2
-  # DeepSpeed builds against the installed torch.
-  python -m pip install -q --no-build-isolation "deepspeed>=0.15" >&2
+  python -m pip install -q -c "$LOCK" -e ".[test,quant]" >&2
+  # DeepSpeed builds against the installed torch (hence no build isolation), at the lock's version too.
+  python -m pip install -q -c "$LOCK" --no-build-isolation deepspeed >&2
   # DeepSpeed JIT-compiles its CPU shared-memory communication op on first use (about 1.5 min); build it
   # once here so the first multi-rank test does not pay for it inside its timeout.
   python -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >&2 \
