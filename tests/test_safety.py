@@ -216,7 +216,7 @@ def test_profile_force_never_deletes_a_directory_that_is_not_a_profile(foreign_d
     res = run_inprocess(["profile", "-m", str(tmp_path / "m"), *TINY_PROFILE, "--steps", "1", "--out",
                          str(foreign_dir), "--force"])  # fmt: skip
     assert not res.internal
-    assert res.code == 1 and "not a profile" in res.stderr
+    assert res.code == 1 and "not a planner profile" in res.stderr
     assert _tree(foreign_dir) == before, "the user's directory was replaced"
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,14 +94,30 @@ def staging_dir(final: Path) -> Path:
     return final.parent / f".{final.name}.partial-{os.getpid()}"
 
 
-def _is_replaceable(final: Path) -> bool:
-    """--force may replace an empty directory or an earlier profile (it has summary.json or meta.json), never
-    anything else: a typo in --out must not delete a user's data."""
+# Every name a profile directory holds (assemble() and the recorders): --force replaces nothing else.
+PROFILE_FILES = frozenset({"meta.json", "summary.json", "timeline.parquet", "launcher.log"})
+_PROFILE_RANK_FILE = re.compile(r"(snapshot-rank\d+\.pickle|nvml-rank\d+\.parquet)")
+
+
+def _foreign_entry(final: Path) -> str | None:
+    """The first entry of ``final`` that a planner profile never holds (a name outside the profile's files, or
+    one of its names that is not a regular file); None for an empty directory or a profile. --force must not
+    delete a user's data because it happens to sit beside a ``meta.json``."""
     try:
-        names = {p.name for p in final.iterdir()}
-    except OSError:
-        return False
-    return not names or bool(names & {"summary.json", "meta.json"})
+        entries = sorted(final.iterdir())
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    for entry in entries:
+        name = entry.name
+        if name not in PROFILE_FILES and not _PROFILE_RANK_FILE.fullmatch(name):
+            return f"it holds {name!r}, which no profile has"
+        try:
+            regular = stat.S_ISREG(os.lstat(entry).st_mode)
+        except OSError:
+            regular = False
+        if not regular:
+            return f"its {name!r} is not a regular file"
+    return None
 
 
 def check_target(final: Path, force: bool) -> None:
@@ -107,10 +125,11 @@ def check_target(final: Path, force: bool) -> None:
         raise PlannerError(f"--out {str(final)!r} exists and is not a directory.")
     if final.exists() and not force:
         raise PlannerError(f"--out {str(final)!r} already exists; pass --force to replace it.")
-    if final.exists() and not _is_replaceable(final):
+    why = _foreign_entry(final) if final.exists() else None
+    if why is not None:
         raise PlannerError(
-            f"--out {str(final)!r} is a non-empty directory that is not a profile; --force replaces only an "
-            "empty directory or an earlier profile, so choose another --out."
+            f"--out {str(final)!r} is not a planner profile ({why}); --force replaces only an empty directory or "
+            "an earlier profile, so choose another --out."
         )
 
 
