@@ -111,6 +111,10 @@ def estimate(
     if csv is not None and csv.is_dir():
         raise PlannerError(f"--csv {str(csv)!r} is a directory; give a file path.")
     spec = load_model(model, trust_remote_code=trust_remote_code)
+    if csv is not None:
+        from planner.safe_write import check_output_file
+
+        check_output_file(csv, flag="--csv", inputs=_inputs(spec))  # before any work
     if seq_len is None:
         seq_len = o.default_seq_len(spec)
     base = o.build_train_spec(
@@ -172,7 +176,7 @@ def estimate(
         "rows": [r.row() for r in rows],
     }
     if csv is not None:
-        _write_csv(csv, payload["rows"])
+        _write_csv(csv, payload["rows"], _inputs(spec))
     if as_json:
         typer.echo(json.dumps(payload, indent=2, sort_keys=True))
         return
@@ -208,27 +212,21 @@ def _train_json(train: TrainSpec) -> dict:
     return d
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    """Flatten rows with pandas and write atomically (temp file, then rename)."""
-    import os
-    import tempfile
-
+def _write_csv(path: Path, rows: list[dict], inputs: dict) -> None:
+    """Flatten rows with pandas and write them with planner.safe_write (atomic, never over an input)."""
     import pandas as pd
+
+    from planner.safe_write import write_atomic
 
     frame = pd.json_normalize(rows, sep=".")
     if "notes" in frame:
         frame["notes"] = frame["notes"].map(lambda n: " | ".join(n))
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise PlannerError(f"--csv {str(path)!r}: directory {str(parent)!r} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=".planner-", suffix=".csv", dir=parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            frame.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise PlannerError(f"cannot write --csv {str(path)!r}: {exc.strerror or exc}.") from None
+    write_atomic(path, frame.to_csv(index=False), flag="--csv", inputs=inputs)
+
+
+def _inputs(spec) -> dict:
+    """Files this command read, which --csv must never replace."""
+    return {"the model config": None if spec.source == "catalog" or spec.source.startswith("hub:") else spec.source}
 
 
 def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json) -> None:

@@ -69,6 +69,18 @@ def _estimates(model, *, gpu, gpus, nodes, method, zero, offload, margin, mfu, t
     return rows, gpu_rows, method is None
 
 
+def _inputs(model: str | None, plan: Path | None, accuracy: Path | None) -> dict:
+    """Files the report reads, which -o must never replace."""
+    config = Path(model).expanduser() if model else None
+    if config is not None and config.is_dir():
+        config = config / "config.json"
+    return {
+        "the model config": config if config is not None and config.is_file() else None,
+        "the plan": plan if plan is not None and plan.is_file() else None,
+        "the accuracy CSV": accuracy,
+    }
+
+
 def report(
     output: OutputOpt,
     model: ReportModelOpt = None,
@@ -127,6 +139,10 @@ def report(
         raise PlannerError(f"--tokens and --price-per-gpu-hour must not be negative, got {tokens} and {price_per_gpu_hour}.")
     if compare_gpus and model is None:
         raise PlannerError("--compare-gpus needs --model (it compares GPUs for the estimated model).")
+    inputs = _inputs(model, plan, accuracy)
+    from planner.safe_write import check_output_file
+
+    check_output_file(output, flag="-o", inputs=inputs)  # before any work
     from planner.report import html as report_html
     from planner.report.accuracy_section import read_accuracy
     from planner.report.build import build_report
@@ -155,5 +171,5 @@ def report(
         estimates=estimates, all_methods=all_methods, gpu_rows=gpu_rows, profiles=views, plan=bundle,
         accuracy=acc_frame, accuracy_source=acc_source, title=title, max_points=max_points,
     )
-    size = report_html.write(doc, output)
+    size = report_html.write(doc, output, inputs=inputs)
     typer.echo(f"wrote {output} ({size / 2**20:.1f} MiB)", err=True)

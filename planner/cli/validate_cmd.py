@@ -55,6 +55,9 @@ def validate(
     for flag, path in (("--out", out), ("--cache", cache)):
         if path.exists() and not path.is_dir():
             raise PlannerError(f"{flag} {str(path)!r} is a file; give a directory.")
+    from planner.validate.report import check_report_paths
+
+    check_report_paths(out, "accuracy-gpu" if suite == "gpu-reference" else "accuracy" if full else "accuracy-ci")
     if suite == "gpu-reference":
         from planner.validate.gpu_reference import run_gpu_reference
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,28 +297,15 @@ def render(report: Report, plotly_js: str | None = None) -> str:
     )
 
 
-def write(report: Report, path: Path) -> int:
-    """Render and write atomically (temporary file in the same directory, then rename); returns bytes."""
+def write(report: Report, path: Path, *, inputs: dict | None = None) -> int:
+    """Render and write atomically with planner.safe_write (a new or regular file, never one of ``inputs``);
+    returns bytes."""
+    from planner.safe_write import check_output_file, write_atomic
+
     path = Path(path)
     if path.is_dir():
         raise PlannerError(f"-o {str(path)!r} is a directory; give a file path such as reports/NAME.html.")
     if path.suffix.lower() not in (".html", ".htm"):
         raise PlannerError(f"-o {str(path)!r} must end in .html (the report is one HTML file).")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise PlannerError(f"-o {str(path)!r}: {str(parent)!r} is not a directory.")
-    text = render(report).encode("utf-8")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".planner-report-", suffix=".html", dir=parent)
-    except OSError as exc:
-        raise PlannerError(f"cannot write -o {str(path)!r}: {exc.strerror or exc}.") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise PlannerError(f"cannot write -o {str(path)!r}: {exc.strerror or exc}.") from None
-    return len(text)
+    check_output_file(path, flag="-o", inputs=inputs)  # before rendering
+    return write_atomic(path, render(report).encode("utf-8"), flag="-o", inputs=inputs, make_parents=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,14 +24,19 @@ RESULT_COLUMNS = ["status", "message", "source", "measured_with", "rank", "estim
 GROUP_KEYS = ("family", "method", "zero", "ckpt", "attn", "precision", "seq_len", "micro_batch")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def report_paths(out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """The CSV and Markdown files a run writes into ``out_dir``."""
+    return out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
+
+
+def check_report_paths(out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """Refuse (PlannerError) unless both reports may be written (planner.safe_write): new or regular files."""
+    from planner.safe_write import check_output_file
+
+    paths = report_paths(out_dir, stem)
+    for path in paths:
+        check_output_file(path, flag="--out")
+    return paths
 
 
 # ---------------------------------------------------------------- CSV
@@ -163,7 +167,9 @@ def markdown(results: list[CellResult], summary: Summary, *, title: str, context
 
 def write_reports(results: list[CellResult], summary: Summary, out_dir: Path, stem: str, *, title: str,
                   context: dict[str, Any]) -> tuple[Path, Path]:  # fmt: skip
-    csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
-    write_text_atomic(csv_path, csv_text(results))
-    write_text_atomic(md_path, markdown(results, summary, title=title, context=context))
+    from planner.safe_write import write_atomic
+
+    csv_path, md_path = check_report_paths(out_dir, stem)  # both, before either is written
+    write_atomic(csv_path, csv_text(results), flag="--out", make_parents=True)
+    write_atomic(md_path, markdown(results, summary, title=title, context=context), flag="--out", make_parents=True)
     return csv_path, md_path
