@@ -14,4 +14,14 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 . .venv/bin/activate
 ruff check planner tests benchmarks examples
+# CPU kernels allocate differently by CPU kind (planner/estimate/cpu_kernels.py): the tests that compare the
+# estimator with a real CPU run (marker cpu_kernels) run again on every other kernel path this machine reaches.
+# ONEDNN_MAX_CPU_ISA=AVX2 keeps bf16 matmuls off oneDNN; ATEN_CPU_CAPABILITY=avx2 holds ATen's own kernels to AVX2.
+native=$(python -c "import torch; print(torch.backends.cpu.get_cpu_capability(), bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))")
+echo "planner: CPU kernel path: ATen ${native% *}, oneDNN bf16 ${native#* } ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))" >&2
+if [ $# -eq 0 ] && [ "$native" != "AVX2 False" ]; then
+  python -m pytest -q -p no:cacheprovider
+  echo "planner: the cpu_kernels tests again on the AVX2 path (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2)" >&2
+  ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 exec python -m pytest -q -p no:cacheprovider -m cpu_kernels
+fi
 exec python -m pytest -q -p no:cacheprovider "$@"

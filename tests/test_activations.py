@@ -123,14 +123,23 @@ def _measure_and_estimate(family, attn, ckpt, method, dtype="fp32", micro_batch=
     precision = Precision.FP32 if dtype == "fp32" else Precision.BF16
     train = TrainSpec(method=Method(method), precision=precision, micro_batch=micro_batch, seq_len=seq_len,
                       grad_checkpointing=ckpt, attn_impl=AttnImpl(attn), lora=LORA)
-    estimated = simulate_step(spec_from_config(dict(cfg), family), train, device="cpu")
+    spec = spec_from_config(dict(cfg), family)
+    estimated = simulate_step(spec, train, device="cpu", cpu=_this_cpu(spec, train))
     return measured, estimated
+
+
+def _this_cpu(spec, train):
+    """This machine's CPU kind with oneDNN's workspaces for the step's matmuls (issue 13: both kernel paths)."""
+    from planner.profile.cpu_kind import kernels_for, local_kernels
+
+    return kernels_for(spec, train, local_kernels())
 
 
 def _close(est: int, meas: int) -> bool:
     return abs(est - meas) <= MEASURED_TOLERANCE * meas
 
 
+@pytest.mark.cpu_kernels
 @pytest.mark.slow
 @pytest.mark.parametrize("family,attn,ckpt,method", list(_cases()))
 def test_family_matches_cpu_measurement(family, attn, ckpt, method):
@@ -141,6 +150,7 @@ def test_family_matches_cpu_measurement(family, attn, ckpt, method):
     assert _close(est.backward_peak_bytes, measured.backward_peak_bytes), (est.backward_peak_bytes, measured)
 
 
+@pytest.mark.cpu_kernels
 @pytest.mark.slow
 @pytest.mark.parametrize("family,attn,ckpt,method", [
     ("llama", "sdpa", False, "lora"), ("llama", "eager", True, "full"), ("gpt2", "sdpa", False, "full"),
@@ -152,6 +162,7 @@ def test_family_matches_cpu_measurement_bf16(family, attn, ckpt, method):
     assert _close(est.backward_peak_bytes, measured.backward_peak_bytes), (est.backward_peak_bytes, measured)
 
 
+@pytest.mark.cpu_kernels
 @pytest.mark.slow
 @pytest.mark.parametrize("family,attn,ckpt", [("llama", "sdpa", True), ("qwen2", "eager", False),
                                                ("gpt2", "sdpa", True)])
@@ -163,6 +174,7 @@ def test_qlora_matches_cpu_measurement(family, attn, ckpt):
     measured = memprobe.run_steps(model, micro_batch=2, seq_len=32, checkpointing=ckpt)
     train = TrainSpec(method=Method.QLORA, micro_batch=2, seq_len=32, grad_checkpointing=ckpt,
                       attn_impl=AttnImpl(attn), lora=LORA)
-    est = simulate_step(spec_from_config(dict(cfg), family), train, device="cpu")
+    spec = spec_from_config(dict(cfg), family)
+    est = simulate_step(spec, train, device="cpu", cpu=_this_cpu(spec, train))
     assert _close(est.forward_end_bytes, measured.forward_end_bytes), (est.forward_end_bytes, measured)
     assert _close(est.backward_peak_bytes, measured.backward_peak_bytes), (est.backward_peak_bytes, measured)

@@ -85,6 +85,7 @@ TINY = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 3, "num_a
         "num_key_value_heads": 2, "intermediate_size": 160, "vocab_size": 1024, "max_position_embeddings": 512}
 
 
+@pytest.mark.cpu_kernels
 @pytest.mark.slow
 @pytest.mark.parametrize("method,precision,ckpt,micro_batch,seq_len", [
     ("full", "fp32", False, 2, 64),
@@ -106,7 +107,10 @@ def test_whole_step_matches_cpu_measurement(method, precision, ckpt, micro_batch
                                   master_weights=prec.has_master_weights and method == "full")
     train = TrainSpec(method=Method(method), precision=prec, micro_batch=micro_batch, seq_len=seq_len,
                       grad_checkpointing=ckpt, attn_impl=AttnImpl.SDPA, lora=LoraSpec(rank=8, alpha=16, dropout=0.0))
-    est = estimate(spec_from_config(dict(TINY), "tiny"), train, _cluster(), device="cpu")
+    spec = spec_from_config(dict(TINY), "tiny")
+    from planner.profile.cpu_kind import kernels_for, local_kernels
+
+    est = estimate(spec, train, _cluster(), device="cpu", cpu=kernels_for(spec, train, local_kernels()))
     step_bytes = est.per_gpu.total_bytes - est.per_gpu.params_bytes - est.per_gpu.optimizer_states_bytes
     assert est.peak_phase == measured.peak_phase
     assert abs(step_bytes - measured.peak_bytes) <= STEP_TOLERANCE * measured.peak_bytes, (step_bytes, measured)

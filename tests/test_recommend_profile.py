@@ -45,6 +45,7 @@ SMALL_GPU = GpuSpec(
 )
 
 
+@pytest.mark.cpu_kernels
 def test_recommended_plan_measured_within_margin(tmp_path):
     model = spec_from_config(TINY_LLAMA, "tiny-llama")
     base = TrainSpec(precision=Precision.FP32, seq_len=256)
@@ -71,7 +72,8 @@ def test_recommended_plan_measured_within_margin(tmp_path):
     assert status == "ok", message
     prof = load_profile(out)
     measured = prof.ranks[0].peak.allocated_bytes
-    est = estimate(model, train, plan.cluster, margin=margin, device="cpu").per_gpu.total_bytes
+    est = estimate(model, train, plan.cluster, margin=margin, device="cpu",
+                   cpu=prof.cpu_kernels()).per_gpu.total_bytes
     error = (est - measured) / measured
     print(f"plan micro-batch {train.micro_batch}, attention {train.attn_impl.value}, checkpointing "
           f"{train.grad_checkpointing}: estimated {est} B, measured {measured} B, error {error:+.2%}")

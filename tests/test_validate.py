@@ -191,6 +191,7 @@ def _check_bounds(run) -> None:
     assert not misses, "\n".join(f"{cid}: {what}" for cid, what in misses)
 
 
+@pytest.mark.cpu_kernels
 @pytest.mark.slow
 def test_ci_matrix_meets_the_issue_5_bounds(tmp_path):
     cells = ci_matrix()
@@ -207,6 +208,7 @@ def test_ci_matrix_meets_the_issue_5_bounds(tmp_path):
     _check_bounds(run)
 
 
+@pytest.mark.cpu_kernels
 @pytest.mark.slow
 def test_random_shapes_meet_the_same_bounds(tmp_path):
     seed = int(os.environ.get("PLANNER_VALIDATE_SEED") or int.from_bytes(os.urandom(4), "big"))

@@ -32,7 +32,7 @@ def compare(
         num_gpus=int(cluster_meta.get("num_gpus", prof.num_ranks)),
         num_nodes=int(cluster_meta.get("num_nodes", 1)),
     )
-    kwargs = {"device": "cpu" if prof.device == "cpu" else "cuda"}
+    kwargs = {"device": "cpu" if prof.device == "cpu" else "cuda", "cpu": prof.cpu_kernels()}
     if "allow_longer" in inspect.signature(estimate).parameters:
         kwargs["allow_longer"] = True  # the profile ran this length, whatever the model's position limit
     est = estimate(model, train, cluster, **kwargs)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from planner.estimate.act_families import build_family
+from planner.estimate.cpu_kernels import CpuKernels
 from planner.estimate.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.logits import causal_lm_loss
 from planner.estimate.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
@@ -44,17 +45,21 @@ CUDA_RNG_STATE_BYTES = 16
 
 def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
                   keep_logits: bool = False, adapters: tuple[tuple[str, int], ...] | None = None,
-                  hold_grads_over: int = 0) -> StepProfile:
+                  hold_grads_over: int = 0, cpu: CpuKernels | None = None) -> StepProfile:
     """One micro-batch forward + backward. ``keep_grads``: parameter gradients stay (ZeRO 0/1) or are reduced
     away as they arrive (ZeRO 2/3, counted by the sharded model states instead). ``adapters``: (path, rank)
     of every LoRA adapter (default: planner.estimate.params.lora_adapters of the train spec).
-    ``hold_grads_over``: ZeRO-2's reduce bucket in elements; a larger gradient stays until the next arrives."""
+    ``hold_grads_over``: ZeRO-2's reduce bucket in elements; a larger gradient stays until the next arrives.
+    ``cpu``: on ``device="cpu"``, the CPU kind the run is measured on (cpu_kernels.py; None: no oneDNN)."""
     if adapters is None:
         adapters = lora_adapter_paths(model, train)
     cfg = model.config_json()
-    if train.micro_batch == 1:
+    if device != "cpu" or (cpu is not None and not cpu.onednn_bf16):
+        cpu = None  # only oneDNN's workspaces depend on the CPU kind
+    if train.micro_batch == 1 or cpu is not None:
+        # oneDNN's workspace is not linear in the micro-batch (blocking heuristics): simulate it directly
         return _simulate(model, cfg, _train_key(train, adapters), device, keep_grads, keep_logits,
-                         hold_grads_over).profile
+                         hold_grads_over, cpu).profile
     # Every tensor's size is linear in the micro-batch and the order of allocations does not depend on it:
     # two simulations (micro-batch 2 and 3) give every candidate peak as a line in b (envelope.py).
     env = _envelope(model, cfg, _train_key(train, adapters, micro_batch=0), device, keep_grads, keep_logits,
@@ -99,13 +104,14 @@ def _zero_key(train: TrainSpec) -> int:
 
 @lru_cache(maxsize=512)
 def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_grads: bool,
-              keep_logits: bool, hold_grads_over: int = 0) -> Run:
+              keep_logits: bool, hold_grads_over: int = 0, cpu: CpuKernels | None = None) -> Run:
     # config_key: ModelSpec equality ignores the raw config; the family details live there
     (method, precision, b, s, ckpt, attn, dropout, adapters, lora_dropout, modules_to_save, zero_stage) = key
     sim = Sim()
     sim.record = []
     t = Tape(sim)
     t.device = device
+    t.cpu = cpu
     t.hold_grads_over = hold_grads_over
     fam = build_family(model, method=method, precision=precision, b=b, s=s, attn=attn, dropout=dropout,
                        adapters=adapters, lora_dropout=lora_dropout, modules_to_save=modules_to_save,
@@ -162,6 +168,7 @@ def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_g
         per_layer_saved_bytes=layer_saved[0],
         logits_bytes=logits_bytes,
         notes=tuple(fam.notes),
+        unknown_matmuls=tuple(sorted(t.unknown_matmuls)),
     )
     return Run(profile=profile, candidates=tuple(sim.record))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from planner.errors import PlannerError
 from planner.estimate import overhead
 from planner.estimate.activations import lora_adapter_paths, simulate_step
+from planner.estimate.cpu_kernels import CpuKernels
 from planner.estimate.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.peak import PHASES, phase_breakdowns
 from planner.estimate.result import Estimate
@@ -48,6 +49,7 @@ def estimate(
     allow_longer: bool = False,
     with_fit: bool = False,
     rank: int | None = None,
+    cpu: CpuKernels | None = None,
 ) -> Estimate:
     """Per-GPU memory of one training configuration at its peak moment.
 
@@ -55,7 +57,8 @@ def estimate(
     validation suite's profiles). ``with_fit`` also searches the largest micro-batch and the longest sequence
     that fit (fits.py; a few dozen more evaluations). Ranks differ only under ZeRO 1/2, whose gradient
     buffers hold whole tensors across partition edges (zero_partition.py): ``rank`` picks one, by default
-    the rank with the highest peak (the one that runs out of memory first).
+    the rank with the highest peak (the one that runs out of memory first). ``cpu``: with ``device="cpu"``, the
+    CPU kind of the run being estimated (cpu_kernels.py): on oneDNN, 16-bit matmuls allocate workspaces.
     """
     if not 0.0 <= margin < 1.0:
         raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
@@ -71,7 +74,7 @@ def estimate(
     zero2 = train.zero_stage == 2 and train.offload is Offload.NONE
     hold = reduce_bucket_elements(model.hidden_size) if zero2 else 0
     step = simulate_step(model, train, device=device, keep_grads=train.zero_stage < 2, adapters=adapters,
-                         hold_grads_over=hold)
+                         hold_grads_over=hold, cpu=cpu)
     num_16bit_trainable = split.num_trainable - split.num_adapter
     largest_tensor = largest_trainable_tensor(counts, train)
 
@@ -106,6 +109,11 @@ def estimate(
     device_total = overhead.device_bytes(reserved, device, cluster.num_gpus)
 
     notes = list(sharded.notes) + list(step.notes) + list(transients.notes)
+    if device == "cpu" and cpu is not None:
+        notes.append(f"estimated for {cpu.describe()}.")
+        if step.unknown_matmuls:
+            notes.append(f"oneDNN's workspace of {len(step.unknown_matmuls)} matmul call(s) is not known for this "
+                         "CPU kind and is counted as 0 (planner.profile.cpu_kind measures it).")
     if train.seq_len > model.max_position_embeddings:
         notes.append(
             f"sequence length {train.seq_len} exceeds the model's position limit {model.max_position_embeddings} "
@@ -139,6 +147,7 @@ def estimate(
         phases=pm.phases,
         notes=tuple(notes),
         rank=shown.rank if differ else rank,
+        unknown_matmuls=step.unknown_matmuls,
     )
     if with_fit:
         from dataclasses import replace

@@ -38,6 +38,8 @@ class StepProfile:
     per_layer_saved_bytes: int  # one decoder layer's saved bytes (generic layer)
     logits_bytes: int  # the [b, s, V] logits in their dtype
     notes: tuple[str, ...] = ()
+    # CPU runs on oneDNN: matmul calls whose workspace the CPU kind does not list (counted as 0; cpu_kernels.py)
+    unknown_matmuls: tuple = ()
 
     @property
     def activations_bytes(self) -> int:

@@ -66,7 +66,7 @@ def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
         if lin.lora_a is None:
             return _linear_4bit(t, x, lin, ctx.quant_compute_dtype)
         return _lora_4bit(t, ctx, x, lin)
-    result = ops.linear(t, x, lin.w, lin.bias, save_input=ctx.zero3_linear and lin.f_linear)
+    result = ops.linear(t, x, lin.w, lin.bias, save_input=ctx.zero3_linear and lin.f_linear, conv1d=not lin.f_linear)
     if lin.lora_a is None:
         return result
     result_dtype = result.dtype
@@ -113,6 +113,8 @@ def _linear_4bit(t: Tape, x: Fake, lin: Linear, compute: str = "") -> Fake:
     xc = ops.to(t, x, compute or inp_dtype)
     w_dq = t.scratch(lin.d_in * lin.d_out * _bytes(xc.dtype))
     out = t.op("matmul_4bit", [xc], [(x.shape[:-1] + (lin.d_out,), xc.dtype)], [], _dequant_rule(lin, xc.dtype))[0]
+    # gemm_4bit's default implementation (bitsandbytes/backends/default/ops.py): F.linear(A, B_dq)
+    _workspace(t, xc.dtype, _prod(x.shape[:-1]), lin.d_in, lin.d_out, b_t=True)
     del w_dq, xc
     return ops.to(t, out, inp_dtype)
 
@@ -121,10 +123,17 @@ def _dequant_rule(lin: Linear, dtype: str):
     def rule(t: Tape, node, grads_out):
         w_dq = t.scratch(lin.d_in * lin.d_out * _bytes(dtype))
         grads = [Storage(t.sim, _prod(node.edges[0][2]) * _bytes(node.edges[0][3]))]
+        # MatMul4Bit.backward: torch.matmul(grad_output, dequantize_4bit(B)) -- [tokens, out] @ [out, in]
+        _workspace(t, dtype, _prod(node.edges[0][2][:-1]), lin.d_out, lin.d_in, b_t=False)
         del w_dq
         return grads
 
     return rule
+
+
+def _workspace(t: Tape, dtype: str, m: int, k: int, n: int, *, b_t: bool) -> None:
+    if ops.onednn(t, dtype):
+        ops.matmul_workspace(t, (dtype, 1, m, k, n, False, b_t))
 
 
 def _bytes(dtype: str) -> int:
@@ -213,7 +222,8 @@ def eager_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, mask: Fake | None, 
     GPT-2 keeps the softmax output in the activation dtype. Dropout on the probabilities keeps its mask.
     """
     b, a, s, d = q.shape
-    scores = ops.matmul(t, q, k, (b, a, s, s), copy_a=copy_q, copy_b=copy_k)
+    # torch.matmul(query, key_states.transpose(2, 3)): k^T is a transposed view unless the reshape copies it
+    scores = ops.matmul(t, q, k, (b, a, s, s), copy_a=copy_q, copy_b=copy_k, b_t=True)
     scores = ops.mul_scalar(t, scores)  # * scaling
     if softcap:
         scores = ops.mul_scalar(t, scores)  # / softcap

@@ -199,31 +199,125 @@ def dropout(tape: Tape, x: Fake, p: float, device: str) -> Fake:
 # ---------------------------------------------------------------- matmuls
 
 
-def linear(tape: Tape, x: Fake, w: Param, bias: Param | None = None, *, save_input: bool = False) -> Fake:
+def linear(tape: Tape, x: Fake, w: Param, bias: Param | None = None, *, save_input: bool = False,
+           conv1d: bool = False) -> Fake:
     """``F.linear`` / HF Conv1D (addmm): saves the input only when the weight is trainable (or ``save_input``:
     DeepSpeed ZeRO-3's linear, layers.Ctx.zero3_linear); the weight itself is a parameter (already counted).
-    Backward: grad_input = grad @ W, grad_W = grad^T @ x, grad_b = grad.sum(0)."""
+    Backward: grad_input = grad @ W, grad_W = grad^T @ x, grad_b = grad.sum(0). ``conv1d``: GPT-2's Conv1D keeps
+    its weight as [in, out] and calls ``addmm(bias, x, W)`` (F.linear multiplies by the view ``W.t()``)."""
     inputs = [x, w] + ([bias] if bias is not None else [])
     saved = [x] if (w.trainable or save_input) else []
-    out_shape = x.shape[:-1] + (w.shape[0],)
-    return tape.op("linear", inputs, [(out_shape, x.dtype)], saved)[0]
+    d_out = w.shape[0]
+    out_shape = x.shape[:-1] + (d_out,)
+    if not onednn(tape, x.dtype) or x.dtype != w.dtype:
+        return tape.op("linear", inputs, [(out_shape, x.dtype)], saved)[0]
+    tokens = _numel(x.shape[:-1])
+    d_in = x.shape[-1]
+    # forward: mm(x, W.t()) (F.linear) or addmm(b, x, W) (Conv1D); a workspace after the output (cpu_kernels.py)
+    rule = _onednn_linear_rule(x.dtype, tokens, d_in, d_out, conv1d)
+    out = tape.op("linear", inputs, [(out_shape, x.dtype)], saved, rule)[0]
+    matmul_workspace(tape, (x.dtype, 1, tokens, d_in, d_out, False, not conv1d))
+    return out
 
 
-def matmul(tape: Tape, a: Fake, b: Fake, out_shape, copy_a: bool = False, copy_b: bool = False) -> Fake:
+def _onednn_linear_rule(dtype: str, tokens: int, d_in: int, d_out: int, conv1d: bool):
+    """Backward of a 16-bit linear on oneDNN, each matmul with its workspace after its result. The generated
+    autograd functions (torch/csrc/autograd/generated/Functions.cpp, formulas from derivatives.yaml) run
+    MmBackward0 (F.linear without bias) as mat2 (the weight) then self (the input), and AddmmBackward0 (a bias:
+    F.linear with bias, Conv1D) as mat1 (the input) then mat2; the bias gradient (sum_to_size) comes last."""
+    # grad_x = grad @ W (F.linear: W is row-major) or grad @ W.t() (Conv1D)
+    grad_x = (dtype, 1, tokens, d_out, d_in, False, conv1d)
+    # grad_W: F.linear's W.t() is column-major, so (grad.t() @ x).t(); Conv1D: x.t() @ grad
+    grad_w = (dtype, 1, d_in, tokens, d_out, True, False) if conv1d else (dtype, 1, d_out, tokens, d_in, True, False)
+    calls = (grad_x, grad_w)
+
+    def rule(tape: Tape, node, grads_out):
+        edges = node.edges
+        grads: list = [None] * len(edges)
+        for i in ((0, 1, 2) if len(edges) == 3 else (1, 0)):
+            e = edges[i]
+            if e is None:
+                continue
+            grads[i] = default_rule(tape, _OneEdge(e, node.name), None)[0]
+            if i < 2:
+                matmul_workspace(tape, calls[i])
+        return grads
+
+    return rule
+
+
+class _OneEdge:
+    """A node seen through one of its edges, for default_rule."""
+
+    __slots__ = ("edges", "name")
+
+    def __init__(self, edge, name: str) -> None:
+        self.edges = [edge]
+        self.name = name
+
+
+def onednn(tape: Tape, dtype: str) -> bool:
+    """This CPU run sends ``dtype`` matmuls to oneDNN (cpu_kernels.py)."""
+    return tape.cpu is not None and tape.device == "cpu" and tape.cpu.uses_onednn(dtype)
+
+
+def matmul_workspace(tape: Tape, call) -> None:
+    """oneDNN's workspace of one 16-bit matmul on CPU: allocated after the output, freed before the op returns
+    (cpu_kernels.py); unknown calls are recorded and counted as 0."""
+    nbytes = tape.cpu.workspace_bytes(call)
+    if nbytes is None:
+        tape.unknown_matmuls.add(call)
+        return
+    if nbytes:
+        ws = Storage(tape.sim, nbytes, "workspace")
+        del ws
+
+
+def matmul(tape: Tape, a: Fake, b: Fake, out_shape, copy_a: bool = False, copy_b: bool = False,
+           a_t: bool = False, b_t: bool = False) -> Fake:
     """Batched ``torch.matmul``: bmm saves both (reshaped) operands. 4-D operands [B, H, ., .] are reshaped to
     [B*H, ., .]; ``copy_*``: the operand is a strided view whose batch and head dims do not merge (strides
     of a transpose, of an expand, of a slice of a fused projection), so the reshape copies -- unless B or H is
-    1, when any strides merge -- and the copy is what is saved."""
+    1, when any strides merge -- and the copy is what is saved. ``a_t``/``b_t``: the operand is a transposed
+    view (``k.transpose(2, 3)``), which only oneDNN's CPU workspace depends on."""
     copy_a = copy_a and _batch_heads_differ(a)
     copy_b = copy_b and _batch_heads_differ(b)
     if copy_a:
         a = tape.op("reshape_copy", [a], [(a.shape, a.dtype)], [])[0]
+        a_t = False  # the copy is contiguous
     if copy_b:
         b = tape.op("reshape_copy", [b], [(b.shape, b.dtype)], [])[0]
+        b_t = False
     saved = []
     if a.requires_grad or b.requires_grad:
         saved = [a, b] if (a.requires_grad and b.requires_grad) else [b] if a.requires_grad else [a]
-    return tape.op("bmm", [a, b], [(out_shape, promote(a.dtype, b.dtype))], saved)[0]
+    if not onednn(tape, a.dtype) or a.dtype != b.dtype:
+        return tape.op("bmm", [a, b], [(out_shape, promote(a.dtype, b.dtype))], saved)[0]
+    batch = _numel(out_shape[:-2])
+    m, k, n = out_shape[-2], a.shape[-1], out_shape[-1]  # b may be passed untransposed (k for q @ k^T)
+    out = tape.op("bmm", [a, b], [(out_shape, a.dtype)], saved,
+                  _onednn_bmm_rule(a.dtype, batch, m, k, n, a_t, b_t))[0]
+    matmul_workspace(tape, (a.dtype, batch, m, k, n, a_t, b_t))
+    return out
+
+
+def _onednn_bmm_rule(dtype: str, batch: int, m: int, k: int, n: int, a_t: bool, b_t: bool):
+    """bmm's backward on oneDNN (derivatives.yaml ``bmm``; BmmBackward0 runs mat2 first):
+    ``self.transpose(1, 2).bmm(grad)`` then ``grad.bmm(mat2.transpose(1, 2))``, each with its workspace after
+    its result."""
+    calls = ((dtype, batch, m, n, k, False, not b_t), (dtype, batch, k, m, n, not a_t, False))
+
+    def rule(tape: Tape, node, grads_out):
+        edges = node.edges
+        grads: list = [None] * len(edges)
+        for i in (1, 0):
+            if edges[i] is None:
+                continue
+            grads[i] = default_rule(tape, _OneEdge(edges[i], node.name), None)[0]
+            matmul_workspace(tape, calls[i])
+        return grads
+
+    return rule
 
 
 # ---------------------------------------------------------------- helpers

@@ -96,6 +96,8 @@ class Estimate:
     # the rank shown where ranks differ (ZeRO 1/2 partitions, zero_partition.py): the highest peak's, or the
     # one asked for; None when every rank is alike
     rank: int | None = None
+    # device="cpu" on oneDNN: the matmul calls whose workspace the CPU kind did not list (cpu_kernels.py)
+    unknown_matmuls: tuple = ()
 
     @property
     def usable_bytes(self) -> int:

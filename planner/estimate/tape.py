@@ -213,6 +213,10 @@ class Tape:
         self.hold_grads_over = 0
         self.held_grad: Storage | None = None
         self.device = "cuda"  # kernels differ: CPU casts mixed-dtype operands, dropout masks
+        # On CPU: the CPU kind (cpu_kernels.py) -- whether 16-bit matmuls run oneDNN with a workspace -- and the
+        # matmul calls whose workspace it does not know (reported, counted as 0)
+        self.cpu = None
+        self.unknown_matmuls: set = set()
         # During a checkpoint recomputation: how many saving ops are still to come before it stops early
         # (torch.utils.checkpoint non-reentrant "early stop", on by default).
         self.saves_left: int | None = None

@@ -42,7 +42,7 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -65,7 +65,7 @@ def _ram_bytes() -> int | None:
 def hardware(device: str) -> dict[str, Any]:
     hw: dict[str, Any] = {
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "num_cpus": os.cpu_count(),
         "ram_bytes": _ram_bytes(),
         "device": device,
@@ -85,7 +85,7 @@ def hardware(device: str) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - NVML is optional for the record
             hw["nvml_devices"] = f"unavailable: {exc}"
     else:
-        hw["device_name"] = _cpu_name()
+        hw["device_name"] = cpu_name()
         hw["device_memory_bytes"] = _ram_bytes()
     return hw
 

@@ -377,10 +377,26 @@ class RankRun:
             "files": [timeline_name, *self.recorder.write_raw(self.rank_dir, self.rank)],
             "wall_s": round(wall_s, 3),
         }
+        if self.job.device == "cpu":
+            summary["cpu_kernels"] = self._cpu_kernels()
         tmp = self.rank_dir / f"rank{self.rank}.json.tmp"
         tmp.write_text(json.dumps(summary, sort_keys=True))
         tmp.replace(self.rank_dir / f"rank{self.rank}.json")
         return summary
+
+
+    def _cpu_kernels(self) -> dict[str, Any] | str:
+        """This rank's CPU kind, with oneDNN's workspace of every matmul its estimate makes, measured here with
+        the rank's threads (cpu_kind.py), so the profile compares offline on any machine."""
+        from planner.models import spec_from_config
+        from planner.profile.cpu_kind import kernels_for, local_kernels
+        from planner.specs import train_spec_from_dict
+
+        try:
+            model = spec_from_config(self.job.model_config, "profile", "profile")
+            return kernels_for(model, train_spec_from_dict(self.job.train), local_kernels()).to_dict()
+        except Exception as exc:  # noqa: BLE001 - the profile stands without it; compare then says so
+            return f"unavailable: {type(exc).__name__}: {exc}"
 
 
 def run_rank(

@@ -63,6 +63,19 @@ class Profile:
 
         return train_spec_from_dict(self.meta["train"])
 
+    def cpu_kernels(self, rank: int = 0):
+        """The CPU kind rank ``rank`` ran on, with oneDNN's workspaces for its estimate's matmuls
+        (planner/estimate/cpu_kernels.py); None for a GPU profile. A CPU profile recorded before the kind was
+        (issue 13) ran on the AVX2 path the first accuracy table was measured on: ``cpu_kernels.LEGACY``."""
+        from planner.estimate.cpu_kernels import LEGACY, CpuKernels
+
+        if self.device != "cpu":
+            return None
+        for r in self.summary.get("ranks", []):
+            if isinstance(r, dict) and r.get("rank") == rank and isinstance(r.get("cpu_kernels"), dict):
+                return CpuKernels.from_dict(r["cpu_kernels"])
+        return LEGACY
+
     def timeline(self):
         """Every allocation event of every rank (pandas DataFrame)."""
         import pandas as pd

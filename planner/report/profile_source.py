@@ -113,7 +113,7 @@ def compare_for(profile: Any) -> tuple[Any, str]:
             num_gpus=int(cluster_meta.get("num_gpus", profile.num_ranks)),
             num_nodes=int(cluster_meta.get("num_nodes", 1)),
         )
-        kwargs: dict[str, Any] = {"device": device}
+        kwargs: dict[str, Any] = {"device": device, "cpu": profile.cpu_kernels()}
         if "allow_longer" in inspect.signature(estimate).parameters:
             kwargs["allow_longer"] = True  # the profile ran this length, whatever the model's position limit
         est = estimate(profile.model_spec(), profile.train_spec(), cluster, **kwargs)

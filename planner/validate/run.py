@@ -61,6 +61,11 @@ def measurement_fingerprint() -> str:
         except metadata.PackageNotFoundError:
             version = "-"
         h.update(f"{name}={version}\0".encode())
+    # the CPU kind: oneDNN or ATen kernels allocate differently (planner/estimate/cpu_kernels.py)
+    from planner.profile.cpu_kind import local_kernels
+
+    kind = local_kernels()
+    h.update(f"{kind.cpu_name}|{kind.capability}|{kind.onednn_bf16}\0".encode())
     return h.hexdigest()[:12]
 
 
@@ -68,7 +73,8 @@ def _measured_from_profile(path: Path) -> tuple[str, str, list[tuple[int, dict[s
     from planner.profile.store import load_profile
 
     prof = load_profile(path)
-    ranks = [(r.rank, dict(r.peak.by_category), r.peak.phase, r.peak.step) for r in prof.ranks if r.peak is not None]
+    ranks = [(r.rank, dict(r.peak.by_category), r.peak.phase, r.peak.step, prof.cpu_kernels(r.rank))
+             for r in prof.ranks if r.peak is not None]
     if prof.status == "ok" and len(ranks) < prof.num_ranks:
         return "failed", "a rank recorded no peak", ranks
     return prof.status, prof.message, ranks
@@ -104,16 +110,25 @@ def evaluate(cell: Cell, status: str, message: str, measured: list, *, source: s
     ranks = []
     try:
         cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=cell.num_ranks)
-        for rank, by_cat, phase, step in sorted(measured, key=lambda m: m[0]):
+        for rank, by_cat, phase, step, *kind in sorted(measured, key=lambda m: m[0]):
+            # the CPU kind the rank ran on: recorded in its profile, or (rows resumed from a CSV of the same
+            # measurement fingerprint, which includes the kind) this machine's with the rank's threads
+            kernels = kind[0] if kind else _local_kernels(cell)
             # each rank against its own estimate: ZeRO 1/2 ranks hold different gradient buffers
             est = estimate(cell.model_spec(), cell.train_spec(), cluster, device="cpu", allow_longer=True,
-                           rank=rank)
+                           rank=rank, cpu=kernels)
             estimated = {c: getattr(est.per_gpu, f"{c}_bytes") for c in CATEGORIES if c != "other"} | {"other": 0}
             measured_by_cat = {c: int(by_cat.get(c, 0)) for c in CATEGORIES}
             ranks.append(RankResult(rank, estimated, measured_by_cat, est.peak_phase, phase, step))
     except Exception as exc:  # noqa: BLE001 - an estimator failure is a result of the cell, not the end of the run
         return CellResult(cell.id, inputs, "estimate-error", f"{type(exc).__name__}: {exc}", (), wall_s, source)
     return CellResult(cell.id, inputs, "ok", "", tuple(ranks), wall_s, source)
+
+
+def _local_kernels(cell: Cell):
+    from planner.profile.cpu_kind import kernels_for, local_kernels, rank_threads
+
+    return kernels_for(cell.model_spec(), cell.train_spec(), local_kernels(rank_threads(cell.num_ranks)))
 
 
 def _from_answer(cell: Cell, answer: dict[str, Any], cache_dir: Path) -> CellResult:
