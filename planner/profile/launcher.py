@@ -2,28 +2,36 @@
 
 A single rank without ZeRO runs in-process. Anything distributed (``--gpus N`` data parallel, or any ZeRO
 stage, even on one rank) runs under the standard launcher, ``python -m torch.distributed.run``, rendezvous
-on 127.0.0.1 with a free port, each worker in its own session (torchrun's default). Ctrl-C in the parent is
-forwarded to torchrun, which forwards it to the workers; every worker still writes what it recorded. Once
-torchrun exits, any worker that is still alive (recorded by its process id) is killed, so no rank is left
-behind.
+on 127.0.0.1 with a free port, each worker in its own session (torchrun's default). Ctrl-C (SIGINT) or SIGTERM
+to the parent is forwarded to torchrun, which forwards it to the workers; every worker still writes what it
+recorded. Once torchrun exits, any worker that is still alive (recorded by its process id) is killed, so no
+rank is left behind. If the parent itself is killed (SIGKILL, the OOM killer), torchrun and the workers die
+with it (planner/profile/lifeline.py), and the hidden directory it was assembling is removed by the next
+run into the same parent directory. Start-up (rendezvous, DeepSpeed op builds) has a time limit
+(planner/profile/startup.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from planner.errors import PlannerError
+from planner.profile import lifeline
 from planner.profile import meta as meta_mod
 from planner.profile.attribution import STEP_PHASES
 from planner.profile.progress import ProgressDisplay, ProgressFile
-from planner.profile.runner import Job, run_rank
+from planner.profile.runner import Job, Terminated, run_rank
+from planner.profile.startup import StartupWatch, stale_extension_locks
 from planner.profile.store import assemble, check_target, publish, staging_dir
 from planner.specs import ModelSpec, TrainSpec, train_spec_to_dict
 
@@ -111,10 +119,11 @@ def _meta(job: Job, model: ModelSpec, train: TrainSpec, num_nodes: int, gpu: str
     }
 
 
-def _overall(ranks: list[dict], interrupted: bool, num_ranks: int) -> tuple[str, str]:
+def _overall(ranks: list[dict], interrupted: str | None, num_ranks: int) -> tuple[str, str]:
+    """``interrupted``: the signal that stopped the run ("SIGINT" or "SIGTERM"), None when none did."""
     if interrupted:
-        told = [r["message"] for r in ranks if r["status"] == "interrupted" and "SIGINT" in r["message"]]
-        return "interrupted", (told[0] if told else "the run was interrupted (SIGINT) before it finished.")
+        told = [r["message"] for r in ranks if r["status"] == "interrupted" and interrupted in r["message"]]
+        return "interrupted", (told[0] if told else f"the run was interrupted ({interrupted}) before it finished.")
     bad = [r for r in ranks if r["status"] != "ok"]
     if not bad and len(ranks) == num_ranks:
         return "ok", ""
@@ -141,19 +150,26 @@ def _missing_rank(rank: int, exit_code: int | None) -> dict:
     }
 
 
-def _run_torchrun(job: Job, staging: Path, display: ProgressDisplay) -> tuple[bool, int | None]:
-    """Start torchrun; poll progress; forward Ctrl-C; kill leftovers. Returns (interrupted, exit code)."""
+def _run_torchrun(job: Job, staging: Path, display: ProgressDisplay) -> tuple[str | None, int | None]:
+    """Start torchrun; poll progress; forward Ctrl-C and SIGTERM; watch start-up; kill leftovers.
+
+    Returns (the signal that interrupted the run or None, torchrun's exit code); raises PlannerError when
+    start-up stalled (startup.py)."""
     job_path = staging / "job.json"
     job_path.write_text(job.to_json())
     (staging / "ranks").mkdir(exist_ok=True)
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env = lifeline.child_env(env)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // job.num_ranks)))
     env["MASTER_ADDR"] = "127.0.0.1"
     if Path("/sys/class/net/lo").exists():
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    for lock in stale_extension_locks():
+        print(f"warning: {lock.sentence()}.", file=sys.stderr)
+    # torchrun runs under lifeline, which makes it die with this process (its workers die with it in turn)
     cmd = [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "planner.profile.lifeline", "torch.distributed.run",
         "--nnodes=1", f"--nproc-per-node={job.num_ranks}", "--max-restarts=0",
         "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
         "-m", "planner.profile.worker", str(job_path),
@@ -161,16 +177,23 @@ def _run_torchrun(job: Job, staging: Path, display: ProgressDisplay) -> tuple[bo
     log = open(staging / "launcher.log", "wb")
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)  # fmt: skip
-    interrupted = False
+    interrupted: str | None = None
+    stalled: str | None = None
+    watch = StartupWatch()
     try:
         while proc.poll() is None:
             p = ProgressFile.read(staging / "ranks" / "progress.json")
             if p:
                 display.update(p["step"], p["phase"], p["bytes"])
+            watch.update(p)
+            stalled = watch.stalled()
+            if stalled:
+                break
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        interrupted = True
-        proc.send_signal(signal.SIGINT)
+    except KeyboardInterrupt as exc:
+        sig = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        interrupted = sig.name
+        proc.send_signal(sig)
         try:
             proc.wait(timeout=INTERRUPT_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -182,6 +205,8 @@ def _run_torchrun(job: Job, staging: Path, display: ProgressDisplay) -> tuple[bo
             proc.wait()
         log.close()
         _kill_leftover_workers(staging / "ranks")
+    if stalled:
+        raise PlannerError(f"{stalled}.")
     return interrupted, proc.returncode
 
 
@@ -197,6 +222,59 @@ def _kill_leftover_workers(rank_dir: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+_HIDDEN = re.compile(r"^\..+\.(?:partial|old)-(\d+)$")  # store.py's staging and set-aside names: .NAME.partial-PID
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def clean_stale_staging(parent: Path) -> list[Path]:
+    """Remove the hidden directories (``.NAME.partial-PID``, ``.NAME.old-PID``) that a killed run left in
+    ``parent``: those whose process is gone. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _HIDDEN.match(entry.name)
+        if not m or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While a profile is assembled: SIGTERM raises ``Terminated`` (a KeyboardInterrupt) in the main thread, so
+    the run is stopped and cleaned up as after Ctrl-C instead of the process vanishing mid-write. A handler
+    someone else installed is left alone."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_profile(
@@ -239,6 +317,14 @@ def run_profile(
     )  # fmt: skip
     meta = _meta(job, model, train, num_nodes, gpu)
     staging = staging_dir(out)
+    clean_stale_staging(out.parent)
+    with _sigterm_interrupts():
+        return _run_into(job, meta, model, train, staging, out, force, show_progress)
+
+
+def _run_into(job: Job, meta: dict, model: ModelSpec, train: TrainSpec, staging: Path, out: Path, force: bool,
+              show_progress: bool) -> tuple[str, str, Path]:
+    num_gpus, steps = job.num_ranks, job.steps
     try:
         if staging.exists():
             shutil.rmtree(staging)
@@ -252,7 +338,9 @@ def run_profile(
         with ProgressDisplay(steps, job.device, enabled=show_progress) as display:
             if num_gpus == 1 and train.zero_stage == 0:
                 ranks = [run_rank(job, 0, 0, staging / "ranks", progress=display.update)]
-                interrupted = ranks[0]["status"] == "interrupted"
+                interrupted = None
+                if ranks[0]["status"] == "interrupted":
+                    interrupted = "SIGTERM" if "SIGTERM" in ranks[0]["message"] else "SIGINT"
             else:
                 interrupted, code = _run_torchrun(job, staging, display)
                 ranks = [_read_rank(staging / "ranks", r, code) for r in range(num_gpus)]

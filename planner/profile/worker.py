@@ -2,7 +2,8 @@
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE. The worker joins the process group inside the recorded run,
 writes ``ranks/rank<r>.json`` and its timeline next to the job file, and exits 0 (ok), 1 (oom or failed) or
-130 (interrupted), so that torchrun stops the other ranks when one fails.
+130 (interrupted), so that torchrun stops the other ranks when one fails. It dies with torchrun
+(planner/profile/lifeline.py), so no rank outlives a killed launcher.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
+    from planner.profile.lifeline import die_with_parent
+
+    die_with_parent()
     from planner.profile.progress import ProgressFile
     from planner.profile.runner import Job, run_rank
     from planner.specs import train_spec_from_dict

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from planner.profile.lifeline import child_env
 from planner.validate.matrix import Cell
 
 WORKER_LOG = "worker.log"  # the workers' stdout and stderr (transformers, DeepSpeed and torchrun chatter)
@@ -30,6 +31,8 @@ class Worker:
     def __init__(self, log_path: Path):
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        env = child_env(env)  # the worker dies with this process (lifeline.py): it is started from a thread
+        # that outlives it (``Pool._serve`` closes its worker before it returns)
         # Before torch loads: C++ warnings about blocks allocated before recording began are expected.
         env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
         self.proc = subprocess.Popen([sys.executable, "-m", "planner.validate.worker", str(log_path)],

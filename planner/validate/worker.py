@@ -5,7 +5,8 @@ with planner.profile and answers one JSON line (``{"status", "message", "wall_s"
 stdout. Everything else the libraries print (transformers, DeepSpeed, torchrun) goes to LOG, so the
 parent's progress bar stays readable. torch, transformers, peft and bitsandbytes are imported once per
 worker, not once per cell. Parent and worker talk through pipes only: nothing depends on how the parent
-was started (pytest, ``python -m planner``, a script).
+was started (pytest, ``python -m planner``, a script). The worker dies with its parent, and the profile it
+is running with it (planner/profile/lifeline.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def profile_cell(cell_dict: dict, out: str) -> dict:
 
 
 def main() -> None:
+    from planner.profile.lifeline import die_with_parent
+
+    die_with_parent()
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     answer = os.fdopen(os.dup(1), "w", buffering=1)
     log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
