@@ -14,6 +14,7 @@ from planner.errors import PlannerError
 from planner.estimate.core import estimate as run_estimate
 from planner.estimate.result import Estimate
 from planner.estimate.throughput import DEFAULT_MFU
+from planner.modelled import modelled_block
 from planner.models import load_model
 from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
 
@@ -174,6 +175,7 @@ def estimate(
         "train": _train_json(base),
         "margin": margin,
         "rows": [r.row() for r in rows],
+        "modelled": modelled_block("cuda"),
     }
     if csv is not None:
         _write_csv(csv, payload["rows"], _inputs(spec))
@@ -183,6 +185,8 @@ def estimate(
     from planner.cli.render import render_estimate_table
 
     render_estimate_table(spec, cluster, base, rows)
+    for note in payload["modelled"]["notes"]:
+        typer.echo(f"note: {note}", err=True)
 
 
 def _model_json(spec: ModelSpec) -> dict:

@@ -87,6 +87,13 @@ def hardware(device: str) -> dict[str, Any]:
     else:
         hw["device_name"] = cpu_name()
         hw["device_memory_bytes"] = _ram_bytes()
+        from planner.profile.cpu_kind import local_kernels
+
+        kind = local_kernels()
+        hw["cpu_capability"] = kind.capability
+        hw["onednn_bf16"] = kind.onednn_bf16
+        hw["kernel_path"] = (f"ATen {kind.capability}, bf16 matmuls on "
+                             f"{'oneDNN' if kind.onednn_bf16 else 'ATen (no oneDNN bf16)'}")
     return hw
 
 

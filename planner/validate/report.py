@@ -120,6 +120,7 @@ def markdown(results: list[CellResult], summary: Summary, *, title: str, context
               "- versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v) if v[k]),
               f"- hardware: {hw.get('cpu', '?')}, {hw.get('num_cpus', '?')} logical CPUs, "
               f"{(hw.get('ram_bytes') or 0) / 2**30:.0f} GiB RAM ({hw.get('platform', '')})",
+              f"- CPU kernel path: {hw.get('kernel_path', 'not recorded')}",
               f"- planner commit: {context.get('git_commit') or 'unknown'}; measurement fingerprint "
               f"{context.get('fingerprint', '')} (profiler source and library versions)",
               f"- time: {context.get('wall_s', 0):.0f} s wall for this run; {context.get('profile_s', 0):.0f} s of "
