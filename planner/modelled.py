@@ -9,6 +9,7 @@ as an input).
 
 from __future__ import annotations
 
+import re
 from importlib import metadata
 
 # library -> the releases (major.minor) whose allocation behaviour the estimator's rules follow
@@ -35,10 +36,8 @@ def minor(version: str | None) -> str | None:
     """'5.24.0' -> '5.24'; None for a missing or unparsable version."""
     if not version:
         return None
-    parts = version.split("+")[0].split(".")
-    if len(parts) < 2 or not parts[0].isdigit() or not "".join(c for c in parts[1] if c.isdigit()):
-        return None
-    return f"{parts[0]}.{''.join(c for c in parts[1] if c.isdigit())}"
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
 
 
 def installed_versions() -> dict[str, str | None]:
