@@ -1,14 +1,17 @@
 """ModelSpec from a catalog name, a local config.json (or a model directory), or a Hugging Face hub id.
 
 Catalog names and local files are read without importing transformers, so `planner estimate` stays fast.
-Hub ids go through ``transformers.AutoConfig`` against the local cache only (no download unless the
-user's environment allows it; ``HF_HUB_OFFLINE`` is honoured by huggingface_hub itself).
+Hub ids are read from the local Hugging Face cache first. When the config is not cached, the hub is asked
+only if it answers a TCP connection within ``HUB_CONNECT_TIMEOUT_S`` (huggingface_hub would otherwise retry
+for half a minute before giving up); offline (``HF_HUB_OFFLINE``) or unreachable, the error says so at once
+and names the catalog entry of the same architecture, if there is one (``Qwen/Qwen2.5-7B`` -> ``qwen2.5-7b``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +198,69 @@ def load_model(name: str, trust_remote_code: bool = False) -> ModelSpec:
     raise AssertionError("unreachable")
 
 
+# Seconds to wait for a TCP connection to the hub (or the proxy in front of it) before treating it as offline.
+HUB_CONNECT_TIMEOUT_S = 2.0
+# Suffixes of tuned copies of a base model (same architecture, same config shape): chat and instruction
+# tunes, the Llama 2 "-hf" conversions, Gemma's "-it"; Meta's "Meta-Llama-3..." names drop the prefix.
+_TUNED_SUFFIX = re.compile(r"(?:-(?:instruct|chat|it|hf|base))+$")
+
+
+def catalog_name_for_hub_id(repo_id: str) -> str | None:
+    """The catalog entry with the architecture of hub model ``repo_id`` (``Qwen/Qwen2.5-7B-Instruct`` ->
+    ``qwen2.5-7b``), or None. Only a tuned copy's suffix is dropped, never a word that names another model."""
+    name = repo_id.rsplit("/", 1)[-1].lower()
+    names = catalog.model_names()
+    for candidate in (name, _TUNED_SUFFIX.sub("", name)):
+        for form in (candidate, candidate.removeprefix("meta-")):
+            if form in names:
+                return form
+    return None
+
+
+def _catalog_hint(repo_id: str) -> str:
+    name = catalog_name_for_hub_id(repo_id)
+    if name is None:
+        return "pass a path to its config.json or a catalog name ('planner models')"
+    return f"the catalog has its architecture as {name!r} (use --model {name}), or pass a path to its config.json"
+
+
+def _hub_unreachable(endpoint: str) -> str | None:
+    """None when a TCP connection to the hub (or the proxy the environment names for it) opens within
+    HUB_CONNECT_TIMEOUT_S, else why not. Runs in a thread, so a slow DNS resolver cannot hold it longer."""
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme) if host and not urllib.request.proxy_bypass(host) else None
+    if proxy:
+        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = p.hostname or host, p.port or 80
+    answer: dict[str, str] = {}
+
+    def probe() -> None:
+        import socket
+
+        try:
+            with socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT_S):
+                answer["ok"] = ""
+        except Exception as exc:  # noqa: BLE001 - refused, no route, no DNS, a test's network guard
+            answer["why"] = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(HUB_CONNECT_TIMEOUT_S + 0.5)
+    if "ok" in answer:
+        return None
+    return answer.get("why") or f"no answer within {HUB_CONNECT_TIMEOUT_S:.0f} s"
+
+
 def _load_from_hub(repo_id: str, trust_remote_code: bool) -> ModelSpec:
-    """A hub id, resolved from the local Hugging Face cache (never downloads unless the environment allows)."""
+    """A hub id: the local Hugging Face cache first; the hub only when it can be reached (see the module doc)."""
     try:
+        from huggingface_hub import constants as hub_constants
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
         raise PlannerError("resolving hub ids needs the huggingface_hub package.") from None
@@ -212,11 +275,20 @@ def _load_from_hub(repo_id: str, trust_remote_code: bool) -> ModelSpec:
         cfg = _read_config_file(Path(cached), repo_id)
         _check_remote_code(cfg, repo_id, trust_remote_code)
         return spec_from_config(cfg, repo_id, f"hub:{repo_id}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or bool(
+        getattr(hub_constants, "HF_HUB_OFFLINE", False)
+    )
     if offline:
         raise PlannerError(
             f"hub model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-            "download its config.json or pass a path."
+            f"{_catalog_hint(repo_id)}."
+        )
+    endpoint = getattr(hub_constants, "ENDPOINT", None) or "https://huggingface.co"
+    why = _hub_unreachable(endpoint)
+    if why is not None:
+        raise PlannerError(
+            f"hub model {repo_id!r} is not in the local Hugging Face cache and the hub ({endpoint}) cannot be "
+            f"reached ({why}); {_catalog_hint(repo_id)}."
         )
     try:
         from transformers import AutoConfig
@@ -224,5 +296,5 @@ def _load_from_hub(repo_id: str, trust_remote_code: bool) -> ModelSpec:
         config = AutoConfig.from_pretrained(repo_id, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any hub/network failure is a user-facing message
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PlannerError(f"cannot resolve hub model {repo_id!r}: {first[:200]}") from None
+        raise PlannerError(f"cannot resolve hub model {repo_id!r}: {first[:200]}; {_catalog_hint(repo_id)}.") from None
     return spec_from_config(config.to_dict(), repo_id, f"hub:{repo_id}")
