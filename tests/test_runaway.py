@@ -256,3 +256,67 @@ def test_a_lock_held_open_by_a_build_is_not_stale(tmp_path, monkeypatch):
         assert stale_extension_locks() == []
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------- host RAM (item 16)
+
+VM_PROBE = ("import torch, transformers, pandas, planner.cli.app; "
+            "print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])")  # fmt: skip
+REFUSE_WITHIN_S = 60  # imports only (torch, transformers): the run must not start
+
+
+def test_profile_refuses_a_run_that_cannot_fit_in_host_ram(marked_tmp):
+    """Llama-3.1-70B trained on this machine's CPU needs about a terabyte: refused up front, in one sentence
+    with the estimate and MemAvailable, with nothing written. The address space is capped a little above what
+    the imports map, so that without the check the run fails at its first large allocation instead of
+    pushing the machine into swap or the OOM killer."""
+    import resource
+
+    probe = subprocess.run([sys.executable, "-c", VM_PROBE], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    cap = int(probe.stdout.split()[-1]) * 1024 + 2**30
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    out = marked_tmp / "p"
+    started = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "planner", "profile", "-m", "llama-3.1-70b", "--device", "cpu",
+                          "--steps", "1", "--seq-len", "64", "--no-progress", "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, preexec_fn=limit,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})  # fmt: skip
+    wall = time.monotonic() - started
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "host RAM" in lines[0] and "MemAvailable" in lines[0] and "--no-ram-check" in lines[0], lines[0]
+    assert wall < REFUSE_WITHIN_S, f"{wall:.1f} s"
+    assert not out.exists() and not [p.name for p in marked_tmp.iterdir() if p.name.startswith(".")]
+
+
+def test_host_ram_check_counts_every_rank(monkeypatch):
+    """The estimate is per rank: two ranks need twice the memory of one (plus a process each)."""
+    from planner.cli.options import build_train_spec
+    from planner.models import spec_from_config
+    from planner.profile import launcher
+
+    spec = spec_from_config(LLAMA, "tiny-llama")
+    train = build_train_spec(precision="fp32", micro_batch=2, seq_len=32)
+    one = launcher.host_memory_needed(spec, train, 1, "cpu")
+    two = launcher.host_memory_needed(spec, train, 2, "cpu")
+    assert one is not None and two is not None and two.total_bytes > 2 * one.total_bytes * 0.9
+    monkeypatch.setattr(launcher, "mem_available_bytes", lambda: one.total_bytes + 1)
+    launcher.check_host_memory(spec, train, 1, "cpu")  # fits
+    with pytest.raises(launcher.PlannerError, match="2 ranks"):
+        launcher.check_host_memory(spec, train, 2, "cpu")
+
+
+def test_a_run_without_a_peak_says_its_status_in_a_sentence(model, marked_tmp):
+    """After a failure before any steady-state step (an out-of-memory error in setup shows the same), no empty
+    table with its title wrapped into pieces: one line with the status, and the error once."""
+    out = marked_tmp / "p"
+    res = run_inprocess(["profile", "-m", str(model), *TINY, "--steps", "2", "--out", str(out),
+                         "--fail-at", "0:-1:build"])  # fmt: skip
+    assert res.code == 1, res.stderr + res.internal
+    assert any(str(out) in line and "status failed" in line for line in res.stdout.splitlines()), res.stdout
+    assert "optimizer_states" not in res.stdout, res.stdout
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: rank 0 failed during setup (build)"), res.stderr

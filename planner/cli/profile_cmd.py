@@ -42,6 +42,10 @@ TorchCatOpt = Annotated[
     ),
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")]
+RamCheckOpt = Annotated[
+    bool,
+    typer.Option("--ram-check/--no-ram-check", help="Refuse a run whose estimated host RAM exceeds MemAvailable."),
+]
 
 
 def profile(
@@ -76,6 +80,7 @@ def profile(
     seed: SeedOpt = 0,
     torch_categories: TorchCatOpt = False,
     progress: ProgressOpt = True,
+    ram_check: RamCheckOpt = True,
     fail_at: FailAtOpt = None,
     trust_remote_code: o.TrustRemoteCodeOpt = False,
     as_json: o.JsonOpt = False,
@@ -111,7 +116,7 @@ def profile(
     status, message, path = run_profile(
         spec, train, num_gpus=gpus, num_nodes=nodes, steps=steps, device=resolved, out=out, force=force,
         seed=seed, weights=weights, data=data, tokenizer=tokenizer, fail_at=fail_at,
-        torch_categories=torch_categories, gpu=gpu_name, show_progress=progress,
+        torch_categories=torch_categories, gpu=gpu_name, show_progress=progress, ram_check=ram_check,
     )  # fmt: skip
     from planner.profile import load_profile
 
@@ -133,25 +138,33 @@ def fmt_bytes(num_bytes: int) -> str:
 
 
 def _render(prof) -> None:
+    """The status on a line of its own, then the peak table of the ranks that recorded one (none after a
+    failure in setup or step 0, e.g. out of memory: then no table at all). Rank messages other than the
+    run's own (the ``error:`` line) go to stderr."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     from planner.profile.attribution import CATEGORIES
 
+    console = Console()
     ranks = [r for r in prof.ranks if r.peak is not None]
-    table = Table(title=escape(f"{prof.path}: status {prof.status}, device {prof.device}, steady-state allocated peak"))
-    table.add_column("category")
-    for r in ranks:
-        table.add_column(f"rank {r.rank}", justify="right")
-    table.add_row("peak at", *[f"step {r.peak.step} {r.peak.phase}" for r in ranks])
-    for c in CATEGORIES:
-        table.add_row(c, *[fmt_bytes(r.peak.by_category[c]) for r in ranks])
-    table.add_row("allocated", *[fmt_bytes(r.peak.allocated_bytes) for r in ranks], style="bold")
-    if any(r.cuda for r in ranks):
-        table.add_row("reserved", *[fmt_bytes(int((r.cuda or {}).get("steady_reserved_peak_bytes", 0))) for r in ranks])
-        table.add_row("device (NVML)", *[fmt_bytes(int((r.cuda or {}).get("nvml_steady_peak_used_bytes", 0))) for r in ranks])
-    Console().print(table)
+    console.print(escape(f"{prof.path}: status {prof.status}, device {prof.device}"), highlight=False, soft_wrap=True)
+    if not ranks:
+        console.print("no rank recorded a steady-state peak, so there is no memory table.", highlight=False)
+    else:
+        table = Table(title="steady-state allocated peak")
+        table.add_column("category")
+        for r in ranks:
+            table.add_column(f"rank {r.rank}", justify="right")
+        table.add_row("peak at", *[f"step {r.peak.step} {r.peak.phase}" for r in ranks])
+        for c in CATEGORIES:
+            table.add_row(c, *[fmt_bytes(r.peak.by_category[c]) for r in ranks])
+        table.add_row("allocated", *[fmt_bytes(r.peak.allocated_bytes) for r in ranks], style="bold")
+        if any(r.cuda for r in ranks):
+            table.add_row("reserved", *[fmt_bytes(int((r.cuda or {}).get("steady_reserved_peak_bytes", 0))) for r in ranks])
+            table.add_row("device (NVML)", *[fmt_bytes(int((r.cuda or {}).get("nvml_steady_peak_used_bytes", 0))) for r in ranks])
+        console.print(table)
     for r in prof.ranks:
-        if r.status != "ok":
+        if r.status != "ok" and r.message != prof.message:
             typer.echo(f"rank {r.rank}: {r.status}: {r.message}", err=True)

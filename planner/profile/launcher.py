@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import PlannerError
@@ -34,6 +35,7 @@ from planner.profile.runner import Job, Terminated, run_rank
 from planner.profile.startup import StartupWatch, stale_extension_locks
 from planner.profile.store import assemble, check_target, publish, staging_dir
 from planner.specs import ModelSpec, TrainSpec, train_spec_to_dict
+from planner.units import GIB, MIB
 
 # Seconds to wait for torchrun to wind the workers down after Ctrl-C before killing them.
 INTERRUPT_GRACE_S = 60
@@ -80,6 +82,80 @@ def default_slug(model: ModelSpec, train: TrainSpec, num_ranks: int, device: str
         parts.append("off-" + train.offload.value.replace("+", "-"))
     parts.append(device)
     return "-".join(parts)
+
+
+# Resident memory of a rank's process before its model exists: Python with torch, transformers, peft and
+# pandas imported (DeepSpeed too) measured 508-538 MiB (ru_maxrss; torch 2.13.0+cpu, transformers 5.23.0).
+# A floor: the profiler's records and allocator slack come on top, so only runs that cannot fit are refused.
+PROCESS_BASELINE_BYTES = 512 * MIB
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    """What a profile needs in host RAM: every rank's estimated peak (CPU runs), its process, offloaded states."""
+
+    num_ranks: int
+    per_rank_bytes: int  # planner's estimate of one rank's allocated peak (0 on CUDA: it lives on the GPU)
+    process_bytes: int  # PROCESS_BASELINE_BYTES per rank
+    offload_bytes: int  # ZeRO-offloaded states of all ranks (host RAM on any device)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.num_ranks * (self.per_rank_bytes + self.process_bytes) + self.offload_bytes
+
+
+def mem_available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping), None where there is none."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def host_memory_needed(model: ModelSpec, train: TrainSpec, num_ranks: int, device: str) -> HostMemory | None:
+    """planner's estimate of the host RAM this profile needs, all ranks on this machine; None when the
+    estimator refuses the configuration or fails (the run is then not checked: profiling is how the estimator
+    is checked, so a defect in it must not stop a profile; a failure is reported on stderr)."""
+    from planner.catalog import DEFAULT_GPU, gpu
+    from planner.specs import Cluster
+
+    try:
+        from planner.estimate.core import estimate
+
+        cluster = Cluster(gpu=gpu(DEFAULT_GPU), num_gpus=num_ranks, num_nodes=1)
+        est = estimate(model, train, cluster, device="cpu" if device == "cpu" else "cuda", allow_longer=True)
+    except PlannerError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        print(f"warning: the host RAM check was skipped: the estimator failed ({type(exc).__name__}: {exc}).",
+              file=sys.stderr)  # fmt: skip
+        return None
+    per_rank = est.device_bytes if device == "cpu" else 0
+    return HostMemory(num_ranks, per_rank, PROCESS_BASELINE_BYTES, est.cpu_bytes_per_node)
+
+
+def check_host_memory(model: ModelSpec, train: TrainSpec, num_ranks: int, device: str) -> None:
+    """Refuse, in one sentence, a profile whose estimated host RAM exceeds MemAvailable: it would run for
+    minutes before failing (or swap, or wake the OOM killer)."""
+    available = mem_available_bytes()
+    need = host_memory_needed(model, train, num_ranks, device) if available is not None else None
+    if need is None or available is None or need.total_bytes <= available:
+        return
+    ranks = f" x {num_ranks} ranks" if num_ranks > 1 else ""
+    parts = []
+    if need.per_rank_bytes:
+        parts.append(f"{need.per_rank_bytes / GIB:.1f} GiB per rank by planner's estimate{ranks}")
+    parts.append(f"{need.process_bytes / GIB:.1f} GiB for each rank's process")
+    if need.offload_bytes:
+        parts.append(f"{need.offload_bytes / GIB:.1f} GiB of offloaded states")
+    raise PlannerError(
+        f"this profile needs about {need.total_bytes / GIB:.1f} GiB of host RAM ({' plus '.join(parts)}) but "
+        f"only {available / GIB:.1f} GiB is available (MemAvailable in /proc/meminfo); choose a smaller model, "
+        "--micro-batch or --seq-len, or pass --no-ram-check to run it anyway."
+    )
 
 
 def _free_port() -> int:
@@ -295,8 +371,11 @@ def run_profile(
     torch_categories: bool = False,
     gpu: str | None = None,
     show_progress: bool = True,
+    ram_check: bool = True,
 ) -> tuple[str, str, Path]:
-    """Profile one configuration; returns (status, message, profile directory)."""
+    """Profile one configuration; returns (status, message, profile directory).
+
+    With ``ram_check``, a run whose estimated host RAM exceeds MemAvailable is refused before it starts."""
     if steps < 1:
         raise PlannerError(f"--steps must be at least 1, got {steps}.")
     if num_gpus < 1:
@@ -310,6 +389,8 @@ def run_profile(
     resolved = resolve_device(device, num_gpus)
     if torch_categories and resolved != "cpu":
         raise PlannerError("--torch-categories reads the CPU profiler and works only with --device cpu.")
+    if ram_check:
+        check_host_memory(model, train, num_gpus, resolved)
     job = Job(
         model_name=model.name, model_config=model.config, train=train_spec_to_dict(train), num_ranks=num_gpus,
         device=resolved, steps=steps, seed=seed, weights=weights, data=data,

@@ -77,7 +77,8 @@ class StaleLock:
 
     def sentence(self) -> str:
         who = "no process holds it" if self.certain else "no process this user can see holds it"
-        return (f"the torch extension build lock {str(self.path)!r} is {self.age_s / 60:.0f} min old and {who}, "
+        age = f"{self.age_s:.0f} s" if self.age_s < 120 else f"{self.age_s / 60:.0f} min"
+        return (f"the torch extension build lock {str(self.path)!r} is {age} old and {who}, "
                 "left by a killed build: every load of that op waits for it forever; delete it")  # fmt: skip
 
 
