@@ -268,7 +268,7 @@ def test_train_script_embeds_the_plan_and_lints(tmp_path):
     assert (plan["micro_batch"], plan["grad_accum"], plan["seq_len"]) == (3, 2, 32)
     assert plan["deepspeed"] == "ds_config.json" and plan["grad_checkpointing"] is True
     assert plan["quant"]["quant_type"] == "nf4" and plan["lora"]["targets"] == ["all-linear"]
-    assert plan["model"] == "tiny-llama"  # the directory of the model's config.json
+    assert plan["model"] == os.path.abspath("tiny-llama")  # the directory of the model's config.json, absolute
     ruff = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", "--select", "E9,F", str(out / "train.py")],
         capture_output=True, text=True, timeout=60,

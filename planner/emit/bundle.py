@@ -53,12 +53,14 @@ def weights_reference(model: ModelSpec) -> str | None:
         return source[len("hub:") :]
     if source == "catalog":
         return catalog_hub_ids().get(model.name)
+    # Absolute: launch.sh changes to the bundle's directory, where a relative path would name another
+    # directory (or, to transformers, a hub id).
     path = Path(source)
     if path.name == "config.json":
-        return str(path.parent)
+        return os.path.abspath(path.parent)
     if path.suffix == ".json":
         return None  # a lone config file: no weights beside it
-    return source
+    return os.path.abspath(source)
 
 
 def render_train_script(values: dict[str, Any]) -> str:

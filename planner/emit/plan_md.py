@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
 from planner.emit.ds_config import bucket_sizes
@@ -19,7 +20,7 @@ def model_argument(model: ModelSpec) -> str:
         return model.name
     if model.source.startswith("hub:"):
         return model.source[len("hub:") :]
-    return model.source
+    return os.path.abspath(model.source)  # the command may run from anywhere (the bundle, for one)
 
 
 def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[str]:
