@@ -62,7 +62,7 @@ def test_emit_does_not_import_torch():
 def test_file_set_and_distributed_type(zero, num_gpus, kind):
     model, train, cluster, est, gbs = tiny_plan(zero=zero, num_gpus=num_gpus)
     files = render_bundle(model, train, cluster, est, global_batch_size=gbs)
-    expected = {"PLAN.md", "accelerate_config.yaml", "launch.sh", "model_config.json", "train.py"}
+    expected = {"PLAN.md", "accelerate_config.yaml", "launch.sh", "model_config.json", "sample.jsonl", "train.py"}
     assert set(files) == (expected | {"ds_config.json"} if zero else expected)
     acc = yaml.safe_load(files["accelerate_config.yaml"])
     assert acc["distributed_type"] == kind
@@ -120,7 +120,7 @@ def test_accelerate_parses_the_launch_command(tmp_path, monkeypatch, zero, num_g
     out = bundle(tmp_path, zero=zero, num_gpus=num_gpus, num_nodes=num_nodes)
     monkeypatch.chdir(out)
     values = {"$MACHINE_RANK": "1", "$MAIN_PROCESS_IP": "10.1.2.3", "$PORT": "29501"}
-    argv = [values.get(a, a) for a in _exec_argv((out / "launch.sh").read_text())[3:] if a != "$@"]
+    argv = [values.get(a, a) for a in _exec_argv((out / "launch.sh").read_text())[4:] if a != "$@"]
     args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
     assert (args.num_processes, args.num_machines, args.main_process_port) == (num_gpus, num_nodes, 29501)
     assert args.training_script == "train.py"
@@ -307,9 +307,9 @@ def test_train_script_help_and_clean_errors(tmp_path):
 
 
 def _exec_argv(launch_sh: str) -> list[str]:
-    """The active `exec accelerate launch ...` command as the shell would split it."""
+    """The active `exec "$PYTHON" -m accelerate.commands.launch ...` command as the shell would split it."""
     joined = launch_sh.replace("\\\n", " ")
-    line = next(ln for ln in joined.splitlines() if ln.startswith("exec accelerate launch"))
+    line = next(ln for ln in joined.splitlines() if ln.startswith('exec "$PYTHON" -m accelerate.commands.launch '))
     return shlex.split(line)
 
 

@@ -35,8 +35,9 @@ def test_write_bundle_new_directory(tmp_path):
     plan, est = _plan_object(zero=2, num_gpus=2)
     written = write_bundle(plan, tmp_path / "a" / "b", estimate=est)
     assert [p.name for p in written] == sorted(
-        ["PLAN.md", "accelerate_config.yaml", "ds_config.json", "launch.sh", "model_config.json", "train.py"]
-    )
+        ["PLAN.md", "accelerate_config.yaml", "ds_config.json", "launch.sh", "model_config.json", "sample.jsonl",
+         "train.py"]
+    )  # fmt: skip
     assert json.loads((tmp_path / "a" / "b" / MARKER).read_text())["files"] == [p.name for p in written]
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b"]  # no staging directory left behind
 

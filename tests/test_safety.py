@@ -9,7 +9,7 @@
 - Shell commands planner writes or runs keep user values literal. The bundle's launch.sh is covered by
   test_emit.py (quoting) and test_bundle_e2e.py (a real run with hostile paths); here the same hostile
   values go through the CLI (`recommend --out` with a hostile model path, launch.sh run against a stub
-  `accelerate`) and through `profile --gpus 2`, which starts torchrun.
+  Python in place of the one that runs accelerate) and through `profile --gpus 2`, which starts torchrun.
 """
 
 from __future__ import annotations
@@ -239,8 +239,10 @@ def test_profile_force_replaces_a_profile(tmp_path):
 # ------------------------------------------------------------------------------------------- shell quoting
 
 
-STUB_ACCELERATE = """#!{python}
+STUB_PYTHON = """#!{python}
 import json, os, sys
+if sys.argv[1] == "-c":  # launch.sh's check that this interpreter has accelerate
+    os.execv({python!r}, [{python!r}, *sys.argv[1:]])
 with open(os.environ["STUB_RECORD"], "w") as f:
     json.dump(sys.argv[1:], f)
 """
@@ -248,7 +250,8 @@ with open(os.environ["STUB_RECORD"], "w") as f:
 
 def test_recommend_bundle_with_a_hostile_model_path_runs_launch_sh_literally(tmp_path):
     """`recommend --out` from the CLI with hostile model and bundle paths; launch.sh run by bash against a stub
-    `accelerate` that records its argv: every value arrives literally and nothing else runs."""
+    Python (launch.sh runs `$PYTHON -m accelerate.commands.launch`) that records its argv: every value arrives
+    literally and nothing else runs."""
     model_dir = tmp_path / f"models {WEIRD}"
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps(LLAMA))
@@ -261,15 +264,15 @@ def test_recommend_bundle_with_a_hostile_model_path_runs_launch_sh_literally(tmp
     assert subprocess.run(["bash", "-n", str(launch)], capture_output=True).returncode == 0
     stub_bin = tmp_path / "bin"
     stub_bin.mkdir()
-    (stub_bin / "accelerate").write_text(STUB_ACCELERATE.format(python=sys.executable))
-    (stub_bin / "accelerate").chmod(0o755)
+    (stub_bin / "python").write_text(STUB_PYTHON.format(python=sys.executable))
+    (stub_bin / "python").chmod(0o755)
     record = tmp_path / "argv.json"
-    env = {**os.environ, "PATH": f"{stub_bin}{os.pathsep}{os.environ['PATH']}", "STUB_RECORD": str(record)}
+    env = {**os.environ, "PYTHON": str(stub_bin / "python"), "STUB_RECORD": str(record)}
     extra = ["--max-steps", "2", f"--note={WEIRD}"]
     proc = subprocess.run(["bash", str(launch), *extra], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     argv = json.loads(record.read_text())
-    assert argv[0] == "launch" and "train.py" in argv
+    assert argv[:2] == ["-m", "accelerate.commands.launch"] and "train.py" in argv
     after = argv[argv.index("train.py") + 1 :]
     assert after[after.index("--model") + 1] == str(model_dir)
     assert after[-len(extra) :] == extra  # "$@" passes the user's extra arguments on untouched

@@ -25,6 +25,7 @@ from planner.emit.accelerate_config import render_accelerate_yaml
 from planner.emit.ds_config import MAX_GRAD_NORM, deepspeed_config
 from planner.emit.launch import render_launch_sh
 from planner.emit.plan_md import render_plan_md
+from planner.emit.sample_data import SAMPLE_DATASET, render_sample_jsonl
 from planner.emit.train_script import PLACEHOLDER, TEMPLATE
 from planner.errors import PlannerError
 from planner.estimate.result import Estimate
@@ -147,6 +148,7 @@ def render_bundle(
             label=label,
         ),
         "model_config.json": json.dumps(model.config, indent=2, sort_keys=True) + "\n",
+        SAMPLE_DATASET: render_sample_jsonl(),
     }
     if has_ds:
         files["ds_config.json"] = json.dumps(deepspeed_config(model, train, cluster), indent=2) + "\n"

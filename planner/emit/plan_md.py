@@ -6,6 +6,8 @@ import os
 import shlex
 
 from planner.emit.ds_config import bucket_sizes
+from planner.emit.launch import SMOKE_RUN
+from planner.emit.sample_data import SAMPLE_DATASET
 from planner.estimate.result import CATEGORIES, Estimate
 from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
 from planner.units import fmt_count, fmt_gib
@@ -203,18 +205,27 @@ def render_plan_md(
     lines += [
         "- `launch.sh`: the `accelerate launch` command (multi-node form in its comments).",
         "- `model_config.json`: the model's config.json, for `--random-init` runs and for `planner profile`.",
+        f"- `{SAMPLE_DATASET}`: a few generated texts for the smoke run (a dataset shorter than one optimizer step "
+        "is repeated to fill it).",
         "",
         "## Run it",
         "",
+        "launch.sh starts accelerate as `$PYTHON -m accelerate.commands.launch` (`PYTHON` defaults to `python3`): "
+        "set `PYTHON=/path/to/venv/bin/python` when the environment with accelerate, torch and transformers is not "
+        "the active one.",
+        "",
         "```bash",
-        "./launch.sh --max-steps 2      # smoke run: two optimizer steps",
-        "./launch.sh                    # the full run (one epoch over the dataset)",
+        f"./launch.sh {SMOKE_RUN}   # smoke run: two optimizer steps on the bundled sample",
+        f"./launch.sh                    # the full run: one epoch over {_md(dataset)}",
         "./launch.sh --help             # every option of train.py",
         "```",
         "",
+        f"The full run reads `{_md(dataset)}` (one JSON object with a `text` field per line, relative paths "
+        "next to train.py), or pass `--dataset FILE_OR_HUB_NAME`.",
+        "",
         "Without weights or a GPU, a CPU smoke run with random weights checks the bundle itself (small models "
         "only: the whole model is built in host RAM; CPU runs take bf16 or fp32, not fp16):",
-        "`./launch.sh --cpu --random-init model_config.json --tokenizer bytes --seq-len 64 --max-steps 2`.",
+        f"`./launch.sh --cpu --random-init model_config.json --tokenizer bytes --seq-len 64 {SMOKE_RUN}`.",
         "",
         "## Check the estimate",
         "",
