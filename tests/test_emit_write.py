@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -38,7 +39,8 @@ def test_write_bundle_new_directory(tmp_path):
         ["PLAN.md", "accelerate_config.yaml", "ds_config.json", "launch.sh", "model_config.json", "sample.jsonl",
          "train.py"]
     )  # fmt: skip
-    assert json.loads((tmp_path / "a" / "b" / MARKER).read_text())["files"] == [p.name for p in written]
+    recorded = json.loads((tmp_path / "a" / "b" / MARKER).read_text())["files"]
+    assert recorded == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in written}
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b"]  # no staging directory left behind
 
 

@@ -71,7 +71,8 @@ def recommend(
     trust_remote_code: o.TrustRemoteCodeOpt = False,
     as_json: o.JsonOpt = False,
     out: Annotated[Path | None, typer.Option("--out", help="Write the training bundle (train.py, configs, launch.sh, PLAN.md) here.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="With --out: replace a non-empty directory planner did not create.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --out: write the bundle's files into a directory planner did not "
+                                        "create, or over files changed since planner wrote them (nothing else is touched).")] = False,
 ) -> None:
     """Choose method, ZeRO stage, offload, checkpointing, attention and batch layout for MODEL."""
     from planner.models import load_model

@@ -207,6 +207,8 @@ def render_plan_md(
         "- `model_config.json`: the model's config.json, for `--random-init` runs and for `planner profile`.",
         f"- `{SAMPLE_DATASET}`: a few generated texts for the smoke run (a dataset shorter than one optimizer step "
         "is repeated to fill it).",
+        "- `.planner-bundle.json`: what planner wrote, with hashes: a re-run of `planner recommend --out` replaces "
+        "only files you have not changed (`--force` overwrites changed ones).",
         "",
         "## Run it",
         "",
