@@ -131,6 +131,7 @@ def test_sigkill_of_profile_takes_torchrun_and_workers_down(model, marked_tmp):
     left = _left_after(str(marked_tmp), GONE_WITHIN_S)
     gone_s = time.monotonic() - killed_at
     assert not left, f"still running {gone_s:.1f} s after SIGKILL of the command: {left}"
+    print(f"profile: every process gone {gone_s:.2f} s after SIGKILL")
     assert [p.name for p in marked_tmp.glob(".p.partial-*")], "expected the killed run's hidden directory"
 
     res = run_inprocess(["profile", "-m", str(model), *TINY, "--steps", "1", "--out", str(marked_tmp / "q")])
@@ -152,6 +153,7 @@ def test_sigterm_of_profile_stops_workers_and_writes_an_interrupted_profile(mode
     ended_s = time.monotonic() - sent_at
     left = _left_after(str(marked_tmp), GONE_WITHIN_S)
     assert not left, f"still running after SIGTERM of the command: {left}"
+    print(f"profile: ended {ended_s:.2f} s after SIGTERM")
     assert ended_s <= AFTER_SIGTERM_S, f"the command ended {ended_s:.1f} s after SIGTERM"
     assert proc.returncode == 130, (proc.returncode, err[-1500:])
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: "), err[-1500:]
@@ -186,7 +188,9 @@ def test_sigkill_of_validate_takes_its_profiles_down(marked_tmp):
     killed_at = time.monotonic()
     proc.communicate()
     left = _left_after(str(marked_tmp), GONE_WITHIN_S)
-    assert not left, f"still running {time.monotonic() - killed_at:.1f} s after SIGKILL of validate: {left}"
+    gone_s = time.monotonic() - killed_at
+    assert not left, f"still running {gone_s:.1f} s after SIGKILL of validate: {left}"
+    print(f"validate: every process gone {gone_s:.2f} s after SIGKILL")
 
 
 STALL_LIMIT_S = 15  # PLANNER_STARTUP_TIMEOUT_S for the stalled start-up below
@@ -243,6 +247,7 @@ def test_stalled_start_up_ends_with_a_sentence_naming_a_stale_lock(model, marked
     assert any(line.startswith("warning: ") and str(lock) in line for line in lines[:-1]), err[-2000:]
     assert not out.exists() and not [p.name for p in marked_tmp.glob(".p.*")]
     assert STALL_LIMIT_S <= ended_s <= STALL_LIMIT_S + STALL_SLACK_S
+    print(f"stalled start-up: ended {ended_s:.2f} s after rank 0 began to wait (limit {STALL_LIMIT_S} s)")
 
 
 def test_a_lock_held_open_by_a_build_is_not_stale(tmp_path, monkeypatch):
@@ -289,6 +294,7 @@ def test_profile_refuses_a_run_that_cannot_fit_in_host_ram(marked_tmp):
     assert res.returncode == 1 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "host RAM" in lines[0] and "MemAvailable" in lines[0] and "--no-ram-check" in lines[0], lines[0]
     assert wall < REFUSE_WITHIN_S, f"{wall:.1f} s"
+    print(f"host RAM: refused in {wall:.2f} s")
     assert not out.exists() and not [p.name for p in marked_tmp.iterdir() if p.name.startswith(".")]
 
 
