@@ -15,7 +15,13 @@ from importlib import metadata
 # library -> the releases (major.minor) whose allocation behaviour the estimator's rules follow
 LIBRARIES: dict[str, tuple[str, ...]] = {
     "torch": ("2.13",),
-    "transformers": ("5.23",),
+    # 5.24 renames past_key_values to cache, drops @torch.no_grad() from every RotaryEmbedding.forward and makes
+    # GradientCheckpointingLayer checkpoint only under torch.is_grad_enabled(): none of it changes what a training
+    # step allocates (the rotary tables come from position_ids and the inv_freq buffer, which need no gradient,
+    # so autograd records nothing either way; a training forward always has gradients enabled). Checked: the 48
+    # CPU measurements of tests/test_activations.py and tests/test_peak.py measure and estimate the same bytes
+    # with 5.23.0 and 5.24.0, and so does the CI validation matrix (scripts/drift.sh, 2026-12-02).
+    "transformers": ("5.23", "5.24"),
     "peft": ("0.21",),
     "bitsandbytes": ("0.50",),
     "deepspeed": ("0.19",),

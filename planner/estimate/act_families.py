@@ -146,7 +146,9 @@ class Family:
             emb = ops.dropout(t, emb, _gpt2_dropout(self, "embd_pdrop"), ctx.device)
         extras = {"position_ids": t.new((1, c.s), "int64")}
         if self.kind != "gpt2":
-            # rotary cos/sin [1, s, head_dim] in the activation dtype, computed once per forward.
+            # rotary cos/sin [1, s, head_dim] in the activation dtype, computed once per forward. No autograd
+            # node in any release: 5.23 runs RotaryEmbedding.forward under @torch.no_grad(), 5.24 without it,
+            # but from position_ids and the inv_freq buffer, which need no gradient, so nothing is recorded.
             extras["cos"] = t.new((1, 1, c.s, c.head_dim), c.dtype)
             extras["sin"] = t.new((1, 1, c.s, c.head_dim), c.dtype)
         extras["mask"] = self._mask(t)

@@ -203,7 +203,8 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     """One decoder layer, plain or under non-reentrant activation checkpointing (transformers'
     GradientCheckpointingLayer with ``use_reentrant=False``): the forward keeps only the layer input (and the
     kwargs: mask, rotary tables); the first backward node of the layer recomputes the forward and the
-    recomputed saved tensors are attached to the original nodes."""
+    recomputed saved tensors are attached to the original nodes. (transformers 5.24 checkpoints only when
+    ``torch.is_grad_enabled()``; a training step always has gradients enabled, so 5.23 and 5.24 agree.)"""
     start = len(t.sim.nodes)
     if not ckpt:
         out = fam.layer(t, i, h, extras)

@@ -1,6 +1,6 @@
 """Transformer building blocks on the symbolic tape, written line by line like transformers 5.x writes them.
 
-Sources (transformers 5.23): models/llama/modeling_llama.py (LlamaRMSNorm, LlamaAttention, LlamaMLP,
+Sources (transformers 5.23 and 5.24, which allocate alike: planner/modelled.py): models/llama/modeling_llama.py (LlamaRMSNorm, LlamaAttention, LlamaMLP,
 apply_rotary_pos_emb, repeat_kv, eager_attention_forward), integrations/sdpa_attention.py, models/gpt2/
 modeling_gpt2.py (GPT2Attention, GPT2MLP, Conv1D), models/gemma2/modeling_gemma2.py (Gemma2RMSNorm, softcapping),
 models/mixtral/modeling_mixtral.py + integrations/moe.py (router, grouped_mm experts), activations.py

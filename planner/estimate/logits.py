@@ -1,4 +1,4 @@
-"""The output head and the causal-LM loss, as transformers 5.23 computes them.
+"""The output head and the causal-LM loss, as transformers 5.23 and 5.24 compute them.
 
 ``LlamaForCausalLM.forward`` (and every *ForCausalLM here): ``logits = self.lm_head(hidden_states)`` in the
 activation dtype, then ``self.loss_function`` = ``transformers/loss/loss_utils.py::ForCausalLMLoss``:

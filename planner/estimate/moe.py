@@ -1,4 +1,4 @@
-"""Mixture-of-experts blocks on the symbolic tape (transformers 5.23 models/mixtral/modeling_mixtral.py,
+"""Mixture-of-experts blocks on the symbolic tape (transformers 5.23/5.24 models/mixtral/modeling_mixtral.py,
 integrations/moe.py ``grouped_mm_experts_forward``; peft 0.21 tuners/lora/layer.py ``ParamWrapper``).
 
 The router is a bare [E, H] weight; the experts are fused 3-D parameters [E, 2I, H] (gate and up) and
