@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from planner import catalog
+from planner.config_fields import check_config, shown
 from planner.errors import PlannerError
 from planner.specs import ModelSpec
 
@@ -66,7 +67,8 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
         cfg = {**cfg["text_config"], "architectures": cfg.get("architectures")}
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or not model_type:
-        raise PlannerError(f"model {name!r}: config has no 'model_type'.")
+        raise PlannerError(f"model {shown(name)}: config has no 'model_type'.")
+    check_config(cfg, name)  # every field planner reads, in one place (planner/config_fields.py)
     if model_type in _NOT_TRANSFORMERS:
         raise PlannerError(
             f"model {name!r} is a {model_type!r} model (state-space or recurrent), which planner does not "
@@ -168,6 +170,10 @@ def _read_config_file(path: Path, name: str) -> dict[str, Any]:
         raise PlannerError(f"model config {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
     except RecursionError:
         raise PlannerError(f"model config {str(path)!r} nests JSON too deeply to be a config.json.") from None
+    except ValueError as exc:  # Python refuses integers of more than 4300 digits (sys.int_info)
+        raise PlannerError(
+            f"model config {str(path)!r} holds a number no config.json has ({str(exc).split(':')[0]})."
+        ) from None
 
 
 def _check_remote_code(cfg: dict[str, Any], name: str, trust_remote_code: bool) -> None:

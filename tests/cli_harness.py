@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.cli.app import app, main
-from planner.errors import PlannerError
+from planner.errors import PlannerError, one_sentence
 
 # Extra address space a case may map on top of what this process already maps (torch and pandas in a
 # test session map a few GiB of virtual memory before the command starts).
@@ -131,7 +131,7 @@ def run_inprocess(args: list[str]) -> Outcome:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except PlannerError as exc:
-            err.write(f"error: {' '.join(str(exc).split())}\n")
+            err.write(f"error: {one_sentence(exc)}\n")
             code = 1
         except KeyboardInterrupt:
             err.write("error: interrupted.\n")

@@ -36,6 +36,14 @@ LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "nu
          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 128}
 GPT2 = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 512, "n_positions": 128}
 MIXTRAL = {**LLAMA, "model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2}
+DEEPSEEK = {**LLAMA, "model_type": "deepseek_v2", "num_key_value_heads": 4, "q_lora_rank": None, "kv_lora_rank": 32,
+            "qk_rope_head_dim": 8, "qk_nope_head_dim": 16, "v_head_dim": 16, "n_routed_experts": 4, "n_shared_experts": 1,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 32, "first_k_dense_replace": 1}
+QWEN3_MOE = {**LLAMA, "model_type": "qwen3_moe", "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2,
+             "moe_intermediate_size": 32, "decoder_sparse_step": 1, "mlp_only_layers": []}
+GEMMA2 = {**LLAMA, "model_type": "gemma2", "head_dim": 16}
+# Issue 14 item 9: error messages are capped; a value of megabytes must not come back whole.
+MAX_ERROR_LINE_CHARS = 500
 
 
 def _without(d: dict, key: str) -> dict:
@@ -81,6 +89,39 @@ CONFIGS: dict[str, dict | str] = {
     "json-nan": json.dumps(LLAMA).replace('"hidden_size": 64', '"hidden_size": NaN'),
     "json-deep": "[" * 100_000,
     "json-binary": "\udcff\udcfe garbage",  # written as raw bytes below
+    # ---- issue 14 item 9: family-specific fields, probabilities, flags, lists and absurd sizes
+    "ds-q-lora-str": {**DEEPSEEK, "q_lora_rank": "x"},
+    "ds-q-lora-neg": {**DEEPSEEK, "q_lora_rank": -5},
+    "ds-kv-lora-neg": {**DEEPSEEK, "kv_lora_rank": -512},
+    "ds-kv-lora-float": {**DEEPSEEK, "kv_lora_rank": 1.5},
+    "ds-rope-neg": {**DEEPSEEK, "qk_rope_head_dim": -64},
+    "ds-v-head-zero": {**DEEPSEEK, "v_head_dim": 0},
+    "ds-shared-neg": {**DEEPSEEK, "n_shared_experts": -2},
+    "ds-moe-inter-neg": {**DEEPSEEK, "moe_intermediate_size": -1},
+    "ds-first-dense-neg": {**DEEPSEEK, "first_k_dense_replace": -3},
+    "ds-first-dense-1e400": json.dumps({**DEEPSEEK, "first_k_dense_replace": 7}).replace(": 7", ": 1e400"),
+    "q3moe-sparse-step-0": {**QWEN3_MOE, "decoder_sparse_step": 0},
+    "q3moe-sparse-step-neg": {**QWEN3_MOE, "decoder_sparse_step": -1},
+    "q3moe-moe-inter-neg": {**QWEN3_MOE, "moe_intermediate_size": -768},
+    "q3moe-mlp-only-str": {**QWEN3_MOE, "mlp_only_layers": "x"},
+    "q3moe-mlp-only-float": {**QWEN3_MOE, "mlp_only_layers": [1.5]},
+    "gpt2-attn-pdrop-str": {**GPT2, "attn_pdrop": "x"},
+    "gpt2-resid-pdrop-1.5": {**GPT2, "resid_pdrop": 1.5},
+    "gpt2-attn-pdrop-neg": {**GPT2, "attn_pdrop": -0.5},
+    "llama-attn-dropout-str": {**LLAMA, "attention_dropout": "x"},
+    "llama-attn-dropout-2": {**LLAMA, "attention_dropout": 2},
+    "llama-attn-dropout-1e400": json.dumps({**LLAMA, "attention_dropout": 7}).replace(": 7", ": 1e400"),
+    "llama-mlp-bias-str": {**LLAMA, "mlp_bias": "x"},
+    "llama-tie-str": {**LLAMA, "tie_word_embeddings": "no"},
+    "llama-inter-1e30": {**LLAMA, "intermediate_size": 10**30},
+    "llama-head-dim-1e9": {**LLAMA, "head_dim": 10**9},
+    "llama-hidden-1e400": json.dumps({**LLAMA, "hidden_size": 7}).replace(": 7", ": 1e400"),
+    "mixtral-experts-1e9": {**MIXTRAL, "num_local_experts": 10**9},
+    "gemma2-layer-types-str": {**GEMMA2, "layer_types": "x"},
+    "gemma2-softcap-str": {**GEMMA2, "attn_logit_softcapping": "x"},
+    "json-int-5000-digits": json.dumps({**LLAMA, "hidden_size": 7}).replace(": 7", ": 1" + "0" * 5000),
+    "model-type-3mb": {**LLAMA, "model_type": "x" * 3_000_000},
+    "hidden-3mb-string": {**LLAMA, "hidden_size": "y" * 3_000_000},
 }
 BINARY = b"\xff\xfe\x00\x01 not utf-8 \x80\x81"
 
@@ -167,6 +208,13 @@ CASES = [
     C(["estimate", "-m", "gpt2", "-s", "512", "--tokens", "-1"], ["--tokens", "-1"], id="est-tokens-neg"),
     C(["estimate", "-m", "gpt2", "-s", "512", "--price-per-gpu-hour", "-2"], ["--price-per-gpu-hour", "-2"], id="est-price-neg"),
     C(["estimate", "-m", "gpt2", "-s", "512", "--price-per-gpu-hour", "inf", "--tokens", "1000"], ["--price-per-gpu-hour", "inf"], id="est-price-inf"),
+    # issue 14 item 9: values that made --json print Infinity
+    C(["estimate", "-m", "gpt2", "-s", "512", "--json", "--mfu", "1e-320", "--tokens", "1000000000000"], ["--mfu", "1e-320"], id="est-mfu-1e-320"),
+    C(["estimate", "-m", "gpt2", "-s", "512", "--json", "--tokens", "1000000000000", "--price-per-gpu-hour", "1e308"], ["--price-per-gpu-hour", "1e+308"], id="est-price-1e308"),
+    C(["estimate", "-m", "gpt2", "-s", "512", "--compare-gpus", "--json", "--tokens", "1000000000000", "--mfu", "1e-320"], ["--mfu"], id="est-compare-gpus-mfu-1e-320"),
+    C(["estimate", "-m", "gpt2", "-s", "512", "--tokens", "lots"], ["--tokens", "'lots'", "2B"], id="est-tokens-not-a-number"),
+    C(["estimate", "-m", "gpt2", "-s", "512", "--tokens", "1.5"], ["--tokens", "'1.5'", "whole"], id="est-tokens-fraction"),
+    C(["estimate", "-m", "gpt2", "-s", "512", "--tokens", "inf"], ["--tokens", "'inf'"], id="est-tokens-inf"),
     # ---------------------------------------------------------------- estimate: impossible layouts, contradictions
     C(["estimate", "-m", "gpt2", "-s", "512", "--gpus", "0"], ["--gpus", "0"], id="est-gpus-0"),
     C(["estimate", "-m", "gpt2", "-s", "512", "--gpus", "-8"], ["--gpus", "-8"], id="est-gpus-neg"),
@@ -226,6 +274,42 @@ CASES = [
     C(["estimate", "-m", "{in}/unknown-family"], ["'mamba-unknown'", "transformers"], id="cfg-unknown-family"),
     C(["estimate", "-m", "{in}/non-transformer-family"], ["'mamba'"], id="cfg-mamba-family"),
     C(["estimate", "-m", "{in}/auto-map"], ["auto_map", "--trust-remote-code"], id="cfg-auto-map-estimate"),
+    # ---------------------------------------------------------------- issue 14 item 9: every field planner reads
+    C(["estimate", "-m", "{in}/ds-q-lora-str"], ["'q_lora_rank'", "'x'"], id="cfg-deepseek-q-lora-rank-string"),
+    C(["estimate", "-m", "{in}/ds-q-lora-neg"], ["'q_lora_rank'", "-5"], id="cfg-deepseek-q-lora-rank-negative"),
+    C(["estimate", "-m", "{in}/ds-kv-lora-neg"], ["'kv_lora_rank'", "-512"], id="cfg-deepseek-kv-lora-rank-negative"),
+    C(["estimate", "-m", "{in}/ds-kv-lora-float"], ["'kv_lora_rank'", "1.5"], id="cfg-deepseek-kv-lora-rank-float"),
+    C(["estimate", "-m", "{in}/ds-rope-neg"], ["'qk_rope_head_dim'", "-64"], id="cfg-deepseek-rope-dim-negative"),
+    C(["estimate", "-m", "{in}/ds-v-head-zero"], ["'v_head_dim'", "0"], id="cfg-deepseek-v-head-dim-zero"),
+    C(["estimate", "-m", "{in}/ds-shared-neg"], ["'n_shared_experts'", "-2"], id="cfg-deepseek-shared-experts-negative"),
+    C(["estimate", "-m", "{in}/ds-moe-inter-neg"], ["'moe_intermediate_size'", "-1"], id="cfg-deepseek-moe-intermediate-negative"),
+    C(["estimate", "-m", "{in}/ds-first-dense-neg"], ["'first_k_dense_replace'", "-3"], id="cfg-deepseek-first-dense-negative"),
+    C(["estimate", "-m", "{in}/ds-first-dense-1e400"], ["'first_k_dense_replace'", "inf"], id="cfg-deepseek-first-dense-1e400"),
+    C(["estimate", "-m", "{in}/q3moe-sparse-step-0"], ["'decoder_sparse_step'", "0"], id="cfg-qwen3-moe-sparse-step-0"),
+    C(["estimate", "-m", "{in}/q3moe-sparse-step-neg"], ["'decoder_sparse_step'", "-1"], id="cfg-qwen3-moe-sparse-step-negative"),
+    C(["estimate", "-m", "{in}/q3moe-moe-inter-neg"], ["'moe_intermediate_size'", "-768"], id="cfg-qwen3-moe-intermediate-negative"),
+    C(["estimate", "-m", "{in}/q3moe-mlp-only-str"], ["'mlp_only_layers'", "'x'"], id="cfg-qwen3-moe-mlp-only-layers-string"),
+    C(["estimate", "-m", "{in}/q3moe-mlp-only-float"], ["'mlp_only_layers'", "1.5"], id="cfg-qwen3-moe-mlp-only-layers-float"),
+    C(["estimate", "-m", "{in}/gpt2-attn-pdrop-str"], ["'attn_pdrop'", "'x'", "[0, 1)"], id="cfg-gpt2-attn-pdrop-string"),
+    C(["estimate", "-m", "{in}/gpt2-resid-pdrop-1.5"], ["'resid_pdrop'", "1.5", "[0, 1)"], id="cfg-gpt2-resid-pdrop-1.5"),
+    C(["estimate", "-m", "{in}/gpt2-attn-pdrop-neg"], ["'attn_pdrop'", "-0.5"], id="cfg-gpt2-attn-pdrop-negative"),
+    C(["estimate", "-m", "{in}/llama-attn-dropout-str"], ["'attention_dropout'", "'x'"], id="cfg-attention-dropout-string"),
+    C(["estimate", "-m", "{in}/llama-attn-dropout-2"], ["'attention_dropout'", "2"], id="cfg-attention-dropout-2"),
+    C(["estimate", "-m", "{in}/llama-attn-dropout-1e400"], ["'attention_dropout'", "inf"], id="cfg-attention-dropout-1e400"),
+    C(["estimate", "-m", "{in}/llama-mlp-bias-str"], ["'mlp_bias'", "true or false", "'x'"], id="cfg-mlp-bias-string"),
+    C(["estimate", "-m", "{in}/llama-tie-str"], ["'tie_word_embeddings'", "'no'"], id="cfg-tie-word-embeddings-string"),
+    C(["estimate", "-m", "{in}/llama-inter-1e30"], ["'intermediate_size'", "at most"], id="cfg-intermediate-1e30"),
+    C(["estimate", "-m", "{in}/llama-head-dim-1e9"], ["'head_dim'", "at most"], id="cfg-head-dim-1e9"),
+    C(["estimate", "-m", "{in}/llama-hidden-1e400"], ["'hidden_size'", "inf"], id="cfg-hidden-1e400"),
+    C(["estimate", "-m", "{in}/mixtral-experts-1e9"], ["'num_local_experts'", "at most"], id="cfg-experts-1e9"),
+    C(["estimate", "-m", "{in}/gemma2-layer-types-str"], ["'layer_types'", "'x'"], id="cfg-gemma2-layer-types-string"),
+    C(["estimate", "-m", "{in}/gemma2-softcap-str"], ["'attn_logit_softcapping'", "'x'"], id="cfg-gemma2-softcapping-string"),
+    C(["estimate", "-m", "{in}/json-int-5000-digits"], ["json-int-5000-digits", "digits"], id="cfg-json-integer-5000-digits"),
+    C(["estimate", "-m", "{in}/model-type-3mb"], ["'model_type'", "..."], id="cfg-model-type-3-megabytes"),
+    C(["estimate", "-m", "{in}/hidden-3mb-string"], ["'hidden_size'", "..."], id="cfg-hidden-size-3-megabyte-string"),
+    C(["recommend", "-m", "{in}/q3moe-sparse-step-0", "-g", "8"], ["'decoder_sparse_step'", "0"], id="rec-qwen3-moe-sparse-step-0"),
+    C(["report", "-m", "{in}/ds-q-lora-str", "-o", "r.html"], ["'q_lora_rank'", "'x'"], id="rep-deepseek-q-lora-rank-string"),
+    C(["profile", "-m", "{in}/gpt2-attn-pdrop-str", "--out", "p"], ["'attn_pdrop'", "'x'"], id="prof-gpt2-attn-pdrop-string"),
     # ---------------------------------------------------------------- recommend
     C(["recommend", "-m", "no-such-model", "-g", "8"], ["'no-such-model'"], id="rec-unknown-model"),
     C(["recommend", "-m", "gpt2", "-s", "512", "-g", "0"], ["--global-batch-size", "0"], id="rec-global-batch-0"),
@@ -352,7 +436,9 @@ def _check(outcome: Outcome, needles: list[str], expected_code: int) -> list[str
     lines = [line for line in outcome.stderr.splitlines() if line.strip()]
     if expected_code == 1:
         if len(lines) != 1 or not lines[0].startswith("error: "):
-            problems.append(f"stderr is not one 'error: ...' line: {lines!r}")
+            problems.append(f"stderr is not one 'error: ...' line: {[line[:300] for line in lines[:5]]!r}")
+        elif len(lines[0]) > MAX_ERROR_LINE_CHARS:
+            problems.append(f"error line is {len(lines[0]):,} characters (> {MAX_ERROR_LINE_CHARS})")
         text = lines[-1] if lines else ""
     else:
         text = outcome.stderr

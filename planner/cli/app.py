@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from planner.errors import PlannerError
+from planner.errors import PlannerError, one_sentence
 
 app = typer.Typer(
     name="planner",
@@ -35,9 +35,8 @@ _register()
 
 
 def fail(message: str) -> None:
-    """Print one sentence to stderr and exit 1."""
-    message = " ".join(str(message).split())
-    typer.echo(f"error: {message}", err=True)
+    """Print one sentence (at most planner.errors.MAX_MESSAGE_CHARS) to stderr and exit 1."""
+    typer.echo(f"error: {one_sentence(message)}", err=True)
     raise SystemExit(1)
 
 

@@ -87,7 +87,7 @@ def estimate(
     mfu: Annotated[
         float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for time and cost, in (0, 1].")
     ] = DEFAULT_MFU,
-    tokens: Annotated[int, typer.Option("--tokens", help="Tokens to train on, for time and cost.")] = 0,
+    tokens: o.TokensOpt = "0",
     price_per_gpu_hour: Annotated[
         float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")
     ] = 0.0,
@@ -99,12 +99,11 @@ def estimate(
     csv: Annotated[Path | None, typer.Option("--csv", help="Also write the rows to this CSV file.")] = None,
 ) -> None:
     """Estimate per-GPU memory (and time and cost) for training MODEL on GPUS accelerators."""
-    if not 0.0 < mfu <= 1.0:
-        raise PlannerError(f"--mfu must be in (0, 1], got {mfu}.")
-    if price_per_gpu_hour < 0:
-        raise PlannerError(f"--price-per-gpu-hour must not be negative, got {price_per_gpu_hour}.")
-    if tokens < 0:
-        raise PlannerError(f"--tokens must not be negative, got {tokens}.")
+    from planner.estimate.throughput import validate_mfu, validate_price
+
+    validate_mfu(mfu)
+    validate_price(price_per_gpu_hour)
+    tokens = o.parse_tokens(tokens)
     if not 0.0 <= margin < 1.0:
         raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
     if zero is not None and zero not in (0, 1, 2, 3):
@@ -180,13 +179,25 @@ def estimate(
     if csv is not None:
         _write_csv(csv, payload["rows"], _inputs(spec))
     if as_json:
-        typer.echo(json.dumps(payload, indent=2, sort_keys=True))
+        typer.echo(json_text(payload))
         return
     from planner.cli.render import render_estimate_table
 
     render_estimate_table(spec, cluster, base, rows)
     for note in payload["modelled"]["notes"]:
         typer.echo(f"note: {note}", err=True)
+
+
+def json_text(payload: dict) -> str:
+    """Sorted, indented JSON that is valid JSON: a NaN or Infinity (a bug; inputs are bounded) is an error,
+    never printed."""
+    try:
+        return json.dumps(payload, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError:
+        raise PlannerError(
+            "the estimate holds a number that is not finite (NaN or Infinity); check --mfu, --tokens and "
+            "--price-per-gpu-hour, and report it if they are ordinary."
+        ) from None
 
 
 def _model_json(spec: ModelSpec) -> dict:
@@ -248,6 +259,6 @@ def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json) -> No
     if method is not None:
         rows = [r for r in rows if r.method == o.parse_method(method).value]
     if as_json:
-        typer.echo(json.dumps({"model": _model_json(spec), "rows": [r.to_dict() for r in rows]}, indent=2, sort_keys=True))
+        typer.echo(json_text({"model": _model_json(spec), "rows": [r.to_dict() for r in rows]}))
         return
     render_compare_gpus(spec, rows)

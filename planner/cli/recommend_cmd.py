@@ -44,7 +44,7 @@ def recommend(
     nodes: o.NodesOpt = 1,
     seq_len: o.SeqLenOpt = 2048,
     method: MethodAutoOpt = "auto",
-    tokens: Annotated[int, typer.Option("--tokens", help="Tokens to train on, for time and cost.")] = 0,
+    tokens: o.TokensOpt = "0",
     max_gpus: MaxGpusOpt = None,
     margin: Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")] = 0.1,
     mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for speed, in (0, 1].")] = DEFAULT_MFU,
@@ -86,6 +86,7 @@ def recommend(
         raise PlannerError(f"--host-ram-gib must be a number of GiB from 0 to 1e9, got {host_ram_gib}.")
     if zero is not None and zero not in (0, 1, 2, 3):
         raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
+    num_tokens = o.parse_tokens(tokens)
     if out is not None and out.exists() and not out.is_dir():
         raise PlannerError(f"--out {str(out)!r} is a file; give a directory.")
     spec = load_model(model, trust_remote_code=trust_remote_code)
@@ -112,7 +113,7 @@ def recommend(
     try:
         rec = run_recommend(
             spec, base, cluster, global_batch_size=global_batch_size, method=method.lower(), max_gpus=max_gpus,
-            margin=margin, mfu=mfu, num_tokens=tokens, price_per_gpu_hour=price_per_gpu_hour,
+            margin=margin, mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price_per_gpu_hour,
             host_memory_bytes_per_node=int(host_ram_gib * GIB), num_runners_up=runners_up,
             allow_longer=allow_longer, **kwargs,
         )

@@ -116,7 +116,7 @@ def report(
     allow_longer: o.AllowLongerOpt = False,
     margin: Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")] = 0.1,
     mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for time and cost, in (0, 1].")] = 0.4,
-    tokens: Annotated[int, typer.Option("--tokens", help="Tokens to train on, for time and cost.")] = 0,
+    tokens: o.TokensOpt = "0",
     price_per_gpu_hour: Annotated[float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")] = 0.0,
     compare_gpus: Annotated[
         bool, typer.Option("--compare-gpus", help="Add the table of every catalog GPU: fewest that fit, time, cost.")
@@ -133,10 +133,11 @@ def report(
         raise PlannerError(f"--max-points must be at least 100, got {max_points}.")
     if not 0.0 <= margin < 1.0:
         raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
-    if not 0.0 < mfu <= 1.0:
-        raise PlannerError(f"--mfu must be in (0, 1], got {mfu}.")
-    if tokens < 0 or price_per_gpu_hour < 0:
-        raise PlannerError(f"--tokens and --price-per-gpu-hour must not be negative, got {tokens} and {price_per_gpu_hour}.")
+    from planner.estimate.throughput import validate_mfu, validate_price
+
+    validate_mfu(mfu)
+    validate_price(price_per_gpu_hour)
+    num_tokens = o.parse_tokens(tokens)
     if compare_gpus and model is None:
         raise PlannerError("--compare-gpus needs --model (it compares GPUs for the estimated model).")
     inputs = _inputs(model, plan, accuracy)
@@ -153,7 +154,7 @@ def report(
     if model is not None:
         estimates, gpu_rows, all_methods = _estimates(
             model, gpu=gpu, gpus=gpus, nodes=nodes, method=method, zero=zero, offload=offload, margin=margin,
-            mfu=mfu, tokens=tokens, price=price_per_gpu_hour, allow_longer=allow_longer,
+            mfu=mfu, tokens=num_tokens, price=price_per_gpu_hour, allow_longer=allow_longer,
             trust_remote_code=trust_remote_code, compare_gpus=compare_gpus,
             precision=precision, optimizer=optimizer, lora_rank=lora_rank, lora_alpha=lora_alpha,
             lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,

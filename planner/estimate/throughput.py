@@ -51,9 +51,21 @@ DEQUANT_BYTES_PER_PARAM = 2.6
 SECONDS_PER_HOUR = 3600
 
 
+# Input bounds (issue 14 item 9): below 0.1% MFU or above 10^9 per GPU-hour is a typo, not a plan, and such
+# values overflowed time and cost to Infinity in --json. 10^21 tokens is ~100,000 x the largest corpora.
+MIN_MFU = 0.001
+MAX_PRICE_PER_GPU_HOUR = 1e9
+MAX_TOKENS = 10**21
+
+
 def validate_mfu(mfu: float) -> None:
-    if not isinstance(mfu, (int, float)) or isinstance(mfu, bool) or not 0.0 < mfu <= 1.0 or math.isnan(mfu):
-        raise PlannerError(f"--mfu must be in (0, 1], got {mfu}.")
+    if (
+        not isinstance(mfu, (int, float))
+        or isinstance(mfu, bool)
+        or math.isnan(mfu)
+        or not MIN_MFU <= mfu <= 1.0
+    ):
+        raise PlannerError(f"--mfu must be in (0, 1] and at least {MIN_MFU} (a share of peak FLOP/s), got {mfu}.")
 
 
 def validate_price(price_per_gpu_hour: float) -> None:
@@ -61,14 +73,19 @@ def validate_price(price_per_gpu_hour: float) -> None:
         not isinstance(price_per_gpu_hour, (int, float))
         or math.isnan(price_per_gpu_hour)
         or math.isinf(price_per_gpu_hour)
-        or price_per_gpu_hour < 0
+        or not 0 <= price_per_gpu_hour <= MAX_PRICE_PER_GPU_HOUR
     ):
-        raise PlannerError(f"--price-per-gpu-hour must be a finite number of at least 0, got {price_per_gpu_hour}.")
+        raise PlannerError(
+            f"--price-per-gpu-hour must be a finite number from 0 to {MAX_PRICE_PER_GPU_HOUR:,.0f}, "
+            f"got {price_per_gpu_hour}."
+        )
 
 
 def validate_tokens(num_tokens: int) -> None:
     if num_tokens < 0:
         raise PlannerError(f"--tokens must not be negative, got {num_tokens}.")
+    if num_tokens > MAX_TOKENS:
+        raise PlannerError(f"--tokens must be at most {MAX_TOKENS:.0e} (beyond any training run), got {num_tokens:.3g}.")
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
