@@ -15,7 +15,7 @@
 # the Linux torch wheels on PyPI are CUDA builds (multi-GB, nvidia-* dependencies), so torch stays at the
 # lock's version when no newer CPU build can be had, and the output says so.
 #
-# Usage: bash scripts/drift.sh [--venv DIR] [--out DIR] [--jobs N]
+# Usage: bash scripts/drift.sh [--venv DIR] [--out DIR] [--jobs N (default 1: reproducible per-cell bytes)]
 # Output goes to stdout and DIR/drift.txt (default test-artifacts/drift). Exit status: 0 when nothing moved,
 # 3 when a test, cell or category moved, other codes on failure. A re-run with the same versions reuses the
 # validation profiles (cached per library versions under DIR/cache) and only re-runs the tests.
@@ -23,7 +23,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-drift
 OUT=test-artifacts/drift
-JOBS=2
+# One profiling worker: a worker process runs its cells in turn, and a cell's "other" bytes depend on the cells
+# the same process ran before it (with the same versions, one QLoRA cell measured 256 B of "other" in the
+# matrix and 1,532 B profiled alone); with two workers the cells each gets change from run to run and look like
+# drift.
+JOBS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --venv) VENV=$2; shift 2 ;;
