@@ -25,7 +25,7 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "peft": ("0.21",),
     "bitsandbytes": ("0.50",),
     "deepspeed": ("0.19",),
-    "accelerate": ("1.15",),
+    "accelerate": ("1.15", "1.16"),
 }
 
 # The device kinds the allocated-memory model was measured against (README "Accuracy"); the GPU-only terms
