@@ -177,3 +177,26 @@ def test_zero2_three_ranks_against_the_measured_profile():
     assert 0 <= worst / max(MEASURED_Z2.values()) - 1 < 0.02
     # rank 0's buffer is made late in backward; planner counts it from the first gradient (an overestimate)
     assert estimate(spec, train, cluster, device="cpu", rank=0).per_gpu.total_bytes >= MEASURED_Z2[0]
+
+
+# `planner validate` random cell gpt2-h160l3v1396-lora-all-z3g2-nock-eager-s57b1-fp32 (2026-12-02, 3 repeats with
+# identical bytes): ZeRO-3 on two ranks, LoRA r2 on every linear, fp32. DeepSpeed keeps every tensor of at most
+# stage3_param_persistence_threshold = 10*h = 1,600 elements (biases, norms, the adapters) whole on each rank beside
+# its partition; measured parameters per rank 2,462,400 B = (1,187,360 / 2 + 21,920) x 4.
+GPT2_Z3 = {"model_type": "gpt2", "n_embd": 160, "n_layer": 3, "n_head": 5, "n_inner": 640, "vocab_size": 1396,
+           "n_positions": 128}
+
+
+def test_zero3_persistent_parameters_against_the_measured_profile():
+    from planner.specs import LoraSpec
+
+    spec = spec_from_config(GPT2_Z3, "gpt2-z3")
+    train = TrainSpec(method=Method.LORA, precision=Precision.FP32, zero_stage=3, micro_batch=1, seq_len=57,
+                      attn_impl=AttnImpl.EAGER, lora=LoraSpec(rank=2, alpha=16, dropout=0.05))
+    est = estimate(spec, train, Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=2), device="cpu")
+    assert est.per_gpu.params_bytes == 2_462_400
+    # without ZeRO-3 nothing is persistent and nothing changes
+    z2 = estimate(spec, TrainSpec(method=Method.LORA, precision=Precision.FP32, zero_stage=2, micro_batch=1,
+                                  seq_len=57, lora=LoraSpec(rank=2, alpha=16, dropout=0.05)),
+                  Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=2), device="cpu")
+    assert z2.per_gpu.params_bytes == 1_187_360 * 4

@@ -9,7 +9,7 @@ from planner.estimate.cpu_kernels import CpuKernels
 from planner.estimate.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.peak import PHASES, phase_breakdowns
 from planner.estimate.result import Estimate
-from planner.estimate.sharding import shard_states
+from planner.estimate.sharding import shard_states, zero3_persistent
 from planner.estimate.states import unsharded_states
 from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
 from planner.estimate.zero_partition import RankPartition, rank_partitions, trainable_numels
@@ -68,7 +68,8 @@ def estimate(
     counts = count_params(model)
     split = split_params(counts, train)
     states = unsharded_states(counts, split, train)
-    sharded = shard_states(states, train, cluster.num_gpus, counts.largest_module)
+    num_persistent, persistent_bytes = zero3_persistent(counts, train, model.num_layers, model.hidden_size)
+    sharded = shard_states(states, train, cluster.num_gpus, counts.largest_module, persistent_bytes)
 
     adapters = lora_adapter_paths(model, train) if train.method is not Method.FULL else ()
     zero2 = train.zero_stage == 2 and train.offload is Offload.NONE
@@ -88,7 +89,7 @@ def estimate(
             hidden_size=model.hidden_size,
             largest_trainable=counts.largest_module,
             largest_trainable_tensor=largest_tensor,
-            num_params=split.num_params,
+            num_params=split.num_params - num_persistent,  # ZeRO-3 gathers only the partitioned ones
             params_bytes=states.params_bytes,
             device=device,
             partition=partition,

@@ -18,8 +18,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from planner.estimate.states import UnshardedStates
+from planner.estimate.params import ParamCounts
+from planner.estimate.states import UnshardedStates, trainable_extra_dtype
+from planner.estimate.zero_partition import zero3_persistence_threshold, zero3_persistent_numels
 from planner.specs import Offload, TrainSpec
+from planner.units import nbytes
 
 # DeepSpeed's default ZeRO-3 sub_group_size (deepspeed/runtime/zero/config.py, ZeroConfig.sub_group_size).
 DS_SUB_GROUP_SIZE = 1_000_000_000
@@ -43,9 +46,21 @@ class ShardedStates:
     notes: tuple[str, ...] = ()
 
 
+def zero3_persistent(counts: ParamCounts, train: TrainSpec, num_layers: int, hidden_size: int) -> tuple[int, int]:
+    """(elements, bytes) of the parameters ZeRO-3 keeps whole on every rank (zero_partition.py
+    ``zero3_persistent_numels``): base tensors in the compute dtype, adapters in theirs."""
+    if train.zero_stage != 3:
+        return 0, 0
+    base, extra = zero3_persistent_numels(counts, train, num_layers, zero3_persistence_threshold(hidden_size))
+    return base + extra, nbytes(base, train.precision.compute_dtype) + nbytes(extra, trainable_extra_dtype(train))
+
+
 def shard_states(
-    states: UnshardedStates, train: TrainSpec, num_ranks: int, largest_module_params: int
+    states: UnshardedStates, train: TrainSpec, num_ranks: int, largest_module_params: int,
+    persistent_bytes: int = 0,
 ) -> ShardedStates:
+    """``persistent_bytes``: ZeRO-3's unpartitioned parameters (``zero3_persistent``), held whole on every rank
+    beside their share of the flat partition."""
     n = num_ranks
     stage = train.zero_stage
     params, grads, opt = states.params_bytes, states.grads_bytes, states.optimizer_states_bytes
@@ -57,7 +72,7 @@ def shard_states(
     if stage >= 2:
         grads = _shard(grads, n)
     if stage >= 3:
-        params = _shard(params, n)
+        params = _shard(params, n) + persistent_bytes
         # 16-bit parameters and gradients of the largest module, gathered in full (DeepSpeed stage3.py).
         gathered = 4 * largest_module_params
     if stage in (1, 2):
@@ -85,9 +100,10 @@ def shard_states(
         grads = 0
         step_fp32 = 0
     if train.offload is Offload.OPTIMIZER_PARAMS:
-        # ZeRO-Infinity parameter offload: the 16-bit parameter partition lives on the CPU too.
-        cpu += params
-        params = 0
+        # ZeRO-Infinity parameter offload: the 16-bit parameter partition lives on the CPU too (persistent
+        # parameters stay on the device: they are never partitioned).
+        cpu += params - persistent_bytes
+        params = persistent_bytes
     return ShardedStates(
         params_bytes=params,
         grads_bytes=grads,

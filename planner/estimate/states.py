@@ -73,6 +73,13 @@ def _hidden_of(counts: ParamCounts) -> int:
     return counts.linears[0].in_features if counts.linears else 1
 
 
+def trainable_extra_dtype(train: TrainSpec) -> str:
+    """The dtype of LoRA adapters (peft: fp32 on a 16-bit base), or the compute dtype where DeepSpeed with
+    16-bit training casts the whole module (see unsharded_states)."""
+    deepspeed_16bit = train.zero_stage >= 1 and train.precision.has_master_weights
+    return "fp32" if train.method is not Method.FULL and not deepspeed_16bit else train.precision.compute_dtype
+
+
 def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -> UnshardedStates:
     precision = train.precision
     compute = precision.compute_dtype
@@ -92,8 +99,7 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -
     # need no master copy. Under DeepSpeed (ZeRO >= 1) with bf16/fp16 enabled the engine casts the whole
     # module, adapters included, to the 16-bit dtype and its optimizer keeps fp32 masters (measured by
     # `planner profile`, ZeRO-2 + LoRA). modules_to_save are deep copies of base modules, in the base dtype.
-    deepspeed_16bit = train.zero_stage >= 1 and precision.has_master_weights
-    adapter_dtype = "fp32" if train.method is not Method.FULL and not deepspeed_16bit else compute
+    adapter_dtype = trainable_extra_dtype(train)
     num_saved = split.num_trainable - split.num_adapter if train.method is not Method.FULL else 0
     params += nbytes(split.num_adapter, adapter_dtype) + nbytes(num_saved, compute)
 
