@@ -178,3 +178,46 @@ def test_qlora_matches_cpu_measurement(family, attn, ckpt):
     est = simulate_step(spec, train, device="cpu", cpu=_this_cpu(spec, train))
     assert _close(est.forward_end_bytes, measured.forward_end_bytes), (est.forward_end_bytes, measured)
     assert _close(est.backward_peak_bytes, measured.backward_peak_bytes), (est.backward_peak_bytes, measured)
+
+
+# peft 0.21 adapts the output layer with lora.Linear and an embedding with lora.Embedding (tuners/lora/layer.py:
+# ``F.embedding(x, lora_embedding_A.T) @ lora_embedding_B.T * scaling``); both are valid --lora-targets.
+OUTER_TARGETS = [
+    ("llama", ("lm_head",), "sdpa", False, "fp32"),
+    ("llama", ("embed_tokens",), "sdpa", False, "fp32"),
+    ("llama", ("embed_tokens", "lm_head", "q_proj"), "eager", True, "fp32"),
+    ("gpt2", ("wte",), "eager", False, "fp32"),
+    ("gpt2", ("lm_head", "wpe"), "sdpa", True, "fp32"),
+    ("gemma2", ("embed_tokens",), "eager", False, "fp32"),  # scaled embedding: the lookup includes the scale
+    ("llama", ("lm_head",), "sdpa", False, "bf16"),
+    ("llama", ("embed_tokens",), "eager", True, "bf16"),
+    ("mixtral", ("lm_head", "embed_tokens"), "sdpa", False, "bf16"),
+]
+
+
+@pytest.mark.cpu_kernels
+@pytest.mark.slow
+@pytest.mark.parametrize("family,targets,attn,ckpt,dtype", OUTER_TARGETS)
+def test_lora_on_output_layer_and_embeddings_matches_cpu_measurement(family, targets, attn, ckpt, dtype):
+    import memprobe
+    cfg = FAMILIES[family]
+    lora = LoraSpec(rank=8, alpha=16, dropout=0.0, targets=targets)
+    model = memprobe.apply_lora(memprobe.build_model(cfg, attn=attn, dtype=dtype), rank=lora.rank, alpha=lora.alpha,
+                                dropout=lora.dropout, targets=targets)
+    measured = memprobe.run_steps(model, micro_batch=2, seq_len=32, checkpointing=ckpt)
+    train = TrainSpec(method=Method.LORA, precision=Precision.FP32 if dtype == "fp32" else Precision.BF16,
+                      micro_batch=2, seq_len=32, grad_checkpointing=ckpt, attn_impl=AttnImpl(attn), lora=lora)
+    spec = spec_from_config(dict(cfg), family)
+    est = simulate_step(spec, train, device="cpu", cpu=_this_cpu(spec, train))
+    assert _close(est.forward_end_bytes, measured.forward_end_bytes), (est.forward_end_bytes, measured)
+    assert _close(est.forward_peak_bytes, measured.forward_peak_bytes), (est.forward_peak_bytes, measured)
+    assert _close(est.backward_peak_bytes, measured.backward_peak_bytes), (est.backward_peak_bytes, measured)
+
+
+def test_a_step_with_nothing_trainable_is_refused_with_a_sentence():
+    from planner.errors import PlannerError
+
+    spec = spec_from_config(dict(FAMILIES["llama"]), "llama")
+    train = TrainSpec(method=Method.LORA, micro_batch=1, seq_len=32, lora=LORA)
+    with pytest.raises(PlannerError, match="nothing is trainable"):
+        simulate_step(spec, train, device="cpu", adapters=())

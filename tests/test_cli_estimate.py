@@ -145,3 +145,22 @@ def test_model_directory_and_hub_id_offline(cli, tmp_path):
 
 def test_gpu_auto_without_gpus(cli):
     _assert_clean_error(cli("estimate", "--model", "gpt2", "--gpu", "auto"), "--gpu auto")
+
+
+@pytest.mark.parametrize("target", ["lm_head", "embed_tokens", "lm_head,embed_tokens"])
+def test_lora_on_the_output_layer_or_the_embedding_is_estimated(cli, target):
+    """Issue 14 item 7: both are valid --lora-targets (peft lora.Linear / lora.Embedding); they crashed."""
+    r = cli("estimate", "--model", "llama-3.2-1b", "--gpus", "1", "--method", "lora", "--lora-targets", target,
+            "--zero", "0", "--offload", "none", "--json")
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)["rows"][0]
+    # peft: lm_head gets r(h + V), embed_tokens r(V + h): 16 x (2048 + 128256) each
+    assert row["num_trainable_params"] == 16 * (2048 + 128256) * len(target.split(","))
+    assert row["per_gpu"]["activations_bytes"] > 0
+
+
+def test_lora_targets_all_inside_modules_to_save_are_refused_like_peft(cli):
+    r = cli("estimate", "--model", "llama-3.2-1b", "--method", "lora", "--lora-targets", "lm_head",
+            "--modules-to-save", "lm_head", "--zero", "0", "--offload", "none")
+    assert r.returncode == 1
+    assert "No modules were targeted for adaptation" in r.stderr and "Traceback" not in r.stderr

@@ -36,7 +36,11 @@ class Family:
         emb_trainable = full or bool(save & {"embed_tokens", "wte"})
         self.embed_w = Param((model.vocab_size, model.hidden_size), ctx.dtype, emb_trainable)
         head_trainable = full or "lm_head" in save or (model.tie_word_embeddings and emb_trainable)
-        self.lm_head = Linear(model.hidden_size, model.vocab_size, ctx.dtype, head_trainable)
+        # peft adapts the output layer like any linear (lora.Linear) and an embedding with lora.Embedding
+        self.lm_head = Linear(model.hidden_size, model.vocab_size, ctx.dtype, head_trainable,
+                              lora_rank=0 if full else self._rank("lm_head"), adapter_dtype=ctx.adapter_dtype)
+        self.embed_lora = self._embedding_adapter(("embed_tokens", "wte"), model.vocab_size)
+        self.wpe_lora = self._embedding_adapter(("wpe",), model.max_position_embeddings) if self.kind == "gpt2" else None
         if model.tie_word_embeddings:
             self.lm_head.w = self.embed_w  # one parameter: its gradient accumulates from both uses
         self.final_norm_w = Param((model.hidden_size,), ctx.dtype, full)
@@ -49,16 +53,27 @@ class Family:
 
     # ------------------------------------------------------------ weights
 
-    def _rank(self, suffix: str) -> int:
-        """The LoRA rank of the module (or parameter) whose path ends with ``suffix`` (0: not adapted)."""
-        for path, rank in self.adapters:
-            if path.endswith("." + suffix) or path == suffix:
-                return rank
+    def _rank(self, *suffixes: str) -> int:
+        """The LoRA rank of the module (or parameter) whose path ends with one of ``suffixes`` (0: not adapted)."""
+        for suffix in suffixes:
+            for path, rank in self.adapters:
+                if path.endswith("." + suffix) or path == suffix:
+                    return rank
         return 0
 
-    def _lin(self, suffix: str, d_in: int, d_out: int, bias: bool = False) -> Linear:
+    def _embedding_adapter(self, suffixes: tuple[str, ...], num: int) -> tuple[Param, Param] | None:
+        """peft lora.Embedding on the embedding named by one of ``suffixes``: lora_embedding_A [r, num] and
+        lora_embedding_B [dim, r] in the adapter dtype, or None."""
+        rank = 0 if self.full else self._rank(*suffixes)
+        if not rank:
+            return None
+        dtype = self.ctx.adapter_dtype
+        return Param((rank, num), dtype, True), Param((self.model.hidden_size, rank), dtype, True)
+
+    def _lin(self, suffix: str | tuple[str, ...], d_in: int, d_out: int, bias: bool = False) -> Linear:
+        names = (suffix,) if isinstance(suffix, str) else suffix
         return Linear(d_in, d_out, self.ctx.dtype, self.full, bias=bias and True,
-                      lora_rank=0 if self.full else self._rank(suffix), adapter_dtype=self.ctx.adapter_dtype,
+                      lora_rank=0 if self.full else self._rank(*names), adapter_dtype=self.ctx.adapter_dtype,
                       quant=self.ctx.quantized, f_linear=self.kind != "gpt2")
 
     def _norm(self) -> Param:
@@ -79,9 +94,11 @@ class Family:
         if self.kind == "phi3":
             w["qkv"] = self._lin("self_attn.qkv_proj", h, (a + 2 * kv) * d)
         else:
-            w.update(q=self._lin("self_attn.q_proj", h, a * d, qkv_bias),
-                     k=self._lin("self_attn.k_proj", h, kv * d, qkv_bias),
-                     v=self._lin("self_attn.v_proj", h, kv * d, qkv_bias))
+            # DeepSeek-V2's latent attention stands in as grouped-query attention (note in build_family): its
+            # projections' adapters go on the stand-ins (q_a/q_b -> q, kv_a_proj_with_mqa -> k, kv_b_proj -> v)
+            w.update(q=self._lin(("self_attn.q_proj", "self_attn.q_b_proj", "self_attn.q_a_proj"), h, a * d, qkv_bias),
+                     k=self._lin(("self_attn.k_proj", "self_attn.kv_a_proj_with_mqa"), h, kv * d, qkv_bias),
+                     v=self._lin(("self_attn.v_proj", "self_attn.kv_b_proj"), h, kv * d, qkv_bias))
         o_bias = bool(c.get("attention_bias", False)) and m.model_type != "qwen2"
         w["o"] = self._lin("self_attn.o_proj", a * d, h, o_bias)
         if m.model_type == "qwen3" or m.model_type == "qwen3_moe":
@@ -112,7 +129,9 @@ class Family:
     def total_grad_bytes(self, num_layers: int) -> int:
         total = self.layer_grad_bytes * max(num_layers - len(self.layer_weights), 0)
         total += sum(_grad_bytes(w) for w in self.layer_weights)
-        for p in {id(x): x for x in (self.embed_w, self.lm_head.w, self.final_norm_w)}.values():
+        outer = [self.embed_w, self.lm_head.w, self.final_norm_w, self.lm_head.lora_a, self.lm_head.lora_b]
+        outer += list(self.embed_lora or ()) + list(self.wpe_lora or ())
+        for p in {id(x): x for x in outer if x is not None}.values():
             if p.trainable:
                 total += p.numel * dtype_bytes(p.dtype)
         if self.kind == "gpt2" and self.full:
@@ -129,6 +148,8 @@ class Family:
         emb = t.op("embedding", [self.embed_w], [(n_shape, self.embed_w.dtype)], [ids])[0]
         if self.kind == "gemma2":
             emb = ops.mul_scalar(t, emb)  # Gemma2TextScaledWordEmbedding: * embed_scale (a 0-dim buffer)
+        if self.embed_lora is not None:
+            emb = ly.lora_embedding(t, ctx, ids, emb, *self.embed_lora, scaled=self.kind == "gemma2")
         if self.input_requires_grad and emb.node is None:
             # enable_input_require_grads(): the frozen embedding's output becomes a leaf that requires grad;
             # AccumulateGrad holds the leaf, and its .grad, until the graph is freed after backward.
@@ -140,6 +161,10 @@ class Family:
         if self.kind == "gpt2":
             wpe = Param((self.model.max_position_embeddings, self.model.hidden_size), c.dtype, self.full)
             pos = t.op("embedding", [wpe], [((1, c.s, self.model.hidden_size), c.dtype)], [])[0]
+            if self.wpe_lora is not None:
+                position_ids = t.new((1, c.s), "int64")
+                pos = ly.lora_embedding(t, ctx, position_ids, pos, *self.wpe_lora)
+                del position_ids
             held.append(pos)
             emb = ops.add(t, emb, pos)
         if self.kind == "gpt2":

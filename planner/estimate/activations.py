@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from planner.errors import PlannerError
 from planner.estimate.act_families import build_family
 from planner.estimate.cpu_kernels import CpuKernels
 from planner.estimate.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
@@ -139,6 +140,14 @@ def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_g
         return h
 
     loss, logits_bytes = causal_lm_loss(t, fam, ids, run_layers, keep_logits=keep_logits, keep_grads=keep_grads)
+    if loss.node is None:
+        # no parameter of the simulated forward is trainable: there is no backward to estimate (peft refuses
+        # such a run, 'No modules were targeted for adaptation', and the optimizer would get no parameters)
+        raise PlannerError(
+            f"nothing is trainable in this {method.value} run of {model.name!r}: no LoRA adapter or trainable "
+            f"module lies between the inputs and the loss (adapters: {', '.join(p for p, _ in adapters) or 'none'}); "
+            "choose other --lora-targets or --modules-to-save."
+        )
     end = sim.mark("forward_end")
     fwd_peak = sim.peaks["forward"]
     if not keep_grads:

@@ -84,6 +84,55 @@ def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     return out
 
 
+def lora_embedding(t: Tape, ctx: Ctx, ids: Fake, result: Fake, a: Param, b: Param, *, scaled: bool = False) -> Fake:
+    """peft 0.21 ``lora.Embedding.forward`` (tuners/lora/layer.py) after the base lookup ``result``:
+    ``after_A = F.embedding(x, lora_embedding_A.T)`` ([.., r], A is [r, vocab] in the adapter dtype; no LoRA
+    dropout on embeddings), ``adapter_output = (after_A @ lora_embedding_B.T) * scaling`` (B is [dim, r]),
+    ``* embed_scale`` for a scaled embedding (Gemma), then ``result = result + adapter_output`` and
+    ``result.to(torch_result_dtype)``. The lookup saves the indices; its backward (embedding_dense_backward)
+    makes a dense [vocab, r] gradient, whose transpose AccumulateGrad copies into A's layout
+    (``clone_obey_contract``: the transposed gradient does not match A's strides) before freeing it. ``after_A``
+    and ``adapter_output`` are the function's locals: alive until it returns."""
+    result_dtype = result.dtype
+    r = a.shape[0]
+    after_a = t.op("embedding", [a], [(ids.shape + (r,), a.dtype)], [ids], _transposed_leaf_grad)[0]
+    # the 3-D @ 2-D matmul folds to mm on [tokens, r] x [r, dim] (B.T is a view): saves both operands
+    prod = t.op("linear", [after_a, b], [(ids.shape + (b.shape[0],), a.dtype)], [after_a], _transposed_b_grad)[0]
+    adapter_output = ops.mul_scalar(t, prod)  # * scaling
+    del prod
+    if scaled:
+        adapter_output = ops.mul_scalar(t, adapter_output)  # * embed_scale (a 0-dim buffer)
+    summed = ops.add(t, result, adapter_output)
+    del result
+    out = ops.to(t, summed, result_dtype)
+    del summed, adapter_output, after_a
+    return out
+
+
+def _transposed_leaf_grad(t: Tape, node, grads_out):
+    """A parameter used transposed (``lora_embedding_A.T``): its gradient is made in the transposed layout,
+    then AccumulateGrad clones it into the parameter's layout and the first copy is freed."""
+    p = node.edges[0][0]
+    first = Storage(t.sim, p.numel * _bytes(p.dtype))
+    second = Storage(t.sim, p.numel * _bytes(p.dtype))
+    del first
+    return [second]
+
+
+def _transposed_b_grad(t: Tape, node, grads_out):
+    """mm(after_A, B.T), MmBackward0 (mat2 first): mm_mat2_backward sees B.T column-major and computes
+    ``(grad.t() @ after_A).t()``, so B's gradient comes in B's own layout (no copy); then grad @ B.T.t() for
+    after_A, mm's [tokens, r] result viewed [.., r]."""
+    edges = node.edges
+    grads: list = [None, None]
+    if edges[1] is not None:
+        p = edges[1][0]
+        grads[1] = Storage(t.sim, p.numel * _bytes(p.dtype))
+    if edges[0] is not None:
+        grads[0] = Storage(t.sim, _prod(edges[0][2]) * _bytes(edges[0][3]), "view" if len(edges[0][2]) > 2 else "")
+    return grads
+
+
 def _lora_4bit(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     """peft lora.bnb.Linear4bit.forward: ``result = base(x).clone()`` (a defensive copy), then without autocast
     ``output = B(A(dropout(x.to(A.dtype)))) * scaling``, cast back to the result dtype, and added.

@@ -253,8 +253,11 @@ def _module_targets(counts: ParamCounts, targets: list[str], modules_to_save: tu
                     strict: bool) -> list[ModuleGroup]:
     chosen: list[ModuleGroup] = []
     for target in targets:
-        hits = [g for g in counts.modules if _matches(g.path, target) and not _inside_saved(g.path, modules_to_save)]
+        named = [g for g in counts.modules if _matches(g.path, target)]
+        hits = [g for g in named if not _inside_saved(g.path, modules_to_save)]
         adaptable = [g for g in hits if g.kind in ("linear", "embedding")]
+        if not adaptable and any(g.kind in ("linear", "embedding") for g in named):
+            continue  # only modules inside modules_to_save: peft skips them (and refuses if nothing is left)
         if not adaptable and strict:
             valid = _valid_names(counts, ("linear", "embedding"))
             what = "matches only modules LoRA cannot adapt" if hits else "matches no module of this model"
@@ -317,7 +320,16 @@ def _all_targets(counts: ParamCounts, targets: tuple[str, ...], modules_to_save:
 def lora_adapters(counts: ParamCounts, lora: LoraSpec) -> list[LoraAdapter]:
     """Every LoRA adapter peft would create for ``lora`` on this model."""
     out = []
-    for t in _all_targets(counts, lora.targets, lora.modules_to_save, lora.rank):
+    chosen = _all_targets(counts, lora.targets, lora.modules_to_save, lora.rank)
+    if not chosen:
+        # peft BaseTuner.inject_adapter: NoMatchingPeftModuleError "No modules were targeted for adaptation ...
+        # You may also have only targeted modules that are marked to be saved (`modules_to_save`)."
+        raise PlannerError(
+            f"LoRA targets {', '.join(lora.targets)} leave nothing to adapt: every module they name is inside "
+            f"--modules-to-save ({', '.join(lora.modules_to_save)}), which peft trains as a full copy and never "
+            "adapts (peft refuses: 'No modules were targeted for adaptation')."
+        )
+    for t in chosen:
         out.append(t if isinstance(t, LoraAdapter) else
                    LoraAdapter(t.path, t.in_features, t.out_features, lora.rank, t.num_modules))
     return out
