@@ -225,6 +225,11 @@ class GpuSpec:
     host_bytes_per_s: int
     memory_stated: str = ""
     unconfirmed: bool = False
+    # An indicative on-demand list price in USD per GPU-hour (None: the catalog has none), the date it was
+    # read and where (planner/catalog/gpus.json). --price-per-gpu-hour overrides it.
+    price_per_gpu_hour_usd: float | None = None
+    price_date: str = ""
+    price_source: str = ""
 
     def dense_flops(self, dtype: str) -> int:
         if dtype == "fp16":

@@ -63,6 +63,9 @@ def _gpu_from_record(rec: dict[str, Any]) -> GpuSpec:
         host_bytes_per_s=int(pcie_bidir) // 2,
         memory_stated=rec.get("memory_stated", ""),
         unconfirmed=bool(rec.get("unconfirmed", False)),
+        price_per_gpu_hour_usd=rec.get("price_per_gpu_hour_usd"),
+        price_date=rec.get("price_date") or "",
+        price_source=rec.get("price_source") or "",
     )
 
 

@@ -61,7 +61,8 @@ def gpus(as_json: o.JsonOpt = False) -> None:
         typer.echo(json.dumps([dataclasses.asdict(g) for g in specs], indent=2))
         return
     table = Table(title="Accelerator catalog", header_style="bold")
-    for col in ("name", "vendor", "memory", "stated", "HBM TB/s", "bf16 TFLOP/s", "GPU-GPU GB/s", "bf16"):
+    for col in ("name", "vendor", "memory", "stated", "HBM TB/s", "bf16 TFLOP/s", "GPU-GPU GB/s", "bf16",
+                "USD/GPU-h"):
         table.add_column(col, justify="left" if col in ("name", "vendor", "stated") else "right")
     for g in specs:
         table.add_row(
@@ -73,6 +74,9 @@ def gpus(as_json: o.JsonOpt = False) -> None:
             f"{g.bf16_dense_flops / 1e12:,.0f}",
             f"{g.intra_node_bytes_per_s / 1e9:,.0f}",
             "yes" if g.supports_bf16 else "no",
+            f"{g.price_per_gpu_hour_usd:.2f}" if g.price_per_gpu_hour_usd else "-",
         )
     Console().print(table)
     Console().print("[dim]* some fields unconfirmed by a second source (see the catalog's source notes).[/]")
+    Console().print("[dim]USD/GPU-h: an indicative on-demand list price (provider and date in each entry's "
+                    "price_source, planner gpus --json); - where the catalog has none.[/]")

@@ -92,8 +92,15 @@ def estimate(
         float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")
     ] = 0.0,
     compare_gpus: Annotated[
-        bool, typer.Option("--compare-gpus", help="For every catalog GPU: fewest GPUs that fit, time and cost.")
+        bool,
+        typer.Option("--compare-gpus", help="For every catalog GPU and method: the cheapest plan that fits, its time "
+                     "and cost (catalog USD prices unless --price-per-gpu-hour)."),
     ] = False,
+    max_hours: Annotated[
+        float,
+        typer.Option("--max-hours", help="With --compare-gpus and --tokens: only plans finishing within this many "
+                     "hours compete on cost."),
+    ] = 720.0,
     trust_remote_code: o.TrustRemoteCodeOpt = False,
     as_json: o.JsonOpt = False,
     csv: Annotated[Path | None, typer.Option("--csv", help="Also write the rows to this CSV file.")] = None,
@@ -142,7 +149,7 @@ def estimate(
             raise PlannerError(
                 f"--compare-gpus compares every GPU in the catalog, so --gpu {gpu!r} does not apply; drop one of them."
             )
-        _compare_gpus(spec, base, method, tokens, mfu, price_per_gpu_hour, margin, as_json)
+        _compare_gpus(spec, base, method, tokens, mfu, price_per_gpu_hour, margin, as_json, max_hours)
         return
     cluster = o.build_cluster(gpu, gpus, nodes)
     methods = [o.parse_method(method)] if method else list(Method)
@@ -244,7 +251,7 @@ def _inputs(spec) -> dict:
     return {"the model config": None if spec.source == "catalog" or spec.source.startswith("hub:") else spec.source}
 
 
-def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json) -> None:
+def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json, max_hours) -> None:
     from planner.cli.render import render_compare_gpus
     from planner.estimate.compare_gpus import compare_gpus
 
@@ -255,10 +262,14 @@ def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json) -> No
         mfu=mfu,
         price_per_gpu_hour=price,
         margin=margin,
+        max_hours=max_hours,
     )
     if method is not None:
         rows = [r for r in rows if r.method == o.parse_method(method).value]
     if as_json:
-        typer.echo(json_text({"model": _model_json(spec), "rows": [r.to_dict() for r in rows]}))
+        from planner.estimate.compare_gpus import RANKING
+
+        typer.echo(json_text({"model": _model_json(spec), "ranking": RANKING, "max_hours": max_hours,
+                              "rows": [r.to_dict() for r in rows]}))  # fmt: skip
         return
-    render_compare_gpus(spec, rows)
+    render_compare_gpus(spec, rows, num_tokens=tokens, max_hours=max_hours, precision=base.precision.value)

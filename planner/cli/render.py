@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -20,14 +21,120 @@ PAPER_NOTE = (
 
 
 _PHASE_SHORT = {"optimizer_step": "optim step"}
+_OFFLOAD_SHORT = {"none": "none", "optimizer": "optimizer", "optimizer+params": "optim+params"}
+# Layouts of the estimate table, widest first; the widest that fits the terminal is printed. Each column:
+# (key, header, right-aligned). Headers may take two lines.
+_ESTIMATE_COLUMNS = {
+    "method": ("method", False), "zero": ("ZeRO", True), "offload": ("offload", False),
+    "trainable": ("trainable\nparams", True), "params": ("params", True), "grads": ("grads", True),
+    "optim": ("optimizer\nstates", True), "states": ("model\nstates", True), "activ": ("activ-\nations", True),
+    "temp": ("tempo-\nraries", True), "overhead": ("over-\nhead", True), "alloc": ("allocated\npeak", True),
+    "device": ("device\npeak", True), "phase": ("peak in", False), "cpu": ("host RAM\nper node", True),
+    "max_mb": ("max micro-\nbatch", True), "max_seq": ("max\nsequence", True), "fits": ("fits", False),
+    "headroom": ("head-\nroom", True),
+}
+_ESTIMATE_LAYOUTS = (
+    ("method", "zero", "offload", "trainable", "params", "grads", "optim", "activ", "temp", "overhead", "alloc",
+     "device", "phase", "cpu", "max_mb", "max_seq", "fits", "headroom"),
+    ("method", "zero", "offload", "params", "grads", "optim", "activ", "temp", "device", "max_mb", "max_seq", "fits",
+     "headroom"),
+    ("method", "zero", "offload", "states", "activ", "temp", "device", "fits", "headroom"),
+)
+_TABLE_STYLE = dict(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
 
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:,.2f}"
 
 
+def terminal_width() -> int:
+    """The terminal's width (COLUMNS when set, as rich reads it; 80 when output is not a terminal)."""
+    return Console().width
+
+
+def _console() -> Console:
+    return Console(soft_wrap=False, width=terminal_width())
+
+
+def _fits(table: Table, console: Console) -> bool:
+    """Whether ``table`` prints within the console's width without squeezing a column."""
+    natural = Console(width=100_000).measure(table).maximum
+    return natural <= console.width
+
+
+def _row_label(est: Estimate) -> str:
+    offload = est.train.offload.value
+    return f"{est.train.method.value} ZeRO-{est.train.zero_stage}" + ("" if offload == "none" else f" + {offload} offload")
+
+
+def notes_by_row(rows: list[Estimate]) -> list[str]:
+    """Every row's notes once each, in first-seen order; a note that holds for some rows only names them."""
+    seen: dict[str, list[str]] = {}
+    for est in rows:
+        for note in est.notes:
+            seen.setdefault(note, []).append(_row_label(est))
+    out = []
+    for note, labels in seen.items():
+        if len(labels) == len(rows):
+            out.append(note)
+        elif len(labels) <= 3:
+            out.append(f"{note} ({'; '.join(labels)})")
+        else:
+            out.append(f"{note} ({len(labels)} of {len(rows)} rows; --json gives each row's notes)")
+    return out
+
+
+def print_notes(console: Console, notes: list[str]) -> None:
+    if notes:
+        console.print("Notes:")
+        for note in notes:
+            console.print(f"- {note}", highlight=False)
+
+
+def _estimate_cells(est: Estimate) -> dict[str, str]:
+    b = est.per_gpu
+    fit = est.fit
+    verdict = "[green]yes[/]" if est.fits else "[red]no[/]"
+    return {
+        "method": est.train.method.value,
+        "zero": str(est.train.zero_stage),
+        "offload": _OFFLOAD_SHORT.get(est.train.offload.value, est.train.offload.value),
+        "trainable": fmt_count(est.num_trainable_params),
+        "params": _gib(b.params_bytes),
+        "grads": _gib(b.grads_bytes),
+        "optim": _gib(b.optimizer_states_bytes),
+        "states": _gib(b.model_states_bytes),
+        "activ": _gib(b.activations_bytes),
+        "temp": _gib(b.temporaries_bytes),
+        "overhead": _gib(b.overhead_bytes),
+        "alloc": _gib(b.total_bytes),
+        "device": _gib(est.device_bytes),
+        "phase": _PHASE_SHORT.get(est.peak_phase, est.peak_phase),
+        "cpu": _gib(est.cpu_bytes_per_node),
+        "max_mb": str(fit.max_micro_batch) if fit else "-",
+        "max_seq": str(fit.max_seq_len) if fit else "-",
+        "fits": verdict,
+        "headroom": _gib(est.headroom_bytes),
+    }
+
+
+def _estimate_table(rows: list[Estimate], layout: tuple[str, ...]) -> Table:
+    table = Table(title="Per-GPU memory (GiB) at the peak moment", **_TABLE_STYLE)
+    for key in layout:
+        header, right = _ESTIMATE_COLUMNS[key]
+        table.add_column(header, justify="right" if right else "left", no_wrap=True)
+    for est in rows:
+        cells = _estimate_cells(est)
+        table.add_row(*(cells[k] for k in layout))
+    return table
+
+
+def _pick(console: Console, tables: list[Table]) -> Table:
+    return next((t for t in tables if _fits(t, console)), tables[-1])
+
+
 def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, rows: list[Estimate]) -> None:
-    console = Console(soft_wrap=False, width=max(Console().width, 172))
+    console = _console()
     num_params = rows[0].num_params
     lines = [
         f"[bold]{model.name}[/] ({model.model_type}, {fmt_count(num_params)} parameters) on "
@@ -39,92 +146,155 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
     ]
     for line in lines:
         console.print(line)
-    table = Table(title="Per-GPU memory (GiB) at the peak moment", show_lines=False, header_style="bold")
-    for col in (
-        "method",
-        "ZeRO",
-        "offload",
-        "trainable",
-        "params",
-        "grads",
-        "optim",
-        "activ",
-        "temp",
-        "alloc",
-        "device",
-        "peak at",
-        "CPU/node",
-        "max mb/seq",
-        "fits (headroom)",
-    ):
-        justify = "left" if col in ("method", "offload", "peak at", "fits (headroom)") else "right"
-        table.add_column(col, justify=justify, no_wrap=True)
-    for est in rows:
-        b = est.per_gpu
-        fit = est.fit
-        verdict = "[green]yes[/]" if est.fits else "[red]no[/]"
-        table.add_row(
-            est.train.method.value,
-            str(est.train.zero_stage),
-            est.train.offload.value,
-            fmt_count(est.num_trainable_params),
-            _gib(b.params_bytes),
-            _gib(b.grads_bytes),
-            _gib(b.optimizer_states_bytes),
-            _gib(b.activations_bytes),
-            _gib(b.temporaries_bytes),
-            _gib(b.total_bytes),
-            _gib(est.device_bytes),
-            _PHASE_SHORT.get(est.peak_phase, est.peak_phase),
-            _gib(est.cpu_bytes_per_node),
-            f"{fit.max_micro_batch}/{fit.max_seq_len}" if fit else "-",
-            f"{verdict} ({_gib(est.headroom_bytes)})",
-        )
+    layouts = [_estimate_table(rows, layout) for layout in _ESTIMATE_LAYOUTS]
+    table = _pick(console, layouts)
     console.print(table)
-    tput = [r for r in rows if r.throughput is not None and r.throughput.num_tokens]
+    if table is not layouts[0]:
+        console.print(f"[dim]Some columns left out to fit {console.width} columns; a wider terminal (COLUMNS=200) "
+                      "or --json shows them all.[/]")  # fmt: skip
+    tput = [r for r in rows if r.throughput is not None and r.throughput.num_tokens and r.fits]
     if tput:
-        t = Table(title="Throughput, time and cost (rows that fit)", header_style="bold")
-        for col in ("method", "ZeRO", "offload", "tokens/s/GPU", "step s", "time h", "cost"):
-            t.add_column(col, justify="right" if col not in ("method", "offload") else "left")
+        priced = any(r.throughput.price_per_gpu_hour for r in tput)
+        t = Table(title="Throughput, time and cost (rows that fit)", **_TABLE_STYLE)
+        for col, right in (("method", False), ("ZeRO", True), ("offload", False), ("tokens/s\nper GPU", True),
+                           ("step\n(s)", True), ("time\n(h)", True), ("cost (your\ncurrency)", True)):  # fmt: skip
+            t.add_column(col, justify="right" if right else "left", no_wrap=True)
         for est in tput:
-            if not est.fits:
-                continue
             th = est.throughput
             t.add_row(
                 est.train.method.value,
                 str(est.train.zero_stage),
-                est.train.offload.value,
+                _OFFLOAD_SHORT.get(est.train.offload.value, est.train.offload.value),
                 f"{th.tokens_per_s_per_gpu:,.0f}",
                 f"{th.step_time_s:.2f}",
                 f"{th.total_time_s / 3600:,.1f}",
                 f"{th.cost:,.0f}" if th.price_per_gpu_hour else "-",
             )
         console.print(t)
+        if priced:
+            price = tput[0].throughput.price_per_gpu_hour
+            console.print(f"[dim]cost = GPU-hours x --price-per-gpu-hour {price:g}, in the currency you gave it.[/]")
+    print_notes(console, notes_by_row(rows))
     console.print(f"[dim]{PAPER_NOTE}[/]")
     console.print(
         "[dim]allocated = tensors at the peak moment; device = what nvidia-smi would show (allocator "
-        "reserve + CUDA context); fits compares device with capacity minus the margin. 1 GiB = 2^30 bytes.[/]"
+        "reserve + CUDA context); fits compares device with capacity minus the margin; max micro-batch and max "
+        "sequence are the largest that fit with the margin. 1 GiB = 2^30 bytes.[/]"
     )
 
 
-def render_compare_gpus(model: ModelSpec, rows: list) -> None:
-    console = Console(width=max(Console().width, 140))
-    table = Table(
-        title=f"{model.name}: fewest GPUs that fit, by accelerator (sorted by cost)", header_style="bold"
-    )
-    for col in ("gpu", "method", "GPUs", "ZeRO", "offload", "tokens/s/GPU", "time h", "cost"):
-        table.add_column(col)
-    for r in rows:
-        d = r.to_dict()
-        fits = d.get("fits")
-        table.add_row(
-            d["gpu"],
-            d["method"],
-            str(d.get("num_gpus") or "-") if fits else "-",
-            str(d.get("zero_stage")) if fits else "-",
-            str(d.get("offload")) if fits else "-",
-            f"{d.get('tokens_per_s_per_gpu', 0):,.0f}" if fits else "-",
-            f"{d['time_s'] / 3600:,.1f}" if fits and d.get("time_s") else "-",
-            (f"{d['cost']:,.0f}" if d.get("cost") else "-") if fits else "does not fit",
-        )
-    console.print(table)
+_COMPARE_COLUMNS = (
+    ("rank", "#", True), ("gpu", "gpu", False), ("method", "method", False), ("gpus", "GPUs", True),
+    ("zero", "ZeRO", True), ("offload", "offload", False), ("precision", "precision", False),
+    ("ckpt", "check-\npointing", False), ("tps", "tokens/s\nper GPU", True), ("time", "time\n(h)", True),
+    ("price", "{cur}\nper GPU-h", True), ("cost", "cost\n({cur})", True),
+)
+
+
+def _compare_currency(rows: list[dict]) -> str:
+    currencies = {d.get("price_currency") for d in rows if d.get("price_currency")}
+    return "your currency" if currencies == {"user"} else "USD"
+
+
+def _compare_cells(i: int, d: dict, tokens: bool) -> dict[str, str]:
+    fits = d.get("fits")
+    price = d.get("price_per_gpu_hour")
+    if tokens:
+        cost = f"{d['cost']:,.0f}" if fits and price else "-"
+    else:
+        per_m = d.get("cost_per_million_tokens")
+        cost = f"{per_m:,.2f}" if fits and per_m else "-"
+    return {
+        "rank": str(i),
+        "gpu": d["gpu"],
+        "method": d["method"],
+        "gpus": str(d.get("num_gpus")) if fits else "-",
+        "zero": str(d.get("zero_stage")) if fits else "-",
+        "offload": _OFFLOAD_SHORT.get(d.get("offload"), d.get("offload")) if fits else "-",
+        "precision": d.get("precision", ""),
+        "ckpt": ("on" if d.get("grad_checkpointing") else "off") if fits else "-",
+        "tps": f"{d.get('tokens_per_s_per_gpu', 0):,.0f}" if fits else "-",
+        "time": (f"{d['time_s'] / 3600:,.1f}" if d.get("time_s") else "-") if fits else "-",
+        "price": f"{price:.2f}" if price else "-",
+        "cost": cost if fits else "does not fit",
+    }
+
+
+def _stacked_compare(console: Console, dicts: list[dict], tokens: bool, cur: str) -> None:
+    """One entry of two lines per row, for terminals too narrow for the table."""
+    for i, d in enumerate(dicts, 1):
+        c = _compare_cells(i, d, tokens)
+        if not d.get("fits"):
+            console.print(f"{i:>3}. [bold]{d['gpu']}[/] {d['method']}: does not fit ({d.get('note', '')})",
+                          highlight=False)  # fmt: skip
+            continue
+        offload = "no offload" if d.get("offload") == "none" else f"{d.get('offload')} offload"
+        gpus = f"{c['gpus']} GPU" + ("" if c["gpus"] == "1" else "s")
+        console.print(f"{i:>3}. [bold]{d['gpu']}[/] {d['method']} on {gpus}: ZeRO-{c['zero']}, {offload}, "
+                      f"{c['precision']}, checkpointing {c['ckpt']}", highlight=False)  # fmt: skip
+        money = ""
+        if c["price"] != "-":
+            what = "cost" if tokens else "cost per 1M tokens"
+            money = f", {what} {c['cost']} ({cur}) at {c['price']} per GPU-hour"
+        time = f", {c['time']} h" if tokens else ""
+        console.print(f"     {c['tps']} tokens/s per GPU{time}{money}", highlight=False)
+
+
+def _precision_notes(dicts: list[dict], asked: str | None) -> tuple[list[str], set[str]]:
+    """One note naming every GPU that trains in another precision than asked, and the row notes it replaces."""
+    switched = {d["gpu"]: d.get("precision") for d in dicts if asked and d.get("precision") not in (None, asked)}
+    if not switched:
+        return [], set()
+    by_precision: dict[str, list[str]] = {}
+    for gpu, precision in switched.items():
+        by_precision.setdefault(precision, []).append(gpu)
+    notes = [f"{', '.join(gpus)} have no bf16: they train in {precision} instead of {asked} (the precision column)."
+             for precision, gpus in by_precision.items()]
+    return notes, {f"{gpu} has no bf16: {precision} instead" for gpu, precision in switched.items()}
+
+
+def render_compare_gpus(model: ModelSpec, rows: list, *, num_tokens: int = 0, max_hours: float = 0.0,
+                        precision: str | None = None) -> None:
+    from planner.estimate.compare_gpus import RANKING
+
+    console = _console()
+    dicts = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in rows]
+    tokens = bool(num_tokens)
+    cur = _compare_currency(dicts)
+    title = f"{model.name}: the cheapest plan per accelerator and method" + (
+        f", {fmt_count(num_tokens)} tokens" if tokens else "")
+    table = Table(title=title, **_TABLE_STYLE)
+    for key, header, right in _COMPARE_COLUMNS:
+        if key == "time" and not tokens:
+            continue
+        if key == "cost" and not tokens:
+            header = "{cur} per\n1M tokens"
+        table.add_column(header.format(cur=cur), justify="right" if right else "left", no_wrap=True)
+    for i, d in enumerate(dicts, 1):
+        cells = _compare_cells(i, d, tokens)
+        table.add_row(*(cells[k] for k, _, _ in _COMPARE_COLUMNS if tokens or k != "time"))
+    if _fits(table, console):
+        console.print(table)
+    else:
+        console.print(f"[bold]{title}[/]", highlight=False)
+        _stacked_compare(console, dicts, tokens, cur)
+    notes = [f"Rows are {RANKING}."]
+    if cur == "USD":
+        notes.append("Prices are the catalog's indicative on-demand list prices in USD per GPU-hour (provider and "
+                     "date: planner gpus --json, price_source); GPUs without one show '-'. --price-per-gpu-hour "
+                     "prices every GPU alike, in your currency.")  # fmt: skip
+    else:
+        notes.append("Cost is GPU-hours x --price-per-gpu-hour, the same price for every GPU, in your currency.")
+    if tokens and max_hours:
+        notes.append(f"Only plans that finish within {max_hours:,.0f} h (--max-hours) compete on cost; within 2% "
+                     "of the cheapest, the fewest GPUs.")  # fmt: skip
+    elif not tokens:
+        notes.append("Without --tokens the cheapest per token wins whatever its time; give --tokens to keep only "
+                     "plans that finish within --max-hours.")  # fmt: skip
+    precision_notes, replaced = _precision_notes(dicts, precision)
+    notes += precision_notes
+    for d in dicts:
+        for part in (d.get("note") or "").split("; "):
+            if part and part not in replaced and d.get("fits") and part not in notes:
+                notes.append(part)
+    print_notes(console, notes)

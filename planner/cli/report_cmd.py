@@ -119,7 +119,7 @@ def report(
     tokens: o.TokensOpt = "0",
     price_per_gpu_hour: Annotated[float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")] = 0.0,
     compare_gpus: Annotated[
-        bool, typer.Option("--compare-gpus", help="Add the table of every catalog GPU: fewest that fit, time, cost.")
+        bool, typer.Option("--compare-gpus", help="Add the table of every catalog GPU: the cheapest plan that fits, time, cost.")
     ] = False,
     trust_remote_code: o.TrustRemoteCodeOpt = False,
 ) -> None:

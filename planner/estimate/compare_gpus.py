@@ -1,11 +1,22 @@
-"""Before buying compute: for every catalog GPU and method, the fewest GPUs that fit, time and cost.
+"""Before buying compute: for every catalog GPU and method, the cheapest plan that fits, its time and cost.
 
-For each accelerator x method the search tries every ZeRO stage x offload x checkpointing layout and,
-per layout, the fewest GPUs (powers of two up to ``max_gpus``, 8 per node) whose estimated device peak
-fits with the margin and whose offloaded states fit the node's host RAM. Memory comes from ``planner.estimate.core.estimate`` only; the model states alone
-(ZeRO's per-rank params + grads + optimizer states, a lower bound of every peak) prune layouts and GPU
-counts that cannot fit, and per-GPU memory never rising with more GPUs lets a binary search find the
-fewest. Among the layouts that fit on that fewest count, the fastest (estimated step time) wins.
+For each accelerator x method the search tries every ZeRO stage x offload x checkpointing layout on GPU
+counts that are powers of two up to ``max_gpus`` (8 per node). Memory comes from
+``planner.estimate.core.estimate`` only; the model states alone (ZeRO's per-rank params + grads + optimizer
+states, a lower bound of every peak) prune layouts and GPU counts that cannot fit, and per-GPU memory never
+rising with more GPUs lets a binary search find each layout's fewest GPUs.
+
+Which plan: the one with the fewest GPU-seconds per token (the most tokens/s per GPU), which for one GPU type
+is the cheapest per token whatever its price; within COST_TOLERANCE (2%) of that, the fewest GPUs. A layout is tried from its own fewest
+GPUs up, so a 1-GPU offload plan of thousands of hours loses to the same model on two or eight GPUs without
+offload when that costs less per token. ``min_gpus`` still reports the fewest GPUs that fit at all.
+
+Price: the catalog's indicative USD list price per GPU type (``planner/catalog/gpus.json``: date and source
+in each entry), or one ``price_per_gpu_hour`` for every GPU in the user's currency. Rows are ranked by cost
+per token (price / tokens per second per GPU); rows without a price follow, ranked by GPU-hours per token;
+rows where nothing fits come last. With ``num_tokens``, only plans that finish within ``max_hours`` (default
+720 h, 30 days) compete; where none does, the fastest is shown, ranked after the rest. Precision (fp16 on
+GPUs without bf16) and checkpointing are part of each row.
 """
 
 from __future__ import annotations
@@ -33,6 +44,17 @@ from planner.estimate.throughput import (
 from planner.specs import Cluster, GpuSpec, Method, ModelSpec, Offload, Precision, TrainSpec
 
 DEFAULT_MAX_GPUS = 4096
+# Within this share of the cheapest per token, the plan with fewer GPUs wins: 4096 GPUs to save 0.1% of the
+# cost is not a better plan (tokens/s per GPU can creep up with the GPU count in the step-time model).
+COST_TOLERANCE = 0.02
+# With --tokens, only plans that finish within this many hours compete on cost (a 30-day run); when none does,
+# the fastest is shown with a note. 1-GPU offload plans of thousands of hours were ranked first without it.
+DEFAULT_MAX_HOURS = 720.0
+
+
+def validate_max_hours(max_hours: float) -> None:
+    if not isinstance(max_hours, (int, float)) or isinstance(max_hours, bool) or not 1.0 <= max_hours <= 1e7:
+        raise PlannerError(f"--max-hours must be a number of hours from 1 to 10,000,000, got {max_hours}.")
 # Host RAM per node for offloaded states: a DGX H100 ships 2 TB of system memory; a plan whose offloaded
 # states exceed the node's RAM cannot run, however little GPU memory it needs.
 DEFAULT_HOST_MEMORY_BYTES_PER_NODE = 2048 * 2**30
@@ -66,7 +88,7 @@ class GpuOption:
     max_gpus: int
     capacity_bytes: int
     precision: str
-    num_gpus: int | None = None
+    num_gpus: int | None = None  # the chosen plan's GPUs (the cheapest per token)
     num_nodes: int | None = None
     zero_stage: int | None = None
     offload: str | None = None
@@ -80,6 +102,14 @@ class GpuOption:
     gpu_hours: float | None = None
     cost: float | None = None
     note: str = ""
+    min_gpus: int | None = None  # the fewest GPUs on which any layout fits
+    # The price used: the catalog's USD list price, or --price-per-gpu-hour in the user's currency ("user");
+    # None when neither is known (then cost is 0 and the row ranks after the priced rows).
+    price_per_gpu_hour: float | None = None
+    price_currency: str | None = None
+    price_source: str = ""
+    cost_per_million_tokens: float | None = None
+    within_max_hours: bool | None = None  # False: no plan finishes the tokens in max_hours; the fastest is shown
 
     @property
     def tokens_per_s_cluster(self) -> float | None:
@@ -220,11 +250,13 @@ def compare_gpus(
     host_memory_bytes_per_node: int = DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
     gpus: tuple[GpuSpec, ...] | None = None,
     methods: tuple[Method, ...] = METHOD_ORDER,
+    max_hours: float = DEFAULT_MAX_HOURS,
 ) -> list[GpuOption]:
-    """For every catalog GPU x method, the fewest GPUs that fit, sorted by cost (then GPU-hours per token,
-    GPU count, name, method). Rows where nothing fits come last. ``train`` supplies micro-batch, sequence,
-    accumulation, precision, optimizer, LoRA and attention settings; method, ZeRO stage, offload and
-    checkpointing are searched."""
+    """For every catalog GPU x method, the cheapest plan that fits (and, with ``num_tokens``, finishes within
+    ``max_hours``), ranked as ``sort_rows`` says.
+    ``price_per_gpu_hour`` > 0 prices every GPU alike (the user's currency); 0 uses each GPU's catalog price
+    (USD) where it has one. ``train`` supplies micro-batch, sequence, accumulation, precision, optimizer, LoRA
+    and attention settings; method, ZeRO stage, offload, checkpointing and GPU count are searched."""
     validate_mfu(mfu)
     validate_price(price_per_gpu_hour)
     validate_tokens(num_tokens)
@@ -232,45 +264,111 @@ def compare_gpus(
         raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
     if not isinstance(max_gpus, int) or max_gpus < 1 or max_gpus > 1_000_000:
         raise PlannerError(f"--max-gpus must be an integer from 1 to 1000000, got {max_gpus!r}.")
+    validate_max_hours(max_hours)
     search = EstimateCache(model, margin, host_memory_bytes_per_node=host_memory_bytes_per_node)
     counts = gpu_counts(max_gpus)
     rows: list[GpuOption] = []
     for gpu in gpus if gpus is not None else catalog.gpus():
         precision = precision_for(gpu, train.precision)
+        price = _price(gpu, price_per_gpu_hour)
         for method in methods:
-            rows.append(_row(search, gpu, method, precision, train, counts, max_gpus, mfu, num_tokens,
-                             price_per_gpu_hour))
+            rows.append(_row(search, gpu, method, precision, train, counts, max_gpus, mfu, num_tokens, price,
+                             max_hours))
     return sort_rows(rows)
 
 
-def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens, price) -> GpuOption:
+def _price(gpu: GpuSpec, given: float) -> tuple[float | None, str | None, str]:
+    """(price per GPU-hour, currency, source) for ``gpu``: the user's price, else the catalog's USD price."""
+    if given > 0:
+        return given, "user", "--price-per-gpu-hour"
+    if gpu.price_per_gpu_hour_usd:
+        return gpu.price_per_gpu_hour_usd, "USD", gpu.price_source
+    return None, None, gpu.price_source or "no catalog price"
+
+
+def _best_plan(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], counts: tuple[int, ...],
+               first: int, mfu: float, num_tokens: int, max_hours: float):
+    """(train, GPU count, step, within max_hours) of the plan to show, over every layout and every count from
+    the layout's own fewest: among plans that finish ``num_tokens`` within ``max_hours`` (all of them without
+    tokens), those within COST_TOLERANCE of the most tokens/s per GPU (the cheapest per token), and of those
+    the fewest GPUs, then the faster, then the earlier (simpler) layout. When no plan finishes in time, the
+    fastest. A layout whose best possible tokens/s per GPU (at any count, memory aside) cannot come within the
+    tolerance of a plan already found in time is not searched."""
+    cluster_of = {n: cluster_for(gpu, n, search.gpus_per_node) for n in counts[first:]}
+    limit_s = max_hours * SECONDS_PER_HOUR
+
+    def tps(train: TrainSpec, n: int):
+        st = step_time(search.model, train, cluster_of[n], mfu=mfu, counts=search.counts, split=search.split(train))
+        return (st.tokens_per_rank / st.total_s if st.total_s > 0 else 0.0), st
+
+    def in_time(value: float, n: int) -> bool:
+        return not num_tokens or (value > 0 and num_tokens / (value * n) <= limit_s)
+
+    speeds = {id(t): [tps(t, n) for n in counts[first:]] for t in trains}
+    bound = {id(t): max(v for v, _ in speeds[id(t)]) for t in trains}
+    found = []  # (tokens/s per GPU, GPU count, layout order, train, step)
+    best_in_time = 0.0
+    for order, train in sorted(enumerate(trains), key=lambda it: (-bound[id(it[1])], it[0])):
+        if best_in_time and bound[id(train)] < best_in_time * (1 - COST_TOLERANCE):
+            break  # sorted by bound: no later layout comes within the tolerance either
+        top = len(counts) - 1
+        if search.fits(train, cluster_of[counts[first]]):
+            top = first  # fits on the fewest GPUs of any layout: nothing to search
+        elif not search.fits(train, cluster_of[counts[top]]):
+            continue
+        lo, hi = first, top  # fits at hi; the smallest index that fits (memory non-increasing in N)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if search.fits(train, cluster_of[counts[mid]]):
+                hi = mid
+            else:
+                lo = mid + 1
+        for i in range(hi, len(counts)):
+            value, st = speeds[id(train)][i - first]
+            found.append((value, counts[i], order, train, st))
+            if in_time(value, counts[i]):
+                best_in_time = max(best_in_time, value)
+    if not found:
+        return None
+    if best_in_time:
+        near = [f for f in found if f[0] >= best_in_time * (1 - COST_TOLERANCE) and in_time(f[0], f[1])]
+        value, n, _, train, st = min(near, key=lambda f: (f[1], -f[0], f[2]))
+        return train, n, st, True
+    value, n, _, train, st = max(found, key=lambda f: (f[0] * f[1], -f[1], -f[2]))  # the fastest
+    return train, n, st, False
+
+
+def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens, price, max_hours) -> GpuOption:
+    price_value, currency, source = price
     common = dict(gpu=gpu.name, method=method.value, max_gpus=max_gpus, capacity_bytes=gpu.memory_bytes,
-                  precision=precision.value)
+                  precision=precision.value, price_per_gpu_hour=price_value, price_currency=currency,
+                  price_source=source)
     note = "" if precision is base.precision else f"{gpu.name} has no bf16: {precision.value} instead"
     try:
         trains = _layout_trains(base, method, precision)
-        n, fitting = _fewest_gpus(search, gpu, trains, counts) if trains else (None, [])
+        n_min, _ = _fewest_gpus(search, gpu, trains, counts) if trains else (None, [])
+        plan = (_best_plan(search, gpu, trains, counts, counts.index(n_min), mfu, num_tokens, max_hours)
+                if n_min is not None else None)  # fmt: skip
     except PlannerError as exc:
         return GpuOption(**common, fits=False, note=str(exc))
-    if n is None:
+    if plan is None:
         why = f"nothing fits on up to {max_gpus} GPUs"
         if method is Method.QLORA:
             why += " (QLoRA runs with ZeRO 0-2 only, so every GPU holds the whole 4-bit base)"
         return GpuOption(**common, fits=False, note=f"{why}; {note}" if note else why)
+    train, n, st, in_time = plan
+    if not in_time:
+        slow = f"no plan finishes the tokens within {max_hours:,.0f} h (--max-hours); the fastest is shown"
+        note = f"{note}; {slow}" if note else slow
     cluster = cluster_for(gpu, n, search.gpus_per_node)
-    best = None
-    for train in fitting:
-        split = search.split(train)
-        st = step_time(search.model, train, cluster, mfu=mfu, counts=search.counts, split=split)
-        # Fastest first; ties keep the earlier (simpler) layout: lower stage, no offload, no checkpointing.
-        if best is None or st.total_s < best[1].total_s:
-            best = (train, st, split)
-    train, st, split = best
+    split = search.split(train)
     est = search.estimate(train, cluster)
     fpt = flops_per_token(search.model, train, search.counts, split)
-    tp = throughput_from_step(st, fpt, cluster, mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price)
+    tp = throughput_from_step(st, fpt, cluster, mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price_value or 0.0)
     cluster_tps = tp.tokens_per_s_per_gpu * n
     gpu_hours = tp.total_time_s / SECONDS_PER_HOUR * n
+    per_million = (price_value * 1e6 / SECONDS_PER_HOUR / tp.tokens_per_s_per_gpu
+                   if price_value and tp.tokens_per_s_per_gpu > 0 else None)  # fmt: skip
     return GpuOption(
         **common,
         fits=True,
@@ -286,18 +384,32 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
         step_time_s=tp.step_time_s,
         time_s=tp.total_time_s,  # 0 without --tokens, as in Throughput
         gpu_hours=gpu_hours,
-        cost=tp.cost,  # 0 without --tokens or --price-per-gpu-hour
+        cost=tp.cost,  # 0 without --tokens or without a price
         note=note,
+        min_gpus=n_min,
+        cost_per_million_tokens=per_million,
+        within_max_hours=in_time,
     )
 
 
+RANKING = ("ranked by cost per token (price per GPU-hour / tokens per second per GPU); rows without a price "
+           "follow, by GPU-hours per token; then rows with no plan within --max-hours, and rows where nothing "
+           "fits last")
+
+
 def sort_rows(rows: list[GpuOption]) -> list[GpuOption]:
-    """Cheapest first. Cost is price x GPU-hours and the price is the same for every GPU, so GPU-seconds per
-    token (1 / tokens/s per GPU) orders rows even when no --tokens or --price is given."""
+    """Cheapest per token first (see RANKING); ties by wall-clock time per token, GPU name, method."""
+    order = [m.value for m in METHOD_ORDER]
 
     def key(r: GpuOption):
-        per_token = 1.0 / r.tokens_per_s_per_gpu if r.fits and r.tokens_per_s_per_gpu else float("inf")
-        method_i = [m.value for m in METHOD_ORDER].index(r.method) if r.method in {m.value for m in METHOD_ORDER} else 9
-        return (not r.fits, per_token, r.num_gpus or 0, r.gpu, method_i)
+        method_i = order.index(r.method) if r.method in order else len(order)
+        if not r.fits or not r.tokens_per_s_per_gpu:
+            return (4, 0.0, 0.0, r.gpu, method_i)
+        late = 2 if r.within_max_hours is False else 0
+        gpu_s_per_token = 1.0 / r.tokens_per_s_per_gpu
+        wall_per_token = gpu_s_per_token / (r.num_gpus or 1)
+        if r.price_per_gpu_hour:
+            return (late, r.price_per_gpu_hour * gpu_s_per_token, wall_per_token, r.gpu, method_i)
+        return (late + 1, gpu_s_per_token, wall_per_token, r.gpu, method_i)
 
     return sorted(rows, key=key)

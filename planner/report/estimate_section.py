@@ -85,7 +85,7 @@ def throughput_table(rows: Sequence[Estimate]) -> Table | None:
     if not rows:
         return None
     cols = ["method", "ZeRO", "offload", "fits", "FLOPs/token", "tokens/s/GPU", "step s", "MFU", "tokens",
-            "time h", "cost"]
+            "time h", "cost (your currency)"]
     out, classes = [], []
     for e in rows:
         th = e.throughput
@@ -101,10 +101,12 @@ def throughput_table(rows: Sequence[Estimate]) -> Table | None:
 
 
 GPU_COLUMNS = (
-    ("gpu", "gpu"), ("method", "method"), ("fits", "fits"), ("num_gpus", "GPUs"), ("num_nodes", "nodes"),
-    ("zero_stage", "ZeRO"), ("offload", "offload"), ("grad_checkpointing", "checkpointing"),
-    ("device_bytes", "device GiB"), ("headroom_bytes", "headroom GiB"), ("tokens_per_s", "tokens/s (all GPUs)"),
-    ("time_s", "time h"), ("gpu_hours", "GPU-hours"), ("cost", "cost"), ("note", "note"),
+    ("gpu", "gpu"), ("method", "method"), ("fits", "fits"), ("num_gpus", "GPUs"), ("min_gpus", "fewest GPUs that fit"),
+    ("num_nodes", "nodes"), ("zero_stage", "ZeRO"), ("offload", "offload"), ("precision", "precision"),
+    ("grad_checkpointing", "checkpointing"), ("device_bytes", "device GiB"), ("headroom_bytes", "headroom GiB"),
+    ("tokens_per_s_per_gpu", "tokens/s per GPU"), ("tokens_per_s", "tokens/s (all GPUs)"), ("time_s", "time h"),
+    ("gpu_hours", "GPU-hours"), ("price_per_gpu_hour", "price per GPU-hour"), ("price_currency", "currency"),
+    ("cost", "cost"), ("note", "note"),
 )
 
 
@@ -115,6 +117,8 @@ def _gpu_cell(key: str, value: object) -> object:
         return gib(value)
     if key == "time_s" and isinstance(value, (int, float)):
         return round(value / 3600, 1)
+    if key == "price_currency":
+        return "your currency" if value == "user" else value
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -130,9 +134,13 @@ def gpu_table(rows: Sequence[object]) -> Table | None:
     cols = [(k, label) for k, label in GPU_COLUMNS if any(k in d for d in dicts)]
     out = [[_gpu_cell(k, d.get(k)) for k, _ in cols] for d in dicts]
     classes = ["fits" if d.get("fits") else "nofit" for d in dicts]
+    from planner.estimate.compare_gpus import RANKING
+
     return Table([label for _, label in cols], out, row_classes=classes, collapsible=True,
                  caption=f"GPU comparison: for each of {len({d.get('gpu') for d in dicts})} accelerators and each "
-                         "method, the fewest GPUs that fit, their layout, time and cost (sorted by cost)")
+                         f"method, the cheapest plan that fits (within 720 h for the tokens given), its layout, "
+                         f"precision, time and cost; {RANKING}. Prices: the catalog's indicative USD on-demand list "
+                         "prices unless --price-per-gpu-hour (your currency) was given.")
 
 
 def estimate_section(rows: Sequence[Estimate], *, all_methods: bool, gpu_rows: Sequence[object] = ()) -> Section:
