@@ -22,6 +22,7 @@ from planner.report import figures, html, palette, plotlyjs, timeline
 from planner.report.html import Code, Figure, KeyValues, Paragraph, Report, Section, Table
 from planner.report.profile_source import wide_timeline
 
+ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = "</script><script>alert(\"x\")</script><img src=x onerror=alert(1)>'&"
 
 
@@ -357,3 +358,30 @@ def test_report_of_a_profile_that_failed_before_any_peak(cli, tmp_path):
     assert "status failed: rank 0 failed during setup (model): RuntimeError: boom." in text
     assert "This profile has no timeline samples." in text
     assert _figure_names(out) == [""]
+
+
+# ---------------------------------------------------------------- issue 14 item 17
+
+VALIDATION_TITLE = "How planner was validated (tiny models on CPU)"
+
+
+def test_validation_table_is_not_in_an_estimate_report_by_default(cli, tmp_path):
+    """An 8B-on-H100 report must not carry the CPU accuracy table of tiny models, where a reader takes it for this
+    estimate's accuracy (reports/accuracy.csv exists in the repository the CLI runs in)."""
+    assert (ROOT / "reports" / "accuracy.csv").is_file()
+    out = tmp_path / "r.html"
+    proc = cli("report", "--model", "qwen2.5-0.5b", "--gpus", "2", "-o", str(out), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "fig-accuracy" not in _figure_names(out)
+    assert "Accuracy table" not in text and VALIDATION_TITLE not in text
+
+
+def test_validation_section_when_asked_says_what_it_is(cli, tmp_path):
+    out = tmp_path / "r.html"
+    proc = cli("report", "--model", "qwen2.5-0.5b", "--gpus", "2", "--validation", "-o", str(out), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "fig-accuracy" in _figure_names(out)
+    assert f"<h2>{VALIDATION_TITLE}</h2>" in text
+    assert "not the accuracy of the estimate" in text

@@ -257,3 +257,47 @@ def test_large_profile_report_is_small_and_opens_fast(browser, cli, tmp_path):
         assert sum(t.startswith("peak ") for t in peaks) == 20, peaks
     finally:
         context.close()
+
+
+# ---------------------------------------------------------------- issue 14 item 17
+
+# The per-configuration table was cut off at a 1400 px window: 19 columns in a 1280 px page.
+_TABLE_EDGES = """
+(caption) => {
+  const t = Array.from(document.querySelectorAll('table')).find(
+    t => t.caption && t.caption.textContent.startsWith(caption));
+  const wrap = t.closest('.scroll');
+  const ths = t.querySelectorAll('thead th');
+  const last = ths[ths.length - 1];
+  const before = {table: t.getBoundingClientRect().right, wrap: wrap.getBoundingClientRect().right,
+                  scrollable: wrap.scrollWidth > wrap.clientWidth, overflow: getComputedStyle(wrap).overflowX};
+  wrap.scrollLeft = wrap.scrollWidth;
+  const r = last.getBoundingClientRect(), w = wrap.getBoundingClientRect();
+  return {...before, lastVisibleAfterScroll: r.left >= w.left - 1 && r.right <= w.right + 1,
+          windowScroll: document.documentElement.scrollWidth > window.innerWidth};
+}
+"""
+
+
+def test_wide_tables_fit_at_1400px_and_scroll_when_narrower(browser, cli, tmp_path):
+    out = tmp_path / "wide.html"
+    proc = cli("report", "--model", "llama-3.1-8b", "--gpus", "8", "--tokens", "2B", "--price-per-gpu-hour", "2.5",
+               "--compare-gpus", "-o", str(out), timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for width, must_fit in ((1400, True), (900, False)):
+        context = browser.new_context(viewport={"width": width, "height": 900}, offline=True)
+        try:
+            page = context.new_page()
+            page.goto(out.resolve().as_uri(), wait_until="load", timeout=60_000)
+            page.wait_for_selector("html[data-planner-open]", state="attached", timeout=60_000)
+            edges = page.evaluate(_TABLE_EDGES, "Per-GPU memory at the peak")
+            assert not edges["windowScroll"], (width, edges)  # the page itself never scrolls sideways
+            assert edges["overflow"] in ("auto", "scroll"), (width, edges)
+            assert edges["lastVisibleAfterScroll"], (width, edges)
+            if must_fit:
+                assert edges["table"] <= edges["wrap"] + 1 and not edges["scrollable"], (width, edges)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.locator("section#estimate .scroll").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / f"wide-table-{width}px.png"))
+        finally:
+            context.close()

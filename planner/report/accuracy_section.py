@@ -40,8 +40,20 @@ def _error_column(frame: pd.DataFrame) -> str | None:
     return None
 
 
+TITLE = "How planner was validated (tiny models on CPU)"
+DISCLAIMER = (
+    "This section is not the accuracy of the estimate in this report. It is how 'planner validate' checked the "
+    "estimator: tiny transformers models (a few layers, hidden sizes in the tens to hundreds) trained for a few "
+    "steps on CPU, each rank's measured allocated peak compared with planner's estimate of the same run. It "
+    "covers the tensors planner models (parameters, gradients, optimizer states, activations, temporaries), not "
+    "the GPU-only terms of a GPU estimate (CUDA context, cuBLAS workspace, NCCL buffers, allocator slack), "
+    "which are published figures not yet calibrated against GPU profiles."
+)
+
+
 def accuracy_section(frame: pd.DataFrame, source: str) -> Section:
-    blocks: list[object] = [Paragraph(f"From {source}: {len(frame)} validation cells.")]
+    blocks: list[object] = [Paragraph(DISCLAIMER, kind="warning"),
+                            Paragraph(f"From {source}: {len(frame)} validation cells.")]
     err_col = _error_column(frame)
     if err_col is not None and len(frame):
         errors = frame[err_col].astype(float)
@@ -70,6 +82,7 @@ def accuracy_section(frame: pd.DataFrame, source: str) -> Section:
             ))
     rows = [["" if pd.isna(v) else (round(v, 4) if isinstance(v, float) else v) for v in rec]
             for rec in frame.itertuples(index=False, name=None)]
-    blocks.append(Table([str(c) for c in frame.columns], rows, caption="Accuracy table, every cell",
+    blocks.append(Table([str(c) for c in frame.columns], rows, caption="Validation table, every cell",
                         collapsible=len(rows) > 20))
-    return Section("Accuracy", "accuracy", blocks, subtitle="Estimator vs measured peaks, cell by cell.")
+    return Section(TITLE, "validation", blocks,
+                   subtitle="Estimator vs measured peaks of tiny models on CPU, cell by cell.")

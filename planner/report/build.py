@@ -82,7 +82,7 @@ def build_report(
         parts.append("a recommendation")
     if accuracy is not None:
         sections.append(accuracy_section(accuracy, accuracy_source))
-        parts.append(f"accuracy table ({len(accuracy)} cells)")
+        parts.append(f"how planner was validated (tiny models on CPU, {len(accuracy)} cells)")
     sections.append(Section(
         "Versions", "versions",
         [KeyValues(sorted(library_versions().items()), caption="Tool and library versions used for this report")],

@@ -69,10 +69,11 @@ def rows_table(rows: Sequence[Estimate]) -> Table:
     for e in rows:
         b = e.per_gpu
         out.append([
-            e.train.method.value, e.train.zero_stage, e.train.offload.value, fmt_count(e.num_trainable_params),
+            e.train.method.value, e.train.zero_stage, e.train.offload.value.replace("+", " + "),
+            fmt_count(e.num_trainable_params),
             gib(b.params_bytes), gib(b.grads_bytes), gib(b.optimizer_states_bytes), gib(b.activations_bytes),
             gib(b.temporaries_bytes), gib(b.overhead_bytes), gib(b.total_bytes), gib(e.reserved_bytes),
-            gib(e.device_bytes), e.peak_phase, gib(e.cpu_bytes_per_node), "yes" if e.fits else "no",
+            gib(e.device_bytes), e.peak_phase.replace("_", " "), gib(e.cpu_bytes_per_node), "yes" if e.fits else "no",
             gib(e.headroom_bytes),
             e.fit.max_micro_batch if e.fit else "-", e.fit.max_seq_len if e.fit else "-",
         ])

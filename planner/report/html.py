@@ -96,19 +96,23 @@ header h1 { margin: 0 0 4px; font-size: 24px; }
 header .meta { color: var(--muted); font-size: 13px; }
 nav { padding: 8px 32px; background:#fff; border-bottom:1px solid var(--line); font-size: 14px; }
 nav a { margin-right: 16px; color: var(--accent); text-decoration: none; }
-main { max-width: 1280px; margin: 0 auto; padding: 12px 32px 48px; }
+main { max-width: 1680px; margin: 0 auto; padding: 12px 24px 48px; }
 section { background:#fff; border:1px solid var(--line); border-radius: 8px; padding: 16px 20px; margin: 18px 0; }
 section h2 { margin: 0 0 4px; font-size: 20px; }
 section .subtitle { color: var(--muted); margin: 0 0 12px; font-size: 14px; }
-table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; width: auto; max-width: 100%; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; width: auto; }
 caption { text-align: left; font-weight: 600; padding: 4px 0; }
-th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 6px; text-align: left; vertical-align: top; }
+.scroll th { font-size: 12px; }
 th { background: #f3f4f6; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.fits td:first-child { border-left: 4px solid #2CA02C; }
 tr.nofit td:first-child { border-left: 4px solid #D62728; }
 tr.chosen { background: #eef6ee; font-weight: 600; }
-.scroll { overflow-x: auto; max-width: 100%; }
+/* Wide tables scroll inside their section (the scrollbar always shows where one is needed), never cut off. */
+.scroll { overflow-x: auto; max-width: 100%; scrollbar-width: auto; scrollbar-gutter: auto; }
+.scroll::-webkit-scrollbar { height: 10px; }
+.scroll::-webkit-scrollbar-thumb { background: #c4c7cc; border-radius: 5px; }
 .kv th { width: 220px; background: none; }
 .figure { margin: 8px 0 20px; }
 .figure .caption { color: var(--muted); font-size: 13px; margin: 2px 0 0; }
