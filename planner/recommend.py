@@ -21,7 +21,7 @@ flash_attention_2 before eager, larger micro-batch. Every key is explicit, so th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner import catalog
 from planner.errors import PlannerError
@@ -239,6 +239,7 @@ def recommend(
             methods, auto = (Method(method),), False
         except ValueError:
             raise PlannerError(f"--method {method!r} is not valid; choose one of auto, full, lora, qlora.") from None
+    base, dropout_note = _peft_lora_dropout(model, base, methods)
     counts, skipped = gpu_count_candidates(cluster, global_batch_size, max_gpus)
     fa2_ok, fa2_reason = flash_attention_2_support(cluster.gpu)
     if attn_impls is None:
@@ -275,8 +276,28 @@ def recommend(
         raise no_fit(search, methods, counts, zero_stages, offloads, checkpointing, attn_impls, skipped)
     ranked = sorted((s for lst in per_method.values() for s in lst), key=lambda s: s.key)
     best = ranked[0]
-    return explain(search, best, ranked[1:k], per_method, auto=auto, counts=counts, skipped=skipped,
-                   fa2=(fa2_ok, fa2_reason), attn_impls=attn_impls, num_rejected=num_rejected)
+    rec = explain(search, best, ranked[1:k], per_method, auto=auto, counts=counts, skipped=skipped,
+                  fa2=(fa2_ok, fa2_reason), attn_impls=attn_impls, num_rejected=num_rejected)
+    if dropout_note and rec.plan.train.method is not Method.FULL:
+        rec = replace(rec, why=rec.why + (dropout_note,),
+                      estimate=replace(rec.estimate, notes=rec.estimate.notes + (dropout_note,)))
+    return rec
+
+
+def _peft_lora_dropout(model: ModelSpec, base: TrainSpec, methods: tuple[Method, ...]) -> tuple[TrainSpec, str]:
+    """LoRA dropout 0 where peft needs it: on a mixture of experts whose LoRA targets include the fused expert
+    tensors or the router, peft uses lora.ParamWrapper, which refuses any lora_dropout (one value for the whole
+    LoraConfig; planner.estimate.params.check_lora_dropout). Returns the base spec and the note saying so."""
+    if not base.lora.dropout or all(m is Method.FULL for m in methods):
+        return base, ""
+    from planner.estimate.params import count_params, param_wrapped
+
+    wrapped = param_wrapped(count_params(model), base.lora)
+    if not wrapped:
+        return base, ""
+    note = (f"LoRA dropout 0 instead of {base.lora.dropout:g}: peft adapts this mixture of experts' expert and "
+            "router parameters with lora.ParamWrapper, which refuses any lora_dropout.")
+    return replace(base, lora=replace(base.lora, dropout=0.0)), note
 
 
 def gpus_per_node(cluster: Cluster) -> int:

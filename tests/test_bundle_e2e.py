@@ -198,3 +198,43 @@ print(json.dumps(hf.config))
     assert resolved["optimizer"]["params"]["lr"] == 3e-4
     assert resolved["train_batch_size"] == 6
     assert resolved["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+
+
+# Tiny mixtures of experts (transformers' grouped_mm experts want sizes that are multiples of 8). peft puts LoRA
+# on their fused expert tensors and routers with lora.ParamWrapper, which refuses any lora_dropout: planner's
+# default 0.05 made `recommend` emit a bundle whose train.py died in get_peft_model (issue 14 item 8).
+TINY_MOE = {
+    "mixtral": {"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 320, "max_position_embeddings": 128,
+                "num_local_experts": 4, "num_experts_per_tok": 2, "tie_word_embeddings": False},
+    "qwen3_moe": {"model_type": "qwen3_moe", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                  "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 320,
+                  "max_position_embeddings": 128, "num_experts": 4, "num_experts_per_tok": 2,
+                  "moe_intermediate_size": 32, "tie_word_embeddings": False},
+}
+
+
+@pytest.mark.parametrize("family", sorted(TINY_MOE))
+def test_recommended_lora_bundle_for_a_tiny_moe_runs(tmp_path, family):
+    from planner import catalog
+    from planner.emit import write_bundle
+    from planner.estimate.params import count_params, split_params
+    from planner.models import spec_from_config
+    from planner.recommend import recommend
+    from planner.specs import AttnImpl, Cluster, Method, Precision, TrainSpec
+
+    model = spec_from_config(dict(TINY_MOE[family]), f"tiny-{family}", f"tiny-{family}/config.json")
+    base = TrainSpec(method=Method.LORA, precision=Precision.FP32, seq_len=32)  # LoRA dropout: planner's 0.05
+    rec = recommend(model, base, Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=1), global_batch_size=2,
+                    method="lora", zero_stages=(0,), attn_impls=(AttnImpl.SDPA,))
+    train = rec.plan.train
+    assert train.lora.dropout == 0.0 and any("lora.ParamWrapper" in line for line in rec.why)
+    assert any("lora.ParamWrapper" in note for note in rec.estimate.notes)  # PLAN.md lists the estimate's notes
+    bundle = tmp_path / "bundle"
+    write_bundle(rec, bundle, tokenizer="bytes", dataset=str(DATA))
+    assert "lora.ParamWrapper" in (bundle / "PLAN.md").read_text()
+    proc = launch(bundle, "--cpu", "--random-init", "model_config.json", "--max-steps", "2", cwd=tmp_path)
+    assert proc.returncode == 0, _tail(proc)
+    (s,) = summaries(bundle, 1)
+    assert (s["global_step"], s["method"], s["world_size"]) == (2, "lora", 1) and s["loss_is_finite"]
+    assert s["num_trainable_params"] == split_params(count_params(model), train).num_trainable

@@ -6,6 +6,7 @@ Tiny random-weight transformers models on CPU, built from config dicts (nothing 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import bitsandbytes as bnb
 import peft
@@ -217,3 +218,31 @@ def test_qlora_trainable_count_equals_peft_on_the_4bit_model(saved_models):
     trainable, _ = peft.get_peft_model(model, lora).get_nb_trainable_parameters()
     counts = count_params(spec_from_config(TINY["llama"], "llama"))
     assert trainable == split_params(counts, TrainSpec(method=Method.QLORA, lora=LoraSpec(rank=8))).num_trainable
+
+
+@pytest.mark.parametrize(("model", "targets"), [
+    ("mixtral", "all-linear"), ("mixtral", ("gate", "v_proj")), ("mixtral", ("w2",)), ("mixtral", ("q_proj", "v_proj")),
+    ("qwen3_moe", "all-linear"), ("qwen3_moe", ("q_proj", "down_proj")), ("qwen3_moe", ("q_proj", "o_proj")),
+    ("llama", "all-linear"), ("gpt2", ("c_attn", "lm_head", "wte")),
+])
+def test_lora_dropout_is_refused_exactly_where_peft_refuses_it(model, targets):
+    """peft 0.21 lora.ParamWrapper (MoE expert tensors, router weights) raises ValueError for lora_dropout != 0;
+    lora_dropout is one value per LoraConfig. planner refuses the same configurations, in one sentence."""
+    cfg = TINY[model]
+    try:
+        peft.get_peft_model(_real_model(cfg), peft.LoraConfig(r=2, lora_dropout=0.05, target_modules=targets))
+        peft_refuses = False
+    except ValueError as exc:
+        assert "lora_dropout" in str(exc)
+        peft_refuses = True
+    spec = spec_from_config(dict(cfg), model)
+    ours = tuple(targets) if isinstance(targets, tuple) else (targets,)
+    train = TrainSpec(method=Method.LORA, lora=LoraSpec(rank=2, dropout=0.05, targets=ours))
+    if peft_refuses:
+        with pytest.raises(PlannerError, match=r"lora\.ParamWrapper.*--lora-dropout 0"):
+            split_params(count_params(spec), train)
+    else:
+        split_params(count_params(spec), train)
+    # without dropout, peft and planner accept every one of them
+    peft.get_peft_model(_real_model(cfg), peft.LoraConfig(r=2, lora_dropout=0.0, target_modules=targets))
+    split_params(count_params(spec), replace(train, lora=replace(train.lora, dropout=0.0)))

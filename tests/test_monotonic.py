@@ -21,6 +21,8 @@ METHODS = (Method.FULL, Method.LORA, Method.QLORA)
 
 
 def _est(model, train, n=8, device="cuda", rank=None):
+    if model.is_moe and train.method is not Method.FULL:  # peft's lora.ParamWrapper (experts) needs no dropout
+        train = replace(train, lora=replace(train.lora, dropout=0.0))
     return estimate(model, train, Cluster(gpu=H100, num_gpus=n), device=device, rank=rank)
 
 

@@ -86,3 +86,20 @@ def test_cli_user_errors_are_one_sentence(tmp_path, model_dir, cli):
     res = cli("profile", "--model", str(model_dir), "--device", "tpu", "--out", str(tmp_path / "x"))
     assert res.returncode == 1 and "--device 'tpu'" in res.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+def test_moe_lora_with_dropout_is_refused_before_any_rank_starts(tmp_path, cli, family):
+    """peft's lora.ParamWrapper (LoRA on fused expert tensors and routers) refuses lora_dropout != 0; planner's
+    default 0.05 got as far as the rank's get_peft_model (issue 14 item 8). Now: one sentence, nothing written."""
+    from tests.test_bundle_e2e import TINY_MOE
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TINY_MOE[family]))
+    out = tmp_path / "p"
+    res = cli("profile", "--model", str(cfg), *TINY, "--method", "lora", "--steps", "1", "--out", str(out))
+    assert res.returncode == 1 and "lora.ParamWrapper" in res.stderr and "--lora-dropout 0" in res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
+    ok = cli("profile", "--model", str(cfg), *TINY, "--method", "lora", "--lora-dropout", "0", "--steps", "2",
+             "--out", str(out), "--json", timeout=300)
+    assert ok.returncode == 0, ok.stderr

@@ -280,3 +280,16 @@ def test_cli_out_writes_bundle(cli, tmp_path):
     proc = cli("recommend", "--model", "qwen2.5-0.5b", "--gpus", "2", "-g", "8", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.is_dir() and any(out.iterdir())
+
+
+@pytest.mark.parametrize(("name", "method", "dropout"), [
+    ("mixtral-8x7b-v0.1", "lora", 0.0), ("qwen3-30b-a3b", "qlora", 0.0), ("llama-3.1-8b", "lora", 0.05),
+])
+def test_recommend_drops_lora_dropout_where_peft_refuses_it(name, method, dropout):
+    """MoE LoRA with all-linear puts lora.ParamWrapper on the experts and router, which refuses lora_dropout:
+    recommend picks 0 and says why (issue 14 item 8); a dense model keeps the asked 0.05."""
+    rec = recommend(load_model(name), TrainSpec(seq_len=1024), Cluster(gpu=catalog.gpu("h100-sxm-80gb"), num_gpus=8),
+                    global_batch_size=64, method=method)
+    assert rec.plan.train.lora.dropout == dropout
+    said = [line for line in rec.why if "lora.ParamWrapper" in line]
+    assert len(said) == (dropout == 0.0)

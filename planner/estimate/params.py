@@ -236,6 +236,7 @@ class LoraAdapter:
     rank: int
     num_modules: int
     num_experts: int = 1
+    parameter: bool = False  # a parameter target (peft lora.ParamWrapper: MoE expert tensors, router weight)
 
     @property
     def num_params(self) -> int:
@@ -308,7 +309,8 @@ def _all_targets(counts: ParamCounts, targets: tuple[str, ...], modules_to_save:
         # peft BaseTuner._inject_parameters: "<module>.<param>" equal to or ending with "." + target.
         r = rank * len(fused) if target == _FUSED_PARAM and len(present) == len(fused) else rank
         hits = [
-            LoraAdapter(f"{g.path}.{p}", shape[-1], shape[-2], r, g.num_modules, shape[0] if len(shape) == 3 else 1)
+            LoraAdapter(f"{g.path}.{p}", shape[-1], shape[-2], r, g.num_modules, shape[0] if len(shape) == 3 else 1,
+                        parameter=True)
             for g in counts.modules for p, shape in g.param_shapes if _matches(f"{g.path}.{p}", target)
         ]
         if not hits and not all_linear:
@@ -332,7 +334,31 @@ def lora_adapters(counts: ParamCounts, lora: LoraSpec) -> list[LoraAdapter]:
     for t in chosen:
         out.append(t if isinstance(t, LoraAdapter) else
                    LoraAdapter(t.path, t.in_features, t.out_features, lora.rank, t.num_modules))
+    check_lora_dropout(counts, lora, out)
     return out
+
+
+def param_wrapped(counts: ParamCounts, lora: LoraSpec) -> list[LoraAdapter]:
+    """The adapters peft puts on parameters rather than modules (lora.ParamWrapper): MoE expert tensors, routers."""
+    return [t for t in _all_targets(counts, lora.targets, lora.modules_to_save, lora.rank)
+            if isinstance(t, LoraAdapter) and t.parameter]
+
+
+def check_lora_dropout(counts: ParamCounts, lora: LoraSpec, adapters: list[LoraAdapter] | None = None) -> None:
+    """peft 0.21 ``lora.ParamWrapper.__init__`` (tuners/lora/layer.py) raises ``ValueError: lora.ParamWrapper
+    does not work with lora_dropout != 0`` -- dropout cannot be applied to x in lora_B(lora_A(dropout(x))) when
+    the adapter is folded into a parameter. ``lora_dropout`` is one value for the whole LoraConfig (there is no
+    per-module pattern for it, unlike rank_pattern / alpha_pattern), so such a run needs lora_dropout 0."""
+    if not lora.dropout:
+        return
+    wrapped = [a for a in (adapters if adapters is not None else param_wrapped(counts, lora)) if a.parameter]
+    if wrapped:
+        names = ", ".join(sorted({a.path.rsplit(".", 2)[-2] + "." + a.path.rsplit(".", 1)[-1] for a in wrapped}))
+        raise PlannerError(
+            f"peft adapts this {counts.model_type or 'MoE'} model's expert and router parameters ({names}) with "
+            f"lora.ParamWrapper, which refuses lora_dropout != 0 (got {lora.dropout:g}); pass --lora-dropout 0, "
+            "or target only linear layers (e.g. --lora-targets q_proj,v_proj)."
+        )
 
 
 def saved_groups(counts: ParamCounts, names: tuple[str, ...]) -> list[ModuleGroup]:

@@ -137,6 +137,18 @@ def host_memory_needed(model: ModelSpec, train: TrainSpec, num_ranks: int, devic
     return HostMemory(num_ranks, per_rank, PROCESS_BASELINE_BYTES, est.cpu_bytes_per_node)
 
 
+def check_peft_accepts(model: ModelSpec, train: TrainSpec) -> None:
+    """Refuse up front, in one sentence, a LoRA run peft would refuse once the ranks are up: LoRA dropout on a
+    mixture of experts' parameter targets (lora.ParamWrapper; planner.estimate.params.check_lora_dropout)."""
+    from planner.specs import Method
+
+    if train.method is Method.FULL or not train.lora.dropout or not model.is_moe:
+        return
+    from planner.estimate.params import check_lora_dropout, count_params
+
+    check_lora_dropout(count_params(model), train.lora)
+
+
 def check_host_memory(model: ModelSpec, train: TrainSpec, num_ranks: int, device: str) -> None:
     """Refuse, in one sentence, a profile whose estimated host RAM exceeds MemAvailable: it would run for
     minutes before failing (or swap, or wake the OOM killer)."""
@@ -389,6 +401,7 @@ def run_profile(
     resolved = resolve_device(device, num_gpus)
     if torch_categories and resolved != "cpu":
         raise PlannerError("--torch-categories reads the CPU profiler and works only with --device cpu.")
+    check_peft_accepts(model, train)
     if ram_check:
         check_host_memory(model, train, num_gpus, resolved)
     job = Job(
