@@ -24,7 +24,7 @@ from planner.validate import (
     run_cells,
     summarize,
 )
-from planner.validate.matrix import COVERED, FAMILIES, METHODS
+from planner.validate.matrix import COVERED, EXTRA_CELLS, FAMILIES, METHODS
 from planner.validate.report import csv_text, read_measurements
 from planner.validate.results import CATEGORIES
 from planner.validate.run import measurement_fingerprint
@@ -39,7 +39,7 @@ def test_full_matrix_is_reproducible_and_large_enough():
     assert full_matrix(seed=1) != cells
     assert len({c.id for c in cells}) == len(cells)
     levels = {k: {getattr(c, k) for c in cells} for k in COVERED}
-    assert levels["family"] == set(FAMILIES) and levels["method"] == set(METHODS)
+    assert levels["family"] == set(FAMILIES) | {c.family for c in EXTRA_CELLS} and levels["method"] == set(METHODS)
     assert levels["zero"] == {0, 1, 2, 3} and levels["ckpt"] == {False, True}
     assert levels["attn"] == {"eager", "sdpa"}
     assert len(levels["seq_len"]) >= 2 and len(levels["micro_batch"]) >= 2
@@ -55,10 +55,26 @@ def test_ci_matrix_covers_every_level_at_lower_cost():
     assert set(ci) <= set(full) and len(ci) < len(full)
     for k in COVERED:
         assert {getattr(c, k) for c in ci} == {getattr(c, k) for c in full}, k
-    assert {(c.family, c.method) for c in ci} == {(f, m) for f in FAMILIES for m in METHODS}
+    extra = {(c.family, c.method) for c in EXTRA_CELLS}
+    assert {(c.family, c.method) for c in ci} == {(f, m) for f in FAMILIES for m in METHODS} | extra
     multi = [c for c in ci if c.num_ranks > 1]
     assert {c.method for c in multi} == set(METHODS) and {c.zero for c in multi} == {1, 2, 3}
     assert sum(c.cost for c in ci) < sum(c.cost for c in full) / 2
+
+
+def test_both_matrices_hold_a_tiny_moe_lora_cell_that_peft_accepts():
+    """Issue 14 item 8: LoRA on all linear layers of a mixture of experts goes through peft's lora.ParamWrapper
+    (fused expert tensors, router), which accepts only lora_dropout 0; the estimate of the cell's inputs must not
+    be refused, and the CI matrix runs it."""
+    from planner.estimate.params import count_params, param_wrapped, split_params
+
+    moe = [c for c in ci_matrix() if c.family == "qwen3_moe" and c.method == "lora-all"]
+    assert moe and set(moe) <= set(full_matrix())
+    for cell in moe:
+        model, train = cell.model_spec(), cell.train_spec()
+        assert model.is_moe and train.lora.dropout == 0.0
+        assert param_wrapped(count_params(model), train.lora)  # the experts and the router get ParamWrapper
+        split_params(count_params(model), train)  # accepted (a dropout would be refused)
 
 
 def test_cells_build_valid_specs_and_round_trip():

@@ -16,7 +16,8 @@ sequence length, micro-batch). Issue 5 asks for these factors and levels:
 
 ``full_matrix`` crosses family x method x checkpointing on one rank (40 cells) and adds every ZeRO stage x
 method on two ranks (13 cells); the remaining factors are drawn from balanced, seeded shuffles so each level
-appears about equally often and no single shape dominates. ``ci_matrix`` is the cheapest subset of it that
+appears about equally often and no single shape dominates; ``EXTRA_CELLS`` (a tiny Qwen3-MoE with LoRA on all
+linear layers) come after them without moving them. ``ci_matrix`` is the cheapest subset of it that
 still covers every level of every factor, every family x method pair and checkpointing on and off for
 every family and every method (a weighted greedy set cover: a
 2-rank DeepSpeed cell costs about ten single-rank cells). ``random_cells`` draws shapes the matrix was not
@@ -56,7 +57,8 @@ COVERED = ("family", "method", "zero", "ckpt", "attn", "seq_len", "micro_batch",
 MULTI_RANK_COST = 10
 # Attention projections per family (LoRA "attention" target set).
 ATTN_TARGETS = {"llama": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"), "mixtral": ("q_proj", "v_proj"),
-                "gpt2": ("c_attn",)}  # fmt: skip
+                "gpt2": ("c_attn",), "qwen3_moe": ("q_proj", "v_proj")}  # fmt: skip
+MOE_FAMILIES = ("mixtral", "qwen3_moe")
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,10 @@ class Cell:
             cfg["tie_word_embeddings"] = True
         if self.family == "mixtral":
             cfg.update(num_local_experts=self.num_experts, num_experts_per_tok=EXPERTS_PER_TOKEN)
+        if self.family == "qwen3_moe":  # every layer sparse; the experts' width is moe_intermediate_size
+            cfg.update(head_dim=self.hidden // self.heads, num_experts=self.num_experts,
+                       num_experts_per_tok=EXPERTS_PER_TOKEN, moe_intermediate_size=self.intermediate,
+                       tie_word_embeddings=False)
         return cfg
 
     def model_spec(self):
@@ -179,7 +185,18 @@ def _shape(family: str, hidden: int, layers: int, vocab: int, rng: random.Random
 def _lora_dropout(family: str, method: str) -> float:
     """peft puts LoRA on fused 3-D expert weights with ``lora.ParamWrapper``, which refuses a LoRA dropout
     (peft/tuners/lora/layer.py): a mixture of experts with all-linear targets trains without one."""
-    return 0.0 if family == "mixtral" and method != "lora-attn" and method != "full" else LORA_DROPOUT
+    return 0.0 if family in MOE_FAMILIES and method != "lora-attn" and method != "full" else LORA_DROPOUT
+
+
+# Cells outside the seeded design (appended to it, and always in the CI subset), so that the designed cells keep
+# their ids and cached profiles: a tiny Qwen3-MoE (experts registered before the router, unlike Mixtral) with
+# LoRA on all linear layers, which peft puts on the fused expert tensors and the router with lora.ParamWrapper
+# (LoRA dropout 0, the only value it accepts; issue 14 item 8).
+EXTRA_CELLS = (
+    Cell(family="qwen3_moe", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=64, vocab=512,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=64,
+         micro_batch=2, num_experts=NUM_EXPERTS, lora_dropout=_lora_dropout("qwen3_moe", "lora-all")),
+)
 
 
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
@@ -213,7 +230,7 @@ def _fill(skeletons: list[dict[str, Any]], rng: random.Random) -> list[Cell]:
 
 
 def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
-    """53 cells: family x method x checkpointing on one rank, and ZeRO 1/2/3 x method on two ranks."""
+    """54 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS."""
     rng = random.Random(seed)
     single = [{"family": f, "method": m, "ckpt": c, "zero": 0, "num_ranks": 1}
               for f in FAMILIES for m in METHODS for c in (False, True)]  # fmt: skip
@@ -222,7 +239,7 @@ def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     ckpts = _balanced((False, True), len(multi_keys), rng)
     multi = [{"family": f, "method": m, "ckpt": c, "zero": z, "num_ranks": n}
              for (z, n, m), f, c in zip(multi_keys, fams, ckpts, strict=True)]  # fmt: skip
-    return _fill(single, rng) + _fill(multi, rng)
+    return _fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS)
 
 
 def _requirements(cells: list[Cell]) -> set[tuple]:
@@ -244,16 +261,17 @@ def _covers(c: Cell) -> set[tuple]:
 
 def ci_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     """The cheapest subset of the full matrix covering every factor level and family x method pair."""
-    cells = full_matrix(seed)
+    everything = full_matrix(seed)
+    cells = [c for c in everything if c not in EXTRA_CELLS]
     todo = _requirements(cells)
-    chosen: list[Cell] = []
+    chosen: list[Cell] = list(EXTRA_CELLS)
     while todo:
         best = max(cells, key=lambda c: (len(_covers(c) & todo) / c.cost, -cells.index(c)))
         if not _covers(best) & todo:
             break
         chosen.append(best)
         todo -= _covers(best)
-    order = {c: i for i, c in enumerate(cells)}
+    order = {c: i for i, c in enumerate(everything)}
     return sorted(chosen, key=order.__getitem__)
 
 
