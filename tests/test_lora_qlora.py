@@ -90,7 +90,8 @@ def test_lora_trainable_count_equals_peft(model, rank, targets, saved):
     cfg = TINY[model]
     counts = count_params(spec_from_config(cfg, model))
     split = split_params(counts, TrainSpec(method=Method.LORA,
-                                           lora=LoraSpec(rank=rank, targets=targets, modules_to_save=saved)))
+                                           lora=LoraSpec(rank=rank, dropout=0.0, targets=targets,
+                                                         modules_to_save=saved)))
     peft_targets = "all-linear" if targets == ("all-linear",) else list(targets)
     assert split.num_trainable == _peft_trainable(cfg, rank, peft_targets, saved)
     assert split.num_trainable == split.num_adapter + split.num_saved
@@ -114,7 +115,7 @@ def test_all_linear_adapts_what_peft_adapts(name):
     # it also adds the fused experts and the router, and drops dense gate/up/down_proj (see params.py).
     cfg = TINY[name]
     model = peft.get_peft_model(_real_model(cfg), peft.LoraConfig(r=2, target_modules="all-linear"))
-    ours = {a.path for a in lora_adapters(count_params(spec_from_config(cfg, name)), LoraSpec(rank=2))}
+    ours = {a.path for a in lora_adapters(count_params(spec_from_config(cfg, name)), LoraSpec(rank=2, dropout=0.0))}
     assert ours == _peft_adapted_paths(model)
 
 
@@ -125,7 +126,7 @@ def test_half_of_a_fused_expert_projection_is_refused_like_peft(model, targets):
         peft.get_peft_model(_real_model(cfg), peft.LoraConfig(r=2, target_modules=list(targets)))
     with pytest.raises(PlannerError, match="fuses them"):
         split_params(count_params(spec_from_config(cfg, model)),
-                     TrainSpec(method=Method.LORA, lora=LoraSpec(targets=targets)))
+                     TrainSpec(method=Method.LORA, lora=LoraSpec(dropout=0.0, targets=targets)))
 
 
 def test_peft_dtypes_that_states_py_relies_on():
@@ -191,7 +192,7 @@ QUANTS = [QuantSpec(QuantType(t), dq) for t in ("nf4", "fp4") for dq in (False, 
 @pytest.mark.parametrize("quant", QUANTS, ids=lambda q: f"{q.quant_type.value}-dq{int(q.double_quant)}")
 def test_quantized_bytes_equal_bitsandbytes_storage(saved_models, name, quant):
     counts = count_params(spec_from_config(TINY[name], name))
-    split = split_params(counts, TrainSpec(method=Method.QLORA, quant=quant))
+    split = split_params(counts, TrainSpec(method=Method.QLORA, quant=quant, lora=LoraSpec(dropout=0.0)))
     four_bit_bytes, num_quantized, num_plain, plain_bytes = _measure(_load_4bit(saved_models[name], quant))
     assert four_bit_bytes == quantized_weight_bytes(counts, quant)
     assert num_quantized == split.num_quantized
@@ -217,7 +218,7 @@ def test_qlora_trainable_count_equals_peft_on_the_4bit_model(saved_models):
     lora = peft.LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM")
     trainable, _ = peft.get_peft_model(model, lora).get_nb_trainable_parameters()
     counts = count_params(spec_from_config(TINY["llama"], "llama"))
-    assert trainable == split_params(counts, TrainSpec(method=Method.QLORA, lora=LoraSpec(rank=8))).num_trainable
+    assert trainable == split_params(counts, TrainSpec(method=Method.QLORA, lora=LoraSpec(rank=8, dropout=0.0))).num_trainable
 
 
 @pytest.mark.parametrize(("model", "targets"), [
