@@ -27,6 +27,8 @@ _TIE_DEFAULT = {"gemma": True, "gemma2": True, "gpt2": True, "starcoder2": True,
 _HEAD_DIM_DEFAULT = {"qwen3": 128, "qwen3_moe": 128, "gemma2": 256, "gemma": 256}
 _KV_HEADS_DEFAULT = {"qwen2": 32, "mistral": 8, "mixtral": 8, "qwen3_moe": 4, "gemma2": 4}
 _KNOWN_GPT2_KEYS = ("n_embd", "n_layer", "n_head")
+# Families without experts (transformers' configuration_<family>.py has no expert fields).
+_DENSE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "starcoder2")
 
 
 def _require_int(cfg: dict[str, Any], key: str, name: str) -> int:
@@ -117,9 +119,12 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
         inter = 4 * hidden
     if not isinstance(inter, int) or inter < 1:
         raise PlannerError(f"model {name!r}: 'intermediate_size' must be a positive integer, got {inter!r}.")
-    expert_key = next((k for k in ("num_local_experts", "num_experts", "n_routed_experts") if cfg.get(k)), None)
+    # Dense families' config classes ignore expert keys (LlamaConfig, Gemma2Config, ...), and so does planner:
+    # reading them made a gemma2 config with n_routed_experts an MoE the estimator has no layer for.
+    expert_key = None if model_type in _DENSE_FAMILIES else next(
+        (k for k in ("num_local_experts", "num_experts", "n_routed_experts") if cfg.get(k)), None)
     num_experts = _optional_int(cfg, expert_key, name, 0) if expert_key else 0
-    top_k = _optional_int(cfg, "num_experts_per_tok", name, 0, minimum=0)
+    top_k = _optional_int(cfg, "num_experts_per_tok", name, 0, minimum=0) if num_experts else 0
     if num_experts and cfg.get("num_experts_per_tok") is not None and not 1 <= top_k <= num_experts:
         raise PlannerError(
             f"model {name!r}: num_experts_per_tok ({top_k}) must be between 1 and the number of experts ({num_experts})."

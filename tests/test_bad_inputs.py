@@ -226,6 +226,8 @@ CASES = [
     C(["estimate", "-m", "gpt2", "-s", "512", "--method", "full", "--zero", "2", "--offload", "optimizer+params"], ["optimizer+params", "3"], id="est-param-offload-zero2"),
     C(["estimate", "-m", "gpt2", "-s", "512", "--zero", "0", "--offload", "optimizer"], ["--offload", "ZeRO 1-3"], id="est-no-valid-combination"),
     C(["estimate", "-m", "gpt2", "-s", "512", "--compare-gpus", "--gpu", "no-such-gpu"], ["'no-such-gpu'"], id="est-compare-gpus-bad-gpu"),
+    C(["estimate", "-m", "gpt2", "-s", "512", "--max-hours", "5"], ["--max-hours", "--compare-gpus"], id="est-max-hours-without-compare-gpus"),
+    C(["estimate", "-m", "gpt2", "-s", "512", "--compare-gpus", "--max-hours", "0.5"], ["--max-hours", "0.5"], id="est-max-hours-0.5"),
     # ---------------------------------------------------------------- estimate: paths
     C(["estimate", "-m", "gpt2", "-s", "512", "--csv", "{in}/not-empty"], ["--csv", "not-empty", "file path"], id="est-csv-is-dir"),
     C(["estimate", "-m", "gpt2", "-s", "512", "--csv", "no-dir/rows.csv"], ["--csv", "no-dir"], id="est-csv-parent-missing"),

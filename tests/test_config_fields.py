@@ -74,3 +74,15 @@ def test_bad_value_is_refused_naming_the_field(key, value):
 ])  # fmt: skip
 def test_null_and_valid_values_pass(key, value):
     spec_from_config({**catalog.model_config("qwen3-30b-a3b"), key: value}, "m")
+
+
+def test_expert_fields_of_a_dense_family_are_ignored():
+    """transformers' dense configs (Gemma2Config, LlamaConfig, ...) ignore expert keys; planner read them and
+    crashed (KeyError 'gate', found by the estimate fuzz)."""
+    spec = spec_from_config({**catalog.model_config("gemma-2-9b"), "n_routed_experts": 2, "num_experts_per_tok": None},
+                            "g")  # fmt: skip
+    assert spec.num_experts == 0 and not spec.is_moe
+    from planner.estimate.core import estimate
+    from planner.specs import Cluster, TrainSpec
+
+    estimate(spec, TrainSpec(zero_stage=3, seq_len=1024), Cluster(gpu=catalog.gpu("h100-sxm-80gb"), num_gpus=8))

@@ -97,10 +97,10 @@ def estimate(
                      "and cost (catalog USD prices unless --price-per-gpu-hour)."),
     ] = False,
     max_hours: Annotated[
-        float,
+        float | None,
         typer.Option("--max-hours", help="With --compare-gpus and --tokens: only plans finishing within this many "
-                     "hours compete on cost."),
-    ] = 720.0,
+                     "hours compete on cost (default 720)."),
+    ] = None,
     trust_remote_code: o.TrustRemoteCodeOpt = False,
     as_json: o.JsonOpt = False,
     csv: Annotated[Path | None, typer.Option("--csv", help="Also write the rows to this CSV file.")] = None,
@@ -144,7 +144,12 @@ def estimate(
         attn=attn,
         dropout=dropout,
     )
+    if max_hours is not None and not compare_gpus:
+        raise PlannerError("--max-hours applies to --compare-gpus only; add --compare-gpus or drop --max-hours.")
     if compare_gpus:
+        from planner.estimate.compare_gpus import DEFAULT_MAX_HOURS
+
+        max_hours = DEFAULT_MAX_HOURS if max_hours is None else max_hours
         if gpu != "h100-sxm-80gb":
             raise PlannerError(
                 f"--compare-gpus compares every GPU in the catalog, so --gpu {gpu!r} does not apply; drop one of them."

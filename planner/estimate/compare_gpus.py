@@ -150,8 +150,13 @@ class EstimateCache:
 
     def __init__(self, model: ModelSpec, margin: float, gpus_per_node: int = GPUS_PER_NODE,
                  host_memory_bytes_per_node: int = DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
-                 allow_longer: bool = False) -> None:
+                 allow_longer: bool = False, activation_floor: bool = False) -> None:
         self.model = model
+        # With activation_floor, the largest activations seen at any phase's peak of a layout group (see
+        # _activation_key) bound every peak of that group from below, whatever the GPU count: data parallelism
+        # does not shard activations. A group whose floor exceeds the usable memory is not estimated again.
+        self.activation_floor = activation_floor
+        self._floors: dict[TrainSpec, int] = {}
         self.allow_longer = allow_longer
         self.host_mem = host_memory_bytes_per_node
         self.margin = margin
@@ -187,8 +192,21 @@ class EstimateCache:
         usable = int(cluster.gpu.memory_bytes * (1.0 - self.margin))
         if self.states_lower_bound(train, cluster.num_gpus) > usable:
             return False
+        group = _activation_key(train) if self.activation_floor else None
+        if group is not None and self._floors.get(group, 0) > usable:
+            return False
         est = self.estimate(train, cluster)
+        if group is not None:
+            seen = max((b.activations_bytes for b in est.phases.values()), default=est.per_gpu.activations_bytes)
+            self._floors[group] = max(self._floors.get(group, 0), seen, est.per_gpu.activations_bytes)
         return est.fits and est.reserved_bytes <= usable and est.cpu_bytes_per_node <= self.host_mem
+
+
+def _activation_key(train: TrainSpec) -> TrainSpec:
+    """Layouts whose activations are the same tensors: offload never changes them; ZeRO 1 and 2 share them, while
+    ZeRO-0 (no DeepSpeed: fp32 adapters, QLoRA's fp32 activations) and ZeRO-3 (DeepSpeed's linear wrapper) differ."""
+    stage = {0: 0, 1: 1, 2: 1, 3: 3}[train.zero_stage]
+    return dataclasses.replace(train, zero_stage=stage, offload=Offload.NONE)
 
 
 def _layout_trains(base: TrainSpec, method: Method, precision: Precision) -> list[TrainSpec]:
@@ -214,8 +232,10 @@ def _layout_trains(base: TrainSpec, method: Method, precision: Precision) -> lis
     return out
 
 
-def _fewest_gpus(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], counts: tuple[int, ...]):
-    """(fewest N, [trains that fit on N]) or (None, [])."""
+def _fewest_gpus(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], counts: tuple[int, ...],
+                 collect_all: bool = True):
+    """(fewest N, [trains that fit on N]) or (None, []); with ``collect_all`` False the list may be short once
+    N is the smallest count."""
     best_n: int | None = None
     found: list[tuple[int, TrainSpec]] = []
     for train in trains:
@@ -235,6 +255,8 @@ def _fewest_gpus(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], c
             found = [(n, t) for n_, t in found if n_ == n]
         if n == best_n:
             found.append((n, train))
+        if best_n == counts[0] and not collect_all:
+            break  # nothing fits on fewer
     return best_n, [t for _, t in found]
 
 
@@ -265,7 +287,8 @@ def compare_gpus(
     if not isinstance(max_gpus, int) or max_gpus < 1 or max_gpus > 1_000_000:
         raise PlannerError(f"--max-gpus must be an integer from 1 to 1000000, got {max_gpus!r}.")
     validate_max_hours(max_hours)
-    search = EstimateCache(model, margin, host_memory_bytes_per_node=host_memory_bytes_per_node)
+    search = EstimateCache(model, margin, host_memory_bytes_per_node=host_memory_bytes_per_node,
+                           activation_floor=True)
     counts = gpu_counts(max_gpus)
     rows: list[GpuOption] = []
     for gpu in gpus if gpus is not None else catalog.gpus():
@@ -306,9 +329,10 @@ def _best_plan(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], cou
 
     speeds = {id(t): [tps(t, n) for n in counts[first:]] for t in trains}
     bound = {id(t): max(v for v, _ in speeds[id(t)]) for t in trains}
+    ordered = sorted(enumerate(trains), key=lambda it: (-bound[id(it[1])], it[0]))
     found = []  # (tokens/s per GPU, GPU count, layout order, train, step)
     best_in_time = 0.0
-    for order, train in sorted(enumerate(trains), key=lambda it: (-bound[id(it[1])], it[0])):
+    for k, (order, train) in enumerate(ordered):
         if best_in_time and bound[id(train)] < best_in_time * (1 - COST_TOLERANCE):
             break  # sorted by bound: no later layout comes within the tolerance either
         top = len(counts) - 1
@@ -328,14 +352,28 @@ def _best_plan(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], cou
             found.append((value, counts[i], order, train, st))
             if in_time(value, counts[i]):
                 best_in_time = max(best_in_time, value)
-    if not found:
-        return None
-    if best_in_time:
-        near = [f for f in found if f[0] >= best_in_time * (1 - COST_TOLERANCE) and in_time(f[0], f[1])]
-        value, n, _, train, st = min(near, key=lambda f: (f[1], -f[0], f[2]))
-        return train, n, st, True
-    value, n, _, train, st = max(found, key=lambda f: (f[0] * f[1], -f[1], -f[2]))  # the fastest
-    return train, n, st, False
+        # Fits on the fewest GPUs there are, in time, at its best speed: no later layout (bound no higher) can be
+        # preferred, as preference is fewer GPUs, then more tokens/s per GPU, then the earlier layout.
+        nxt = bound[id(ordered[k + 1][1])] if k + 1 < len(ordered) else -1.0
+        head = speeds[id(train)][0][0]
+        if hi == first and in_time(head, counts[first]) and head >= bound[id(train)] and head >= nxt:
+            break
+    # Per-GPU memory is not monotone in the GPU count under ZeRO-1/2 (a rank's gradient buffer holds the whole
+    # tensors across its partition's edges), so the plan picked is checked and the next one taken if it does not
+    # fit.
+    while found:
+        in_time_values = [f[0] for f in found if in_time(f[0], f[1])]
+        if in_time_values:
+            best = max(in_time_values)
+            near = [f for f in found if f[0] >= best * (1 - COST_TOLERANCE) and in_time(f[0], f[1])]
+            pick = min(near, key=lambda f: (f[1], -f[0], f[2]))
+        else:
+            pick = max(found, key=lambda f: (f[0] * f[1], -f[1], -f[2]))  # the fastest
+        value, n, _, train, st = pick
+        if search.fits(train, cluster_of[n]):
+            return train, n, st, bool(in_time_values)
+        found.remove(pick)
+    return None
 
 
 def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens, price, max_hours) -> GpuOption:
@@ -346,7 +384,7 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
     note = "" if precision is base.precision else f"{gpu.name} has no bf16: {precision.value} instead"
     try:
         trains = _layout_trains(base, method, precision)
-        n_min, _ = _fewest_gpus(search, gpu, trains, counts) if trains else (None, [])
+        n_min, _ = _fewest_gpus(search, gpu, trains, counts, collect_all=False) if trains else (None, [])
         plan = (_best_plan(search, gpu, trains, counts, counts.index(n_min), mfu, num_tokens, max_hours)
                 if n_min is not None else None)  # fmt: skip
     except PlannerError as exc:
