@@ -8,8 +8,10 @@ analytical counter (``planner.estimate.params``) calls it only for a model_type 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
 from planner.errors import PlannerError
@@ -161,5 +163,28 @@ def param_counts_of(hf_model: Any) -> ParamCounts:
 
 
 def meta_param_counts(model: ModelSpec) -> ParamCounts:
-    """Exact counts for any architecture transformers can build, by instantiating it on the meta device."""
+    """Exact counts for any architecture transformers can build, by instantiating it on the meta device (once per
+    config: an estimate asks several times)."""
+    return _meta_counts(model, model.config_json())
+
+
+@lru_cache(maxsize=32)
+def _meta_counts(model: ModelSpec, config_key: str) -> ParamCounts:
     return param_counts_of(build_meta_model(model))
+
+
+@lru_cache(maxsize=32)
+def _defaults(model_type: str, config_key: str) -> dict[str, Any]:
+    from transformers import AutoConfig  # noqa: PLC0415
+
+    raw = {k: v for k, v in json.loads(config_key).items() if k != "model_type"}
+    try:
+        return AutoConfig.for_model(model_type, **raw).to_dict()
+    except Exception:  # noqa: BLE001 - build_meta_model reports an unbuildable config in one sentence
+        return {}
+
+
+def config_with_defaults(model: ModelSpec) -> dict[str, Any]:
+    """The config as transformers' config class completes it: every attribute with its class default
+    (``use_parallel_residual``, ``rope_parameters``, ``hidden_act``, ...) for keys config.json leaves out."""
+    return dict(_defaults(model.model_type, model.config_json()))

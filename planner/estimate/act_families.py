@@ -7,7 +7,7 @@ writes the embedding, one decoder layer and the final norm the way the family's 
 from __future__ import annotations
 
 from planner.estimate import layers as ly
-from planner.estimate import moe, ops
+from planner.estimate import moe, nearest, ops
 from planner.estimate.layers import Ctx, Linear
 from planner.estimate.tape import Fake, Node, Param, Tape
 from planner.specs import Method, ModelSpec, Precision
@@ -29,19 +29,24 @@ class Family:
         self.adapters = adapters
         self.notes: list[str] = []
         self.last_node_of_layer: dict[int, Node] = {}
+        # an unknown family: the nearest validated layer (nearest.py), None when it keeps the llama layer as is
+        self.arch = _arch(model)
         self.kind = _kind(model)
         full = method is Method.FULL
         self.full = full
         save = set(modules_to_save)
-        emb_trainable = full or bool(save & {"embed_tokens", "wte"})
+        emb_names = ("embed_tokens", "wte") + ((self._role_leaf("embedding"),) if self.arch else ())
+        emb_trainable = full or bool(save & set(emb_names))
         self.embed_w = Param((model.vocab_size, model.hidden_size), ctx.dtype, emb_trainable)
-        head_trainable = full or "lm_head" in save or (model.tie_word_embeddings and emb_trainable)
+        tied = self.arch.tied if self.arch else model.tie_word_embeddings
+        head_trainable = full or "lm_head" in save or (tied and emb_trainable)
         # peft adapts the output layer like any linear (lora.Linear) and an embedding with lora.Embedding
         self.lm_head = Linear(model.hidden_size, model.vocab_size, ctx.dtype, head_trainable,
-                              lora_rank=0 if full else self._rank("lm_head"), adapter_dtype=ctx.adapter_dtype)
-        self.embed_lora = self._embedding_adapter(("embed_tokens", "wte"), model.vocab_size)
+                              lora_rank=0 if full else self._rank("lm_head", *self._role("lm_head")),
+                              adapter_dtype=ctx.adapter_dtype)
+        self.embed_lora = self._embedding_adapter(emb_names, model.vocab_size)
         self.wpe_lora = self._embedding_adapter(("wpe",), model.max_position_embeddings) if self.kind == "gpt2" else None
-        if model.tie_word_embeddings:
+        if tied:
             self.lm_head.w = self.embed_w  # one parameter: its gradient accumulates from both uses
         self.final_norm_w = Param((model.hidden_size,), ctx.dtype, full)
         self.final_norm_b = Param((model.hidden_size,), ctx.dtype, full)
@@ -60,6 +65,14 @@ class Family:
                 if path.endswith("." + suffix) or path == suffix:
                     return rank
         return 0
+
+    def _role(self, role: str) -> tuple[str, ...]:
+        """The module path an unknown family's ``role`` (q, k, v, o, qkv, gate, up, down, ...) stands for."""
+        path = self.arch.path(role) if self.arch else ""
+        return (path,) if path else ()
+
+    def _role_leaf(self, role: str) -> str:
+        return self._role(role)[0].rsplit(".", 1)[-1] if self._role(role) else ""
 
     def _embedding_adapter(self, suffixes: tuple[str, ...], num: int) -> tuple[Param, Param] | None:
         """peft lora.Embedding on the embedding named by one of ``suffixes``: lora_embedding_A [r, num] and
@@ -82,6 +95,8 @@ class Family:
     def _layer_weights(self, i: int) -> dict:
         m, c = self.model, self.cfg
         h, a, kv, d = m.hidden_size, m.num_heads, m.num_kv_heads, m.head_dim
+        if self.kind == "nearest":
+            return nearest.layer_weights(self, i)
         w: dict = {"ln1": self._norm(), "ln2": self._norm()}
         if self.kind == "gpt2":
             inner = m.intermediate_size
@@ -96,11 +111,13 @@ class Family:
         else:
             # DeepSeek-V2's latent attention stands in as grouped-query attention (note in build_family): its
             # projections' adapters go on the stand-ins (q_a/q_b -> q, kv_a_proj_with_mqa -> k, kv_b_proj -> v)
-            w.update(q=self._lin(("self_attn.q_proj", "self_attn.q_b_proj", "self_attn.q_a_proj"), h, a * d, qkv_bias),
-                     k=self._lin(("self_attn.k_proj", "self_attn.kv_a_proj_with_mqa"), h, kv * d, qkv_bias),
-                     v=self._lin(("self_attn.v_proj", "self_attn.kv_b_proj"), h, kv * d, qkv_bias))
+            w.update(q=self._lin(("self_attn.q_proj", "self_attn.q_b_proj", "self_attn.q_a_proj", *self._role("q")),
+                                 h, a * d, qkv_bias),
+                     k=self._lin(("self_attn.k_proj", "self_attn.kv_a_proj_with_mqa", *self._role("k")), h, kv * d,
+                                 qkv_bias),
+                     v=self._lin(("self_attn.v_proj", "self_attn.kv_b_proj", *self._role("v")), h, kv * d, qkv_bias))
         o_bias = bool(c.get("attention_bias", False)) and m.model_type != "qwen2"
-        w["o"] = self._lin("self_attn.o_proj", a * d, h, o_bias)
+        w["o"] = self._lin(("self_attn.o_proj", *self._role("o")), a * d, h, o_bias)
         if m.model_type == "qwen3" or m.model_type == "qwen3_moe":
             w["q_norm"] = Param((d,), self.ctx.dtype, self.full)
             w["k_norm"] = Param((d,), self.ctx.dtype, self.full)
@@ -121,9 +138,9 @@ class Family:
             w["down"] = self._lin("mlp.down_proj", m.intermediate_size, h)
         else:
             bias = bool(c.get("mlp_bias", False))
-            w.update(gate=self._lin("mlp.gate_proj", h, m.intermediate_size, bias),
-                     up=self._lin("mlp.up_proj", h, m.intermediate_size, bias),
-                     down=self._lin("mlp.down_proj", m.intermediate_size, h, bias))
+            w.update(gate=self._lin(("mlp.gate_proj", *self._role("gate")), h, m.intermediate_size, bias),
+                     up=self._lin(("mlp.up_proj", *self._role("up")), h, m.intermediate_size, bias),
+                     down=self._lin(("mlp.down_proj", *self._role("down")), m.intermediate_size, h, bias))
         return w
 
     def total_grad_bytes(self, num_layers: int) -> int:
@@ -137,6 +154,9 @@ class Family:
         if self.kind == "gpt2" and self.full:
             total += self.model.max_position_embeddings * self.model.hidden_size * dtype_bytes(self.ctx.dtype)
             total += self.final_norm_b.numel * dtype_bytes(self.ctx.dtype)
+        if self.kind == "nearest" and self.full:
+            rows = self.arch.learned_positions + (1 if self.arch.norm_bias else 0)
+            total += rows * self.model.hidden_size * dtype_bytes(self.ctx.dtype)
         return total
 
     # ------------------------------------------------------------ embedding and extras
@@ -158,6 +178,13 @@ class Family:
             t.keep(hold, [emb])
             self.leaf_grads.append(hold)
         held = [emb]
+        if self.kind == "nearest" and self.arch.learned_positions:
+            wpe = Param((self.arch.learned_positions, self.model.hidden_size), c.dtype, self.full)
+            pos = t.op("embedding", [wpe], [((1, c.s, self.model.hidden_size), c.dtype)], [])[0]
+            held.append(pos)
+            emb = ops.add(t, emb, pos)
+        if self.kind == "nearest":
+            emb = ops.dropout(t, emb, ctx.resid_dropout, ctx.device)
         if self.kind == "gpt2":
             wpe = Param((self.model.max_position_embeddings, self.model.hidden_size), c.dtype, self.full)
             pos = t.op("embedding", [wpe], [((1, c.s, self.model.hidden_size), c.dtype)], [])[0]
@@ -170,7 +197,7 @@ class Family:
         if self.kind == "gpt2":
             emb = ops.dropout(t, emb, _gpt2_dropout(self, "embd_pdrop"), ctx.device)
         extras = {"position_ids": t.new((1, c.s), "int64")}
-        if self.kind != "gpt2":
+        if self.kind != "gpt2" and (self.kind != "nearest" or self.arch.rotary):
             # rotary cos/sin [1, s, head_dim] in the activation dtype, computed once per forward. No autograd
             # node in any release: 5.23 runs RotaryEmbedding.forward under @torch.no_grad(), 5.24 without it,
             # but from position_ids and the inv_freq buffer, which need no gradient, so nothing is recorded.
@@ -203,6 +230,8 @@ class Family:
         w = self.layer_weights[min(i, len(self.layer_weights) - 1)]
         if self.kind == "gpt2":
             return self._gpt2_layer(t, w, x, extras)
+        if self.kind == "nearest":
+            return nearest.layer(self, t, w, x, extras)
         if self.kind == "gemma2":
             return self._gemma2_layer(t, i, w, x, extras)
         residual = x
@@ -356,6 +385,9 @@ class Family:
         return ops.add(t, residual, hs)
 
     def final_norm(self, t: Tape, h: Fake) -> Fake:
+        if self.kind == "nearest":
+            bias = self.final_norm_b if self.arch.norm_bias else Param(self.final_norm_b.shape, self.ctx.dtype, False)
+            return nearest.norm(self, t, h, self.final_norm_w, bias)
         if self.kind == "gpt2":
             return ly.layer_norm(t, h, self.final_norm_w, self.final_norm_b)
         if self.kind == "gemma2":
@@ -374,7 +406,17 @@ def _kind(model: ModelSpec) -> str:
         return "gemma2"
     if model.model_type == "phi3":
         return "phi3"
+    arch = _arch(model)
+    if arch is not None and arch.layout == "gpt2":
+        return "nearest"  # GPT-2's layer with the family's adjustments (nearest.py)
     return "llama"
+
+
+def _arch(model: ModelSpec):
+    """An unknown family's architecture as nearest.py reads it (None for the families written here)."""
+    if model.model_type in LLAMA_LIKE + ("gpt2", "gemma2"):
+        return None
+    return nearest.describe(model)
 
 
 def _is_moe_layer(model: ModelSpec, i: int) -> bool:
@@ -424,6 +466,10 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
     else:
         attn_p = cfg.get("attention_dropout", 0.0) if dropout is None else dropout
         resid_p = 0.0
+    arch = _arch(model) if kind == "nearest" else None
+    if arch is not None:
+        attn_p = arch.attn_dropout if dropout is None else dropout
+        resid_p = arch.resid_dropout if dropout is None else dropout
     notes = []
     if kind == "gemma2" and attn == "sdpa":
         attn = "eager"
@@ -433,7 +479,8 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
     # attention and the logits are fp32; only the 4-bit matmuls run in bnb_4bit_compute_dtype. DeepSpeed casts
     # the module back to the training dtype (states.py), which puts activations back in 16 bits.
     act_dtype = "fp32" if method is Method.QLORA and not deepspeed else compute
-    ctx = Ctx(b=b, s=s, h=model.hidden_size, heads=model.num_heads, kv_heads=model.num_kv_heads,
+    ctx = Ctx(b=b, s=s, h=model.hidden_size, heads=model.num_heads,
+              kv_heads=arch.kv_heads if arch is not None else model.num_kv_heads,
               head_dim=model.head_dim, dtype=act_dtype, quant_compute_dtype=compute, device=device, attn=attn, attn_dropout=float(attn_p or 0.0),
               resid_dropout=float(resid_p or 0.0),
               # peft keeps adapters in fp32 on a 16-bit base (autocast_adapter_dtype); DeepSpeed casts the whole
@@ -442,7 +489,9 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
               lora_dropout=float(lora_dropout), quantized=method is Method.QLORA, zero3_linear=zero_stage == 3)
     fam = Family(model, ctx, method, adapters, modules_to_save)
     fam.notes.extend(notes)
-    if model.model_type not in LLAMA_LIKE + ("gpt2", "gemma2"):
+    if fam.arch is not None:
+        fam.notes.append(nearest.note(fam.arch))
+    elif model.model_type not in LLAMA_LIKE + ("gpt2", "gemma2"):
         fam.notes.append(f"activations of model type {model.model_type!r} are estimated with the llama layer.")
     if method is not Method.FULL and any(".experts." in path for path, _ in adapters):
         fam.notes.append(

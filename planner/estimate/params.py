@@ -145,9 +145,13 @@ def counts_from_groups(groups: list[ModuleGroup], *, tied: bool, hidden_size: in
 
 
 def count_params(model: ModelSpec) -> ParamCounts:
-    """Exact counts: analytical for the known families, meta-device instantiation for the rest."""
+    """Exact counts: analytical for the known families, meta-device instantiation for the rest. A model that is
+    not a causal language model (an encoder such as BERT, an encoder-decoder such as T5) is refused first: the
+    meta fallback would build it as a causal LM head that nobody trains (BertLMHeadModel)."""
     from planner.estimate.families import analytical_counts  # noqa: PLC0415 - keeps this module small
+    from planner.estimate.nearest import refuse_non_causal  # noqa: PLC0415
 
+    refuse_non_causal(model)
     counts = analytical_counts(model)
     if counts is not None:
         return counts
