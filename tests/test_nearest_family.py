@@ -146,3 +146,10 @@ def test_nearest_layer_against_a_cpu_measurement(family, attn, ckpt, method, dty
     for what in ("forward_end_bytes", "forward_peak_bytes", "backward_peak_bytes"):
         e, m = getattr(est, what), getattr(measured, what)
         assert abs(e - m) <= NEAREST_TOLERANCE * m, (what, e, m)
+
+
+def test_profile_refuses_an_encoder_before_starting(cli, tmp_path):
+    out = tmp_path / "p"
+    r = cli("profile", "--model", str(DATA / "bert-base-uncased.json"), "--device", "cpu", "--steps", "1",
+            "--out", str(out))
+    assert r.returncode == 1 and "causal language-model training" in r.stderr and not out.exists()
