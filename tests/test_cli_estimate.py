@@ -164,3 +164,17 @@ def test_lora_targets_all_inside_modules_to_save_are_refused_like_peft(cli):
             "--modules-to-save", "lm_head", "--zero", "0", "--offload", "none")
     assert r.returncode == 1
     assert "No modules were targeted for adaptation" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_moe_catalog_model_estimates_with_default_flags(cli):
+    """The default LoRA dropout (0.05) is 0 where peft's lora.ParamWrapper adapts MoE expert and router
+    parameters, so a catalog MoE model's default all-method table works (it exited with peft's refusal)."""
+    out = cli("estimate", "--model", "mixtral-8x7b-v0.1", "--gpus", "8", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["train"]["lora"]["dropout"] == 0
+    dense = cli("estimate", "--model", "llama-3.2-1b", "--gpus", "1", "--json", "--method", "lora", "--zero", "0",
+                "--offload", "none")
+    assert json.loads(dense.stdout)["train"]["lora"]["dropout"] == 0.05
+    explicit = cli("estimate", "--model", "mixtral-8x7b-v0.1", "--gpus", "8", "--method", "lora",
+                   "--lora-dropout", "0.05")
+    assert explicit.returncode == 1 and "ParamWrapper" in explicit.stderr

@@ -71,7 +71,7 @@ def estimate(
     optimizer: o.OptimizerOpt = "adamw",
     lora_rank: o.LoraRankOpt = 16,
     lora_alpha: o.LoraAlphaOpt = 32,
-    lora_dropout: o.LoraDropoutOpt = 0.05,
+    lora_dropout: o.LoraDropoutOpt = None,
     lora_targets: o.LoraTargetsOpt = "all-linear",
     modules_to_save: o.ModulesToSaveOpt = "",
     quant_type: o.QuantTypeOpt = "nf4",
@@ -125,6 +125,7 @@ def estimate(
     if seq_len is None:
         seq_len = o.default_seq_len(spec)
     base = o.build_train_spec(
+        model=spec,
         method=method or "full",
         precision=precision,
         optimizer=optimizer,

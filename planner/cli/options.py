@@ -18,6 +18,7 @@ from planner.specs import (
     GpuSpec,
     LoraSpec,
     Method,
+    ModelSpec,
     Offload,
     Optimizer,
     Precision,
@@ -46,7 +47,9 @@ OptimizerOpt = Annotated[
 ]
 LoraRankOpt = Annotated[int, typer.Option("--lora-rank", help="LoRA rank r.")]
 LoraAlphaOpt = Annotated[int, typer.Option("--lora-alpha", help="LoRA alpha.")]
-LoraDropoutOpt = Annotated[float, typer.Option("--lora-dropout", help="LoRA dropout probability.")]
+LoraDropoutOpt = Annotated[float | None, typer.Option(
+    "--lora-dropout", help="LoRA dropout probability [default: 0.05; 0 where peft adapts MoE expert or router "
+    "parameters (lora.ParamWrapper refuses dropout)].")]
 LoraTargetsOpt = Annotated[
     str, typer.Option("--lora-targets", help="'all-linear' or comma-separated module names (q_proj,v_proj).")
 ]
@@ -137,6 +140,10 @@ def parse_targets(value: str) -> tuple[str, ...]:
     return names
 
 
+# peft's LoRA recipes (and the HF PEFT examples) train with lora_dropout 0.05.
+DEFAULT_LORA_DROPOUT = 0.05
+
+
 def build_train_spec(
     *,
     method: str = "full",
@@ -144,7 +151,7 @@ def build_train_spec(
     optimizer: str = "adamw",
     lora_rank: int = 16,
     lora_alpha: int = 32,
-    lora_dropout: float = 0.05,
+    lora_dropout: float | None = None,
     lora_targets: str = "all-linear",
     modules_to_save: str = "",
     quant_type: str = "nf4",
@@ -157,10 +164,22 @@ def build_train_spec(
     grad_checkpointing: bool = False,
     attn: str = "sdpa",
     dropout: float | None = None,
+    model: ModelSpec | None = None,
 ) -> TrainSpec:
-    """TrainSpec from CLI values; every invalid value raises PlannerError naming it."""
+    """TrainSpec from CLI values; every invalid value raises PlannerError naming it. ``lora_dropout`` None is the
+    default: 0.05 (peft's recipes), or 0 when ``model`` is given and the targets put an adapter on a parameter
+    (MoE experts, routers), where peft's lora.ParamWrapper refuses any dropout."""
     if lora_rank < 1:
         raise PlannerError(f"--lora-rank must be at least 1, got {lora_rank}.")
+    if lora_dropout is None:
+        lora_dropout = DEFAULT_LORA_DROPOUT
+        if model is not None:  # any method: a table's LoRA rows are made from this spec
+            from planner.estimate.params import count_params, param_wrapped
+
+            probe = LoraSpec(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=parse_targets(lora_targets),
+                             modules_to_save=tuple(t.strip() for t in modules_to_save.split(",") if t.strip()))
+            if param_wrapped(count_params(model), probe):
+                lora_dropout = 0.0
     return TrainSpec(
         method=parse_method(method),
         precision=_enum(Precision, precision, "--precision"),

@@ -59,7 +59,7 @@ def profile(
     optimizer: o.OptimizerOpt = "adamw",
     lora_rank: o.LoraRankOpt = 16,
     lora_alpha: o.LoraAlphaOpt = 32,
-    lora_dropout: o.LoraDropoutOpt = 0.05,
+    lora_dropout: o.LoraDropoutOpt = None,
     lora_targets: o.LoraTargetsOpt = "all-linear",
     modules_to_save: o.ModulesToSaveOpt = "",
     quant_type: o.QuantTypeOpt = "nf4",
@@ -96,6 +96,7 @@ def profile(
         raise PlannerError("--model is required (or --weights DIR with a config.json).")
     spec = load_model(model or weights, trust_remote_code=trust_remote_code)
     train = o.build_train_spec(
+        model=spec,
         method=method, precision=precision, optimizer=optimizer, lora_rank=lora_rank, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,
         quant_type=quant_type, double_quant=double_quant, zero=zero, offload=offload, micro_batch=micro_batch,

@@ -59,7 +59,7 @@ def recommend(
     optimizer: o.OptimizerOpt = "adamw",
     lora_rank: o.LoraRankOpt = 16,
     lora_alpha: o.LoraAlphaOpt = 32,
-    lora_dropout: o.LoraDropoutOpt = 0.05,
+    lora_dropout: o.LoraDropoutOpt = None,
     lora_targets: o.LoraTargetsOpt = "all-linear",
     modules_to_save: o.ModulesToSaveOpt = "",
     quant_type: o.QuantTypeOpt = "nf4",
@@ -91,6 +91,7 @@ def recommend(
         raise PlannerError(f"--out {str(out)!r} is a file; give a directory.")
     spec = load_model(model, trust_remote_code=trust_remote_code)
     base = o.build_train_spec(
+        model=spec,
         method="full", precision=precision, optimizer=optimizer, lora_rank=lora_rank, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,
         quant_type=quant_type, double_quant=double_quant, seq_len=seq_len, dropout=dropout,

@@ -49,7 +49,7 @@ def _estimates(model, *, gpu, gpus, nodes, method, zero, offload, margin, mfu, t
     if zero is not None and zero not in (0, 1, 2, 3):
         raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
     spec = load_model(model, trust_remote_code=trust_remote_code)
-    base = o.build_train_spec(method=method or "full", zero=0, offload="none", **train_flags)
+    base = o.build_train_spec(method=method or "full", zero=0, offload="none", model=spec, **train_flags)
     cluster = o.build_cluster(gpu, gpus, nodes)
     methods = [o.parse_method(method)] if method else list(Method)
     stages = [zero] if zero is not None else [0, 1, 2, 3]
@@ -111,7 +111,7 @@ def report(
     optimizer: o.OptimizerOpt = "adamw",
     lora_rank: o.LoraRankOpt = 16,
     lora_alpha: o.LoraAlphaOpt = 32,
-    lora_dropout: o.LoraDropoutOpt = 0.05,
+    lora_dropout: o.LoraDropoutOpt = None,
     lora_targets: o.LoraTargetsOpt = "all-linear",
     modules_to_save: o.ModulesToSaveOpt = "",
     quant_type: o.QuantTypeOpt = "nf4",
