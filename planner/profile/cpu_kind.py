@@ -22,8 +22,9 @@ _TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def rank_threads(num_ranks: int) -> int:
-    """The OpenMP threads each rank of a ``planner profile`` run gets (launcher.py: ``OMP_NUM_THREADS`` if set,
-    else the CPUs shared out among the ranks; one rank runs in-process with torch's default, the CPU count)."""
+    """The OpenMP threads each rank of a ``planner profile`` run gets (launcher.py sets them from here):
+    ``OMP_NUM_THREADS`` if set, else the CPUs shared out among the ranks (one rank: the CPU count, torch's
+    default)."""
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)

@@ -30,6 +30,7 @@ from planner.errors import PlannerError
 from planner.profile import lifeline
 from planner.profile import meta as meta_mod
 from planner.profile.attribution import STEP_PHASES
+from planner.profile.cpu_kind import rank_threads
 from planner.profile.progress import ProgressDisplay, ProgressFile
 from planner.profile.runner import Job, Terminated, run_rank
 from planner.profile.startup import StartupWatch, stale_extension_locks
@@ -249,7 +250,7 @@ def _run_torchrun(job: Job, staging: Path, display: ProgressDisplay) -> tuple[st
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     env = lifeline.child_env(env)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // job.num_ranks)))
+    env.setdefault("OMP_NUM_THREADS", str(rank_threads(job.num_ranks)))
     env["MASTER_ADDR"] = "127.0.0.1"
     if Path("/sys/class/net/lo").exists():
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
