@@ -24,6 +24,7 @@ splits decay and no-decay parameters into two groups, each partitioned on its ow
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from planner.estimate.params import ModuleGroup, ParamCounts, lora_adapters, saved_groups
 from planner.specs import Method, TrainSpec
@@ -197,11 +198,19 @@ def zero3_persistent_numels(counts: ParamCounts, train: TrainSpec, num_layers: i
     (GPT-2 h160, LoRA r2, fp32): the rank's parameters are P/N plus every tensor of at most 10*h elements
     (biases, norms, adapters), to the byte.
     """
+    return _persistent_numels(counts, train.method, train.lora if train.method is not Method.FULL else None,
+                              num_layers, threshold)
+
+
+@lru_cache(maxsize=256)
+def _persistent_numels(counts: ParamCounts, method: Method, lora, num_layers: int, threshold: int) -> tuple[int, int]:
+    # keyed on what the answer reads, not the whole TrainSpec: the fit search varies micro-batch and length
     base = sum(n for g in module_sequence(counts, num_layers) if not g.shared for n in _module_numels(g)
                if n <= threshold)
     extra = 0
-    if train.method is not Method.FULL:
-        extra = sum(n for n in trainable_numels(counts, train, num_layers) if n <= threshold)
+    if lora is not None:
+        extra = sum(n for n in trainable_numels(counts, TrainSpec(method=method, lora=lora), num_layers)
+                    if n <= threshold)
     return base, extra
 
 
