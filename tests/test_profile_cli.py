@@ -97,7 +97,8 @@ def test_moe_lora_with_dropout_is_refused_before_any_rank_starts(tmp_path, cli, 
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(TINY_MOE[family]))
     out = tmp_path / "p"
-    res = cli("profile", "--model", str(cfg), *TINY, "--method", "lora", "--steps", "1", "--out", str(out))
+    res = cli("profile", "--model", str(cfg), *TINY, "--method", "lora", "--lora-dropout", "0.05", "--steps", "1",
+              "--out", str(out))  # the default is 0 for these models; an explicit dropout is refused
     assert res.returncode == 1 and "lora.ParamWrapper" in res.stderr and "--lora-dropout 0" in res.stderr
     assert "Traceback" not in res.stderr and not out.exists()
     ok = cli("profile", "--model", str(cfg), *TINY, "--method", "lora", "--lora-dropout", "0", "--steps", "2",

@@ -12,7 +12,13 @@ from planner.estimate.result import Estimate
 from planner.estimate.sharding import shard_states, zero3_persistent
 from planner.estimate.states import unsharded_states
 from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
-from planner.estimate.zero_partition import RankPartition, rank_partitions, trainable_numels
+from planner.estimate.zero_partition import (
+    RankPartition,
+    rank_partitions,
+    trainable_numels,
+    zero3_persistence_threshold,
+    zero3_released_after_forward,
+)
 from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
 from planner.units import dtype_bytes
 
@@ -69,6 +75,7 @@ def estimate(
     split = split_params(counts, train)
     states = unsharded_states(counts, split, train)
     num_persistent, persistent_bytes = zero3_persistent(counts, train, model.num_layers, model.hidden_size)
+    num_released = zero3_released_after_forward(counts, train, zero3_persistence_threshold(model.hidden_size))
     sharded = shard_states(states, train, cluster.num_gpus, counts.largest_module, persistent_bytes)
 
     adapters = lora_adapter_paths(model, train) if train.method is not Method.FULL else ()
@@ -89,7 +96,8 @@ def estimate(
             hidden_size=model.hidden_size,
             largest_trainable=counts.largest_module,
             largest_trainable_tensor=largest_tensor,
-            num_params=split.num_params - num_persistent,  # ZeRO-3 gathers only the partitioned ones
+            # ZeRO-3 gathers only the partitioned ones, and not those it drops after forward for good
+            num_params=split.num_params - num_persistent - num_released,
             params_bytes=states.params_bytes,
             device=device,
             partition=partition,
