@@ -259,16 +259,8 @@ class Family:
 
     def _llama_attention(self, t: Tape, w: dict, x: Fake, extras: dict) -> Fake:
         c = self.ctx
-        b, s, a, kv, d = c.b, c.s, c.heads, c.kv_heads, c.head_dim
-        if "qkv" in w:  # phi3: one projection, split into views
-            qkv = ly.linear(t, c, x, w["qkv"])
-            q, k, v = t.op("split", [qkv], [((b, a, s, d), qkv.dtype), ((b, kv, s, d), qkv.dtype),
-                                             ((b, kv, s, d), qkv.dtype)], [], alias=qkv.st)
-            del qkv
-        else:
-            q = t.view(ly.linear(t, c, x, w["q"]), (b, a, s, d))
-            k = t.view(ly.linear(t, c, x, w["k"]), (b, kv, s, d))
-            v = t.view(ly.linear(t, c, x, w["v"]), (b, kv, s, d))
+        b, s, a, d = c.b, c.s, c.heads, c.head_dim
+        q, k, v = ly.qkv_projections(t, c, x, w, fused="qkv" in w)  # phi3: one projection, split into views
         if "q_norm" in w:  # qwen3: RMSNorm over head_dim before rotary
             q = ly.rms_norm(t, q, w["q_norm"])
             k = ly.rms_norm(t, k, w["k_norm"])

@@ -247,6 +247,22 @@ def rotary(t: Tape, q: Fake, cos: Fake, sin: Fake) -> Fake:
     return ops.add(t, a, bpart)
 
 
+def qkv_projections(t: Tape, ctx: Ctx, x: Fake, w: dict, fused: bool) -> tuple[Fake, Fake, Fake]:
+    """q [b, heads, s, d], k and v [b, kv_heads, s, d]: three projections viewed per head, or one fused projection
+    (phi3 qkv_proj, falcon query_key_value) split into views of its output (``w["qkv"]``)."""
+    b, s, a, kv, d = ctx.b, ctx.s, ctx.heads, ctx.kv_heads, ctx.head_dim
+    if fused:
+        qkv = linear(t, ctx, x, w["qkv"])
+        q, k, v = t.op("split", [qkv], [((b, a, s, d), qkv.dtype), ((b, kv, s, d), qkv.dtype),
+                                         ((b, kv, s, d), qkv.dtype)], [], alias=qkv.st)
+        del qkv
+        return q, k, v
+    q = t.view(linear(t, ctx, x, w["q"]), (b, a, s, d))
+    k = t.view(linear(t, ctx, x, w["k"]), (b, kv, s, d))
+    v = t.view(linear(t, ctx, x, w["v"]), (b, kv, s, d))
+    return q, k, v
+
+
 def repeat_kv(t: Tape, x: Fake, n_rep: int) -> Fake:
     """expand + reshape: a copy of [b, heads, s, d] when n_rep > 1; backward sums over the repeats. With a single
     KV head the reshape merges a size-1 dim and stays a view of x (heads at stride 0)."""

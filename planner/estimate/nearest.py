@@ -343,15 +343,7 @@ def _attention(fam, t, w: dict, x, extras: dict):
     arch: Arch = fam.arch
     c = fam.ctx
     b, s, a, kv, d = c.b, c.s, c.heads, c.kv_heads, c.head_dim
-    if arch.fused_qkv:
-        qkv = ly.linear(t, c, x, w["qkv"])
-        q, k, v = t.op("split", [qkv], [((b, a, s, d), qkv.dtype), ((b, kv, s, d), qkv.dtype),
-                                         ((b, kv, s, d), qkv.dtype)], [], alias=qkv.st)
-        del qkv
-    else:
-        q = t.view(ly.linear(t, c, x, w["q"]), (b, a, s, d))
-        k = t.view(ly.linear(t, c, x, w["k"]), (b, kv, s, d))
-        v = t.view(ly.linear(t, c, x, w["v"]), (b, kv, s, d))
+    q, k, v = ly.qkv_projections(t, c, x, w, fused=arch.fused_qkv)
     strided = arch.fused_qkv  # q, k, v are strided views of the fused projection until something copies them
     if arch.rotary:
         q = ly.rotary(t, q, extras["cos"], extras["sin"])
