@@ -46,14 +46,19 @@ def minor(version: str | None) -> str | None:
     return f"{m.group(1)}.{m.group(2)}" if m else None
 
 
-def installed_versions() -> dict[str, str | None]:
+def package_versions(names) -> dict[str, str | None]:
+    """Installed version of each distribution in ``names`` (None: not installed), from package metadata."""
     out: dict[str, str | None] = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def installed_versions() -> dict[str, str | None]:
+    return package_versions(LIBRARIES)
 
 
 def version_notes(installed: dict[str, str | None] | None = None) -> list[str]:

@@ -28,6 +28,7 @@ validation models.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 # One matmul as PyTorch calls it: (dtype, batch, m, k, n, a_transposed, b_transposed). ``batch`` is 1 for mm and
 # addmm; a transposed operand is a column-major view (``x.t()``), which oneDNN reads as format "ba".
@@ -64,13 +65,9 @@ class CpuKernels:
         """oneDNN's workspace for ``call`` (None: not measured for this kind)."""
         return self._table.get(call)
 
-    @property
+    @cached_property
     def _table(self) -> dict[MatmulCall, int]:
-        table = self.__dict__.get("_table_cache")
-        if table is None:
-            table = dict(self.workspaces)
-            object.__setattr__(self, "_table_cache", table)
-        return table
+        return dict(self.workspaces)
 
     def with_workspaces(self, measured: dict[MatmulCall, int]) -> CpuKernels:
         merged = dict(self.workspaces) | {tuple(k): int(v) for k, v in measured.items()}
