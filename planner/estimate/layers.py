@@ -66,7 +66,8 @@ def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
         if lin.lora_a is None:
             return _linear_4bit(t, x, lin, ctx.quant_compute_dtype)
         return _lora_4bit(t, ctx, x, lin)
-    result = ops.linear(t, x, lin.w, lin.bias, save_input=ctx.zero3_linear and lin.f_linear, conv1d=not lin.f_linear)
+    result = ops.linear(t, x, lin.w, lin.bias, save_input=ctx.zero3_linear and lin.f_linear, conv1d=not lin.f_linear,
+                        zero3=ctx.zero3_linear)
     if lin.lora_a is None:
         return result
     result_dtype = result.dtype

@@ -200,24 +200,41 @@ def dropout(tape: Tape, x: Fake, p: float, device: str) -> Fake:
 
 
 def linear(tape: Tape, x: Fake, w: Param, bias: Param | None = None, *, save_input: bool = False,
-           conv1d: bool = False) -> Fake:
+           conv1d: bool = False, zero3: bool = False) -> Fake:
     """``F.linear`` / HF Conv1D (addmm): saves the input only when the weight is trainable (or ``save_input``:
     DeepSpeed ZeRO-3's linear, layers.Ctx.zero3_linear); the weight itself is a parameter (already counted).
     Backward: grad_input = grad @ W, grad_W = grad^T @ x, grad_b = grad.sum(0). ``conv1d``: GPT-2's Conv1D keeps
-    its weight as [in, out] and calls ``addmm(bias, x, W)`` (F.linear multiplies by the view ``W.t()``)."""
+    its weight as [in, out] and calls ``addmm(bias, x, W)`` (F.linear multiplies by the view ``W.t()``).
+    ``zero3``: DeepSpeed's LinearFunctionForZeroStage3 stands in for F.linear (zero/linear.py)."""
     inputs = [x, w] + ([bias] if bias is not None else [])
     saved = [x] if (w.trainable or save_input) else []
     d_out = w.shape[0]
     out_shape = x.shape[:-1] + (d_out,)
+    # F.linear's weight gradient reaches AccumulateGrad through TBackward0 (W.t()), a view of mm's result; Conv1D's
+    # (mm(x.t(), grad)) and LinearFunctionForZeroStage3's (grad.t().matmul(x)) are new tensors
+    extra = _WEIGHT_GRAD_VIEW if not conv1d and not zero3 else None
     if not onednn(tape, x.dtype) or x.dtype != w.dtype:
-        return tape.op("linear", inputs, [(out_shape, x.dtype)], saved)[0]
+        return tape.op("linear", inputs, [(out_shape, x.dtype)], saved, _linear_rule, extra)[0]
     tokens = _numel(x.shape[:-1])
     d_in = x.shape[-1]
     # forward: mm(x, W.t()) (F.linear) or addmm(b, x, W) (Conv1D); a workspace after the output (cpu_kernels.py)
     rule = _onednn_linear_rule(x.dtype, tokens, d_in, d_out, conv1d)
-    out = tape.op("linear", inputs, [(out_shape, x.dtype)], saved, rule)[0]
+    out = tape.op("linear", inputs, [(out_shape, x.dtype)], saved, rule, extra)[0]
     matmul_workspace(tape, (x.dtype, 1, tokens, d_in, d_out, False, not conv1d))
     return out
+
+
+_WEIGHT_GRAD_VIEW = "weight_grad_view"
+
+
+def _tag_weight_grad(node, grads: list) -> list:
+    if node.extra is _WEIGHT_GRAD_VIEW and grads[1] is not None:
+        grads[1].tag = "view"
+    return grads
+
+
+def _linear_rule(tape: Tape, node, grads_out):
+    return _tag_weight_grad(node, default_rule(tape, node, grads_out))
 
 
 def _onednn_linear_rule(dtype: str, tokens: int, d_in: int, d_out: int, conv1d: bool):
@@ -241,7 +258,7 @@ def _onednn_linear_rule(dtype: str, tokens: int, d_in: int, d_out: int, conv1d: 
             grads[i] = default_rule(tape, _OneEdge(e, node.name), None)[0]
             if i < 2:
                 matmul_workspace(tape, calls[i])
-        return grads
+        return _tag_weight_grad(node, grads)
 
     return rule
 

@@ -362,7 +362,8 @@ def _accumulate_grad(tape: Tape, param, g: Storage) -> None:
     if tape.keep_param_grads:
         if param.grad is None:
             param.grad = g  # AccumulateGrad steals a fresh gradient
-            sim.grads += g.nbytes
+            if g.tag != _STOLEN_SUM:
+                sim.grads += g.nbytes
         return  # else added in place into .grad; the incoming buffer is freed
     # ZeRO 2/3: copied into a reduce bucket and the incoming buffer freed. The first gradient starts the
     # buckets and the gradient partition.
@@ -383,13 +384,33 @@ def _release_held(tape: Tape) -> None:
         tape.held_grad = None
 
 
+# A parameter's out-of-place gradient sum that AccumulateGrad will steal as .grad: counted as a gradient from
+# its allocation, as a profile names it (the tensor that becomes .grad).
+_STOLEN_SUM = "stolen_sum"
+
+
 def _param_grad_arrives(tape: Tape, uses: dict, pending: dict, param, g: Storage | None) -> None:
     """One use of ``param`` sends its gradient ``g`` (None: that use got none); the last use runs AccumulateGrad
-    with the sum (later contributions are added in place into the first)."""
+    with the sum of them all."""
     key = id(param)
     uses[key] -= 1
     if g is not None:
-        pending.setdefault(key, g)
+        old = pending.get(key)
+        if old is None:
+            pending[key] = g
+        elif old.tag in NOT_IN_PLACE:
+            # InputBuffer::accumulate (torch/csrc/autograd/input_buffer.cpp) adds in place only into a buffer
+            # whose storage it holds the last reference to (can_accumulate_inplace). F.linear's weight gradient
+            # is TBackward0's view of mm's result, and a view keeps its base (and so the storage) alive: a tied
+            # embedding's lm_head gradient gets ``old + var`` when the lookup's gradient arrives -- a third
+            # vocab x hidden tensor for a moment, then the two addends are freed.
+            sim = tape.sim
+            stolen = not uses[key] and tape.keep_param_grads and param.grad is None
+            if stolen:
+                sim.grads += old.nbytes
+            pending[key] = Storage(sim, old.nbytes, _STOLEN_SUM if stolen else "grad_sum")
+            del old
+        # else: added in place into the first; the incoming gradient is freed
     if not uses[key] and key in pending:
         _accumulate_grad(tape, param, pending.pop(key))
 
