@@ -280,3 +280,10 @@ def test_gpu_reference_compares_committed_cuda_profiles(tmp_path, cli):
     res = cli("validate", "--suite", "gpu-reference", "--profiles", str(root), "--out", str(tmp_path))
     assert res.returncode == 1 and "1 of 2 cells miss the issue-5 bounds" in res.stderr
     assert "h100/more" in (tmp_path / "accuracy-gpu.md").read_text()
+
+
+def test_the_help_states_the_matrix_sizes():
+    from planner.cli.validate_cmd import FullOpt
+
+    help_text = FullOpt.__metadata__[0].help
+    assert f"({len(full_matrix())} cells)" in help_text and f"CI subset ({len(ci_matrix())})" in help_text
