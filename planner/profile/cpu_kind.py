@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from collections.abc import Iterable
+from pathlib import Path
 
 from planner.estimate.cpu_kernels import CpuKernels, MatmulCall
 from planner.specs import ModelSpec, TrainSpec
@@ -31,11 +33,20 @@ def rank_threads(num_ranks: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, num_ranks))
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def local_kernels(num_threads: int | None = None) -> CpuKernels:
     """This process's CPU kind (``num_threads``: the threads the measured run uses; default torch's)."""
     import torch
-
-    from planner.profile.meta import cpu_name
 
     try:
         onednn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.modelled import package_versions
+from planner.profile.cpu_kind import cpu_name, local_kernels
 
 PACKAGES = ("torch", "transformers", "deepspeed", "peft", "bitsandbytes", "accelerate", "nvidia-ml-py", "planner")
 
@@ -35,16 +36,6 @@ def git_commit() -> str | None:
         capture_output=True, text=True, timeout=10, check=False,
     ).stdout.strip()  # fmt: skip
     return commit + ("-dirty" if dirty else "")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _ram_bytes() -> int | None:
@@ -82,8 +73,6 @@ def hardware(device: str) -> dict[str, Any]:
     else:
         hw["device_name"] = cpu_name()
         hw["device_memory_bytes"] = _ram_bytes()
-        from planner.profile.cpu_kind import local_kernels
-
         kind = local_kernels()
         hw["cpu_capability"] = kind.capability
         hw["onednn_bf16"] = kind.onednn_bf16

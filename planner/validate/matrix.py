@@ -29,10 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from planner.specs import LoraSpec, QuantSpec, TrainSpec
+from planner.specs import AttnImpl, LoraSpec, Method, Precision, QuantSpec, TrainSpec
 
 DEFAULT_SEED = 20240605
 FAMILIES = ("llama", "gpt2", "qwen2", "mixtral")
@@ -128,17 +128,13 @@ class Cell:
         return spec_from_config(self.model_config(), f"validate-{self.family}-h{self.hidden}", "validation")
 
     def train_spec(self) -> TrainSpec:
-        from planner.cli.options import build_train_spec
-
-        method = self.method.split("-")[0]
-        targets = ",".join(ATTN_TARGETS[self.family]) if self.method == "lora-attn" else "all-linear"
-        train = build_train_spec(method=method, precision=self.precision, zero=self.zero, micro_batch=self.micro_batch,
-                                 seq_len=self.seq_len, grad_checkpointing=self.ckpt, attn=self.attn,
-                                 lora_rank=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_targets=targets)  # fmt: skip
-        if self.method.startswith("qlora"):
-            train = replace(train, quant=QuantSpec(double_quant=self.method == "qlora-dq"))
-        return replace(train, lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
-                                            targets=train.lora.targets))  # fmt: skip
+        targets = ATTN_TARGETS[self.family] if self.method == "lora-attn" else ("all-linear",)
+        quant = QuantSpec(double_quant=self.method == "qlora-dq") if self.method.startswith("qlora") else QuantSpec()
+        return TrainSpec(method=Method(self.method.split("-")[0]), precision=Precision(self.precision),
+                         lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
+                                       targets=targets),
+                         quant=quant, zero_stage=self.zero, micro_batch=self.micro_batch, seq_len=self.seq_len,
+                         grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn))  # fmt: skip
 
     def inputs(self) -> dict[str, Any]:
         """Every input as a flat dict (the CSV's input columns)."""
