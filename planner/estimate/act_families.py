@@ -20,7 +20,7 @@ GELU_TANH = ("gelu_pytorch_tanh", "gelu_new_python")
 
 class Family:
     def __init__(self, model: ModelSpec, ctx: Ctx, method: Method, adapters: tuple[tuple[str, int], ...],
-                 modules_to_save: tuple[str, ...]) -> None:
+                 modules_to_save: tuple[str, ...], *, input_requires_grad: bool = False) -> None:
         self.model = model
         self.cfg = model.config or {}
         self.ctx = ctx
@@ -52,8 +52,8 @@ class Family:
         self.final_norm_b = Param((model.hidden_size,), ctx.dtype, full)
         self.layer_weights = [self._layer_weights(i) for i in range(min(model.num_layers, 3))]
         self.layer_grad_bytes = _grad_bytes(self.layer_weights[min(1, len(self.layer_weights) - 1)])
-        self.input_requires_grad = False  # set by activations.py (checkpointing enables input grads)
-        self.drop_grads = False
+        # the embedding's output requires grad even when frozen (checkpointing: enable_input_require_grads())
+        self.input_requires_grad = input_requires_grad
         self.leaf_grads: list = []
 
     # ------------------------------------------------------------ weights
@@ -447,7 +447,8 @@ def _params_of(v) -> list[Param]:
 
 def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: int, s: int, attn: str,
                  dropout: float | None, adapters: tuple[tuple[str, int], ...], lora_dropout: float,
-                 modules_to_save: tuple[str, ...], device: str, zero_stage: int = 0) -> Family:
+                 modules_to_save: tuple[str, ...], device: str, zero_stage: int = 0,
+                 input_requires_grad: bool = False) -> Family:
     deepspeed = zero_stage > 0
     cfg = model.config or {}
     compute = precision.compute_dtype
@@ -479,7 +480,7 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
               # module to the training dtype (engine._configure_distributed_model: module.bfloat16()/half())
               adapter_dtype="fp32" if method is not Method.FULL and not deepspeed else compute,
               lora_dropout=float(lora_dropout), quantized=method is Method.QLORA, zero3_linear=zero_stage == 3)
-    fam = Family(model, ctx, method, adapters, modules_to_save)
+    fam = Family(model, ctx, method, adapters, modules_to_save, input_requires_grad=input_requires_grad)
     fam.notes.extend(notes)
     if fam.arch is not None:
         fam.notes.append(nearest.note(fam.arch))

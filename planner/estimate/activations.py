@@ -26,6 +26,7 @@ Validated against CPU measurements (tests/test_activations.py, tests/memprobe.py
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from planner.errors import PlannerError
@@ -34,7 +35,7 @@ from planner.estimate.cpu_kernels import CpuKernels
 from planner.estimate.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.logits import causal_lm_loss
 from planner.estimate.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
-from planner.specs import Method, ModelSpec, TrainSpec
+from planner.specs import Method, ModelSpec, Precision, TrainSpec
 
 NUM_SIMULATED_LAYERS = 3
 # torch.utils.checkpoint (preserve_rng_state=True) stores the CPU generator state with every checkpointed
@@ -42,6 +43,77 @@ NUM_SIMULATED_LAYERS = 3
 # device generators' seed/offset (16 bytes each).
 CHECKPOINT_RNG_STATE_BYTES = 5056
 CUDA_RNG_STATE_BYTES = 16
+
+
+# What the simulated step reads from a TrainSpec, field by field: every field is either read (through
+# StepInputs, built only by step_inputs) or ignored with the reason. tests/test_step_inputs.py fails when a
+# TrainSpec or LoraSpec field is in neither, so a new field cannot be silently left out of the cache key.
+TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_checkpointing", "attn_impl", "dropout",
+                     "lora", "zero_stage")
+TRAIN_FIELDS_IGNORED = {
+    "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
+                 "temporaries.py's",
+    "quant": "the 4-bit storage format changes the weights' bytes (quant.py), not the step: each 4-bit matmul "
+             "dequantizes to the compute dtype whatever the quant type, double quantization or block size",
+    "offload": "the one thing offload changes in the step (ZeRO-2 holding a gradient larger than the reduce "
+               "bucket, which an offloaded optimizer does not) arrives as hold_grads_over (core.py)",
+    "grad_accum": "one micro-batch is simulated; accumulation repeats it (peak.py keeps gradients across them)",
+}
+LORA_FIELDS_READ = ("rank", "targets", "dropout", "modules_to_save")  # rank and targets through the adapters
+LORA_FIELDS_IGNORED = {
+    "alpha": "the adapter scale multiplies by a Python float: the same tensors whatever its value",
+}
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """Exactly what one simulated step reads: the simulation's cache key, built only by ``step_inputs``.
+
+    ``_simulate`` receives nothing else, so a value that is not here cannot change a simulation, and one that
+    is here cannot be left out of the key. ``config_json``: ModelSpec equality ignores the raw config, where
+    the family details live. ``zero``: what the ZeRO stage changes in the step (``_zero_key``).
+    """
+
+    model: ModelSpec
+    config_json: str
+    method: Method
+    precision: Precision
+    micro_batch: int
+    seq_len: int
+    grad_checkpointing: bool
+    attn_impl: str
+    dropout: float | None
+    adapters: tuple[tuple[str, int], ...]
+    lora_dropout: float
+    modules_to_save: tuple[str, ...]
+    zero: int
+    device: str
+    keep_grads: bool
+    keep_logits: bool
+    hold_grads_over: int
+    cpu: CpuKernels | None
+
+
+def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
+                keep_logits: bool = False, adapters: tuple[tuple[str, int], ...] | None = None,
+                hold_grads_over: int = 0, cpu: CpuKernels | None = None,
+                micro_batch: int | None = None) -> StepInputs:
+    """The inputs of ``simulate_step`` (same arguments) as the one frozen value its simulations are cached by.
+    ``micro_batch``: in place of the train spec's (0: the envelope's key, for every micro-batch)."""
+    if adapters is None:
+        adapters = lora_adapter_paths(model, train)
+    return StepInputs(
+        model=model, config_json=model.config_json(), method=train.method, precision=train.precision,
+        micro_batch=train.micro_batch if micro_batch is None else micro_batch, seq_len=train.seq_len, grad_checkpointing=train.grad_checkpointing,
+        attn_impl=train.attn_impl.value, dropout=train.dropout, adapters=adapters, lora_dropout=train.lora.dropout,
+        modules_to_save=train.lora.modules_to_save, zero=_zero_key(train), device=device, keep_grads=keep_grads,
+        keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
+    )
+
+
+def _cpu_kind(device: str, cpu: CpuKernels | None) -> CpuKernels | None:
+    """Only oneDNN's workspaces depend on the CPU kind: other kinds and devices share one simulation."""
+    return cpu if device == "cpu" and cpu is not None and cpu.onednn_bf16 else None
 
 
 def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -52,29 +124,40 @@ def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", k
     of every LoRA adapter (default: planner.estimate.params.lora_adapters of the train spec).
     ``hold_grads_over``: ZeRO-2's reduce bucket in elements; a larger gradient stays until the next arrives.
     ``cpu``: on ``device="cpu"``, the CPU kind the run is measured on (cpu_kernels.py; None: no oneDNN)."""
-    if adapters is None:
-        adapters = lora_adapter_paths(model, train)
-    cfg = model.config_json()
-    if device != "cpu" or (cpu is not None and not cpu.onednn_bf16):
-        cpu = None  # only oneDNN's workspaces depend on the CPU kind
-    if train.micro_batch == 1 or cpu is not None:
-        # oneDNN's workspace is not linear in the micro-batch (blocking heuristics): simulate it directly
-        return _simulate(model, cfg, _train_key(train, adapters), device, keep_grads, keep_logits,
-                         hold_grads_over, cpu).profile
-    # Every tensor's size is linear in the micro-batch and the order of allocations does not depend on it:
-    # two simulations (micro-batch 2 and 3) give every candidate peak as a line in b (envelope.py).
-    env = _envelope(model, cfg, _train_key(train, adapters, micro_batch=0), device, keep_grads, keep_logits,
-                    hold_grads_over)
-    return env.at(train.micro_batch)
+    # oneDNN's workspace is not linear in the micro-batch (blocking heuristics): simulated directly. Otherwise
+    # every tensor's size is linear in the micro-batch and the order of allocations does not depend on it: two
+    # simulations (micro-batch 2 and 3) give every candidate peak as a line in b (envelope.py).
+    direct = train.micro_batch == 1 or _cpu_kind(device, cpu) is not None
+    inputs = step_inputs(model, train, device=device, keep_grads=keep_grads, keep_logits=keep_logits,
+                         adapters=adapters, hold_grads_over=hold_grads_over, cpu=cpu,
+                         micro_batch=None if direct else 0)
+    if direct:
+        return _simulate(inputs).profile
+    return _envelope(inputs).at(train.micro_batch)
+
+
+@dataclass(frozen=True)
+class StepTrace:
+    """A debugging run of one simulation (``trace_step``): ``backward`` is (node name, live bytes) before every
+    backward node; ``storages`` weak references to every storage the step made (``Storage.tag``: the op that
+    made it), so those still alive after the step are the ones the simulation leaked."""
+
+    run: Run
+    backward: tuple[tuple[str, int], ...]
+    storages: tuple
+
+
+def trace_step(model: ModelSpec, train: TrainSpec, **kwargs) -> StepTrace:
+    """``simulate_step``'s simulation (same arguments), run afresh, never cached, with its trace."""
+    trace: list = []
+    sim = Sim(record=True, trace=trace)
+    run = _run_step(step_inputs(model, train, **kwargs), sim)
+    return StepTrace(run=run, backward=tuple(trace), storages=tuple(sim.storages))
 
 
 @lru_cache(maxsize=2048)
-def _envelope(model: ModelSpec, config_key: str, key: tuple, device: str, keep_grads: bool,
-              keep_logits: bool, hold_grads_over: int = 0) -> StepEnvelope:
-    runs = []
-    for b in ENVELOPE_POINTS:
-        k = key[:2] + (b,) + key[3:]
-        runs.append(_simulate(model, config_key, k, device, keep_grads, keep_logits, hold_grads_over))
+def _envelope(inputs: StepInputs) -> StepEnvelope:
+    runs = [_simulate(replace(inputs, micro_batch=b)) for b in ENVELOPE_POINTS]
     return StepEnvelope.from_runs(runs[0], runs[1], ENVELOPE_POINTS)
 
 
@@ -84,14 +167,6 @@ def lora_adapter_paths(model: ModelSpec, train: TrainSpec) -> tuple[tuple[str, i
     from planner.estimate.params import count_params, lora_adapters
 
     return tuple(sorted((a.path, a.rank) for a in lora_adapters(count_params(model), train.lora)))
-
-
-def _train_key(train: TrainSpec, adapters: tuple, micro_batch: int | None = None) -> tuple:
-    return (
-        train.method, train.precision, train.micro_batch if micro_batch is None else micro_batch, train.seq_len,
-        train.grad_checkpointing, train.attn_impl.value, train.dropout, adapters, train.lora.dropout,
-        train.lora.modules_to_save, _zero_key(train),
-    )
 
 
 def _zero_key(train: TrainSpec) -> int:
@@ -104,24 +179,25 @@ def _zero_key(train: TrainSpec) -> int:
 
 
 @lru_cache(maxsize=512)
-def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_grads: bool,
-              keep_logits: bool, hold_grads_over: int = 0, cpu: CpuKernels | None = None) -> Run:
-    # config_key: ModelSpec equality ignores the raw config; the family details live there
-    (method, precision, b, s, ckpt, attn, dropout, adapters, lora_dropout, modules_to_save, zero_stage) = key
-    sim = Sim()
-    sim.record = []
-    t = Tape(sim)
-    t.device = device
-    t.cpu = cpu
-    t.hold_grads_over = hold_grads_over
-    fam = build_family(model, method=method, precision=precision, b=b, s=s, attn=attn, dropout=dropout,
-                       adapters=adapters, lora_dropout=lora_dropout, modules_to_save=modules_to_save,
-                       device=device, zero_stage=zero_stage)
+def _simulate(inputs: StepInputs) -> Run:
+    return _run_step(inputs, Sim(record=True))
+
+
+def _run_step(inputs: StepInputs, sim: Sim) -> Run:
+    """One forward + backward on ``sim`` (``_simulate``'s, or ``trace_step``'s tracing one)."""
+    model, b, s, ckpt = inputs.model, inputs.micro_batch, inputs.seq_len, inputs.grad_checkpointing
+    keep_grads = inputs.keep_grads
+    t = Tape(sim, device=inputs.device, cpu=inputs.cpu, hold_grads_over=inputs.hold_grads_over,
+             keep_param_grads=keep_grads)
+    # transformers' checkpointing calls enable_input_require_grads(): input_requires_grad
+    fam = build_family(model, method=inputs.method, precision=inputs.precision, b=b, s=s, attn=inputs.attn_impl,
+                       dropout=inputs.dropout, adapters=inputs.adapters, lora_dropout=inputs.lora_dropout,
+                       modules_to_save=inputs.modules_to_save, device=inputs.device, zero_stage=inputs.zero,
+                       input_requires_grad=ckpt)
     num_layers = model.num_layers
     sim_layers = min(num_layers, NUM_SIMULATED_LAYERS)
     ghost = num_layers - sim_layers
     ids = Fake((b, s), "int64", None)  # the input batch: allocated before the step, counted as inputs
-    fam.input_requires_grad = ckpt  # transformers' checkpointing calls enable_input_require_grads()
     sim.peaks.clear()
     sim.phase = "forward"
     hooks: dict[int, object] = {}
@@ -139,23 +215,23 @@ def _simulate(model: ModelSpec, config_key: str, key: tuple, device: str, keep_g
                     _ghost_swap_hook(sim, hooks, fam, ghost * layer_saved[0], ghost * layer_grads)
         return h
 
-    loss, logits_bytes = causal_lm_loss(t, fam, ids, run_layers, keep_logits=keep_logits, keep_grads=keep_grads)
+    # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
+    loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers, keep_logits=inputs.keep_logits)
     if loss.node is None:
         # no parameter of the simulated forward is trainable: there is no backward to estimate (peft refuses
         # such a run, 'No modules were targeted for adaptation', and the optimizer would get no parameters)
         raise PlannerError(
-            f"nothing is trainable in this {method.value} run of {model.name!r}: no LoRA adapter or trainable "
-            f"module lies between the inputs and the loss (adapters: {', '.join(p for p, _ in adapters) or 'none'}); "
+            f"nothing is trainable in this {inputs.method.value} run of {model.name!r}: no LoRA adapter or "
+            "trainable module lies between the inputs and the loss (adapters: "
+            f"{', '.join(p for p, _ in inputs.adapters) or 'none'}); "
             "choose other --lora-targets or --modules-to-save."
         )
     end = sim.mark("forward_end")
     fwd_peak = sim.peaks["forward"]
-    if not keep_grads:
-        fam.drop_grads = True
     backward(t, loss, hooks)
     sim.flush()
     bwd_end = sim.live
-    del loss
+    del loss, held_logits
     bwd = sim.peaks.get("backward")
     late = sim.peaks.get("backward_late") or bwd
     grads_total = fam.total_grad_bytes(num_layers) if keep_grads else 0
@@ -276,4 +352,4 @@ def _note_last(t: Tape, fam, i: int, start: int) -> None:
         fam.last_node_of_layer[i] = t.sim.nodes[-1]
 
 
-__all__ = ["StepProfile", "simulate_step", "lora_adapter_paths"]
+__all__ = ["StepInputs", "StepProfile", "StepTrace", "lora_adapter_paths", "simulate_step", "step_inputs", "trace_step"]

@@ -20,15 +20,24 @@ Gemma-2 first applies final-logit softcapping (``logits / cap``, ``tanh`` saving
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from planner.estimate import layers as ly
 from planner.estimate import ops
 from planner.estimate.tape import Fake, Tape
 
 
-def causal_lm_loss(t: Tape, fam, ids: Fake, run_layers, *, keep_logits: bool, keep_grads: bool):
-    """Forward of the whole model + loss; returns (loss, logits bytes). ``keep_logits``: the caller keeps
-    the output object (and so the logits) alive through backward."""
-    t.keep_param_grads = keep_grads
+class LossOutput(NamedTuple):
+    loss: Fake
+    logits_bytes: int  # the [b, s, V] logits in their dtype
+    # ``keep_logits``: the logits, which the caller keeps (as it keeps the model's output object) through
+    # backward; None otherwise
+    held_logits: Fake | None
+
+
+def causal_lm_loss(t: Tape, fam, ids: Fake, run_layers, *, keep_logits: bool) -> LossOutput:
+    """Forward of the whole model + loss. ``keep_logits``: the caller keeps the output object (and so the
+    logits) alive through backward."""
     hidden = _base_model(t, fam, ids, run_layers)
     logits = ly.linear(t, fam.ctx, hidden, fam.lm_head)
     if fam.final_softcap:
@@ -38,16 +47,14 @@ def causal_lm_loss(t: Tape, fam, ids: Fake, run_layers, *, keep_logits: bool, ke
     logits_bytes = logits.nbytes
     loss = _for_causal_lm_loss(t, logits, ids)
     del hidden
-    if keep_logits:
-        t.sim.held = logits  # type: ignore[attr-defined]
+    held = logits if keep_logits else None
     del logits
-    return loss, logits_bytes
+    return LossOutput(loss, logits_bytes, held)
 
 
 def _base_model(t: Tape, fam, ids: Fake, run_layers) -> Fake:
     """``XModel.forward``: its locals (inputs_embeds, position embeddings, mask) live until it returns."""
     emb, extras, held = fam.embed(t, ids)
-    fam.input_requires_grad_seen = emb.requires_grad
     h = run_layers(emb, extras)
     del emb
     return fam.final_norm(t, h)

@@ -33,10 +33,6 @@ def _nbytes(shape, dtype: str) -> int:
         n *= d
     return n
 
-# Debugging aid: set to a list to record (node name, live bytes) before every backward node and keep weak
-# references to every storage (Sim.storages, with the op that made it in Storage.tag).
-TRACE: list | None = None
-
 
 @dataclass
 class PhasePeak:
@@ -52,9 +48,13 @@ class Sim:
     maximum of the live bytes (an allocation followed by a free) is also appended to it as
     ``(phase, live, saved, grads)``: the sequence of allocations and frees does not depend on the micro-batch,
     so the same candidates, evaluated at another micro-batch, contain that micro-batch's peak.
+
+    ``trace`` (debugging, activations.trace_step): a list that gets (node name, live bytes) before every
+    backward node; with it, ``storages`` keeps a weak reference to every storage (the op that made it in
+    ``Storage.tag``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, record: bool = False, trace: list | None = None) -> None:
         self.live = 0
         self.saved = 0
         self.grads = 0
@@ -63,9 +63,9 @@ class Sim:
         self.marks: dict[str, PhasePeak] = {}
         self._seq = 0
         self.nodes: list[Node] = []
-        self.record: list | None = None
+        self.record: list | None = [] if record else None
         self._pending: tuple | None = None
-        self.trace: list | None = TRACE
+        self.trace = trace
         self.storages: list = []  # debugging: weak references to every storage (only when tracing)
 
     def _touch(self) -> None:
@@ -202,20 +202,21 @@ class Node:
 class Tape:
     """Creates tensors and nodes on a Sim; ``no_grad`` and checkpointing switch what is recorded."""
 
-    def __init__(self, sim: Sim) -> None:
+    def __init__(self, sim: Sim, *, device: str = "cuda", cpu=None, hold_grads_over: int = 0,
+                 keep_param_grads: bool = True) -> None:
         self.sim = sim
         self.grad_enabled = True
         self.recording: list[Node] | None = None  # nodes of the checkpointed region being recorded
         self.saving = True  # False inside a checkpointed forward: saved tensors are not kept
-        self.keep_param_grads = True  # False: gradients are reduced away as they arrive (ZeRO 2/3)
+        self.keep_param_grads = keep_param_grads  # False: gradients are reduced away as they arrive (ZeRO 2/3)
         # ZeRO-2: a gradient of more elements than DeepSpeed's reduce bucket is reduced where it is, when the next
         # gradient arrives (0: no such holding)
-        self.hold_grads_over = 0
+        self.hold_grads_over = hold_grads_over
         self.held_grad: Storage | None = None
-        self.device = "cuda"  # kernels differ: CPU casts mixed-dtype operands, dropout masks
+        self.device = device  # kernels differ: CPU casts mixed-dtype operands, dropout masks
         # On CPU: the CPU kind (cpu_kernels.py) -- whether 16-bit matmuls run oneDNN with a workspace -- and the
         # matmul calls whose workspace it does not know (reported, counted as 0)
-        self.cpu = None
+        self.cpu = cpu
         self.unknown_matmuls: set = set()
         # During a checkpoint recomputation: how many saving ops are still to come before it stops early
         # (torch.utils.checkpoint non-reentrant "early stop", on by default).

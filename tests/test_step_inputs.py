@@ -1,0 +1,146 @@
+"""The simulated step's cache key is StepInputs, built in one place from exactly what the simulation reads.
+
+Every TrainSpec (and LoraSpec) field is either read or ignored, with a reason (activations.TRAIN_FIELDS_*): a new
+field fails here until someone decides. Read fields change the key; ignored ones leave it, and the simulation,
+unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from planner.estimate import activations, tape
+from planner.estimate.activations import (
+    LORA_FIELDS_IGNORED,
+    LORA_FIELDS_READ,
+    TRAIN_FIELDS_IGNORED,
+    TRAIN_FIELDS_READ,
+    simulate_step,
+    step_inputs,
+    trace_step,
+)
+from planner.models import spec_from_config
+from planner.specs import (
+    AttnImpl,
+    LoraSpec,
+    Method,
+    Offload,
+    Optimizer,
+    Precision,
+    QuantSpec,
+    QuantType,
+    TrainSpec,
+)
+
+TINY = spec_from_config(
+    {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 256},
+    "tiny-llama",
+)
+LORA = TrainSpec(method=Method.LORA, micro_batch=2, seq_len=32, zero_stage=2)
+
+
+def _names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize(("cls", "read", "ignored"), [
+    (TrainSpec, TRAIN_FIELDS_READ, TRAIN_FIELDS_IGNORED),
+    (LoraSpec, LORA_FIELDS_READ, LORA_FIELDS_IGNORED),
+])
+def test_every_field_is_read_or_ignored_with_a_reason(cls, read, ignored):
+    assert not set(read) & set(ignored), "a field is both read and ignored"
+    undecided = _names(cls) - set(read) - set(ignored)
+    assert not undecided, (
+        f"{cls.__name__} fields {sorted(undecided)} are neither read by the simulated step nor ignored: add each to "
+        "StepInputs (built in activations.step_inputs) or to the ignored table with the reason"
+    )
+    assert set(read) | set(ignored) == _names(cls), "the tables name a field the spec no longer has"
+    assert all(reason.strip() for reason in ignored.values())
+
+
+# One changed value per read field (from LORA), each a different simulation.
+READ_VARIANTS = {
+    "method": dict(method=Method.QLORA),
+    "precision": dict(precision=Precision.FP16_MIXED),
+    "micro_batch": dict(micro_batch=3),
+    "seq_len": dict(seq_len=64),
+    "grad_checkpointing": dict(grad_checkpointing=True),
+    "attn_impl": dict(attn_impl=AttnImpl.EAGER),
+    "dropout": dict(dropout=0.1),
+    "lora": dict(lora=LoraSpec(rank=8)),
+    "zero_stage": dict(zero_stage=3),
+}
+LORA_READ_VARIANTS = {
+    "rank": LoraSpec(rank=4),
+    "targets": LoraSpec(targets=("q_proj",)),
+    "dropout": LoraSpec(dropout=0.0),
+    "modules_to_save": LoraSpec(modules_to_save=("lm_head",)),
+}
+# One changed value per ignored field, each valid with LORA's other fields.
+IGNORED_VARIANTS = {
+    "optimizer": dict(optimizer=Optimizer.SGD),
+    "quant": dict(method=Method.QLORA, quant=QuantSpec(quant_type=QuantType.FP4, double_quant=False, blocksize=128)),
+    "offload": dict(offload=Offload.OPTIMIZER),
+    "grad_accum": dict(grad_accum=4),
+}
+
+
+def test_the_variant_tables_cover_every_field():
+    assert set(READ_VARIANTS) == set(TRAIN_FIELDS_READ)
+    assert set(IGNORED_VARIANTS) == set(TRAIN_FIELDS_IGNORED)
+    assert set(LORA_READ_VARIANTS) == set(LORA_FIELDS_READ)
+
+
+@pytest.mark.parametrize("field", sorted(READ_VARIANTS))
+def test_a_read_field_changes_the_key(field):
+    assert step_inputs(TINY, dataclasses.replace(LORA, **READ_VARIANTS[field])) != step_inputs(TINY, LORA)
+
+
+@pytest.mark.parametrize("field", sorted(LORA_READ_VARIANTS))
+def test_a_read_lora_field_changes_the_key(field):
+    other = dataclasses.replace(LORA, lora=LORA_READ_VARIANTS[field])
+    assert step_inputs(TINY, other) != step_inputs(TINY, LORA)
+
+
+@pytest.mark.parametrize("field", sorted(IGNORED_VARIANTS))
+def test_an_ignored_field_changes_neither_the_key_nor_the_step(field):
+    changes = IGNORED_VARIANTS[field]
+    base = dataclasses.replace(LORA, **{k: v for k, v in changes.items() if k != field})
+    other = dataclasses.replace(LORA, **changes)
+    assert other != base
+    assert step_inputs(TINY, other) == step_inputs(TINY, base)
+    assert simulate_step(TINY, other) == simulate_step(TINY, base)
+
+
+def test_lora_alpha_changes_neither_the_key_nor_the_step():
+    other = dataclasses.replace(LORA, lora=LoraSpec(alpha=8))
+    assert step_inputs(TINY, other) == step_inputs(TINY, LORA)
+    assert simulate_step(TINY, other) == simulate_step(TINY, LORA)
+
+
+def test_the_key_holds_the_raw_config():
+    """ModelSpec equality ignores the raw config (family details live there): the key must not."""
+    cfg = {**TINY.config, "attention_bias": True}
+    biased = spec_from_config(cfg, TINY.name)
+    assert biased == TINY
+    assert step_inputs(biased, LORA) != step_inputs(TINY, LORA)
+
+
+def test_trace_step_is_the_uncached_simulation_with_its_trace():
+    train = dataclasses.replace(LORA, micro_batch=1)
+    traced = trace_step(TINY, train)
+    assert traced.run.profile == simulate_step(TINY, train)
+    assert traced.backward and all(isinstance(name, str) and live >= 0 for name, live in traced.backward)
+    assert traced.storages  # weak references to every storage the step made
+    assert not hasattr(tape, "TRACE")  # no module-level switch: tracing is per call
+
+
+def test_no_step_state_lives_on_the_modules():
+    """What used to be set from outside after construction (or patched on) now goes through constructors."""
+    sim = tape.Sim(record=True)
+    t = tape.Tape(sim, device="cpu", hold_grads_over=7, keep_param_grads=False)
+    assert (t.device, t.hold_grads_over, t.keep_param_grads, sim.record, sim.trace) == ("cpu", 7, False, [], None)
+    assert not hasattr(activations, "TRACE")
