@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from cli_harness import run_inprocess
 from conftest import ROOT
+from presets import tiny
 
 from planner.errors import PlannerError
 from planner.profile import load_profile
@@ -41,8 +42,7 @@ FULL = os.environ.get("PLANNER_FAULTS", "") == "full"
 FAULT_SEED = 20261123
 AFTER_FAULT_S = 30  # issue 9: the command ends within 30 s of the fault
 SUBPROCESS_LIMIT_S = 300  # a hang guard for whole subprocess runs (imports alone take ~20 s on a busy 2-core box)
-LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 128}
+LLAMA = tiny("llama")
 # Big enough that weights, gradients and AdamW states (about 3.2 GB in fp32) cannot fit under the memory cap.
 BIG = {**LLAMA, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 8, "num_attention_heads": 8,
        "num_key_value_heads": 8, "vocab_size": 32000}  # fmt: skip

@@ -10,13 +10,13 @@ import time
 
 import pytest
 from conftest import ROOT
+from presets import tiny
 
 from planner.profile import load_profile
 
 pytestmark = pytest.mark.slow
 
-LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 128}
+LLAMA = tiny("llama")
 TINY = ["--precision", "fp32", "--micro-batch", "2", "--seq-len", "32", "--device", "cpu"]
 
 

@@ -6,6 +6,7 @@ import itertools
 import json
 
 import pytest
+from presets import tiny
 
 from planner.cli.options import build_train_spec
 from planner.models import spec_from_config
@@ -14,9 +15,8 @@ from planner.profile.launcher import run_profile
 
 pytestmark = pytest.mark.slow
 
-LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 128}
-GPT2 = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 512, "n_positions": 128}
+LLAMA = tiny("llama")
+GPT2 = tiny("gpt2")
 FAMILIES = {"llama": LLAMA, "gpt2": GPT2}
 MICRO_BATCH, SEQ_LEN = 2, 32  # fmt: skip
 # torch AdamW keeps a float32 scalar step counter per parameter tensor (torch/optim/adamw.py, _init_group).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from presets import tiny
 
 from planner.cli.options import build_train_spec
 from planner.models import spec_from_config
@@ -11,8 +12,7 @@ from planner.profile.launcher import run_profile
 
 pytestmark = pytest.mark.slow
 
-LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 128}
+LLAMA = tiny("llama", vocab_size=1000)
 # DeepSpeed pads each rank's flat partition; AdamW adds a 4-byte step counter per tensor. Both are tiny
 # next to the states of 200k parameters, well under this share of the unsharded figure.
 TOLERANCE = 0.02

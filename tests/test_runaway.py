@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from cli_harness import run_inprocess
 from conftest import ROOT
+from presets import tiny
 
 from planner.profile import load_profile
 
 pytestmark = pytest.mark.slow
 
-LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 128}
+LLAMA = tiny("llama")
 TINY = ["--precision", "fp32", "--micro-batch", "2", "--seq-len", "32", "--device", "cpu", "--no-progress"]
 GONE_WITHIN_S = 10  # issue 14: no worker is left this long after its parent was killed
 START_LIMIT_S = 240  # a hang guard: torchrun and two DeepSpeed workers import for ~20-40 s on a busy 2-core box

@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 from cli_harness import run_inprocess
 from conftest import run_cli
+from presets import tiny
 
 from planner.profile import load_profile
 
-LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 256}
+LLAMA = tiny("llama", max_position_embeddings=256)
 AUTO_MAP = {"AutoConfig": "modeling_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
 WEIRD = """we ird 'sq' "dq" $(touch PWNED1) `touch PWNED2` ; touch PWNED3 & $HOME"""
 TINY_PROFILE = ["--precision", "fp32", "--micro-batch", "2", "--seq-len", "32", "--device", "cpu", "--no-progress"]

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 from cli_harness import run_inprocess
+from presets import tiny
 
 from planner.errors import PlannerError
 
-LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 256}
+LLAMA = tiny("llama", max_position_embeddings=256)
 ESTIMATE = ["estimate", "--method", "full", "--zero", "0", "--offload", "none"]
 
 
