@@ -15,17 +15,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from planner import catalog
+from planner import catalog, family_config
 from planner.config_fields import check_config, shown
 from planner.errors import PlannerError
 from planner.specs import ModelSpec
 
-# Defaults that transformers' config classes apply when a key is absent from config.json.
-# (transformers 5.x configuration_<family>.py; ``tie_word_embeddings`` default per family.)
-_TIE_DEFAULT = {"gemma": True, "gemma2": True, "gpt2": True, "starcoder2": True, "qwen2": False, "qwen3": False}
-# Class defaults when config.json omits the key (configuration_<family>.py in transformers 5.x).
-_HEAD_DIM_DEFAULT = {"qwen3": 128, "qwen3_moe": 128, "gemma2": 256, "gemma": 256}
-_KV_HEADS_DEFAULT = {"qwen2": 32, "mistral": 8, "mixtral": 8, "qwen3_moe": 4, "gemma2": 4}
+# Defaults for keys a config.json leaves out: transformers' config classes, in planner/family_config.py (read
+# there by the parameter counter and the step simulator too).
 _KNOWN_GPT2_KEYS = ("n_embd", "n_layer", "n_head")
 # Families without experts (transformers' configuration_<family>.py has no expert fields).
 _DENSE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "starcoder2")
@@ -82,7 +78,7 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
         heads = _require_int(cfg, "n_head", name)
         if hidden % heads:
             raise PlannerError(f"model {name!r}: n_embd ({hidden}) must be divisible by n_head ({heads}).")
-        inner = _optional_int(cfg, "n_inner", name, 4 * hidden)
+        inner = _optional_int(cfg, "n_inner", name, family_config.UNKNOWN_MLP_RATIO * hidden)
         return ModelSpec(
             name=name,
             model_type=model_type,
@@ -93,45 +89,42 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
             head_dim=hidden // heads,
             intermediate_size=int(inner),
             vocab_size=_require_int(cfg, "vocab_size", name),
-            max_position_embeddings=_optional_int(cfg, "n_positions", name, 1024, allow_null=False),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+            max_position_embeddings=_optional_int(cfg, "n_positions", name,
+                                                  family_config.CLASS_DEFAULTS["gpt2"]["n_positions"],
+                                                  allow_null=False),
+            tie_word_embeddings=family_config.tie_word_embeddings("gpt2", cfg),
             source=source,
             config=cfg,
         )
     hidden = _require_int(cfg, "hidden_size", name)
     layers = _require_int(cfg, "num_hidden_layers", name)
     heads = _require_int(cfg, "num_attention_heads", name)
-    kv_heads = cfg.get("num_key_value_heads") or _KV_HEADS_DEFAULT.get(model_type, heads)
+    kv_heads = family_config.num_kv_heads(model_type, cfg, heads)
     if not isinstance(kv_heads, int) or kv_heads < 1:
         raise PlannerError(f"model {name!r}: 'num_key_value_heads' must be a positive integer, got {kv_heads!r}.")
-    head_dim = cfg.get("head_dim") or _HEAD_DIM_DEFAULT.get(model_type)
-    if head_dim is None:
-        if hidden % heads:
-            raise PlannerError(
-                f"model {name!r}: hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}) "
-                "when head_dim is not given."
-            )
-        head_dim = hidden // heads
+    head_dim = family_config.head_dim(model_type, cfg, hidden, heads)
+    if head_dim is None:  # neither given nor declared by the family, and hidden // heads leaves a remainder
+        raise PlannerError(
+            f"model {name!r}: hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}) "
+            "when head_dim is not given."
+        )
     if not isinstance(head_dim, int) or head_dim < 1:
         raise PlannerError(f"model {name!r}: 'head_dim' must be a positive integer, got {head_dim!r}.")
-    inter = cfg.get("intermediate_size")
-    if inter is None:
-        inter = 4 * hidden
+    inter = family_config.intermediate_size(model_type, cfg, hidden)
     if not isinstance(inter, int) or inter < 1:
         raise PlannerError(f"model {name!r}: 'intermediate_size' must be a positive integer, got {inter!r}.")
     # Dense families' config classes ignore expert keys (LlamaConfig, Gemma2Config, ...), and so does planner:
     # reading them made a gemma2 config with n_routed_experts an MoE the estimator has no layer for.
-    expert_key = None if model_type in _DENSE_FAMILIES else next(
-        (k for k in ("num_local_experts", "num_experts", "n_routed_experts") if cfg.get(k)), None)
-    num_experts = _optional_int(cfg, expert_key, name, 0) if expert_key else 0
-    top_k = _optional_int(cfg, "num_experts_per_tok", name, 0, minimum=0) if num_experts else 0
+    expert_key = None if model_type in _DENSE_FAMILIES else family_config.expert_key(model_type, cfg)
+    num_experts = (_optional_int(cfg, expert_key, name, family_config.value(model_type, {}, expert_key, 0))
+                   if expert_key else 0)
+    top_k = (_optional_int(cfg, "num_experts_per_tok", name,
+                           family_config.value(model_type, {}, "num_experts_per_tok", 0), minimum=0)
+             if num_experts else 0)
     if num_experts and cfg.get("num_experts_per_tok") is not None and not 1 <= top_k <= num_experts:
         raise PlannerError(
             f"model {name!r}: num_experts_per_tok ({top_k}) must be between 1 and the number of experts ({num_experts})."
         )
-    tie = cfg.get("tie_word_embeddings")
-    if tie is None:
-        tie = _TIE_DEFAULT.get(model_type, False)
     return ModelSpec(
         name=name,
         model_type=model_type,
@@ -142,8 +135,10 @@ def spec_from_config(cfg: dict[str, Any], name: str, source: str = "catalog") ->
         head_dim=head_dim,
         intermediate_size=inter,
         vocab_size=_require_int(cfg, "vocab_size", name),
-        max_position_embeddings=_optional_int(cfg, "max_position_embeddings", name, 2048, allow_null=False),
-        tie_word_embeddings=bool(tie),
+        max_position_embeddings=_optional_int(cfg, "max_position_embeddings", name,
+                                              family_config.max_position_embeddings(model_type, {}),
+                                              allow_null=False),
+        tie_word_embeddings=family_config.tie_word_embeddings(model_type, cfg),
         num_experts=num_experts,
         num_experts_per_tok=top_k,
         source=source,

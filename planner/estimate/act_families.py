@@ -6,6 +6,7 @@ writes the embedding, one decoder layer and the final norm the way the family's 
 
 from __future__ import annotations
 
+from planner import family_config
 from planner.estimate import layers as ly
 from planner.estimate import moe, nearest, ops
 from planner.estimate.layers import Ctx, Linear
@@ -124,7 +125,7 @@ class Family:
         if self.kind == "gemma2":
             w["ln3"], w["ln4"] = self._norm(), self._norm()
         if m.is_moe and _is_moe_layer(m, i):
-            inter = int(c.get("moe_intermediate_size") or m.intermediate_size)
+            inter = family_config.moe_intermediate_size(m.model_type, c, m.intermediate_size)
             ex = moe.Experts(h, inter, m.num_experts, max(m.num_experts_per_tok, 1), self.ctx.dtype, self.full,
                             lora_rank=0 if self.full else self._rank("mlp.experts.down_proj"),
                             adapter_dtype=self.ctx.adapter_dtype)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from planner import family_config
 from planner.estimate.params import ModuleGroup, ParamCounts, counts_from_groups
 from planner.estimate.zero_partition import uneven_layer_ids
 from planner.specs import ModelSpec
@@ -64,15 +65,6 @@ def _int(cfg: dict[str, Any], key: str, default: Any = None) -> int:
     return value
 
 
-def _head_dim(cfg: dict[str, Any], hidden: int, heads: int, default: int | None = None) -> int:
-    # modeling_<family>.py: getattr(config, "head_dim", hidden_size // num_attention_heads); qwen3 and
-    # gemma2 declare head_dim with a class default (128, 256) used when the key is absent.
-    value = cfg.get("head_dim")
-    if value is None:
-        return default if default is not None else hidden // heads
-    return int(value)
-
-
 def _dense_mlp(inv: _Inventory, prefix: str, hidden: int, inter: int, n: int, bias: bool = False,
                layer_ids: tuple[int, ...] = ()) -> None:
     for name, d_in, d_out in (("gate_proj", hidden, inter), ("up_proj", hidden, inter), ("down_proj", inter, hidden)):
@@ -98,14 +90,9 @@ def _experts(inv: _Inventory, prefix: str, hidden: int, inter: int, num_experts:
 
 def _llama_like(model: ModelSpec, family: str) -> ParamCounts:
     cfg = model.config
-    defaults = _DEFAULTS[family]
-    hidden = _int(cfg, "hidden_size", defaults.get("hidden_size"))
-    layers = _int(cfg, "num_hidden_layers", defaults.get("num_hidden_layers"))
-    heads = _int(cfg, "num_attention_heads", defaults.get("num_attention_heads"))
-    kv_heads = _get(cfg, "num_key_value_heads", defaults.get("num_key_value_heads")) or heads
-    vocab = _int(cfg, "vocab_size")
-    inter = _int(cfg, "intermediate_size", defaults.get("intermediate_size"))
-    head_dim = _head_dim(cfg, hidden, heads, defaults.get("head_dim"))
+    # the shapes as the model loader derived them, with the family's class defaults (planner/family_config.py)
+    hidden, layers, heads, kv_heads = model.hidden_size, model.num_layers, model.num_heads, model.num_kv_heads
+    vocab, inter, head_dim = model.vocab_size, model.intermediate_size, model.head_dim
     attn_bias = bool(_get(cfg, "attention_bias", False)) if family in _ATTN_BIAS_FAMILIES else False
     inv = _Inventory(layers)
     inv.embedding("model.embed_tokens", vocab, hidden)
@@ -130,13 +117,11 @@ def _llama_like(model: ModelSpec, family: str) -> ParamCounts:
         inv.norm(f"{p}.self_attn.k_norm", head_dim, layers)
     routed, num_experts, top_k = 0, 0, 0
     if family == "mixtral":
-        num_experts = _int(cfg, "num_local_experts", 8)
-        top_k = _int(cfg, "num_experts_per_tok", 2)
+        num_experts, top_k = model.num_experts, model.num_experts_per_tok
         routed = _experts(inv, f"{p}.mlp", hidden, inter, num_experts, layers, router_first=True)
     elif family == "qwen3_moe":
         # Qwen3MoeDecoderLayer: sparse when idx not in mlp_only_layers and (idx + 1) % decoder_sparse_step == 0.
-        num_experts = _int(cfg, "num_experts", 128)
-        top_k = _int(cfg, "num_experts_per_tok", 8)
+        num_experts, top_k = model.num_experts, model.num_experts_per_tok
         step = _int(cfg, "decoder_sparse_step", 1)
         dense_only = set(_get(cfg, "mlp_only_layers", []) or [])
         sparse = tuple(
@@ -144,7 +129,7 @@ def _llama_like(model: ModelSpec, family: str) -> ParamCounts:
         )
         num_sparse = len(sparse)
         dense = tuple(i for i in range(layers) if i not in sparse)
-        moe_inter = _int(cfg, "moe_intermediate_size", 768)
+        moe_inter = family_config.moe_intermediate_size(family, cfg, inter)
         routed = _experts(inv, f"{p}.mlp", hidden, moe_inter, num_experts, num_sparse, layer_ids=sparse)
         _dense_mlp(inv, f"{p}.mlp", hidden, inter, layers - num_sparse, layer_ids=dense)
         if num_sparse == 0:
@@ -242,23 +227,8 @@ def _gpt2(model: ModelSpec) -> ParamCounts:
                               model_type=model.model_type)
 
 
-# Config-class defaults used when config.json leaves a key out (configuration_<family>.py, transformers 5.x).
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32},
-    "mistral": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                "num_attention_heads": 32, "num_key_value_heads": 8},
-    "mixtral": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                "num_attention_heads": 32, "num_key_value_heads": 8},
-    "qwen2": {"hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
-              "num_attention_heads": 32, "num_key_value_heads": 32},
-    "qwen3": {"hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
-              "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 128},
-    "qwen3_moe": {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 24,
-                  "num_attention_heads": 32, "num_key_value_heads": 4},
-    "gemma2": {"hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
-               "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256},
-    "phi3": {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 32},
-}
+# The families written by _llama_like (their config-class defaults: planner/family_config.py).
+_LLAMA_LIKE = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma2", "phi3")
 # Families whose attention projections take config.attention_bias (the others hard-code their biases).
 _ATTN_BIAS_FAMILIES = ("llama", "qwen3", "qwen3_moe", "gemma2")
 
@@ -267,7 +237,7 @@ def analytical_counts(model: ModelSpec) -> ParamCounts | None:
     """Counts for a known family, or None when planner.meta must instantiate the model."""
     family = model.model_type
     try:
-        if family in _DEFAULTS:
+        if family in _LLAMA_LIKE:
             return _llama_like(model, family)
         if family == "deepseek_v2":
             return _deepseek_v2(model)
