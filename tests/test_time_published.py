@@ -88,3 +88,93 @@ def test_committed_report_reproduces():
     assert all(c.planner > 0 for c in results)
     assert (ROOT / "reports" / "time_accuracy.csv").read_text() == H.report_csv(results)
     assert (ROOT / "reports" / "time_accuracy.md").read_text() == H.report_md(results)
+
+
+# ------------------------------------------------------------------ the per-phase model (issue 22 item 1)
+
+from planner.estimate.params import split_params  # noqa: E402
+from planner.estimate.throughput import (  # noqa: E402
+    COLLECTIVE_EFFICIENCY,
+    LOSS_BYTES_PER_LOGIT,
+    flops_per_token,
+    kernel_efficiency,
+    matmul_efficiency,
+    step_time,
+    throughput_from_step,
+)
+from planner.models import load_model  # noqa: E402
+from planner.specs import AttnImpl, Cluster, TrainSpec  # noqa: E402
+
+REL = 1e-9
+A100 = catalog.gpu("a100-sxm-80gb")
+H100 = catalog.gpu("h100-sxm-80gb")
+
+
+def test_single_gpu_step_is_the_sum_of_its_phases():
+    model = load_model("llama-3.1-8b")
+    train = TrainSpec(seq_len=2048, micro_batch=2, grad_accum=3)
+    st = step_time(model, train, Cluster(A100, 1, 1))
+    assert st.modelled and st.communication_s == 0 and st.exposed_communication_s == 0
+    assert st.total_s == pytest.approx(st.compute_s + st.attention_s + st.elementwise_s + st.optimizer_s, rel=REL)
+    counts = count_params(model)
+    fpt = flops_per_token(model, train, counts, split_params(counts, train))
+    attn_fwd = 4 * 32 * 2048 * 4096
+    tokens = 3 * 2 * 2048
+    eff = matmul_efficiency(A100.name, 4096)
+    assert eff == pytest.approx(kernel_efficiency(A100.name).matmul * 4096 / (4096 + 384), rel=REL)
+    assert st.compute_s == pytest.approx(tokens * (fpt.total - 3 * attn_fwd) / (A100.bf16_dense_flops * eff), rel=REL)
+    # causal fused attention: half the scores, backward 2.5 x forward (FlashAttention's count)
+    att = kernel_efficiency(A100.name).attention
+    assert st.attention_s == pytest.approx(tokens * attn_fwd / 2 * 3.5 / (A100.bf16_dense_flops * att), rel=REL)
+    # the loss alone moves LOSS_BYTES_PER_LOGIT per logit
+    assert st.elementwise_s > tokens * LOSS_BYTES_PER_LOGIT * model.vocab_size / A100.memory_bandwidth_bytes_per_s
+    # AdamW, 28 bytes per parameter of the whole model on one GPU
+    assert st.optimizer_s == pytest.approx(counts.num_params * 28 / A100.memory_bandwidth_bytes_per_s, rel=REL)
+    tp = throughput_from_step(st, fpt, Cluster(A100, 1, 1), mfu=None, num_tokens=0, price_per_gpu_hour=0)
+    assert tp.mfu == pytest.approx(st.hardware_flops_utilisation) and 0.3 < tp.mfu < 0.8
+
+
+def test_gpu_kind_and_shape_set_the_matmul_efficiency():
+    assert kernel_efficiency("a800-sxm-80gb") == kernel_efficiency("a100-sxm-40gb")
+    assert kernel_efficiency("h200-sxm-141gb") == kernel_efficiency("h100-sxm-80gb")
+    assert kernel_efficiency("rtx-4090-24gb").matmul <= kernel_efficiency("a100-sxm-80gb").matmul
+    assert matmul_efficiency("a100-sxm-80gb", 768) < matmul_efficiency("a100-sxm-80gb", 8192)
+
+
+def test_eager_attention_costs_more_than_a_causal_kernel():
+    model = load_model("llama-3.2-1b")
+    sdpa = step_time(model, TrainSpec(seq_len=4096), Cluster(H100, 1, 1))
+    eager = step_time(model, TrainSpec(seq_len=4096, attn_impl=AttnImpl.EAGER), Cluster(H100, 1, 1))
+    assert eager.attention_s > sdpa.attention_s and eager.elementwise_s > sdpa.elementwise_s
+
+
+def test_zero3_hides_collectives_behind_compute_zero2_does_not():
+    model = load_model("llama-3.1-8b")
+    cluster = Cluster(H100, 8, 1)
+    z3 = step_time(model, TrainSpec(zero_stage=3, seq_len=4096, micro_batch=4), cluster)
+    assert z3.communication_s < z3.compute_s  # enough compute to hide behind
+    assert z3.exposed_communication_s == pytest.approx(z3.communication_s / model.num_layers, rel=REL)
+    z2 = step_time(model, TrainSpec(zero_stage=2, seq_len=4096, micro_batch=4), cluster)
+    assert z2.exposed_communication_s == z2.communication_s  # overlap_comm false, as planner emits it
+    # too little compute: the excess is exposed
+    tiny = step_time(model, TrainSpec(zero_stage=3, seq_len=128), Cluster(H100, 16, 2, inter_node_bytes_per_s=10**9))
+    assert tiny.exposed_communication_s == pytest.approx(tiny.communication_s - tiny.compute_s - tiny.attention_s
+                                                         - tiny.elementwise_s, rel=1e-6)
+
+
+def test_ddp_hides_the_all_reduce_behind_the_last_backward():
+    model = load_model("qwen2.5-0.5b")
+    st = step_time(model, TrainSpec(zero_stage=0, seq_len=4096, micro_batch=8), Cluster(H100, 8, 1))
+    bw = H100.intra_node_bytes_per_s * COLLECTIVE_EFFICIENCY
+    assert st.communication_s == pytest.approx(st.communication_bytes / bw, rel=REL)
+    assert st.exposed_communication_s < st.communication_s
+
+
+def test_override_keeps_every_flop_at_the_given_utilisation():
+    model = load_model("llama-3.1-8b")
+    train = TrainSpec(seq_len=2048)
+    st = step_time(model, train, Cluster(H100, 1, 1), mfu=0.5)
+    counts = count_params(model)
+    fpt = flops_per_token(model, train, counts, split_params(counts, train))
+    assert not st.modelled and st.attention_s == st.elementwise_s == st.optimizer_s == 0
+    assert st.total_s == pytest.approx(2048 * fpt.total / (H100.bf16_dense_flops * 0.5), rel=REL)
