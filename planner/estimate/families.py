@@ -152,11 +152,9 @@ def _llama_like(model: ModelSpec, family: str) -> ParamCounts:
 def _deepseek_v2(model: ModelSpec) -> ParamCounts:
     """DeepSeek-V2 (arXiv 2405.04434): multi-head latent attention, dense first layers, shared + routed experts."""
     cfg = model.config
-    hidden = _int(cfg, "hidden_size", 4096)
-    layers = _int(cfg, "num_hidden_layers", 32)
-    heads = _int(cfg, "num_attention_heads", 32)
-    vocab = _int(cfg, "vocab_size")
-    inter = _int(cfg, "intermediate_size", 11008)
+    # the shapes as the model loader derived them, with the family's class defaults (planner/family_config.py)
+    hidden, layers, heads, vocab, inter = (model.hidden_size, model.num_layers, model.num_heads, model.vocab_size,
+                                           model.intermediate_size)
     # q_lora_rank: null in V2-Lite (a plain q_proj); absent means the class default 1536.
     q_lora = cfg["q_lora_rank"] if "q_lora_rank" in cfg else 1536
     kv_lora = _int(cfg, "kv_lora_rank", 512)
@@ -166,10 +164,9 @@ def _deepseek_v2(model: ModelSpec) -> ParamCounts:
     attn_bias = bool(_get(cfg, "attention_bias", False))
     mlp_bias = bool(_get(cfg, "mlp_bias", False))
     first_dense = min(_int(cfg, "first_k_dense_replace", 0), layers)
-    num_experts = _int(cfg, "n_routed_experts", 64)
+    num_experts, top_k = model.num_experts, model.num_experts_per_tok
     num_shared = _int(cfg, "n_shared_experts", 2)
-    moe_inter = _int(cfg, "moe_intermediate_size", 1407)
-    top_k = _get(cfg, "num_experts_per_tok", 0) or 0
+    moe_inter = family_config.moe_intermediate_size("deepseek_v2", cfg, inter)
     inv = _Inventory(layers)
     inv.embedding("model.embed_tokens", vocab, hidden)
     p = "model.layers.*"
@@ -206,11 +203,8 @@ def _gpt2(model: ModelSpec) -> ParamCounts:
     cfg = model.config
     if _get(cfg, "add_cross_attention", False):
         raise _Unsupported("add_cross_attention")
-    hidden = _int(cfg, "n_embd", 768)
-    layers = _int(cfg, "n_layer", 12)
-    vocab = _int(cfg, "vocab_size", 50257)
-    positions = _int(cfg, "n_positions", 1024)
-    inner = _get(cfg, "n_inner", None) or 4 * hidden
+    hidden, layers, vocab = model.hidden_size, model.num_layers, model.vocab_size
+    positions, inner = model.max_position_embeddings, model.intermediate_size
     inv = _Inventory(layers)
     inv.embedding("transformer.wte", vocab, hidden)
     inv.embedding("transformer.wpe", positions, hidden, component="other")
