@@ -230,6 +230,16 @@ class GpuSpec:
     price_per_gpu_hour_usd: float | None = None
     price_date: str = ""
     price_source: str = ""
+    # What a CUDA (ROCm) process sees as the device's total (cudaMemGetInfo, torch's total_memory), below the
+    # nominal memory_bytes (driver, ECC and firmware reservations); None: not known, the nominal size stands in.
+    # Where the figure comes from: planner/catalog/gpus.json (usable_memory_source).
+    usable_memory_bytes: int | None = None
+    usable_memory_source: str = ""
+
+    @property
+    def capacity_bytes(self) -> int:
+        """The memory ``fits`` compares against (before the margin): the CUDA-visible total where known."""
+        return self.usable_memory_bytes or self.memory_bytes
 
     def dense_flops(self, dtype: str) -> int:
         if dtype == "fp16":

@@ -66,6 +66,8 @@ def _gpu_from_record(rec: dict[str, Any]) -> GpuSpec:
         price_per_gpu_hour_usd=rec.get("price_per_gpu_hour_usd"),
         price_date=rec.get("price_date") or "",
         price_source=rec.get("price_source") or "",
+        usable_memory_bytes=int(rec["usable_memory_bytes"]) if rec.get("usable_memory_bytes") else None,
+        usable_memory_source=rec.get("usable_memory_source") or "",
     )
 
 

@@ -61,7 +61,7 @@ def gpus(as_json: o.JsonOpt = False) -> None:
         typer.echo(json.dumps([dataclasses.asdict(g) for g in specs], indent=2))
         return
     table = Table(title="Accelerator catalog", header_style="bold")
-    for col in ("name", "vendor", "memory", "stated", "HBM TB/s", "bf16 TFLOP/s", "GPU-GPU GB/s", "bf16",
+    for col in ("name", "vendor", "memory", "CUDA-visible", "stated", "HBM TB/s", "bf16 TFLOP/s", "GPU-GPU GB/s", "bf16",
                 "USD/GPU-h"):
         table.add_column(col, justify="left" if col in ("name", "vendor", "stated") else "right")
     for g in specs:
@@ -69,6 +69,7 @@ def gpus(as_json: o.JsonOpt = False) -> None:
             g.name + (" *" if g.unconfirmed else ""),
             g.vendor,
             fmt_gib(g.memory_bytes, 0),
+            fmt_gib(g.capacity_bytes, 2) + (" ~" if g.usable_memory_source.startswith("derived") else ""),
             g.memory_stated,
             f"{g.memory_bandwidth_bytes_per_s / 1e12:.2f}",
             f"{g.bf16_dense_flops / 1e12:,.0f}",
@@ -78,5 +79,8 @@ def gpus(as_json: o.JsonOpt = False) -> None:
         )
     Console().print(table)
     Console().print("[dim]* some fields unconfirmed by a second source (see the catalog's source notes).[/]")
+    Console().print("[dim]CUDA-visible: the total a CUDA/ROCm process sees (torch's total_memory), what fits is "
+                    "checked against (minus --margin); ~ derived from a sibling board, not measured. Sources: "
+                    "planner gpus --json, usable_memory_source.[/]")
     Console().print("[dim]USD/GPU-h: an indicative on-demand list price (provider and date in each entry's "
                     "price_source, planner gpus --json); - where the catalog has none.[/]")
