@@ -209,7 +209,7 @@ def recommend(
     offloads: tuple[Offload, ...] = OFFLOAD_ORDER,
     checkpointing: tuple[bool, ...] = (False, True),
     attn_impls: tuple[AttnImpl, ...] | None = None,
-    host_memory_bytes_per_node: int = DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
+    host_memory_bytes_per_node: int | None = DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
     num_runners_up: int = DEFAULT_RUNNERS_UP,
     num_rejected: int = DEFAULT_REJECTED,
     allow_longer: bool = False,
@@ -249,7 +249,9 @@ def recommend(
     search = Searcher(
         model, base, cluster.gpu, gpus_per_node(cluster), global_batch_size=global_batch_size, margin=margin,
         mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price_per_gpu_hour,
-        host_memory_bytes_per_node=host_memory_bytes_per_node, allow_longer=allow_longer,
+        host_memory_bytes_per_node=(cluster.host_memory_bytes_per_node if host_memory_bytes_per_node is None
+                                    else host_memory_bytes_per_node),
+        allow_longer=allow_longer,
         inter_node_bytes_per_s=cluster.inter_node_bytes_per_s,
     )
     k = 1 + num_runners_up

@@ -75,7 +75,7 @@ class Searcher:
 
     def __init__(self, model: ModelSpec, base: TrainSpec, gpu: GpuSpec, gpus_per_node: int, *, global_batch_size: int,
                  margin: float, mfu: float, num_tokens: int, price_per_gpu_hour: float,
-                 host_memory_bytes_per_node: int, allow_longer: bool = False,
+                 host_memory_bytes_per_node: int | None, allow_longer: bool = False,
                  inter_node_bytes_per_s: int = Cluster.inter_node_bytes_per_s) -> None:
         self.inter_node_bytes_per_s = inter_node_bytes_per_s
         self.model = model
@@ -99,7 +99,8 @@ class Searcher:
     # -- building blocks
     def cluster(self, n: int) -> Cluster:
         nodes = 1 if n <= self.gpus_per_node else n // self.gpus_per_node
-        return Cluster(gpu=self.gpu, num_gpus=n, num_nodes=nodes, inter_node_bytes_per_s=self.inter_node_bytes_per_s)
+        return Cluster(gpu=self.gpu, num_gpus=n, num_nodes=nodes, inter_node_bytes_per_s=self.inter_node_bytes_per_s,
+                       host_memory_bytes_per_node=self.host_mem)
 
     def train(self, layout: Layout, micro: int, n: int) -> TrainSpec:
         return dataclasses.replace(
@@ -136,7 +137,7 @@ class Searcher:
 
     def check(self, plan: Plan) -> tuple[bool, Estimate | None, str]:
         """Does ``plan`` fit? (fits, estimate or None when the model states alone rule it out, reason)."""
-        usable = int(self.gpu.memory_bytes * (1.0 - self.margin))
+        usable = int(self.gpu.capacity_bytes * (1.0 - self.margin))
         lb = self.memo.states_lower_bound(plan.train, plan.cluster.num_gpus)
         if lb > usable:
             ok, est = False, None
@@ -149,9 +150,9 @@ class Searcher:
                 ok = False
                 reason = (
                     f"peak {gib(est.device_bytes)} on the device ({est.peak_phase}) exceeds the {gib(usable)} usable "
-                    f"({gib(self.gpu.memory_bytes)} minus the {self.margin:.0%} margin)"
+                    f"({gib(self.gpu.capacity_bytes)} CUDA-visible minus the {self.margin:.0%} margin)"
                 )
-            elif est.cpu_bytes_per_node > self.host_mem:
+            elif est.host_fits is False:
                 ok = False
                 reason = f"offload needs {gib(est.cpu_bytes_per_node)} of host RAM per node, more than {gib(self.host_mem)}"
         if not ok:

@@ -257,8 +257,12 @@ class Cluster:
     num_nodes: int = 1
     # Inter-node bandwidth per node, unidirectional (default: 8 x 400 Gb/s InfiniBand, a common H100 fabric).
     inter_node_bytes_per_s: int = 400_000_000_000
+    # Host RAM per node for offloaded states and pinned buffers (--host-ram); None: not known, not checked.
+    host_memory_bytes_per_node: int | None = None
 
     def __post_init__(self) -> None:
+        if self.host_memory_bytes_per_node is not None and self.host_memory_bytes_per_node < 0:
+            raise PlannerError(f"--host-ram must not be negative, got {self.host_memory_bytes_per_node} bytes.")
         if self.num_gpus < 1:
             raise PlannerError(f"--gpus must be at least 1, got {self.num_gpus}.")
         if self.num_nodes < 1:

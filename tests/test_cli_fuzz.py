@@ -539,7 +539,10 @@ def _finite_non_negative(v) -> bool:
 def check_estimate_json(payload: dict) -> list[str]:
     """The invariants of `planner estimate --json` (one message per broken one)."""
     out = []
-    capacity, margin = payload["gpu"]["memory_bytes"], payload["margin"]
+    # fits checks the CUDA-visible capacity (the nominal size where the catalog has none) and, with --host-ram,
+    # the host RAM per node
+    capacity = payload["gpu"]["usable_memory_bytes"] or payload["gpu"]["memory_bytes"]
+    margin = payload["margin"]
     usable = int(capacity * (1.0 - margin))
     if not (_is_int(payload["model"]["num_params"]) and payload["model"]["num_params"] > 0):
         out.append(f"model num_params {payload['model']['num_params']!r}")
@@ -557,7 +560,7 @@ def check_estimate_json(payload: dict) -> list[str]:
         if not (r["device_bytes"] >= r["reserved_bytes"] >= pg["total_bytes"]):
             out.append(f"{tag}: device {r['device_bytes']} >= reserved {r['reserved_bytes']} >= allocated "
                        f"{pg['total_bytes']} does not hold")  # fmt: skip
-        if r["fits"] != (r["device_bytes"] <= usable):
+        if r["fits"] != (r["device_bytes"] <= usable and r["host_fits"] is not False):
             out.append(f"{tag}: fits={r['fits']} but device {r['device_bytes']} vs usable {usable}")
         if r["headroom_bytes"] != usable - r["device_bytes"]:
             out.append(f"{tag}: headroom {r['headroom_bytes']} != usable {usable} - device {r['device_bytes']}")

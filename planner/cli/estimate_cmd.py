@@ -64,6 +64,7 @@ def estimate(
     gpus: o.GpusOpt = 1,
     gpu: o.GpuOpt = "h100-sxm-80gb",
     nodes: o.NodesOpt = 1,
+    host_ram: o.HostRamOpt = None,
     method: o.MethodOpt = None,
     zero: o.ZeroOpt = None,
     offload: o.OffloadOpt = None,
@@ -155,9 +156,10 @@ def estimate(
             raise PlannerError(
                 f"--compare-gpus compares every GPU in the catalog, so --gpu {gpu!r} does not apply; drop one of them."
             )
-        _compare_gpus(spec, base, method, tokens, mfu, price_per_gpu_hour, margin, as_json, max_hours)
+        _compare_gpus(spec, base, method, tokens, mfu, price_per_gpu_hour, margin, as_json, max_hours,
+                      o.host_ram_bytes(host_ram))
         return
-    cluster = o.build_cluster(gpu, gpus, nodes)
+    cluster = o.build_cluster(gpu, gpus, nodes, host_ram)
     methods = [o.parse_method(method)] if method else list(Method)
     stages = [zero] if zero is not None else [0, 1, 2, 3]
     offloads = [o.parse_offload(offload)] if offload else list(Offload)
@@ -183,7 +185,8 @@ def estimate(
     payload = {
         "model": _model_json(spec),
         "gpu": dataclasses.asdict(cluster.gpu),
-        "cluster": {"num_gpus": cluster.num_gpus, "num_nodes": cluster.num_nodes},
+        "cluster": {"num_gpus": cluster.num_gpus, "num_nodes": cluster.num_nodes,
+                    "host_memory_bytes_per_node": cluster.host_memory_bytes_per_node},
         "train": _train_json(base),
         "margin": margin,
         "rows": [r.row() for r in rows],
@@ -257,7 +260,7 @@ def _inputs(spec) -> dict:
     return {"the model config": None if spec.source == "catalog" or spec.source.startswith("hub:") else spec.source}
 
 
-def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json, max_hours) -> None:
+def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json, max_hours, host_ram) -> None:
     from planner.cli.render import render_compare_gpus
     from planner.estimate.compare_gpus import compare_gpus
 
@@ -269,6 +272,7 @@ def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json, max_h
         price_per_gpu_hour=price,
         margin=margin,
         max_hours=max_hours,
+        host_memory_bytes_per_node=host_ram,
     )
     if method is not None:
         rows = [r for r in rows if r.method == o.parse_method(method).value]

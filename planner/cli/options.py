@@ -36,6 +36,13 @@ GpuOpt = Annotated[
 ]
 GpusOpt = Annotated[int, typer.Option("--gpus", help="Total number of GPUs (data-parallel ranks).")]
 NodesOpt = Annotated[int, typer.Option("--nodes", help="Number of nodes; --gpus must be divisible by it.")]
+HostRamOpt = Annotated[
+    float | None,
+    typer.Option("--host-ram", "--host-ram-gib", metavar="GIB",
+                 help="Host RAM per node for offload (offloaded states and DeepSpeed's pinned buffers), in GiB "
+                      "(2^30 bytes); rows whose offload needs more do not fit. Default: not checked, and offload "
+                      "rows say so."),
+]
 MethodOpt = Annotated[str | None, typer.Option("--method", help="full, lora or qlora (default: all).")]
 ZeroOpt = Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 (default: all).")]
 OffloadOpt = Annotated[
@@ -217,5 +224,16 @@ def resolve_gpu(name: str) -> GpuSpec:
     return local_gpu()
 
 
-def build_cluster(gpu: str, gpus: int, nodes: int) -> Cluster:
-    return Cluster(gpu=resolve_gpu(gpu), num_gpus=gpus, num_nodes=nodes)
+def build_cluster(gpu: str, gpus: int, nodes: int, host_ram_gib: float | None = None) -> Cluster:
+    return Cluster(gpu=resolve_gpu(gpu), num_gpus=gpus, num_nodes=nodes,
+                   host_memory_bytes_per_node=host_ram_bytes(host_ram_gib))
+
+
+def host_ram_bytes(host_ram_gib: float | None) -> int | None:
+    """--host-ram in GiB per node as bytes; None (not given) stays None: host RAM is then not checked."""
+    if host_ram_gib is None:
+        return None
+    if not 0 <= host_ram_gib <= 1e9:  # also refuses nan and inf
+        raise PlannerError(f"--host-ram (--host-ram-gib) must be a number of GiB per node from 0 to 1e9, "
+                          f"got {host_ram_gib}.")
+    return int(host_ram_gib * 2**30)

@@ -31,9 +31,6 @@ CkptSearchOpt = Annotated[
     bool | None,
     typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Fix activation checkpointing (default: search both)."),
 ]
-HostRamOpt = Annotated[
-    float, typer.Option("--host-ram-gib", help="Host RAM per node available for offloaded states, in GiB (2^30 bytes).")
-]
 
 
 def recommend(
@@ -66,7 +63,7 @@ def recommend(
     double_quant: o.DoubleQuantOpt = True,
     dropout: o.DropoutOpt = None,
     allow_longer: o.AllowLongerOpt = False,
-    host_ram_gib: HostRamOpt = 2048.0,
+    host_ram: o.HostRamOpt = None,
     runners_up: Annotated[int, typer.Option("--runners-up", help="How many runners-up to show (0-20).")] = 4,
     trust_remote_code: o.TrustRemoteCodeOpt = False,
     as_json: o.JsonOpt = False,
@@ -82,8 +79,6 @@ def recommend(
 
     if not 0 <= runners_up <= 20:
         raise PlannerError(f"--runners-up must be from 0 to 20, got {runners_up}.")
-    if not 0 <= host_ram_gib <= 1e9:  # also refuses nan and inf
-        raise PlannerError(f"--host-ram-gib must be a number of GiB from 0 to 1e9, got {host_ram_gib}.")
     if zero is not None and zero not in (0, 1, 2, 3):
         raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
     num_tokens = o.parse_tokens(tokens)
@@ -96,7 +91,7 @@ def recommend(
         lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,
         quant_type=quant_type, double_quant=double_quant, seq_len=seq_len, dropout=dropout,
     )
-    cluster = o.build_cluster(gpu, gpus, nodes)
+    cluster = o.build_cluster(gpu, gpus, nodes, host_ram)
     kwargs = {}
     if zero is not None:
         kwargs["zero_stages"] = (zero,)
@@ -115,7 +110,7 @@ def recommend(
         rec = run_recommend(
             spec, base, cluster, global_batch_size=global_batch_size, method=method.lower(), max_gpus=max_gpus,
             margin=margin, mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price_per_gpu_hour,
-            host_memory_bytes_per_node=int(host_ram_gib * GIB), num_runners_up=runners_up,
+            num_runners_up=runners_up,
             allow_longer=allow_longer, **kwargs,
         )
     except NoPlanFits as exc:
@@ -184,7 +179,9 @@ def _render(rec) -> None:
         ("tokens/s", f"{tp.tokens_per_s_per_gpu:,.0f} per GPU, step {tp.step_time_s:.2f} s (MFU {tp.mfu:.0%})"),
     ]
     if est.cpu_bytes_per_node:
-        rows.append(("host RAM", f"{_gib(est.cpu_bytes_per_node)} GiB per node"))
+        limit = est.cluster.host_memory_bytes_per_node
+        rows.append(("host RAM", f"{_gib(est.cpu_bytes_per_node)} GiB per node (offload) "
+                     + ("[yellow]not checked: pass --host-ram GIB[/]" if limit is None else f"of {_gib(limit)} GiB")))
     if tp.num_tokens:
         rows.append(("time", f"{tp.total_time_s / 3600:,.1f} h for {tp.num_tokens:,} tokens"))
         if tp.price_per_gpu_hour:

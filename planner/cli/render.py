@@ -94,7 +94,7 @@ def print_notes(console: Console, notes: list[str]) -> None:
 def _estimate_cells(est: Estimate) -> dict[str, str]:
     b = est.per_gpu
     fit = est.fit
-    verdict = "[green]yes[/]" if est.fits else "[red]no[/]"
+    verdict = "[green]yes[/]" if est.fits else ("[red]no (host)[/]" if est.gpu_fits else "[red]no[/]")
     return {
         "method": est.train.method.value,
         "zero": str(est.train.zero_stage),
@@ -139,7 +139,9 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
     lines = [
         f"[bold]{model.name}[/] ({model.model_type}, {fmt_count(num_params)} parameters) on "
         f"{cluster.num_gpus} x {cluster.gpu.name} ({fmt_gib(cluster.gpu.memory_bytes, 0)} each, "
-        f"{cluster.num_nodes} node{'s' if cluster.num_nodes > 1 else ''})",
+        f"{fmt_gib(cluster.gpu.capacity_bytes, 2)} CUDA-visible; {cluster.num_nodes} node{'s' if cluster.num_nodes > 1 else ''}"
+        + (f", {fmt_gib(cluster.host_memory_bytes_per_node, 0)} host RAM each)" if cluster.host_memory_bytes_per_node
+           is not None else ")"),
         f"precision {base.precision.value}, optimizer {base.optimizer.value}, micro-batch {base.micro_batch}, "
         f"sequence {base.seq_len}, attention {base.attn_impl.value}, checkpointing "
         f"{'on' if base.grad_checkpointing else 'off'}, margin {rows[0].margin:.0%}",
@@ -174,12 +176,14 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
         if priced:
             price = tput[0].throughput.price_per_gpu_hour
             console.print(f"[dim]cost = GPU-hours x --price-per-gpu-hour {price:g}, in the currency you gave it.[/]")
-    print_notes(console, notes_by_row(rows))
+    host_reasons = [f"{_row_label(r)} does not fit: {r.fit_reason}." for r in rows if r.host_fits is False]
+    print_notes(console, host_reasons + notes_by_row(rows))
     console.print(f"[dim]{PAPER_NOTE}[/]")
     console.print(
         "[dim]allocated = tensors at the peak moment; device = what nvidia-smi would show (allocator "
-        "reserve + CUDA context); fits compares device with capacity minus the margin; max micro-batch and max "
-        "sequence are the largest that fit with the margin. 1 GiB = 2^30 bytes.[/]"
+        "reserve + CUDA context); fits compares device with the CUDA-visible capacity minus the margin and, with "
+        "--host-ram, host RAM per node (offload) with it; max micro-batch and max sequence are the largest that "
+        "fit with the margin. 1 GiB = 2^30 bytes.[/]"
     )
 
 

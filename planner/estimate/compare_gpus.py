@@ -55,9 +55,10 @@ DEFAULT_MAX_HOURS = 720.0
 def validate_max_hours(max_hours: float) -> None:
     if not isinstance(max_hours, (int, float)) or isinstance(max_hours, bool) or not 1.0 <= max_hours <= 1e7:
         raise PlannerError(f"--max-hours must be a number of hours from 1 to 10,000,000, got {max_hours}.")
-# Host RAM per node for offloaded states: a DGX H100 ships 2 TB of system memory; a plan whose offloaded
-# states exceed the node's RAM cannot run, however little GPU memory it needs.
-DEFAULT_HOST_MEMORY_BYTES_PER_NODE = 2048 * 2**30
+# Host RAM per node for offloaded states and pinned buffers (--host-ram): a plan whose offload exceeds the node's
+# RAM cannot run, however little GPU memory it needs. None: not known; offload is not checked against it and the
+# rows say so (it used to be 2 TiB, a DGX H100's, silently, whatever the GPU).
+DEFAULT_HOST_MEMORY_BYTES_PER_NODE: int | None = None
 # A node of the common 8-GPU server (DGX/HGX, 8-GPU PCIe servers); more GPUs means more nodes of 8.
 GPUS_PER_NODE = 8
 METHOD_ORDER = (Method.FULL, Method.LORA, Method.QLORA)
@@ -149,7 +150,7 @@ class EstimateCache:
     """Memoised estimates for one model; lower bounds from the model states alone."""
 
     def __init__(self, model: ModelSpec, margin: float, gpus_per_node: int = GPUS_PER_NODE,
-                 host_memory_bytes_per_node: int = DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
+                 host_memory_bytes_per_node: int | None = DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
                  allow_longer: bool = False, activation_floor: bool = False) -> None:
         self.model = model
         # With activation_floor, the largest activations seen at any phase's peak of a layout group (see
@@ -180,6 +181,8 @@ class EstimateCache:
         return sharded.params_bytes + sharded.grads_bytes + sharded.optimizer_states_bytes
 
     def estimate(self, train: TrainSpec, cluster: Cluster):
+        if cluster.host_memory_bytes_per_node is None and self.host_mem is not None:
+            cluster = dataclasses.replace(cluster, host_memory_bytes_per_node=self.host_mem)
         key = (train, cluster)
         if key not in self._cache:
             self.num_calls += 1
@@ -189,7 +192,7 @@ class EstimateCache:
         return self._cache[key]
 
     def fits(self, train: TrainSpec, cluster: Cluster) -> bool:
-        usable = int(cluster.gpu.memory_bytes * (1.0 - self.margin))
+        usable = int(cluster.gpu.capacity_bytes * (1.0 - self.margin))
         if self.states_lower_bound(train, cluster.num_gpus) > usable:
             return False
         group = _activation_key(train) if self.activation_floor else None
@@ -199,7 +202,7 @@ class EstimateCache:
         if group is not None:
             seen = max((b.activations_bytes for b in est.phases.values()), default=est.per_gpu.activations_bytes)
             self._floors[group] = max(self._floors.get(group, 0), seen, est.per_gpu.activations_bytes)
-        return est.fits and est.reserved_bytes <= usable and est.cpu_bytes_per_node <= self.host_mem
+        return est.fits and est.reserved_bytes <= usable  # est.fits checks the host RAM where it is known
 
 
 def _activation_key(train: TrainSpec) -> TrainSpec:
@@ -269,7 +272,7 @@ def compare_gpus(
     price_per_gpu_hour: float = 0.0,
     margin: float = 0.1,
     max_gpus: int = DEFAULT_MAX_GPUS,
-    host_memory_bytes_per_node: int = DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
+    host_memory_bytes_per_node: int | None = DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
     gpus: tuple[GpuSpec, ...] | None = None,
     methods: tuple[Method, ...] = METHOD_ORDER,
     max_hours: float = DEFAULT_MAX_HOURS,
@@ -378,7 +381,7 @@ def _best_plan(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], cou
 
 def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens, price, max_hours) -> GpuOption:
     price_value, currency, source = price
-    common = dict(gpu=gpu.name, method=method.value, max_gpus=max_gpus, capacity_bytes=gpu.memory_bytes,
+    common = dict(gpu=gpu.name, method=method.value, max_gpus=max_gpus, capacity_bytes=gpu.capacity_bytes,
                   precision=precision.value, price_per_gpu_hour=price_value, price_currency=currency,
                   price_source=source)
     note = "" if precision is base.precision else f"{gpu.name} has no bf16: {precision.value} instead"
@@ -401,6 +404,9 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
     cluster = cluster_for(gpu, n, search.gpus_per_node)
     split = search.split(train)
     est = search.estimate(train, cluster)
+    if est.cpu_bytes_per_node and est.host_fits is None:
+        host = f"offload needs {est.cpu_bytes_per_node / 2**30:,.0f} GiB of host RAM per node, not checked (--host-ram)"
+        note = f"{note}; {host}" if note else host
     fpt = flops_per_token(search.model, train, search.counts, split)
     tp = throughput_from_step(st, fpt, cluster, mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price_value or 0.0)
     cluster_tps = tp.tokens_per_s_per_gpu * n

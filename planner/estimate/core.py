@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 from planner.errors import PlannerError
 from planner.estimate import overhead
 from planner.estimate.activations import lora_adapter_paths, simulate_step
 from planner.estimate.cpu_kernels import CpuKernels
+from planner.estimate.fits import find_fit
+from planner.estimate.host_ram import host_ram_per_rank
 from planner.estimate.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.peak import PHASES, phase_breakdowns
-from planner.estimate.result import Estimate
+from planner.estimate.result import Estimate, Fit
 from planner.estimate.sharding import shard_states, zero3_persistent
 from planner.estimate.states import unsharded_states
 from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
@@ -103,6 +108,11 @@ def estimate(
             partition=partition,
         )
 
+    host = host_ram_per_rank(
+        states, train, cluster.num_gpus, largest_param_numel=largest_tensor,
+        params_partition_bytes=math.ceil(states.params_bytes / cluster.num_gpus), device=device,
+        accumulation_numels=_accumulation_numels(model, train, counts),
+    )
     cublas = overhead.allocated_overhead_bytes(device)
     # the rank with the highest peak (or the one asked for); ranks differ only in their ZeRO 1/2 partition
     partitions = _rank_partitions(model, train, cluster.num_gpus, counts, split.num_trainable, rank)
@@ -150,22 +160,52 @@ def estimate(
         peak_phase=pm.peak_phase,
         reserved_bytes=reserved,
         device_bytes=device_total,
-        cpu_bytes_per_node=sharded.cpu_bytes * cluster.num_gpus_per_node,
-        capacity_bytes=cluster.gpu.memory_bytes,
+        cpu_bytes_per_node=host.total_bytes * cluster.num_gpus_per_node,
+        cpu_pinned_bytes_per_node=host.pinned_bytes * cluster.num_gpus_per_node,
+        capacity_bytes=cluster.gpu.capacity_bytes,
         margin=margin,
         phases=pm.phases,
         notes=tuple(notes),
         rank=shown.rank if differ else rank,
         unknown_matmuls=step.unknown_matmuls,
     )
+    if result.cpu_bytes_per_node:
+        result = replace(result, notes=result.notes + _host_notes(result, host))
     if with_fit:
-        from dataclasses import replace
-
-        from planner.estimate.fits import find_fit
-
-        result = replace(result, fit=find_fit(model, train, cluster, margin=margin, device=device,
-                                              allow_longer=allow_longer, own_device_bytes=device_total))
+        if result.host_fits is False:  # host RAM does not depend on the micro-batch or the sequence length
+            fit = Fit(max_micro_batch=0, max_seq_len=0)
+        else:
+            fit = find_fit(estimate, model, train, cluster, margin=margin, device=device,
+                           allow_longer=allow_longer, own_device_bytes=device_total)
+        result = replace(result, fit=fit)
     return result
+
+
+def _accumulation_numels(model: ModelSpec, train: TrainSpec, counts) -> tuple[int, ...]:
+    """ZeRO-1/2 offload with gradient accumulation pins one buffer per trainable tensor (host_ram.py)."""
+    if train.zero_stage not in (1, 2) or train.offload is Offload.NONE or train.grad_accum <= 1:
+        return ()
+    key = (model.config_json(), train.method, train.lora)  # the same for every micro-batch the searches try
+    if key not in _NUMELS:
+        if len(_NUMELS) > 64:
+            _NUMELS.clear()
+        _NUMELS[key] = trainable_numels(counts, train, model.num_layers)
+    return _NUMELS[key]
+
+
+_NUMELS: dict[tuple, tuple[int, ...]] = {}
+
+
+def _host_notes(est: Estimate, host) -> tuple[str, ...]:
+    """What the host RAM figure holds, and whether it was checked (numbers: the row's columns)."""
+    notes = []
+    if host.pinned_bytes:
+        notes.append("host RAM per node = its ranks x (DeepSpeed's offloaded optimizer states and pinned buffers); "
+                     "PyTorch's pinned allocator rounds each pinned buffer up to a power of two "
+                     "(cpu_pinned_bytes_per_node in --json).")
+    if est.cluster.host_memory_bytes_per_node is None:
+        notes.append("host RAM per node was not checked against the offload's need; pass --host-ram GIB to check it.")
+    return tuple(notes)
 
 
 def _rank_partitions(model: ModelSpec, train: TrainSpec, num_ranks: int, counts, num_trainable: int,

@@ -1,18 +1,26 @@
 """What fits: the largest micro-batch and the longest sequence (a multiple of 256 tokens) for a row.
 
 "Fits" means the device figure (reserved + context + libraries, what nvidia-smi shows) stays within the usable
-capacity, ``capacity x (1 - margin)`` -- the same test as ``Estimate.fits``. Memory only grows with the
-micro-batch and the sequence length (tests/test_monotonic.py), so an exponential probe then an interpolating
-search finds both limits exactly in a handful of evaluations.
+capacity, ``capacity x (1 - margin)`` with the GPU's CUDA-visible capacity (``GpuSpec.capacity_bytes``) -- the
+same test as ``Estimate.fits``. Memory only grows with the micro-batch and the sequence length
+(tests/test_monotonic.py), so an exponential probe then an interpolating search finds both limits exactly in a
+handful of evaluations. Host RAM does not depend on either: a row whose offload does not fit the node's host RAM
+fits nothing (core.py gives it 0 and 0 without searching).
+
+The estimator comes in as a function (``evaluate``), so this module does not import core.py, which calls it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from planner.errors import PlannerError
-from planner.estimate.result import Fit
+from planner.estimate.result import Estimate, Fit
 from planner.specs import Cluster, ModelSpec, TrainSpec
+
+# estimate(model, train, cluster, *, margin, device, allow_longer) -> Estimate (planner.estimate.core.estimate)
+Evaluate = Callable[..., Estimate]
 
 SEQ_STEP = 256
 MAX_MICRO_BATCH = 1 << 16
@@ -20,12 +28,10 @@ MAX_MICRO_BATCH = 1 << 16
 MAX_SEQ_LEN_LONGER = 1 << 21
 
 
-def _device_bytes(model: ModelSpec, train: TrainSpec, cluster: Cluster, device: str) -> int | None:
+def _device_bytes(evaluate: Evaluate, model: ModelSpec, train: TrainSpec, cluster: Cluster, device: str) -> int | None:
     """The device figure of one configuration, or None when the configuration is invalid."""
-    from planner.estimate.core import estimate
-
     try:
-        est = estimate(model, train, cluster, margin=0.0, device=device, allow_longer=True)
+        est = evaluate(model, train, cluster, margin=0.0, device=device, allow_longer=True)
     except PlannerError:
         return None
     return est.device_bytes
@@ -77,18 +83,18 @@ def _largest(value, lo: int, hi: int, usable: int) -> int:
     return good
 
 
-def find_fit(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, margin: float, device: str = "cuda",
-             allow_longer: bool = False, own_device_bytes: int | None = None) -> Fit:
-    """``own_device_bytes``: the device figure of ``train`` itself, when the caller has it. When it fits, both
-    searches start from the row's own micro-batch and sequence length (memory is monotone in both), which
-    saves the probes below them."""
-    usable = int(cluster.gpu.memory_bytes * (1.0 - margin))
+def find_fit(evaluate: Evaluate, model: ModelSpec, train: TrainSpec, cluster: Cluster, *, margin: float,
+             device: str = "cuda", allow_longer: bool = False, own_device_bytes: int | None = None) -> Fit:
+    """``evaluate``: the estimator (core.estimate). ``own_device_bytes``: the device figure of ``train`` itself,
+    when the caller has it. When it fits, both searches start from the row's own micro-batch and sequence
+    length (memory is monotone in both), which saves the probes below them."""
+    usable = int(cluster.gpu.capacity_bytes * (1.0 - margin))
 
     def batch_bytes(b: int) -> int | None:
-        return _device_bytes(model, replace(train, micro_batch=b), cluster, device)
+        return _device_bytes(evaluate, model, replace(train, micro_batch=b), cluster, device)
 
     def seq_bytes(k: int) -> int | None:
-        return _device_bytes(model, replace(train, seq_len=k * SEQ_STEP), cluster, device)
+        return _device_bytes(evaluate, model, replace(train, seq_len=k * SEQ_STEP), cluster, device)
 
     def fits_at(v: int | None) -> bool:
         return v is not None and v <= usable

@@ -86,8 +86,8 @@ class Estimate:
     peak_phase: str  # "forward", "backward", "optimizer_step"
     reserved_bytes: int  # caching-allocator reserved at the peak
     device_bytes: int  # what nvidia-smi would show: reserved + context and libraries
-    cpu_bytes_per_node: int  # host RAM for offloaded states, summed over the node's ranks
-    capacity_bytes: int  # the GPU's memory
+    cpu_bytes_per_node: int  # host RAM for offload (states and pinned buffers), summed over the node's ranks
+    capacity_bytes: int  # the GPU's CUDA-visible memory (GpuSpec.capacity_bytes; the nominal size where unknown)
     margin: float  # safety margin applied to the capacity (0.1 = keep 10% free)
     phases: dict[str, MemoryBreakdown] = field(default_factory=dict)
     throughput: Throughput | None = None
@@ -98,14 +98,43 @@ class Estimate:
     rank: int | None = None
     # device="cpu" on oneDNN: the matmul calls whose workspace the CPU kind did not list (cpu_kernels.py)
     unknown_matmuls: tuple = ()
+    # part of cpu_bytes_per_node: page-locked, after PyTorch's power-of-two rounding (host_ram.py)
+    cpu_pinned_bytes_per_node: int = 0
 
     @property
     def usable_bytes(self) -> int:
         return int(self.capacity_bytes * (1.0 - self.margin))
 
     @property
-    def fits(self) -> bool:
+    def gpu_fits(self) -> bool:
         return self.device_bytes <= self.usable_bytes
+
+    @property
+    def host_fits(self) -> bool | None:
+        """Whether the offload fits the node's host RAM (--host-ram); None when nothing is offloaded or the host
+        RAM is not known (not checked)."""
+        limit = self.cluster.host_memory_bytes_per_node
+        if not self.cpu_bytes_per_node or limit is None:
+            return None
+        return self.cpu_bytes_per_node <= limit
+
+    @property
+    def fits(self) -> bool:
+        return self.gpu_fits and self.host_fits is not False
+
+    @property
+    def fit_reason(self) -> str:
+        """Why the row does not fit (empty when it does)."""
+        gib = 2**30
+        reasons = []
+        if not self.gpu_fits:
+            reasons.append(f"device peak {self.device_bytes / gib:,.2f} GiB exceeds the {self.usable_bytes / gib:,.2f} "
+                           f"GiB usable ({self.capacity_bytes / gib:,.2f} GiB CUDA-visible minus the "
+                           f"{self.margin:.0%} margin)")
+        if self.host_fits is False:
+            reasons.append(f"offload needs {self.cpu_bytes_per_node / gib:,.1f} GiB of host RAM per node, more than "
+                           f"the {self.cluster.host_memory_bytes_per_node / gib:,.1f} GiB of --host-ram")
+        return "; ".join(reasons)
 
     @property
     def headroom_bytes(self) -> int:
@@ -121,12 +150,17 @@ class Estimate:
             "num_params": self.num_params,
             "num_trainable_params": self.num_trainable_params,
             "fits": self.fits,
+            "fit_reason": self.fit_reason,
+            "gpu_fits": self.gpu_fits,
+            "host_fits": self.host_fits,
             "headroom_bytes": self.headroom_bytes,
             "per_gpu": self.per_gpu.to_dict(),
             "reserved_bytes": self.reserved_bytes,
             "device_bytes": self.device_bytes,
             "peak_phase": self.peak_phase,
             "cpu_bytes_per_node": self.cpu_bytes_per_node,
+            "cpu_pinned_bytes_per_node": self.cpu_pinned_bytes_per_node,
+            "host_ram_bytes_per_node": self.cluster.host_memory_bytes_per_node,
         }
         if self.fit is not None:
             row["max_micro_batch"] = self.fit.max_micro_batch

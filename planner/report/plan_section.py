@@ -211,6 +211,6 @@ def _capacity(gpu_name: str) -> int | None:
     from planner import catalog
 
     try:
-        return catalog.gpu(gpu_name).memory_bytes
+        return catalog.gpu(gpu_name).capacity_bytes
     except PlannerError:
         return None
