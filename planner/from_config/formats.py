@@ -76,7 +76,7 @@ def llamafactory(r: Reader) -> dict[str, Any]:
         if method is not Method.LORA:
             r.refuse("quantization_bit: 4", "needs finetuning_type lora.")
         method = Method.QLORA
-        quant = QuantSpec(quant_type=QuantType(r.text("quantization_type", "nf4")),
+        quant = QuantSpec(quant_type=quant_type(r, "quantization_type"),
                           double_quant=bool(r.flag("double_quantization", True)))
     rank = r.whole("lora_rank", 8)
     targets = r.names("lora_target") or ("all",)
@@ -101,6 +101,13 @@ def llamafactory(r: Reader) -> dict[str, Any]:
                 grad_accum=r.whole("gradient_accumulation_steps", 1), grad_checkpointing=checkpointing,
                 attn_impl=attention(r, None if r.text("flash_attn", "auto") == "auto" else r.text("flash_attn"),
                                 "flash_attn"))
+
+
+def quant_type(r: Reader, key: str) -> QuantType:
+    value = r.text(key, "nf4").lower()
+    if value not in ("nf4", "fp4"):
+        r.refuse(f"{key}: {value}", "is not a bitsandbytes 4-bit type planner models (nf4 or fp4).")
+    return QuantType(value)
 
 
 # ---------------------------------------------------------------- axolotl
@@ -322,7 +329,7 @@ def hf(r: Reader) -> dict[str, Any]:
     method = Method.QLORA if four else Method.LORA if peft else Method.FULL
     quant = QuantSpec()
     if four:
-        quant = QuantSpec(quant_type=QuantType(r.text("bnb_4bit_quant_type", "nf4")),
+        quant = QuantSpec(quant_type=quant_type(r, "bnb_4bit_quant_type"),
                           double_quant=bool(r.flag("use_bnb_nested_quant", False)))
     rank = r.whole("lora_r", 16)
     targets = r.names("lora_target_modules")
