@@ -468,8 +468,11 @@ class _Reader:
                 self.noted.append(full)
             else:
                 self.unknown_key(full, refused=False)
-        if kind is None and section:
-            raise _fail("DeepSpeed config section optimizer needs a type.")
+        if kind is None:  # get_optimizer_name/get_optimizer_params: no type, so DeepSpeed reads no params either
+            if params:
+                self.notes.append("The optimizer section has params but no type; DeepSpeed ignores them and the "
+                                  "HF Trainer's own optimizer runs.")
+            return None, ()
         resolved = []
         for key, value in sorted(params.items()):
             if value == AUTO:
@@ -479,7 +482,7 @@ class _Reader:
                     self.notes.append(f'optimizer.params.{key} is "auto", which the HF Trainer does not fill; '
                                       "the optimizer receives the string.")
                 value = None
-            resolved.append((key, tuple(value) if isinstance(value, list) else value))
+            resolved.append((key, _frozen(value)))
         return kind, tuple(resolved)
 
     def batch(self, config: dict[str, Any], key: str) -> int | None:
@@ -490,6 +493,15 @@ class _Reader:
             self.from_trainer.append(key)
             return None
         return None if value is None else self.int_value(key, value, minimum=1)
+
+
+def _frozen(value: Any) -> Any:
+    """A JSON value as a hashable one: lists become tuples, objects sorted (name, value) tuples."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _frozen(v)) for k, v in sorted(value.items()))
+    return value
 
 
 def _derive_batch(out: dict[str, Any], world_size: int) -> None:

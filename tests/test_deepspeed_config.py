@@ -379,6 +379,17 @@ def test_unknown_and_unsupported_keys_are_noted_never_dropped():
     assert s.optimizer_type == "lion" and s.optimizer_params == (("betas", (0.9, 0.99)), ("lr", 1e-4))
 
 
+def test_optimizer_without_a_type_is_ignored_as_deepspeed_ignores_it(ds):
+    config = {"optimizer": {"params": {"lr": 1e-3, "betas": [[0.9], 0.99]}}}
+    s = read_deepspeed_config(config, hidden_size=None)
+    theirs = ds.runtime.DeepSpeedConfig(dict(config, train_micro_batch_size_per_gpu=1))
+    assert s.optimizer_type is theirs.optimizer_name is None and theirs.optimizer_params is None
+    assert s.optimizer_params == () and any("no type" in n for n in s.notes)
+    nested = read_deepspeed_config({"optimizer": {"type": "Adam", "params": config["optimizer"]["params"]}},
+                                   hidden_size=None)
+    assert nested.optimizer_params == (("betas", ((0.9,), 0.99)), ("lr", 1e-3)) and hash(nested)
+
+
 def test_deprecated_and_ignored_keys_read_as_deepspeed_reads_them(ds):
     s = read_deepspeed_config({"zero_optimization": {"stage": 2, "cpu_offload": True,
                                                      "offload_param": {"device": "cpu"}}}, hidden_size=None)
@@ -418,7 +429,6 @@ def test_deprecated_and_ignored_keys_read_as_deepspeed_reads_them(ds):
         ({"gradient_clipping": "1.0"}, "gradient_clipping"),
         ({"train_micro_batch_size_per_gpu": 0}, "train_micro_batch_size_per_gpu"),
         ({"gradient_accumulation_steps": 2.5}, "gradient_accumulation_steps"),
-        ({"optimizer": {"params": {"lr": 1}}}, "optimizer"),
         ({"optimizer": {"type": 3}}, "optimizer.type"),
         ({"amp": {"enabled": True}}, "amp"),
         ({"zero_force_ds_cpu_optimizer": "false"}, "zero_force_ds_cpu_optimizer"),
