@@ -76,10 +76,13 @@ def load_runs(path: Path = RUNS_CSV) -> list[dict[str, str]]:
 
 
 def split_of(rows: list[dict[str, str]]) -> dict[str, str]:
-    """The fixed split: rows sorted by (source, source_path, run_id), then alternating, the first to
-    calibration. Alternating inside each source keeps both halves spread over publishers, GPUs and sizes."""
-    ordered = sorted(rows, key=lambda r: (r["source"], r["source_path"], r["run_id"]))
-    return {r["run_id"]: SPLITS[i % 2] for i, r in enumerate(ordered)}
+    """The fixed split: inside each source file (source, source_path), rows sorted by run_id alternate,
+    the first to calibration. Both halves spread over publishers, GPUs and sizes, and rows added from a new
+    file never move an existing row from one half to the other."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        groups.setdefault((r["source"], r["source_path"]), []).append(r["run_id"])
+    return {run_id: SPLITS[i % 2] for ids in groups.values() for i, run_id in enumerate(sorted(ids))}
 
 
 def model_for(row: dict[str, str]) -> ModelSpec:
@@ -272,7 +275,7 @@ def report_md(results: list[Compared]) -> str:
     ]
     lines += [f"  - {s} `{p}` ({v})" for s, p, v in sources]
     lines += [
-        "- split: rows sorted by (source, source_path, run_id), alternating calibration / held-back, the "
+        "- split: inside each source file, rows sorted by run_id alternate calibration / held-back, the "
         "first to calibration (`split_of`). The per-phase model's matmul efficiencies were set by "
         "`--calibrate` (grid search, mean |log error| over the calibration half only); its other constants "
         "are counted or cited, not fitted.",

@@ -79,7 +79,10 @@ def test_split_follows_its_rule_and_halves():
     rule = H.split_of(ROWS)
     assert {r["run_id"]: r["split"] for r in ROWS} == rule
     counts = [sum(1 for r in ROWS if r["split"] == s) for s in H.SPLITS]
-    assert abs(counts[0] - counts[1]) <= 1
+    files = {(r["source"], r["source_path"]) for r in ROWS}
+    assert abs(counts[0] - counts[1]) <= len(files)  # at most one extra calibration row per source file
+    for source, path in files:  # every file contributes to both halves
+        assert {r["split"] for r in ROWS if (r["source"], r["source_path"]) == (source, path)} == set(H.SPLITS)
 
 
 def test_committed_report_reproduces():
