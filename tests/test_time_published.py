@@ -99,6 +99,7 @@ from planner.estimate.params import split_params  # noqa: E402
 from planner.estimate.throughput import (  # noqa: E402
     COLLECTIVE_EFFICIENCY,
     LOSS_BYTES_PER_LOGIT,
+    MATMUL_HALF_HIDDEN,
     flops_per_token,
     kernel_efficiency,
     matmul_efficiency,
@@ -124,7 +125,8 @@ def test_single_gpu_step_is_the_sum_of_its_phases():
     attn_fwd = 4 * 32 * 2048 * 4096
     tokens = 3 * 2 * 2048
     eff = matmul_efficiency(A100.name, 4096)
-    assert eff == pytest.approx(kernel_efficiency(A100.name).matmul * 4096 / (4096 + 384), rel=REL)
+    assert eff == pytest.approx(kernel_efficiency(A100.name).matmul * 4096 / (4096 + MATMUL_HALF_HIDDEN),
+                                rel=REL)
     assert st.compute_s == pytest.approx(tokens * (fpt.total - 3 * attn_fwd) / (A100.bf16_dense_flops * eff), rel=REL)
     # causal fused attention: half the scores, backward 2.5 x forward (FlashAttention's count)
     att = kernel_efficiency(A100.name).attention

@@ -85,8 +85,8 @@ class KernelEfficiency:
 # FlashAttention-3, arXiv 2407.08608, abstract); the lower end is taken for causal training shapes.
 # Keyed by catalog-name prefix: the catalog has no architecture field yet (issue 22 item 2 puts these
 # curves there, with measured provenance).
-_A100 = KernelEfficiency(matmul=0.72, attention=0.50, source="A100: calibrated (matmul); FlashAttention-2 paper")
-_H100 = KernelEfficiency(matmul=0.52, attention=0.35, source="H100: calibrated (matmul); FlashAttention-3 paper")
+_A100 = KernelEfficiency(matmul=0.76, attention=0.50, source="A100: calibrated (matmul); FlashAttention-2 paper")
+_H100 = KernelEfficiency(matmul=0.54, attention=0.35, source="H100: calibrated (matmul); FlashAttention-3 paper")
 KERNEL_EFFICIENCY: tuple[tuple[str, KernelEfficiency], ...] = (
     ("a100-", _A100),
     ("a800-", _A100),
@@ -100,18 +100,27 @@ DEFAULT_KERNEL_EFFICIENCY = KernelEfficiency(matmul=_H100.matmul, attention=_H10
 # A GEMM with a small inner dimension reaches less of peak (fewer tiles in flight per k-step, the prologue
 # and epilogue weigh more): efficiency x h / (h + MATMUL_HALF_HIDDEN) for hidden size h. Calibrated with
 # the matmul shares above (grid search minimising the mean |log error| over the calibration half:
-# `python benchmarks/time_vs_published.py --calibrate`); 4096-wide layers lose 9%, 768-wide a third.
-MATMUL_HALF_HIDDEN = 384
+# `python benchmarks/time_vs_published.py --calibrate`); 4096-wide layers lose 11%, 768-wide 40%.
+MATMUL_HALF_HIDDEN = 512
 
-# Bytes of 16-bit activation traffic per token and layer outside matmuls and attention: each norm, residual
-# add, bias-free activation and gate multiply reads its inputs and writes its output once forward; backward
-# reads the saved input and the incoming gradient and writes one gradient (counted per tensor element,
-# 2 bytes each, fused LayerNorm/RMSNorm kernels, GEMM-fused bias). Per hidden unit: two norms (2 + 2
-# elements), two residual adds (3 + 3) forward = 20 bytes; backward ~24 bytes. Per intermediate unit: one
-# activation (2 elements forward, 3 backward) for a GPT-2-style MLP; a gated MLP (SwiGLU/GeGLU) adds the
-# gate multiply (3 forward, 5 backward). Recomputation repeats the forward bytes.
-ELEMENTWISE_FWD_BYTES_PER_HIDDEN = 20
-ELEMENTWISE_BWD_BYTES_PER_HIDDEN = 24
+# Bytes of activation traffic per token and layer outside matmuls and attention, counted kernel by kernel
+# as transformers runs them without torch.compile: each kernel reads its inputs and writes its output once
+# forward; backward reads the saved input(s) and the incoming gradient and writes one gradient (2 bytes per
+# 16-bit element, 4 per fp32 one; GEMM-fused bias). Recomputation repeats the forward bytes.
+# Residual adds: two per layer, 3 elements each way = 12 bytes per hidden unit forward, 12 backward.
+RESIDUAL_BYTES_PER_HIDDEN = (12, 12)
+# Norms, per norm and hidden unit (two per layer). nn.LayerNorm (GPT-2) is one fused kernel: read 2, write 2
+# forward; backward reads input and gradient and writes one (6). The RMSNorm of every other catalog family
+# (LlamaRMSNorm and its copies) is six eager kernels in fp32: upcast (read 2, write 4), pow (4, 4), mean
+# (4), scale (4, 4), downcast (4, 2), weight multiply (2, 2) = 36 forward, and their autograd backward
+# ~70 (each op's gradient kernels, two of them accumulating into the same input).
+NORM_BYTES_PER_HIDDEN = {"layernorm": (4, 6), "rmsnorm": (36, 70)}
+# Rotary embeddings (apply_rotary_pos_emb with rotate_half) on every query and key element: multiply by cos
+# (read 2, write 2), negate half (1, 1), concatenate (2, 2), multiply by sin (2, 2), add (4, 2) = 20 bytes
+# forward, ~20 backward (the two multiplies' gradients, the slice and negation, the accumulation).
+ROPE_BYTES_PER_QK = (20, 20)
+# Per intermediate unit: one activation (2 elements forward, 3 backward) for a GPT-2-style MLP; a gated MLP
+# (SwiGLU/GeGLU) adds the gate multiply (3 forward, 5 backward).
 ELEMENTWISE_FWD_BYTES_PER_INTER = {False: 4, True: 10}  # by gated MLP
 ELEMENTWISE_BWD_BYTES_PER_INTER = {False: 6, True: 16}
 # The loss over V logits per token: upcast to fp32 (read 2, write 4 bytes per logit), log-softmax (read 4,
@@ -329,12 +338,18 @@ def _host_transfer_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, ac
 
 
 def _elementwise_bytes_per_token(model: ModelSpec, train: TrainSpec) -> float:
-    """HBM bytes per token of the kernels that are neither matmuls nor attention (constants above)."""
-    gated = model.model_type != "gpt2"  # every other catalog family has a gated MLP
+    """HBM bytes per token of the kernels that are neither matmuls nor attention (constants above). GPT-2:
+    LayerNorm, learned positions, GELU MLP; every other catalog family: RMSNorm, rotary embeddings, a gated
+    MLP (DeepSeek-V2's partial rotary is counted on its whole query and key width)."""
+    gpt2 = model.model_type == "gpt2"
     inter = model.intermediate_size * max(1, model.num_experts_per_tok)
     h = model.hidden_size
-    fwd = ELEMENTWISE_FWD_BYTES_PER_HIDDEN * h + ELEMENTWISE_FWD_BYTES_PER_INTER[gated] * inter
-    bwd = ELEMENTWISE_BWD_BYTES_PER_HIDDEN * h + ELEMENTWISE_BWD_BYTES_PER_INTER[gated] * inter
+    norm = NORM_BYTES_PER_HIDDEN["layernorm" if gpt2 else "rmsnorm"]
+    qk = 0 if gpt2 else (model.num_heads + model.num_kv_heads) * model.head_dim
+    fwd = (RESIDUAL_BYTES_PER_HIDDEN[0] + 2 * norm[0]) * h + ROPE_BYTES_PER_QK[0] * qk
+    fwd += ELEMENTWISE_FWD_BYTES_PER_INTER[not gpt2] * inter
+    bwd = (RESIDUAL_BYTES_PER_HIDDEN[1] + 2 * norm[1]) * h + ROPE_BYTES_PER_QK[1] * qk
+    bwd += ELEMENTWISE_BWD_BYTES_PER_INTER[not gpt2] * inter
     passes = 2 if train.grad_checkpointing else 1
     per_layer = fwd * passes + bwd
     if train.attn_impl is AttnImpl.EAGER:
