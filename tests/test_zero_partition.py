@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from planner import catalog
 from planner.estimate.core import estimate
 from planner.estimate.params import count_params
-from planner.estimate.zero_partition import rank_partitions, trainable_numels
+from planner.estimate.zero_partition import FlatOrder, rank_partitions, trainable_blocks, trainable_numels
 from planner.models import spec_from_config
 from planner.specs import AttnImpl, Cluster, LoraSpec, Method, Precision, TrainSpec
 from tests.test_params import _VARIANTS, _tiny
@@ -59,17 +59,19 @@ def test_lora_order_is_peft_parameters_order(overrides, lora):
 # ------------------------------------------------------------------ the arithmetic, against DeepSpeed's loops
 
 
-def _deepspeed_transcribed(numels: list[int], ranks: int, bucket: int) -> list[tuple[int, int, int, int]]:
-    """stage_1_and_2.py (v0.19) written out plainly, one rank at a time: __init__'s padding and partition_size,
-    get_partition_info, and reduce_gradients -> reduce_independent_p_g_buckets_and_remove_grads ->
-    reduce_ipg_grads -> copy_grads_in_partition with contiguous_gradients and no overlap_comm."""
+def _deepspeed_transcribed(numels: list[int], ranks: int, bucket: int,
+                           only: list[int] | None = None) -> list[tuple[int, int, int, int]]:
+    """stage_1_and_2.py (v0.19) written out plainly, one rank at a time (every rank, or those in ``only``):
+    __init__'s padding and partition_size, get_partition_info, and reduce_gradients ->
+    reduce_independent_p_g_buckets_and_remove_grads -> reduce_ipg_grads -> copy_grads_in_partition with
+    contiguous_gradients and no overlap_comm."""
     numels = [n for n in numels if n > 0]
     total = sum(numels)
     alignment = 2 * ranks
     padded = (total + alignment - 1) // alignment * alignment
     part = padded // ranks
     out = []
-    for r in range(ranks):
+    for r in range(ranks) if only is None else only:
         start, end = part * r, part * (r + 1)
         in_partition, largest, current = [], 0, 0
         for i, n in enumerate(numels):
@@ -103,6 +105,67 @@ def test_partitions_equal_deepspeed_transcription(numels, ranks, bucket):
     got = [(p.num_partition, p.num_buffer, p.num_largest_piece, p.num_full_grads_at_buffer)
            for p in rank_partitions(tuple(numels), ranks, bucket)]
     assert got == _deepspeed_transcribed(numels, ranks, bucket)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=25), st.integers(10, 1500), st.integers(1, 400))
+def test_partitions_equal_deepspeed_transcription_with_many_ranks(numels, ranks, bucket):
+    """More ranks than tensors: most partitions lie inside one tensor or in the padding (runs of ranks)."""
+    if sum(numels) == 0:
+        return
+    parts = rank_partitions(tuple(numels), ranks, bucket)
+    got = [(p.rank, p.num_partition, p.num_buffer, p.num_largest_piece, p.num_full_grads_at_buffer) for p in parts]
+    assert got == [(r, *t) for r, t in enumerate(_deepspeed_transcribed(numels, ranks, bucket))]
+    # the candidates: each distinct shape is no larger in all three than a candidate of a lower or equal rank
+    candidates = parts.candidates
+    assert candidates[0].rank == 0 and set(candidates) <= set(parts.distinct)
+    for p in parts.distinct:
+        assert any(q.rank <= p.rank and q.num_buffer >= p.num_buffer and q.num_largest_piece >= p.num_largest_piece
+                   and q.num_full_grads_at_buffer >= p.num_full_grads_at_buffer for q in candidates)
+    assert parts.ranks_differ == (len(parts.distinct) > 1)
+
+
+def test_partitions_are_computed_per_tensor_not_per_rank():
+    """Issue 14 item 5: --gpus 10^9 with ZeRO 1/2 enumerated every rank (minutes, gigabytes). The partitions come
+    from the tensor boundaries: a few runs per tensor, whatever the number of ranks, in milliseconds."""
+    import time
+    import tracemalloc
+
+    spec = spec_from_config(catalog.model_config("llama-3.1-8b"), "llama-3.1-8b")
+    numels = trainable_numels(count_params(spec), TrainSpec(method=Method.FULL), spec.num_layers)
+    ranks, bucket = 10**9, spec.hidden_size**2
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        parts = rank_partitions(numels, ranks, bucket)
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(parts) == ranks and len(parts._runs) <= 2 * len(numels) + 1
+    assert elapsed < 1.0 and peak < 10 * 2**20, (elapsed, peak)
+    picks = [0, 1, 2, 12_345_678, ranks // 2, ranks - 2, ranks - 1] + [p.rank for p in parts.distinct[:20]]
+    got = [(p.num_partition, p.num_buffer, p.num_largest_piece, p.num_full_grads_at_buffer)
+           for p in (parts[r] for r in picks)]
+    assert got == _deepspeed_transcribed(list(numels), ranks, bucket, only=picks)
+    assert parts[-1].rank == ranks - 1
+
+
+def test_flat_order_is_one_block_per_layer_kind():
+    """The flat order is built from each kind of layer once (issue 14 item 5: a 100,000-layer config walked
+    every module instance several times per estimate): a deep dense model is three blocks (before, the layers,
+    after), and its numels are the blocks repeated."""
+    deep = spec_from_config({**catalog.model_config("llama-3.2-1b"), "num_hidden_layers": 4096}, "deep")
+    counts = count_params(deep)
+    for train in (TrainSpec(method=Method.FULL), TrainSpec(method=Method.LORA)):
+        blocks = trainable_blocks(FlatOrder.of(counts, train, deep.num_layers))
+        assert [reps for _, reps in blocks] == ([1, 4096, 1] if train.method is Method.FULL else [4096])
+        numels = trainable_numels(counts, train, deep.num_layers)
+        assert len(numels) == sum(len(block) * reps for block, reps in blocks)
+    shallow = spec_from_config(catalog.model_config("llama-3.2-1b"), "shallow")
+    one_layer = trainable_blocks(FlatOrder.of(count_params(shallow), TrainSpec(method=Method.FULL), shallow.num_layers))
+    assert [block for block, _ in one_layer] == [block for block, _ in
+                                                 trainable_blocks(FlatOrder.of(counts, TrainSpec(method=Method.FULL), 4096))]
 
 
 def test_buffers_cover_every_tensor_and_exceed_the_share_by_at_most_the_straddlers():

@@ -23,11 +23,15 @@ splits decay and no-decay parameters into two groups, each partitioned on its ow
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import accumulate, chain
 
 from planner.estimate.params import ModuleGroup, ParamCounts, lora_adapters, saved_groups
-from planner.specs import Method, TrainSpec
+from planner.specs import LoraSpec, Method, TrainSpec
 
 # stage_1_and_2.py: ``self.nccl_start_alignment_factor = 2  # 4-byte alignment/sizeof(fp16) = 2``; the flat
 # buffer is padded to a multiple of this times the data-parallel world size.
@@ -46,6 +50,11 @@ class RankPartition:
     # of backward (every gradient minus the small ones already moved into the reduce bucket)
     num_full_grads_at_buffer: int
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """What the estimate reads of a partition (ranks with the same shape have the same peak)."""
+        return self.num_buffer, self.num_largest_piece, self.num_full_grads_at_buffer
+
 
 def even_partition(num_trainable: int, num_ranks: int, largest_tensor: int) -> RankPartition:
     """The partition every rank would hold if tensor boundaries fell on partition boundaries."""
@@ -58,53 +67,119 @@ def _partition_size(total: int, num_ranks: int) -> int:
     return -(-total // alignment) * alignment // num_ranks
 
 
-def rank_partitions(numels: tuple[int, ...], num_ranks: int, bucket_elements: int) -> tuple[RankPartition, ...]:
-    """Every rank's partition of ``numels`` (trainable tensors in DeepSpeed's flat order), O(tensors + ranks)."""
-    numels = tuple(n for n in numels if n > 0)  # DeepSpeed skips empty tensors in its reduction
-    total = sum(numels)
+class RankPartitions(Sequence):
+    """Every rank's partition, stored as runs of consecutive ranks with the same shape: at most two runs per
+    tensor (a partition inside one tensor, one across its end) and one for the padding, however many ranks."""
+
+    def __init__(self, runs: tuple[RankPartition, ...], num_ranks: int) -> None:
+        self._runs = runs  # each the first rank of its run; the run lasts until the next one's rank
+        self._firsts = [p.rank for p in runs]
+        self._num_ranks = num_ranks
+
+    def __len__(self) -> int:
+        return self._num_ranks
+
+    def __getitem__(self, rank):  # type: ignore[override]
+        if isinstance(rank, slice):
+            return tuple(self[r] for r in range(*rank.indices(self._num_ranks)))
+        if rank < 0:
+            rank += self._num_ranks
+        if not 0 <= rank < self._num_ranks:
+            raise IndexError(f"rank {rank} of {self._num_ranks}")
+        run = self._runs[bisect_right(self._firsts, rank) - 1]
+        return run if run.rank == rank else replace(run, rank=rank)
+
+    @property
+    def distinct(self) -> tuple[RankPartition, ...]:
+        """One partition per distinct shape, the lowest rank's, lowest rank first."""
+        seen: dict[tuple[int, int, int], RankPartition] = {}
+        for p in self._runs:
+            seen.setdefault(p.shape, p)
+        return tuple(seen.values())
+
+    @property
+    def candidates(self) -> tuple[RankPartition, ...]:
+        """The partitions that can hold the highest peak, lowest rank first: every part of a rank's step grows
+        with its buffer, its largest piece and the gradients alive at its buffer (temporaries.zero12_step), so
+        a partition no larger in all three than a lower rank's never peaks strictly higher (a tie goes to the
+        lower rank)."""
+        kept: list[RankPartition] = []
+        for p in self._runs:
+            if not any(q.num_buffer >= p.num_buffer and q.num_largest_piece >= p.num_largest_piece
+                       and q.num_full_grads_at_buffer >= p.num_full_grads_at_buffer for q in kept):
+                kept.append(p)
+        return tuple(kept)
+
+    @property
+    def ranks_differ(self) -> bool:
+        first = self._runs[0].shape
+        return any(p.shape != first for p in self._runs)
+
+
+def rank_partitions(numels: Sequence[int], num_ranks: int, bucket_elements: int) -> RankPartitions:
+    """Every rank's partition of ``numels`` (trainable tensors in DeepSpeed's flat order), computed per tensor
+    boundary, never per rank: O(tensors x log tensors) for any number of ranks."""
+    numels = [n for n in numels if n > 0]  # DeepSpeed skips empty tensors in its reduction
     n = max(num_ranks, 1)
+    ends = list(accumulate(numels))
+    total = ends[-1] if ends else 0
     part = _partition_size(total, n)
-    starts = []
-    offset = 0
-    for size in numels:
-        starts.append(offset)
-        offset += size
-    # The buckets are the same on every rank: flush before a tensor that would overflow the bucket.
-    # alive_at_flush[j]: elements in their own storage when bucket j is reduced (small tensors moved out).
-    bucket_of: list[int] = []
-    alive_at_flush: list[int] = []
-    alive, filled, bucket = total, 0, 0
-    for size in numels:
+    at_flush = _alive_at_flush(numels, total, bucket_elements)
+
+    def partition(r: int) -> RankPartition:
+        lo, hi = r * part, (r + 1) * part
+        first = bisect_right(ends, lo)  # the first tensor ending after lo
+        if first == len(numels):
+            return RankPartition(r, part, 0, 0, 0)  # padding only
+        stop = bisect_right(ends, hi - 1) + 1  # one past the last tensor starting before hi
+        stop = min(stop, len(numels))
+        start_first = ends[first] - numels[first]
+        largest = min(ends[first], hi) - max(start_first, lo)
+        if stop - first > 1:
+            last = stop - 1
+            largest = max(largest, min(ends[last], hi) - (ends[last] - numels[last]))
+            if stop - first > 2:
+                largest = max(largest, max(numels[first + 1 : last]))
+        return RankPartition(r, part, ends[stop - 1] - start_first, largest, at_flush[first])
+
+    runs: list[RankPartition] = []
+    r = 0
+    while r < n:
+        p = partition(r)
+        if not runs or runs[-1].shape != p.shape:
+            runs.append(p)
+        lo = r * part
+        inside = bisect_right(ends, lo)
+        if inside == len(numels) or part == 0:
+            break  # this and every later rank hold padding only: one run
+        end = ends[inside]
+        # ranks wholly inside this tensor share its shape: skip to the first rank past them
+        r = max(r + 1, end // part) if (r + 1) * part <= end else r + 1
+    return RankPartitions(tuple(runs), n)
+
+
+def _alive_at_flush(numels: list[int], total: int, bucket_elements: int) -> list[int]:
+    """Per tensor: the gradient elements still in their own storage when the reduce bucket holding it is reduced.
+
+    The buckets are the same on every rank: flush before a tensor that would overflow the bucket; a tensor no
+    larger than the bucket is copied into it (its own storage dropped), a larger one is reduced where it is."""
+    out = [0] * len(numels)
+    alive, filled, open_from = total, 0, 0
+    for i, size in enumerate(numels):
         if filled and filled + size > bucket_elements:
-            alive_at_flush.append(alive)
-            bucket, filled = bucket + 1, 0
+            out[open_from:i] = [alive] * (i - open_from)
+            filled, open_from = 0, i
         if size <= bucket_elements:
             alive -= size
-        bucket_of.append(bucket)
         filled += size
-    alive_at_flush.append(alive)
-
-    out = []
-    first = 0  # index of the first tensor overlapping the current rank's partition
-    for r in range(n):
-        lo, hi = r * part, (r + 1) * part
-        while first < len(numels) and starts[first] + numels[first] <= lo:
-            first += 1
-        buffer = largest = 0
-        k = first
-        while k < len(numels) and starts[k] < hi:
-            buffer += numels[k]
-            largest = max(largest, min(starts[k] + numels[k], hi) - max(starts[k], lo))
-            k += 1
-        at_buffer = alive_at_flush[bucket_of[first]] if k > first else 0
-        out.append(RankPartition(r, part, buffer, largest, at_buffer))
-    return tuple(out)
+    out[open_from:] = [alive] * (len(numels) - open_from)
+    return out
 
 
 # ------------------------------------------------------------------------- the flat order of trainable tensors
 
 
-def _module_numels(g: ModuleGroup) -> list[int]:
+def _module_numels(g: ModuleGroup) -> tuple[int, ...]:
     """One module's own parameter tensors, in registration order (weight before bias)."""
     if g.param_shapes:
         out = []
@@ -113,44 +188,120 @@ def _module_numels(g: ModuleGroup) -> list[int]:
             for dim in shape:
                 size *= dim
             out.append(size)
-        return out
+        return tuple(out)
     if g.kind == "linear":
-        return [g.in_features * g.out_features] + ([g.out_features] if g.bias else [])
+        return (g.in_features * g.out_features,) + ((g.out_features,) if g.bias else ())
     if g.kind == "norm" and g.bias:
-        return [g.num_params // 2, g.num_params // 2]
-    return [g.num_params]
+        return (g.num_params // 2, g.num_params // 2)
+    return (g.num_params,)
+
+
+def _per_layer(g: ModuleGroup, num_layers: int) -> int:
+    """How many modules of a layered group without ``layer_ids`` each layer holds (``layer_of``)."""
+    return max(g.num_modules // num_layers if num_layers and g.num_modules % num_layers == 0 else 1, 1)
 
 
 def layer_of(g: ModuleGroup, i: int, num_layers: int) -> int:
     """The decoder layer of module ``i`` of a layered group (``layer_ids``, else spread evenly in order)."""
     if g.layer_ids:
         return g.layer_ids[i]
-    per = g.num_modules // num_layers if num_layers and g.num_modules % num_layers == 0 else 1
-    return i // max(per, 1)
+    return i // _per_layer(g, num_layers)
 
 
 def uneven_layer_ids(g: ModuleGroup, ids: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
     """``ids`` as ``g.layer_ids`` holds them: empty where they are what ``layer_of`` gives without them."""
     if "*" not in g.path:
         return ()
-    even = tuple(layer_of(replace(g, layer_ids=()), i, num_layers) for i in range(g.num_modules))
-    return () if tuple(ids) == even else tuple(ids)
+    per = _per_layer(replace(g, layer_ids=()), num_layers)
+    even = len(ids) == g.num_modules and all(layer == i // per for i, layer in enumerate(ids))
+    return () if even else tuple(ids)
+
+
+def module_blocks(counts: ParamCounts, num_layers: int) -> list[tuple[tuple[ModuleGroup, ...], int]]:
+    """Every module owning parameters in ``model.named_modules()`` order, as (modules, repeats) blocks: the
+    modules before the decoder layers, each run of layers holding the same modules (one block for a model
+    whose layers are alike, however deep), then the ones after. Within a layer, modules in group order."""
+    groups = counts.modules
+    first_layered = next((i for i, g in enumerate(groups) if "*" in g.path), len(groups))
+    layered = [g for g in groups if "*" in g.path]
+    # per layered group, its modules in layer x: explicit layer ids, else `per` in each of the first
+    # num_layers layers (or one in each of the first num_modules layers)
+    explicit = {id(g): Counter(g.layer_ids) for g in layered if g.layer_ids}
+    points = {0}
+    for g in layered:
+        if g.layer_ids:
+            points.update(x for layer in explicit[id(g)] for x in (layer, layer + 1))
+        else:
+            per = _per_layer(g, num_layers)
+            points.update((g.num_modules // per, -(-g.num_modules // per)))
+
+    def held(g: ModuleGroup, layer: int) -> int:
+        if g.layer_ids:
+            return explicit[id(g)].get(layer, 0)
+        per = _per_layer(g, num_layers)
+        return max(0, min(per, g.num_modules - layer * per))
+
+    blocks: list[tuple[tuple[ModuleGroup, ...], int]] = [(tuple(g for g in groups[:first_layered]), 1)]
+    bounds = sorted(points)
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        layer = tuple(g for g in layered for _ in range(held(g, lo)))
+        if blocks and len(blocks) > 1 and blocks[-1][0] == layer:
+            blocks[-1] = (layer, blocks[-1][1] + hi - lo)
+        elif layer:
+            blocks.append((layer, hi - lo))
+    blocks.append((tuple(g for g in groups[first_layered:] if "*" not in g.path), 1))
+    return [(mods, reps) for mods, reps in blocks if mods]
 
 
 def module_sequence(counts: ParamCounts, num_layers: int) -> list[ModuleGroup]:
-    """Every module owning parameters (one entry per module instance) in ``model.named_modules()`` order:
-    the modules before the decoder layers, each layer's modules in turn, then the ones after."""
-    groups = counts.modules
-    first_layered = next((i for i, g in enumerate(groups) if "*" in g.path), len(groups))
-    keyed: list[tuple[tuple[int, int, int, int], ModuleGroup]] = []
-    for gi, g in enumerate(groups):
-        if "*" not in g.path:
-            keyed.append(((0 if gi < first_layered else 2, 0, gi, 0), g))
-            continue
-        for i in range(g.num_modules):
-            keyed.append(((1, layer_of(g, i, num_layers), gi, i), g))
-    keyed.sort(key=lambda kg: kg[0])
-    return [g for _, g in keyed]
+    """Every module owning parameters (one entry per module instance) in ``model.named_modules()`` order."""
+    return [g for mods, reps in module_blocks(counts, num_layers) for _ in range(reps) for g in mods]
+
+
+@dataclass(frozen=True)
+class FlatOrder:
+    """What DeepSpeed's flat order of trainable tensors depends on: the model's modules and, for LoRA and QLoRA
+    (the same trainable tensors), the adapters."""
+
+    counts: ParamCounts
+    num_layers: int
+    lora: LoraSpec | None  # None: full fine-tuning
+
+    @classmethod
+    def of(cls, counts: ParamCounts, train: TrainSpec, num_layers: int) -> FlatOrder:
+        return cls(counts, num_layers, None if train.method is Method.FULL else train.lora)
+
+
+@lru_cache(maxsize=64)
+def trainable_blocks(order: FlatOrder) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """Trainable tensors in ``model.parameters()`` order as (tensor sizes, repeats) blocks (module_blocks)."""
+    own = _trainable_of(order)
+    out = []
+    for mods, reps in module_blocks(order.counts, order.num_layers):
+        block = tuple(chain.from_iterable(own[id(g)] for g in mods))
+        if block:
+            out.append((block, reps))
+    return tuple(out)
+
+
+def _trainable_of(order: FlatOrder) -> dict[int, tuple[int, ...]]:
+    """Each module group's trainable tensors, per module instance, in registration order (trainable_numels)."""
+    counts = order.counts
+    if order.lora is None:
+        return {id(g): () if g.shared else _module_numels(g) for g in counts.modules}
+    adapters: dict[str, list] = {}
+    for a in lora_adapters(counts, order.lora):
+        adapters.setdefault(a.path, []).append(a)
+    saved = {g.path for g in saved_groups(counts, order.lora.modules_to_save)}
+    out = {}
+    for g in counts.modules:
+        sizes = list(_module_numels(g)) if g.path in saved else []
+        for path in [g.path] + [f"{g.path}.{name}" for name, _ in g.param_shapes]:
+            for a in adapters.get(path, ()):
+                r = a.rank * a.num_experts
+                sizes += [r * a.in_features, a.out_features * r]
+        out[id(g)] = tuple(sizes)
+    return out
 
 
 def trainable_numels(counts: ParamCounts, train: TrainSpec, num_layers: int) -> tuple[int, ...]:
@@ -161,24 +312,47 @@ def trainable_numels(counts: ParamCounts, train: TrainSpec, num_layers: int) -> 
     on MoE expert tensors ``ParamWrapper`` A is [r*E, in], B [out, r*E]), and the trainable copy of each
     ``modules_to_save`` module where the module is.
     """
-    sequence = module_sequence(counts, num_layers)
-    if train.method is Method.FULL:
-        return tuple(size for g in sequence if not g.shared for size in _module_numels(g))
-    lora = train.lora
-    adapters: dict[str, list] = {}
-    for a in lora_adapters(counts, lora):
-        adapters.setdefault(a.path, []).append(a)
-    saved = {g.path for g in saved_groups(counts, lora.modules_to_save)}
-    out: list[int] = []
-    for g in sequence:
-        if g.path in saved:
-            out += _module_numels(g)
-        paths = [g.path] + [f"{g.path}.{name}" for name, _ in g.param_shapes]
-        for path in paths:
-            for a in adapters.get(path, ()):
-                r = a.rank * a.num_experts
-                out += [r * a.in_features, a.out_features * r]
-    return tuple(out)
+    return flat_numels(FlatOrder.of(counts, train, num_layers))
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """Exactly what the ZeRO 1/2 partitions read: the flat order, the data-parallel ranks and the reduce bucket."""
+
+    order: FlatOrder
+    num_ranks: int
+    bucket_elements: int
+
+
+def flat_numels(order: FlatOrder) -> tuple[int, ...]:
+    """The trainable tensors of ``order``, one entry per tensor (trainable_numels)."""
+    return tuple(chain.from_iterable(block * reps for block, reps in trainable_blocks(order)))
+
+
+@lru_cache(maxsize=64)
+def zero12_partitions(spec: PartitionSpec) -> RankPartitions:
+    """The ranks' partitions of the flat order (the same for every micro-batch and length the fit search tries)."""
+    return rank_partitions(flat_numels(spec.order), spec.num_ranks, spec.bucket_elements)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The ZeRO 1/2 partitions an estimate evaluates, and whether the ranks' partitions differ at all."""
+
+    partitions: tuple[RankPartition | None, ...]
+    ranks_differ: bool
+
+
+def partitions_to_evaluate(spec: PartitionSpec, num_trainable: int, rank: int | None) -> Candidates:
+    """``rank``'s partition, or those that can hold the highest peak (RankPartitions.candidates), and whether
+    the ranks differ (never said of one asked-for rank). ``(None,)``
+    where the inventory's tensors do not add up to ``num_trainable`` (even shares stand in)."""
+    total = sum(sum(block) * reps for block, reps in trainable_blocks(spec.order))
+    if total != num_trainable:
+        return Candidates((None,), False)
+    parts = zero12_partitions(spec)
+    chosen = (parts[rank],) if rank is not None else parts.candidates
+    return Candidates(chosen, rank is None and parts.ranks_differ)
 
 
 def zero3_persistence_threshold(hidden_size: int) -> int:
@@ -198,8 +372,7 @@ def zero3_persistent_numels(counts: ParamCounts, train: TrainSpec, num_layers: i
     (GPT-2 h160, LoRA r2, fp32): the rank's parameters are P/N plus every tensor of at most 10*h elements
     (biases, norms, adapters), to the byte.
     """
-    return _persistent_numels(counts, train.method, train.lora if train.method is not Method.FULL else None,
-                              num_layers, threshold)
+    return _persistent_numels(counts, train.lora if train.method is not Method.FULL else None, num_layers, threshold)
 
 
 def zero3_released_after_forward(counts: ParamCounts, train: TrainSpec, threshold: int) -> int:
@@ -230,17 +403,20 @@ def zero3_released_after_forward(counts: ParamCounts, train: TrainSpec, threshol
 
 
 @lru_cache(maxsize=256)
-def _persistent_numels(counts: ParamCounts, method: Method, lora, num_layers: int, threshold: int) -> tuple[int, int]:
-    # keyed on what the answer reads, not the whole TrainSpec: the fit search varies micro-batch and length
-    base = sum(n for g in module_sequence(counts, num_layers) if not g.shared for n in _module_numels(g)
-               if n <= threshold)
-    extra = 0
-    if lora is not None:
-        extra = sum(n for n in trainable_numels(counts, TrainSpec(method=method, lora=lora), num_layers)
-                    if n <= threshold)
+def _persistent_numels(counts: ParamCounts, lora: LoraSpec | None, num_layers: int, threshold: int) -> tuple[int, int]:
+    # keyed on what the answer reads, not the whole TrainSpec: the fit search varies micro-batch and length.
+    # Order does not matter here: each group's small tensors times its modules (a path without a layer index
+    # is one module).
+    def small(own: dict[int, tuple[int, ...]]) -> int:
+        return sum(sum(n for n in own[id(g)] if n <= threshold) * (g.num_modules if "*" in g.path else 1)
+                   for g in counts.modules)
+
+    base = small(_trainable_of(FlatOrder(counts, num_layers, None)))
+    extra = small(_trainable_of(FlatOrder(counts, num_layers, lora))) if lora is not None else 0
     return base, extra
 
 
-__all__ = ["RankPartition", "even_partition", "layer_of", "module_sequence", "rank_partitions", "trainable_numels", "uneven_layer_ids",
-           "zero3_persistence_threshold", "zero3_persistent_numels",
+__all__ = ["Candidates", "FlatOrder", "PartitionSpec", "RankPartition", "RankPartitions", "even_partition", "layer_of",
+           "module_blocks", "module_sequence", "partitions_to_evaluate", "rank_partitions", "trainable_numels",
+           "uneven_layer_ids", "zero12_partitions", "zero3_persistence_threshold", "zero3_persistent_numels",
            "zero3_released_after_forward"]
