@@ -7,8 +7,11 @@ or a name. ``check_config`` refuses the first field that is not, in one sentence
 value (shortened: a config can hold megabytes). A field planner does not read is left to transformers.
 
 The upper bounds are "beyond any real model", not tight limits: they keep a typo such as
-``intermediate_size: 1e30`` from turning into 10^35-byte estimates. A field may be absent; ``null`` is
-allowed where transformers' config classes take it (a default, or "none" as for DeepSeek's ``q_lora_rank``).
+``intermediate_size: 1e30`` from turning into 10^35-byte estimates, and bound an estimate's work (issue 14
+item 5: the ZeRO 1/2 partitions are computed per trainable tensor, a few dozen per layer). A field may be
+absent; ``null`` is allowed where transformers' config classes take it (a default, or "none" as for DeepSeek's
+``q_lora_rank``). ``planner.specs`` checks the normalised sizes (``ModelSpec``) and the GPU count (``Cluster``)
+against the same limits.
 """
 
 from __future__ import annotations
@@ -22,17 +25,25 @@ from planner.errors import PlannerError
 # The longest value a message shows; the rest is cut with "...".
 SHOWN_CHARS = 60
 
-MAX_LAYERS = 100_000
+# Decoder layers: published LLMs have at most ~100-200 (Llama-3.1-405B 126, PaLM 118, GPT-3 96); the deepest
+# transformer trained is DeepNet's 1,000 layers (Wang et al. 2022, arXiv 2203.00555). 4,096 is four times that,
+# and keeps the per-tensor ZeRO partition work of the worst estimate (4,096 layers on MAX_GPUS) under a second.
+MAX_LAYERS = 4096
+# Hidden size: the widest published models are ~16-25k (PaLM 18,432; GPT-3 12,288); 40x that.
 MAX_HIDDEN = 1_000_000
 MAX_HEADS = 100_000
 MAX_HEAD_DIM = 65_536
 MAX_INTERMEDIATE = 10_000_000
-MAX_VOCAB = 100_000_000
+MAX_VOCAB = 100_000_000  # vocabularies reach ~256k (Gemma 256,000; Llama-3 128,256); 400x that
 MAX_POSITIONS = 1_000_000_000
 MAX_EXPERTS = 100_000
 MAX_RANK = 1_000_000
 MAX_LIST = 100_000
 MAX_NAME_CHARS = 200
+# Data-parallel GPUs (--gpus): the largest GPU clusters of 2025 hold ~100-200k GPUs and the largest published
+# training runs used ~16-100k (Llama 3: 16,384 H100s); 2^20 is five times the largest cluster. The ZeRO
+# partitions are computed per tensor boundary, never per rank (zero_partition.py), so this bounds no loop.
+MAX_GPUS = 2**20
 
 
 def shown(value: Any) -> str:

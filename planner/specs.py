@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from planner.config_fields import MAX_GPUS, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB
 from planner.errors import PlannerError
 
 
@@ -105,10 +106,12 @@ class ModelSpec:
                 f"model {self.name!r}: num_attention_heads ({self.num_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_kv_heads})."
             )
-        if self.num_layers > 100_000 or self.hidden_size > 1_000_000 or self.vocab_size > 100_000_000:
+        if self.num_layers > MAX_LAYERS or self.hidden_size > MAX_HIDDEN or self.vocab_size > MAX_VOCAB:
+            # the limits and why: planner/config_fields.py
             raise PlannerError(
-                f"model {self.name!r}: sizes are beyond any real model (layers {self.num_layers}, "
-                f"hidden {self.hidden_size}, vocabulary {self.vocab_size})."
+                f"model {self.name!r}: sizes are beyond any real model (layers {self.num_layers:,}, "
+                f"hidden {self.hidden_size:,}, vocabulary {self.vocab_size:,}; planner takes at most "
+                f"{MAX_LAYERS:,} layers, hidden size {MAX_HIDDEN:,} and a vocabulary of {MAX_VOCAB:,})."
             )
 
     @property
@@ -265,6 +268,8 @@ class Cluster:
             raise PlannerError(f"--host-ram must not be negative, got {self.host_memory_bytes_per_node} bytes.")
         if self.num_gpus < 1:
             raise PlannerError(f"--gpus must be at least 1, got {self.num_gpus}.")
+        if self.num_gpus > MAX_GPUS:  # planner/config_fields.py says why
+            raise PlannerError(f"--gpus must be at most {MAX_GPUS:,} (beyond any GPU cluster), got {self.num_gpus:,}.")
         if self.num_nodes < 1:
             raise PlannerError(f"--nodes must be at least 1, got {self.num_nodes}.")
         if self.num_gpus % self.num_nodes:

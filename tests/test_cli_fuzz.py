@@ -812,15 +812,25 @@ def test_estimate_cases_are_seeded():
     assert a != [c.args for c in estimate_cases(50, 4)]
 
 
-# Known failures of the 2 s / 500 MB bound, each generated on its own so the fuzz above stays green and these
-# turn red (strict xfail) the day they are fixed.
+# The item-5 sizes, each generated on its own (the fuzz above keeps to realistic sizes): each must answer (an
+# estimate or one sentence) within the fuzz's bounds. Before the fix 10^6 GPUs took 5-12 s and up to 670 MB,
+# 100,000 layers 16-83 s; 100,000 layers are now refused (planner/config_fields.MAX_LAYERS) and 10^9 GPUs too
+# (MAX_GPUS). tests/test_bounded_estimates.py runs the same sizes at the limits.
 PATHOLOGICAL = [  # (name, args, config overrides of llama-3.2-1b or None for a catalog model in args)
-    ("gpus-1e6-full-table", ["-m", "llama-3.1-8b", "--gpus", "1000000"], None),  # 12 s, 670 MB
-    ("gpus-1e6-zero1", ["-m", "llama-3.1-8b", "--gpus", "1000000", "--method", "full", "--zero", "1",
-                        "--offload", "none"], None),  # 5 s, 280 MB
+    ("gpus-1e9-table", ["-m", "llama-3.1-8b", "--gpus", "1000000000"], None),
+    ("gpus-1e9-zero2", ["-m", "llama-3.1-8b", "--gpus", "1000000000", "--method", "full", "--zero", "2",
+                        "--offload", "none"], None),
     ("layers-1e5-lora-zero3", ["--gpus", "8", "--method", "lora", "--zero", "3", "--offload", "none"],
-     {"num_hidden_layers": 100_000}),  # 16 s
-    ("layers-1e5-table", ["--gpus", "8"], {"num_hidden_layers": 100_000}),  # 83 s
+     {"num_hidden_layers": 100_000}),
+    ("layers-1e5-table", ["--gpus", "8"], {"num_hidden_layers": 100_000}),
+]  # fmt: skip
+# Known failures, strict xfails that turn red the day they are fixed: ZeRO 1/2 at 10^6 GPUs, where
+# planner/estimate/core.py still walks every rank's partition (3.5 s and 7 s here, 40 MB) though
+# zero_partition.py now computes them per tensor boundary (core.py has to ask partitions_to_evaluate).
+CORE_BOUND = [
+    ("gpus-1e6-full-table", ["-m", "llama-3.1-8b", "--gpus", "1000000"], None),
+    ("gpus-1e6-zero1", ["-m", "llama-3.1-8b", "--gpus", "1000000", "--method", "full", "--zero", "1",
+                        "--offload", "none"], None),
 ]  # fmt: skip
 
 
@@ -831,12 +841,12 @@ def _process_case(args: list[str], overrides: dict | None, tmp: Path, timeout_s:
     return run_subprocess(["estimate", *args, "--json"], tmp, timeout_s)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 5")
-@pytest.mark.parametrize(("args", "overrides"), [pytest.param(a, o, id=n) for n, a, o in PATHOLOGICAL])
+@pytest.mark.parametrize(("args", "overrides"), [pytest.param(a, o, id=n) for n, a, o in PATHOLOGICAL] + [
+    pytest.param(a, o, id=n, marks=pytest.mark.xfail(strict=True, reason="issue 14 item 5: core.py enumerates "
+                                                      "every rank's partition")) for n, a, o in CORE_BOUND])
 def test_estimate_pathological_sizes_are_fast(args, overrides, tmp_path):
-    """10^6 GPUs and 100,000-layer configs: each must answer (an estimate or one sentence) within the fuzz's
-    bounds. Today they take 5-83 s and up to 670 MB (killed here after 3 x the bound); 20,000 layers with LoRA
-    and ZeRO-3 take 3.8 s."""
+    """10^6-10^9 GPUs and 100,000-layer configs: each answers (an estimate or one sentence) within the fuzz's
+    bounds (killed here after 3 x the bound)."""
     code, out, err, wall, rss = _process_case(args, overrides, tmp_path, MAX_ESTIMATE_S * 3)
     assert code is not None, f"still running after {wall:.1f} s (killed)"
     assert code in (0, 1) and "Traceback" not in err, err[-500:]
