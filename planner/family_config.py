@@ -37,7 +37,7 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
                   "num_experts_per_tok": 8},
     "qwen2_moe": {"num_key_value_heads": 16, "intermediate_size": 5632, "moe_intermediate_size": 1408,
                   "max_position_embeddings": 32768, "tie_word_embeddings": False, "num_experts": 60,
-                  "num_experts_per_tok": 4},
+                  "num_experts_per_tok": 4, "qkv_bias": True},
     "gemma": {"num_key_value_heads": 16, "head_dim": 256, "intermediate_size": 24576,
               "max_position_embeddings": 8192, "tie_word_embeddings": True},
     "gemma2": {"num_key_value_heads": 4, "head_dim": 256, "intermediate_size": 9216,
@@ -110,3 +110,31 @@ def expert_key(model_type: str, cfg: dict[str, Any]) -> str | None:
         return given
     declared = CLASS_DEFAULTS.get(model_type, {})
     return next((k for k in EXPERT_KEYS if declared.get(k)), None)
+
+
+# Projection biases (modeling_<family>.py, transformers 5.24): Qwen2Attention hard-codes q/k/v biases and none on
+# o_proj; Qwen2MoeAttention takes config.qkv_bias for q/k/v; Mistral, Mixtral and Phi-3 have none whatever the
+# config says; Llama, Qwen3(-MoE), Gemma(-2) and DeepSeek-V2 (whose grouped-query stand-in in act_families.py
+# takes it for its q/k/v/o) take config.attention_bias. An unknown family estimated with the llama layer is taken
+# at its word. MLP biases: config.mlp_bias in Llama and DeepSeek-V2 only.
+_NO_ATTENTION_BIAS = ("mistral", "mixtral", "phi3")
+_MLP_BIAS_FAMILIES = ("llama", "deepseek_v2")
+
+
+def attention_bias(model_type: str, cfg: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether the (q/k/v, o) projections have biases."""
+    if model_type == "qwen2":
+        return True, False
+    if model_type == "qwen2_moe":
+        return bool(value(model_type, cfg, "qkv_bias")), False
+    if model_type in _NO_ATTENTION_BIAS:
+        return False, False
+    given = bool(cfg.get("attention_bias", False))
+    return given, given
+
+
+def mlp_bias(model_type: str, cfg: dict[str, Any]) -> bool:
+    """Whether the dense MLP's gate/up/down projections have biases."""
+    if model_type in _MLP_BIAS_FAMILIES or model_type not in CLASS_DEFAULTS:
+        return bool(cfg.get("mlp_bias", False))
+    return False

@@ -10,6 +10,7 @@ ModelSpec 128 and the counter 64; transformers derives hidden // heads = 64, Qwe
 from __future__ import annotations
 
 import pytest
+from presets import tiny
 
 from planner import catalog, family_config
 from planner.errors import PlannerError
@@ -172,3 +173,41 @@ def test_qwen3_moe_without_head_dim_is_hidden_over_heads():
     spec = spec_from_config(cfg, "qwen3-30b-a3b-no-head-dim")
     assert spec.head_dim == 64 == _truth(cfg)["head_dim"]
     assert _groups(analytical_counts(spec))["self_attn.q_proj"].out_features == 32 * 64
+
+
+# Every switch of a projection bias (modeling_<family>.py): the counter's module groups -- analytical, or built by
+# transformers on the meta device for qwen2_moe, where test_params checks the analytical ones too -- and the
+# simulator's layer weights must have the same biases.
+_MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32)
+BIAS_VARIANTS = [
+    tiny("llama", model_type=family, attention_bias=True, mlp_bias=True, **extra)
+    for family, extra in (("llama", {}), ("mistral", {}), ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
+                          ("qwen2", {}), ("qwen3", {}), ("qwen3_moe", dict(num_experts=4, **_MOE)),
+                          ("gemma2", dict(head_dim=16)), ("phi3", {}))
+] + [
+    tiny("llama", model_type="qwen2_moe", num_experts=4, shared_expert_intermediate_size=64, **_MOE, **switch)
+    for switch in ({}, dict(qkv_bias=False, attention_bias=True))
+]
+_PROJECTIONS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+                "qkv": "self_attn.qkv_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
+                "gate_up": "mlp.gate_up_proj"}
+
+
+@pytest.mark.parametrize("cfg", BIAS_VARIANTS, ids=lambda c: "-".join(
+    f"{k}={v}" for k, v in c.items() if k in ("model_type", "qkv_bias")))
+def test_simulator_and_counter_agree_on_projection_biases(cfg):
+    spec = spec_from_config(cfg, "tiny")
+    counts = analytical_counts(spec)
+    if counts is None:
+        pytest.importorskip("torch")
+        from planner.meta import meta_param_counts
+
+        counts = meta_param_counts(spec)
+    groups = _groups(counts)
+    fam = build_family(spec, method=Method.FULL, precision=Precision.BF16_MIXED, b=1, s=8, attn="sdpa",
+                       dropout=None, adapters=(), lora_dropout=0.0, modules_to_save=(), device="cuda")
+    layer = fam.layer_weights[-1]
+    checked = [name for name in _PROJECTIONS if name in layer]
+    assert {"o"} <= set(checked)
+    for name in checked:
+        assert (layer[name].bias is not None) == groups[_PROJECTIONS[name]].bias, name

@@ -106,7 +106,7 @@ class Family:
                      c_proj=self._lin("attn.c_proj", h, h, True),
                      c_fc=self._lin("mlp.c_fc", h, inner, True), mlp_proj=self._lin("mlp.c_proj", inner, h, True))
             return w
-        qkv_bias = bool(c.get("attention_bias", False)) or m.model_type == "qwen2" or m.model_type == "qwen2_moe"
+        qkv_bias, o_bias = family_config.attention_bias(m.model_type, c)
         if self.kind == "phi3":
             w["qkv"] = self._lin("self_attn.qkv_proj", h, (a + 2 * kv) * d)
         else:
@@ -117,7 +117,6 @@ class Family:
                      k=self._lin(("self_attn.k_proj", "self_attn.kv_a_proj_with_mqa", *self._role("k")), h, kv * d,
                                  qkv_bias),
                      v=self._lin(("self_attn.v_proj", "self_attn.kv_b_proj", *self._role("v")), h, kv * d, qkv_bias))
-        o_bias = bool(c.get("attention_bias", False)) and m.model_type != "qwen2"
         w["o"] = self._lin(("self_attn.o_proj", *self._role("o")), a * d, h, o_bias)
         if m.model_type == "qwen3" or m.model_type == "qwen3_moe":
             w["q_norm"] = Param((d,), self.ctx.dtype, self.full)
@@ -138,7 +137,7 @@ class Family:
             w["gate_up"] = self._lin("mlp.gate_up_proj", h, 2 * m.intermediate_size)
             w["down"] = self._lin("mlp.down_proj", m.intermediate_size, h)
         else:
-            bias = bool(c.get("mlp_bias", False))
+            bias = family_config.mlp_bias(m.model_type, c)
             w.update(gate=self._lin(("mlp.gate_proj", *self._role("gate")), h, m.intermediate_size, bias),
                      up=self._lin(("mlp.up_proj", *self._role("up")), h, m.intermediate_size, bias),
                      down=self._lin(("mlp.down_proj", *self._role("down")), m.intermediate_size, h, bias))

@@ -93,7 +93,7 @@ def _llama_like(model: ModelSpec, family: str) -> ParamCounts:
     # the shapes as the model loader derived them, with the family's class defaults (planner/family_config.py)
     hidden, layers, heads, kv_heads = model.hidden_size, model.num_layers, model.num_heads, model.num_kv_heads
     vocab, inter, head_dim = model.vocab_size, model.intermediate_size, model.head_dim
-    attn_bias = bool(_get(cfg, "attention_bias", False)) if family in _ATTN_BIAS_FAMILIES else False
+    qkv_bias, o_bias = family_config.attention_bias(family, cfg)
     inv = _Inventory(layers)
     inv.embedding("model.embed_tokens", vocab, hidden)
     p = "model.layers.*"
@@ -105,12 +105,10 @@ def _llama_like(model: ModelSpec, family: str) -> ParamCounts:
         inv.linear(f"{p}.mlp.gate_up_proj", hidden, 2 * inter, layers, "mlp")
         inv.linear(f"{p}.mlp.down_proj", inter, hidden, layers, "mlp")
     else:
-        # Qwen2Attention: biases on q, k, v (hard-coded), none on o_proj.
-        qkv_bias = attn_bias or family == "qwen2"
         inv.linear(f"{p}.self_attn.q_proj", hidden, q_out, layers, "attention", qkv_bias)
         inv.linear(f"{p}.self_attn.k_proj", hidden, kv_out, layers, "attention", qkv_bias)
         inv.linear(f"{p}.self_attn.v_proj", hidden, kv_out, layers, "attention", qkv_bias)
-        inv.linear(f"{p}.self_attn.o_proj", q_out, hidden, layers, "attention", attn_bias)
+        inv.linear(f"{p}.self_attn.o_proj", q_out, hidden, layers, "attention", o_bias)
     if family in ("qwen3", "qwen3_moe"):
         # Qwen3Attention: RMSNorm over head_dim on queries and keys.
         inv.norm(f"{p}.self_attn.q_norm", head_dim, layers)
@@ -135,8 +133,7 @@ def _llama_like(model: ModelSpec, family: str) -> ParamCounts:
         if num_sparse == 0:
             num_experts = 0
     elif family != "phi3":
-        mlp_bias = bool(_get(cfg, "mlp_bias", False)) if family == "llama" else False
-        _dense_mlp(inv, f"{p}.mlp", hidden, inter, layers, mlp_bias)
+        _dense_mlp(inv, f"{p}.mlp", hidden, inter, layers, family_config.mlp_bias(family, cfg))
     norm_names = ["input_layernorm", "post_attention_layernorm"]
     if family == "gemma2":
         norm_names += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
@@ -223,8 +220,6 @@ def _gpt2(model: ModelSpec) -> ParamCounts:
 
 # The families written by _llama_like (their config-class defaults: planner/family_config.py).
 _LLAMA_LIKE = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma2", "phi3")
-# Families whose attention projections take config.attention_bias (the others hard-code their biases).
-_ATTN_BIAS_FAMILIES = ("llama", "qwen3", "qwen3_moe", "gemma2")
 
 
 def analytical_counts(model: ModelSpec) -> ParamCounts | None:
