@@ -349,3 +349,21 @@ def test_unknown_4bit_type_is_refused(tmp_path):
     cfg.write_text("model_name_or_path: x/y\nfinetuning_type: lora\nquantization_bit: 4\nquantization_type: int4\n")
     with pytest.raises(PlannerError, match="quantization_type: int4"):
         read_training_config(cfg)
+
+
+def test_hf_names_are_transformers_own():
+    """The TrainingArguments fields and optimizer names the reader maps exist in the pinned transformers."""
+    from dataclasses import fields
+
+    pytest.importorskip("transformers")
+    from transformers.training_args import OptimizerNames, TrainingArguments
+
+    from planner.from_config.fields import HF_OPTIMIZERS
+
+    names = {f.name for f in fields(TrainingArguments)}
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "bf16",
+                "fp16", "optim", "deepspeed", "torch_compile", "use_liger_kernel", "fsdp", "fsdp_config"):
+        assert key in names, key
+    known = {o.value for o in OptimizerNames}
+    older = {"adamw_hf", "adamw_apex_fused"}  # transformers 4.x names (AdamW), still found in older configs
+    assert set(HF_OPTIMIZERS) - older <= known, sorted(set(HF_OPTIMIZERS) - known)

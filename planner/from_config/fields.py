@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from planner.specs import Optimizer
 
-# transformers OptimizerNames (training_args.py ``optim``; axolotl's ``optimizer`` takes the same names).
+# transformers OptimizerNames (training_args.py ``optim``; axolotl's ``optimizer`` takes the same names);
+# adamw_hf and adamw_apex_fused are transformers 4.x names, still found in older configs.
 HF_OPTIMIZERS = {
     "adamw_torch": Optimizer.ADAMW,
     "adamw_torch_fused": Optimizer.ADAMW,

@@ -303,8 +303,10 @@ def hf(r: Reader) -> dict[str, Any]:
     """transformers TrainingArguments (training_args.py), TRL SFTConfig (trl/trainer/sft_config.py) and
     ModelConfig (trl/trainer/model_config.py): the fields of a TRL script's --config YAML."""
     r.no_memory = HF_NO_MEMORY
+    # TRL's own fields (SFTConfig, ModelConfig); model_name_or_path alone is also in transformers' example scripts.
     trl = any(k in r.data for k in ("max_seq_length", "max_length", "packing", "dataset_text_field", "use_peft",
-                                    "model_name_or_path", "lora_r", "completion_only_loss", "padding_free"))
+                                    "lora_r", "completion_only_loss", "assistant_only_loss", "padding_free",
+                                    "loss_type", "use_bnb_nested_quant"))
     r.set_model(r.text("model_name_or_path"), "model_name_or_path")
     for key, why in (("fsdp", "is not modelled; planner models DDP and DeepSpeed ZeRO."),
                      ("fsdp_config", "is not modelled; planner models DDP and DeepSpeed ZeRO."),
