@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from planner.errors import PlannerError
-from planner.estimate.params import COMPONENTS, ModuleGroup, ParamCounts
+from planner.estimate.params import COMPONENTS, LinearGroup, ModuleGroup, ParamCounts
 from planner.estimate.zero_partition import uneven_layer_ids
 from planner.specs import ModelSpec
 
@@ -140,8 +140,6 @@ def param_counts_of(hf_model: Any) -> ParamCounts:
         or getattr(config, "n_routed_experts", None) or 0
     )
     routed = sum(g.num_total for g in groups if g.kind == "experts")
-    from planner.estimate.params import LinearGroup  # noqa: PLC0415
-
     return ParamCounts(
         **totals,
         tied=output_emb is not None and input_emb is not None and output_emb.weight is input_emb.weight,
@@ -164,13 +162,85 @@ def param_counts_of(hf_model: Any) -> ParamCounts:
 
 def meta_param_counts(model: ModelSpec) -> ParamCounts:
     """Exact counts for any architecture transformers can build, by instantiating it on the meta device (once per
-    config: an estimate asks several times)."""
+    config: an estimate asks several times).
+
+    Building costs about a millisecond per decoder layer (seconds for thousands of layers, issue 14 item 5),
+    so a deep model whose layers are all alike is built at three shallow depths and its layers multiplied
+    (``_extrapolate``); anything else is built whole."""
     return _meta_counts(model, model.config_json())
 
 
 @lru_cache(maxsize=32)
 def _meta_counts(model: ModelSpec, config_key: str) -> ParamCounts:
+    depth = _probe_depth(model)
+    if depth is not None and model.num_layers > depth + 2:
+        shallow = [param_counts_of(build_meta_model(_with_layers(model, d))) for d in (depth, depth + 1, depth + 2)]
+        # the third depth checks that two suffice: layers that differ by index show up as a mismatch
+        if _extrapolate(shallow[0], shallow[1], depth, depth + 2) == shallow[2]:
+            deep = _extrapolate(shallow[0], shallow[1], depth, model.num_layers)
+            if deep is not None:
+                return deep
     return param_counts_of(build_meta_model(model))
+
+
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+# Config values that are sizes, not layer indices or periods (a layer-dependent setting -- first_k_dense_replace,
+# decoder_sparse_step, a sliding-window pattern -- is a small integer whose key names none of these).
+_SIZE_WORDS = ("size", "dim", "head", "vocab", "position", "_id", "expert", "rank", "window", "token", "length",
+               "bucket", "chunk", "group", "hidden", "intermediate", "embd", "inner", "max_", "seed", "factor")
+
+
+def _probe_depth(model: ModelSpec) -> int | None:
+    """The depth at which every kind of layer the config can make has appeared: one more than the largest small
+    integer of the config (with transformers' class defaults) that could be a layer index or period. None where
+    the config lists something per layer (its layers may all differ) or the depth would be large."""
+    if not any(model.config.get(k) == model.num_layers for k in _LAYER_KEYS):
+        return None
+    cfg = {**config_with_defaults(model), **model.config}
+    top = 1
+    for key, value in cfg.items():
+        if isinstance(value, (list, tuple)) and len(value) > 1:
+            return None  # per-layer lists (layer_types, mlp_only_layers, ...): build whole
+        if key in _LAYER_KEYS or isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if not any(w in key.lower() for w in _SIZE_WORDS) and 0 <= value < model.num_layers:
+            top = max(top, value)
+    return top + 1 if top < 64 else None
+
+
+def _with_layers(model: ModelSpec, depth: int) -> ModelSpec:
+    cfg = {k: (depth if k in _LAYER_KEYS and v == model.num_layers else v) for k, v in model.config.items()}
+    return replace(model, num_layers=depth, config=cfg)
+
+
+def _extrapolate(a: ParamCounts, b: ParamCounts, depth: int, num_layers: int) -> ParamCounts | None:
+    """The counts at ``num_layers`` from those at ``depth`` (``a``) and ``depth + 1`` (``b``), where every
+    module group either has the same modules at both depths (outside the layers) or the same number in each
+    layer; None otherwise."""
+    if len(a.modules) != len(b.modules) or (a.tied, a.num_experts, a.model_type) != (b.tied, b.num_experts, b.model_type):
+        return None
+    groups = []
+    for ga, gb in zip(a.modules, b.modules, strict=True):
+        if replace(ga, num_modules=0, layer_ids=()) != replace(gb, num_modules=0, layer_ids=()):
+            return None
+        per = gb.num_modules - ga.num_modules
+        if per == 0 and "*" not in ga.path:
+            groups.append(ga)
+        elif per > 0 and not ga.layer_ids and not gb.layer_ids and ga.num_modules == per * depth:
+            groups.append(replace(ga, num_modules=per * num_layers))
+        else:
+            return None  # a group in some layers only, or an index that is not the layer
+    more = num_layers - depth
+    totals = {c: getattr(a, c) + more * (getattr(b, c) - getattr(a, c)) for c in COMPONENTS}
+    return replace(
+        a, **totals,
+        linears=tuple(
+            LinearGroup(g.name, g.in_features, g.out_features, g.num_modules, g.bias, g.path, g.conv1d, g.quantizable)
+            for g in groups if g.kind == "linear" and g.component != "lm_head"
+        ),
+        modules=tuple(groups),
+        num_routed_expert_params=sum(g.num_total for g in groups if g.kind == "experts"),
+    )
 
 
 @lru_cache(maxsize=32)

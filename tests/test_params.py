@@ -190,6 +190,53 @@ def test_unknown_architecture_falls_back_to_meta(cfg):
     assert {g.name for g in counts.linears} >= linear_names
 
 
+_DEEP = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+             bos_token_id=0, eos_token_id=0)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(model_type="starcoder2", **_DEEP),
+    dict(model_type="gpt_neox", **_DEEP),
+    dict(model_type="falcon", vocab_size=320, hidden_size=64, num_attention_heads=4, bos_token_id=0, eos_token_id=0),
+    # layers that differ by index: the first three dense, the rest MoE (built whole)
+    dict(model_type="deepseek_v3", n_routed_experts=4, first_k_dense_replace=3, moe_intermediate_size=32,
+         num_experts_per_tok=2, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+         v_head_dim=8, **_DEEP),
+], ids=["starcoder2", "gpt_neox", "falcon", "deepseek_v3-mixed"])
+def test_meta_counts_of_a_deep_model_equal_the_whole_build(cfg, monkeypatch):
+    """Issue 14 item 5: the meta-device fallback built every layer (a 4,096-layer starcoder2 took 36 s in a warm
+    process). A model whose layers are alike is built at three shallow depths and multiplied; the counts are
+    those of the whole model, and a model whose layers differ by index is still built whole."""
+    import planner.meta as meta
+
+    spec = spec_from_config({**cfg, "num_hidden_layers": 40}, "deep")
+    whole = meta.param_counts_of(meta.build_meta_model(spec))
+    depths = []
+    build = meta.build_meta_model
+    monkeypatch.setattr(meta, "build_meta_model", lambda m: depths.append(m.num_layers) or build(m))
+    meta._meta_counts.cache_clear()
+    assert meta.meta_param_counts(spec) == whole
+    if cfg["model_type"] == "deepseek_v3":
+        assert depths[-1] == 40
+    else:
+        assert max(depths) <= 4
+
+
+def test_meta_counts_of_thousands_of_layers_are_fast():
+    import time
+
+    import planner.meta as meta
+
+    meta.meta_param_counts(spec_from_config(dict(model_type="starcoder2", num_hidden_layers=2, **_DEEP), "warm"))
+    spec = spec_from_config(dict(model_type="starcoder2", num_hidden_layers=4096, **_DEEP), "deep")
+    started = time.perf_counter()
+    counts = meta.meta_param_counts(spec)
+    assert time.perf_counter() - started < 1.0
+    layer = meta.meta_param_counts(spec_from_config(dict(model_type="starcoder2", num_hidden_layers=1, **_DEEP), "one"))
+    two = meta.meta_param_counts(spec_from_config(dict(model_type="starcoder2", num_hidden_layers=2, **_DEEP), "two"))
+    assert counts.num_params == layer.num_params + 4095 * (two.num_params - layer.num_params)
+
+
 def test_model_type_unknown_to_transformers_is_a_planner_error():
     cfg = dict(model_type="no-such-architecture", vocab_size=10, hidden_size=8, num_hidden_layers=1,
                num_attention_heads=2)
