@@ -28,7 +28,7 @@ CASE_TIMEOUT_S = 5.0  # issue 9: every bad input is answered within 5 s
 WARM_MODULES = (
     "pandas", "plotly.graph_objects", "torch", "transformers", "planner.profile.launcher", "planner.report.build",
     "planner.report.html", "planner.report.plan_section", "planner.report.profile_source",
-    "planner.report.accuracy_section", "planner.recommend", "planner.emit", "planner.estimate.core",
+    "planner.report.accuracy_section", "planner.plan.recommend", "planner.emit", "planner.estimate.core",
     "planner.compare", "planner.cli.render",
 )  # fmt: skip
 

@@ -220,7 +220,7 @@ def test_recommended_lora_bundle_for_a_tiny_moe_runs(tmp_path, family):
     from planner.emit import write_bundle
     from planner.estimate.params import count_params, split_params
     from planner.models import spec_from_config
-    from planner.recommend import recommend
+    from planner.plan.recommend import recommend
     from planner.specs import AttnImpl, Cluster, Method, Precision, TrainSpec
 
     model = spec_from_config(dict(TINY_MOE[family]), f"tiny-{family}", f"tiny-{family}/config.json")

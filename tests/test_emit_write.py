@@ -10,26 +10,19 @@ import yaml
 
 from planner.emit import MARKER, write_bundle
 from planner.errors import PlannerError
+from planner.plan.types import Recommendation
+from planner.specs import Plan
 from tests.bundle_helpers import tiny_plan
 
 
-class _Plan:
-    """The attributes write_bundle reads from a planner.recommend.Plan."""
-
-    def __init__(self, model, train, cluster, global_batch_size):
-        self.model, self.train, self.cluster, self.global_batch_size = model, train, cluster, global_batch_size
-
-
-class _Recommendation:
-    """The attributes write_bundle reads from a planner.recommend.Recommendation."""
-
-    def __init__(self, plan, estimate):
-        self.plan, self.estimate = plan, estimate
+def _recommendation(plan: Plan, est) -> Recommendation:
+    return Recommendation(plan=plan, estimate=est, why=("test",), runners_up=(), rejected=(), margin=0.1, mfu=0.4,
+                          num_tokens=0, price_per_gpu_hour=0.0, num_estimates=1)
 
 
 def _plan_object(**kwargs):
     model, train, cluster, est, gbs = tiny_plan(**kwargs)
-    return _Plan(model, train, cluster, gbs), est
+    return Plan(model, train, cluster, gbs), est
 
 
 def test_write_bundle_new_directory(tmp_path):
@@ -108,6 +101,6 @@ def test_write_bundle_parent_not_creatable(tmp_path):
 
 def test_write_bundle_takes_a_recommendation(tmp_path):
     plan, est = _plan_object(method="lora", zero=2, num_gpus=2)
-    written = write_bundle(_Recommendation(plan, est), tmp_path / "rec")
+    written = write_bundle(_recommendation(plan, est), tmp_path / "rec")
     assert {p.name for p in written} >= {"ds_config.json", "launch.sh", "train.py"}
     assert json.loads((tmp_path / "rec" / "ds_config.json").read_text())["zero_optimization"]["stage"] == 2

@@ -13,6 +13,7 @@ from planner import catalog
 from planner.errors import PlannerError
 from planner.estimate.core import estimate
 from planner.models import load_model, spec_from_config
+from planner.plan.fits import estimate_with_fit
 from planner.specs import AttnImpl, Cluster, Method, Offload, TrainSpec
 
 H100 = catalog.gpu("h100-sxm-80gb")
@@ -128,7 +129,7 @@ def test_fit_is_consistent_with_the_estimate():
     model = load_model("llama-3.1-8b")
     cluster = Cluster(gpu=H100, num_gpus=8)
     train = TrainSpec(method=Method.LORA, micro_batch=1, seq_len=2048, grad_checkpointing=True)
-    est = estimate(model, train, cluster, with_fit=True)
+    est = estimate_with_fit(model, train, cluster)
     fit = est.fit
     assert fit is not None and fit.max_micro_batch >= 1 and fit.max_seq_len % 256 == 0
     usable = est.usable_bytes
@@ -164,7 +165,7 @@ def test_estimate_is_fast():
 def test_fit_search_equals_brute_force(a, b, c, jitter, usable, hi, lo):
     """The search (quadratic prediction, then checks, then regula falsi) returns exactly the largest n that
     fits, for monotone byte curves with allocator-like rounding steps."""
-    from planner.estimate.fits import _largest
+    from planner.plan.fits import _largest
 
     lo = min(lo, hi)
 

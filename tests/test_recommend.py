@@ -11,12 +11,12 @@ import pytest
 
 from planner import catalog
 from planner.errors import PlannerError
-from planner.estimate.compare_gpus import LAYOUTS
 from planner.estimate.core import estimate
 from planner.estimate.throughput import step_time
 from planner.models import load_model
-from planner.recommend import NoPlanFits, Recommendation, recommend
-from planner.recommend_search import divisors
+from planner.plan.compare_gpus import LAYOUTS
+from planner.plan.recommend import NoPlanFits, Recommendation, recommend
+from planner.plan.search import divisors
 from planner.specs import AttnImpl, Cluster, Method, Offload, TrainSpec
 from planner.units import GIB
 

@@ -10,9 +10,9 @@ import pytest
 from planner.estimate.core import estimate
 from planner.estimate.overhead import CUDA_CONTEXT_BYTES
 from planner.models import spec_from_config
+from planner.plan.recommend import recommend
 from planner.profile import load_profile
 from planner.profile.launcher import run_profile
-from planner.recommend import recommend
 from planner.specs import AttnImpl, Cluster, GpuSpec, Offload, Precision, TrainSpec
 from planner.units import MIB
 

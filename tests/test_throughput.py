@@ -211,8 +211,8 @@ def test_bad_tokens():
 
 def test_modules_do_not_import_torch():
     code = (
-        "import sys; import planner.estimate.throughput, planner.estimate.compare_gpus, planner.recommend, "
-        "planner.recommend_advice, planner.recommend_search, planner.cli.recommend_cmd; "
+        "import sys; import planner.estimate.throughput, planner.plan.compare_gpus, planner.plan.recommend, "
+        "planner.plan.advice, planner.plan.search, planner.cli.recommend_cmd; "
         "bad = [m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

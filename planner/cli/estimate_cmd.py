@@ -16,6 +16,7 @@ from planner.estimate.result import Estimate
 from planner.estimate.throughput import DEFAULT_MFU
 from planner.modelled import modelled_block
 from planner.models import load_model
+from planner.plan.fits import estimate_with_fit
 from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
 
 
@@ -43,11 +44,8 @@ def enumerate_rows(
                     if strict:
                         raise
                     continue
-                rows.append(
-                    run_estimate(
-                        model, train, cluster, margin=margin, allow_longer=allow_longer, with_fit=with_fit
-                    )
-                )
+                run = estimate_with_fit if with_fit else run_estimate
+                rows.append(run(model, train, cluster, margin=margin, allow_longer=allow_longer))
     return rows
 
 
@@ -149,7 +147,7 @@ def estimate(
     if max_hours is not None and not compare_gpus:
         raise PlannerError("--max-hours applies to --compare-gpus only; add --compare-gpus or drop --max-hours.")
     if compare_gpus:
-        from planner.estimate.compare_gpus import DEFAULT_MAX_HOURS
+        from planner.plan.compare_gpus import DEFAULT_MAX_HOURS
 
         max_hours = DEFAULT_MAX_HOURS if max_hours is None else max_hours
         if gpu != "h100-sxm-80gb":
@@ -262,7 +260,7 @@ def _inputs(spec) -> dict:
 
 def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json, max_hours, host_ram) -> None:
     from planner.cli.render import render_compare_gpus
-    from planner.estimate.compare_gpus import compare_gpus
+    from planner.plan.compare_gpus import compare_gpus
 
     rows = compare_gpus(
         spec,
@@ -277,7 +275,7 @@ def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json, max_h
     if method is not None:
         rows = [r for r in rows if r.method == o.parse_method(method).value]
     if as_json:
-        from planner.estimate.compare_gpus import RANKING
+        from planner.plan.compare_gpus import RANKING
 
         typer.echo(json_text({"model": _model_json(spec), "ranking": RANKING, "max_hours": max_hours,
                               "rows": [r.to_dict() for r in rows]}))  # fmt: skip

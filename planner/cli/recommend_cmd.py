@@ -73,8 +73,8 @@ def recommend(
 ) -> None:
     """Choose method, ZeRO stage, offload, checkpointing, attention and batch layout for MODEL."""
     from planner.models import load_model
-    from planner.recommend import NoPlanFits
-    from planner.recommend import recommend as run_recommend
+    from planner.plan.recommend import NoPlanFits
+    from planner.plan.recommend import recommend as run_recommend
     from planner.specs import Offload
 
     if not 0 <= runners_up <= 20:

@@ -259,7 +259,7 @@ def _precision_notes(dicts: list[dict], asked: str | None) -> tuple[list[str], s
 
 def render_compare_gpus(model: ModelSpec, rows: list, *, num_tokens: int = 0, max_hours: float = 0.0,
                         precision: str | None = None) -> None:
-    from planner.estimate.compare_gpus import RANKING
+    from planner.plan.compare_gpus import RANKING
 
     console = _console()
     dicts = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in rows]

@@ -66,7 +66,7 @@ def _estimates(model, *, gpu, gpus, nodes, method, zero, offload, margin, mfu, t
     rows = [estimate_cmd.with_throughput(r, mfu=mfu, num_tokens=tokens, price=price) for r in rows]
     gpu_rows = []
     if compare_gpus:
-        from planner.estimate.compare_gpus import compare_gpus as run_compare
+        from planner.plan.compare_gpus import compare_gpus as run_compare
 
         one = dataclasses.replace(base, method=o.parse_method(method)) if method else base
         gpu_rows = run_compare(spec, one, num_tokens=tokens, mfu=mfu, price_per_gpu_hour=price, margin=margin)

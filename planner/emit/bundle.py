@@ -40,8 +40,9 @@ from planner.emit.sample_data import SAMPLE_DATASET, render_sample_jsonl
 from planner.emit.train_script import PLACEHOLDER, TEMPLATE
 from planner.errors import PlannerError
 from planner.estimate.result import Estimate
+from planner.plan.types import Recommendation
 from planner.safe_write import read_small_regular, sha256_of_regular
-from planner.specs import Cluster, ModelSpec, TrainSpec, train_spec_to_dict
+from planner.specs import Cluster, ModelSpec, Plan, TrainSpec, train_spec_to_dict
 
 MARKER = ".planner-bundle.json"
 MARKER_FORMAT = 2  # 1: {"files": [names]}; 2: {"files": {name: sha256}}
@@ -174,9 +175,9 @@ def render_bundle(
     return dict(sorted(files.items()))
 
 
-def _parts(plan: Any, estimate: Estimate | None) -> tuple[ModelSpec, TrainSpec, Cluster, Estimate, int]:
-    """Accept a Recommendation (.plan, .estimate) or a Plan (.model, .train, .cluster, .global_batch_size)."""
-    if hasattr(plan, "plan") and hasattr(plan, "estimate"):
+def _parts(plan: Plan | Recommendation, estimate: Estimate | None) -> tuple[ModelSpec, TrainSpec, Cluster, Estimate, int]:
+    """A Recommendation carries its estimate; a Plan needs ``estimate``."""
+    if isinstance(plan, Recommendation):
         plan, estimate = plan.plan, estimate or plan.estimate
     if estimate is None:
         raise PlannerError("a bundle needs the plan's estimate: pass a Recommendation or estimate=.")
@@ -214,7 +215,7 @@ def read_marker(directory: Path) -> dict[str, str | None] | None:
 
 
 def write_bundle(
-    plan: Any,
+    plan: Plan | Recommendation,
     out_dir: str | os.PathLike,
     *,
     estimate: Estimate | None = None,
@@ -227,8 +228,8 @@ def write_bundle(
     """
     model, train, cluster, est, gbs = _parts(plan, estimate)
     files = render_bundle(model, train, cluster, est, global_batch_size=gbs, **render_options)
-    if hasattr(plan, "to_dict"):
-        # A Recommendation: keep its runners-up and rejected plans beside the bundle (read by `planner report`).
+    if isinstance(plan, Recommendation):
+        # keep its runners-up and rejected plans beside the bundle (read by `planner report`).
         files["plan.json"] = json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n"
     return write_files(files, out_dir, force=force)
 

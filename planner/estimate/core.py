@@ -9,11 +9,10 @@ from planner.errors import PlannerError
 from planner.estimate import overhead
 from planner.estimate.activations import lora_adapter_paths, simulate_step
 from planner.estimate.cpu_kernels import CpuKernels
-from planner.estimate.fits import find_fit
 from planner.estimate.host_ram import host_ram_per_rank
 from planner.estimate.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.peak import PHASES, phase_breakdowns
-from planner.estimate.result import Estimate, Fit
+from planner.estimate.result import Estimate
 from planner.estimate.sharding import shard_states, zero3_persistent
 from planner.estimate.states import unsharded_states
 from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
@@ -58,15 +57,14 @@ def estimate(
     margin: float = DEFAULT_MARGIN,
     device: str = "cuda",
     allow_longer: bool = False,
-    with_fit: bool = False,
     rank: int | None = None,
     cpu: CpuKernels | None = None,
 ) -> Estimate:
     """Per-GPU memory of one training configuration at its peak moment.
 
     ``device="cpu"`` leaves out GPU-only terms (reserved = device = allocated) and follows CPU kernels (the
-    validation suite's profiles). ``with_fit`` also searches the largest micro-batch and the longest sequence
-    that fit (fits.py; a few dozen more evaluations). Ranks differ only under ZeRO 1/2, whose gradient
+    validation suite's profiles). One configuration, never a search (the fit limits: planner/plan/fits.py).
+    Ranks differ only under ZeRO 1/2, whose gradient
     buffers hold whole tensors across partition edges (zero_partition.py): ``rank`` picks one, by default
     the rank with the highest peak (the one that runs out of memory first). ``cpu``: with ``device="cpu"``, the
     CPU kind of the run being estimated (cpu_kernels.py): on oneDNN, 16-bit matmuls allocate workspaces.
@@ -171,13 +169,6 @@ def estimate(
     )
     if result.cpu_bytes_per_node:
         result = replace(result, notes=result.notes + _host_notes(result, host))
-    if with_fit:
-        if result.host_fits is False:  # host RAM does not depend on the micro-batch or the sequence length
-            fit = Fit(max_micro_batch=0, max_seq_len=0)
-        else:
-            fit = find_fit(estimate, model, train, cluster, margin=margin, device=device,
-                           allow_longer=allow_longer, own_device_bytes=device_total)
-        result = replace(result, fit=fit)
     return result
 
 

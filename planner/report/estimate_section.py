@@ -135,7 +135,7 @@ def gpu_table(rows: Sequence[object]) -> Table | None:
     cols = [(k, label) for k, label in GPU_COLUMNS if any(k in d for d in dicts)]
     out = [[_gpu_cell(k, d.get(k)) for k, _ in cols] for d in dicts]
     classes = ["fits" if d.get("fits") else "nofit" for d in dicts]
-    from planner.estimate.compare_gpus import RANKING
+    from planner.plan.compare_gpus import RANKING
 
     return Table([label for _, label in cols], out, row_classes=classes, collapsible=True,
                  caption=f"GPU comparison: for each of {len({d.get('gpu') for d in dicts})} accelerators and each "

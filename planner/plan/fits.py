@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from planner.errors import PlannerError
+from planner.estimate.core import DEFAULT_MARGIN, estimate
 from planner.estimate.result import Estimate, Fit
 from planner.specs import Cluster, ModelSpec, TrainSpec
 
@@ -114,3 +115,16 @@ def find_fit(evaluate: Evaluate, model: ModelSpec, train: TrainSpec, cluster: Cl
     else:
         max_s = _largest(seq_bytes, 1, max_k, usable) * SEQ_STEP if fits_at(seq_bytes(1)) else 0
     return Fit(max_micro_batch=max_b, max_seq_len=max_s)
+
+
+def estimate_with_fit(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, margin: float = DEFAULT_MARGIN,
+                      device: str = "cuda", allow_longer: bool = False) -> Estimate:
+    """``estimate`` of one configuration with its fit limits: the largest micro-batch and the longest sequence
+    that fit (a few dozen more evaluations)."""
+    result = estimate(model, train, cluster, margin=margin, device=device, allow_longer=allow_longer)
+    if result.host_fits is False:  # host RAM does not depend on the micro-batch or the sequence length
+        fit = Fit(max_micro_batch=0, max_seq_len=0)
+    else:
+        fit = find_fit(estimate, model, train, cluster, margin=margin, device=device, allow_longer=allow_longer,
+                       own_device_bytes=result.device_bytes)
+    return replace(result, fit=fit)

@@ -1,6 +1,6 @@
 """The bounded plan search behind recommend(): layouts, groups, the memoised fit check, branch and bound.
 
-See planner/recommend.py for the search space, the monotonicities it relies on and the ranking.
+See planner/plan/recommend.py for the search space, the monotonicities it relies on and the ranking.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import dataclasses
 from dataclasses import dataclass
 
 from planner.errors import PlannerError
-from planner.estimate.compare_gpus import LAYOUTS, EstimateCache
 from planner.estimate.result import Estimate
 from planner.estimate.throughput import StepTime, flops_per_token, step_time, throughput_from_step
-from planner.recommend import ATTN_ORDER, METHOD_PREFERENCE, OFFLOAD_ORDER, Plan
-from planner.specs import AttnImpl, Cluster, GpuSpec, Method, ModelSpec, Offload, TrainSpec
+from planner.plan.compare_gpus import LAYOUTS, EstimateCache
+from planner.plan.types import ATTN_ORDER, METHOD_PREFERENCE, OFFLOAD_ORDER
+from planner.specs import AttnImpl, Cluster, GpuSpec, Method, ModelSpec, Offload, Plan, TrainSpec
 from planner.units import GIB
 
 

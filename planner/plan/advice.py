@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 
 from planner import catalog
-from planner.recommend import (
+from planner.plan.search import Layout, Scored, Searcher, divisors, gib
+from planner.plan.types import (
     ATTN_ORDER,
     METHOD_PREFERENCE,
     OFFLOAD_ORDER,
@@ -18,7 +19,6 @@ from planner.recommend import (
     Recommendation,
     Rejected,
 )
-from planner.recommend_search import Layout, Scored, Searcher, divisors, gib
 from planner.specs import AttnImpl, Method, Offload
 
 # How far "more GPUs" advice looks (powers of two from --gpus).

@@ -21,29 +21,28 @@ flash_attention_2 before eager, larger micro-batch. Every key is explicit, so th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from planner import catalog
 from planner.errors import PlannerError
-from planner.estimate.compare_gpus import DEFAULT_HOST_MEMORY_BYTES_PER_NODE, GPUS_PER_NODE
-from planner.estimate.result import Estimate
 from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_price, validate_tokens
-from planner.specs import (
-    AttnImpl,
-    Cluster,
-    GpuSpec,
-    Method,
-    ModelSpec,
-    Offload,
-    TrainSpec,
-    train_spec_to_dict,
+from planner.plan.advice import explain, no_fit
+from planner.plan.compare_gpus import DEFAULT_HOST_MEMORY_BYTES_PER_NODE, GPUS_PER_NODE
+from planner.plan.search import Searcher
+from planner.plan.types import (
+    ATTN_ORDER,
+    METHOD_PREFERENCE,
+    OFFLOAD_ORDER,
+    Alternative,
+    NoPlanFits,
+    Recommendation,
+    Rejected,
 )
+from planner.specs import AttnImpl, Cluster, GpuSpec, Method, ModelSpec, Offload, Plan, TrainSpec
 
-METHOD_PREFERENCE = (Method.FULL, Method.LORA, Method.QLORA)
-OFFLOAD_ORDER = (Offload.NONE, Offload.OPTIMIZER, Offload.OPTIMIZER_PARAMS)
-# sdpa first on ties: it needs no extra package and dispatches to FlashAttention-2 kernels in torch on
-# Ampere and newer; eager materialises the s x s scores and is never preferred.
-ATTN_ORDER = (AttnImpl.SDPA, AttnImpl.FLASH_ATTENTION_2, AttnImpl.EAGER)
+__all__ = ["ATTN_ORDER", "METHOD_PREFERENCE", "OFFLOAD_ORDER", "Alternative", "NoPlanFits", "Plan", "Recommendation",
+           "Rejected", "flash_attention_2_support", "recommend"]
+
 DEFAULT_RUNNERS_UP = 4
 # Far above any published run (Llama 3 405B: 16M tokens per step = 2,048 sequences of 8k); keeps the
 # divisor enumeration (square root of the batch per GPU count) bounded.
@@ -53,124 +52,6 @@ DEFAULT_REJECTED = 5
 # backend, AMD MI200 (gfx90a) and MI300 (gfx942) (Dao-AILab/flash-attention README, "Installation").
 FA2_MIN_COMPUTE_CAPABILITY = (8, 0)
 FA2_ROCM_TARGETS = ("gfx90a", "gfx942")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One complete training configuration: what to emit and run."""
-
-    model: ModelSpec
-    train: TrainSpec  # micro_batch, grad_accum, zero_stage, offload, checkpointing, attn_impl, method, ...
-    cluster: Cluster
-    global_batch_size: int  # sequences per optimizer step = micro_batch x grad_accum x num_gpus
-
-    @property
-    def num_data_parallel(self) -> int:
-        return self.cluster.num_gpus
-
-    @property
-    def micro_batch(self) -> int:
-        return self.train.micro_batch
-
-    @property
-    def grad_accum(self) -> int:
-        return self.train.grad_accum
-
-    def label(self) -> str:
-        t = self.train
-        offload = "" if t.offload is Offload.NONE else f", offload {t.offload.value}"
-        return (
-            f"{t.method.value}, ZeRO-{t.zero_stage}{offload}, micro-batch {t.micro_batch} x accumulation "
-            f"{t.grad_accum} x {self.cluster.num_gpus} GPUs, checkpointing {'on' if t.grad_checkpointing else 'off'}, "
-            f"{t.attn_impl.value}"
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "model": self.model.name,
-            "gpu": self.cluster.gpu.name,
-            "num_gpus": self.cluster.num_gpus,
-            "num_nodes": self.cluster.num_nodes,
-            "global_batch_size": self.global_batch_size,
-            "train": train_spec_to_dict(self.train),
-        }
-
-
-@dataclass(frozen=True)
-class Alternative:
-    """A plan that fits but ranked below the chosen one, and why."""
-
-    plan: Plan
-    estimate: Estimate  # with throughput
-    reason: str
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A plan that was not kept, and the reason (memory, preference, hardware, divisibility)."""
-
-    plan: Plan | None
-    reason: str
-    estimate: Estimate | None = None
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    plan: Plan
-    estimate: Estimate  # the chosen plan's estimate, throughput filled
-    why: tuple[str, ...]
-    runners_up: tuple[Alternative, ...]
-    rejected: tuple[Rejected, ...]
-    margin: float
-    mfu: float
-    num_tokens: int
-    price_per_gpu_hour: float
-    num_estimates: int  # estimator calls the search made (bounded work)
-
-    def to_dict(self) -> dict:
-        def est_dict(e: Estimate | None):
-            return None if e is None else e.row()
-
-        return {
-            "plan": self.plan.to_dict(),
-            "estimate": est_dict(self.estimate),
-            "why": list(self.why),
-            "runners_up": [
-                {"plan": a.plan.to_dict(), "estimate": est_dict(a.estimate), "reason": a.reason}
-                for a in self.runners_up
-            ],
-            "rejected": [
-                {"plan": r.plan.to_dict() if r.plan else None, "estimate": est_dict(r.estimate), "reason": r.reason}
-                for r in self.rejected
-            ],
-            "assumptions": {
-                "margin": self.margin,
-                "mfu": self.mfu,
-                "num_tokens": self.num_tokens,
-                "price_per_gpu_hour": self.price_per_gpu_hour,
-            },
-            "num_estimates": self.num_estimates,
-        }
-
-
-class NoPlanFits(PlannerError):
-    """No candidate fits: the message is one sentence; ``suggestions`` say what would, with numbers."""
-
-    def __init__(self, message: str, suggestions: tuple[str, ...], rejected: tuple[Rejected, ...]) -> None:
-        super().__init__(message)
-        self.suggestions = suggestions
-        self.rejected = rejected
-
-    def to_dict(self) -> dict:
-        return {
-            "error": str(self),
-            "suggestions": list(self.suggestions),
-            "rejected": [
-                {"plan": r.plan.to_dict() if r.plan else None, "reason": r.reason,
-                 "estimate": r.estimate.row() if r.estimate else None}
-                for r in self.rejected
-            ],
-        }
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -215,9 +96,6 @@ def recommend(
     allow_longer: bool = False,
 ) -> Recommendation:
     """The best plan for ``model`` on ``cluster``'s GPU type; raises NoPlanFits when nothing fits."""
-    from planner.recommend_advice import explain, no_fit
-    from planner.recommend_search import Searcher
-
     validate_mfu(mfu)
     validate_price(price_per_gpu_hour)
     validate_tokens(num_tokens)
