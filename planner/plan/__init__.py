@@ -1,0 +1,11 @@
+"""Every search over training configurations. Each calls the estimator (planner.estimate.core.estimate), which
+computes one configuration and never searches.
+
+- ``fits``          the largest micro-batch and the longest sequence that fit (``estimate_with_fit``)
+- ``compare_gpus``  for every catalog GPU x method, the cheapest plan that fits
+- ``recommend``     the recommender: method, ZeRO stage, offload, checkpointing, attention, batch layout
+- ``search``        its bounded branch-and-bound search over layouts and GPU counts
+- ``advice``        its words: why the plan won, why each runner-up lost, what would fit when nothing does
+- ``types``         what the recommender returns (``Recommendation``, ``Alternative``, ``Rejected``) and
+                    ``NoPlanFits``; the preference orders. ``Plan`` itself is a spec (planner/specs.py).
+"""
