@@ -58,7 +58,11 @@ def with_throughput(est: Estimate, *, mfu: float, num_tokens: int, price: float)
 
 
 def estimate(
-    model: o.ModelOpt,
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name, path to config.json or model "
+                                              "dir, or hub id (with --from: instead of the config's model).")] = None,
+    from_config: o.FromOpt = None,
+    accelerate_config: o.AccelerateConfigOpt = None,
     gpus: o.GpusOpt = 1,
     gpu: o.GpuOpt = "h100-sxm-80gb",
     nodes: o.NodesOpt = 1,
@@ -116,6 +120,19 @@ def estimate(
         raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
     if csv is not None and csv.is_dir():
         raise PlannerError(f"--csv {str(csv)!r} is a directory; give a file path.")
+    fc = None
+    if from_config is not None:
+        from planner.from_config import read_training_config
+
+        fc = read_training_config(from_config, accelerate_config=accelerate_config)
+        model = model or fc.model
+        if not model:
+            raise PlannerError(f"--from {str(from_config)!r} names no model; give --model.")
+    elif accelerate_config is not None:
+        raise PlannerError("--accelerate-config goes with --from; give the training config it launches.")
+    elif model is None:
+        raise PlannerError("give --model (a catalog name, a config.json or a hub id) or --from a training config.")
+    typed = o.typed_flags(ctx)
     spec = load_model(model, trust_remote_code=trust_remote_code)
     if csv is not None:
         from planner.safe_write import check_output_file
@@ -123,6 +140,8 @@ def estimate(
         check_output_file(csv, flag="--csv", inputs=_inputs(spec))  # before any work
     if seq_len is None:
         seq_len = o.default_seq_len(spec)
+        if fc is not None and "seq_len" not in fc.unset:
+            seq_len = fc.train.seq_len
     base = o.build_train_spec(
         model=spec,
         method=method or "full",
@@ -144,6 +163,17 @@ def estimate(
         attn=attn,
         dropout=dropout,
     )
+    if fc is not None:
+        # the config's run, with every flag typed beside --from taken from the flags
+        flags_base = dataclasses.replace(base, zero_stage=zero or 0, offload=o.parse_offload(offload or "none"))
+        base = o.merge_from_config(fc.train, flags_base, typed)
+        method = method or base.method.value
+        zero = base.zero_stage if zero is None else zero
+        offload = offload or base.offload.value
+        if "gpus" not in typed and fc.num_gpus:
+            gpus = fc.num_gpus
+        if "nodes" not in typed and fc.num_nodes:
+            nodes = fc.num_nodes
     if max_hours is not None and not compare_gpus:
         raise PlannerError("--max-hours applies to --compare-gpus only; add --compare-gpus or drop --max-hours.")
     if compare_gpus:
@@ -190,6 +220,8 @@ def estimate(
         "rows": [r.row() for r in rows],
         "modelled": modelled_block("cuda"),
     }
+    if fc is not None:
+        payload["from_config"] = o.from_config_json(fc)
     if csv is not None:
         _write_csv(csv, payload["rows"], _inputs(spec))
     if as_json:
@@ -198,6 +230,8 @@ def estimate(
     from planner.cli.render import render_estimate_table
 
     render_estimate_table(spec, cluster, base, rows)
+    for note in (fc.notes if fc is not None else ()):
+        typer.echo(f"note: {note}", err=True)
     for note in payload["modelled"]["notes"]:
         typer.echo(f"note: {note}", err=True)
 

@@ -6,6 +6,8 @@ Commands declare the options they need with these ``Annotated`` types and call `
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -237,3 +239,64 @@ def host_ram_bytes(host_ram_gib: float | None) -> int | None:
         raise PlannerError(f"--host-ram (--host-ram-gib) must be a number of GiB per node from 0 to 1e9, "
                           f"got {host_ram_gib}.")
     return int(host_ram_gib * 2**30)
+
+
+# ---------------------------------------------------------------- --from: a training config people already have
+
+FromOpt = Annotated[
+    Path | None,
+    typer.Option("--from", help="Estimate the run a training config describes: LLaMA-Factory, axolotl or torchtune "
+                 "YAML, or TrainingArguments/TRL SFTConfig fields (JSON/YAML), with the DeepSpeed JSON it names. "
+                 "Flags given beside it override it."),
+]
+AccelerateConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--accelerate-config", help="With --from: the accelerate config the run launches with (GPUs, "
+                 "nodes, DeepSpeed)."),
+]
+# TrainSpec fields each training flag sets (a flag typed beside --from overrides the config's value)
+FLAG_FIELDS = {
+    "method": ("method",), "precision": ("precision",), "optimizer": ("optimizer",),
+    "lora_rank": ("lora.rank",), "lora_alpha": ("lora.alpha",), "lora_dropout": ("lora.dropout",),
+    "lora_targets": ("lora.targets",), "modules_to_save": ("lora.modules_to_save",),
+    "quant_type": ("quant.quant_type",), "double_quant": ("quant.double_quant",), "zero": ("zero_stage",),
+    "offload": ("offload",), "micro_batch": ("micro_batch",), "seq_len": ("seq_len",), "grad_accum": ("grad_accum",),
+    "grad_checkpointing": ("grad_checkpointing",), "attn": ("attn_impl",), "dropout": ("dropout",),
+}
+
+
+def typed_flags(ctx) -> set[str]:
+    """The parameters the user gave on the command line (not defaults)."""
+    # typer vendors its own click (typer._click), so compare the source by name, not with click's enum
+    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+
+
+def _set_field(train: TrainSpec, path: str, value) -> TrainSpec:
+    if "." in path:
+        outer, inner = path.split(".")
+        return dataclasses.replace(train, **{outer: dataclasses.replace(getattr(train, outer), **{inner: value})})
+    return dataclasses.replace(train, **{path: value})
+
+
+def _get_field(train: TrainSpec, path: str):
+    obj = train
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def merge_from_config(config_train: TrainSpec, flags_train: TrainSpec, typed: set[str]) -> TrainSpec:
+    """The config's TrainSpec with every field a typed flag sets taken from the flags' TrainSpec."""
+    train = config_train
+    for flag, paths in FLAG_FIELDS.items():
+        if flag in typed:
+            for path in paths:
+                train = _set_field(train, path, _get_field(flags_train, path))
+    return train
+
+
+def from_config_json(fc) -> dict:
+    """What --json reports about the config it read."""
+    return {"path": str(fc.path), "format": fc.format, "files": [str(f) for f in fc.files],
+            "model_as_written": fc.model_as_written, "used": list(fc.used),
+            "ignored": [{"field": f, "reason": r} for f, r in fc.ignored], "notes": list(fc.notes)}

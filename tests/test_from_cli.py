@@ -1,0 +1,54 @@
+"""`planner estimate --from FILE` (issue 19): the estimate of a training config equals the estimate of the same
+run given as flags, and flags typed beside --from override the config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_harness import run_inprocess
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "configs"
+
+# (config, the same run as planner flags, written by hand from the file and its project's defaults)
+CASES = [
+    ("llamafactory/llama3_lora_sft.yaml",
+     ["--method", "lora", "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0", "--lora-targets",
+      "all-linear", "--micro-batch", "1", "--grad-accum", "8", "--seq-len", "2048", "--grad-checkpointing",
+      "--precision", "bf16-mixed", "--zero", "0", "--offload", "none"]),
+]
+
+
+def _json(args: list[str]) -> dict:
+    out = run_inprocess(["estimate", *args, "--json"])
+    assert out.code == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_from_equals_the_same_run_as_flags():
+    cfg, flags = CASES[0]
+    got = _json(["--from", str(EXAMPLES / cfg), "-m", "llama-3.1-8b"])
+    want = _json(["-m", "llama-3.1-8b", *flags])
+    assert got["rows"] == want["rows"] and len(got["rows"]) == 1
+    assert got["train"] == want["train"]
+    assert got["from_config"]["format"] and "cutoff_len" in got["from_config"]["used"]
+    assert "from_config" not in want
+
+
+def test_a_flag_beside_from_overrides_the_config():
+    cfg, flags = CASES[0]
+    got = _json(["--from", str(EXAMPLES / cfg), "-m", "llama-3.1-8b", "--micro-batch", "4", "--gpus", "8",
+                 "--zero", "2"])
+    want = _json(["-m", "llama-3.1-8b", *flags, "--micro-batch", "4", "--gpus", "8", "--zero", "2"])
+    assert got["rows"] == want["rows"]
+    assert got["rows"][0]["zero_stage"] == 2 and got["train"]["micro_batch"] == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--accelerate-config", "x.yaml", "-m", "gpt2"], "--accelerate-config goes with --from"),
+    ([], "give --model"),
+])
+def test_from_refusals_are_one_sentence(args, message):
+    out = run_inprocess(["estimate", *args])
+    assert out.code == 1 and message in out.stderr and "Traceback" not in out.stderr
