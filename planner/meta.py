@@ -15,8 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from planner.errors import PlannerError
-from planner.estimate.params import COMPONENTS, LinearGroup, ModuleGroup, ParamCounts
-from planner.estimate.zero_partition import uneven_layer_ids
+from planner.estimate.inventory import COMPONENTS, LinearGroup, ModuleGroup, ParamCounts, uneven_layer_ids
 from planner.specs import ModelSpec
 
 _INDEX = re.compile(r"\.\d+(?=\.|$)")

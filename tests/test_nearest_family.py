@@ -77,7 +77,7 @@ def test_other_non_causal_models_are_refused(cfg):
 
 def test_a_bert_decoder_is_a_causal_lm():
     """BertLMHeadModel with is_decoder=True is transformers' causal BERT: not refused."""
-    from planner.estimate.nearest import refuse_non_causal
+    from planner.estimate.causal import refuse_non_causal
 
     cfg = json.loads((DATA / "bert-base-uncased.json").read_text())
     refuse_non_causal(spec_from_config({**cfg, "is_decoder": True, "architectures": ["BertLMHeadModel"]}, "b"))

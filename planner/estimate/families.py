@@ -15,8 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from planner import family_config
-from planner.estimate.params import ModuleGroup, ParamCounts, counts_from_groups
-from planner.estimate.zero_partition import uneven_layer_ids
+from planner.estimate.inventory import ModuleGroup, ParamCounts, counts_from_groups, uneven_layer_ids
 from planner.specs import ModelSpec
 
 

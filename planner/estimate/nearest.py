@@ -16,7 +16,7 @@ defaults) show it:
 Every LoRA adapter goes on the stand-in of the module it adapts (roles: qkv, q, k, v, o, gate, up, down). The
 estimate says so in a note; a tiny ``gpt_neox`` measured on CPU (``planner profile``) is the data point it
 quotes. Encoders and encoder-decoders (BERT, RoBERTa, T5, BART, ...) are not causal language models and are
-refused in one sentence.
+refused in one sentence (causal.py).
 """
 
 from __future__ import annotations
@@ -25,55 +25,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from planner.errors import PlannerError
+from planner.estimate.params import count_params
+from planner.meta import config_with_defaults
 from planner.specs import ModelSpec
 
-# transformers model types that are encoders (masked LM) unless their config sets is_decoder (BertLMHeadModel).
-ENCODER_TYPES = frozenset((
-    "albert", "bert", "big_bird", "camembert", "canine", "convbert", "data2vec-text", "deberta", "deberta-v2",
-    "distilbert", "electra", "ernie", "esm", "flaubert", "funnel", "ibert", "layoutlm", "layoutlmv2", "layoutlmv3",
-    "lilt", "longformer", "luke", "markuplm", "megatron-bert", "mobilebert", "modernbert", "mpnet", "mra",
-    "nezha", "nomic_bert", "nystromformer", "rembert", "roberta", "roberta-prelayernorm", "roc_bert", "roformer",
-    "splinter", "squeezebert", "tapas", "xlm", "xlm-roberta", "xlm-roberta-xl", "xmod", "yoso",
-))  # fmt: skip
-ENCODER_DECODER_TYPES = frozenset((
-    "bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "encoder-decoder", "fsmt", "led", "longt5",
-    "m2m_100", "marian", "mbart", "mt5", "mvp", "nllb-moe", "pegasus", "pegasus_x", "plbart", "prophetnet",
-    "seamless_m4t", "speech-encoder-decoder", "switch_transformers", "t5", "umt5", "vision-encoder-decoder",
-    "whisper", "xlm-prophetnet",
-))  # fmt: skip
-# Heads of the `architectures` entry that are not a causal language model.
-_NON_CAUSAL_HEADS = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
-                     "ForMultipleChoice", "ForPreTraining", "ForNextSentencePrediction", "ForCTC",
-                     "ForImageClassification", "ForAudioClassification", "EncoderModel")  # fmt: skip
-_CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")
 # Families whose eager attention is written as modeling_falcon.py's FalconAttention.forward (no ALiBi):
 # ``scores = q @ k.T; scores /= sqrt(d)`` (in place), ``F.softmax(scores + mask, dtype=hidden_states.dtype)``
 # (the softmax in the activation dtype, while the scores and the masked sum are both alive), ``probs @ v``.
 _FALCON_EAGER = ("falcon",)
-
-
-def refuse_non_causal(model: ModelSpec) -> None:
-    """Refuse, in one sentence, a model that is not a causal (decoder-only) language model: planner estimates
-    next-token training, whose memory (causal attention, the [tokens, vocabulary] logits and loss) does not
-    describe masked-LM, classifier or encoder-decoder training."""
-    cfg = model.config or {}
-    mt = model.model_type
-    archs = [a for a in (cfg.get("architectures") or []) if isinstance(a, str)]
-    what = None
-    if cfg.get("is_encoder_decoder") is True or mt in ENCODER_DECODER_TYPES:
-        what = "an encoder-decoder model (or one half of it)"
-    elif mt in ENCODER_TYPES and cfg.get("is_decoder") is not True:
-        what = "a bidirectional encoder (masked-LM) model"
-    elif archs and not any(a.endswith(_CAUSAL_HEADS) for a in archs) and all(
-            any(h in a for h in _NON_CAUSAL_HEADS) for a in archs):
-        what = "not a causal language model (by its architectures)"
-    if what:
-        raise PlannerError(
-            f"model {model.name!r} ({', '.join([mt, *archs])}) is {what}, and planner estimates only causal "
-            "language-model training of decoder-only transformers (llama, mistral, qwen, gemma, phi, gpt2, "
-            "gpt_neox, falcon, MoE)."
-        )
 
 
 # ------------------------------------------------------------------------------------------ the description
@@ -160,9 +119,6 @@ _GATE = ("gate_proj", "w1", "gate", "wi_0", "fc_gate")
 
 @lru_cache(maxsize=64)
 def _describe(model: ModelSpec, config_key: str) -> Arch | None:
-    from planner.estimate.params import count_params
-    from planner.meta import config_with_defaults
-
     counts = count_params(model)
     cfg = {**config_with_defaults(model), **(model.config or {})}
     h, a, d = model.hidden_size, model.num_heads, model.head_dim

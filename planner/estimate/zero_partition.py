@@ -30,7 +30,8 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import accumulate, chain
 
-from planner.estimate.params import ModuleGroup, ParamCounts, lora_adapters, saved_groups
+from planner.estimate.inventory import ModuleGroup, ParamCounts, layer_of, modules_per_layer, uneven_layer_ids
+from planner.estimate.params import lora_adapters, saved_groups
 from planner.specs import LoraSpec, Method, TrainSpec
 
 # stage_1_and_2.py: ``self.nccl_start_alignment_factor = 2  # 4-byte alignment/sizeof(fp16) = 2``; the flat
@@ -196,27 +197,6 @@ def _module_numels(g: ModuleGroup) -> tuple[int, ...]:
     return (g.num_params,)
 
 
-def _per_layer(g: ModuleGroup, num_layers: int) -> int:
-    """How many modules of a layered group without ``layer_ids`` each layer holds (``layer_of``)."""
-    return max(g.num_modules // num_layers if num_layers and g.num_modules % num_layers == 0 else 1, 1)
-
-
-def layer_of(g: ModuleGroup, i: int, num_layers: int) -> int:
-    """The decoder layer of module ``i`` of a layered group (``layer_ids``, else spread evenly in order)."""
-    if g.layer_ids:
-        return g.layer_ids[i]
-    return i // _per_layer(g, num_layers)
-
-
-def uneven_layer_ids(g: ModuleGroup, ids: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
-    """``ids`` as ``g.layer_ids`` holds them: empty where they are what ``layer_of`` gives without them."""
-    if "*" not in g.path:
-        return ()
-    per = _per_layer(replace(g, layer_ids=()), num_layers)
-    even = len(ids) == g.num_modules and all(layer == i // per for i, layer in enumerate(ids))
-    return () if even else tuple(ids)
-
-
 def module_blocks(counts: ParamCounts, num_layers: int) -> list[tuple[tuple[ModuleGroup, ...], int]]:
     """Every module owning parameters in ``model.named_modules()`` order, as (modules, repeats) blocks: the
     modules before the decoder layers, each run of layers holding the same modules (one block for a model
@@ -232,13 +212,13 @@ def module_blocks(counts: ParamCounts, num_layers: int) -> list[tuple[tuple[Modu
         if g.layer_ids:
             points.update(x for layer in explicit[id(g)] for x in (layer, layer + 1))
         else:
-            per = _per_layer(g, num_layers)
+            per = modules_per_layer(g, num_layers)
             points.update((g.num_modules // per, -(-g.num_modules // per)))
 
     def held(g: ModuleGroup, layer: int) -> int:
         if g.layer_ids:
             return explicit[id(g)].get(layer, 0)
-        per = _per_layer(g, num_layers)
+        per = modules_per_layer(g, num_layers)
         return max(0, min(per, g.num_modules - layer * per))
 
     blocks: list[tuple[tuple[ModuleGroup, ...], int]] = [(tuple(g for g in groups[:first_layered]), 1)]

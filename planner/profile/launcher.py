@@ -402,7 +402,7 @@ def run_profile(
     resolved = resolve_device(device, num_gpus)
     if torch_categories and resolved != "cpu":
         raise PlannerError("--torch-categories reads the CPU profiler and works only with --device cpu.")
-    from planner.estimate.nearest import refuse_non_causal
+    from planner.estimate.causal import refuse_non_causal
 
     refuse_non_causal(model)  # transformers would build an encoder as a causal LM head (BertLMHeadModel)
     check_peft_accepts(model, train)
