@@ -45,10 +45,10 @@ def test_a_flag_beside_from_overrides_the_config():
     assert got["rows"][0]["zero_stage"] == 2 and got["train"]["micro_batch"] == 4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--accelerate-config", "x.yaml", "-m", "gpt2"], "--accelerate-config goes with --from"),
-    ([], "give --model"),
+@pytest.mark.parametrize("args, code, message", [
+    (["--accelerate-config", "x.yaml", "-m", "gpt2"], 1, "--accelerate-config goes with --from"),
+    ([], 2, "--from a training config"),  # no model at all: a usage error, as when --model was required
 ])
-def test_from_refusals_are_one_sentence(args, message):
+def test_from_refusals_are_one_sentence(args, code, message):
     out = run_inprocess(["estimate", *args])
-    assert out.code == 1 and message in out.stderr and "Traceback" not in out.stderr
+    assert out.code == code and message in out.stderr and "Traceback" not in out.stderr

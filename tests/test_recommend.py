@@ -129,10 +129,10 @@ def _brute_force(model_name, gpu, gpus, g, seq, method):
                     except PlannerError:
                         continue
                     est = estimate(model, train, cluster)
-                    usable = int(gpu.memory_bytes * 0.9)
+                    usable = int(gpu.capacity_bytes * 0.9)
                     if est.device_bytes > usable or est.reserved_bytes > usable:
                         continue
-                    st = step_time(model, train, cluster, mfu=0.4)
+                    st = step_time(model, train, cluster)  # the default: the per-phase model
                     tps = st.tokens_per_rank / st.total_s
                     if best is None or tps > best:
                         best = tps

@@ -49,7 +49,7 @@ def enumerate_rows(
     return rows
 
 
-def with_throughput(est: Estimate, *, mfu: float, num_tokens: int, price: float) -> Estimate:
+def with_throughput(est: Estimate, *, mfu: float | None, num_tokens: int, price: float) -> Estimate:
     from planner.estimate.throughput import throughput
 
     return dataclasses.replace(
@@ -87,9 +87,7 @@ def estimate(
     dropout: o.DropoutOpt = None,
     allow_longer: o.AllowLongerOpt = False,
     margin: Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")] = 0.1,
-    mfu: Annotated[
-        float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for time and cost, in (0, 1].")
-    ] = DEFAULT_MFU,
+    mfu: o.MfuOpt = DEFAULT_MFU,
     tokens: o.TokensOpt = "0",
     price_per_gpu_hour: Annotated[
         float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")
@@ -130,8 +128,9 @@ def estimate(
             raise PlannerError(f"--from {str(from_config)!r} names no model; give --model.")
     elif accelerate_config is not None:
         raise PlannerError("--accelerate-config goes with --from; give the training config it launches.")
-    elif model is None:
-        raise PlannerError("give --model (a catalog name, a config.json or a hub id) or --from a training config.")
+    elif model is None:  # a usage error (exit 2), as when --model was a required option
+        raise typer.BadParameter("give a catalog name, a config.json or a hub id, or --from a training config.",
+                                 param_hint="'--model' / '-m'")
     typed = o.typed_flags(ctx)
     spec = load_model(model, trust_remote_code=trust_remote_code)
     if csv is not None:

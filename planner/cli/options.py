@@ -243,6 +243,11 @@ def host_ram_bytes(host_ram_gib: float | None) -> int | None:
 
 # ---------------------------------------------------------------- --from: a training config people already have
 
+MfuOpt = Annotated[
+    float | None,
+    typer.Option("--mfu", help="Override the step-time model with one model FLOPs utilisation, in (0, 1] (default: "
+                 "the per-phase model checked against published runs, reports/time_accuracy.md)."),
+]
 FromOpt = Annotated[
     Path | None,
     typer.Option("--from", help="Estimate the run a training config describes: LLaMA-Factory, axolotl or torchtune "

@@ -44,7 +44,7 @@ def recommend(
     tokens: o.TokensOpt = "0",
     max_gpus: MaxGpusOpt = None,
     margin: Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")] = 0.1,
-    mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for speed, in (0, 1].")] = DEFAULT_MFU,
+    mfu: o.MfuOpt = DEFAULT_MFU,
     price_per_gpu_hour: Annotated[
         float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")
     ] = 0.0,

@@ -9,6 +9,7 @@ import typer
 
 from planner.cli import options as o
 from planner.errors import PlannerError
+from planner.estimate.throughput import DEFAULT_MFU
 
 DEFAULT_ACCURACY = Path("reports") / "accuracy.csv"
 
@@ -124,7 +125,7 @@ def report(
     dropout: o.DropoutOpt = None,
     allow_longer: o.AllowLongerOpt = False,
     margin: Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")] = 0.1,
-    mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for time and cost, in (0, 1].")] = 0.4,
+    mfu: o.MfuOpt = DEFAULT_MFU,
     tokens: o.TokensOpt = "0",
     price_per_gpu_hour: Annotated[float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")] = 0.0,
     compare_gpus: Annotated[

@@ -30,14 +30,12 @@ from planner.estimate.result import Estimate, Throughput
 from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Offload, TrainSpec
 from planner.units import nbytes
 
-# Default utilisation: 0.4 of peak dense FLOP/s. Well-tuned large runs report 38-43% MFU on H100 (Llama 3
-# herd paper, Dubey et al. 2024, Table 4: 38-43% BF16 MFU on 8k-16k H100s), 46% on TPU v4 (PaLM,
-# Chowdhery et al. 2022, Table 3) and 52% of A100 peak for Megatron's largest runs (Narayanan et al. 2021);
-# data-parallel fine-tuning with the Hugging Face stack rarely beats those, so 0.4 is an optimistic-but-
-# reachable default. Set --mfu to what your own runs measure. It is the command line's --mfu default today;
-# against the published runs of benchmarks/published_runs.csv it is ~28% pessimistic (median) where the
-# per-phase model (mfu=None) is within ~7% (reports/time_accuracy.md), so the CLI should default to None.
-DEFAULT_MFU = 0.4
+# The default is the per-phase model (None): against the published runs of benchmarks/published_runs.csv it is
+# within ~7% (median, held-back half, reports/time_accuracy.md) where one global utilisation of 0.4 was ~28%
+# pessimistic. --mfu X overrides it with every executed FLOP at X of peak dense FLOP/s (well-tuned large runs
+# report 38-43% MFU on H100: Llama 3 herd paper, Dubey et al. 2024, Table 4; 46% on TPU v4: PaLM, Chowdhery et
+# al. 2022, Table 3; 52% of A100 peak for Megatron's largest runs: Narayanan et al. 2021).
+DEFAULT_MFU: float | None = None
 
 # Collectives reach about 80% of the link's unidirectional peak: nccl-tests report all-reduce bus
 # bandwidth of roughly 360-480 GB/s on 8 x H100 NVLink 4 (450 GB/s per direction) and 40-45 GB/s per

@@ -180,10 +180,8 @@ def explain(search: Searcher, best: Scored, runners: list[Scored], per_method, *
     )
     st, tp = best.step, est.throughput
     line = (f"{tp.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, {best.tokens_per_s:,.0f} on all {plan.cluster.num_gpus} "
-            f"(MFU {search.mfu:.0%}): step {st.total_s:.2f} s = compute {st.compute_s:.2f} + communication "
-            f"{st.communication_s:.2f}")
-    if st.dequant_s:
-        line += f" + dequantization {st.dequant_s:.2f}"
+            f"({_utilisation(search.mfu, st)}): step {st.total_s:.2f} s = GPU compute {st.gpu_compute_s:.2f} + "
+            f"exposed communication {st.exposed_communication_s:.2f}")
     if st.offload_transfer_s or st.cpu_optimizer_s:
         line += f" + host transfers {st.offload_transfer_s:.2f} + CPU optimizer {st.cpu_optimizer_s:.2f}"
     line += " s"
@@ -407,3 +405,10 @@ def _with_seq(search: Searcher, seq: int) -> Searcher:
 
 
 __all__ = ["explain", "lost_because", "no_fit", "ATTN_ORDER"]
+
+
+def _utilisation(mfu: float | None, st) -> str:
+    """How the step time was modelled: the --mfu override, or the per-phase model and what it amounts to."""
+    if mfu is not None:
+        return f"MFU {mfu:.0%}, from --mfu"
+    return f"per-phase model, {st.hardware_flops_utilisation:.0%} of peak FLOP/s"

@@ -268,7 +268,7 @@ def compare_gpus(
     train: TrainSpec,
     *,
     num_tokens: int = 0,
-    mfu: float = DEFAULT_MFU,
+    mfu: float | None = DEFAULT_MFU,
     price_per_gpu_hour: float = 0.0,
     margin: float = 0.1,
     max_gpus: int = DEFAULT_MAX_GPUS,
@@ -313,7 +313,7 @@ def _price(gpu: GpuSpec, given: float) -> tuple[float | None, str | None, str]:
 
 
 def _best_plan(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], counts: tuple[int, ...],
-               first: int, mfu: float, num_tokens: int, max_hours: float):
+               first: int, mfu: float | None, num_tokens: int, max_hours: float):
     """(train, GPU count, step, within max_hours) of the plan to show, over every layout and every count from
     the layout's own fewest: among plans that finish ``num_tokens`` within ``max_hours`` (all of them without
     tokens), those within COST_TOLERANCE of the most tokens/s per GPU (the cheapest per token), and of those

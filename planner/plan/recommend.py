@@ -83,7 +83,7 @@ def recommend(
     method: str = "auto",
     max_gpus: int | None = None,
     margin: float = 0.1,
-    mfu: float = DEFAULT_MFU,
+    mfu: float | None = DEFAULT_MFU,
     num_tokens: int = 0,
     price_per_gpu_hour: float = 0.0,
     zero_stages: tuple[int, ...] = (0, 1, 2, 3),

@@ -74,7 +74,7 @@ class Searcher:
     """The bounded search over one model, global batch and GPU type. Reused by the advice module."""
 
     def __init__(self, model: ModelSpec, base: TrainSpec, gpu: GpuSpec, gpus_per_node: int, *, global_batch_size: int,
-                 margin: float, mfu: float, num_tokens: int, price_per_gpu_hour: float,
+                 margin: float, mfu: float | None, num_tokens: int, price_per_gpu_hour: float,
                  host_memory_bytes_per_node: int | None, allow_longer: bool = False,
                  inter_node_bytes_per_s: int = Cluster.inter_node_bytes_per_s) -> None:
         self.inter_node_bytes_per_s = inter_node_bytes_per_s
