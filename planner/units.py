@@ -52,8 +52,16 @@ def nbytes(num_elements: int, dtype: str) -> int:
     return math.ceil(num_elements * dtype_bits(dtype) / 8)
 
 
-def fmt_gib(num_bytes: int | float, digits: int = 2) -> str:
-    return f"{num_bytes / GIB:.{digits}f} GiB"
+def fmt_gib(num_bytes: int | float, digits: int = 2, *, unit: bool = True) -> str:
+    """Bytes in GiB (2^30), with thousands separators; labelled ``GiB`` unless ``unit`` is False (a column
+    whose header says GiB). The one place planner formats GiB for people."""
+    text = f"{num_bytes / GIB:,.{digits}f}"
+    return f"{text} GiB" if unit else text
+
+
+def gib_value(num_bytes: int | float, digits: int = 2) -> float:
+    """Bytes as a rounded number of GiB, for tables and figures that carry the unit in their header."""
+    return round(num_bytes / GIB, digits)
 
 
 def fmt_gb(num_bytes: int | float, digits: int = 1) -> str:

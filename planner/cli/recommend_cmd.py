@@ -12,7 +12,7 @@ from planner.cli import options as o
 from planner.errors import PlannerError
 from planner.estimate.throughput import DEFAULT_MFU
 from planner.specs import AttnImpl
-from planner.units import GIB
+from planner.units import fmt_gib
 
 MethodAutoOpt = Annotated[
     str, typer.Option("--method", help="auto (prefer full, then LoRA, then QLoRA, whichever fits first), full, lora or qlora.")
@@ -144,7 +144,7 @@ def _write_bundle(rec, out: Path, force: bool) -> None:
 
 
 def _gib(n: int) -> str:
-    return f"{n / GIB:,.1f}"
+    return fmt_gib(n, 1, unit=False)
 
 
 def _console():

@@ -44,7 +44,7 @@ _TABLE_STYLE = dict(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, co
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:,.2f}"
+    return fmt_gib(n, 2, unit=False)
 
 
 def terminal_width() -> int:

@@ -42,6 +42,7 @@ from planner.estimate.throughput import (
     validate_tokens,
 )
 from planner.specs import Cluster, GpuSpec, Method, ModelSpec, Offload, Precision, TrainSpec
+from planner.units import fmt_gib
 
 DEFAULT_MAX_GPUS = 4096
 # Within this share of the cheapest per token, the plan with fewer GPUs wins: 4096 GPUs to save 0.1% of the
@@ -405,7 +406,7 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
     split = search.split(train)
     est = search.estimate(train, cluster)
     if est.cpu_bytes_per_node and est.host_fits is None:
-        host = f"offload needs {est.cpu_bytes_per_node / 2**30:,.0f} GiB of host RAM per node, not checked (--host-ram)"
+        host = f"offload needs {fmt_gib(est.cpu_bytes_per_node, 0)} of host RAM per node, not checked (--host-ram)"
         note = f"{note}; {host}" if note else host
     fpt = flops_per_token(search.model, train, search.counts, split)
     tp = throughput_from_step(st, fpt, cluster, mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price_value or 0.0)

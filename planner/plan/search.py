@@ -14,7 +14,7 @@ from planner.estimate.throughput import StepTime, flops_per_token, step_time, th
 from planner.plan.compare_gpus import LAYOUTS, EstimateCache
 from planner.plan.types import ATTN_ORDER, METHOD_PREFERENCE, OFFLOAD_ORDER
 from planner.specs import AttnImpl, Cluster, GpuSpec, Method, ModelSpec, Offload, Plan, TrainSpec
-from planner.units import GIB
+from planner.units import fmt_gib
 
 
 def divisors(n: int) -> tuple[int, ...]:
@@ -30,7 +30,7 @@ def divisors(n: int) -> tuple[int, ...]:
 
 
 def gib(n: int | float) -> str:
-    return f"{n / GIB:,.1f} GiB"
+    return fmt_gib(n, 1)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from planner.profile.runner import Job, Terminated, run_rank
 from planner.profile.startup import StartupWatch, stale_extension_locks
 from planner.profile.store import assemble, check_target, publish, staging_dir
 from planner.specs import ModelSpec, TrainSpec, train_spec_to_dict
-from planner.units import GIB, MIB
+from planner.units import MIB, fmt_gib
 
 # Seconds to wait for torchrun to wind the workers down after Ctrl-C before killing them.
 INTERRUPT_GRACE_S = 60
@@ -160,13 +160,13 @@ def check_host_memory(model: ModelSpec, train: TrainSpec, num_ranks: int, device
     ranks = f" x {num_ranks} ranks" if num_ranks > 1 else ""
     parts = []
     if need.per_rank_bytes:
-        parts.append(f"{need.per_rank_bytes / GIB:.1f} GiB per rank by planner's estimate{ranks}")
-    parts.append(f"{need.process_bytes / GIB:.1f} GiB for each rank's process")
+        parts.append(f"{fmt_gib(need.per_rank_bytes, 1)} per rank by planner's estimate{ranks}")
+    parts.append(f"{fmt_gib(need.process_bytes, 1)} for each rank's process")
     if need.offload_bytes:
-        parts.append(f"{need.offload_bytes / GIB:.1f} GiB of offloaded states")
+        parts.append(f"{fmt_gib(need.offload_bytes, 1)} of offloaded states")
     raise PlannerError(
-        f"this profile needs about {need.total_bytes / GIB:.1f} GiB of host RAM ({' plus '.join(parts)}) but "
-        f"only {available / GIB:.1f} GiB is available (MemAvailable in /proc/meminfo); choose a smaller model, "
+        f"this profile needs about {fmt_gib(need.total_bytes, 1)} of host RAM ({' plus '.join(parts)}) but "
+        f"only {fmt_gib(available, 1)} is available (MemAvailable in /proc/meminfo); choose a smaller model, "
         "--micro-batch or --seq-len, or pass --no-ram-check to run it anyway."
     )
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from planner.estimate.result import Estimate
 from planner.report import figures, palette
 from planner.report.html import Figure, KeyValues, Paragraph, Section, Table
-from planner.units import GIB, fmt_count
+from planner.units import fmt_count, gib_value
 
 OFFLOAD_SHORT = {"none": "", "optimizer": " + opt offload", "optimizer+params": " + opt+param offload"}
 # Two-line tick labels for the bars: "Z2" over what is offloaded ("opt", "opt+par").
@@ -15,7 +15,7 @@ OFFLOAD_TICK = {"none": "", "optimizer": "\nopt", "optimizer+params": "\nopt+par
 
 
 def gib(num_bytes: float) -> float:
-    return round(num_bytes / GIB, 2)
+    return gib_value(num_bytes)
 
 
 def config_label(est: Estimate) -> str:

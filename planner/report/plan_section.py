@@ -17,7 +17,7 @@ from typing import Any
 from planner.errors import PlannerError
 from planner.report import figures, palette
 from planner.report.html import Code, Figure, KeyValues, Paragraph, Section, Table
-from planner.units import GIB
+from planner.units import gib_value
 
 BUNDLE_FILES = ("PLAN.md", "launch.sh", "ds_config.json", "accelerate_config.yaml", "train.py")
 PLAN_JSON = "plan.json"
@@ -107,7 +107,7 @@ def _estimate(entry: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _gib(value: Any) -> object:
-    return round(value / GIB, 2) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+    return gib_value(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def _bar(entry: Mapping[str, Any], group: str) -> figures.BarRow | None:

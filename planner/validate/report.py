@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from planner.units import MIB
+from planner.units import MIB, fmt_gib
 from planner.validate.results import CATEGORIES, CellResult, RankResult, Summary, group_errors
 
 RESULT_COLUMNS = ["status", "message", "source", "measured_with", "rank", "estimated_peak_phase", "measured_peak_phase",
@@ -119,7 +119,7 @@ def markdown(results: list[CellResult], summary: Summary, *, title: str, context
               f"- matrix: {context.get('matrix', '')}",
               "- versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v) if v[k]),
               f"- hardware: {hw.get('cpu', '?')}, {hw.get('num_cpus', '?')} logical CPUs, "
-              f"{(hw.get('ram_bytes') or 0) / 2**30:.0f} GiB RAM ({hw.get('platform', '')})",
+              f"{fmt_gib(hw.get('ram_bytes') or 0, 0)} RAM ({hw.get('platform', '')})",
               f"- CPU kernel path: {hw.get('kernel_path', 'not recorded')}",
               f"- planner commit: {context.get('git_commit') or 'unknown'}; measurement fingerprint "
               f"{context.get('fingerprint', '')} (profiler source and library versions)",
