@@ -93,11 +93,8 @@ AT_THE_LIMITS = [  # (id, args, config overrides of llama-3.2-1b or None)
     ("gpus-max-zero3", ["-m", "llama-3.1-8b", "--gpus", str(MAX_GPUS), "--method", "full", "--zero", "3",
                         "--offload", "none"], None),
 ]  # fmt: skip
-# ZeRO 1/2 on ~10^6 ranks: the partitions are computed in milliseconds (test_zero_partition.py), but
-# planner/estimate/core.py still walks every rank's partition to find the distinct ones and evaluates each of
-# them (hundreds at 10^6 ranks, tens of thousands with 4,096 layers). Until core.py asks
-# zero_partition.partitions_to_evaluate instead (the change is described in the issue-14 item-5 note), these
-# stay strict xfails: they turn red the day it does.
+# ZeRO 1/2 on ~10^6 ranks: core.py evaluates only the partitions that can hold the peak
+# (zero_partition.partitions_to_evaluate), computed per tensor boundary, never per rank.
 CORE_BOUND = [
     ("gpus-max-zero1", ["-m", "llama-3.1-8b", "--gpus", str(MAX_GPUS), "--method", "full", "--zero", "1",
                         "--offload", "none"], None),
@@ -107,9 +104,7 @@ CORE_BOUND = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("args", "overrides"), [pytest.param(a, o, id=n) for n, a, o in AT_THE_LIMITS] + [
-    pytest.param(a, o, id=n, marks=pytest.mark.xfail(strict=True, reason="core.py enumerates every rank's "
-                                                      "partition (issue 14 item 5)")) for n, a, o in CORE_BOUND])
+@pytest.mark.parametrize(("args", "overrides"), [pytest.param(a, o, id=n) for n, a, o in AT_THE_LIMITS + CORE_BOUND])
 def test_estimates_at_the_limits_are_bounded(args, overrides, tmp_path, warm):
     outcome = _run(args, overrides, tmp_path)
     _check_bounded(outcome)

@@ -828,9 +828,8 @@ PATHOLOGICAL = [  # (name, args, config overrides of llama-3.2-1b or None for a 
      {"num_hidden_layers": 100_000}),
     ("layers-1e5-table", ["--gpus", "8"], {"num_hidden_layers": 100_000}),
 ]  # fmt: skip
-# Known failures, strict xfails that turn red the day they are fixed: ZeRO 1/2 at 10^6 GPUs, where
-# planner/estimate/core.py still walks every rank's partition (3.5 s and 7 s here, 40 MB) though
-# zero_partition.py now computes them per tensor boundary (core.py has to ask partitions_to_evaluate).
+# ZeRO 1/2 at 10^6 GPUs: core.py asks zero_partition.partitions_to_evaluate for the few partitions that can
+# hold the peak, computed per tensor boundary, never per rank.
 CORE_BOUND = [
     ("gpus-1e6-full-table", ["-m", "llama-3.1-8b", "--gpus", "1000000"], None),
     ("gpus-1e6-zero1", ["-m", "llama-3.1-8b", "--gpus", "1000000", "--method", "full", "--zero", "1",
@@ -845,9 +844,7 @@ def _process_case(args: list[str], overrides: dict | None, tmp: Path, timeout_s:
     return run_subprocess(["estimate", *args, "--json"], tmp, timeout_s)
 
 
-@pytest.mark.parametrize(("args", "overrides"), [pytest.param(a, o, id=n) for n, a, o in PATHOLOGICAL] + [
-    pytest.param(a, o, id=n, marks=pytest.mark.xfail(strict=True, reason="issue 14 item 5: core.py enumerates "
-                                                      "every rank's partition")) for n, a, o in CORE_BOUND])
+@pytest.mark.parametrize(("args", "overrides"), [pytest.param(a, o, id=n) for n, a, o in PATHOLOGICAL + CORE_BOUND])
 def test_estimate_pathological_sizes_are_fast(args, overrides, tmp_path):
     """10^6-10^9 GPUs and 100,000-layer configs: each answers (an estimate or one sentence) within the fuzz's
     bounds (killed here after 3 x the bound)."""

@@ -17,8 +17,10 @@ from planner.estimate.sharding import shard_states, zero3_persistent
 from planner.estimate.states import unsharded_states
 from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
 from planner.estimate.zero_partition import (
+    FlatOrder,
+    PartitionSpec,
     RankPartition,
-    rank_partitions,
+    partitions_to_evaluate,
     trainable_numels,
     zero3_persistence_threshold,
     zero3_released_after_forward,
@@ -113,7 +115,7 @@ def estimate(
     )
     cublas = overhead.allocated_overhead_bytes(device)
     # the rank with the highest peak (or the one asked for); ranks differ only in their ZeRO 1/2 partition
-    partitions = _rank_partitions(model, train, cluster.num_gpus, counts, split.num_trainable, rank)
+    partitions, ranks_differ = _rank_partitions(model, train, cluster.num_gpus, counts, split.num_trainable, rank)
     shown: RankPartition | None = None
     transients, pm = None, None
     for candidate in partitions:
@@ -141,7 +143,7 @@ def estimate(
     if pm.peak_phase == "backward" and 12 * num_logits > peak.total_bytes // 3:
         notes.append("the peak is the loss backward: fp32 log-probabilities and two fp32 gradients of "
                      "[tokens, vocabulary] (transformers' ForCausalLMLoss upcasts the logits).")
-    differ = shown is not None and len(partitions) > 1
+    differ = shown is not None and ranks_differ
     if differ and shown.num_buffer > shown.num_partition:
         notes.append(
             f"DeepSpeed ZeRO-{train.zero_stage}: the figures are rank {shown.rank}'s, the highest; its gradient "
@@ -176,15 +178,7 @@ def _accumulation_numels(model: ModelSpec, train: TrainSpec, counts) -> tuple[in
     """ZeRO-1/2 offload with gradient accumulation pins one buffer per trainable tensor (host_ram.py)."""
     if train.zero_stage not in (1, 2) or train.offload is Offload.NONE or train.grad_accum <= 1:
         return ()
-    key = (model.config_json(), train.method, train.lora)  # the same for every micro-batch the searches try
-    if key not in _NUMELS:
-        if len(_NUMELS) > 64:
-            _NUMELS.clear()
-        _NUMELS[key] = trainable_numels(counts, train, model.num_layers)
-    return _NUMELS[key]
-
-
-_NUMELS: dict[tuple, tuple[int, ...]] = {}
+    return trainable_numels(counts, train, model.num_layers)  # cached in zero_partition
 
 
 def _host_notes(est: Estimate, host) -> tuple[str, ...]:
@@ -200,28 +194,14 @@ def _host_notes(est: Estimate, host) -> tuple[str, ...]:
 
 
 def _rank_partitions(model: ModelSpec, train: TrainSpec, num_ranks: int, counts, num_trainable: int,
-                     rank: int | None) -> tuple[RankPartition | None, ...]:
-    """The ZeRO 1/2 partitions worth evaluating: every distinct one (lowest rank first), or ``rank``'s."""
+                     rank: int | None) -> tuple[tuple[RankPartition | None, ...], bool]:
+    """The ZeRO 1/2 partitions worth evaluating (those that can hold the highest peak, lowest rank first, or
+    ``rank``'s) and whether the ranks differ; computed per tensor boundary, never per rank (zero_partition.py)."""
     if rank is not None and not 0 <= rank < num_ranks:
         raise PlannerError(f"rank must be between 0 and {num_ranks - 1} (the number of GPUs minus one), got {rank}.")
     if train.zero_stage not in (1, 2) or train.offload is not Offload.NONE or num_trainable <= 0:
-        return (None,)
-    # the same for every micro-batch and sequence length the fit search tries
-    key = (model.config_json(), train.method, train.lora, num_ranks)
-    if key not in _PARTITIONS:
-        if len(_PARTITIONS) > 256:
-            _PARTITIONS.clear()
-        numels = trainable_numels(counts, train, model.num_layers)
-        if sum(numels) != num_trainable:
-            parts: tuple[RankPartition | None, ...] = (None,) * num_ranks  # unordered inventory: even shares
-        else:
-            parts = rank_partitions(numels, num_ranks, reduce_bucket_elements(model.hidden_size))
-        distinct: dict[tuple[int, ...], RankPartition | None] = {}
-        for p in parts:
-            distinct.setdefault((p.num_buffer, p.num_largest_piece, p.num_full_grads_at_buffer) if p else (), p)
-        _PARTITIONS[key] = (parts, tuple(distinct.values()))
-    parts, distinct_parts = _PARTITIONS[key]
-    return (parts[rank],) if rank is not None else distinct_parts
-
-
-_PARTITIONS: dict[tuple, tuple] = {}
+        return (None,), False
+    spec = PartitionSpec(FlatOrder.of(counts, train, model.num_layers), num_ranks,
+                         reduce_bucket_elements(model.hidden_size))
+    chosen = partitions_to_evaluate(spec, num_trainable, rank)
+    return chosen.partitions, chosen.ranks_differ
