@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from planner import catalog  # noqa: E402
-from planner.estimate.params import count_params, split_params  # noqa: E402
+from planner.estimate.count.params import count_params, split_params  # noqa: E402
 from planner.estimate.throughput import (  # noqa: E402
     StepTime,
     flops_per_token,

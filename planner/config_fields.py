@@ -1,7 +1,7 @@
 """Every config.json field planner reads, checked in one place before any of them is used.
 
 ``FIELDS`` names each field the estimator, the activation model or the CLI reads from a model's config
-(``planner/estimate/families.py``, ``act_families.py``, ``planner/models.py``) with what it must be: a whole
+(``planner/estimate/count/inventories.py``, ``step/family_layers.py``, ``planner/models.py``) with what it must be: a whole
 number in a range, a probability, a true/false flag, a positive number, a list of layer indices or of names,
 or a name. ``check_config`` refuses the first field that is not, in one sentence that names it and shows its
 value (shortened: a config can hold megabytes). A field planner does not read is left to transformers.

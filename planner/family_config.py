@@ -45,7 +45,7 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     "phi3": {"num_key_value_heads": None, "intermediate_size": 8192, "max_position_embeddings": 4096,
              "tie_word_embeddings": False},
     # DeepseekV2Config sets head_dim to qk_rope_head_dim (the rotary width); planner's ModelSpec.head_dim for
-    # it is the grouped-query stand-in's head width instead (act_families.py), hidden // heads
+    # it is the grouped-query stand-in's head width instead (step/family_layers.py), hidden // heads
     "deepseek_v2": {"num_key_value_heads": None, "intermediate_size": 11008, "moe_intermediate_size": 1407,
                     "max_position_embeddings": 2048, "tie_word_embeddings": False, "n_routed_experts": 64,
                     "num_experts_per_tok": None},
@@ -114,7 +114,7 @@ def expert_key(model_type: str, cfg: dict[str, Any]) -> str | None:
 
 # Projection biases (modeling_<family>.py, transformers 5.24): Qwen2Attention hard-codes q/k/v biases and none on
 # o_proj; Qwen2MoeAttention takes config.qkv_bias for q/k/v; Mistral, Mixtral and Phi-3 have none whatever the
-# config says; Llama, Qwen3(-MoE), Gemma(-2) and DeepSeek-V2 (whose grouped-query stand-in in act_families.py
+# config says; Llama, Qwen3(-MoE), Gemma(-2) and DeepSeek-V2 (whose grouped-query stand-in in step/family_layers.py
 # takes it for its q/k/v/o) take config.attention_bias. An unknown family estimated with the llama layer is taken
 # at its word. MLP biases: config.mlp_bias in Llama and DeepSeek-V2 only.
 _NO_ATTENTION_BIAS = ("mistral", "mixtral", "phi3")

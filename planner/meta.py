@@ -3,7 +3,7 @@
 ``AutoModelForCausalLM.from_config`` under ``torch.device("meta")`` builds every module with shapes but
 no storage (seconds, no memory), so the counts are what transformers itself would allocate. This is the
 only module outside ``planner/profile`` that imports torch and transformers, and it does so lazily: the
-analytical counter (``planner.estimate.params``) calls it only for a model_type it does not know.
+analytical counter (``planner.estimate.count.params``) calls it only for a model_type it does not know.
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ from functools import lru_cache
 from typing import Any
 
 from planner.errors import PlannerError
-from planner.estimate.inventory import COMPONENTS, LinearGroup, ModuleGroup, ParamCounts, uneven_layer_ids
+from planner.estimate.count.inventory import (
+    COMPONENTS,
+    LinearGroup,
+    ModuleGroup,
+    ParamCounts,
+    uneven_layer_ids,
+)
 from planner.specs import ModelSpec
 
 _INDEX = re.compile(r"\.\d+(?=\.|$)")

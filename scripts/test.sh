@@ -14,7 +14,7 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 . .venv/bin/activate
 ruff check planner tests benchmarks examples
-# CPU kernels allocate differently by CPU kind (planner/estimate/cpu_kernels.py): the tests that compare the
+# CPU kernels allocate differently by CPU kind (planner/estimate/step/cpu_kernels.py): the tests that compare the
 # estimator with a real CPU run (marker cpu_kernels) run again on every other kernel path this machine reaches.
 # ONEDNN_MAX_CPU_ISA=AVX2 keeps bf16 matmuls off oneDNN; ATEN_CPU_CAPABILITY=avx2 holds ATen's own kernels to AVX2.
 native=$(python -c "import torch; print(torch.backends.cpu.get_cpu_capability(), bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))")

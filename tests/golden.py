@@ -77,7 +77,7 @@ def accuracy_rows() -> list[tuple[str, dict[str, str], dict[str, str]]]:
     """(cell id, committed estimated columns, re-estimated columns) for every compared rank of the AVX2 table."""
     from planner import catalog
     from planner.estimate.core import estimate
-    from planner.estimate.cpu_kernels import LEGACY
+    from planner.estimate.step.cpu_kernels import LEGACY
     from planner.specs import Cluster
     from planner.validate.matrix import Cell
     from planner.validate.results import CATEGORIES

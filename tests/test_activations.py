@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.estimate.activations import simulate_step
+from planner.estimate.step.simulate import simulate_step
 from planner.models import spec_from_config
 from planner.specs import AttnImpl, LoraSpec, Method, Precision, TrainSpec
 from planner.units import GIB

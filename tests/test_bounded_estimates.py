@@ -4,7 +4,7 @@ Before: ``--gpus 1000000000`` with ZeRO 1/2 ran for minutes and grew past 7 GB (
 enumerated); a 100,000-layer config passed the size check and took 6-14 s (the flat order of trainable tensors
 walked every module instance several times per estimate). Now the GPU count and the layers have limits a real
 user never reaches (planner/config_fields.py says why), the partitions are computed per tensor boundary and
-the flat order per kind of layer (planner/estimate/zero_partition.py), so an estimate at the limits stays
+the flat order per kind of layer (planner/estimate/count/zero_partition.py), so an estimate at the limits stays
 within the fuzz's bounds (tests/test_cli_fuzz.py: 2 s and 500 MB).
 
 Each case runs the real entry point in a forked child (tests/cli_harness.run_forked) with an address-space

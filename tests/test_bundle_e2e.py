@@ -218,7 +218,7 @@ TINY_MOE = {
 def test_recommended_lora_bundle_for_a_tiny_moe_runs(tmp_path, family):
     from planner import catalog
     from planner.emit import write_bundle
-    from planner.estimate.params import count_params, split_params
+    from planner.estimate.count.params import count_params, split_params
     from planner.models import spec_from_config
     from planner.plan.recommend import recommend
     from planner.specs import AttnImpl, Cluster, Method, Precision, TrainSpec

@@ -18,8 +18,8 @@ from planner.models import spec_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where config.json fields are read, and the reads that are not field values (structure, not a number).
-READERS = ["planner/models.py", "planner/estimate/families.py", "planner/estimate/act_families.py",
-           "planner/estimate/moe.py", "planner/estimate/activations.py", "planner/estimate/params.py"]
+READERS = ["planner/models.py", "planner/estimate/count/inventories.py", "planner/estimate/step/family_layers.py",
+           "planner/estimate/step/moe.py", "planner/estimate/step/simulate.py", "planner/estimate/count/params.py"]
 NOT_VALUES = {"text_config", "architectures", "auto_map"}
 _READ = re.compile(
     r"""(?:_int|_get|_optional_int|_require_int)\(\s*(?:cfg|c|self\.cfg),\s*["'](\w+)["']"""

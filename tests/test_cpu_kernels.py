@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from planner.estimate.activations import simulate_step
-from planner.estimate.cpu_kernels import LEGACY, CpuKernels
+from planner.estimate.step.cpu_kernels import LEGACY, CpuKernels
+from planner.estimate.step.simulate import simulate_step
 from planner.models import spec_from_config
 from planner.specs import AttnImpl, Method, Precision, TrainSpec
 

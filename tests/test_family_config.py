@@ -14,8 +14,8 @@ from presets import tiny
 
 from planner import catalog, family_config
 from planner.errors import PlannerError
-from planner.estimate.act_families import build_family
-from planner.estimate.families import analytical_counts
+from planner.estimate.count.inventories import analytical_counts
+from planner.estimate.step.family_layers import build_family
 from planner.models import spec_from_config
 from planner.specs import Method, Precision
 

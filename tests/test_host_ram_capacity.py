@@ -11,8 +11,8 @@ import pytest
 
 from planner import catalog
 from planner.estimate.core import estimate
+from planner.estimate.count.params import count_params, split_params
 from planner.estimate.host_ram import host_ram_per_rank, pinned_size
-from planner.estimate.params import count_params, split_params
 from planner.estimate.sharding import shard_states
 from planner.estimate.states import unsharded_states
 from planner.models import load_model

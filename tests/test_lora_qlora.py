@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from planner.errors import PlannerError
-from planner.estimate.params import count_params, lora_adapters, split_params
+from planner.estimate.count.params import count_params, lora_adapters, split_params
 from planner.estimate.quant import quantized_tensor_bytes, quantized_weight_bytes
 from planner.models import spec_from_config
 from planner.specs import LoraSpec, Method, QuantSpec, QuantType, TrainSpec

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from planner.estimate.activations import simulate_step
+from planner.estimate.step.simulate import simulate_step
 from planner.models import spec_from_config
 from planner.specs import AttnImpl, LoraSpec, Method, Precision, TrainSpec
 from tests.conftest import ROOT
@@ -69,7 +69,7 @@ def test_encoders_are_refused_in_one_sentence(cli, name):
 ])
 def test_other_non_causal_models_are_refused(cfg):
     from planner.errors import PlannerError
-    from planner.estimate.params import count_params
+    from planner.estimate.count.params import count_params
 
     with pytest.raises(PlannerError, match="planner estimates only causal language-model training"):
         count_params(spec_from_config(cfg, cfg["model_type"]))
@@ -77,7 +77,7 @@ def test_other_non_causal_models_are_refused(cfg):
 
 def test_a_bert_decoder_is_a_causal_lm():
     """BertLMHeadModel with is_decoder=True is transformers' causal BERT: not refused."""
-    from planner.estimate.causal import refuse_non_causal
+    from planner.estimate.count.causal import refuse_non_causal
 
     cfg = json.loads((DATA / "bert-base-uncased.json").read_text())
     refuse_non_causal(spec_from_config({**cfg, "is_decoder": True, "architectures": ["BertLMHeadModel"]}, "b"))
@@ -87,7 +87,7 @@ def test_a_bert_decoder_is_a_causal_lm():
     ("query_key_value", 768 + 3 * 768), ("dense_h_to_4h,dense_4h_to_h", 2 * (768 + 3072)), ("all-linear", None),
 ])
 def test_lora_on_an_unknown_family_goes_on_the_stand_in_modules(targets, per_layer):
-    from planner.estimate.params import count_params, split_params
+    from planner.estimate.count.params import count_params, split_params
 
     model = spec_from_config(json.loads((DATA / "pythia-160m.json").read_text()), "pythia-160m")
     train = TrainSpec(method=Method.LORA, micro_batch=1, seq_len=256,

@@ -9,7 +9,7 @@ import pytest
 
 from planner import catalog
 from planner.errors import PlannerError
-from planner.estimate.params import ModuleGroup, count_params, lora_params, split_params
+from planner.estimate.count.params import ModuleGroup, count_params, lora_params, split_params
 from planner.models import load_model, spec_from_config
 from planner.specs import LoraSpec, Method, Precision, TrainSpec
 
@@ -249,7 +249,7 @@ def test_known_families_never_import_torch():
         "import sys\n"
         "from planner import catalog\n"
         "from planner.models import load_model\n"
-        "from planner.estimate.params import count_params, split_params\n"
+        "from planner.estimate.count.params import count_params, split_params\n"
         "from planner.estimate.quant import quantized_weight_bytes\n"
         "from planner.specs import LoraSpec, TrainSpec, Method\n"
         "for n in catalog.model_names():\n"

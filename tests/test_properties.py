@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from planner import catalog
 from planner.estimate.core import estimate
-from planner.estimate.params import count_params, largest_trainable_tensor, split_params
+from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.quant import quantized_weight_bytes
 from planner.estimate.result import CATEGORIES
 from planner.estimate.sharding import shard_states

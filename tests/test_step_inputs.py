@@ -11,8 +11,9 @@ import dataclasses
 
 import pytest
 
-from planner.estimate import activations, tape
-from planner.estimate.activations import (
+from planner.estimate.step import simulate as activations
+from planner.estimate.step import tape
+from planner.estimate.step.simulate import (
     LORA_FIELDS_IGNORED,
     LORA_FIELDS_READ,
     TRAIN_FIELDS_IGNORED,

@@ -12,7 +12,7 @@ import pytest
 from planner import catalog
 from planner.errors import PlannerError
 from planner.estimate.core import estimate
-from planner.estimate.params import count_params, split_params
+from planner.estimate.count.params import count_params, split_params
 from planner.estimate.throughput import (
     COLLECTIVE_EFFICIENCY,
     CPU_ADAM_PARAMS_PER_S_PER_NODE,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from planner import catalog
-from planner.estimate.params import count_params
+from planner.estimate.count.params import count_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +95,7 @@ def test_committed_report_reproduces():
 
 # ------------------------------------------------------------------ the per-phase model (issue 22 item 1)
 
-from planner.estimate.params import split_params  # noqa: E402
+from planner.estimate.count.params import split_params  # noqa: E402
 from planner.estimate.throughput import (  # noqa: E402
     COLLECTIVE_EFFICIENCY,
     LOSS_BYTES_PER_LOGIT,

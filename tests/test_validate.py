@@ -66,7 +66,7 @@ def test_both_matrices_hold_a_tiny_moe_lora_cell_that_peft_accepts():
     """Issue 14 item 8: LoRA on all linear layers of a mixture of experts goes through peft's lora.ParamWrapper
     (fused expert tensors, router), which accepts only lora_dropout 0; the estimate of the cell's inputs must not
     be refused, and the CI matrix runs it."""
-    from planner.estimate.params import count_params, param_wrapped, split_params
+    from planner.estimate.count.params import count_params, param_wrapped, split_params
 
     moe = [c for c in ci_matrix() if c.family == "qwen3_moe" and c.method == "lora-all"]
     assert moe and set(moe) <= set(full_matrix())

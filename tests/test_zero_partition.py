@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO 1/2 partitions (planner/estimate/zero_partition.py): the flat order of trainable tensors
+"""DeepSpeed ZeRO 1/2 partitions (planner/estimate/count/zero_partition.py): the flat order of trainable tensors
 against real transformers / peft models, the partition arithmetic against a plain transcription of DeepSpeed's
 loops, and the per-rank estimate against a measured two-rank profile."""
 
@@ -10,8 +10,13 @@ from hypothesis import strategies as st
 
 from planner import catalog
 from planner.estimate.core import estimate
-from planner.estimate.params import count_params
-from planner.estimate.zero_partition import FlatOrder, rank_partitions, trainable_blocks, trainable_numels
+from planner.estimate.count.params import count_params
+from planner.estimate.count.zero_partition import (
+    FlatOrder,
+    rank_partitions,
+    trainable_blocks,
+    trainable_numels,
+)
 from planner.models import spec_from_config
 from planner.specs import AttnImpl, Cluster, LoraSpec, Method, Precision, TrainSpec
 from tests.test_params import _VARIANTS, _tiny
@@ -290,7 +295,7 @@ def test_zero3_frozen_embedding_is_released_after_forward():
     # makes its output require grad) and only for adapters (full fine-tuning trains it)
     from dataclasses import replace
 
-    from planner.estimate.zero_partition import zero3_released_after_forward
+    from planner.estimate.count.zero_partition import zero3_released_after_forward
 
     counts = count_params(spec)
     assert zero3_released_after_forward(counts, train, 720) == 2290 * 72

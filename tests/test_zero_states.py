@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from planner.estimate.params import LinearGroup, ParamCounts, ParamSplit
+from planner.estimate.count.params import LinearGroup, ParamCounts, ParamSplit
 from planner.estimate.sharding import DS_SUB_GROUP_SIZE, shard_states
 from planner.estimate.states import unsharded_states
 from planner.specs import Method, Offload, Optimizer, Precision, TrainSpec

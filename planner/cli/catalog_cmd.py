@@ -11,7 +11,7 @@ from rich.table import Table
 
 from planner import catalog
 from planner.cli import options as o
-from planner.estimate.params import count_params
+from planner.estimate.count.params import count_params
 from planner.models import spec_from_config
 from planner.units import fmt_count, fmt_gib
 

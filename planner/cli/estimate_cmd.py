@@ -248,7 +248,7 @@ def json_text(payload: dict) -> str:
 
 
 def _model_json(spec: ModelSpec) -> dict:
-    from planner.estimate.params import count_params
+    from planner.estimate.count.params import count_params
 
     counts = count_params(spec)
     return {

@@ -183,7 +183,7 @@ def build_train_spec(
     if lora_dropout is None:
         lora_dropout = DEFAULT_LORA_DROPOUT
         if model is not None:  # any method: a table's LoRA rows are made from this spec
-            from planner.estimate.params import count_params, param_wrapped
+            from planner.estimate.count.params import count_params, param_wrapped
 
             probe = LoraSpec(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=parse_targets(lora_targets),
                              modules_to_save=tuple(t.strip() for t in modules_to_save.split(",") if t.strip()))

@@ -1,1 +1,15 @@
-"""The analytical estimator. Pure: never imports torch."""
+"""The analytical estimator. Pure: never imports torch (tests/test_architecture.py).
+
+- ``core``          ``estimate()``: specs in, ``Estimate`` out, for one configuration (searches: planner.plan)
+- ``count/``        parameter counts per component and the ZeRO partition layout
+- ``step/``         the simulated forward and backward (saved activations, gradients, scratch)
+- ``states``        weights, gradients and optimizer states before sharding
+- ``sharding``      what ZeRO 1-3 and offload divide or move per rank
+- ``host_ram``      host RAM per rank under offload (pageable and pinned)
+- ``temporaries``   optimizer-step scratch, mixed-precision copies, DeepSpeed buckets and buffers
+- ``peak``          the phases of a steady-state step and which one peaks
+- ``overhead``      GPU-only memory outside the tensors (CUDA context, allocator)
+- ``quant``         bitsandbytes 4-bit storage
+- ``result``        the frozen results
+- ``throughput``    FLOPs, step time, tokens/s, time and cost
+"""

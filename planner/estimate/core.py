@@ -7,16 +7,8 @@ from dataclasses import replace
 
 from planner.errors import PlannerError
 from planner.estimate import overhead
-from planner.estimate.activations import lora_adapter_paths, simulate_step
-from planner.estimate.cpu_kernels import CpuKernels
-from planner.estimate.host_ram import host_ram_per_rank
-from planner.estimate.params import count_params, largest_trainable_tensor, split_params
-from planner.estimate.peak import PHASES, phase_breakdowns
-from planner.estimate.result import Estimate
-from planner.estimate.sharding import shard_states, zero3_persistent
-from planner.estimate.states import unsharded_states
-from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
-from planner.estimate.zero_partition import (
+from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
+from planner.estimate.count.zero_partition import (
     FlatOrder,
     PartitionSpec,
     RankPartition,
@@ -25,6 +17,14 @@ from planner.estimate.zero_partition import (
     zero3_persistence_threshold,
     zero3_released_after_forward,
 )
+from planner.estimate.host_ram import host_ram_per_rank
+from planner.estimate.peak import PHASES, phase_breakdowns
+from planner.estimate.result import Estimate
+from planner.estimate.sharding import shard_states, zero3_persistent
+from planner.estimate.states import unsharded_states
+from planner.estimate.step.cpu_kernels import CpuKernels
+from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
+from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
 from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
 from planner.units import dtype_bytes
 

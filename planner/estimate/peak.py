@@ -9,7 +9,7 @@ the HF Trainer and `planner profile` do) has three moments that can hold the all
   vocabularies the peak of the forward is inside the loss.
 - ``backward``: the saved activations not yet consumed, the parameter gradients made so far, and the
   backward's scratch (the fp32 loss gradients of [b*s, V], each layer's recomputation under checkpointing).
-  Simulated op by op (activations.py), so the moment is exact: the start of the loss backward for large
+  Simulated op by op (step/simulate.py), so the moment is exact: the start of the loss backward for large
   vocabularies, the end for large models with full fine-tuning.
 - ``optimizer_step``: weights, gradients, optimizer states and the update's scratch (temporaries.py), plus
   ZeRO's fp32 gradient partition (sharding.py); for DeepSpeed ZeRO 1/2 the largest of the step's three
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.estimate.activations import StepProfile
 from planner.estimate.result import MemoryBreakdown
 from planner.estimate.sharding import ShardedStates
+from planner.estimate.step.simulate import StepProfile
 from planner.estimate.temporaries import Transients
 from planner.specs import TrainSpec
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from planner.estimate.params import ParamCounts
+from planner.estimate.count.params import ParamCounts
 from planner.specs import QuantSpec
 from planner.units import nbytes
 

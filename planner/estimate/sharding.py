@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from planner.estimate.params import ParamCounts
+from planner.estimate.count.params import ParamCounts
+from planner.estimate.count.zero_partition import zero3_persistence_threshold, zero3_persistent_numels
 from planner.estimate.states import UnshardedStates, trainable_extra_dtype
-from planner.estimate.zero_partition import zero3_persistence_threshold, zero3_persistent_numels
 from planner.specs import Offload, TrainSpec
 from planner.units import nbytes
 

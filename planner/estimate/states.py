@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.estimate.params import ParamCounts, ParamSplit
+from planner.estimate.count.params import ParamCounts, ParamSplit
 from planner.estimate.quant import quantized_weight_bytes
 from planner.specs import Method, Optimizer, Precision, TrainSpec
 from planner.units import nbytes

@@ -2,7 +2,7 @@
 data-parallel buckets, DeepSpeed buffers.
 
 The forward/backward transients (logits upcast, loss gradients, dequantized 4-bit weights, recomputation) come
-from the simulated step (activations.py); the ZeRO fp32 gradient partition and ZeRO-3 gathered parameters
+from the simulated step (step/simulate.py); the ZeRO fp32 gradient partition and ZeRO-3 gathered parameters
 from sharding.py. What is added here, with the phase it lives in:
 
 - ``optimizer_step``: the scratch of the optimizer's update (below) and, for mixed precision without
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.estimate.zero_partition import RankPartition, even_partition
+from planner.estimate.count.zero_partition import RankPartition, even_partition
 from planner.specs import Offload, Optimizer, Precision, TrainSpec
 
 # torch.optim.AdamW with foreach=True (the CUDA default, and what `planner profile` uses on every device,

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 
 from planner.errors import PlannerError
-from planner.estimate.params import ParamCounts, ParamSplit, count_params, split_params
+from planner.estimate.count.params import ParamCounts, ParamSplit, count_params, split_params
 from planner.estimate.result import Estimate, Throughput
 from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Offload, TrainSpec
 from planner.units import nbytes

@@ -28,7 +28,7 @@ from typing import Any
 from planner import catalog
 from planner.errors import PlannerError
 from planner.estimate.core import estimate
-from planner.estimate.params import count_params, split_params
+from planner.estimate.count.params import count_params, split_params
 from planner.estimate.sharding import shard_states
 from planner.estimate.states import unsharded_states
 from planner.estimate.throughput import (

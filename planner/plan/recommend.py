@@ -167,10 +167,10 @@ def recommend(
 def _peft_lora_dropout(model: ModelSpec, base: TrainSpec, methods: tuple[Method, ...]) -> tuple[TrainSpec, str]:
     """LoRA dropout 0 where peft needs it: on a mixture of experts whose LoRA targets include the fused expert
     tensors or the router, peft uses lora.ParamWrapper, which refuses any lora_dropout (one value for the whole
-    LoraConfig; planner.estimate.params.check_lora_dropout). Returns the base spec and the note saying so."""
+    LoraConfig; planner.estimate.count.params.check_lora_dropout). Returns the base spec and the note saying so."""
     if not base.lora.dropout or all(m is Method.FULL for m in methods):
         return base, ""
-    from planner.estimate.params import count_params, param_wrapped
+    from planner.estimate.count.params import count_params, param_wrapped
 
     wrapped = param_wrapped(count_params(model), base.lora)
     if not wrapped:

@@ -4,7 +4,7 @@
 (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` can lower) and whether bf16 matmuls go
 to oneDNN (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``, which ``ONEDNN_MAX_CPU_ISA=AVX2`` turns off).
 ``measure_workspaces()`` runs each matmul call once (after a warm-up) under the profiler's memory recorder and
-records what it allocated beyond its output: oneDNN's user scratchpad (planner/estimate/cpu_kernels.py). Every
+records what it allocated beyond its output: oneDNN's user scratchpad (planner/estimate/step/cpu_kernels.py). Every
 profile records the kind with the workspaces of the calls its estimate makes (``kernels_for``), so a profile
 compares offline on any machine.
 """
@@ -17,7 +17,7 @@ import platform
 from collections.abc import Iterable
 from pathlib import Path
 
-from planner.estimate.cpu_kernels import CpuKernels, MatmulCall
+from planner.estimate.step.cpu_kernels import CpuKernels, MatmulCall
 from planner.specs import ModelSpec, TrainSpec
 
 _TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -131,7 +131,7 @@ def kernels_for(model: ModelSpec, train: TrainSpec, kernels: CpuKernels) -> CpuK
     """``kernels`` with the workspace of every matmul call the estimate of (model, train) makes on it."""
     if not kernels.onednn_bf16:
         return kernels
-    from planner.estimate.activations import simulate_step
+    from planner.estimate.step.simulate import simulate_step
 
     step = simulate_step(model, train, device="cpu", cpu=kernels)
     if not step.unknown_matmuls:

@@ -140,12 +140,12 @@ def host_memory_needed(model: ModelSpec, train: TrainSpec, num_ranks: int, devic
 
 def check_peft_accepts(model: ModelSpec, train: TrainSpec) -> None:
     """Refuse up front, in one sentence, a LoRA run peft would refuse once the ranks are up: LoRA dropout on a
-    mixture of experts' parameter targets (lora.ParamWrapper; planner.estimate.params.check_lora_dropout)."""
+    mixture of experts' parameter targets (lora.ParamWrapper; planner.estimate.count.params.check_lora_dropout)."""
     from planner.specs import Method
 
     if train.method is Method.FULL or not train.lora.dropout or not model.is_moe:
         return
-    from planner.estimate.params import check_lora_dropout, count_params
+    from planner.estimate.count.params import check_lora_dropout, count_params
 
     check_lora_dropout(count_params(model), train.lora)
 
@@ -402,7 +402,7 @@ def run_profile(
     resolved = resolve_device(device, num_gpus)
     if torch_categories and resolved != "cpu":
         raise PlannerError("--torch-categories reads the CPU profiler and works only with --device cpu.")
-    from planner.estimate.causal import refuse_non_causal
+    from planner.estimate.count.causal import refuse_non_causal
 
     refuse_non_causal(model)  # transformers would build an encoder as a causal LM head (BertLMHeadModel)
     check_peft_accepts(model, train)

@@ -65,9 +65,9 @@ class Profile:
 
     def cpu_kernels(self, rank: int = 0):
         """The CPU kind rank ``rank`` ran on, with oneDNN's workspaces for its estimate's matmuls
-        (planner/estimate/cpu_kernels.py); None for a GPU profile. A CPU profile recorded before the kind was
+        (planner/estimate/step/cpu_kernels.py); None for a GPU profile. A CPU profile recorded before the kind was
         (issue 13) ran on the AVX2 path the first accuracy table was measured on: ``cpu_kernels.LEGACY``."""
-        from planner.estimate.cpu_kernels import LEGACY, CpuKernels
+        from planner.estimate.step.cpu_kernels import LEGACY, CpuKernels
 
         if self.device != "cpu":
             return None

@@ -61,7 +61,7 @@ def measurement_fingerprint() -> str:
         except metadata.PackageNotFoundError:
             version = "-"
         h.update(f"{name}={version}\0".encode())
-    # the CPU kind: oneDNN or ATen kernels allocate differently (planner/estimate/cpu_kernels.py)
+    # the CPU kind: oneDNN or ATen kernels allocate differently (planner/estimate/step/cpu_kernels.py)
     from planner.profile.cpu_kind import local_kernels
 
     kind = local_kernels()

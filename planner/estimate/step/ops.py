@@ -8,7 +8,7 @@ backward peak includes them. Views share their input's storage; a reshape of a n
 
 from __future__ import annotations
 
-from planner.estimate.tape import Fake, Param, Storage, Tape, default_rule
+from planner.estimate.step.tape import Fake, Param, Storage, Tape, default_rule
 from planner.units import dtype_bytes
 
 

@@ -1,4 +1,4 @@
-"""Per-family decoder layers and embeddings on the symbolic tape (see activations.py for the sources).
+"""Per-family decoder layers and embeddings on the symbolic tape (see step/simulate.py for the sources).
 
 A ``Family`` holds the simulated weights (which are trainable, their dtypes, LoRA adapters, 4-bit bases) and
 writes the embedding, one decoder layer and the final norm the way the family's transformers module does.
@@ -7,10 +7,10 @@ writes the embedding, one decoder layer and the final norm the way the family's 
 from __future__ import annotations
 
 from planner import family_config
-from planner.estimate import layers as ly
-from planner.estimate import moe, nearest, ops
-from planner.estimate.layers import Ctx, Linear
-from planner.estimate.tape import Fake, Node, Param, Tape
+from planner.estimate.step import layers as ly
+from planner.estimate.step import moe, nearest, ops
+from planner.estimate.step.layers import Ctx, Linear
+from planner.estimate.step.tape import Fake, Node, Param, Tape
 from planner.specs import Method, ModelSpec, Precision
 from planner.units import dtype_bytes
 
@@ -26,7 +26,7 @@ class Family:
         self.cfg = model.config or {}
         self.ctx = ctx
         self.method = method
-        # (module or parameter path, rank) of every LoRA adapter (planner.estimate.params.lora_adapters)
+        # (module or parameter path, rank) of every LoRA adapter (planner.estimate.count.params.lora_adapters)
         self.adapters = adapters
         self.notes: list[str] = []
         self.last_node_of_layer: dict[int, Node] = {}

@@ -10,9 +10,9 @@ weights) are what backward keeps.
 
 from __future__ import annotations
 
-from planner.estimate import ops
-from planner.estimate.layers import Ctx, _prod
-from planner.estimate.tape import Fake, Param, Tape
+from planner.estimate.step import ops
+from planner.estimate.step.layers import Ctx, _prod
+from planner.estimate.step.tape import Fake, Param, Tape
 
 
 class Experts:

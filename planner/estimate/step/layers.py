@@ -3,7 +3,7 @@
 Sources (transformers 5.23 and 5.24, which allocate alike: planner/modelled.py): models/llama/modeling_llama.py (LlamaRMSNorm, LlamaAttention, LlamaMLP,
 apply_rotary_pos_emb, repeat_kv, eager_attention_forward), integrations/sdpa_attention.py, models/gpt2/
 modeling_gpt2.py (GPT2Attention, GPT2MLP, Conv1D), models/gemma2/modeling_gemma2.py (Gemma2RMSNorm, softcapping),
-models/mixtral/modeling_mixtral.py + integrations/moe.py (router, grouped_mm experts), activations.py
+models/mixtral/modeling_mixtral.py + integrations/moe.py (router, grouped_mm experts), step/simulate.py
 (NewGELUActivation); peft 0.21 tuners/lora/layer.py (Linear.forward); bitsandbytes 0.50 autograd/_functions.py
 (MatMul4Bit: the 4-bit weight is dequantized to the compute dtype for the matmul in forward and again in backward).
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.estimate import ops
-from planner.estimate.tape import Fake, Param, Storage, Tape
+from planner.estimate.step import ops
+from planner.estimate.step.tape import Fake, Param, Storage, Tape
 
 
 @dataclass
 class Ctx:
-    """Shapes and switches of one simulated step (a plain mutable record, built by activations.py)."""
+    """Shapes and switches of one simulated step (a plain mutable record, built by step/simulate.py)."""
 
     b: int
     s: int

@@ -1,6 +1,6 @@
 """A symbolic autograd tape: what PyTorch keeps alive during a training step, without torch.
 
-Family modules (activations.py) write each transformer layer the way the installed transformers code writes it,
+Family modules (step/simulate.py) write each transformer layer the way the installed transformers code writes it,
 but on ``Fake`` tensors that carry only shape, dtype and requires-grad. Each op allocates its outputs and records
 a ``Node`` holding exactly the tensors that the op's PyTorch autograd formula saves for backward
 (torch/csrc/autograd/generated from tools/autograd/derivatives.yaml), and a rule for the gradients (and scratch)

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from planner.estimate import layers as ly
-from planner.estimate import ops
-from planner.estimate.tape import Fake, Tape
+from planner.estimate.step import layers as ly
+from planner.estimate.step import ops
+from planner.estimate.step.tape import Fake, Tape
 
 
 class LossOutput(NamedTuple):

@@ -5,7 +5,7 @@ exactly from transformers on the meta device (planner.meta) and its activations 
 resembles most, chosen by its architecture as that module inventory and the config (with transformers' class
 defaults) show it:
 
-- the llama layer (activations.py, validated against CPU measurements) when the layers have RMSNorm, separate
+- the llama layer (step/simulate.py, validated against CPU measurements) when the layers have RMSNorm, separate
   q/k/v/o projections, a gated MLP (gate, up, down) and a sequential residual;
 - otherwise GPT-2's layer (LayerNorm, one fused QKV projection, an ungated MLP with GELU), adjusted by what the
   config says: rotary embeddings on q and k (llama's, with the contiguous copy of a partial rotary as Phi-3
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from planner.estimate.params import count_params
+from planner.estimate.count.params import count_params
 from planner.meta import config_with_defaults
 from planner.specs import ModelSpec
 
@@ -216,7 +216,7 @@ def describe(model: ModelSpec) -> Arch | None:
 def layer_weights(fam, i: int) -> dict:
     """The stand-in layer's weights: norms, attention and MLP linears with the adapters of the modules they
     stand for (``fam._lin`` with the module path of each role)."""
-    from planner.estimate.tape import Param
+    from planner.estimate.step.tape import Param
 
     arch: Arch = fam.arch
     m, c = fam.model, fam.ctx
@@ -240,7 +240,7 @@ def layer_weights(fam, i: int) -> dict:
 
 
 def norm(fam, t, x, weight, bias):
-    from planner.estimate import layers as ly
+    from planner.estimate.step import layers as ly
 
     if fam.arch.norm == "rms":
         return ly.rms_norm(t, x, weight)
@@ -251,7 +251,7 @@ def layer(fam, t, w: dict, x, extras: dict):
     """GPT-2's block with the family's adjustments (module doc). GPTNeoXLayer / FalconDecoderLayer: the attention
     input norm's output is an argument temporary (freed when attention returns); with a parallel residual the
     MLP reads its own norm of the layer input (or the same norm's output), and ``mlp + attn + x`` sums it."""
-    from planner.estimate import ops
+    from planner.estimate.step import ops
 
     arch: Arch = fam.arch
     c = fam.ctx
@@ -280,8 +280,8 @@ def layer(fam, t, w: dict, x, extras: dict):
 
 
 def _mlp(fam, t, w: dict, x):
-    from planner.estimate import layers as ly
-    from planner.estimate import ops
+    from planner.estimate.step import layers as ly
+    from planner.estimate.step import ops
 
     c = fam.ctx
     if fam.arch.gated:
@@ -293,8 +293,8 @@ def _mlp(fam, t, w: dict, x):
 
 def _attention(fam, t, w: dict, x, extras: dict):
     """Q, K, V (views of one fused projection, or three), rotary on q and k, attention, output projection."""
-    from planner.estimate import layers as ly
-    from planner.estimate import ops
+    from planner.estimate.step import layers as ly
+    from planner.estimate.step import ops
 
     arch: Arch = fam.arch
     c = fam.ctx
@@ -331,8 +331,8 @@ def _attention(fam, t, w: dict, x, extras: dict):
 
 def _falcon_eager(t, c, q, k, v, mask, *, copy_q: bool, copy_k: bool, copy_v: bool):
     """FalconAttention.forward's eager branch without ALiBi (modeling_falcon.py, transformers 5.23/5.24)."""
-    from planner.estimate import layers as ly
-    from planner.estimate import ops
+    from planner.estimate.step import layers as ly
+    from planner.estimate.step import ops
 
     b, a, s, d = q.shape
     scores = ops.matmul(t, q, k, (b, a, s, s), copy_a=copy_q, copy_b=copy_k, b_t=True)

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from planner import family_config
-from planner.estimate.inventory import ModuleGroup, ParamCounts, counts_from_groups, uneven_layer_ids
+from planner.estimate.count.inventory import ModuleGroup, ParamCounts, counts_from_groups, uneven_layer_ids
 from planner.specs import ModelSpec
 
 

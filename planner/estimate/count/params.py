@@ -13,9 +13,15 @@ import re
 from dataclasses import dataclass
 
 from planner.errors import PlannerError
-from planner.estimate.causal import refuse_non_causal
-from planner.estimate.families import analytical_counts
-from planner.estimate.inventory import COMPONENTS, LinearGroup, ModuleGroup, ParamCounts, counts_from_groups
+from planner.estimate.count.causal import refuse_non_causal
+from planner.estimate.count.inventories import analytical_counts
+from planner.estimate.count.inventory import (
+    COMPONENTS,
+    LinearGroup,
+    ModuleGroup,
+    ParamCounts,
+    counts_from_groups,
+)
 from planner.meta import meta_param_counts
 from planner.specs import LoraSpec, Method, ModelSpec, TrainSpec
 

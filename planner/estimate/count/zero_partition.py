@@ -30,8 +30,14 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import accumulate, chain
 
-from planner.estimate.inventory import ModuleGroup, ParamCounts, layer_of, modules_per_layer, uneven_layer_ids
-from planner.estimate.params import lora_adapters, saved_groups
+from planner.estimate.count.inventory import (
+    ModuleGroup,
+    ParamCounts,
+    layer_of,
+    modules_per_layer,
+    uneven_layer_ids,
+)
+from planner.estimate.count.params import lora_adapters, saved_groups
 from planner.specs import LoraSpec, Method, TrainSpec
 
 # stage_1_and_2.py: ``self.nccl_start_alignment_factor = 2  # 4-byte alignment/sizeof(fp16) = 2``; the flat

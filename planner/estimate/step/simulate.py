@@ -30,11 +30,11 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from planner.errors import PlannerError
-from planner.estimate.act_families import build_family
-from planner.estimate.cpu_kernels import CpuKernels
-from planner.estimate.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
-from planner.estimate.logits import causal_lm_loss
-from planner.estimate.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
+from planner.estimate.step.cpu_kernels import CpuKernels
+from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
+from planner.estimate.step.family_layers import build_family
+from planner.estimate.step.logits import causal_lm_loss
+from planner.estimate.step.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
 from planner.specs import Method, ModelSpec, Precision, TrainSpec
 
 NUM_SIMULATED_LAYERS = 3
@@ -121,7 +121,7 @@ def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", k
                   hold_grads_over: int = 0, cpu: CpuKernels | None = None) -> StepProfile:
     """One micro-batch forward + backward. ``keep_grads``: parameter gradients stay (ZeRO 0/1) or are reduced
     away as they arrive (ZeRO 2/3, counted by the sharded model states instead). ``adapters``: (path, rank)
-    of every LoRA adapter (default: planner.estimate.params.lora_adapters of the train spec).
+    of every LoRA adapter (default: planner.estimate.count.params.lora_adapters of the train spec).
     ``hold_grads_over``: ZeRO-2's reduce bucket in elements; a larger gradient stays until the next arrives.
     ``cpu``: on ``device="cpu"``, the CPU kind the run is measured on (cpu_kernels.py; None: no oneDNN)."""
     # oneDNN's workspace is not linear in the micro-batch (blocking heuristics): simulated directly. Otherwise
@@ -164,7 +164,7 @@ def _envelope(inputs: StepInputs) -> StepEnvelope:
 def lora_adapter_paths(model: ModelSpec, train: TrainSpec) -> tuple[tuple[str, int], ...]:
     if train.method is Method.FULL:
         return ()
-    from planner.estimate.params import count_params, lora_adapters
+    from planner.estimate.count.params import count_params, lora_adapters
 
     return tuple(sorted((a.path, a.rank) for a in lora_adapters(count_params(model), train.lora)))
 

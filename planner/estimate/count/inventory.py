@@ -2,7 +2,7 @@
 
 Every module that owns parameters becomes a :class:`ModuleGroup` (same path pattern and shape across layers);
 :class:`ParamCounts` holds the groups with their component totals, the nn.Linear groups peft and bitsandbytes
-see and the largest module. The analytical inventories (``families.py``) and the meta-device fallback
+see and the largest module. The analytical inventories (``count/inventories.py``) and the meta-device fallback
 (``planner.meta``) both produce them; ``params.py`` counts and splits them, ``zero_partition.py`` lays them out
 in DeepSpeed's flat order. This module imports nothing of planner's, so none of them import each other to
 share these types.

@@ -1,0 +1,13 @@
+"""The simulated training step: what PyTorch keeps alive and frees during one forward and backward, without torch.
+
+- ``tape``          a symbolic autograd engine: storages, nodes, saved tensors, gradient buffers, the peak
+- ``ops``           the torch ops the families use: outputs, what autograd saves, what backward allocates
+- ``layers``        transformers' building blocks (norms, attention, MLP, LoRA, 4-bit linears) line by line
+- ``moe``           mixture-of-experts blocks (routers, grouped experts, peft ParamWrapper)
+- ``logits``        the output head and the causal-LM loss
+- ``family_layers`` each family's decoder layer and embeddings assembled from the blocks
+- ``nearest``       an unknown causal family mapped onto the nearest validated layer
+- ``simulate``      ``simulate_step``: one micro-batch's forward and backward, cached by ``StepInputs``
+- ``envelope``      exact lines in the micro-batch through two simulations
+- ``cpu_kernels``   the CPU kind of a validation run (oneDNN workspaces inside 16-bit matmuls)
+"""
