@@ -52,3 +52,17 @@ def test_a_flag_beside_from_overrides_the_config():
 def test_from_refusals_are_one_sentence(args, code, message):
     out = run_inprocess(["estimate", *args])
     assert out.code == code and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_recommend_from_plans_the_configs_recipe_and_global_batch():
+    """recommend --from: the config's recipe (LoRA r8/alpha 16/dropout 0, bf16, sequence 2048) and its global
+    batch (micro-batch 1 x accumulation 8 x 8 GPUs = 64) with the layout searched, as the same flags would."""
+    got = run_inprocess(["recommend", "--from", str(EXAMPLES / CASES[0][0]), "-m", "llama-3.1-8b", "--gpus", "8",
+                         "--json"])
+    want = run_inprocess(["recommend", "-m", "llama-3.1-8b", "--gpus", "8", "-g", "64", "--method", "lora",
+                          "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0", "--seq-len", "2048",
+                          "--json"])
+    assert got.code == 0 and want.code == 0, got.stderr + want.stderr
+    g, w = json.loads(got.stdout), json.loads(want.stdout)
+    assert g["plan"] == w["plan"] and g["plan"]["global_batch_size"] == 64
+    assert g["plan"]["train"]["lora"]["rank"] == 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -11,14 +12,14 @@ import typer
 from planner.cli import options as o
 from planner.errors import PlannerError
 from planner.estimate.throughput import DEFAULT_MFU
-from planner.specs import AttnImpl
+from planner.specs import AttnImpl, Method
 from planner.units import fmt_gib
 
 MethodAutoOpt = Annotated[
     str, typer.Option("--method", help="auto (prefer full, then LoRA, then QLoRA, whichever fits first), full, lora or qlora.")
 ]
 GlobalBatchOpt = Annotated[
-    int,
+    int | None,
     typer.Option("--global-batch-size", "-g", help="Sequences per optimizer step = micro-batch x accumulation x GPUs."),
 ]
 MaxGpusOpt = Annotated[
@@ -34,8 +35,12 @@ CkptSearchOpt = Annotated[
 
 
 def recommend(
-    model: o.ModelOpt,
-    global_batch_size: GlobalBatchOpt,
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name, path to config.json or model "
+                                              "dir, or hub id (with --from: instead of the config's model).")] = None,
+    global_batch_size: GlobalBatchOpt = None,
+    from_config: o.FromOpt = None,
+    accelerate_config: o.AccelerateConfigOpt = None,
     gpus: o.GpusOpt = 1,
     gpu: o.GpuOpt = "h100-sxm-80gb",
     nodes: o.NodesOpt = 1,
@@ -84,6 +89,32 @@ def recommend(
     num_tokens = o.parse_tokens(tokens)
     if out is not None and out.exists() and not out.is_dir():
         raise PlannerError(f"--out {str(out)!r} is a file; give a directory.")
+    fc = None
+    typed = o.typed_flags(ctx)
+    if from_config is not None:
+        from planner.from_config import read_training_config
+
+        fc = read_training_config(from_config, accelerate_config=accelerate_config)
+        model = model or fc.model
+        if not model:
+            raise PlannerError(f"--from {str(from_config)!r} names no model; give --model.")
+        if "gpus" not in typed and fc.num_gpus:
+            gpus = fc.num_gpus
+        if "nodes" not in typed and fc.num_nodes:
+            nodes = fc.num_nodes
+        if "method" not in typed:
+            method = fc.train.method.value
+        if global_batch_size is None:  # the config's own: micro-batch x accumulation x data-parallel ranks
+            global_batch_size = fc.train.micro_batch * fc.train.grad_accum * gpus
+    elif accelerate_config is not None:
+        raise PlannerError("--accelerate-config goes with --from; give the training config it launches.")
+    if model is None:
+        raise typer.BadParameter("give a catalog name, a config.json or a hub id, or --from a training config.",
+                                 param_hint="'--model' / '-m'")
+    if global_batch_size is None:
+        raise typer.BadParameter("sequences per optimizer step (micro-batch x accumulation x GPUs) are needed to "
+                                 "plan, or --from a training config that states them.",
+                                 param_hint="'--global-batch-size' / '-g'")
     spec = load_model(model, trust_remote_code=trust_remote_code)
     base = o.build_train_spec(
         model=spec,
@@ -91,6 +122,13 @@ def recommend(
         lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,
         quant_type=quant_type, double_quant=double_quant, seq_len=seq_len, dropout=dropout,
     )
+    if fc is not None:
+        # the config's recipe (precision, optimizer, LoRA, quantization, sequence length) with typed flags on top;
+        # the layout (ZeRO stage, offload, checkpointing, attention, micro-batch) is what recommend searches
+        base = o.merge_from_config(fc.train, base, typed | ({"seq_len"} if "seq_len" in fc.unset else set()))
+        base = replace(base, method=Method.FULL, micro_batch=1, grad_accum=1, zero_stage=0, offload=Offload.NONE)
+        for note in fc.notes:
+            typer.echo(f"note: {note}", err=True)
     cluster = o.build_cluster(gpu, gpus, nodes, host_ram)
     kwargs = {}
     if zero is not None:
