@@ -217,3 +217,18 @@ def test_modules_do_not_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_step_breakdown_adds_up_to_the_step_in_every_catalog_row():
+    """Issue 22 item 4: --json's throughput.step says where the time goes; GPU compute + exposed communication +
+    host (offload copies, CPU Adam) is the step, for every row of every catalog model on 1, 8 and 64 GPUs."""
+    import golden
+
+    rows = [r for est in golden.load_golden().values() for r in est["rows"]]
+    assert len(rows) > 1000
+    for r in rows:
+        th, st = r["throughput"], r["throughput"]["step"]
+        parts = (st["matmul_s"] + st["attention_s"] + st["elementwise_s"] + st["dequant_s"] + st["optimizer_s"]
+                 + st["exposed_communication_s"] + st["offload_transfer_s"] + st["cpu_optimizer_s"])
+        assert parts == pytest.approx(th["step_time_s"], rel=1e-9) and st["time_model"] == "per-phase"
+        assert min(v for k, v in st.items() if k != "time_model") >= 0

@@ -159,7 +159,8 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
         priced = any(r.throughput.price_per_gpu_hour for r in tput)
         t = Table(title="Throughput, time and cost (rows that fit)", **_TABLE_STYLE)
         for col, right in (("method", False), ("ZeRO", True), ("offload", False), ("tokens/s\nper GPU", True),
-                           ("step\n(s)", True), ("time\n(h)", True), ("cost (your\ncurrency)", True)):  # fmt: skip
+                           ("step\n(s)", True), ("GPU com-\npute (s)", True), ("exposed\ncomm (s)", True),
+                           ("host\n(s)", True), ("time\n(h)", True), ("cost (your\ncurrency)", True)):  # fmt: skip
             t.add_column(col, justify="right" if right else "left", no_wrap=True)
         for est in tput:
             th = est.throughput
@@ -169,6 +170,9 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
                 _OFFLOAD_SHORT.get(est.train.offload.value, est.train.offload.value),
                 f"{th.tokens_per_s_per_gpu:,.0f}",
                 f"{th.step_time_s:.2f}",
+                f"{th.step.gpu_compute_s:.2f}" if th.step else "-",
+                f"{th.step.exposed_communication_s:.2f}" if th.step else "-",
+                f"{th.step.host_s:.2f}" if th.step else "-",
                 f"{th.total_time_s / 3600:,.1f}",
                 f"{th.cost:,.0f}" if th.price_per_gpu_hour else "-",
             )
@@ -176,6 +180,8 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
         if priced:
             price = tput[0].throughput.price_per_gpu_hour
             console.print(f"[dim]cost = GPU-hours x --price-per-gpu-hour {price:g}, in the currency you gave it.[/]")
+        console.print("[dim]step = GPU compute (matmuls, attention, elementwise, optimizer) + exposed communication "
+                      "(what compute does not hide) + host (offload copies, CPU Adam); --json has every part.[/]")
     host_reasons = [f"{_row_label(r)} does not fit: {r.fit_reason}." for r in rows if r.host_fits is False]
     print_notes(console, host_reasons + notes_by_row(rows))
     console.print(f"[dim]{PAPER_NOTE}[/]")

@@ -56,6 +56,33 @@ class ModelStates:
 
 
 @dataclass(frozen=True)
+class StepBreakdown:
+    """Where one optimizer step's time goes on a rank (seconds). The parts that add up to the step:
+    ``gpu_compute_s`` (matmuls, attention, elementwise, 4-bit dequantization, the GPU optimizer step),
+    ``exposed_communication_s`` and ``host_s`` (offload copies and CPU Adam). ``hidden_communication_s``
+    runs behind compute (DDP and ZeRO-3 overlap) and adds nothing."""
+
+    time_model: str  # "per-phase" (the default) or "mfu" (--mfu: every executed FLOP at one utilisation)
+    matmul_s: float  # with --mfu: every executed FLOP
+    attention_s: float
+    elementwise_s: float  # norms, activations, residuals, rotary, the loss
+    dequant_s: float
+    optimizer_s: float
+    exposed_communication_s: float
+    hidden_communication_s: float
+    offload_transfer_s: float
+    cpu_optimizer_s: float
+
+    @property
+    def gpu_compute_s(self) -> float:
+        return self.matmul_s + self.attention_s + self.elementwise_s + self.dequant_s + self.optimizer_s
+
+    @property
+    def host_s(self) -> float:
+        return self.offload_transfer_s + self.cpu_optimizer_s
+
+
+@dataclass(frozen=True)
 class Throughput:
     flops_per_token: float  # training FLOPs per token (forward + backward [+ recomputation])
     tokens_per_s_per_gpu: float
@@ -65,6 +92,7 @@ class Throughput:
     total_time_s: float
     cost: float  # in the currency of --price-per-gpu-hour; 0 when no price
     price_per_gpu_hour: float
+    step: StepBreakdown | None = None  # where the step's time goes
 
 
 @dataclass(frozen=True)

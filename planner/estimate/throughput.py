@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from planner.errors import PlannerError
 from planner.estimate.count.params import ParamCounts, ParamSplit, count_params, split_params
-from planner.estimate.result import Estimate, Throughput
+from planner.estimate.result import Estimate, StepBreakdown, Throughput
 from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Offload, TrainSpec
 from planner.units import nbytes
 
@@ -480,6 +480,13 @@ def throughput_from_step(
         total_time_s=total_time_s,
         cost=cost,
         price_per_gpu_hour=price_per_gpu_hour,
+        step=StepBreakdown(
+            time_model="per-phase" if st.modelled else "mfu", matmul_s=st.compute_s, attention_s=st.attention_s,
+            elementwise_s=st.elementwise_s, dequant_s=st.dequant_s, optimizer_s=st.optimizer_s,
+            exposed_communication_s=st.exposed_communication_s,
+            hidden_communication_s=max(0.0, st.communication_s - st.exposed_communication_s),
+            offload_transfer_s=st.offload_transfer_s, cpu_optimizer_s=st.cpu_optimizer_s,
+        ),
     )
 
 

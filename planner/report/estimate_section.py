@@ -85,20 +85,22 @@ def throughput_table(rows: Sequence[Estimate]) -> Table | None:
     rows = [r for r in rows if r.throughput is not None]
     if not rows:
         return None
-    cols = ["method", "ZeRO", "offload", "fits", "FLOPs/token", "tokens/s/GPU", "step s", "MFU", "tokens",
-            "time h", "cost (your currency)"]
+    cols = ["method", "ZeRO", "offload", "fits", "FLOPs/token", "tokens/s/GPU", "step s", "GPU compute s",
+            "exposed comm s", "host s", "MFU", "tokens", "time h", "cost (your currency)"]
     out, classes = [], []
     for e in rows:
         th = e.throughput
         out.append([
             e.train.method.value, e.train.zero_stage, e.train.offload.value, "yes" if e.fits else "no",
             f"{th.flops_per_token:.3g}", round(th.tokens_per_s_per_gpu, 1), round(th.step_time_s, 3),
-            f"{th.mfu:.0%}", fmt_count(th.num_tokens) if th.num_tokens else "-",
+            round(th.step.gpu_compute_s, 3) if th.step else "-",
+            round(th.step.exposed_communication_s, 3) if th.step else "-",
+            round(th.step.host_s, 3) if th.step else "-", f"{th.mfu:.0%}", fmt_count(th.num_tokens) if th.num_tokens else "-",
             round(th.total_time_s / 3600, 2) if th.num_tokens else "-",
             round(th.cost, 2) if th.price_per_gpu_hour and th.num_tokens else "-",
         ])
         classes.append("fits" if e.fits else "nofit")
-    return Table(cols, out, caption="Throughput, time and cost (at the stated utilisation)", row_classes=classes)
+    return Table(cols, out, caption="Throughput, time and cost (step = GPU compute + exposed communication + host)", row_classes=classes)
 
 
 GPU_COLUMNS = (
