@@ -72,6 +72,12 @@ class QuantType(str, Enum):
 # ---------------------------------------------------------------- model
 
 
+
+def validate_margin(margin: float) -> None:
+    """The safety margin: the share of GPU memory kept free, in [0, 1) (NaN refused). The one check of it."""
+    if not 0.0 <= margin < 1.0:
+        raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A decoder-only causal LM, described by its Hugging Face config.

@@ -17,7 +17,7 @@ from planner.estimate.throughput import DEFAULT_MFU
 from planner.modelled import modelled_block
 from planner.models import load_model
 from planner.plan.fits import estimate_with_fit
-from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
+from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec, validate_margin
 
 
 def enumerate_rows(
@@ -112,8 +112,7 @@ def estimate(
     validate_mfu(mfu)
     validate_price(price_per_gpu_hour)
     tokens = o.parse_tokens(tokens)
-    if not 0.0 <= margin < 1.0:
-        raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
+    validate_margin(margin)
     if zero is not None and zero not in (0, 1, 2, 3):
         raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
     if csv is not None and csv.is_dir():

@@ -10,6 +10,7 @@ import typer
 from planner.cli import options as o
 from planner.errors import PlannerError
 from planner.estimate.throughput import DEFAULT_MFU
+from planner.specs import validate_margin
 
 DEFAULT_ACCURACY = Path("reports") / "accuracy.csv"
 
@@ -141,8 +142,7 @@ def report(
         raise PlannerError(f"-o {str(output)!r} must be an HTML file path such as reports/NAME.html.")
     if max_points < 100:
         raise PlannerError(f"--max-points must be at least 100, got {max_points}.")
-    if not 0.0 <= margin < 1.0:
-        raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
+    validate_margin(margin)
     from planner.estimate.throughput import validate_mfu, validate_price
 
     validate_mfu(mfu)

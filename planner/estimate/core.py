@@ -25,7 +25,7 @@ from planner.estimate.states import unsharded_states
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
 from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
-from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
+from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec, validate_margin
 from planner.units import dtype_bytes
 
 DEFAULT_MARGIN = 0.1
@@ -71,8 +71,7 @@ def estimate(
     the rank with the highest peak (the one that runs out of memory first). ``cpu``: with ``device="cpu"``, the
     CPU kind of the run being estimated (cpu_kernels.py): on oneDNN, 16-bit matmuls allocate workspaces.
     """
-    if not 0.0 <= margin < 1.0:
-        raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
+    validate_margin(margin)
     if device not in DEVICES:
         raise PlannerError(f"device must be one of {', '.join(DEVICES)}, got {device!r}.")
     check_combination(model, train, cluster, allow_longer=allow_longer)

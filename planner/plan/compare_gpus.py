@@ -41,7 +41,7 @@ from planner.estimate.throughput import (
     validate_price,
     validate_tokens,
 )
-from planner.specs import Cluster, GpuSpec, Method, ModelSpec, Offload, Precision, TrainSpec
+from planner.specs import Cluster, GpuSpec, Method, ModelSpec, Offload, Precision, TrainSpec, validate_margin
 from planner.units import fmt_gib
 
 DEFAULT_MAX_GPUS = 4096
@@ -286,8 +286,7 @@ def compare_gpus(
     validate_mfu(mfu)
     validate_price(price_per_gpu_hour)
     validate_tokens(num_tokens)
-    if not 0.0 <= margin < 1.0:
-        raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
+    validate_margin(margin)
     if not isinstance(max_gpus, int) or max_gpus < 1 or max_gpus > 1_000_000:
         raise PlannerError(f"--max-gpus must be an integer from 1 to 1000000, got {max_gpus!r}.")
     validate_max_hours(max_hours)

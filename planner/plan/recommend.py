@@ -38,7 +38,17 @@ from planner.plan.types import (
     Recommendation,
     Rejected,
 )
-from planner.specs import AttnImpl, Cluster, GpuSpec, Method, ModelSpec, Offload, Plan, TrainSpec
+from planner.specs import (
+    AttnImpl,
+    Cluster,
+    GpuSpec,
+    Method,
+    ModelSpec,
+    Offload,
+    Plan,
+    TrainSpec,
+    validate_margin,
+)
 
 __all__ = ["ATTN_ORDER", "METHOD_PREFERENCE", "OFFLOAD_ORDER", "Alternative", "NoPlanFits", "Plan", "Recommendation",
            "Rejected", "flash_attention_2_support", "recommend"]
@@ -99,8 +109,7 @@ def recommend(
     validate_mfu(mfu)
     validate_price(price_per_gpu_hour)
     validate_tokens(num_tokens)
-    if not 0.0 <= margin < 1.0:
-        raise PlannerError(f"--margin must be in [0, 1), got {margin}.")
+    validate_margin(margin)
     if not 1 <= global_batch_size <= MAX_GLOBAL_BATCH:
         raise PlannerError(
             f"--global-batch-size must be from 1 to {MAX_GLOBAL_BATCH:,} sequences, got {global_batch_size}."
