@@ -66,3 +66,13 @@ def test_recommend_from_plans_the_configs_recipe_and_global_batch():
     g, w = json.loads(got.stdout), json.loads(want.stdout)
     assert g["plan"] == w["plan"] and g["plan"]["global_batch_size"] == 64
     assert g["plan"]["train"]["lora"]["rank"] == 8
+
+
+def test_report_from_estimates_the_same_row_as_estimate_from(tmp_path):
+    """report --from writes the estimate of the config's run: the same single row `estimate --from` gives."""
+    out = run_inprocess(["report", "--from", str(EXAMPLES / CASES[0][0]), "-m", "llama-3.1-8b",
+                         "-o", str(tmp_path / "r.html")])
+    assert out.code == 0, out.stderr
+    html = (tmp_path / "r.html").read_text()
+    row = _json(["--from", str(EXAMPLES / CASES[0][0]), "-m", "llama-3.1-8b"])["rows"][0]
+    assert f"{row['device_bytes'] / 2**30:.2f}" in html and "lora" in html

@@ -40,7 +40,7 @@ OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="The HTML file t
 
 
 def _estimates(model, *, gpu, gpus, nodes, method, zero, offload, margin, mfu, tokens, price, allow_longer,
-               trust_remote_code, compare_gpus, **train_flags):
+               trust_remote_code, compare_gpus, from_config=None, typed=frozenset(), **train_flags):
     """The estimate rows exactly as `planner estimate` enumerates them, plus the GPU comparison rows."""
     import dataclasses
 
@@ -52,6 +52,15 @@ def _estimates(model, *, gpu, gpus, nodes, method, zero, offload, margin, mfu, t
         raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
     spec = load_model(model, trust_remote_code=trust_remote_code)
     base = o.build_train_spec(method=method or "full", zero=0, offload="none", model=spec, **train_flags)
+    if from_config is not None:  # the config's run (one row), with every typed flag on top, as `estimate --from`
+        fc = from_config
+        unset_seq = {"seq_len"} if "seq_len" in fc.unset else set()
+        flags_base = dataclasses.replace(base, zero_stage=zero or 0, offload=o.parse_offload(offload or "none"))
+        base = o.merge_from_config(fc.train, flags_base, set(typed) | unset_seq)
+        method, zero, offload = method or base.method.value, base.zero_stage if zero is None else zero, (
+            offload or base.offload.value)
+        gpus = gpus if "gpus" in typed or not fc.num_gpus else fc.num_gpus
+        nodes = nodes if "nodes" in typed or not fc.num_nodes else fc.num_nodes
     cluster = o.build_cluster(gpu, gpus, nodes)
     methods = [o.parse_method(method)] if method else list(Method)
     stages = [zero] if zero is not None else [0, 1, 2, 3]
@@ -90,8 +99,11 @@ def _inputs(model: str | None, plan: Path | None, accuracy: Path | None) -> dict
 
 
 def report(
+    ctx: typer.Context,
     output: OutputOpt,
     model: ReportModelOpt = None,
+    from_config: o.FromOpt = None,
+    accelerate_config: o.AccelerateConfigOpt = None,
     profile: ProfileOpt = None,
     plan: PlanOpt = None,
     accuracy: AccuracyOpt = None,
@@ -136,6 +148,16 @@ def report(
 ) -> None:
     """Write one self-contained HTML report (opens offline) from an estimate, profiles and/or a plan."""
     profiles = list(profile or [])
+    fc = None
+    if from_config is not None:
+        from planner.from_config import read_training_config
+
+        fc = read_training_config(from_config, accelerate_config=accelerate_config)
+        model = model or fc.model
+        if not model:
+            raise PlannerError(f"--from {str(from_config)!r} names no model; give --model.")
+    elif accelerate_config is not None:
+        raise PlannerError("--accelerate-config goes with --from; give the training config it launches.")
     if model is None and not profiles and plan is None:
         raise PlannerError("nothing to report: give --model (an estimate), --profile DIR or --plan DIR.")
     if output.suffix.lower() not in (".html", ".htm") or output.is_dir():
@@ -170,6 +192,7 @@ def report(
             lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,
             quant_type=quant_type, double_quant=double_quant, micro_batch=micro_batch, seq_len=seq_len,
             grad_accum=grad_accum, grad_checkpointing=grad_checkpointing, attn=attn, dropout=dropout,
+            from_config=fc, typed=o.typed_flags(ctx),
         )
     views = [load_profile_view(p) for p in profiles]
     bundle = read_bundle(plan) if plan is not None else None
