@@ -567,9 +567,28 @@ def check_estimate_json(payload: dict) -> list[str]:
         for key in ("max_micro_batch", "max_seq_len"):
             if key in r and not (_is_int(r[key]) and r[key] >= 0):
                 out.append(f"{tag}: {key} = {r[key]!r}")
-        for key, v in (r.get("throughput") or {}).items():
-            if not _finite_non_negative(v):
+        th = r.get("throughput") or {}
+        for key, v in th.items():
+            if key == "step":
+                out += _check_step(tag, v, th.get("step_time_s"))
+            elif not _finite_non_negative(v):
                 out.append(f"{tag}: throughput.{key} = {v!r}")
+    return out
+
+
+STEP_PARTS = ("matmul_s", "attention_s", "elementwise_s", "dequant_s", "optimizer_s", "exposed_communication_s",
+              "offload_transfer_s", "cpu_optimizer_s")
+
+
+def _check_step(tag: str, step, step_time_s) -> list[str]:
+    """The step breakdown: finite non-negative seconds whose parts add up to the step time."""
+    if not isinstance(step, dict) or step.get("time_model") not in ("per-phase", "mfu"):
+        return [f"{tag}: throughput.step = {step!r}"]
+    out = [f"{tag}: throughput.step.{k} = {v!r}" for k, v in step.items()
+           if k != "time_model" and not _finite_non_negative(v)]
+    if not out and step_time_s is not None and not math.isclose(sum(step[k] for k in STEP_PARTS), step_time_s,
+                                                                 rel_tol=1e-9, abs_tol=1e-12):
+        out.append(f"{tag}: the step's parts add up to {sum(step[k] for k in STEP_PARTS)!r}, not {step_time_s!r}")
     return out
 
 
