@@ -398,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(summary, indent=2) + "\n")
     if trainer.is_world_process_zero():
         print(json.dumps(summary))
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # leave the process group before the interpreter exits: torch asks for it, and a rank that exits with
+        # its communication threads alive can abort ("terminate called without an active exception")
+        torch.distributed.destroy_process_group()
     return 0
 
 
