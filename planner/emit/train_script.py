@@ -401,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # leave the process group before the interpreter exits: torch asks for it, and a rank that exits with
-        # its communication threads alive can abort ("terminate called without an active exception")
+        # every rank waits until the others are done (rank 0 may still be writing the model), then leaves the
+        # process group before the interpreter exits: a rank that exited while another still talked to it
+        # aborted ("terminate called without an active exception") after a successful run
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
 
