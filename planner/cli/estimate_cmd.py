@@ -117,17 +117,8 @@ def estimate(
         raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
     if csv is not None and csv.is_dir():
         raise PlannerError(f"--csv {str(csv)!r} is a directory; give a file path.")
-    fc = None
-    if from_config is not None:
-        from planner.from_config import read_training_config
-
-        fc = read_training_config(from_config, accelerate_config=accelerate_config)
-        model = model or fc.model
-        if not model:
-            raise PlannerError(f"--from {str(from_config)!r} names no model; give --model.")
-    elif accelerate_config is not None:
-        raise PlannerError("--accelerate-config goes with --from; give the training config it launches.")
-    elif model is None:  # a usage error (exit 2), as when --model was a required option
+    fc, model = o.read_from(from_config, accelerate_config, model)
+    if model is None:  # a usage error (exit 2), as when --model was a required option
         raise typer.BadParameter("give a catalog name, a config.json or a hub id, or --from a training config.",
                                  param_hint="'--model' / '-m'")
     typed = o.typed_flags(ctx)
@@ -168,10 +159,7 @@ def estimate(
         method = method or base.method.value
         zero = base.zero_stage if zero is None else zero
         offload = offload or base.offload.value
-        if "gpus" not in typed and fc.num_gpus:
-            gpus = fc.num_gpus
-        if "nodes" not in typed and fc.num_nodes:
-            nodes = fc.num_nodes
+        gpus, nodes = o.from_cluster(fc, typed, gpus, nodes)
     if max_hours is not None and not compare_gpus:
         raise PlannerError("--max-hours applies to --compare-gpus only; add --compare-gpus or drop --max-hours.")
     if compare_gpus:

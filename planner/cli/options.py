@@ -270,6 +270,28 @@ FLAG_FIELDS = {
 }
 
 
+def read_from(from_config: Path | None, accelerate_config: Path | None, model: str | None):
+    """(the config --from reads, or None; the model to load: --model, else the config's). One sentence when the
+    config names no model, or when --accelerate-config comes without --from."""
+    if from_config is None:
+        if accelerate_config is not None:
+            raise PlannerError("--accelerate-config goes with --from; give the training config it launches.")
+        return None, model
+    from planner.from_config import read_training_config
+
+    fc = read_training_config(from_config, accelerate_config=accelerate_config)
+    model = model or fc.model
+    if not model:
+        raise PlannerError(f"--from {str(from_config)!r} names no model; give --model.")
+    return fc, model
+
+
+def from_cluster(fc, typed: set[str], gpus: int, nodes: int) -> tuple[int, int]:
+    """GPUs and nodes: the typed flags, else what the config's accelerate config says, else the defaults."""
+    return (gpus if "gpus" in typed or not fc.num_gpus else fc.num_gpus,
+            nodes if "nodes" in typed or not fc.num_nodes else fc.num_nodes)
+
+
 def typed_flags(ctx) -> set[str]:
     """The parameters the user gave on the command line (not defaults)."""
     # typer vendors its own click (typer._click), so compare the source by name, not with click's enum

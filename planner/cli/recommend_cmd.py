@@ -89,25 +89,14 @@ def recommend(
     num_tokens = o.parse_tokens(tokens)
     if out is not None and out.exists() and not out.is_dir():
         raise PlannerError(f"--out {str(out)!r} is a file; give a directory.")
-    fc = None
     typed = o.typed_flags(ctx)
-    if from_config is not None:
-        from planner.from_config import read_training_config
-
-        fc = read_training_config(from_config, accelerate_config=accelerate_config)
-        model = model or fc.model
-        if not model:
-            raise PlannerError(f"--from {str(from_config)!r} names no model; give --model.")
-        if "gpus" not in typed and fc.num_gpus:
-            gpus = fc.num_gpus
-        if "nodes" not in typed and fc.num_nodes:
-            nodes = fc.num_nodes
+    fc, model = o.read_from(from_config, accelerate_config, model)
+    if fc is not None:
+        gpus, nodes = o.from_cluster(fc, typed, gpus, nodes)
         if "method" not in typed:
             method = fc.train.method.value
         if global_batch_size is None:  # the config's own: micro-batch x accumulation x data-parallel ranks
             global_batch_size = fc.train.micro_batch * fc.train.grad_accum * gpus
-    elif accelerate_config is not None:
-        raise PlannerError("--accelerate-config goes with --from; give the training config it launches.")
     if model is None:
         raise typer.BadParameter("give a catalog name, a config.json or a hub id, or --from a training config.",
                                  param_hint="'--model' / '-m'")

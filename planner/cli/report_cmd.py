@@ -59,8 +59,7 @@ def _estimates(model, *, gpu, gpus, nodes, method, zero, offload, margin, mfu, t
         base = o.merge_from_config(fc.train, flags_base, set(typed) | unset_seq)
         method, zero, offload = method or base.method.value, base.zero_stage if zero is None else zero, (
             offload or base.offload.value)
-        gpus = gpus if "gpus" in typed or not fc.num_gpus else fc.num_gpus
-        nodes = nodes if "nodes" in typed or not fc.num_nodes else fc.num_nodes
+        gpus, nodes = o.from_cluster(fc, typed, gpus, nodes)
     cluster = o.build_cluster(gpu, gpus, nodes)
     methods = [o.parse_method(method)] if method else list(Method)
     stages = [zero] if zero is not None else [0, 1, 2, 3]
@@ -148,16 +147,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML report (opens offline) from an estimate, profiles and/or a plan."""
     profiles = list(profile or [])
-    fc = None
-    if from_config is not None:
-        from planner.from_config import read_training_config
-
-        fc = read_training_config(from_config, accelerate_config=accelerate_config)
-        model = model or fc.model
-        if not model:
-            raise PlannerError(f"--from {str(from_config)!r} names no model; give --model.")
-    elif accelerate_config is not None:
-        raise PlannerError("--accelerate-config goes with --from; give the training config it launches.")
+    fc, model = o.read_from(from_config, accelerate_config, model)
     if model is None and not profiles and plan is None:
         raise PlannerError("nothing to report: give --model (an estimate), --profile DIR or --plan DIR.")
     if output.suffix.lower() not in (".html", ".htm") or output.is_dir():
