@@ -1,6 +1,7 @@
 """The simulated training step: what PyTorch keeps alive and frees during one forward and backward, without torch.
 
-- ``tape``          a symbolic autograd engine: storages, nodes, saved tensors, gradient buffers, the peak
+- ``sim``           what the tape is made of: ``Sim`` (live bytes and each phase's peak), storages, fakes, nodes
+- ``tape``          a symbolic autograd engine: ops recorded, saved tensors, backward and its gradient buffers
 - ``ops``           the torch ops the families use: outputs, what autograd saves, what backward allocates
 - ``layers``        transformers' building blocks (norms, attention, MLP, LoRA, 4-bit linears) line by line
 - ``moe``           mixture-of-experts blocks (routers, grouped experts, peft ParamWrapper)
