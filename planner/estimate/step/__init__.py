@@ -1,11 +1,12 @@
 """The simulated training step: what PyTorch keeps alive and frees during one forward and backward, without torch.
 
-- ``sim``           what the tape is made of: ``Sim`` (live bytes and each phase's peak), storages, fakes, nodes
+- ``sim``           what the tape is made of: ``Sim`` (live bytes, each phase's peak), storages, fakes, nodes
 - ``tape``          a symbolic autograd engine: ops recorded, saved tensors, backward and its gradient buffers
 - ``ops``           the torch ops the families use: outputs, what autograd saves, what backward allocates
 - ``layers``        transformers' building blocks (norms, attention, MLP, LoRA, 4-bit linears) line by line
 - ``moe``           mixture-of-experts blocks (routers, grouped experts, peft ParamWrapper)
 - ``logits``        the output head and the causal-LM loss
+- ``family_weights`` each family's simulated weights (trainable or not, dtypes, LoRA adapters, 4-bit bases)
 - ``family_layers`` each family's decoder layer and embeddings assembled from the blocks
 - ``nearest``       an unknown causal family mapped onto the nearest validated layer
 - ``simulate``      ``simulate_step``: one micro-batch's forward and backward, cached by ``StepInputs``
