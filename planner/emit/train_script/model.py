@@ -1,0 +1,99 @@
+"""train.py, the model part: the config (random init, dropout), the model as planned, the LoRA adapters.
+
+Mixed-precision full fine-tuning keeps fp32 weights, QLoRA loads the base in 4 bits through bitsandbytes.
+"""
+
+from __future__ import annotations
+
+MODEL = r'''# ---------------------------------------------------------------- model
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
+
+
+def load_config(args: argparse.Namespace, vocab_size: int | None):
+    from transformers import AutoConfig
+
+    if args.random_init:
+        raw = json.loads(Path(args.random_init).read_text())
+        config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+    else:
+        config = AutoConfig.from_pretrained(args.model)
+    if vocab_size is not None and vocab_size > config.vocab_size:
+        fail(f"the tokenizer has {vocab_size} ids but the model's vocab_size is {config.vocab_size}.")
+    if args.dropout is not None:
+        for key, value in config.to_dict().items():
+            if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
+                setattr(config, key, args.dropout)
+    return config
+
+
+def build_model(args: argparse.Namespace, vocab_size: int | None, training_args):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(args, vocab_size)
+    compute = {"bf16-mixed": "bf16", "bf16": "bf16", "fp16-mixed": "fp16"}.get(args.precision, "fp32")
+    # Full fine-tuning in mixed precision keeps fp32 weights (the master copy: DeepSpeed casts its working
+    # copy to 16 bits, plain DDP autocasts); a frozen (Q)LoRA base and pure bf16 hold 16-bit weights, and
+    # peft keeps the adapters in fp32.
+    weights = compute if args.precision == "bf16" or args.method != "full" else "fp32"
+    kwargs = {"attn_implementation": args.attn_impl, "dtype": torch_dtype(weights)}
+    source, scratch = args.model, None
+    if args.random_init:
+        torch.manual_seed(args.seed)  # every rank builds the same weights
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+        if args.method != "qlora":
+            return model
+        # bitsandbytes quantizes while loading: rank 0 saves the random weights, then every rank loads them
+        # in 4 bits (several nodes need a shared --output-dir for this).
+        source = scratch = str(Path(args.output_dir) / "random-init-weights")
+        with training_args.main_process_first(local=False, desc="saving random weights"):
+            model.save_pretrained(source)  # writes on rank 0 only
+        del model
+    if args.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=args.quant_type,
+            bnb_4bit_use_double_quant=args.double_quant,
+            bnb_4bit_compute_dtype=torch_dtype(compute),
+        )
+        kwargs["device_map"] = {"": training_args.device}  # each rank loads a copy onto its own device
+    model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+    if scratch:
+        with training_args.main_process_first(local=False, desc="removing random weights"):
+            pass  # every rank has loaded them
+        if training_args.process_index == 0:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return model
+
+
+def add_adapters(model, args: argparse.Namespace):
+    if args.method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if args.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=args.grad_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+    config = LoraConfig(
+        r=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        modules_to_save=[m.strip() for m in args.modules_to_save.split(",") if m.strip()] or None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+'''

@@ -1,0 +1,132 @@
+"""train.py, the run part: the DeepSpeed config of this run, TrainingArguments, the Trainer, the summary."""
+
+from __future__ import annotations
+
+RUN = r'''# ---------------------------------------------------------------- run
+
+
+def deepspeed_config(args: argparse.Namespace, world_size: int) -> dict | None:
+    if not args.deepspeed:
+        return None
+    config = json.loads(Path(args.deepspeed).read_text())
+    # The batch keys must agree with this run: an override or another number of processes rewrites them.
+    wanted = {
+        "train_micro_batch_size_per_gpu": args.micro_batch,
+        "gradient_accumulation_steps": args.grad_accum,
+        "train_batch_size": args.micro_batch * args.grad_accum * world_size,
+        "gradient_clipping": args.max_grad_norm,
+    }
+    for key, value in wanted.items():
+        if config.get(key) not in ("auto", value):
+            print(f"train.py: {key} {config.get(key)} -> {value} for this run", file=sys.stderr)
+        config[key] = value
+    return config
+
+
+def checkpointing_kwargs(training_arguments_cls, enabled: bool) -> dict:
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing.
+    name = "activation_checkpointing"
+    if name not in training_arguments_cls.__dataclass_fields__:
+        name = "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    texts = read_texts(args)  # fail on a bad dataset before loading anything large
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if args.deepspeed and "LOCAL_RANK" not in os.environ:  # `python train.py` without a launcher: one process
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": os.environ.get("MAIN_PROCESS_PORT", "29500")}.items():
+            os.environ.setdefault(key, value)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    deepspeed = deepspeed_config(args, world_size)
+    accelerator_config = None
+    if args.cpu and deepspeed is not None and "LOCAL_RANK" in os.environ:
+        # Without a GPU accelerate sets up no process group for DeepSpeed (and its CPU mode turns DeepSpeed
+        # off): start it with gloo, DeepSpeed's CPU backend, and have the Trainer use that state.
+        from accelerate import PartialState
+
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+        accelerator_config = {"use_configured_state": True}
+    training_args = TrainingArguments(
+        output_dir=args.output_dir,
+        per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=args.grad_accum,
+        bf16=args.precision in ("bf16-mixed", "bf16"),
+        fp16=args.precision == "fp16-mixed",
+        optim=OPTIMIZERS[args.optimizer],
+        optim_args="momentum=0.9" if args.optimizer == "sgd" else None,  # the planned SGD keeps momentum
+        learning_rate=args.learning_rate,
+        max_grad_norm=args.max_grad_norm,
+        max_steps=args.max_steps,
+        num_train_epochs=args.epochs,
+        logging_steps=args.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=args.seed,
+        deepspeed=deepspeed,
+        use_cpu=args.cpu,
+        ddp_backend="gloo" if args.cpu and world_size > 1 else None,
+        accelerator_config=accelerator_config,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        **checkpointing_kwargs(TrainingArguments, args.grad_checkpointing),
+    )
+    training_args.device  # noqa: B018 - sets up the process group and this rank's device before the model
+    tokenizer = load_tokenizer(args)
+    train_dataset = pack(texts, tokenizer, args.seq_len, args.micro_batch * args.grad_accum * world_size)
+    model = build_model(args, len(tokenizer) if args.random_init else None, training_args)
+    model = add_adapters(model, args)
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=train_dataset, data_collator=default_data_collator
+    )
+    result = trainer.train()
+    if not args.no_save:
+        trainer.save_model(args.output_dir)
+    params = list(model.parameters())
+    summary = {
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "loss_is_finite": math.isfinite(result.training_loss),
+        "world_size": training_args.world_size,
+        "process_index": training_args.process_index,
+        "distributed_type": str(trainer.accelerator.distributed_type.value),
+        "zero_stage": trainer.model_wrapped.zero_optimization_stage() if deepspeed else 0,
+        "model": None if args.random_init else args.model,
+        "method": args.method,
+        "precision": args.precision,
+        "micro_batch": args.micro_batch,
+        "grad_accum": args.grad_accum,
+        "seq_len": args.seq_len,
+        "param_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in params}),
+        # Under ZeRO-3 a rank holds a partition: ds_numel is a parameter's full size, numel() the local part.
+        "num_params": sum(getattr(p, "ds_numel", p.numel()) for p in params),
+        "num_trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in params if p.requires_grad),
+        "num_local_param_elements": sum(p.numel() for p in params),
+        "num_4bit_modules": sum(  # bitsandbytes' own layers (peft's LoRA wrappers share the class name)
+            type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes")
+            for m in model.modules()
+        ),
+    }
+    out = Path(args.output_dir) / f"run_summary.rank{training_args.process_index}.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    if trainer.is_world_process_zero():
+        print(json.dumps(summary))
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # every rank waits until the others are done (rank 0 may still be writing the model), then leaves the
+        # process group before the interpreter exits: a rank that exited while another still talked to it
+        # aborted ("terminate called without an active exception") after a successful run
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+'''
