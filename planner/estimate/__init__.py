@@ -11,5 +11,7 @@
 - ``overhead``      GPU-only memory outside the tensors (CUDA context, allocator)
 - ``quant``         bitsandbytes 4-bit storage
 - ``result``        the frozen results
-- ``throughput``    FLOPs, step time, tokens/s, time and cost
+- ``throughput``    the per-phase step time, tokens/s, time and cost
+- ``flops``         FLOPs per token, by pass (forward, backward, recomputation)
+- ``traffic``       bytes a step moves (HBM outside matmuls, collectives, PCIe) and the exposed communication
 """
