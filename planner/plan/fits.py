@@ -3,8 +3,8 @@
 "Fits" means the device figure (reserved + context + libraries, what nvidia-smi shows) stays within the usable
 capacity, ``capacity x (1 - margin)`` with the GPU's CUDA-visible capacity (``GpuSpec.capacity_bytes``) -- the
 same test as ``Estimate.fits``. Memory only grows with the micro-batch and the sequence length
-(tests/test_monotonic.py), so an exponential probe then an interpolating search finds both limits exactly in a
-handful of evaluations. Host RAM does not depend on either: a row whose offload does not fit the node's host RAM
+(tests/test_monotonic.py), so a search that checks a predicted limit and its neighbour finds both limits exactly
+in a handful of evaluations (predictions choose what to check, never the answer; tests/test_fit_search.py). Host RAM does not depend on either: a row whose offload does not fit the node's host RAM
 fits nothing (core.py gives it 0 and 0 without searching).
 
 The estimator comes in as a function (``evaluate``), so this module does not import core.py, which calls it.
@@ -38,57 +38,97 @@ def _device_bytes(evaluate: Evaluate, model: ModelSpec, train: TrainSpec, cluste
     return est.device_bytes
 
 
-def _largest(value, lo: int, hi: int, usable: int) -> int:
+def _largest(value, lo: int, hi: int, usable: int, *, seen: dict[int, float] | None = None,
+             approx: dict[int, float] | None = None, bad: int | None = None, guess: int | None = None) -> int:
     """The largest n in [lo, hi] with value(n) <= usable, given that it holds at lo and value is monotone.
 
-    An exponential probe brackets the limit; then regula falsi on the byte values (memory is close to linear
-    or quadratic in the searched size, so the interpolated point is usually within one step of the limit),
-    falling back to bisection whenever interpolation fails to halve the bracket. Every answer is checked by
-    the estimator itself: the result is exact, only the number of evaluations shrinks.
+    Every fits-or-not decision comes from ``value`` itself (or ``seen``, values it returned before), so the
+    answer is exact; only the choice of the next n to check is a prediction, and only the number of
+    evaluations depends on it. ``seen``: exact values already known. ``approx``: values that only steer the
+    predictions (an upper bound at an n between grid points, say). ``bad``: an n known not to fit. ``guess``:
+    where to look first (a closed-form prediction of the limit).
+
+    Below a known failure the next n extrapolates the secant through the two highest points that fit (memory
+    is close to linear or quadratic in the searched size, so it usually lands on the limit; the next check
+    is its neighbour), doubling when there is nothing to extrapolate and growing the step exponentially when
+    predictions keep falling short. Inside a bracket: regula falsi on the byte values, falling back to
+    bisection whenever two evaluations fail to halve the bracket.
     """
-    seen: dict[int, float] = {}
+    known: dict[int, float] = {} if seen is None else seen  # the caller's dict gains every value
+    hints = dict(approx or {})
 
     def bytes_at(n: int) -> float:
-        if n not in seen:
+        if n not in known:
             v = value(n)
-            seen[n] = float("inf") if v is None else float(v)
-        return seen[n]
+            known[n] = float("inf") if v is None else float(v)
+        return known[n]
 
-    good, step = lo, lo
+    def steer(n: int) -> float | None:
+        v = known.get(n, hints.get(n))
+        return v if v is not None and v != float("inf") else None
+
+    good = max([lo] + [n for n, v in known.items() if lo <= n <= hi and v <= usable])
+    fails = [n for n, v in known.items() if good < n <= hi and v > usable]
+    if bad is not None and good < bad <= hi:
+        fails.append(bad)
+    bad = min(fails) if fails else None
+    streak = 0  # fits in a row before any failure: the minimum step doubles with each
+    widths: list[int] = []
+    c = guess
     while True:
-        nxt = min(good + step, hi)
-        if nxt == good:
-            return good
-        if bytes_at(nxt) > usable:
-            bad = nxt
-            break
-        good = nxt
-        step *= 2
-    bisect = False
-    while bad - good > 1:
-        width = bad - good
-        fg, fb = bytes_at(good), bytes_at(bad)
-        if bisect or fb == float("inf") or fb <= fg:
-            mid = (good + bad) // 2
+        if bad is None:
+            if good >= hi:
+                return good
+            if c is None:
+                c = _extrapolate(good, usable, known, hints, steer)
+                if streak:
+                    c = max(c, good + (1 << (streak - 1)))
+            c = min(max(c, good + 1), hi)
         else:
-            mid = good + int((usable - fg) * width / (fb - fg))
-            mid = min(max(mid, good + 1), bad - 1)
-        if bytes_at(mid) <= usable:
-            good = mid
-            # The interpolated point usually sits just below the limit: check its neighbour at once.
-            if mid + 1 < bad and bytes_at(mid + 1) > usable:
-                bad = mid + 1
+            if bad - good <= 1:
+                return good
+            width = bad - good
+            widths.append(width)
+            if c is None:
+                fg, fb = steer(good), steer(bad)
+                if (len(widths) >= 3 and width * 2 > widths[-3]) or fg is None or fb is None or fb <= fg:
+                    c = (good + bad) // 2
+                else:
+                    c = good + int((usable - fg) * width / (fb - fg))
+            c = min(max(c, good + 1), bad - 1)
+        if bytes_at(c) <= usable:
+            good = c
+            streak = streak + 1 if bad is None else streak
         else:
-            bad = mid
-        bisect = (bad - good) * 2 > width
-    return good
+            bad = c
+        c = None
+
+
+def _extrapolate(good: int, usable: int, known: dict, hints: dict, steer) -> int:
+    """The n where the secant through the two highest points that fit reaches ``usable`` (doubling without
+    two such points or a rising secant)."""
+    below = sorted(n for n in set(known) | set(hints) if n <= good and steer(n) is not None)
+    if len(below) >= 2:
+        n1, n2 = below[-2], below[-1]
+        v1, v2 = steer(n1), steer(n2)
+        if v2 > v1 and v2 <= usable:
+            return n2 + int((usable - v2) * (n2 - n1) / (v2 - v1))
+    return 2 * good
 
 
 def find_fit(evaluate: Evaluate, model: ModelSpec, train: TrainSpec, cluster: Cluster, *, margin: float,
              device: str = "cuda", allow_longer: bool = False, own_device_bytes: int | None = None) -> Fit:
     """``evaluate``: the estimator (core.estimate). ``own_device_bytes``: the device figure of ``train`` itself,
     when the caller has it. When it fits, both searches start from the row's own micro-batch and sequence
-    length (memory is monotone in both), which saves the probes below them."""
+    length (memory is monotone in both), which saves the probes below them; when it does not, it bounds both
+    searches from above.
+
+    The micro-batch search costs no simulation beyond the envelope's two (step/envelope.py): every micro-batch
+    is a few lines. The sequence search simulates every length it checks, so it starts where the micro-batch
+    lines put the limit: a sequence of s more tokens costs about what s / seq_len more sequences do. That
+    prediction only chooses the first length to check: the limit is the one the estimator confirms (it fits,
+    the next length does not), so the answer is the same whatever the prediction.
+    """
     usable = int(cluster.gpu.capacity_bytes * (1.0 - margin))
 
     def batch_bytes(b: int) -> int | None:
@@ -97,24 +137,67 @@ def find_fit(evaluate: Evaluate, model: ModelSpec, train: TrainSpec, cluster: Cl
     def seq_bytes(k: int) -> int | None:
         return _device_bytes(evaluate, model, replace(train, seq_len=k * SEQ_STEP), cluster, device)
 
-    def fits_at(v: int | None) -> bool:
+    def fits_at(v: int | float | None) -> bool:
         return v is not None and v <= usable
 
     own_fits = fits_at(own_device_bytes)
-    if own_fits and train.micro_batch <= MAX_MICRO_BATCH:
-        max_b = _largest(batch_bytes, train.micro_batch, MAX_MICRO_BATCH, usable)
+    own_b, own_s = train.micro_batch, train.seq_len
+    batch_seen: dict[int, float] = {}
+    if own_device_bytes is not None and own_b <= MAX_MICRO_BATCH:
+        batch_seen[own_b] = float(own_device_bytes)
+    if own_fits and own_b <= MAX_MICRO_BATCH:
+        max_b = _largest(batch_bytes, own_b, MAX_MICRO_BATCH, usable, seen=batch_seen)
     else:
-        max_b = _largest(batch_bytes, 1, MAX_MICRO_BATCH, usable) if fits_at(batch_bytes(1)) else 0
+        one = batch_seen[1] if 1 in batch_seen else batch_bytes(1)
+        if fits_at(one):
+            batch_seen[1] = float(one)
+            max_b = _largest(batch_bytes, 1, MAX_MICRO_BATCH, usable, seen=batch_seen)
+        else:
+            max_b = 0
     limit = MAX_SEQ_LEN_LONGER if allow_longer else model.max_position_embeddings
     max_k = limit // SEQ_STEP
-    own_k = min(train.seq_len // SEQ_STEP, max_k)
+    own_k = min(own_s // SEQ_STEP, max_k)
+    seq_seen: dict[int, float] = {}
+    seq_hints: dict[int, float] = {}
+    if own_device_bytes is not None and own_s % SEQ_STEP == 0 and own_s // SEQ_STEP <= max_k:
+        seq_seen[own_s // SEQ_STEP] = float(own_device_bytes)
     if max_k < 1:
         max_s = 0
     elif own_fits and own_k >= 1:  # k * 256 <= seq_len: fits because the row does
-        max_s = _largest(seq_bytes, own_k, max_k, usable) * SEQ_STEP
+        seq_hints[own_k] = float(own_device_bytes)
+        guess = _seq_guess(batch_seen, own_b, own_s, own_k, float(own_device_bytes), usable)
+        max_s = _largest(seq_bytes, own_k, max_k, usable, seen=seq_seen, approx=seq_hints, guess=guess) * SEQ_STEP
     else:
-        max_s = _largest(seq_bytes, 1, max_k, usable) * SEQ_STEP if fits_at(seq_bytes(1)) else 0
+        first = seq_seen[1] if 1 in seq_seen else seq_bytes(1)
+        if fits_at(first):
+            seq_seen[1] = float(first)
+            over = None
+            if own_device_bytes is not None and not own_fits:  # fails at its own length, so at any longer one
+                over = -(-own_s // SEQ_STEP)
+                if over <= max_k:
+                    seq_hints.setdefault(over, float(own_device_bytes))
+                else:
+                    over = None
+            max_s = _largest(seq_bytes, 1, max_k, usable, seen=seq_seen, approx=seq_hints, bad=over) * SEQ_STEP
+        else:
+            max_s = 0
     return Fit(max_micro_batch=max_b, max_seq_len=max_s)
+
+
+def _seq_guess(batch_seen: dict[int, float], own_b: int, own_s: int, own_k: int, own_bytes: float,
+               usable: int) -> int | None:
+    """Where the sequence limit should be, from the micro-batch search's exact figures: one more sequence of
+    ``own_s`` tokens costs ``slope`` bytes, so one more token in each of the ``own_b`` sequences costs about
+    ``own_b * slope / own_s`` (the b = 1 gradient rules and the few [s, ...] tensors make it approximate, which
+    only costs an extra check). None without two finite points."""
+    pts = sorted((b, v) for b, v in batch_seen.items() if v != float("inf"))
+    if len(pts) < 2:
+        return None
+    (b1, v1), (b2, v2) = pts[0], pts[1]
+    per_token = (v2 - v1) / (b2 - b1) / own_s * own_b
+    if per_token <= 0:
+        return None
+    return own_k + int((usable - own_bytes) / (per_token * SEQ_STEP))
 
 
 def estimate_with_fit(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, margin: float = DEFAULT_MARGIN,
