@@ -166,7 +166,9 @@ class EstimateCache:
         self.counts = count_params(model)
         self.num_calls = 0
         self._cache: dict[tuple, Any] = {}
+        self._memory: dict[tuple, Any] = {}  # memory_key -> an estimate on another GPU of the same memory
         self._splits: dict[tuple, Any] = {}
+        self._lower: dict[tuple, int] = {}
 
     def split(self, train: TrainSpec):
         key = (train.method, train.lora, train.quant)
@@ -176,20 +178,30 @@ class EstimateCache:
 
     def states_lower_bound(self, train: TrainSpec, num_gpus: int) -> int:
         """Per-GPU model states after ZeRO/offload: part of every peak, so a peak is never below this."""
-        split = self.split(train)
-        states = unsharded_states(self.counts, split, train)
-        sharded = shard_states(states, train, num_gpus, self.counts.largest_module)
-        return sharded.params_bytes + sharded.grads_bytes + sharded.optimizer_states_bytes
+        key = (train, num_gpus)
+        if key not in self._lower:
+            split = self.split(train)
+            states = unsharded_states(self.counts, split, train)
+            sharded = shard_states(states, train, num_gpus, self.counts.largest_module)
+            self._lower[key] = sharded.params_bytes + sharded.grads_bytes + sharded.optimizer_states_bytes
+        return self._lower[key]
 
     def estimate(self, train: TrainSpec, cluster: Cluster):
         if cluster.host_memory_bytes_per_node is None and self.host_mem is not None:
             cluster = dataclasses.replace(cluster, host_memory_bytes_per_node=self.host_mem)
         key = (train, cluster)
         if key not in self._cache:
+            same = self._memory.get(memory_key(train, cluster))
+            if same is not None:
+                # The same run on another GPU type with the same memory: only the capacity it is measured against
+                # differs (memory_key says why), so no estimate is computed again.
+                self._cache[key] = dataclasses.replace(same, cluster=cluster, capacity_bytes=cluster.gpu.capacity_bytes)
+                return self._cache[key]
             self.num_calls += 1
             # allow_longer only when asked, so this also runs against an estimate() without the keyword.
             kwargs = {"allow_longer": True} if self.allow_longer else {}
             self._cache[key] = estimate(self.model, train, cluster, margin=self.margin, **kwargs)
+            self._memory[memory_key(train, cluster)] = self._cache[key]
         return self._cache[key]
 
     def fits(self, train: TrainSpec, cluster: Cluster) -> bool:
@@ -204,6 +216,16 @@ class EstimateCache:
             seen = max((b.activations_bytes for b in est.phases.values()), default=est.per_gpu.activations_bytes)
             self._floors[group] = max(self._floors.get(group, 0), seen, est.per_gpu.activations_bytes)
         return est.fits and est.reserved_bytes <= usable  # est.fits checks the host RAM where it is known
+
+
+def memory_key(train: TrainSpec, cluster: Cluster) -> tuple:
+    """What an estimate's memory reads from the cluster: the rank count, the ranks per node and the host RAM per
+    node (sharding, host RAM, NCCL), and whether the GPU has bf16 (QLoRA in bf16 is refused without it). The GPU
+    type is otherwise only the capacity the figures are measured against, so the comparison estimates each run
+    once for all the GPU types of the catalog (tests/test_compare_gpus.py checks the estimates are the same on
+    every GPU type; a memory rule that comes to depend on the GPU belongs here)."""
+    return (train, cluster.num_gpus, cluster.num_nodes, cluster.host_memory_bytes_per_node,
+            cluster.gpu.supports_bf16)
 
 
 def _activation_key(train: TrainSpec) -> TrainSpec:
