@@ -164,9 +164,17 @@ def _envelope(inputs: StepInputs) -> StepEnvelope:
 def lora_adapter_paths(model: ModelSpec, train: TrainSpec) -> tuple[tuple[str, int], ...]:
     if train.method is Method.FULL:
         return ()
+    return _adapter_paths(model, model.config_json(), train.lora)
+
+
+@lru_cache(maxsize=256)
+def _adapter_paths(model: ModelSpec, config_json: str, lora) -> tuple[tuple[str, int], ...]:
+    """Cached per model and LoRA spec: every estimate of a LoRA row asks (a fit search dozens of times) and each
+    answer counted the parameters again. ``config_json`` is in the key because ModelSpec equality ignores the
+    raw config, where the family details live."""
     from planner.estimate.count.params import count_params, lora_adapters
 
-    return tuple(sorted((a.path, a.rank) for a in lora_adapters(count_params(model), train.lora)))
+    return tuple(sorted((a.path, a.rank) for a in lora_adapters(count_params(model), lora)))
 
 
 def _zero_key(train: TrainSpec) -> int:
