@@ -47,7 +47,7 @@ def _render(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from planner.cli.profile_cmd import fmt_bytes
+    from planner.cli.render import fmt_bytes
 
     console = Console()
     for r in result.ranks:

@@ -13,40 +13,52 @@ from planner.cli import options as o
 from planner.errors import PlannerError
 from planner.estimate.core import estimate as run_estimate
 from planner.estimate.result import Estimate
-from planner.estimate.throughput import DEFAULT_MFU
 from planner.modelled import modelled_block
 from planner.models import load_model
 from planner.plan.fits import estimate_with_fit
-from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec, validate_margin
+from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
 
 
-def enumerate_rows(
-    model: ModelSpec,
-    cluster: Cluster,
-    base: TrainSpec,
-    methods: list[Method],
-    stages: list[int],
-    offloads: list[Offload],
-    *,
-    margin: float,
-    allow_longer: bool = False,
-    strict: bool = False,
+def table_base(flags: o.TrainingFlags, spec: ModelSpec, fc=None, *, seq_len_from_flags: bool = False):
+    """(the TrainSpec every row of the table starts from; the flags with what --from fills in). Without --from
+    the flags' recipe on the first row's layout (each row sets its method, stage and offload); with it the
+    config's run with every typed flag on top (``options.from_config_run``)."""
+    if flags.seq_len is None:  # the model's default, or the config's
+        in_config = fc is not None and "seq_len" not in fc.unset
+        flags = dataclasses.replace(flags, seq_len=fc.train.seq_len if in_config else o.default_seq_len(spec))
+    if fc is not None:
+        return o.from_config_run(fc, flags, spec, seq_len_from_flags=seq_len_from_flags)
+    return o.build_train_spec(flags, model=spec, method=flags.method or "full", zero=0, offload="none"), flags
+
+
+def estimate_rows(
+    model: ModelSpec, cluster: Cluster, base: TrainSpec, flags: o.TrainingFlags, *, num_tokens: int,
     with_fit: bool = False,
 ) -> list[Estimate]:
-    """One Estimate per valid method x stage x offload. With ``strict`` an invalid combination raises."""
+    """One Estimate (with time and cost) per valid method x stage x offload the flags ask for (None: every one).
+    With all three fixed an invalid combination raises; none valid raises too."""
+    methods = [o.parse_method(flags.method)] if flags.method else list(Method)
+    stages = [o.parse_zero(flags.zero)] if flags.zero is not None else [0, 1, 2, 3]
+    offloads = [o.parse_offload(flags.offload)] if flags.offload else list(Offload)
+    strict = flags.method is not None and flags.zero is not None and flags.offload is not None
+    run = estimate_with_fit if with_fit else run_estimate
     rows = []
     for method in methods:
         for stage in stages:
             for offload in offloads:
                 try:
-                    train = dataclasses.replace(base, method=method, zero_stage=stage, offload=offload)
+                    train = o.with_layout(base, method, stage, offload)
                 except PlannerError:
                     if strict:
                         raise
                     continue
-                run = estimate_with_fit if with_fit else run_estimate
-                rows.append(run(model, train, cluster, margin=margin, allow_longer=allow_longer))
-    return rows
+                rows.append(run(model, train, cluster, margin=flags.margin, allow_longer=flags.allow_longer))
+    if not rows:
+        raise PlannerError(
+            "no valid combination of the given --method, --zero and --offload (offload needs ZeRO 1-3, "
+            "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2)."
+        )
+    return [with_throughput(r, mfu=flags.mfu, num_tokens=num_tokens, price=flags.price_per_gpu_hour) for r in rows]
 
 
 def with_throughput(est: Estimate, *, mfu: float | None, num_tokens: int, price: float) -> Estimate:
@@ -57,41 +69,13 @@ def with_throughput(est: Estimate, *, mfu: float | None, num_tokens: int, price:
     )
 
 
+@o.training_options()
 def estimate(
-    ctx: typer.Context,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name, path to config.json or model "
-                                              "dir, or hub id (with --from: instead of the config's model).")] = None,
+    *,
+    model: o.ModelOpt = None,
     from_config: o.FromOpt = None,
     accelerate_config: o.AccelerateConfigOpt = None,
-    gpus: o.GpusOpt = 1,
-    gpu: o.GpuOpt = "h100-sxm-80gb",
-    nodes: o.NodesOpt = 1,
-    host_ram: o.HostRamOpt = None,
-    method: o.MethodOpt = None,
-    zero: o.ZeroOpt = None,
-    offload: o.OffloadOpt = None,
-    precision: o.PrecisionOpt = "bf16-mixed",
-    optimizer: o.OptimizerOpt = "adamw",
-    lora_rank: o.LoraRankOpt = 16,
-    lora_alpha: o.LoraAlphaOpt = 32,
-    lora_dropout: o.LoraDropoutOpt = None,
-    lora_targets: o.LoraTargetsOpt = "all-linear",
-    modules_to_save: o.ModulesToSaveOpt = "",
-    quant_type: o.QuantTypeOpt = "nf4",
-    double_quant: o.DoubleQuantOpt = True,
-    micro_batch: o.MicroBatchOpt = 1,
-    seq_len: o.SeqLenOpt = None,
-    grad_accum: o.GradAccumOpt = 1,
-    grad_checkpointing: o.CheckpointingOpt = False,
-    attn: o.AttnOpt = "sdpa",
-    dropout: o.DropoutOpt = None,
-    allow_longer: o.AllowLongerOpt = False,
-    margin: Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")] = 0.1,
-    mfu: o.MfuOpt = DEFAULT_MFU,
-    tokens: o.TokensOpt = "0",
-    price_per_gpu_hour: Annotated[
-        float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")
-    ] = 0.0,
+    flags: o.TrainingFlags,
     compare_gpus: Annotated[
         bool,
         typer.Option("--compare-gpus", help="For every catalog GPU and method: the cheapest plan that fits, its time "
@@ -107,102 +91,39 @@ def estimate(
     csv: Annotated[Path | None, typer.Option("--csv", help="Also write the rows to this CSV file.")] = None,
 ) -> None:
     """Estimate per-GPU memory (and time and cost) for training MODEL on GPUS accelerators."""
-    from planner.estimate.throughput import validate_mfu, validate_price
-
-    validate_mfu(mfu)
-    validate_price(price_per_gpu_hour)
-    tokens = o.parse_tokens(tokens)
-    validate_margin(margin)
-    if zero is not None and zero not in (0, 1, 2, 3):
-        raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
+    num_tokens = o.check_flags(flags)
     if csv is not None and csv.is_dir():
         raise PlannerError(f"--csv {str(csv)!r} is a directory; give a file path.")
     fc, model = o.read_from(from_config, accelerate_config, model)
     if model is None:  # a usage error (exit 2), as when --model was a required option
         raise typer.BadParameter("give a catalog name, a config.json or a hub id, or --from a training config.",
                                  param_hint="'--model' / '-m'")
-    typed = o.typed_flags(ctx)
     spec = load_model(model, trust_remote_code=trust_remote_code)
     if csv is not None:
         from planner.safe_write import check_output_file
 
         check_output_file(csv, flag="--csv", inputs=_inputs(spec))  # before any work
-    if seq_len is None:
-        seq_len = o.default_seq_len(spec)
-        if fc is not None and "seq_len" not in fc.unset:
-            seq_len = fc.train.seq_len
-    base = o.build_train_spec(
-        model=spec,
-        method=method or "full",
-        precision=precision,
-        optimizer=optimizer,
-        lora_rank=lora_rank,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        lora_targets=lora_targets,
-        modules_to_save=modules_to_save,
-        quant_type=quant_type,
-        double_quant=double_quant,
-        zero=0,
-        offload="none",
-        micro_batch=micro_batch,
-        seq_len=seq_len,
-        grad_accum=grad_accum,
-        grad_checkpointing=grad_checkpointing,
-        attn=attn,
-        dropout=dropout,
-    )
-    if fc is not None:
-        # the config's run, with every flag typed beside --from taken from the flags
-        flags_base = dataclasses.replace(base, zero_stage=zero or 0, offload=o.parse_offload(offload or "none"))
-        base = o.merge_from_config(fc.train, flags_base, typed)
-        method = method or base.method.value
-        zero = base.zero_stage if zero is None else zero
-        offload = offload or base.offload.value
-        gpus, nodes = o.from_cluster(fc, typed, gpus, nodes)
+    base, flags = table_base(flags, spec, fc)
     if max_hours is not None and not compare_gpus:
         raise PlannerError("--max-hours applies to --compare-gpus only; add --compare-gpus or drop --max-hours.")
     if compare_gpus:
         from planner.plan.compare_gpus import DEFAULT_MAX_HOURS
 
         max_hours = DEFAULT_MAX_HOURS if max_hours is None else max_hours
-        if gpu != "h100-sxm-80gb":
-            raise PlannerError(
-                f"--compare-gpus compares every GPU in the catalog, so --gpu {gpu!r} does not apply; drop one of them."
-            )
-        _compare_gpus(spec, base, method, tokens, mfu, price_per_gpu_hour, margin, as_json, max_hours,
-                      o.host_ram_bytes(host_ram))
+        if flags.gpu != o.TrainingFlags.gpu:
+            raise PlannerError(f"--compare-gpus compares every GPU in the catalog, so --gpu {flags.gpu!r} does not "
+                               "apply; drop one of them.")
+        _compare_gpus(spec, base, flags, num_tokens, as_json, max_hours)
         return
-    cluster = o.build_cluster(gpu, gpus, nodes, host_ram)
-    methods = [o.parse_method(method)] if method else list(Method)
-    stages = [zero] if zero is not None else [0, 1, 2, 3]
-    offloads = [o.parse_offload(offload)] if offload else list(Offload)
-    strict = method is not None and zero is not None and offload is not None
-    rows = enumerate_rows(
-        spec,
-        cluster,
-        base,
-        methods,
-        stages,
-        offloads,
-        margin=margin,
-        allow_longer=allow_longer,
-        strict=strict,
-        with_fit=True,
-    )
-    if not rows:
-        raise PlannerError(
-            "no valid combination of the given --method, --zero and --offload (offload needs ZeRO 1-3, "
-            "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2)."
-        )
-    rows = [with_throughput(r, mfu=mfu, num_tokens=tokens, price=price_per_gpu_hour) for r in rows]
+    cluster = o.build_cluster(flags)
+    rows = estimate_rows(spec, cluster, base, flags, num_tokens=num_tokens, with_fit=True)
     payload = {
         "model": _model_json(spec),
         "gpu": dataclasses.asdict(cluster.gpu),
         "cluster": {"num_gpus": cluster.num_gpus, "num_nodes": cluster.num_nodes,
                     "host_memory_bytes_per_node": cluster.host_memory_bytes_per_node},
         "train": _train_json(base),
-        "margin": margin,
+        "margin": flags.margin,
         "rows": [r.row() for r in rows],
         "modelled": modelled_block("cuda"),
     }
@@ -278,26 +199,27 @@ def _inputs(spec) -> dict:
     return {"the model config": None if spec.source == "catalog" or spec.source.startswith("hub:") else spec.source}
 
 
-def _compare_gpus(spec, base, method, tokens, mfu, price, margin, as_json, max_hours, host_ram) -> None:
-    from planner.cli.render import render_compare_gpus
+def gpu_rows(spec: ModelSpec, base: TrainSpec, flags: o.TrainingFlags, num_tokens: int, **limits) -> list:
+    """--compare-gpus: for every catalog GPU and method (--method's only, when given) the cheapest plan that fits;
+    ``limits``: compare_gpus' max_hours and host RAM."""
     from planner.plan.compare_gpus import compare_gpus
 
-    rows = compare_gpus(
-        spec,
-        base if method is None else dataclasses.replace(base, method=o.parse_method(method)),
-        num_tokens=tokens,
-        mfu=mfu,
-        price_per_gpu_hour=price,
-        margin=margin,
-        max_hours=max_hours,
-        host_memory_bytes_per_node=host_ram,
-    )
-    if method is not None:
-        rows = [r for r in rows if r.method == o.parse_method(method).value]
+    method = o.parse_method(flags.method) if flags.method is not None else None
+    rows = compare_gpus(spec, base if method is None else dataclasses.replace(base, method=method),
+                        num_tokens=num_tokens, mfu=flags.mfu, price_per_gpu_hour=flags.price_per_gpu_hour,
+                        margin=flags.margin, **limits)
+    return rows if method is None else [r for r in rows if r.method == method.value]
+
+
+def _compare_gpus(spec, base, flags, num_tokens, as_json, max_hours) -> None:
+    from planner.cli.render import render_compare_gpus
+
+    rows = gpu_rows(spec, base, flags, num_tokens, max_hours=max_hours,
+                    host_memory_bytes_per_node=o.host_ram_bytes(flags.host_ram))
     if as_json:
         from planner.plan.compare_gpus import RANKING
 
         typer.echo(json_text({"model": _model_json(spec), "ranking": RANKING, "max_hours": max_hours,
                               "rows": [r.to_dict() for r in rows]}))  # fmt: skip
         return
-    render_compare_gpus(spec, rows, num_tokens=tokens, max_hours=max_hours, precision=base.precision.value)
+    render_compare_gpus(spec, rows, num_tokens=num_tokens, max_hours=max_hours, precision=base.precision.value)

@@ -1,19 +1,29 @@
-"""Option types shared by every command that takes a training specification.
+"""The options every command that plans or runs a training shares, declared once, and their one reading.
 
-Commands declare the options they need with these ``Annotated`` types and call ``build_train_spec`` /
-``build_cluster``, so `estimate`, `profile`, `recommend` and `report` read the same flags the same way.
+``TrainingFlags`` declares the shared options (flag names, help, defaults; estimate's "all" defaults for
+--method, --zero, --offload and --seq-len) and is what a command receives: ``@training_options(...)`` puts its
+fields into the command's signature in place of a ``flags: TrainingFlags`` parameter, so `estimate`, `profile`,
+`recommend` and `report` offer the same flags with the same help. A command that reads one differently (profile
+runs one concrete configuration, recommend searches what is not fixed) names that difference in its decorator.
+``build_train_spec`` turns the flags into a ``TrainSpec``, ``build_cluster`` into a ``Cluster``,
+``check_flags`` checks what needs no model before any work; every invalid value is a
+``PlannerError`` naming its flag, each checked by one function (``parse_*``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
 from planner import catalog
 from planner.errors import PlannerError
+from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_price
 from planner.specs import (
     AttnImpl,
     Cluster,
@@ -27,9 +37,12 @@ from planner.specs import (
     QuantSpec,
     QuantType,
     TrainSpec,
+    validate_margin,
 )
+from planner.units import GIB
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalog name, path to config.json or model dir, or hub id.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Catalog name, path to config.json or model dir, "
+                                               "or hub id (with --from: instead of the config's model).")]
 TrustRemoteCodeOpt = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow configs that ask for remote code (auto_map).")
 ]
@@ -92,6 +105,114 @@ TokensOpt = Annotated[
     typer.Option("--tokens", help="Tokens to train on, for time and cost: 2000000000, 2e9, 2B, 500M, 1.5T."),
 ]
 
+MarginOpt = Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")]
+PriceOpt = Annotated[float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")]
+MfuOpt = Annotated[
+    float | None,
+    typer.Option("--mfu", help="Override the step-time model with one model FLOPs utilisation, in (0, 1] (default: "
+                 "the per-phase model checked against published runs, reports/time_accuracy.md)."),
+]
+# One configuration (profile runs exactly one) instead of "all": concrete --method, --zero and --offload.
+MethodOneOpt = Annotated[str, typer.Option("--method", help="full, lora or qlora.")]
+ZeroOneOpt = Annotated[int, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 (0: plain / DDP).")]
+OffloadOneOpt = Annotated[str, typer.Option("--offload", help="none, optimizer, optimizer+params.")]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingFlags:
+    """The shared options as the user typed them (strings and numbers, not yet checked), declared once: each
+    field's annotation is its typer option and its default the option's default. ``None`` for method, zero,
+    offload (estimate, report: every one; recommend: searched), attn and grad_checkpointing (recommend: searched)
+    means "not fixed"; seq_len None means the model's default (``default_seq_len``)."""
+
+    # the cluster
+    gpus: GpusOpt = 1
+    gpu: GpuOpt = catalog.DEFAULT_GPU
+    nodes: NodesOpt = 1
+    host_ram: HostRamOpt = None
+    # the run
+    method: MethodOpt = None
+    zero: ZeroOpt = None
+    offload: OffloadOpt = None
+    precision: PrecisionOpt = "bf16-mixed"
+    optimizer: OptimizerOpt = "adamw"
+    lora_rank: LoraRankOpt = 16
+    lora_alpha: LoraAlphaOpt = 32
+    lora_dropout: LoraDropoutOpt = None
+    lora_targets: LoraTargetsOpt = "all-linear"
+    modules_to_save: ModulesToSaveOpt = ""
+    quant_type: QuantTypeOpt = "nf4"
+    double_quant: DoubleQuantOpt = True
+    micro_batch: MicroBatchOpt = 1
+    seq_len: SeqLenOpt = None
+    grad_accum: GradAccumOpt = 1
+    grad_checkpointing: CheckpointingOpt = False
+    attn: AttnOpt = "sdpa"
+    dropout: DropoutOpt = None
+    allow_longer: AllowLongerOpt = False
+    # time, cost and the fit (estimate, recommend, report)
+    margin: MarginOpt = 0.1
+    mfu: MfuOpt = DEFAULT_MFU
+    tokens: TokensOpt = "0"
+    price_per_gpu_hour: PriceOpt = 0.0
+    # not an option: the fields above the user typed on the command line (a flag typed beside --from wins)
+    typed: frozenset[str] = dataclasses.field(default=frozenset(), metadata={"option": False})
+
+
+# What a command leaves out: the cluster options beyond --gpus/--nodes, and the plan's (time, cost, fit).
+HOST_OPTIONS = ("gpu", "host_ram")
+PLAN_OPTIONS = ("allow_longer", "margin", "mfu", "tokens", "price_per_gpu_hour")
+
+
+class Variant(NamedTuple):
+    """A command's own declaration of a shared option (another type, help or default)."""
+
+    annotation: Any
+    default: Any
+
+
+_CONTEXT = "training_flags_context"
+
+
+def training_options(*, omit: tuple[str, ...] = (), **changes):
+    """Decorator: the command's ``flags: TrainingFlags`` parameter becomes the shared options (in
+    ``TrainingFlags``' order, at its place), and the command is called with one ``TrainingFlags``. ``omit``
+    names options the command does not offer (they keep their defaults); ``name=value`` changes an option's
+    default, ``name=Variant(annotation, default)`` replaces its declaration. Rewrites ``__signature__``, which
+    typer reads."""
+    hints = typing.get_type_hints(TrainingFlags, include_extras=True)
+    shared = []
+    for f in dataclasses.fields(TrainingFlags):
+        if not f.metadata.get("option", True) or f.name in omit:
+            continue
+        annotation, default = hints[f.name], changes.pop(f.name, f.default)
+        if isinstance(default, Variant):
+            annotation, default = default
+        shared.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                        default=default))
+    if changes or set(omit) - set(hints):
+        raise TypeError(f"not shared options: {sorted(set(changes) | (set(omit) - set(hints)))}")
+    names = frozenset(p.name for p in shared)
+
+    def decorate(command):
+        own = list(inspect.signature(command, eval_str=True).parameters.values())
+        at = next(i for i, p in enumerate(own) if p.annotation is TrainingFlags)
+        context = inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in (*own[:at], *shared, *own[at + 1:])]
+
+        @functools.wraps(command)
+        def run(**kwargs):
+            typed = typed_flags(kwargs.pop(_CONTEXT)) & names
+            flags = TrainingFlags(**{n: kwargs.pop(n) for n in names}, typed=frozenset(typed))
+            return command(**kwargs, **{own[at].name: flags})
+
+        run.__signature__ = inspect.Signature([*params, context])
+        run.__annotations__ = {p.name: p.annotation for p in (*params, context)}
+        return run
+
+    return decorate
+
+
 # --tokens suffixes: thousand, million, billion (short scale), trillion.
 _TOKEN_SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 
@@ -138,8 +259,18 @@ def parse_method(value: str) -> Method:
     return _enum(Method, value, "--method")
 
 
+def parse_zero(value: int) -> int:
+    if value not in (0, 1, 2, 3):
+        raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {value}.")
+    return value
+
+
 def parse_offload(value: str) -> Offload:
     return _enum(Offload, value, "--offload")
+
+
+def parse_attn(value: str) -> AttnImpl:
+    return _enum(AttnImpl, value, "--attn")
 
 
 def parse_targets(value: str) -> tuple[str, ...]:
@@ -149,67 +280,81 @@ def parse_targets(value: str) -> tuple[str, ...]:
     return names
 
 
+def parse_modules(value: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in value.split(",") if t.strip())
+
+
+def check_flags(flags: TrainingFlags) -> int:
+    """The checks of shared flags that need no model, made before any work: --mfu, --price-per-gpu-hour, --tokens,
+    --margin and a fixed --zero (in this order). Returns the number of tokens."""
+    validate_mfu(flags.mfu)
+    validate_price(flags.price_per_gpu_hour)
+    num_tokens = parse_tokens(flags.tokens)
+    validate_margin(flags.margin)
+    if flags.zero is not None:
+        parse_zero(flags.zero)
+    return num_tokens
+
+
 # peft's LoRA recipes (and the HF PEFT examples) train with lora_dropout 0.05.
 DEFAULT_LORA_DROPOUT = 0.05
 
 
-def build_train_spec(
-    *,
-    method: str = "full",
-    precision: str = "bf16-mixed",
-    optimizer: str = "adamw",
-    lora_rank: int = 16,
-    lora_alpha: int = 32,
-    lora_dropout: float | None = None,
-    lora_targets: str = "all-linear",
-    modules_to_save: str = "",
-    quant_type: str = "nf4",
-    double_quant: bool = True,
-    zero: int = 0,
-    offload: str = "none",
-    micro_batch: int = 1,
-    seq_len: int = 2048,
-    grad_accum: int = 1,
-    grad_checkpointing: bool = False,
-    attn: str = "sdpa",
-    dropout: float | None = None,
-    model: ModelSpec | None = None,
-) -> TrainSpec:
-    """TrainSpec from CLI values; every invalid value raises PlannerError naming it. ``lora_dropout`` None is the
-    default: 0.05 (peft's recipes), or 0 when ``model`` is given and the targets put an adapter on a parameter
-    (MoE experts, routers), where peft's lora.ParamWrapper refuses any dropout."""
-    if lora_rank < 1:
-        raise PlannerError(f"--lora-rank must be at least 1, got {lora_rank}.")
+def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec | None = None, **values) -> TrainSpec:
+    """The TrainSpec of ``flags`` (default ``TrainingFlags()``) with ``values`` (fields of TrainingFlags) put in
+    their place; every invalid value raises PlannerError naming its flag. Not fixed (None): method full, ZeRO
+    stage 0, no offload, sdpa, no checkpointing, sequence ``default_seq_len(model)`` (2048 without a model).
+    ``lora_dropout`` None is the default: 0.05 (peft's recipes), or 0 when ``model`` is given and the targets put
+    an adapter on a parameter (MoE experts, routers), where peft's lora.ParamWrapper refuses any dropout."""
+    f = dataclasses.replace(flags or TrainingFlags(), **values)
+    if f.lora_rank < 1:
+        raise PlannerError(f"--lora-rank must be at least 1, got {f.lora_rank}.")
+    lora_dropout = f.lora_dropout
     if lora_dropout is None:
         lora_dropout = DEFAULT_LORA_DROPOUT
         if model is not None:  # any method: a table's LoRA rows are made from this spec
             from planner.estimate.count.params import count_params, param_wrapped
 
-            probe = LoraSpec(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=parse_targets(lora_targets),
-                             modules_to_save=tuple(t.strip() for t in modules_to_save.split(",") if t.strip()))
+            probe = LoraSpec(rank=f.lora_rank, alpha=f.lora_alpha, dropout=lora_dropout,
+                             targets=parse_targets(f.lora_targets), modules_to_save=parse_modules(f.modules_to_save))
             if param_wrapped(count_params(model), probe):
                 lora_dropout = 0.0
+    seq_len = f.seq_len
+    if seq_len is None:
+        seq_len = DEFAULT_SEQ_LEN if model is None else default_seq_len(model)
+    method = parse_method("full" if f.method is None else f.method)
     return TrainSpec(
-        method=parse_method(method),
-        precision=_enum(Precision, precision, "--precision"),
-        optimizer=_enum(Optimizer, optimizer, "--optimizer"),
+        precision=_enum(Precision, f.precision, "--precision"),
+        optimizer=_enum(Optimizer, f.optimizer, "--optimizer"),
         lora=LoraSpec(
-            rank=lora_rank,
-            alpha=lora_alpha,
+            rank=f.lora_rank,
+            alpha=f.lora_alpha,
             dropout=lora_dropout,
-            targets=parse_targets(lora_targets),
-            modules_to_save=tuple(t.strip() for t in modules_to_save.split(",") if t.strip()),
+            targets=parse_targets(f.lora_targets),
+            modules_to_save=parse_modules(f.modules_to_save),
         ),
-        quant=QuantSpec(quant_type=_enum(QuantType, quant_type, "--quant-type"), double_quant=double_quant),
-        zero_stage=zero,
-        offload=parse_offload(offload),
-        micro_batch=micro_batch,
+        quant=QuantSpec(quant_type=_enum(QuantType, f.quant_type, "--quant-type"), double_quant=f.double_quant),
+        **_layout(method, 0 if f.zero is None else parse_zero(f.zero),
+                  Offload.NONE if f.offload is None else parse_offload(f.offload)),
+        micro_batch=f.micro_batch,
         seq_len=seq_len,
-        grad_accum=grad_accum,
-        grad_checkpointing=grad_checkpointing,
-        attn_impl=_enum(AttnImpl, attn, "--attn"),
-        dropout=dropout,
+        grad_accum=f.grad_accum,
+        grad_checkpointing=bool(f.grad_checkpointing),
+        attn_impl=AttnImpl.SDPA if f.attn is None else parse_attn(f.attn),
+        dropout=f.dropout,
     )
+
+
+def _layout(method: Method, zero: int, offload: Offload) -> dict:
+    """The TrainSpec fields of a method, ZeRO stage and offload: the one place the CLI writes a stage and an
+    offload into a TrainSpec (``build_train_spec``, ``with_layout``)."""
+    return {"method": method, "zero_stage": zero, "offload": offload}
+
+
+def with_layout(train: TrainSpec, method: Method, zero: int, offload: Offload) -> TrainSpec:
+    """``train`` with this method, ZeRO stage and offload (an invalid combination raises the TrainSpec's
+    PlannerError)."""
+    return dataclasses.replace(train, **_layout(method, zero, offload))
 
 
 def default_seq_len(model) -> int:
@@ -226,9 +371,10 @@ def resolve_gpu(name: str) -> GpuSpec:
     return local_gpu()
 
 
-def build_cluster(gpu: str, gpus: int, nodes: int, host_ram_gib: float | None = None) -> Cluster:
-    return Cluster(gpu=resolve_gpu(gpu), num_gpus=gpus, num_nodes=nodes,
-                   host_memory_bytes_per_node=host_ram_bytes(host_ram_gib))
+def build_cluster(flags: TrainingFlags) -> Cluster:
+    """--gpu, --gpus, --nodes and --host-ram as a Cluster (which checks --gpus and --nodes)."""
+    return Cluster(gpu=resolve_gpu(flags.gpu), num_gpus=flags.gpus, num_nodes=flags.nodes,
+                   host_memory_bytes_per_node=host_ram_bytes(flags.host_ram))
 
 
 def host_ram_bytes(host_ram_gib: float | None) -> int | None:
@@ -238,16 +384,11 @@ def host_ram_bytes(host_ram_gib: float | None) -> int | None:
     if not 0 <= host_ram_gib <= 1e9:  # also refuses nan and inf
         raise PlannerError(f"--host-ram (--host-ram-gib) must be a number of GiB per node from 0 to 1e9, "
                           f"got {host_ram_gib}.")
-    return int(host_ram_gib * 2**30)
+    return int(host_ram_gib * GIB)
 
 
 # ---------------------------------------------------------------- --from: a training config people already have
 
-MfuOpt = Annotated[
-    float | None,
-    typer.Option("--mfu", help="Override the step-time model with one model FLOPs utilisation, in (0, 1] (default: "
-                 "the per-phase model checked against published runs, reports/time_accuracy.md)."),
-]
 FromOpt = Annotated[
     Path | None,
     typer.Option("--from", help="Estimate the run a training config describes: LLaMA-Factory, axolotl or torchtune "
@@ -259,13 +400,14 @@ AccelerateConfigOpt = Annotated[
     typer.Option("--accelerate-config", help="With --from: the accelerate config the run launches with (GPUs, "
                  "nodes, DeepSpeed)."),
 ]
-# TrainSpec fields each training flag sets (a flag typed beside --from overrides the config's value)
+# TrainSpec fields each training flag sets (a flag typed beside --from overrides the config's value), in the
+# order they are set; --zero and --offload (None) set the layout through with_layout.
 FLAG_FIELDS = {
     "method": ("method",), "precision": ("precision",), "optimizer": ("optimizer",),
     "lora_rank": ("lora.rank",), "lora_alpha": ("lora.alpha",), "lora_dropout": ("lora.dropout",),
     "lora_targets": ("lora.targets",), "modules_to_save": ("lora.modules_to_save",),
-    "quant_type": ("quant.quant_type",), "double_quant": ("quant.double_quant",), "zero": ("zero_stage",),
-    "offload": ("offload",), "micro_batch": ("micro_batch",), "seq_len": ("seq_len",), "grad_accum": ("grad_accum",),
+    "quant_type": ("quant.quant_type",), "double_quant": ("quant.double_quant",), "zero": None,
+    "offload": None, "micro_batch": ("micro_batch",), "seq_len": ("seq_len",), "grad_accum": ("grad_accum",),
     "grad_checkpointing": ("grad_checkpointing",), "attn": ("attn_impl",), "dropout": ("dropout",),
 }
 
@@ -286,10 +428,11 @@ def read_from(from_config: Path | None, accelerate_config: Path | None, model: s
     return fc, model
 
 
-def from_cluster(fc, typed: set[str], gpus: int, nodes: int) -> tuple[int, int]:
-    """GPUs and nodes: the typed flags, else what the config's accelerate config says, else the defaults."""
-    return (gpus if "gpus" in typed or not fc.num_gpus else fc.num_gpus,
-            nodes if "nodes" in typed or not fc.num_nodes else fc.num_nodes)
+def from_cluster(fc, flags: TrainingFlags) -> TrainingFlags:
+    """The flags with the GPUs and nodes of the run: typed, else what the config's accelerate config says, else
+    the defaults."""
+    return dataclasses.replace(flags, gpus=flags.gpus if "gpus" in flags.typed or not fc.num_gpus else fc.num_gpus,
+                               nodes=flags.nodes if "nodes" in flags.typed or not fc.num_nodes else fc.num_nodes)
 
 
 def typed_flags(ctx) -> set[str]:
@@ -316,10 +459,30 @@ def merge_from_config(config_train: TrainSpec, flags_train: TrainSpec, typed: se
     """The config's TrainSpec with every field a typed flag sets taken from the flags' TrainSpec."""
     train = config_train
     for flag, paths in FLAG_FIELDS.items():
-        if flag in typed:
+        if flag not in typed:
+            continue
+        if flag == "zero":
+            train = with_layout(train, train.method, flags_train.zero_stage, train.offload)
+        elif flag == "offload":
+            train = with_layout(train, train.method, train.zero_stage, flags_train.offload)
+        else:
             for path in paths:
                 train = _set_field(train, path, _get_field(flags_train, path))
     return train
+
+
+def from_config_run(fc, flags: TrainingFlags, model: ModelSpec, *, seq_len_from_flags: bool = False):
+    """(the TrainSpec of the run --from describes, with every flag typed beside it on top; the flags with that
+    run's method, ZeRO stage, offload, GPUs and nodes where they were not typed). ``seq_len_from_flags``: a
+    config that leaves the sequence length unset takes --seq-len's default instead of the config format's."""
+    typed = set(flags.typed) | ({"seq_len"} if seq_len_from_flags and "seq_len" in fc.unset else set())
+    own = build_train_spec(flags, model=model, method=flags.method or "full", zero=flags.zero or 0,
+                           offload=flags.offload or "none")
+    train = merge_from_config(fc.train, own, typed)
+    flags = dataclasses.replace(flags, method=flags.method or train.method.value,
+                                zero=train.zero_stage if flags.zero is None else flags.zero,
+                                offload=flags.offload or train.offload.value)
+    return train, from_cluster(fc, flags)
 
 
 def from_config_json(fc) -> dict:

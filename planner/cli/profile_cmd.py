@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from planner.catalog import DEFAULT_GPU
 from planner.cli import options as o
 from planner.errors import PlannerError
 
@@ -48,28 +47,15 @@ RamCheckOpt = Annotated[
 ]
 
 
+@o.training_options(
+    omit=(*o.HOST_OPTIONS, *o.PLAN_OPTIONS),  # the local machine, one real run: no time, cost or fit
+    method=o.Variant(o.MethodOneOpt, "full"), zero=o.Variant(o.ZeroOneOpt, 0),
+    offload=o.Variant(o.OffloadOneOpt, "none"), seq_len=512,
+)
 def profile(
+    *,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name, config.json path or dir, hub id.")] = None,
-    gpus: o.GpusOpt = 1,
-    nodes: o.NodesOpt = 1,
-    method: Annotated[str, typer.Option("--method", help="full, lora or qlora.")] = "full",
-    zero: Annotated[int, typer.Option("--zero", help="DeepSpeed ZeRO stage 0-3 (0: plain / DDP).")] = 0,
-    offload: Annotated[str, typer.Option("--offload", help="none, optimizer, optimizer+params.")] = "none",
-    precision: o.PrecisionOpt = "bf16-mixed",
-    optimizer: o.OptimizerOpt = "adamw",
-    lora_rank: o.LoraRankOpt = 16,
-    lora_alpha: o.LoraAlphaOpt = 32,
-    lora_dropout: o.LoraDropoutOpt = None,
-    lora_targets: o.LoraTargetsOpt = "all-linear",
-    modules_to_save: o.ModulesToSaveOpt = "",
-    quant_type: o.QuantTypeOpt = "nf4",
-    double_quant: o.DoubleQuantOpt = True,
-    micro_batch: o.MicroBatchOpt = 1,
-    seq_len: o.SeqLenOpt = 512,
-    grad_accum: o.GradAccumOpt = 1,
-    grad_checkpointing: o.CheckpointingOpt = False,
-    attn: o.AttnOpt = "sdpa",
-    dropout: o.DropoutOpt = None,
+    flags: o.TrainingFlags,
     steps: StepsOpt = 3,
     device: DeviceOpt = "auto",
     out: OutOpt = None,
@@ -95,17 +81,11 @@ def profile(
     if model is None and weights is None:
         raise PlannerError("--model is required (or --weights DIR with a config.json).")
     spec = load_model(model or weights, trust_remote_code=trust_remote_code)
-    train = o.build_train_spec(
-        model=spec,
-        method=method, precision=precision, optimizer=optimizer, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,
-        quant_type=quant_type, double_quant=double_quant, zero=zero, offload=offload, micro_batch=micro_batch,
-        seq_len=seq_len, grad_accum=grad_accum, grad_checkpointing=grad_checkpointing, attn=attn, dropout=dropout,
-    )  # fmt: skip
-    o.build_cluster(DEFAULT_GPU, gpus, nodes)  # validates --gpus and --nodes with the cluster's messages
-    resolved = resolve_device(device, gpus)
+    train = o.build_train_spec(flags, model=spec)
+    o.build_cluster(flags)  # validates --gpus and --nodes with the cluster's messages
+    resolved = resolve_device(device, flags.gpus)
     if out is None:
-        out = Path("profiles") / default_slug(spec, train, gpus, resolved)
+        out = Path("profiles") / default_slug(spec, train, flags.gpus, resolved)
     gpu_name = None
     if resolved == "cuda":  # the catalog GPU this is, so that compare estimates for the same card
         from planner.nvml import local_gpu
@@ -115,7 +95,7 @@ def profile(
         except PlannerError:
             gpu_name = None
     status, message, path = run_profile(
-        spec, train, num_gpus=gpus, num_nodes=nodes, steps=steps, device=resolved, out=out, force=force,
+        spec, train, num_gpus=flags.gpus, num_nodes=flags.nodes, steps=steps, device=resolved, out=out, force=force,
         seed=seed, weights=weights, data=data, tokenizer=tokenizer, fail_at=fail_at,
         torch_categories=torch_categories, gpu=gpu_name, show_progress=progress, ram_check=ram_check,
     )  # fmt: skip
@@ -131,13 +111,6 @@ def profile(
         raise SystemExit(130 if status == "interrupted" else 1)
 
 
-def fmt_bytes(num_bytes: int) -> str:
-    """MiB below 1 GiB, GiB above (small test models would read as 0.00 GiB)."""
-    from planner.units import GIB, MIB, fmt_gib
-
-    return fmt_gib(num_bytes, 3) if abs(num_bytes) >= GIB else f"{num_bytes / MIB:.3f} MiB"
-
-
 def _render(prof) -> None:
     """The status on a line of its own, then the peak table of the ranks that recorded one (none after a
     failure in setup or step 0, e.g. out of memory: then no table at all). Rank messages other than the
@@ -146,6 +119,7 @@ def _render(prof) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from planner.cli.render import fmt_bytes
     from planner.profile.attribution import CATEGORIES
 
     console = Console()

@@ -11,8 +11,7 @@ import typer
 
 from planner.cli import options as o
 from planner.errors import PlannerError
-from planner.estimate.throughput import DEFAULT_MFU
-from planner.specs import AttnImpl, Method
+from planner.specs import Method
 from planner.units import fmt_gib
 
 MethodAutoOpt = Annotated[
@@ -34,41 +33,19 @@ CkptSearchOpt = Annotated[
 ]
 
 
+@o.training_options(
+    omit=("micro_batch", "grad_accum"),  # the layout recommend chooses
+    method=o.Variant(MethodAutoOpt, "auto"), attn=o.Variant(AttnSearchOpt, None),
+    grad_checkpointing=o.Variant(CkptSearchOpt, None), seq_len=o.DEFAULT_SEQ_LEN,
+)
 def recommend(
-    ctx: typer.Context,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Catalog name, path to config.json or model "
-                                              "dir, or hub id (with --from: instead of the config's model).")] = None,
+    *,
+    model: o.ModelOpt = None,
     global_batch_size: GlobalBatchOpt = None,
     from_config: o.FromOpt = None,
     accelerate_config: o.AccelerateConfigOpt = None,
-    gpus: o.GpusOpt = 1,
-    gpu: o.GpuOpt = "h100-sxm-80gb",
-    nodes: o.NodesOpt = 1,
-    seq_len: o.SeqLenOpt = 2048,
-    method: MethodAutoOpt = "auto",
-    tokens: o.TokensOpt = "0",
+    flags: o.TrainingFlags,
     max_gpus: MaxGpusOpt = None,
-    margin: Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")] = 0.1,
-    mfu: o.MfuOpt = DEFAULT_MFU,
-    price_per_gpu_hour: Annotated[
-        float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")
-    ] = 0.0,
-    zero: o.ZeroOpt = None,
-    offload: o.OffloadOpt = None,
-    grad_checkpointing: CkptSearchOpt = None,
-    attn: AttnSearchOpt = None,
-    precision: o.PrecisionOpt = "bf16-mixed",
-    optimizer: o.OptimizerOpt = "adamw",
-    lora_rank: o.LoraRankOpt = 16,
-    lora_alpha: o.LoraAlphaOpt = 32,
-    lora_dropout: o.LoraDropoutOpt = None,
-    lora_targets: o.LoraTargetsOpt = "all-linear",
-    modules_to_save: o.ModulesToSaveOpt = "",
-    quant_type: o.QuantTypeOpt = "nf4",
-    double_quant: o.DoubleQuantOpt = True,
-    dropout: o.DropoutOpt = None,
-    allow_longer: o.AllowLongerOpt = False,
-    host_ram: o.HostRamOpt = None,
     runners_up: Annotated[int, typer.Option("--runners-up", help="How many runners-up to show (0-20).")] = 4,
     trust_remote_code: o.TrustRemoteCodeOpt = False,
     as_json: o.JsonOpt = False,
@@ -84,19 +61,16 @@ def recommend(
 
     if not 0 <= runners_up <= 20:
         raise PlannerError(f"--runners-up must be from 0 to 20, got {runners_up}.")
-    if zero is not None and zero not in (0, 1, 2, 3):
-        raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
-    num_tokens = o.parse_tokens(tokens)
+    num_tokens = o.check_flags(flags)
     if out is not None and out.exists() and not out.is_dir():
         raise PlannerError(f"--out {str(out)!r} is a file; give a directory.")
-    typed = o.typed_flags(ctx)
     fc, model = o.read_from(from_config, accelerate_config, model)
     if fc is not None:
-        gpus, nodes = o.from_cluster(fc, typed, gpus, nodes)
-        if "method" not in typed:
-            method = fc.train.method.value
+        flags = o.from_cluster(fc, flags)
+        if "method" not in flags.typed:
+            flags = replace(flags, method=fc.train.method.value)
         if global_batch_size is None:  # the config's own: micro-batch x accumulation x data-parallel ranks
-            global_batch_size = fc.train.micro_batch * fc.train.grad_accum * gpus
+            global_batch_size = fc.train.micro_batch * fc.train.grad_accum * flags.gpus
     if model is None:
         raise typer.BadParameter("give a catalog name, a config.json or a hub id, or --from a training config.",
                                  param_hint="'--model' / '-m'")
@@ -105,40 +79,33 @@ def recommend(
                                  "plan, or --from a training config that states them.",
                                  param_hint="'--global-batch-size' / '-g'")
     spec = load_model(model, trust_remote_code=trust_remote_code)
-    base = o.build_train_spec(
-        model=spec,
-        method="full", precision=precision, optimizer=optimizer, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,
-        quant_type=quant_type, double_quant=double_quant, seq_len=seq_len, dropout=dropout,
-    )
+    # the recipe; the layout (method, ZeRO stage, offload, checkpointing, attention, micro-batch) is searched
+    base = o.build_train_spec(flags, model=spec, method=None, zero=None, offload=None, grad_checkpointing=None,
+                              attn=None)
     if fc is not None:
-        # the config's recipe (precision, optimizer, LoRA, quantization, sequence length) with typed flags on top;
-        # the layout (ZeRO stage, offload, checkpointing, attention, micro-batch) is what recommend searches
-        base = o.merge_from_config(fc.train, base, typed | ({"seq_len"} if "seq_len" in fc.unset else set()))
-        base = replace(base, method=Method.FULL, micro_batch=1, grad_accum=1, zero_stage=0, offload=Offload.NONE)
+        # the config's recipe (precision, optimizer, LoRA, quantization, sequence length) with typed flags on top
+        base = o.merge_from_config(fc.train, base, flags.typed | ({"seq_len"} if "seq_len" in fc.unset else set()))
+        base = o.with_layout(replace(base, micro_batch=1, grad_accum=1), Method.FULL, 0, Offload.NONE)
         for note in fc.notes:
             typer.echo(f"note: {note}", err=True)
-    cluster = o.build_cluster(gpu, gpus, nodes, host_ram)
+    cluster = o.build_cluster(flags)
     kwargs = {}
-    if zero is not None:
-        kwargs["zero_stages"] = (zero,)
-    if offload is not None:
-        kwargs["offloads"] = (o.parse_offload(offload),)
-        if kwargs["offloads"] != (Offload.NONE,) and zero == 0:
-            raise PlannerError(f"--offload {offload!r} needs ZeRO stage 1, 2 or 3, not --zero 0.")
-    if grad_checkpointing is not None:
-        kwargs["checkpointing"] = (grad_checkpointing,)
-    if attn is not None:
-        try:
-            kwargs["attn_impls"] = (AttnImpl(attn.lower()),)
-        except ValueError:
-            raise PlannerError(f"--attn {attn!r} is not valid; choose one of eager, sdpa, flash_attention_2.") from None
+    if flags.zero is not None:
+        kwargs["zero_stages"] = (flags.zero,)
+    if flags.offload is not None:
+        kwargs["offloads"] = (o.parse_offload(flags.offload),)
+        if kwargs["offloads"] != (Offload.NONE,) and flags.zero == 0:
+            raise PlannerError(f"--offload {flags.offload!r} needs ZeRO stage 1, 2 or 3, not --zero 0.")
+    if flags.grad_checkpointing is not None:
+        kwargs["checkpointing"] = (flags.grad_checkpointing,)
+    if flags.attn is not None:
+        kwargs["attn_impls"] = (o.parse_attn(flags.attn),)
     try:
         rec = run_recommend(
-            spec, base, cluster, global_batch_size=global_batch_size, method=method.lower(), max_gpus=max_gpus,
-            margin=margin, mfu=mfu, num_tokens=num_tokens, price_per_gpu_hour=price_per_gpu_hour,
-            num_runners_up=runners_up,
-            allow_longer=allow_longer, **kwargs,
+            spec, base, cluster, global_batch_size=global_batch_size, method=flags.method.lower(),
+            max_gpus=max_gpus, margin=flags.margin, mfu=flags.mfu, num_tokens=num_tokens,
+            price_per_gpu_hour=flags.price_per_gpu_hour, num_runners_up=runners_up,
+            allow_longer=flags.allow_longer, **kwargs,
         )
     except NoPlanFits as exc:
         if as_json:
@@ -171,6 +138,7 @@ def _write_bundle(rec, out: Path, force: bool) -> None:
 
 
 def _gib(n: int) -> str:
+    """A figure in a column headed GiB."""
     return fmt_gib(n, 1, unit=False)
 
 
@@ -201,14 +169,14 @@ def _render(rec) -> None:
         ("global batch", f"{plan.global_batch_size} sequences x {t.seq_len} tokens"),
         ("checkpointing", "on" if t.grad_checkpointing else "off"),
         ("attention", t.attn_impl.value),
-        ("peak per GPU", f"{_gib(est.device_bytes)} GiB device, {_gib(est.reserved_bytes)} GiB reserved at "
-                         f"{est.peak_phase} (capacity {_gib(est.capacity_bytes)} GiB, margin {est.margin:.0%})"),
+        ("peak per GPU", f"{fmt_gib(est.device_bytes, 1)} device, {fmt_gib(est.reserved_bytes, 1)} reserved at "
+                         f"{est.peak_phase} (capacity {fmt_gib(est.capacity_bytes, 1)}, margin {est.margin:.0%})"),
         ("tokens/s", f"{tp.tokens_per_s_per_gpu:,.0f} per GPU, step {tp.step_time_s:.2f} s (MFU {tp.mfu:.0%})"),
     ]
     if est.cpu_bytes_per_node:
         limit = est.cluster.host_memory_bytes_per_node
-        rows.append(("host RAM", f"{_gib(est.cpu_bytes_per_node)} GiB per node (offload) "
-                     + ("[yellow]not checked: pass --host-ram GIB[/]" if limit is None else f"of {_gib(limit)} GiB")))
+        rows.append(("host RAM", f"{fmt_gib(est.cpu_bytes_per_node, 1)} per node (offload) "
+                     + ("[yellow]not checked: pass --host-ram GIB[/]" if limit is None else f"of {fmt_gib(limit, 1)}")))
     if tp.num_tokens:
         rows.append(("time", f"{tp.total_time_s / 3600:,.1f} h for {tp.num_tokens:,} tokens"))
         if tp.price_per_gpu_hour:

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from planner.estimate.result import Estimate
 from planner.specs import Cluster, ModelSpec, TrainSpec
-from planner.units import fmt_count, fmt_gib
+from planner.units import GIB, MIB, fmt_count, fmt_gib
 
 PAPER_NOTE = (
     "Model states follow the ZeRO paper (16 bytes per trainable parameter with mixed-precision AdamW: "
@@ -45,6 +45,15 @@ _TABLE_STYLE = dict(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, co
 
 def _gib(n: int) -> str:
     return fmt_gib(n, 2, unit=False)
+
+
+def fmt_bytes(num_bytes: int) -> str:
+    """Measured or compared bytes: MiB below 1 GiB, GiB above (small test models would read as 0.00 GiB)."""
+    return fmt_gib(num_bytes, 3) if abs(num_bytes) >= GIB else fmt_mib(num_bytes, 3)
+
+
+def fmt_mib(num_bytes: int, digits: int = 1) -> str:
+    return f"{num_bytes / MIB:.{digits}f} MiB"
 
 
 def terminal_width() -> int:

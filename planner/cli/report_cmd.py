@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 
 from planner.cli import options as o
+from planner.cli.render import fmt_mib
 from planner.errors import PlannerError
-from planner.estimate.throughput import DEFAULT_MFU
-from planner.specs import validate_margin
 
 DEFAULT_ACCURACY = Path("reports") / "accuracy.csv"
 
@@ -39,50 +38,17 @@ ValidationOpt = Annotated[
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write, e.g. reports/NAME.html.")]
 
 
-def _estimates(model, *, gpu, gpus, nodes, method, zero, offload, margin, mfu, tokens, price, allow_longer,
-               trust_remote_code, compare_gpus, from_config=None, typed=frozenset(), **train_flags):
+def _estimates(model: str, flags: o.TrainingFlags, num_tokens: int, *, trust_remote_code: bool, compare_gpus: bool,
+               from_config=None):
     """The estimate rows exactly as `planner estimate` enumerates them, plus the GPU comparison rows."""
-    import dataclasses
-
     from planner.cli import estimate_cmd
     from planner.models import load_model
-    from planner.specs import Method, Offload
 
-    if zero is not None and zero not in (0, 1, 2, 3):
-        raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {zero}.")
     spec = load_model(model, trust_remote_code=trust_remote_code)
-    base = o.build_train_spec(method=method or "full", zero=0, offload="none", model=spec, **train_flags)
-    if from_config is not None:  # the config's run (one row), with every typed flag on top, as `estimate --from`
-        fc = from_config
-        unset_seq = {"seq_len"} if "seq_len" in fc.unset else set()
-        flags_base = dataclasses.replace(base, zero_stage=zero or 0, offload=o.parse_offload(offload or "none"))
-        base = o.merge_from_config(fc.train, flags_base, set(typed) | unset_seq)
-        method, zero, offload = method or base.method.value, base.zero_stage if zero is None else zero, (
-            offload or base.offload.value)
-        gpus, nodes = o.from_cluster(fc, typed, gpus, nodes)
-    cluster = o.build_cluster(gpu, gpus, nodes)
-    methods = [o.parse_method(method)] if method else list(Method)
-    stages = [zero] if zero is not None else [0, 1, 2, 3]
-    offloads = [o.parse_offload(offload)] if offload else list(Offload)
-    strict = method is not None and zero is not None and offload is not None
-    rows = estimate_cmd.enumerate_rows(
-        spec, cluster, base, methods, stages, offloads, margin=margin, allow_longer=allow_longer, strict=strict
-    )
-    if not rows:
-        raise PlannerError(
-            "no valid combination of the given --method, --zero and --offload (offload needs ZeRO 1-3, "
-            "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2)."
-        )
-    rows = [estimate_cmd.with_throughput(r, mfu=mfu, num_tokens=tokens, price=price) for r in rows]
-    gpu_rows = []
-    if compare_gpus:
-        from planner.plan.compare_gpus import compare_gpus as run_compare
-
-        one = dataclasses.replace(base, method=o.parse_method(method)) if method else base
-        gpu_rows = run_compare(spec, one, num_tokens=tokens, mfu=mfu, price_per_gpu_hour=price, margin=margin)
-        if method is not None:
-            gpu_rows = [r for r in gpu_rows if r.method == o.parse_method(method).value]
-    return rows, gpu_rows, method is None
+    base, flags = estimate_cmd.table_base(flags, spec, from_config, seq_len_from_flags=True)
+    rows = estimate_cmd.estimate_rows(spec, o.build_cluster(flags), base, flags, num_tokens=num_tokens)
+    gpu_rows = estimate_cmd.gpu_rows(spec, base, flags, num_tokens) if compare_gpus else []
+    return rows, gpu_rows, flags.method is None
 
 
 def _inputs(model: str | None, plan: Path | None, accuracy: Path | None) -> dict:
@@ -97,8 +63,9 @@ def _inputs(model: str | None, plan: Path | None, accuracy: Path | None) -> dict
     }
 
 
+@o.training_options(omit=("host_ram",), seq_len=o.DEFAULT_SEQ_LEN)
 def report(
-    ctx: typer.Context,
+    *,
     output: OutputOpt,
     model: ReportModelOpt = None,
     from_config: o.FromOpt = None,
@@ -114,32 +81,7 @@ def report(
     max_points: Annotated[
         int, typer.Option("--max-points", help="Timeline samples drawn per rank (every peak is kept beyond these).")
     ] = 1200,
-    gpus: o.GpusOpt = 1,
-    gpu: o.GpuOpt = "h100-sxm-80gb",
-    nodes: o.NodesOpt = 1,
-    method: o.MethodOpt = None,
-    zero: o.ZeroOpt = None,
-    offload: o.OffloadOpt = None,
-    precision: o.PrecisionOpt = "bf16-mixed",
-    optimizer: o.OptimizerOpt = "adamw",
-    lora_rank: o.LoraRankOpt = 16,
-    lora_alpha: o.LoraAlphaOpt = 32,
-    lora_dropout: o.LoraDropoutOpt = None,
-    lora_targets: o.LoraTargetsOpt = "all-linear",
-    modules_to_save: o.ModulesToSaveOpt = "",
-    quant_type: o.QuantTypeOpt = "nf4",
-    double_quant: o.DoubleQuantOpt = True,
-    micro_batch: o.MicroBatchOpt = 1,
-    seq_len: o.SeqLenOpt = 2048,
-    grad_accum: o.GradAccumOpt = 1,
-    grad_checkpointing: o.CheckpointingOpt = False,
-    attn: o.AttnOpt = "sdpa",
-    dropout: o.DropoutOpt = None,
-    allow_longer: o.AllowLongerOpt = False,
-    margin: Annotated[float, typer.Option("--margin", help="Safety margin: keep this share of GPU memory free.")] = 0.1,
-    mfu: o.MfuOpt = DEFAULT_MFU,
-    tokens: o.TokensOpt = "0",
-    price_per_gpu_hour: Annotated[float, typer.Option("--price-per-gpu-hour", help="Price of one GPU-hour, for cost.")] = 0.0,
+    flags: o.TrainingFlags,
     compare_gpus: Annotated[
         bool, typer.Option("--compare-gpus", help="Add the table of every catalog GPU: the cheapest plan that fits, time, cost.")
     ] = False,
@@ -154,12 +96,7 @@ def report(
         raise PlannerError(f"-o {str(output)!r} must be an HTML file path such as reports/NAME.html.")
     if max_points < 100:
         raise PlannerError(f"--max-points must be at least 100, got {max_points}.")
-    validate_margin(margin)
-    from planner.estimate.throughput import validate_mfu, validate_price
-
-    validate_mfu(mfu)
-    validate_price(price_per_gpu_hour)
-    num_tokens = o.parse_tokens(tokens)
+    num_tokens = o.check_flags(flags)
     if compare_gpus and model is None:
         raise PlannerError("--compare-gpus needs --model (it compares GPUs for the estimated model).")
     inputs = _inputs(model, plan, accuracy)
@@ -174,16 +111,8 @@ def report(
 
     estimates, gpu_rows, all_methods = [], [], True
     if model is not None:
-        estimates, gpu_rows, all_methods = _estimates(
-            model, gpu=gpu, gpus=gpus, nodes=nodes, method=method, zero=zero, offload=offload, margin=margin,
-            mfu=mfu, tokens=num_tokens, price=price_per_gpu_hour, allow_longer=allow_longer,
-            trust_remote_code=trust_remote_code, compare_gpus=compare_gpus,
-            precision=precision, optimizer=optimizer, lora_rank=lora_rank, lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout, lora_targets=lora_targets, modules_to_save=modules_to_save,
-            quant_type=quant_type, double_quant=double_quant, micro_batch=micro_batch, seq_len=seq_len,
-            grad_accum=grad_accum, grad_checkpointing=grad_checkpointing, attn=attn, dropout=dropout,
-            from_config=fc, typed=o.typed_flags(ctx),
-        )
+        estimates, gpu_rows, all_methods = _estimates(model, flags, num_tokens, trust_remote_code=trust_remote_code,
+                                                      compare_gpus=compare_gpus, from_config=fc)
     views = [load_profile_view(p) for p in profiles]
     bundle = read_bundle(plan) if plan is not None else None
     acc_frame, acc_source = None, ""
@@ -203,4 +132,4 @@ def report(
         accuracy=acc_frame, accuracy_source=acc_source, title=title, max_points=max_points,
     )
     size = report_html.write(doc, output, inputs=inputs)
-    typer.echo(f"wrote {output} ({size / 2**20:.1f} MiB)", err=True)
+    typer.echo(f"wrote {output} ({fmt_mib(size)})", err=True)
