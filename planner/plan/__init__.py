@@ -5,7 +5,9 @@ computes one configuration and never searches.
 - ``compare_gpus``  for every catalog GPU x method, the cheapest plan that fits
 - ``recommend``     the recommender: method, ZeRO stage, offload, checkpointing, attention, batch layout
 - ``search``        its bounded branch-and-bound search over layouts and GPU counts
-- ``advice``        its words: why the plan won, why each runner-up lost, what would fit when nothing does
+- ``advice``        its words: why the plan won, why each runner-up lost
+- ``no_fit``        what would fit when nothing does (more GPUs, a bigger GPU, QLoRA, shorter sequences, ...)
+- ``words``         the names advice gives methods and layouts
 - ``types``         what the recommender returns (``Recommendation``, ``Alternative``, ``Rejected``) and
                     ``NoPlanFits``; the preference orders. ``Plan`` itself is a spec (planner/specs.py).
 """

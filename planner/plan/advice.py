@@ -2,28 +2,25 @@
 would (more GPUs, a bigger GPU, QLoRA, shorter sequences, offload, checkpointing), each with its numbers.
 
 Every number here comes from the search's own estimates (planner.estimate.core.estimate) and step times.
+What would fit is ``no_fit`` (no_fit.py, re-exported here); the names of methods and layouts are in words.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from planner import catalog
-from planner.plan.search import Layout, Scored, Searcher, divisors, gib
+from planner.plan.no_fit import ADVICE_MAX_GPUS, SEQ_STEP, no_fit
+from planner.plan.search import Scored, Searcher, divisors, gib
 from planner.plan.types import (
     ATTN_ORDER,
     METHOD_PREFERENCE,
-    OFFLOAD_ORDER,
     Alternative,
-    NoPlanFits,
     Recommendation,
     Rejected,
 )
+from planner.plan.words import METHOD_WORDS, layout_of
 from planner.specs import AttnImpl, Method, Offload
 
-# How far "more GPUs" advice looks (powers of two from --gpus).
-ADVICE_MAX_GPUS = 65_536
-SEQ_STEP = 256  # sequence-length advice in steps of 256 tokens (issue 3, "what fits")
 STEP_PARTS = (
     ("compute_s", "compute (including recomputation)"),
     ("dequant_s", "4-bit dequantization"),
@@ -31,22 +28,10 @@ STEP_PARTS = (
     ("offload_transfer_s", "host-device transfers"),
     ("cpu_optimizer_s", "the CPU optimizer step"),
 )
-METHOD_WORDS = {Method.FULL: "full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
 
 
 def _cap(words: str) -> str:
     return words[:1].upper() + words[1:]
-
-
-def _layout_of(plan) -> Layout:
-    t = plan.train
-    return Layout(t.method, t.zero_stage, t.offload, t.grad_checkpointing, t.attn_impl)
-
-
-def _layout_words(lay: Layout) -> str:
-    off = "" if lay.offload is Offload.NONE else f" + {lay.offload.value} offload"
-    ck = "checkpointing on" if lay.grad_checkpointing else "checkpointing off"
-    return f"{METHOD_WORDS[lay.method]}, ZeRO-{lay.zero_stage}{off}, {ck}, {lay.attn_impl.value}"
 
 
 def _closest_failure(search: Searcher, method: Method):
@@ -149,7 +134,7 @@ def explain(search: Searcher, best: Scored, runners: list[Scored], per_method, *
     batch = (f"Micro-batch {t.micro_batch} x accumulation {t.grad_accum} x {plan.cluster.num_gpus} data-parallel ranks "
              f"= global batch {plan.global_batch_size}")
     if i + 1 < len(micros):
-        bigger = search.plan(_layout_of(plan), micros[i + 1], plan.cluster.num_gpus)
+        bigger = search.plan(layout_of(plan), micros[i + 1], plan.cluster.num_gpus)
         _, _, reason = search.check(bigger)
         batch += f"; micro-batch {micros[i + 1]} does not fit: {reason}." if reason else "."
     else:
@@ -157,7 +142,7 @@ def explain(search: Searcher, best: Scored, runners: list[Scored], per_method, *
     why.append(batch)
     # 4. checkpointing
     if t.grad_checkpointing:
-        off_plan = search.plan(dataclasses.replace(_layout_of(plan), grad_checkpointing=False), 1, plan.cluster.num_gpus)
+        off_plan = search.plan(dataclasses.replace(layout_of(plan), grad_checkpointing=False), 1, plan.cluster.num_gpus)
         ok, _, reason = search.check(off_plan)
         why.append("Activation checkpointing on: without it " + (f"even micro-batch 1 does not fit ({reason})."
                    if not ok else "a smaller micro-batch fits but runs slower than recomputing here."))
@@ -230,7 +215,7 @@ def _rejected(search: Searcher, best: Scored, skipped, fa2, attn_impls, num_reje
         seen.add(sig)
         out.append(Rejected(plan, f"does not fit: {reason}", est))
     if AttnImpl.EAGER not in attn_impls:
-        eager = dataclasses.replace(_layout_of(best.plan), attn_impl=AttnImpl.EAGER)
+        eager = dataclasses.replace(layout_of(best.plan), attn_impl=AttnImpl.EAGER)
         eplan = search.plan(eager, best.plan.micro_batch, best.plan.cluster.num_gpus)
         ok, est, reason = search.check(eplan)
         extra = f" (peak {gib(est.device_bytes)} against {gib(search.estimate(best.plan).device_bytes)})" if est else ""
@@ -242,169 +227,7 @@ def _rejected(search: Searcher, best: Scored, skipped, fa2, attn_impls, num_reje
     return tuple(out)
 
 
-# ------------------------------------------------------------------------------------------ no fit
-
-
-def _first_fit(search: Searcher, layouts, n: int):
-    for lay in layouts:
-        plan = search.plan(lay, 1, n)
-        ok, est, _ = search.check(plan)
-        if ok:
-            return plan, est
-    return None
-
-
-def _fastest_fit(search: Searcher, layouts, n: int):
-    """Among ``layouts`` that fit at micro-batch 1 on ``n`` GPUs, the fastest (plan, estimate), or None."""
-    best = None
-    for lay in layouts:
-        plan = search.plan(lay, 1, n)
-        ok, est, _ = search.check(plan)
-        if ok:
-            scored = search.score(plan)
-            if best is None or scored.key < best[0].key:
-                best = (scored, est)
-    return None if best is None else (best[0].plan, best[1])
-
-
-def _leanest(search: Searcher, methods, zero_stages=(0, 1, 2, 3), offloads=OFFLOAD_ORDER, ckpts=(True, False)):
-    """Layouts most likely to fit first: checkpointing on, most sharding and offload, sdpa."""
-    out = []
-    for m in methods:
-        lays = search.layouts(m, zero_stages, offloads, ckpts, (AttnImpl.SDPA,))
-        out += sorted(lays, key=lambda lay: (not lay.grad_checkpointing, -lay.zero_stage,
-                                             -OFFLOAD_ORDER.index(lay.offload)))
-    return out
-
-
-def no_fit(search: Searcher, methods, counts, zero_stages, offloads, ckpts, attns, skipped) -> NoPlanFits:
-    n0 = counts[0]
-    gpu = search.gpu
-    what = "/".join(METHOD_WORDS[m] for m in methods)
-    msg = (f"no {what} plan for {search.model.name} fits on {counts[-1] if len(counts) == 1 else f'{n0} to {counts[-1]}'} "
-           f"x {gpu.name} ({gib(gpu.memory_bytes)} each, {search.margin:.0%} margin) at sequence length "
-           f"{search.base.seq_len} and global batch {search.g}.")
-    tips: list[str] = []
-    closest = _closest_tries(search, counts)  # before the advice below tries plans outside the search space
-    leanest = _leanest(search, methods, zero_stages, offloads, ckpts)
-    # More GPUs (memory never rises with more GPUs, so the fewest that fit is a binary search per layout).
-    more = [n0 * 2**i for i in range(40) if n0 * 2**i <= ADVICE_MAX_GPUS]
-    more = [n for n in more if n <= search.gpus_per_node or n % search.gpus_per_node == 0]
-    best_more = None
-    for m in methods:
-        for lay in _leanest(search, (m,), zero_stages, offloads, ckpts):
-            n = search.min_gpus(lay, tuple(more), {})
-            if n is not None and (best_more is None or n < best_more[0]):
-                best_more = (n, lay)
-        if best_more:
-            n = best_more[0]
-            plan, est = _fastest_fit(search, _leanest(search, (m,), zero_stages, offloads, ckpts), n)
-            batch = (f"global batch {search.g} divides evenly" if search.g % n == 0
-                     else f"the global batch must become a multiple of {n}")
-            tips.append(f"More GPUs: {METHOD_WORDS[m]} fits on {n} x {gpu.name} ({_layout_words(_layout_of(plan))}, "
-                        f"micro-batch 1, peak {gib(est.device_bytes)}); {batch}.")
-            break
-    # A bigger GPU, same count.
-    for other in sorted(catalog.gpus(), key=lambda g: (g.memory_bytes, g.name)):
-        if other.memory_bytes <= gpu.memory_bytes or not other.supports_bf16 and search.base.precision.compute_dtype == "bf16":
-            continue
-        alt = Searcher(search.model, search.base, other, search.gpus_per_node, global_batch_size=search.g,
-                       margin=search.margin, mfu=search.mfu, num_tokens=search.num_tokens,
-                       price_per_gpu_hour=search.price, host_memory_bytes_per_node=search.host_mem,
-                       allow_longer=search.allow_longer, inter_node_bytes_per_s=search.inter_node_bytes_per_s)
-        hit = _first_fit(alt, _leanest(alt, methods, zero_stages, offloads, ckpts), n0)
-        if hit:
-            hit = _fastest_fit(alt, _leanest(alt, methods, zero_stages, offloads, ckpts), n0)
-        search.memo.num_calls += alt.memo.num_calls
-        if hit:
-            plan, est = hit
-            tips.append(f"A bigger GPU: {n0} x {other.name} ({gib(other.memory_bytes)}) fits "
-                        f"{_layout_words(_layout_of(plan))} at micro-batch 1 (peak {gib(est.device_bytes)}).")
-            break
-    # QLoRA, when not already searched.
-    if Method.QLORA not in methods:
-        hit = _fastest_fit(search, _leanest(search, (Method.QLORA,), zero_stages, offloads, ckpts), n0)
-        if hit:
-            tips.append(f"QLoRA: fits on {n0} x {gpu.name} ({_layout_words(_layout_of(hit[0]))}, micro-batch 1, "
-                        f"peak {gib(hit[1].device_bytes)}).")
-    # Offload / checkpointing, when the user ruled them out.
-    if tuple(offloads) != OFFLOAD_ORDER:
-        hit = _fastest_fit(search, _leanest(search, methods, zero_stages, OFFLOAD_ORDER, ckpts), n0)
-        if hit:
-            tips.append(f"Offload: {_layout_words(_layout_of(hit[0]))} fits on {n0} GPU{'s' if n0 > 1 else ''} at micro-batch 1 "
-                        f"(peak {gib(hit[1].device_bytes)}, host RAM {gib(hit[1].cpu_bytes_per_node)} per node).")
-    if True not in ckpts:
-        hit = _fastest_fit(search, _leanest(search, methods, zero_stages, offloads, (True,)), n0)
-        if hit:
-            tips.append(f"Checkpointing: {_layout_words(_layout_of(hit[0]))} fits on {n0} GPU{'s' if n0 > 1 else ''} at micro-batch 1 "
-                        f"(peak {gib(hit[1].device_bytes)}).")
-    # Shorter sequences (memory never falls with more tokens): binary search in steps of 256.
-    seq_tip = _shorter_seq(search, leanest, n0)
-    if seq_tip:
-        tips.append(seq_tip)
-    if not tips:
-        tips.append(f"Nothing planner can change fits: even {ADVICE_MAX_GPUS} GPUs, the largest catalog GPU, "
-                    f"QLoRA and {SEQ_STEP}-token sequences are too much.")
-    return NoPlanFits(msg, tuple(tips), closest)
-
-
-def _closest_tries(search: Searcher, counts) -> tuple[Rejected, ...]:
-    """The five failed tries that came closest to fitting (smallest device peak), one per layout."""
-    tries = sorted(((est.device_bytes if est else 1 << 62, key, plan, est, reason)
-                    for key, plan, est, reason in search.failures.values() if plan.cluster.num_gpus in counts),
-                   key=lambda x: (x[0], x[1]))
-    seen, closest = set(), []
-    for _, _, p, e, r in tries:
-        t = p.train
-        sig = (t.method, t.zero_stage, t.offload, p.cluster.num_gpus) + (() if e is None else (t.grad_checkpointing,))
-        if sig in seen:
-            continue
-        seen.add(sig)
-        closest.append(Rejected(p, f"does not fit: {r}" + (" (at any micro-batch)" if e is None else ""), e))
-        if len(closest) == 5:
-            break
-    return tuple(closest)
-
-
-def _shorter_seq(search: Searcher, leanest, n0: int) -> str | None:
-    seqs = list(range(SEQ_STEP, search.base.seq_len, SEQ_STEP))
-    if not seqs:
-        return None
-    best = None
-    for lay in leanest:
-        short = _with_seq(search, SEQ_STEP)
-        if not short.fits(lay, 1, n0):
-            continue
-        lo, hi = 0, len(seqs) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if _with_seq(search, seqs[mid]).fits(lay, 1, n0):
-                lo = mid
-            else:
-                hi = mid - 1
-        if best is None or seqs[lo] > best[0]:
-            best = (seqs[lo], lay)
-        break  # the leanest layout that fits at all gives the longest sequence
-    if best is None:
-        return None
-    seq, lay = best
-    return (f"Shorter sequences: {_layout_words(lay)} fits on {n0} x {search.gpu.name} at --seq-len {seq} "
-            f"(micro-batch 1).")
-
-
-def _with_seq(search: Searcher, seq: int) -> Searcher:
-    cache = search.__dict__.setdefault("_seq_searchers", {})
-    if seq not in cache:
-        alt = Searcher(search.model, dataclasses.replace(search.base, seq_len=seq), search.gpu, search.gpus_per_node,
-                       global_batch_size=search.g, margin=search.margin, mfu=search.mfu, num_tokens=search.num_tokens,
-                       price_per_gpu_hour=search.price, host_memory_bytes_per_node=search.host_mem,
-                       allow_longer=search.allow_longer, inter_node_bytes_per_s=search.inter_node_bytes_per_s)
-        alt.memo = search.memo  # share the estimate cache and call count
-        cache[seq] = alt
-    return cache[seq]
-
-
-__all__ = ["explain", "lost_because", "no_fit", "ATTN_ORDER"]
+__all__ = ["explain", "lost_because", "no_fit", "ATTN_ORDER", "ADVICE_MAX_GPUS", "SEQ_STEP", "METHOD_WORDS"]
 
 
 def _utilisation(mfu: float | None, st) -> str:
