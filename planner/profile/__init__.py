@@ -14,6 +14,8 @@ The only package of planner that runs torch training. Layout, one concern per mo
 - ``torch_categories`` optional cross-check with torch.profiler._memory_profiler (private API)
 - ``runner``        one rank's run: phases, probes, failure handling
 - ``launcher``      one rank in-process or N ranks via torchrun; merging; signals
+- ``torchrun``      N ranks under torchrun: start, watch start-up, forward signals, kill leftovers, read ranks
+- ``run_summary``   the run's record (command, specs, workload, versions) and its overall status
 - ``worker``        the torchrun entry point of one rank
 - ``meta``          versions, hardware, git commit
 - ``progress``      the progress bar

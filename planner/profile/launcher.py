@@ -9,6 +9,8 @@ rank is left behind. If the parent itself is killed (SIGKILL, the OOM killer), t
 with it (planner/profile/lifeline.py), and the hidden directory it was assembling is removed by the next
 run into the same parent directory. Start-up (rendezvous, DeepSpeed op builds) has a time limit
 (planner/profile/startup.py).
+
+``torchrun.py`` starts and watches torchrun; ``run_summary.py`` holds the run's record and its overall status.
 """
 
 from __future__ import annotations
@@ -18,28 +20,25 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import PlannerError
-from planner.profile import lifeline
-from planner.profile import meta as meta_mod
 from planner.profile.attribution import STEP_PHASES
-from planner.profile.cpu_kind import rank_threads
-from planner.profile.progress import ProgressDisplay, ProgressFile
+from planner.profile.progress import ProgressDisplay
+from planner.profile.run_summary import overall_status, run_meta
 from planner.profile.runner import Job, Terminated, run_rank
-from planner.profile.startup import StartupWatch, stale_extension_locks
 from planner.profile.store import assemble, check_target, publish, staging_dir
+from planner.profile.torchrun import INTERRUPT_GRACE_S, read_rank, run_torchrun
 from planner.specs import ModelSpec, TrainSpec, train_spec_to_dict
 from planner.units import MIB, fmt_gib
 
-# Seconds to wait for torchrun to wind the workers down after Ctrl-C before killing them.
-INTERRUPT_GRACE_S = 60
+__all__ = ["FAULT_PHASES", "INTERRUPT_GRACE_S", "PROCESS_BASELINE_BYTES", "HostMemory", "check_host_memory",
+           "check_peft_accepts", "clean_stale_staging", "default_slug", "host_memory_needed", "mem_available_bytes",
+           "parse_fail_at", "resolve_device", "run_profile"]
+
 FAULT_PHASES = ("init", "build", "wrap", *STEP_PHASES)
 
 
@@ -171,148 +170,6 @@ def check_host_memory(model: ModelSpec, train: TrainSpec, num_ranks: int, device
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _meta(job: Job, model: ModelSpec, train: TrainSpec, num_nodes: int, gpu: str | None) -> dict:
-    from planner.profile.optim import deepspeed_config
-
-    return {
-        "schema": 1,
-        "created_unix_s": int(time.time()),
-        "command": meta_mod.command_line(),
-        "model": {"name": model.name, "source": model.source, "config": model.config},
-        "train": train_spec_to_dict(train),
-        "cluster": {"gpu": gpu, "num_gpus": job.num_ranks, "num_nodes": num_nodes, "all_ranks_on_this_machine": True},
-        "device": job.device,
-        "steps": job.steps,
-        "seed": job.seed,
-        "weights": job.weights,
-        "data": job.data,
-        "tokenizer": job.tokenizer,
-        "fail_at": job.fail_at,
-        "workload": {
-            "engine": "deepspeed" if train.zero_stage else ("ddp" if job.num_ranks > 1 else "single"),
-            "deepspeed_config": deepspeed_config(train, job.num_ranks, model.hidden_size) if train.zero_stage else None,
-            "master_weights": train.precision.has_master_weights,
-            "optimizer_impl": "torch foreach" if train.optimizer.value in ("adamw", "sgd") else train.optimizer.value,
-            "checkpointing": "non-reentrant, every decoder layer" if train.grad_checkpointing else None,
-            "loss": "transformers ForCausalLMLoss on the logits, model output dropped before backward",
-        },
-        "versions": meta_mod.versions(),
-        "hardware": meta_mod.hardware(job.device),
-        "git_commit": meta_mod.git_commit(),
-    }
-
-
-def _overall(ranks: list[dict], interrupted: str | None, num_ranks: int) -> tuple[str, str]:
-    """``interrupted``: the signal that stopped the run ("SIGINT" or "SIGTERM"), None when none did."""
-    if interrupted:
-        told = [r["message"] for r in ranks if r["status"] == "interrupted" and interrupted in r["message"]]
-        return "interrupted", (told[0] if told else f"the run was interrupted ({interrupted}) before it finished.")
-    bad = [r for r in ranks if r["status"] != "ok"]
-    if not bad and len(ranks) == num_ranks:
-        return "ok", ""
-    # The root cause is the earliest out-of-memory error or failure; the others were stopped because of it.
-    causes = [r for r in bad if r["status"] in ("oom", "failed")] or bad
-    causes.sort(key=lambda r: (r.get("identity", {}).get("failed_at_unix_ns") or 2**63, r["rank"]))
-    first = causes[0]
-    status = first["status"] if first["status"] in ("oom", "failed") else "failed"
-    return status, first["message"]
-
-
-def _missing_rank(rank: int, exit_code: int | None) -> dict:
-    return {
-        "rank": rank,
-        "status": "failed",
-        "message": f"rank {rank} exited without writing its recording (launcher exit code {exit_code}).",
-        "steps_completed": 0,
-        "steady_state": False,
-        "peak": None,
-        "phases": {},
-        "identity": {},
-        "cuda": None,
-        "files": [],
-    }
-
-
-def _run_torchrun(job: Job, staging: Path, display: ProgressDisplay) -> tuple[str | None, int | None]:
-    """Start torchrun; poll progress; forward Ctrl-C and SIGTERM; watch start-up; kill leftovers.
-
-    Returns (the signal that interrupted the run or None, torchrun's exit code); raises PlannerError when
-    start-up stalled (startup.py)."""
-    job_path = staging / "job.json"
-    job_path.write_text(job.to_json())
-    (staging / "ranks").mkdir(exist_ok=True)
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    env = lifeline.child_env(env)
-    env.setdefault("OMP_NUM_THREADS", str(rank_threads(job.num_ranks)))
-    env["MASTER_ADDR"] = "127.0.0.1"
-    if Path("/sys/class/net/lo").exists():
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    for lock in stale_extension_locks():
-        print(f"warning: {lock.sentence()}.", file=sys.stderr)
-    # torchrun runs under lifeline, which makes it die with this process (its workers die with it in turn)
-    cmd = [
-        sys.executable, "-m", "planner.profile.lifeline", "torch.distributed.run",
-        "--nnodes=1", f"--nproc-per-node={job.num_ranks}", "--max-restarts=0",
-        "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
-        "-m", "planner.profile.worker", str(job_path),
-    ]  # fmt: skip
-    log = open(staging / "launcher.log", "wb")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)  # fmt: skip
-    interrupted: str | None = None
-    stalled: str | None = None
-    watch = StartupWatch()
-    try:
-        while proc.poll() is None:
-            p = ProgressFile.read(staging / "ranks" / "progress.json")
-            if p:
-                display.update(p["step"], p["phase"], p["bytes"])
-            watch.update(p)
-            stalled = watch.stalled()
-            if stalled:
-                break
-            time.sleep(0.2)
-    except KeyboardInterrupt as exc:
-        sig = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-        interrupted = sig.name
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=INTERRUPT_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        _kill_leftover_workers(staging / "ranks")
-    if stalled:
-        raise PlannerError(f"{stalled}.")
-    return interrupted, proc.returncode
-
-
-def _kill_leftover_workers(rank_dir: Path) -> None:
-    for pid_file in rank_dir.glob("pid-rank*"):
-        try:
-            pid = int(pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            continue  # gone already
-        if b"planner.profile.worker" in cmdline and str(rank_dir.parent).encode() in cmdline:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 _HIDDEN = re.compile(r"^\..+\.(?:partial|old)-(\d+)$")  # store.py's staging and set-aside names: .NAME.partial-PID
 
 
@@ -413,7 +270,7 @@ def run_profile(
         device=resolved, steps=steps, seed=seed, weights=weights, data=data,
         tokenizer=tokenizer, fail_at=parse_fail_at(fail_at), torch_categories=torch_categories,
     )  # fmt: skip
-    meta = _meta(job, model, train, num_nodes, gpu)
+    meta = run_meta(job, model, train, num_nodes, gpu)
     staging = staging_dir(out)
     clean_stale_staging(out.parent)
     with _sigterm_interrupts():
@@ -440,9 +297,9 @@ def _run_into(job: Job, meta: dict, model: ModelSpec, train: TrainSpec, staging:
                 if ranks[0]["status"] == "interrupted":
                     interrupted = "SIGTERM" if "SIGTERM" in ranks[0]["message"] else "SIGINT"
             else:
-                interrupted, code = _run_torchrun(job, staging, display)
-                ranks = [_read_rank(staging / "ranks", r, code) for r in range(num_gpus)]
-            status, message = _overall(ranks, interrupted, num_gpus)
+                interrupted, code = run_torchrun(job, staging, display)
+                ranks = [read_rank(staging / "ranks", r, code) for r in range(num_gpus)]
+            status, message = overall_status(ranks, interrupted, num_gpus)
             display.finish(min(r.get("steps_completed", 0) for r in ranks))
         (staging / "job.json").unlink(missing_ok=True)
         extra = ["launcher.log"] if (staging / "launcher.log").exists() else []
@@ -457,13 +314,3 @@ def _run_into(job: Job, meta: dict, model: ModelSpec, train: TrainSpec, staging:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return status, message, out
-
-
-def _read_rank(rank_dir: Path, rank: int, exit_code: int | None) -> dict:
-    import json
-
-    path = rank_dir / f"rank{rank}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return _missing_rank(rank, exit_code)
