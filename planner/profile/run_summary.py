@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from planner.profile import meta as meta_mod
-from planner.profile.runner import Job
+from planner.profile.job import Job
 from planner.specs import ModelSpec, TrainSpec, train_spec_to_dict
 
 

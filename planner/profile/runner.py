@@ -11,58 +11,30 @@ On CPU the torch profiler keeps every event in memory and processing them takes 
 steps recorded (about 55 ms per step of a two-layer model), so only the first ``CPU_RECORDED_STEPS`` steps
 are recorded: memory is steady from step 1 on, and a run with many steps (or one interrupted after hundreds)
 still writes its profile within seconds. Later steps run unrecorded (their wall-clock windows are kept).
+
+What a rank is handed (``Job``) and the exceptions that stop it are in job.py; what it writes when the run ends
+(``RankOutput``, which ``RankRun`` inherits) in rank_output.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.profile.attribution import attribute
+from planner.profile.job import InjectedFailure, Job, Terminated
+from planner.profile.rank_output import RankOutput
+
+__all__ = ["CPU_RECORDED_STEPS", "STATUSES", "InjectedFailure", "Job", "ProgressFn", "RankRun", "Terminated",
+           "run_rank"]
 
 ProgressFn = Callable[[int, str, int], None]  # (step, phase, current bytes)
 STATUSES = ("ok", "oom", "failed", "interrupted")
 CPU_RECORDED_STEPS = 10
-
-
-@dataclass
-class Job:
-    """Everything a rank needs to run (JSON-serialisable, handed to torchrun workers as a file)."""
-
-    model_name: str
-    model_config: dict[str, Any]
-    train: dict[str, Any]  # planner.specs.train_spec_to_dict
-    num_ranks: int
-    device: str  # "cpu" or "cuda" (resolved)
-    steps: int
-    seed: int = 0
-    weights: str | None = None
-    data: str | None = None
-    tokenizer: str | None = None
-    fail_at: str | None = None  # "RANK:STEP:PHASE": raise an injected error there (failure-path testing)
-    torch_categories: bool = False
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @staticmethod
-    def from_json(text: str) -> Job:
-        return Job(**json.loads(text))
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (torchrun stopping the workers) turned into an exception the step loop can handle."""
-
-
-class InjectedFailure(RuntimeError):
-    pass
 
 
 class _Signals:
@@ -103,7 +75,7 @@ def _first_line(exc: BaseException) -> str:
     return line[:300].rstrip(".")
 
 
-class RankRun:
+class RankRun(RankOutput):
     def __init__(self, job: Job, rank: int, local_rank: int, rank_dir: Path, progress: ProgressFn | None = None):
         self.job = job
         self.rank = rank
@@ -330,73 +302,6 @@ class RankRun:
     def _where(self) -> str:
         phase, step = self.where
         return f"setup ({phase})" if step < 0 else f"step {step} {phase}"
-
-    def _finish(self, recording, status, message, facts, engine_name, wall_s) -> dict[str, Any]:
-        import pandas as pd
-
-        att = attribute(recording)
-        self.rank_dir.mkdir(parents=True, exist_ok=True)
-        cols = dict(att.timeline)
-        cols["rank"] = [self.rank] * len(cols["t_ns"])
-        df = pd.DataFrame(cols)
-        for c in ("phase", "category", "origin"):
-            df[c] = df[c].astype("category")
-        timeline_name = f"timeline-rank{self.rank}.parquet"
-        df.to_parquet(self.rank_dir / timeline_name, compression="zstd", index=False)
-        # The steady-state windows in wall-clock time, for memory_stats rows and NVML samples (CUDA).
-        first_steady = 1 if att.steady_state else 0
-        steady_windows = [
-            w
-            for w in self.recorder.wall_windows
-            if w.name.startswith("step::") and int(w.name.split("::")[1]) >= first_steady
-        ]
-        summary = {
-            "rank": self.rank,
-            "status": status,
-            "message": message,
-            "steps_completed": self.steps_completed,
-            "steps_recorded": self.steps_recorded,
-            "engine": engine_name,
-            "steady_state": att.steady_state,
-            "peak": att.peak.to_dict() if att.peak else None,
-            "phases": {k: v.to_dict() for k, v in att.phase_peaks.items()},
-            "step_windows": att.step_windows,
-            "recorder_peak_bytes": att.recorder_peak_bytes,
-            "num_allocations": att.num_allocations,
-            "num_unmatched_frees": att.num_unmatched_frees,
-            "num_inferred_frees": att.num_inferred_frees,
-            "num_comm_markers": len(recording.comm),
-            "num_liveness_probes": len(recording.live),
-            "identity": {**facts, "identified_bytes_at_last_probe": att.identity_bytes},
-            "cuda": self.recorder.extra(steady_windows),
-            "torch_categories": (
-                self.recorder.torch_categories_at(att.peak.t_ns + att.t_origin_ns)
-                if att.peak is not None and hasattr(self.recorder, "torch_categories_at")
-                else None
-            ),
-            "files": [timeline_name, *self.recorder.write_raw(self.rank_dir, self.rank)],
-            "wall_s": round(wall_s, 3),
-        }
-        if self.job.device == "cpu":
-            summary["cpu_kernels"] = self._cpu_kernels()
-        tmp = self.rank_dir / f"rank{self.rank}.json.tmp"
-        tmp.write_text(json.dumps(summary, sort_keys=True))
-        tmp.replace(self.rank_dir / f"rank{self.rank}.json")
-        return summary
-
-
-    def _cpu_kernels(self) -> dict[str, Any] | str:
-        """This rank's CPU kind, with oneDNN's workspace of every matmul its estimate makes, measured here with
-        the rank's threads (cpu_kind.py), so the profile compares offline on any machine."""
-        from planner.models import spec_from_config
-        from planner.profile.cpu_kind import kernels_for, local_kernels
-        from planner.specs import train_spec_from_dict
-
-        try:
-            model = spec_from_config(self.job.model_config, "profile", "profile")
-            return kernels_for(model, train_spec_from_dict(self.job.train), local_kernels()).to_dict()
-        except Exception as exc:  # noqa: BLE001 - the profile stands without it; compare then says so
-            return f"unavailable: {type(exc).__name__}: {exc}"
 
 
 def run_rank(

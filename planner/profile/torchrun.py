@@ -19,8 +19,8 @@ from pathlib import Path
 from planner.errors import PlannerError
 from planner.profile import lifeline
 from planner.profile.cpu_kind import rank_threads
+from planner.profile.job import Job, Terminated
 from planner.profile.progress import ProgressDisplay, ProgressFile
-from planner.profile.runner import Job, Terminated
 from planner.profile.startup import StartupWatch, stale_extension_locks
 
 # Seconds to wait for torchrun to wind the workers down after Ctrl-C before killing them.
