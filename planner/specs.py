@@ -44,7 +44,8 @@ class Precision(str, Enum):
 
 
 class Optimizer(str, Enum):
-    ADAMW = "adamw"
+    ADAMW = "adamw"  # torch.optim.AdamW, foreach (CUDA's default implementation)
+    ADAMW_FUSED = "adamw-fused"  # torch.optim.AdamW(fused=True): the HF Trainer's "adamw_torch_fused"
     ADAMW_8BIT = "adamw-8bit"
     PAGED_ADAMW = "paged-adamw"
     PAGED_ADAMW_8BIT = "paged-adamw-8bit"

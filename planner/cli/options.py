@@ -65,7 +65,7 @@ OffloadOpt = Annotated[
 ]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="bf16-mixed, fp16-mixed, bf16 (pure) or fp32.")]
 OptimizerOpt = Annotated[
-    str, typer.Option("--optimizer", help="adamw, adamw-8bit, paged-adamw, paged-adamw-8bit, sgd, adafactor.")
+    str, typer.Option("--optimizer", help="adamw (torch foreach), adamw-fused (torch fused=True), adamw-8bit, paged-adamw, paged-adamw-8bit, sgd, adafactor.")
 ]
 LoraRankOpt = Annotated[int, typer.Option("--lora-rank", help="LoRA rank r.")]
 LoraAlphaOpt = Annotated[int, typer.Option("--lora-alpha", help="LoRA alpha.")]

@@ -23,8 +23,9 @@ DS_MAX_REUSE_DISTANCE = 1_000_000_000
 # DeepSpeed's initial fp16 loss scale 2**16 (deepspeed/runtime/fp16/loss_scaler.py, initial_scale_power).
 FP16_INITIAL_SCALE_POWER = 16
 # DeepSpeed CPU optimizers (DeepSpeedCPUAdam) exist for Adam/AdamW; other optimizers run as client
-# optimizers on the CPU partition, which DeepSpeed refuses unless zero_force_ds_cpu_optimizer is false.
-_DS_CPU_OPTIMIZERS = {Optimizer.ADAMW: "AdamW"}
+# optimizers on the CPU partition, which DeepSpeed refuses unless zero_force_ds_cpu_optimizer is false. Offload
+# steps on the host either way, so foreach and fused AdamW take the same CPU Adam (no GPU step memory).
+_DS_CPU_OPTIMIZERS = {Optimizer.ADAMW: "AdamW", Optimizer.ADAMW_FUSED: "AdamW"}
 
 
 def bucket_sizes(model: ModelSpec) -> dict[str, int]:

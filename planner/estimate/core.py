@@ -13,6 +13,7 @@ from planner.estimate.count.zero_partition import (
     PartitionSpec,
     RankPartition,
     partitions_to_evaluate,
+    trainable_blocks,
     trainable_numels,
     zero3_persistence_threshold,
     zero3_released_after_forward,
@@ -20,12 +21,12 @@ from planner.estimate.count.zero_partition import (
 from planner.estimate.host_ram import host_ram_per_rank
 from planner.estimate.peak import PHASES, phase_breakdowns
 from planner.estimate.result import Estimate
-from planner.estimate.sharding import shard_states, zero3_persistent
+from planner.estimate.sharding import fused_step_counter_bytes, shard_states, zero3_persistent
 from planner.estimate.states import unsharded_states
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
 from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
-from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec, validate_margin
+from planner.specs import Cluster, Method, ModelSpec, Offload, Optimizer, TrainSpec, validate_margin
 from planner.units import dtype_bytes
 
 DEFAULT_MARGIN = 0.1
@@ -81,6 +82,10 @@ def estimate(
     num_persistent, persistent_bytes = zero3_persistent(counts, train, model.num_layers, model.hidden_size)
     num_released = zero3_released_after_forward(counts, train, zero3_persistence_threshold(model.hidden_size))
     sharded = shard_states(states, train, cluster.num_gpus, counts.largest_module, persistent_bytes)
+    counters = fused_step_counter_bytes(train, _num_trainable_tensors(model, train, counts),
+                                        math.ceil(split.num_trainable / cluster.num_gpus))
+    if counters:
+        sharded = replace(sharded, optimizer_states_bytes=sharded.optimizer_states_bytes + counters)
 
     adapters = lora_adapter_paths(model, train) if train.method is not Method.FULL else ()
     zero2 = train.zero_stage == 2 and train.offload is Offload.NONE
@@ -171,6 +176,14 @@ def estimate(
     if result.cpu_bytes_per_node:
         result = replace(result, notes=result.notes + _host_notes(result, host))
     return result
+
+
+def _num_trainable_tensors(model: ModelSpec, train: TrainSpec, counts) -> int:
+    """Trainable tensors in ``model.parameters()`` (zero_partition.py ``trainable_numels``), counted only where a
+    rule reads them (adamw-fused without DeepSpeed: one step counter each)."""
+    if train.optimizer is not Optimizer.ADAMW_FUSED or train.zero_stage != 0:
+        return 0
+    return sum(len(block) * reps for block, reps in trainable_blocks(FlatOrder.of(counts, train, model.num_layers)))
 
 
 def _accumulation_numels(model: ModelSpec, train: TrainSpec, counts) -> tuple[int, ...]:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from planner.estimate.count.params import ParamCounts
 from planner.estimate.count.zero_partition import zero3_persistence_threshold, zero3_persistent_numels
-from planner.estimate.states import UnshardedStates, trainable_extra_dtype
-from planner.specs import Offload, TrainSpec
+from planner.estimate.states import FUSED_STEP_COUNTER_BYTES, UnshardedStates, trainable_extra_dtype
+from planner.specs import Offload, Optimizer, TrainSpec
 from planner.units import nbytes
 
 # DeepSpeed's default ZeRO-3 sub_group_size (deepspeed/runtime/zero/config.py, ZeroConfig.sub_group_size).
@@ -113,3 +113,25 @@ def shard_states(
         gathered_bytes=gathered,
         notes=tuple(notes),
     )
+
+
+def fused_step_counter_bytes(train: TrainSpec, num_trainable_tensors: int, num_partition_elements: int) -> int:
+    """One rank's device step counters of ``--optimizer adamw-fused`` (states.py ``FUSED_STEP_COUNTER_BYTES``),
+    one per tensor the torch optimizer steps; 0 for every other optimizer.
+
+    Without DeepSpeed that is every trainable tensor (``num_trainable_tensors``; MasterWeightsOptimizer's fp32
+    masters are one per trainable tensor too). Under ZeRO the optimizer steps DeepSpeed's flat fp32 partitions
+    instead: ZeRO-1/2 one per param group (stage_1_and_2.py ``single_partition_of_fp32_groups``; planner's
+    profiler passes one group), ZeRO-3 one per sub-group of the rank's ``num_partition_elements`` (stage3.py
+    ``_create_fp16_sub_groups`` closes a sub-group at ``sub_group_size`` elements; ``_optimizer_step`` steps each
+    ``fp32_partitioned_groups_flat`` tensor). With offload the partitions and their counters are on the host.
+    """
+    if train.optimizer is not Optimizer.ADAMW_FUSED or train.offload is not Offload.NONE:
+        return 0
+    if train.zero_stage == 0:
+        stepped = num_trainable_tensors
+    elif train.zero_stage in (1, 2):
+        stepped = 1 if num_partition_elements > 0 else 0
+    else:
+        stepped = -(-num_partition_elements // DS_SUB_GROUP_SIZE)
+    return FUSED_STEP_COUNTER_BYTES * stepped

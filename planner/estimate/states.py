@@ -34,7 +34,7 @@ def _optimizer_state_bits_per_param(optimizer: Optimizer, precision: Precision) 
     """Optimizer moment storage per trainable parameter, in bits (master weights excluded)."""
     # Pure bf16 keeps the moments in the parameter dtype (DESIGN.md §3, "Other optimizers"); otherwise fp32.
     moment_bits = 16 if precision is Precision.BF16 else 32
-    if optimizer in (Optimizer.ADAMW, Optimizer.PAGED_ADAMW):
+    if optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED, Optimizer.PAGED_ADAMW):
         # Adam: first and second moment (Kingma & Ba 2015; ZeRO paper K = 12 includes 4 master + 8 moments).
         return 2 * moment_bits
     if optimizer in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT):
@@ -49,6 +49,16 @@ def _optimizer_state_bits_per_param(optimizer: Optimizer, precision: Precision) 
         # the factored vectors via _adafactor_bytes.
         return 0
     raise AssertionError(optimizer)
+
+
+# torch's Adam/AdamW keep a 0-d step counter per stepped tensor (torch/optim/adam.py ``Adam._init_group``). With
+# fused=True (or capturable) it is ``torch.zeros((), dtype=_get_scalar_dtype(is_fused=True), device=p.device)``:
+# float32 on the parameter's device; foreach keeps it on the host ("Deliberately host `step` on CPU if both
+# capturable and fused are off"), so on a GPU only the fused counters count (on a CPU run foreach's host
+# counters are measured too and not estimated: 4 bytes per tensor). 4 bytes each; the CUDA caching allocator
+# hands out a 512-byte block for each, a rounding planner's allocated figures leave out for every tensor. Which
+# tensors are stepped, per rank: sharding.py ``fused_step_counter_bytes``.
+FUSED_STEP_COUNTER_BYTES = 4
 
 
 def _adafactor_bytes(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -> int:

@@ -23,6 +23,19 @@ from planner.specs import Offload, Optimizer, Precision, TrainSpec
 # a full copy of the second moment -- then divides and adds in place. fused=True (the HF Trainer default
 # "adamw_torch_fused" on torch >= 2.8) updates in one kernel without it.
 ADAMW_FOREACH_SCRATCH_COPIES = 1
+# torch.optim.AdamW(fused=True) (``--optimizer adamw-fused``; torch 2.13): torch/optim/adam.py ``_fused_adam``
+# groups the tensors by device and dtype (``Optimizer._group_tensors_by_device_and_dtype``: lists, no copies),
+# bumps the step counters in place (``torch._foreach_add_(device_state_steps, 1)``) and calls
+# ``torch._fused_adamw_`` once per group. That kernel updates param, exp_avg and exp_avg_sq element by element
+# in registers: on CUDA aten/src/ATen/native/cuda/FusedAdamWKernel.cu ``_fused_adamw_kernel_cuda_``
+# (multi_tensor_apply_for_fused_optimizer, tensor addresses passed as kernel arguments), on CPU
+# aten/src/ATen/native/FusedAdam.cpp ``_fused_adam_kernel_cpu_`` -> cpu/FusedAdamKernel.cpp
+# ``adam_fused_step_impl`` (``grad.contiguous()`` is the gradient itself; 16-bit values are widened to fp32
+# per vector). No full-size scratch: 0 copies. Only on CPU, ``_foreach_add_`` takes the per-tensor slow path
+# and wraps the Python 1 in an 8-byte scalar converted to the counter's float32 (12 bytes, one counter at a
+# time; foreach's CPU step has the same kind of scalar), not counted (tests/test_fused_adamw.py measures both).
+# The fused step counters live on the device (states.py ``FUSED_STEP_COUNTER_BYTES``).
+ADAMW_FUSED_SCRATCH_COPIES = 0
 # transformers' Adafactor (transformers/optimization.py) loops over parameters; per parameter it builds
 # ``update = grad**2 + eps``, the approximated second moment and the update (about three fp32 copies of the
 # largest parameter at a time).
@@ -109,6 +122,8 @@ def optimizer_scratch_bytes(train: TrainSpec, *, num_trainable_on_gpu: int, mome
         return 0
     if train.optimizer in (Optimizer.ADAMW,):
         return ADAMW_FOREACH_SCRATCH_COPIES * num_trainable_on_gpu * moment_bytes
+    if train.optimizer is Optimizer.ADAMW_FUSED:
+        return ADAMW_FUSED_SCRATCH_COPIES * num_trainable_on_gpu * moment_bytes
     if train.optimizer is Optimizer.ADAFACTOR:
         return ADAFACTOR_SCRATCH_COPIES * min(largest_trainable, num_trainable_on_gpu) * 4
     # SGD with momentum (foreach: in place after the first step), bitsandbytes 8-bit / paged AdamW (fused

@@ -35,9 +35,12 @@ HERE = Path(__file__).resolve().parent
 # The plan, written by planner.
 PLAN = @@PLAN@@
 
-OPTIMIZERS = {  # planner name -> TrainingArguments.optim
-    "adamw": "adamw_torch", "adamw-8bit": "adamw_bnb_8bit", "paged-adamw": "paged_adamw_32bit",
-    "paged-adamw-8bit": "paged_adamw_8bit", "sgd": "sgd", "adafactor": "adafactor",
+# planner name -> TrainingArguments.optim. adamw_torch is torch's AdamW with its default implementation, foreach
+# on CUDA (torch/optim/adam.py adam: _default_to_fused_or_foreach(..., use_fused=False)), what planner's adamw
+# models; adamw_torch_fused passes fused=True (transformers/trainer_optimizer.py _get_adamw_torch).
+OPTIMIZERS = {
+    "adamw": "adamw_torch", "adamw-fused": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit",
+    "paged-adamw": "paged_adamw_32bit", "paged-adamw-8bit": "paged_adamw_8bit", "sgd": "sgd", "adafactor": "adafactor",
 }
 PRECISIONS = ("bf16-mixed", "fp16-mixed", "bf16", "fp32")
 
