@@ -17,7 +17,8 @@ sequence length, micro-batch). Issue 5 asks for these factors and levels:
 ``full_matrix`` crosses family x method x checkpointing on one rank (40 cells) and adds every ZeRO stage x
 method on two ranks (13 cells); the remaining factors are drawn from balanced, seeded shuffles so each level
 appears about equally often and no single shape dominates; ``EXTRA_CELLS`` (a tiny Qwen3-MoE with LoRA on all
-linear layers, and a random cell the model once missed) come after them without moving them. ``ci_matrix`` is the cheapest subset of it that
+linear layers, a random cell the model once missed, and three cells with torch's fused AdamW; every other cell
+runs foreach AdamW) come after them without moving them. ``ci_matrix`` is the cheapest subset of it that
 still covers every level of every factor, every family x method pair and checkpointing on and off for
 every family and every method (a weighted greedy set cover: a
 2-rank DeepSpeed cell costs about ten single-rank cells). ``random_cells`` draws shapes the matrix was not
@@ -32,7 +33,7 @@ import random
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from planner.specs import AttnImpl, LoraSpec, Method, Precision, QuantSpec, TrainSpec
+from planner.specs import AttnImpl, LoraSpec, Method, Optimizer, Precision, QuantSpec, TrainSpec
 
 DEFAULT_SEED = 20240605
 FAMILIES = ("llama", "gpt2", "qwen2", "mixtral")
@@ -45,6 +46,7 @@ HIDDENS = (64, 96, 128)
 LAYERS = (2, 3)
 VOCABS = (512, 1000, 2048, 3072)
 PRECISIONS = ("fp32", "bf16-mixed")
+DEFAULT_OPTIMIZER = Optimizer.ADAMW.value  # torch AdamW, foreach: every designed cell
 HEAD_DIM = 16
 LORA_RANK = 8
 LORA_DROPOUT = 0.05  # planner's default
@@ -83,14 +85,20 @@ class Cell:
     lora_rank: int = LORA_RANK
     num_experts: int = 0
     lora_dropout: float = LORA_DROPOUT
+    optimizer: str = DEFAULT_OPTIMIZER
 
     @property
     def id(self) -> str:
-        """Readable and unique: the main factors, then a hash of every input."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:6]
+        """Readable and unique: the main factors, then a hash of every input. The default optimizer is named
+        neither in the id nor in the hash, so the cells from before the field keep their ids and profiles."""
+        inputs = asdict(self)
+        if self.optimizer == DEFAULT_OPTIMIZER:
+            del inputs["optimizer"]
+        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:6]
         prec = "fp32" if self.precision == "fp32" else "bf16m"
+        opt = "" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}"
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
-                f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}-{digest}")  # fmt: skip
+                f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}-{digest}")  # fmt: skip
 
     @property
     def cost(self) -> int:
@@ -131,6 +139,7 @@ class Cell:
         targets = ATTN_TARGETS[self.family] if self.method == "lora-attn" else ("all-linear",)
         quant = QuantSpec(double_quant=self.method == "qlora-dq") if self.method.startswith("qlora") else QuantSpec()
         return TrainSpec(method=Method(self.method.split("-")[0]), precision=Precision(self.precision),
+                         optimizer=Optimizer(self.optimizer),
                          lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
                                        targets=targets),
                          quant=quant, zero_stage=self.zero, micro_batch=self.micro_batch, seq_len=self.seq_len,
@@ -148,9 +157,12 @@ class Cell:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Cell:
+        """A cell from its dict or a CSV row (a row from before the optimizer column: the default optimizer)."""
         kinds = {f.name: f.type for f in fields(Cell)}
         out: dict[str, Any] = {}
         for name, kind in kinds.items():
+            if name == "optimizer" and not d.get(name):
+                continue
             value = d[name]
             if kind == "bool":
                 value = value if isinstance(value, bool) else str(value).lower() in ("1", "true")
@@ -197,6 +209,23 @@ EXTRA_CELLS = (
     Cell(family="gpt2", hidden=48, layers=4, heads=6, kv_heads=6, intermediate=192, vocab=3957, method="full",
          precision="fp32", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=32, micro_batch=1, lora_rank=4),
 )
+# torch's fused AdamW (``--optimizer adamw-fused``, issue 16 item 2), appended after EXTRA_CELLS the same way: full
+# bf16-mixed fine-tuning without DeepSpeed, short enough that the optimizer step is the peak (where foreach's
+# copy of the second moment would be 4 bytes per parameter more: +20% of this cell's peak); LoRA on the attention
+# projections (fp32 adapters: one fused step counter per adapter tensor); full bf16-mixed ZeRO-2 on two ranks,
+# peaking at the step too (DeepSpeed steps the rank's flat fp32 partition with the fused kernel).
+OPTIMIZER_CELLS = (
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
+         micro_batch=1, optimizer="adamw-fused"),
+    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+         vocab=512, method="lora-attn", precision="fp32", zero=0, num_ranks=1, ckpt=False, attn="eager", seq_len=64,
+         micro_batch=2, optimizer="adamw-fused"),
+    Cell(family="qwen2", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=2048,
+         method="full", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=True, attn="sdpa", seq_len=32,
+         micro_batch=1, optimizer="adamw-fused"),
+)
+EXTRA_CELLS = EXTRA_CELLS + OPTIMIZER_CELLS
 
 
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
@@ -230,7 +259,7 @@ def _fill(skeletons: list[dict[str, Any]], rng: random.Random) -> list[Cell]:
 
 
 def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
-    """55 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS."""
+    """58 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS."""
     rng = random.Random(seed)
     single = [{"family": f, "method": m, "ckpt": c, "zero": 0, "num_ranks": 1}
               for f in FAMILIES for m in METHODS for c in (False, True)]  # fmt: skip
