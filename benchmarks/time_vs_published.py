@@ -42,7 +42,7 @@ from planner.estimate.throughput import (  # noqa: E402
     throughput_from_step,
 )
 from planner.models import spec_from_config  # noqa: E402
-from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Precision, TrainSpec  # noqa: E402
+from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Parallelism, Precision, TrainSpec  # noqa: E402
 
 # The --mfu override the report compares with: the command line's default before the per-phase model.
 OVERRIDE_MFU = 0.4
@@ -103,7 +103,7 @@ def train_for(row: dict[str, str]) -> TrainSpec:
     return TrainSpec(
         method=Method.FULL,
         precision=Precision(row["precision"]),
-        zero_stage=int(row["zero_stage"]),
+        parallelism=Parallelism.from_zero(int(row["zero_stage"])),
         micro_batch=int(row["micro_batch"]),
         seq_len=int(row["seq_len"]),
         grad_accum=int(row["grad_accum"]),

@@ -59,6 +59,68 @@ class Offload(str, Enum):
     OPTIMIZER_PARAMS = "optimizer+params"
 
 
+class Engine(str, Enum):
+    """What runs data parallelism and decides how each rank's states are divided.
+
+    ``ddp``: torch DistributedDataParallel, or one process (the transformers Trainer without DeepSpeed or
+    FSDP): every rank holds every state. ``deepspeed``: DeepSpeed ZeRO stage 1-3, optionally with CPU offload.
+    A new engine (FSDP2's ``fully_shard``, tensor or context parallelism) is a new member here, its rules a
+    module beside ``estimate/sharding.py`` (ARCHITECTURE.md, "A parallelism").
+    """
+
+    DDP = "ddp"
+    DEEPSPEED = "deepspeed"
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How the ranks share the work: the engine, DeepSpeed's ZeRO stage and what it offloads to the host.
+
+    ``from_zero(stage, offload)`` is the CLI's ``--zero``/``--offload``: stage 0 is plain data parallelism
+    (no DeepSpeed), stages 1-3 are DeepSpeed ZeRO. The one place these combinations are validated.
+    """
+
+    engine: Engine = Engine.DDP
+    zero_stage: int = 0
+    offload: Offload = Offload.NONE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.engine, Engine):
+            raise PlannerError(f"unknown parallelism engine {self.engine!r}; use one of "
+                               f"{', '.join(e.value for e in Engine)}.")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise PlannerError(f"ZeRO stage must be 0, 1, 2 or 3, got {self.zero_stage}.")
+        if self.engine is Engine.DDP and self.zero_stage != 0:
+            raise PlannerError(f"ZeRO stage {self.zero_stage} is DeepSpeed's; plain data parallelism has stage 0.")
+        if self.engine is Engine.DEEPSPEED and self.zero_stage == 0:
+            raise PlannerError("DeepSpeed at ZeRO stage 0 is not modelled; use stage 1, 2 or 3, or plain data "
+                               "parallelism.")
+        if self.offload is not Offload.NONE and self.zero_stage == 0:
+            raise PlannerError(f"offload {self.offload.value!r} needs ZeRO stage 1, 2 or 3, not stage 0.")
+        if self.offload is Offload.OPTIMIZER_PARAMS and self.zero_stage != 3:
+            raise PlannerError(
+                f"offload 'optimizer+params' needs ZeRO stage 3 (parameter offload), not stage {self.zero_stage}."
+            )
+
+    @classmethod
+    def from_zero(cls, zero_stage: int, offload: Offload = Offload.NONE) -> Parallelism:
+        """``--zero``/``--offload`` as a spec: stage 0 is plain data parallelism, 1-3 DeepSpeed ZeRO."""
+        engine = Engine.DDP if zero_stage == 0 else Engine.DEEPSPEED
+        return cls(engine=engine, zero_stage=zero_stage, offload=offload)
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        return self.engine is Engine.DEEPSPEED
+
+    @property
+    def label(self) -> str:
+        """``ZeRO-2, offload optimizer`` / ``DDP``: how a table or a plan names it."""
+        if self.engine is Engine.DDP:
+            return "ZeRO-0"
+        off = "" if self.offload is Offload.NONE else f", offload {self.offload.value}"
+        return f"ZeRO-{self.zero_stage}{off}"
+
+
 class AttnImpl(str, Enum):
     EAGER = "eager"
     SDPA = "sdpa"
@@ -173,8 +235,7 @@ class TrainSpec:
     optimizer: Optimizer = Optimizer.ADAMW
     lora: LoraSpec = field(default_factory=LoraSpec)
     quant: QuantSpec = field(default_factory=QuantSpec)
-    zero_stage: int = 0
-    offload: Offload = Offload.NONE
+    parallelism: Parallelism = field(default_factory=Parallelism)
     micro_batch: int = 1
     seq_len: int = 2048
     grad_accum: int = 1
@@ -184,8 +245,8 @@ class TrainSpec:
     dropout: float | None = None
 
     def __post_init__(self) -> None:
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise PlannerError(f"ZeRO stage must be 0, 1, 2 or 3, got {self.zero_stage}.")
+        if not isinstance(self.parallelism, Parallelism):
+            raise PlannerError(f"parallelism must be a Parallelism spec, got {self.parallelism!r}.")
         if self.micro_batch < 1:
             raise PlannerError(f"micro-batch must be at least 1, got {self.micro_batch}.")
         if self.seq_len < 1:
@@ -194,23 +255,30 @@ class TrainSpec:
             raise PlannerError(f"gradient accumulation must be at least 1, got {self.grad_accum}.")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise PlannerError(f"dropout must be in [0, 1), got {self.dropout}.")
-        if self.offload is not Offload.NONE and self.zero_stage == 0:
-            raise PlannerError(f"offload {self.offload.value!r} needs ZeRO stage 1, 2 or 3, not stage 0.")
-        if self.offload is Offload.OPTIMIZER_PARAMS and self.zero_stage != 3:
-            raise PlannerError(
-                f"offload 'optimizer+params' needs ZeRO stage 3 (parameter offload), not stage {self.zero_stage}."
-            )
         if self.method is Method.QLORA and self.zero_stage == 3:
             raise PlannerError("QLoRA with ZeRO stage 3 is not supported: bitsandbytes 4-bit weights cannot be sharded by this planner; use stage 0-2.")
         if self.method is Method.QLORA and self.precision is Precision.FP32:
             raise PlannerError("QLoRA needs a 16-bit compute dtype; use --precision bf16-mixed or fp16-mixed.")
         if self.optimizer in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT, Optimizer.PAGED_ADAMW) and (
-            self.zero_stage > 0
+            self.parallelism.uses_deepspeed
         ):
             raise PlannerError(
                 f"optimizer {self.optimizer.value!r} is a bitsandbytes optimizer and cannot be combined with "
                 f"DeepSpeed ZeRO stage {self.zero_stage}; use adamw, sgd or adafactor."
             )
+
+    @property
+    def zero_stage(self) -> int:
+        """DeepSpeed's ZeRO stage (0 without DeepSpeed): how far states are sharded."""
+        return self.parallelism.zero_stage
+
+    @property
+    def offload(self) -> Offload:
+        return self.parallelism.offload
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        return self.parallelism.uses_deepspeed
 
     @property
     def num_tokens_per_micro_batch(self) -> int:
@@ -342,8 +410,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
                 double_quant=bool(quant.get("double_quant", True)),
                 blocksize=int(quant.get("blocksize", 64)),
             ),
-            zero_stage=int(d["zero_stage"]),
-            offload=Offload(d.get("offload", "none")),
+            parallelism=Parallelism.from_zero(int(d["zero_stage"]), Offload(d.get("offload", "none"))),
             micro_batch=int(d["micro_batch"]),
             seq_len=int(d["seq_len"]),
             grad_accum=int(d.get("grad_accum", 1)),

@@ -8,7 +8,7 @@ from pathlib import Path
 from planner import catalog
 from planner.estimate.core import estimate
 from planner.models import spec_from_config
-from planner.specs import Cluster, Method, ModelSpec, Offload, Precision, TrainSpec
+from planner.specs import Cluster, Method, ModelSpec, Offload, Parallelism, Precision, TrainSpec
 
 DATA = Path(__file__).resolve().parent / "data" / "tiny.jsonl"
 
@@ -53,8 +53,7 @@ def tiny_plan(
     train = TrainSpec(
         method=Method(method),
         precision=Precision(precision),
-        zero_stage=zero,
-        offload=Offload(offload),
+        parallelism=Parallelism.from_zero(zero, Offload(offload)),
         micro_batch=micro_batch,
         grad_accum=grad_accum,
         seq_len=seq_len,

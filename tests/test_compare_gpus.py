@@ -21,7 +21,7 @@ from planner.plan.compare_gpus import (
     compare_gpus,
     gpu_counts,
 )
-from planner.specs import Method, Offload, Precision, TrainSpec
+from planner.specs import Method, Offload, Parallelism, Precision, TrainSpec
 
 # The speed target of issue 3 is 2 s for the CLI; in-process, on a loaded 2-core CI box, allow headroom.
 IN_PROCESS_SECONDS = 4.0
@@ -61,8 +61,7 @@ def test_sorted_by_cost(rows_70b):
 
 def _train_of(row, base: TrainSpec) -> TrainSpec:
     return dataclasses.replace(
-        base, method=Method(row.method), precision=Precision(row.precision), zero_stage=row.zero_stage,
-        offload=Offload(row.offload), grad_checkpointing=row.grad_checkpointing,
+        base, method=Method(row.method), precision=Precision(row.precision), parallelism=Parallelism.from_zero(row.zero_stage, Offload(row.offload)), grad_checkpointing=row.grad_checkpointing,
     )
 
 
@@ -88,7 +87,7 @@ def test_min_gpus_is_fewest(rows_70b, gpu_name):
         for ckpt in (False, True):
             for stage, offload in LAYOUTS:
                 try:
-                    t = dataclasses.replace(train, zero_stage=stage, offload=offload, grad_checkpointing=ckpt)
+                    t = dataclasses.replace(train, parallelism=Parallelism.from_zero(stage, offload), grad_checkpointing=ckpt)
                 except PlannerError:
                     continue
                 assert not estimate(model, t, smaller).fits, (row, stage, offload, ckpt)
@@ -236,7 +235,7 @@ def test_chosen_plan_is_cheapest_in_time(rows_405b, gpu_name):
             for ckpt in (False, True):
                 for stage, offload in LAYOUTS:
                     try:
-                        t = dataclasses.replace(_train_of(row, base), zero_stage=stage, offload=offload,
+                        t = dataclasses.replace(_train_of(row, base), parallelism=Parallelism.from_zero(stage, offload),
                                                 grad_checkpointing=ckpt)  # fmt: skip
                     except PlannerError:
                         continue

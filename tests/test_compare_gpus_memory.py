@@ -13,13 +13,13 @@ from planner.estimate.core import estimate
 from planner.models import load_model
 from planner.plan import compare_gpus as cg
 from planner.plan.compare_gpus import cluster_for, compare_gpus, memory_key, precision_for
-from planner.specs import LoraSpec, Method, Offload, TrainSpec
+from planner.specs import LoraSpec, Method, Offload, Parallelism, TrainSpec
 
 TRAINS = [
-    TrainSpec(zero_stage=3, seq_len=2048),
-    TrainSpec(zero_stage=1, micro_batch=2, seq_len=1024, grad_checkpointing=True),
-    TrainSpec(method=Method.LORA, lora=LoraSpec(dropout=0.0), zero_stage=2, offload=Offload.OPTIMIZER, seq_len=2048),
-    TrainSpec(method=Method.QLORA, lora=LoraSpec(dropout=0.0), zero_stage=0, seq_len=4096),
+    TrainSpec(parallelism=Parallelism.from_zero(3), seq_len=2048),
+    TrainSpec(parallelism=Parallelism.from_zero(1), micro_batch=2, seq_len=1024, grad_checkpointing=True),
+    TrainSpec(method=Method.LORA, lora=LoraSpec(dropout=0.0), parallelism=Parallelism.from_zero(2, Offload.OPTIMIZER), seq_len=2048),
+    TrainSpec(method=Method.QLORA, lora=LoraSpec(dropout=0.0), parallelism=Parallelism.from_zero(0), seq_len=4096),
 ]
 
 

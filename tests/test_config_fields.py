@@ -83,6 +83,6 @@ def test_expert_fields_of_a_dense_family_are_ignored():
                             "g")  # fmt: skip
     assert spec.num_experts == 0 and not spec.is_moe
     from planner.estimate.core import estimate
-    from planner.specs import Cluster, TrainSpec
+    from planner.specs import Cluster, Parallelism, TrainSpec
 
-    estimate(spec, TrainSpec(zero_stage=3, seq_len=1024), Cluster(gpu=catalog.gpu("h100-sxm-80gb"), num_gpus=8))
+    estimate(spec, TrainSpec(parallelism=Parallelism.from_zero(3), seq_len=1024), Cluster(gpu=catalog.gpu("h100-sxm-80gb"), num_gpus=8))

@@ -241,13 +241,13 @@ def test_offload_optimizer_section():
     assert set(config["optimizer"]["params"].values()) == {"auto"}  # resolved by the HF Trainer (e2e test)
     import dataclasses
 
-    from planner.specs import Optimizer
+    from planner.specs import Optimizer, Parallelism
 
     sgd = dataclasses.replace(train, optimizer=Optimizer.SGD)
     config = deepspeed_config(model, sgd, cluster)
     assert "optimizer" not in config and config["zero_force_ds_cpu_optimizer"] is False
     with pytest.raises(PlannerError, match="stage 0"):
-        deepspeed_config(model, dataclasses.replace(train, zero_stage=0, offload=train.offload.NONE), cluster)
+        deepspeed_config(model, dataclasses.replace(train, parallelism=Parallelism()), cluster)
 
 
 # ---------------------------------------------------------------- train.py

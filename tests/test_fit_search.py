@@ -17,7 +17,7 @@ from planner.estimate.result import Fit
 from planner.estimate.step import simulate
 from planner.models import load_model
 from planner.plan.fits import MAX_MICRO_BATCH, MAX_SEQ_LEN_LONGER, SEQ_STEP, _largest, estimate_with_fit
-from planner.specs import AttnImpl, Cluster, LoraSpec, Method, Offload, Precision, TrainSpec
+from planner.specs import AttnImpl, Cluster, LoraSpec, Method, Offload, Parallelism, Precision, TrainSpec
 
 
 def _reference_fit(model, train, cluster, *, margin=0.1, allow_longer=False) -> Fit:
@@ -57,15 +57,14 @@ CASES = [
     ("gpt2", "t4-16gb", 1, TrainSpec(precision=Precision.FP16_MIXED, seq_len=1024), False),  # limit = position limit
     ("gpt2", "t4-16gb", 1, TrainSpec(precision=Precision.FP16_MIXED, micro_batch=8, seq_len=1000), True),  # off the grid
     ("qwen2.5-0.5b", "l4-24gb", 1, TrainSpec(micro_batch=3, seq_len=4096, grad_checkpointing=True), False),
-    ("llama-3.2-1b", "a10-24gb", 2, TrainSpec(method=Method.LORA, zero_stage=2, seq_len=2048), False),
+    ("llama-3.2-1b", "a10-24gb", 2, TrainSpec(method=Method.LORA, parallelism=Parallelism.from_zero(2), seq_len=2048), False),
     ("llama-3.1-8b", "h100-sxm-80gb", 8, TrainSpec(micro_batch=16, seq_len=8192), False),  # own row does not fit
     ("llama-3.1-8b", "a100-sxm-40gb", 8, TrainSpec(method=Method.QLORA, seq_len=1000, grad_checkpointing=True),
      True),
-    ("gemma-2-9b", "h100-sxm-80gb", 8, TrainSpec(zero_stage=3, micro_batch=2, seq_len=4096,
+    ("gemma-2-9b", "h100-sxm-80gb", 8, TrainSpec(parallelism=Parallelism.from_zero(3), micro_batch=2, seq_len=4096,
                                                  attn_impl=AttnImpl.EAGER), False),  # s x s scores
-    ("mixtral-8x7b-v0.1", "h200-sxm-141gb", 8, TrainSpec(method=Method.LORA, lora=LoraSpec(dropout=0.0), zero_stage=3,
-                                                         offload=Offload.OPTIMIZER, seq_len=2048), False),
-    ("deepseek-v2-lite", "l40s-48gb", 4, TrainSpec(method=Method.QLORA, lora=LoraSpec(dropout=0.0), zero_stage=1,
+    ("mixtral-8x7b-v0.1", "h200-sxm-141gb", 8, TrainSpec(method=Method.LORA, lora=LoraSpec(dropout=0.0), parallelism=Parallelism.from_zero(3, Offload.OPTIMIZER), seq_len=2048), False),
+    ("deepseek-v2-lite", "l40s-48gb", 4, TrainSpec(method=Method.QLORA, lora=LoraSpec(dropout=0.0), parallelism=Parallelism.from_zero(1),
                                                                  seq_len=3000), False),
 ]
 
@@ -89,7 +88,7 @@ def test_fit_costs_few_simulations():
         for stage in (0, 1, 2, 3):
             for offload in Offload:
                 try:
-                    train = TrainSpec(method=method, zero_stage=stage, offload=offload, seq_len=2048)
+                    train = TrainSpec(method=method, parallelism=Parallelism.from_zero(stage, offload), seq_len=2048)
                 except PlannerError:
                     continue
                 estimate_with_fit(model, train, cluster)

@@ -20,6 +20,7 @@ from planner.specs import (
     Method,
     Offload,
     Optimizer,
+    Parallelism,
     Precision,
     QuantSpec,
     QuantType,
@@ -54,11 +55,11 @@ EXAMPLES = [
                grad_accum=8, grad_checkpointing=True, attn_impl=AttnImpl.SDPA)),
     ("llamafactory/llama3_full_sft.yaml", "llamafactory", "meta-llama/Meta-Llama-3-8B-Instruct",
      TrainSpec(method=Method.FULL, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW,
-               lora=LoraSpec(rank=8, alpha=16, dropout=0.0, targets=ALL_LINEAR), zero_stage=3, micro_batch=1,
+               lora=LoraSpec(rank=8, alpha=16, dropout=0.0, targets=ALL_LINEAR), parallelism=Parallelism.from_zero(3), micro_batch=1,
                seq_len=2048, grad_accum=2, grad_checkpointing=True, attn_impl=AttnImpl.SDPA)),
     ("llamafactory/llama3_lora_sft_ds3.yaml", "llamafactory", "meta-llama/Meta-Llama-3-8B-Instruct",
      TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW,
-               lora=LoraSpec(rank=8, alpha=16, dropout=0.0, targets=ALL_LINEAR), zero_stage=3, micro_batch=1,
+               lora=LoraSpec(rank=8, alpha=16, dropout=0.0, targets=ALL_LINEAR), parallelism=Parallelism.from_zero(3), micro_batch=1,
                seq_len=2048, grad_accum=2, grad_checkpointing=True, attn_impl=AttnImpl.SDPA)),
     ("axolotl/lora-1b.yml", "axolotl", "llama-3.2-1b",
      TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW_8BIT,
@@ -174,7 +175,7 @@ def test_accelerate_config_gives_gpus_and_deepspeed():
     assert (got.num_gpus, got.num_nodes) == (8, 1)
     assert got.train == TrainSpec(method=Method.FULL, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW,
                                   lora=LoraSpec(rank=16, alpha=32, dropout=0.05, targets=("q_proj", "v_proj")),
-                                  zero_stage=3, micro_batch=16, seq_len=2048, grad_accum=1,
+                                  parallelism=Parallelism.from_zero(3), micro_batch=16, seq_len=2048, grad_accum=1,
                                   grad_checkpointing=True, attn_impl=AttnImpl.FLASH_ATTENTION_2)
     assert any("overrides the accelerate config's mixed_precision fp16" in n for n in got.notes)
     assert str(CONFIGS / "hf/accelerate/deepspeed_zero3.yaml") in got.files
@@ -195,8 +196,7 @@ def test_deepspeed_offload_json(tmp_path):
                    f"deepspeed: {ds}\nbf16: true\nper_device_train_batch_size: 2\ncutoff_len: 4096\n")
     got = read_training_config(cfg)
     assert got.model == "llama-3.1-8b"
-    assert got.train == TrainSpec(method=Method.FULL, precision=Precision.BF16_MIXED, zero_stage=2,
-                                  offload=Offload.OPTIMIZER, micro_batch=2, seq_len=4096, grad_accum=1,
+    assert got.train == TrainSpec(method=Method.FULL, precision=Precision.BF16_MIXED, parallelism=Parallelism.from_zero(2, Offload.OPTIMIZER), micro_batch=2, seq_len=4096, grad_accum=1,
                                   lora=LoraSpec(rank=8, alpha=16, dropout=0.0), grad_checkpointing=True)
     assert str(ds) in got.files
 

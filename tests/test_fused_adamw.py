@@ -21,7 +21,7 @@ from planner.estimate.sharding import fused_step_counter_bytes
 from planner.estimate.states import FUSED_STEP_COUNTER_BYTES
 from planner.estimate.temporaries import optimizer_scratch_bytes
 from planner.models import load_model
-from planner.specs import Cluster, Method, Offload, Optimizer, Precision, TrainSpec
+from planner.specs import Cluster, Method, Offload, Optimizer, Parallelism, Precision, TrainSpec
 
 # Tensor sizes of a small "model": uneven, so no kernel gets a round shape.
 SIZES = (1000, 3000, 517, 64, 77, 99)
@@ -93,11 +93,11 @@ def test_fused_counters_follow_what_the_torch_optimizer_steps():
     fused = TrainSpec(optimizer=Optimizer.ADAMW_FUSED)
     assert fused_step_counter_bytes(fused, 291, 8 * 10**9) == 4 * 291  # every trainable tensor, no DeepSpeed
     for stage in (1, 2):  # one flat fp32 partition per param group
-        assert fused_step_counter_bytes(dataclasses.replace(fused, zero_stage=stage), 291, 10**9) == 4
-    zero3 = dataclasses.replace(fused, zero_stage=3)
+        assert fused_step_counter_bytes(dataclasses.replace(fused, parallelism=Parallelism.from_zero(stage)), 291, 10**9) == 4
+    zero3 = dataclasses.replace(fused, parallelism=Parallelism.from_zero(3))
     assert fused_step_counter_bytes(zero3, 291, 10**9) == 4  # one sub-group of sub_group_size (1e9) elements
     assert fused_step_counter_bytes(zero3, 291, 2 * 10**9 + 1) == 12
-    offload = dataclasses.replace(fused, zero_stage=2, offload=Offload.OPTIMIZER)
+    offload = dataclasses.replace(fused, parallelism=Parallelism.from_zero(2, Offload.OPTIMIZER))
     assert fused_step_counter_bytes(offload, 291, 10**9) == 0  # stepped on the host
 
 

@@ -17,7 +17,7 @@ from planner.estimate.sharding import shard_states
 from planner.estimate.states import unsharded_states
 from planner.models import load_model
 from planner.plan.fits import estimate_with_fit
-from planner.specs import Cluster, Offload, Precision, TrainSpec
+from planner.specs import Cluster, Offload, Parallelism, Precision, TrainSpec
 from tests.conftest import run_cli
 
 GIB = 2**30
@@ -41,7 +41,7 @@ def test_host_ram_covers_the_offloaded_states_and_pinned_buffers():
     partitions, a 16-bit copy and the largest tensor's gradient, each rounded up to a power of two."""
     model = load_model("llama-3.1-8b")
     counts = count_params(model)
-    train = _train(zero_stage=2, offload=Offload.OPTIMIZER)
+    train = _train(parallelism=Parallelism.from_zero(2, Offload.OPTIMIZER))
     states = unsharded_states(counts, split_params(counts, train), train)
     sharded = shard_states(states, train, 8, counts.largest_module)
     host = host_ram_per_rank(states, train, 8, largest_param_numel=counts.largest_module, params_partition_bytes=0)
@@ -60,7 +60,7 @@ def test_an_offload_row_that_needs_more_host_ram_than_the_node_has_does_not_fit(
     """Before: `fits` looked at the GPU only, so an 8B ZeRO-2 optimizer-offload row on 8 H100s fitted with any
     host. Its offload needs far more than 64 GiB per node: it does not fit, says why, and fits nothing."""
     model = load_model("llama-3.1-8b")
-    train = _train(zero_stage=2, offload=Offload.OPTIMIZER)
+    train = _train(parallelism=Parallelism.from_zero(2, Offload.OPTIMIZER))
     est = estimate_with_fit(model, train, Cluster(gpu=H100, num_gpus=8, host_memory_bytes_per_node=64 * GIB))
     assert est.gpu_fits and est.cpu_bytes_per_node > 64 * GIB
     assert est.host_fits is False and not est.fits
@@ -72,7 +72,7 @@ def test_an_offload_row_that_needs_more_host_ram_than_the_node_has_does_not_fit(
     assert unknown.host_fits is None and unknown.fits
     assert any("not checked" in n and "--host-ram" in n for n in unknown.notes)
     # rows without offload need no host RAM for states: nothing to check
-    plain = estimate(model, _train(zero_stage=3), Cluster(gpu=H100, num_gpus=8, host_memory_bytes_per_node=0))
+    plain = estimate(model, _train(parallelism=Parallelism.from_zero(3)), Cluster(gpu=H100, num_gpus=8, host_memory_bytes_per_node=0))
     assert plain.cpu_bytes_per_node == 0 and plain.host_fits is None
 
 
@@ -124,7 +124,7 @@ def test_a_peak_between_the_cuda_visible_and_the_nominal_capacity_does_not_fit()
     """Before: fits compared with the nominal 80 GiB. A device peak above the CUDA-visible 79.2 GiB (after the
     margin) but within the nominal size fitted; it does not any more."""
     model = load_model("llama-3.1-8b")
-    train = _train(zero_stage=3)
+    train = _train(parallelism=Parallelism.from_zero(3))
     cluster = Cluster(gpu=H100, num_gpus=8)
     device = estimate(model, train, cluster, margin=0.0).device_bytes
     margin = 1.0 - (device + 2**20) / H100.memory_bytes  # the nominal size minus this margin holds the peak
@@ -147,9 +147,9 @@ def test_the_estimator_does_not_import_the_fit_search():
 @pytest.mark.parametrize("offload", [Offload.OPTIMIZER, Offload.OPTIMIZER_PARAMS])
 def test_zero3_host_ram_counts_the_sub_group_gradient_buffers(offload):
     model = load_model("llama-3.1-8b")
-    est = estimate(model, _train(zero_stage=3, offload=offload), Cluster(gpu=H100, num_gpus=8))
+    est = estimate(model, _train(parallelism=Parallelism.from_zero(3, offload)), Cluster(gpu=H100, num_gpus=8))
     counts = count_params(model)
-    train = _train(zero_stage=3, offload=offload)
+    train = _train(parallelism=Parallelism.from_zero(3, offload))
     states = unsharded_states(counts, split_params(counts, train), train)
     n = math.ceil(states.num_trainable / 8)
     # moments + fp32 master (pageable), fp32 gradient partition + per-sub-group fp32 gradients (pinned)

@@ -14,7 +14,7 @@ from planner.errors import PlannerError
 from planner.estimate.core import estimate
 from planner.models import load_model, spec_from_config
 from planner.plan.fits import estimate_with_fit
-from planner.specs import AttnImpl, Cluster, Method, Offload, TrainSpec
+from planner.specs import AttnImpl, Cluster, Method, Offload, Parallelism, TrainSpec
 
 H100 = catalog.gpu("h100-sxm-80gb")
 MODELS = ("llama-3.2-1b", "gpt2", "qwen2.5-0.5b", "gemma-2-9b", "mixtral-8x7b-v0.1")
@@ -32,7 +32,7 @@ def _trains():
         for ckpt in (False, True):
             for attn in (AttnImpl.EAGER, AttnImpl.SDPA):
                 for zero in (0, 2):
-                    yield TrainSpec(method=method, grad_checkpointing=ckpt, attn_impl=attn, zero_stage=zero,
+                    yield TrainSpec(method=method, grad_checkpointing=ckpt, attn_impl=attn, parallelism=Parallelism.from_zero(zero),
                                     micro_batch=1, seq_len=256)
 
 
@@ -93,7 +93,7 @@ def test_higher_zero_stage_never_raises_model_states(name):
                         continue
                     if offload is not Offload.NONE and zero == 0:
                         continue
-                    train = TrainSpec(method=method, zero_stage=zero, offload=offload, micro_batch=1, seq_len=256)
+                    train = TrainSpec(method=method, parallelism=Parallelism.from_zero(zero, offload), micro_batch=1, seq_len=256)
                     # the model states proper: at the optimizer step every one of them is alive
                     states = _est(model, train, rank=rank).phases["optimizer_step"].model_states_bytes
                     if prev is not None:
@@ -152,7 +152,7 @@ def test_estimate_is_fast():
     n = 0
     for zero in (0, 1, 2, 3):
         for b in range(1, 33):
-            estimate(model, TrainSpec(zero_stage=zero, micro_batch=b, seq_len=4096), cluster)
+            estimate(model, TrainSpec(parallelism=Parallelism.from_zero(zero), micro_batch=b, seq_len=4096), cluster)
             n += 1
     assert (time.perf_counter() - start) / n < 0.005
 

@@ -9,7 +9,7 @@ from planner.estimate import overhead
 from planner.estimate.core import estimate
 from planner.estimate.peak import PHASES
 from planner.models import load_model, spec_from_config
-from planner.specs import AttnImpl, Cluster, LoraSpec, Method, Precision, TrainSpec
+from planner.specs import AttnImpl, Cluster, LoraSpec, Method, Parallelism, Precision, TrainSpec
 
 # Tolerance of a full training step against the CPU measurement (issue 5's per-cell bound).
 STEP_TOLERANCE = 0.05
@@ -73,8 +73,8 @@ def test_gradient_accumulation_keeps_gradients_through_forward():
 
 def test_zero3_gathers_and_partitions():
     model = load_model("llama-3.1-8b")
-    z0 = estimate(model, TrainSpec(micro_batch=1, seq_len=2048, zero_stage=2), _cluster(8))
-    z3 = estimate(model, TrainSpec(micro_batch=1, seq_len=2048, zero_stage=3), _cluster(8))
+    z0 = estimate(model, TrainSpec(micro_batch=1, seq_len=2048, parallelism=Parallelism.from_zero(2)), _cluster(8))
+    z3 = estimate(model, TrainSpec(micro_batch=1, seq_len=2048, parallelism=Parallelism.from_zero(3)), _cluster(8))
     assert z3.per_gpu.params_bytes < z0.per_gpu.params_bytes
     assert z3.phases["forward"].temporaries_bytes > z0.phases["forward"].temporaries_bytes  # gathered params
 

@@ -15,7 +15,7 @@ from planner.estimate.result import CATEGORIES
 from planner.estimate.sharding import shard_states
 from planner.estimate.states import unsharded_states
 from planner.models import spec_from_config
-from planner.specs import Cluster, LoraSpec, Method, Offload, QuantSpec, TrainSpec
+from planner.specs import Cluster, LoraSpec, Method, Offload, Parallelism, QuantSpec, TrainSpec
 from planner.units import nbytes
 
 H100 = catalog.gpu("h100-sxm-80gb")
@@ -51,8 +51,7 @@ def trains(draw):
     offloads = [Offload.NONE] + ([Offload.OPTIMIZER] if stage else []) + ([Offload.OPTIMIZER_PARAMS] if stage == 3 else [])
     return TrainSpec(
         method=method,
-        zero_stage=stage,
-        offload=draw(st.sampled_from(offloads)),
+        parallelism=Parallelism.from_zero(stage, draw(st.sampled_from(offloads))),
         micro_batch=draw(st.integers(1, 8)),
         seq_len=draw(st.integers(1, 8192)),
         grad_checkpointing=draw(st.booleans()),
@@ -119,7 +118,7 @@ def test_higher_zero_stage_never_raises_model_states(model, train, gpus):
     split = split_params(counts, train)
     last = None
     for stage in range(0, 3 if train.method is Method.QLORA else 4):
-        t = dataclasses.replace(train, zero_stage=stage, offload=Offload.NONE)
+        t = dataclasses.replace(train, parallelism=Parallelism.from_zero(stage, Offload.NONE))
         sh = shard_states(unsharded_states(counts, split, t), t, gpus, counts.largest_module)
         ms = sh.params_bytes + sh.grads_bytes + sh.optimizer_states_bytes
         if last is not None:
@@ -151,11 +150,11 @@ def test_sharded_bytes_sum_to_unsharded_up_to_padding(model, train, ranks):
     counts = count_params(model)
     split = split_params(counts, train)
     states = unsharded_states(counts, split, train)
-    t = dataclasses.replace(train, offload=Offload.NONE)
+    t = dataclasses.replace(train, parallelism=Parallelism.from_zero(train.zero_stage))
     for stage, field in ((1, "optimizer_states_bytes"), (2, "grads_bytes"), (3, "params_bytes")):
         if train.method is Method.QLORA and stage == 3:
             continue
-        sh = shard_states(states, dataclasses.replace(t, zero_stage=stage), ranks, counts.largest_module)
+        sh = shard_states(states, dataclasses.replace(t, parallelism=Parallelism.from_zero(stage)), ranks, counts.largest_module)
         total = getattr(sh, field) * ranks
         assert getattr(states, field) <= total < getattr(states, field) + ranks
 

@@ -17,7 +17,7 @@ from planner.models import load_model
 from planner.plan.compare_gpus import LAYOUTS
 from planner.plan.recommend import NoPlanFits, Recommendation, recommend
 from planner.plan.search import divisors
-from planner.specs import AttnImpl, Cluster, Method, Offload, TrainSpec
+from planner.specs import AttnImpl, Cluster, Method, Offload, Parallelism, TrainSpec
 from planner.units import GIB
 
 H100 = catalog.gpu("h100-sxm-80gb")
@@ -123,7 +123,7 @@ def _brute_force(model_name, gpu, gpus, g, seq, method):
             for attn in (AttnImpl.SDPA, AttnImpl.FLASH_ATTENTION_2):
                 for micro in divisors(g // gpus):
                     try:
-                        train = TrainSpec(method=method, seq_len=seq, zero_stage=stage, offload=offload,
+                        train = TrainSpec(method=method, seq_len=seq, parallelism=Parallelism.from_zero(stage, offload),
                                           grad_checkpointing=ckpt, attn_impl=attn, micro_batch=micro,
                                           grad_accum=g // (micro * gpus))
                     except PlannerError:

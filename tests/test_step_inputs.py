@@ -16,6 +16,8 @@ from planner.estimate.step import tape
 from planner.estimate.step.simulate import (
     LORA_FIELDS_IGNORED,
     LORA_FIELDS_READ,
+    PARALLELISM_FIELDS_IGNORED,
+    PARALLELISM_FIELDS_READ,
     TRAIN_FIELDS_IGNORED,
     TRAIN_FIELDS_READ,
     simulate_step,
@@ -29,6 +31,7 @@ from planner.specs import (
     Method,
     Offload,
     Optimizer,
+    Parallelism,
     Precision,
     QuantSpec,
     QuantType,
@@ -40,7 +43,7 @@ TINY = spec_from_config(
      "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 256},
     "tiny-llama",
 )
-LORA = TrainSpec(method=Method.LORA, micro_batch=2, seq_len=32, zero_stage=2)
+LORA = TrainSpec(method=Method.LORA, micro_batch=2, seq_len=32, parallelism=Parallelism.from_zero(2))
 
 
 def _names(cls) -> set[str]:
@@ -50,6 +53,7 @@ def _names(cls) -> set[str]:
 @pytest.mark.parametrize(("cls", "read", "ignored"), [
     (TrainSpec, TRAIN_FIELDS_READ, TRAIN_FIELDS_IGNORED),
     (LoraSpec, LORA_FIELDS_READ, LORA_FIELDS_IGNORED),
+    (Parallelism, PARALLELISM_FIELDS_READ, PARALLELISM_FIELDS_IGNORED),
 ])
 def test_every_field_is_read_or_ignored_with_a_reason(cls, read, ignored):
     assert not set(read) & set(ignored), "a field is both read and ignored"
@@ -72,7 +76,7 @@ READ_VARIANTS = {
     "attn_impl": dict(attn_impl=AttnImpl.EAGER),
     "dropout": dict(dropout=0.1),
     "lora": dict(lora=LoraSpec(rank=8)),
-    "zero_stage": dict(zero_stage=3),
+    "parallelism": dict(parallelism=Parallelism.from_zero(3)),
 }
 LORA_READ_VARIANTS = {
     "rank": LoraSpec(rank=4),
@@ -84,7 +88,6 @@ LORA_READ_VARIANTS = {
 IGNORED_VARIANTS = {
     "optimizer": dict(optimizer=Optimizer.SGD),
     "quant": dict(method=Method.QLORA, quant=QuantSpec(quant_type=QuantType.FP4, double_quant=False, blocksize=128)),
-    "offload": dict(offload=Offload.OPTIMIZER),
     "grad_accum": dict(grad_accum=4),
 }
 
@@ -114,6 +117,14 @@ def test_an_ignored_field_changes_neither_the_key_nor_the_step(field):
     assert other != base
     assert step_inputs(TINY, other) == step_inputs(TINY, base)
     assert simulate_step(TINY, other) == simulate_step(TINY, base)
+
+
+def test_offload_changes_neither_the_key_nor_the_step():
+    assert set(PARALLELISM_FIELDS_IGNORED) == {"offload"}
+    other = dataclasses.replace(LORA, parallelism=Parallelism.from_zero(LORA.zero_stage, Offload.OPTIMIZER))
+    assert other != LORA
+    assert step_inputs(TINY, other) == step_inputs(TINY, LORA)
+    assert simulate_step(TINY, other) == simulate_step(TINY, LORA)
 
 
 def test_lora_alpha_changes_neither_the_key_nor_the_step():

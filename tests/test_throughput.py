@@ -22,7 +22,7 @@ from planner.estimate.throughput import (
     throughput,
 )
 from planner.models import load_model, spec_from_config
-from planner.specs import Cluster, Method, Offload, TrainSpec
+from planner.specs import Cluster, Method, Offload, Parallelism, TrainSpec
 
 REL = 1e-9  # exact arithmetic, float rounding only
 H100 = catalog.gpu("h100-sxm-80gb")
@@ -117,7 +117,7 @@ def test_single_gpu_tokens_per_second_is_peak_times_mfu_over_flops():
 
 
 def test_time_and_cost():
-    est = _est(gpus=8, zero_stage=2, seq_len=2048, micro_batch=4)
+    est = _est(gpus=8, parallelism=Parallelism.from_zero(2), seq_len=2048, micro_batch=4)
     tp = throughput(est, mfu=DEFAULT_MFU, num_tokens=10**9, price_per_gpu_hour=2.5)
     assert tp.total_time_s == pytest.approx(10**9 / (tp.tokens_per_s_per_gpu * 8), rel=REL)
     assert tp.cost == pytest.approx(tp.total_time_s / 3600 * 8 * 2.5, rel=REL)
@@ -132,16 +132,16 @@ def test_zero_communication_volumes():
     cluster = Cluster(H100, 8, 1)
     vol = {}
     for stage in (0, 1, 2, 3):
-        st = step_time(model, TrainSpec(zero_stage=stage, micro_batch=1, grad_accum=1), cluster, mfu=0.4)
+        st = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(stage), micro_batch=1, grad_accum=1), cluster, mfu=0.4)
         vol[stage] = st.communication_bytes
     p16 = 2 * count_params(model).num_params
     assert vol[0] == pytest.approx(2 * 7 / 8 * p16, rel=REL)
     assert vol[1] == vol[0] == vol[2]
     assert vol[3] == pytest.approx(1.5 * vol[0], rel=REL)
     # Stage 2 reduce-scatters each micro-batch; stage 3 also gathers parameters each micro-batch.
-    st2 = step_time(model, TrainSpec(zero_stage=2, grad_accum=4), cluster, mfu=0.4)
+    st2 = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(2), grad_accum=4), cluster, mfu=0.4)
     assert st2.communication_bytes == pytest.approx((4 + 1) * 7 / 8 * p16, rel=REL)
-    st3 = step_time(model, TrainSpec(zero_stage=3, grad_accum=4), cluster, mfu=0.4)
+    st3 = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(3), grad_accum=4), cluster, mfu=0.4)
     assert st3.communication_bytes == pytest.approx(4 * vol[3], rel=REL)
     bw = H100.intra_node_bytes_per_s * COLLECTIVE_EFFICIENCY
     assert st3.communication_s == pytest.approx(st3.communication_bytes / bw, rel=REL)
@@ -149,28 +149,28 @@ def test_zero_communication_volumes():
 
 def test_one_gpu_has_no_communication_and_nodes_bound_the_ring():
     model = load_model("llama-3.1-8b")
-    one = step_time(model, TrainSpec(zero_stage=3), Cluster(H100, 1, 1), mfu=0.4)
+    one = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(3)), Cluster(H100, 1, 1), mfu=0.4)
     assert one.communication_s == 0
-    inter = step_time(model, TrainSpec(zero_stage=1), Cluster(H100, 16, 2), mfu=0.4)
+    inter = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(1)), Cluster(H100, 16, 2), mfu=0.4)
     # NCCL runs one ring per NIC and each ring crosses between nodes once, so a node's NICs together
     # (400 GB/s here, below NVLink's 450 GB/s per GPU) bound the ring, not a GPU's eighth of them.
     bw = min(H100.intra_node_bytes_per_s, 400e9) * COLLECTIVE_EFFICIENCY
     assert inter.communication_s == pytest.approx(inter.communication_bytes / bw, rel=REL)
-    slow = step_time(model, TrainSpec(zero_stage=1), Cluster(H100, 16, 2, inter_node_bytes_per_s=100e9), mfu=0.4)
+    slow = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(1)), Cluster(H100, 16, 2, inter_node_bytes_per_s=100e9), mfu=0.4)
     assert slow.communication_s == pytest.approx(4 * inter.communication_s, rel=REL)  # 400 / 100 GB/s
 
 
 def test_offload_costs_host_transfers_and_cpu_adam():
     model = load_model("llama-3.1-8b")
     cluster = Cluster(H100, 8, 1)
-    plain = step_time(model, TrainSpec(zero_stage=2), cluster, mfu=0.4)
-    off = step_time(model, TrainSpec(zero_stage=2, offload=Offload.OPTIMIZER), cluster, mfu=0.4)
+    plain = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(2)), cluster, mfu=0.4)
+    off = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(2, Offload.OPTIMIZER)), cluster, mfu=0.4)
     params = count_params(model).num_params
     assert off.cpu_optimizer_s == pytest.approx(params / 8 * 8 / CPU_ADAM_PARAMS_PER_S_PER_NODE, rel=REL)
     assert off.offload_transfer_s > 0 and plain.offload_transfer_s == 0 and plain.cpu_optimizer_s == 0
     assert off.total_s > plain.total_s
-    both = step_time(model, TrainSpec(zero_stage=3, offload=Offload.OPTIMIZER_PARAMS), cluster, mfu=0.4)
-    only_opt = step_time(model, TrainSpec(zero_stage=3, offload=Offload.OPTIMIZER), cluster, mfu=0.4)
+    both = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(3, Offload.OPTIMIZER_PARAMS)), cluster, mfu=0.4)
+    only_opt = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(3, Offload.OPTIMIZER)), cluster, mfu=0.4)
     assert both.host_transfer_bytes > only_opt.host_transfer_bytes
 
 

@@ -107,7 +107,7 @@ from planner.estimate.throughput import (  # noqa: E402
     throughput_from_step,
 )
 from planner.models import load_model  # noqa: E402
-from planner.specs import AttnImpl, Cluster, TrainSpec  # noqa: E402
+from planner.specs import AttnImpl, Cluster, Parallelism, TrainSpec  # noqa: E402
 
 REL = 1e-9
 A100 = catalog.gpu("a100-sxm-80gb")
@@ -156,20 +156,20 @@ def test_eager_attention_costs_more_than_a_causal_kernel():
 def test_zero3_hides_collectives_behind_compute_zero2_does_not():
     model = load_model("llama-3.1-8b")
     cluster = Cluster(H100, 8, 1)
-    z3 = step_time(model, TrainSpec(zero_stage=3, seq_len=4096, micro_batch=4), cluster)
+    z3 = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(3), seq_len=4096, micro_batch=4), cluster)
     assert z3.communication_s < z3.compute_s  # enough compute to hide behind
     assert z3.exposed_communication_s == pytest.approx(z3.communication_s / model.num_layers, rel=REL)
-    z2 = step_time(model, TrainSpec(zero_stage=2, seq_len=4096, micro_batch=4), cluster)
+    z2 = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(2), seq_len=4096, micro_batch=4), cluster)
     assert z2.exposed_communication_s == z2.communication_s  # overlap_comm false, as planner emits it
     # too little compute: the excess is exposed
-    tiny = step_time(model, TrainSpec(zero_stage=3, seq_len=128), Cluster(H100, 16, 2, inter_node_bytes_per_s=10**9))
+    tiny = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(3), seq_len=128), Cluster(H100, 16, 2, inter_node_bytes_per_s=10**9))
     assert tiny.exposed_communication_s == pytest.approx(tiny.communication_s - tiny.compute_s - tiny.attention_s
                                                          - tiny.elementwise_s, rel=1e-6)
 
 
 def test_ddp_hides_the_all_reduce_behind_the_last_backward():
     model = load_model("qwen2.5-0.5b")
-    st = step_time(model, TrainSpec(zero_stage=0, seq_len=4096, micro_batch=8), Cluster(H100, 8, 1))
+    st = step_time(model, TrainSpec(parallelism=Parallelism.from_zero(0), seq_len=4096, micro_batch=8), Cluster(H100, 8, 1))
     bw = H100.intra_node_bytes_per_s * COLLECTIVE_EFFICIENCY
     assert st.communication_s == pytest.approx(st.communication_bytes / bw, rel=REL)
     assert st.exposed_communication_s < st.communication_s

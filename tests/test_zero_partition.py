@@ -18,7 +18,7 @@ from planner.estimate.count.zero_partition import (
     trainable_numels,
 )
 from planner.models import spec_from_config
-from planner.specs import AttnImpl, Cluster, LoraSpec, Method, Precision, TrainSpec
+from planner.specs import AttnImpl, Cluster, LoraSpec, Method, Parallelism, Precision, TrainSpec
 from tests.test_params import _VARIANTS, _tiny
 
 GPT2 = dict(model_type="gpt2", n_inner=80, tie_word_embeddings=False)
@@ -198,7 +198,7 @@ MEASURED = {  # rank: (phase, grads, activations, temporaries, allocated) at the
 
 def test_zero1_ranks_against_the_measured_profile():
     spec = spec_from_config(QWEN2, "qwen2-tiny")
-    train = TrainSpec(method=Method.FULL, precision=Precision.FP32, zero_stage=1, micro_batch=2, seq_len=64,
+    train = TrainSpec(method=Method.FULL, precision=Precision.FP32, parallelism=Parallelism.from_zero(1), micro_batch=2, seq_len=64,
                       grad_checkpointing=True, attn_impl=AttnImpl.SDPA)
     parts = rank_partitions(trainable_numels(count_params(spec), train, spec.num_layers), 2, 128 * 128)
     assert [p.num_buffer for p in parts] == [344_704, 336_704]
@@ -221,7 +221,7 @@ def test_rank_out_of_range_is_a_planner_error():
 
     spec = spec_from_config(QWEN2, "qwen2-tiny")
     with pytest.raises(PlannerError, match="rank must be between 0 and 1"):
-        estimate(spec, TrainSpec(zero_stage=1, seq_len=64), Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=2), rank=2)
+        estimate(spec, TrainSpec(parallelism=Parallelism.from_zero(1), seq_len=64), Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=2), rank=2)
 
 
 # `planner profile --model <gpt2 below> --gpus 3 --zero 2 --precision fp32 -b 2 -s 32 --grad-checkpointing
@@ -234,7 +234,7 @@ MEASURED_Z2 = {0: 4_784_272, 1: 5_334_896, 2: 5_246_368}  # allocated peak per r
 
 def test_zero2_three_ranks_against_the_measured_profile():
     spec = spec_from_config(GPT2_TINY, "gpt2-tiny")
-    train = TrainSpec(method=Method.FULL, precision=Precision.FP32, zero_stage=2, micro_batch=2, seq_len=32,
+    train = TrainSpec(method=Method.FULL, precision=Precision.FP32, parallelism=Parallelism.from_zero(2), micro_batch=2, seq_len=32,
                       grad_checkpointing=True)
     cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=3)
     rank1 = estimate(spec, train, cluster, device="cpu", rank=1)
@@ -259,12 +259,12 @@ def test_zero3_persistent_parameters_against_the_measured_profile():
     from planner.specs import LoraSpec
 
     spec = spec_from_config(GPT2_Z3, "gpt2-z3")
-    train = TrainSpec(method=Method.LORA, precision=Precision.FP32, zero_stage=3, micro_batch=1, seq_len=57,
+    train = TrainSpec(method=Method.LORA, precision=Precision.FP32, parallelism=Parallelism.from_zero(3), micro_batch=1, seq_len=57,
                       attn_impl=AttnImpl.EAGER, lora=LoraSpec(rank=2, alpha=16, dropout=0.05))
     est = estimate(spec, train, Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=2), device="cpu")
     assert est.per_gpu.params_bytes == 2_462_400
     # without ZeRO-3 nothing is persistent and nothing changes
-    z2 = estimate(spec, TrainSpec(method=Method.LORA, precision=Precision.FP32, zero_stage=2, micro_batch=1,
+    z2 = estimate(spec, TrainSpec(method=Method.LORA, precision=Precision.FP32, parallelism=Parallelism.from_zero(2), micro_batch=1,
                                   seq_len=57, lora=LoraSpec(rank=2, alpha=16, dropout=0.05)),
                   Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=2), device="cpu")
     assert z2.per_gpu.params_bytes == 1_187_360 * 4
@@ -284,7 +284,7 @@ def test_zero3_frozen_embedding_is_released_after_forward():
 
     spec = spec_from_config(LLAMA_Z3, "llama-z3")
     lora = LoraSpec(rank=4, alpha=16, dropout=0.05, targets=("q_proj", "v_proj"))
-    train = TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, zero_stage=3, micro_batch=2, seq_len=19,
+    train = TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, parallelism=Parallelism.from_zero(3), micro_batch=2, seq_len=19,
                       attn_impl=AttnImpl.EAGER, lora=lora)
     cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=2)
     est = estimate(spec, train, cluster, device="cpu")
@@ -301,4 +301,4 @@ def test_zero3_frozen_embedding_is_released_after_forward():
     assert zero3_released_after_forward(counts, train, 720) == 2290 * 72
     assert zero3_released_after_forward(counts, replace(train, grad_checkpointing=True), 720) == 0
     assert zero3_released_after_forward(counts, replace(train, method=Method.FULL), 720) == 0
-    assert zero3_released_after_forward(counts, replace(train, zero_stage=2), 720) == 0
+    assert zero3_released_after_forward(counts, replace(train, parallelism=Parallelism.from_zero(2)), 720) == 0

@@ -9,7 +9,7 @@ import pytest
 from planner.estimate.count.params import LinearGroup, ParamCounts, ParamSplit
 from planner.estimate.sharding import DS_SUB_GROUP_SIZE, shard_states
 from planner.estimate.states import unsharded_states
-from planner.specs import Method, Offload, Optimizer, Precision, TrainSpec
+from planner.specs import Method, Offload, Optimizer, Parallelism, Precision, TrainSpec
 
 GB = 10**9
 # ZeRO paper (Rajbhandari et al. 2020, arXiv 1910.02054, Figure 1 arithmetic): 16 bytes per parameter with
@@ -42,7 +42,7 @@ def _full_split(num_params: int) -> ParamSplit:
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_zero_paper_8b_on_8_gpus(stage):
     counts = _dense_counts(NUM_8B)
-    train = TrainSpec(zero_stage=stage)
+    train = TrainSpec(parallelism=Parallelism.from_zero(stage))
     states = unsharded_states(counts, _full_split(NUM_8B), train)
     assert states.params_bytes + states.grads_bytes + states.optimizer_states_bytes == 16 * NUM_8B
     sharded = shard_states(states, train, 8, counts.largest_module)
@@ -77,7 +77,7 @@ def test_higher_stage_never_raises_model_states():
     split = _full_split(NUM_8B)
     previous = None
     for stage in range(4):
-        train = TrainSpec(zero_stage=stage)
+        train = TrainSpec(parallelism=Parallelism.from_zero(stage))
         sh = shard_states(unsharded_states(counts, split, train), train, 8, counts.largest_module)
         total = sh.params_bytes + sh.grads_bytes + sh.optimizer_states_bytes
         if previous is not None:
@@ -114,7 +114,7 @@ CASES = [  # (num_params, largest_module_params, gpus_per_node, nodes)
 def _ours(num_params, largest, gpus_per_node, nodes, stage, offload):
     counts = _dense_counts(num_params)
     counts = dataclasses.replace(counts, largest_module=largest)
-    train = TrainSpec(method=Method.FULL, zero_stage=stage, offload=offload)
+    train = TrainSpec(method=Method.FULL, parallelism=Parallelism.from_zero(stage, offload))
     states = unsharded_states(counts, _full_split(num_params), train)
     return shard_states(states, train, gpus_per_node * nodes, largest), gpus_per_node
 

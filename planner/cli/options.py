@@ -33,6 +33,7 @@ from planner.specs import (
     ModelSpec,
     Offload,
     Optimizer,
+    Parallelism,
     Precision,
     QuantSpec,
     QuantType,
@@ -348,7 +349,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
 def _layout(method: Method, zero: int, offload: Offload) -> dict:
     """The TrainSpec fields of a method, ZeRO stage and offload: the one place the CLI writes a stage and an
     offload into a TrainSpec (``build_train_spec``, ``with_layout``)."""
-    return {"method": method, "zero_stage": zero, "offload": offload}
+    return {"method": method, "parallelism": Parallelism.from_zero(zero, offload)}
 
 
 def with_layout(train: TrainSpec, method: Method, zero: int, offload: Offload) -> TrainSpec:
@@ -456,18 +457,18 @@ def _get_field(train: TrainSpec, path: str):
 
 
 def merge_from_config(config_train: TrainSpec, flags_train: TrainSpec, typed: set[str]) -> TrainSpec:
-    """The config's TrainSpec with every field a typed flag sets taken from the flags' TrainSpec."""
+    """The config's TrainSpec with every field a typed flag sets taken from the flags' TrainSpec; a typed --zero
+    replaces only the stage of the config's parallelism and a typed --offload only its offload (both at once, so
+    --zero 2 --offload optimizer beside a ZeRO-3 parameter-offload config is never half applied)."""
     train = config_train
     for flag, paths in FLAG_FIELDS.items():
-        if flag not in typed:
-            continue
-        if flag == "zero":
-            train = with_layout(train, train.method, flags_train.zero_stage, train.offload)
-        elif flag == "offload":
-            train = with_layout(train, train.method, train.zero_stage, flags_train.offload)
-        else:
+        if flag in typed and paths is not None:
             for path in paths:
                 train = _set_field(train, path, _get_field(flags_train, path))
+    if typed & {"zero", "offload"}:
+        stage = (flags_train if "zero" in typed else config_train).zero_stage
+        offload = (flags_train if "offload" in typed else config_train).offload
+        train = with_layout(train, train.method, stage, offload)
     return train
 
 

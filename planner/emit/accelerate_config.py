@@ -27,7 +27,7 @@ _MIXED_PRECISION = {
 
 
 def distributed_type(train: TrainSpec, cluster: Cluster) -> str:
-    if train.zero_stage > 0:
+    if train.uses_deepspeed:
         return "DEEPSPEED"
     return "MULTI_GPU" if cluster.num_gpus > 1 else "NO"
 

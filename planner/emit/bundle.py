@@ -124,7 +124,7 @@ def render_bundle(
         raise PlannerError("the text field must name a field of the dataset, got an empty string.")
     label = label or _label(train, cluster)
     model_ref = weights_reference(model)
-    has_ds = train.zero_stage > 0
+    has_ds = train.uses_deepspeed
     t = train_spec_to_dict(train)
     plan_values: dict[str, Any] = {
         "model": model_ref,

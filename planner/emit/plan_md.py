@@ -76,7 +76,7 @@ def precision_notes(train: TrainSpec) -> list[str]:
     """How train.py holds weights for this precision and method (what the estimate's split assumes)."""
     t, notes = train, []
     mixed = t.precision.has_master_weights
-    if t.method is Method.FULL and mixed and t.zero_stage == 0:
+    if t.method is Method.FULL and mixed and not t.uses_deepspeed:
         notes.append(
             "Without DeepSpeed the Trainer keeps fp32 weights and gradients and computes in 16 bits under "
             "torch.autocast: the same 16 bytes per parameter with AdamW as 16-bit weights plus an fp32 master "
@@ -100,7 +100,7 @@ def precision_notes(train: TrainSpec) -> list[str]:
         )
     if t.attn_impl.value == "flash_attention_2":
         notes.append("flash_attention_2 needs the flash-attn package on the GPU hosts; `--attn-impl sdpa` otherwise.")
-    if t.precision.value == "bf16" and t.zero_stage:
+    if t.precision.value == "bf16" and t.uses_deepspeed:
         notes.append("Pure bf16 under DeepSpeed still keeps fp32 master partitions (DeepSpeed's bf16 optimizer).")
     return notes
 
@@ -131,7 +131,7 @@ def render_plan_md(
         ("method", method),
         ("precision / optimizer", f"{t.precision.value} / {t.optimizer.value}"),
         ("GPUs", f"{cluster.num_gpus} x {cluster.gpu.name} on {cluster.num_nodes} node(s)"),
-        ("parallelism", f"ZeRO stage {t.zero_stage}{offload}" if t.zero_stage else
+        ("parallelism", f"ZeRO stage {t.zero_stage}{offload}" if t.uses_deepspeed else
                         ("data parallel (DDP)" if cluster.num_gpus > 1 else "one GPU")),
         ("batch", f"micro-batch {t.micro_batch} x accumulation {t.grad_accum} x {cluster.num_gpus} GPUs "
                   f"= {global_batch_size} sequences per step"),
@@ -176,7 +176,7 @@ def render_plan_md(
     lines += ["", "## Assumptions", ""]
     lines += [f"- {_md(note)}" for note in est.notes]
     sizes = bucket_sizes(model)
-    if t.zero_stage:
+    if t.uses_deepspeed:
         lines.append(
             f"- DeepSpeed buckets (elements, from hidden size {model.hidden_size}): reduce "
             f"{sizes['reduce_bucket_size']:,}"

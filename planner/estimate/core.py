@@ -37,7 +37,7 @@ __all__ = ["DEFAULT_MARGIN", "PHASES", "check_combination", "estimate"]
 
 def check_combination(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, allow_longer: bool = False) -> None:
     """Refuse combinations planner cannot estimate honestly, with a reason."""
-    if train.zero_stage > 0 and cluster.num_gpus == 1 and train.offload is Offload.NONE:
+    if train.uses_deepspeed and cluster.num_gpus == 1 and train.offload is Offload.NONE:
         # Valid in DeepSpeed (nothing to shard across), kept: ZeRO with one rank equals stage 0 plus buffers.
         pass
     if train.method is Method.QLORA and not cluster.gpu.supports_bf16 and train.precision.compute_dtype == "bf16":

@@ -59,7 +59,7 @@ def host_ram_per_rank(states: UnshardedStates, train: TrainSpec, num_ranks: int,
     the host (ShardedStates' share, persistent parameters excluded). ``accumulation_numels``: ZeRO-1/2 with
     gradient accumulation, the sizes of the trainable tensors (each rank pins a buffer per tensor of its
     partition; the rank's share of the rounded total is counted)."""
-    if train.offload is Offload.NONE or train.zero_stage == 0:
+    if train.offload is Offload.NONE or not train.uses_deepspeed:
         return NO_HOST_RAM
     pin = device == "cuda"
     n = math.ceil(states.num_trainable / num_ranks)

@@ -86,7 +86,7 @@ def _hidden_of(counts: ParamCounts) -> int:
 def trainable_extra_dtype(train: TrainSpec) -> str:
     """The dtype of LoRA adapters (peft: fp32 on a 16-bit base), or the compute dtype where DeepSpeed with
     16-bit training casts the whole module (see unsharded_states)."""
-    deepspeed_16bit = train.zero_stage >= 1 and train.precision.has_master_weights
+    deepspeed_16bit = train.uses_deepspeed and train.precision.has_master_weights
     return "fp32" if train.method is not Method.FULL and not deepspeed_16bit else train.precision.compute_dtype
 
 
@@ -100,7 +100,7 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -
         # every parameter that is not 4-bit (embeddings, norms, lm_head, biases) to fp32.
         # DeepSpeed (ZeRO >= 1) then casts the module back to the 16-bit dtype (engine module.bfloat16()),
         # measured by `planner profile` on 2 ranks.
-        non_4bit_dtype = "fp32" if train.zero_stage == 0 else compute
+        non_4bit_dtype = compute if train.uses_deepspeed else "fp32"
         params = quantized_weight_bytes(counts, train.quant) + nbytes(split.num_16bit, non_4bit_dtype)
     else:
         params = nbytes(split.num_16bit, compute)

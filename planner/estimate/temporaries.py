@@ -135,7 +135,7 @@ def master_grad_copy_bytes(train: TrainSpec, num_16bit_trainable: int) -> int:
     """Mixed precision without DeepSpeed: the 16-bit gradients converted to fp32 for the master weights, all at
     once at the step (what DeepSpeed's ZeRO optimizers do for their partition; planner/profile/optim.py
     ``MasterWeightsOptimizer``)."""
-    if train.zero_stage > 0 or not train.precision.has_master_weights:
+    if train.uses_deepspeed or not train.precision.has_master_weights:
         return 0
     return 4 * num_16bit_trainable
 
@@ -144,7 +144,7 @@ def ddp_bucket_bytes(train: TrainSpec, grads_bytes: int, num_ranks: int) -> int:
     """torch DistributedDataParallel (ZeRO 0 on several ranks) copies gradients into its own buckets
     (bucket_cap_mb=25 each, covering every trainable parameter; gradient_as_bucket_view=False by default,
     torch/nn/parallel/distributed.py): a second copy of the gradients, allocated when DDP is built."""
-    if train.zero_stage != 0 or num_ranks <= 1:
+    if train.uses_deepspeed or num_ranks <= 1:
         return 0
     return grads_bytes
 
@@ -201,7 +201,7 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
     master = master_grad_copy_bytes(train, num_16bit_trainable)
     grad_bytes = 2 if train.precision.compute_dtype in ("bf16", "fp16") else 4
     persistent = ddp_bucket_bytes(train, grads_bytes, n)
-    if device == "cpu" and train.zero_stage == 0 and n > 1:
+    if device == "cpu" and not train.uses_deepspeed and n > 1:
         persistent += GLOO_DDP_RANK0_BROADCAST_COPIES * params_bytes
     bucket = deepspeed_bucket_bytes(train, hidden_size, grad_bytes)
     late = bucket if train.zero_stage in (1, 2) else 0

@@ -252,7 +252,7 @@ def step_time(
             attention_s = tokens * (attn_fwd / 2) * (passes + 2.5) / (peak * eff.attention)
         elementwise_s = tokens * elementwise_bytes_per_token(model, train) / bw
         if train.offload is Offload.NONE:
-            local = split.num_trainable / n if train.zero_stage >= 1 else split.num_trainable
+            local = split.num_trainable / n if train.uses_deepspeed else split.num_trainable
             optimizer_s = local * OPTIMIZER_BYTES_PER_PARAM.get(train.optimizer.value, 28) / bw
     dequant_s = 0.0
     if train.method is Method.QLORA and split.num_quantized:

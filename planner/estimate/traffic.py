@@ -151,7 +151,7 @@ def exposed_communication_s(train: TrainSpec, comm_s: float, accum: float, gpu_s
     if train.zero_stage == 3 and train.offload is Offload.NONE:
         comm_mb, gpu_mb = comm_s / accum, gpu_s / accum
         return accum * max(comm_mb / layers, comm_mb - gpu_mb)
-    if train.zero_stage == 0:
+    if not train.uses_deepspeed:
         bwd_last = gpu_s / accum * bwd_share
         return max(comm_s / layers, comm_s - bwd_last)
     return comm_s

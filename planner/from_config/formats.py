@@ -25,7 +25,7 @@ from planner.specs import (
     AttnImpl,
     LoraSpec,
     Method,
-    Offload,
+    Parallelism,
     Precision,
     QuantSpec,
     QuantType,
@@ -96,7 +96,7 @@ def llamafactory(r: Reader) -> dict[str, Any]:
     r.set_fields |= {k for k, f in (("seq_len", "cutoff_len"), ("micro_batch", "per_device_train_batch_size"),
                                     ("grad_accum", "gradient_accumulation_steps")) if r.has(f)}
     return dict(method=method, precision=precision, optimizer=hf_optimizer(r, "optim", "adamw_torch"), lora=lora,
-                quant=quant, zero_stage=ds["stage"] if ds else 0, offload=ds["offload"] if ds else Offload.NONE,
+                quant=quant, parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
                 micro_batch=r.whole("per_device_train_batch_size", 8), seq_len=r.whole("cutoff_len", 2048),
                 grad_accum=r.whole("gradient_accumulation_steps", 1), grad_checkpointing=checkpointing,
                 attn_impl=attention(r, None if r.text("flash_attn", "auto") == "auto" else r.text("flash_attn"),
@@ -180,8 +180,8 @@ def axolotl(r: Reader) -> dict[str, Any]:
     r.set_fields |= {k for k, f in (("seq_len", "sequence_len"), ("micro_batch", "micro_batch_size"),
                                     ("grad_accum", "gradient_accumulation_steps")) if r.has(f)}
     return dict(method=method, precision=precision, optimizer=hf_optimizer(r, "optimizer", "adamw_torch_fused"),
-                lora=lora, quant=QuantSpec(), zero_stage=ds["stage"] if ds else 0,
-                offload=ds["offload"] if ds else Offload.NONE, micro_batch=r.whole("micro_batch_size", 1),
+                lora=lora, quant=QuantSpec(), parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
+                micro_batch=r.whole("micro_batch_size", 1),
                 seq_len=r.whole("sequence_len", 512), grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(checkpointing), attn_impl=attention(r, attn, "attention"))
 
@@ -374,8 +374,8 @@ def hf(r: Reader) -> dict[str, Any]:
     if seq is not None:
         r.set_fields.add("seq_len")
     return dict(method=method, precision=precision, optimizer=hf_optimizer(r, "optim", "adamw_torch_fused"),
-                lora=lora, quant=quant, zero_stage=ds["stage"] if ds else 0,
-                offload=ds["offload"] if ds else Offload.NONE, micro_batch=r.whole("per_device_train_batch_size", 8),
+                lora=lora, quant=quant, parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
+                micro_batch=r.whole("per_device_train_batch_size", 8),
                 seq_len=seq or 2048, grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(checkpointing), attn_impl=attention(r, r.text("attn_implementation"),
                                                                         "attn_implementation"))

@@ -118,7 +118,7 @@ def explain(search: Searcher, best: Scored, runners: list[Scored], per_method, *
     off = "no offload" if t.offload is Offload.NONE else f"{t.offload.value} offloaded to the CPU"
     lost = next((r for r in rejected if r.plan is not None and r.reason.startswith("does not fit")
                  and (r.plan.train.zero_stage, r.plan.train.offload) != (t.zero_stage, t.offload)), None)
-    if t.zero_stage == 0:
+    if not t.uses_deepspeed:
         why.append("ZeRO-0 (plain data parallelism, one gradient all-reduce per step) fits, and no layout moves less "
                    "data or spends less time off the GPU.")
     elif lost is not None:

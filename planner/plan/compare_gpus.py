@@ -41,7 +41,17 @@ from planner.estimate.throughput import (
     validate_price,
     validate_tokens,
 )
-from planner.specs import Cluster, GpuSpec, Method, ModelSpec, Offload, Precision, TrainSpec, validate_margin
+from planner.specs import (
+    Cluster,
+    GpuSpec,
+    Method,
+    ModelSpec,
+    Offload,
+    Parallelism,
+    Precision,
+    TrainSpec,
+    validate_margin,
+)
 from planner.units import fmt_gib
 
 DEFAULT_MAX_GPUS = 4096
@@ -232,7 +242,7 @@ def _activation_key(train: TrainSpec) -> TrainSpec:
     """Layouts whose activations are the same tensors: offload never changes them; ZeRO 1 and 2 share them, while
     ZeRO-0 (no DeepSpeed: fp32 adapters, QLoRA's fp32 activations) and ZeRO-3 (DeepSpeed's linear wrapper) differ."""
     stage = {0: 0, 1: 1, 2: 1, 3: 3}[train.zero_stage]
-    return dataclasses.replace(train, zero_stage=stage, offload=Offload.NONE)
+    return dataclasses.replace(train, parallelism=Parallelism.from_zero(stage))
 
 
 def _layout_trains(base: TrainSpec, method: Method, precision: Precision) -> list[TrainSpec]:
@@ -248,8 +258,7 @@ def _layout_trains(base: TrainSpec, method: Method, precision: Precision) -> lis
                         base,
                         method=method,
                         precision=precision,
-                        zero_stage=stage,
-                        offload=offload,
+                        parallelism=Parallelism.from_zero(stage, offload),
                         grad_checkpointing=ckpt,
                     )
                 )

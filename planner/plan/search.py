@@ -13,7 +13,7 @@ from planner.estimate.result import Estimate
 from planner.estimate.throughput import StepTime, flops_per_token, step_time, throughput_from_step
 from planner.plan.compare_gpus import LAYOUTS, EstimateCache
 from planner.plan.types import ATTN_ORDER, METHOD_PREFERENCE, OFFLOAD_ORDER
-from planner.specs import AttnImpl, Cluster, GpuSpec, Method, ModelSpec, Offload, Plan, TrainSpec
+from planner.specs import AttnImpl, Cluster, GpuSpec, Method, ModelSpec, Offload, Parallelism, Plan, TrainSpec
 from planner.units import fmt_gib
 
 
@@ -106,8 +106,7 @@ class Searcher:
         return dataclasses.replace(
             self.base,
             method=layout.method,
-            zero_stage=layout.zero_stage,
-            offload=layout.offload,
+            parallelism=Parallelism.from_zero(layout.zero_stage, layout.offload),
             grad_checkpointing=layout.grad_checkpointing,
             attn_impl=layout.attn_impl,
             micro_batch=micro,
@@ -185,7 +184,7 @@ class Searcher:
                     continue
                 for attn in attn_impls:
                     try:
-                        dataclasses.replace(self.base, method=method, zero_stage=stage, offload=offload)
+                        dataclasses.replace(self.base, method=method, parallelism=Parallelism.from_zero(stage, offload))
                     except PlannerError:
                         continue
                     out.append(Layout(method, stage, offload, ckpt, attn))

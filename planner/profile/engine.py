@@ -109,21 +109,21 @@ class DeepSpeedEngine(Engine):
 
 
 def make_engine(built: Built, train: TrainSpec, device: str, num_ranks: int, local_rank: int) -> Engine:
-    if train.zero_stage > 0:
+    if train.uses_deepspeed:
         return DeepSpeedEngine(built, train, device, num_ranks)
     if num_ranks > 1:
         return DDPEngine(built, train, device, local_rank)
     return Engine(built, train, device)
 
 
-def init_distributed(device: str, zero_stage: int) -> None:
+def init_distributed(device: str, with_deepspeed: bool) -> None:
     """Join the process group torchrun set up: gloo on CPU, nccl on CUDA (DeepSpeed's wrapper for ZeRO)."""
     backend = "nccl" if device == "cuda" else "gloo"
     if device != "cuda":
         from planner.profile import gloo_settle
 
         gloo_settle.install()
-    if zero_stage > 0:
+    if with_deepspeed:
         import deepspeed
         import deepspeed.comm.torch as ds_torch_comm
 

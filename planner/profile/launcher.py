@@ -291,7 +291,7 @@ def _run_into(job: Job, meta: dict, model: ModelSpec, train: TrainSpec, staging:
         ) from None
     try:
         with ProgressDisplay(steps, job.device, enabled=show_progress) as display:
-            if num_gpus == 1 and train.zero_stage == 0:
+            if num_gpus == 1 and not train.uses_deepspeed:
                 ranks = [run_rank(job, 0, 0, staging / "ranks", progress=display.update)]
                 interrupted = None
                 if ranks[0]["status"] == "interrupted":

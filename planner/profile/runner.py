@@ -295,7 +295,7 @@ class RankRun(RankOutput):
     def _liveness(self, train) -> None:
         from planner.profile.identity import reachable_ptrs
 
-        if self.job.device == "cpu" and (self.job.num_ranks > 1 or train.zero_stage > 0):
+        if self.job.device == "cpu" and (self.job.num_ranks > 1 or train.uses_deepspeed):
             # Every tensor still alive is reachable now (no autograd graph): frees gloo hid can be inferred.
             self.recorder.liveness(0, reachable_ptrs())
 

@@ -30,12 +30,12 @@ def main(argv: list[str]) -> int:
     rank_dir.mkdir(exist_ok=True)
     (rank_dir / f"pid-rank{rank}").write_text(str(os.getpid()))
     progress = ProgressFile(rank_dir / "progress.json") if rank == 0 else None
-    zero_stage = train_spec_from_dict(job.train).zero_stage
+    uses_deepspeed = train_spec_from_dict(job.train).uses_deepspeed
 
     def init() -> None:
         from planner.profile.engine import init_distributed
 
-        init_distributed(job.device, zero_stage)
+        init_distributed(job.device, uses_deepspeed)
 
     summary = run_rank(job, rank, local_rank, rank_dir, progress=progress, init=init)
     if summary["status"] == "ok":

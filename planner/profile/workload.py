@@ -71,7 +71,7 @@ def preload(model_config: dict[str, Any], train: TrainSpec) -> None:
         import peft  # noqa: F401
     if train.method is Method.QLORA:
         import bitsandbytes  # noqa: F401
-    if train.zero_stage > 0:
+    if train.uses_deepspeed:
         import deepspeed  # noqa: F401
 
 

@@ -33,7 +33,7 @@ import random
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from planner.specs import AttnImpl, LoraSpec, Method, Optimizer, Precision, QuantSpec, TrainSpec
+from planner.specs import AttnImpl, LoraSpec, Method, Optimizer, Parallelism, Precision, QuantSpec, TrainSpec
 
 DEFAULT_SEED = 20240605
 FAMILIES = ("llama", "gpt2", "qwen2", "mixtral")
@@ -142,7 +142,7 @@ class Cell:
                          optimizer=Optimizer(self.optimizer),
                          lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
                                        targets=targets),
-                         quant=quant, zero_stage=self.zero, micro_batch=self.micro_batch, seq_len=self.seq_len,
+                         quant=quant, parallelism=Parallelism.from_zero(self.zero), micro_batch=self.micro_batch, seq_len=self.seq_len,
                          grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn))  # fmt: skip
 
     def inputs(self) -> dict[str, Any]:

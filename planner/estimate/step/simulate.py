@@ -49,15 +49,19 @@ CUDA_RNG_STATE_BYTES = 16
 # StepInputs, built only by step_inputs) or ignored with the reason. tests/test_step_inputs.py fails when a
 # TrainSpec or LoraSpec field is in neither, so a new field cannot be silently left out of the cache key.
 TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_checkpointing", "attn_impl", "dropout",
-                     "lora", "zero_stage")
+                     "lora", "parallelism")
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
                  "temporaries.py's",
     "quant": "the 4-bit storage format changes the weights' bytes (quant.py), not the step: each 4-bit matmul "
              "dequantizes to the compute dtype whatever the quant type, double quantization or block size",
+    "grad_accum": "one micro-batch is simulated; accumulation repeats it (peak.py keeps gradients across them)",
+}
+# the engine and the stage through _zero_key
+PARALLELISM_FIELDS_READ = ("engine", "zero_stage")
+PARALLELISM_FIELDS_IGNORED = {
     "offload": "the one thing offload changes in the step (ZeRO-2 holding a gradient larger than the reduce "
                "bucket, which an offloaded optimizer does not) arrives as hold_grads_over (core.py)",
-    "grad_accum": "one micro-batch is simulated; accumulation repeats it (peak.py keeps gradients across them)",
 }
 LORA_FIELDS_READ = ("rank", "targets", "dropout", "modules_to_save")  # rank and targets through the adapters
 LORA_FIELDS_IGNORED = {
@@ -181,7 +185,7 @@ def _zero_key(train: TrainSpec) -> int:
     """What the ZeRO stage changes in the simulated step: nothing for full fine-tuning (every weight is
     trainable, so every linear saves its input anyway); for LoRA/QLoRA, DeepSpeed's dtype casts (any stage)
     and ZeRO-3's input-saving F.linear. Equal keys share one simulation."""
-    if train.method is Method.FULL or train.zero_stage == 0:
+    if train.method is Method.FULL or not train.uses_deepspeed:
         return 0
     return 3 if train.zero_stage == 3 else 1
 

@@ -1,0 +1,69 @@
+"""Issue 15 item 3: the typed parallelism spec (engine, ZeRO stage, offload) validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from planner.cli import options
+from planner.errors import PlannerError
+from planner.specs import (
+    Engine,
+    Method,
+    Offload,
+    Parallelism,
+    TrainSpec,
+    train_spec_from_dict,
+    train_spec_to_dict,
+)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_stage_zero_is_plain_data_parallel_and_the_rest_deepspeed(stage):
+    p = Parallelism.from_zero(stage)
+    assert p.engine is (Engine.DDP if stage == 0 else Engine.DEEPSPEED)
+    assert p.uses_deepspeed == (stage > 0)
+    train = TrainSpec(parallelism=p)
+    assert (train.zero_stage, train.offload, train.uses_deepspeed) == (stage, Offload.NONE, stage > 0)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(engine=Engine.DDP, zero_stage=2), "plain data parallelism has stage 0"),
+    (dict(engine=Engine.DEEPSPEED, zero_stage=0), "stage 0 is not modelled"),
+    (dict(engine=Engine.DEEPSPEED, zero_stage=4), "must be 0, 1, 2 or 3"),
+    (dict(engine=Engine.DDP, offload=Offload.OPTIMIZER), "needs ZeRO stage 1, 2 or 3"),
+    (dict(engine=Engine.DEEPSPEED, zero_stage=2, offload=Offload.OPTIMIZER_PARAMS), "needs ZeRO stage 3"),
+    (dict(engine="fsdp"), "unknown parallelism engine"),
+])
+def test_invalid_combinations_are_one_sentence(kwargs, message):
+    with pytest.raises(PlannerError, match=message):
+        Parallelism(**kwargs)
+
+
+def test_the_train_spec_refuses_what_the_engine_cannot_run():
+    with pytest.raises(PlannerError, match="QLoRA with ZeRO stage 3"):
+        TrainSpec(method=Method.QLORA, parallelism=Parallelism.from_zero(3))
+    with pytest.raises(PlannerError, match="Parallelism spec"):
+        TrainSpec(parallelism=3)
+
+
+@pytest.mark.parametrize(("stage", "offload"), [(0, Offload.NONE), (2, Offload.OPTIMIZER),
+                                                (3, Offload.OPTIMIZER_PARAMS)])
+def test_the_json_train_block_round_trips(stage, offload):
+    train = TrainSpec(parallelism=Parallelism.from_zero(stage, offload))
+    d = train_spec_to_dict(train)
+    assert (d["zero_stage"], d["offload"]) == (stage, offload.value)
+    assert train_spec_from_dict(d) == train
+
+
+def test_a_typed_zero_keeps_the_configs_offload_and_a_typed_offload_its_stage():
+    config = TrainSpec(parallelism=Parallelism.from_zero(3, Offload.OPTIMIZER_PARAMS))
+    flags = TrainSpec(parallelism=Parallelism.from_zero(2, Offload.OPTIMIZER))
+    assert options.merge_from_config(config, flags, {"offload"}).parallelism == Parallelism.from_zero(
+        3, Offload.OPTIMIZER)
+    stage_only = dataclasses.replace(config, parallelism=Parallelism.from_zero(3, Offload.OPTIMIZER))
+    assert options.merge_from_config(stage_only, flags, {"zero"}).parallelism == Parallelism.from_zero(
+        2, Offload.OPTIMIZER)
+    with pytest.raises(PlannerError, match="needs ZeRO stage 3"):
+        options.merge_from_config(config, flags, {"zero"})
