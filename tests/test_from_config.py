@@ -41,7 +41,8 @@ PEFT_QKVO_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 # torchtune: dtype bf16 holds every weight in bf16 without autocast (pure bf16), builders' lora_dropout 0.0,
 #   lora_attn_modules output_proj -> o_proj, apply_lora_to_mlp -> w1/w2/w3 (gate/down/up), no max_seq_len ->
 #   planner's default 2048 (marked unset).
-# TRL (alignment-handbook recipes): ModelConfig use_bnb_nested_quant false, dtype bfloat16 + bf16 without
+# TRL (alignment-handbook recipes): no optim -> TrainingArguments' adamw_torch_fused (torch >= 2.8),
+#   ModelConfig use_bnb_nested_quant false, dtype bfloat16 + bf16 without
 #   DeepSpeed -> pure bf16 for full fine-tuning.
 EXAMPLES = [
     ("llamafactory/llama3_lora_sft.yaml", "llamafactory", "meta-llama/Meta-Llama-3-8B-Instruct",
@@ -93,15 +94,15 @@ EXAMPLES = [
                quant=QuantSpec(quant_type=QuantType.NF4, double_quant=True), micro_batch=4, seq_len=2048,
                grad_accum=4, grad_checkpointing=True, attn_impl=AttnImpl.SDPA)),
     ("hf/zephyr-7b-beta_sft_config_full.yaml", "hf", "mistralai/Mistral-7B-v0.1",
-     TrainSpec(method=Method.FULL, precision=Precision.BF16, optimizer=Optimizer.ADAMW,
+     TrainSpec(method=Method.FULL, precision=Precision.BF16, optimizer=Optimizer.ADAMW_FUSED,
                lora=LoraSpec(rank=16, alpha=32, dropout=0.05, targets=("q_proj", "v_proj")), micro_batch=16,
                seq_len=2048, grad_accum=1, grad_checkpointing=True, attn_impl=AttnImpl.FLASH_ATTENTION_2)),
     ("hf/zephyr-7b-beta_sft_config_lora.yaml", "hf", "mistralai/Mistral-7B-v0.1",
-     TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW,
+     TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW_FUSED,
                lora=LoraSpec(rank=16, alpha=16, dropout=0.05, targets=PEFT_QKVO_MLP), micro_batch=4,
                seq_len=2048, grad_accum=2, grad_checkpointing=True, attn_impl=AttnImpl.SDPA)),
     ("hf/zephyr-7b-beta_sft_config_qlora.yaml", "hf", "mistralai/Mistral-7B-v0.1",
-     TrainSpec(method=Method.QLORA, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW,
+     TrainSpec(method=Method.QLORA, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW_FUSED,
                lora=LoraSpec(rank=16, alpha=16, dropout=0.05, targets=PEFT_QKVO_MLP),
                quant=QuantSpec(quant_type=QuantType.NF4, double_quant=False), micro_batch=4, seq_len=2048,
                grad_accum=2, grad_checkpointing=True, attn_impl=AttnImpl.FLASH_ATTENTION_2)),
@@ -173,7 +174,7 @@ def test_accelerate_config_gives_gpus_and_deepspeed():
     got = read_training_config(CONFIGS / "hf/zephyr-7b-beta_sft_config_full.yaml",
                                accelerate_config=CONFIGS / "hf/accelerate/deepspeed_zero3.yaml")
     assert (got.num_gpus, got.num_nodes) == (8, 1)
-    assert got.train == TrainSpec(method=Method.FULL, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW,
+    assert got.train == TrainSpec(method=Method.FULL, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW_FUSED,
                                   lora=LoraSpec(rank=16, alpha=32, dropout=0.05, targets=("q_proj", "v_proj")),
                                   parallelism=Parallelism.from_zero(3), micro_batch=16, seq_len=2048, grad_accum=1,
                                   grad_checkpointing=True, attn_impl=AttnImpl.FLASH_ATTENTION_2)

@@ -10,7 +10,7 @@ from planner.specs import Optimizer
 # adamw_hf and adamw_apex_fused are transformers 4.x names, still found in older configs.
 HF_OPTIMIZERS = {
     "adamw_torch": Optimizer.ADAMW,
-    "adamw_torch_fused": Optimizer.ADAMW,
+    "adamw_torch_fused": Optimizer.ADAMW_FUSED,
     "adamw_apex_fused": Optimizer.ADAMW,
     "adamw_hf": Optimizer.ADAMW,
     "adamw_bnb_8bit": Optimizer.ADAMW_8BIT,
