@@ -9,5 +9,5 @@ computes one configuration and never searches.
 - ``no_fit``        what would fit when nothing does (more GPUs, a bigger GPU, QLoRA, shorter sequences, ...)
 - ``words``         the names advice gives methods and layouts
 - ``types``         what the recommender returns (``Recommendation``, ``Alternative``, ``Rejected``) and
-                    ``NoPlanFits``; the preference orders. ``Plan`` itself is a spec (planner/specs.py).
+                    ``NoPlanFits``; the preference orders. ``Plan`` itself is a spec (planner/specs/plan.py).
 """

@@ -1,5 +1,5 @@
 """What a plan search returns: the orders it prefers, a runner-up, a rejected plan, the recommendation, and the
-error when nothing fits. (``Plan`` itself is a spec: planner/specs.py.)"""
+error when nothing fits. (``Plan`` itself is a spec: planner/specs/plan.py.)"""
 
 from __future__ import annotations
 
