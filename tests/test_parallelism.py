@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from planner.cli import options
+from planner.cli import from_options
 from planner.errors import PlannerError
 from planner.specs import (
     Engine,
@@ -60,10 +60,10 @@ def test_the_json_train_block_round_trips(stage, offload):
 def test_a_typed_zero_keeps_the_configs_offload_and_a_typed_offload_its_stage():
     config = TrainSpec(parallelism=Parallelism.from_zero(3, Offload.OPTIMIZER_PARAMS))
     flags = TrainSpec(parallelism=Parallelism.from_zero(2, Offload.OPTIMIZER))
-    assert options.merge_from_config(config, flags, {"offload"}).parallelism == Parallelism.from_zero(
+    assert from_options.merge_from_config(config, flags, {"offload"}).parallelism == Parallelism.from_zero(
         3, Offload.OPTIMIZER)
     stage_only = dataclasses.replace(config, parallelism=Parallelism.from_zero(3, Offload.OPTIMIZER))
-    assert options.merge_from_config(stage_only, flags, {"zero"}).parallelism == Parallelism.from_zero(
+    assert from_options.merge_from_config(stage_only, flags, {"zero"}).parallelism == Parallelism.from_zero(
         2, Offload.OPTIMIZER)
     with pytest.raises(PlannerError, match="needs ZeRO stage 3"):
-        options.merge_from_config(config, flags, {"zero"})
+        from_options.merge_from_config(config, flags, {"zero"})

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from planner.cli import from_options as fo
 from planner.cli import options as o
 from planner.errors import PlannerError
 from planner.estimate.core import estimate as run_estimate
@@ -22,12 +23,12 @@ from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
 def table_base(flags: o.TrainingFlags, spec: ModelSpec, fc=None, *, seq_len_from_flags: bool = False):
     """(the TrainSpec every row of the table starts from; the flags with what --from fills in). Without --from
     the flags' recipe on the first row's layout (each row sets its method, stage and offload); with it the
-    config's run with every typed flag on top (``options.from_config_run``)."""
+    config's run with every typed flag on top (``from_options.from_config_run``)."""
     if flags.seq_len is None:  # the model's default, or the config's
         in_config = fc is not None and "seq_len" not in fc.unset
         flags = dataclasses.replace(flags, seq_len=fc.train.seq_len if in_config else o.default_seq_len(spec))
     if fc is not None:
-        return o.from_config_run(fc, flags, spec, seq_len_from_flags=seq_len_from_flags)
+        return fo.from_config_run(fc, flags, spec, seq_len_from_flags=seq_len_from_flags)
     return o.build_train_spec(flags, model=spec, method=flags.method or "full", zero=0, offload="none"), flags
 
 
@@ -73,8 +74,8 @@ def with_throughput(est: Estimate, *, mfu: float | None, num_tokens: int, price:
 def estimate(
     *,
     model: o.ModelOpt = None,
-    from_config: o.FromOpt = None,
-    accelerate_config: o.AccelerateConfigOpt = None,
+    from_config: fo.FromOpt = None,
+    accelerate_config: fo.AccelerateConfigOpt = None,
     flags: o.TrainingFlags,
     compare_gpus: Annotated[
         bool,
@@ -94,7 +95,7 @@ def estimate(
     num_tokens = o.check_flags(flags)
     if csv is not None and csv.is_dir():
         raise PlannerError(f"--csv {str(csv)!r} is a directory; give a file path.")
-    fc, model = o.read_from(from_config, accelerate_config, model)
+    fc, model = fo.read_from(from_config, accelerate_config, model)
     if model is None:  # a usage error (exit 2), as when --model was a required option
         raise typer.BadParameter("give a catalog name, a config.json or a hub id, or --from a training config.",
                                  param_hint="'--model' / '-m'")
@@ -128,7 +129,7 @@ def estimate(
         "modelled": modelled_block("cuda"),
     }
     if fc is not None:
-        payload["from_config"] = o.from_config_json(fc)
+        payload["from_config"] = fo.from_config_json(fc)
     if csv is not None:
         _write_csv(csv, payload["rows"], _inputs(spec))
     if as_json:

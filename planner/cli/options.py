@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import inspect
 import typing
-from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
 import typer
@@ -388,106 +387,7 @@ def host_ram_bytes(host_ram_gib: float | None) -> int | None:
     return int(host_ram_gib * GIB)
 
 
-# ---------------------------------------------------------------- --from: a training config people already have
-
-FromOpt = Annotated[
-    Path | None,
-    typer.Option("--from", help="Estimate the run a training config describes: LLaMA-Factory, axolotl or torchtune "
-                 "YAML, or TrainingArguments/TRL SFTConfig fields (JSON/YAML), with the DeepSpeed JSON it names. "
-                 "Flags given beside it override it."),
-]
-AccelerateConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--accelerate-config", help="With --from: the accelerate config the run launches with (GPUs, "
-                 "nodes, DeepSpeed)."),
-]
-# TrainSpec fields each training flag sets (a flag typed beside --from overrides the config's value), in the
-# order they are set; --zero and --offload (None) set the layout through with_layout.
-FLAG_FIELDS = {
-    "method": ("method",), "precision": ("precision",), "optimizer": ("optimizer",),
-    "lora_rank": ("lora.rank",), "lora_alpha": ("lora.alpha",), "lora_dropout": ("lora.dropout",),
-    "lora_targets": ("lora.targets",), "modules_to_save": ("lora.modules_to_save",),
-    "quant_type": ("quant.quant_type",), "double_quant": ("quant.double_quant",), "zero": None,
-    "offload": None, "micro_batch": ("micro_batch",), "seq_len": ("seq_len",), "grad_accum": ("grad_accum",),
-    "grad_checkpointing": ("grad_checkpointing",), "attn": ("attn_impl",), "dropout": ("dropout",),
-}
-
-
-def read_from(from_config: Path | None, accelerate_config: Path | None, model: str | None):
-    """(the config --from reads, or None; the model to load: --model, else the config's). One sentence when the
-    config names no model, or when --accelerate-config comes without --from."""
-    if from_config is None:
-        if accelerate_config is not None:
-            raise PlannerError("--accelerate-config goes with --from; give the training config it launches.")
-        return None, model
-    from planner.from_config import read_training_config
-
-    fc = read_training_config(from_config, accelerate_config=accelerate_config)
-    model = model or fc.model
-    if not model:
-        raise PlannerError(f"--from {str(from_config)!r} names no model; give --model.")
-    return fc, model
-
-
-def from_cluster(fc, flags: TrainingFlags) -> TrainingFlags:
-    """The flags with the GPUs and nodes of the run: typed, else what the config's accelerate config says, else
-    the defaults."""
-    return dataclasses.replace(flags, gpus=flags.gpus if "gpus" in flags.typed or not fc.num_gpus else fc.num_gpus,
-                               nodes=flags.nodes if "nodes" in flags.typed or not fc.num_nodes else fc.num_nodes)
-
-
 def typed_flags(ctx) -> set[str]:
     """The parameters the user gave on the command line (not defaults)."""
     # typer vendors its own click (typer._click), so compare the source by name, not with click's enum
     return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
-
-
-def _set_field(train: TrainSpec, path: str, value) -> TrainSpec:
-    if "." in path:
-        outer, inner = path.split(".")
-        return dataclasses.replace(train, **{outer: dataclasses.replace(getattr(train, outer), **{inner: value})})
-    return dataclasses.replace(train, **{path: value})
-
-
-def _get_field(train: TrainSpec, path: str):
-    obj = train
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def merge_from_config(config_train: TrainSpec, flags_train: TrainSpec, typed: set[str]) -> TrainSpec:
-    """The config's TrainSpec with every field a typed flag sets taken from the flags' TrainSpec; a typed --zero
-    replaces only the stage of the config's parallelism and a typed --offload only its offload (both at once, so
-    --zero 2 --offload optimizer beside a ZeRO-3 parameter-offload config is never half applied)."""
-    train = config_train
-    for flag, paths in FLAG_FIELDS.items():
-        if flag in typed and paths is not None:
-            for path in paths:
-                train = _set_field(train, path, _get_field(flags_train, path))
-    if typed & {"zero", "offload"}:
-        stage = (flags_train if "zero" in typed else config_train).zero_stage
-        offload = (flags_train if "offload" in typed else config_train).offload
-        train = with_layout(train, train.method, stage, offload)
-    return train
-
-
-def from_config_run(fc, flags: TrainingFlags, model: ModelSpec, *, seq_len_from_flags: bool = False):
-    """(the TrainSpec of the run --from describes, with every flag typed beside it on top; the flags with that
-    run's method, ZeRO stage, offload, GPUs and nodes where they were not typed). ``seq_len_from_flags``: a
-    config that leaves the sequence length unset takes --seq-len's default instead of the config format's."""
-    typed = set(flags.typed) | ({"seq_len"} if seq_len_from_flags and "seq_len" in fc.unset else set())
-    own = build_train_spec(flags, model=model, method=flags.method or "full", zero=flags.zero or 0,
-                           offload=flags.offload or "none")
-    train = merge_from_config(fc.train, own, typed)
-    flags = dataclasses.replace(flags, method=flags.method or train.method.value,
-                                zero=train.zero_stage if flags.zero is None else flags.zero,
-                                offload=flags.offload or train.offload.value)
-    return train, from_cluster(fc, flags)
-
-
-def from_config_json(fc) -> dict:
-    """What --json reports about the config it read."""
-    return {"path": str(fc.path), "format": fc.format, "files": [str(f) for f in fc.files],
-            "model_as_written": fc.model_as_written, "used": list(fc.used),
-            "ignored": [{"field": f, "reason": r} for f, r in fc.ignored], "notes": list(fc.notes)}

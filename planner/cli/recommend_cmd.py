@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from planner.cli import from_options as fo
 from planner.cli import options as o
 from planner.errors import PlannerError
 from planner.specs import Method
@@ -42,8 +43,8 @@ def recommend(
     *,
     model: o.ModelOpt = None,
     global_batch_size: GlobalBatchOpt = None,
-    from_config: o.FromOpt = None,
-    accelerate_config: o.AccelerateConfigOpt = None,
+    from_config: fo.FromOpt = None,
+    accelerate_config: fo.AccelerateConfigOpt = None,
     flags: o.TrainingFlags,
     max_gpus: MaxGpusOpt = None,
     runners_up: Annotated[int, typer.Option("--runners-up", help="How many runners-up to show (0-20).")] = 4,
@@ -64,9 +65,9 @@ def recommend(
     num_tokens = o.check_flags(flags)
     if out is not None and out.exists() and not out.is_dir():
         raise PlannerError(f"--out {str(out)!r} is a file; give a directory.")
-    fc, model = o.read_from(from_config, accelerate_config, model)
+    fc, model = fo.read_from(from_config, accelerate_config, model)
     if fc is not None:
-        flags = o.from_cluster(fc, flags)
+        flags = fo.from_cluster(fc, flags)
         if "method" not in flags.typed:
             flags = replace(flags, method=fc.train.method.value)
         if global_batch_size is None:  # the config's own: micro-batch x accumulation x data-parallel ranks
@@ -84,7 +85,7 @@ def recommend(
                               attn=None)
     if fc is not None:
         # the config's recipe (precision, optimizer, LoRA, quantization, sequence length) with typed flags on top
-        base = o.merge_from_config(fc.train, base, flags.typed | ({"seq_len"} if "seq_len" in fc.unset else set()))
+        base = fo.merge_from_config(fc.train, base, flags.typed | ({"seq_len"} if "seq_len" in fc.unset else set()))
         base = o.with_layout(replace(base, micro_batch=1, grad_accum=1), Method.FULL, 0, Offload.NONE)
         for note in fc.notes:
             typer.echo(f"note: {note}", err=True)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from planner.cli import from_options as fo
 from planner.cli import options as o
 from planner.cli.render import fmt_mib
 from planner.errors import PlannerError
@@ -68,8 +69,8 @@ def report(
     *,
     output: OutputOpt,
     model: ReportModelOpt = None,
-    from_config: o.FromOpt = None,
-    accelerate_config: o.AccelerateConfigOpt = None,
+    from_config: fo.FromOpt = None,
+    accelerate_config: fo.AccelerateConfigOpt = None,
     profile: ProfileOpt = None,
     plan: PlanOpt = None,
     accuracy: AccuracyOpt = None,
@@ -89,7 +90,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML report (opens offline) from an estimate, profiles and/or a plan."""
     profiles = list(profile or [])
-    fc, model = o.read_from(from_config, accelerate_config, model)
+    fc, model = fo.read_from(from_config, accelerate_config, model)
     if model is None and not profiles and plan is None:
         raise PlannerError("nothing to report: give --model (an estimate), --profile DIR or --plan DIR.")
     if output.suffix.lower() not in (".html", ".htm") or output.is_dir():
