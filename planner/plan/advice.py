@@ -112,7 +112,7 @@ def explain(search: Searcher, best: Scored, runners: list[Scored], per_method, *
                      f"({s.tokens_per_s / best.tokens_per_s:.2f}x).")
         why.append(line)
     else:
-        why.append(f"{_cap(METHOD_WORDS[t.method])}, as asked with --method.")
+        why.append(f"{_cap(METHOD_WORDS[t.method])}, as asked (--method, or the config --from reads).")
     # 2. layout
     rejected = _rejected(search, best, skipped, fa2, attn_impls, num_rejected)
     off = "no offload" if t.offload is Offload.NONE else f"{t.offload.value} offloaded to the CPU"
