@@ -165,7 +165,7 @@ def find_fit(evaluate: Evaluate, model: ModelSpec, train: TrainSpec, cluster: Cl
         max_s = 0
     elif own_fits and own_k >= 1:  # k * 256 <= seq_len: fits because the row does
         seq_hints[own_k] = float(own_device_bytes)
-        guess = _seq_guess(batch_seen, own_b, own_s, own_k, float(own_device_bytes), usable)
+        guess = _seq_guess(batch_seen, own_b, own_s, usable)
         max_s = _largest(seq_bytes, own_k, max_k, usable, seen=seq_seen, approx=seq_hints, guess=guess) * SEQ_STEP
     else:
         first = seq_seen[1] if 1 in seq_seen else seq_bytes(1)
@@ -184,20 +184,23 @@ def find_fit(evaluate: Evaluate, model: ModelSpec, train: TrainSpec, cluster: Cl
     return Fit(max_micro_batch=max_b, max_seq_len=max_s)
 
 
-def _seq_guess(batch_seen: dict[int, float], own_b: int, own_s: int, own_k: int, own_bytes: float,
-               usable: int) -> int | None:
-    """Where the sequence limit should be, from the micro-batch search's exact figures: one more sequence of
-    ``own_s`` tokens costs ``slope`` bytes, so one more token in each of the ``own_b`` sequences costs about
-    ``own_b * slope / own_s`` (the b = 1 gradient rules and the few [s, ...] tensors make it approximate, which
-    only costs an extra check). None without two finite points."""
+def _seq_guess(batch_seen: dict[int, float], own_b: int, own_s: int, usable: int) -> int | None:
+    """Where the sequence limit should be, from the micro-batch search's exact figures: its two largest
+    micro-batches put the limit at ``b_cross`` sequences of ``own_s`` tokens, and a step holds about as much at
+    ``own_b`` sequences of ``b_cross * own_s / own_b`` tokens (the tensors of a step grow with its tokens; the
+    b = 1 gradient rules, the few [s, ...] tensors and attention's s x s make it approximate, which only costs
+    an extra check). The largest micro-batches, not the smallest, because memory is often flat at first (the
+    optimizer step peaks until the activations outgrow it) and steepest near the limit. None without two
+    finite points."""
     pts = sorted((b, v) for b, v in batch_seen.items() if v != float("inf"))
     if len(pts) < 2:
         return None
-    (b1, v1), (b2, v2) = pts[0], pts[1]
-    per_token = (v2 - v1) / (b2 - b1) / own_s * own_b
-    if per_token <= 0:
+    (b1, v1), (b2, v2) = pts[-2], pts[-1]
+    slope = (v2 - v1) / (b2 - b1)
+    if slope <= 0:
         return None
-    return own_k + int((usable - own_bytes) / (per_token * SEQ_STEP))
+    b_cross = b2 + (usable - v2) / slope
+    return int(b_cross * own_s / own_b) // SEQ_STEP
 
 
 def estimate_with_fit(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, margin: float = DEFAULT_MARGIN,
