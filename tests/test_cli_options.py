@@ -118,21 +118,25 @@ def test_the_decorator_refuses_names_that_are_not_shared_options():
 
 
 def test_one_place_writes_a_stage_and_an_offload_into_a_train_spec():
-    """Only options._layout names TrainSpec's zero_stage and offload fields as it builds one: a new parallelism
-    field changes one function."""
+    """Only options._layout turns a ZeRO stage and an offload into a TrainSpec's fields (its parallelism): a new
+    parallelism field or engine changes one function."""
+    layout_fields = {"zero_stage", "parallelism"}
     offenders = []
     for path in sorted(CLI.glob("*.py")):
         tree = ast.parse(path.read_text())
+        inside = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "_layout"
+                  for n in ast.walk(f)}  # fmt: skip
         for node in ast.walk(tree):
+            if id(node) in inside:
+                continue
             if isinstance(node, ast.Call):
                 func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
                 words = {k.arg for k in node.keywords}
                 of_flags = func == "replace" and node.args and getattr(node.args[0], "id", "") == "flags"
-                if "zero_stage" in words or (func in ("TrainSpec", "replace") and "offload" in words and not of_flags):
+                if (words & layout_fields or func in ("Parallelism", "from_zero")
+                        or (func in ("TrainSpec", "replace") and "offload" in words and not of_flags)):
                     offenders.append(f"{path.name}:{node.lineno}")
-            elif isinstance(node, ast.FunctionDef) and node.name != "_layout":
-                for sub in ast.walk(node):
-                    if isinstance(sub, ast.Dict) and any(isinstance(k, ast.Constant) and k.value == "zero_stage"
-                                                         for k in sub.keys):
-                        offenders.append(f"{path.name}:{sub.lineno}")
-    assert not offenders
+            elif isinstance(node, ast.Dict) and any(isinstance(k, ast.Constant) and k.value in layout_fields
+                                                    for k in node.keys):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, offenders
