@@ -179,6 +179,7 @@ class EstimateCache:
         self._memory: dict[tuple, Any] = {}  # memory_key -> an estimate on another GPU of the same memory
         self._splits: dict[tuple, Any] = {}
         self._lower: dict[tuple, int] = {}
+        self._groups: dict[TrainSpec, TrainSpec] = {}
 
     def split(self, train: TrainSpec):
         key = (train.method, train.lora, train.quant)
@@ -195,6 +196,11 @@ class EstimateCache:
             sharded = shard_states(states, train, num_gpus, self.counts.largest_module)
             self._lower[key] = sharded.params_bytes + sharded.grads_bytes + sharded.optimizer_states_bytes
         return self._lower[key]
+
+    def _activation_group(self, train: TrainSpec) -> TrainSpec:
+        if train not in self._groups:  # fits() asks for every GPU count the searches try
+            self._groups[train] = _activation_key(train)
+        return self._groups[train]
 
     def estimate(self, train: TrainSpec, cluster: Cluster):
         if cluster.host_memory_bytes_per_node is None and self.host_mem is not None:
@@ -218,7 +224,7 @@ class EstimateCache:
         usable = int(cluster.gpu.capacity_bytes * (1.0 - self.margin))
         if self.states_lower_bound(train, cluster.num_gpus) > usable:
             return False
-        group = _activation_key(train) if self.activation_floor else None
+        group = self._activation_group(train) if self.activation_floor else None
         if group is not None and self._floors.get(group, 0) > usable:
             return False
         est = self.estimate(train, cluster)
@@ -354,8 +360,10 @@ def _best_plan(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], cou
     cluster_of = {n: cluster_for(gpu, n, search.gpus_per_node) for n in counts[first:]}
     limit_s = max_hours * SECONDS_PER_HOUR
 
+    splits = {id(t): search.split(t) for t in trains}
+
     def tps(train: TrainSpec, n: int):
-        st = step_time(search.model, train, cluster_of[n], mfu=mfu, counts=search.counts, split=search.split(train))
+        st = step_time(search.model, train, cluster_of[n], mfu=mfu, counts=search.counts, split=splits[id(train)])
         return (st.tokens_per_rank / st.total_s if st.total_s > 0 else 0.0), st
 
     def in_time(value: float, n: int) -> bool:
