@@ -64,7 +64,7 @@ class Parallelism:
 
     @property
     def label(self) -> str:
-        """``ZeRO-2, offload optimizer`` / ``DDP``: how a table or a plan names it."""
+        """``ZeRO-2, offload optimizer`` / ``ZeRO-0`` (plain data parallelism): how a plan names it (Plan.label)."""
         if self.engine is Engine.DDP:
             return "ZeRO-0"
         off = "" if self.offload is Offload.NONE else f", offload {self.offload.value}"

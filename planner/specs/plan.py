@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.specs.enums import Offload
 from planner.specs.hardware import Cluster
 from planner.specs.model import ModelSpec
 from planner.specs.train import TrainSpec, train_spec_to_dict
@@ -33,9 +32,8 @@ class Plan:
 
     def label(self) -> str:
         t = self.train
-        offload = "" if t.offload is Offload.NONE else f", offload {t.offload.value}"
         return (
-            f"{t.method.value}, ZeRO-{t.zero_stage}{offload}, micro-batch {t.micro_batch} x accumulation "
+            f"{t.method.value}, {t.parallelism.label}, micro-batch {t.micro_batch} x accumulation "
             f"{t.grad_accum} x {self.cluster.num_gpus} GPUs, checkpointing {'on' if t.grad_checkpointing else 'off'}, "
             f"{t.attn_impl.value}"
         )
