@@ -32,4 +32,8 @@ if [ "$want_test" = 1 ]; then
   python -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >&2 \
     || echo "planner: could not pre-build DeepSpeed's shm comm op; multi-rank tests will build it" >&2
 fi
+# The editable install leaves planner's own modules uncompiled, and with PYTHONDONTWRITEBYTECODE set (as on CI
+# machines) every run would compile them again: a fifth of a cold `planner estimate`. Stale files are harmless
+# (Python checks each source's mtime and recompiles in memory).
+python -m compileall -q planner >&2
 touch "$stamp"
