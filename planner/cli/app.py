@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -9,29 +10,53 @@ import typer
 
 from planner.errors import PlannerError, one_sentence
 
-app = typer.Typer(
-    name="planner",
-    help="GPU memory and resource planner for training large language models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+HELP = "GPU memory and resource planner for training large language models."
+# Each command: (its module under planner.cli, the function). A command's module is imported only when it runs
+# (or when the whole app is asked for: --help, a typo, the tests' `app`), so a cold `planner estimate` does not
+# import the recommender, the profiler, the validator and the report (a fifth of its imports).
+COMMANDS = {
+    "estimate": ("estimate_cmd", "estimate"),
+    "models": ("catalog_cmd", "models"),
+    "gpus": ("catalog_cmd", "gpus"),
+    "report": ("report_cmd", "report"),
+    "recommend": ("recommend_cmd", "recommend"),
+    "profile": ("profile_cmd", "profile"),
+    "compare": ("compare_cmd", "compare"),
+    "validate": ("validate_cmd", "validate"),
+}
 
 
-def _register() -> None:
-    from planner.cli import catalog_cmd, estimate_cmd
-
-    app.command("estimate")(estimate_cmd.estimate)
-    app.command("models")(catalog_cmd.models)
-    app.command("gpus")(catalog_cmd.gpus)
-    app.command("report")(__import__("planner.cli.report_cmd", fromlist=["report"]).report)
-    app.command("recommend")(__import__("planner.cli.recommend_cmd", fromlist=["recommend"]).recommend)
-    app.command("profile")(__import__("planner.cli.profile_cmd", fromlist=["profile"]).profile)
-    app.command("compare")(__import__("planner.cli.compare_cmd", fromlist=["compare"]).compare)
-    app.command("validate")(__import__("planner.cli.validate_cmd", fromlist=["validate"]).validate)
+def _help() -> None:
+    """GPU memory and resource planner for training large language models."""
 
 
-_register()
+def build_app(names=None) -> typer.Typer:
+    """The typer app with the commands ``names`` (None: every one), in COMMANDS' order. The callback keeps it a
+    group of commands even with one (typer would otherwise run a lone command without its name)."""
+    new = typer.Typer(name="planner", help=HELP, no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_enable=False)
+    new.callback()(_help)
+    for name, (module, function) in COMMANDS.items():
+        if names is None or name in names:
+            mod = importlib.import_module(f"planner.cli.{module}")
+            new.command(name)(getattr(mod, function))
+    return new
+
+
+def __getattr__(name: str):
+    """``planner.cli.app.app``: the whole app, built on first use (PEP 562)."""
+    if name == "app":
+        globals()["app"] = whole = build_app()
+        return whole
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _app_for(argv: list[str]) -> typer.Typer:
+    """Only the command ``argv`` names, when its first word is one; else the whole app (help, errors)."""
+    first = argv[0] if argv else None
+    if first in COMMANDS:
+        return build_app([first])
+    return __getattr__("app")
 
 
 def fail(message: str) -> None:
@@ -42,7 +67,7 @@ def fail(message: str) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=True)
+        _app_for(sys.argv[1:])(standalone_mode=True)
     except PlannerError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
