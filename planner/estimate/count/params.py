@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from planner.errors import PlannerError
 from planner.estimate.count.causal import refuse_non_causal
@@ -34,6 +35,14 @@ def count_params(model: ModelSpec) -> ParamCounts:
     """Exact counts: analytical for the known families, meta-device instantiation for the rest. A model that is
     not a causal language model (an encoder such as BERT, an encoder-decoder such as T5) is refused first: the
     meta fallback would build it as a causal LM head that nobody trains (BertLMHeadModel)."""
+    return _count_params(model, model.config_json())
+
+
+@lru_cache(maxsize=64)
+def _count_params(model: ModelSpec, config_json: str) -> ParamCounts:
+    """Cached per model: an estimate asks several times and a fit search re-estimates dozens of times (145 counts
+    in one ``planner estimate`` table). ``config_json`` is in the key because ModelSpec equality ignores the raw
+    config, where the family details live; the result is frozen."""
     refuse_non_causal(model)
     counts = analytical_counts(model)
     if counts is not None:
