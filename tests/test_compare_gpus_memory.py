@@ -11,8 +11,9 @@ import pytest
 from planner import catalog
 from planner.estimate.core import estimate
 from planner.models import load_model
-from planner.plan import compare_gpus as cg
-from planner.plan.compare_gpus import cluster_for, compare_gpus, memory_key, precision_for
+from planner.plan import estimate_cache as cg
+from planner.plan.compare_gpus import cluster_for, compare_gpus, precision_for
+from planner.plan.estimate_cache import memory_key
 from planner.specs import LoraSpec, Method, Offload, Parallelism, TrainSpec
 
 TRAINS = [

@@ -14,7 +14,7 @@ from planner.errors import PlannerError
 from planner.estimate.core import estimate
 from planner.estimate.throughput import step_time
 from planner.models import load_model
-from planner.plan.compare_gpus import LAYOUTS
+from planner.plan.estimate_cache import LAYOUTS
 from planner.plan.recommend import NoPlanFits, Recommendation, recommend
 from planner.plan.search import divisors
 from planner.specs import AttnImpl, Cluster, Method, Offload, Parallelism, TrainSpec

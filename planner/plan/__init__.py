@@ -3,6 +3,7 @@ computes one configuration and never searches.
 
 - ``fits``          the largest micro-batch and the longest sequence that fit (``estimate_with_fit``)
 - ``compare_gpus``  for every catalog GPU x method, the cheapest plan that fits
+- ``estimate_cache`` the memoised estimator both searches share, with its lower bounds; the layouts they try
 - ``recommend``     the recommender: method, ZeRO stage, offload, checkpointing, attention, batch layout
 - ``search``        its bounded branch-and-bound search over layouts and GPU counts
 - ``advice``        its words: why the plan won, why each runner-up lost

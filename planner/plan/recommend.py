@@ -27,7 +27,7 @@ from planner import catalog
 from planner.errors import PlannerError
 from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_price, validate_tokens
 from planner.plan.advice import explain, no_fit
-from planner.plan.compare_gpus import DEFAULT_HOST_MEMORY_BYTES_PER_NODE, GPUS_PER_NODE
+from planner.plan.estimate_cache import DEFAULT_HOST_MEMORY_BYTES_PER_NODE, GPUS_PER_NODE
 from planner.plan.search import Searcher
 from planner.plan.types import (
     ATTN_ORDER,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from planner.errors import PlannerError
 from planner.estimate.result import Estimate
 from planner.estimate.throughput import StepTime, flops_per_token, step_time, throughput_from_step
-from planner.plan.compare_gpus import LAYOUTS, EstimateCache
+from planner.plan.estimate_cache import LAYOUTS, EstimateCache
 from planner.plan.types import ATTN_ORDER, METHOD_PREFERENCE, OFFLOAD_ORDER
 from planner.specs import AttnImpl, Cluster, GpuSpec, Method, ModelSpec, Offload, Parallelism, Plan, TrainSpec
 from planner.units import fmt_gib
