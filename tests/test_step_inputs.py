@@ -36,6 +36,7 @@ from planner.specs import (
     QuantSpec,
     QuantType,
     TrainSpec,
+    ZeroConfig,
 )
 
 TINY = spec_from_config(
@@ -120,8 +121,19 @@ def test_an_ignored_field_changes_neither_the_key_nor_the_step(field):
 
 
 def test_offload_changes_neither_the_key_nor_the_step():
-    assert set(PARALLELISM_FIELDS_IGNORED) == {"offload"}
+    assert set(PARALLELISM_FIELDS_IGNORED) == {"offload", "zero_config"}
     other = dataclasses.replace(LORA, parallelism=Parallelism.from_zero(LORA.zero_stage, Offload.OPTIMIZER))
+    assert other != LORA
+    assert step_inputs(TINY, other) == step_inputs(TINY, LORA)
+    assert simulate_step(TINY, other) == simulate_step(TINY, LORA)
+
+
+def test_deepspeed_buckets_change_the_step_only_through_hold_grads_over():
+    """A --deepspeed-config's buckets and thresholds: the simulated step sees only what the caller passes as
+    hold_grads_over (ZeRO-2's reduce bucket), so two runs that differ in them alone share one simulation."""
+    buckets = ZeroConfig(reduce_bucket_size=123_456, stage3_prefetch_bucket_size=7, sub_group_size=99,
+                         stage3_param_persistence_threshold=0, stage3_max_reuse_distance=5, overlap_comm=True)
+    other = dataclasses.replace(LORA, parallelism=Parallelism.from_zero(LORA.zero_stage, zero_config=buckets))
     assert other != LORA
     assert step_inputs(TINY, other) == step_inputs(TINY, LORA)
     assert simulate_step(TINY, other) == simulate_step(TINY, LORA)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from planner.cli import deepspeed_options
 from planner.cli import from_options as fo
 from planner.cli import options as o
 from planner.errors import PlannerError
@@ -29,7 +30,10 @@ def table_base(flags: o.TrainingFlags, spec: ModelSpec, fc=None, *, seq_len_from
         flags = dataclasses.replace(flags, seq_len=fc.train.seq_len if in_config else o.default_seq_len(spec))
     if fc is not None:
         return fo.from_config_run(fc, flags, spec, seq_len_from_flags=seq_len_from_flags)
-    return o.build_train_spec(flags, model=spec, method=flags.method or "full", zero=0, offload="none"), flags
+    # the rows set their own stage and offload; a fixed one (--zero, --deepspeed-config) starts the base, so that
+    # the base carries a --deepspeed-config's buckets and thresholds into every row (with_layout keeps them)
+    return o.build_train_spec(flags, model=spec, method=flags.method or "full", zero=flags.zero or 0,
+                              offload=flags.offload if flags.zero else "none"), flags
 
 
 def estimate_rows(
@@ -130,6 +134,8 @@ def estimate(
     }
     if fc is not None:
         payload["from_config"] = fo.from_config_json(fc)
+    if flags.deepspeed_config is not None:
+        payload["deepspeed_config"] = deepspeed_options.json_block(flags)
     if csv is not None:
         _write_csv(csv, payload["rows"], _inputs(spec))
     if as_json:
@@ -140,6 +146,7 @@ def estimate(
     render_estimate_table(spec, cluster, base, rows)
     for note in (fc.notes if fc is not None else ()):
         typer.echo(f"note: {note}", err=True)
+    deepspeed_options.echo_notes(flags)
     for note in payload["modelled"]["notes"]:
         typer.echo(f"note: {note}", err=True)
 

@@ -21,6 +21,8 @@ from typing import Annotated, Any, NamedTuple
 import typer
 
 from planner import catalog
+from planner.cli import deepspeed_options
+from planner.cli.deepspeed_options import DeepSpeedConfigOpt
 from planner.errors import PlannerError
 from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_price
 from planner.specs import (
@@ -37,6 +39,7 @@ from planner.specs import (
     QuantSpec,
     QuantType,
     TrainSpec,
+    ZeroConfig,
     validate_margin,
 )
 from planner.units import GIB
@@ -150,6 +153,7 @@ class TrainingFlags:
     attn: AttnOpt = "sdpa"
     dropout: DropoutOpt = None
     allow_longer: AllowLongerOpt = False
+    deepspeed_config: DeepSpeedConfigOpt = None
     # time, cost and the fit (estimate, recommend, report)
     margin: MarginOpt = 0.1
     mfu: MfuOpt = DEFAULT_MFU
@@ -157,6 +161,9 @@ class TrainingFlags:
     price_per_gpu_hour: PriceOpt = 0.0
     # not an option: the fields above the user typed on the command line (a flag typed beside --from wins)
     typed: frozenset[str] = dataclasses.field(default=frozenset(), metadata={"option": False})
+    # not options: what --deepspeed-config sets beyond the fields above (deepspeed_options.apply)
+    zero_config: ZeroConfig = dataclasses.field(default=ZeroConfig(), metadata={"option": False})
+    deepspeed_notes: tuple[str, ...] = dataclasses.field(default=(), metadata={"option": False})
 
 
 # What a command leaves out: the cluster options beyond --gpus/--nodes, and the plan's (time, cost, fit).
@@ -204,6 +211,7 @@ def training_options(*, omit: tuple[str, ...] = (), **changes):
         def run(**kwargs):
             typed = typed_flags(kwargs.pop(_CONTEXT)) & names
             flags = TrainingFlags(**{n: kwargs.pop(n) for n in names}, typed=frozenset(typed))
+            flags = deepspeed_options.apply(flags)
             return command(**kwargs, **{own[at].name: flags})
 
         run.__signature__ = inspect.Signature([*params, context])
@@ -335,7 +343,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         ),
         quant=QuantSpec(quant_type=_enum(QuantType, f.quant_type, "--quant-type"), double_quant=f.double_quant),
         **_layout(method, 0 if f.zero is None else parse_zero(f.zero),
-                  Offload.NONE if f.offload is None else parse_offload(f.offload)),
+                  Offload.NONE if f.offload is None else parse_offload(f.offload), f.zero_config),
         micro_batch=f.micro_batch,
         seq_len=seq_len,
         grad_accum=f.grad_accum,
@@ -345,16 +353,17 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
     )
 
 
-def _layout(method: Method, zero: int, offload: Offload) -> dict:
+def _layout(method: Method, zero: int, offload: Offload, zero_config: ZeroConfig | None = None) -> dict:
     """The TrainSpec fields of a method, ZeRO stage and offload: the one place the CLI writes a stage and an
-    offload into a TrainSpec (``build_train_spec``, ``with_layout``)."""
-    return {"method": method, "parallelism": Parallelism.from_zero(zero, offload)}
+    offload into a TrainSpec (``build_train_spec``, ``with_layout``). ``zero_config``: DeepSpeed's buckets and
+    thresholds (``--deepspeed-config``), kept at stages 1-3."""
+    return {"method": method, "parallelism": Parallelism.from_zero(zero, offload, zero_config)}
 
 
 def with_layout(train: TrainSpec, method: Method, zero: int, offload: Offload) -> TrainSpec:
-    """``train`` with this method, ZeRO stage and offload (an invalid combination raises the TrainSpec's
-    PlannerError)."""
-    return dataclasses.replace(train, **_layout(method, zero, offload))
+    """``train`` with this method, ZeRO stage and offload, keeping its DeepSpeed buckets and thresholds (an
+    invalid combination raises the TrainSpec's PlannerError)."""
+    return dataclasses.replace(train, **_layout(method, zero, offload, train.parallelism.zero_config))
 
 
 def default_seq_len(model) -> int:

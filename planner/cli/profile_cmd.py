@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from planner.cli import deepspeed_options
 from planner.cli import options as o
 from planner.errors import PlannerError
 
@@ -82,6 +83,7 @@ def profile(
         raise PlannerError("--model is required (or --weights DIR with a config.json).")
     spec = load_model(model or weights, trust_remote_code=trust_remote_code)
     train = o.build_train_spec(flags, model=spec)
+    deepspeed_options.echo_notes(flags)
     o.build_cluster(flags)  # validates --gpus and --nodes with the cluster's messages
     resolved = resolve_device(device, flags.gpus)
     if out is None:

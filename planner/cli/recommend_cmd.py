@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from planner.cli import deepspeed_options
 from planner.cli import from_options as fo
 from planner.cli import options as o
 from planner.errors import PlannerError
@@ -81,14 +82,16 @@ def recommend(
                                  param_hint="'--global-batch-size' / '-g'")
     spec = load_model(model, trust_remote_code=trust_remote_code)
     # the recipe; the layout (method, ZeRO stage, offload, checkpointing, attention, micro-batch) is searched
-    base = o.build_train_spec(flags, model=spec, method=None, zero=None, offload=None, grad_checkpointing=None,
-                              attn=None)
+    # (a fixed stage and offload start the base, so that it carries a --deepspeed-config's buckets into the search)
+    base = o.build_train_spec(flags, model=spec, method=None, zero=flags.zero, offload=flags.offload if flags.zero
+                              else None, grad_checkpointing=None, attn=None)
     if fc is not None:
         # the config's recipe (precision, optimizer, LoRA, quantization, sequence length) with typed flags on top
         base = fo.merge_from_config(fc.train, base, flags.typed | ({"seq_len"} if "seq_len" in fc.unset else set()))
         base = o.with_layout(replace(base, micro_batch=1, grad_accum=1), Method.FULL, 0, Offload.NONE)
         for note in fc.notes:
             typer.echo(f"note: {note}", err=True)
+    deepspeed_options.echo_notes(flags)
     cluster = o.build_cluster(flags)
     kwargs = {}
     if flags.zero is not None:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from planner.cli import deepspeed_options
 from planner.cli import from_options as fo
 from planner.cli import options as o
 from planner.cli.render import fmt_mib
@@ -98,6 +99,7 @@ def report(
     if max_points < 100:
         raise PlannerError(f"--max-points must be at least 100, got {max_points}.")
     num_tokens = o.check_flags(flags)
+    deepspeed_options.echo_notes(flags)
     if compare_gpus and model is None:
         raise PlannerError("--compare-gpus needs --model (it compares GPUs for the estimated model).")
     inputs = _inputs(model, plan, accuracy)

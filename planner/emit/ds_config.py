@@ -11,15 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from planner.errors import PlannerError
-from planner.estimate.sharding import DS_SUB_GROUP_SIZE
 from planner.specs import Cluster, ModelSpec, Offload, Optimizer, Precision, TrainSpec
 
 # Gradient clipping written into both ds_config.json and train.py (the HF Trainer's default max_grad_norm).
 MAX_GRAD_NORM = 1.0
-# DeepSpeed's defaults for the ZeRO-3 live-parameter and reuse-distance limits (elements),
-# deepspeed/runtime/zero/config.py (DeepSpeedZeroConfig.max_live_parameters, max_reuse_distance).
+# DeepSpeed's default ZeRO-3 live-parameter limit (elements), deepspeed/runtime/zero/config.py
+# (DeepSpeedZeroConfig.max_live_parameters); the reuse distance and sub-group size are the run's ZeroConfig.
 DS_MAX_LIVE_PARAMETERS = 1_000_000_000
-DS_MAX_REUSE_DISTANCE = 1_000_000_000
 # DeepSpeed's initial fp16 loss scale 2**16 (deepspeed/runtime/fp16/loss_scaler.py, initial_scale_power).
 FP16_INITIAL_SCALE_POWER = 16
 # DeepSpeed CPU optimizers (DeepSpeedCPUAdam) exist for Adam/AdamW; other optimizers run as client
@@ -28,20 +26,20 @@ FP16_INITIAL_SCALE_POWER = 16
 _DS_CPU_OPTIMIZERS = {Optimizer.ADAMW: "AdamW", Optimizer.ADAMW_FUSED: "AdamW"}
 
 
-def bucket_sizes(model: ModelSpec) -> dict[str, int]:
-    """Bucket and threshold sizes in elements, from the hidden size h.
-
-    The rule the Hugging Face DeepSpeed integration applies to "auto" (transformers/integrations/
-    deepspeed.py, ``trainer_config_finalize``): reduce bucket h*h, ZeRO-3 prefetch bucket 0.9*h*h,
-    parameter persistence threshold 10*h. The all-gather bucket of stages 1-2 follows the reduce bucket.
-    Each reduce bucket is a real buffer of that many gradient elements (stage_1_and_2.py ``ipg_buffer``).
+def bucket_sizes(model: ModelSpec, train: TrainSpec | None = None) -> dict[str, int]:
+    """Bucket and threshold sizes in elements: the run's (``train``'s ZeroConfig, from ``--deepspeed-config``),
+    else from the hidden size h by the rule the Hugging Face DeepSpeed integration applies to "auto"
+    (transformers/integrations/deepspeed.py, ``trainer_config_finalize``): reduce bucket h*h, ZeRO-3 prefetch
+    bucket 0.9*h*h, parameter persistence threshold 10*h. The all-gather bucket of stages 1-2 follows the reduce
+    bucket. Each reduce bucket is a real buffer of that many gradient elements (stage_1_and_2.py ``ipg_buffer``).
     """
     h = model.hidden_size
+    zero = (train or TrainSpec()).parallelism.zero_config
     return {
-        "reduce_bucket_size": h * h,
-        "allgather_bucket_size": h * h,
-        "stage3_prefetch_bucket_size": int(0.9 * h * h),
-        "stage3_param_persistence_threshold": 10 * h,
+        "reduce_bucket_size": zero.reduce_bucket(h),
+        "allgather_bucket_size": zero.reduce_bucket(h),
+        "stage3_prefetch_bucket_size": zero.prefetch_bucket(h),
+        "stage3_param_persistence_threshold": zero.persistence_threshold(h),
     }
 
 
@@ -68,14 +66,14 @@ def deepspeed_config(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> di
     stage = train.zero_stage
     if stage == 0:
         raise PlannerError("ZeRO stage 0 runs plain data parallel and has no DeepSpeed config; use stage 1, 2 or 3.")
-    sizes = bucket_sizes(model)
+    sizes = bucket_sizes(model, train)
     zero: dict[str, Any] = {
         "stage": stage,
         "contiguous_gradients": True,
         "reduce_bucket_size": sizes["reduce_bucket_size"],
         "reduce_scatter": True,
-        # DeepSpeed's defaults: overlap (a second bucket buffer) for stage 3, none for stages 1-2.
-        "overlap_comm": stage == 3,
+        # DeepSpeed's default (ZeroConfig.overlaps): on for stage 3 only; at stages 1-2 it doubles the bucket.
+        "overlap_comm": train.parallelism.zero_config.overlaps(stage),
     }
     if stage in (1, 2):
         zero["allgather_partitions"] = True
@@ -86,9 +84,9 @@ def deepspeed_config(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> di
                 "stage3_prefetch_bucket_size": sizes["stage3_prefetch_bucket_size"],
                 "stage3_param_persistence_threshold": sizes["stage3_param_persistence_threshold"],
                 "stage3_max_live_parameters": DS_MAX_LIVE_PARAMETERS,
-                "stage3_max_reuse_distance": DS_MAX_REUSE_DISTANCE,
+                "stage3_max_reuse_distance": train.parallelism.zero_config.stage3_max_reuse_distance,
                 "stage3_gather_16bit_weights_on_model_save": True,
-                "sub_group_size": DS_SUB_GROUP_SIZE,
+                "sub_group_size": train.parallelism.zero_config.sub_group_size,
             }
         )
     if train.offload in (Offload.OPTIMIZER, Offload.OPTIMIZER_PARAMS):

@@ -175,10 +175,12 @@ def render_plan_md(
         ]
     lines += ["", "## Assumptions", ""]
     lines += [f"- {_md(note)}" for note in est.notes]
-    sizes = bucket_sizes(model)
+    sizes = bucket_sizes(model, t)
     if t.uses_deepspeed:
         lines.append(
-            f"- DeepSpeed buckets (elements, from hidden size {model.hidden_size}): reduce "
+            "- DeepSpeed buckets (elements, "
+            + (f"from hidden size {model.hidden_size}" if t.parallelism.zero_config.is_default
+               else "from the DeepSpeed config given") + "): reduce "
             f"{sizes['reduce_bucket_size']:,}"
             + (f", all-gather {sizes['allgather_bucket_size']:,}" if t.zero_stage < 3 else
                f", ZeRO-3 prefetch {sizes['stage3_prefetch_bucket_size']:,}, parameters under "

@@ -21,7 +21,13 @@ from planner.estimate.count.zero_partition import (
 from planner.estimate.host_ram import host_ram_per_rank
 from planner.estimate.peak import PHASES, phase_breakdowns
 from planner.estimate.result import Estimate
-from planner.estimate.sharding import fused_step_counter_bytes, shard_states, zero3_persistent
+from planner.estimate.sharding import (
+    DS_SUB_GROUP_SIZE,
+    fused_step_counter_bytes,
+    shard_states,
+    zero3_persistent,
+    zero3_sub_groups,
+)
 from planner.estimate.states import unsharded_states
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
@@ -80,16 +86,17 @@ def estimate(
     split = split_params(counts, train)
     states = unsharded_states(counts, split, train)
     num_persistent, persistent_bytes = zero3_persistent(counts, train, model.num_layers, model.hidden_size)
-    num_released = zero3_released_after_forward(counts, train, zero3_persistence_threshold(model.hidden_size))
-    sharded = shard_states(states, train, cluster.num_gpus, counts.largest_module, persistent_bytes)
+    num_released = zero3_released_after_forward(counts, train, zero3_persistence_threshold(train, model.hidden_size))
+    sub_groups = _sub_groups(model, train, counts, split.num_trainable, cluster.num_gpus)
+    sharded = shard_states(states, train, cluster.num_gpus, counts.largest_module, persistent_bytes, sub_groups)
     counters = fused_step_counter_bytes(train, _num_trainable_tensors(model, train, counts),
-                                        math.ceil(split.num_trainable / cluster.num_gpus))
+                                        math.ceil(split.num_trainable / cluster.num_gpus), sub_groups)
     if counters:
         sharded = replace(sharded, optimizer_states_bytes=sharded.optimizer_states_bytes + counters)
 
     adapters = lora_adapter_paths(model, train) if train.method is not Method.FULL else ()
     zero2 = train.zero_stage == 2 and train.offload is Offload.NONE
-    hold = reduce_bucket_elements(model.hidden_size) if zero2 else 0
+    hold = reduce_bucket_elements(train, model.hidden_size) if zero2 else 0
     step = simulate_step(model, train, device=device, keep_grads=train.zero_stage < 2, adapters=adapters,
                          hold_grads_over=hold, cpu=cpu)
     num_16bit_trainable = split.num_trainable - split.num_adapter
@@ -115,7 +122,7 @@ def estimate(
     host = host_ram_per_rank(
         states, train, cluster.num_gpus, largest_param_numel=largest_tensor,
         params_partition_bytes=math.ceil(states.params_bytes / cluster.num_gpus), device=device,
-        accumulation_numels=_accumulation_numels(model, train, counts),
+        accumulation_numels=_accumulation_numels(model, train, counts), sub_groups=sub_groups,
     )
     cublas = overhead.allocated_overhead_bytes(device)
     # the rank with the highest peak (or the one asked for); ranks differ only in their ZeRO 1/2 partition
@@ -186,6 +193,16 @@ def _num_trainable_tensors(model: ModelSpec, train: TrainSpec, counts) -> int:
     return sum(len(block) * reps for block, reps in trainable_blocks(FlatOrder.of(counts, train, model.num_layers)))
 
 
+def _sub_groups(model: ModelSpec, train: TrainSpec, counts, num_trainable: int, num_ranks: int):
+    """ZeRO-3's sub-groups when a --deepspeed-config's sub_group_size splits the rank's partition (None: one)."""
+    if train.zero_stage != 3 or num_trainable <= 0:
+        return None
+    if train.parallelism.zero_config.sub_group_size == DS_SUB_GROUP_SIZE:
+        return None  # DeepSpeed's default: sharding.py's one-group rule (min(partition, sub_group_size))
+    return zero3_sub_groups(trainable_numels(counts, train, model.num_layers), num_ranks,
+                            train.parallelism.zero_config.sub_group_size)
+
+
 def _accumulation_numels(model: ModelSpec, train: TrainSpec, counts) -> tuple[int, ...]:
     """ZeRO-1/2 offload with gradient accumulation pins one buffer per trainable tensor (host_ram.py)."""
     if train.zero_stage not in (1, 2) or train.offload is Offload.NONE or train.grad_accum <= 1:
@@ -214,6 +231,6 @@ def _rank_partitions(model: ModelSpec, train: TrainSpec, num_ranks: int, counts,
     if train.zero_stage not in (1, 2) or train.offload is not Offload.NONE or num_trainable <= 0:
         return (None,), False
     spec = PartitionSpec(FlatOrder.of(counts, train, model.num_layers), num_ranks,
-                         reduce_bucket_elements(model.hidden_size))
+                         reduce_bucket_elements(train, model.hidden_size))
     chosen = partitions_to_evaluate(spec, num_trainable, rank)
     return chosen.partitions, chosen.ranks_differ

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from planner.estimate.sharding import DS_SUB_GROUP_SIZE
 from planner.estimate.states import UnshardedStates
 from planner.specs import Offload, TrainSpec
 from planner.units import dtype_bytes
@@ -54,11 +53,12 @@ NO_HOST_RAM = HostRam(0, 0, 0)
 
 def host_ram_per_rank(states: UnshardedStates, train: TrainSpec, num_ranks: int, *, largest_param_numel: int,
                       params_partition_bytes: int, device: str = "cuda",
-                      accumulation_numels: tuple[int, ...] = ()) -> HostRam:
+                      accumulation_numels: tuple[int, ...] = (), sub_groups: tuple[int, ...] | None = None) -> HostRam:
     """``params_partition_bytes``: the rank's 16-bit parameter partition that ZeRO-3 parameter offload moves to
     the host (ShardedStates' share, persistent parameters excluded). ``accumulation_numels``: ZeRO-1/2 with
     gradient accumulation, the sizes of the trainable tensors (each rank pins a buffer per tensor of its
-    partition; the rank's share of the rounded total is counted)."""
+    partition; the rank's share of the rounded total is counted). ``sub_groups``: ZeRO-3's sub-group sizes when
+    the partition splits into several (sharding.zero3_sub_groups)."""
     if train.offload is Offload.NONE or not train.uses_deepspeed:
         return NO_HOST_RAM
     pin = device == "cuda"
@@ -77,8 +77,12 @@ def host_ram_per_rank(states: UnshardedStates, train: TrainSpec, num_ranks: int,
     else:
         pageable += 4 * n  # the fp32 master partition, a pageable clone
         pinned.append(4 * n)  # grad_partitions_flat_buffer
-        full, rest = divmod(n, DS_SUB_GROUP_SIZE)
-        pinned += [4 * DS_SUB_GROUP_SIZE] * full + ([4 * rest] if rest else [])
+        if sub_groups:  # one fp32 buffer per sub-group (sharding.zero3_sub_groups)
+            pinned += [4 * g for g in sub_groups]
+        else:
+            sub_group = train.parallelism.zero_config.sub_group_size
+            full, rest = divmod(n, sub_group)
+            pinned += [4 * sub_group] * full + ([4 * rest] if rest else [])
         if train.offload is Offload.OPTIMIZER_PARAMS:
             pinned.append(params_partition_bytes)
     requested = sum(pinned) + accumulation

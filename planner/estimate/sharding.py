@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from planner.estimate.count.params import ParamCounts
 from planner.estimate.count.zero_partition import zero3_persistence_threshold, zero3_persistent_numels
 from planner.estimate.states import FUSED_STEP_COUNTER_BYTES, UnshardedStates, trainable_extra_dtype
-from planner.specs import Offload, Optimizer, TrainSpec
+from planner.specs import Offload, Optimizer, TrainSpec, ZeroConfig
 from planner.units import nbytes
 
-# DeepSpeed's default ZeRO-3 sub_group_size (deepspeed/runtime/zero/config.py, ZeroConfig.sub_group_size).
-DS_SUB_GROUP_SIZE = 1_000_000_000
+# DeepSpeed's default ZeRO-3 sub_group_size (deepspeed/runtime/zero/config.py, ZeroConfig.sub_group_size); a run's
+# own is ZeroConfig.sub_group_size (``--deepspeed-config``).
+DS_SUB_GROUP_SIZE = ZeroConfig().sub_group_size
 
 
 def _shard(num_bytes: int, num_ranks: int) -> int:
@@ -51,16 +52,35 @@ def zero3_persistent(counts: ParamCounts, train: TrainSpec, num_layers: int, hid
     ``zero3_persistent_numels``): base tensors in the compute dtype, adapters in theirs."""
     if train.zero_stage != 3:
         return 0, 0
-    base, extra = zero3_persistent_numels(counts, train, num_layers, zero3_persistence_threshold(hidden_size))
+    base, extra = zero3_persistent_numels(counts, train, num_layers, zero3_persistence_threshold(train, hidden_size))
     return base + extra, nbytes(base, train.precision.compute_dtype) + nbytes(extra, trainable_extra_dtype(train))
+
+
+def zero3_sub_groups(trainable_numels: tuple[int, ...], num_ranks: int, sub_group_size: int) -> tuple[int, ...]:
+    """The sizes (partition elements) of one rank's ZeRO-3 sub-groups, as DeepSpeed forms them (stage3.py
+    ``_create_fp16_sub_groups``): every parameter holds ``ceil(numel / ranks)`` elements of the partition
+    (``partition_numel``); the whole group is one sub-group when ``sub_group_size`` reaches its size, else
+    parameters are taken in order and a sub-group closes once it holds ``sub_group_size`` or more (with 0, each
+    parameter is its own sub-group)."""
+    parts = [-(-numel // num_ranks) for numel in trainable_numels]
+    if sub_group_size >= sum(parts):
+        return (sum(parts),) if parts else ()
+    groups, size = [], 0
+    for i, part in enumerate(parts):
+        size += part
+        if size >= sub_group_size or i == len(parts) - 1:
+            groups.append(size)
+            size = 0
+    return tuple(groups)
 
 
 def shard_states(
     states: UnshardedStates, train: TrainSpec, num_ranks: int, largest_module_params: int,
-    persistent_bytes: int = 0,
+    persistent_bytes: int = 0, sub_groups: tuple[int, ...] | None = None,
 ) -> ShardedStates:
     """``persistent_bytes``: ZeRO-3's unpartitioned parameters (``zero3_persistent``), held whole on every rank
-    beside their share of the flat partition."""
+    beside their share of the flat partition. ``sub_groups``: ZeRO-3's sub-group sizes when the partition splits
+    into several (``zero3_sub_groups``; None: one sub-group of at most ``sub_group_size``)."""
     n = num_ranks
     stage = train.zero_stage
     params, grads, opt = states.params_bytes, states.grads_bytes, states.optimizer_states_bytes
@@ -85,7 +105,10 @@ def shard_states(
                 "(4 bytes per trainable parameter / ranks), above the ZeRO paper's model states."
             )
     if stage == 3 and states.master_bytes and train.precision.compute_dtype != "fp32":
-        step_fp32 = 4 * min(math.ceil(states.num_trainable / n), DS_SUB_GROUP_SIZE)
+        # the fp32 gradients of the sub-group being stepped (stage3.py _prepare_fp32_grad_for_sub_group)
+        largest_group = max(sub_groups) if sub_groups else min(math.ceil(states.num_trainable / n),
+                                                                   train.parallelism.zero_config.sub_group_size)
+        step_fp32 = 4 * largest_group
         notes.append(
             "DeepSpeed ZeRO-3 gathers the largest module's 16-bit parameters and gradients (4 bytes x its "
             "parameters) and makes fp32 gradients per sub-group at the step, above the paper's 16P/N."
@@ -115,7 +138,8 @@ def shard_states(
     )
 
 
-def fused_step_counter_bytes(train: TrainSpec, num_trainable_tensors: int, num_partition_elements: int) -> int:
+def fused_step_counter_bytes(train: TrainSpec, num_trainable_tensors: int, num_partition_elements: int,
+                             sub_groups: tuple[int, ...] | None = None) -> int:
     """One rank's device step counters of ``--optimizer adamw-fused`` (states.py ``FUSED_STEP_COUNTER_BYTES``),
     one per tensor the torch optimizer steps; 0 for every other optimizer.
 
@@ -133,5 +157,5 @@ def fused_step_counter_bytes(train: TrainSpec, num_trainable_tensors: int, num_p
     elif train.zero_stage in (1, 2):
         stepped = 1 if num_partition_elements > 0 else 0
     else:
-        stepped = -(-num_partition_elements // DS_SUB_GROUP_SIZE)
+        stepped = len(sub_groups) if sub_groups else -(-num_partition_elements // train.parallelism.zero_config.sub_group_size)
     return FUSED_STEP_COUNTER_BYTES * stepped

@@ -44,11 +44,11 @@ ADAFACTOR_SCRATCH_COPIES = 3
 
 # DeepSpeed ZeRO-3 keeps a gathered parameter after a module's forward when it will be used again within
 # ``stage3_max_reuse_distance`` elements of fetches (default 1e9, deepspeed/runtime/zero/config.py;
-# partitioned_param_coordinator.py ``__params_to_release``). Around the turn from forward to backward the
-# top layers are reused within that distance, so about half of it (fetched once in forward, once in
-# backward) stays gathered, in the 16-bit dtype; a small model stays gathered entirely (measured on CPU with
-# `planner profile --zero 3`: every non-persistent parameter gathered at the loss backward).
-DS_MAX_REUSE_DISTANCE = 1_000_000_000
+# partitioned_param_coordinator.py ``__params_to_release``; ZeroConfig.stage3_max_reuse_distance). Around the
+# turn from forward to backward the top layers are reused within that distance, so about half of it (fetched
+# once in forward, once in backward) stays gathered, in the 16-bit dtype; a small model stays gathered entirely
+# (measured on CPU with `planner profile --zero 3`: every non-persistent parameter gathered at the loss
+# backward).
 # DistributedDataParallel broadcasts rank 0's parameters and buffers at construction (_sync_module_states,
 # _broadcast_coalesced): with gloo (CPU) rank 0 keeps the flat broadcast buffer, a copy of the parameters,
 # for the rest of the run (measured with `planner profile --zero 0 --gpus 2 --device cpu`). Not seen with NCCL
@@ -149,31 +149,33 @@ def ddp_bucket_bytes(train: TrainSpec, grads_bytes: int, num_ranks: int) -> int:
     return grads_bytes
 
 
-def reduce_bucket_elements(hidden_size: int) -> int:
-    """DeepSpeed's ``reduce_bucket_size`` as the HF Trainer fills in "auto" (h*h; `planner profile` and the
-    emitted DeepSpeed config use the same)."""
-    return hidden_size * hidden_size
+def reduce_bucket_elements(train: TrainSpec, hidden_size: int) -> int:
+    """DeepSpeed's ``reduce_bucket_size`` in elements: the run's (``--deepspeed-config``), or "auto" as the HF
+    Trainer fills it (h*h; what `planner profile` and the emitted DeepSpeed config write)."""
+    return train.parallelism.zero_config.reduce_bucket(hidden_size)
 
 
 def deepspeed_bucket_bytes(train: TrainSpec, hidden_size: int, grad_dtype_bytes: int) -> int:
-    """DeepSpeed ZeRO 1/2's contiguous-gradient reduce bucket (stage_1_and_2.py: ``ipg_buckets`` of
-    ``reduce_bucket_size`` elements in the gradient dtype, allocated when the first gradient arrives; stage 1
-    fills it too, at the accumulation boundary, since contiguous_gradients installs the hooks) and
-    ZeRO-3's prefetch bucket, at the values the HF Trainer fills in for "auto"
-    (transformers/integrations/deepspeed.py: reduce_bucket_size = h*h, stage3_prefetch_bucket_size =
-    0.9*h*h) -- what `planner profile` configures too."""
+    """DeepSpeed's contiguous-gradient reduce buckets, ``reduce_bucket_size`` elements in the gradient dtype:
+    ZeRO 1/2 (stage_1_and_2.py ``setup_buckets``) allocate one when the first gradient arrives and a second with
+    ``overlap_comm`` ("double buffers to avoid data access conflict"; stage 1 fills them too, at the accumulation
+    boundary, since contiguous_gradients installs the hooks); ZeRO-3's is counted at its prefetch bucket size
+    (0.9*h*h under "auto")."""
+    zero = train.parallelism.zero_config
     if train.zero_stage in (1, 2) and train.offload is Offload.NONE:
-        return reduce_bucket_elements(hidden_size) * grad_dtype_bytes
+        buffers = 2 if zero.overlaps(train.zero_stage) else 1
+        return buffers * reduce_bucket_elements(train, hidden_size) * grad_dtype_bytes
     if train.zero_stage == 3:
-        return int(0.9 * hidden_size * hidden_size) * grad_dtype_bytes
+        return zero.prefetch_bucket(hidden_size) * grad_dtype_bytes
     return 0
 
 
 def zero3_gathered_bytes(train: TrainSpec, num_params: int, largest_module: int, param_dtype_bytes: int) -> int:
-    """16-bit parameters ZeRO-3 keeps gathered around the forward/backward turn (DS_MAX_REUSE_DISTANCE)."""
+    """16-bit parameters ZeRO-3 keeps gathered around the forward/backward turn (stage3_max_reuse_distance)."""
     if train.zero_stage != 3 or train.offload is Offload.OPTIMIZER_PARAMS:
         return 0
-    return param_dtype_bytes * min(num_params, DS_MAX_REUSE_DISTANCE // 2 + largest_module)
+    reuse = train.parallelism.zero_config.stage3_max_reuse_distance
+    return param_dtype_bytes * min(num_params, reuse // 2 + largest_module)
 
 
 def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable: int, num_ranks: int,

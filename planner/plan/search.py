@@ -106,7 +106,8 @@ class Searcher:
         return dataclasses.replace(
             self.base,
             method=layout.method,
-            parallelism=Parallelism.from_zero(layout.zero_stage, layout.offload),
+            # the base's DeepSpeed buckets and thresholds (--deepspeed-config) carry into every DeepSpeed layout
+            parallelism=Parallelism.from_zero(layout.zero_stage, layout.offload, self.base.parallelism.zero_config),
             grad_checkpointing=layout.grad_checkpointing,
             attn_impl=layout.attn_impl,
             micro_batch=micro,
@@ -184,7 +185,8 @@ class Searcher:
                     continue
                 for attn in attn_impls:
                     try:
-                        dataclasses.replace(self.base, method=method, parallelism=Parallelism.from_zero(stage, offload))
+                        dataclasses.replace(self.base, method=method, parallelism=Parallelism.from_zero(
+                            stage, offload, self.base.parallelism.zero_config))
                     except PlannerError:
                         continue
                     out.append(Layout(method, stage, offload, ckpt, attn))

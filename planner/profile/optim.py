@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from planner.errors import PlannerError
-from planner.specs import Offload, Optimizer, Precision, TrainSpec
+from planner.specs import Offload, Optimizer, Precision, TrainSpec, ZeroConfig
 
 LEARNING_RATE = 1e-4
 # Static loss scale for fp16-mixed without DeepSpeed: memory does not depend on its value.
@@ -111,8 +111,8 @@ def make_optimizer(params: list[torch.nn.Parameter], train: TrainSpec, device: s
 def deepspeed_config(train: TrainSpec, num_ranks: int, hidden_size: int) -> dict[str, Any]:
     """The DeepSpeed config of a ZeRO run (stored in meta.json).
 
-    Bucket sizes and the ZeRO-3 persistence threshold take the values the Hugging Face Trainer fills in for
-    ``"auto"`` (transformers/integrations/deepspeed.py ``trainer_config_finalize``): reduce bucket h*h
+    Bucket sizes and the ZeRO-3 persistence threshold are the run's (``--deepspeed-config``, ZeroConfig), by
+    default the values the Hugging Face Trainer fills in for ``"auto"`` (transformers/integrations/deepspeed.py ``trainer_config_finalize``): reduce bucket h*h
     elements, ZeRO-3 prefetch bucket 0.9*h*h, parameters under 10*h elements kept gathered. DeepSpeed's own
     defaults (5e8-element buckets, 1e5-element threshold) would make a small model's profile all buckets and
     leave it unsharded.
@@ -122,10 +122,17 @@ def deepspeed_config(train: TrainSpec, num_ranks: int, hidden_size: int) -> dict
             "--precision bf16 (pure, no master weights) cannot be profiled with DeepSpeed ZeRO, which always "
             "keeps fp32 master weights; use --precision bf16-mixed."
         )
-    zero: dict[str, Any] = {"stage": train.zero_stage, "reduce_bucket_size": hidden_size * hidden_size}
+    zc = train.parallelism.zero_config  # a --deepspeed-config's settings; "auto" resolved as the Trainer does
+    zero: dict[str, Any] = {"stage": train.zero_stage, "reduce_bucket_size": zc.reduce_bucket(hidden_size)}
     if train.zero_stage == 3:
-        zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden_size * hidden_size)
-        zero["stage3_param_persistence_threshold"] = 10 * hidden_size
+        zero["stage3_prefetch_bucket_size"] = zc.prefetch_bucket(hidden_size)
+        zero["stage3_param_persistence_threshold"] = zc.persistence_threshold(hidden_size)
+    defaults = ZeroConfig()
+    if zc.overlap_comm is not None:
+        zero["overlap_comm"] = zc.overlap_comm
+    for key in ("stage3_max_reuse_distance", "sub_group_size"):
+        if getattr(zc, key) != getattr(defaults, key):
+            zero[key] = getattr(zc, key)
     if train.offload in (Offload.OPTIMIZER, Offload.OPTIMIZER_PARAMS):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if train.offload is Offload.OPTIMIZER_PARAMS:

@@ -22,6 +22,82 @@ class Engine(str, Enum):
     DEEPSPEED = "deepspeed"
 
 
+# DeepSpeed 0.19.8's defaults for the ZeRO keys below (deepspeed/runtime/zero/config.py, DeepSpeedZeroConfig:
+# max_reuse_distance and sub_group_size pp_int(1e9)); planner's bundle and profiler write the same.
+DS_MAX_REUSE_DISTANCE = 1_000_000_000
+DS_SUB_GROUP_SIZE = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class ZeroConfig:
+    """DeepSpeed ZeRO's knobs that change what a rank allocates, in elements (``--deepspeed-config``).
+
+    ``None`` is ``"auto"``, which the Hugging Face Trainer fills from the model's hidden size h
+    (transformers/integrations/deepspeed.py ``HfTrainerDeepSpeedConfig.trainer_config_finalize``): reduce bucket
+    h*h, ZeRO-3 prefetch bucket 0.9*h*h, ZeRO-3 parameter persistence threshold 10*h: what planner's bundle and
+    profiler write. ``overlap_comm`` None is DeepSpeed's default (on for stage 3 only: zero/config.py
+    ``overlap_comm_valid``). The other two default to DeepSpeed's own values. The estimator reads them through
+    the methods below, so "auto" is resolved in one place.
+    """
+
+    reduce_bucket_size: int | None = None
+    stage3_prefetch_bucket_size: int | None = None
+    stage3_param_persistence_threshold: int | None = None
+    stage3_max_reuse_distance: int = DS_MAX_REUSE_DISTANCE
+    sub_group_size: int = DS_SUB_GROUP_SIZE
+    overlap_comm: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
+                     "stage3_max_reuse_distance", "sub_group_size"):
+            value = getattr(self, name)
+            if value is None and name in _AUTO:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < _MINIMUM[name]:
+                raise PlannerError(f"DeepSpeed's {name} must be a whole number of elements from {_MINIMUM[name]}, "
+                                   f"got {value!r}.")
+        if self.overlap_comm is not None and not isinstance(self.overlap_comm, bool):
+            raise PlannerError(f"DeepSpeed's overlap_comm must be true or false, got {self.overlap_comm!r}.")
+
+    def reduce_bucket(self, hidden_size: int) -> int:
+        return hidden_size * hidden_size if self.reduce_bucket_size is None else self.reduce_bucket_size
+
+    def prefetch_bucket(self, hidden_size: int) -> int:
+        return int(0.9 * hidden_size * hidden_size) if self.stage3_prefetch_bucket_size is None else \
+            self.stage3_prefetch_bucket_size
+
+    def persistence_threshold(self, hidden_size: int) -> int:
+        if self.stage3_param_persistence_threshold is None:
+            return 10 * hidden_size
+        return self.stage3_param_persistence_threshold
+
+    def overlaps(self, zero_stage: int) -> bool:
+        return zero_stage == 3 if self.overlap_comm is None else self.overlap_comm
+
+    @property
+    def is_default(self) -> bool:
+        return self == ZeroConfig()
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ZeroConfig:
+        unknown = set(d) - set(_FIELDS)
+        if unknown:
+            raise PlannerError(f"unknown DeepSpeed ZeRO setting(s) {', '.join(sorted(unknown))}.")
+        return cls(**d)
+
+
+_FIELDS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
+           "stage3_max_reuse_distance", "sub_group_size", "overlap_comm")
+_AUTO = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
+# A reduce bucket must hold an element; the rest may be 0 (DeepSpeedZeroConfig's ge=0; sub_group_size 0 makes
+# every parameter its own sub-group, stage3.py _create_fp16_sub_groups).
+_MINIMUM = {"reduce_bucket_size": 1, "stage3_prefetch_bucket_size": 0, "stage3_param_persistence_threshold": 0,
+            "stage3_max_reuse_distance": 0, "sub_group_size": 0}
+
+
 @dataclass(frozen=True)
 class Parallelism:
     """How the ranks share the work: the engine, DeepSpeed's ZeRO stage and what it offloads to the host.
@@ -33,6 +109,7 @@ class Parallelism:
     engine: Engine = Engine.DDP
     zero_stage: int = 0
     offload: Offload = Offload.NONE
+    zero_config: ZeroConfig = ZeroConfig()  # DeepSpeed only: its buckets and thresholds (default: "auto")
 
     def __post_init__(self) -> None:
         if not isinstance(self.engine, Engine):
@@ -47,16 +124,25 @@ class Parallelism:
                                "parallelism.")
         if self.offload is not Offload.NONE and self.zero_stage == 0:
             raise PlannerError(f"offload {self.offload.value!r} needs ZeRO stage 1, 2 or 3, not stage 0.")
+        if not isinstance(self.zero_config, ZeroConfig):
+            raise PlannerError("the DeepSpeed ZeRO settings must be a ZeroConfig.")
+        if self.engine is not Engine.DEEPSPEED and not self.zero_config.is_default:
+            raise PlannerError("DeepSpeed's bucket and threshold settings apply to ZeRO stages 1-3 only, not to "
+                               "plain data parallelism (stage 0).")
         if self.offload is Offload.OPTIMIZER_PARAMS and self.zero_stage != 3:
             raise PlannerError(
                 f"offload 'optimizer+params' needs ZeRO stage 3 (parameter offload), not stage {self.zero_stage}."
             )
 
     @classmethod
-    def from_zero(cls, zero_stage: int, offload: Offload = Offload.NONE) -> Parallelism:
-        """``--zero``/``--offload`` as a spec: stage 0 is plain data parallelism, 1-3 DeepSpeed ZeRO."""
+    def from_zero(cls, zero_stage: int, offload: Offload = Offload.NONE,
+                  zero_config: ZeroConfig | None = None) -> Parallelism:
+        """``--zero``/``--offload`` as a spec: stage 0 is plain data parallelism, 1-3 DeepSpeed ZeRO.
+        ``zero_config`` (DeepSpeed's buckets, ``--deepspeed-config``) is kept for stages 1-3 and dropped at
+        stage 0, which runs no DeepSpeed."""
         engine = Engine.DDP if zero_stage == 0 else Engine.DEEPSPEED
-        return cls(engine=engine, zero_stage=zero_stage, offload=offload)
+        kept = ZeroConfig() if zero_config is None or zero_stage == 0 else zero_config
+        return cls(engine=engine, zero_stage=zero_stage, offload=offload, zero_config=kept)
 
     @property
     def uses_deepspeed(self) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 from planner.errors import PlannerError
 from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, Precision, QuantType
-from planner.specs.parallelism import Parallelism
+from planner.specs.parallelism import Parallelism, ZeroConfig
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,8 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         },
         "zero_stage": train.zero_stage,
         "offload": train.offload.value,
+        # DeepSpeed's buckets and thresholds, only when a --deepspeed-config set them (absent: "auto")
+        **({} if train.parallelism.zero_config.is_default else {"zero_config": train.parallelism.zero_config.to_dict()}),
         "micro_batch": train.micro_batch,
         "seq_len": train.seq_len,
         "grad_accum": train.grad_accum,
@@ -155,7 +157,8 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
                 double_quant=bool(quant.get("double_quant", True)),
                 blocksize=int(quant.get("blocksize", 64)),
             ),
-            parallelism=Parallelism.from_zero(int(d["zero_stage"]), Offload(d.get("offload", "none"))),
+            parallelism=Parallelism.from_zero(int(d["zero_stage"]), Offload(d.get("offload", "none")),
+                                              ZeroConfig.from_dict(d.get("zero_config") or {})),
             micro_batch=int(d["micro_batch"]),
             seq_len=int(d["seq_len"]),
             grad_accum=int(d.get("grad_accum", 1)),

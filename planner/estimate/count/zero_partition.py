@@ -70,10 +70,11 @@ def partitions_to_evaluate(spec: PartitionSpec, num_trainable: int, rank: int | 
     return Candidates(chosen, rank is None and parts.ranks_differ)
 
 
-def zero3_persistence_threshold(hidden_size: int) -> int:
-    """``stage3_param_persistence_threshold`` as the HF Trainer fills in "auto" (transformers/integrations/
-    deepspeed.py: ``10 * hidden_size``), which `planner profile` and the emitted ds_config.json use too."""
-    return 10 * hidden_size
+def zero3_persistence_threshold(train: TrainSpec, hidden_size: int) -> int:
+    """``stage3_param_persistence_threshold``: the run's (``--deepspeed-config``), or "auto" as the HF Trainer
+    fills it (transformers/integrations/deepspeed.py: ``10 * hidden_size``), which `planner profile` and the
+    emitted ds_config.json use too."""
+    return train.parallelism.zero_config.persistence_threshold(hidden_size)
 
 
 def zero3_persistent_numels(counts: ParamCounts, train: TrainSpec, num_layers: int,

@@ -62,6 +62,9 @@ PARALLELISM_FIELDS_READ = ("engine", "zero_stage")
 PARALLELISM_FIELDS_IGNORED = {
     "offload": "the one thing offload changes in the step (ZeRO-2 holding a gradient larger than the reduce "
                "bucket, which an offloaded optimizer does not) arrives as hold_grads_over (core.py)",
+    "zero_config": "of DeepSpeed's buckets and thresholds the step reads only the reduce bucket, which arrives as "
+                   "hold_grads_over (core.py); the others size buffers outside the step (temporaries.py, "
+                   "sharding.py)",
 }
 LORA_FIELDS_READ = ("rank", "targets", "dropout", "modules_to_save")  # rank and targets through the adapters
 LORA_FIELDS_IGNORED = {
