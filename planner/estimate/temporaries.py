@@ -159,14 +159,17 @@ def deepspeed_bucket_bytes(train: TrainSpec, hidden_size: int, grad_dtype_bytes:
     """DeepSpeed's contiguous-gradient reduce buckets, ``reduce_bucket_size`` elements in the gradient dtype:
     ZeRO 1/2 (stage_1_and_2.py ``setup_buckets``) allocate one when the first gradient arrives and a second with
     ``overlap_comm`` ("double buffers to avoid data access conflict"; stage 1 fills them too, at the accumulation
-    boundary, since contiguous_gradients installs the hooks); ZeRO-3's is counted at its prefetch bucket size
-    (0.9*h*h under "auto")."""
+    boundary, since contiguous_gradients installs the hooks); ZeRO-3 (stage3.py
+    ``DeepSpeedZeroOptimizer_Stage3.__init__``, "# IPG") allocates one at start-up, whether or not it overlaps
+    (overlap_comm only moves the reduction to a side stream). Under "auto" that is h*h elements; planner counted
+    ZeRO-3's at the prefetch bucket's 0.9*h*h until a profile with DeepSpeed's default buckets (5e8 reduce, 5e7
+    prefetch) measured the 5e8 one."""
     zero = train.parallelism.zero_config
     if train.zero_stage in (1, 2) and train.offload is Offload.NONE:
         buffers = 2 if zero.overlaps(train.zero_stage) else 1
         return buffers * reduce_bucket_elements(train, hidden_size) * grad_dtype_bytes
     if train.zero_stage == 3:
-        return zero.prefetch_bucket(hidden_size) * grad_dtype_bytes
+        return reduce_bucket_elements(train, hidden_size) * grad_dtype_bytes
     return 0
 
 
