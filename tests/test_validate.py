@@ -175,6 +175,24 @@ def test_resume_from_the_csv_profiles_nothing(tmp_path):
     assert "## Summary" in text and cells[0].id in text
 
 
+def test_keep_measurements_reestimates_rows_an_earlier_profiler_measured(tmp_path):
+    """--keep-measurements: rows measured under another fingerprint are re-estimated, not profiled, and keep their
+    fingerprint (the Markdown says how many); without it they would be profiled again."""
+    cells = ci_matrix()[:2]
+    measured = {"params": 10**6, "grads": 10**6, "optimizer_states": 2 * 10**6, "activations": 10**6}
+    rows = [CellResult(c.id, c.inputs(), "ok", "", (_rank({}, measured),), measured_with="0ld0ld0ld0ld")
+            for c in cells]
+    (tmp_path / "accuracy-ci.csv").write_text(csv_text(rows))
+    assert read_measurements(tmp_path / "accuracy-ci.csv", measurement_fingerprint()) == {}
+    run = run_cells(cells, out_dir=tmp_path, stem="accuracy-ci", cache_dir=tmp_path / "cache", progress=False,
+                    keep_measurements=True)
+    assert [r.source for r in run.results] == ["csv", "csv"]
+    assert {r.measured_with for r in run.results} == {"0ld0ld0ld0ld"}
+    assert not (tmp_path / "cache" / measurement_fingerprint() / "worker.log").exists()
+    assert "2 cells keep the measurements an earlier profiler version took (2 with 0ld0ld0ld0ld" in (
+        tmp_path / "accuracy-ci.md").read_text()
+
+
 def test_gpu_reference_without_profiles_is_one_sentence(tmp_path, cli):
     res = cli("validate", "--suite", "gpu-reference", "--profiles", str(tmp_path / "gpu"), "--out", str(tmp_path))
     assert res.returncode == 1 and res.stdout == ""

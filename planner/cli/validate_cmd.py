@@ -15,7 +15,7 @@ SUITES = ("cpu", "gpu-reference")
 
 SuiteOpt = Annotated[str, typer.Option("--suite", help="cpu (profile and estimate a matrix of tiny models) or "
                                        "gpu-reference (committed GPU profiles under profiles/gpu/, offline).")]  # fmt: skip
-FullOpt = Annotated[bool, typer.Option("--full", help="The full matrix (58 cells) instead of the CI subset (30).")]
+FullOpt = Annotated[bool, typer.Option("--full", help="The full matrix (62 cells) instead of the CI subset (30).")]
 ResumeOpt = Annotated[
     bool, typer.Option("--resume/--no-resume", help="Reuse cells already profiled (cache dir or the CSV).")
 ]
@@ -30,6 +30,9 @@ RandomOpt = Annotated[
 RandomSeedOpt = Annotated[int | None, typer.Option("--random-seed", help="Seed of --random (default: from the clock).")]
 GpuDirOpt = Annotated[Path, typer.Option("--profiles", help="gpu-reference: root of profiles/gpu/<device>/<slug>/.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")]
+KeepOpt = Annotated[bool, typer.Option("--keep-measurements", help="Re-estimate the CSV's cells against the "
+                    "measurements it holds even if an earlier profiler version took them (each row keeps its "
+                    "measured_with fingerprint); profile only the cells it lacks.")]
 
 
 def validate(
@@ -44,6 +47,7 @@ def validate(
     random_seed: RandomSeedOpt = None,
     profiles: GpuDirOpt = Path("profiles/gpu"),
     progress: ProgressOpt = True,
+    keep_measurements: KeepOpt = False,
 ) -> None:
     """Check the estimator against measured peaks, cell by cell, and write the accuracy report (Markdown + CSV).
 
@@ -64,7 +68,7 @@ def validate(
         run = run_gpu_reference(profiles, out_dir=out)
     else:
         run = _cpu(full=full, resume=resume, out=out, jobs=jobs, cache=cache, seed=seed, random=random,
-                   random_seed=random_seed, progress=progress)  # fmt: skip
+                   random_seed=random_seed, progress=progress, keep_measurements=keep_measurements)  # fmt: skip
     _render(run)
     if not run.summary.passes:
         s = run.summary
@@ -73,7 +77,7 @@ def validate(
         raise SystemExit(1)
 
 
-def _cpu(*, full, resume, out, jobs, cache, seed, random, random_seed, progress):
+def _cpu(*, full, resume, out, jobs, cache, seed, random, random_seed, progress, keep_measurements=False):
     import os
     import time
 
@@ -94,7 +98,8 @@ def _cpu(*, full, resume, out, jobs, cache, seed, random, random_seed, progress)
     command = shlex.join(["planner", "validate", *sys.argv[2:]]) if len(sys.argv) > 1 else "planner validate"
     started = time.time()
     run = run_cells(cells, out_dir=out, stem="accuracy" if full else "accuracy-ci", cache_dir=cache, resume=resume,
-                    jobs=jobs, progress=progress, command=command, matrix=label)  # fmt: skip
+                    jobs=jobs, progress=progress, command=command, matrix=label,
+                    keep_measurements=keep_measurements)  # fmt: skip
     typer.echo(f"validated {len(cells)} cells in {time.time() - started:.0f} s", err=True)
     return run
 

@@ -70,9 +70,11 @@ def csv_text(results: list[CellResult]) -> str:
     return out.getvalue()
 
 
-def read_measurements(path: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
+def read_measurements(path: Path, fingerprint: str, *, any_fingerprint: bool = False) -> dict[str, dict[str, Any]]:
     """Measured bytes of every fully compared cell of an earlier CSV that was measured with ``fingerprint``
-    (planner/validate/run.py): id -> {"ranks": [(rank, bytes by category, phase, step)], "wall_s": ...}.
+    (planner/validate/run.py): id -> {"ranks": [(rank, bytes by category, phase, step)], "wall_s": ...,
+    "measured_with": the row's fingerprint}. ``any_fingerprint``: whatever profiler and versions measured them
+    (``planner validate --keep-measurements``).
 
     A malformed or foreign file yields nothing (the cells are profiled again).
     """
@@ -83,11 +85,12 @@ def read_measurements(path: Path, fingerprint: str) -> dict[str, dict[str, Any]]
         with open(path, encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
         for row in rows:
-            if row.get("status") != "ok" or row.get("rank", "") == "" or row.get("measured_with") != fingerprint:
+            if row.get("status") != "ok" or row.get("rank", "") == "" or not row.get("measured_with") or (
+                    row.get("measured_with") != fingerprint and not any_fingerprint):
                 continue
             measured = {c: int(row[f"measured_{c}_bytes"]) for c in CATEGORIES}
             step = row.get("measured_peak_step", "")
-            entry = out.setdefault(row["id"], {"ranks": [], "wall_s": None})
+            entry = out.setdefault(row["id"], {"ranks": [], "wall_s": None, "measured_with": row["measured_with"]})
             entry["ranks"].append((int(row["rank"]), measured, row.get("measured_peak_phase", ""),
                                    int(step) if step not in ("", None) else None))  # fmt: skip
             wall = row.get("profile_wall_s", "")
@@ -109,6 +112,19 @@ def _worst_category(rank: RankResult) -> str:
     return f"{c} {rank.category_error(c):+.2%}"
 
 
+def _older_note(results: list[CellResult], fingerprint: str) -> str:
+    """How many rows an earlier profiler version measured (``--keep-measurements``), by fingerprint."""
+    older: dict[str, int] = {}
+    for r in results:
+        if r.measured_with and fingerprint and r.measured_with != fingerprint:
+            older[r.measured_with] = older.get(r.measured_with, 0) + 1
+    if not older:
+        return ""
+    parts = ", ".join(f"{n} with {fp}" for fp, n in sorted(older.items()))
+    return (f"; {sum(older.values())} cells keep the measurements an earlier profiler version took ({parts}: "
+            "re-estimated, not re-profiled; the CSV's measured_with column names each)")
+
+
 def markdown(results: list[CellResult], summary: Summary, *, title: str, context: dict[str, Any]) -> str:
     v = context.get("versions", {})
     hw = context.get("hardware", {})
@@ -122,7 +138,8 @@ def markdown(results: list[CellResult], summary: Summary, *, title: str, context
               f"{fmt_gib(hw.get('ram_bytes') or 0, 0)} RAM ({hw.get('platform', '')})",
               f"- CPU kernel path: {hw.get('kernel_path', 'not recorded')}",
               f"- planner commit: {context.get('git_commit') or 'unknown'}; measurement fingerprint "
-              f"{context.get('fingerprint', '')} (profiler source and library versions)",
+              f"{context.get('fingerprint', '')} (profiler source and library versions)"
+              + _older_note(results, context.get("fingerprint", "")),
               f"- time: {context.get('wall_s', 0):.0f} s wall for this run; {context.get('profile_s', 0):.0f} s of "
               f"profiling summed over the {context.get('num_profiled', 0)} cells profiled in it "
               f"({context.get('num_reused', 0)} reused from the cache or an earlier CSV)",

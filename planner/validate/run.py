@@ -189,11 +189,15 @@ def run_cells(
     command: str = "planner validate --suite cpu",
     matrix: str = "",
     retry_failed: bool = True,
+    keep_measurements: bool = False,
 ) -> Run:
     """Profile (or reuse) and estimate every cell; write ``<out_dir>/<stem>.csv`` and ``.md`` as it goes.
 
     With ``resume``, a cell whose cached profile failed (oom, failed, interrupted) is profiled again unless
-    ``retry_failed`` is off, in which case the failure is reported as it was recorded.
+    ``retry_failed`` is off, in which case the failure is reported as it was recorded. ``keep_measurements``:
+    re-estimate the CSV's cells against the measurements it holds even when another profiler version or library
+    set measured them (each row keeps its ``measured_with`` fingerprint, so the table says which); only cells it
+    lacks are profiled. For an estimator change that leaves the profiler's measurement of earlier cells alone.
     """
     if jobs < 1:
         raise PlannerError(f"--jobs must be at least 1, got {jobs}.")
@@ -207,7 +211,8 @@ def run_cells(
     cells_dir = cache_dir / fingerprint
     cells_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    previous = read_measurements(out_dir / f"{stem}.csv", fingerprint) if resume else {}
+    previous = read_measurements(out_dir / f"{stem}.csv", fingerprint, any_fingerprint=keep_measurements) \
+        if resume else {}
     results: dict[str, CellResult] = {}
     todo: list[Cell] = []
     for cell in cells:
@@ -217,13 +222,15 @@ def run_cells(
             results[cell.id] = evaluate(cell, status, message, measured, source="cache", wall_s=None)
         elif cell.id in previous:
             entry = previous[cell.id]
-            results[cell.id] = evaluate(cell, "ok", "", entry["ranks"], source="csv", wall_s=entry["wall_s"])
+            results[cell.id] = replace(evaluate(cell, "ok", "", entry["ranks"], source="csv", wall_s=entry["wall_s"]),
+                                       measured_with=entry["measured_with"])
         else:
             todo.append(cell)
     profile_s = 0.0
 
     def publish() -> Run:
-        done = [replace(results[c.id], measured_with=fingerprint) for c in cells if c.id in results]
+        done = [replace(results[c.id], measured_with=results[c.id].measured_with or fingerprint) for c in cells
+                if c.id in results]
         summary = summarize(done)
         ctx = _context(command, matrix, len(cells), profile_s, len(todo), time.time() - started, commit)
         ctx["fingerprint"] = fingerprint
