@@ -218,7 +218,7 @@ def linear(tape: Tape, x: Fake, w: Param, bias: Param | None = None, *, save_inp
     tokens = _numel(x.shape[:-1])
     d_in = x.shape[-1]
     # forward: mm(x, W.t()) (F.linear) or addmm(b, x, W) (Conv1D); a workspace after the output (cpu_kernels.py)
-    rule = _onednn_linear_rule(x.dtype, tokens, d_in, d_out, conv1d)
+    rule = _onednn_linear_rule(x.dtype, tokens, d_in, d_out, conv1d, zero3)
     out = tape.op("linear", inputs, [(out_shape, x.dtype)], saved, rule, extra)[0]
     matmul_workspace(tape, (x.dtype, 1, tokens, d_in, d_out, False, not conv1d))
     return out
@@ -237,11 +237,14 @@ def _linear_rule(tape: Tape, node, grads_out):
     return _tag_weight_grad(node, default_rule(tape, node, grads_out))
 
 
-def _onednn_linear_rule(dtype: str, tokens: int, d_in: int, d_out: int, conv1d: bool):
+def _onednn_linear_rule(dtype: str, tokens: int, d_in: int, d_out: int, conv1d: bool, zero3: bool = False):
     """Backward of a 16-bit linear on oneDNN, each matmul with its workspace after its result. The generated
     autograd functions (torch/csrc/autograd/generated/Functions.cpp, formulas from derivatives.yaml) run
     MmBackward0 (F.linear without bias) as mat2 (the weight) then self (the input), and AddmmBackward0 (a bias:
-    F.linear with bias, Conv1D) as mat1 (the input) then mat2; the bias gradient (sum_to_size) comes last."""
+    F.linear with bias, Conv1D) as mat1 (the input) then mat2; the bias gradient (sum_to_size) comes last.
+    DeepSpeed ZeRO-3's LinearFunctionForZeroStage3.backward (zero/linear.py) computes the input's gradient
+    (``grad_output.matmul(weight)``), then the weight's (``grad_output.reshape(-1, out).t().matmul(input...)``,
+    the same matmul as F.linear's), then the bias's, with or without a bias."""
     # grad_x = grad @ W (F.linear: W is row-major) or grad @ W.t() (Conv1D)
     grad_x = (dtype, 1, tokens, d_out, d_in, False, conv1d)
     # grad_W: F.linear's W.t() is column-major, so (grad.t() @ x).t(); Conv1D: x.t() @ grad
@@ -251,7 +254,7 @@ def _onednn_linear_rule(dtype: str, tokens: int, d_in: int, d_out: int, conv1d: 
     def rule(tape: Tape, node, grads_out):
         edges = node.edges
         grads: list = [None] * len(edges)
-        for i in ((0, 1, 2) if len(edges) == 3 else (1, 0)):
+        for i in ((0, 1, 2)[:len(edges)] if len(edges) == 3 or zero3 else (1, 0)):
             e = edges[i]
             if e is None:
                 continue

@@ -185,12 +185,15 @@ def _adapter_paths(model: ModelSpec, config_json: str, lora) -> tuple[tuple[str,
 
 
 def _zero_key(train: TrainSpec) -> int:
-    """What the ZeRO stage changes in the simulated step: nothing for full fine-tuning (every weight is
-    trainable, so every linear saves its input anyway); for LoRA/QLoRA, DeepSpeed's dtype casts (any stage)
-    and ZeRO-3's input-saving F.linear. Equal keys share one simulation."""
-    if train.method is Method.FULL or not train.uses_deepspeed:
+    """What the ZeRO stage changes in the simulated step. ZeRO-3 (any method): DeepSpeed's
+    LinearFunctionForZeroStage3 in place of F.linear (zero/linear.py), which saves every input and computes the
+    input's gradient before the weight's, as new tensors (layers.Ctx.zero3_linear, ops.linear). ZeRO 1/2: nothing
+    for full fine-tuning; for LoRA/QLoRA, DeepSpeed's dtype casts. Equal keys share one simulation."""
+    if not train.uses_deepspeed:
         return 0
-    return 3 if train.zero_stage == 3 else 1
+    if train.zero_stage == 3:
+        return 3
+    return 0 if train.method is Method.FULL else 1
 
 
 @lru_cache(maxsize=512)
