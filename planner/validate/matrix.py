@@ -33,7 +33,17 @@ import random
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from planner.specs import AttnImpl, LoraSpec, Method, Optimizer, Parallelism, Precision, QuantSpec, TrainSpec
+from planner.specs import (
+    AttnImpl,
+    LoraSpec,
+    Method,
+    Optimizer,
+    Parallelism,
+    Precision,
+    QuantSpec,
+    TrainSpec,
+    ZeroConfig,
+)
 
 DEFAULT_SEED = 20240605
 FAMILIES = ("llama", "gpt2", "qwen2", "mixtral")
@@ -86,17 +96,22 @@ class Cell:
     num_experts: int = 0
     lora_dropout: float = LORA_DROPOUT
     optimizer: str = DEFAULT_OPTIMIZER
+    # DeepSpeed's buckets and thresholds as ZeroConfig.to_dict() JSON ("": "auto", what the bundle writes)
+    zero_config: str = ""
 
     @property
     def id(self) -> str:
-        """Readable and unique: the main factors, then a hash of every input. The default optimizer is named
-        neither in the id nor in the hash, so the cells from before the field keep their ids and profiles."""
+        """Readable and unique: the main factors, then a hash of every input. The default optimizer and DeepSpeed
+        settings are named neither in the id nor in the hash, so the cells from before the fields keep their ids
+        and profiles."""
         inputs = asdict(self)
         if self.optimizer == DEFAULT_OPTIMIZER:
             del inputs["optimizer"]
+        if not self.zero_config:
+            del inputs["zero_config"]
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:6]
         prec = "fp32" if self.precision == "fp32" else "bf16m"
-        opt = "" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}"
+        opt = ("" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}") + ("-dscfg" if self.zero_config else "")
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
                 f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}-{digest}")  # fmt: skip
 
@@ -142,8 +157,11 @@ class Cell:
                          optimizer=Optimizer(self.optimizer),
                          lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
                                        targets=targets),
-                         quant=quant, parallelism=Parallelism.from_zero(self.zero), micro_batch=self.micro_batch, seq_len=self.seq_len,
+                         quant=quant, parallelism=Parallelism.from_zero(self.zero, zero_config=self._zero_config()), micro_batch=self.micro_batch, seq_len=self.seq_len,
                          grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn))  # fmt: skip
+
+    def _zero_config(self) -> ZeroConfig | None:
+        return ZeroConfig.from_dict(json.loads(self.zero_config)) if self.zero_config else None
 
     def inputs(self) -> dict[str, Any]:
         """Every input as a flat dict (the CSV's input columns)."""
@@ -161,7 +179,7 @@ class Cell:
         kinds = {f.name: f.type for f in fields(Cell)}
         out: dict[str, Any] = {}
         for name, kind in kinds.items():
-            if name == "optimizer" and not d.get(name):
+            if name in ("optimizer", "zero_config") and not d.get(name):
                 continue
             value = d[name]
             if kind == "bool":
@@ -228,6 +246,33 @@ OPTIMIZER_CELLS = (
 EXTRA_CELLS = EXTRA_CELLS + OPTIMIZER_CELLS
 
 
+def _ds(**values) -> str:
+    return json.dumps(ZeroConfig(**values).to_dict(), sort_keys=True)
+
+
+# A user's DeepSpeed config (--deepspeed-config, issue 17) in the full matrix only: DeepSpeed's own defaults where
+# a config leaves the buckets out (5e8-element reduce bucket, 5e7 prefetch, 1e5 persistence threshold;
+# deepspeed/runtime/zero/config.py), which on a tiny model make the reduce buckets the largest tensors of the
+# step: ZeRO-2 with one bucket and with overlap_comm's two, ZeRO-3 (its bucket at start-up, every parameter under
+# the threshold), and ZeRO-3 with small sub-groups (sub_group_size 4096: several fp32 gradient sub-groups).
+DS_DEFAULT_BUCKETS = dict(reduce_bucket_size=500_000_000, stage3_prefetch_bucket_size=50_000_000,
+                          stage3_param_persistence_threshold=100_000)
+DEEPSPEED_CONFIG_CELLS = (
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method="full", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=False, attn="sdpa", seq_len=32,
+         micro_batch=1, zero_config=_ds(**DS_DEFAULT_BUCKETS)),
+    Cell(family="qwen2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method="lora-all", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=True, attn="sdpa", seq_len=32,
+         micro_batch=1, zero_config=_ds(**DS_DEFAULT_BUCKETS, overlap_comm=True)),
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method="full", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=False, attn="sdpa", seq_len=32,
+         micro_batch=1, zero_config=_ds(**DS_DEFAULT_BUCKETS)),
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=False, attn="sdpa", seq_len=32,
+         micro_batch=1, zero_config=_ds(stage3_param_persistence_threshold=0, sub_group_size=4096)),
+)
+
+
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
     """n values cycling through the levels (each appears n/len or n/len + 1 times), shuffled."""
     values = [levels[i % len(levels)] for i in range(n)]
@@ -259,7 +304,8 @@ def _fill(skeletons: list[dict[str, Any]], rng: random.Random) -> list[Cell]:
 
 
 def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
-    """58 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS."""
+    """62 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS,
+    DEEPSPEED_CONFIG_CELLS."""
     rng = random.Random(seed)
     single = [{"family": f, "method": m, "ckpt": c, "zero": 0, "num_ranks": 1}
               for f in FAMILIES for m in METHODS for c in (False, True)]  # fmt: skip
@@ -268,7 +314,7 @@ def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     ckpts = _balanced((False, True), len(multi_keys), rng)
     multi = [{"family": f, "method": m, "ckpt": c, "zero": z, "num_ranks": n}
              for (z, n, m), f, c in zip(multi_keys, fams, ckpts, strict=True)]  # fmt: skip
-    return _fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS)
+    return _fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS) + list(DEEPSPEED_CONFIG_CELLS)
 
 
 def _requirements(cells: list[Cell]) -> set[tuple]:
@@ -291,7 +337,7 @@ def _covers(c: Cell) -> set[tuple]:
 def ci_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     """The cheapest subset of the full matrix covering every factor level and family x method pair."""
     everything = full_matrix(seed)
-    cells = [c for c in everything if c not in EXTRA_CELLS]
+    cells = [c for c in everything if c not in EXTRA_CELLS and c not in DEEPSPEED_CONFIG_CELLS]
     todo = _requirements(cells)
     chosen: list[Cell] = list(EXTRA_CELLS)
     while todo:
