@@ -98,6 +98,7 @@ class Cell:
     optimizer: str = DEFAULT_OPTIMIZER
     # DeepSpeed's buckets and thresholds as ZeroConfig.to_dict() JSON ("": "auto", what the bundle writes)
     zero_config: str = ""
+    grad_accum: int = 1  # micro-batches per optimizer step (left out of the id and hash at 1)
 
     @property
     def id(self) -> str:
@@ -109,9 +110,11 @@ class Cell:
             del inputs["optimizer"]
         if not self.zero_config:
             del inputs["zero_config"]
+        if self.grad_accum == 1:
+            del inputs["grad_accum"]
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:6]
         prec = "fp32" if self.precision == "fp32" else "bf16m"
-        opt = ("" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}") + ("-dscfg" if self.zero_config else "")
+        opt = ("" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}") + ("-dscfg" if self.zero_config else "") + (f"-ga{self.grad_accum}" if self.grad_accum != 1 else "")
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
                 f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}-{digest}")  # fmt: skip
 
@@ -158,7 +161,7 @@ class Cell:
                          lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
                                        targets=targets),
                          quant=quant, parallelism=Parallelism.from_zero(self.zero, zero_config=self._zero_config()), micro_batch=self.micro_batch, seq_len=self.seq_len,
-                         grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn))  # fmt: skip
+                         grad_accum=self.grad_accum, grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn))  # fmt: skip
 
     def _zero_config(self) -> ZeroConfig | None:
         return ZeroConfig.from_dict(json.loads(self.zero_config)) if self.zero_config else None
@@ -179,7 +182,7 @@ class Cell:
         kinds = {f.name: f.type for f in fields(Cell)}
         out: dict[str, Any] = {}
         for name, kind in kinds.items():
-            if name in ("optimizer", "zero_config") and not d.get(name):
+            if name in ("optimizer", "zero_config", "grad_accum") and not d.get(name):
                 continue
             value = d[name]
             if kind == "bool":
@@ -273,6 +276,21 @@ DEEPSPEED_CONFIG_CELLS = (
 )
 
 
+# Gradient accumulation under DeepSpeed (issue 17 item 2), full matrix only: 2 and 4 micro-batches per step at
+# ZeRO 1, 2 and 3 on two ranks, what each stage keeps between micro-batches (ZeRO-1/2's partition buffer and
+# ZeRO-1's accumulated gradients, ZeRO-3's gradient partition) on top of the step.
+ACCUMULATION_CELLS = tuple(
+    Cell(family=family, hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method=method, precision="bf16-mixed", zero=zero, num_ranks=2, ckpt=ckpt, attn="sdpa", seq_len=32,
+         micro_batch=1, grad_accum=accum)
+    for family, method, zero, ckpt, accum in (
+        ("llama", "full", 1, False, 2), ("qwen2", "lora-all", 1, True, 4),
+        ("qwen2", "full", 2, True, 2), ("llama", "lora-all", 2, False, 4),
+        ("llama", "full", 3, False, 4), ("qwen2", "lora-all", 3, True, 2),
+    )
+)
+
+
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
     """n values cycling through the levels (each appears n/len or n/len + 1 times), shuffled."""
     values = [levels[i % len(levels)] for i in range(n)]
@@ -304,8 +322,8 @@ def _fill(skeletons: list[dict[str, Any]], rng: random.Random) -> list[Cell]:
 
 
 def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
-    """62 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS,
-    DEEPSPEED_CONFIG_CELLS."""
+    """68 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS,
+    DEEPSPEED_CONFIG_CELLS, ACCUMULATION_CELLS."""
     rng = random.Random(seed)
     single = [{"family": f, "method": m, "ckpt": c, "zero": 0, "num_ranks": 1}
               for f in FAMILIES for m in METHODS for c in (False, True)]  # fmt: skip
@@ -314,7 +332,8 @@ def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     ckpts = _balanced((False, True), len(multi_keys), rng)
     multi = [{"family": f, "method": m, "ckpt": c, "zero": z, "num_ranks": n}
              for (z, n, m), f, c in zip(multi_keys, fams, ckpts, strict=True)]  # fmt: skip
-    return _fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS) + list(DEEPSPEED_CONFIG_CELLS)
+    return (_fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS) + list(DEEPSPEED_CONFIG_CELLS)
+            + list(ACCUMULATION_CELLS))
 
 
 def _requirements(cells: list[Cell]) -> set[tuple]:
@@ -337,7 +356,8 @@ def _covers(c: Cell) -> set[tuple]:
 def ci_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     """The cheapest subset of the full matrix covering every factor level and family x method pair."""
     everything = full_matrix(seed)
-    cells = [c for c in everything if c not in EXTRA_CELLS and c not in DEEPSPEED_CONFIG_CELLS]
+    cells = [c for c in everything if c not in EXTRA_CELLS and c not in DEEPSPEED_CONFIG_CELLS
+             and c not in ACCUMULATION_CELLS]
     todo = _requirements(cells)
     chosen: list[Cell] = list(EXTRA_CELLS)
     while todo:
