@@ -36,9 +36,13 @@ class UnshardedStates:
 def _optimizer_state_bits_per_param(optimizer: Optimizer, moment_bits: int) -> float:
     """Optimizer moment storage per trainable parameter, in bits (master weights excluded), for moments of
     ``moment_bits`` (32, or 16 where the optimizer steps a 16-bit tensor with no master copy)."""
-    if optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED, Optimizer.PAGED_ADAMW):
+    if optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED):
         # Adam: first and second moment (Kingma & Ba 2015; ZeRO paper K = 12 includes 4 master + 8 moments).
         return 2 * moment_bits
+    if optimizer is Optimizer.PAGED_ADAMW:
+        # bitsandbytes' 32-bit AdamW keeps fp32 state1/state2 whatever the parameter dtype
+        # (bitsandbytes/optim/optimizer.py Optimizer2State.init_state: optim_bits 32 -> torch.float32).
+        return 2 * 32
     if optimizer in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT):
         # Two uint8 states + one fp32 absmax per 256-value block each (Dettmers et al. 2022).
         return 2 * (8 + 32 / BNB_8BIT_STATE_BLOCKSIZE)
