@@ -21,6 +21,7 @@ from planner.specs import (
     Offload,
     Optimizer,
     Parallelism,
+    PeftDtype,
     Precision,
     QuantSpec,
     QuantType,
@@ -40,7 +41,8 @@ PEFT_QKVO_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 #   lora_target_linear -> all-linear, bnb 4-bit nf4 with double quantization.
 # torchtune: dtype bf16 holds every weight in bf16 without autocast (pure bf16), builders' lora_dropout 0.0,
 #   lora_attn_modules output_proj -> o_proj, apply_lora_to_mlp -> w1/w2/w3 (gate/down/up), no max_seq_len ->
-#   planner's default 2048 (marked unset).
+#   planner's default 2048 (marked unset); LoRA adapters and QLoRA's unquantized layers stay bf16 (built under
+#   set_default_dtype, never upcast: --lora-dtype and --qlora-prep 16bit).
 # TRL (alignment-handbook recipes): no optim -> TrainingArguments' adamw_torch_fused (torch >= 2.8),
 #   ModelConfig use_bnb_nested_quant false, dtype bfloat16 + bf16 without
 #   DeepSpeed -> pure bf16 for full fine-tuning.
@@ -82,7 +84,8 @@ EXAMPLES = [
                lora=LoraSpec(rank=8, alpha=16, dropout=0.0,
                              targets=("q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "down_proj", "up_proj")),
                quant=QuantSpec(quant_type=QuantType.NF4, double_quant=True), micro_batch=2, seq_len=2048,
-               grad_accum=16, grad_checkpointing=True, attn_impl=AttnImpl.SDPA)),
+               grad_accum=16, grad_checkpointing=True, attn_impl=AttnImpl.SDPA,
+               lora_dtype=PeftDtype.BIT16, qlora_prep=PeftDtype.BIT16)),
     ("torchtune/llama2_7B_full_single_device.yaml", "torchtune", "llama-2-7b",
      TrainSpec(method=Method.FULL, precision=Precision.BF16, optimizer=Optimizer.SGD,
                lora=LoraSpec(rank=8, alpha=16, dropout=0.0, targets=ALL_LINEAR), micro_batch=2, seq_len=2048,
@@ -92,7 +95,8 @@ EXAMPLES = [
                lora=LoraSpec(rank=64, alpha=16, dropout=0.0,
                              targets=("q_proj", "k_proj", "v_proj", "gate_proj", "down_proj", "up_proj")),
                quant=QuantSpec(quant_type=QuantType.NF4, double_quant=True), micro_batch=4, seq_len=2048,
-               grad_accum=4, grad_checkpointing=True, attn_impl=AttnImpl.SDPA)),
+               grad_accum=4, grad_checkpointing=True, attn_impl=AttnImpl.SDPA,
+               lora_dtype=PeftDtype.BIT16, qlora_prep=PeftDtype.BIT16)),
     ("hf/zephyr-7b-beta_sft_config_full.yaml", "hf", "mistralai/Mistral-7B-v0.1",
      TrainSpec(method=Method.FULL, precision=Precision.BF16, optimizer=Optimizer.ADAMW_FUSED,
                lora=LoraSpec(rank=16, alpha=32, dropout=0.05, targets=("q_proj", "v_proj")), micro_batch=16,

@@ -32,6 +32,7 @@ from planner.specs import (
     Offload,
     Optimizer,
     Parallelism,
+    PeftDtype,
     Precision,
     QuantSpec,
     QuantType,
@@ -78,6 +79,10 @@ READ_VARIANTS = {
     "dropout": dict(dropout=0.1),
     "lora": dict(lora=LoraSpec(rank=8)),
     "parallelism": dict(parallelism=Parallelism.from_zero(3)),
+    # read as the dtypes they give (peft_dtypes.py): DeepSpeed's bf16 cast makes LORA's ZeRO-2 ignore them
+    # (tests/test_peft_dtypes.py), so these change the layout too
+    "lora_dtype": dict(lora_dtype=PeftDtype.BIT16, parallelism=Parallelism()),
+    "qlora_prep": dict(method=Method.QLORA, qlora_prep=PeftDtype.BIT16, parallelism=Parallelism()),
 }
 LORA_READ_VARIANTS = {
     "rank": LoraSpec(rank=4),

@@ -30,7 +30,7 @@ FLAG_FIELDS = {
     "method": ("method",), "precision": ("precision",), "optimizer": ("optimizer",),
     "lora_rank": ("lora.rank",), "lora_alpha": ("lora.alpha",), "lora_dropout": ("lora.dropout",),
     "lora_targets": ("lora.targets",), "modules_to_save": ("lora.modules_to_save",),
-    "quant_type": ("quant.quant_type",), "double_quant": ("quant.double_quant",), "zero": None,
+    "lora_dtype": ("lora_dtype",), "qlora_prep": ("qlora_prep",), "quant_type": ("quant.quant_type",), "double_quant": ("quant.double_quant",), "zero": None,
     "offload": None, "micro_batch": ("micro_batch",), "seq_len": ("seq_len",), "grad_accum": ("grad_accum",),
     "grad_checkpointing": ("grad_checkpointing",), "attn": ("attn_impl",), "dropout": ("dropout",),
 }

@@ -35,6 +35,7 @@ from planner.specs import (
     Offload,
     Optimizer,
     Parallelism,
+    PeftDtype,
     Precision,
     QuantSpec,
     QuantType,
@@ -81,6 +82,13 @@ LoraTargetsOpt = Annotated[
 ModulesToSaveOpt = Annotated[
     str, typer.Option("--modules-to-save", help="Comma-separated modules trained in full beside LoRA.")
 ]
+LoraDtypeOpt = Annotated[str, typer.Option(
+    "--lora-dtype", help="LoRA adapter dtype: fp32 (peft's default, autocast_adapter_dtype=True) or 16bit (the "
+    "model's compute dtype, as torchtune and Unsloth keep them; stepped without an fp32 master copy).")]
+QloraPrepOpt = Annotated[str, typer.Option(
+    "--qlora-prep", help="QLoRA's unquantized parameters (embeddings, norms, lm_head): fp32 (peft's "
+    "prepare_model_for_kbit_training upcasts them, the default) or 16bit (kept in the compute dtype, as torchtune "
+    "and Unsloth do).")]
 QuantTypeOpt = Annotated[str, typer.Option("--quant-type", help="QLoRA 4-bit type: nf4 or fp4.")]
 DoubleQuantOpt = Annotated[
     bool, typer.Option("--double-quant/--no-double-quant", help="QLoRA double quantization of the constants.")
@@ -144,6 +152,8 @@ class TrainingFlags:
     lora_dropout: LoraDropoutOpt = None
     lora_targets: LoraTargetsOpt = "all-linear"
     modules_to_save: ModulesToSaveOpt = ""
+    lora_dtype: LoraDtypeOpt = "fp32"
+    qlora_prep: QloraPrepOpt = "fp32"
     quant_type: QuantTypeOpt = "nf4"
     double_quant: DoubleQuantOpt = True
     micro_batch: MicroBatchOpt = 1
@@ -350,6 +360,8 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         grad_checkpointing=bool(f.grad_checkpointing),
         attn_impl=AttnImpl.SDPA if f.attn is None else parse_attn(f.attn),
         dropout=f.dropout,
+        lora_dtype=_enum(PeftDtype, f.lora_dtype, "--lora-dtype"),
+        qlora_prep=_enum(PeftDtype, f.qlora_prep, "--qlora-prep"),
     )
 
 

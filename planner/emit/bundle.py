@@ -142,6 +142,8 @@ def render_bundle(
         "dropout": train.dropout,
         "lora": t["lora"],
         "quant": t["quant"],
+        "lora_dtype": t["lora_dtype"],
+        "qlora_prep": t["qlora_prep"],
         "zero_stage": train.zero_stage,
         "offload": t["offload"],
         "deepspeed": "ds_config.json" if has_ds else None,

@@ -9,7 +9,7 @@ from planner.emit.ds_config import bucket_sizes
 from planner.emit.launch import SMOKE_RUN
 from planner.emit.sample_data import SAMPLE_DATASET
 from planner.estimate.result import CATEGORIES, Estimate
-from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
+from planner.specs import Cluster, Method, ModelSpec, Offload, PeftDtype, TrainSpec
 from planner.units import fmt_count, fmt_gib
 
 PROFILE_STEPS = 3
@@ -88,15 +88,26 @@ def precision_notes(train: TrainSpec) -> list[str]:
             "DeepSpeed keeps 16-bit weights and gradients on the GPU and the fp32 master weights with the "
             "optimizer states, partitioned by ZeRO."
         )
-    if t.method is not Method.FULL:
+    if t.method is not Method.FULL and t.lora_dtype is PeftDtype.FP32:
         notes.append(
             f"The frozen base is loaded in {t.precision.compute_dtype}; peft keeps the LoRA adapters (and their "
             "gradients and optimizer states) in fp32."
         )
-    if t.method is Method.QLORA:
+    elif t.method is not Method.FULL:
+        notes.append(
+            f"The frozen base and the LoRA adapters are in {t.precision.compute_dtype} (get_peft_model with "
+            "autocast_adapter_dtype=False); the Trainer steps the adapters as they are, with optimizer states in "
+            "their dtype and no fp32 master copy" + (" (DeepSpeed keeps fp32 masters)." if t.uses_deepspeed else ".")
+        )
+    if t.method is Method.QLORA and t.qlora_prep is PeftDtype.FP32:
         notes.append(
             "peft's prepare_model_for_kbit_training casts every layer that stays unquantized (embeddings, norms, "
             "output head) to fp32."
+        )
+    elif t.method is Method.QLORA:
+        notes.append(
+            f"prepare_model_for_kbit_training is not called: the layers that stay unquantized (embeddings, norms, "
+            f"output head) stay in {t.precision.compute_dtype} (torchtune's and Unsloth's QLoRA)."
         )
     if t.attn_impl.value == "flash_attention_2":
         notes.append("flash_attention_2 needs the flash-attn package on the GPU hosts; `--attn-impl sdpa` otherwise.")

@@ -99,14 +99,16 @@ def estimate(
     hold = reduce_bucket_elements(train, model.hidden_size) if zero2 else 0
     step = simulate_step(model, train, device=device, keep_grads=train.zero_stage < 2, adapters=adapters,
                          hold_grads_over=hold, cpu=cpu)
-    num_16bit_trainable = split.num_trainable - split.num_adapter
+    # the 16-bit trainable parameters with fp32 masters (not those the optimizer steps as they are: states.py)
+    num_mastered = states.num_16bit_trainable - states.num_stepped_16bit
     largest_tensor = largest_trainable_tensor(counts, train)
 
     def transients_for(partition: RankPartition | None) -> Transients:
         return step_transients(
             train,
             num_trainable=split.num_trainable,
-            num_16bit_trainable=num_16bit_trainable if train.method is Method.FULL else split.num_saved,
+            num_16bit_trainable=num_mastered,
+            num_stepped_16bit=states.num_stepped_16bit,
             num_ranks=cluster.num_gpus,
             grads_bytes=states.grads_bytes,
             hidden_size=model.hidden_size,

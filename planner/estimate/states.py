@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.estimate.count.params import ParamCounts, ParamSplit
+from planner.estimate.peft_dtypes import adapter_dtype, adapters_stepped_in_16bit, unquantized_dtype
 from planner.estimate.quant import quantized_weight_bytes
 from planner.specs import Method, Optimizer, Precision, TrainSpec
 from planner.units import nbytes
@@ -28,15 +29,20 @@ class UnshardedStates:
     master_bytes: int  # part of optimizer_states_bytes: the fp32 master copy (0 without one)
     num_trainable: int
     num_params: int
+    num_16bit_trainable: int = 0  # trainable parameters held in a 16-bit dtype
+    num_stepped_16bit: int = 0  # of those, the ones the optimizer steps as they are (16-bit states, no master)
 
 
-def _optimizer_state_bits_per_param(optimizer: Optimizer, precision: Precision) -> float:
-    """Optimizer moment storage per trainable parameter, in bits (master weights excluded)."""
-    # Pure bf16 keeps the moments in the parameter dtype (DESIGN.md §3, "Other optimizers"); otherwise fp32.
-    moment_bits = 16 if precision is Precision.BF16 else 32
-    if optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED, Optimizer.PAGED_ADAMW):
+def _optimizer_state_bits_per_param(optimizer: Optimizer, moment_bits: int) -> float:
+    """Optimizer moment storage per trainable parameter, in bits (master weights excluded), for moments of
+    ``moment_bits`` (32, or 16 where the optimizer steps a 16-bit tensor with no master copy)."""
+    if optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED):
         # Adam: first and second moment (Kingma & Ba 2015; ZeRO paper K = 12 includes 4 master + 8 moments).
         return 2 * moment_bits
+    if optimizer is Optimizer.PAGED_ADAMW:
+        # bitsandbytes' 32-bit AdamW keeps fp32 state1/state2 whatever the parameter dtype
+        # (bitsandbytes/optim/optimizer.py Optimizer2State.init_state: optim_bits 32 -> torch.float32).
+        return 2 * 32
     if optimizer in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT):
         # Two uint8 states + one fp32 absmax per 256-value block each (Dettmers et al. 2022).
         return 2 * (8 + 32 / BNB_8BIT_STATE_BLOCKSIZE)
@@ -84,10 +90,9 @@ def _hidden_of(counts: ParamCounts) -> int:
 
 
 def trainable_extra_dtype(train: TrainSpec) -> str:
-    """The dtype of LoRA adapters (peft: fp32 on a 16-bit base), or the compute dtype where DeepSpeed with
-    16-bit training casts the whole module (see unsharded_states)."""
-    deepspeed_16bit = train.uses_deepspeed and train.precision.has_master_weights
-    return "fp32" if train.method is not Method.FULL and not deepspeed_16bit else train.precision.compute_dtype
+    """The dtype of LoRA adapters (peft_dtypes.py: fp32 by default, 16-bit with --lora-dtype 16bit or where
+    DeepSpeed with 16-bit training casts the whole module)."""
+    return adapter_dtype(train)
 
 
 def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -> UnshardedStates:
@@ -97,16 +102,16 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -
     # compute dtype for pure bf16/fp32, NF4/FP4 + quantization constants for QLoRA's frozen base linears.
     if train.method is Method.QLORA:
         # The QLoRA recipe calls peft's prepare_model_for_kbit_training (peft/utils/other.py), which casts
-        # every parameter that is not 4-bit (embeddings, norms, lm_head, biases) to fp32.
-        # DeepSpeed (ZeRO >= 1) then casts the module back to the 16-bit dtype (engine module.bfloat16()),
-        # measured by `planner profile` on 2 ranks.
-        non_4bit_dtype = compute if train.uses_deepspeed else "fp32"
+        # every parameter that is not 4-bit (embeddings, norms, lm_head, biases) to fp32; --qlora-prep 16bit
+        # skips it (torchtune, Unsloth). DeepSpeed (ZeRO >= 1) casts the module back to the 16-bit dtype
+        # (engine module.bfloat16()), measured by `planner profile` on 2 ranks (peft_dtypes.py).
+        non_4bit_dtype = unquantized_dtype(train)
         params = quantized_weight_bytes(counts, train.quant) + nbytes(split.num_16bit, non_4bit_dtype)
     else:
         params = nbytes(split.num_16bit, compute)
     # LoRA adapters: peft casts adapter weights to fp32 when the base is 16-bit (LoraModel
     # autocast_adapter_dtype=True, peft/tuners/tuners_utils.py), so A and B are fp32 with fp32 gradients and
-    # need no master copy. Under DeepSpeed (ZeRO >= 1) with bf16/fp16 enabled the engine casts the whole
+    # need no master copy; --lora-dtype 16bit keeps them 16-bit (peft_dtypes.py). Under DeepSpeed (ZeRO >= 1) with bf16/fp16 enabled the engine casts the whole
     # module, adapters included, to the 16-bit dtype and its optimizer keeps fp32 masters (measured by
     # `planner profile`, ZeRO-2 + LoRA). modules_to_save are deep copies of base modules, in the base dtype.
     adapter_dtype = trainable_extra_dtype(train)
@@ -117,15 +122,23 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -
     num_16bit_trainable = trainable - (0 if adapter_dtype == compute else split.num_adapter)
     # Gradients exist only for trainable parameters, in the weight dtype (ZeRO paper: 2 bytes fp16 grads).
     grads = nbytes(num_16bit_trainable, compute) + nbytes(trainable - num_16bit_trainable, adapter_dtype)
-    # Mixed precision keeps an fp32 master copy of 16-bit trainable weights in the optimizer (ZeRO paper:
-    # 4 bytes of the K = 12); fp32 adapters need none.
+    # The optimizer steps 16-bit tensors as they are (torch.zeros_like(p) states in their dtype, no master):
+    # every 16-bit trainable one in pure bf16 (DESIGN.md section 3, "Other optimizers"), and 16-bit adapters
+    # without DeepSpeed (the HF Trainer keeps no master copy; peft_dtypes.py).
+    if precision is Precision.BF16:
+        stepped_16bit = trainable if train.uses_deepspeed else num_16bit_trainable
+    else:
+        stepped_16bit = split.num_adapter if adapters_stepped_in_16bit(train) else 0
+    # Mixed precision keeps an fp32 master copy of the other 16-bit trainable weights in the optimizer (ZeRO
+    # paper: 4 bytes of the K = 12); fp32 adapters need none.
     if train.zero_stage in (1, 2):
         # DeepSpeed ZeRO-1/2 clone an fp32 partition of every trainable parameter, even when the weights are
         # already fp32 (stage_1_and_2.py: single_partition_of_fp32_groups); stage 3 reuses an fp32 partition.
         master = nbytes(trainable, "fp32")
     else:
-        master = nbytes(num_16bit_trainable, "fp32") if precision.has_master_weights else 0
-    moments = int(trainable * _optimizer_state_bits_per_param(train.optimizer, precision) / 8)
+        master = nbytes(num_16bit_trainable - stepped_16bit, "fp32") if precision.has_master_weights else 0
+    moments = int(stepped_16bit * _optimizer_state_bits_per_param(train.optimizer, 16) / 8
+                  + (trainable - stepped_16bit) * _optimizer_state_bits_per_param(train.optimizer, 32) / 8)
     if train.optimizer is Optimizer.ADAFACTOR:
         moments = _adafactor_bytes(counts, split, train)
     return UnshardedStates(
@@ -135,4 +148,6 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -
         master_bytes=master,
         num_trainable=trainable,
         num_params=split.num_params,
+        num_16bit_trainable=num_16bit_trainable if compute != "fp32" else 0,
+        num_stepped_16bit=stepped_16bit,
     )

@@ -184,10 +184,12 @@ def zero3_gathered_bytes(train: TrainSpec, num_params: int, largest_module: int,
 def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable: int, num_ranks: int,
                     grads_bytes: int, hidden_size: int, largest_trainable: int, num_params: int = 0,
                     params_bytes: int = 0, device: str = "cuda", largest_trainable_tensor: int | None = None,
-                    partition: RankPartition | None = None) -> Transients:
+                    partition: RankPartition | None = None, num_stepped_16bit: int | None = None) -> Transients:
     """Everything above for one rank. ``largest_trainable``: the largest module (ZeRO-3 gathering, Adafactor);
     ``largest_trainable_tensor``: the largest trainable parameter (ZeRO 1/2 norm; default the former);
-    ``partition``: the rank's ZeRO 1/2 partition (zero_partition.py; default an even share)."""
+    ``partition``: the rank's ZeRO 1/2 partition (zero_partition.py; default an even share);
+    ``num_stepped_16bit``: without DeepSpeed, the trainable parameters stepped in 16 bits with 16-bit states
+    (states.py; default: every one in pure bf16, none otherwise)."""
     n = max(num_ranks, 1)
     largest_tensor = largest_trainable if largest_trainable_tensor is None else largest_trainable_tensor
     if partition is None:
@@ -203,6 +205,14 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
         on_gpu = 0  # the optimizer runs on the CPU
     scratch = optimizer_scratch_bytes(train, num_trainable_on_gpu=on_gpu, moment_bytes=moment_bytes,
                                       largest_trainable=largest_trainable)
+    if (num_stepped_16bit is not None and not train.uses_deepspeed and on_gpu > 0
+            and train.optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED)):
+        # torch's foreach/fused AdamW groups tensors by dtype: the scratch of each group is in its states' dtype
+        # (16-bit adapters stepped as they are, fp32 ones beside them: peft_dtypes.py).
+        scratch = (optimizer_scratch_bytes(train, num_trainable_on_gpu=num_stepped_16bit, moment_bytes=2,
+                                           largest_trainable=largest_trainable)
+                   + optimizer_scratch_bytes(train, num_trainable_on_gpu=on_gpu - num_stepped_16bit, moment_bytes=4,
+                                             largest_trainable=largest_trainable))
     master = master_grad_copy_bytes(train, num_16bit_trainable)
     grad_bytes = 2 if train.precision.compute_dtype in ("bf16", "fp16") else 4
     persistent = ddp_bucket_bytes(train, grads_bytes, n)

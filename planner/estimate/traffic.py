@@ -10,7 +10,7 @@ divides them by the GPU's bandwidths. Never imports torch.
 from __future__ import annotations
 
 from planner.estimate.count.params import ParamSplit
-from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Offload, TrainSpec
+from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Offload, PeftDtype, TrainSpec
 from planner.units import nbytes
 
 # Collectives reach about 80% of the link's unidirectional peak: nccl-tests report all-reduce bus
@@ -83,8 +83,9 @@ def communication_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, acc
         return 0.0
     ring = (num_ranks - 1) / num_ranks
     compute = train.precision.compute_dtype
-    adapter_dtype = "fp32" if train.method is not Method.FULL else compute
-    grad_b = nbytes(split.num_trainable - split.num_adapter, compute) + nbytes(split.num_adapter, adapter_dtype)
+    # adapters as peft keeps them (--lora-dtype); DeepSpeed's cast of fp32 adapters to 16 bits is not counted here
+    adapters = compute if train.method is Method.FULL or train.lora_dtype is PeftDtype.BIT16 else "fp32"
+    grad_b = nbytes(split.num_trainable - split.num_adapter, compute) + nbytes(split.num_adapter, adapters)
     stage = train.zero_stage
     if stage in (0, 1):
         # DDP / ZeRO-1: gradients accumulate locally, one all-reduce (ZeRO-1: reduce-scatter + all-gather of
@@ -96,7 +97,7 @@ def communication_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, acc
         return accum * ring * grad_b + ring * grad_b
     # ZeRO-3: every micro-batch all-gathers all parameters for forward and again for backward, and
     # reduce-scatters the gradients; frozen base weights are gathered too.
-    full_param_b = nbytes(split.num_params, compute) + nbytes(split.num_adapter, adapter_dtype)
+    full_param_b = nbytes(split.num_params, compute) + nbytes(split.num_adapter, adapters)
     return accum * ring * (2 * full_param_b + grad_b)
 
 

@@ -26,6 +26,7 @@ from planner.specs import (
     LoraSpec,
     Method,
     Parallelism,
+    PeftDtype,
     Precision,
     QuantSpec,
     QuantType,
@@ -266,8 +267,17 @@ def torchtune(r: Reader) -> dict[str, Any]:
     precision = {"bf16": Precision.BF16, "fp32": Precision.FP32}.get(dtype)
     if precision is None:
         r.refuse(f"dtype: {dtype}", "is not modelled; torchtune trains in bf16 or fp32.")
+    # torchtune builds the whole model, LoRA adapters included, under training.set_default_dtype(dtype) and never
+    # upcasts: adapters and (QLoRA) the norms, embeddings and output head stay in bf16 (--lora-dtype and
+    # --qlora-prep 16bit); its AdamW steps the bf16 adapters with bf16 states.
+    dtypes: dict[str, Any] = {}
     if precision is Precision.BF16 and method is not Method.FULL:
-        r.notes.append("torchtune keeps LoRA adapters in bf16; planner counts them in fp32 as peft does.")
+        dtypes["lora_dtype"] = PeftDtype.BIT16
+        r.notes.append("torchtune keeps LoRA adapters in bf16 (--lora-dtype 16bit)"
+                       + (" and QLoRA's unquantized layers too (--qlora-prep 16bit)." if method is Method.QLORA
+                          else "."))
+        if method is Method.QLORA:
+            dtypes["qlora_prep"] = PeftDtype.BIT16
     optim = _component(r, "optimizer")
     if optim not in TORCHTUNE_OPTIMIZERS:
         r.refuse(f"optimizer: {optim}", "is an optimizer planner has no memory rule for.")
@@ -293,7 +303,7 @@ def torchtune(r: Reader) -> dict[str, Any]:
                 micro_batch=r.whole("batch_size", 1), seq_len=seq or 2048,
                 grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(r.flag("enable_activation_checkpointing", False)),
-                attn_impl=AttnImpl.SDPA)
+                attn_impl=AttnImpl.SDPA, **dtypes)
 
 
 # ---------------------------------------------------------------- Hugging Face TrainingArguments / TRL

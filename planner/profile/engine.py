@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from planner.profile.optim import FP16_LOSS_SCALE, deepspeed_config, make_optimizer
+from planner.profile.optim import FP16_LOSS_SCALE, adapter_param_ids, deepspeed_config, make_optimizer
 from planner.profile.workload import Built
 from planner.specs import Precision, TrainSpec
 
@@ -25,7 +25,7 @@ class Engine:
         self.built = built
         self.train = train
         params = [p for p in built.model.parameters() if p.requires_grad]
-        self.optimizer: Any = make_optimizer(params, train, device)
+        self.optimizer: Any = make_optimizer(params, train, device, adapter_param_ids(built.model, train))
         self.loss_scale = FP16_LOSS_SCALE if train.precision is Precision.FP16_MIXED else 1.0
         self.module: torch.nn.Module = built.model
         self.config: dict[str, Any] | None = None

@@ -6,7 +6,9 @@ by the optimizer, fp32 moments. Without DeepSpeed, ``MasterWeightsOptimizer`` do
 ZeRO optimizers do at the step (stage_1_and_2.py ``step``): the 16-bit gradients are converted to fp32 all at
 once (a step temporary of 4 bytes per trainable 16-bit parameter), the fp32 optimizer updates the masters,
 and the masters are copied back into the 16-bit weights. Trainable fp32 parameters (LoRA adapters, which
-peft keeps in fp32 on a 16-bit base) are optimized in place, without a master copy.
+peft keeps in fp32 on a 16-bit base) are optimized in place, without a master copy, and so are 16-bit LoRA
+adapters (``--lora-dtype 16bit``): the HF Trainer steps them as they are, with torch's states in their dtype
+(estimate/peft_dtypes.py).
 
 torch's AdamW and SGD run with ``foreach=True`` on every device: CUDA's default implementation, so that a
 CPU profile allocates the same optimizer-step temporaries a GPU run does. ``--optimizer adamw-fused`` runs
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 
 from planner.errors import PlannerError
-from planner.specs import Offload, Optimizer, Precision, TrainSpec, ZeroConfig
+from planner.specs import Method, Offload, Optimizer, PeftDtype, Precision, TrainSpec, ZeroConfig
 
 LEARNING_RATE = 1e-4
 # Static loss scale for fp16-mixed without DeepSpeed: memory does not depend on its value.
@@ -57,11 +59,13 @@ def make_torch_optimizer(params: list[torch.Tensor], kind: Optimizer, device: st
 class MasterWeightsOptimizer:
     """fp32 master weights for 16-bit trainable parameters; the inner optimizer steps the masters."""
 
-    def __init__(self, params: list[torch.nn.Parameter], kind: Optimizer, device: str, loss_scale: float = 1.0):
+    def __init__(self, params: list[torch.nn.Parameter], kind: Optimizer, device: str, loss_scale: float = 1.0,
+                 direct: frozenset[int] = frozenset()):
+        """``direct``: ids of parameters stepped as they are, whatever their dtype (16-bit LoRA adapters)."""
         self.model_params = params
         self.masters: list[torch.Tensor] = []
         for p in params:
-            if p.dtype == torch.float32:
+            if p.dtype == torch.float32 or id(p) in direct:
                 self.masters.append(p)
             else:
                 m = p.detach().to(torch.float32)  # a new fp32 tensor (the dtype differs)
@@ -100,12 +104,22 @@ class MasterWeightsOptimizer:
             p.grad = None
 
 
-def make_optimizer(params: list[torch.nn.Parameter], train: TrainSpec, device: str) -> Any:
-    """The optimizer of a run without DeepSpeed, following the precision's recipe."""
+def make_optimizer(params: list[torch.nn.Parameter], train: TrainSpec, device: str,
+                   direct: frozenset[int] = frozenset()) -> Any:
+    """The optimizer of a run without DeepSpeed, following the precision's recipe; ``direct``: the ids of
+    16-bit parameters stepped without a master copy (``adapter_param_ids``)."""
     if train.precision.has_master_weights:
         scale = FP16_LOSS_SCALE if train.precision is Precision.FP16_MIXED else 1.0
-        return MasterWeightsOptimizer(params, train.optimizer, device, loss_scale=scale)
+        return MasterWeightsOptimizer(params, train.optimizer, device, loss_scale=scale, direct=direct)
     return make_torch_optimizer(params, train.optimizer, device)
+
+
+def adapter_param_ids(model: torch.nn.Module, train: TrainSpec) -> frozenset[int]:
+    """The trainable LoRA adapter parameters of a ``--lora-dtype 16bit`` run (peft names them ``lora_*``), which
+    the HF Trainer steps in their 16-bit dtype; empty otherwise."""
+    if train.method is Method.FULL or train.lora_dtype is not PeftDtype.BIT16:
+        return frozenset()
+    return frozenset(id(p) for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
 
 
 def deepspeed_config(train: TrainSpec, num_ranks: int, hidden_size: int) -> dict[str, Any]:

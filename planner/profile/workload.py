@@ -5,7 +5,10 @@ planned dtype, or loaded from ``--weights DIR``. QLoRA goes through transformers
 (``from_pretrained(..., quantization_config=BitsAndBytesConfig(...))``), with random weights saved to a
 temporary directory first when no weights are given, then peft's ``prepare_model_for_kbit_training``, the
 QLoRA recipe the estimator (estimate/states.py) and the emitted train.py follow: every parameter that is not
-4-bit (embeddings, norms, lm_head, biases) is cast to fp32, and checkpointing is enabled through it.
+4-bit (embeddings, norms, lm_head, biases) is cast to fp32, and checkpointing is enabled through it;
+``--qlora-prep 16bit`` skips the call (torchtune's and Unsloth's 16-bit QLoRA) and enables checkpointing as
+for LoRA. LoRA adapters come from peft's ``get_peft_model`` with ``autocast_adapter_dtype`` True (fp32
+adapters, the default) or False (``--lora-dtype 16bit``: the compute dtype).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import torch
 
 from planner.errors import PlannerError
-from planner.specs import AttnImpl, Method, TrainSpec
+from planner.specs import AttnImpl, Method, PeftDtype, TrainSpec
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Dropout probabilities of the supported families' configs (transformers configuration_<family>.py).
@@ -147,7 +150,7 @@ def build_model(
     if device == "cpu" and (weights is not None or train.method is Method.QLORA):
         _materialize(model)
     model.config.use_cache = False
-    if train.method is Method.QLORA:
+    if train.method is Method.QLORA and train.qlora_prep is PeftDtype.FP32:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -202,7 +205,7 @@ def _apply_lora(model, train: TrainSpec):
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, cfg)
+        return get_peft_model(model, cfg, autocast_adapter_dtype=train.lora_dtype is PeftDtype.FP32)
     except ValueError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PlannerError(f"peft cannot apply LoRA with targets {list(lora.targets)}: {first}") from None

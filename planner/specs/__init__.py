@@ -2,14 +2,23 @@
 (Plan). Every spec validates itself at construction and raises PlannerError with the offending values. Memory is
 int bytes; counts start with ``num_``.
 
-Module map: ``enums`` (method, precision, optimizer, offload, attention, 4-bit type; the margin's check),
+Module map: ``enums`` (method, precision, optimizer, adapter dtype, offload, attention, 4-bit type; the margin's check),
 ``parallelism`` (Engine, Parallelism, DeepSpeed's ZeroConfig), ``model`` (ModelSpec), ``train`` (LoraSpec, QuantSpec, TrainSpec and the
 JSON ``train`` block), ``hardware`` (GpuSpec, Cluster), ``plan`` (Plan). Import them from here.
 """
 
 from __future__ import annotations
 
-from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, Precision, QuantType, validate_margin
+from planner.specs.enums import (
+    AttnImpl,
+    Method,
+    Offload,
+    Optimizer,
+    PeftDtype,
+    Precision,
+    QuantType,
+    validate_margin,
+)
 from planner.specs.hardware import Cluster, GpuSpec
 from planner.specs.model import ModelSpec
 from planner.specs.parallelism import Engine, Parallelism, ZeroConfig
@@ -18,6 +27,6 @@ from planner.specs.train import LoraSpec, QuantSpec, TrainSpec, train_spec_from_
 
 __all__ = [
     "AttnImpl", "Cluster", "Engine", "GpuSpec", "LoraSpec", "Method", "ModelSpec", "Offload", "Optimizer",
-    "Parallelism", "Plan", "Precision", "QuantSpec", "QuantType", "TrainSpec", "train_spec_from_dict",
+    "Parallelism", "PeftDtype", "Plan", "Precision", "QuantSpec", "QuantType", "TrainSpec", "train_spec_from_dict",
     "train_spec_to_dict", "validate_margin", "ZeroConfig",
 ]

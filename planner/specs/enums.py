@@ -46,6 +46,15 @@ class Optimizer(str, Enum):
     ADAFACTOR = "adafactor"
 
 
+class PeftDtype(str, Enum):
+    """The dtype of what peft adds or keeps beside a 16-bit base: LoRA adapters (``--lora-dtype``) and QLoRA's
+    parameters that stay unquantized (``--qlora-prep``). ``fp32``: peft's defaults (``autocast_adapter_dtype=True``;
+    ``prepare_model_for_kbit_training``'s upcast); ``16bit``: the model's compute dtype (torchtune, Unsloth)."""
+
+    FP32 = "fp32"
+    BIT16 = "16bit"
+
+
 class Offload(str, Enum):
     NONE = "none"
     OPTIMIZER = "optimizer"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from planner.errors import PlannerError
-from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, Precision, QuantType
+from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, PeftDtype, Precision, QuantType
 from planner.specs.parallelism import Parallelism, ZeroConfig
 
 
@@ -60,6 +60,10 @@ class TrainSpec:
     attn_impl: AttnImpl = AttnImpl.SDPA
     # None: use the model config's own dropout probabilities.
     dropout: float | None = None
+    # LoRA adapters in fp32 (peft's autocast_adapter_dtype) or the compute dtype; QLoRA's unquantized parameters
+    # in fp32 (peft's prepare_model_for_kbit_training) or the compute dtype (estimate/peft_dtypes.py).
+    lora_dtype: PeftDtype = PeftDtype.FP32
+    qlora_prep: PeftDtype = PeftDtype.FP32
 
     def __post_init__(self) -> None:
         if not isinstance(self.parallelism, Parallelism):
@@ -76,6 +80,14 @@ class TrainSpec:
             raise PlannerError("QLoRA with ZeRO stage 3 is not supported: bitsandbytes 4-bit weights cannot be sharded by this planner; use stage 0-2.")
         if self.method is Method.QLORA and self.precision is Precision.FP32:
             raise PlannerError("QLoRA needs a 16-bit compute dtype; use --precision bf16-mixed or fp16-mixed.")
+        if self.method is not Method.FULL and self.lora_dtype is PeftDtype.BIT16:
+            if self.precision is Precision.FP32:
+                raise PlannerError("--lora-dtype 16bit keeps the adapters in the model's 16-bit dtype, and --precision "
+                                   "fp32 has none; use --lora-dtype fp32 or a 16-bit --precision.")
+            if self.precision is Precision.FP16_MIXED and not self.parallelism.uses_deepspeed:
+                raise PlannerError("--lora-dtype 16bit with --precision fp16-mixed trains fp16 adapters, whose "
+                                   "gradients torch's GradScaler refuses to unscale (the HF Trainer's fp16 path); "
+                                   "use bf16-mixed or --lora-dtype fp32.")
         if self.optimizer in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT, Optimizer.PAGED_ADAMW) and (
             self.parallelism.uses_deepspeed
         ):
@@ -133,6 +145,8 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "grad_checkpointing": train.grad_checkpointing,
         "attn_impl": train.attn_impl.value,
         "dropout": train.dropout,
+        "lora_dtype": train.lora_dtype.value,
+        "qlora_prep": train.qlora_prep.value,
     }
 
 
@@ -165,6 +179,8 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             grad_checkpointing=bool(d.get("grad_checkpointing", False)),
             attn_impl=AttnImpl(d.get("attn_impl", "sdpa")),
             dropout=d.get("dropout"),
+            lora_dtype=PeftDtype(d.get("lora_dtype", "fp32")),
+            qlora_prep=PeftDtype(d.get("qlora_prep", "fp32")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

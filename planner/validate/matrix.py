@@ -39,6 +39,7 @@ from planner.specs import (
     Method,
     Optimizer,
     Parallelism,
+    PeftDtype,
     Precision,
     QuantSpec,
     TrainSpec,
@@ -57,6 +58,13 @@ LAYERS = (2, 3)
 VOCABS = (512, 1000, 2048, 3072)
 PRECISIONS = ("fp32", "bf16-mixed")
 DEFAULT_OPTIMIZER = Optimizer.ADAMW.value  # torch AdamW, foreach: every designed cell
+DEFAULT_PEFT_DTYPE = PeftDtype.FP32.value  # peft's fp32 adapters and prepare_model_for_kbit_training's upcast
+# Fields added after the published cells: at their default a cell's id and hash leave them out, so every earlier
+# cell keeps its id and cached profile, and a CSV row without the column reads as the default.
+# Cell fields added after the seeded design: at these values they are left out of the id and hash (and a CSV row
+# without them reads as these), so earlier cells keep their ids and cached profiles.
+DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
+                     "zero_config": "", "grad_accum": 1}
 HEAD_DIM = 16
 LORA_RANK = 8
 LORA_DROPOUT = 0.05  # planner's default
@@ -98,7 +106,9 @@ class Cell:
     optimizer: str = DEFAULT_OPTIMIZER
     # DeepSpeed's buckets and thresholds as ZeroConfig.to_dict() JSON ("": "auto", what the bundle writes)
     zero_config: str = ""
-    grad_accum: int = 1  # micro-batches per optimizer step (left out of the id and hash at 1)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lora_dtype: str = DEFAULT_PEFT_DTYPE  # --lora-dtype
+    qlora_prep: str = DEFAULT_PEFT_DTYPE  # --qlora-prep
 
     @property
     def id(self) -> str:
@@ -106,15 +116,15 @@ class Cell:
         settings are named neither in the id nor in the hash, so the cells from before the fields keep their ids
         and profiles."""
         inputs = asdict(self)
-        if self.optimizer == DEFAULT_OPTIMIZER:
-            del inputs["optimizer"]
-        if not self.zero_config:
-            del inputs["zero_config"]
-        if self.grad_accum == 1:
-            del inputs["grad_accum"]
+        for name, default in DEFAULTS_LEFT_OUT.items():
+            if inputs[name] == default:
+                del inputs[name]
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:6]
-        prec = "fp32" if self.precision == "fp32" else "bf16m"
-        opt = ("" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}") + ("-dscfg" if self.zero_config else "") + (f"-ga{self.grad_accum}" if self.grad_accum != 1 else "")
+        prec = {"fp32": "fp32", "bf16": "bf16"}.get(self.precision, "bf16m")
+        opt = "" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}"
+        opt += "" if self.lora_dtype == DEFAULT_PEFT_DTYPE else f"-lora{self.lora_dtype}"
+        opt += "" if self.qlora_prep == DEFAULT_PEFT_DTYPE else f"-prep{self.qlora_prep}"
+        opt += ("-dscfg" if self.zero_config else "") + (f"-ga{self.grad_accum}" if self.grad_accum != 1 else "")
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
                 f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}-{digest}")  # fmt: skip
 
@@ -157,7 +167,8 @@ class Cell:
         targets = ATTN_TARGETS[self.family] if self.method == "lora-attn" else ("all-linear",)
         quant = QuantSpec(double_quant=self.method == "qlora-dq") if self.method.startswith("qlora") else QuantSpec()
         return TrainSpec(method=Method(self.method.split("-")[0]), precision=Precision(self.precision),
-                         optimizer=Optimizer(self.optimizer),
+                         optimizer=Optimizer(self.optimizer), lora_dtype=PeftDtype(self.lora_dtype),
+                         qlora_prep=PeftDtype(self.qlora_prep),
                          lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
                                        targets=targets),
                          quant=quant, parallelism=Parallelism.from_zero(self.zero, zero_config=self._zero_config()), micro_batch=self.micro_batch, seq_len=self.seq_len,
@@ -182,7 +193,7 @@ class Cell:
         kinds = {f.name: f.type for f in fields(Cell)}
         out: dict[str, Any] = {}
         for name, kind in kinds.items():
-            if name in ("optimizer", "zero_config", "grad_accum") and not d.get(name):
+            if name in DEFAULTS_LEFT_OUT and not d.get(name):
                 continue
             value = d[name]
             if kind == "bool":
@@ -247,6 +258,40 @@ OPTIMIZER_CELLS = (
          micro_batch=1, optimizer="adamw-fused"),
 )
 EXTRA_CELLS = EXTRA_CELLS + OPTIMIZER_CELLS
+# Adapter and QLoRA dtypes (``--lora-dtype``, ``--qlora-prep``, issue 16 item 6), in the full matrix only (after
+# EXTRA_CELLS, not in the CI subset): bf16 LoRA adapters (peft's get_peft_model with autocast_adapter_dtype=False,
+# stepped without a master copy) on all linears without checkpointing and on GPT-2's attention with it (dropout
+# on the bf16 adapter path); QLoRA without prepare_model_for_kbit_training (embeddings, norms and lm_head stay
+# bf16, so the residual stream does) with and without checkpointing, the second with bf16 adapters too; pure bf16
+# LoRA with peft's fp32 adapters (fp32 moments beside bf16 weights) and with bf16 ones (bf16 moments); and two
+# rank-64 cells short enough that the optimizer step is the peak (bf16 adapters stepped with bf16 states and
+# foreach scratch, no master; pure bf16 with fp32 adapters, whose foreach scratch is fp32).
+DTYPE_CELLS = (
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=64,
+         micro_batch=2, lora_dtype="16bit"),
+    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+         vocab=512, method="lora-attn", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="eager",
+         seq_len=64, micro_batch=2, lora_dtype="16bit"),
+    Cell(family="qwen2", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=2048,
+         method="qlora-dq", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=64,
+         micro_batch=2, qlora_prep="16bit"),
+    Cell(family="llama", hidden=64, layers=3, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=1000,
+         method="qlora-nodq", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="eager", seq_len=32,
+         micro_batch=4, lora_dtype="16bit", qlora_prep="16bit"),
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
+         method="lora-all", precision="bf16", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
+         micro_batch=1),
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
+         method="lora-all", precision="bf16", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
+         micro_batch=1, lora_dtype="16bit"),
+    Cell(family="llama", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=16,
+         micro_batch=1, lora_rank=64, lora_dtype="16bit"),
+    Cell(family="llama", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
+         method="lora-all", precision="bf16", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=16,
+         micro_batch=1, lora_rank=64),
+)
 
 
 def _ds(**values) -> str:
@@ -291,6 +336,10 @@ ACCUMULATION_CELLS = tuple(
 )
 
 
+# Cells of the full matrix only (each tuple's comment says why); the CI subset never picks them.
+FULL_ONLY_CELLS = DTYPE_CELLS + DEEPSPEED_CONFIG_CELLS + ACCUMULATION_CELLS
+
+
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
     """n values cycling through the levels (each appears n/len or n/len + 1 times), shuffled."""
     values = [levels[i % len(levels)] for i in range(n)]
@@ -322,8 +371,8 @@ def _fill(skeletons: list[dict[str, Any]], rng: random.Random) -> list[Cell]:
 
 
 def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
-    """68 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS,
-    DEEPSPEED_CONFIG_CELLS, ACCUMULATION_CELLS."""
+    """The full matrix: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS,
+    and FULL_ONLY_CELLS."""
     rng = random.Random(seed)
     single = [{"family": f, "method": m, "ckpt": c, "zero": 0, "num_ranks": 1}
               for f in FAMILIES for m in METHODS for c in (False, True)]  # fmt: skip
@@ -332,8 +381,7 @@ def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     ckpts = _balanced((False, True), len(multi_keys), rng)
     multi = [{"family": f, "method": m, "ckpt": c, "zero": z, "num_ranks": n}
              for (z, n, m), f, c in zip(multi_keys, fams, ckpts, strict=True)]  # fmt: skip
-    return (_fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS) + list(DEEPSPEED_CONFIG_CELLS)
-            + list(ACCUMULATION_CELLS))
+    return _fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS) + list(FULL_ONLY_CELLS)
 
 
 def _requirements(cells: list[Cell]) -> set[tuple]:
@@ -356,8 +404,7 @@ def _covers(c: Cell) -> set[tuple]:
 def ci_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     """The cheapest subset of the full matrix covering every factor level and family x method pair."""
     everything = full_matrix(seed)
-    cells = [c for c in everything if c not in EXTRA_CELLS and c not in DEEPSPEED_CONFIG_CELLS
-             and c not in ACCUMULATION_CELLS]
+    cells = [c for c in everything if c not in EXTRA_CELLS and c not in FULL_ONLY_CELLS]
     todo = _requirements(cells)
     chosen: list[Cell] = list(EXTRA_CELLS)
     while todo:

@@ -84,6 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     plan.add_argument("--lora-targets", default=",".join(PLAN["lora"]["targets"]),
                       help="'all-linear' or comma-separated module names")
     plan.add_argument("--modules-to-save", default=",".join(PLAN["lora"]["modules_to_save"]))
+    plan.add_argument("--lora-dtype", choices=("fp32", "16bit"), default=PLAN["lora_dtype"],
+                      help="fp32: peft's autocast_adapter_dtype; 16bit: adapters in the compute dtype")
+    plan.add_argument("--qlora-prep", choices=("fp32", "16bit"), default=PLAN["qlora_prep"],
+                      help="fp32: peft's prepare_model_for_kbit_training; 16bit: skip it")
     plan.add_argument("--quant-type", choices=("nf4", "fp4"), default=PLAN["quant"]["quant_type"])
     plan.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=PLAN["quant"]["double_quant"])
 

@@ -78,7 +78,9 @@ def add_adapters(model, args: argparse.Namespace):
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if args.method == "qlora":
+    # --qlora-prep fp32: peft's recipe casts the unquantized parameters to fp32; 16bit keeps them in the compute
+    # dtype (torchtune, Unsloth), and the Trainer enables checkpointing itself.
+    if args.method == "qlora" and args.qlora_prep == "fp32":
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=args.grad_checkpointing,
@@ -93,7 +95,8 @@ def add_adapters(model, args: argparse.Namespace):
         modules_to_save=[m.strip() for m in args.modules_to_save.split(",") if m.strip()] or None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    # --lora-dtype fp32: peft upcasts the adapters (autocast_adapter_dtype=True); 16bit keeps the compute dtype.
+    return get_peft_model(model, config, autocast_adapter_dtype=args.lora_dtype == "fp32")
 
 
 '''

@@ -263,7 +263,10 @@ def _gpt2_dropout(fam: Family, key: str) -> float:
 def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: int, s: int, attn: str,
                  dropout: float | None, adapters: tuple[tuple[str, int], ...], lora_dropout: float,
                  modules_to_save: tuple[str, ...], device: str, zero_stage: int = 0,
-                 input_requires_grad: bool = False) -> Family:
+                 input_requires_grad: bool = False, adapter_dtype: str | None = None,
+                 unquantized_dtype: str | None = None) -> Family:
+    """``adapter_dtype`` and ``unquantized_dtype``: the dtypes of LoRA adapters and of QLoRA's unquantized
+    parameters (estimate/peft_dtypes.py); None: peft's defaults (fp32) as DeepSpeed leaves them."""
     deepspeed = zero_stage > 0
     cfg = model.config or {}
     compute = precision.compute_dtype
@@ -286,14 +289,20 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
     # (embeddings, norms, biases, lm_head) to fp32, so the embedding output, the residual stream, the norms,
     # attention and the logits are fp32; only the 4-bit matmuls run in bnb_4bit_compute_dtype. DeepSpeed casts
     # the module back to the training dtype (states.py), which puts activations back in 16 bits.
+    # --qlora-prep 16bit skips the upcast: activations stay in the compute dtype (peft_dtypes.py).
     act_dtype = "fp32" if method is Method.QLORA and not deepspeed else compute
+    if method is Method.QLORA and unquantized_dtype is not None:
+        act_dtype = unquantized_dtype
+    if adapter_dtype is None:
+        adapter_dtype = "fp32" if method is not Method.FULL and not deepspeed else compute
     ctx = Ctx(b=b, s=s, h=model.hidden_size, heads=model.num_heads,
               kv_heads=arch.kv_heads if arch is not None else model.num_kv_heads,
               head_dim=model.head_dim, dtype=act_dtype, quant_compute_dtype=compute, device=device, attn=attn, attn_dropout=float(attn_p or 0.0),
               resid_dropout=float(resid_p or 0.0),
-              # peft keeps adapters in fp32 on a 16-bit base (autocast_adapter_dtype); DeepSpeed casts the whole
-              # module to the training dtype (engine._configure_distributed_model: module.bfloat16()/half())
-              adapter_dtype="fp32" if method is not Method.FULL and not deepspeed else compute,
+              # peft keeps adapters in fp32 on a 16-bit base (autocast_adapter_dtype) unless --lora-dtype 16bit;
+              # DeepSpeed casts the whole module to the training dtype (engine._configure_distributed_model:
+              # module.bfloat16()/half())
+              adapter_dtype=adapter_dtype,
               lora_dropout=float(lora_dropout), quantized=method is Method.QLORA, zero3_linear=zero_stage == 3)
     fam = Family(model, ctx, method, adapters, modules_to_save, input_requires_grad=input_requires_grad)
     fam.notes.extend(notes)

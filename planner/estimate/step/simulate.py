@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from planner.errors import PlannerError
+from planner.estimate import peft_dtypes
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.step.family_layers import build_family
@@ -49,7 +50,7 @@ CUDA_RNG_STATE_BYTES = 16
 # StepInputs, built only by step_inputs) or ignored with the reason. tests/test_step_inputs.py fails when a
 # TrainSpec or LoraSpec field is in neither, so a new field cannot be silently left out of the cache key.
 TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_checkpointing", "attn_impl", "dropout",
-                     "lora", "parallelism")
+                     "lora", "parallelism", "lora_dtype", "qlora_prep")  # the last two as dtypes (peft_dtypes.py)
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
                  "temporaries.py's",
@@ -99,6 +100,8 @@ class StepInputs:
     keep_logits: bool
     hold_grads_over: int
     cpu: CpuKernels | None
+    adapter_dtype: str = "fp32"  # LoRA adapters (peft_dtypes.adapter_dtype)
+    unquantized_dtype: str = "fp32"  # QLoRA's unquantized parameters and activations (peft_dtypes)
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -115,6 +118,7 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         attn_impl=train.attn_impl.value, dropout=train.dropout, adapters=adapters, lora_dropout=train.lora.dropout,
         modules_to_save=train.lora.modules_to_save, zero=_zero_key(train), device=device, keep_grads=keep_grads,
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
+        adapter_dtype=peft_dtypes.adapter_dtype(train), unquantized_dtype=peft_dtypes.unquantized_dtype(train),
     )
 
 
@@ -211,7 +215,8 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     fam = build_family(model, method=inputs.method, precision=inputs.precision, b=b, s=s, attn=inputs.attn_impl,
                        dropout=inputs.dropout, adapters=inputs.adapters, lora_dropout=inputs.lora_dropout,
                        modules_to_save=inputs.modules_to_save, device=inputs.device, zero_stage=inputs.zero,
-                       input_requires_grad=ckpt)
+                       input_requires_grad=ckpt, adapter_dtype=inputs.adapter_dtype,
+                       unquantized_dtype=inputs.unquantized_dtype)
     num_layers = model.num_layers
     sim_layers = min(num_layers, NUM_SIMULATED_LAYERS)
     ghost = num_layers - sim_layers
