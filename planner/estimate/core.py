@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from planner.errors import PlannerError
-from planner.estimate import overhead
+from planner.estimate import optim_rules, overhead
 from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.count.zero_partition import (
     FlatOrder,
@@ -78,7 +78,10 @@ def estimate(
     check_combination(model, train, cluster, allow_longer=allow_longer)
     counts = count_params(model)
     split = split_params(counts, train)
-    states = unsharded_states(counts, split, train)
+    states = unsharded_states(counts, split, train, num_layers=model.num_layers)
+    # 8-bit and paged AdamW, Adafactor: per-tensor states and step (optim_rules.py; no DeepSpeed, specs/train.py)
+    per_tensor = (optim_rules.optimizer_memory(FlatOrder.of(counts, train, model.num_layers), train, device)
+                  if optim_rules.applies(train) else None)
     num_persistent, persistent_bytes = zero3_persistent(counts, train, model.num_layers, model.hidden_size)
     num_released = zero3_released_after_forward(counts, train, zero3_persistence_threshold(model.hidden_size))
     sharded = shard_states(states, train, cluster.num_gpus, counts.largest_module, persistent_bytes)
@@ -110,6 +113,7 @@ def estimate(
             params_bytes=states.params_bytes,
             device=device,
             partition=partition,
+            optimizer_step_bytes=per_tensor.step_bytes if per_tensor else None,
         )
 
     host = host_ram_per_rank(
@@ -147,6 +151,9 @@ def estimate(
     if pm.peak_phase == "backward" and 12 * num_logits > peak.total_bytes // 3:
         notes.append("the peak is the loss backward: fp32 log-probabilities and two fp32 gradients of "
                      "[tokens, vocabulary] (transformers' ForCausalLMLoss upcasts the logits).")
+    paged = per_tensor.paged_bytes if per_tensor else 0
+    if paged:
+        notes.append(paged_note(paged, per_tensor.largest_paged_bytes, device_total))
     differ = shown is not None and ranks_differ
     if differ and shown.num_buffer > shown.num_partition:
         notes.append(
@@ -172,10 +179,23 @@ def estimate(
         notes=tuple(notes),
         rank=shown.rank if differ else rank,
         unknown_matmuls=step.unknown_matmuls,
+        paged_optimizer_bytes=paged,
+        paged_largest_tensor_bytes=per_tensor.largest_paged_bytes if per_tensor else 0,
     )
     if result.cpu_bytes_per_node:
         result = replace(result, notes=result.notes + _host_notes(result, host))
     return result
+
+
+def paged_note(paged_bytes: int, largest_bytes: int, device_bytes: int) -> str:
+    """What a paged optimizer's figures assume (optim_rules.py ``BNB_PAGED_MIN_NUMEL``)."""
+    gib = 2**30
+    spilled = device_bytes - paged_bytes + largest_bytes
+    return (f"paged optimizer: {paged_bytes / gib:,.2f} GiB of its states are in CUDA unified memory "
+            "(bitsandbytes get_paged, outside PyTorch's allocator), counted here as resident on the GPU, which is "
+            f"what the fit check assumes; the driver may spill them to host RAM, leaving a device peak of at least "
+            f"{spilled / gib:,.2f} GiB (the largest tensor's states come back for its update), at the cost of "
+            "PCIe traffic at every step.")
 
 
 def _num_trainable_tensors(model: ModelSpec, train: TrainSpec, counts) -> int:

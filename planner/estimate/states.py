@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.estimate import optim_rules
+from planner.estimate.count.flat_order import FlatOrder
 from planner.estimate.count.params import ParamCounts, ParamSplit
 from planner.estimate.quant import quantized_weight_bytes
 from planner.specs import Method, Optimizer, Precision, TrainSpec
@@ -90,7 +92,12 @@ def trainable_extra_dtype(train: TrainSpec) -> str:
     return "fp32" if train.method is not Method.FULL and not deepspeed_16bit else train.precision.compute_dtype
 
 
-def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -> UnshardedStates:
+def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec, *,
+                     num_layers: int | None = None) -> UnshardedStates:
+    """``num_layers`` (the model's): lets the optimizers that keep per-tensor states (8-bit and paged AdamW,
+    Adafactor) follow each trainable tensor (optim_rules.py, what planner estimates with); without it (state
+    arithmetic on synthetic counts), the aggregate rule below (every tensor 8-bit; the linears' and embeddings'
+    factored vectors)."""
     precision = train.precision
     compute = precision.compute_dtype
     # Weights read by forward: 16-bit for mixed precision (ZeRO paper: 2 bytes fp16/bf16 params), the
@@ -128,6 +135,8 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -
     moments = int(trainable * _optimizer_state_bits_per_param(train.optimizer, precision) / 8)
     if train.optimizer is Optimizer.ADAFACTOR:
         moments = _adafactor_bytes(counts, split, train)
+    if num_layers is not None and counts.modules and optim_rules.applies(train):
+        moments = optim_rules.optimizer_memory(FlatOrder.of(counts, train, num_layers), train, "cuda").state_bytes
     return UnshardedStates(
         params_bytes=params,
         grads_bytes=grads,

@@ -76,12 +76,20 @@ class TrainSpec:
             raise PlannerError("QLoRA with ZeRO stage 3 is not supported: bitsandbytes 4-bit weights cannot be sharded by this planner; use stage 0-2.")
         if self.method is Method.QLORA and self.precision is Precision.FP32:
             raise PlannerError("QLoRA needs a 16-bit compute dtype; use --precision bf16-mixed or fp16-mixed.")
+        # DeepSpeed wraps a client optimizer and hands it its flat 1-D fp32 partitions: bitsandbytes' block layout
+        # and Adafactor's factored moment (>= 2-D only) would follow those, which planner has not profiled
+        # (planner/estimate/optim_rules.py models each on the model's own tensors).
         if self.optimizer in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT, Optimizer.PAGED_ADAMW) and (
             self.parallelism.uses_deepspeed
         ):
             raise PlannerError(
                 f"optimizer {self.optimizer.value!r} is a bitsandbytes optimizer and cannot be combined with "
-                f"DeepSpeed ZeRO stage {self.zero_stage}; use adamw, sgd or adafactor."
+                f"DeepSpeed ZeRO stage {self.zero_stage}; use adamw or adamw-fused."
+            )
+        if self.optimizer is Optimizer.ADAFACTOR and self.parallelism.uses_deepspeed:
+            raise PlannerError(
+                f"optimizer 'adafactor' with DeepSpeed ZeRO stage {self.zero_stage} is not modelled (DeepSpeed steps "
+                "flat 1-D partitions, so its second moment would not be factored); use adamw or adamw-fused."
             )
 
     @property
