@@ -226,6 +226,25 @@ OPTIMIZER_CELLS = (
          micro_batch=1, optimizer="adamw-fused"),
 )
 EXTRA_CELLS = EXTRA_CELLS + OPTIMIZER_CELLS
+# bitsandbytes' AdamW8bit and transformers' Adafactor (``--optimizer adamw-8bit|adafactor``, issue 16 item 2), in the
+# full matrix only (the CI subset is near its time budget): per optimizer one full bf16-mixed Llama peaking at the
+# optimizer step (fp32 masters stepped one tensor at a time) and one fp32 cell whose states sit on the weights
+# themselves; 8-bit AdamW also on LoRA adapters (every adapter under min_8bit_size: 32-bit states).
+RECIPE_OPTIMIZER_CELLS = tuple(
+    cell
+    for opt in ("adamw-8bit", "adafactor")
+    for cell in (
+        Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+             method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
+             micro_batch=1, optimizer=opt),
+        Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+             vocab=512, method="full" if opt == "adafactor" else "lora-attn", precision="fp32", zero=0,
+             num_ranks=1, ckpt=False, attn="eager", seq_len=64, micro_batch=2, optimizer=opt),
+        Cell(family="qwen2", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256,
+             vocab=2048, method="full", precision="fp32", zero=0, num_ranks=1, ckpt=True, attn="sdpa",
+             seq_len=32, micro_batch=1, optimizer=opt),
+    )
+)
 
 
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
@@ -259,7 +278,8 @@ def _fill(skeletons: list[dict[str, Any]], rng: random.Random) -> list[Cell]:
 
 
 def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
-    """58 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS."""
+    """64 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS,
+    RECIPE_OPTIMIZER_CELLS."""
     rng = random.Random(seed)
     single = [{"family": f, "method": m, "ckpt": c, "zero": 0, "num_ranks": 1}
               for f in FAMILIES for m in METHODS for c in (False, True)]  # fmt: skip
@@ -268,7 +288,7 @@ def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     ckpts = _balanced((False, True), len(multi_keys), rng)
     multi = [{"family": f, "method": m, "ckpt": c, "zero": z, "num_ranks": n}
              for (z, n, m), f, c in zip(multi_keys, fams, ckpts, strict=True)]  # fmt: skip
-    return _fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS)
+    return _fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS) + list(RECIPE_OPTIMIZER_CELLS)
 
 
 def _requirements(cells: list[Cell]) -> set[tuple]:
@@ -291,7 +311,7 @@ def _covers(c: Cell) -> set[tuple]:
 def ci_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     """The cheapest subset of the full matrix covering every factor level and family x method pair."""
     everything = full_matrix(seed)
-    cells = [c for c in everything if c not in EXTRA_CELLS]
+    cells = [c for c in everything if c not in EXTRA_CELLS and c not in RECIPE_OPTIMIZER_CELLS]
     todo = _requirements(cells)
     chosen: list[Cell] = list(EXTRA_CELLS)
     while todo:
