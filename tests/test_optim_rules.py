@@ -159,6 +159,10 @@ def test_llama_8b_full_on_one_h100():
     # Adafactor's step: 16 bytes per element of the largest tensor (the 128,256 x 4096 embedding) + its factors
     assert ada.per_gpu.temporaries_bytes >= 16 * 128_256 * 4096
     paged = _8b(precision=Precision.BF16, optimizer=Optimizer.PAGED_ADAMW)
+    # fp32 moments (8 bytes per parameter, even on bf16 weights); those of tensors of >= 1e5 elements are in CUDA
+    # unified memory: outside PyTorch's allocator (per_gpu), in the device peak
+    assert paged.per_gpu.optimizer_states_bytes + paged.paged_optimizer_bytes == 8 * p
+    assert paged.per_gpu.optimizer_states_bytes == 8 * 4096 * 65  # the 65 RMSNorm weights, under 1e5 elements
     assert not paged.fits and paged.device_bytes_paged_spilled <= paged.usable_bytes
     assert "spilled to host RAM" in paged.fit_reason
     row = paged.row()

@@ -89,6 +89,12 @@ def estimate(
                                         math.ceil(split.num_trainable / cluster.num_gpus))
     if counters:
         sharded = replace(sharded, optimizer_states_bytes=sharded.optimizer_states_bytes + counters)
+    # paged optimizers: CUDA unified memory (bitsandbytes functional.py get_paged, cudaMallocManaged) is outside
+    # PyTorch's caching allocator, so not in the allocated and reserved figures; it is in the device figure
+    # (NVML) while resident, which is what fits checks (Estimate.paged_optimizer_bytes)
+    paged = per_tensor.paged_bytes if per_tensor else 0
+    if paged:
+        sharded = replace(sharded, optimizer_states_bytes=sharded.optimizer_states_bytes - paged)
 
     adapters = lora_adapter_paths(model, train) if train.method is not Method.FULL else ()
     zero2 = train.zero_stage == 2 and train.offload is Offload.NONE
@@ -133,7 +139,7 @@ def estimate(
             shown, transients, pm = candidate, cand_transients, cand_pm
     peak = pm.peak
     reserved = overhead.reserved_bytes(peak.total_bytes, device)
-    device_total = overhead.device_bytes(reserved, device, cluster.num_gpus)
+    device_total = overhead.device_bytes(reserved, device, cluster.num_gpus) + paged
 
     notes = list(sharded.notes) + list(step.notes) + list(transients.notes)
     if device == "cpu" and cpu is not None:
@@ -151,7 +157,6 @@ def estimate(
     if pm.peak_phase == "backward" and 12 * num_logits > peak.total_bytes // 3:
         notes.append("the peak is the loss backward: fp32 log-probabilities and two fp32 gradients of "
                      "[tokens, vocabulary] (transformers' ForCausalLMLoss upcasts the logits).")
-    paged = per_tensor.paged_bytes if per_tensor else 0
     if paged:
         notes.append(paged_note(paged, per_tensor.largest_paged_bytes, device_total))
     differ = shown is not None and ranks_differ
@@ -192,8 +197,8 @@ def paged_note(paged_bytes: int, largest_bytes: int, device_bytes: int) -> str:
     gib = 2**30
     spilled = device_bytes - paged_bytes + largest_bytes
     return (f"paged optimizer: {paged_bytes / gib:,.2f} GiB of its states are in CUDA unified memory "
-            "(bitsandbytes get_paged, outside PyTorch's allocator), counted here as resident on the GPU, which is "
-            f"what the fit check assumes; the driver may spill them to host RAM, leaving a device peak of at least "
+            "(bitsandbytes get_paged, outside PyTorch's allocator: not in the allocated and reserved figures), "
+            "counted as resident on the GPU in the device peak, which is what the fit check assumes; the driver may spill them to host RAM, leaving a device peak of at least "
             f"{spilled / gib:,.2f} GiB (the largest tensor's states come back for its update), at the cost of "
             "PCIe traffic at every step.")
 

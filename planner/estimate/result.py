@@ -128,9 +128,9 @@ class Estimate:
     unknown_matmuls: tuple = ()
     # part of cpu_bytes_per_node: page-locked, after PyTorch's power-of-two rounding (host_ram.py)
     cpu_pinned_bytes_per_node: int = 0
-    # paged optimizers (optim_rules.py): the part of optimizer_states in CUDA unified memory, counted as resident
-    # in every figure and in ``fits``; the driver may spill it to host RAM but for the largest tensor's share,
-    # back on the GPU for that tensor's update
+    # paged optimizers (optim_rules.py): optimizer states in CUDA unified memory, outside PyTorch's allocator (not
+    # in per_gpu or reserved_bytes), counted resident in device_bytes and so in ``fits``; the driver may spill
+    # them to host RAM but for the largest tensor's share, back on the GPU for that tensor's update
     paged_optimizer_bytes: int = 0
     paged_largest_tensor_bytes: int = 0
 
