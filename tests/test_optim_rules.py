@@ -241,3 +241,13 @@ def test_optimizer_memory_is_cached_per_order():
     order = FlatOrder.of(count_params(model), TrainSpec(), model.num_layers)
     train = TrainSpec(optimizer=Optimizer.ADAFACTOR)
     assert optimizer_memory(order, train, "cuda") is optimizer_memory(order, train, "cuda")
+
+
+def test_gpu_reference_cells_reach_the_paging_threshold():
+    """The GPU-only cells (matrix.py GPU_OPTIMIZER_CELLS) estimate on CUDA, and the paged ones page something."""
+    from planner.validate.matrix import GPU_OPTIMIZER_CELLS
+
+    cluster = Cluster(gpu=catalog.gpu("h100-sxm-80gb"), num_gpus=1)
+    for cell in GPU_OPTIMIZER_CELLS:
+        est = estimate(cell.model_spec(), cell.train_spec(), cluster, device="cuda")
+        assert (est.paged_optimizer_bytes > 0) is cell.optimizer.startswith("paged"), cell.id

@@ -247,6 +247,21 @@ RECIPE_OPTIMIZER_CELLS = tuple(
 )
 
 
+# Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under
+# profiles/gpu/ and compared by ``planner validate --suite gpu-reference``), in neither CPU matrix: the paged
+# optimizers run only on CUDA (their states in cudaMallocManaged memory, outside the allocated figures, which the
+# estimate leaves out of per_gpu and puts in the device figure), and 8-bit AdamW's CUDA step is one in-place
+# kernel where the CPU backend allocates fp32 copies (optim_rules.py). A larger hidden size so that tensors reach
+# bitsandbytes' paging threshold (1e5 elements).
+GPU_OPTIMIZER_CELLS = tuple(
+    Cell(family="llama", hidden=512, layers=2, heads=512 // HEAD_DIM, kv_heads=2, intermediate=1024, vocab=4096,
+         method="full", precision=precision, zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=1, optimizer=opt)
+    for opt in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit")
+    for precision in ("bf16-mixed", "bf16")
+)
+
+
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
     """n values cycling through the levels (each appears n/len or n/len + 1 times), shuffled."""
     values = [levels[i % len(levels)] for i in range(n)]
