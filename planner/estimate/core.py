@@ -198,9 +198,9 @@ def paged_note(paged_bytes: int, largest_bytes: int, device_bytes: int) -> str:
     spilled = device_bytes - paged_bytes + largest_bytes
     return (f"paged optimizer: {paged_bytes / gib:,.2f} GiB of its states are in CUDA unified memory "
             "(bitsandbytes get_paged, outside PyTorch's allocator: not in the allocated and reserved figures), "
-            "counted as resident on the GPU in the device peak, which is what the fit check assumes; the driver may spill them to host RAM, leaving a device peak of at least "
-            f"{spilled / gib:,.2f} GiB (the largest tensor's states come back for its update), at the cost of "
-            "PCIe traffic at every step.")
+            "counted as resident on the GPU in the device peak, which is what the fit check assumes; the driver "
+            f"may spill them to host RAM, leaving a device peak of {spilled / gib:,.2f} GiB (the largest tensor's "
+            "states come back for its update), at the cost of PCIe traffic at every step.")
 
 
 def _num_trainable_tensors(model: ModelSpec, train: TrainSpec, counts) -> int:
