@@ -69,7 +69,7 @@ OffloadOpt = Annotated[
 ]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="bf16-mixed, fp16-mixed, bf16 (pure) or fp32.")]
 OptimizerOpt = Annotated[
-    str, typer.Option("--optimizer", help="adamw (torch foreach), adamw-fused (torch fused=True), adamw-8bit, paged-adamw, paged-adamw-8bit, sgd, adafactor.")
+    str, typer.Option("--optimizer", help="adamw (torch foreach, the default), adamw-fused (torch fused=True), adamw-8bit (bitsandbytes, 8-bit states), paged-adamw, paged-adamw-8bit (bitsandbytes, states in CUDA unified memory), sgd, adafactor (transformers, factored; no ZeRO for these three kinds).")
 ]
 LoraRankOpt = Annotated[int, typer.Option("--lora-rank", help="LoRA rank r.")]
 LoraAlphaOpt = Annotated[int, typer.Option("--lora-alpha", help="LoRA alpha.")]

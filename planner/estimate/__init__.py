@@ -7,6 +7,7 @@
 - ``sharding``      what ZeRO 1-3 and offload divide or move per rank
 - ``host_ram``      host RAM per rank under offload (pageable and pinned)
 - ``temporaries``   optimizer-step scratch, mixed-precision copies, DeepSpeed buckets and buffers
+- ``optim_rules``   per-tensor states and step of bitsandbytes' 8-bit/paged AdamW and Adafactor (paged memory)
 - ``peak``          the phases of a steady-state step and which one peaks
 - ``overhead``      GPU-only memory outside the tensors (CUDA context, allocator)
 - ``quant``         bitsandbytes 4-bit storage

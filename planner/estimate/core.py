@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from planner.errors import PlannerError
-from planner.estimate import overhead
+from planner.estimate import optim_rules, overhead
 from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.count.zero_partition import (
     FlatOrder,
@@ -84,7 +84,10 @@ def estimate(
     check_combination(model, train, cluster, allow_longer=allow_longer)
     counts = count_params(model)
     split = split_params(counts, train)
-    states = unsharded_states(counts, split, train)
+    states = unsharded_states(counts, split, train, num_layers=model.num_layers)
+    # 8-bit and paged AdamW, Adafactor: per-tensor states and step (optim_rules.py; no DeepSpeed, specs/train.py)
+    per_tensor = (optim_rules.optimizer_memory(FlatOrder.of(counts, train, model.num_layers), train, device)
+                  if optim_rules.applies(train) else None)
     num_persistent, persistent_bytes = zero3_persistent(counts, train, model.num_layers, model.hidden_size)
     num_released = zero3_released_after_forward(counts, train, zero3_persistence_threshold(train, model.hidden_size))
     sub_groups = _sub_groups(model, train, counts, split.num_trainable, cluster.num_gpus)
@@ -93,6 +96,12 @@ def estimate(
                                         math.ceil(split.num_trainable / cluster.num_gpus), sub_groups)
     if counters:
         sharded = replace(sharded, optimizer_states_bytes=sharded.optimizer_states_bytes + counters)
+    # paged optimizers: CUDA unified memory (bitsandbytes functional.py get_paged, cudaMallocManaged) is outside
+    # PyTorch's caching allocator, so not in the allocated and reserved figures; it is in the device figure
+    # (NVML) while resident, which is what fits checks (Estimate.paged_optimizer_bytes)
+    paged = per_tensor.paged_bytes if per_tensor else 0
+    if paged:
+        sharded = replace(sharded, optimizer_states_bytes=sharded.optimizer_states_bytes - paged)
 
     adapters = lora_adapter_paths(model, train) if train.method is not Method.FULL else ()
     zero2 = train.zero_stage == 2 and train.offload is Offload.NONE
@@ -119,6 +128,7 @@ def estimate(
             params_bytes=states.params_bytes,
             device=device,
             partition=partition,
+            optimizer_step_bytes=per_tensor.step_bytes if per_tensor else None,
         )
 
     host = host_ram_per_rank(
@@ -138,7 +148,7 @@ def estimate(
             shown, transients, pm = candidate, cand_transients, cand_pm
     peak = pm.peak
     reserved = overhead.reserved_bytes(peak.total_bytes, device)
-    device_total = overhead.device_bytes(reserved, device, cluster.num_gpus)
+    device_total = overhead.device_bytes(reserved, device, cluster.num_gpus) + paged
 
     notes = list(sharded.notes) + list(step.notes) + list(transients.notes)
     if device == "cpu" and cpu is not None:
@@ -156,6 +166,8 @@ def estimate(
     if pm.peak_phase == "backward" and 12 * num_logits > peak.total_bytes // 3:
         notes.append("the peak is the loss backward: fp32 log-probabilities and two fp32 gradients of "
                      "[tokens, vocabulary] (transformers' ForCausalLMLoss upcasts the logits).")
+    if paged:
+        notes.append(paged_note(paged, per_tensor.largest_paged_bytes, device_total))
     differ = shown is not None and ranks_differ
     if differ and shown.num_buffer > shown.num_partition:
         notes.append(
@@ -181,10 +193,23 @@ def estimate(
         notes=tuple(notes),
         rank=shown.rank if differ else rank,
         unknown_matmuls=step.unknown_matmuls,
+        paged_optimizer_bytes=paged,
+        paged_largest_tensor_bytes=per_tensor.largest_paged_bytes if per_tensor else 0,
     )
     if result.cpu_bytes_per_node:
         result = replace(result, notes=result.notes + _host_notes(result, host))
     return result
+
+
+def paged_note(paged_bytes: int, largest_bytes: int, device_bytes: int) -> str:
+    """What a paged optimizer's figures assume (optim_rules.py ``BNB_PAGED_MIN_NUMEL``)."""
+    gib = 2**30
+    spilled = device_bytes - paged_bytes + largest_bytes
+    return (f"paged optimizer: {paged_bytes / gib:,.2f} GiB of its states are in CUDA unified memory "
+            "(bitsandbytes get_paged, outside PyTorch's allocator: not in the allocated and reserved figures), "
+            "counted as resident on the GPU in the device peak, which is what the fit check assumes; the driver "
+            f"may spill them to host RAM, leaving a device peak of {spilled / gib:,.2f} GiB (the largest tensor's "
+            "states come back for its update), at the cost of PCIe traffic at every step.")
 
 
 def _num_trainable_tensors(model: ModelSpec, train: TrainSpec, counts) -> int:

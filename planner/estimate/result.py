@@ -128,6 +128,11 @@ class Estimate:
     unknown_matmuls: tuple = ()
     # part of cpu_bytes_per_node: page-locked, after PyTorch's power-of-two rounding (host_ram.py)
     cpu_pinned_bytes_per_node: int = 0
+    # paged optimizers (optim_rules.py): optimizer states in CUDA unified memory, outside PyTorch's allocator (not
+    # in per_gpu or reserved_bytes), counted resident in device_bytes and so in ``fits``; the driver may spill
+    # them to host RAM but for the largest tensor's share, back on the GPU for that tensor's update
+    paged_optimizer_bytes: int = 0
+    paged_largest_tensor_bytes: int = 0
 
     @property
     def usable_bytes(self) -> int:
@@ -159,10 +164,18 @@ class Estimate:
             reasons.append(f"device peak {self.device_bytes / gib:,.2f} GiB exceeds the {self.usable_bytes / gib:,.2f} "
                            f"GiB usable ({self.capacity_bytes / gib:,.2f} GiB CUDA-visible minus the "
                            f"{self.margin:.0%} margin)")
+        if not self.gpu_fits and self.paged_optimizer_bytes and self.device_bytes_paged_spilled <= self.usable_bytes:
+            reasons.append(f"it would fit with the paged optimizer states spilled to host RAM (device peak "
+                           f"{self.device_bytes_paged_spilled / gib:,.2f} GiB), which planner does not assume")
         if self.host_fits is False:
             reasons.append(f"offload needs {self.cpu_bytes_per_node / gib:,.1f} GiB of host RAM per node, more than "
                            f"the {self.cluster.host_memory_bytes_per_node / gib:,.1f} GiB of --host-ram")
         return "; ".join(reasons)
+
+    @property
+    def device_bytes_paged_spilled(self) -> int:
+        """The device peak if the paged optimizer states spill to host RAM (equal to ``device_bytes`` without)."""
+        return self.device_bytes - self.paged_optimizer_bytes + self.paged_largest_tensor_bytes
 
     @property
     def headroom_bytes(self) -> int:
@@ -190,6 +203,11 @@ class Estimate:
             "cpu_pinned_bytes_per_node": self.cpu_pinned_bytes_per_node,
             "host_ram_bytes_per_node": self.cluster.host_memory_bytes_per_node,
         }
+        if self.paged_optimizer_bytes:
+            row["paged_optimizer_bytes"] = self.paged_optimizer_bytes
+            row["device_bytes_paged_spilled"] = self.device_bytes_paged_spilled
+            row["fits_assumes"] = "paged optimizer states resident on the GPU"
+            row["fits_if_paged_spilled"] = self.device_bytes_paged_spilled <= self.usable_bytes
         if self.fit is not None:
             row["max_micro_batch"] = self.fit.max_micro_batch
             row["max_seq_len"] = self.fit.max_seq_len

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.estimate import optim_rules
+from planner.estimate.count.flat_order import FlatOrder
 from planner.estimate.count.params import ParamCounts, ParamSplit
 from planner.estimate.peft_dtypes import adapter_dtype, adapters_stepped_in_16bit, unquantized_dtype
 from planner.estimate.quant import quantized_weight_bytes
@@ -95,7 +97,12 @@ def trainable_extra_dtype(train: TrainSpec) -> str:
     return adapter_dtype(train)
 
 
-def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -> UnshardedStates:
+def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec, *,
+                     num_layers: int | None = None) -> UnshardedStates:
+    """``num_layers`` (the model's): lets the optimizers that keep per-tensor states (8-bit and paged AdamW,
+    Adafactor) follow each trainable tensor (optim_rules.py, what planner estimates with); without it (state
+    arithmetic on synthetic counts), the aggregate rule below (every tensor 8-bit; the linears' and embeddings'
+    factored vectors)."""
     precision = train.precision
     compute = precision.compute_dtype
     # Weights read by forward: 16-bit for mixed precision (ZeRO paper: 2 bytes fp16/bf16 params), the
@@ -141,6 +148,8 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec) -
                   + (trainable - stepped_16bit) * _optimizer_state_bits_per_param(train.optimizer, 32) / 8)
     if train.optimizer is Optimizer.ADAFACTOR:
         moments = _adafactor_bytes(counts, split, train)
+    if num_layers is not None and counts.modules and optim_rules.applies(train):
+        moments = optim_rules.optimizer_memory(FlatOrder.of(counts, train, num_layers), train, "cuda").state_bytes
     return UnshardedStates(
         params_bytes=params,
         grads_bytes=grads,

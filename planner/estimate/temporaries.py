@@ -184,12 +184,14 @@ def zero3_gathered_bytes(train: TrainSpec, num_params: int, largest_module: int,
 def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable: int, num_ranks: int,
                     grads_bytes: int, hidden_size: int, largest_trainable: int, num_params: int = 0,
                     params_bytes: int = 0, device: str = "cuda", largest_trainable_tensor: int | None = None,
-                    partition: RankPartition | None = None, num_stepped_16bit: int | None = None) -> Transients:
+                    partition: RankPartition | None = None, num_stepped_16bit: int | None = None,
+                    optimizer_step_bytes: int | None = None) -> Transients:
     """Everything above for one rank. ``largest_trainable``: the largest module (ZeRO-3 gathering, Adafactor);
     ``largest_trainable_tensor``: the largest trainable parameter (ZeRO 1/2 norm; default the former);
     ``partition``: the rank's ZeRO 1/2 partition (zero_partition.py; default an even share);
     ``num_stepped_16bit``: without DeepSpeed, the trainable parameters stepped in 16 bits with 16-bit states
-    (states.py; default: every one in pure bf16, none otherwise)."""
+    (states.py; default: every one in pure bf16, none otherwise); ``optimizer_step_bytes``: the step scratch of
+    an optimizer with a per-tensor rule (optim_rules.py), in place of ``optimizer_scratch_bytes``."""
     n = max(num_ranks, 1)
     largest_tensor = largest_trainable if largest_trainable_tensor is None else largest_trainable_tensor
     if partition is None:
@@ -205,7 +207,9 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
         on_gpu = 0  # the optimizer runs on the CPU
     scratch = optimizer_scratch_bytes(train, num_trainable_on_gpu=on_gpu, moment_bytes=moment_bytes,
                                       largest_trainable=largest_trainable)
-    if (num_stepped_16bit is not None and not train.uses_deepspeed and on_gpu > 0
+    if optimizer_step_bytes is not None:
+        scratch = optimizer_step_bytes if on_gpu else 0
+    elif (num_stepped_16bit is not None and not train.uses_deepspeed and on_gpu > 0
             and train.optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED)):
         # torch's foreach/fused AdamW groups tensors by dtype: the scratch of each group is in its states' dtype
         # (16-bit adapters stepped as they are, fp32 ones beside them: peft_dtypes.py).
@@ -224,7 +228,7 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
     zero_step = zero12_step(train, partition, grad_bytes=grad_bytes, scratch_bytes=scratch)
     gathered = zero3_gathered_bytes(train, num_params, largest_trainable, grad_bytes)
     notes = []
-    if scratch:
+    if scratch and train.optimizer is Optimizer.ADAMW:
         notes.append("optimizer step: torch AdamW foreach makes a copy of the second moment (sqrt); "
                      "fused AdamW would not.")
     if gathered:

@@ -72,7 +72,7 @@ class EstimateCache:
         key = (train, num_gpus)
         if key not in self._lower:
             split = self.split(train)
-            states = unsharded_states(self.counts, split, train)
+            states = unsharded_states(self.counts, split, train, num_layers=self.model.num_layers)
             sharded = shard_states(states, train, num_gpus, self.counts.largest_module)
             self._lower[key] = sharded.params_bytes + sharded.grads_bytes + sharded.optimizer_states_bytes
         return self._lower[key]

@@ -40,7 +40,8 @@ def make_torch_optimizer(params: list[torch.Tensor], kind: Optimizer, device: st
     if kind is Optimizer.ADAFACTOR:
         from transformers.optimization import Adafactor
 
-        return Adafactor(params, lr=LEARNING_RATE, scale_parameter=False, relative_step=False, warmup_init=False)
+        # The HF Trainer's optim="adafactor" (transformers/trainer_optimizer.py): no first moment (beta1=None).
+        return Adafactor(params, lr=LEARNING_RATE, scale_parameter=False, relative_step=False)
     if kind in (Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT) and device != "cuda":
         raise PlannerError(
             f"optimizer {kind.value!r} pages its state through CUDA unified memory and needs --device cuda; "
@@ -48,12 +49,12 @@ def make_torch_optimizer(params: list[torch.Tensor], kind: Optimizer, device: st
         )
     import bitsandbytes as bnb
 
-    cls = {
-        Optimizer.ADAMW_8BIT: bnb.optim.AdamW8bit,
-        Optimizer.PAGED_ADAMW: bnb.optim.PagedAdamW,
-        Optimizer.PAGED_ADAMW_8BIT: bnb.optim.PagedAdamW8bit,
-    }[kind]
-    return cls(params, lr=LEARNING_RATE)
+    # What the HF Trainer builds for adamw_bnb_8bit, paged_adamw_32bit and paged_adamw_8bit
+    # (transformers/trainer_optimizer.py: bitsandbytes.optim.AdamW with optim_bits and is_paged).
+    # bitsandbytes 0.50.2 steps it on CPU too (backends/cpu/ops.py, torch ops in fp32; planner/estimate/optim_rules.py).
+    bits = 32 if kind is Optimizer.PAGED_ADAMW else 8
+    paged = kind is not Optimizer.ADAMW_8BIT
+    return bnb.optim.AdamW(params, lr=LEARNING_RATE, optim_bits=bits, is_paged=paged)
 
 
 class MasterWeightsOptimizer:

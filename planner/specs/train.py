@@ -88,12 +88,20 @@ class TrainSpec:
                 raise PlannerError("--lora-dtype 16bit with --precision fp16-mixed trains fp16 adapters, whose "
                                    "gradients torch's GradScaler refuses to unscale (the HF Trainer's fp16 path); "
                                    "use bf16-mixed or --lora-dtype fp32.")
+        # DeepSpeed wraps a client optimizer and hands it its flat 1-D fp32 partitions: bitsandbytes' block layout
+        # and Adafactor's factored moment (>= 2-D only) would follow those, which planner has not profiled
+        # (planner/estimate/optim_rules.py models each on the model's own tensors).
         if self.optimizer in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT, Optimizer.PAGED_ADAMW) and (
             self.parallelism.uses_deepspeed
         ):
             raise PlannerError(
                 f"optimizer {self.optimizer.value!r} is a bitsandbytes optimizer and cannot be combined with "
-                f"DeepSpeed ZeRO stage {self.zero_stage}; use adamw, sgd or adafactor."
+                f"DeepSpeed ZeRO stage {self.zero_stage}; use adamw or adamw-fused."
+            )
+        if self.optimizer is Optimizer.ADAFACTOR and self.parallelism.uses_deepspeed:
+            raise PlannerError(
+                f"optimizer 'adafactor' with DeepSpeed ZeRO stage {self.zero_stage} is not modelled (DeepSpeed steps "
+                "flat 1-D partitions, so its second moment would not be factored); use adamw or adamw-fused."
             )
 
     @property

@@ -336,8 +336,43 @@ ACCUMULATION_CELLS = tuple(
 )
 
 
+# bitsandbytes' AdamW8bit and transformers' Adafactor (``--optimizer adamw-8bit|adafactor``, issue 16 item 2), in the
+# full matrix only (the CI subset is near its time budget): per optimizer one full bf16-mixed Llama peaking at the
+# optimizer step (fp32 masters stepped one tensor at a time) and one fp32 cell whose states sit on the weights
+# themselves; 8-bit AdamW also on LoRA adapters (every adapter under min_8bit_size: 32-bit states).
+RECIPE_OPTIMIZER_CELLS = tuple(
+    cell
+    for opt in ("adamw-8bit", "adafactor")
+    for cell in (
+        Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+             method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
+             micro_batch=1, optimizer=opt),
+        Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+             vocab=512, method="full" if opt == "adafactor" else "lora-attn", precision="fp32", zero=0,
+             num_ranks=1, ckpt=False, attn="eager", seq_len=64, micro_batch=2, optimizer=opt),
+        Cell(family="qwen2", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256,
+             vocab=2048, method="full", precision="fp32", zero=0, num_ranks=1, ckpt=True, attn="sdpa",
+             seq_len=32, micro_batch=1, optimizer=opt),
+    )
+)
+
+
 # Cells of the full matrix only (each tuple's comment says why); the CI subset never picks them.
-FULL_ONLY_CELLS = DTYPE_CELLS + DEEPSPEED_CONFIG_CELLS + ACCUMULATION_CELLS
+FULL_ONLY_CELLS = DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + DEEPSPEED_CONFIG_CELLS + ACCUMULATION_CELLS
+
+# Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under
+# profiles/gpu/ and compared by ``planner validate --suite gpu-reference``), in neither CPU matrix: the paged
+# optimizers run only on CUDA (their states in cudaMallocManaged memory, outside the allocated figures, which the
+# estimate leaves out of per_gpu and puts in the device figure), and 8-bit AdamW's CUDA step is one in-place
+# kernel where the CPU backend allocates fp32 copies (optim_rules.py). A larger hidden size so that tensors reach
+# bitsandbytes' paging threshold (1e5 elements).
+GPU_OPTIMIZER_CELLS = tuple(
+    Cell(family="llama", hidden=512, layers=2, heads=512 // HEAD_DIM, kv_heads=2, intermediate=1024, vocab=4096,
+         method="full", precision=precision, zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=1, optimizer=opt)
+    for opt in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit")
+    for precision in ("bf16-mixed", "bf16")
+)
 
 
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
