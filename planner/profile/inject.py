@@ -355,6 +355,12 @@ class Session:
     def finish_at_exit(self) -> None:
         if self.done:
             return
+        if self.model is None and self.error is None:
+            # Never ran a forward: a helper process of the command (a launcher's ``python -c``), not a rank;
+            # writing would clobber the real rank's recording.
+            self.done = True
+            self.recorder.stop()
+            return
         from planner.profile.runner import _first_line, _is_oom
 
         err = self.error
