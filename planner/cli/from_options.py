@@ -16,7 +16,8 @@ from planner.specs import ModelSpec, TrainSpec
 FromOpt = Annotated[
     Path | None,
     typer.Option("--from", help="Estimate the run a training config describes: LLaMA-Factory, axolotl or torchtune "
-                 "YAML, or TrainingArguments/TRL SFTConfig fields (JSON/YAML), with the DeepSpeed JSON it names. "
+                 "YAML, TrainingArguments/TRL SFTConfig fields (JSON/YAML), with the DeepSpeed JSON it names, or a bundle "
+                 "'planner recommend --out' wrote (its directory or train.py). "
                  "Flags given beside it override it."),
 ]
 AccelerateConfigOpt = Annotated[

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from planner.cli import deepspeed_options
+from planner.cli import from_options as fo
 from planner.cli import options as o
 from planner.errors import PlannerError
 
@@ -40,6 +41,13 @@ TorchCatOpt = Annotated[
         "--torch-categories",
         help="Also categorise with torch.profiler._memory_profiler (private API; CPU only; slower).",
     ),
+]
+CommandArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="After '--': your own training command (python, torchrun, accelerate launch or deepspeed) "
+                   "to record instead of planner's workload, e.g. -- torchrun --nproc_per_node 2 train.py. Give the "
+                   "run it makes with --from FILE or flags; every rank records --steps optimizer steps.",
+                   show_default=False),
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")]
 RamCheckOpt = Annotated[
@@ -71,23 +79,33 @@ def profile(
     fail_at: FailAtOpt = None,
     trust_remote_code: o.TrustRemoteCodeOpt = False,
     as_json: o.JsonOpt = False,
+    from_config: fo.FromOpt = None,
+    accelerate_config: fo.AccelerateConfigOpt = None,
+    command: CommandArg = None,
 ) -> None:
-    """Train MODEL for a few steps under exactly this configuration and record every rank's memory."""
+    """Train MODEL for a few steps under exactly this configuration and record every rank's memory; or, after
+    '--', record your own training command."""
     # Before torch loads: C++ warnings about blocks allocated before recording began are expected.
     if "torch" not in sys.modules:
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     from planner.models import load_model
     from planner.profile.launcher import default_slug, resolve_device, run_profile
 
+    fc, model = fo.read_from(from_config, accelerate_config, model)
+    if fc is not None and not command:
+        raise PlannerError("--from goes with a command to record: planner profile --from FILE -- COMMAND.")
     if model is None and weights is None:
         raise PlannerError("--model is required (or --weights DIR with a config.json).")
     spec = load_model(model or weights, trust_remote_code=trust_remote_code)
-    train = o.build_train_spec(flags, model=spec)
+    if fc is not None:
+        train, flags = fo.from_config_run(fc, flags, spec)
+    else:
+        train = o.build_train_spec(flags, model=spec)
     deepspeed_options.echo_notes(flags)
     o.build_cluster(flags)  # validates --gpus and --nodes with the cluster's messages
     resolved = resolve_device(device, flags.gpus)
     if out is None:
-        out = Path("profiles") / default_slug(spec, train, flags.gpus, resolved)
+        out = Path("profiles") / (default_slug(spec, train, flags.gpus, resolved) + ("-command" if command else ""))
     gpu_name = None
     if resolved == "cuda":  # the catalog GPU this is, so that compare estimates for the same card
         from planner.nvml import local_gpu
@@ -96,11 +114,19 @@ def profile(
             gpu_name = local_gpu().name
         except PlannerError:
             gpu_name = None
-    status, message, path = run_profile(
-        spec, train, num_gpus=flags.gpus, num_nodes=flags.nodes, steps=steps, device=resolved, out=out, force=force,
-        seed=seed, weights=weights, data=data, tokenizer=tokenizer, fail_at=fail_at,
-        torch_categories=torch_categories, gpu=gpu_name, show_progress=progress, ram_check=ram_check,
-    )  # fmt: skip
+    if command:
+        from planner.profile.command import run_command_profile
+
+        status, message, path = run_command_profile(
+            spec, train, list(command), num_gpus=flags.gpus, num_nodes=flags.nodes, steps=steps, device=resolved,
+            out=out, force=force, gpu=gpu_name,
+        )  # fmt: skip
+    else:
+        status, message, path = run_profile(
+            spec, train, num_gpus=flags.gpus, num_nodes=flags.nodes, steps=steps, device=resolved, out=out,
+            force=force, seed=seed, weights=weights, data=data, tokenizer=tokenizer, fail_at=fail_at,
+            torch_categories=torch_categories, gpu=gpu_name, show_progress=progress, ram_check=ram_check,
+        )  # fmt: skip
     from planner.profile import load_profile
 
     prof = load_profile(path)

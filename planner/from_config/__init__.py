@@ -3,7 +3,8 @@
 Formats: LLaMA-Factory YAML (``src/llamafactory/hparams/*.py``), axolotl YAML
 (``src/axolotl/utils/schemas/config.py``), torchtune recipe YAML (``recipes/configs/``), and Hugging Face
 ``TrainingArguments`` / TRL ``SFTConfig`` + ``ModelConfig`` fields as JSON or YAML (transformers
-``training_args.py``, TRL ``trl/trainer/sft_config.py``, ``trl/trainer/model_config.py``). The DeepSpeed JSON a
+``training_args.py``, TRL ``trl/trainer/sft_config.py``, ``trl/trainer/model_config.py``), and the run bundle
+``planner recommend --out`` writes (its directory or train.py; bundle.py). The DeepSpeed JSON a
 config names (``deepspeed:``) is followed, and so is an accelerate config given beside it (the file of
 ``accelerate launch --config_file``); of DeepSpeed only the ZeRO stage, the offload targets and the bf16/fp16
 flags are read for now.
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError
+from planner.from_config.bundle import ACCELERATE_CONFIG, bundle, bundle_script, load_plan
 from planner.from_config.formats import axolotl, hf, llamafactory, torchtune
 from planner.from_config.reader import Reader, load_mapping
 from planner.specs import TrainSpec
 
-FORMATS = ("llamafactory", "axolotl", "torchtune", "hf")
+FORMATS = ("llamafactory", "axolotl", "torchtune", "hf", "bundle")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,14 @@ def read_training_config(path: str | Path, accelerate_config: str | Path | None 
     config the run is launched with. Raises PlannerError with one sentence for anything unreadable or
     unrepresentable."""
     path = Path(path)
-    data = load_mapping(path)
+    script = bundle_script(path) if fmt in (None, "bundle") else None
+    if script is not None:  # planner's own bundle (a directory or its train.py): the round trip
+        path, fmt = script, "bundle"
+        data = load_plan(script)
+        if accelerate_config is None and (script.parent / ACCELERATE_CONFIG).is_file():
+            accelerate_config = script.parent / ACCELERATE_CONFIG
+    else:
+        data = load_mapping(path)
     if fmt is None:
         fmt = detect_format(data, str(path))
     elif fmt not in FORMATS:
@@ -62,7 +71,7 @@ def read_training_config(path: str | Path, accelerate_config: str | Path | None 
     r = Reader(data, path)
     if accelerate_config is not None:
         r.read_accelerate(Path(accelerate_config))
-    reader = {"llamafactory": llamafactory, "axolotl": axolotl, "torchtune": torchtune, "hf": hf}[fmt]
+    reader = {"llamafactory": llamafactory, "axolotl": axolotl, "torchtune": torchtune, "hf": hf, "bundle": bundle}[fmt]
     kwargs = reader(r)
     r.list_unread()
     try:

@@ -96,16 +96,21 @@ class DeepSpeedEngine(Engine):
         out of them and drop the ``.grad`` tensors (stage_1_and_2.py ``independent_gradient_partition_epilogue``,
         at the end of backward): an identity probe there sees the full gradients, which no probe after
         backward can."""
-        opt = self.optimizer
-        original = getattr(opt, "independent_gradient_partition_epilogue", None)
-        if original is None:
-            return
+        probe_when_gradients_complete(self.optimizer, callback)
 
-        def epilogue(*args, **kwargs):
-            callback()
-            return original(*args, **kwargs)
 
-        opt.independent_gradient_partition_epilogue = epilogue
+def probe_when_gradients_complete(optimizer: Any, callback) -> None:
+    """``callback()`` at the start of a ZeRO 1/2 optimizer's ``independent_gradient_partition_epilogue`` (also
+    used by the injected recording of a user's command, inject.py); nothing for any other optimizer."""
+    original = getattr(optimizer, "independent_gradient_partition_epilogue", None)
+    if original is None:
+        return
+
+    def epilogue(*args, **kwargs):
+        callback()
+        return original(*args, **kwargs)
+
+    optimizer.independent_gradient_partition_epilogue = epilogue
 
 
 def make_engine(built: Built, train: TrainSpec, device: str, num_ranks: int, local_rank: int) -> Engine:

@@ -1,0 +1,403 @@
+"""Recording injected into a user's own training process (``planner profile -- COMMAND``), no edit to the script.
+
+``planner profile -- COMMAND`` (command.py) runs COMMAND with ``planner/profile/hook`` first on PYTHONPATH and
+``PLANNER_PROFILE_JOB`` naming the job file; that directory's ``sitecustomize.py`` calls ``activate`` in every
+Python process that starts. A process records when it is a training process: torchrun, DeepSpeed and accelerate
+set ``RANK`` in their workers; a process that is itself a launcher (``torchrun``, ``deepspeed``, ``accelerate``,
+``python -m torch.distributed.run``, ...) does not record, and neither does any process started by a recording
+one (``PLANNER_PROFILE_ACTIVE``: data-loader or compile workers). A recording process starts planner's own
+recorder (recorders.py: ``CpuRecorder`` or ``CudaRecorder``) before the script runs, so every tensor is seen
+allocated, and marks the windows the replay (attribution.py) reads, from what the libraries do:
+
+- ``step::S::MB::forward``: the outermost module call (a global forward hook; DDP and the DeepSpeed engine are
+  modules); ``loss``: from its end to the start of backward (a loss computed outside the model);
+  ``backward``: the outermost ``torch.autograd.backward`` (``Tensor.backward`` calls it), or the DeepSpeed
+  engine's own ``backward`` (which also reduces the gradients); a checkpointed layer's forward re-run inside
+  backward is a ``recompute`` window; ``optimizer_step``: the outermost ``torch.optim.Optimizer.step`` (global
+  step hooks) or the DeepSpeed engine's ``step``; ``inputs``: from the end of a backward or a step to the next
+  forward (the batch is made there); ``setup::wrap``: DDP's construction, the HF Trainer's ``accelerator.prepare``
+  (DeepSpeed's initialize runs in it);
+- identity probes (identity.py) of the model (the outermost module) and its optimizer (the one stepped, or the
+  DeepSpeed engine's) at the start and end of every backward, after every step, when each gradient is made
+  (HF Trainer: hooks registered before DeepSpeed's) and before ZeRO 1/2 partition the gradients.
+
+After ``steps`` optimizer steps the rank's recording is attributed and written (rank_output.py) like a
+``planner profile`` rank; an HF Trainer is then stopped by its callback (trainer_hook.py), any other script
+exits. A script that ends earlier (an error, fewer steps) writes what it recorded with its status.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ENV_JOB = "PLANNER_PROFILE_JOB"
+ENV_ACTIVE = "PLANNER_PROFILE_ACTIVE"
+# Launchers: they start the training processes and never train themselves (console script or module names).
+LAUNCHERS = frozenset({"torchrun", "deepspeed", "accelerate", "torch.distributed.run", "torch.distributed.launch",
+                       "deepspeed.launcher.runner", "deepspeed.launcher.launch", "accelerate.commands.launch",
+                       "accelerate.commands.accelerate_cli"})
+
+_session: Session | None = None
+
+
+def program(argv: list[str]) -> str:
+    """The script or module a Python command line runs: ``-m NAME`` -> NAME, else the script's file stem."""
+    args = argv[1:]
+    while args:
+        a = args.pop(0)
+        if a == "-m" and args:
+            return args[0]
+        if a.startswith("-m") and len(a) > 2:
+            return a[2:]
+        if a in ("-c",):
+            return "-c"
+        if a.startswith("-"):
+            if a in ("-W", "-X") and args:
+                args.pop(0)
+            continue
+        return Path(a).stem if a.endswith(".py") else Path(a).name
+    return ""
+
+
+def should_record(env: dict[str, str], argv: list[str]) -> bool:
+    if not env.get(ENV_JOB) or env.get(ENV_ACTIVE):
+        return False
+    return program(argv) not in LAUNCHERS
+
+
+def activate() -> None:
+    """Called by the hook's sitecustomize.py at interpreter start-up."""
+    global _session
+    if _session is not None or not should_record(dict(os.environ), list(getattr(sys, "orig_argv", sys.argv))):
+        return
+    os.environ[ENV_ACTIVE] = str(os.getpid())
+    from planner.profile.job import Job
+
+    job_path = Path(os.environ[ENV_JOB])
+    _session = Session(Job.from_json(job_path.read_text()), job_path.parent / "ranks")
+    _session.start()
+
+
+def session() -> Session | None:
+    return _session
+
+
+class Session:
+    """One recording process: the recorder, the phase windows, the probes, and the rank's output at the end."""
+
+    def __init__(self, job, rank_dir: Path) -> None:
+        self.job = job
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", str(self.rank)))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank_dir = rank_dir
+        self.step = 0
+        self.mb = 0
+        self.steps_completed = 0
+        self.steps_recorded = 0
+        self.window: tuple[str, Any, int] | None = None  # (name, record_function, start ns)
+        self.fwd_depth = self.bwd_depth = self.opt_depth = 0
+        self.recomputing: list[Any] = []
+        self.model = None
+        self.optimizer = None
+        self.probe_index = 0
+        self.done = False
+        self.trainer = None  # an HF Trainer seen being built (trainer_hook.py)
+        self.error: BaseException | None = None
+        self.engine_name = "user command"
+        self.started = time.time()
+
+    # ------------------------------------------------------------ start
+
+    def start(self) -> None:
+        import torch
+
+        from planner.profile import trainer_hook
+        from planner.profile.recorders import CpuRecorder, CudaRecorder
+
+        if self.job.device == "cuda":
+            torch.cuda.set_device(self.local_rank)
+            self.recorder = CudaRecorder(self.local_rank)
+        else:
+            self.recorder = CpuRecorder()
+            if self.world_size > 1:
+                from planner.profile import gloo_settle
+
+                gloo_settle.install()  # before DeepSpeed or the script keep references to the collectives
+        self.rank_dir.mkdir(parents=True, exist_ok=True)
+        self._install_hooks()
+        trainer_hook.install(self)
+        atexit.register(self.finish_at_exit)
+        previous = sys.excepthook
+
+        def excepthook(kind, value, tb):
+            self.error = value
+            previous(kind, value, tb)
+
+        sys.excepthook = excepthook
+        self.recorder.start()
+
+    def _install_hooks(self) -> None:
+        import torch
+        from torch.nn.modules import module as module_mod
+        from torch.optim import optimizer as optimizer_mod
+
+        module_mod.register_module_forward_pre_hook(self._forward_pre)
+        module_mod.register_module_forward_hook(self._forward_post, always_call=True)
+        optimizer_mod.register_optimizer_step_pre_hook(lambda opt, args, kwargs: self.step_begin(opt))
+        optimizer_mod.register_optimizer_step_post_hook(lambda opt, args, kwargs: self.step_end())
+        original_backward = torch.autograd.backward
+
+        def backward(*args, **kwargs):
+            self.backward_begin()
+            try:
+                return original_backward(*args, **kwargs)
+            finally:
+                self.backward_end()
+
+        torch.autograd.backward = backward
+        ddp_init = torch.nn.parallel.DistributedDataParallel.__init__
+
+        def ddp_wrapped(module, *args, **kwargs):
+            with self.setup_window("wrap"):
+                ddp_init(module, *args, **kwargs)
+
+        torch.nn.parallel.DistributedDataParallel.__init__ = ddp_wrapped
+
+    # ------------------------------------------------------------ windows
+
+    def _open(self, name: str) -> None:
+        from torch.profiler import record_function
+
+        from planner.profile.attribution import MARKER_PREFIX
+
+        self._close()
+        if self.done:
+            return
+        rf = record_function(MARKER_PREFIX + name)
+        rf.__enter__()
+        self.window = (name, rf, time.time_ns())
+
+    def _close(self) -> None:
+        from planner.profile.attribution import Window
+
+        if self.window is None:
+            return
+        name, rf, t0 = self.window
+        self.window = None
+        rf.__exit__(None, None, None)
+        self.recorder.wall_windows.append(Window(name, t0, time.time_ns()))
+        self.recorder.on_window_end(name)
+
+    def _phase(self, phase: str, mb: int | None = None) -> None:
+        self._open(f"step::{self.step}::{self.mb if mb is None else mb}::{phase}")
+
+    def setup_window(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def window():
+            if self.done or self.window is not None:
+                yield
+                return
+            self._open(f"setup::{name}")
+            try:
+                yield
+            finally:
+                self._close()
+
+        return window()
+
+    # ------------------------------------------------------------ what the libraries do
+
+    def _forward_pre(self, module, args) -> None:
+        if self.done:
+            return
+        if self.bwd_depth:  # a checkpointed layer's forward re-run inside backward
+            if not self.recomputing:
+                from torch.profiler import record_function
+
+                from planner.profile.attribution import MARKER_PREFIX
+
+                rf = record_function(MARKER_PREFIX + "recompute")
+                rf.__enter__()
+                self.recomputing.append((module, rf))
+            return
+        self.fwd_depth += 1
+        if self.fwd_depth == 1:
+            if self.model is None:
+                self._adopt(module)
+            self._phase("forward")
+
+    def _forward_post(self, module, args, output) -> None:
+        if self.done:
+            return
+        if self.bwd_depth:
+            if self.recomputing and self.recomputing[-1][0] is module:
+                self.recomputing.pop()[1].__exit__(None, None, None)
+            return
+        if self.fwd_depth == 0:
+            return
+        self.fwd_depth -= 1
+        if self.fwd_depth == 0:
+            self._phase("loss")
+
+    def _adopt(self, module) -> None:
+        """The outermost module trained: the model for identity; a DeepSpeed engine gets its own windows."""
+        self.model = module
+        if type(module).__name__ == "DeepSpeedEngine":
+            self.engine_name = "deepspeed"
+            self.optimizer = getattr(module, "optimizer", None)
+            self._wrap_engine(module)
+            self._on_gradients_complete(self.optimizer)
+        elif type(module).__name__ == "DistributedDataParallel":
+            self.engine_name = "ddp"
+
+    def _wrap_engine(self, engine) -> None:
+        backward, step = engine.backward, engine.step
+
+        def engine_backward(*args, **kwargs):
+            self.backward_begin()
+            try:
+                return backward(*args, **kwargs)
+            finally:
+                self.backward_end()
+
+        def engine_step(*args, **kwargs):
+            boundary = engine.is_gradient_accumulation_boundary()
+            if boundary:
+                self.step_begin(None)
+            try:
+                return step(*args, **kwargs)
+            finally:
+                if boundary:
+                    self.step_end()
+
+        engine.backward, engine.step = engine_backward, engine_step
+
+    def _on_gradients_complete(self, optimizer) -> None:
+        """Probe before ZeRO 1/2 copy this rank's partition out of the full gradients (engine.py)."""
+        from planner.profile.engine import probe_when_gradients_complete
+
+        probe_when_gradients_complete(optimizer, self.probe)
+
+    def backward_begin(self) -> None:
+        if self.done:
+            return
+        self.bwd_depth += 1
+        if self.bwd_depth == 1:
+            self.probe()
+            self._phase("backward")
+
+    def backward_end(self) -> None:
+        if self.done or self.bwd_depth == 0:
+            return
+        self.bwd_depth -= 1
+        if self.bwd_depth == 0:
+            while self.recomputing:
+                self.recomputing.pop()[1].__exit__(None, None, None)
+            self._close()
+            self.probe()
+            self.mb += 1
+            self._phase("inputs")
+
+    def step_begin(self, optimizer) -> None:
+        if self.done:
+            return
+        self.opt_depth += 1
+        if self.opt_depth == 1:
+            if optimizer is not None and self.engine_name != "deepspeed":
+                self.optimizer = optimizer
+            self._phase("optimizer_step", max(self.mb - 1, 0))
+
+    def step_end(self) -> None:
+        if self.done or self.opt_depth == 0:
+            return
+        self.opt_depth -= 1
+        if self.opt_depth:
+            return
+        self._close()
+        self.probe()
+        self.step += 1
+        self.mb = 0
+        self.steps_completed = self.step
+        if self.step >= self.job.steps:
+            self.finish("ok", "")
+            if self.trainer is None:  # a plain loop: nothing would stop it
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
+            return
+        self._phase("inputs")
+
+    def probe(self) -> None:
+        if self.done or self.model is None:
+            return
+        from planner.profile import identity
+
+        self.recorder.probe(self.probe_index, identity.collect(self.model, self.optimizer))
+        self.probe_index += 1
+
+    def grad_born(self, param) -> None:
+        if not self.done and param.grad is not None:
+            from planner.profile.identity import storage_ptr
+
+            self.recorder.probe(self.probe_index, {"grads": [storage_ptr(param.grad)]})
+            self.probe_index += 1
+
+    # ------------------------------------------------------------ the end
+
+    def finish_at_exit(self) -> None:
+        if self.done:
+            return
+        if self.model is None and self.error is None:
+            # Never ran a forward: a helper process of the command (a launcher's ``python -c``), not a rank;
+            # writing would clobber the real rank's recording.
+            self.done = True
+            self.recorder.stop()
+            return
+        from planner.profile.runner import _first_line, _is_oom
+
+        err = self.error
+        if err is not None:
+            status = "oom" if _is_oom(err) else "failed"
+            message = f"rank {self.rank} failed at step {self.step}: {type(err).__name__}: {_first_line(err)}."
+        else:
+            status = "failed"
+            message = (f"rank {self.rank}'s command ended after {self.steps_completed} of {self.job.steps} optimizer "
+                       f"steps.")
+        self.finish(status, message)
+
+    def finish(self, status: str, message: str) -> None:
+        """Stop recording, attribute, write ``rank<r>.json`` and the timeline (rank_output.py)."""
+        if self.done:
+            return
+        while self.recomputing:
+            self.recomputing.pop()[1].__exit__(None, None, None)
+        self._close()
+        facts: dict[str, Any] = {}
+        if self.model is not None:
+            from planner.profile.identity import param_storage_bytes, reachable_ptrs
+
+            params = list(self.model.parameters())
+            facts = {"param_storage_bytes": param_storage_bytes(self.model), "num_params": sum(p.numel() for p in params),
+                     "num_trainable_params": sum(p.numel() for p in params if p.requires_grad)}
+            if self.job.device == "cpu" and (self.world_size > 1 or self.engine_name == "deepspeed"):
+                # every live tensor is reachable now (no autograd graph): frees gloo hid can be inferred
+                self.recorder.liveness(0, reachable_ptrs())
+        self.done = True
+        recording = self.recorder.stop()
+        self.steps_recorded = self.steps_completed
+        facts["failed_at_unix_ns"] = time.time_ns() if status != "ok" else None
+        from planner.profile.rank_output import RankOutput
+
+        out = RankOutput()
+        out.job, out.rank, out.rank_dir, out.recorder = self.job, self.rank, self.rank_dir, self.recorder
+        out.steps_completed, out.steps_recorded = self.steps_completed, self.steps_recorded
+        self.model = self.optimizer = None
+        out._finish(recording, status, message, facts, self.engine_name, time.time() - self.started)
