@@ -77,6 +77,7 @@ READ_VARIANTS = {
     "dropout": dict(dropout=0.1),
     "lora": dict(lora=LoraSpec(rank=8)),
     "parallelism": dict(parallelism=Parallelism.from_zero(3)),
+    "activation_offload": dict(method=Method.LORA, activation_offload=True),
 }
 LORA_READ_VARIANTS = {
     "rank": LoraSpec(rank=4),

@@ -92,6 +92,12 @@ GradAccumOpt = Annotated[int, typer.Option("--grad-accum", help="Gradient accumu
 CheckpointingOpt = Annotated[
     bool, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Activation checkpointing, every layer.")
 ]
+ActivationOffloadOpt = Annotated[
+    bool,
+    typer.Option("--activation-offload/--no-activation-offload",
+                 help="Copy saved activations to host RAM in forward and back in backward "
+                      "(torch.autograd.graph.save_on_cpu around the forward; default: off)."),
+]
 AttnOpt = Annotated[str, typer.Option("--attn", help="Attention implementation: eager, sdpa, flash_attention_2.")]
 DropoutOpt = Annotated[
     float | None, typer.Option("--dropout", help="Override the model's dropout probabilities (default: config's).")
@@ -147,6 +153,7 @@ class TrainingFlags:
     seq_len: SeqLenOpt = None
     grad_accum: GradAccumOpt = 1
     grad_checkpointing: CheckpointingOpt = False
+    activation_offload: ActivationOffloadOpt = False
     attn: AttnOpt = "sdpa"
     dropout: DropoutOpt = None
     allow_longer: AllowLongerOpt = False
@@ -340,6 +347,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         seq_len=seq_len,
         grad_accum=f.grad_accum,
         grad_checkpointing=bool(f.grad_checkpointing),
+        activation_offload=bool(f.activation_offload),
         attn_impl=AttnImpl.SDPA if f.attn is None else parse_attn(f.attn),
         dropout=f.dropout,
     )

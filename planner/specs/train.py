@@ -60,6 +60,8 @@ class TrainSpec:
     attn_impl: AttnImpl = AttnImpl.SDPA
     # None: use the model config's own dropout probabilities.
     dropout: float | None = None
+    # Saved activations copied to host RAM in forward and back in backward (torch.autograd.graph.save_on_cpu)
+    activation_offload: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.parallelism, Parallelism):
@@ -76,6 +78,11 @@ class TrainSpec:
             raise PlannerError("QLoRA with ZeRO stage 3 is not supported: bitsandbytes 4-bit weights cannot be sharded by this planner; use stage 0-2.")
         if self.method is Method.QLORA and self.precision is Precision.FP32:
             raise PlannerError("QLoRA needs a 16-bit compute dtype; use --precision bf16-mixed or fp16-mixed.")
+        if self.activation_offload and self.method is Method.QLORA:
+            raise PlannerError(
+                "--activation-offload is not modelled with QLoRA: which tensors bitsandbytes' 4-bit matmul saves "
+                "through autograd (and so copies to the host) is not written down yet; use full or LoRA."
+            )
         if self.optimizer in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT, Optimizer.PAGED_ADAMW) and (
             self.parallelism.uses_deepspeed
         ):
@@ -131,6 +138,7 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "grad_checkpointing": train.grad_checkpointing,
         "attn_impl": train.attn_impl.value,
         "dropout": train.dropout,
+        "activation_offload": train.activation_offload,
     }
 
 
@@ -162,6 +170,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             grad_checkpointing=bool(d.get("grad_checkpointing", False)),
             attn_impl=AttnImpl(d.get("attn_impl", "sdpa")),
             dropout=d.get("dropout"),
+            activation_offload=bool(d.get("activation_offload", False)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

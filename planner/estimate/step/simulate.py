@@ -30,11 +30,12 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from planner.errors import PlannerError
+from planner.estimate.step import offload
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.step.family_layers import build_family
 from planner.estimate.step.logits import causal_lm_loss
-from planner.estimate.step.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
+from planner.estimate.step.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release, tensor_bytes
 from planner.specs import Method, ModelSpec, Precision, TrainSpec
 
 NUM_SIMULATED_LAYERS = 3
@@ -49,7 +50,7 @@ CUDA_RNG_STATE_BYTES = 16
 # StepInputs, built only by step_inputs) or ignored with the reason. tests/test_step_inputs.py fails when a
 # TrainSpec or LoraSpec field is in neither, so a new field cannot be silently left out of the cache key.
 TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_checkpointing", "attn_impl", "dropout",
-                     "lora", "parallelism")
+                     "lora", "parallelism", "activation_offload")
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
                  "temporaries.py's",
@@ -96,6 +97,7 @@ class StepInputs:
     keep_logits: bool
     hold_grads_over: int
     cpu: CpuKernels | None
+    activation_offload: bool = False
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -112,6 +114,7 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         attn_impl=train.attn_impl.value, dropout=train.dropout, adapters=adapters, lora_dropout=train.lora.dropout,
         modules_to_save=train.lora.modules_to_save, zero=_zero_key(train), device=device, keep_grads=keep_grads,
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
+        activation_offload=train.activation_offload,
     )
 
 
@@ -131,7 +134,8 @@ def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", k
     # oneDNN's workspace is not linear in the micro-batch (blocking heuristics): simulated directly. Otherwise
     # every tensor's size is linear in the micro-batch and the order of allocations does not depend on it: two
     # simulations (micro-batch 2 and 3) give every candidate peak as a line in b (envelope.py).
-    direct = train.micro_batch == 1 or _cpu_kind(device, cpu) is not None
+    # Activation offloading's pinned host bytes round each copy to a power of two: not linear either.
+    direct = train.micro_batch == 1 or _cpu_kind(device, cpu) is not None or train.activation_offload
     inputs = step_inputs(model, train, device=device, keep_grads=keep_grads, keep_logits=keep_logits,
                          adapters=adapters, hold_grads_over=hold_grads_over, cpu=cpu,
                          micro_batch=None if direct else 0)
@@ -202,6 +206,12 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     t = Tape(sim, device=inputs.device, cpu=inputs.cpu, hold_grads_over=inputs.hold_grads_over,
              keep_param_grads=keep_grads)
     # transformers' checkpointing calls enable_input_require_grads(): input_requires_grad
+    offload = inputs.activation_offload
+    if offload and model.is_moe:
+        raise PlannerError(
+            f"--activation-offload is not modelled for mixture-of-experts models such as {model.name!r}: which "
+            "expert weights and routing tensors their nodes save (and so copy to the host) is not written down yet."
+        )
     fam = build_family(model, method=inputs.method, precision=inputs.precision, b=b, s=s, attn=inputs.attn_impl,
                        dropout=inputs.dropout, adapters=inputs.adapters, lora_dropout=inputs.lora_dropout,
                        modules_to_save=inputs.modules_to_save, device=inputs.device, zero_stage=inputs.zero,
@@ -214,21 +224,28 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     sim.phase = "forward"
     hooks: dict[int, object] = {}
     layer_saved = [0]
+    layer_host = [0, 0]  # layer 1's packed host bytes (requested, pinned): the ghost layers pack as much
     layer_grads = fam.layer_grad_bytes if keep_grads else 0
 
     def run_layers(h: Fake, extras) -> Fake:
         for i in range(sim_layers):
-            before = sim.saved
+            before, host, pinned = sim.saved, sim.host, sim.host_pinned
             h = _run_layer(t, fam, i, h, extras, ckpt, hooks)
             if i == 1:
                 layer_saved[0] = sim.saved - before
+                layer_host[:] = [sim.host - host, sim.host_pinned - pinned]
                 if ghost:
                     sim.ghost(ghost * layer_saved[0], saved=True)
-                    _ghost_swap_hook(sim, hooks, fam, ghost * layer_saved[0], ghost * layer_grads)
+                    sim.host += ghost * layer_host[0]
+                    sim.host_pinned += ghost * layer_host[1]
+                    _ghost_swap_hook(sim, hooks, fam, ghost * layer_saved[0], ghost * layer_grads,
+                                     (ghost * layer_host[0], ghost * layer_host[1]))
         return h
 
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
+    t.packing = offload  # save_on_cpu around the model's forward, which computes the loss (offload.py)
     loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers, keep_logits=inputs.keep_logits)
+    t.packing = False
     if loss.node is None:
         # no parameter of the simulated forward is trainable: there is no backward to estimate (peft refuses
         # such a run, 'No modules were targeted for adaptation', and the optimizer would get no parameters)
@@ -239,6 +256,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
             "choose other --lora-targets or --modules-to-save."
         )
     end = sim.mark("forward_end")
+    host_end = (sim.host, sim.host_pinned)  # every packed copy exists now; backward only frees them
     fwd_peak = sim.peaks["forward"]
     backward(t, loss, hooks)
     sim.flush()
@@ -266,18 +284,24 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         logits_bytes=logits_bytes,
         notes=tuple(fam.notes),
         unknown_matmuls=tuple(sorted(t.unknown_matmuls)),
+        offloaded_bytes=host_end[0],
+        offloaded_pinned_bytes=host_end[1],
     )
     return Run(profile=profile, candidates=tuple(sim.record))
 
 
-def _ghost_swap_hook(sim: Sim, hooks: dict, fam, saved_bytes: int, grad_bytes: int) -> None:
-    """Before layer 1's backward: the ghost layers' activations are freed and their gradients exist."""
+def _ghost_swap_hook(sim: Sim, hooks: dict, fam, saved_bytes: int, grad_bytes: int,
+                     host_bytes: tuple[int, int] = (0, 0)) -> None:
+    """Before layer 1's backward: the ghost layers' activations (and host copies) are freed and their gradients
+    exist."""
     node = fam.last_node_of_layer.get(1)
     if node is None:
         return
 
     def swap() -> None:
         sim.ghost(-saved_bytes, saved=True)
+        sim.host -= host_bytes[0]
+        sim.host_pinned -= host_bytes[1]
         sim.ghost(grad_bytes, grads=True)
 
     _chain_hook(hooks, node, swap)
@@ -319,8 +343,17 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     kwargs = fam.layer_kwargs(i, extras)
     # the kwargs (mask, rotary tables) live as long as the frame: kept for backward like the input (and
     # counted once when layers share them)
-    t.keep(region[0], [h, rng] + [v for v in kwargs.values() if isinstance(v, Fake) and v.st is not None])
-    del rng
+    kept = [v for v in kwargs.values() if isinstance(v, Fake) and v.st is not None]
+    shape, dtype, packed_copy, h_in = h.shape, h.dtype, None, h
+    if t.packing:
+        # the frame's save_inputs(hidden_states) runs under save_on_cpu: the input is packed to the host (on CPU
+        # the copy is what the recomputation gets back), the kwargs stay referenced by the partial (offload.py)
+        packed_copy = offload.pack(t.sim, region[0], h, t.device, unpacked_by_node=False)
+        h_in = None
+        t.keep(region[0], [rng] + kept)
+    else:
+        t.keep(region[0], [h, rng] + kept)
+    del rng, h, kept
 
     num_saving = sum(1 for n in region if n.has_saved)
 
@@ -330,10 +363,15 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         t.grad_enabled = True
         t.saves_left = num_saving
         mark = len(t.sim.nodes)
+        # frame.get_inputs(): an offloaded input comes back as a device copy (CUDA) or as the host copy (CPU)
+        if h_in is not None:
+            src = h_in.st
+        else:
+            src = packed_copy or t.scratch(tensor_bytes(shape, dtype))
         # torch.random.fork_rng saves the current generator state while the stored one is replayed
         fork = t.scratch(CHECKPOINT_RNG_STATE_BYTES)
         try:
-            fam.layer(t, i, _detached(t, h), kwargs)
+            fam.layer(t, i, _detached(shape, dtype, src), kwargs)
         except StopRecompute:
             pass  # early stop: the rest of the layer is not re-run; its locals are freed with the traceback
         t.saves_left = None
@@ -342,7 +380,7 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         for orig, new in zip(region, fresh, strict=False):
             t.keep(orig, new.saved)
             release(t.sim, new)
-        del fresh, fork
+        del fresh, fork, src
         t.grad_enabled = False
         t.saving = saved_t
 
@@ -353,10 +391,10 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     return out
 
 
-def _detached(t: Tape, h: Fake) -> Fake:
-    """The recomputation runs on the saved input (same storage), which requires grad."""
+def _detached(shape, dtype: str, st) -> Fake:
+    """The recomputation runs on the saved input (its storage), which requires grad."""
     sink = Node("ckpt_input", [], lambda *_: [], 1)
-    return Fake(h.shape, h.dtype, h.st, sink, 0)
+    return Fake(shape, dtype, st, sink, 0)
 
 
 def _note_last(t: Tape, fam, i: int, start: int) -> None:
