@@ -90,7 +90,7 @@ def accuracy_rows() -> list[tuple[str, dict[str, str], dict[str, str]]]:
                 continue
             kwargs = {}
             for k, typ in names.items():
-                if k == "optimizer" and not row.get(k):  # a table from before the column: foreach AdamW
+                if k in ("optimizer", "activation_offload") and not row.get(k):  # a table from before the column
                     continue
                 v = row[k]
                 kwargs[k] = (v == "True") if typ in ("bool", bool) else float(v) if k == "lora_dropout" else (

@@ -86,17 +86,22 @@ class Cell:
     num_experts: int = 0
     lora_dropout: float = LORA_DROPOUT
     optimizer: str = DEFAULT_OPTIMIZER
+    activation_offload: bool = False
 
     @property
     def id(self) -> str:
-        """Readable and unique: the main factors, then a hash of every input. The default optimizer is named
-        neither in the id nor in the hash, so the cells from before the field keep their ids and profiles."""
+        """Readable and unique: the main factors, then a hash of every input. The default optimizer (and no
+        activation offloading) is named neither in the id nor in the hash, so the cells from before the field
+        keep their ids and profiles."""
         inputs = asdict(self)
         if self.optimizer == DEFAULT_OPTIMIZER:
             del inputs["optimizer"]
+        if not self.activation_offload:
+            del inputs["activation_offload"]
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:6]
         prec = "fp32" if self.precision == "fp32" else "bf16m"
         opt = "" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}"
+        opt += "-actoffload" if self.activation_offload else ""
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
                 f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}-{digest}")  # fmt: skip
 
@@ -143,7 +148,8 @@ class Cell:
                          lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
                                        targets=targets),
                          quant=quant, parallelism=Parallelism.from_zero(self.zero), micro_batch=self.micro_batch, seq_len=self.seq_len,
-                         grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn))  # fmt: skip
+                         grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn),
+                         activation_offload=self.activation_offload)  # fmt: skip
 
     def inputs(self) -> dict[str, Any]:
         """Every input as a flat dict (the CSV's input columns)."""
@@ -161,7 +167,7 @@ class Cell:
         kinds = {f.name: f.type for f in fields(Cell)}
         out: dict[str, Any] = {}
         for name, kind in kinds.items():
-            if name == "optimizer" and not d.get(name):
+            if name in ("optimizer", "activation_offload") and not d.get(name):
                 continue
             value = d[name]
             if kind == "bool":
@@ -226,6 +232,22 @@ OPTIMIZER_CELLS = (
          micro_batch=1, optimizer="adamw-fused"),
 )
 EXTRA_CELLS = EXTRA_CELLS + OPTIMIZER_CELLS
+# Activation offloading (``--activation-offload``: torch.autograd.graph.save_on_cpu around forward and loss, issue
+# 16 item 4), in the full matrix only (the CI subset is near its time budget): full bf16-mixed Llama without
+# checkpointing (every saved tensor and every saved weight copied at pack time), LoRA Llama with checkpointing
+# (only each layer's input is packed, by the checkpoint frame; the recomputation stays on the device), and full
+# bf16-mixed Llama ZeRO-3 on two ranks (LinearFunctionForZeroStage3 saves the gathered weight: copied whole).
+OFFLOAD_CELLS = (
+    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=256,
+         micro_batch=2, activation_offload=True),
+    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=2, activation_offload=True),
+    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=False, attn="sdpa", seq_len=256,
+         micro_batch=1, activation_offload=True),
+)
 
 
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
@@ -259,7 +281,8 @@ def _fill(skeletons: list[dict[str, Any]], rng: random.Random) -> list[Cell]:
 
 
 def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
-    """58 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS."""
+    """61 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS,
+    OFFLOAD_CELLS."""
     rng = random.Random(seed)
     single = [{"family": f, "method": m, "ckpt": c, "zero": 0, "num_ranks": 1}
               for f in FAMILIES for m in METHODS for c in (False, True)]  # fmt: skip
@@ -268,7 +291,7 @@ def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     ckpts = _balanced((False, True), len(multi_keys), rng)
     multi = [{"family": f, "method": m, "ckpt": c, "zero": z, "num_ranks": n}
              for (z, n, m), f, c in zip(multi_keys, fams, ckpts, strict=True)]  # fmt: skip
-    return _fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS)
+    return _fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS) + list(OFFLOAD_CELLS)
 
 
 def _requirements(cells: list[Cell]) -> set[tuple]:
@@ -291,7 +314,7 @@ def _covers(c: Cell) -> set[tuple]:
 def ci_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     """The cheapest subset of the full matrix covering every factor level and family x method pair."""
     everything = full_matrix(seed)
-    cells = [c for c in everything if c not in EXTRA_CELLS]
+    cells = [c for c in everything if c not in EXTRA_CELLS and c not in OFFLOAD_CELLS]
     todo = _requirements(cells)
     chosen: list[Cell] = list(EXTRA_CELLS)
     while todo:
