@@ -54,7 +54,7 @@ NodesOpt = Annotated[int, typer.Option("--nodes", help="Number of nodes; --gpus 
 HostRamOpt = Annotated[
     float | None,
     typer.Option("--host-ram", "--host-ram-gib", metavar="GIB",
-                 help="Host RAM per node for offload (offloaded states and DeepSpeed's pinned buffers), in GiB "
+                 help="Host RAM per node for offload (offloaded states, DeepSpeed's pinned buffers, offloaded activations), in GiB "
                       "(2^30 bytes); rows whose offload needs more do not fit. Default: not checked, and offload "
                       "rows say so."),
 ]

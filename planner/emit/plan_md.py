@@ -154,7 +154,10 @@ def render_plan_md(
         ("headroom", fmt_gib(est.headroom_bytes)),
     ]
     if est.cpu_bytes_per_node:
-        mem_rows.append(("CPU RAM per node (offloaded states)", fmt_gib(est.cpu_bytes_per_node)))
+        what = "offloaded states" + (" and activations" if est.train.activation_offload else "")
+        if est.train.activation_offload and est.train.offload.value == "none":
+            what = "offloaded activations"
+        mem_rows.append((f"CPU RAM per node ({what})", fmt_gib(est.cpu_bytes_per_node)))
 
     lines = [
         f"# Training plan: {_md(model.name)}",

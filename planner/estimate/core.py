@@ -209,8 +209,11 @@ def _host_notes(est: Estimate, host) -> tuple[str, ...]:
     """What the host RAM figure holds, and whether it was checked (numbers: the row's columns)."""
     notes = []
     if host.pinned_bytes:
-        notes.append("host RAM per node = its ranks x (DeepSpeed's offloaded optimizer states and pinned buffers); "
-                     "PyTorch's pinned allocator rounds each pinned buffer up to a power of two "
+        held = ("DeepSpeed's offloaded optimizer states and pinned buffers" if est.train.offload is not Offload.NONE
+                and est.train.uses_deepspeed else "")
+        if est.train.activation_offload:
+            held += (" and " if held else "") + "the offloaded activations"
+        notes.append(f"host RAM per node = its ranks x ({held}); PyTorch's pinned allocator rounds each pinned buffer up to a power of two "
                      "(cpu_pinned_bytes_per_node in --json).")
     if est.cluster.host_memory_bytes_per_node is None:
         notes.append("host RAM per node was not checked against the offload's need; pass --host-ram GIB to check it.")
