@@ -344,13 +344,18 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     # the kwargs (mask, rotary tables) live as long as the frame: kept for backward like the input (and
     # counted once when layers share them)
     kept = [v for v in kwargs.values() if isinstance(v, Fake) and v.st is not None]
-    shape, dtype, packed_copy, h_in = h.shape, h.dtype, None, h
+    shape, dtype, packed, h_in = h.shape, h.dtype, {}, h
     if t.packing:
-        # the frame's save_inputs(hidden_states) runs under save_on_cpu: the input is packed to the host (on CPU
-        # the copy is what the recomputation gets back), the kwargs stay referenced by the partial (offload.py)
-        packed_copy = offload.pack(t.sim, region[0], h, t.device, unpacked_by_node=False)
+        # the frame's save_inputs(*args) runs under save_on_cpu: the positional arguments (the hidden states; GPT-2
+        # also passes its mask positionally) are packed to the host (on CPU the copy is what the recomputation
+        # gets back); keyword arguments stay referenced by the partial (offload.py)
+        args = {None: h} | {k: v for k in _POSITIONAL.get(fam.kind, ())
+                            if isinstance(v := kwargs.get(k), Fake) and v.st is not None}
+        for k, v in args.items():
+            packed[k] = (v.shape, v.dtype, offload.pack(t.sim, region[0], v, t.device, unpacked_by_node=False))
+        kwargs = {k: v for k, v in kwargs.items() if k not in args}
         h_in = None
-        t.keep(region[0], [rng] + kept)
+        t.keep(region[0], [rng] + [v for v in kwargs.values() if isinstance(v, Fake) and v.st is not None])
     else:
         t.keep(region[0], [h, rng] + kept)
     del rng, h, kept
@@ -364,14 +369,14 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         t.saves_left = num_saving
         mark = len(t.sim.nodes)
         # frame.get_inputs(): an offloaded input comes back as a device copy (CUDA) or as the host copy (CPU)
-        if h_in is not None:
-            src = h_in.st
-        else:
-            src = packed_copy or t.scratch(tensor_bytes(shape, dtype))
+        unpacked = {k: Fake(sh, dt, copy or t.scratch(tensor_bytes(sh, dt))) for k, (sh, dt, copy) in packed.items()}
+        src = h_in.st if h_in is not None else unpacked.pop(None).st
+        layer_kwargs = kwargs | unpacked
+        del unpacked
         # torch.random.fork_rng saves the current generator state while the stored one is replayed
         fork = t.scratch(CHECKPOINT_RNG_STATE_BYTES)
         try:
-            fam.layer(t, i, _detached(shape, dtype, src), kwargs)
+            fam.layer(t, i, _detached(shape, dtype, src), layer_kwargs)
         except StopRecompute:
             pass  # early stop: the rest of the layer is not re-run; its locals are freed with the traceback
         t.saves_left = None
@@ -380,7 +385,7 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         for orig, new in zip(region, fresh, strict=False):
             t.keep(orig, new.saved)
             release(t.sim, new)
-        del fresh, fork, src
+        del fresh, fork, src, layer_kwargs
         t.grad_enabled = False
         t.saving = saved_t
 
@@ -389,6 +394,11 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     trigger = next((n for n in reversed(region) if n.has_saved), region[-1])
     _chain_hook(hooks, trigger, recompute)
     return out
+
+
+# Layer arguments besides the hidden states that transformers passes positionally to a checkpointed layer
+# (models/gpt2/modeling_gpt2.py: ``block(hidden_states, cache, causal_mask, ...)``), so the checkpoint frame saves them
+_POSITIONAL = {"gpt2": ("mask",)}
 
 
 def _detached(shape, dtype: str, st) -> Fake:
