@@ -33,6 +33,7 @@ forward and the previous node's unpacked tensors during backward. This module mo
 
 from __future__ import annotations
 
+from planner.errors import PlannerError
 from planner.estimate.step.sim import Fake, Node, Param, Sim, Storage, tensor_bytes
 
 # The pinned host allocator's rounding (aten/src/ATen/core/CachingHostAllocator.h: PowerOf2Ceil)
@@ -84,3 +85,33 @@ def release_host(sim: Sim, node: Node) -> None:
         sim.host -= sum(abs(n) for n in node.packed)
         sim.host_pinned -= sum(pinned_size(abs(n)) for n in node.packed)
         node.packed = None
+
+
+def check_modelled(model) -> None:
+    if model.is_moe:
+        raise PlannerError(
+            f"--activation-offload is not modelled for mixture-of-experts models such as {model.name!r}: which "
+            "expert weights and routing tensors their nodes save (and so copy to the host) is not written down yet."
+        )
+
+
+# Layer arguments besides the hidden states that transformers passes positionally to a checkpointed layer
+# (models/gpt2/modeling_gpt2.py: ``block(hidden_states, cache, causal_mask, ...)``), so the checkpoint frame saves them
+CHECKPOINT_POSITIONAL = {"gpt2": ("mask",)}
+
+
+def pack_checkpoint_inputs(sim: Sim, node: Node, h: Fake, kwargs: dict, kind: str, device: str) -> tuple[dict, dict]:
+    """A checkpointed layer's ``frame.save_inputs(*args)`` under save_on_cpu: the positional arguments (the hidden
+    states, key None; GPT-2's mask) are packed, held by the region's first node; the keyword arguments stay
+    referenced by transformers' ``partial``. Returns ({key: (shape, dtype, CPU copy or None)}, the kwargs left)."""
+    args = {None: h} | {k: v for k in CHECKPOINT_POSITIONAL.get(kind, ())
+                        if isinstance(v := kwargs.get(k), Fake) and v.st is not None}
+    packed = {k: (v.shape, v.dtype, pack(sim, node, v, device, unpacked_by_node=False)) for k, v in args.items()}
+    return packed, {k: v for k, v in kwargs.items() if k not in args}
+
+
+def unpack_checkpoint_inputs(sim: Sim, packed: dict) -> dict:
+    """``frame.get_inputs()`` at the recomputation: each packed argument as the host copy itself (CPU) or a new
+    device copy (CUDA), alive as long as the recomputation (or a node it saves into) holds it."""
+    return {k: Fake(shape, dtype, copy or Storage(sim, tensor_bytes(shape, dtype), "unpacked"))
+            for k, (shape, dtype, copy) in packed.items()}

@@ -30,12 +30,12 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from planner.errors import PlannerError
-from planner.estimate.step import offload
+from planner.estimate.step import offload as packing
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.step.family_layers import build_family
 from planner.estimate.step.logits import causal_lm_loss
-from planner.estimate.step.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release, tensor_bytes
+from planner.estimate.step.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
 from planner.specs import Method, ModelSpec, Precision, TrainSpec
 
 NUM_SIMULATED_LAYERS = 3
@@ -207,11 +207,8 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
              keep_param_grads=keep_grads)
     # transformers' checkpointing calls enable_input_require_grads(): input_requires_grad
     offload = inputs.activation_offload
-    if offload and model.is_moe:
-        raise PlannerError(
-            f"--activation-offload is not modelled for mixture-of-experts models such as {model.name!r}: which "
-            "expert weights and routing tensors their nodes save (and so copy to the host) is not written down yet."
-        )
+    if offload:
+        packing.check_modelled(model)
     fam = build_family(model, method=inputs.method, precision=inputs.precision, b=b, s=s, attn=inputs.attn_impl,
                        dropout=inputs.dropout, adapters=inputs.adapters, lora_dropout=inputs.lora_dropout,
                        modules_to_save=inputs.modules_to_save, device=inputs.device, zero_stage=inputs.zero,
@@ -346,14 +343,8 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     kept = [v for v in kwargs.values() if isinstance(v, Fake) and v.st is not None]
     shape, dtype, packed, h_in = h.shape, h.dtype, {}, h
     if t.packing:
-        # the frame's save_inputs(*args) runs under save_on_cpu: the positional arguments (the hidden states; GPT-2
-        # also passes its mask positionally) are packed to the host (on CPU the copy is what the recomputation
-        # gets back); keyword arguments stay referenced by the partial (offload.py)
-        args = {None: h} | {k: v for k in _POSITIONAL.get(fam.kind, ())
-                            if isinstance(v := kwargs.get(k), Fake) and v.st is not None}
-        for k, v in args.items():
-            packed[k] = (v.shape, v.dtype, offload.pack(t.sim, region[0], v, t.device, unpacked_by_node=False))
-        kwargs = {k: v for k, v in kwargs.items() if k not in args}
+        # the frame's save_inputs(*args) runs under save_on_cpu (offload.py)
+        packed, kwargs = packing.pack_checkpoint_inputs(t.sim, region[0], h, kwargs, fam.kind, t.device)
         h_in = None
         t.keep(region[0], [rng] + [v for v in kwargs.values() if isinstance(v, Fake) and v.st is not None])
     else:
@@ -369,7 +360,7 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         t.saves_left = num_saving
         mark = len(t.sim.nodes)
         # frame.get_inputs(): an offloaded input comes back as a device copy (CUDA) or as the host copy (CPU)
-        unpacked = {k: Fake(sh, dt, copy or t.scratch(tensor_bytes(sh, dt))) for k, (sh, dt, copy) in packed.items()}
+        unpacked = packing.unpack_checkpoint_inputs(t.sim, packed)
         src = h_in.st if h_in is not None else unpacked.pop(None).st
         layer_kwargs = kwargs | unpacked
         del unpacked
@@ -394,11 +385,6 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     trigger = next((n for n in reversed(region) if n.has_saved), region[-1])
     _chain_hook(hooks, trigger, recompute)
     return out
-
-
-# Layer arguments besides the hidden states that transformers passes positionally to a checkpointed layer
-# (models/gpt2/modeling_gpt2.py: ``block(hidden_states, cache, causal_mask, ...)``), so the checkpoint frame saves them
-_POSITIONAL = {"gpt2": ("mask",)}
 
 
 def _detached(shape, dtype: str, st) -> Fake:
