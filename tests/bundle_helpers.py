@@ -47,6 +47,7 @@ def tiny_plan(
     checkpointing: bool = True,
     offload: str = "none",
     model: ModelSpec | None = None,
+    activation_offload: bool = False,
 ):
     """(model, train, cluster, estimate, global batch size) of one tiny plan."""
     model = model or tiny_model()
@@ -58,6 +59,7 @@ def tiny_plan(
         grad_accum=grad_accum,
         seq_len=seq_len,
         grad_checkpointing=checkpointing,
+        activation_offload=activation_offload,
     )
     cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=num_gpus, num_nodes=num_nodes)
     return model, train, cluster, estimate(model, train, cluster), micro_batch * grad_accum * num_gpus

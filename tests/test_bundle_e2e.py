@@ -89,6 +89,8 @@ CASES = {
     "zero2-lora": dict(method="lora", zero=2, num_gpus=2),
     "zero3-full": dict(method="full", zero=3, num_gpus=2),
     "zero3-lora-bf16": dict(method="lora", zero=3, num_gpus=2, precision="bf16-mixed"),
+    # --activation-offload: the Trainer's compute_loss under save_on_cpu, with DeepSpeed ZeRO-3's linear
+    "zero3-full-activation-offload": dict(method="full", zero=3, num_gpus=2, activation_offload=True),
 }
 
 
@@ -104,6 +106,7 @@ def test_deepspeed_bundle_runs_on_two_cpu_processes(tmp_path, tokenizer_dir, cas
     for rank, s in enumerate(ranks):
         assert s["process_index"] == rank
         assert s["global_step"] == 2 and s["loss_is_finite"]
+        assert s["activation_offload"] is plan.get("activation_offload", False)
         assert (s["world_size"], s["distributed_type"], s["zero_stage"]) == (2, "DEEPSPEED", plan["zero"])
         assert (s["micro_batch"], s["grad_accum"], s["method"]) == (2, plan.get("grad_accum", 1), plan["method"])
         if plan["method"] == "lora":

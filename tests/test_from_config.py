@@ -247,8 +247,7 @@ def test_torchtune_distributed_and_in_backward_optimizer_are_refused(tmp_path):
     base = ("model:\n  _component_: torchtune.models.llama3_2.lora_llama3_2_1b\n  lora_attn_modules: [q_proj]\n"
             "loss:\n  _component_: torch.nn.CrossEntropyLoss\noptimizer:\n  _component_: torch.optim.AdamW\n"
             "batch_size: 1\ndtype: bf16\n")
-    for extra, word in (("fsdp_cpu_offload: true\n", "FSDP2"), ("optimizer_in_bwd: true\n", "inside backward"),
-                        ("enable_activation_offloading: true\n", "activations to the CPU")):
+    for extra, word in (("fsdp_cpu_offload: true\n", "FSDP2"), ("optimizer_in_bwd: true\n", "inside backward")):
         cfg = tmp_path / "tt.yaml"
         cfg.write_text(base + extra)
         with pytest.raises(PlannerError, match=word):
@@ -257,6 +256,21 @@ def test_torchtune_distributed_and_in_backward_optimizer_are_refused(tmp_path):
     got = read_training_config(cfg)
     assert got.model == "llama-3.2-1b" and got.train.seq_len == 4096 and "seq_len" not in got.unset
     assert got.train.lora.targets == ("q_proj",)
+
+
+def test_torchtune_activation_offloading_maps_to_activation_offload(tmp_path):
+    """torchtune's enable_activation_offloading (OffloadActivations) reads as --activation-offload, with a note
+    that planner follows save_on_cpu (which also copies parameters and small tensors)."""
+    base = ("model:\n  _component_: torchtune.models.llama3_2.lora_llama3_2_1b\n  lora_attn_modules: [q_proj]\n"
+            "loss:\n  _component_: torch.nn.CrossEntropyLoss\noptimizer:\n  _component_: torch.optim.AdamW\n"
+            "batch_size: 1\ndtype: bf16\nenable_activation_checkpointing: true\n")
+    cfg = tmp_path / "tt.yaml"
+    for text, expected in ((base + "enable_activation_offloading: true\n", True),
+                           (base + "enable_activation_offloading: false\n", False), (base, False)):
+        cfg.write_text(text)
+        got = read_training_config(cfg)
+        assert got.train.activation_offload is expected and got.train.grad_checkpointing
+        assert any("OffloadActivations" in n for n in got.notes) is expected
 
 
 def test_accelerate_fsdp_and_lone_launch_files_are_refused(tmp_path):

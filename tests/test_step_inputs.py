@@ -83,6 +83,7 @@ READ_VARIANTS = {
     # (tests/test_peft_dtypes.py), so these change the layout too
     "lora_dtype": dict(lora_dtype=PeftDtype.BIT16, parallelism=Parallelism()),
     "qlora_prep": dict(method=Method.QLORA, qlora_prep=PeftDtype.BIT16, parallelism=Parallelism()),
+    "activation_offload": dict(method=Method.LORA, activation_offload=True),
 }
 LORA_READ_VARIANTS = {
     "rank": LoraSpec(rank=4),

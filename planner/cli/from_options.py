@@ -33,7 +33,8 @@ FLAG_FIELDS = {
     "lora_targets": ("lora.targets",), "modules_to_save": ("lora.modules_to_save",),
     "lora_dtype": ("lora_dtype",), "qlora_prep": ("qlora_prep",), "quant_type": ("quant.quant_type",), "double_quant": ("quant.double_quant",), "zero": None,
     "offload": None, "micro_batch": ("micro_batch",), "seq_len": ("seq_len",), "grad_accum": ("grad_accum",),
-    "grad_checkpointing": ("grad_checkpointing",), "attn": ("attn_impl",), "dropout": ("dropout",),
+    "grad_checkpointing": ("grad_checkpointing",), "activation_offload": ("activation_offload",),
+    "attn": ("attn_impl",), "dropout": ("dropout",),
 }
 
 

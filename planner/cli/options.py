@@ -58,7 +58,7 @@ NodesOpt = Annotated[int, typer.Option("--nodes", help="Number of nodes; --gpus 
 HostRamOpt = Annotated[
     float | None,
     typer.Option("--host-ram", "--host-ram-gib", metavar="GIB",
-                 help="Host RAM per node for offload (offloaded states and DeepSpeed's pinned buffers), in GiB "
+                 help="Host RAM per node for offload (offloaded states, DeepSpeed's pinned buffers, offloaded activations), in GiB "
                       "(2^30 bytes); rows whose offload needs more do not fit. Default: not checked, and offload "
                       "rows say so."),
 ]
@@ -102,6 +102,12 @@ DEFAULT_SEQ_LEN = 2048
 GradAccumOpt = Annotated[int, typer.Option("--grad-accum", help="Gradient accumulation steps.")]
 CheckpointingOpt = Annotated[
     bool, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Activation checkpointing, every layer.")
+]
+ActivationOffloadOpt = Annotated[
+    bool,
+    typer.Option("--activation-offload/--no-activation-offload",
+                 help="Copy saved activations to host RAM in forward and back in backward "
+                      "(torch.autograd.graph.save_on_cpu around the forward; default: off)."),
 ]
 AttnOpt = Annotated[str, typer.Option("--attn", help="Attention implementation: eager, sdpa, flash_attention_2.")]
 DropoutOpt = Annotated[
@@ -160,6 +166,7 @@ class TrainingFlags:
     seq_len: SeqLenOpt = None
     grad_accum: GradAccumOpt = 1
     grad_checkpointing: CheckpointingOpt = False
+    activation_offload: ActivationOffloadOpt = False
     attn: AttnOpt = "sdpa"
     dropout: DropoutOpt = None
     allow_longer: AllowLongerOpt = False
@@ -358,6 +365,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         seq_len=seq_len,
         grad_accum=f.grad_accum,
         grad_checkpointing=bool(f.grad_checkpointing),
+        activation_offload=bool(f.activation_offload),
         attn_impl=AttnImpl.SDPA if f.attn is None else parse_attn(f.attn),
         dropout=f.dropout,
         lora_dtype=_enum(PeftDtype, f.lora_dtype, "--lora-dtype"),

@@ -138,6 +138,7 @@ def render_bundle(
         "grad_accum": train.grad_accum,
         "seq_len": train.seq_len,
         "grad_checkpointing": train.grad_checkpointing,
+        "activation_offload": train.activation_offload,
         "attn_impl": t["attn_impl"],
         "dropout": train.dropout,
         "lora": t["lora"],

@@ -41,6 +41,7 @@ def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[s
         "--grad-accum", str(t.grad_accum),
         "--seq-len", str(t.seq_len),
         "--grad-checkpointing" if t.grad_checkpointing else "--no-grad-checkpointing",
+        *(["--activation-offload"] if t.activation_offload else []),
         "--attn", t.attn_impl.value,
     ]  # fmt: skip
     if t.method is not Method.FULL:
@@ -148,6 +149,8 @@ def render_plan_md(
                   f"= {global_batch_size} sequences per step"),
         ("sequence length", f"{t.seq_len} tokens ({global_batch_size * t.seq_len:,} tokens per step)"),
         ("activation checkpointing", "on (every layer)" if t.grad_checkpointing else "off"),
+        ("activation offloading", "on (torch.autograd.graph.save_on_cpu around the forward and loss)"
+                                  if t.activation_offload else "off"),
         ("attention", t.attn_impl.value),
         ("dataset", f"`{_md(dataset)}`"),
     ]  # fmt: skip
@@ -162,7 +165,10 @@ def render_plan_md(
         ("headroom", fmt_gib(est.headroom_bytes)),
     ]
     if est.cpu_bytes_per_node:
-        mem_rows.append(("CPU RAM per node (offloaded states)", fmt_gib(est.cpu_bytes_per_node)))
+        what = "offloaded states" + (" and activations" if est.train.activation_offload else "")
+        if est.train.activation_offload and est.train.offload.value == "none":
+            what = "offloaded activations"
+        mem_rows.append((f"CPU RAM per node ({what})", fmt_gib(est.cpu_bytes_per_node)))
 
     lines = [
         f"# Training plan: {_md(model.name)}",

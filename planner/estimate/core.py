@@ -18,7 +18,7 @@ from planner.estimate.count.zero_partition import (
     zero3_persistence_threshold,
     zero3_released_after_forward,
 )
-from planner.estimate.host_ram import host_ram_per_rank
+from planner.estimate.host_ram import host_ram_per_rank, with_activation_offload
 from planner.estimate.peak import PHASES, phase_breakdowns
 from planner.estimate.result import Estimate
 from planner.estimate.sharding import (
@@ -33,7 +33,7 @@ from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
 from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
 from planner.specs import Cluster, Method, ModelSpec, Offload, Optimizer, TrainSpec, validate_margin
-from planner.units import dtype_bytes
+from planner.units import dtype_bytes, fmt_gib
 
 DEFAULT_MARGIN = 0.1
 DEVICES = ("cuda", "cpu")
@@ -136,6 +136,7 @@ def estimate(
         params_partition_bytes=math.ceil(states.params_bytes / cluster.num_gpus), device=device,
         accumulation_numels=_accumulation_numels(model, train, counts), sub_groups=sub_groups,
     )
+    host = with_activation_offload(host, step.offloaded_bytes, step.offloaded_pinned_bytes, device)
     cublas = overhead.allocated_overhead_bytes(device)
     # the rank with the highest peak (or the one asked for); ranks differ only in their ZeRO 1/2 partition
     partitions, ranks_differ = _rank_partitions(model, train, cluster.num_gpus, counts, split.num_trainable, rank)
@@ -168,6 +169,8 @@ def estimate(
                      "[tokens, vocabulary] (transformers' ForCausalLMLoss upcasts the logits).")
     if paged:
         notes.append(paged_note(paged, per_tensor.largest_paged_bytes, device_total))
+    if train.activation_offload:
+        notes.append(activation_offload_note(step.offloaded_bytes, device))
     differ = shown is not None and ranks_differ
     if differ and shown.num_buffer > shown.num_partition:
         notes.append(
@@ -237,12 +240,24 @@ def _accumulation_numels(model: ModelSpec, train: TrainSpec, counts) -> tuple[in
     return trainable_numels(counts, train, model.num_layers)  # cached in zero_partition
 
 
+def activation_offload_note(offloaded_bytes: int, device: str) -> str:
+    where = ("in pinned host RAM per rank (counted in host RAM per node)" if device == "cuda" else
+             "as CPU copies, counted in the activations (on CPU the host is the device)")
+    return (f"activation offloading (torch.autograd.graph.save_on_cpu): {fmt_gib(offloaded_bytes)} of saved "
+            f"tensors {where}, every tensor each time a node saves it, parameters included (torchtune's "
+            "OffloadActivations keeps parameters and tensors under 1 KiB on the GPU); in backward each node gets "
+            "a device copy of what it saved while it runs.")
+
+
 def _host_notes(est: Estimate, host) -> tuple[str, ...]:
     """What the host RAM figure holds, and whether it was checked (numbers: the row's columns)."""
     notes = []
     if host.pinned_bytes:
-        notes.append("host RAM per node = its ranks x (DeepSpeed's offloaded optimizer states and pinned buffers); "
-                     "PyTorch's pinned allocator rounds each pinned buffer up to a power of two "
+        held = ("DeepSpeed's offloaded optimizer states and pinned buffers" if est.train.offload is not Offload.NONE
+                and est.train.uses_deepspeed else "")
+        if est.train.activation_offload:
+            held += (" and " if held else "") + "the offloaded activations"
+        notes.append(f"host RAM per node = its ranks x ({held}); PyTorch's pinned allocator rounds each pinned buffer up to a power of two "
                      "(cpu_pinned_bytes_per_node in --json).")
     if est.cluster.host_memory_bytes_per_node is None:
         notes.append("host RAM per node was not checked against the offload's need; pass --host-ram GIB to check it.")

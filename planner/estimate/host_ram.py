@@ -16,6 +16,10 @@ PyTorch's pinned-memory allocator rounds every request up to the next power of t
 35 GiB partition costs 64 GiB of page-locked host RAM. Without CUDA (``device="cpu"``) nothing is pinned and
 nothing is rounded.
 
+With activation offloading (``--activation-offload``, estimate/step/offload.py) every saved tensor of the
+forward is also a pinned host copy (``save_on_cpu(pin_memory=True)``: one ``torch.empty(pin_memory=True)`` per
+saved tensor, each rounded to a power of two), all alive when backward starts: ``with_activation_offload``.
+
 Not counted: each rank's process (Python, torch and the CUDA libraries), the data loader, and loading the
 checkpoint on the host before it moves to the GPU.
 """
@@ -89,3 +93,14 @@ def host_ram_per_rank(states: UnshardedStates, train: TrainSpec, num_ranks: int,
     if not pin:
         return HostRam(pageable + requested, 0, 0)
     return HostRam(pageable, requested, sum(pinned_size(b) for b in pinned) + accumulation_rounded)
+
+
+def with_activation_offload(host: HostRam, offloaded_bytes: int, offloaded_pinned_bytes: int,
+                            device: str = "cuda") -> HostRam:
+    """``host`` plus the step's packed activations (the simulated step's ``offloaded_bytes``, as requested and as
+    the pinned allocator rounds them). On CPU the copies are the same memory as the run's and the step already
+    counts them as live, so nothing is added."""
+    if device != "cuda" or not offloaded_bytes:
+        return host
+    return HostRam(host.pageable_bytes, host.pinned_requested_bytes + offloaded_bytes,
+                   host.pinned_bytes + offloaded_pinned_bytes)

@@ -218,9 +218,14 @@ def torchtune(r: Reader) -> dict[str, Any]:
                           "and DeepSpeed ZeRO only.")
     for key, why in (("optimizer_in_bwd", "steps the optimizer inside backward, freeing gradients early, which "
                                           "planner does not model."),
-                     ("enable_activation_offloading", "moves activations to the CPU, which planner does not model."),
                      ("compile", "changes what autograd keeps, which planner does not model.")):
         r.refuse_if(key, why)
+    offload = bool(r.flag("enable_activation_offloading", False))
+    if offload:
+        r.notes.append("enable_activation_offloading: planner models torch.autograd.graph.save_on_cpu; torchtune's "
+                       "OffloadActivations also keeps parameters and tensors under 1 KiB on the GPU (less host RAM, "
+                       "no device copy of a weight in backward) and, with use_streams, up to 5 packed tensors on "
+                       "the GPU in forward.")
     loss = _component(r, "loss")
     if loss and loss not in ("torch.nn.CrossEntropyLoss", "torch.nn.modules.loss.CrossEntropyLoss"):
         r.refuse(f"loss: {loss}", "is a chunked or fused loss, which planner does not model (it models the "
@@ -303,7 +308,7 @@ def torchtune(r: Reader) -> dict[str, Any]:
                 micro_batch=r.whole("batch_size", 1), seq_len=seq or 2048,
                 grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(r.flag("enable_activation_checkpointing", False)),
-                attn_impl=AttnImpl.SDPA, **dtypes)
+                activation_offload=offload, attn_impl=AttnImpl.SDPA, **dtypes)
 
 
 # ---------------------------------------------------------------- Hugging Face TrainingArguments / TRL

@@ -5,6 +5,7 @@ The only package of planner that runs torch training. Layout, one concern per mo
 - ``workload``      the model (transformers from a config dict, peft LoRA, bitsandbytes QLoRA), data, loss
 - ``optim``         optimizers, the fp32-master mixed-precision wrapper, the DeepSpeed config
 - ``engine``        plain / DDP / DeepSpeed training step behind one interface
+- ``offload``       --activation-offload: torch's save_on_cpu around forward and loss, its pack hook marked
 - ``identity``      which storages are params, grads, optimizer states (by tensor identity)
 - ``recorders``     CPU (torch.profiler) and CUDA (memory history, memory_stats, NVML) recorders
 - ``cuda_trace``    parsing of a CUDA memory snapshot into alloc/free events (pure)

@@ -84,6 +84,7 @@ class _StepWindow:
 class _Marks:
     steps: list[_StepWindow] = field(default_factory=list)
     recompute: list[tuple[int, int]] = field(default_factory=list)
+    packs: list[tuple[int, int]] = field(default_factory=list)  # save_on_cpu's pack hook (profile/offload.py)
     setup: list[tuple[int, int, str]] = field(default_factory=list)
     probes: dict[int, int] = field(default_factory=dict)
     comm: dict[int, tuple[int, int]] = field(default_factory=dict)  # call index -> (start, end)
@@ -99,6 +100,8 @@ class _Marks:
         self.setup.sort()
         self.step_starts = [s.start for s in self.steps]
         self.rec_starts = [r[0] for r in self.recompute]
+        self.packs.sort()
+        self.pack_starts = [p[0] for p in self.packs]
         self.setup_starts = [s[0] for s in self.setup]
 
 
@@ -111,6 +114,8 @@ def parse_windows(windows: list[Window]) -> _Marks:
             m.steps.append(_StepWindow(w.start_ns, w.end_ns, int(parts[1]), int(parts[2]), parts[3]))
         elif kind == "recompute":
             m.recompute.append((w.start_ns, w.end_ns))
+        elif kind == "pack":
+            m.packs.append((w.start_ns, w.end_ns))
         elif kind == "setup" and len(parts) == 2:
             m.setup.append((w.start_ns, w.end_ns, parts[1]))
         elif kind == "comm" and len(parts) == 2:
@@ -229,7 +234,9 @@ def _lifetime_key(a: _Alloc, m: _Marks, bwd_start: dict, step_end: dict) -> str:
         if w.phase in ("forward", "loss"):
             b = bwd_start.get((w.step, w.mb))
             if b is not None and (a.t_free is None or a.t_free > b):
-                return f"activations/{w.phase}"
+                # activation offloading's copies: host RAM on a GPU
+                offloaded = m.packs and _find(m.pack_starts, m.packs, a.t_alloc) is not None
+                return "activations/offloaded" if offloaded else f"activations/{w.phase}"
             return f"temporaries/{w.phase}"
         if w.phase == "backward":
             r = _find(m.rec_starts, m.recompute, a.t_alloc)

@@ -226,6 +226,7 @@ class RankRun(RankOutput):
         """Setup and the steps; its locals (batches, logits, loss) die with it, even when it raises."""
         from planner.profile.engine import make_engine
         from planner.profile.identity import param_storage_bytes
+        from planner.profile.offload import offloading
         from planner.profile.workload import Batches, build_model, causal_lm_loss
 
         job, device, facts = self.job, self.job.device, self.facts
@@ -259,11 +260,12 @@ class RankRun(RankOutput):
                 w = f"step::{step}::{mb}::"
                 with self._window(w + "inputs", step, "inputs"):
                     ids = batches.next()
-                with self._window(w + "forward", step, "forward"):
-                    logits = self.engine.forward(ids, mb)
-                with self._window(w + "loss", step, "loss"):
-                    loss = causal_lm_loss(self.built.hf_model, logits, ids)
-                    del logits
+                with offloading(train):  # --activation-offload: save_on_cpu around forward and loss
+                    with self._window(w + "forward", step, "forward"):
+                        logits = self.engine.forward(ids, mb)
+                    with self._window(w + "loss", step, "loss"):
+                        loss = causal_lm_loss(self.built.hf_model, logits, ids)
+                        del logits
                 self._probe()
                 self.in_backward = True
                 with self._window(w + "backward", step, "backward"):

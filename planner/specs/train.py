@@ -64,6 +64,8 @@ class TrainSpec:
     # in fp32 (peft's prepare_model_for_kbit_training) or the compute dtype (estimate/peft_dtypes.py).
     lora_dtype: PeftDtype = PeftDtype.FP32
     qlora_prep: PeftDtype = PeftDtype.FP32
+    # Saved activations copied to host RAM in forward and back in backward (torch.autograd.graph.save_on_cpu)
+    activation_offload: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.parallelism, Parallelism):
@@ -91,6 +93,11 @@ class TrainSpec:
         # DeepSpeed wraps a client optimizer and hands it its flat 1-D fp32 partitions: bitsandbytes' block layout
         # and Adafactor's factored moment (>= 2-D only) would follow those, which planner has not profiled
         # (planner/estimate/optim_rules.py models each on the model's own tensors).
+        if self.activation_offload and self.method is Method.QLORA:
+            raise PlannerError(
+                "--activation-offload is not modelled with QLoRA: which tensors bitsandbytes' 4-bit matmul saves "
+                "through autograd (and so copies to the host) is not written down yet; use full or LoRA."
+            )
         if self.optimizer in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT, Optimizer.PAGED_ADAMW) and (
             self.parallelism.uses_deepspeed
         ):
@@ -155,6 +162,7 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "dropout": train.dropout,
         "lora_dtype": train.lora_dtype.value,
         "qlora_prep": train.qlora_prep.value,
+        "activation_offload": train.activation_offload,
     }
 
 
@@ -189,6 +197,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             dropout=d.get("dropout"),
             lora_dtype=PeftDtype(d.get("lora_dtype", "fp32")),
             qlora_prep=PeftDtype(d.get("qlora_prep", "fp32")),
+            activation_offload=bool(d.get("activation_offload", False)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

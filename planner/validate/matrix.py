@@ -64,7 +64,7 @@ DEFAULT_PEFT_DTYPE = PeftDtype.FP32.value  # peft's fp32 adapters and prepare_mo
 # Cell fields added after the seeded design: at these values they are left out of the id and hash (and a CSV row
 # without them reads as these), so earlier cells keep their ids and cached profiles.
 DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
-                     "zero_config": "", "grad_accum": 1}
+                     "zero_config": "", "grad_accum": 1, "activation_offload": False}
 HEAD_DIM = 16
 LORA_RANK = 8
 LORA_DROPOUT = 0.05  # planner's default
@@ -109,11 +109,12 @@ class Cell:
     grad_accum: int = 1  # micro-batches per optimizer step
     lora_dtype: str = DEFAULT_PEFT_DTYPE  # --lora-dtype
     qlora_prep: str = DEFAULT_PEFT_DTYPE  # --qlora-prep
+    activation_offload: bool = False
 
     @property
     def id(self) -> str:
-        """Readable and unique: the main factors, then a hash of every input. The default optimizer and DeepSpeed
-        settings are named neither in the id nor in the hash, so the cells from before the fields keep their ids
+        """Readable and unique: the main factors, then a hash of every input. The fields of DEFAULTS_LEFT_OUT at
+        their defaults are named neither in the id nor in the hash, so the cells from before the fields keep their ids
         and profiles."""
         inputs = asdict(self)
         for name, default in DEFAULTS_LEFT_OUT.items():
@@ -125,6 +126,7 @@ class Cell:
         opt += "" if self.lora_dtype == DEFAULT_PEFT_DTYPE else f"-lora{self.lora_dtype}"
         opt += "" if self.qlora_prep == DEFAULT_PEFT_DTYPE else f"-prep{self.qlora_prep}"
         opt += ("-dscfg" if self.zero_config else "") + (f"-ga{self.grad_accum}" if self.grad_accum != 1 else "")
+        opt += "-actoffload" if self.activation_offload else ""
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
                 f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}-{digest}")  # fmt: skip
 
@@ -172,7 +174,8 @@ class Cell:
                          lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
                                        targets=targets),
                          quant=quant, parallelism=Parallelism.from_zero(self.zero, zero_config=self._zero_config()), micro_batch=self.micro_batch, seq_len=self.seq_len,
-                         grad_accum=self.grad_accum, grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn))  # fmt: skip
+                         grad_accum=self.grad_accum, grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn),
+                         activation_offload=self.activation_offload)  # fmt: skip
 
     def _zero_config(self) -> ZeroConfig | None:
         return ZeroConfig.from_dict(json.loads(self.zero_config)) if self.zero_config else None
@@ -357,8 +360,27 @@ RECIPE_OPTIMIZER_CELLS = tuple(
 )
 
 
+# Activation offloading (``--activation-offload``: torch.autograd.graph.save_on_cpu around forward and loss, issue
+# 16 item 4), in the full matrix only (the CI subset is near its time budget): full bf16-mixed Llama without
+# checkpointing (every saved tensor and every saved weight copied at pack time), LoRA Llama with checkpointing
+# (only each layer's input is packed, by the checkpoint frame; the recomputation stays on the device), and full
+# bf16-mixed Llama ZeRO-3 on two ranks (LinearFunctionForZeroStage3 saves the gathered weight: copied whole).
+OFFLOAD_CELLS = (
+    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=256,
+         micro_batch=2, activation_offload=True),
+    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=2, activation_offload=True),
+    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=False, attn="sdpa", seq_len=256,
+         micro_batch=1, activation_offload=True),
+)
+
+
 # Cells of the full matrix only (each tuple's comment says why); the CI subset never picks them.
-FULL_ONLY_CELLS = DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + DEEPSPEED_CONFIG_CELLS + ACCUMULATION_CELLS
+FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + DEEPSPEED_CONFIG_CELLS
+                   + ACCUMULATION_CELLS)
 
 # Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under
 # profiles/gpu/ and compared by ``planner validate --suite gpu-reference``), in neither CPU matrix: the paged

@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     plan.add_argument("--seq-len", type=int, default=PLAN["seq_len"], help="tokens per sequence")
     plan.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction,
                       default=PLAN["grad_checkpointing"])
+    plan.add_argument("--activation-offload", action=argparse.BooleanOptionalAction,
+                      default=PLAN["activation_offload"],
+                      help="saved activations to host RAM in forward (torch.autograd.graph.save_on_cpu)")
     plan.add_argument("--attn-impl", choices=("eager", "sdpa", "flash_attention_2"), default=PLAN["attn_impl"])
     plan.add_argument("--deepspeed", default=PLAN["deepspeed"],
                       help="DeepSpeed JSON config, or 'none' (default: %(default)s, next to this script)")

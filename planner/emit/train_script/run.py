@@ -31,6 +31,22 @@ def checkpointing_kwargs(training_arguments_cls, enabled: bool) -> dict:
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
+def offloading(trainer_cls, enabled: bool):
+    """--activation-offload: the Trainer's forward and loss (transformers computes the loss inside the model's
+    forward) run under torch.autograd.graph.save_on_cpu(pin_memory=True): every tensor autograd saves is copied
+    to (pinned, where there is an accelerator) host RAM, and each backward node gets a device copy back."""
+    if not enabled:
+        return trainer_cls
+    import torch
+
+    class OffloadingTrainer(trainer_cls):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            with torch.autograd.graph.save_on_cpu(pin_memory=True):
+                return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return OffloadingTrainer
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     texts = read_texts(args)  # fail on a bad dataset before loading anything large
@@ -81,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     train_dataset = pack(texts, tokenizer, args.seq_len, args.micro_batch * args.grad_accum * world_size)
     model = build_model(args, len(tokenizer) if args.random_init else None, training_args)
     model = add_adapters(model, args)
-    trainer = Trainer(
+    trainer = offloading(Trainer, args.activation_offload)(
         model=model, args=training_args, train_dataset=train_dataset, data_collator=default_data_collator
     )
     result = trainer.train()
@@ -102,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "micro_batch": args.micro_batch,
         "grad_accum": args.grad_accum,
         "seq_len": args.seq_len,
+        "activation_offload": args.activation_offload,
         "param_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in params}),
         # Under ZeRO-3 a rank holds a partition: ds_numel is a parameter's full size, numel() the local part.
         "num_params": sum(getattr(p, "ds_numel", p.numel()) for p in params),

@@ -11,5 +11,6 @@
 - ``nearest``       an unknown causal family mapped onto the nearest validated layer
 - ``simulate``      ``simulate_step``: one micro-batch's forward and backward, cached by ``StepInputs``
 - ``envelope``      exact lines in the micro-batch through two simulations
+- ``offload``       activation offloading (save_on_cpu): saved tensors packed to the host, unpacked per node
 - ``cpu_kernels``   the CPU kind of a validation run (oneDNN workspaces inside 16-bit matmuls)
 """

@@ -40,6 +40,10 @@ class StepProfile:
     notes: tuple[str, ...] = ()
     # CPU runs on oneDNN: matmul calls whose workspace the CPU kind does not list (counted as 0; cpu_kernels.py)
     unknown_matmuls: tuple = ()
+    # Activation offloading (offload.py): saved tensors packed to host RAM when backward starts, as requested and
+    # as the pinned host allocator takes them (0 without offloading; simulated directly, never enveloped)
+    offloaded_bytes: int = 0
+    offloaded_pinned_bytes: int = 0
 
     @property
     def activations_bytes(self) -> int:

@@ -45,14 +45,14 @@ class Family(FamilyWeights):
         held = [emb]
         if self.kind == "nearest" and self.arch.learned_positions:
             wpe = Param((self.arch.learned_positions, self.model.hidden_size), c.dtype, self.full)
-            pos = t.op("embedding", [wpe], [((1, c.s, self.model.hidden_size), c.dtype)], [])[0]
+            pos = t.op("embedding", [wpe], [((1, c.s, self.model.hidden_size), c.dtype)], _position_ids(t, c.s))[0]
             held.append(pos)
             emb = ops.add(t, emb, pos)
         if self.kind == "nearest":
             emb = ops.dropout(t, emb, ctx.resid_dropout, ctx.device)
         if self.kind == "gpt2":
             wpe = Param((self.model.max_position_embeddings, self.model.hidden_size), c.dtype, self.full)
-            pos = t.op("embedding", [wpe], [((1, c.s, self.model.hidden_size), c.dtype)], [])[0]
+            pos = t.op("embedding", [wpe], [((1, c.s, self.model.hidden_size), c.dtype)], _position_ids(t, c.s))[0]
             if self.wpe_lora is not None:
                 position_ids = t.new((1, c.s), "int64")
                 pos = ly.lora_embedding(t, ctx, position_ids, pos, *self.wpe_lora)
@@ -254,6 +254,12 @@ class Family(FamilyWeights):
     @property
     def final_softcap(self) -> bool:
         return self.kind == "gemma2" and self.cfg.get("final_logit_softcapping", 30.0) is not None
+
+
+def _position_ids(t: Tape, s: int) -> list:
+    """What a learned-position lookup saves: its [1, s] int64 indices (an input, not counted as a tensor here),
+    listed only when activation offloading copies them."""
+    return [Fake((1, s), "int64", None)] if t.packs else []
 
 
 def _gpt2_dropout(fam: Family, key: str) -> float:

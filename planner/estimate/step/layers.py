@@ -98,7 +98,8 @@ def lora_embedding(t: Tape, ctx: Ctx, ids: Fake, result: Fake, a: Param, b: Para
     r = a.shape[0]
     after_a = t.op("embedding", [a], [(ids.shape + (r,), a.dtype)], [ids], _transposed_leaf_grad)[0]
     # the 3-D @ 2-D matmul folds to mm on [tokens, r] x [r, dim] (B.T is a view): saves both operands
-    prod = t.op("linear", [after_a, b], [(ids.shape + (b.shape[0],), a.dtype)], [after_a], _transposed_b_grad)[0]
+    prod = t.op("linear", [after_a, b], [(ids.shape + (b.shape[0],), a.dtype)],
+                [after_a] + ([b] if t.packs else []), _transposed_b_grad)[0]
     adapter_output = ops.mul_scalar(t, prod)  # * scaling
     del prod
     if scaled:
@@ -229,7 +230,9 @@ def layer_norm(t: Tape, x: Fake, w: Param, bias: Param) -> Fake:
     n = _prod(x.shape[:-1])
     mean = t.new((n,), "fp32")
     rstd = t.new((n,), "fp32")
-    out = t.op("layer_norm", [x, w, bias], [(x.shape, x.dtype)], [x, mean, rstd])[0]
+    # native_layer_norm saves weight and bias too (derivatives.yaml); only activation offloading copies them
+    params = [w, bias] if t.packs else []
+    out = t.op("layer_norm", [x, w, bias], [(x.shape, x.dtype)], [x, mean, rstd] + params)[0]
     del mean, rstd
     return out
 

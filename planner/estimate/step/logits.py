@@ -66,8 +66,15 @@ def _for_causal_lm_loss(t: Tape, logits: Fake, ids: Fake) -> Fake:
     labels = t.new((b, s + 1), "int64")  # F.pad(labels, (0, 1))
     shift_labels = t.new((b, s), "int64")  # labels[..., 1:].contiguous()
     logp = ops.unary_saving_output(t, "log_softmax", logits)
+    # the fp32 logits stay referenced by ForCausalLMLoss and fixed_cross_entropy until cross_entropy returns;
+    # without offloading nothing after log_softmax allocates more than a few bytes, so they are let go here
+    # (and golden estimates keep their bytes); with it nll_loss's copy of logp is allocated while they live
+    held = logits if t.packs else None
     del logits
     total_weight = t.new((), "fp32")
-    loss = t.op("nll_loss", [logp], [((), "fp32")], [shift_labels, total_weight])[0]
-    del logp, labels, shift_labels, total_weight
+    # nll_loss saves its input too (derivatives.yaml: nll_loss_backward(grad, self, target, ...)), the storage
+    # log_softmax already keeps; only activation offloading, which copies it a second time, lists it
+    saved = ([logp] if t.packs else []) + [shift_labels, total_weight]
+    loss = t.op("nll_loss", [logp], [((), "fp32")], saved)[0]
+    del logp, labels, shift_labels, total_weight, held
     return loss

@@ -99,7 +99,9 @@ def mul(tape: Tape, a, b) -> Fake:
     shape = broadcast(a.shape, b.shape)
     dtype = promote(a.dtype, b.dtype)
     cast = _cpu_promotion_copy(tape, a, b, dtype)
-    out = tape.op("mul", [a, b], [(shape, dtype)], [s for s in saved if isinstance(s, Fake)], _mul_rule)[0]
+    # a parameter operand is saved too; only activation offloading (which copies it) counts it
+    keep = saved if tape.packs else [s for s in saved if isinstance(s, Fake)]
+    out = tape.op("mul", [a, b], [(shape, dtype)], keep, _mul_rule)[0]
     del cast
     return out
 
@@ -208,6 +210,13 @@ def linear(tape: Tape, x: Fake, w: Param, bias: Param | None = None, *, save_inp
     ``zero3``: DeepSpeed's LinearFunctionForZeroStage3 stands in for F.linear (zero/linear.py)."""
     inputs = [x, w] + ([bias] if bias is not None else [])
     saved = [x] if (w.trainable or save_input) else []
+    if tape.packs:
+        # activation offloading packs the parameters a node saves too (offload.py): mm/addmm save the weight (W.t()
+        # or Conv1D's W) when the input needs a gradient; LinearFunctionForZeroStage3 saves input, weight, bias
+        if zero3:
+            saved = [x, w] + ([bias] if bias is not None else [])
+        elif x.requires_grad:
+            saved.append(w)
     d_out = w.shape[0]
     out_shape = x.shape[:-1] + (d_out,)
     # F.linear's weight gradient reaches AccumulateGrad through TBackward0 (W.t()), a view of mm's result; Conv1D's

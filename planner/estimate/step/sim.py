@@ -58,6 +58,10 @@ class Sim:
         self._pending: tuple | None = None
         self.trace = trace
         self.storages: list = []  # debugging: weak references to every storage (only when tracing)
+        # Activation offloading (offload.py): bytes of saved tensors packed to host RAM, as requested and as the
+        # pinned host allocator takes them (each rounded up to a power of two)
+        self.host = 0
+        self.host_pinned = 0
 
     def _touch(self) -> None:
         peak = self.peaks.get(self.phase)
@@ -177,7 +181,7 @@ Edge = tuple  # (Node, out_index, shape, dtype) | (Param,)
 class Node:
     """One autograd node: saved storages, where its input gradients go, and its backward rule."""
 
-    __slots__ = ("seq", "saved", "edges", "rule", "grad_in", "name", "num_outputs", "extra", "has_saved")
+    __slots__ = ("seq", "saved", "edges", "rule", "grad_in", "name", "num_outputs", "extra", "has_saved", "packed")
 
     def __init__(self, name: str, edges: list, rule: Callable, num_outputs: int = 1, extra=None):
         self.name = name
@@ -188,3 +192,5 @@ class Node:
         self.num_outputs = num_outputs
         self.extra = extra
         self.has_saved = False  # the op saves tensors (even when a checkpoint keeps only placeholders)
+        # activation offloading: bytes of each saved tensor packed to the host (negative: held, not unpacked, offload.py)
+        self.packed: list[int] | None = None

@@ -31,6 +31,7 @@ from functools import lru_cache
 
 from planner.errors import PlannerError
 from planner.estimate import peft_dtypes
+from planner.estimate.step import offload as packing
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.step.family_layers import build_family
@@ -50,7 +51,8 @@ CUDA_RNG_STATE_BYTES = 16
 # StepInputs, built only by step_inputs) or ignored with the reason. tests/test_step_inputs.py fails when a
 # TrainSpec or LoraSpec field is in neither, so a new field cannot be silently left out of the cache key.
 TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_checkpointing", "attn_impl", "dropout",
-                     "lora", "parallelism", "lora_dtype", "qlora_prep")  # the last two as dtypes (peft_dtypes.py)
+                     "lora", "parallelism", "activation_offload", "lora_dtype", "qlora_prep")  # the last two as
+                     # dtypes (peft_dtypes.py)
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
                  "temporaries.py's",
@@ -102,6 +104,7 @@ class StepInputs:
     cpu: CpuKernels | None
     adapter_dtype: str = "fp32"  # LoRA adapters (peft_dtypes.adapter_dtype)
     unquantized_dtype: str = "fp32"  # QLoRA's unquantized parameters and activations (peft_dtypes)
+    activation_offload: bool = False
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -119,6 +122,7 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         modules_to_save=train.lora.modules_to_save, zero=_zero_key(train), device=device, keep_grads=keep_grads,
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
         adapter_dtype=peft_dtypes.adapter_dtype(train), unquantized_dtype=peft_dtypes.unquantized_dtype(train),
+        activation_offload=train.activation_offload,
     )
 
 
@@ -138,7 +142,8 @@ def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", k
     # oneDNN's workspace is not linear in the micro-batch (blocking heuristics): simulated directly. Otherwise
     # every tensor's size is linear in the micro-batch and the order of allocations does not depend on it: two
     # simulations (micro-batch 2 and 3) give every candidate peak as a line in b (envelope.py).
-    direct = train.micro_batch == 1 or _cpu_kind(device, cpu) is not None
+    # Activation offloading's pinned host bytes round each copy to a power of two: not linear either.
+    direct = train.micro_batch == 1 or _cpu_kind(device, cpu) is not None or train.activation_offload
     inputs = step_inputs(model, train, device=device, keep_grads=keep_grads, keep_logits=keep_logits,
                          adapters=adapters, hold_grads_over=hold_grads_over, cpu=cpu,
                          micro_batch=None if direct else 0)
@@ -212,6 +217,9 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     t = Tape(sim, device=inputs.device, cpu=inputs.cpu, hold_grads_over=inputs.hold_grads_over,
              keep_param_grads=keep_grads)
     # transformers' checkpointing calls enable_input_require_grads(): input_requires_grad
+    offload = inputs.activation_offload
+    if offload:
+        packing.check_modelled(model)
     fam = build_family(model, method=inputs.method, precision=inputs.precision, b=b, s=s, attn=inputs.attn_impl,
                        dropout=inputs.dropout, adapters=inputs.adapters, lora_dropout=inputs.lora_dropout,
                        modules_to_save=inputs.modules_to_save, device=inputs.device, zero_stage=inputs.zero,
@@ -225,21 +233,28 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     sim.phase = "forward"
     hooks: dict[int, object] = {}
     layer_saved = [0]
+    layer_host = [0, 0]  # layer 1's packed host bytes (requested, pinned): the ghost layers pack as much
     layer_grads = fam.layer_grad_bytes if keep_grads else 0
 
     def run_layers(h: Fake, extras) -> Fake:
         for i in range(sim_layers):
-            before = sim.saved
+            before, host, pinned = sim.saved, sim.host, sim.host_pinned
             h = _run_layer(t, fam, i, h, extras, ckpt, hooks)
             if i == 1:
                 layer_saved[0] = sim.saved - before
+                layer_host[:] = [sim.host - host, sim.host_pinned - pinned]
                 if ghost:
                     sim.ghost(ghost * layer_saved[0], saved=True)
-                    _ghost_swap_hook(sim, hooks, fam, ghost * layer_saved[0], ghost * layer_grads)
+                    sim.host += ghost * layer_host[0]
+                    sim.host_pinned += ghost * layer_host[1]
+                    _ghost_swap_hook(sim, hooks, fam, ghost * layer_saved[0], ghost * layer_grads,
+                                     (ghost * layer_host[0], ghost * layer_host[1]))
         return h
 
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
+    t.packing = offload  # save_on_cpu around the model's forward, which computes the loss (offload.py)
     loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers, keep_logits=inputs.keep_logits)
+    t.packing = False
     if loss.node is None:
         # no parameter of the simulated forward is trainable: there is no backward to estimate (peft refuses
         # such a run, 'No modules were targeted for adaptation', and the optimizer would get no parameters)
@@ -250,6 +265,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
             "choose other --lora-targets or --modules-to-save."
         )
     end = sim.mark("forward_end")
+    host_end = (sim.host, sim.host_pinned)  # every packed copy exists now; backward only frees them
     fwd_peak = sim.peaks["forward"]
     backward(t, loss, hooks)
     sim.flush()
@@ -277,18 +293,24 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         logits_bytes=logits_bytes,
         notes=tuple(fam.notes),
         unknown_matmuls=tuple(sorted(t.unknown_matmuls)),
+        offloaded_bytes=host_end[0],
+        offloaded_pinned_bytes=host_end[1],
     )
     return Run(profile=profile, candidates=tuple(sim.record))
 
 
-def _ghost_swap_hook(sim: Sim, hooks: dict, fam, saved_bytes: int, grad_bytes: int) -> None:
-    """Before layer 1's backward: the ghost layers' activations are freed and their gradients exist."""
+def _ghost_swap_hook(sim: Sim, hooks: dict, fam, saved_bytes: int, grad_bytes: int,
+                     host_bytes: tuple[int, int] = (0, 0)) -> None:
+    """Before layer 1's backward: the ghost layers' activations (and host copies) are freed and their gradients
+    exist."""
     node = fam.last_node_of_layer.get(1)
     if node is None:
         return
 
     def swap() -> None:
         sim.ghost(-saved_bytes, saved=True)
+        sim.host -= host_bytes[0]
+        sim.host_pinned -= host_bytes[1]
         sim.ghost(grad_bytes, grads=True)
 
     _chain_hook(hooks, node, swap)
@@ -330,8 +352,16 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     kwargs = fam.layer_kwargs(i, extras)
     # the kwargs (mask, rotary tables) live as long as the frame: kept for backward like the input (and
     # counted once when layers share them)
-    t.keep(region[0], [h, rng] + [v for v in kwargs.values() if isinstance(v, Fake) and v.st is not None])
-    del rng
+    kept = [v for v in kwargs.values() if isinstance(v, Fake) and v.st is not None]
+    shape, dtype, packed, h_in = h.shape, h.dtype, {}, h
+    if t.packing:
+        # the frame's save_inputs(*args) runs under save_on_cpu (offload.py)
+        packed, kwargs = packing.pack_checkpoint_inputs(t.sim, region[0], h, kwargs, fam.kind, t.device)
+        h_in = None
+        t.keep(region[0], [rng] + [v for v in kwargs.values() if isinstance(v, Fake) and v.st is not None])
+    else:
+        t.keep(region[0], [h, rng] + kept)
+    del rng, h, kept
 
     num_saving = sum(1 for n in region if n.has_saved)
 
@@ -341,10 +371,15 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         t.grad_enabled = True
         t.saves_left = num_saving
         mark = len(t.sim.nodes)
+        # frame.get_inputs(): an offloaded input comes back as a device copy (CUDA) or as the host copy (CPU)
+        unpacked = packing.unpack_checkpoint_inputs(t.sim, packed)
+        src = h_in.st if h_in is not None else unpacked.pop(None).st
+        layer_kwargs = kwargs | unpacked
+        del unpacked
         # torch.random.fork_rng saves the current generator state while the stored one is replayed
         fork = t.scratch(CHECKPOINT_RNG_STATE_BYTES)
         try:
-            fam.layer(t, i, _detached(t, h), kwargs)
+            fam.layer(t, i, _detached(shape, dtype, src), layer_kwargs)
         except StopRecompute:
             pass  # early stop: the rest of the layer is not re-run; its locals are freed with the traceback
         t.saves_left = None
@@ -353,7 +388,7 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         for orig, new in zip(region, fresh, strict=False):
             t.keep(orig, new.saved)
             release(t.sim, new)
-        del fresh, fork
+        del fresh, fork, src, layer_kwargs
         t.grad_enabled = False
         t.saving = saved_t
 
@@ -364,10 +399,10 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
     return out
 
 
-def _detached(t: Tape, h: Fake) -> Fake:
-    """The recomputation runs on the saved input (same storage), which requires grad."""
+def _detached(shape, dtype: str, st) -> Fake:
+    """The recomputation runs on the saved input (its storage), which requires grad."""
     sink = Node("ckpt_input", [], lambda *_: [], 1)
-    return Fake(h.shape, h.dtype, h.st, sink, 0)
+    return Fake(shape, dtype, st, sink, 0)
 
 
 def _note_last(t: Tape, fam, i: int, start: int) -> None:

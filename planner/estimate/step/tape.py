@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from planner.estimate.step import offload
 from planner.estimate.step.sim import (
     Edge,
     Fake,
@@ -59,6 +60,14 @@ class Tape:
         # During a checkpoint recomputation: how many saving ops are still to come before it stops early
         # (torch.utils.checkpoint non-reentrant "early stop", on by default).
         self.saves_left: int | None = None
+        # Activation offloading (offload.py): True while the forward runs under save_on_cpu; ops then also list
+        # the parameters they save (``packs``), and every saved tensor is packed to the host
+        self.packing = False
+
+    @property
+    def packs(self) -> bool:
+        """Saved tensors are packed to the host now (outside checkpointed regions, whose hook is innermost)."""
+        return self.packing and self.saving
 
     # ------------------------------------------------------------ tensors
 
@@ -113,8 +122,12 @@ class Tape:
             node = Node(name, edges, rule or default_rule, len(outputs), extra)
             self.sim._seq += 1
             node.seq = self.sim._seq
-            node.has_saved = any((s.st if isinstance(s, Fake) else s) is not None for s in saved)
-            if self.saving:
+            node.has_saved = any((s.st if isinstance(s, Fake) else s) is not None for s in saved
+                                 if not isinstance(s, Param))
+            if self.saving and self.packing:
+                for s in saved:
+                    offload.pack(self.sim, node, s, self.device)
+            elif self.saving:
                 for s in saved:
                     st = s.st if isinstance(s, Fake) else s
                     if st is None:
@@ -148,7 +161,9 @@ class Tape:
             return
         first = not out.node.has_saved
         out.node.has_saved = True
-        if self.saving:
+        if self.packs:
+            offload.pack(self.sim, out.node, out, self.device)
+        elif self.saving:
             self.keep(out.node, [out])
         if first:
             self._count_save()
@@ -164,6 +179,8 @@ class Tape:
 
 
 def release(sim: Sim, node: Node) -> None:
+    if node.packed:
+        offload.release_host(sim, node)
     for st in node.saved:
         st.num_saves -= 1
         if st.num_saves == 0:
@@ -286,7 +303,9 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
         if hook is not None:
             hook()
         grads_out = node.grad_in
+        unpacked = offload.unpack(sim, node, tape.device) if node.packed else None
         grads = node.rule(tape, node, grads_out)
+        del unpacked  # save_on_cpu's device copies die when the node's backward returns
         node.grad_in = [None] * node.num_outputs
         del grads_out
         release(sim, node)
