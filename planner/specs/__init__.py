@@ -3,7 +3,7 @@
 int bytes; counts start with ``num_``.
 
 Module map: ``enums`` (method, precision, optimizer, offload, attention, 4-bit type; the margin's check),
-``parallelism`` (Engine, Parallelism), ``model`` (ModelSpec), ``train`` (LoraSpec, QuantSpec, TrainSpec and the
+``parallelism`` (Engine, Parallelism), ``loss`` (Loss, LossSpec), ``model`` (ModelSpec), ``train`` (LoraSpec, QuantSpec, TrainSpec and the
 JSON ``train`` block), ``hardware`` (GpuSpec, Cluster), ``plan`` (Plan). Import them from here.
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, Precision, QuantType, validate_margin
 from planner.specs.hardware import Cluster, GpuSpec
+from planner.specs.loss import DEFAULT_LOSS_CHUNKS, Loss, LossSpec
 from planner.specs.model import ModelSpec
 from planner.specs.parallelism import Engine, Parallelism
 from planner.specs.plan import Plan
 from planner.specs.train import LoraSpec, QuantSpec, TrainSpec, train_spec_from_dict, train_spec_to_dict
 
 __all__ = [
-    "AttnImpl", "Cluster", "Engine", "GpuSpec", "LoraSpec", "Method", "ModelSpec", "Offload", "Optimizer",
+    "AttnImpl", "Cluster", "DEFAULT_LOSS_CHUNKS", "Engine", "GpuSpec", "LoraSpec", "Loss", "LossSpec", "Method", "ModelSpec", "Offload", "Optimizer",
     "Parallelism", "Plan", "Precision", "QuantSpec", "QuantType", "TrainSpec", "train_spec_from_dict",
     "train_spec_to_dict", "validate_margin",
 ]

@@ -8,6 +8,7 @@ from typing import Any
 
 from planner.errors import PlannerError
 from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, Precision, QuantType
+from planner.specs.loss import LossSpec
 from planner.specs.parallelism import Parallelism
 
 
@@ -60,8 +61,11 @@ class TrainSpec:
     attn_impl: AttnImpl = AttnImpl.SDPA
     # None: use the model config's own dropout probabilities.
     dropout: float | None = None
+    loss: LossSpec = field(default_factory=LossSpec)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.loss, LossSpec):
+            raise PlannerError(f"loss must be a LossSpec, got {self.loss!r}.")
         if not isinstance(self.parallelism, Parallelism):
             raise PlannerError(f"parallelism must be a Parallelism spec, got {self.parallelism!r}.")
         if self.micro_batch < 1:
@@ -131,6 +135,7 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "grad_checkpointing": train.grad_checkpointing,
         "attn_impl": train.attn_impl.value,
         "dropout": train.dropout,
+        "loss": train.loss.to_dict(),
     }
 
 
@@ -162,6 +167,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             grad_checkpointing=bool(d.get("grad_checkpointing", False)),
             attn_impl=AttnImpl(d.get("attn_impl", "sdpa")),
             dropout=d.get("dropout"),
+            loss=LossSpec.from_dict(d.get("loss")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None
