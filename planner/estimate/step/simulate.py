@@ -35,7 +35,7 @@ from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, S
 from planner.estimate.step.family_layers import build_family
 from planner.estimate.step.logits import causal_lm_loss
 from planner.estimate.step.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
-from planner.specs import Method, ModelSpec, Precision, TrainSpec
+from planner.specs import Loss, LossSpec, Method, ModelSpec, Precision, TrainSpec
 
 NUM_SIMULATED_LAYERS = 3
 # torch.utils.checkpoint (preserve_rng_state=True) stores the CPU generator state with every checkpointed
@@ -96,6 +96,7 @@ class StepInputs:
     keep_logits: bool
     hold_grads_over: int
     cpu: CpuKernels | None
+    loss: LossSpec
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -112,6 +113,7 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         attn_impl=train.attn_impl.value, dropout=train.dropout, adapters=adapters, lora_dropout=train.lora.dropout,
         modules_to_save=train.lora.modules_to_save, zero=_zero_key(train), device=device, keep_grads=keep_grads,
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
+        loss=train.loss if train.loss.kind is Loss.CHUNKED_CE else LossSpec(train.loss.kind),  # chunks: chunked only
     )
 
 
@@ -228,7 +230,8 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         return h
 
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
-    loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers, keep_logits=inputs.keep_logits)
+    loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers, keep_logits=inputs.keep_logits,
+                                                 loss=inputs.loss)
     if loss.node is None:
         # no parameter of the simulated forward is trainable: there is no backward to estimate (peft refuses
         # such a run, 'No modules were targeted for adaptation', and the optimizer would get no parameters)
