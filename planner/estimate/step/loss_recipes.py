@@ -44,6 +44,25 @@ from planner.errors import PlannerError
 from planner.estimate.step import layers as ly
 from planner.estimate.step import ops
 from planner.estimate.step.tape import Fake, Tape
+from planner.specs import Loss, TrainSpec
+
+LIGER_NOTE = (
+    "--loss fused-linear-ce is modelled from Liger-Kernel's source (ops/fused_linear_cross_entropy.py: the "
+    "forward computes and keeps the hidden-state and lm_head gradients, one [chunk, vocabulary] logits buffer at a "
+    "time) and not yet measured: its Triton kernels run only on a GPU. Cut Cross-Entropy (cut_cross_entropy) keeps "
+    "no lm_head-sized gradient from its forward and would be lower by that much."
+)
+
+
+def loss_notes(train: TrainSpec) -> list[str]:
+    """What the user should know about the loss recipe's rule."""
+    if train.loss.kind is Loss.FUSED_LINEAR_CE:
+        return [LIGER_NOTE]
+    if train.loss.kind is Loss.CHUNKED_CE:
+        return [f"--loss chunked-ce: torchtune's CEWithChunkedOutputLoss in {train.loss.chunks} chunks of the "
+                "sequence, lm_head applied per chunk (TransformerDecoder.chunked_output); the fp32 upcast and its "
+                "gradients exist one chunk at a time, the fp32 log-probabilities of every chunk stay saved."]
+    return []
 
 
 def torch_chunk_sizes(n: int, chunks: int) -> list[int]:
