@@ -33,6 +33,7 @@ FLAG_FIELDS = {
     "quant_type": ("quant.quant_type",), "double_quant": ("quant.double_quant",), "zero": None,
     "offload": None, "micro_batch": ("micro_batch",), "seq_len": ("seq_len",), "grad_accum": ("grad_accum",),
     "grad_checkpointing": ("grad_checkpointing",), "attn": ("attn_impl",), "dropout": ("dropout",),
+    "loss": ("loss.kind",), "loss_chunks": ("loss.chunks",),
 }
 
 
