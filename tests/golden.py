@@ -90,8 +90,8 @@ def accuracy_rows() -> list[tuple[str, dict[str, str], dict[str, str]]]:
                 continue
             kwargs = {}
             for k, typ in names.items():
-                if k == "optimizer" and not row.get(k):  # a table from before the column: foreach AdamW
-                    continue
+                if k in ("optimizer", "loss", "loss_chunks") and not row.get(k):  # a table from before the column:
+                    continue  # foreach AdamW, the standard loss
                 v = row[k]
                 kwargs[k] = (v == "True") if typ in ("bool", bool) else float(v) if k == "lora_dropout" else (
                     int(v) if typ in ("int", int) else v)

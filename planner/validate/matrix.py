@@ -33,7 +33,19 @@ import random
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from planner.specs import AttnImpl, LoraSpec, Method, Optimizer, Parallelism, Precision, QuantSpec, TrainSpec
+from planner.specs import (
+    DEFAULT_LOSS_CHUNKS,
+    AttnImpl,
+    LoraSpec,
+    Loss,
+    LossSpec,
+    Method,
+    Optimizer,
+    Parallelism,
+    Precision,
+    QuantSpec,
+    TrainSpec,
+)
 
 DEFAULT_SEED = 20240605
 FAMILIES = ("llama", "gpt2", "qwen2", "mixtral")
@@ -47,6 +59,7 @@ LAYERS = (2, 3)
 VOCABS = (512, 1000, 2048, 3072)
 PRECISIONS = ("fp32", "bf16-mixed")
 DEFAULT_OPTIMIZER = Optimizer.ADAMW.value  # torch AdamW, foreach: every designed cell
+DEFAULT_LOSS = Loss.STANDARD.value  # transformers' ForCausalLMLoss: every designed cell
 HEAD_DIM = 16
 LORA_RANK = 8
 LORA_DROPOUT = 0.05  # planner's default
@@ -86,19 +99,25 @@ class Cell:
     num_experts: int = 0
     lora_dropout: float = LORA_DROPOUT
     optimizer: str = DEFAULT_OPTIMIZER
+    loss: str = DEFAULT_LOSS
+    loss_chunks: int = DEFAULT_LOSS_CHUNKS
 
     @property
     def id(self) -> str:
-        """Readable and unique: the main factors, then a hash of every input. The default optimizer is named
-        neither in the id nor in the hash, so the cells from before the field keep their ids and profiles."""
+        """Readable and unique: the main factors, then a hash of every input. The default optimizer and loss are
+        named neither in the id nor in the hash, so the cells from before the fields keep their ids and profiles."""
         inputs = asdict(self)
         if self.optimizer == DEFAULT_OPTIMIZER:
             del inputs["optimizer"]
+        if self.loss == DEFAULT_LOSS:
+            del inputs["loss"], inputs["loss_chunks"]
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:6]
         prec = "fp32" if self.precision == "fp32" else "bf16m"
         opt = "" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}"
+        loss = "" if self.loss == DEFAULT_LOSS else f"-{self.loss}{self.loss_chunks}"
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
-                f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}-{digest}")  # fmt: skip
+                f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}{loss}"
+                f"-{digest}")  # fmt: skip
 
     @property
     def cost(self) -> int:
@@ -143,7 +162,8 @@ class Cell:
                          lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
                                        targets=targets),
                          quant=quant, parallelism=Parallelism.from_zero(self.zero), micro_batch=self.micro_batch, seq_len=self.seq_len,
-                         grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn))  # fmt: skip
+                         grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn),
+                         loss=LossSpec(Loss(self.loss), self.loss_chunks))  # fmt: skip
 
     def inputs(self) -> dict[str, Any]:
         """Every input as a flat dict (the CSV's input columns)."""
@@ -157,11 +177,11 @@ class Cell:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Cell:
-        """A cell from its dict or a CSV row (a row from before the optimizer column: the default optimizer)."""
+        """A cell from its dict or a CSV row (a row from before the optimizer or loss columns: the defaults)."""
         kinds = {f.name: f.type for f in fields(Cell)}
         out: dict[str, Any] = {}
         for name, kind in kinds.items():
-            if name == "optimizer" and not d.get(name):
+            if name in ("optimizer", "loss", "loss_chunks") and not d.get(name):
                 continue
             value = d[name]
             if kind == "bool":
@@ -226,6 +246,24 @@ OPTIMIZER_CELLS = (
          micro_batch=1, optimizer="adamw-fused"),
 )
 EXTRA_CELLS = EXTRA_CELLS + OPTIMIZER_CELLS
+# torchtune's chunked cross-entropy (``--loss chunked-ce``, issue 16 item 3), in the full matrix only (not the CI
+# subset, near its time budget): a Llama whose logits outweigh its layers (vocabulary 16384 on hidden 64, LoRA on
+# every linear layer, lm_head frozen), where the standard loss would peak at its backward with 12 bytes per logit;
+# and a full bf16-mixed Qwen2 with tied embeddings under checkpointing, micro-batch 4 (each chunk of the sequence
+# is then not contiguous: F.linear's matmul copies it, and the copy is saved for lm_head's weight gradient), whose
+# logits outweigh its optimizer step; and an fp32 GPT-2 with LoRA on attention, eager attention and 3 chunks
+# (torch.chunk of 64 tokens: 22, 22 and 20; in fp32 the upcast is the logits themselves).
+LOSS_CELLS = (
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=16384,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=128,
+         micro_batch=1, loss="chunked-ce"),
+    Cell(family="qwen2", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=8192,
+         method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=4, loss="chunked-ce"),
+    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+         vocab=3072, method="lora-attn", precision="fp32", zero=0, num_ranks=1, ckpt=False, attn="eager", seq_len=64,
+         micro_batch=2, loss="chunked-ce", loss_chunks=3),
+)
 
 
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
@@ -259,7 +297,8 @@ def _fill(skeletons: list[dict[str, Any]], rng: random.Random) -> list[Cell]:
 
 
 def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
-    """58 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS."""
+    """61 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS,
+    LOSS_CELLS."""
     rng = random.Random(seed)
     single = [{"family": f, "method": m, "ckpt": c, "zero": 0, "num_ranks": 1}
               for f in FAMILIES for m in METHODS for c in (False, True)]  # fmt: skip
@@ -268,7 +307,7 @@ def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     ckpts = _balanced((False, True), len(multi_keys), rng)
     multi = [{"family": f, "method": m, "ckpt": c, "zero": z, "num_ranks": n}
              for (z, n, m), f, c in zip(multi_keys, fams, ckpts, strict=True)]  # fmt: skip
-    return _fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS)
+    return _fill(single, rng) + _fill(multi, rng) + list(EXTRA_CELLS) + list(LOSS_CELLS)
 
 
 def _requirements(cells: list[Cell]) -> set[tuple]:
@@ -291,7 +330,7 @@ def _covers(c: Cell) -> set[tuple]:
 def ci_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
     """The cheapest subset of the full matrix covering every factor level and family x method pair."""
     everything = full_matrix(seed)
-    cells = [c for c in everything if c not in EXTRA_CELLS]
+    cells = [c for c in everything if c not in EXTRA_CELLS and c not in LOSS_CELLS]
     todo = _requirements(cells)
     chosen: list[Cell] = list(EXTRA_CELLS)
     while todo:
