@@ -142,6 +142,7 @@ def render_bundle(
         "dropout": train.dropout,
         "lora": t["lora"],
         "quant": t["quant"],
+        "loss": t["loss"],
         "zero_stage": train.zero_stage,
         "offload": t["offload"],
         "deepspeed": "ds_config.json" if has_ds else None,
