@@ -183,3 +183,66 @@ def test_the_bundle_asks_liger_for_the_fused_loss_alone():
     script = files["train.py"]
     assert '"use_liger_kernel": True' in script and '"fused_linear_cross_entropy": True' in script
     assert "'loss': {'chunks': 8, 'kind': 'fused-linear-ce'}" in script
+
+
+# ---------------------------------------------------------------- --from: the projects' documented fields
+
+TORCHTUNE_BASE = ("model:\n  _component_: torchtune.models.llama3_2.lora_llama3_2_1b\n  lora_attn_modules: [q_proj]\n"
+                  "optimizer:\n  _component_: torch.optim.AdamW\ndtype: bf16\nbatch_size: 2\n"
+                  "tokenizer:\n  _component_: x\n  max_seq_len: 4096\n")
+AXOLOTL_BASE = "base_model: meta-llama/Llama-3.2-1B\nadapter: lora\nmicro_batch_size: 1\nsequence_len: 4096\n"
+
+
+@pytest.mark.parametrize(("text", "loss", "note"), [
+    # axolotl's Liger plugin (src/axolotl/integrations/liger/args.py) with its usual kernel flags
+    (AXOLOTL_BASE + "plugins:\n  - axolotl.integrations.liger.LigerPlugin\nliger_rope: true\nliger_rms_norm: true\n"
+     "liger_glu_activation: true\nliger_fused_linear_cross_entropy: true\n", LossSpec(Loss.FUSED_LINEAR_CE),
+     "liger_rope, liger_rms_norm, liger_glu_activation"),
+    # axolotl's Cut Cross-Entropy plugin (integrations/cut_cross_entropy/args.py)
+    (AXOLOTL_BASE + "plugins:\n  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\n"
+     "cut_cross_entropy: true\n", LossSpec(Loss.FUSED_LINEAR_CE), "Cut Cross-Entropy"),
+    (AXOLOTL_BASE, LossSpec(), None),
+    # LLaMA-Factory enable_liger_kernel: apply_liger_kernel's defaults (fused_linear_cross_entropy=True)
+    ("model_name_or_path: meta-llama/Llama-3.2-1B\nstage: sft\nfinetuning_type: lora\nenable_liger_kernel: true\n",
+     LossSpec(Loss.FUSED_LINEAR_CE), "enable_liger_kernel"),
+    # torchtune's recipes: CEWithChunkedOutputLoss, num_output_chunks 8 unless set
+    (TORCHTUNE_BASE + "loss:\n  _component_: torchtune.modules.loss.CEWithChunkedOutputLoss\n",
+     LossSpec(Loss.CHUNKED_CE, 8), None),
+    (TORCHTUNE_BASE + "loss:\n  _component_: torchtune.modules.loss.CEWithChunkedOutputLoss\n"
+     "  num_output_chunks: 16\n", LossSpec(Loss.CHUNKED_CE, 16), None),
+    (TORCHTUNE_BASE + "loss:\n  _component_: torch.nn.CrossEntropyLoss\n", LossSpec(), None),
+])
+def test_from_config_reads_the_loss(tmp_path, text, loss, note):
+    from planner.from_config import read_training_config
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    fc = read_training_config(cfg)
+    assert fc.train.loss == loss
+    if note is not None:
+        assert any(note in n for n in fc.notes), fc.notes
+
+
+@pytest.mark.parametrize(("text", "word"), [
+    (TORCHTUNE_BASE + "loss:\n  _component_: torchtune.modules.loss.LinearCrossEntropyLoss\n",
+     "LinearCrossEntropyLoss"),
+    (AXOLOTL_BASE + "plugins:\n  - axolotl.integrations.spectrum.SpectrumPlugin\n", "SpectrumPlugin"),
+])
+def test_from_config_refuses_other_losses(tmp_path, text, word):
+    from planner.from_config import read_training_config
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    with pytest.raises(PlannerError, match=word):
+        read_training_config(cfg)
+
+
+def test_a_typed_loss_overrides_the_configs(tmp_path, cli):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(TORCHTUNE_BASE + "loss:\n  _component_: torchtune.modules.loss.CEWithChunkedOutputLoss\n")
+    proc = cli("estimate", "--from", str(cfg), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["train"]["loss"] == {"kind": "chunked-ce", "chunks": 8}
+    proc = cli("estimate", "--from", str(cfg), "--loss", "standard", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["train"]["loss"]["kind"] == "standard"
