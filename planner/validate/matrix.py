@@ -252,7 +252,9 @@ EXTRA_CELLS = EXTRA_CELLS + OPTIMIZER_CELLS
 # and a full bf16-mixed Qwen2 with tied embeddings under checkpointing, micro-batch 4 (each chunk of the sequence
 # is then not contiguous: F.linear's matmul copies it, and the copy is saved for lm_head's weight gradient), whose
 # logits outweigh its optimizer step; and an fp32 GPT-2 with LoRA on attention, eager attention and 3 chunks
-# (torch.chunk of 64 tokens: 22, 22 and 20; in fp32 the upcast is the logits themselves).
+# (torch.chunk of 64 tokens: 22, 22 and 20; in fp32 the upcast is the logits themselves); and full bf16-mixed
+# ZeRO-2 on two ranks under checkpointing (DeepSpeed's engine runs the forward; lm_head's per-chunk gradients
+# reach its reduce hooks).
 LOSS_CELLS = (
     Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=16384,
          method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=128,
@@ -263,6 +265,9 @@ LOSS_CELLS = (
     Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
          vocab=3072, method="lora-attn", precision="fp32", zero=0, num_ranks=1, ckpt=False, attn="eager", seq_len=64,
          micro_batch=2, loss="chunked-ce", loss_chunks=3),
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=8192,
+         method="full", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=True, attn="sdpa", seq_len=64,
+         micro_batch=2, loss="chunked-ce"),
 )
 
 
@@ -297,7 +302,7 @@ def _fill(skeletons: list[dict[str, Any]], rng: random.Random) -> list[Cell]:
 
 
 def full_matrix(seed: int = DEFAULT_SEED) -> list[Cell]:
-    """61 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS,
+    """62 cells: family x method x checkpointing on one rank, ZeRO 1/2/3 x method on two ranks, EXTRA_CELLS,
     LOSS_CELLS."""
     rng = random.Random(seed)
     single = [{"family": f, "method": m, "ckpt": c, "zero": 0, "num_ranks": 1}
