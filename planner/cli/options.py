@@ -25,11 +25,12 @@ from planner.errors import PlannerError
 from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_price
 from planner.specs import (
     DEFAULT_LOSS_CHUNKS,
+    LOSS_CHUNKS_HELP,
+    LOSS_HELP,
     AttnImpl,
     Cluster,
     GpuSpec,
     LoraSpec,
-    Loss,
     LossSpec,
     Method,
     ModelSpec,
@@ -95,14 +96,8 @@ GradAccumOpt = Annotated[int, typer.Option("--grad-accum", help="Gradient accumu
 CheckpointingOpt = Annotated[
     bool, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Activation checkpointing, every layer.")
 ]
-LossOpt = Annotated[str, typer.Option(
-    "--loss", help="Loss recipe: standard (transformers' loss on the full [tokens, vocab] logits, upcast to fp32), "
-                   "chunked-ce (torchtune's CEWithChunkedOutputLoss: projection and fp32 upcast per chunk) or "
-                   "fused-linear-ce (Liger's fused linear cross-entropy: the logits never exist; GPU only, "
-                   "modelled from its source). Default: standard.")]
-LossChunksOpt = Annotated[int, typer.Option(
-    "--loss-chunks", help=f"chunked-ce: chunks of the sequence (torchtune's num_output_chunks). Default: "
-                          f"{DEFAULT_LOSS_CHUNKS}.")]
+LossOpt = Annotated[str, typer.Option("--loss", help=LOSS_HELP)]
+LossChunksOpt = Annotated[int, typer.Option("--loss-chunks", help=LOSS_CHUNKS_HELP)]
 AttnOpt = Annotated[str, typer.Option("--attn", help="Attention implementation: eager, sdpa, flash_attention_2.")]
 DropoutOpt = Annotated[
     float | None, typer.Option("--dropout", help="Override the model's dropout probabilities (default: config's).")
@@ -355,7 +350,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         grad_checkpointing=bool(f.grad_checkpointing),
         attn_impl=AttnImpl.SDPA if f.attn is None else parse_attn(f.attn),
         dropout=f.dropout,
-        loss=LossSpec(_enum(Loss, f.loss, "--loss"), f.loss_chunks),
+        loss=LossSpec.from_flags(f.loss, f.loss_chunks),
     )
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, Precision, QuantType, validate_margin
 from planner.specs.hardware import Cluster, GpuSpec
-from planner.specs.loss import DEFAULT_LOSS_CHUNKS, Loss, LossSpec
+from planner.specs.loss import DEFAULT_LOSS_CHUNKS, LOSS_CHUNKS_HELP, LOSS_HELP, Loss, LossSpec
 from planner.specs.model import ModelSpec
 from planner.specs.parallelism import Engine, Parallelism
 from planner.specs.plan import Plan
 from planner.specs.train import LoraSpec, QuantSpec, TrainSpec, train_spec_from_dict, train_spec_to_dict
 
 __all__ = [
-    "AttnImpl", "Cluster", "DEFAULT_LOSS_CHUNKS", "Engine", "GpuSpec", "LoraSpec", "Loss", "LossSpec", "Method", "ModelSpec", "Offload", "Optimizer",
+    "AttnImpl", "Cluster", "DEFAULT_LOSS_CHUNKS", "Engine", "LOSS_CHUNKS_HELP", "LOSS_HELP", "GpuSpec", "LoraSpec", "Loss", "LossSpec", "Method", "ModelSpec", "Offload", "Optimizer",
     "Parallelism", "Plan", "Precision", "QuantSpec", "QuantType", "TrainSpec", "train_spec_from_dict",
     "train_spec_to_dict", "validate_margin",
 ]

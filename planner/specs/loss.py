@@ -19,6 +19,13 @@ from planner.errors import PlannerError
 DEFAULT_LOSS_CHUNKS = 8
 
 
+LOSS_HELP = ("Loss recipe: standard (transformers' loss on the full [tokens, vocab] logits, upcast to fp32), "
+             "chunked-ce (torchtune's CEWithChunkedOutputLoss: projection and fp32 upcast per chunk) or "
+             "fused-linear-ce (Liger's fused linear cross-entropy: the logits never exist; GPU only, modelled from "
+             "its source). Default: standard.")
+LOSS_CHUNKS_HELP = f"chunked-ce: chunks of the sequence (torchtune's num_output_chunks). Default: {DEFAULT_LOSS_CHUNKS}."
+
+
 class Loss(str, Enum):
     STANDARD = "standard"
     CHUNKED_CE = "chunked-ce"
@@ -46,6 +53,16 @@ class LossSpec:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind.value, "chunks": self.chunks}
+
+    @classmethod
+    def from_flags(cls, kind: str, chunks: int) -> LossSpec:
+        """``--loss`` and ``--loss-chunks`` as typed; an unknown recipe is a PlannerError naming the flag."""
+        try:
+            loss = Loss(kind.lower())
+        except ValueError:
+            raise PlannerError(f"--loss {kind!r} is not valid; choose one of "
+                               f"{', '.join(k.value for k in Loss)}.") from None
+        return cls(loss, chunks)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> LossSpec:
