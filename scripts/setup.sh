@@ -25,6 +25,9 @@ python -m pip install -q -c "$LOCK" torch >&2
 python -m pip install -q -c "$LOCK" -e ".[quant]" >&2
 if [ "$want_test" = 1 ]; then
   python -m pip install -q -c "$LOCK" -e ".[test,quant]" >&2
+  # torchtune's chunked cross-entropy (--loss chunked-ce) is profiled with its own loss file; its dependencies
+  # (torchao, torchdata, datasets, ...) are not needed for that: no deps.
+  python -m pip install -q -c "$LOCK" --no-deps torchtune >&2
   # DeepSpeed builds against the installed torch (hence no build isolation), at the lock's version too.
   python -m pip install -q -c "$LOCK" --no-build-isolation deepspeed >&2
   # DeepSpeed JIT-compiles its CPU shared-memory communication op on first use (about 1.5 min); build it

@@ -79,7 +79,7 @@ def accuracy_rows() -> list[tuple[str, dict[str, str], dict[str, str]]]:
     from planner.estimate.core import estimate
     from planner.estimate.step.cpu_kernels import LEGACY
     from planner.specs import Cluster
-    from planner.validate.matrix import DEFAULTS_LEFT_OUT, Cell
+    from planner.validate.matrix import LATE_FIELDS, Cell
     from planner.validate.results import CATEGORIES
 
     names = {f.name: f.type for f in fields(Cell)}
@@ -90,7 +90,7 @@ def accuracy_rows() -> list[tuple[str, dict[str, str], dict[str, str]]]:
                 continue
             kwargs = {}
             for k, typ in names.items():
-                if k in DEFAULTS_LEFT_OUT and not row.get(k):  # a table from before the column: the default
+                if k in LATE_FIELDS and not row.get(k):  # a table from before the column: the default
                     continue
                 v = row[k]
                 kwargs[k] = (v == "True") if typ in ("bool", bool) else float(v) if k == "lora_dropout" else (

@@ -51,7 +51,7 @@ THIRD_PARTY: dict[str, set[str]] = {
     "planner.from_config": set(),
     "planner.nvml": {"pynvml"},
     "planner.profile": {"torch", "transformers", "deepspeed", "peft", "bitsandbytes", "accelerate", "pandas",
-                        "pynvml", "rich"},
+                        "pynvml", "rich", "liger_kernel"},  # liger_kernel: --loss fused-linear-ce on CUDA
     "planner.report": {"pandas", "plotly"},
     "planner.validate": {"rich"},
     "planner.cli": {"pandas", "rich", "typer"},

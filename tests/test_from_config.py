@@ -220,14 +220,14 @@ def test_real_configs_planner_cannot_represent_are_refused(path, word):
 
 @pytest.mark.parametrize(("text", "word"), [
     ("model_name_or_path: x/y\nstage: dpo\nfinetuning_type: lora\n", "stage: dpo"),
-    ("model_name_or_path: x/y\nstage: sft\nfinetuning_type: lora\nenable_liger_kernel: true\n", "Liger"),
+    ("model_name_or_path: x/y\nstage: sft\nfinetuning_type: lora\nuse_unsloth: true\n", "use_unsloth"),
     ("model_name_or_path: x/y\nstage: sft\nfinetuning_type: freeze\n", "freeze"),
     ("model_name_or_path: x/y\nstage: sft\nfinetuning_type: lora\nquantization_bit: 8\n", "quantization_bit: 8"),
     ("model_name_or_path: x/y\nstage: sft\nfinetuning_type: full\noptim: lion_32bit\n", "lion_32bit"),
     ("base_model: x/y\nadapter: lora\nsequence_len: 512\nmicro_batch_size: 1\nrl: dpo\n", "rl: dpo"),
     ("base_model: x/y\nmicro_batch_size: 1\nsequence_len: 512\nfsdp: [full_shard]\n", "FSDP|fsdp"),
     ("base_model: x/y\nadapter: lora\nmicro_batch_size: 1\nsequence_len: 512\n"
-     "plugins: [axolotl.integrations.liger.LigerPlugin]\n", "Liger"),
+     "plugins: [axolotl.integrations.spectrum.SpectrumPlugin]\n", "SpectrumPlugin"),
     ("model_name_or_path: x/y\nper_device_train_batch_size: 1\nmax_length: 512\nuse_peft: true\n"
      "loss_type: chunked_nll\n", "chunked_nll"),
     ("model_name_or_path: x/y\nper_device_train_batch_size: 1\nmax_length: 512\npacking: true\n"

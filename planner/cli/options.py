@@ -26,10 +26,14 @@ from planner.cli.deepspeed_options import DeepSpeedConfigOpt
 from planner.errors import PlannerError
 from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_price
 from planner.specs import (
+    DEFAULT_LOSS_CHUNKS,
+    LOSS_CHUNKS_HELP,
+    LOSS_HELP,
     AttnImpl,
     Cluster,
     GpuSpec,
     LoraSpec,
+    LossSpec,
     Method,
     ModelSpec,
     Offload,
@@ -109,6 +113,8 @@ ActivationOffloadOpt = Annotated[
                  help="Copy saved activations to host RAM in forward and back in backward "
                       "(torch.autograd.graph.save_on_cpu around the forward; default: off)."),
 ]
+LossOpt = Annotated[str, typer.Option("--loss", help=LOSS_HELP)]
+LossChunksOpt = Annotated[int, typer.Option("--loss-chunks", help=LOSS_CHUNKS_HELP)]
 AttnOpt = Annotated[str, typer.Option("--attn", help="Attention implementation: eager, sdpa, flash_attention_2.")]
 DropoutOpt = Annotated[
     float | None, typer.Option("--dropout", help="Override the model's dropout probabilities (default: config's).")
@@ -169,6 +175,8 @@ class TrainingFlags:
     activation_offload: ActivationOffloadOpt = False
     attn: AttnOpt = "sdpa"
     dropout: DropoutOpt = None
+    loss: LossOpt = "standard"
+    loss_chunks: LossChunksOpt = DEFAULT_LOSS_CHUNKS
     allow_longer: AllowLongerOpt = False
     deepspeed_config: DeepSpeedConfigOpt = None
     # time, cost and the fit (estimate, recommend, report)
@@ -370,6 +378,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         dropout=f.dropout,
         lora_dtype=_enum(PeftDtype, f.lora_dtype, "--lora-dtype"),
         qlora_prep=_enum(PeftDtype, f.qlora_prep, "--qlora-prep"),
+        loss=LossSpec.from_flags(f.loss, f.loss_chunks),
     )
 
 

@@ -145,6 +145,7 @@ def render_bundle(
         "quant": t["quant"],
         "lora_dtype": t["lora_dtype"],
         "qlora_prep": t["qlora_prep"],
+        "loss": t["loss"],
         "zero_stage": train.zero_stage,
         "offload": t["offload"],
         "deepspeed": "ds_config.json" if has_ds else None,

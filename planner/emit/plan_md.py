@@ -9,7 +9,7 @@ from planner.emit.ds_config import bucket_sizes
 from planner.emit.launch import SMOKE_RUN
 from planner.emit.sample_data import SAMPLE_DATASET
 from planner.estimate.result import CATEGORIES, Estimate
-from planner.specs import Cluster, Method, ModelSpec, Offload, PeftDtype, TrainSpec
+from planner.specs import Cluster, Loss, Method, ModelSpec, Offload, PeftDtype, TrainSpec
 from planner.units import fmt_count, fmt_gib
 
 PROFILE_STEPS = 3
@@ -58,8 +58,27 @@ def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[s
         argv += ["--double-quant" if t.quant.double_quant else "--no-double-quant"]
     if t.dropout is not None:
         argv += ["--dropout", str(t.dropout)]
+    if t.loss.kind is not Loss.STANDARD:
+        argv += ["--loss", t.loss.kind.value]
+        if t.loss.kind is Loss.CHUNKED_CE:
+            argv += ["--loss-chunks", str(t.loss.chunks)]
     argv += ["--steps", str(PROFILE_STEPS), "--device", "cuda", "--out", PROFILE_DIR]
     return argv
+
+
+# The loss recipe (TrainSpec.loss) as PLAN.md names it, and what train.py needs installed for it.
+LOSS_WORDS = {
+    Loss.STANDARD: "transformers' own (ForCausalLMLoss on the full logits, upcast to fp32)",
+    Loss.CHUNKED_CE: "torchtune's CEWithChunkedOutputLoss in {chunks} chunks (lm_head applied per chunk)",
+    Loss.FUSED_LINEAR_CE: "Liger's fused linear cross-entropy (the logits never materialise)",
+}
+LOSS_INSTALL = {
+    Loss.CHUNKED_CE: "The chunked loss is torchtune's: install it with `pip install --no-deps torchtune==0.6.1` "
+                     "(train.py loads only its loss file; torchtune's other dependencies are not needed).",
+    Loss.FUSED_LINEAR_CE: "The fused loss is Liger-Kernel's (Triton kernels, CUDA GPUs only): install it with "
+                          "`pip install liger-kernel`; train.py turns on its fused linear cross-entropy alone "
+                          "(TrainingArguments use_liger_kernel with liger_kernel_config).",
+}
 
 
 def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> list[str]:
@@ -152,6 +171,7 @@ def render_plan_md(
         ("activation offloading", "on (torch.autograd.graph.save_on_cpu around the forward and loss)"
                                   if t.activation_offload else "off"),
         ("attention", t.attn_impl.value),
+        ("loss", LOSS_WORDS[t.loss.kind].format(chunks=t.loss.chunks)),
         ("dataset", f"`{_md(dataset)}`"),
     ]  # fmt: skip
     est = estimate
@@ -208,6 +228,7 @@ def render_plan_md(
         "- Data: the texts are tokenized, joined with the end-of-text token and cut into rows of exactly "
         f"{t.seq_len} tokens (no padding), so every micro-batch has the planned shape.",
         *[f"- {note}" for note in precision_notes(train)],
+        *([f"- {LOSS_INSTALL[t.loss.kind]}"] if t.loss.kind in LOSS_INSTALL else []),
         "- Another number of GPUs changes the global batch and, under ZeRO, the memory per GPU: "
         "re-plan with `planner recommend` rather than editing the numbers.",
         "- Tested with torch 2.13, transformers 5.23, accelerate 1.15, peft 0.21, deepspeed 0.19.8, "

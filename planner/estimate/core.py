@@ -30,9 +30,10 @@ from planner.estimate.sharding import (
 )
 from planner.estimate.states import unsharded_states
 from planner.estimate.step.cpu_kernels import CpuKernels
+from planner.estimate.step.loss_recipes import loss_notes
 from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
 from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
-from planner.specs import Cluster, Method, ModelSpec, Offload, Optimizer, TrainSpec, validate_margin
+from planner.specs import Cluster, Loss, Method, ModelSpec, Offload, Optimizer, TrainSpec, validate_margin
 from planner.units import dtype_bytes, fmt_gib
 
 DEFAULT_MARGIN = 0.1
@@ -163,8 +164,9 @@ def estimate(
             "(--allow-longer): memory is estimated, quality is not."
         )
     num_logits = step.logits_bytes // dtype_bytes(train.precision.compute_dtype)
+    notes.extend(loss_notes(train))
     # fp32 log-probabilities + their gradient + log_softmax's backward result (logits.py)
-    if pm.peak_phase == "backward" and 12 * num_logits > peak.total_bytes // 3:
+    if train.loss.kind is Loss.STANDARD and pm.peak_phase == "backward" and 12 * num_logits > peak.total_bytes // 3:
         notes.append("the peak is the loss backward: fp32 log-probabilities and two fp32 gradients of "
                      "[tokens, vocabulary] (transformers' ForCausalLMLoss upcasts the logits).")
     if paged:

@@ -9,10 +9,11 @@ config names (``deepspeed:``) is followed, and so is an accelerate config given 
 ``accelerate launch --config_file``); of DeepSpeed only the ZeRO stage, the offload targets and the bf16/fp16
 flags are read for now.
 
-Every field that changes memory or time is mapped with the project's own name and default; a field planner
-cannot represent that changes memory (FSDP, Liger or chunked losses, 8-bit base weights, DPO/PPO stages,
-optimizers it has no rule for, ...) raises PlannerError with one sentence; every other field is listed in
-``ignored`` with the reason, never dropped silently. Pure: no torch, no network.
+Every field that changes memory or time is mapped with the project's own name and default (the loss recipe in
+``loss_fields``); a field planner cannot represent that changes memory (FSDP, losses other than the standard,
+chunked and fused ones, 8-bit base weights, DPO/PPO stages, optimizers it has no rule for, ...) raises
+PlannerError with one sentence; every other field is listed in ``ignored`` with the reason, never dropped
+silently. Pure: no torch, no network.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from planner.from_config.fields import (
     TORCHTUNE_NO_MEMORY,
     TORCHTUNE_OPTIMIZERS,
 )
+from planner.from_config.loss_fields import axolotl_loss, llamafactory_loss, torchtune_loss
 from planner.from_config.reader import (
     PEFT_DEFAULT_TARGETS,
     Reader,
@@ -56,7 +57,6 @@ def llamafactory(r: Reader) -> dict[str, Any]:
                      ("use_llama_pro", "expands the model with new blocks, which planner does not model."),
                      ("use_unsloth", "replaces the model's kernels, which planner does not model."),
                      ("use_unsloth_gc", "offloads checkpoints to the CPU, which planner does not model."),
-                     ("enable_liger_kernel", "replaces the loss and MLP kernels (Liger), which planner does not model."),
                      ("shift_attn", "(S^2-Attn) is not modelled."),
                      ("mixture_of_depths", "is not modelled."),
                      ("fp8", "training is not modelled."),
@@ -97,6 +97,7 @@ def llamafactory(r: Reader) -> dict[str, Any]:
     r.set_fields |= {k for k, f in (("seq_len", "cutoff_len"), ("micro_batch", "per_device_train_batch_size"),
                                     ("grad_accum", "gradient_accumulation_steps")) if r.has(f)}
     return dict(method=method, precision=precision, optimizer=hf_optimizer(r, "optim", "adamw_torch"), lora=lora,
+                loss=llamafactory_loss(r),
                 quant=quant, parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
                 micro_batch=r.whole("per_device_train_batch_size", 8), seq_len=r.whole("cutoff_len", 2048),
                 grad_accum=r.whole("gradient_accumulation_steps", 1), grad_checkpointing=checkpointing,
@@ -124,10 +125,6 @@ def axolotl(r: Reader) -> dict[str, Any]:
                      ("peft_use_dora", "(DoRA) is not modelled."),
                      ("fsdp", "is not modelled; planner models DDP and DeepSpeed ZeRO."),
                      ("fsdp_config", "is not modelled; planner models DDP and DeepSpeed ZeRO."),
-                     ("plugins", "(Liger, Cut Cross Entropy and other kernels) change memory in ways planner does "
-                                 "not model."),
-                     ("liger_fused_linear_cross_entropy", "is a chunked loss planner does not model."),
-                     ("cut_cross_entropy", "is a chunked loss planner does not model."),
                      ("unsloth_cross_entropy_loss", "is not modelled."),
                      ("unsloth_lora_mlp", "is not modelled."), ("unsloth_lora_qkv", "is not modelled."),
                      ("unsloth_lora_o", "is not modelled."),
@@ -181,7 +178,7 @@ def axolotl(r: Reader) -> dict[str, Any]:
     r.set_fields |= {k for k, f in (("seq_len", "sequence_len"), ("micro_batch", "micro_batch_size"),
                                     ("grad_accum", "gradient_accumulation_steps")) if r.has(f)}
     return dict(method=method, precision=precision, optimizer=hf_optimizer(r, "optimizer", "adamw_torch_fused"),
-                lora=lora, quant=QuantSpec(), parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
+                lora=lora, loss=axolotl_loss(r), quant=QuantSpec(), parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
                 micro_batch=r.whole("micro_batch_size", 1),
                 seq_len=r.whole("sequence_len", 512), grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(checkpointing), attn_impl=attention(r, attn, "attention"))
@@ -226,10 +223,7 @@ def torchtune(r: Reader) -> dict[str, Any]:
                        "OffloadActivations also keeps parameters and tensors under 1 KiB on the GPU (less host RAM, "
                        "no device copy of a weight in backward) and, with use_streams, up to 5 packed tensors on "
                        "the GPU in forward.")
-    loss = _component(r, "loss")
-    if loss and loss not in ("torch.nn.CrossEntropyLoss", "torch.nn.modules.loss.CrossEntropyLoss"):
-        r.refuse(f"loss: {loss}", "is a chunked or fused loss, which planner does not model (it models the "
-                 "standard cross-entropy, torch.nn.CrossEntropyLoss).")
+    loss = torchtune_loss(r, _component(r, "loss"))
     builder = _component(r, "model") or ""
     leaf = builder.rsplit(".", 1)[-1]
     method = Method.QLORA if leaf.startswith("qlora_") else Method.LORA if leaf.startswith("lora_") else Method.FULL
@@ -305,6 +299,7 @@ def torchtune(r: Reader) -> dict[str, Any]:
             if f"{key}.{k}" not in r.used and k != "_component_":
                 r.ignored[f"{key}.{k}"] = "does not change memory or time"
     return dict(method=method, precision=precision, optimizer=TORCHTUNE_OPTIMIZERS[optim], lora=lora, quant=quant,
+                loss=loss,
                 micro_batch=r.whole("batch_size", 1), seq_len=seq or 2048,
                 grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(r.flag("enable_activation_checkpointing", False)),

@@ -11,15 +11,18 @@ from typing import Any
 
 import torch
 
+from planner.profile.loss_run import LossRun
 from planner.profile.optim import FP16_LOSS_SCALE, adapter_param_ids, deepspeed_config, make_optimizer
 from planner.profile.workload import Built
 from planner.specs import Precision, TrainSpec
 
 
 class Engine:
-    """forward -> logits, backward(loss), step() (which also drops the gradients)."""
+    """forward -> what the loss takes (logits; for chunked and fused losses loss_run.py's outputs),
+    backward(loss), step() (which also drops the gradients). ``loss_run`` is set by ``make_engine``."""
 
     name = "single"
+    loss_run: LossRun
 
     def __init__(self, built: Built, train: TrainSpec, device: str):
         self.built = built
@@ -30,8 +33,8 @@ class Engine:
         self.module: torch.nn.Module = built.model
         self.config: dict[str, Any] | None = None
 
-    def forward(self, ids: torch.Tensor, micro_batch: int) -> torch.Tensor:
-        return self.module(input_ids=ids, use_cache=False).logits
+    def forward(self, ids: torch.Tensor, micro_batch: int):
+        return self.loss_run.forward(self.module, ids)
 
     def backward(self, loss: torch.Tensor, micro_batch: int) -> None:
         scaled = loss / self.train.grad_accum
@@ -80,9 +83,6 @@ class DeepSpeedEngine(Engine):
         self.module = engine
         self.optimizer = optimizer
 
-    def forward(self, ids: torch.Tensor, micro_batch: int) -> torch.Tensor:
-        return self.module(input_ids=ids, use_cache=False).logits
-
     def backward(self, loss: torch.Tensor, micro_batch: int) -> None:
         self.module.backward(loss)
         if micro_batch < self.train.grad_accum - 1:
@@ -115,10 +115,13 @@ def probe_when_gradients_complete(optimizer: Any, callback) -> None:
 
 def make_engine(built: Built, train: TrainSpec, device: str, num_ranks: int, local_rank: int) -> Engine:
     if train.uses_deepspeed:
-        return DeepSpeedEngine(built, train, device, num_ranks)
-    if num_ranks > 1:
-        return DDPEngine(built, train, device, local_rank)
-    return Engine(built, train, device)
+        engine: Engine = DeepSpeedEngine(built, train, device, num_ranks)
+    elif num_ranks > 1:
+        engine = DDPEngine(built, train, device, local_rank)
+    else:
+        engine = Engine(built, train, device)
+    engine.loss_run = LossRun(built, train)
+    return engine
 
 
 def init_distributed(device: str, with_deepspeed: bool) -> None:

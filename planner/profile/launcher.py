@@ -263,6 +263,9 @@ def run_profile(
 
     refuse_non_causal(model)  # transformers would build an encoder as a causal LM head (BertLMHeadModel)
     check_peft_accepts(model, train)
+    from planner.profile.loss_run import check_loss_runs
+
+    check_loss_runs(train, resolved)
     if ram_check:
         check_host_memory(model, train, num_gpus, resolved)
     job = Job(

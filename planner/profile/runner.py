@@ -227,7 +227,7 @@ class RankRun(RankOutput):
         from planner.profile.engine import make_engine
         from planner.profile.identity import param_storage_bytes
         from planner.profile.offload import offloading
-        from planner.profile.workload import Batches, build_model, causal_lm_loss
+        from planner.profile.workload import Batches, build_model
 
         job, device, facts = self.job, self.job.device, self.facts
         if init is not None:  # joining the process group
@@ -264,7 +264,7 @@ class RankRun(RankOutput):
                     with self._window(w + "forward", step, "forward"):
                         logits = self.engine.forward(ids, mb)
                     with self._window(w + "loss", step, "loss"):
-                        loss = causal_lm_loss(self.built.hf_model, logits, ids)
+                        loss = self.engine.loss_run.loss(logits, ids)
                         del logits
                 self._probe()
                 self.in_backward = True

@@ -220,12 +220,6 @@ def checkpointed_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def causal_lm_loss(hf_model, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The loss the model computes when given labels (transformers ForCausalLMLoss), called on its own so
-    that forward and loss are separate phases."""
-    return hf_model.loss_function(logits=logits, labels=labels, vocab_size=hf_model.config.vocab_size)
-
-
 # ---------------------------------------------------------------- data
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from planner.errors import PlannerError
 from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, PeftDtype, Precision, QuantType
+from planner.specs.loss import LossSpec
 from planner.specs.parallelism import Parallelism, ZeroConfig
 
 
@@ -66,8 +67,11 @@ class TrainSpec:
     qlora_prep: PeftDtype = PeftDtype.FP32
     # Saved activations copied to host RAM in forward and back in backward (torch.autograd.graph.save_on_cpu)
     activation_offload: bool = False
+    loss: LossSpec = field(default_factory=LossSpec)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.loss, LossSpec):
+            raise PlannerError(f"loss must be a LossSpec, got {self.loss!r}.")
         if not isinstance(self.parallelism, Parallelism):
             raise PlannerError(f"parallelism must be a Parallelism spec, got {self.parallelism!r}.")
         if self.micro_batch < 1:
@@ -163,6 +167,7 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "lora_dtype": train.lora_dtype.value,
         "qlora_prep": train.qlora_prep.value,
         "activation_offload": train.activation_offload,
+        "loss": train.loss.to_dict(),
     }
 
 
@@ -198,6 +203,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             lora_dtype=PeftDtype(d.get("lora_dtype", "fp32")),
             qlora_prep=PeftDtype(d.get("qlora_prep", "fp32")),
             activation_offload=bool(d.get("activation_offload", False)),
+            loss=LossSpec.from_dict(d.get("loss")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

@@ -34,8 +34,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from planner.specs import (
+    DEFAULT_LOSS_CHUNKS,
     AttnImpl,
     LoraSpec,
+    Loss,
+    LossSpec,
     Method,
     Optimizer,
     Parallelism,
@@ -59,12 +62,13 @@ VOCABS = (512, 1000, 2048, 3072)
 PRECISIONS = ("fp32", "bf16-mixed")
 DEFAULT_OPTIMIZER = Optimizer.ADAMW.value  # torch AdamW, foreach: every designed cell
 DEFAULT_PEFT_DTYPE = PeftDtype.FP32.value  # peft's fp32 adapters and prepare_model_for_kbit_training's upcast
-# Fields added after the published cells: at their default a cell's id and hash leave them out, so every earlier
-# cell keeps its id and cached profile, and a CSV row without the column reads as the default.
-# Cell fields added after the seeded design: at these values they are left out of the id and hash (and a CSV row
-# without them reads as these), so earlier cells keep their ids and cached profiles.
+DEFAULT_LOSS = Loss.STANDARD.value  # transformers' ForCausalLMLoss: every designed cell
+# Cell fields added after the seeded design: at these values they are left out of the id and hash, so earlier
+# cells keep their ids and cached profiles (the loss and its chunks leave together, with the standard loss).
 DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
                      "zero_config": "", "grad_accum": 1, "activation_offload": False}
+# and a CSV row without one of these columns reads as the default
+LATE_FIELDS = (*DEFAULTS_LEFT_OUT, "loss", "loss_chunks")
 HEAD_DIM = 16
 LORA_RANK = 8
 LORA_DROPOUT = 0.05  # planner's default
@@ -110,6 +114,8 @@ class Cell:
     lora_dtype: str = DEFAULT_PEFT_DTYPE  # --lora-dtype
     qlora_prep: str = DEFAULT_PEFT_DTYPE  # --qlora-prep
     activation_offload: bool = False
+    loss: str = DEFAULT_LOSS
+    loss_chunks: int = DEFAULT_LOSS_CHUNKS
 
     @property
     def id(self) -> str:
@@ -120,6 +126,8 @@ class Cell:
         for name, default in DEFAULTS_LEFT_OUT.items():
             if inputs[name] == default:
                 del inputs[name]
+        if self.loss == DEFAULT_LOSS:
+            del inputs["loss"], inputs["loss_chunks"]
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:6]
         prec = {"fp32": "fp32", "bf16": "bf16"}.get(self.precision, "bf16m")
         opt = "" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}"
@@ -127,8 +135,10 @@ class Cell:
         opt += "" if self.qlora_prep == DEFAULT_PEFT_DTYPE else f"-prep{self.qlora_prep}"
         opt += ("-dscfg" if self.zero_config else "") + (f"-ga{self.grad_accum}" if self.grad_accum != 1 else "")
         opt += "-actoffload" if self.activation_offload else ""
+        loss = "" if self.loss == DEFAULT_LOSS else f"-{self.loss}{self.loss_chunks}"
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
-                f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}-{digest}")  # fmt: skip
+                f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}{loss}"
+                f"-{digest}")  # fmt: skip
 
     @property
     def cost(self) -> int:
@@ -175,7 +185,8 @@ class Cell:
                                        targets=targets),
                          quant=quant, parallelism=Parallelism.from_zero(self.zero, zero_config=self._zero_config()), micro_batch=self.micro_batch, seq_len=self.seq_len,
                          grad_accum=self.grad_accum, grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn),
-                         activation_offload=self.activation_offload)  # fmt: skip
+                         activation_offload=self.activation_offload,
+                         loss=LossSpec(Loss(self.loss), self.loss_chunks))  # fmt: skip
 
     def _zero_config(self) -> ZeroConfig | None:
         return ZeroConfig.from_dict(json.loads(self.zero_config)) if self.zero_config else None
@@ -192,11 +203,11 @@ class Cell:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Cell:
-        """A cell from its dict or a CSV row (a row from before the optimizer column: the default optimizer)."""
+        """A cell from its dict or a CSV row (a row from before the optimizer or loss columns: the defaults)."""
         kinds = {f.name: f.type for f in fields(Cell)}
         out: dict[str, Any] = {}
         for name, kind in kinds.items():
-            if name in DEFAULTS_LEFT_OUT and not d.get(name):
+            if name in LATE_FIELDS and not d.get(name):
                 continue
             value = d[name]
             if kind == "bool":
@@ -378,9 +389,35 @@ OFFLOAD_CELLS = (
 )
 
 
+# torchtune's chunked cross-entropy (``--loss chunked-ce``, issue 16 item 3), in the full matrix only (not the CI
+# subset, near its time budget): a Llama whose logits outweigh its layers (vocabulary 16384 on hidden 64, LoRA on
+# every linear layer, lm_head frozen), where the standard loss would peak at its backward with 12 bytes per logit;
+# and a full bf16-mixed Qwen2 with tied embeddings under checkpointing, micro-batch 4 (each chunk of the sequence
+# is then not contiguous: F.linear's matmul copies it, and the copy is saved for lm_head's weight gradient), whose
+# logits outweigh its optimizer step; and an fp32 GPT-2 with LoRA on attention, eager attention and 3 chunks
+# (torch.chunk of 64 tokens: 22, 22 and 20; in fp32 the upcast is the logits themselves); and full bf16-mixed
+# ZeRO-2 on two ranks under checkpointing (DeepSpeed's engine runs the forward; lm_head's per-chunk gradients
+# reach its reduce hooks).
+LOSS_CELLS = (
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=16384,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=128,
+         micro_batch=1, loss="chunked-ce"),
+    Cell(family="qwen2", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=8192,
+         method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=4, loss="chunked-ce"),
+    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+         vocab=3072, method="lora-attn", precision="fp32", zero=0, num_ranks=1, ckpt=False, attn="eager", seq_len=64,
+         micro_batch=2, loss="chunked-ce", loss_chunks=3),
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=8192,
+         method="full", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=True, attn="sdpa", seq_len=64,
+         micro_batch=2, loss="chunked-ce"),
+)
+
+
 # Cells of the full matrix only (each tuple's comment says why); the CI subset never picks them.
-FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + DEEPSPEED_CONFIG_CELLS
+FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_CELLS + DEEPSPEED_CONFIG_CELLS
                    + ACCUMULATION_CELLS)
+
 
 # Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under
 # profiles/gpu/ and compared by ``planner validate --suite gpu-reference``), in neither CPU matrix: the paged

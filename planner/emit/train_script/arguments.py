@@ -93,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="fp32: peft's prepare_model_for_kbit_training; 16bit: skip it")
     plan.add_argument("--quant-type", choices=("nf4", "fp4"), default=PLAN["quant"]["quant_type"])
     plan.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=PLAN["quant"]["double_quant"])
+    plan.add_argument("--loss", choices=("standard", "chunked-ce", "fused-linear-ce"), default=PLAN["loss"]["kind"])
+    plan.add_argument("--loss-chunks", type=int, default=PLAN["loss"]["chunks"], help="chunked-ce: chunks")
 
     run = p.add_argument_group("run")
     run.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps")
@@ -104,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--cpu", action="store_true", default=os.environ.get("PLANNER_CPU") == "1",
                      help="train on CPU (DeepSpeed and DDP over gloo); also PLANNER_CPU=1")
     args = p.parse_args(argv)
-    for name in ("micro_batch", "grad_accum", "seq_len", "lora_rank"):
+    for name in ("micro_batch", "grad_accum", "seq_len", "lora_rank", "loss_chunks"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if args.model is None and args.random_init is None:

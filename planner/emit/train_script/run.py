@@ -91,13 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         dataloader_num_workers=0,
         remove_unused_columns=False,
         **checkpointing_kwargs(TrainingArguments, args.grad_checkpointing),
+        **loss_arguments(args),
     )
     training_args.device  # noqa: B018 - sets up the process group and this rank's device before the model
     tokenizer = load_tokenizer(args)
     train_dataset = pack(texts, tokenizer, args.seq_len, args.micro_batch * args.grad_accum * world_size)
     model = build_model(args, len(tokenizer) if args.random_init else None, training_args)
     model = add_adapters(model, args)
-    trainer = offloading(Trainer, args.activation_offload)(
+    trainer = offloading(trainer_class(Trainer, args), args.activation_offload)(
         model=model, args=training_args, train_dataset=train_dataset, data_collator=default_data_collator
     )
     result = trainer.train()
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "grad_accum": args.grad_accum,
         "seq_len": args.seq_len,
         "activation_offload": args.activation_offload,
+        "loss": args.loss,
         "param_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in params}),
         # Under ZeRO-3 a rank holds a partition: ds_numel is a parameter's full size, numel() the local part.
         "num_params": sum(getattr(p, "ds_numel", p.numel()) for p in params),

@@ -16,15 +16,20 @@ the loss backward with log-probabilities + two fp32 gradients (12 bytes per logi
 saved activations -- the spike that dominates for 128k-256k vocabularies (DESIGN.md section 3).
 
 Gemma-2 first applies final-logit softcapping (``logits / cap``, ``tanh`` saving its output, ``* cap``).
+
+The other loss recipes (``TrainSpec.loss``, specs/loss.py) are written in ``loss_recipes``: torchtune's chunked
+cross-entropy and Liger's fused linear cross-entropy.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from planner.errors import PlannerError
 from planner.estimate.step import layers as ly
-from planner.estimate.step import ops
+from planner.estimate.step import loss_recipes, ops
 from planner.estimate.step.tape import Fake, Tape
+from planner.specs.loss import Loss, LossSpec
 
 
 class LossOutput(NamedTuple):
@@ -35,10 +40,20 @@ class LossOutput(NamedTuple):
     held_logits: Fake | None
 
 
-def causal_lm_loss(t: Tape, fam, ids: Fake, run_layers, *, keep_logits: bool) -> LossOutput:
+def causal_lm_loss(t: Tape, fam, ids: Fake, run_layers, *, keep_logits: bool,
+                   loss: LossSpec | None = None) -> LossOutput:
     """Forward of the whole model + loss. ``keep_logits``: the caller keeps the output object (and so the
-    logits) alive through backward."""
+    logits) alive through backward. ``loss``: the recipe (default: transformers' standard loss)."""
+    kind = Loss.STANDARD if loss is None else loss.kind
+    if kind is not Loss.STANDARD and fam.final_softcap:
+        raise PlannerError(f"--loss {kind.value} with final-logit softcapping (Gemma 2) is not modelled; "
+                           "use --loss standard.")
     hidden = _base_model(t, fam, ids, run_layers)
+    if kind is Loss.CHUNKED_CE:
+        out, logits_bytes = loss_recipes.chunked_ce(t, fam, hidden, ids, loss.chunks)
+        return LossOutput(out, logits_bytes, None)
+    if kind is Loss.FUSED_LINEAR_CE:
+        return LossOutput(loss_recipes.fused_linear_ce(t, fam, hidden, ids), 0, None)
     logits = ly.linear(t, fam.ctx, hidden, fam.lm_head)
     if fam.final_softcap:
         logits = ops.mul_scalar(t, logits)

@@ -37,7 +37,7 @@ from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, S
 from planner.estimate.step.family_layers import build_family
 from planner.estimate.step.logits import causal_lm_loss
 from planner.estimate.step.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
-from planner.specs import Method, ModelSpec, Precision, TrainSpec
+from planner.specs import Loss, LossSpec, Method, ModelSpec, Precision, TrainSpec
 
 NUM_SIMULATED_LAYERS = 3
 # torch.utils.checkpoint (preserve_rng_state=True) stores the CPU generator state with every checkpointed
@@ -105,6 +105,7 @@ class StepInputs:
     adapter_dtype: str = "fp32"  # LoRA adapters (peft_dtypes.adapter_dtype)
     unquantized_dtype: str = "fp32"  # QLoRA's unquantized parameters and activations (peft_dtypes)
     activation_offload: bool = False
+    loss: LossSpec
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -123,6 +124,7 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
         adapter_dtype=peft_dtypes.adapter_dtype(train), unquantized_dtype=peft_dtypes.unquantized_dtype(train),
         activation_offload=train.activation_offload,
+        loss=train.loss if train.loss.kind is Loss.CHUNKED_CE else LossSpec(train.loss.kind),  # chunks: chunked only
     )
 
 
@@ -253,7 +255,8 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
 
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
     t.packing = offload  # save_on_cpu around the model's forward, which computes the loss (offload.py)
-    loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers, keep_logits=inputs.keep_logits)
+    loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers, keep_logits=inputs.keep_logits,
+                                                 loss=inputs.loss)
     t.packing = False
     if loss.node is None:
         # no parameter of the simulated forward is trainable: there is no backward to estimate (peft refuses
