@@ -102,10 +102,10 @@ class StepInputs:
     keep_logits: bool
     hold_grads_over: int
     cpu: CpuKernels | None
+    loss: LossSpec
     adapter_dtype: str = "fp32"  # LoRA adapters (peft_dtypes.adapter_dtype)
     unquantized_dtype: str = "fp32"  # QLoRA's unquantized parameters and activations (peft_dtypes)
     activation_offload: bool = False
-    loss: LossSpec
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
