@@ -39,7 +39,7 @@ def _packed_by_torch(cell_train: TrainSpec, model_config: dict) -> tuple[int, in
     """(bytes, pinned-rounded bytes) pack_to_cpu is handed in one forward + loss of the real model."""
     import torch
 
-    from planner.profile.workload import build_model, causal_lm_loss
+    from planner.profile.workload import build_model
 
     built = build_model(model_config, cell_train, "cpu", seed=0)
     sizes: list[int] = []
@@ -54,7 +54,8 @@ def _packed_by_torch(cell_train: TrainSpec, model_config: dict) -> tuple[int, in
     ids = torch.randint(0, model_config["vocab_size"], (cell_train.micro_batch, cell_train.seq_len))
     with ctx:
         logits = built.model(input_ids=ids, use_cache=False).logits
-        loss = causal_lm_loss(built.hf_model, logits, ids)
+        # the standard loss as the profiler runs it (profile/loss_run.py, transformers ForCausalLMLoss)
+        loss = built.hf_model.loss_function(logits=logits, labels=ids, vocab_size=built.hf_model.config.vocab_size)
     loss.backward()
     return sum(sizes), sum(pinned_size(n) for n in sizes)
 

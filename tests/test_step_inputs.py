@@ -28,6 +28,8 @@ from planner.models import spec_from_config
 from planner.specs import (
     AttnImpl,
     LoraSpec,
+    Loss,
+    LossSpec,
     Method,
     Offload,
     Optimizer,
@@ -84,6 +86,7 @@ READ_VARIANTS = {
     "lora_dtype": dict(lora_dtype=PeftDtype.BIT16, parallelism=Parallelism()),
     "qlora_prep": dict(method=Method.QLORA, qlora_prep=PeftDtype.BIT16, parallelism=Parallelism()),
     "activation_offload": dict(method=Method.LORA, activation_offload=True),
+    "loss": dict(loss=LossSpec(Loss.CHUNKED_CE)),
 }
 LORA_READ_VARIANTS = {
     "rank": LoraSpec(rank=4),

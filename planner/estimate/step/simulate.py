@@ -51,8 +51,8 @@ CUDA_RNG_STATE_BYTES = 16
 # StepInputs, built only by step_inputs) or ignored with the reason. tests/test_step_inputs.py fails when a
 # TrainSpec or LoraSpec field is in neither, so a new field cannot be silently left out of the cache key.
 TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_checkpointing", "attn_impl", "dropout",
-                     "lora", "parallelism", "activation_offload", "lora_dtype", "qlora_prep")  # the last two as
-                     # dtypes (peft_dtypes.py)
+                     "lora", "parallelism", "activation_offload", "loss", "lora_dtype",
+                     "qlora_prep")  # the last two as dtypes (peft_dtypes.py)
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
                  "temporaries.py's",
