@@ -7,6 +7,7 @@ import csv
 import os
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -245,11 +246,26 @@ def test_ci_matrix_meets_the_issue_5_bounds(tmp_path):
     _check_bounds(run)
 
 
+def _commit_seed() -> int | None:
+    """32 bits of the checked-out commit's hash (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return int(head[:8], 16) if len(head) >= 8 else None
+
+
 @pytest.mark.slow
 def test_random_shapes_meet_the_same_bounds(tmp_path):
-    """New random cells on every run, on the machine's own kernel path only (the seeded matrix covers both
-    paths): a miss here is a shape the model gets wrong, whatever the path; the seed in the output reproduces it."""
-    seed = int(os.environ.get("PLANNER_VALIDATE_SEED") or int.from_bytes(os.urandom(4), "big"))
+    """New random cells with every commit, on the machine's own kernel path only (the seeded matrix covers both
+    paths): a miss here is a shape the model gets wrong, whatever the path; the seed in the output reproduces it.
+    The seed comes from the checked-out commit (PLANNER_VALIDATE_SEED overrides it; random outside a git
+    checkout), so a commit draws the same cells on every machine and CI's verdict is the one a run before
+    pushing saw, where a clock seed made it a lottery."""
+    seed = int(os.environ.get("PLANNER_VALIDATE_SEED") or _commit_seed() or int.from_bytes(os.urandom(4), "big"))
     print(f"random cells: seed {seed} (reproduce with PLANNER_VALIDATE_SEED={seed})")
     cells = random_cells(seed, 3)
     run = run_cells(cells, out_dir=tmp_path, stem="accuracy-random", cache_dir=tmp_path / "cache", jobs=2,
