@@ -1,6 +1,8 @@
 """`planner validate`: the estimator checked against real profiles, cell by cell (issue 5).
 
+- ``cell``          one run's inputs (``Cell``), its id and hash, and the factor levels
 - ``matrix``        the seeded matrix of cells (full, CI subset, random shapes)
+- ``recipe_cells``  one recipe's cells each, in the full matrix only, and the GPU reference cells
 - ``run``           profiles in worker processes, estimates here, resume from the cache or the CSV
 - ``results``       per-cell and per-rank errors, the issue-5 bounds and the summary metrics
 - ``report``        reports/accuracy.csv and reports/accuracy.md, written atomically

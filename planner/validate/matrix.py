@@ -27,200 +27,51 @@ written for.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from planner.specs import (
-    DEFAULT_LOSS_CHUNKS,
-    AttnImpl,
-    LoraSpec,
-    Loss,
-    LossSpec,
-    Method,
-    Optimizer,
-    Parallelism,
-    PeftDtype,
-    Precision,
-    QuantSpec,
-    TrainSpec,
-    ZeroConfig,
+from planner.validate.cell import (  # re-exported: the validator and the tests read them from here
+    ATTN_TARGETS,
+    ATTNS,
+    COVERED,
+    DEFAULT_LOSS,
+    DEFAULT_OPTIMIZER,
+    DEFAULT_PEFT_DTYPE,
+    DEFAULT_SEED,
+    DEFAULTS_LEFT_OUT,
+    EXPERTS_PER_TOKEN,
+    FAMILIES,
+    HEAD_DIM,
+    HIDDENS,
+    LATE_FIELDS,
+    LAYERS,
+    LORA_DROPOUT,
+    LORA_RANK,
+    METHODS,
+    MICRO_BATCHES,
+    MOE_FAMILIES,
+    MULTI_RANK_COST,
+    NUM_EXPERTS,
+    PRECISIONS,
+    SEQ_LENS,
+    STEPS,
+    VOCABS,
+    ZERO_SETUPS,
+    Cell,
+)
+from planner.validate.recipe_cells import (  # re-exported
+    ACCUMULATION_CELLS,
+    DEEPSPEED_CONFIG_CELLS,
+    DS_DEFAULT_BUCKETS,
+    DTYPE_CELLS,
+    FULL_ONLY_CELLS,
+    GPU_OPTIMIZER_CELLS,
+    LOSS_CELLS,
+    OFFLOAD_CELLS,
+    RECIPE_OPTIMIZER_CELLS,
 )
 
-DEFAULT_SEED = 20240605
-FAMILIES = ("llama", "gpt2", "qwen2", "mixtral")
-METHODS = ("full", "lora-attn", "lora-all", "qlora-dq", "qlora-nodq")
-ZERO_SETUPS = ((0, 1), (1, 2), (2, 2), (3, 2))  # (stage, ranks)
-ATTNS = ("eager", "sdpa")
-SEQ_LENS = (32, 64, 128)
-MICRO_BATCHES = (1, 2, 4)
-HIDDENS = (64, 96, 128)
-LAYERS = (2, 3)
-VOCABS = (512, 1000, 2048, 3072)
-PRECISIONS = ("fp32", "bf16-mixed")
-DEFAULT_OPTIMIZER = Optimizer.ADAMW.value  # torch AdamW, foreach: every designed cell
-DEFAULT_PEFT_DTYPE = PeftDtype.FP32.value  # peft's fp32 adapters and prepare_model_for_kbit_training's upcast
-DEFAULT_LOSS = Loss.STANDARD.value  # transformers' ForCausalLMLoss: every designed cell
-# Cell fields added after the seeded design: at these values they are left out of the id and hash, so earlier
-# cells keep their ids and cached profiles (the loss and its chunks leave together, with the standard loss).
-DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
-                     "zero_config": "", "grad_accum": 1, "activation_offload": False}
-# and a CSV row without one of these columns reads as the default
-LATE_FIELDS = (*DEFAULTS_LEFT_OUT, "loss", "loss_chunks")
-HEAD_DIM = 16
-LORA_RANK = 8
-LORA_DROPOUT = 0.05  # planner's default
-NUM_EXPERTS, EXPERTS_PER_TOKEN = 4, 2
-STEPS = 3  # the profile's steady-state peak is taken after step 0
-# Factors whose every level the CI matrix must cover.
-COVERED = ("family", "method", "zero", "ckpt", "attn", "seq_len", "micro_batch", "hidden", "layers", "vocab",
-           "precision")  # fmt: skip
-# Relative cost of a cell for the CI subset: two processes, torchrun and a deepspeed import.
-MULTI_RANK_COST = 10
-# Attention projections per family (LoRA "attention" target set).
-ATTN_TARGETS = {"llama": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"), "mixtral": ("q_proj", "v_proj"),
-                "gpt2": ("c_attn",), "qwen3_moe": ("q_proj", "v_proj")}  # fmt: skip
-MOE_FAMILIES = ("mixtral", "qwen3_moe")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """Every input of one validation run."""
-
-    family: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    method: str
-    precision: str
-    zero: int
-    num_ranks: int
-    ckpt: bool
-    attn: str
-    seq_len: int
-    micro_batch: int
-    lora_rank: int = LORA_RANK
-    num_experts: int = 0
-    lora_dropout: float = LORA_DROPOUT
-    optimizer: str = DEFAULT_OPTIMIZER
-    # DeepSpeed's buckets and thresholds as ZeroConfig.to_dict() JSON ("": "auto", what the bundle writes)
-    zero_config: str = ""
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lora_dtype: str = DEFAULT_PEFT_DTYPE  # --lora-dtype
-    qlora_prep: str = DEFAULT_PEFT_DTYPE  # --qlora-prep
-    activation_offload: bool = False
-    loss: str = DEFAULT_LOSS
-    loss_chunks: int = DEFAULT_LOSS_CHUNKS
-
-    @property
-    def id(self) -> str:
-        """Readable and unique: the main factors, then a hash of every input. The fields of DEFAULTS_LEFT_OUT at
-        their defaults are named neither in the id nor in the hash, so the cells from before the fields keep their ids
-        and profiles."""
-        inputs = asdict(self)
-        for name, default in DEFAULTS_LEFT_OUT.items():
-            if inputs[name] == default:
-                del inputs[name]
-        if self.loss == DEFAULT_LOSS:
-            del inputs["loss"], inputs["loss_chunks"]
-        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:6]
-        prec = {"fp32": "fp32", "bf16": "bf16"}.get(self.precision, "bf16m")
-        opt = "" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}"
-        opt += "" if self.lora_dtype == DEFAULT_PEFT_DTYPE else f"-lora{self.lora_dtype}"
-        opt += "" if self.qlora_prep == DEFAULT_PEFT_DTYPE else f"-prep{self.qlora_prep}"
-        opt += ("-dscfg" if self.zero_config else "") + (f"-ga{self.grad_accum}" if self.grad_accum != 1 else "")
-        opt += "-actoffload" if self.activation_offload else ""
-        loss = "" if self.loss == DEFAULT_LOSS else f"-{self.loss}{self.loss_chunks}"
-        return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
-                f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}{loss}"
-                f"-{digest}")  # fmt: skip
-
-    @property
-    def cost(self) -> int:
-        return MULTI_RANK_COST if self.num_ranks > 1 else 1
-
-    def model_config(self) -> dict[str, Any]:
-        """A transformers config dict (random weights are built from it)."""
-        positions = max(128, self.seq_len)
-        if self.family == "gpt2":
-            return {"model_type": "gpt2", "n_embd": self.hidden, "n_layer": self.layers, "n_head": self.heads,
-                    "n_inner": self.intermediate, "vocab_size": self.vocab, "n_positions": positions}  # fmt: skip
-        cfg: dict[str, Any] = {
-            "model_type": self.family,
-            "hidden_size": self.hidden,
-            "intermediate_size": self.intermediate,
-            "num_hidden_layers": self.layers,
-            "num_attention_heads": self.heads,
-            "num_key_value_heads": self.kv_heads,
-            "vocab_size": self.vocab,
-            "max_position_embeddings": positions,
-        }
-        if self.family == "qwen2":
-            cfg["tie_word_embeddings"] = True
-        if self.family == "mixtral":
-            cfg.update(num_local_experts=self.num_experts, num_experts_per_tok=EXPERTS_PER_TOKEN)
-        if self.family == "qwen3_moe":  # every layer sparse; the experts' width is moe_intermediate_size
-            cfg.update(head_dim=self.hidden // self.heads, num_experts=self.num_experts,
-                       num_experts_per_tok=EXPERTS_PER_TOKEN, moe_intermediate_size=self.intermediate,
-                       tie_word_embeddings=False)
-        return cfg
-
-    def model_spec(self):
-        from planner.models import spec_from_config
-
-        return spec_from_config(self.model_config(), f"validate-{self.family}-h{self.hidden}", "validation")
-
-    def train_spec(self) -> TrainSpec:
-        targets = ATTN_TARGETS[self.family] if self.method == "lora-attn" else ("all-linear",)
-        quant = QuantSpec(double_quant=self.method == "qlora-dq") if self.method.startswith("qlora") else QuantSpec()
-        return TrainSpec(method=Method(self.method.split("-")[0]), precision=Precision(self.precision),
-                         optimizer=Optimizer(self.optimizer), lora_dtype=PeftDtype(self.lora_dtype),
-                         qlora_prep=PeftDtype(self.qlora_prep),
-                         lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
-                                       targets=targets),
-                         quant=quant, parallelism=Parallelism.from_zero(self.zero, zero_config=self._zero_config()), micro_batch=self.micro_batch, seq_len=self.seq_len,
-                         grad_accum=self.grad_accum, grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn),
-                         activation_offload=self.activation_offload,
-                         loss=LossSpec(Loss(self.loss), self.loss_chunks))  # fmt: skip
-
-    def _zero_config(self) -> ZeroConfig | None:
-        return ZeroConfig.from_dict(json.loads(self.zero_config)) if self.zero_config else None
-
-    def inputs(self) -> dict[str, Any]:
-        """Every input as a flat dict (the CSV's input columns)."""
-        d = asdict(self)
-        d["lora_targets"] = "" if self.method == "full" else ",".join(self.train_spec().lora.targets)
-        d["double_quant"] = self.method == "qlora-dq" if self.method.startswith("qlora") else ""
-        return d
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> Cell:
-        """A cell from its dict or a CSV row (a row from before the optimizer or loss columns: the defaults)."""
-        kinds = {f.name: f.type for f in fields(Cell)}
-        out: dict[str, Any] = {}
-        for name, kind in kinds.items():
-            if name in LATE_FIELDS and not d.get(name):
-                continue
-            value = d[name]
-            if kind == "bool":
-                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true")
-            elif kind == "int":
-                value = int(value)
-            elif kind == "float":
-                value = float(value)
-            out[name] = value
-        return Cell(**out)
-
-
-# ---------------------------------------------------------------- shapes
+__all__ = ["EXPERTS_PER_TOKEN", "NUM_EXPERTS", "ACCUMULATION_CELLS", "ATTNS", "ATTN_TARGETS", "COVERED", "Cell", "DEEPSPEED_CONFIG_CELLS", "DEFAULTS_LEFT_OUT", "DEFAULT_LOSS", "DEFAULT_OPTIMIZER", "DEFAULT_PEFT_DTYPE", "DEFAULT_SEED", "DS_DEFAULT_BUCKETS", "DTYPE_CELLS", "FAMILIES", "FULL_ONLY_CELLS", "GPU_OPTIMIZER_CELLS", "HEAD_DIM", "HIDDENS", "LATE_FIELDS", "LAYERS", "LORA_DROPOUT", "LORA_RANK", "LOSS_CELLS", "METHODS", "MICRO_BATCHES", "MOE_FAMILIES", "MULTI_RANK_COST", "OFFLOAD_CELLS", "PRECISIONS", "RECIPE_OPTIMIZER_CELLS", "SEQ_LENS", "STEPS", "VOCABS", "ZERO_SETUPS"]
 
 
 def _shape(family: str, hidden: int, layers: int, vocab: int, rng: random.Random) -> dict[str, Any]:
@@ -272,168 +123,6 @@ OPTIMIZER_CELLS = (
          micro_batch=1, optimizer="adamw-fused"),
 )
 EXTRA_CELLS = EXTRA_CELLS + OPTIMIZER_CELLS
-# Adapter and QLoRA dtypes (``--lora-dtype``, ``--qlora-prep``, issue 16 item 6), in the full matrix only (after
-# EXTRA_CELLS, not in the CI subset): bf16 LoRA adapters (peft's get_peft_model with autocast_adapter_dtype=False,
-# stepped without a master copy) on all linears without checkpointing and on GPT-2's attention with it (dropout
-# on the bf16 adapter path); QLoRA without prepare_model_for_kbit_training (embeddings, norms and lm_head stay
-# bf16, so the residual stream does) with and without checkpointing, the second with bf16 adapters too; pure bf16
-# LoRA with peft's fp32 adapters (fp32 moments beside bf16 weights) and with bf16 ones (bf16 moments); and two
-# rank-64 cells short enough that the optimizer step is the peak (bf16 adapters stepped with bf16 states and
-# foreach scratch, no master; pure bf16 with fp32 adapters, whose foreach scratch is fp32).
-DTYPE_CELLS = (
-    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
-         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=64,
-         micro_batch=2, lora_dtype="16bit"),
-    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
-         vocab=512, method="lora-attn", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="eager",
-         seq_len=64, micro_batch=2, lora_dtype="16bit"),
-    Cell(family="qwen2", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=2048,
-         method="qlora-dq", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=64,
-         micro_batch=2, qlora_prep="16bit"),
-    Cell(family="llama", hidden=64, layers=3, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=1000,
-         method="qlora-nodq", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="eager", seq_len=32,
-         micro_batch=4, lora_dtype="16bit", qlora_prep="16bit"),
-    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
-         method="lora-all", precision="bf16", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
-         micro_batch=1),
-    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
-         method="lora-all", precision="bf16", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
-         micro_batch=1, lora_dtype="16bit"),
-    Cell(family="llama", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
-         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=16,
-         micro_batch=1, lora_rank=64, lora_dtype="16bit"),
-    Cell(family="llama", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
-         method="lora-all", precision="bf16", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=16,
-         micro_batch=1, lora_rank=64),
-)
-
-
-def _ds(**values) -> str:
-    return json.dumps(ZeroConfig(**values).to_dict(), sort_keys=True)
-
-
-# A user's DeepSpeed config (--deepspeed-config, issue 17) in the full matrix only: DeepSpeed's own defaults where
-# a config leaves the buckets out (5e8-element reduce bucket, 5e7 prefetch, 1e5 persistence threshold;
-# deepspeed/runtime/zero/config.py), which on a tiny model make the reduce buckets the largest tensors of the
-# step: ZeRO-2 with one bucket and with overlap_comm's two, ZeRO-3 (its bucket at start-up, every parameter under
-# the threshold), and ZeRO-3 with small sub-groups (sub_group_size 4096: several fp32 gradient sub-groups).
-DS_DEFAULT_BUCKETS = dict(reduce_bucket_size=500_000_000, stage3_prefetch_bucket_size=50_000_000,
-                          stage3_param_persistence_threshold=100_000)
-DEEPSPEED_CONFIG_CELLS = (
-    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
-         method="full", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=False, attn="sdpa", seq_len=32,
-         micro_batch=1, zero_config=_ds(**DS_DEFAULT_BUCKETS)),
-    Cell(family="qwen2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
-         method="lora-all", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=True, attn="sdpa", seq_len=32,
-         micro_batch=1, zero_config=_ds(**DS_DEFAULT_BUCKETS, overlap_comm=True)),
-    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
-         method="full", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=False, attn="sdpa", seq_len=32,
-         micro_batch=1, zero_config=_ds(**DS_DEFAULT_BUCKETS)),
-    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
-         method="full", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=False, attn="sdpa", seq_len=32,
-         micro_batch=1, zero_config=_ds(stage3_param_persistence_threshold=0, sub_group_size=4096)),
-)
-
-
-# Gradient accumulation under DeepSpeed (issue 17 item 2), full matrix only: 2 and 4 micro-batches per step at
-# ZeRO 1, 2 and 3 on two ranks, what each stage keeps between micro-batches (ZeRO-1/2's partition buffer and
-# ZeRO-1's accumulated gradients, ZeRO-3's gradient partition) on top of the step.
-ACCUMULATION_CELLS = tuple(
-    Cell(family=family, hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
-         method=method, precision="bf16-mixed", zero=zero, num_ranks=2, ckpt=ckpt, attn="sdpa", seq_len=32,
-         micro_batch=1, grad_accum=accum)
-    for family, method, zero, ckpt, accum in (
-        ("llama", "full", 1, False, 2), ("qwen2", "lora-all", 1, True, 4),
-        ("qwen2", "full", 2, True, 2), ("llama", "lora-all", 2, False, 4),
-        ("llama", "full", 3, False, 4), ("qwen2", "lora-all", 3, True, 2),
-    )
-)
-
-
-# bitsandbytes' AdamW8bit and transformers' Adafactor (``--optimizer adamw-8bit|adafactor``, issue 16 item 2), in the
-# full matrix only (the CI subset is near its time budget): per optimizer one full bf16-mixed Llama peaking at the
-# optimizer step (fp32 masters stepped one tensor at a time) and one fp32 cell whose states sit on the weights
-# themselves; 8-bit AdamW also on LoRA adapters (every adapter under min_8bit_size: 32-bit states).
-RECIPE_OPTIMIZER_CELLS = tuple(
-    cell
-    for opt in ("adamw-8bit", "adafactor")
-    for cell in (
-        Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
-             method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
-             micro_batch=1, optimizer=opt),
-        Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
-             vocab=512, method="full" if opt == "adafactor" else "lora-attn", precision="fp32", zero=0,
-             num_ranks=1, ckpt=False, attn="eager", seq_len=64, micro_batch=2, optimizer=opt),
-        Cell(family="qwen2", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256,
-             vocab=2048, method="full", precision="fp32", zero=0, num_ranks=1, ckpt=True, attn="sdpa",
-             seq_len=32, micro_batch=1, optimizer=opt),
-    )
-)
-
-
-# Activation offloading (``--activation-offload``: torch.autograd.graph.save_on_cpu around forward and loss, issue
-# 16 item 4), in the full matrix only (the CI subset is near its time budget): full bf16-mixed Llama without
-# checkpointing (every saved tensor and every saved weight copied at pack time), LoRA Llama with checkpointing
-# (only each layer's input is packed, by the checkpoint frame; the recomputation stays on the device), and full
-# bf16-mixed Llama ZeRO-3 on two ranks (LinearFunctionForZeroStage3 saves the gathered weight: copied whole).
-OFFLOAD_CELLS = (
-    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
-         method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=256,
-         micro_batch=2, activation_offload=True),
-    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
-         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
-         micro_batch=2, activation_offload=True),
-    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
-         method="full", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=False, attn="sdpa", seq_len=256,
-         micro_batch=1, activation_offload=True),
-)
-
-
-# torchtune's chunked cross-entropy (``--loss chunked-ce``, issue 16 item 3), in the full matrix only (not the CI
-# subset, near its time budget): a Llama whose logits outweigh its layers (vocabulary 16384 on hidden 64, LoRA on
-# every linear layer, lm_head frozen), where the standard loss would peak at its backward with 12 bytes per logit;
-# and a full bf16-mixed Qwen2 with tied embeddings under checkpointing, micro-batch 4 (each chunk of the sequence
-# is then not contiguous: F.linear's matmul copies it, and the copy is saved for lm_head's weight gradient), whose
-# logits outweigh its optimizer step; and an fp32 GPT-2 with LoRA on attention, eager attention and 3 chunks
-# (torch.chunk of 64 tokens: 22, 22 and 20; in fp32 the upcast is the logits themselves); and full bf16-mixed
-# ZeRO-2 on two ranks under checkpointing (DeepSpeed's engine runs the forward; lm_head's per-chunk gradients
-# reach its reduce hooks).
-LOSS_CELLS = (
-    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=16384,
-         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=128,
-         micro_batch=1, loss="chunked-ce"),
-    Cell(family="qwen2", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=8192,
-         method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
-         micro_batch=4, loss="chunked-ce"),
-    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
-         vocab=3072, method="lora-attn", precision="fp32", zero=0, num_ranks=1, ckpt=False, attn="eager", seq_len=64,
-         micro_batch=2, loss="chunked-ce", loss_chunks=3),
-    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=8192,
-         method="full", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=True, attn="sdpa", seq_len=64,
-         micro_batch=2, loss="chunked-ce"),
-)
-
-
-# Cells of the full matrix only (each tuple's comment says why); the CI subset never picks them.
-FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_CELLS + DEEPSPEED_CONFIG_CELLS
-                   + ACCUMULATION_CELLS)
-
-
-# Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under
-# profiles/gpu/ and compared by ``planner validate --suite gpu-reference``), in neither CPU matrix: the paged
-# optimizers run only on CUDA (their states in cudaMallocManaged memory, outside the allocated figures, which the
-# estimate leaves out of per_gpu and puts in the device figure), and 8-bit AdamW's CUDA step is one in-place
-# kernel where the CPU backend allocates fp32 copies (optim_rules.py). A larger hidden size so that tensors reach
-# bitsandbytes' paging threshold (1e5 elements).
-GPU_OPTIMIZER_CELLS = tuple(
-    Cell(family="llama", hidden=512, layers=2, heads=512 // HEAD_DIM, kv_heads=2, intermediate=1024, vocab=4096,
-         method="full", precision=precision, zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
-         micro_batch=1, optimizer=opt)
-    for opt in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit")
-    for precision in ("bf16-mixed", "bf16")
-)
-
-
 def _balanced(levels: tuple, n: int, rng: random.Random) -> list:
     """n values cycling through the levels (each appears n/len or n/len + 1 times), shuffled."""
     values = [levels[i % len(levels)] for i in range(n)]

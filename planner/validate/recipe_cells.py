@@ -1,0 +1,171 @@
+"""Cells of one training recipe each, in the full matrix only (the CI subset stays within its time budget), and
+the GPU reference cells: each tuple's comment says what it checks. planner/validate/matrix.py appends
+``FULL_ONLY_CELLS`` to the seeded design."""
+
+from __future__ import annotations
+
+import json
+
+from planner.specs import ZeroConfig
+from planner.validate.cell import HEAD_DIM, Cell
+
+# Adapter and QLoRA dtypes (``--lora-dtype``, ``--qlora-prep``, issue 16 item 6), in the full matrix only (after
+# EXTRA_CELLS, not in the CI subset): bf16 LoRA adapters (peft's get_peft_model with autocast_adapter_dtype=False,
+# stepped without a master copy) on all linears without checkpointing and on GPT-2's attention with it (dropout
+# on the bf16 adapter path); QLoRA without prepare_model_for_kbit_training (embeddings, norms and lm_head stay
+# bf16, so the residual stream does) with and without checkpointing, the second with bf16 adapters too; pure bf16
+# LoRA with peft's fp32 adapters (fp32 moments beside bf16 weights) and with bf16 ones (bf16 moments); and two
+# rank-64 cells short enough that the optimizer step is the peak (bf16 adapters stepped with bf16 states and
+# foreach scratch, no master; pure bf16 with fp32 adapters, whose foreach scratch is fp32).
+DTYPE_CELLS = (
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=64,
+         micro_batch=2, lora_dtype="16bit"),
+    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+         vocab=512, method="lora-attn", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="eager",
+         seq_len=64, micro_batch=2, lora_dtype="16bit"),
+    Cell(family="qwen2", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=2048,
+         method="qlora-dq", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=64,
+         micro_batch=2, qlora_prep="16bit"),
+    Cell(family="llama", hidden=64, layers=3, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=1000,
+         method="qlora-nodq", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="eager", seq_len=32,
+         micro_batch=4, lora_dtype="16bit", qlora_prep="16bit"),
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
+         method="lora-all", precision="bf16", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
+         micro_batch=1),
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
+         method="lora-all", precision="bf16", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
+         micro_batch=1, lora_dtype="16bit"),
+    Cell(family="llama", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=16,
+         micro_batch=1, lora_rank=64, lora_dtype="16bit"),
+    Cell(family="llama", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
+         method="lora-all", precision="bf16", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=16,
+         micro_batch=1, lora_rank=64),
+)
+
+
+def _ds(**values) -> str:
+    return json.dumps(ZeroConfig(**values).to_dict(), sort_keys=True)
+
+
+# A user's DeepSpeed config (--deepspeed-config, issue 17) in the full matrix only: DeepSpeed's own defaults where
+# a config leaves the buckets out (5e8-element reduce bucket, 5e7 prefetch, 1e5 persistence threshold;
+# deepspeed/runtime/zero/config.py), which on a tiny model make the reduce buckets the largest tensors of the
+# step: ZeRO-2 with one bucket and with overlap_comm's two, ZeRO-3 (its bucket at start-up, every parameter under
+# the threshold), and ZeRO-3 with small sub-groups (sub_group_size 4096: several fp32 gradient sub-groups).
+DS_DEFAULT_BUCKETS = dict(reduce_bucket_size=500_000_000, stage3_prefetch_bucket_size=50_000_000,
+                          stage3_param_persistence_threshold=100_000)
+DEEPSPEED_CONFIG_CELLS = (
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method="full", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=False, attn="sdpa", seq_len=32,
+         micro_batch=1, zero_config=_ds(**DS_DEFAULT_BUCKETS)),
+    Cell(family="qwen2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method="lora-all", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=True, attn="sdpa", seq_len=32,
+         micro_batch=1, zero_config=_ds(**DS_DEFAULT_BUCKETS, overlap_comm=True)),
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method="full", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=False, attn="sdpa", seq_len=32,
+         micro_batch=1, zero_config=_ds(**DS_DEFAULT_BUCKETS)),
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=False, attn="sdpa", seq_len=32,
+         micro_batch=1, zero_config=_ds(stage3_param_persistence_threshold=0, sub_group_size=4096)),
+)
+
+
+# Gradient accumulation under DeepSpeed (issue 17 item 2), full matrix only: 2 and 4 micro-batches per step at
+# ZeRO 1, 2 and 3 on two ranks, what each stage keeps between micro-batches (ZeRO-1/2's partition buffer and
+# ZeRO-1's accumulated gradients, ZeRO-3's gradient partition) on top of the step.
+ACCUMULATION_CELLS = tuple(
+    Cell(family=family, hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method=method, precision="bf16-mixed", zero=zero, num_ranks=2, ckpt=ckpt, attn="sdpa", seq_len=32,
+         micro_batch=1, grad_accum=accum)
+    for family, method, zero, ckpt, accum in (
+        ("llama", "full", 1, False, 2), ("qwen2", "lora-all", 1, True, 4),
+        ("qwen2", "full", 2, True, 2), ("llama", "lora-all", 2, False, 4),
+        ("llama", "full", 3, False, 4), ("qwen2", "lora-all", 3, True, 2),
+    )
+)
+
+
+# bitsandbytes' AdamW8bit and transformers' Adafactor (``--optimizer adamw-8bit|adafactor``, issue 16 item 2), in the
+# full matrix only (the CI subset is near its time budget): per optimizer one full bf16-mixed Llama peaking at the
+# optimizer step (fp32 masters stepped one tensor at a time) and one fp32 cell whose states sit on the weights
+# themselves; 8-bit AdamW also on LoRA adapters (every adapter under min_8bit_size: 32-bit states).
+RECIPE_OPTIMIZER_CELLS = tuple(
+    cell
+    for opt in ("adamw-8bit", "adafactor")
+    for cell in (
+        Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+             method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
+             micro_batch=1, optimizer=opt),
+        Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+             vocab=512, method="full" if opt == "adafactor" else "lora-attn", precision="fp32", zero=0,
+             num_ranks=1, ckpt=False, attn="eager", seq_len=64, micro_batch=2, optimizer=opt),
+        Cell(family="qwen2", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256,
+             vocab=2048, method="full", precision="fp32", zero=0, num_ranks=1, ckpt=True, attn="sdpa",
+             seq_len=32, micro_batch=1, optimizer=opt),
+    )
+)
+
+
+# Activation offloading (``--activation-offload``: torch.autograd.graph.save_on_cpu around forward and loss, issue
+# 16 item 4), in the full matrix only (the CI subset is near its time budget): full bf16-mixed Llama without
+# checkpointing (every saved tensor and every saved weight copied at pack time), LoRA Llama with checkpointing
+# (only each layer's input is packed, by the checkpoint frame; the recomputation stays on the device), and full
+# bf16-mixed Llama ZeRO-3 on two ranks (LinearFunctionForZeroStage3 saves the gathered weight: copied whole).
+OFFLOAD_CELLS = (
+    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=256,
+         micro_batch=2, activation_offload=True),
+    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=2, activation_offload=True),
+    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=False, attn="sdpa", seq_len=256,
+         micro_batch=1, activation_offload=True),
+)
+
+
+# torchtune's chunked cross-entropy (``--loss chunked-ce``, issue 16 item 3), in the full matrix only (not the CI
+# subset, near its time budget): a Llama whose logits outweigh its layers (vocabulary 16384 on hidden 64, LoRA on
+# every linear layer, lm_head frozen), where the standard loss would peak at its backward with 12 bytes per logit;
+# and a full bf16-mixed Qwen2 with tied embeddings under checkpointing, micro-batch 4 (each chunk of the sequence
+# is then not contiguous: F.linear's matmul copies it, and the copy is saved for lm_head's weight gradient), whose
+# logits outweigh its optimizer step; and an fp32 GPT-2 with LoRA on attention, eager attention and 3 chunks
+# (torch.chunk of 64 tokens: 22, 22 and 20; in fp32 the upcast is the logits themselves); and full bf16-mixed
+# ZeRO-2 on two ranks under checkpointing (DeepSpeed's engine runs the forward; lm_head's per-chunk gradients
+# reach its reduce hooks).
+LOSS_CELLS = (
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=16384,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=128,
+         micro_batch=1, loss="chunked-ce"),
+    Cell(family="qwen2", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=8192,
+         method="full", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=4, loss="chunked-ce"),
+    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+         vocab=3072, method="lora-attn", precision="fp32", zero=0, num_ranks=1, ckpt=False, attn="eager", seq_len=64,
+         micro_batch=2, loss="chunked-ce", loss_chunks=3),
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=8192,
+         method="full", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=True, attn="sdpa", seq_len=64,
+         micro_batch=2, loss="chunked-ce"),
+)
+
+
+# Cells of the full matrix only (each tuple's comment says why); the CI subset never picks them.
+FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_CELLS + DEEPSPEED_CONFIG_CELLS
+                   + ACCUMULATION_CELLS)
+
+
+# Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under
+# profiles/gpu/ and compared by ``planner validate --suite gpu-reference``), in neither CPU matrix: the paged
+# optimizers run only on CUDA (their states in cudaMallocManaged memory, outside the allocated figures, which the
+# estimate leaves out of per_gpu and puts in the device figure), and 8-bit AdamW's CUDA step is one in-place
+# kernel where the CPU backend allocates fp32 copies (optim_rules.py). A larger hidden size so that tensors reach
+# bitsandbytes' paging threshold (1e5 elements).
+GPU_OPTIMIZER_CELLS = tuple(
+    Cell(family="llama", hidden=512, layers=2, heads=512 // HEAD_DIM, kv_heads=2, intermediate=1024, vocab=4096,
+         method="full", precision=precision, zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=1, optimizer=opt)
+    for opt in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit")
+    for precision in ("bf16-mixed", "bf16")
+)
