@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from planner import catalog
@@ -79,7 +79,9 @@ def test_fit_equals_the_plain_search(name, gpu, num_gpus, train, allow_longer):
 
 def test_fit_costs_few_simulations():
     """llama-3.1-8b on 8 x H100, the full table: the prediction lands on the sequence limit, so each row's
-    search simulates the limit and the length after it (90 simulations before, 68 now; a regression shows)."""
+    search simulates the limit and the length after it (90 simulations before, 68 with the first guess; 72 since
+    full fine-tuning under ZeRO-3 simulates DeepSpeed's own linear and so has a simulation key of its own, dadac8a;
+    a regression shows)."""
     model = load_model("llama-3.1-8b")
     cluster = Cluster(gpu=catalog.gpu("h100-sxm-80gb"), num_gpus=8)
     simulate._simulate.cache_clear()
@@ -92,7 +94,7 @@ def test_fit_costs_few_simulations():
                 except PlannerError:
                     continue
                 estimate_with_fit(model, train, cluster)
-    assert simulate._simulate.cache_info().misses <= 70
+    assert simulate._simulate.cache_info().misses <= 72
 
 
 @st.composite
@@ -123,7 +125,9 @@ def _ok(v, usable):
     return v is not None and v <= usable
 
 
-@settings(max_examples=200, deadline=None)
+# derandomize: the same 200 curves on every run (a CI draw once rejected 50 of 57 curves at the assume below and
+# failed hypothesis' filter health check); the curves cover the steering cases either way.
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.filter_too_much])
 @given(_curves())
 def test_largest_is_exact_whatever_the_steering(curve):
     value, lo, hi, usable, guess, seen_at, approx, bad_at = curve
