@@ -28,6 +28,8 @@ if [ "$want_test" = 1 ]; then
   # torchtune's chunked cross-entropy (--loss chunked-ce) is profiled with its own loss file; its dependencies
   # (torchao, torchdata, datasets, ...) are not needed for that: no deps.
   python -m pip install -q -c "$LOCK" --no-deps torchtune >&2
+  # TRL: the SFT, DPO and GRPO trainers the profiler runs (planner profile -- COMMAND, --task).
+  python -m pip install -q -c "$LOCK" trl >&2
   # DeepSpeed builds against the installed torch (hence no build isolation), at the lock's version too.
   python -m pip install -q -c "$LOCK" --no-build-isolation deepspeed >&2
   # DeepSpeed JIT-compiles its CPU shared-memory communication op on first use (about 1.5 min); build it
