@@ -34,7 +34,10 @@ if [ "$want_test" = 1 ]; then
   python -m pip install -q -c "$LOCK" --no-build-isolation deepspeed >&2
   # DeepSpeed JIT-compiles its CPU shared-memory communication op on first use (about 1.5 min); build it
   # once here so the first multi-rank test does not pay for it inside its timeout.
-  python -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >&2 \
+  # torch's FileBaton waits forever on a `lock` left by a build that was killed; a build takes about 1.5 min,
+  # so a lock older than 15 min has no holder.
+  find "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}" -name lock -mmin +15 -delete 2>/dev/null || true
+  timeout 900 python -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >&2 \
     || echo "planner: could not pre-build DeepSpeed's shm comm op; multi-rank tests will build it" >&2
 fi
 # The editable install leaves planner's own modules uncompiled, and with PYTHONDONTWRITEBYTECODE set (as on CI
