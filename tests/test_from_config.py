@@ -328,7 +328,8 @@ def test_hf_training_arguments_json(tmp_path):
                                "torch_dtype": "float32"}))
     got = read_training_config(cfg)
     assert got.format == "hf" and got.model is None
-    assert got.train == TrainSpec(method=Method.FULL, precision=Precision.FP16_MIXED, micro_batch=4,
+    # fp32 weights, fp16 and no DeepSpeed: the Trainer's fp16 autocast (accelerate), planner's fp16-autocast
+    assert got.train == TrainSpec(method=Method.FULL, precision=Precision.FP16_AUTOCAST, micro_batch=4,
                                   grad_accum=4, seq_len=2048, lora=LoraSpec(rank=16, alpha=32, dropout=0.05,
                                                                             targets=("q_proj", "v_proj")))
     assert "seq_len" in got.unset

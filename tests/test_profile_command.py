@@ -177,6 +177,28 @@ def test_bundle_train_py_deepspeed_zero2_through_the_trainer(tmp_path, tiny_conf
     check_within_bounds(tmp_path / "prof", num_ranks, tmp_path)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seq_len", [32, 256])  # peaks at the optimizer step; in backward (the autocast casts)
+def test_bundle_train_py_autocast_through_the_trainer(tmp_path, tiny_config, seq_len):
+    """The bundle's full fine-tuning without DeepSpeed (issue 16, "close the loop"): fp32 weights and the Trainer's
+    bf16=True, i.e. accelerate's autocast; recorded through the real Trainer, it matches its own estimate."""
+    bundle = tmp_path / "bundle"
+    rec = planner("recommend", "-m", str(tiny_config), "--gpus", "1", "-g", "2", "--method", "full", "--zero", "0",
+                  "--precision", "bf16-autocast", "--optimizer", "adamw-fused", "--seq-len", str(seq_len), "--out", str(bundle),
+                  "--json", cwd=tmp_path)
+    assert rec.returncode == 0, _tail(rec)
+    assert json.loads((bundle / "plan.json").read_text())["plan"]["train"]["precision"] == "bf16-autocast"
+    data = _small_dataset(tmp_path / "small.jsonl")
+    proc = planner("profile", "--from", str(bundle), "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "prof"),
+                   "--", "python", str(bundle / "train.py"), "--cpu", "--random-init", str(bundle / "model_config.json"),
+                   "--tokenizer", "bytes", "--dataset", str(data), "--max-steps", "20", "--no-save",
+                   "--output-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 0, _tail(proc)
+    meta = json.loads((tmp_path / "prof" / "meta.json").read_text())
+    assert meta["train"]["precision"] == "bf16-autocast"
+    check_within_bounds(tmp_path / "prof", 1, tmp_path)
+
+
 # TRL 1.16's SFTTrainer computes loss_type "nll" through its fused LM head (trl/trainer/utils.py add_fused_lm_head,
 # trl/kernels/chunked_logprob.py: log-probabilities in tiles of TOKEN_CHUNK_SIZE = 4096 tokens, never the full
 # logits), which planner does not model: the hf reader takes "nll" as transformers' standard loss. The tiles are a

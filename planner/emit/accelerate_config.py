@@ -22,6 +22,8 @@ _MIXED_PRECISION = {
     Precision.BF16_MIXED: "bf16",
     Precision.BF16: "bf16",
     Precision.FP16_MIXED: "fp16",
+    Precision.BF16_AUTOCAST: "bf16",
+    Precision.FP16_AUTOCAST: "fp16",
     Precision.FP32: "no",
 }
 

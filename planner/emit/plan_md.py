@@ -96,12 +96,19 @@ def precision_notes(train: TrainSpec) -> list[str]:
     """How train.py holds weights for this precision and method (what the estimate's split assumes)."""
     t, notes = train, []
     mixed = t.precision.has_master_weights
-    if t.method is Method.FULL and mixed and not t.uses_deepspeed:
+    if t.method is Method.FULL and t.precision.autocast_dtype:
+        notes.append(
+            "The Trainer keeps fp32 weights, gradients and optimizer states and runs the forward under "
+            f"torch.autocast ({t.precision.autocast_dtype}): the estimate counts autocast's 16-bit copies of "
+            "the weights and matmul inputs saved for backward."
+        )
+    elif t.method is Method.FULL and mixed and not t.uses_deepspeed:
         notes.append(
             "Without DeepSpeed the Trainer keeps fp32 weights and gradients and computes in 16 bits under "
             "torch.autocast: the same 16 bytes per parameter with AdamW as 16-bit weights plus an fp32 master "
             "copy, split differently between params, grads and optimizer states, plus autocast's 16-bit copies "
-            "of the weights during forward and backward."
+            f"of the weights during forward and backward. `--precision {t.precision.value.split('-')[0]}-autocast` "
+            "estimates that recipe (this estimate is planner's 16-bit weights with fp32 masters)."
         )
     elif t.method is Method.FULL and mixed:
         notes.append(

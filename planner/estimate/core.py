@@ -163,7 +163,7 @@ def estimate(
             f"sequence length {train.seq_len} exceeds the model's position limit {model.max_position_embeddings} "
             "(--allow-longer): memory is estimated, quality is not."
         )
-    num_logits = step.logits_bytes // dtype_bytes(train.precision.compute_dtype)
+    num_logits = step.logits_bytes // dtype_bytes(train.precision.matmul_dtype)
     notes.extend(loss_notes(train))
     # fp32 log-probabilities + their gradient + log_softmax's backward result (logits.py)
     if train.loss.kind is Loss.STANDARD and pm.peak_phase == "backward" and 12 * num_logits > peak.total_bytes // 3:

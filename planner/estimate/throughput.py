@@ -230,7 +230,7 @@ def step_time(
         accum = global_batch_size / (train.micro_batch * n)
     tokens = accum * train.micro_batch * train.seq_len
     fpt = flops_per_token(model, train, counts, split)
-    peak = cluster.gpu.dense_flops(train.precision.compute_dtype)
+    peak = cluster.gpu.dense_flops(train.precision.matmul_dtype)
     if peak <= 0:
         raise PlannerError(f"GPU {cluster.gpu.name!r} has no dense FLOP/s figure for {train.precision.value}.")
     bw = cluster.gpu.memory_bandwidth_bytes_per_s or 1

@@ -11,7 +11,7 @@ from typing import Any
 from planner.errors import PlannerError
 from planner.from_config.fields import HF_OPTIMIZERS
 from planner.models import catalog_name_for_hub_id
-from planner.specs import AttnImpl, Method, Offload, Optimizer, Precision
+from planner.specs import AttnImpl, Method, Offload, Optimizer, Precision, TrainSpec
 
 # A training config is a page of text; anything larger is not one (and is not parsed).
 MAX_CONFIG_BYTES = 1_000_000
@@ -353,3 +353,24 @@ def packing_note(r: Reader, packing: bool, length_key: str) -> None:
                        f"of {length_key} tokens, is an upper bound.")
 
 
+
+
+def autocast_precision(r: Reader, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Full fine-tuning of fp32 weights with bf16/fp16 and no DeepSpeed: the Trainer (through accelerate) runs the
+    forward under torch.autocast, planner's ``bf16-autocast``/``fp16-autocast``. Where that recipe is not
+    modelled yet (specs/train.py ``_check_autocast``), the config is estimated as ``bf16-mixed``/``fp16-mixed``
+    (the same 16 bytes of AdamW states per parameter, split differently) with a note."""
+    mixed = kwargs.get("precision")
+    parallelism = kwargs.get("parallelism")
+    if (mixed not in (Precision.BF16_MIXED, Precision.FP16_MIXED) or kwargs.get("method", Method.FULL) is not Method.FULL
+            or (parallelism is not None and parallelism.uses_deepspeed)):
+        return kwargs
+    autocast = Precision.BF16_AUTOCAST if mixed is Precision.BF16_MIXED else Precision.FP16_AUTOCAST
+    try:
+        TrainSpec(**{**kwargs, "precision": autocast})
+    except PlannerError as exc:
+        r.notes.append(f"The Trainer runs this fp32 model under {autocast.autocast_dtype} autocast "
+                       f"(--precision {autocast.value}), which is not modelled here ({exc}); estimated as "
+                       f"{mixed.value}: 16-bit weights with fp32 masters.")
+        return kwargs
+    return {**kwargs, "precision": autocast}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from planner.errors import PlannerError
 from planner.plan.no_fit import ADVICE_MAX_GPUS, SEQ_STEP, no_fit
 from planner.plan.search import Scored, Searcher, divisors, gib
 from planner.plan.types import (
@@ -214,7 +215,7 @@ def _rejected(search: Searcher, best: Scored, skipped, fa2, attn_impls, num_reje
             continue
         seen.add(sig)
         out.append(Rejected(plan, f"does not fit: {reason}", est))
-    if AttnImpl.EAGER not in attn_impls:
+    if AttnImpl.EAGER not in attn_impls and _admits_eager(search.base):
         eager = dataclasses.replace(layout_of(best.plan), attn_impl=AttnImpl.EAGER)
         eplan = search.plan(eager, best.plan.micro_batch, best.plan.cluster.num_gpus)
         ok, est, reason = search.check(eplan)
@@ -225,6 +226,15 @@ def _rejected(search: Searcher, best: Scored, skipped, fa2, attn_impls, num_reje
         out.append(Rejected(None, fa2[1]))
     out += [Rejected(None, s) for s in skipped]
     return tuple(out)
+
+
+def _admits_eager(base) -> bool:
+    """Whether the run's recipe allows eager attention at all (--precision bf16-autocast does not, yet)."""
+    try:
+        dataclasses.replace(base, attn_impl=AttnImpl.EAGER)
+    except PlannerError:
+        return False
+    return True
 
 
 __all__ = ["explain", "lost_because", "no_fit", "ATTN_ORDER", "ADVICE_MAX_GPUS", "SEQ_STEP", "METHOD_WORDS"]

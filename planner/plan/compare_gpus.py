@@ -137,7 +137,8 @@ def precision_for(gpu: GpuSpec, precision: Precision) -> Precision:
     """GPUs without bf16 (Volta, Turing) train in fp16 with loss scaling instead."""
     if gpu.supports_bf16:
         return precision
-    return {Precision.BF16_MIXED: Precision.FP16_MIXED, Precision.BF16: Precision.FP16_MIXED}.get(
+    return {Precision.BF16_MIXED: Precision.FP16_MIXED, Precision.BF16: Precision.FP16_MIXED,
+            Precision.BF16_AUTOCAST: Precision.FP16_AUTOCAST}.get(
         precision, precision
     )
 

@@ -80,7 +80,7 @@ def no_fit(search: Searcher, methods, counts, zero_stages, offloads, ckpts, attn
             break
     # A bigger GPU, same count.
     for other in sorted(catalog.gpus(), key=lambda g: (g.memory_bytes, g.name)):
-        if other.memory_bytes <= gpu.memory_bytes or not other.supports_bf16 and search.base.precision.compute_dtype == "bf16":
+        if other.memory_bytes <= gpu.memory_bytes or not other.supports_bf16 and search.base.precision.matmul_dtype == "bf16":
             continue
         alt = Searcher(search.model, search.base, other, search.gpus_per_node, global_batch_size=search.g,
                        margin=search.margin, mfu=search.mfu, num_tokens=search.num_tokens,

@@ -185,8 +185,11 @@ class Searcher:
                     continue
                 for attn in attn_impls:
                     try:
+                        # a layout the spec refuses (e.g. --precision bf16-autocast with DeepSpeed or
+                        # checkpointing) is not a candidate
                         dataclasses.replace(self.base, method=method, parallelism=Parallelism.from_zero(
-                            stage, offload, self.base.parallelism.zero_config))
+                            stage, offload, self.base.parallelism.zero_config), grad_checkpointing=ckpt,
+                            attn_impl=attn)
                     except PlannerError:
                         continue
                     out.append(Layout(method, stage, offload, ckpt, attn))

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from planner.profile import autocast_run
 from planner.profile.loss_run import LossRun
 from planner.profile.optim import FP16_LOSS_SCALE, adapter_param_ids, deepspeed_config, make_optimizer
 from planner.profile.workload import Built
@@ -31,6 +32,8 @@ class Engine:
         self.optimizer: Any = make_optimizer(params, train, device, adapter_param_ids(built.model, train))
         self.loss_scale = FP16_LOSS_SCALE if train.precision is Precision.FP16_MIXED else 1.0
         self.module: torch.nn.Module = built.model
+        if train.precision.autocast_dtype and not isinstance(self, DDPEngine):
+            self.module = autocast_run.prepare(built.model, train, device)
         self.config: dict[str, Any] | None = None
 
     def forward(self, ids: torch.Tensor, micro_batch: int):
@@ -56,7 +59,10 @@ class DDPEngine(Engine):
     def __init__(self, built: Built, train: TrainSpec, device: str, local_rank: int):
         super().__init__(built, train, device)
         kwargs = {"device_ids": [local_rank]} if device == "cuda" else {}
-        self.module = torch.nn.parallel.DistributedDataParallel(built.model, **kwargs)
+        if train.precision.autocast_dtype:  # accelerate wraps the autocast forward, then DDP (autocast_run.py)
+            self.module = autocast_run.prepare(built.model, train, device)
+        else:
+            self.module = torch.nn.parallel.DistributedDataParallel(built.model, **kwargs)
 
     def backward(self, loss: torch.Tensor, micro_batch: int) -> None:
         last = micro_batch == self.train.grad_accum - 1

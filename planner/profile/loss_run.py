@@ -63,6 +63,7 @@ class LossRun:
         self.kind = train.loss.kind
         self.chunks = train.loss.chunks
         self.loss_fn: Any = None
+        self.inside = bool(train.precision.autocast_dtype)  # the loss inside the model's (autocast) forward
         if self.kind is Loss.CHUNKED_CE:
             self.loss_fn = chunked_loss_class()(num_output_chunks=self.chunks, ignore_index=IGNORE_INDEX)
         elif self.kind is Loss.FUSED_LINEAR_CE:
@@ -71,6 +72,11 @@ class LossRun:
             self.loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX)
 
     def forward(self, module, ids: torch.Tensor):
+        if self.kind is Loss.STANDARD and self.inside:
+            # the HF Trainer's compute_loss under autocast (autocast_run.py): the labels go to the model, which
+            # computes the loss in its autocast-wrapped forward; the output (loss, fp32 logits) is dropped
+            # before backward
+            return module(input_ids=ids, labels=ids, use_cache=False)
         if self.kind is Loss.STANDARD:
             return module(input_ids=ids, use_cache=False).logits
         captured: dict[str, torch.Tensor] = {}
@@ -91,6 +97,8 @@ class LossRun:
         return [output(chunk) for chunk in hidden.chunk(self.chunks, dim=1)]
 
     def loss(self, outputs, ids: torch.Tensor) -> torch.Tensor:
+        if self.kind is Loss.STANDARD and self.inside:
+            return outputs["loss"]
         if self.kind is Loss.STANDARD:
             # transformers ForCausalLMLoss, called on its own so that forward and loss are separate phases
             return self.hf_model.loss_function(logits=outputs, labels=ids, vocab_size=self.hf_model.config.vocab_size)

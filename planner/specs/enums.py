@@ -15,25 +15,53 @@ class Method(str, Enum):
 
 
 class Precision(str, Enum):
-    """Training precision.
+    """Training precision: what the weights are held in and what the matmuls compute in.
 
-    ``bf16-mixed``/``fp16-mixed``: 16-bit weights and gradients for compute, fp32 master weights in the
-    optimizer (the ZeRO paper's mixed-precision recipe). ``bf16``: pure bf16, no master copy.
-    ``fp32``: everything in fp32.
+    ``bf16-mixed``/``fp16-mixed``: 16-bit weights and gradients, fp32 master weights in the optimizer (the ZeRO
+    paper's mixed-precision recipe; DeepSpeed's bf16/fp16 sections). ``bf16-autocast``/``fp16-autocast``: fp32
+    weights, gradients and optimizer states, the forward under ``torch.autocast`` (what the HF Trainer and
+    accelerate do with ``bf16``/``fp16`` without DeepSpeed or FSDP; Lightning calls it ``bf16-mixed``/``16-mixed``).
+    ``bf16``: pure bf16, no master copy (Lightning's ``bf16-true``). ``fp32``: everything in fp32 (``32-true``).
+
+    Lightning's ``bf16-mixed`` is planner's ``bf16-autocast``: planner's ``bf16-mixed`` kept the meaning it had
+    (16-bit weights with fp32 masters), so no existing estimate or config changes meaning. ``_missing_``
+    reads Lightning's other names (``32-true``, ``bf16-true``, ``16-mixed``) as aliases.
     """
 
     BF16_MIXED = "bf16-mixed"
     FP16_MIXED = "fp16-mixed"
+    BF16_AUTOCAST = "bf16-autocast"
+    FP16_AUTOCAST = "fp16-autocast"
     BF16 = "bf16"
     FP32 = "fp32"
 
+    @classmethod
+    def _missing_(cls, value: object) -> Precision | None:
+        return cls.__members__.get(PRECISION_ALIASES.get(str(value), ""))
+
     @property
     def compute_dtype(self) -> str:
-        return {"bf16-mixed": "bf16", "fp16-mixed": "fp16", "bf16": "bf16", "fp32": "fp32"}[self.value]
+        """The dtype the model's weights (and so its gradients) are held in: fp32 under autocast, whose matmuls
+        run in ``autocast_dtype``."""
+        return {"bf16-mixed": "bf16", "fp16-mixed": "fp16", "bf16": "bf16"}.get(self.value, "fp32")
+
+    @property
+    def autocast_dtype(self) -> str:
+        """The dtype torch.autocast casts matmul operands to; "" without autocast."""
+        return {"bf16-autocast": "bf16", "fp16-autocast": "fp16"}.get(self.value, "")
+
+    @property
+    def matmul_dtype(self) -> str:
+        """The dtype the dense matmuls run in (the GPU's FLOP/s figure, bf16 support)."""
+        return self.autocast_dtype or self.compute_dtype
 
     @property
     def has_master_weights(self) -> bool:
         return self in (Precision.BF16_MIXED, Precision.FP16_MIXED)
+
+
+# Lightning's precision names (lightning/fabric/connector.py _PRECISION_INPUT) read as planner's members.
+PRECISION_ALIASES = {"32-true": "FP32", "32": "FP32", "bf16-true": "BF16", "16-mixed": "FP16_AUTOCAST"}
 
 
 class Optimizer(str, Enum):

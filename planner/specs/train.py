@@ -94,6 +94,8 @@ class TrainSpec:
                 raise PlannerError("--lora-dtype 16bit with --precision fp16-mixed trains fp16 adapters, whose "
                                    "gradients torch's GradScaler refuses to unscale (the HF Trainer's fp16 path); "
                                    "use bf16-mixed or --lora-dtype fp32.")
+        if self.precision.autocast_dtype:
+            _check_autocast(self)
         # DeepSpeed wraps a client optimizer and hands it its flat 1-D fp32 partitions: bitsandbytes' block layout
         # and Adafactor's factored moment (>= 2-D only) would follow those, which planner has not profiled
         # (planner/estimate/optim_rules.py models each on the model's own tensors).
@@ -131,6 +133,27 @@ class TrainSpec:
     @property
     def num_tokens_per_micro_batch(self) -> int:
         return self.micro_batch * self.seq_len
+
+
+def _check_autocast(train: TrainSpec) -> None:
+    """What the autocast recipe (fp32 weights, forward under torch.autocast: estimate/step/autocast.py) is
+    modelled and profiled for: full fine-tuning on one process or DDP, standard loss, SDPA, no checkpointing."""
+    name = train.precision.value
+    if train.uses_deepspeed:
+        raise PlannerError(f"--precision {name} is the HF Trainer's recipe without DeepSpeed (DeepSpeed keeps "
+                           "16-bit weights with fp32 masters and does not autocast); use bf16-mixed with --zero.")
+    if train.method is not Method.FULL:
+        raise PlannerError(f"--precision {name} is modelled for full fine-tuning only; LoRA and QLoRA keep a "
+                           "16-bit base: use bf16-mixed (fp32 adapters) or bf16.")
+    unmodelled = [flag for flag, on in (("--grad-checkpointing", train.grad_checkpointing),
+                                        ("--activation-offload", train.activation_offload),
+                                        (f"--loss {train.loss.kind.value}", train.loss.kind.value != "standard"),
+                                        (f"--attn-impl {train.attn_impl.value}", train.attn_impl is AttnImpl.EAGER))
+                  if on]
+    if unmodelled:
+        raise PlannerError(f"--precision {name} is not modelled with {' or '.join(unmodelled)} yet (autocast's "
+                           "weight cache under recomputation and its casts in those paths are not written down); "
+                           "use bf16-mixed or fp32 for it.")
 
 
 # ---------------------------------------------------------------- (de)serialisation

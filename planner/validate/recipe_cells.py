@@ -152,8 +152,27 @@ LOSS_CELLS = (
 
 
 # Cells of the full matrix only (each tuple's comment says why); the CI subset never picks them.
+# The autocast recipe (``--precision bf16-autocast``, issue 16 item 1), full matrix only: fp32 weights with the
+# forward under accelerate's autocast, as the HF Trainer runs full fine-tuning without DeepSpeed
+# (profile/autocast_run.py; estimate/step/autocast.py). Llama with enough tokens that the end of forward (the
+# saved bf16 weight and input casts) peaks; GPT-2 with dropout (CPU SDPA's math path on the bf16 casts) and its
+# Conv1D addmm casting the bias too; Qwen2 with tied embeddings and a vocabulary that outweighs its layers (the
+# logits: bf16 from the cast lm_head, the loss's fp32 upcast, accelerate's fp32 copy of the output).
+PRECISION_CELLS = (
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16-autocast", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=128,
+         micro_batch=2),
+    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+         vocab=512, method="full", precision="bf16-autocast", zero=0, num_ranks=1, ckpt=False, attn="sdpa",
+         seq_len=64, micro_batch=2),
+    Cell(family="qwen2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=8192,
+         method="full", precision="bf16-autocast", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=64,
+         micro_batch=2),
+)
+
+
 FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_CELLS + DEEPSPEED_CONFIG_CELLS
-                   + ACCUMULATION_CELLS)
+                   + ACCUMULATION_CELLS + PRECISION_CELLS)
 
 
 # Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under
@@ -169,3 +188,4 @@ GPU_OPTIMIZER_CELLS = tuple(
     for opt in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit")
     for precision in ("bf16-mixed", "bf16")
 )
+

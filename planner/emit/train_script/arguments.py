@@ -42,7 +42,7 @@ OPTIMIZERS = {
     "adamw": "adamw_torch", "adamw-fused": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit",
     "paged-adamw": "paged_adamw_32bit", "paged-adamw-8bit": "paged_adamw_8bit", "sgd": "sgd", "adafactor": "adafactor",
 }
-PRECISIONS = ("bf16-mixed", "fp16-mixed", "bf16", "fp32")
+PRECISIONS = ("bf16-mixed", "fp16-mixed", "bf16-autocast", "fp16-autocast", "bf16", "fp32")
 
 
 def fail(message: str) -> None:
@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if args.model is None and args.random_init is None:
         fail("no weights to load: pass --model HUB_ID_OR_DIR, or --random-init model_config.json.")
-    if args.cpu and args.precision == "fp16-mixed":
+    if args.cpu and args.precision in ("fp16-mixed", "fp16-autocast"):
         fail("fp16 training needs a GPU; on CPU use --precision bf16-mixed or fp32.")
     if args.learning_rate is None:
         args.learning_rate = 1e-5 if args.method == "full" else 2e-4

@@ -36,10 +36,11 @@ def build_model(args: argparse.Namespace, vocab_size: int | None, training_args)
     from transformers import AutoModelForCausalLM
 
     config = load_config(args, vocab_size)
-    compute = {"bf16-mixed": "bf16", "bf16": "bf16", "fp16-mixed": "fp16"}.get(args.precision, "fp32")
+    compute = {"bf16-mixed": "bf16", "bf16-autocast": "bf16", "bf16": "bf16", "fp16-mixed": "fp16",
+               "fp16-autocast": "fp16"}.get(args.precision, "fp32")
     # Full fine-tuning in mixed precision keeps fp32 weights (the master copy: DeepSpeed casts its working
-    # copy to 16 bits, plain DDP autocasts); a frozen (Q)LoRA base and pure bf16 hold 16-bit weights, and
-    # peft keeps the adapters in fp32.
+    # copy to 16 bits; without DeepSpeed the Trainer autocasts them, --precision bf16-autocast); a frozen
+    # (Q)LoRA base and pure bf16 hold 16-bit weights, and peft keeps the adapters in fp32.
     weights = compute if args.precision == "bf16" or args.method != "full" else "fp32"
     kwargs = {"attn_implementation": args.attn_impl, "dtype": torch_dtype(weights)}
     source, scratch = args.model, None

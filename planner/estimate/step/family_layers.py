@@ -7,8 +7,8 @@ transformers module does; ``build_family`` makes one for a model, a method and a
 
 from __future__ import annotations
 
+from planner.estimate.step import autocast, moe, nearest, ops
 from planner.estimate.step import layers as ly
-from planner.estimate.step import moe, nearest, ops
 from planner.estimate.step.family_weights import LLAMA_LIKE, FamilyWeights, family_kind, nearest_arch
 from planner.estimate.step.layers import Ctx
 from planner.estimate.step.tape import Fake, Node, Param, Tape
@@ -277,6 +277,7 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
     cfg = model.config or {}
     compute = precision.compute_dtype
     kind = family_kind(model)
+    autocast.check_family(model, precision)
     if kind == "gpt2":
         attn_p = cfg.get("attn_pdrop", 0.1) if dropout is None else dropout
         resid_p = cfg.get("resid_pdrop", 0.1) if dropout is None else dropout

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.estimate.step import ops
+from planner.estimate.step import autocast, ops
 from planner.estimate.step.tape import Fake, Param, Storage, Tape
 
 
@@ -319,6 +319,8 @@ def sdpa_math(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, n_rep: int, strided:
     matmul; a causal [s, s] mask is built; ``_safe_softmax`` saves its fp32 output, dropout its noise and
     output, the PV matmul the (repeated) value; the fp32 result is cast back to the input dtype. ``strided``:
     q/k/v are views of a fused projection (GPT-2), so matmul's reshapes copy them (the copies are saved)."""
+    if t.autocast:
+        q, k, v = autocast.cast(t, q), autocast.cast(t, k), autocast.cast(t, v)
     b, a, s, d = q.shape
     acc = "fp32" if (ctx.device == "cpu" and q.dtype != "fp32") else q.dtype
     qa = ops.to(t, q, acc)
@@ -354,6 +356,8 @@ def sdpa_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, qkv_base: Fake | Non
     logsumexp [b, heads, s]. The output takes q's layout: q made by elementwise ops on a transposed projection
     is laid out [b, s, heads, d], so transpose().contiguous() is free; a contiguous [b, heads, s, d] q (phi3's
     partial-rotary cat) makes that .contiguous() a copy, which o_proj then saves."""
+    if t.autocast:  # scaled_dot_product_attention is on autocast's lower-precision list (autocast.py)
+        q, k, v = autocast.cast(t, q), autocast.cast(t, k), autocast.cast(t, v)
     b, a, s, d = q.shape
     lse = t.new((b, a, s), "fp32")
     saved = [q, k, v, lse] if qkv_base is None else [qkv_base, lse]

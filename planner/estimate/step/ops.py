@@ -8,6 +8,7 @@ backward peak includes them. Views share their input's storage; a reshape of a n
 
 from __future__ import annotations
 
+from planner.estimate.step import autocast
 from planner.estimate.step.tape import Fake, Param, Storage, Tape, default_rule
 from planner.units import dtype_bytes
 
@@ -208,8 +209,12 @@ def linear(tape: Tape, x: Fake, w: Param, bias: Param | None = None, *, save_inp
     Backward: grad_input = grad @ W, grad_W = grad^T @ x, grad_b = grad.sum(0). ``conv1d``: GPT-2's Conv1D keeps
     its weight as [in, out] and calls ``addmm(bias, x, W)`` (F.linear multiplies by the view ``W.t()``).
     ``zero3``: DeepSpeed's LinearFunctionForZeroStage3 stands in for F.linear (zero/linear.py)."""
+    if tape.autocast:
+        x, w, bias = autocast.cast(tape, x), autocast.cast(tape, w), autocast.cast(tape, bias)
     inputs = [x, w] + ([bias] if bias is not None else [])
-    saved = [x] if (w.trainable or save_input) else []
+    saved = [x] if (_needs(w) or save_input) else []
+    if autocast.is_cast_weight(w) and x.requires_grad:
+        saved.append(w)  # mm/addmm save their mat2 for the input's gradient: the 16-bit copy (autocast.py)
     if tape.packs:
         # activation offloading packs the parameters a node saves too (offload.py): mm/addmm save the weight (W.t()
         # or Conv1D's W) when the input needs a gradient; LinearFunctionForZeroStage3 saves input, weight, bias

@@ -31,6 +31,7 @@ from functools import lru_cache
 
 from planner.errors import PlannerError
 from planner.estimate import peft_dtypes
+from planner.estimate.step import autocast
 from planner.estimate.step import offload as packing
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
@@ -255,9 +256,13 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
 
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
     t.packing = offload  # save_on_cpu around the model's forward, which computes the loss (offload.py)
-    loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers, keep_logits=inputs.keep_logits,
-                                                 loss=inputs.loss)
+    t.autocast = inputs.precision.autocast_dtype  # accelerate's autocast around that forward (autocast.py)
+    loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers,
+                                                     keep_logits=inputs.keep_logits or bool(t.autocast),
+                                                     loss=inputs.loss)
     t.packing = False
+    if t.autocast:
+        held_logits = autocast.exit_forward(t, held_logits, inputs.keep_logits)
     if loss.node is None:
         # no parameter of the simulated forward is trainable: there is no backward to estimate (peft refuses
         # such a run, 'No modules were targeted for adaptation', and the optimizer would get no parameters)

@@ -63,6 +63,9 @@ class Tape:
         # Activation offloading (offload.py): True while the forward runs under save_on_cpu; ops then also list
         # the parameters they save (``packs``), and every saved tensor is packed to the host
         self.packing = False
+        # torch.autocast (autocast.py): the dtype matmuls cast to ("" = off) and the region's weight-cast cache
+        self.autocast = ""
+        self.autocast_cache: dict[int, Fake] = {}
 
     @property
     def packs(self) -> bool:
