@@ -43,7 +43,17 @@ from planner.estimate.throughput import (  # noqa: E402
     throughput_from_step,
 )
 from planner.models import spec_from_config  # noqa: E402
-from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Parallelism, Precision, TrainSpec  # noqa: E402
+from planner.specs import (  # noqa: E402
+    AttnImpl,
+    Cluster,
+    Method,
+    ModelSpec,
+    Parallelism,
+    PeftDtype,
+    Precision,
+    TrainSpec,
+)
+from planner.specs.train import LoraSpec  # noqa: E402
 
 # The --mfu override the report compares with: the command line's default before the per-phase model.
 OVERRIDE_MFU = 0.4
@@ -60,7 +70,8 @@ SPLITS = ("calibration", "held_back")
 
 REQUIRED_COLUMNS = (
     "run_id", "source", "source_path", "source_version", "table", "model_published", "model", "gpu_published",
-    "gpu", "num_gpus", "num_nodes", "inter_node_gbit_s_per_node", "engine_published", "zero_stage", "seq_len",
+    "gpu", "num_gpus", "num_nodes", "inter_node_gbit_s_per_node", "engine_published", "zero_stage", "method", "lora",
+    "seq_len",
     "micro_batch", "grad_accum", "global_batch", "checkpointing_published", "grad_checkpointing",
     "precision_published", "precision", "attn_published", "attn_impl", "compile",
     "published_tokens_per_s_per_gpu", "published_metric", "source_num_params", "approximated", "not_represented",
@@ -101,9 +112,22 @@ def model_for(row: dict[str, str]) -> ModelSpec:
     return spec_from_config(catalog.model_config(name), name, "catalog")
 
 
+def lora_for(row: dict[str, str]) -> LoraSpec:
+    """The ``lora`` column, ``rank;alpha;dropout;targets`` (targets ``,``-separated); planner's default if empty."""
+    if not row["lora"]:
+        return LoraSpec()
+    rank, alpha, dropout, targets = row["lora"].split(";")
+    return LoraSpec(rank=int(rank), alpha=int(alpha), dropout=float(dropout), targets=tuple(targets.split(",")))
+
+
 def train_for(row: dict[str, str]) -> TrainSpec:
+    method = Method(row["method"])
+    # 16-bit adapters with a pure 16-bit base (the LoRA rows' frameworks create adapters in the base's dtype)
+    lora_dtype = PeftDtype.BIT16 if method is not Method.FULL and row["precision"] == "bf16" else PeftDtype.FP32
     return TrainSpec(
-        method=Method.FULL,
+        method=method,
+        lora=lora_for(row),
+        lora_dtype=lora_dtype,
         precision=Precision(row["precision"]),
         parallelism=Parallelism.from_zero(int(row["zero_stage"])),
         micro_batch=int(row["micro_batch"]),

@@ -31,7 +31,7 @@ def _harness():
 H = _harness()
 ROWS = H.load_runs()
 MIN_ROWS = 15  # issue 22: "at least 15 published runs"
-KNOWN_APPROXIMATIONS = {"engine", "checkpointing", "gpu", "model", "attention"}
+KNOWN_APPROXIMATIONS = {"engine", "checkpointing", "gpu", "model", "attention", "lora", "kernels"}
 
 
 def test_table_has_enough_rows_with_unique_ids():
@@ -53,6 +53,8 @@ def test_row_schema(row):
     assert int(row["global_batch"]) == int(row["micro_batch"]) * int(row["grad_accum"]) * int(row["num_gpus"])
     assert int(row["num_gpus"]) % int(row["num_nodes"]) == 0
     assert int(row["zero_stage"]) in (0, 1, 2, 3)
+    assert row["method"] in ("full", "lora", "qlora")
+    assert bool(row["lora"]) == (row["method"] != "full"), "an adapter row states its rank, alpha, dropout, targets"
     assert row["grad_checkpointing"] in ("true", "false")
     if row["inter_node_gbit_s_per_node"]:
         assert float(row["inter_node_gbit_s_per_node"]) > 0
