@@ -31,7 +31,7 @@ def _harness():
 H = _harness()
 ROWS = H.load_runs()
 MIN_ROWS = 15  # issue 22: "at least 15 published runs"
-KNOWN_APPROXIMATIONS = {"engine", "checkpointing", "gpu", "model"}
+KNOWN_APPROXIMATIONS = {"engine", "checkpointing", "gpu", "model", "attention", "lora", "kernels"}
 
 
 def test_table_has_enough_rows_with_unique_ids():
@@ -53,6 +53,8 @@ def test_row_schema(row):
     assert int(row["global_batch"]) == int(row["micro_batch"]) * int(row["grad_accum"]) * int(row["num_gpus"])
     assert int(row["num_gpus"]) % int(row["num_nodes"]) == 0
     assert int(row["zero_stage"]) in (0, 1, 2, 3)
+    assert row["method"] in ("full", "lora", "qlora")
+    assert bool(row["lora"]) == (row["method"] != "full"), "an adapter row states its rank, alpha, dropout, targets"
     assert row["grad_checkpointing"] in ("true", "false")
     if row["inter_node_gbit_s_per_node"]:
         assert float(row["inter_node_gbit_s_per_node"]) > 0
@@ -62,6 +64,21 @@ def test_row_schema(row):
         assert "engine" in marks, "FSDP is estimated as ZeRO-3: say so"
     if row["checkpointing_published"].startswith("selective"):
         assert "checkpointing" in marks
+        # planner states no or full checkpointing: a selective policy is a setup it cannot represent
+        assert row["not_represented"].startswith("selective"), "say why the row is left out of the acceptance"
+    if row["not_represented"]:
+        assert len(row["not_represented"]) > 40, "not_represented gives the reason in words"
+
+
+def test_rows_planner_cannot_represent_stay_in_the_report_and_out_of_the_acceptance():
+    results = H.compare_all(ROWS)
+    out = [c for c in results if not c.represented]
+    assert out and all(c.planner_full_ckpt is not None for c in out)
+    held = [c for c in results if c.represented and c.split == "held_back"]
+    assert H.summarise("held_back", held).n == sum(1 for r in ROWS if r["split"] == "held_back"
+                                                   and not r["not_represented"])
+    md = H.report_md(results)
+    assert all(f"| {c.row['run_id']} |" in md for c in out)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r["run_id"])

@@ -167,6 +167,43 @@ def _pick(console: Console, tables: list[Table]) -> Table:
     return next((t for t in tables if _fits(t, console)), tables[-1])
 
 
+_THROUGHPUT_COLUMNS = {  # key: (header, right-aligned, cell)
+    "method": ("method", False, lambda e: e.train.method.value),
+    "zero": ("ZeRO", True, lambda e: str(e.train.zero_stage)),
+    "offload": ("offload", False, lambda e: _OFFLOAD_SHORT.get(e.train.offload.value, e.train.offload.value)),
+    "tps": ("tokens/s\nper GPU", True, lambda e: f"{e.throughput.tokens_per_s_per_gpu:,.0f}"),
+    "step": ("step\n(s)", True, lambda e: f"{e.throughput.step_time_s:.2f}"),
+    "compute": ("compute\n(s)", True, lambda e: _step_part(e, "compute_s")),
+    "comm": ("exposed\ncomm (s)", True, lambda e: _step_part(e, "exposed_communication_s")),
+    "optim": ("optim-\nizer (s)", True, lambda e: _step_part(e, "optimizer_s")),
+    "host": ("offload\n(s)", True, lambda e: _step_part(e, "host_s")),
+    "time": ("time\n(h)", True,
+             lambda e: f"{e.throughput.total_time_s / 3600:,.1f}" if e.throughput.num_tokens else "-"),
+    "cost": ("cost (your\ncurrency)", True,
+             lambda e: f"{e.throughput.cost:,.0f}" if e.throughput.price_per_gpu_hour and e.throughput.num_tokens
+             else "-"),
+}
+# One table where the terminal is wide enough; else time and cost, then the step's breakdown under them.
+_THROUGHPUT_WIDE = ("method", "zero", "offload", "tps", "step", "compute", "comm", "optim", "host", "time", "cost")
+_THROUGHPUT_SPLIT = (("method", "zero", "offload", "tps", "step", "time", "cost"),
+                     ("method", "zero", "offload", "step", "compute", "comm", "optim", "host"))
+
+
+def _step_part(est: Estimate, name: str) -> str:
+    step = est.throughput.step
+    return f"{getattr(step, name):.2f}" if step else "-"
+
+
+def _throughput_table(rows: list[Estimate], cols: tuple[str, ...], title: str) -> Table:
+    t = Table(title=title, **_TABLE_STYLE)
+    for key in cols:
+        header, right, _ = _THROUGHPUT_COLUMNS[key]
+        t.add_column(header, justify="right" if right else "left", no_wrap=True)
+    for est in rows:
+        t.add_row(*(_THROUGHPUT_COLUMNS[key][2](est) for key in cols))
+    return t
+
+
 def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, rows: list[Estimate]) -> None:
     console = _console()
     num_params = rows[0].num_params
@@ -188,34 +225,23 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
     if table is not layouts[0]:
         console.print(f"[dim]Some columns left out to fit {console.width} columns; a wider terminal (COLUMNS=200) "
                       "or --json shows them all.[/]")  # fmt: skip
-    tput = [r for r in rows if r.throughput is not None and r.throughput.num_tokens and r.fits]
+    tput = [r for r in rows if r.throughput is not None and r.fits]
     if tput:
         priced = any(r.throughput.price_per_gpu_hour for r in tput)
-        t = Table(title="Throughput, time and cost (rows that fit)", **_TABLE_STYLE)
-        for col, right in (("method", False), ("ZeRO", True), ("offload", False), ("tokens/s\nper GPU", True),
-                           ("step\n(s)", True), ("GPU com-\npute (s)", True), ("exposed\ncomm (s)", True),
-                           ("host\n(s)", True), ("time\n(h)", True), ("cost (your\ncurrency)", True)):  # fmt: skip
-            t.add_column(col, justify="right" if right else "left", no_wrap=True)
-        for est in tput:
-            th = est.throughput
-            t.add_row(
-                est.train.method.value,
-                str(est.train.zero_stage),
-                _OFFLOAD_SHORT.get(est.train.offload.value, est.train.offload.value),
-                f"{th.tokens_per_s_per_gpu:,.0f}",
-                f"{th.step_time_s:.2f}",
-                f"{th.step.gpu_compute_s:.2f}" if th.step else "-",
-                f"{th.step.exposed_communication_s:.2f}" if th.step else "-",
-                f"{th.step.host_s:.2f}" if th.step else "-",
-                f"{th.total_time_s / 3600:,.1f}",
-                f"{th.cost:,.0f}" if th.price_per_gpu_hour else "-",
-            )
-        console.print(t)
-        if priced:
+        wide = _throughput_table(tput, _THROUGHPUT_WIDE, "Throughput, time and cost (rows that fit)")
+        if _fits(wide, console):
+            console.print(wide)
+        else:
+            console.print(_throughput_table(tput, _THROUGHPUT_SPLIT[0], "Throughput, time and cost (rows that fit)"))
+            console.print(_throughput_table(tput, _THROUGHPUT_SPLIT[1], "Where each step's time goes (seconds)"))
+        if not tput[0].throughput.num_tokens:
+            console.print("[dim]time and cost: give --tokens (and --price-per-gpu-hour for a cost).[/]")
+        elif priced:
             price = tput[0].throughput.price_per_gpu_hour
             console.print(f"[dim]cost = GPU-hours x --price-per-gpu-hour {price:g}, in the currency you gave it.[/]")
-        console.print("[dim]step = GPU compute (matmuls, attention, elementwise, optimizer) + exposed communication "
-                      "(what compute does not hide) + host (offload copies, CPU Adam); --json has every part.[/]")
+        console.print("[dim]step = compute (matmuls, attention, elementwise) + exposed communication (what compute "
+                      "does not hide) + GPU optimizer step + offload (host copies, CPU Adam); --json has every "
+                      "part. --mfu X replaces the per-phase time model with one utilisation for all GPU work.[/]")
     host_reasons = [f"{_row_label(r)} does not fit: {r.fit_reason}." for r in rows if r.host_fits is False]
     print_notes(console, host_reasons + notes_by_row(rows))
     console.print(f"[dim]{PAPER_NOTE}[/]")
@@ -230,7 +256,8 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
 _COMPARE_COLUMNS = (
     ("rank", "#", True), ("gpu", "gpu", False), ("method", "method", False), ("gpus", "GPUs", True),
     ("zero", "ZeRO", True), ("offload", "offload", False), ("precision", "precision", False),
-    ("ckpt", "check-\npointing", False), ("tps", "tokens/s\nper GPU", True), ("time", "time\n(h)", True),
+    ("ckpt", "check-\npointing", False), ("tps", "tokens/s\nper GPU", True), ("step", "step\n(s)", True),
+    ("comm", "exposed\ncomm (s)", True), ("host", "offload\n(s)", True), ("time", "time\n(h)", True),
     ("price", "{cur}\nper GPU-h", True), ("cost", "cost\n({cur})", True),
 )
 
@@ -243,6 +270,7 @@ def _compare_currency(rows: list[dict]) -> str:
 def _compare_cells(i: int, d: dict, tokens: bool) -> dict[str, str]:
     fits = d.get("fits")
     price = d.get("price_per_gpu_hour")
+    step = d.get("step")
     if tokens:
         cost = f"{d['cost']:,.0f}" if fits and price else "-"
     else:
@@ -258,10 +286,21 @@ def _compare_cells(i: int, d: dict, tokens: bool) -> dict[str, str]:
         "precision": d.get("precision", ""),
         "ckpt": ("on" if d.get("grad_checkpointing") else "off") if fits else "-",
         "tps": f"{d.get('tokens_per_s_per_gpu', 0):,.0f}" if fits else "-",
+        "step": f"{d['step_time_s']:.2f}" if fits and d.get("step_time_s") is not None else "-",
+        "comm": f"{step['exposed_communication_s']:.2f}" if fits and step else "-",
+        "host": f"{step['offload_transfer_s'] + step['cpu_optimizer_s']:.2f}" if fits and step else "-",
         "time": (f"{d['time_s'] / 3600:,.1f}" if d.get("time_s") else "-") if fits else "-",
         "price": f"{price:.2f}" if price else "-",
         "cost": cost if fits else "does not fit",
     }
+
+
+def _step_words(step_time_s: float, step: dict) -> str:
+    """One step's time in words: compute, exposed communication, the optimizer step, offload."""
+    compute = step["matmul_s"] + step["attention_s"] + step["elementwise_s"] + step["dequant_s"]
+    return (f"step {step_time_s:.2f} s = compute {compute:.2f} + exposed communication "
+            f"{step['exposed_communication_s']:.2f} + optimizer {step['optimizer_s']:.2f} + offload "
+            f"{step['offload_transfer_s'] + step['cpu_optimizer_s']:.2f}")
 
 
 def _stacked_compare(console: Console, dicts: list[dict], tokens: bool, cur: str) -> None:
@@ -282,6 +321,8 @@ def _stacked_compare(console: Console, dicts: list[dict], tokens: bool, cur: str
             money = f", {what} {c['cost']} ({cur}) at {c['price']} per GPU-hour"
         time = f", {c['time']} h" if tokens else ""
         console.print(f"     {c['tps']} tokens/s per GPU{time}{money}", highlight=False)
+        if d.get("step"):
+            console.print(f"     {_step_words(d['step_time_s'], d['step'])}", highlight=False)
 
 
 def _precision_notes(dicts: list[dict], asked: str | None) -> tuple[list[str], set[str]]:
@@ -322,7 +363,8 @@ def render_compare_gpus(model: ModelSpec, rows: list, *, num_tokens: int = 0, ma
     else:
         console.print(f"[bold]{title}[/]", highlight=False)
         _stacked_compare(console, dicts, tokens, cur)
-    notes = [f"Rows are {RANKING}."]
+    notes = [f"Rows are {RANKING}.", "step = compute + exposed communication + GPU optimizer step + offload (host "
+             "copies, CPU Adam), per optimizer step on one GPU; --json gives every part (step)."]
     if cur == "USD":
         notes.append("Prices are the catalog's indicative on-demand list prices in USD per GPU-hour (provider and "
                      "date: planner gpus --json, price_source); GPUs without one show '-'. --price-per-gpu-hour "

@@ -74,8 +74,13 @@ class StepBreakdown:
     cpu_optimizer_s: float
 
     @property
+    def compute_s(self) -> float:
+        """The forward and backward on the GPU: matmuls, attention, elementwise kernels, 4-bit dequantization."""
+        return self.matmul_s + self.attention_s + self.elementwise_s + self.dequant_s
+
+    @property
     def gpu_compute_s(self) -> float:
-        return self.matmul_s + self.attention_s + self.elementwise_s + self.dequant_s + self.optimizer_s
+        return self.compute_s + self.optimizer_s
 
     @property
     def host_s(self) -> float:

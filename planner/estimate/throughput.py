@@ -8,7 +8,7 @@ One optimizer step on one rank is modelled phase by phase (issue 22), each micro
     (QLoRA)      4-bit -> 16-bit weight dequantization, bytes / HBM bandwidth
 
 then per step the gradient and parameter collectives, of which only the part the engine cannot hide behind
-compute is exposed (DDP buckets and ZeRO-3/FSDP prefetch overlap; ZeRO-1/2 as planner emits them do not),
+compute is exposed (DDP buckets, ZeRO-3 prefetch, DeepSpeed's overlap_comm: traffic.exposed_communication_s),
 the optimizer step (memory-bound), offload traffic over PCIe and CPU-Adam.
 
 ``mfu`` is an override: given, every executed FLOP (recomputation included; Chowdhery et al. 2022's hardware
@@ -46,6 +46,7 @@ from planner.estimate.traffic import (
     elementwise_bytes_per_token,
     exposed_communication_s,
     host_transfer_bytes,
+    reduction_bytes,
 )
 from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Offload, TrainSpec
 
@@ -259,10 +260,12 @@ def step_time(
         passes = 3 if train.grad_checkpointing else 2  # forward, backward (+ recomputed forward)
         dequant_s = accum * passes * split.num_quantized * DEQUANT_BYTES_PER_PARAM / bw
     comm_b = communication_bytes(train, split, n, accum)
-    comm_s = comm_b / collective_bytes_per_s(cluster) if comm_b else 0.0
+    link = collective_bytes_per_s(cluster)
+    comm_s = comm_b / link if comm_b else 0.0
+    reduce_s = reduction_bytes(train, split, n, accum) / link if comm_b else 0.0
     gpu_s = compute_s + attention_s + elementwise_s + dequant_s
     bwd_share = (fpt.backward + fpt.recompute) / fpt.total if fpt.total else 0.0
-    exposed_s = exposed_communication_s(train, comm_s, accum, gpu_s, bwd_share, model.num_layers)
+    exposed_s = exposed_communication_s(train, comm_s, accum, gpu_s, bwd_share, model.num_layers, reduce_s)
     host_b = host_transfer_bytes(train, split, n, accum)
     host_s = host_b / (cluster.gpu.host_bytes_per_s * HOST_TRANSFER_EFFICIENCY) if host_b else 0.0
     cpu_s = 0.0

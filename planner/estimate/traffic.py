@@ -74,6 +74,13 @@ def collective_bytes_per_s(cluster: Cluster) -> float:
     return bw * COLLECTIVE_EFFICIENCY
 
 
+def _gradient_bytes(train: TrainSpec, split: ParamSplit) -> float:
+    compute = train.precision.compute_dtype
+    # adapters as peft keeps them (--lora-dtype); DeepSpeed's cast of fp32 adapters to 16 bits is not counted here
+    adapters = compute if train.method is Method.FULL or train.lora_dtype is PeftDtype.BIT16 else "fp32"
+    return nbytes(split.num_trainable - split.num_adapter, compute) + nbytes(split.num_adapter, adapters)
+
+
 def communication_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, accum: float) -> float:
     """Bytes one rank sends (= receives) per optimizer step, ring algorithms ((N-1)/N of the buffer per
     reduce-scatter or all-gather; an all-reduce is both). ZeRO paper (Rajbhandari et al. 2020, §7):
@@ -83,9 +90,8 @@ def communication_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, acc
         return 0.0
     ring = (num_ranks - 1) / num_ranks
     compute = train.precision.compute_dtype
-    # adapters as peft keeps them (--lora-dtype); DeepSpeed's cast of fp32 adapters to 16 bits is not counted here
     adapters = compute if train.method is Method.FULL or train.lora_dtype is PeftDtype.BIT16 else "fp32"
-    grad_b = nbytes(split.num_trainable - split.num_adapter, compute) + nbytes(split.num_adapter, adapters)
+    grad_b = _gradient_bytes(train, split)
     stage = train.zero_stage
     if stage in (0, 1):
         # DDP / ZeRO-1: gradients accumulate locally, one all-reduce (ZeRO-1: reduce-scatter + all-gather of
@@ -99,6 +105,18 @@ def communication_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, acc
     # reduce-scatters the gradients; frozen base weights are gathered too.
     full_param_b = nbytes(split.num_params, compute) + nbytes(split.num_adapter, adapters)
     return accum * ring * (2 * full_param_b + grad_b)
+
+
+def reduction_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, accum: float) -> float:
+    """The gradient-reduction part of ``communication_bytes`` (the rest gathers parameters): what DeepSpeed's
+    ``overlap_comm`` moves to a side stream. ZeRO-1 reduces once, at the accumulation boundary; ZeRO-2 and
+    ZeRO-3 every micro-batch (stage_1_and_2.py ``reduce_ready_partitions_and_remove_grads``; stage3.py
+    ``reduce_independent_p_g_buckets_and_remove_grads``)."""
+    if num_ranks == 1:
+        return 0.0
+    ring = (num_ranks - 1) / num_ranks
+    reductions = 1 if train.zero_stage in (0, 1) else accum
+    return reductions * ring * _gradient_bytes(train, split)
 
 
 def host_transfer_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, accum: float) -> float:
@@ -138,21 +156,44 @@ def elementwise_bytes_per_token(model: ModelSpec, train: TrainSpec) -> float:
 
 
 def exposed_communication_s(train: TrainSpec, comm_s: float, accum: float, gpu_s: float, bwd_share: float,
-                             num_layers: int) -> float:
-    """What compute does not hide. ZeRO-3 (DeepSpeed with overlap_comm, which planner emits for stage 3;
-    FSDP likewise) prefetches the next layer's all-gather and reduce-scatters behind the next layer's
-    backward: each micro-batch exposes whatever exceeds its compute, and at least one layer's share (the first
-    gather, the last reduce-scatter). DDP all-reduces gradient buckets during the backward of the last
-    micro-batch (Li et al. 2020, PyTorch Distributed, VLDB): the excess over that backward, at least one
-    layer's share. ZeRO-1/2 as planner emits them (overlap_comm false) run their collectives after
-    backward: all exposed."""
+                             num_layers: int, reduce_s: float = 0.0) -> float:
+    """What compute does not hide, as each engine overlaps (``reduce_s``: the gradient-reduction part of
+    ``comm_s``, ``reduction_bytes``; ``gpu_s``: the step's GPU compute; ``bwd_share``: backward's part of it).
+
+    - DDP all-reduces gradient buckets during the backward of the last micro-batch (Li et al. 2020, PyTorch
+      Distributed, VLDB): the excess over that backward, at least one layer's share.
+    - DeepSpeed ZeRO-3 all-gathers on its own stream whatever ``overlap_comm`` says
+      (parameter_offload.py ``__allgather_stream``; partitioned_param_coordinator.py prefetches the next
+      modules), and with ``overlap_comm`` (its default at stage 3) reduce-scatters on
+      ``reduce_and_partition_stream`` too (stage3.py), behind the next layer's backward: each micro-batch
+      exposes whatever exceeds its compute, and at least one layer's share (the first gather, the last
+      reduce-scatter). Without ``overlap_comm`` that stream is the default stream: the reduce-scatters add.
+    - DeepSpeed ZeRO-1/2 with ``overlap_comm`` reduce each filled IPG bucket on ``reduction_stream`` while
+      backward goes on (stage_1_and_2.py ``average_tensor``; ZeRO-2 in every micro-batch's backward, ZeRO-1 in
+      the boundary's): the excess over that backward, at least one layer's share; the all-gather of the
+      updated parameters after the optimizer step (``all_gather_dp_groups``) has nothing to hide behind.
+      Without it (its default at stages 1-2, and planner's bundle) the reductions run on the compute stream:
+      all exposed.
+    - With any offload every collective is counted exposed (the step waits on host copies too).
+    """
     if comm_s <= 0:
         return 0.0
     layers = max(num_layers, 1)
-    if train.zero_stage == 3 and train.offload is Offload.NONE:
-        comm_mb, gpu_mb = comm_s / accum, gpu_s / accum
-        return accum * max(comm_mb / layers, comm_mb - gpu_mb)
+    stage = train.zero_stage
     if not train.uses_deepspeed:
         bwd_last = gpu_s / accum * bwd_share
         return max(comm_s / layers, comm_s - bwd_last)
-    return comm_s
+    if train.offload is not Offload.NONE:
+        return comm_s
+    overlaps = train.parallelism.zero_config.overlaps(stage)
+    if stage == 3:
+        if overlaps:
+            comm_mb, gpu_mb = comm_s / accum, gpu_s / accum
+            return accum * max(comm_mb / layers, comm_mb - gpu_mb)
+        gather_mb, gpu_mb = (comm_s - reduce_s) / accum, gpu_s / accum
+        return accum * max(gather_mb / layers, gather_mb - gpu_mb) + reduce_s
+    if not overlaps:
+        return comm_s
+    reductions = 1 if stage == 1 else accum  # stage 1 reduces in the boundary's backward only
+    red_each, bwd_each = reduce_s / reductions, gpu_s / accum * bwd_share
+    return reductions * max(red_each / layers, red_each - bwd_each) + (comm_s - reduce_s)

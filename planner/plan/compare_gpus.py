@@ -27,6 +27,7 @@ from typing import Any
 
 from planner import catalog
 from planner.errors import PlannerError
+from planner.estimate.result import StepBreakdown
 from planner.estimate.throughput import (
     DEFAULT_MFU,
     SECONDS_PER_HOUR,
@@ -107,6 +108,7 @@ class GpuOption:
     price_source: str = ""
     cost_per_million_tokens: float | None = None
     within_max_hours: bool | None = None  # False: no plan finishes the tokens in max_hours; the fastest is shown
+    step: StepBreakdown | None = None  # where the chosen plan's step time goes (compute, communication, offload)
 
     @property
     def tokens_per_s_cluster(self) -> float | None:
@@ -364,6 +366,7 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
         min_gpus=n_min,
         cost_per_million_tokens=per_million,
         within_max_hours=in_time,
+        step=tp.step,
     )
 
 

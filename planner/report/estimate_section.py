@@ -85,29 +85,34 @@ def throughput_table(rows: Sequence[Estimate]) -> Table | None:
     rows = [r for r in rows if r.throughput is not None]
     if not rows:
         return None
-    cols = ["method", "ZeRO", "offload", "fits", "FLOPs/token", "tokens/s/GPU", "step s", "GPU compute s",
-            "exposed comm s", "host s", "MFU", "tokens", "time h", "cost (your currency)"]
+    cols = ["method", "ZeRO", "offload", "fits", "FLOPs/token", "tokens/s/GPU", "step s", "compute s",
+            "exposed comm s", "optimizer s", "offload s", "MFU", "tokens", "time h", "cost (your currency)"]
     out, classes = [], []
     for e in rows:
         th = e.throughput
         out.append([
             e.train.method.value, e.train.zero_stage, e.train.offload.value, "yes" if e.fits else "no",
             f"{th.flops_per_token:.3g}", round(th.tokens_per_s_per_gpu, 1), round(th.step_time_s, 3),
-            round(th.step.gpu_compute_s, 3) if th.step else "-",
+            round(th.step.compute_s, 3) if th.step else "-",
             round(th.step.exposed_communication_s, 3) if th.step else "-",
+            round(th.step.optimizer_s, 3) if th.step else "-",
             round(th.step.host_s, 3) if th.step else "-", f"{th.mfu:.0%}", fmt_count(th.num_tokens) if th.num_tokens else "-",
             round(th.total_time_s / 3600, 2) if th.num_tokens else "-",
             round(th.cost, 2) if th.price_per_gpu_hour and th.num_tokens else "-",
         ])
         classes.append("fits" if e.fits else "nofit")
-    return Table(cols, out, caption="Throughput, time and cost (step = GPU compute + exposed communication + host)", row_classes=classes)
+    return Table(cols, out, caption="Throughput, time and cost (step = compute: matmuls, attention, elementwise + exposed "
+                 "communication: what compute does not hide + the GPU optimizer step + offload: host copies and "
+                 "CPU Adam; the per-phase time model, or one utilisation for all GPU work with --mfu)", row_classes=classes)
 
 
 GPU_COLUMNS = (
     ("gpu", "gpu"), ("method", "method"), ("fits", "fits"), ("num_gpus", "GPUs"), ("min_gpus", "fewest GPUs that fit"),
     ("num_nodes", "nodes"), ("zero_stage", "ZeRO"), ("offload", "offload"), ("precision", "precision"),
     ("grad_checkpointing", "checkpointing"), ("device_bytes", "device GiB"), ("headroom_bytes", "headroom GiB"),
-    ("tokens_per_s_per_gpu", "tokens/s per GPU"), ("tokens_per_s", "tokens/s (all GPUs)"), ("time_s", "time h"),
+    ("tokens_per_s_per_gpu", "tokens/s per GPU"), ("tokens_per_s", "tokens/s (all GPUs)"),
+    ("step_time_s", "step s"), ("step_compute_s", "compute s"), ("step_exposed_communication_s", "exposed comm s"),
+    ("step_optimizer_s", "optimizer s"), ("step_offload_s", "offload s"), ("time_s", "time h"),
     ("gpu_hours", "GPU-hours"), ("price_per_gpu_hour", "price per GPU-hour"), ("price_currency", "currency"),
     ("cost", "cost"), ("note", "note"),
 )
@@ -129,9 +134,21 @@ def _gpu_cell(key: str, value: object) -> object:
     return value
 
 
+def _with_step_parts(d: dict) -> dict:
+    """The chosen plan's step breakdown (``step``) as columns: compute, exposed communication, optimizer, offload."""
+    step = d.get("step")
+    if not step:
+        return d
+    return d | {
+        "step_compute_s": step["matmul_s"] + step["attention_s"] + step["elementwise_s"] + step["dequant_s"],
+        "step_exposed_communication_s": step["exposed_communication_s"], "step_optimizer_s": step["optimizer_s"],
+        "step_offload_s": step["offload_transfer_s"] + step["cpu_optimizer_s"],
+    }
+
+
 def gpu_table(rows: Sequence[object]) -> Table | None:
     """The --compare-gpus rows (GpuOption objects or their dicts), cheapest first as given."""
-    dicts = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in rows]
+    dicts = [_with_step_parts(r.to_dict() if hasattr(r, "to_dict") else dict(r)) for r in rows]
     if not dicts:
         return None
     cols = [(k, label) for k, label in GPU_COLUMNS if any(k in d for d in dicts)]
