@@ -15,7 +15,10 @@ memory estimator is not run: the time model does not read it.
 Error is signed, (planner - published) / published: negative means planner predicts fewer tokens/s than the
 run reported (pessimistic). Rows are split once into a calibration half and a held-back half by a fixed
 rule (``split_of`` below; the `split` column of the CSV records it): the time model may be tuned on the
-calibration half only, and the held-back half is what issue 22's acceptance bound is measured on.
+calibration half only, and the held-back half is what issue 22's acceptance bound is measured on. Rows whose
+setup planner cannot state (their ``not_represented`` column says why) stay in the reports, with planner's
+bounds where it has them, and count in neither the calibration nor the acceptance figure; the report gives
+the figures with them too.
 """
 
 from __future__ import annotations
