@@ -243,11 +243,21 @@ def test_refusals_are_one_sentence(tmp_path, text, word):
     assert "\n" not in message and message.rstrip().endswith(".")
 
 
+def test_torchtune_optimizer_in_bwd_reads_as_optimizer_in_backward(tmp_path):
+    cfg = tmp_path / "tt.yaml"
+    cfg.write_text("model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\n"
+                   "loss:\n  _component_: torch.nn.CrossEntropyLoss\noptimizer:\n  _component_: torch.optim.AdamW\n"
+                   "batch_size: 2\ndtype: bf16\noptimizer_in_bwd: true\n")
+    got = read_training_config(cfg)
+    assert got.train.optimizer_in_backward and got.train.precision is Precision.BF16 and "optimizer_in_bwd" in got.used
+
+
 def test_torchtune_distributed_and_in_backward_optimizer_are_refused(tmp_path):
     base = ("model:\n  _component_: torchtune.models.llama3_2.lora_llama3_2_1b\n  lora_attn_modules: [q_proj]\n"
             "loss:\n  _component_: torch.nn.CrossEntropyLoss\noptimizer:\n  _component_: torch.optim.AdamW\n"
             "batch_size: 1\ndtype: bf16\n")
-    for extra, word in (("fsdp_cpu_offload: true\n", "FSDP2"), ("optimizer_in_bwd: true\n", "inside backward")):
+    # optimizer_in_bwd is read (--optimizer-in-backward), and refused with LoRA as planner's spec refuses it
+    for extra, word in (("fsdp_cpu_offload: true\n", "FSDP2"), ("optimizer_in_bwd: true\n", "--optimizer-in-backward")):
         cfg = tmp_path / "tt.yaml"
         cfg.write_text(base + extra)
         with pytest.raises(PlannerError, match=word):

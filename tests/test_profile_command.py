@@ -199,6 +199,27 @@ def test_bundle_train_py_autocast_through_the_trainer(tmp_path, tiny_config, seq
     check_within_bounds(tmp_path / "prof", 1, tmp_path)
 
 
+@pytest.mark.slow
+def test_bundle_train_py_optimizer_in_backward_through_the_trainer(tmp_path, tiny_config):
+    """--optimizer-in-backward in the bundle: per-parameter torch optimizers stepped in the gradients' hooks
+    beside the real Trainer (a stand-in optimizer hands it the schedule); recorded, it matches its own estimate."""
+    bundle = tmp_path / "bundle"
+    rec = planner("recommend", "-m", str(tiny_config), "--gpus", "1", "-g", "2", "--method", "full", "--zero", "0",
+                  "--precision", "bf16", "--optimizer", "adamw-fused", "--optimizer-in-backward", "--seq-len", "256",
+                  "--out", str(bundle), "--json", cwd=tmp_path)
+    assert rec.returncode == 0, _tail(rec)
+    data = _small_dataset(tmp_path / "small.jsonl")
+    proc = planner("profile", "--from", str(bundle), "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "prof"),
+                   "--", "python", str(bundle / "train.py"), "--cpu", "--random-init", str(bundle / "model_config.json"),
+                   "--tokenizer", "bytes", "--dataset", str(data), "--max-steps", "20", "--no-save",
+                   "--output-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 0, _tail(proc)
+    assert json.loads((tmp_path / "prof" / "meta.json").read_text())["train"]["optimizer_in_backward"]
+    ran = json.loads((tmp_path / "run" / "run_summary.rank0.json").read_text())
+    assert ran["optimizer_in_backward"] and ran["global_step"] == 3
+    check_within_bounds(tmp_path / "prof", 1, tmp_path)
+
+
 # TRL 1.16's SFTTrainer computes loss_type "nll" through its fused LM head (trl/trainer/utils.py add_fused_lm_head,
 # trl/kernels/chunked_logprob.py: log-probabilities in tiles of TOKEN_CHUNK_SIZE = 4096 tokens, never the full
 # logits), which planner does not model: the hf reader takes "nll" as transformers' standard loss. The tiles are a

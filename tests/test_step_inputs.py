@@ -87,6 +87,8 @@ READ_VARIANTS = {
     "qlora_prep": dict(method=Method.QLORA, qlora_prep=PeftDtype.BIT16, parallelism=Parallelism()),
     "activation_offload": dict(method=Method.LORA, activation_offload=True),
     "loss": dict(loss=LossSpec(Loss.CHUNKED_CE)),
+    "optimizer_in_backward": dict(method=Method.FULL, precision=Precision.BF16, parallelism=Parallelism(),
+                                  optimizer_in_backward=True),
 }
 LORA_READ_VARIANTS = {
     "rank": LoraSpec(rank=4),

@@ -77,6 +77,14 @@ ActivationOffloadOpt = Annotated[
                  help="Copy saved activations to host RAM in forward and back in backward "
                       "(torch.autograd.graph.save_on_cpu around the forward; default: off)."),
 ]
+OptimizerInBackwardOpt = Annotated[
+    bool,
+    typer.Option("--optimizer-in-backward/--no-optimizer-in-backward",
+                 help="Step each parameter's own optimizer in its post-accumulate-grad hook during backward and free "
+                      "its gradient (torchtune's optimizer_in_bwd): the gradients are never all alive. Full "
+                      "fine-tuning on one GPU without accumulation, torch AdamW/SGD, --precision bf16, fp32 or "
+                      "bf16-autocast (default: off)."),
+]
 LossOpt = Annotated[str, typer.Option("--loss", help=LOSS_HELP)]
 LossChunksOpt = Annotated[int, typer.Option("--loss-chunks", help=LOSS_CHUNKS_HELP)]
 AttnOpt = Annotated[str, typer.Option("--attn", help="Attention implementation: eager, sdpa, flash_attention_2.")]

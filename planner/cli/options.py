@@ -47,7 +47,7 @@ from planner.specs import (
 )
 from planner.units import GIB
 
-__all__ = ["ActivationOffloadOpt", "AllowLongerOpt", "AttnOpt", "CheckpointingOpt", "DEFAULT_SEQ_LEN", "DoubleQuantOpt", "DropoutOpt", "GpuOpt", "GpusOpt", "GradAccumOpt", "HostRamOpt", "JsonOpt", "LoraAlphaOpt", "LoraDropoutOpt", "LoraDtypeOpt", "LoraRankOpt", "LoraTargetsOpt", "LossChunksOpt", "LossOpt", "MarginOpt", "MethodOneOpt", "MethodOpt", "MfuOpt", "MicroBatchOpt", "ModelOpt", "ModulesToSaveOpt", "NodesOpt", "OffloadOneOpt", "OffloadOpt", "OptimizerOpt", "PrecisionOpt", "PriceOpt", "QloraPrepOpt", "QuantTypeOpt", "SeqLenOpt", "TokensOpt", "TrustRemoteCodeOpt", "ZeroOneOpt", "ZeroOpt"]
+__all__ = ["OptimizerInBackwardOpt", "ActivationOffloadOpt", "AllowLongerOpt", "AttnOpt", "CheckpointingOpt", "DEFAULT_SEQ_LEN", "DoubleQuantOpt", "DropoutOpt", "GpuOpt", "GpusOpt", "GradAccumOpt", "HostRamOpt", "JsonOpt", "LoraAlphaOpt", "LoraDropoutOpt", "LoraDtypeOpt", "LoraRankOpt", "LoraTargetsOpt", "LossChunksOpt", "LossOpt", "MarginOpt", "MethodOneOpt", "MethodOpt", "MfuOpt", "MicroBatchOpt", "ModelOpt", "ModulesToSaveOpt", "NodesOpt", "OffloadOneOpt", "OffloadOpt", "OptimizerOpt", "PrecisionOpt", "PriceOpt", "QloraPrepOpt", "QuantTypeOpt", "SeqLenOpt", "TokensOpt", "TrustRemoteCodeOpt", "ZeroOneOpt", "ZeroOpt"]
 
 from planner.cli.option_types import (  # re-exported: the commands read them as options.X
     DEFAULT_SEQ_LEN,
@@ -79,6 +79,7 @@ from planner.cli.option_types import (  # re-exported: the commands read them as
     NodesOpt,
     OffloadOneOpt,
     OffloadOpt,
+    OptimizerInBackwardOpt,
     OptimizerOpt,
     PrecisionOpt,
     PriceOpt,
@@ -124,6 +125,7 @@ class TrainingFlags:
     grad_accum: GradAccumOpt = 1
     grad_checkpointing: CheckpointingOpt = False
     activation_offload: ActivationOffloadOpt = False
+    optimizer_in_backward: OptimizerInBackwardOpt = False
     attn: AttnOpt = "sdpa"
     dropout: DropoutOpt = None
     loss: LossOpt = "standard"
@@ -325,6 +327,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         grad_accum=f.grad_accum,
         grad_checkpointing=bool(f.grad_checkpointing),
         activation_offload=bool(f.activation_offload),
+        optimizer_in_backward=bool(f.optimizer_in_backward),
         attn_impl=AttnImpl.SDPA if f.attn is None else parse_attn(f.attn),
         dropout=f.dropout,
         lora_dtype=_enum(PeftDtype, f.lora_dtype, "--lora-dtype"),

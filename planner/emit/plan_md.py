@@ -42,6 +42,7 @@ def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[s
         "--seq-len", str(t.seq_len),
         "--grad-checkpointing" if t.grad_checkpointing else "--no-grad-checkpointing",
         *(["--activation-offload"] if t.activation_offload else []),
+        *(["--optimizer-in-backward"] if t.optimizer_in_backward else []),
         "--attn", t.attn_impl.value,
     ]  # fmt: skip
     if t.method is not Method.FULL:

@@ -44,6 +44,11 @@ __all__ = ["DEFAULT_MARGIN", "PHASES", "check_combination", "estimate"]
 
 def check_combination(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, allow_longer: bool = False) -> None:
     """Refuse combinations planner cannot estimate honestly, with a reason."""
+    if train.optimizer_in_backward and cluster.num_gpus > 1:
+        raise PlannerError(
+            "--optimizer-in-backward runs on one GPU: the step in each gradient's hook would come before DDP "
+            "reduces it (torchtune's distributed recipes shard with FSDP2, which planner does not model); use --gpus 1."
+        )
     if train.uses_deepspeed and cluster.num_gpus == 1 and train.offload is Offload.NONE:
         # Valid in DeepSpeed (nothing to shard across), kept: ZeRO with one rank equals stage 0 plus buffers.
         pass

@@ -127,6 +127,10 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
                                        temporaries_bytes=zs.update_bytes + persistent,
                                        overhead_bytes=overhead_bytes))
         optimizer_step = max(moments, key=lambda m: m.total_bytes)
+    elif train.optimizer_in_backward:
+        # every parameter was stepped in backward (tape._step_in_hook): the optimizer step is a no-op
+        optimizer_step = MemoryBreakdown(params_bytes=params, grads_bytes=0, optimizer_states_bytes=opt,
+                                         temporaries_bytes=persistent, overhead_bytes=overhead_bytes)
     else:
         # optimizer step: everything persistent + the update's scratch + ZeRO-3's fp32 gradient sub-group
         optimizer_step = MemoryBreakdown(

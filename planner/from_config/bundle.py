@@ -113,4 +113,5 @@ def bundle(r: Reader) -> dict[str, Any]:
         grad_checkpointing=bool(r.flag("grad_checkpointing", False)),
         attn_impl=_choice(r, "attn_impl", AttnImpl, "sdpa"),
         dropout=None if dropout is None else float(dropout),
+        optimizer_in_backward=bool(r.flag("optimizer_in_backward", False)),
     )

@@ -213,10 +213,10 @@ def torchtune(r: Reader) -> dict[str, Any]:
             r.used.add(key)
             r.refuse(key, "belongs to torchtune's distributed recipes, which shard with FSDP2; planner models DDP "
                           "and DeepSpeed ZeRO only.")
-    for key, why in (("optimizer_in_bwd", "steps the optimizer inside backward, freeing gradients early, which "
-                                          "planner does not model."),
-                     ("compile", "changes what autograd keeps, which planner does not model.")):
-        r.refuse_if(key, why)
+    r.refuse_if("compile", "changes what autograd keeps, which planner does not model.")
+    # optimizer_in_bwd: torchtune's per-parameter optimizers stepped in post-accumulate-grad hooks
+    # (training/memory.py register_optim_in_bwd_hooks): --optimizer-in-backward
+    in_backward = bool(r.flag("optimizer_in_bwd", False))
     offload = bool(r.flag("enable_activation_offloading", False))
     if offload:
         r.notes.append("enable_activation_offloading: planner models torch.autograd.graph.save_on_cpu; torchtune's "
@@ -303,7 +303,7 @@ def torchtune(r: Reader) -> dict[str, Any]:
                 micro_batch=r.whole("batch_size", 1), seq_len=seq or 2048,
                 grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(r.flag("enable_activation_checkpointing", False)),
-                activation_offload=offload, attn_impl=AttnImpl.SDPA, **dtypes)
+                activation_offload=offload, attn_impl=AttnImpl.SDPA, optimizer_in_backward=in_backward, **dtypes)
 
 
 # ---------------------------------------------------------------- Hugging Face TrainingArguments / TRL

@@ -128,6 +128,12 @@ def recommend(
             raise PlannerError(f"--method {method!r} is not valid; choose one of auto, full, lora, qlora.") from None
     base, dropout_note = _peft_lora_dropout(model, base, methods)
     counts, skipped = gpu_count_candidates(cluster, global_batch_size, max_gpus)
+    if base.optimizer_in_backward:
+        # one GPU, the whole global batch as one micro-batch (search.Searcher.train): the hooks step at every
+        # backward, before any data-parallel reduction (estimate/core.py check_combination)
+        if 1 not in counts:
+            raise PlannerError("--optimizer-in-backward runs on one GPU; recommend it with --gpus 1.")
+        counts = (1,)
     fa2_ok, fa2_reason = flash_attention_2_support(cluster.gpu)
     if attn_impls is None:
         attn_impls = (AttnImpl.SDPA, AttnImpl.FLASH_ATTENTION_2) if fa2_ok else (AttnImpl.SDPA,)

@@ -103,6 +103,8 @@ class Searcher:
                        host_memory_bytes_per_node=self.host_mem)
 
     def train(self, layout: Layout, micro: int, n: int) -> TrainSpec:
+        if self.base.optimizer_in_backward:
+            micro = max(1, self.g // n)  # gradients cannot accumulate: the global batch is one micro-batch
         return dataclasses.replace(
             self.base,
             method=layout.method,

@@ -109,6 +109,7 @@ def _inner_optimizers(optimizer: Any) -> Iterable[torch.optim.Optimizer]:
             yield obj
         for attr in ("optimizer", "inner"):
             stack.append(getattr(obj, attr, None))
+        stack.extend(getattr(obj, "optimizers", None) or ())  # optim.InBackwardOptimizers: one per parameter
 
 
 def collect(model: torch.nn.Module, optimizer: Any) -> dict[str, list[int]]:

@@ -102,6 +102,7 @@ class Session:
         self.steps_recorded = 0
         self.window: tuple[str, Any, int] | None = None  # (name, record_function, start ns)
         self.fwd_depth = self.bwd_depth = self.opt_depth = 0
+        self.in_bwd_steps = 0  # steps running inside backward (step_begin)
         self.recomputing: list[Any] = []
         self.model = None
         self.optimizer = None
@@ -309,6 +310,9 @@ class Session:
     def step_begin(self, optimizer) -> None:
         if self.done:
             return
+        if self.bwd_depth and not self.opt_depth:  # --optimizer-in-backward: a gradient hook's step is backward
+            self.in_bwd_steps += 1
+            return
         self.opt_depth += 1
         if self.opt_depth == 1:
             if optimizer is not None and self.engine_name != "deepspeed":
@@ -316,6 +320,9 @@ class Session:
             self._phase("optimizer_step", max(self.mb - 1, 0))
 
     def step_end(self) -> None:
+        if self.in_bwd_steps:
+            self.in_bwd_steps -= 1
+            return
         if self.done or self.opt_depth == 0:
             return
         self.opt_depth -= 1

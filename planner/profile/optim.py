@@ -105,10 +105,39 @@ class MasterWeightsOptimizer:
             p.grad = None
 
 
+class InBackwardOptimizers:
+    """torchtune's optimizer_in_bwd (torchtune 0.6.1 training/memory.py ``register_optim_in_bwd_hooks``, as its
+    full_finetune_single_device recipe sets it up): one torch optimizer per parameter,
+    ``{p: optimizer([p]) for p in params}``, stepped in the parameter's post-accumulate-grad hook, which then
+    calls ``zero_grad()`` (set_to_none): each gradient is freed as soon as it has been used. The hooks are torch's
+    own (``Tensor.register_post_accumulate_grad_hook``); torchtune's function is these five lines, written here
+    because its package import pulls in torchao. ``step()`` and ``zero_grad()`` after backward have nothing
+    left to do, as torchtune's recipe skips them."""
+
+    def __init__(self, params: list[torch.nn.Parameter], kind: Optimizer, device: str):
+        self.optimizers = [make_torch_optimizer([p], kind, device) for p in params]
+        optim_dict = dict(zip(params, self.optimizers, strict=True))
+
+        def optim_step(param) -> None:
+            optim_dict[param].step()
+            optim_dict[param].zero_grad()
+
+        for p in params:
+            p.register_post_accumulate_grad_hook(optim_step)
+
+    def step(self) -> None:
+        pass
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+
 def make_optimizer(params: list[torch.nn.Parameter], train: TrainSpec, device: str,
                    direct: frozenset[int] = frozenset()) -> Any:
     """The optimizer of a run without DeepSpeed, following the precision's recipe; ``direct``: the ids of
     16-bit parameters stepped without a master copy (``adapter_param_ids``)."""
+    if train.optimizer_in_backward:
+        return InBackwardOptimizers(params, train.optimizer, device)
     if train.precision.has_master_weights:
         scale = FP16_LOSS_SCALE if train.precision is Precision.FP16_MIXED else 1.0
         return MasterWeightsOptimizer(params, train.optimizer, device, loss_scale=scale, direct=direct)

@@ -68,6 +68,9 @@ class TrainSpec:
     # Saved activations copied to host RAM in forward and back in backward (torch.autograd.graph.save_on_cpu)
     activation_offload: bool = False
     loss: LossSpec = field(default_factory=LossSpec)
+    # Each parameter stepped by its own optimizer in a post-accumulate-grad hook during backward, its gradient
+    # then freed (torchtune's optimizer_in_bwd; estimate/step/tape.py)
+    optimizer_in_backward: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, LossSpec):
@@ -96,6 +99,8 @@ class TrainSpec:
                                    "use bf16-mixed or --lora-dtype fp32.")
         if self.precision.autocast_dtype:
             _check_autocast(self)
+        if self.optimizer_in_backward:
+            _check_optimizer_in_backward(self)
         # DeepSpeed wraps a client optimizer and hands it its flat 1-D fp32 partitions: bitsandbytes' block layout
         # and Adafactor's factored moment (>= 2-D only) would follow those, which planner has not profiled
         # (planner/estimate/optim_rules.py models each on the model's own tensors).
@@ -156,6 +161,27 @@ def _check_autocast(train: TrainSpec) -> None:
                            "use bf16-mixed or fp32 for it.")
 
 
+def _check_optimizer_in_backward(train: TrainSpec) -> None:
+    """torchtune's optimizer_in_bwd (training/memory.py register_optim_in_bwd_hooks; its single-device full
+    fine-tuning recipe refuses gradient accumulation with it), on torch's own optimizers, with no master copy
+    to convert gradients into (planner's bf16-mixed without DeepSpeed steps fp32 masters after backward)."""
+    if train.uses_deepspeed:
+        raise PlannerError("--optimizer-in-backward steps torch optimizers in the gradients' hooks; DeepSpeed ZeRO "
+                           "owns the gradients and the step: use --zero 0.")
+    if train.method is not Method.FULL:
+        raise PlannerError("--optimizer-in-backward is modelled for full fine-tuning (torchtune's full fine-tuning "
+                           "recipes); LoRA's adapter gradients are small anyway.")
+    if train.grad_accum > 1:
+        raise PlannerError("--optimizer-in-backward steps at every backward, so gradients cannot accumulate "
+                           "(torchtune refuses it too); use --grad-accum 1.")
+    if train.precision.has_master_weights:
+        raise PlannerError(f"--optimizer-in-backward with --precision {train.precision.value} (fp32 master weights) "
+                           "is not a recipe any library runs; use bf16 (torchtune's), fp32 or bf16-autocast.")
+    if train.optimizer not in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED, Optimizer.SGD):
+        raise PlannerError(f"--optimizer-in-backward is modelled with torch's adamw, adamw-fused and sgd, not "
+                           f"{train.optimizer.value!r}.")
+
+
 # ---------------------------------------------------------------- (de)serialisation
 
 
@@ -191,6 +217,7 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "qlora_prep": train.qlora_prep.value,
         "activation_offload": train.activation_offload,
         "loss": train.loss.to_dict(),
+        "optimizer_in_backward": train.optimizer_in_backward,
     }
 
 
@@ -227,6 +254,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             qlora_prep=PeftDtype(d.get("qlora_prep", "fp32")),
             activation_offload=bool(d.get("activation_offload", False)),
             loss=LossSpec.from_dict(d.get("loss")),
+            optimizer_in_backward=bool(d.get("optimizer_in_backward", False)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

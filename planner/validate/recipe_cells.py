@@ -171,8 +171,26 @@ PRECISION_CELLS = (
 )
 
 
+# The optimizer stepped in backward (``--optimizer-in-backward``, torchtune's optimizer_in_bwd; issue 16 item 2),
+# full matrix only: one torch optimizer per parameter stepped in its post-accumulate-grad hook, its gradient then
+# freed (profile/optim.py InBackwardOptimizers). Pure bf16 Llama with foreach AdamW (the per-tensor sqrt copy at
+# each hook, bf16 moments); fp32 Qwen2 with tied embeddings (one step after both uses have summed) and
+# checkpointing; fp32 GPT-2 with fused AdamW, short enough that the backward's gradients would otherwise peak.
+OPTIM_IN_BACKWARD_CELLS = (
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=64,
+         micro_batch=2, optimizer_in_backward=True),
+    Cell(family="qwen2", hidden=128, layers=2, heads=128 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=2048,
+         method="full", precision="fp32", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=32,
+         micro_batch=1, optimizer_in_backward=True),
+    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+         vocab=512, method="full", precision="fp32", zero=0, num_ranks=1, ckpt=False, attn="eager", seq_len=16,
+         micro_batch=1, optimizer="adamw-fused", optimizer_in_backward=True),
+)
+
+
 FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_CELLS + DEEPSPEED_CONFIG_CELLS
-                   + ACCUMULATION_CELLS + PRECISION_CELLS)
+                   + ACCUMULATION_CELLS + PRECISION_CELLS + OPTIM_IN_BACKWARD_CELLS)
 
 
 # Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under

@@ -47,6 +47,47 @@ def offloading(trainer_cls, enabled: bool):
     return OffloadingTrainer
 
 
+def in_backward_optimizers(model, args: argparse.Namespace, training_args):
+    """--optimizer-in-backward (torchtune's optimizer_in_bwd, training/memory.py register_optim_in_bwd_hooks):
+    one torch optimizer per trainable parameter, stepped in its post-accumulate-grad hook, which then frees the
+    gradient. The Trainer gets a stand-in whose step() only hands the scheduled learning rate on."""
+    if not args.optimizer_in_backward:
+        return None, None
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr, decay = training_args.learning_rate, training_args.weight_decay
+
+    def make(p):
+        if args.optimizer == "sgd":
+            return torch.optim.SGD([p], lr=lr, momentum=0.9, weight_decay=decay)
+        return torch.optim.AdamW([p], lr=lr, weight_decay=decay, fused=args.optimizer == "adamw-fused" or None)
+
+    optim_dict = {p: make(p) for p in params}
+
+    def optim_step(param) -> None:
+        optim_dict[param].step()
+        optim_dict[param].zero_grad()
+
+    for p in params:
+        p.register_post_accumulate_grad_hook(optim_step)
+
+    class SteppedInBackward(torch.optim.Optimizer):
+        def __init__(self):
+            super().__init__(params, {"lr": lr})
+            self.optimizers = list(optim_dict.values())  # where the states are
+
+        def step(self, closure=None):
+            for opt in optim_dict.values():
+                for group in opt.param_groups:
+                    group["lr"] = self.param_groups[0]["lr"]
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            pass
+
+    return SteppedInBackward(), None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     texts = read_texts(args)  # fail on a bad dataset before loading anything large
@@ -99,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(args, len(tokenizer) if args.random_init else None, training_args)
     model = add_adapters(model, args)
     trainer = offloading(trainer_class(Trainer, args), args.activation_offload)(
-        model=model, args=training_args, train_dataset=train_dataset, data_collator=default_data_collator
+        model=model, args=training_args, train_dataset=train_dataset, data_collator=default_data_collator,
+        optimizers=in_backward_optimizers(model, args, training_args),
     )
     result = trainer.train()
     if not args.no_save:
@@ -120,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "grad_accum": args.grad_accum,
         "seq_len": args.seq_len,
         "activation_offload": args.activation_offload,
+        "optimizer_in_backward": args.optimizer_in_backward,
         "loss": args.loss,
         "param_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in params}),
         # Under ZeRO-3 a rank holds a partition: ds_numel is a parameter's full size, numel() the local part.

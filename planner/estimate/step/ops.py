@@ -9,7 +9,7 @@ backward peak includes them. Views share their input's storage; a reshape of a n
 from __future__ import annotations
 
 from planner.estimate.step import autocast
-from planner.estimate.step.tape import Fake, Param, Storage, Tape, default_rule
+from planner.estimate.step.tape import Fake, Param, Storage, Tape, default_rule, param_grad_storage
 from planner.units import dtype_bytes
 
 
@@ -24,7 +24,7 @@ def _grad_like(tape: Tape, edge) -> Storage | None:
     if edge is None:
         return None
     if len(edge) == 1:
-        return Storage(tape.sim, edge[0].numel * dtype_bytes(edge[0].dtype))
+        return param_grad_storage(tape, edge[0], edge[0].numel * dtype_bytes(edge[0].dtype))
     return Storage(tape.sim, _nb(edge[2], edge[3]))
 
 

@@ -53,10 +53,12 @@ CUDA_RNG_STATE_BYTES = 16
 # TrainSpec or LoraSpec field is in neither, so a new field cannot be silently left out of the cache key.
 TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_checkpointing", "attn_impl", "dropout",
                      "lora", "parallelism", "activation_offload", "loss", "lora_dtype",
-                     "qlora_prep")  # the last two as dtypes (peft_dtypes.py)
+                     "qlora_prep",  # these two as dtypes (peft_dtypes.py)
+                     "optimizer_in_backward")  # as the step's scratch per element (step_in_backward_scratch)
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
-                 "temporaries.py's",
+                 "temporaries.py's (with --optimizer-in-backward its per-tensor scratch arrives through "
+                 "optimizer_in_backward's step_in_backward)",
     "quant": "the 4-bit storage format changes the weights' bytes (quant.py), not the step: each 4-bit matmul "
              "dequantizes to the compute dtype whatever the quant type, double quantization or block size",
     "grad_accum": "one micro-batch is simulated; accumulation repeats it (peak.py keeps gradients across them)",
@@ -107,6 +109,8 @@ class StepInputs:
     adapter_dtype: str = "fp32"  # LoRA adapters (peft_dtypes.adapter_dtype)
     unquantized_dtype: str = "fp32"  # QLoRA's unquantized parameters and activations (peft_dtypes)
     activation_offload: bool = False
+    # optimizer in backward: the step's scratch per parameter element (tape._step_in_hook); None: off
+    step_in_backward: int | None = None
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -125,8 +129,20 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
         adapter_dtype=peft_dtypes.adapter_dtype(train), unquantized_dtype=peft_dtypes.unquantized_dtype(train),
         activation_offload=train.activation_offload,
+        step_in_backward=step_in_backward_scratch(train) if keep_grads else None,
         loss=train.loss if train.loss.kind is Loss.CHUNKED_CE else LossSpec(train.loss.kind),  # chunks: chunked only
     )
+
+
+def step_in_backward_scratch(train: TrainSpec) -> int | None:
+    """Bytes of step scratch per element of one parameter stepped in its gradient hook (temporaries.py's rule
+    for an update over that one tensor), or None without --optimizer-in-backward."""
+    if not train.optimizer_in_backward:
+        return None
+    from planner.estimate.temporaries import optimizer_scratch_bytes
+
+    moment_bytes = 2 if train.precision is Precision.BF16 else 4
+    return optimizer_scratch_bytes(train, num_trainable_on_gpu=1, moment_bytes=moment_bytes, largest_trainable=1)
 
 
 def _cpu_kind(device: str, cpu: CpuKernels | None) -> CpuKernels | None:
@@ -219,6 +235,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     keep_grads = inputs.keep_grads
     t = Tape(sim, device=inputs.device, cpu=inputs.cpu, hold_grads_over=inputs.hold_grads_over,
              keep_param_grads=keep_grads)
+    t.step_in_backward = inputs.step_in_backward
     # transformers' checkpointing calls enable_input_require_grads(): input_requires_grad
     offload = inputs.activation_offload
     if offload:
@@ -237,7 +254,8 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     hooks: dict[int, object] = {}
     layer_saved = [0]
     layer_host = [0, 0]  # layer 1's packed host bytes (requested, pinned): the ghost layers pack as much
-    layer_grads = fam.layer_grad_bytes if keep_grads else 0
+    # the ghost layers' gradients exist at layer 1's backward, unless each is stepped and freed as it arrives
+    layer_grads = fam.layer_grad_bytes if keep_grads and inputs.step_in_backward is None else 0
 
     def run_layers(h: Fake, extras) -> Fake:
         for i in range(sim_layers):

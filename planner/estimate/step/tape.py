@@ -66,6 +66,13 @@ class Tape:
         # torch.autocast (autocast.py): the dtype matmuls cast to ("" = off) and the region's weight-cast cache
         self.autocast = ""
         self.autocast_cache: dict[int, Fake] = {}
+        # Optimizer in backward (torchtune's optimizer_in_bwd): each parameter's post-accumulate-grad hook steps its
+        # own optimizer (scratch: this many bytes per element of the parameter) and frees its gradient; None: off
+        self.step_in_backward: int | None = None
+        # with it, the parameters whose gradient the running node makes and AccumulateGrad steals at once, and the
+        # gradient storages already counted as gradients from their allocation (param_grad_storage)
+        self.fresh_params: set[int] = set()
+        self.counted_grads: set[int] = set()
 
     @property
     def packs(self) -> bool:
@@ -208,7 +215,7 @@ def default_rule(tape: Tape, node: Node, grads_out: list) -> list:
             out.append(None)
         elif len(e) == 1:
             p = e[0]  # numel, not the shape: a grouped-experts weight reports its whole size (moe._Grouped)
-            out.append(Storage(tape.sim, p.numel * tensor_bytes((), p.dtype)))
+            out.append(param_grad_storage(tape, p, p.numel * tensor_bytes((), p.dtype)))
         else:
             tag = "view" if view_rank is not None and len(e[2]) > view_rank else ""
             out.append(Storage(tape.sim, tensor_bytes(e[2], e[3]), tag))
@@ -223,6 +230,8 @@ def _accumulate_grad(tape: Tape, param, g: Storage) -> None:
             param.grad = g  # AccumulateGrad steals a fresh gradient
             if g.tag != _STOLEN_SUM:
                 sim.grads += g.nbytes
+        if tape.step_in_backward is not None:
+            _step_in_hook(tape, param)
         return  # else added in place into .grad; the incoming buffer is freed
     # ZeRO 2/3: copied into a reduce bucket and the incoming buffer freed. The first gradient starts the
     # buckets and the gradient partition.
@@ -235,6 +244,52 @@ def _accumulate_grad(tape: Tape, param, g: Storage) -> None:
         # the partition or dropped) when the next gradient's hook finds the bucket over-full
         tape.held_grad = g
         sim.grads += g.nbytes
+
+
+def _step_in_hook(tape: Tape, param) -> None:
+    """torchtune training/memory.py ``register_optim_in_bwd_hooks``: the parameter's post-accumulate-grad hook
+    runs ``optim_dict[param].step()`` (torch's AdamW/SGD over this one tensor: its scratch, e.g. foreach's copy of
+    the second moment, lives for the update) then ``zero_grad()`` (set_to_none): the gradient is freed."""
+    scratch = Storage(tape.sim, tape.step_in_backward * param.numel, "step_in_backward")
+    del scratch
+    tape.sim.grads -= param.grad.nbytes
+    param.grad = None
+
+
+def param_grad_storage(tape: Tape, p, nbytes: int, tag: str = "") -> Storage:
+    """A parameter's gradient made by a backward rule. With the optimizer in backward the step's peak can be the
+    moment it is made, and a profile names the tensor that becomes ``.grad`` a gradient from its allocation (as
+    for _STOLEN_SUM): one that AccumulateGrad will steal at once (``tape.fresh_params``) is counted as a gradient
+    before it is allocated."""
+    fresh = bool(tape.fresh_params) and id(p) in tape.fresh_params
+    if fresh:
+        tape.sim.grads += nbytes
+    st = Storage(tape.sim, nbytes, tag)
+    if fresh:
+        tape.counted_grads.add(id(st))
+    return st
+
+
+def _fresh_params(tape: Tape, uses: dict, pending: dict, edges) -> set[int]:
+    """The parameters of ``edges`` at their last use with nothing pending and no ``.grad``: AccumulateGrad will
+    steal the gradient the node makes for them."""
+    if not tape.keep_param_grads:
+        return set()
+    return {id(e[0]) for e in edges if e is not None and len(e) == 1 and uses.get(id(e[0])) == 1
+            and id(e[0]) not in pending and e[0].grad is None}
+
+
+def _name_fresh_param_grads(tape: Tape, edges, grads) -> None:
+    """After the rule: a fresh parameter's gradient is tagged as counted (a rule that made it without
+    param_grad_storage has it counted now), so that AccumulateGrad does not count it again."""
+    for e, g in zip(edges, grads, strict=True):
+        if e is None or g is None or len(e) != 1 or id(e[0]) not in tape.fresh_params:
+            continue
+        if id(g) not in tape.counted_grads:
+            tape.sim.grads += g.nbytes
+        g.tag = _STOLEN_SUM
+    tape.fresh_params = set()
+    tape.counted_grads = set()
 
 
 def _release_held(tape: Tape) -> None:
@@ -307,7 +362,11 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
             hook()
         grads_out = node.grad_in
         unpacked = offload.unpack(sim, node, tape.device) if node.packed else None
+        if tape.step_in_backward is not None:
+            tape.fresh_params = _fresh_params(tape, uses, pending, node.edges)
         grads = node.rule(tape, node, grads_out)
+        if tape.fresh_params:
+            _name_fresh_param_grads(tape, node.edges, grads)
         del unpacked  # save_on_cpu's device copies die when the node's backward returns
         node.grad_in = [None] * node.num_outputs
         del grads_out
