@@ -193,6 +193,9 @@ def _check_fsdp2(train: TrainSpec) -> None:
                            "optimizer DTensor shards); use adamw or adamw-fused.")
     if train.activation_offload:
         raise PlannerError("--activation-offload with FSDP2 is not modelled yet.")
+    if train.loss.kind.value != "standard":
+        raise PlannerError(f"--loss {train.loss.kind.value} with FSDP2 is not modelled yet (the output head's "
+                           "weight is a sharded DTensor outside the root's forward); use --loss standard.")
     if train.parallelism.fsdp_config.cpu_offload and train.optimizer is Optimizer.ADAMW_FUSED:
         raise PlannerError("FSDP2's CPU offload steps the optimizer on the host; use adamw, not adamw-fused.")
 
