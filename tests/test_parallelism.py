@@ -103,12 +103,17 @@ def test_fsdp2_settings_are_validated_in_one_place(make, message):
         make(FsdpConfig)
 
 
-def test_fsdp2_estimate_is_refused_until_modelled():
+def test_fsdp2_estimates_its_own_division_of_states():
     from planner import catalog
     from planner.estimate.core import estimate
     from planner.models import load_model
     from planner.specs import Cluster
 
+    model = load_model("llama-3.2-1b")
     cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=8)
-    with pytest.raises(PlannerError, match="FSDP2 estimate is not modelled yet"):
-        estimate(load_model("llama-3.2-1b"), TrainSpec(parallelism=Parallelism.fsdp2()), cluster)
+    fsdp = estimate(model, TrainSpec(seq_len=512, parallelism=Parallelism.fsdp2()), cluster)
+    ddp = estimate(model, TrainSpec(seq_len=512), cluster)
+    # fp32 sharded parameters (1/8 each) against DDP's bf16 weights on every rank
+    assert fsdp.per_gpu.params_bytes < ddp.per_gpu.params_bytes / 3
+    assert fsdp.phases["optimizer_step"].optimizer_states_bytes < ddp.phases["optimizer_step"].optimizer_states_bytes
+    assert any("FSDP2" in n for n in fsdp.notes)

@@ -44,10 +44,6 @@ __all__ = ["DEFAULT_MARGIN", "PHASES", "check_combination", "estimate"]
 
 def check_combination(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, allow_longer: bool = False) -> None:
     """Refuse combinations planner cannot estimate honestly, with a reason."""
-    if train.uses_fsdp2:
-        # The profiler runs FSDP2 (profile/engine.py FSDP2Engine); its per-rank rules are not in the step yet.
-        raise PlannerError("the FSDP2 estimate is not modelled yet (planner profile --engine fsdp2 measures it); "
-                           "use plain data parallelism or DeepSpeed ZeRO.")
     if train.uses_deepspeed and cluster.num_gpus == 1 and train.offload is Offload.NONE:
         # Valid in DeepSpeed (nothing to shard across), kept: ZeRO with one rank equals stage 0 plus buffers.
         pass
@@ -87,6 +83,10 @@ def estimate(
     if device not in DEVICES:
         raise PlannerError(f"device must be one of {', '.join(DEVICES)}, got {device!r}.")
     check_combination(model, train, cluster, allow_longer=allow_longer)
+    if train.uses_fsdp2:  # fully_shard's own division and buffers (fsdp2.py, fsdp2_step.py)
+        from planner.estimate.fsdp2_step import estimate_fsdp2
+
+        return estimate_fsdp2(model, train, cluster, margin=margin, device=device, rank=rank, cpu=cpu)
     counts = count_params(model)
     split = split_params(counts, train)
     states = unsharded_states(counts, split, train, num_layers=model.num_layers)
