@@ -53,3 +53,21 @@ def test_pure_bf16_keeps_bf16_shards_and_groups_cover_every_parameter():
     assert sum(g.repeats * sum(t.numel for t in g.tensors) for g in gs) == counts.num_params
     st = fsdp2_states(counts, train, model.num_layers, 4)
     assert st.params_bytes == 2 * math.ceil(counts.num_params / 4)
+
+
+def test_cpu_offload_moves_the_sharded_states_to_the_host_on_a_gpu():
+    from planner import catalog
+    from planner.estimate.core import estimate
+    from planner.specs import Cluster, FsdpConfig
+
+    model = _llama(intermediate_size=172)
+    cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=2)
+    on = estimate(model, TrainSpec(seq_len=64, parallelism=Parallelism.fsdp2(FsdpConfig(cpu_offload=True))), cluster)
+    off = estimate(model, TrainSpec(seq_len=64, parallelism=Parallelism.fsdp2()), cluster)
+    assert on.per_gpu.model_states_bytes == 0 and off.per_gpu.params_bytes == 312_960
+    assert on.cpu_bytes_per_node == 2 * (312_960 + 312_960 + 626_004)
+    # on CPU every state is host memory already: offload changes nothing (the validation cell measures it)
+    cpu_on = estimate(model, TrainSpec(seq_len=64, parallelism=Parallelism.fsdp2(FsdpConfig(cpu_offload=True))),
+                      cluster, device="cpu")
+    cpu_off = estimate(model, TrainSpec(seq_len=64, parallelism=Parallelism.fsdp2()), cluster, device="cpu")
+    assert cpu_on.per_gpu == cpu_off.per_gpu

@@ -105,6 +105,16 @@ def estimate_fsdp2(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, marg
                    rank: int | None, cpu: CpuKernels | None) -> Estimate:
     """``estimate()`` for the fsdp2 engine: rank 0's figures (it owns the most rows of an uneven dim 0)."""
     phases = fsdp2_phases(model, train, cluster.num_gpus, device=device, cpu=cpu, rank=rank or 0)
+    host = 0
+    offload = train.parallelism.fsdp_config.cpu_offload
+    if offload and device == "cuda":
+        # CPUOffloadPolicy: the sharded parameters, their gradients (copied to the host after each reduce-scatter,
+        # _fsdp_collectives.py foreach_reduce) and the optimizer states (the step runs on the host) leave the GPU
+        opt = phases["optimizer_step"]
+        host = (opt.params_bytes + opt.grads_bytes + opt.optimizer_states_bytes) * cluster.num_gpus_per_node
+        phases = {name: replace(m, params_bytes=0, grads_bytes=0, optimizer_states_bytes=0,
+                                temporaries_bytes=0 if name == "optimizer_step" else m.temporaries_bytes)
+                  for name, m in phases.items()}
     peak_phase = max(PHASES, key=lambda p: (phases[p].total_bytes, -PHASES.index(p)))
     peak = phases[peak_phase]
     reserved = overhead.reserved_bytes(peak.total_bytes, device)
@@ -112,11 +122,15 @@ def estimate_fsdp2(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, marg
     notes = [f"FSDP2: fully_shard per decoder layer and on the root, {cluster.num_gpus} ranks; "
              + ("parameters resharded after forward." if train.parallelism.fsdp_config.reshard_after_forward
                 else "parameters kept gathered from forward to backward (no reshard).")]
+    if offload:
+        notes.append("FSDP2 CPU offload: sharded parameters, gradients and optimizer states in host RAM; each "
+                     "group's shards are copied to the device before its all-gather (not counted: modelled from "
+                     "torch's source, validated on CPU only, where every state is host memory already).")
     if device == "cpu" and cpu is not None:
         notes.append(f"estimated for {cpu.describe()}.")
     return Estimate(
         model=model, train=train, cluster=cluster, num_params=split.num_params,
         num_trainable_params=split.num_trainable, per_gpu=peak, peak_phase=peak_phase, reserved_bytes=reserved,
-        device_bytes=overhead.device_bytes(reserved, device, cluster.num_gpus), cpu_bytes_per_node=0,
+        device_bytes=overhead.device_bytes(reserved, device, cluster.num_gpus), cpu_bytes_per_node=host,
         capacity_bytes=cluster.gpu.capacity_bytes, margin=margin, phases=phases, notes=tuple(notes), rank=rank,
     )
