@@ -38,6 +38,11 @@ from planner.specs import Cluster, Method, ModelSpec, Optimizer, PeftDtype, Prec
 from planner.units import dtype_bytes
 
 PHASES = ("forward", "backward", "optimizer_step")
+# gloo's reduce-scatter (torch/csrc/distributed/c10d/ProcessGroupGloo.cpp, reached through
+# dist.reduce_scatter_single) allocates a buffer the size of its input for the duration of the call: measured
+# inside FSDP2's root reduce-scatter marker with `planner profile --engine fsdp2` on CPU (2 ranks). NCCL does not
+# (not modelled on CUDA until GPU profiles say otherwise).
+GLOO_REDUCE_SCATTER_INPUT_COPIES = 1
 
 
 def _sim_train(train: TrainSpec) -> TrainSpec:
@@ -94,6 +99,10 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
         # the final callback: the root's unsharded gradients copied into its reduce-scatter input, every layer's
         # gradients reduced
         moment(step.backward_end_bytes, 0, root_grads + st.root_reduce_input_bytes, layers_sharded_grads),
+        # then its reduce-scatter: the output (the root's sharded gradients) beside the input, and on CPU gloo's
+        # copy of the input inside the call (GLOO_REDUCE_SCATTER_INPUT_COPIES)
+        moment(step.backward_end_bytes, 0, st.root_reduce_input_bytes * (
+            1 + (GLOO_REDUCE_SCATTER_INPUT_COPIES if device == "cpu" else 0)), st.grads_bytes),
     ), key=lambda m: m.total_bytes)
     copies = ADAMW_FOREACH_SCRATCH_COPIES if train.optimizer is Optimizer.ADAMW else 0
     moments = st.optimizer_states_bytes  # exp_avg + exp_avg_sq (+ step counters): one moment is half
@@ -122,6 +131,11 @@ def estimate_fsdp2(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, marg
     notes = [f"FSDP2: fully_shard per decoder layer and on the root, {cluster.num_gpus} ranks; "
              + ("parameters resharded after forward." if train.parallelism.fsdp_config.reshard_after_forward
                 else "parameters kept gathered from forward to backward (no reshard).")]
+    if train.grad_checkpointing:
+        notes.append("FSDP2 with checkpointing: inside a layer's recomputation and backward the gathered root, "
+                     "the layer and the prefetched one, its unsharded gradients and the previous reduce-scatter "
+                     "input are alive together, which this estimate places only at the output head: measured "
+                     "3-9% higher on CPU (validate/fsdp2_cells.py).")
     if offload:
         notes.append("FSDP2 CPU offload: sharded parameters, gradients and optimizer states in host RAM; each "
                      "group's shards are copied to the device before its all-gather (not counted: modelled from "
