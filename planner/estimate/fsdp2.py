@@ -36,7 +36,7 @@ are counted as torch allocates them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from planner.estimate.count.flat_order import module_blocks
@@ -58,6 +58,8 @@ class Tensor:
     numel: int
     trainable: bool
     dtype: str
+    # a root parameter of a module before the decoder layers (embeddings): its gradient arrives last in backward
+    before_layers: bool = False
 
     def padded_shard(self, num_ranks: int) -> int:
         """``ceil(d0 / N)`` rows (``_fsdp_param.py`` padded_sharded_param_size)."""
@@ -140,6 +142,7 @@ def groups(counts: ParamCounts, num_layers: int, method: Method, lora: LoraSpec,
     root: list[Tensor] = []
     layers: list[Group] = []
     for mods, reps in module_blocks(counts, num_layers):
+        before = not layers
         tensors: list[Tensor] = []
         for g in mods:
             if g.shared:  # a tied head: the embedding's parameter, in the root group once
@@ -154,7 +157,7 @@ def groups(counts: ParamCounts, num_layers: int, method: Method, lora: LoraSpec,
         if any("*" in g.path for g in mods):
             layers.append(Group(tuple(tensors), reps, root=False))
         else:
-            root += tensors
+            root += [replace(t, before_layers=before) for t in tensors]
     return (Group(tuple(root), 1, root=True), *layers)
 
 
