@@ -67,3 +67,53 @@ def test_a_typed_zero_keeps_the_configs_offload_and_a_typed_offload_its_stage():
         2, Offload.OPTIMIZER)
     with pytest.raises(PlannerError, match="needs ZeRO stage 3"):
         from_options.merge_from_config(config, flags, {"zero"})
+
+
+# ---------------------------------------------------------------- FSDP2 (issue 18)
+
+
+def test_fsdp2_is_its_own_engine_with_its_settings_round_tripping():
+    from planner.specs import FsdpConfig
+
+    cfg = FsdpConfig(reshard_after_forward=False, reduce_dtype=None, cpu_offload=True)
+    train = TrainSpec(parallelism=Parallelism.fsdp2(cfg))
+    assert train.uses_fsdp2 and not train.uses_deepspeed and train.zero_stage == 0
+    d = train_spec_to_dict(train)
+    assert d["engine"] == "fsdp2" and d["fsdp"]["cpu_offload"] is True
+    assert train_spec_from_dict(d) == train
+    assert Parallelism.fsdp2(cfg).label == "FSDP2, no reshard, CPU offload"
+    # DDP and DeepSpeed train blocks keep their keys (the golden file's JSON does not move)
+    assert "engine" not in train_spec_to_dict(TrainSpec()) and "fsdp" not in train_spec_to_dict(TrainSpec())
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda F: Parallelism(engine=Engine.FSDP2, zero_stage=3), "takes no ZeRO stage"),
+    (lambda F: Parallelism(engine=Engine.DDP, fsdp_config=F(cpu_offload=True)), "fsdp2 engine only"),
+    (lambda F: F(reduce_dtype="bf16"), "reduce dtype must be fp32 or none"),
+    (lambda F: F(replicate_degree=0), "whole number from 1"),
+    (lambda F: F(replicate_degree=2), "HSDP"),
+    (lambda F: F(reshard_after_forward="yes"), "true or false"),
+    (lambda F: F.from_dict({"prefetch": 2}), "unknown FSDP2 setting"),
+    (lambda F: TrainSpec(method=Method.QLORA, parallelism=Parallelism.fsdp2()), "QLoRA with FSDP2"),
+])
+def test_fsdp2_settings_are_validated_in_one_place(make, message):
+    from planner.specs import FsdpConfig
+
+    with pytest.raises(PlannerError, match=message):
+        make(FsdpConfig)
+
+
+def test_fsdp2_estimates_its_own_division_of_states():
+    from planner import catalog
+    from planner.estimate.core import estimate
+    from planner.models import load_model
+    from planner.specs import Cluster
+
+    model = load_model("llama-3.2-1b")
+    cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=8)
+    fsdp = estimate(model, TrainSpec(seq_len=512, parallelism=Parallelism.fsdp2()), cluster)
+    ddp = estimate(model, TrainSpec(seq_len=512), cluster)
+    # fp32 sharded parameters (1/8 each) against DDP's bf16 weights on every rank
+    assert fsdp.per_gpu.params_bytes < ddp.per_gpu.params_bytes / 3
+    assert fsdp.phases["optimizer_step"].optimizer_states_bytes < ddp.phases["optimizer_step"].optimizer_states_bytes
+    assert any("FSDP2" in n for n in fsdp.notes)

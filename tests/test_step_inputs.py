@@ -132,7 +132,7 @@ def test_an_ignored_field_changes_neither_the_key_nor_the_step(field):
 
 
 def test_offload_changes_neither_the_key_nor_the_step():
-    assert set(PARALLELISM_FIELDS_IGNORED) == {"offload", "zero_config"}
+    assert set(PARALLELISM_FIELDS_IGNORED) == {"offload", "zero_config", "fsdp_config"}
     other = dataclasses.replace(LORA, parallelism=Parallelism.from_zero(LORA.zero_stage, Offload.OPTIMIZER))
     assert other != LORA
     assert step_inputs(TINY, other) == step_inputs(TINY, LORA)
@@ -179,3 +179,16 @@ def test_no_step_state_lives_on_the_modules():
     t = tape.Tape(sim, device="cpu", hold_grads_over=7, keep_param_grads=False)
     assert (t.device, t.hold_grads_over, t.keep_param_grads, sim.record, sim.trace) == ("cpu", 7, False, [], None)
     assert not hasattr(activations, "TRACE")
+
+
+def test_fsdp2_settings_change_neither_the_key_nor_the_step():
+    """FSDP2's resharding and reduce dtype are added per phase (estimate/fsdp2_step.py); the step only splits
+    the loss from the rest, the same for every FsdpConfig."""
+    from planner.specs import FsdpConfig
+
+    one = dataclasses.replace(LORA, parallelism=Parallelism.fsdp2())
+    other = dataclasses.replace(LORA, parallelism=Parallelism.fsdp2(FsdpConfig(reshard_after_forward=False,
+                                                                                reduce_dtype=None)))
+    assert step_inputs(TINY, other) == step_inputs(TINY, one) != step_inputs(TINY, LORA)
+    assert step_inputs(TINY, one).split_loss
+

@@ -88,6 +88,10 @@ def estimate(
     if device not in DEVICES:
         raise PlannerError(f"device must be one of {', '.join(DEVICES)}, got {device!r}.")
     check_combination(model, train, cluster, allow_longer=allow_longer)
+    if train.uses_fsdp2:  # fully_shard's own division and buffers (fsdp2.py, fsdp2_step.py)
+        from planner.estimate.fsdp2_step import estimate_fsdp2
+
+        return estimate_fsdp2(model, train, cluster, margin=margin, device=device, rank=rank, cpu=cpu)
     counts = count_params(model)
     split = split_params(counts, train)
     states = unsharded_states(counts, split, train, num_layers=model.num_layers)

@@ -122,6 +122,10 @@ def probe_when_gradients_complete(optimizer: Any, callback) -> None:
 def make_engine(built: Built, train: TrainSpec, device: str, num_ranks: int, local_rank: int) -> Engine:
     if train.uses_deepspeed:
         engine: Engine = DeepSpeedEngine(built, train, device, num_ranks)
+    elif train.uses_fsdp2:
+        from planner.profile.fsdp2 import FSDP2Engine
+
+        engine = FSDP2Engine(built, train, device, num_ranks)  # type: ignore[assignment]
     elif num_ranks > 1:
         engine = DDPEngine(built, train, device, local_rank)
     else:

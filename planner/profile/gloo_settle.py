@@ -49,6 +49,10 @@ COLLECTIVES = (
     "irecv",
     "_all_gather_base",
     "_reduce_scatter_base",
+    # FSDP2's collectives in torch 2.13 (fsdp/_fully_shard/_fsdp_collectives.py DefaultAllGather,
+    # DefaultReduceScatter): they call the process group directly, past the functions above
+    "all_gather_single",
+    "reduce_scatter_single",
 )
 # Longest wait for one tensor to be released (a tensor the collective legitimately keeps is not waited for
 # longer than this).

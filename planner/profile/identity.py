@@ -35,7 +35,10 @@ DS_OPTIMIZER_ATTRS = (
 
 
 def storage_ptr(t: torch.Tensor) -> int:
-    """Base address of the tensor's storage (0 for an empty storage)."""
+    """Base address of the tensor's storage (0 for an empty storage); a DTensor's is its local shard's."""
+    local = getattr(t, "_local_tensor", None)  # torch.distributed.tensor.DTensor (FSDP2's parameters, gradients)
+    if isinstance(local, torch.Tensor):
+        t = local
     try:
         storage = t.untyped_storage()
     except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
@@ -87,13 +90,42 @@ def param_storage_bytes(model: torch.nn.Module) -> int:
     ``params`` category must equal exactly for a single-rank run.
     """
     storages: dict[int, int] = {}
-    for p in _unique_model_params(model):
+    sharded, unsharded = fsdp2_params(model)
+    for p in [*_unique_model_params(model), *sharded]:
+        if storage_ptr(p) in unsharded:  # FSDP2's all-gathered copy, registered between forward and backward
+            continue
         ds_tensor = getattr(p, "ds_tensor", None)  # ZeRO-3: the rank's partition
         for t in [p, *quant_state_tensors(p), *([ds_tensor] if ds_tensor is not None else [])]:
             ptr = storage_ptr(t)
             if ptr:
-                storages[ptr] = t.untyped_storage().nbytes()
+                storages[ptr] = _storage(t).nbytes()
     return sum(storages.values())
+
+
+def _storage(t: torch.Tensor):
+    local = getattr(t, "_local_tensor", None)
+    return (local if isinstance(local, torch.Tensor) else t).untyped_storage()
+
+
+def fsdp2_params(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], set[int]]:
+    """FSDP2's sharded parameters (DTensors over this rank's shard) and the all-gathered parameters alive now.
+
+    Each ``FSDPParam`` (torch/distributed/fsdp/_fully_shard/_fsdp_param.py) keeps ``sharded_param`` whatever the
+    module has registered; its ``all_gather_outputs`` (``init_all_gather_outputs``) are the unsharded storages,
+    resized to 0 by ``free_unsharded_param`` when resharded (so a freed one has no pointer). Empty for a model
+    without ``fully_shard``."""
+    sharded: list[torch.nn.Parameter] = []
+    ptrs: set[int] = set()
+    for m in model.modules():
+        get_state = getattr(m, "_get_fsdp_state", None)
+        if get_state is None:
+            continue
+        group = getattr(get_state(), "_fsdp_param_group", None)
+        for fsdp_param in getattr(group, "fsdp_params", ()):
+            sharded.append(fsdp_param.sharded_param)
+            for t in getattr(fsdp_param, "all_gather_outputs", ()):
+                ptrs.add(storage_ptr(t))
+    return sharded, ptrs - {0}
 
 
 def _inner_optimizers(optimizer: Any) -> Iterable[torch.optim.Optimizer]:
@@ -117,10 +149,16 @@ def collect(model: torch.nn.Module, optimizer: Any) -> dict[str, list[int]]:
     keys: dict[str, set[int]] = {"params": set(), "grads": set(), "optimizer_states": set()}
     gathered: set[int] = set()
     model_param_ids = set()
-    for p in _unique_model_params(model):
+    sharded, unsharded = fsdp2_params(model)  # FSDP2: DTensor shards are the parameters, gathered copies not
+    gathered |= unsharded
+    for p in [*_unique_model_params(model), *sharded]:
+        if id(p) in model_param_ids:
+            continue
         model_param_ids.add(id(p))
         ds_tensor = getattr(p, "ds_tensor", None)
-        if ds_tensor is not None:
+        if storage_ptr(p) in unsharded:
+            pass
+        elif ds_tensor is not None:
             # ZeRO-3: the rank's partition is the parameter; a full p.data alive now is a gathered copy.
             keys["params"].add(storage_ptr(ds_tensor))
             if p.numel() and not getattr(p, "ds_persist", False):

@@ -294,7 +294,7 @@ def _run_into(job: Job, meta: dict, model: ModelSpec, train: TrainSpec, staging:
         ) from None
     try:
         with ProgressDisplay(steps, job.device, enabled=show_progress) as display:
-            if num_gpus == 1 and not train.uses_deepspeed:
+            if num_gpus == 1 and not (train.uses_deepspeed or train.uses_fsdp2):
                 ranks = [run_rank(job, 0, 0, staging / "ranks", progress=display.update)]
                 interrupted = None
                 if ranks[0]["status"] == "interrupted":

@@ -33,7 +33,8 @@ def run_meta(job: Job, model: ModelSpec, train: TrainSpec, num_nodes: int, gpu: 
         "tokenizer": job.tokenizer,
         "fail_at": job.fail_at,
         "workload": {
-            "engine": "deepspeed" if train.uses_deepspeed else ("ddp" if job.num_ranks > 1 else "single"),
+            "engine": "deepspeed" if train.uses_deepspeed else "fsdp2" if train.uses_fsdp2 else (
+                "ddp" if job.num_ranks > 1 else "single"),
             "deepspeed_config": deepspeed_config(train, job.num_ranks, model.hidden_size) if train.uses_deepspeed else None,
             "master_weights": train.precision.has_master_weights,
             "optimizer_impl": "torch foreach" if train.optimizer.value in ("adamw", "sgd") else train.optimizer.value,

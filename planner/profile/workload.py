@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from planner.errors import PlannerError
-from planner.specs import AttnImpl, Method, PeftDtype, TrainSpec
+from planner.specs import AttnImpl, Method, PeftDtype, Precision, TrainSpec
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Dropout probabilities of the supported families' configs (transformers configuration_<family>.py).
@@ -113,6 +113,8 @@ def build_model(
 
     _quiet_transformers()
     dtype = TORCH_DTYPES[train.precision.compute_dtype]
+    if train.uses_fsdp2:  # FSDP2 shards the parameters in their storage dtype (fp32 under its policy)
+        dtype = TORCH_DTYPES[fsdp2_storage_dtype(train)]
     config = hf_config(model_config, train)
     attn = train.attn_impl.value
     if train.attn_impl is AttnImpl.FLASH_ATTENTION_2 and device != "cuda":
@@ -165,6 +167,12 @@ def build_model(
         model = _apply_lora(model, train)
     model.train()
     return Built(model=model, hf_model=hf_model, vocab_size=int(config.vocab_size), notes=notes)
+
+
+def fsdp2_storage_dtype(train: TrainSpec) -> str:
+    """The dtype an FSDP2 model is built and sharded in: fp32 under its mixed-precision policy (``bf16-mixed``:
+    the sharded fp32 parameters are the master copy, profile/fsdp2.py), else the precision's own."""
+    return "fp32" if train.precision is Precision.BF16_MIXED else train.precision.compute_dtype
 
 
 def _materialize(model: torch.nn.Module) -> None:

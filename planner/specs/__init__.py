@@ -3,7 +3,7 @@
 int bytes; counts start with ``num_``.
 
 Module map: ``enums`` (method, precision, optimizer, adapter dtype, offload, attention, 4-bit type; the margin's check),
-``parallelism`` (Engine, Parallelism, DeepSpeed's ZeroConfig), ``loss`` (Loss, LossSpec), ``model`` (ModelSpec), ``train`` (LoraSpec, QuantSpec, TrainSpec and the
+``parallelism`` (Engine, Parallelism, DeepSpeed's ZeroConfig), ``fsdp`` (FSDP2's FsdpConfig), ``loss`` (Loss, LossSpec), ``model`` (ModelSpec), ``train`` (LoraSpec, QuantSpec, TrainSpec and the
 JSON ``train`` block), ``hardware`` (GpuSpec, Cluster), ``plan`` (Plan). Import them from here.
 """
 
@@ -19,6 +19,7 @@ from planner.specs.enums import (
     QuantType,
     validate_margin,
 )
+from planner.specs.fsdp import FsdpConfig
 from planner.specs.hardware import Cluster, GpuSpec
 from planner.specs.loss import DEFAULT_LOSS_CHUNKS, LOSS_CHUNKS_HELP, LOSS_HELP, Loss, LossSpec
 from planner.specs.model import ModelSpec
@@ -27,7 +28,7 @@ from planner.specs.plan import Plan
 from planner.specs.train import LoraSpec, QuantSpec, TrainSpec, train_spec_from_dict, train_spec_to_dict
 
 __all__ = [
-    "AttnImpl", "Cluster", "DEFAULT_LOSS_CHUNKS", "Engine", "LOSS_CHUNKS_HELP", "LOSS_HELP", "GpuSpec", "LoraSpec",
+    "AttnImpl", "Cluster", "DEFAULT_LOSS_CHUNKS", "Engine", "FsdpConfig", "LOSS_CHUNKS_HELP", "LOSS_HELP", "GpuSpec", "LoraSpec",
     "Loss", "LossSpec", "Method", "ModelSpec", "Offload", "Optimizer", "Parallelism", "PeftDtype", "Plan", "Precision",
     "QuantSpec", "QuantType", "TrainSpec", "train_spec_from_dict", "train_spec_to_dict", "validate_margin", "ZeroConfig",
 ]

@@ -7,6 +7,7 @@ from enum import Enum
 
 from planner.errors import PlannerError
 from planner.specs.enums import Offload
+from planner.specs.fsdp import FsdpConfig
 
 
 class Engine(str, Enum):
@@ -14,12 +15,15 @@ class Engine(str, Enum):
 
     ``ddp``: torch DistributedDataParallel, or one process (the transformers Trainer without DeepSpeed or
     FSDP): every rank holds every state. ``deepspeed``: DeepSpeed ZeRO stage 1-3, optionally with CPU offload.
+    ``fsdp2``: torch's ``fully_shard`` per decoder layer and on the root (torchtune, torchtitan, accelerate's
+    ``fsdp_version: 2``), its settings a ``FsdpConfig``.
     A new engine (FSDP2's ``fully_shard``, tensor or context parallelism) is a new member here, its rules a
     module beside ``estimate/sharding.py`` (ARCHITECTURE.md, "A parallelism").
     """
 
     DDP = "ddp"
     DEEPSPEED = "deepspeed"
+    FSDP2 = "fsdp2"
 
 
 # DeepSpeed 0.19.8's defaults for the ZeRO keys below (deepspeed/runtime/zero/config.py, DeepSpeedZeroConfig:
@@ -110,6 +114,7 @@ class Parallelism:
     zero_stage: int = 0
     offload: Offload = Offload.NONE
     zero_config: ZeroConfig = ZeroConfig()  # DeepSpeed only: its buckets and thresholds (default: "auto")
+    fsdp_config: FsdpConfig = FsdpConfig()  # FSDP2 only: fully_shard's resharding, policies and mesh
 
     def __post_init__(self) -> None:
         if not isinstance(self.engine, Engine):
@@ -129,6 +134,14 @@ class Parallelism:
         if self.engine is not Engine.DEEPSPEED and not self.zero_config.is_default:
             raise PlannerError("DeepSpeed's bucket and threshold settings apply to ZeRO stages 1-3 only, not to "
                                "plain data parallelism (stage 0).")
+        if not isinstance(self.fsdp_config, FsdpConfig):
+            raise PlannerError("the FSDP2 settings must be an FsdpConfig.")
+        if self.engine is Engine.FSDP2 and (self.zero_stage != 0 or self.offload is not Offload.NONE):
+            raise PlannerError("FSDP2 shards every state by itself and offloads through its own CPU offload policy; "
+                               "it takes no ZeRO stage or DeepSpeed offload.")
+        if self.engine is not Engine.FSDP2 and not self.fsdp_config.is_default:
+            raise PlannerError("FSDP2's settings (resharding, reduce dtype, CPU offload) apply to the fsdp2 engine "
+                               "only.")
         if self.offload is Offload.OPTIMIZER_PARAMS and self.zero_stage != 3:
             raise PlannerError(
                 f"offload 'optimizer+params' needs ZeRO stage 3 (parameter offload), not stage {self.zero_stage}."
@@ -144,13 +157,25 @@ class Parallelism:
         kept = ZeroConfig() if zero_config is None or zero_stage == 0 else zero_config
         return cls(engine=engine, zero_stage=zero_stage, offload=offload, zero_config=kept)
 
+    @classmethod
+    def fsdp2(cls, fsdp_config: FsdpConfig | None = None) -> Parallelism:
+        """FSDP2 (``--engine fsdp2``) with its settings (default: reshard after forward, fp32 reduce)."""
+        return cls(engine=Engine.FSDP2, fsdp_config=FsdpConfig() if fsdp_config is None else fsdp_config)
+
     @property
     def uses_deepspeed(self) -> bool:
         return self.engine is Engine.DEEPSPEED
 
     @property
+    def uses_fsdp2(self) -> bool:
+        return self.engine is Engine.FSDP2
+
+    @property
     def label(self) -> str:
         """``ZeRO-2, offload optimizer`` / ``ZeRO-0`` (plain data parallelism): how a plan names it (Plan.label)."""
+        if self.engine is Engine.FSDP2:
+            c = self.fsdp_config
+            return "FSDP2" + ("" if c.reshard_after_forward else ", no reshard") + (", CPU offload" if c.cpu_offload else "")
         if self.engine is Engine.DDP:
             return "ZeRO-0"
         off = "" if self.offload is Offload.NONE else f", offload {self.offload.value}"

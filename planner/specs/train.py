@@ -8,8 +8,9 @@ from typing import Any
 
 from planner.errors import PlannerError
 from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, PeftDtype, Precision, QuantType
+from planner.specs.fsdp import FsdpConfig
 from planner.specs.loss import LossSpec
-from planner.specs.parallelism import Parallelism, ZeroConfig
+from planner.specs.parallelism import Engine, Parallelism, ZeroConfig
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ class TrainSpec:
                 f"optimizer {self.optimizer.value!r} is a bitsandbytes optimizer and cannot be combined with "
                 f"DeepSpeed ZeRO stage {self.zero_stage}; use adamw or adamw-fused."
             )
+        if self.parallelism.uses_fsdp2:
+            _check_fsdp2(self)
         if self.optimizer is Optimizer.ADAFACTOR and self.parallelism.uses_deepspeed:
             raise PlannerError(
                 f"optimizer 'adafactor' with DeepSpeed ZeRO stage {self.zero_stage} is not modelled (DeepSpeed steps "
@@ -134,6 +137,10 @@ class TrainSpec:
     @property
     def uses_deepspeed(self) -> bool:
         return self.parallelism.uses_deepspeed
+
+    @property
+    def uses_fsdp2(self) -> bool:
+        return self.parallelism.uses_fsdp2
 
     @property
     def num_tokens_per_micro_batch(self) -> int:
@@ -207,6 +214,8 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "offload": train.offload.value,
         # DeepSpeed's buckets and thresholds, only when a --deepspeed-config set them (absent: "auto")
         **({} if train.parallelism.zero_config.is_default else {"zero_config": train.parallelism.zero_config.to_dict()}),
+        # FSDP2 only (absent: DDP or DeepSpeed, as before FSDP2 existed)
+        **({"engine": "fsdp2", "fsdp": train.parallelism.fsdp_config.to_dict()} if train.uses_fsdp2 else {}),
         "micro_batch": train.micro_batch,
         "seq_len": train.seq_len,
         "grad_accum": train.grad_accum,
@@ -219,6 +228,37 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "loss": train.loss.to_dict(),
         "optimizer_in_backward": train.optimizer_in_backward,
     }
+
+
+def _check_fsdp2(train: TrainSpec) -> None:
+    """What planner runs and models under FSDP2 (the profiler's real ``fully_shard``; estimate/fsdp2.py)."""
+    if train.method is Method.QLORA:
+        raise PlannerError("QLoRA with FSDP2 is not modelled yet (bitsandbytes 4-bit storage sharded as "
+                           "bnb_4bit_quant_storage); use full or LoRA, or DeepSpeed ZeRO 0-2 for QLoRA.")
+    if train.precision is Precision.FP16_MIXED:
+        raise PlannerError("fp16-mixed with FSDP2 needs torch's ShardedGradScaler, which planner does not model; "
+                           "use bf16-mixed, bf16 or fp32.")
+    if train.optimizer not in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED):
+        raise PlannerError(f"optimizer {train.optimizer.value!r} with FSDP2 is not modelled (FSDP2 hands the "
+                           "optimizer DTensor shards); use adamw or adamw-fused.")
+    if train.activation_offload:
+        raise PlannerError("--activation-offload with FSDP2 is not modelled yet.")
+    if train.loss.kind.value != "standard":
+        raise PlannerError(f"--loss {train.loss.kind.value} with FSDP2 is not modelled yet (the output head's "
+                           "weight is a sharded DTensor outside the root's forward); use --loss standard.")
+    if train.parallelism.fsdp_config.cpu_offload and train.optimizer is Optimizer.ADAMW_FUSED:
+        raise PlannerError("FSDP2's CPU offload steps the optimizer on the host; use adamw, not adamw-fused.")
+
+
+def _parallelism_from_dict(d: dict[str, Any]) -> Parallelism:
+    engine = d.get("engine")
+    if engine == Engine.FSDP2.value:
+        return Parallelism.fsdp2(FsdpConfig.from_dict(d.get("fsdp") or {}))
+    if engine not in (None, Engine.DDP.value, Engine.DEEPSPEED.value):
+        raise PlannerError(f"unknown parallelism engine {engine!r}; use one of "
+                           f"{', '.join(e.value for e in Engine)}.")
+    return Parallelism.from_zero(int(d["zero_stage"]), Offload(d.get("offload", "none")),
+                                 ZeroConfig.from_dict(d.get("zero_config") or {}))
 
 
 def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
@@ -242,8 +282,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
                 double_quant=bool(quant.get("double_quant", True)),
                 blocksize=int(quant.get("blocksize", 64)),
             ),
-            parallelism=Parallelism.from_zero(int(d["zero_stage"]), Offload(d.get("offload", "none")),
-                                              ZeroConfig.from_dict(d.get("zero_config") or {})),
+            parallelism=_parallelism_from_dict(d),
             micro_batch=int(d["micro_batch"]),
             seq_len=int(d["seq_len"]),
             grad_accum=int(d.get("grad_accum", 1)),

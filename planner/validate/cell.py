@@ -24,6 +24,7 @@ from planner.specs import (
     TrainSpec,
     ZeroConfig,
 )
+from planner.specs.fsdp import FsdpConfig
 
 DEFAULT_SEED = 20240605
 FAMILIES = ("llama", "gpt2", "qwen2", "mixtral")
@@ -42,7 +43,8 @@ DEFAULT_LOSS = Loss.STANDARD.value  # transformers' ForCausalLMLoss: every desig
 # Cell fields added after the seeded design: at these values they are left out of the id and hash, so earlier
 # cells keep their ids and cached profiles (the loss and its chunks leave together, with the standard loss).
 DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
-                     "zero_config": "", "grad_accum": 1, "activation_offload": False, "optimizer_in_backward": False}
+                     "zero_config": "", "grad_accum": 1, "activation_offload": False, "optimizer_in_backward": False,
+                     "fsdp": ""}
 # and a CSV row without one of these columns reads as the default
 LATE_FIELDS = (*DEFAULTS_LEFT_OUT, "loss", "loss_chunks")
 HEAD_DIM = 16
@@ -93,6 +95,8 @@ class Cell:
     loss: str = DEFAULT_LOSS
     loss_chunks: int = DEFAULT_LOSS_CHUNKS
     optimizer_in_backward: bool = False
+    # FSDP2 (zero 0): its FsdpConfig.to_dict() JSON; "" is not FSDP2
+    fsdp: str = ""
 
     @property
     def id(self) -> str:
@@ -114,6 +118,7 @@ class Cell:
         opt += ("-dscfg" if self.zero_config else "") + (f"-ga{self.grad_accum}" if self.grad_accum != 1 else "")
         opt += "-actoffload" if self.activation_offload else ""
         opt += "-optinbwd" if self.optimizer_in_backward else ""
+        opt += _fsdp_tag(self.fsdp)
         loss = "" if self.loss == DEFAULT_LOSS else f"-{self.loss}{self.loss_chunks}"
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
                 f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}{loss}"
@@ -162,10 +167,15 @@ class Cell:
                          qlora_prep=PeftDtype(self.qlora_prep),
                          lora=LoraSpec(rank=self.lora_rank, alpha=2 * self.lora_rank, dropout=self.lora_dropout,
                                        targets=targets),
-                         quant=quant, parallelism=Parallelism.from_zero(self.zero, zero_config=self._zero_config()), micro_batch=self.micro_batch, seq_len=self.seq_len,
+                         quant=quant, parallelism=self._parallelism(), micro_batch=self.micro_batch, seq_len=self.seq_len,
                          grad_accum=self.grad_accum, grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn),
                          activation_offload=self.activation_offload, optimizer_in_backward=self.optimizer_in_backward,
                          loss=LossSpec(Loss(self.loss), self.loss_chunks))  # fmt: skip
+
+    def _parallelism(self) -> Parallelism:
+        if self.fsdp:
+            return Parallelism.fsdp2(FsdpConfig.from_dict(json.loads(self.fsdp)))
+        return Parallelism.from_zero(self.zero, zero_config=self._zero_config())
 
     def _zero_config(self) -> ZeroConfig | None:
         return ZeroConfig.from_dict(json.loads(self.zero_config)) if self.zero_config else None
@@ -200,3 +210,12 @@ class Cell:
 
 
 # ---------------------------------------------------------------- shapes
+
+
+def _fsdp_tag(fsdp: str) -> str:
+    """``-fsdp2`` plus what differs from FSDP2's defaults (no reshard, offload, reduce in the gradients' dtype)."""
+    if not fsdp:
+        return ""
+    cfg = FsdpConfig.from_dict(json.loads(fsdp))
+    return ("-fsdp2" + ("" if cfg.reshard_after_forward else "-noreshard") + ("-offload" if cfg.cpu_offload else "")
+            + ("" if cfg.reduce_dtype == "fp32" else "-reduceparam"))

@@ -44,6 +44,9 @@ class StepProfile:
     # as the pinned host allocator takes them (0 without offloading; simulated directly, never enveloped)
     offloaded_bytes: int = 0
     offloaded_pinned_bytes: int = 0
+    # FSDP2 (StepInputs.split_loss): the forward's peak inside the loss, which then is not in forward_peak_*
+    forward_loss_peak_bytes: int = 0
+    forward_loss_peak_saved_bytes: int = 0
 
     @property
     def activations_bytes(self) -> int:
@@ -124,7 +127,10 @@ class StepEnvelope:
         bwd = self._peak("backward", b) if "backward" in self.hulls else (v["forward_end_bytes"],
                                                                            v["forward_end_saved_bytes"], 0)
         late = self._peak("backward_late", b) if "backward_late" in self.hulls else bwd
+        loss = self._peak("forward_loss", b)
         return StepProfile(
+            forward_loss_peak_bytes=loss[0],
+            forward_loss_peak_saved_bytes=loss[1],
             backward_late_peak_bytes=late[0],
             backward_late_peak_saved_bytes=late[1],
             backward_late_peak_grads_bytes=late[2],

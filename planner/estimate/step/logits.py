@@ -60,6 +60,8 @@ def causal_lm_loss(t: Tape, fam, ids: Fake, run_layers, *, keep_logits: bool,
         logits = ops.unary_saving_output(t, "tanh", logits)
         logits = ops.mul_scalar(t, logits)
     logits_bytes = logits.nbytes
+    if t.split_loss:  # FSDP2: the root's forward (and its gathered parameters) ended with the output head
+        t.sim.set_phase("forward_loss")
     loss = _for_causal_lm_loss(t, logits, ids)
     del hidden
     held = logits if keep_logits else None

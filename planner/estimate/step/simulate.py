@@ -68,6 +68,8 @@ PARALLELISM_FIELDS_READ = ("engine", "zero_stage")
 PARALLELISM_FIELDS_IGNORED = {
     "offload": "the one thing offload changes in the step (ZeRO-2 holding a gradient larger than the reduce "
                "bucket, which an offloaded optimizer does not) arrives as hold_grads_over (core.py)",
+    "fsdp_config": "FSDP2's gathers, resharding and reduce buffers are added per phase (estimate/fsdp2_step.py); "
+                   "the step only splits the loss from the rest (split_loss)",
     "zero_config": "of DeepSpeed's buckets and thresholds the step reads only the reduce bucket, which arrives as "
                    "hold_grads_over (core.py); the others size buffers outside the step (temporaries.py, "
                    "sharding.py)",
@@ -111,6 +113,8 @@ class StepInputs:
     activation_offload: bool = False
     # optimizer in backward: the step's scratch per parameter element (tape._step_in_hook); None: off
     step_in_backward: int | None = None
+    # FSDP2: the loss's backward is the phase "backward", the output head's and everything after "backward_late"
+    split_loss: bool = False
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -128,7 +132,7 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         modules_to_save=train.lora.modules_to_save, zero=_zero_key(train), device=device, keep_grads=keep_grads,
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
         adapter_dtype=peft_dtypes.adapter_dtype(train), unquantized_dtype=peft_dtypes.unquantized_dtype(train),
-        activation_offload=train.activation_offload,
+        activation_offload=train.activation_offload, split_loss=train.uses_fsdp2,
         step_in_backward=step_in_backward_scratch(train) if keep_grads else None,
         loss=train.loss if train.loss.kind is Loss.CHUNKED_CE else LossSpec(train.loss.kind),  # chunks: chunked only
     )
@@ -236,6 +240,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     t = Tape(sim, device=inputs.device, cpu=inputs.cpu, hold_grads_over=inputs.hold_grads_over,
              keep_param_grads=keep_grads)
     t.step_in_backward = inputs.step_in_backward
+    t.split_loss = inputs.split_loss
     # transformers' checkpointing calls enable_input_require_grads(): input_requires_grad
     offload = inputs.activation_offload
     if offload:
@@ -293,6 +298,11 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     end = sim.mark("forward_end")
     host_end = (sim.host, sim.host_pinned)  # every packed copy exists now; backward only frees them
     fwd_peak = sim.peaks["forward"]
+    if inputs.split_loss:
+        # FSDP2 gathers the root's parameters again when the logits' gradient arrives (_fsdp_state.py
+        # _pre_backward, a hook on the root's outputs): the output head's backward starts a phase of its own
+        head = next(n for n in reversed(sim.nodes) if n.name == "linear")
+        _chain_hook(hooks, head, lambda: sim.set_phase("backward_late"))
     backward(t, loss, hooks)
     sim.flush()
     bwd_end = sim.live
@@ -321,6 +331,8 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         unknown_matmuls=tuple(sorted(t.unknown_matmuls)),
         offloaded_bytes=host_end[0],
         offloaded_pinned_bytes=host_end[1],
+        **({"forward_loss_peak_bytes": floss.live_bytes, "forward_loss_peak_saved_bytes": floss.saved_bytes}
+           if (floss := sim.peaks.get("forward_loss")) else {}),
     )
     return Run(profile=profile, candidates=tuple(sim.record))
 

@@ -48,6 +48,7 @@ class Tape:
         self.recording: list[Node] | None = None  # nodes of the checkpointed region being recorded
         self.saving = True  # False inside a checkpointed forward: saved tensors are not kept
         self.keep_param_grads = keep_param_grads  # False: gradients are reduced away as they arrive (ZeRO 2/3)
+        self.split_loss = False  # FSDP2: the loss's forward is the phase "forward_loss" (logits.py)
         # ZeRO-2: a gradient of more elements than DeepSpeed's reduce bucket is reduced where it is, when the next
         # gradient arrives (0: no such holding)
         self.hold_grads_over = hold_grads_over

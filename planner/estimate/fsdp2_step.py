@@ -1,0 +1,168 @@
+"""FSDP2's step per rank: the simulated forward and backward with fully_shard's gathers and reductions added at
+the moments torch 2.13 holds them (sources: estimate/fsdp2.py and torch/distributed/fsdp/_fully_shard/).
+
+A steady-state step (gradients dropped by ``zero_grad(set_to_none=True)``) has four moments that can peak:
+
+- **forward**: the sharded states, the forward's live bytes, and the gathered parameters. With
+  ``reshard_after_forward`` the root group stays gathered for the whole model forward (``_fsdp_state.py``
+  ``_post_forward`` reshards it last) and each layer holds its all-gather outputs plus the flat all-gather
+  buffer (``comm_ctx.all_gather_state``, freed at the next group's copy-out): root + 2 layers is what a layer's
+  forward sees (the forward's own peak may be the loss, after the root resharded: this is its bound). Without
+  resharding every group stays gathered: all of them at the end of the forward.
+- **loss backward** (the simulation's ``backward`` phase, ``StepInputs.split_loss``): before the logits'
+  gradient reaches the root's pre-backward hook nothing is gathered with resharding; everything without.
+- **head and layers backward** (``backward_late``): the root gathered again until the final callback
+  (``_root_post_backward_final_callback``: the root's post-backward, its inputs need no gradient), a layer
+  gathered and the next one prefetched (``_fsdp_param_group.py`` ``_backward_prefetch``), the layer's unsharded
+  gradients in the compute dtype until its ``post_backward`` copies them into the reduce-scatter input, the
+  previous layer's reduce-scatter input (``comm_ctx.reduce_scatter_states``), the root's unsharded gradients
+  (reduced only in the final callback), and the sharded gradients reduced so far (bounded by all of the
+  layers'). The simulation drops each parameter gradient as it arrives (``keep_grads`` False), so these are
+  added once, at that phase's simulated peak.
+- **optimizer step**: the sharded states and torch AdamW's foreach scratch (one copy of the second moment,
+  temporaries.py ``ADAMW_FOREACH_SCRATCH_COPIES``) over the local shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from planner.estimate import overhead
+from planner.estimate.count.params import count_params, split_params
+from planner.estimate.fsdp2 import compute_dtype, fsdp2_groups, fsdp2_states
+from planner.estimate.result import Estimate, MemoryBreakdown
+from planner.estimate.step.cpu_kernels import CpuKernels
+from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
+from planner.estimate.temporaries import ADAMW_FOREACH_SCRATCH_COPIES
+from planner.specs import Cluster, Method, ModelSpec, Optimizer, PeftDtype, Precision, TrainSpec
+from planner.units import dtype_bytes
+
+PHASES = ("forward", "backward", "optimizer_step")
+# gloo's reduce-scatter (torch/csrc/distributed/c10d/ProcessGroupGloo.cpp, reached through
+# dist.reduce_scatter_single) allocates a buffer the size of its input for the duration of the call: measured
+# inside FSDP2's root reduce-scatter marker with `planner profile --engine fsdp2` on CPU (2 ranks). NCCL does not
+# (not modelled on CUDA until GPU profiles say otherwise).
+GLOO_REDUCE_SCATTER_INPUT_COPIES = 1
+
+
+def _sim_train(train: TrainSpec) -> TrainSpec:
+    """What the compute sees: under the bf16 policy every parameter, LoRA adapters included, is all-gathered in
+    bf16 (MixedPrecisionPolicy.param_dtype applies to every floating-point parameter), so peft's adapters run
+    in bf16 as with ``--lora-dtype 16bit``."""
+    if train.precision is Precision.BF16_MIXED and train.method is not Method.FULL:
+        return replace(train, lora_dtype=PeftDtype.BIT16)
+    return train
+
+
+def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: str, cpu: CpuKernels | None,
+                 rank: int = 0) -> dict[str, MemoryBreakdown]:
+    counts = count_params(model)
+    st = fsdp2_states(counts, train, model.num_layers, num_ranks, rank)
+    gs = fsdp2_groups(counts, train, model.num_layers)
+    cfg = train.parallelism.fsdp_config
+    cdt = compute_dtype(train)
+    sim_train = _sim_train(train)
+    step = simulate_step(model, sim_train, device=device, keep_grads=False,
+                         adapters=lora_adapter_paths(model, sim_train), cpu=cpu)
+    cublas = overhead.allocated_overhead_bytes(device)
+    base = dict(params_bytes=st.params_bytes, optimizer_states_bytes=st.optimizer_states_bytes,
+                overhead_bytes=cublas)
+
+    def unsharded_grads(g, *, after_layers_only: bool = False) -> int:
+        return sum(num_ranks * t.padded_shard(num_ranks) * dtype_bytes(cdt or t.dtype) for t in g.tensors
+                   if t.trainable and not (after_layers_only and t.before_layers))
+
+    root = gs[0]
+    reshard = cfg.reshard_after_forward
+    root_grads = unsharded_grads(root)
+    layers_sharded_grads = st.grads_bytes - root.shard_bytes(num_ranks, trainable_only=True)
+    layer = gs[1] if len(gs) > 1 else None
+    layer_grads = unsharded_grads(layer) if layer else 0
+    layer_sharded_grads = layer.shard_bytes(num_ranks, trainable_only=True) if layer else 0
+    # (with resharding only: without it, the one measured cell, GPT-2 fp32, peaked 3.8% above the head moment
+    # and 10.8% below this one; not modelled yet)
+    in_layer = train.grad_checkpointing and model.num_layers > 1 and reshard
+    prefetched = st.layer_unsharded_bytes if reshard else 0
+    above = (st.layer_reduce_input_bytes, layer_sharded_grads)
+    neighbours = ([(prefetched + above[0], above[1])] if model.num_layers > 2
+                  else [(prefetched, 0), above])
+
+    def moment(live: int, saved: int, extra: int, grads: int = 0) -> MemoryBreakdown:
+        return MemoryBreakdown(grads_bytes=grads, activations_bytes=saved, temporaries_bytes=live - saved + extra,
+                               **base)
+
+    forward = max((
+        # inside the model: the root gathered, a layer's all-gather outputs and flat buffer (or every group)
+        moment(step.forward_peak_bytes, step.forward_peak_saved_bytes,
+               st.root_unsharded_bytes + 2 * st.layer_unsharded_bytes if reshard
+               else st.all_unsharded_bytes + st.layer_unsharded_bytes),
+        # the loss, after the root's post-forward resharded it and freed the last flat buffer
+        moment(step.forward_loss_peak_bytes, step.forward_loss_peak_saved_bytes,
+               0 if reshard else st.all_unsharded_bytes),
+    ), key=lambda m: m.total_bytes)
+    backward = max((
+        # the loss backward: nothing gathered yet with resharding
+        moment(step.backward_peak_bytes, step.backward_peak_saved_bytes, 0 if reshard else st.all_unsharded_bytes),
+        # from the output head on: the root gathered again and the last layer's all-gather prefetched (the head)
+        moment(step.backward_late_peak_bytes, step.backward_late_peak_saved_bytes,
+               st.root_unsharded_bytes + st.layer_unsharded_bytes if reshard else st.all_unsharded_bytes),
+        # under checkpointing the late peak is a layer's recomputation (simulate.py): the root and the layer
+        # gathered (every group without resharding), the layer's unsharded gradients, the root's waiting for the
+        # final callback, and of the layer's neighbours the next one's prefetched flat buffer (a layer with one
+        # below it) and the one above's reduce-scatter input and sharded gradients (a layer with one above): both
+        # from the third layer on, the larger of the two with two layers
+        *([moment(step.backward_late_peak_bytes, step.backward_late_peak_saved_bytes,
+                  (st.root_unsharded_bytes + st.layer_unsharded_bytes if reshard else st.all_unsharded_bytes)
+                  + layer_grads + unsharded_grads(root, after_layers_only=True) + extra, grads)
+           for extra, grads in neighbours] if in_layer else []),
+        # the final callback: the root's unsharded gradients copied into its reduce-scatter input, every layer's
+        # gradients reduced
+        moment(step.backward_end_bytes, 0, root_grads + st.root_reduce_input_bytes, layers_sharded_grads),
+        # then its reduce-scatter: the output (the root's sharded gradients) beside the input, and on CPU gloo's
+        # copy of the input inside the call (GLOO_REDUCE_SCATTER_INPUT_COPIES)
+        moment(step.backward_end_bytes, 0, st.root_reduce_input_bytes * (
+            1 + (GLOO_REDUCE_SCATTER_INPUT_COPIES if device == "cpu" else 0)), st.grads_bytes),
+    ), key=lambda m: m.total_bytes)
+    copies = ADAMW_FOREACH_SCRATCH_COPIES if train.optimizer is Optimizer.ADAMW else 0
+    moments = st.optimizer_states_bytes  # exp_avg + exp_avg_sq (+ step counters): one moment is half
+    optimizer_step = MemoryBreakdown(grads_bytes=st.grads_bytes, temporaries_bytes=copies * (moments // 2), **base)
+    return {"forward": forward, "backward": backward, "optimizer_step": optimizer_step}
+
+
+def estimate_fsdp2(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, margin: float, device: str,
+                   rank: int | None, cpu: CpuKernels | None) -> Estimate:
+    """``estimate()`` for the fsdp2 engine: rank 0's figures (it owns the most rows of an uneven dim 0)."""
+    phases = fsdp2_phases(model, train, cluster.num_gpus, device=device, cpu=cpu, rank=rank or 0)
+    host = 0
+    offload = train.parallelism.fsdp_config.cpu_offload
+    if offload and device == "cuda":
+        # CPUOffloadPolicy: the sharded parameters, their gradients (copied to the host after each reduce-scatter,
+        # _fsdp_collectives.py foreach_reduce) and the optimizer states (the step runs on the host) leave the GPU
+        opt = phases["optimizer_step"]
+        host = (opt.params_bytes + opt.grads_bytes + opt.optimizer_states_bytes) * cluster.num_gpus_per_node
+        phases = {name: replace(m, params_bytes=0, grads_bytes=0, optimizer_states_bytes=0,
+                                temporaries_bytes=0 if name == "optimizer_step" else m.temporaries_bytes)
+                  for name, m in phases.items()}
+    peak_phase = max(PHASES, key=lambda p: (phases[p].total_bytes, -PHASES.index(p)))
+    peak = phases[peak_phase]
+    reserved = overhead.reserved_bytes(peak.total_bytes, device)
+    split = split_params(count_params(model), train)
+    notes = [f"FSDP2: fully_shard per decoder layer and on the root, {cluster.num_gpus} ranks; "
+             + ("parameters resharded after forward." if train.parallelism.fsdp_config.reshard_after_forward
+                else "parameters kept gathered from forward to backward (no reshard).")]
+    if train.grad_checkpointing and not train.parallelism.fsdp_config.reshard_after_forward:
+        notes.append("FSDP2 with checkpointing and no resharding: a layer's recomputation with its unsharded "
+                     "gradients and the reduce-scatter input of the layer above is not modelled yet: measured "
+                     "3.8% above this estimate on CPU (validate/fsdp2_cells.py).")
+    if offload:
+        notes.append("FSDP2 CPU offload: sharded parameters, gradients and optimizer states in host RAM; each "
+                     "group's shards are copied to the device before its all-gather (not counted: modelled from "
+                     "torch's source, validated on CPU only, where every state is host memory already).")
+    if device == "cpu" and cpu is not None:
+        notes.append(f"estimated for {cpu.describe()}.")
+    return Estimate(
+        model=model, train=train, cluster=cluster, num_params=split.num_params,
+        num_trainable_params=split.num_trainable, per_gpu=peak, peak_phase=peak_phase, reserved_bytes=reserved,
+        device_bytes=overhead.device_bytes(reserved, device, cluster.num_gpus), cpu_bytes_per_node=host,
+        capacity_bytes=cluster.gpu.capacity_bytes, margin=margin, phases=phases, notes=tuple(notes), rank=rank,
+    )
