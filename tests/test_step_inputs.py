@@ -38,6 +38,8 @@ from planner.specs import (
     Precision,
     QuantSpec,
     QuantType,
+    Task,
+    TaskSpec,
     TrainSpec,
     ZeroConfig,
 )
@@ -87,6 +89,8 @@ READ_VARIANTS = {
     "qlora_prep": dict(method=Method.QLORA, qlora_prep=PeftDtype.BIT16, parallelism=Parallelism()),
     "activation_offload": dict(method=Method.LORA, activation_offload=True),
     "loss": dict(loss=LossSpec(Loss.CHUNKED_CE)),
+    # read as the reference the DPO step runs (and the doubled batch); DPO is modelled without DeepSpeed
+    "task": dict(task=TaskSpec(Task.DPO), parallelism=Parallelism()),
 }
 LORA_READ_VARIANTS = {
     "rank": LoraSpec(rank=4),

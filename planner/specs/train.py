@@ -8,8 +8,9 @@ from typing import Any
 
 from planner.errors import PlannerError
 from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, PeftDtype, Precision, QuantType
-from planner.specs.loss import LossSpec
+from planner.specs.loss import Loss, LossSpec
 from planner.specs.parallelism import Parallelism, ZeroConfig
+from planner.specs.task import Reference, Task, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,15 @@ class TrainSpec:
     # Saved activations copied to host RAM in forward and back in backward (torch.autograd.graph.save_on_cpu)
     activation_offload: bool = False
     loss: LossSpec = field(default_factory=LossSpec)
+    # sft, or TRL's DPOTrainer with its reference (specs/task.py)
+    task: TaskSpec = field(default_factory=TaskSpec)
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, LossSpec):
             raise PlannerError(f"loss must be a LossSpec, got {self.loss!r}.")
+        if not isinstance(self.task, TaskSpec):
+            raise PlannerError(f"task must be a TaskSpec, got {self.task!r}.")
+        self._check_task()
         if not isinstance(self.parallelism, Parallelism):
             raise PlannerError(f"parallelism must be a Parallelism spec, got {self.parallelism!r}.")
         if self.micro_batch < 1:
@@ -114,6 +120,23 @@ class TrainSpec:
                 f"optimizer 'adafactor' with DeepSpeed ZeRO stage {self.zero_stage} is not modelled (DeepSpeed steps "
                 "flat 1-D partitions, so its second moment would not be factored); use adamw or adamw-fused."
             )
+
+    def _check_task(self) -> None:
+        """What --task dpo is modelled with (estimate/posttrain.py); the rest is refused in one sentence."""
+        if self.task.kind is Task.SFT:
+            return
+        if self.task.reference is Reference.ADAPTER and self.method is Method.FULL:
+            raise PlannerError("--reference adapter disables the policy's LoRA adapter for the reference pass; "
+                               "full fine-tuning has none: use --reference copy or precomputed.")
+        if self.parallelism.uses_deepspeed:
+            raise PlannerError("--task dpo with DeepSpeed is not modelled yet (TRL's prepare_deepspeed wraps the "
+                               "reference in an inference engine of its own); use --zero 0.")
+        if self.loss.kind is not Loss.STANDARD:
+            raise PlannerError("--task dpo computes its log-probabilities with TRL's fused LM head "
+                               "(add_fused_lm_head); --loss does not apply: leave it at standard.")
+        if self.activation_offload:
+            raise PlannerError("--activation-offload with --task dpo is not modelled: the reference forward and "
+                               "TRL's fused LM head under save_on_cpu are not written down yet.")
 
     @property
     def zero_stage(self) -> int:
@@ -168,6 +191,8 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "qlora_prep": train.qlora_prep.value,
         "activation_offload": train.activation_offload,
         "loss": train.loss.to_dict(),
+        # post-training only (absent: sft, so every earlier plan and golden file reads the same)
+        **({} if train.task.is_default else {"task": train.task.to_dict()}),
     }
 
 
@@ -204,6 +229,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             qlora_prep=PeftDtype(d.get("qlora_prep", "fp32")),
             activation_offload=bool(d.get("activation_offload", False)),
             loss=LossSpec.from_dict(d.get("loss")),
+            task=TaskSpec.from_dict(d.get("task")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

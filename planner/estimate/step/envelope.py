@@ -44,6 +44,8 @@ class StepProfile:
     # as the pinned host allocator takes them (0 without offloading; simulated directly, never enveloped)
     offloaded_bytes: int = 0
     offloaded_pinned_bytes: int = 0
+    # --task dpo (posttrain_step.py): the reference forward's peak (0: none ran), part of the forward phase
+    scoring_peak_bytes: int = 0
 
     @property
     def activations_bytes(self) -> int:

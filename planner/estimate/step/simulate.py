@@ -36,6 +36,7 @@ from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.step.family_layers import build_family
 from planner.estimate.step.logits import causal_lm_loss
+from planner.estimate.step.posttrain_step import dpo_loss
 from planner.estimate.step.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
 from planner.specs import Loss, LossSpec, Method, ModelSpec, Precision, TrainSpec
 
@@ -52,7 +53,7 @@ CUDA_RNG_STATE_BYTES = 16
 # TrainSpec or LoraSpec field is in neither, so a new field cannot be silently left out of the cache key.
 TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_checkpointing", "attn_impl", "dropout",
                      "lora", "parallelism", "activation_offload", "loss", "lora_dtype",
-                     "qlora_prep")  # the last two as dtypes (peft_dtypes.py)
+                     "qlora_prep", "task")  # lora_dtype, qlora_prep as dtypes (peft_dtypes.py); task as reference
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
                  "temporaries.py's",
@@ -106,6 +107,8 @@ class StepInputs:
     adapter_dtype: str = "fp32"  # LoRA adapters (peft_dtypes.adapter_dtype)
     unquantized_dtype: str = "fp32"  # QLoRA's unquantized parameters and activations (peft_dtypes)
     activation_offload: bool = False
+    # --task dpo: the reference the step runs (posttrain_step.py); "" for sft
+    reference: str = ""
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -116,15 +119,20 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
     ``micro_batch``: in place of the train spec's (0: the envelope's key, for every micro-batch)."""
     if adapters is None:
         adapters = lora_adapter_paths(model, train)
+    reference = train.task.reference_for(train.method is not Method.FULL)
+    rows = train.micro_batch if micro_batch is None else micro_batch
+    if reference is not None:
+        rows *= 2  # DataCollatorForPreference: chosen and rejected rows in one batch (posttrain_step.py)
     return StepInputs(
         model=model, config_json=model.config_json(), method=train.method, precision=train.precision,
-        micro_batch=train.micro_batch if micro_batch is None else micro_batch, seq_len=train.seq_len, grad_checkpointing=train.grad_checkpointing,
+        micro_batch=rows, seq_len=train.seq_len, grad_checkpointing=train.grad_checkpointing,
         attn_impl=train.attn_impl.value, dropout=train.dropout, adapters=adapters, lora_dropout=train.lora.dropout,
         modules_to_save=train.lora.modules_to_save, zero=_zero_key(train), device=device, keep_grads=keep_grads,
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
         adapter_dtype=peft_dtypes.adapter_dtype(train), unquantized_dtype=peft_dtypes.unquantized_dtype(train),
         activation_offload=train.activation_offload,
         loss=train.loss if train.loss.kind is Loss.CHUNKED_CE else LossSpec(train.loss.kind),  # chunks: chunked only
+        reference=reference.value if reference is not None else "",
     )
 
 
@@ -145,7 +153,9 @@ def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", k
     # every tensor's size is linear in the micro-batch and the order of allocations does not depend on it: two
     # simulations (micro-batch 2 and 3) give every candidate peak as a line in b (envelope.py).
     # Activation offloading's pinned host bytes round each copy to a power of two: not linear either.
-    direct = train.micro_batch == 1 or _cpu_kind(device, cpu) is not None or train.activation_offload
+    # TRL's fused head (--task dpo) allocates min(tokens, 4096) rows: not linear in the micro-batch either.
+    direct = (train.micro_batch == 1 or _cpu_kind(device, cpu) is not None or train.activation_offload
+              or not train.task.is_default)
     inputs = step_inputs(model, train, device=device, keep_grads=keep_grads, keep_logits=keep_logits,
                          adapters=adapters, hold_grads_over=hold_grads_over, cpu=cpu,
                          micro_batch=None if direct else 0)
@@ -255,8 +265,11 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
 
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
     t.packing = offload  # save_on_cpu around the model's forward, which computes the loss (offload.py)
-    loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers, keep_logits=inputs.keep_logits,
-                                                 loss=inputs.loss)
+    if inputs.reference:
+        loss, logits_bytes, held_logits = dpo_loss(t, fam, ids, run_layers, inputs.reference, sim_layers)
+    else:
+        loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers, keep_logits=inputs.keep_logits,
+                                                         loss=inputs.loss)
     t.packing = False
     if loss.node is None:
         # no parameter of the simulated forward is trainable: there is no backward to estimate (peft refuses
@@ -270,6 +283,9 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     end = sim.mark("forward_end")
     host_end = (sim.host, sim.host_pinned)  # every packed copy exists now; backward only frees them
     fwd_peak = sim.peaks["forward"]
+    scoring = sim.peaks.get("scoring")
+    if scoring is not None and scoring.live_bytes > fwd_peak.live_bytes:
+        fwd_peak = scoring  # the reference forward's working set on top of the policy's activations
     backward(t, loss, hooks)
     sim.flush()
     bwd_end = sim.live
@@ -298,6 +314,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         unknown_matmuls=tuple(sorted(t.unknown_matmuls)),
         offloaded_bytes=host_end[0],
         offloaded_pinned_bytes=host_end[1],
+        scoring_peak_bytes=scoring.live_bytes if scoring is not None else 0,
     )
     return Run(profile=profile, candidates=tuple(sim.record))
 
