@@ -29,6 +29,8 @@ def main() -> None:
     p.add_argument("--ref-copy", action="store_true", help="a separate frozen reference model")
     p.add_argument("--lora", type=int, default=0, help="LoRA rank (0: full fine-tuning)")
     p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="the models' dtype (planner loads bf16-mixed runs in bf16, with bf16: true in the config)")
     args = p.parse_args()
 
     import torch
@@ -52,10 +54,11 @@ def main() -> None:
             "rejected": [words(args.completion_len - 1, i + 2) for i in range(64)]}
     model_config = AutoConfig.from_pretrained(model_path)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(model_config, attn_implementation=attn, dtype=torch.float32)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = AutoModelForCausalLM.from_config(model_config, attn_implementation=attn, dtype=dtype)
     ref = None
     if args.ref_copy:
-        ref = AutoModelForCausalLM.from_config(model_config, attn_implementation=attn, dtype=torch.float32)
+        ref = AutoModelForCausalLM.from_config(model_config, attn_implementation=attn, dtype=dtype)
     peft_config = None
     if args.lora:
         from peft import LoraConfig

@@ -126,7 +126,10 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
     return StepInputs(
         model=model, config_json=model.config_json(), method=train.method, precision=train.precision,
         micro_batch=rows, seq_len=train.seq_len, grad_checkpointing=train.grad_checkpointing,
-        attn_impl=train.attn_impl.value, dropout=train.dropout, adapters=adapters, lora_dropout=train.lora.dropout,
+        # DPOConfig.disable_dropout (default True): disable_dropout_in_model sets every nn.Dropout's p to 0, the
+        # model's and peft's lora_dropout alike (dpo_trainer.py __init__), and F.dropout with p 0 returns its input
+        attn_impl=train.attn_impl.value, dropout=0.0 if reference is not None else train.dropout, adapters=adapters,
+        lora_dropout=0.0 if reference is not None else train.lora.dropout,
         modules_to_save=train.lora.modules_to_save, zero=_zero_key(train), device=device, keep_grads=keep_grads,
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
         adapter_dtype=peft_dtypes.adapter_dtype(train), unquantized_dtype=peft_dtypes.unquantized_dtype(train),
