@@ -21,6 +21,9 @@ from planner.specs import (
     PeftDtype,
     Precision,
     QuantSpec,
+    Reference,
+    Task,
+    TaskSpec,
     TrainSpec,
     ZeroConfig,
 )
@@ -42,7 +45,8 @@ DEFAULT_LOSS = Loss.STANDARD.value  # transformers' ForCausalLMLoss: every desig
 # Cell fields added after the seeded design: at these values they are left out of the id and hash, so earlier
 # cells keep their ids and cached profiles (the loss and its chunks leave together, with the standard loss).
 DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
-                     "zero_config": "", "grad_accum": 1, "activation_offload": False}
+                     "zero_config": "", "grad_accum": 1, "activation_offload": False, "task": "sft",
+                     "reference": "auto"}
 # and a CSV row without one of these columns reads as the default
 LATE_FIELDS = (*DEFAULTS_LEFT_OUT, "loss", "loss_chunks")
 HEAD_DIM = 16
@@ -92,6 +96,8 @@ class Cell:
     activation_offload: bool = False
     loss: str = DEFAULT_LOSS
     loss_chunks: int = DEFAULT_LOSS_CHUNKS
+    task: str = "sft"  # --task (sft, or TRL's DPOTrainer: specs/task.py)
+    reference: str = "auto"  # --reference
 
     @property
     def id(self) -> str:
@@ -112,6 +118,7 @@ class Cell:
         opt += ("-dscfg" if self.zero_config else "") + (f"-ga{self.grad_accum}" if self.grad_accum != 1 else "")
         opt += "-actoffload" if self.activation_offload else ""
         loss = "" if self.loss == DEFAULT_LOSS else f"-{self.loss}{self.loss_chunks}"
+        loss += "" if self.task == "sft" else f"-{self.task}-ref{self.reference}"
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
                 f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}{loss}"
                 f"-{digest}")  # fmt: skip
@@ -162,7 +169,8 @@ class Cell:
                          quant=quant, parallelism=Parallelism.from_zero(self.zero, zero_config=self._zero_config()), micro_batch=self.micro_batch, seq_len=self.seq_len,
                          grad_accum=self.grad_accum, grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn),
                          activation_offload=self.activation_offload,
-                         loss=LossSpec(Loss(self.loss), self.loss_chunks))  # fmt: skip
+                         loss=LossSpec(Loss(self.loss), self.loss_chunks),
+                         task=TaskSpec(Task(self.task), Reference(self.reference)))  # fmt: skip
 
     def _zero_config(self) -> ZeroConfig | None:
         return ZeroConfig.from_dict(json.loads(self.zero_config)) if self.zero_config else None
