@@ -79,6 +79,8 @@ def notes(train: TrainSpec, rows: tuple[ModelRow, ...], scoring_peak_bytes: int)
            f"{train.seq_len} tokens (chosen and rejected concatenated); log-probabilities through TRL's fused LM "
            "head (add_fused_lm_head: tiles of up to 4,096 tokens x 32,768 vocabulary columns, the tile buffer "
            "allocated at full width)."]
+    out.append("on a GPU TRL's Triton kernels score only the completion tokens; planner scores every position (an "
+               "upper bound of the head's tile buffer), a rule modelled from TRL's source and measured on CPU only.")
     ref_row = rows[1]
     if ref is Reference.COPY:
         out.append(f"reference: a frozen copy of the model, {fmt_gib(ref_row.params_bytes)} of weights per rank "

@@ -13,7 +13,9 @@ the backbone and then, off Triton devices (``_use_triton``: CUDA/XPU with Triton
     loss = -log_probs.sum() / mask.sum().clamp(min=1)
 
 On Triton devices (``compact``) only the N = completion tokens are scored (``hidden_states[mask]``), and
-``masked_scatter`` puts them back. ``ChunkedLogProbFunction`` (trl/kernels/chunked_logprob.py) forward, in
+``masked_scatter`` puts them back; planner does not know the completion's share of the sequence and scores every
+position there too (an upper bound of the tiles), and the Triton kernels fold each tile without the CPU path's
+[tokens, vocabulary] temporaries: that GPU rule is modelled from the source, not measured. ``ChunkedLogProbFunction`` (trl/kernels/chunked_logprob.py) forward, in
 no-grad: seven fp32 [N] statistics, ``mm_buf = torch.empty((min(N, TOKEN_CHUNK_SIZE), chunk_size))`` in the
 compute dtype (``chunk_size`` is ``_CHUNKED_LOGPROB_CHUNK_SIZE`` = 32768 columns whatever the vocabulary: the buffer
 is allocated at full width), then per tile of 4096 tokens x 32768 vocabulary columns ``torch.mm(..., out=tile)`` and
@@ -71,7 +73,8 @@ def fused_lm_head(t: Tape, fam, hidden: Fake, outputs: tuple[str, ...], device: 
             cols = min(VOCAB_CHUNK_SIZE, vocab - v0)
             w_copy = _new(t, (cols, h), compute) if w.dtype != compute else None  # weight[...].to(compute)
             del w_copy  # a temporary of the torch.mm call
-            _forward_tile(t, rows, cols, compute, outputs)
+            if device == "cpu":  # on a GPU _forward_kernel (Triton) folds the tile in registers
+                _forward_tile(t, rows, cols, compute, outputs)
         del chunk
     del mm_buf
     log_z = t.new((n,), "fp32")  # running_max + torch.log(sum_exp)
@@ -87,7 +90,7 @@ def fused_lm_head(t: Tape, fam, hidden: Fake, outputs: tuple[str, ...], device: 
     if grad:
         saved = [flat, targets, log_z]  # hidden, targets, log_z (weight: the parameter); entropy is an output
         inputs = [flat, w]
-        raw = t.op("trl_chunked_logprob", inputs, specs, saved, _chunked_backward(n, h, vocab, compute, w))
+        raw = t.op("trl_chunked_logprob", inputs, specs, saved, _chunked_backward(n, h, vocab, compute, w, device))
         if "entropy" in made:
             t.save_result(raw[1])
     else:
@@ -156,7 +159,7 @@ def _forward_tile(t: Tape, rows: int, cols: int, compute: str, outputs: tuple[st
     del clamped, target_z, in_tile, where, local, z
 
 
-def _chunked_backward(n: int, h: int, vocab: int, compute: str, w):
+def _chunked_backward(n: int, h: int, vocab: int, compute: str, w, device: str):
     """``ChunkedLogProbFunction.backward``: the fp32 accumulators, a second mm_buf and each tile's locals."""
 
     def rule(t: Tape, node, grads_out):
@@ -176,6 +179,9 @@ def _chunked_backward(n: int, h: int, vocab: int, compute: str, w):
             for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
                 cols = min(VOCAB_CHUNK_SIZE, vocab - v0)
                 w_chunk = _new(t, (cols, h), compute) if w.dtype != compute else None
+                if device != "cpu":  # _backward_kernel (Triton); addmm(out_dtype=float32) accumulates in place
+                    del w_chunk
+                    continue
                 _backward_tile(t, rows, cols, compute)
                 # _addmm_fp32: a.float() and b.float() copy 16-bit operands
                 if compute != "fp32":
