@@ -165,3 +165,27 @@ def test_profiled_dpo_trainer_is_within_the_bounds(tmp_path):
     status, message, measured = _measured_from_profile(path)
     result = evaluate(cell, status, message, measured, source="test", wall_s=None)
     assert not result.violations(), result.violations()
+
+
+# ---------------------------------------------------------------- --from a TRL DPOConfig
+
+
+def _from(tmp_path, fields: dict):
+    from planner.from_config import read_training_config
+
+    path = tmp_path / "dpo.yaml"
+    path.write_text(json.dumps({"model_name_or_path": "meta-llama/Llama-3.1-8B", "dtype": "bfloat16",
+                                "max_length": 512, **fields}))
+    return read_training_config(path)
+
+
+def test_from_a_dpo_config(tmp_path):
+    """DPOConfig's own fields (trl/trainer/dpo_config.py) make the run --task dpo; precompute_ref_log_probs
+    leaves the reference out of the step; its list-valued loss_type is DPO's, not SFT's."""
+    got = _from(tmp_path, {"beta": 0.1, "loss_type": ["sigmoid"]})
+    assert got.train.task == TaskSpec(Task.DPO)
+    pre = _from(tmp_path, {"precompute_ref_log_probs": True})
+    assert pre.train.task == TaskSpec(Task.DPO, Reference.PRECOMPUTED)
+    assert _from(tmp_path, {"packing": False}).train.task == TaskSpec()  # an SFTConfig
+    with pytest.raises(PlannerError, match="sync_ref_model"):
+        _from(tmp_path, {"beta": 0.1, "sync_ref_model": True})
