@@ -189,3 +189,15 @@ def test_from_a_dpo_config(tmp_path):
     assert _from(tmp_path, {"packing": False}).train.task == TaskSpec()  # an SFTConfig
     with pytest.raises(PlannerError, match="sync_ref_model"):
         _from(tmp_path, {"beta": 0.1, "sync_ref_model": True})
+
+
+def test_no_sft_bundle_for_a_dpo_plan(tmp_path):
+    """The bundle's train.py is the HF Trainer on text: it must not be written for a DPO plan."""
+    from tests.bundle_helpers import TINY_LLAMA
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TINY_LLAMA))
+    out = run_inprocess(["recommend", "-m", str(cfg), "--gpus", "1", "-g", "2", "--task", "dpo", "--seq-len", "32",
+                         "--out", str(tmp_path / "bundle")])
+    assert out.code == 1 and "--task dpo bundle" in out.stderr
+    assert not (tmp_path / "bundle").exists()
