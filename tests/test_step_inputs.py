@@ -38,6 +38,8 @@ from planner.specs import (
     Precision,
     QuantSpec,
     QuantType,
+    Task,
+    TaskSpec,
     TrainSpec,
     ZeroConfig,
 )
@@ -89,6 +91,8 @@ READ_VARIANTS = {
     "loss": dict(loss=LossSpec(Loss.CHUNKED_CE)),
     "optimizer_in_backward": dict(method=Method.FULL, precision=Precision.BF16, parallelism=Parallelism(),
                                   optimizer_in_backward=True),
+    # read as the reference the DPO step runs (and the doubled batch); DPO is modelled without DeepSpeed
+    "task": dict(task=TaskSpec(Task.DPO), parallelism=Parallelism()),
 }
 LORA_READ_VARIANTS = {
     "rank": LoraSpec(rank=4),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from planner.specs import LOSS_CHUNKS_HELP, LOSS_HELP
+from planner.specs import LOSS_CHUNKS_HELP, LOSS_HELP, REFERENCE_HELP, TASK_HELP
 
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Catalog name, path to config.json or model dir, "
                                                "or hub id (with --from: instead of the config's model).")]
@@ -87,6 +87,8 @@ OptimizerInBackwardOpt = Annotated[
 ]
 LossOpt = Annotated[str, typer.Option("--loss", help=LOSS_HELP)]
 LossChunksOpt = Annotated[int, typer.Option("--loss-chunks", help=LOSS_CHUNKS_HELP)]
+TaskOpt = Annotated[str, typer.Option("--task", help=TASK_HELP)]
+ReferenceOpt = Annotated[str, typer.Option("--reference", help=REFERENCE_HELP)]
 AttnOpt = Annotated[str, typer.Option("--attn", help="Attention implementation: eager, sdpa, flash_attention_2.")]
 DropoutOpt = Annotated[
     float | None, typer.Option("--dropout", help="Override the model's dropout probabilities (default: config's).")

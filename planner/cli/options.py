@@ -41,6 +41,7 @@ from planner.specs import (
     Precision,
     QuantSpec,
     QuantType,
+    TaskSpec,
     TrainSpec,
     ZeroConfig,
     validate_margin,
@@ -85,7 +86,9 @@ from planner.cli.option_types import (  # re-exported: the commands read them as
     PriceOpt,
     QloraPrepOpt,
     QuantTypeOpt,
+    ReferenceOpt,
     SeqLenOpt,
+    TaskOpt,
     TokensOpt,
     TrustRemoteCodeOpt,
     ZeroOneOpt,
@@ -130,6 +133,8 @@ class TrainingFlags:
     dropout: DropoutOpt = None
     loss: LossOpt = "standard"
     loss_chunks: LossChunksOpt = DEFAULT_LOSS_CHUNKS
+    task: TaskOpt = "sft"
+    reference: ReferenceOpt = "auto"
     allow_longer: AllowLongerOpt = False
     deepspeed_config: DeepSpeedConfigOpt = None
     # time, cost and the fit (estimate, recommend, report)
@@ -333,6 +338,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         lora_dtype=_enum(PeftDtype, f.lora_dtype, "--lora-dtype"),
         qlora_prep=_enum(PeftDtype, f.qlora_prep, "--qlora-prep"),
         loss=LossSpec.from_flags(f.loss, f.loss_chunks),
+        task=TaskSpec.from_flags(f.task, f.reference),
     )
 
 

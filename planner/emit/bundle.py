@@ -112,6 +112,11 @@ def render_bundle(
     label: str | None = None,
 ) -> dict[str, str]:
     """Every file of the bundle as ``{filename: text}``; pure and deterministic."""
+    if not train.task.is_default:
+        # the bundle's train.py runs the HF Trainer on text (supervised fine-tuning): it would not train what was
+        # estimated; a TRL DPOTrainer bundle is issue 21's item 4
+        raise PlannerError(f"the run bundle trains with the HF Trainer (sft); a --task {train.task.kind.value} bundle "
+                           "(a TRL script) is not written yet: plan without --out, or with --task sft.")
     expected = train.micro_batch * train.grad_accum * cluster.num_gpus
     if global_batch_size != expected:
         raise PlannerError(

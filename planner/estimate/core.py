@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from planner.errors import PlannerError
-from planner.estimate import optim_rules, overhead
+from planner.estimate import optim_rules, overhead, posttrain
 from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.count.zero_partition import (
     FlatOrder,
@@ -109,6 +109,11 @@ def estimate(
     # paged optimizers: CUDA unified memory (bitsandbytes functional.py get_paged, cudaMallocManaged) is outside
     # PyTorch's caching allocator, so not in the allocated and reserved figures; it is in the device figure
     # (NVML) while resident, which is what fits checks (Estimate.paged_optimizer_bytes)
+    # --task dpo with a separate reference model: its frozen weights on every rank (posttrain.py)
+    ref_bytes = posttrain.reference_params_bytes(split, train)
+    policy_params_bytes = sharded.params_bytes
+    if ref_bytes:
+        sharded = replace(sharded, params_bytes=sharded.params_bytes + ref_bytes)
     paged = per_tensor.paged_bytes if per_tensor else 0
     if paged:
         sharded = replace(sharded, optimizer_states_bytes=sharded.optimizer_states_bytes - paged)
@@ -174,6 +179,8 @@ def estimate(
         )
     num_logits = step.logits_bytes // dtype_bytes(train.precision.matmul_dtype)
     notes.extend(loss_notes(train))
+    models = posttrain.model_rows(train, policy_params_bytes, ref_bytes, cluster.num_gpus)
+    notes.extend(posttrain.notes(train, models, step.scoring_peak_bytes))
     # fp32 log-probabilities + their gradient + log_softmax's backward result (logits.py)
     if train.loss.kind is Loss.STANDARD and pm.peak_phase == "backward" and 12 * num_logits > peak.total_bytes // 3:
         notes.append("the peak is the loss backward: fp32 log-probabilities and two fp32 gradients of "
@@ -209,6 +216,8 @@ def estimate(
         unknown_matmuls=step.unknown_matmuls,
         paged_optimizer_bytes=paged,
         paged_largest_tensor_bytes=per_tensor.largest_paged_bytes if per_tensor else 0,
+        models=models,
+        scoring_peak_bytes=step.scoring_peak_bytes,
     )
     if result.cpu_bytes_per_node:
         result = replace(result, notes=result.notes + _host_notes(result, host))

@@ -138,6 +138,10 @@ class Estimate:
     # them to host RAM but for the largest tensor's share, back on the GPU for that tensor's update
     paged_optimizer_bytes: int = 0
     paged_largest_tensor_bytes: int = 0
+    # --task dpo (posttrain.py): one row per model the run holds (policy, reference), and the reference forward's
+    # peak (activations and temporaries, part of the forward phase); empty and 0 for sft
+    models: tuple = ()
+    scoring_peak_bytes: int = 0
 
     @property
     def usable_bytes(self) -> int:
@@ -213,6 +217,10 @@ class Estimate:
             row["device_bytes_paged_spilled"] = self.device_bytes_paged_spilled
             row["fits_assumes"] = "paged optimizer states resident on the GPU"
             row["fits_if_paged_spilled"] = self.device_bytes_paged_spilled <= self.usable_bytes
+        if self.models:
+            row["task"] = self.train.task.to_dict()
+            row["models"] = [m.to_dict() for m in self.models]
+            row["scoring_peak_bytes"] = self.scoring_peak_bytes
         if self.fit is not None:
             row["max_micro_batch"] = self.fit.max_micro_batch
             row["max_seq_len"] = self.fit.max_seq_len

@@ -13,6 +13,7 @@ from planner.from_config.fields import (
     TORCHTUNE_OPTIMIZERS,
 )
 from planner.from_config.loss_fields import axolotl_loss, llamafactory_loss, torchtune_loss
+from planner.from_config.posttrain_fields import dpo_task, is_dpo
 from planner.from_config.reader import (
     PEFT_DEFAULT_TARGETS,
     Reader,
@@ -31,6 +32,7 @@ from planner.specs import (
     Precision,
     QuantSpec,
     QuantType,
+    TaskSpec,
 )
 
 # ---------------------------------------------------------------- LLaMA-Factory
@@ -316,7 +318,7 @@ def hf(r: Reader) -> dict[str, Any]:
     # TRL's own fields (SFTConfig, ModelConfig); model_name_or_path alone is also in transformers' example scripts.
     trl = any(k in r.data for k in ("max_seq_length", "max_length", "packing", "dataset_text_field", "use_peft",
                                     "lora_r", "completion_only_loss", "assistant_only_loss", "padding_free",
-                                    "loss_type", "use_bnb_nested_quant"))
+                                    "loss_type", "use_bnb_nested_quant")) or is_dpo(r)
     r.set_model(r.text("model_name_or_path"), "model_name_or_path")
     for key, why in (("fsdp", "is not modelled; planner models DDP and DeepSpeed ZeRO."),
                      ("fsdp_config", "is not modelled; planner models DDP and DeepSpeed ZeRO."),
@@ -328,10 +330,11 @@ def hf(r: Reader) -> dict[str, Any]:
                      ("neftune_noise_alpha", "adds noise tensors to the embeddings, which planner does not model."),
                      ("fp8", "training is not modelled.")):
         r.refuse_if(key, why)
-    loss = r.text("loss_type")
+    task = dpo_task(r) if is_dpo(r) else TaskSpec()
+    loss = None if not task.is_default else r.text("loss_type")
     if loss not in (None, "nll"):
         r.refuse(f"loss_type: {loss}", "is a loss planner does not model (it models the standard nll).")
-    if loss is None and trl:
+    if loss is None and trl and task.is_default:
         r.notes.append("loss_type is unset: TRL releases before chunked_nll became the default compute the "
                        "standard loss, which planner models; under a chunked-loss default the logits peak is lower.")
     peft = bool(r.flag("use_peft", False))
@@ -388,5 +391,5 @@ def hf(r: Reader) -> dict[str, Any]:
                 micro_batch=r.whole("per_device_train_batch_size", 8),
                 seq_len=seq or 2048, grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(checkpointing), attn_impl=attention(r, r.text("attn_implementation"),
-                                                                        "attn_implementation"))
+                                                                        "attn_implementation"), task=task)
 

@@ -347,7 +347,13 @@ class Session:
             return
         from planner.profile import identity
 
-        self.recorder.probe(self.probe_index, identity.collect(self.model, self.optimizer))
+        found = identity.collect(self.model, self.optimizer)
+        # TRL's trainers keep a frozen reference model beside the policy (DPOTrainer.ref_model): its weights
+        # are parameters too (planner/estimate/posttrain.py counts them in params)
+        ref = getattr(self.trainer, "ref_model", None)
+        if ref is not None and ref is not self.model:
+            found["params"] = sorted(set(found["params"]) | set(identity.collect(ref, None)["params"]))
+        self.recorder.probe(self.probe_index, found)
         self.probe_index += 1
 
     def grad_born(self, param) -> None:

@@ -257,6 +257,10 @@ def run_profile(
         raise PlannerError(f"--data {data!r} is a directory; give a JSONL file with a text field.")
     check_target(out, force)
     resolved = resolve_device(device, num_gpus)
+    if not train.task.is_default:  # post-training: TRL's own trainer, recorded as a command (trl_dpo.py)
+        from planner.profile.trl_dpo import run_dpo_profile
+
+        return run_dpo_profile(model, train, num_gpus=num_gpus, steps=steps, device=resolved, out=out, force=force)
     if torch_categories and resolved != "cpu":
         raise PlannerError("--torch-categories reads the CPU profiler and works only with --device cpu.")
     from planner.estimate.count.causal import refuse_non_causal

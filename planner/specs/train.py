@@ -9,8 +9,9 @@ from typing import Any
 from planner.errors import PlannerError
 from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, PeftDtype, Precision, QuantType
 from planner.specs.fsdp import FsdpConfig
-from planner.specs.loss import LossSpec
+from planner.specs.loss import Loss, LossSpec
 from planner.specs.parallelism import Engine, Parallelism, ZeroConfig
+from planner.specs.task import Reference, Task, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,15 @@ class TrainSpec:
     # Each parameter stepped by its own optimizer in a post-accumulate-grad hook during backward, its gradient
     # then freed (torchtune's optimizer_in_bwd; estimate/step/tape.py)
     optimizer_in_backward: bool = False
+    # sft, or TRL's DPOTrainer with its reference (specs/task.py)
+    task: TaskSpec = field(default_factory=TaskSpec)
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, LossSpec):
             raise PlannerError(f"loss must be a LossSpec, got {self.loss!r}.")
+        if not isinstance(self.task, TaskSpec):
+            raise PlannerError(f"task must be a TaskSpec, got {self.task!r}.")
+        self._check_task()
         if not isinstance(self.parallelism, Parallelism):
             raise PlannerError(f"parallelism must be a Parallelism spec, got {self.parallelism!r}.")
         if self.micro_batch < 1:
@@ -125,6 +131,32 @@ class TrainSpec:
                 "flat 1-D partitions, so its second moment would not be factored); use adamw or adamw-fused."
             )
 
+    def _check_task(self) -> None:
+        """What --task dpo is modelled with (estimate/posttrain.py); the rest is refused in one sentence."""
+        if self.task.kind is Task.SFT:
+            return
+        if self.task.reference is Reference.ADAPTER and self.method is Method.FULL:
+            raise PlannerError("--reference adapter disables the policy's LoRA adapter for the reference pass; "
+                               "full fine-tuning has none: use --reference copy or precomputed.")
+        if self.parallelism.uses_deepspeed:
+            raise PlannerError("--task dpo with DeepSpeed is not modelled yet (TRL's prepare_deepspeed wraps the "
+                               "reference in an inference engine of its own); use --zero 0.")
+        if self.parallelism.uses_fsdp2:
+            raise PlannerError("--task dpo with FSDP2 is not modelled yet (the reference forward and TRL's fused LM "
+                               "head between fully_shard's gathers); use --zero 0.")
+        if self.precision.autocast_dtype:
+            raise PlannerError(f"--task dpo with --precision {self.precision.value} is not modelled yet (TRL's fused "
+                               "LM head under autocast); use bf16, bf16-mixed or fp32.")
+        if self.optimizer_in_backward:
+            raise PlannerError("--task dpo with --optimizer-in-backward is not modelled: TRL's DPOTrainer steps "
+                               "its optimizer after backward.")
+        if self.loss.kind is not Loss.STANDARD:
+            raise PlannerError("--task dpo computes its log-probabilities with TRL's fused LM head "
+                               "(add_fused_lm_head); --loss does not apply: leave it at standard.")
+        if self.activation_offload:
+            raise PlannerError("--activation-offload with --task dpo is not modelled: the reference forward and "
+                               "TRL's fused LM head under save_on_cpu are not written down yet.")
+
     @property
     def zero_stage(self) -> int:
         """DeepSpeed's ZeRO stage (0 without DeepSpeed): how far states are sharded."""
@@ -154,6 +186,9 @@ def _check_autocast(train: TrainSpec) -> None:
     if train.uses_deepspeed:
         raise PlannerError(f"--precision {name} is the HF Trainer's recipe without DeepSpeed (DeepSpeed keeps "
                            "16-bit weights with fp32 masters and does not autocast); use bf16-mixed with --zero.")
+    if train.uses_fsdp2:
+        raise PlannerError(f"--precision {name} with FSDP2 is not modelled: FSDP2 casts through its "
+                           "MixedPrecisionPolicy (--precision bf16-mixed), not autocast.")
     if train.method is not Method.FULL:
         raise PlannerError(f"--precision {name} is modelled for full fine-tuning only; LoRA and QLoRA keep a "
                            "16-bit base: use bf16-mixed (fp32 adapters) or bf16.")
@@ -175,6 +210,9 @@ def _check_optimizer_in_backward(train: TrainSpec) -> None:
     if train.uses_deepspeed:
         raise PlannerError("--optimizer-in-backward steps torch optimizers in the gradients' hooks; DeepSpeed ZeRO "
                            "owns the gradients and the step: use --zero 0.")
+    if train.uses_fsdp2:
+        raise PlannerError("--optimizer-in-backward with FSDP2 is not modelled yet (the hooks step sharded "
+                           "gradients after each reduce-scatter); use --zero 0.")
     if train.method is not Method.FULL:
         raise PlannerError("--optimizer-in-backward is modelled for full fine-tuning (torchtune's full fine-tuning "
                            "recipes); LoRA's adapter gradients are small anyway.")
@@ -227,6 +265,8 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "activation_offload": train.activation_offload,
         "loss": train.loss.to_dict(),
         "optimizer_in_backward": train.optimizer_in_backward,
+        # post-training only (absent: sft, so every earlier plan and golden file reads the same)
+        **({} if train.task.is_default else {"task": train.task.to_dict()}),
     }
 
 
@@ -294,6 +334,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             activation_offload=bool(d.get("activation_offload", False)),
             loss=LossSpec.from_dict(d.get("loss")),
             optimizer_in_backward=bool(d.get("optimizer_in_backward", False)),
+            task=TaskSpec.from_dict(d.get("task")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

@@ -152,6 +152,31 @@ LOSS_CELLS = (
 )
 
 
+# --task dpo (issue 21): TRL's DPOTrainer (planner/profile/trl_dpo.py), one CPU process, fp32 or pure bf16: full
+# and LoRA, with a frozen reference copy, the LoRA adapter disabled, or precomputed reference log-probabilities;
+# tied embeddings (qwen2, gpt2), checkpointing, eager attention. Each TRL run imports TRL and datasets and tokenizes
+# a dataset: the full matrix only.
+def _dpo(family: str, hidden: int, vocab: int, method: str, precision: str, reference: str, *, ckpt: bool = False,
+         attn: str = "sdpa", seq_len: int = 48, micro_batch: int = 2, optimizer: str = "adamw") -> Cell:
+    heads = hidden // HEAD_DIM
+    return Cell(family=family, hidden=hidden, layers=2, heads=heads, kv_heads=heads if family == "gpt2" else 2,
+                intermediate=2 * hidden if family != "llama" else 3 * hidden, vocab=vocab, method=method,
+                precision=precision, zero=0, num_ranks=1, ckpt=ckpt, attn=attn, seq_len=seq_len,
+                micro_batch=micro_batch, optimizer=optimizer, task="dpo", reference=reference)
+
+
+POSTTRAIN_CELLS = (
+    _dpo("llama", 64, 512, "full", "fp32", "copy"),
+    _dpo("llama", 64, 512, "full", "fp32", "precomputed"),
+    _dpo("llama", 64, 512, "lora-all", "fp32", "adapter"),
+    _dpo("llama", 64, 512, "lora-all", "fp32", "copy"),
+    _dpo("llama", 64, 2048, "full", "fp32", "copy", ckpt=True, micro_batch=4),
+    _dpo("qwen2", 96, 1024, "full", "bf16", "copy", seq_len=64),
+    _dpo("gpt2", 64, 768, "lora-attn", "fp32", "adapter", attn="eager", seq_len=40),
+    _dpo("qwen2", 64, 4096, "full", "fp32", "copy", optimizer="adamw-fused", micro_batch=1, seq_len=32),
+)
+
+
 # Cells of the full matrix only (each tuple's comment says why); the CI subset never picks them.
 # The autocast recipe (``--precision bf16-autocast``, issue 16 item 1), full matrix only: fp32 weights with the
 # forward under accelerate's autocast, as the HF Trainer runs full fine-tuning without DeepSpeed
@@ -191,7 +216,8 @@ OPTIM_IN_BACKWARD_CELLS = (
 
 
 FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_CELLS + DEEPSPEED_CONFIG_CELLS
-                   + ACCUMULATION_CELLS + PRECISION_CELLS + OPTIM_IN_BACKWARD_CELLS + FSDP2_CELLS)
+                   + ACCUMULATION_CELLS + PRECISION_CELLS + OPTIM_IN_BACKWARD_CELLS + FSDP2_CELLS
+                   + POSTTRAIN_CELLS)
 
 
 # Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under

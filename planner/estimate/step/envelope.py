@@ -47,6 +47,8 @@ class StepProfile:
     # FSDP2 (StepInputs.split_loss): the forward's peak inside the loss, which then is not in forward_peak_*
     forward_loss_peak_bytes: int = 0
     forward_loss_peak_saved_bytes: int = 0
+    # --task dpo (posttrain_step.py): the reference forward's peak (0: none ran), part of the forward phase
+    scoring_peak_bytes: int = 0
 
     @property
     def activations_bytes(self) -> int:

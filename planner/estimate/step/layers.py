@@ -42,6 +42,9 @@ class Ctx:
     # memory_efficient_linear defaults to true): setup_context saves the input of every F.linear that autograd
     # records, whether or not the weight is trainable.
     zero3_linear: bool = False
+    # peft's ``disable_adapter()`` (TRL's DPO reference pass of a LoRA policy, posttrain_step.py): every LoRA
+    # layer runs its base layer alone
+    lora_disabled: bool = False
 
 
 class Linear:
@@ -63,12 +66,12 @@ class Linear:
 def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     """Base linear (+ 4-bit dequantization) (+ peft LoRA: ``result + B(A(dropout(x.to(A.dtype)))) * scaling``)."""
     if lin.quant:
-        if lin.lora_a is None:
+        if lin.lora_a is None or ctx.lora_disabled:
             return _linear_4bit(t, x, lin, ctx.quant_compute_dtype)
         return _lora_4bit(t, ctx, x, lin)
     result = ops.linear(t, x, lin.w, lin.bias, save_input=ctx.zero3_linear and lin.f_linear, conv1d=not lin.f_linear,
                         zero3=ctx.zero3_linear)
-    if lin.lora_a is None:
+    if lin.lora_a is None or ctx.lora_disabled:
         return result
     result_dtype = result.dtype
     # peft rebinds ``x = self._cast_input_dtype(x, lora_A.weight.dtype)``: the cast lives until forward returns

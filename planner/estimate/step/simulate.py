@@ -37,6 +37,7 @@ from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.step.family_layers import build_family
 from planner.estimate.step.logits import causal_lm_loss
+from planner.estimate.step.posttrain_step import dpo_loss
 from planner.estimate.step.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
 from planner.specs import Loss, LossSpec, Method, ModelSpec, Precision, TrainSpec
 
@@ -54,7 +55,8 @@ CUDA_RNG_STATE_BYTES = 16
 TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_checkpointing", "attn_impl", "dropout",
                      "lora", "parallelism", "activation_offload", "loss", "lora_dtype",
                      "qlora_prep",  # these two as dtypes (peft_dtypes.py)
-                     "optimizer_in_backward")  # as the step's scratch per element (step_in_backward_scratch)
+                     "optimizer_in_backward",  # as the step's scratch per element (step_in_backward_scratch)
+                     "task")  # as the reference the DPO step runs (posttrain_step.py)
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
                  "temporaries.py's (with --optimizer-in-backward its per-tensor scratch arrives through "
@@ -115,6 +117,8 @@ class StepInputs:
     step_in_backward: int | None = None
     # FSDP2: the loss's backward is the phase "backward", the output head's and everything after "backward_late"
     split_loss: bool = False
+    # --task dpo: the reference the step runs (posttrain_step.py); "" for sft
+    reference: str = ""
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -125,16 +129,24 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
     ``micro_batch``: in place of the train spec's (0: the envelope's key, for every micro-batch)."""
     if adapters is None:
         adapters = lora_adapter_paths(model, train)
+    reference = train.task.reference_for(train.method is not Method.FULL)
+    rows = train.micro_batch if micro_batch is None else micro_batch
+    if reference is not None:
+        rows *= 2  # DataCollatorForPreference: chosen and rejected rows in one batch (posttrain_step.py)
     return StepInputs(
         model=model, config_json=model.config_json(), method=train.method, precision=train.precision,
-        micro_batch=train.micro_batch if micro_batch is None else micro_batch, seq_len=train.seq_len, grad_checkpointing=train.grad_checkpointing,
-        attn_impl=train.attn_impl.value, dropout=train.dropout, adapters=adapters, lora_dropout=train.lora.dropout,
+        micro_batch=rows, seq_len=train.seq_len, grad_checkpointing=train.grad_checkpointing,
+        # DPOConfig.disable_dropout (default True): disable_dropout_in_model sets every nn.Dropout's p to 0, the
+        # model's and peft's lora_dropout alike (dpo_trainer.py __init__), and F.dropout with p 0 returns its input
+        attn_impl=train.attn_impl.value, dropout=0.0 if reference is not None else train.dropout, adapters=adapters,
+        lora_dropout=0.0 if reference is not None else train.lora.dropout,
         modules_to_save=train.lora.modules_to_save, zero=_zero_key(train), device=device, keep_grads=keep_grads,
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
         adapter_dtype=peft_dtypes.adapter_dtype(train), unquantized_dtype=peft_dtypes.unquantized_dtype(train),
         activation_offload=train.activation_offload, split_loss=train.uses_fsdp2,
         step_in_backward=step_in_backward_scratch(train) if keep_grads else None,
         loss=train.loss if train.loss.kind is Loss.CHUNKED_CE else LossSpec(train.loss.kind),  # chunks: chunked only
+        reference=reference.value if reference is not None else "",
     )
 
 
@@ -166,7 +178,9 @@ def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", k
     # every tensor's size is linear in the micro-batch and the order of allocations does not depend on it: two
     # simulations (micro-batch 2 and 3) give every candidate peak as a line in b (envelope.py).
     # Activation offloading's pinned host bytes round each copy to a power of two: not linear either.
-    direct = train.micro_batch == 1 or _cpu_kind(device, cpu) is not None or train.activation_offload
+    # TRL's fused head (--task dpo) allocates min(tokens, 4096) rows: not linear in the micro-batch either.
+    direct = (train.micro_batch == 1 or _cpu_kind(device, cpu) is not None or train.activation_offload
+              or not train.task.is_default)
     inputs = step_inputs(model, train, device=device, keep_grads=keep_grads, keep_logits=keep_logits,
                          adapters=adapters, hold_grads_over=hold_grads_over, cpu=cpu,
                          micro_batch=None if direct else 0)
@@ -280,9 +294,12 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
     t.packing = offload  # save_on_cpu around the model's forward, which computes the loss (offload.py)
     t.autocast = inputs.precision.autocast_dtype  # accelerate's autocast around that forward (autocast.py)
-    loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers,
-                                                     keep_logits=inputs.keep_logits or bool(t.autocast),
-                                                     loss=inputs.loss)
+    if inputs.reference:
+        loss, logits_bytes, held_logits = dpo_loss(t, fam, ids, run_layers, inputs.reference, sim_layers)
+    else:
+        loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers,
+                                                         keep_logits=inputs.keep_logits or bool(t.autocast),
+                                                         loss=inputs.loss)
     t.packing = False
     if t.autocast:
         held_logits = autocast.exit_forward(t, held_logits, inputs.keep_logits)
@@ -303,6 +320,9 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         # _pre_backward, a hook on the root's outputs): the output head's backward starts a phase of its own
         head = next(n for n in reversed(sim.nodes) if n.name == "linear")
         _chain_hook(hooks, head, lambda: sim.set_phase("backward_late"))
+    scoring = sim.peaks.get("scoring")
+    if scoring is not None and scoring.live_bytes > fwd_peak.live_bytes:
+        fwd_peak = scoring  # the reference forward's working set on top of the policy's activations
     backward(t, loss, hooks)
     sim.flush()
     bwd_end = sim.live
@@ -333,6 +353,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         offloaded_pinned_bytes=host_end[1],
         **({"forward_loss_peak_bytes": floss.live_bytes, "forward_loss_peak_saved_bytes": floss.saved_bytes}
            if (floss := sim.peaks.get("forward_loss")) else {}),
+        scoring_peak_bytes=scoring.live_bytes if scoring is not None else 0,
     )
     return Run(profile=profile, candidates=tuple(sim.record))
 

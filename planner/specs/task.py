@@ -1,0 +1,106 @@
+"""The training task: supervised fine-tuning, or post-training with TRL 1.16's DPOTrainer (TaskSpec, validated here).
+
+``sft``: one model, the sequences as given (``--seq-len`` tokens, ``--micro-batch`` rows): every rule before this
+spec existed.
+
+``dpo``: TRL's ``DPOTrainer`` (trl/trainer/dpo_trainer.py). ``DataCollatorForPreference.torch_call`` concatenates
+``prompt + chosen`` and ``prompt + rejected`` of every example into one batch (chosen rows first) padded to the
+longest: ``2 x --micro-batch`` rows of ``--seq-len`` tokens (the longest prompt + completion). ``_compute_loss``
+runs the policy, then the reference under ``torch.no_grad()``, each through TRL's fused LM head
+(trl/trainer/utils.py ``add_fused_lm_head``: per-token log-probabilities in tiles, never the [tokens, vocabulary]
+logits). The reference (``--reference``):
+
+- ``copy``: a separate frozen model (``__init__``: ``create_model_from_path`` in the policy's dtype when neither a
+  PEFT policy nor ``precompute_ref_log_probs``), the default for full fine-tuning;
+- ``adapter``: the policy itself with its LoRA adapter disabled (``use_adapter(model, None)`` ->
+  ``model.disable_adapter()``), the default for LoRA and QLoRA: no second copy;
+- ``precomputed``: ``precompute_ref_log_probs=True``: the reference log-probabilities are computed once before
+  training (``_precompute_ref_logps``) and read from the batch: no reference model, no reference forward in the
+  step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from planner.errors import PlannerError
+
+TASK_HELP = ("Training task: sft (one model, the sequences as given), dpo (TRL's DPOTrainer: chosen and rejected "
+             "sequences in one batch, 2 x --micro-batch rows of --seq-len tokens, and a reference model, see "
+             "--reference). Default: sft.")
+REFERENCE_HELP = ("dpo: the reference model: copy (a separate frozen model, the default for full fine-tuning), "
+                  "adapter (the policy with its LoRA adapter disabled, the default for LoRA and QLoRA), "
+                  "precomputed (precompute_ref_log_probs: no reference model in the step). Default: auto.")
+
+
+class Task(str, Enum):
+    SFT = "sft"
+    DPO = "dpo"
+
+
+class Reference(str, Enum):
+    AUTO = "auto"
+    COPY = "copy"
+    ADAPTER = "adapter"
+    PRECOMPUTED = "precomputed"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    kind: Task = Task.SFT
+    reference: Reference = Reference.AUTO
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, Task):
+            raise PlannerError(f"task must be one of {', '.join(k.value for k in Task)}, got {self.kind!r}.")
+        if not isinstance(self.reference, Reference):
+            raise PlannerError(f"--reference must be one of {', '.join(r.value for r in Reference)}, "
+                               f"got {self.reference!r}.")
+        if self.kind is Task.SFT and self.reference is not Reference.AUTO:
+            raise PlannerError(f"--reference {self.reference.value} applies to --task dpo; sft trains one model "
+                               "with no reference.")
+
+    @property
+    def is_default(self) -> bool:
+        return self.kind is Task.SFT
+
+    def reference_for(self, peft: bool) -> Reference | None:
+        """The reference the step holds (``auto`` resolved as DPOTrainer does); None for sft."""
+        if self.kind is Task.SFT:
+            return None
+        if self.reference is Reference.AUTO:
+            return Reference.ADAPTER if peft else Reference.COPY
+        return self.reference
+
+    @property
+    def label(self) -> str:
+        return self.kind.value if self.kind is Task.SFT else f"{self.kind.value} ({self.reference.value} reference)"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind.value, "reference": self.reference.value}
+
+    @classmethod
+    def from_flags(cls, kind: str, reference: str) -> TaskSpec:
+        """``--task`` and ``--reference`` as typed; an unknown value is a PlannerError naming the flag."""
+        try:
+            task = Task(kind.lower())
+        except ValueError:
+            raise PlannerError(f"--task {kind!r} is not valid; choose one of "
+                               f"{', '.join(k.value for k in Task)}.") from None
+        try:
+            ref = Reference(reference.lower())
+        except ValueError:
+            raise PlannerError(f"--reference {reference!r} is not valid; choose one of "
+                               f"{', '.join(r.value for r in Reference)}.") from None
+        return cls(task, ref)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> TaskSpec:
+        """The JSON ``train.task`` block; absent (supervised fine-tuning): the default."""
+        if d is None:
+            return cls()
+        try:
+            return cls(kind=Task(d.get("kind", "sft")), reference=Reference(d.get("reference", "auto")))
+        except ValueError:
+            raise PlannerError(f"the training specification's task is malformed: {d!r}.") from None
