@@ -274,7 +274,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
 
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
     t.packing = offload  # save_on_cpu around the model's forward, which computes the loss (offload.py)
-    t.autocast = inputs.precision.autocast_dtype  # accelerate's autocast around that forward (autocast.py)
+    t.autocast = t.autocast_step = inputs.precision.autocast_dtype  # accelerate's autocast around it (autocast.py)
     loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers,
                                                      keep_logits=inputs.keep_logits or bool(t.autocast),
                                                      loss=inputs.loss)
@@ -404,10 +404,14 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         del unpacked
         # torch.random.fork_rng saves the current generator state while the stored one is replayed
         fork = t.scratch(CHECKPOINT_RNG_STATE_BYTES)
+        # torch.utils.checkpoint's recompute_fn re-enters the forward's autocast (the outermost region in
+        # backward): its weight casts are cached afresh and the cache is cleared when the recompute exits
+        t.autocast = t.autocast_step
         try:
             fam.layer(t, i, _detached(shape, dtype, src), layer_kwargs)
         except StopRecompute:
             pass  # early stop: the rest of the layer is not re-run; its locals are freed with the traceback
+        autocast.exit_recompute(t)
         t.saves_left = None
         fresh = t.sim.nodes[mark:]
         del t.sim.nodes[mark:]

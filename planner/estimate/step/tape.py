@@ -65,6 +65,7 @@ class Tape:
         self.packing = False
         # torch.autocast (autocast.py): the dtype matmuls cast to ("" = off) and the region's weight-cast cache
         self.autocast = ""
+        self.autocast_step = ""  # the step's autocast dtype, re-entered by a checkpoint's recomputation
         self.autocast_cache: dict[int, Fake] = {}
         # Optimizer in backward (torchtune's optimizer_in_bwd): each parameter's post-accumulate-grad hook steps its
         # own optimizer (scratch: this many bytes per element of the parameter) and frees its gradient; None: off
