@@ -56,7 +56,6 @@ def test_autocast_dtypes():
 @pytest.mark.parametrize("changes, words", [
     (dict(parallelism=Parallelism.from_zero(2)), "without DeepSpeed"),
     (dict(method=Method.LORA, lora=LoraSpec()), "full fine-tuning only"),
-    (dict(grad_checkpointing=True), "--grad-checkpointing"),
     (dict(attn_impl=AttnImpl.EAGER), "--attn-impl eager"),
     (dict(activation_offload=True), "--activation-offload"),
 ])

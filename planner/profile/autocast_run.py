@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from planner.errors import PlannerError
 from planner.specs import TrainSpec
 
 
@@ -21,5 +22,8 @@ def prepare(model: torch.nn.Module, train: TrainSpec, device: str) -> torch.nn.M
     from accelerate import Accelerator
 
     mixed = {"bf16": "bf16", "fp16": "fp16"}[train.precision.autocast_dtype]
+    if mixed == "fp16" and device != "cuda":
+        raise PlannerError("--precision fp16-autocast trains with torch's GradScaler on a GPU (the HF Trainer refuses "
+                           "fp16 on CPU); profile bf16-autocast on CPU.")
     accelerator = Accelerator(mixed_precision=mixed, cpu=device == "cpu")
     return accelerator.prepare_model(model, device_placement=False)

@@ -181,7 +181,7 @@ class TrainSpec:
 
 def _check_autocast(train: TrainSpec) -> None:
     """What the autocast recipe (fp32 weights, forward under torch.autocast: estimate/step/autocast.py) is
-    modelled and profiled for: full fine-tuning on one process or DDP, standard loss, SDPA, no checkpointing."""
+    modelled and profiled for: full fine-tuning on one process or DDP, standard loss, SDPA."""
     name = train.precision.value
     if train.uses_deepspeed:
         raise PlannerError(f"--precision {name} is the HF Trainer's recipe without DeepSpeed (DeepSpeed keeps "
@@ -192,15 +192,13 @@ def _check_autocast(train: TrainSpec) -> None:
     if train.method is not Method.FULL:
         raise PlannerError(f"--precision {name} is modelled for full fine-tuning only; LoRA and QLoRA keep a "
                            "16-bit base: use bf16-mixed (fp32 adapters) or bf16.")
-    unmodelled = [flag for flag, on in (("--grad-checkpointing", train.grad_checkpointing),
-                                        ("--activation-offload", train.activation_offload),
+    unmodelled = [flag for flag, on in (("--activation-offload", train.activation_offload),
                                         (f"--loss {train.loss.kind.value}", train.loss.kind.value != "standard"),
                                         (f"--attn-impl {train.attn_impl.value}", train.attn_impl is AttnImpl.EAGER))
                   if on]
     if unmodelled:
         raise PlannerError(f"--precision {name} is not modelled with {' or '.join(unmodelled)} yet (autocast's "
-                           "weight cache under recomputation and its casts in those paths are not written down); "
-                           "use bf16-mixed or fp32 for it.")
+                           "casts in those paths are not written down); use bf16-mixed or fp32 for it.")
 
 
 def _check_optimizer_in_backward(train: TrainSpec) -> None:

@@ -194,6 +194,11 @@ PRECISION_CELLS = (
     Cell(family="qwen2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=8192,
          method="full", precision="bf16-autocast", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=64,
          micro_batch=2),
+    # checkpointing: every weight's bf16 copy stays in autocast's cache until the forward returns (not saved), and
+    # each recomputation re-enters autocast (torch.utils.checkpoint recompute_fn) with a cache of its own
+    Cell(family="llama", hidden=128, layers=3, heads=128 // HEAD_DIM, kv_heads=2, intermediate=384, vocab=256,
+         method="full", precision="bf16-autocast", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=512,
+         micro_batch=4),
 )
 
 

@@ -34,7 +34,11 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     except ImportError:
         fail(f"--dataset {args.dataset!r} is not a local file and the 'datasets' package is not installed; "
              "pass a .jsonl file, or 'pip install datasets' for hub datasets.")
-    ds = datasets.load_dataset(args.dataset, split=args.dataset_split)
+    try:
+        ds = datasets.load_dataset(args.dataset, split=args.dataset_split)
+    except (OSError, ValueError) as exc:  # not on the hub, no network (HF_HUB_OFFLINE), a bad split
+        fail(f"could not load dataset {args.dataset!r} ({type(exc).__name__}: {str(exc).splitlines()[0]}); pass a "
+             ".jsonl file, or check the name, the split and the network.")
     if args.text_field not in ds.column_names:
         fail(f"dataset {args.dataset!r} has no column {args.text_field!r}; it has {', '.join(ds.column_names)}.")
     return [t for t in ds[args.text_field] if isinstance(t, str)]

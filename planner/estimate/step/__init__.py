@@ -13,4 +13,6 @@
 - ``envelope``      exact lines in the micro-batch through two simulations
 - ``offload``       activation offloading (save_on_cpu): saved tensors packed to the host, unpacked per node
 - ``cpu_kernels``   the CPU kind of a validation run (oneDNN workspaces inside 16-bit matmuls)
+- ``autocast``      torch.autocast (``--precision bf16-autocast``): matmul casts, the weight-cast cache
+- ``in_backward``   the optimizer stepped in each gradient's hook (``--optimizer-in-backward``)
 """

@@ -62,6 +62,13 @@ def exit_forward(t: Tape, logits: Fake, keep: bool) -> Fake | None:
     return converted if keep else None
 
 
+def exit_recompute(t: Tape) -> None:
+    """A checkpointed layer's recomputation leaves the autocast region torch.utils.checkpoint re-entered
+    (``recompute_fn``: ``torch.amp.autocast(device_type, **device_autocast_kwargs)``): its cache is cleared."""
+    t.autocast_cache.clear()
+    t.autocast = ""
+
+
 def is_cast_weight(w) -> bool:
     """A weight operand that is an autocast copy (a tensor of its own, saved by the matmul) and not the
     parameter itself."""

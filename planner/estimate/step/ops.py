@@ -9,7 +9,8 @@ backward peak includes them. Views share their input's storage; a reshape of a n
 from __future__ import annotations
 
 from planner.estimate.step import autocast
-from planner.estimate.step.tape import Fake, Param, Storage, Tape, default_rule, param_grad_storage
+from planner.estimate.step.in_backward import param_grad_storage
+from planner.estimate.step.tape import Fake, Param, Storage, Tape, default_rule
 from planner.units import dtype_bytes
 
 

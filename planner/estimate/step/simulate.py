@@ -31,7 +31,7 @@ from functools import lru_cache
 
 from planner.errors import PlannerError
 from planner.estimate import peft_dtypes
-from planner.estimate.step import autocast
+from planner.estimate.step import autocast, in_backward
 from planner.estimate.step import offload as packing
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
@@ -55,7 +55,7 @@ CUDA_RNG_STATE_BYTES = 16
 TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_checkpointing", "attn_impl", "dropout",
                      "lora", "parallelism", "activation_offload", "loss", "lora_dtype",
                      "qlora_prep",  # these two as dtypes (peft_dtypes.py)
-                     "optimizer_in_backward",  # as the step's scratch per element (step_in_backward_scratch)
+                     "optimizer_in_backward",  # as the step's scratch per element (in_backward.scratch_per_element)
                      "task")  # as the reference the DPO step runs (posttrain_step.py)
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
@@ -144,21 +144,10 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
         adapter_dtype=peft_dtypes.adapter_dtype(train), unquantized_dtype=peft_dtypes.unquantized_dtype(train),
         activation_offload=train.activation_offload, split_loss=train.uses_fsdp2,
-        step_in_backward=step_in_backward_scratch(train) if keep_grads else None,
+        step_in_backward=in_backward.scratch_per_element(train) if keep_grads else None,
         loss=train.loss if train.loss.kind is Loss.CHUNKED_CE else LossSpec(train.loss.kind),  # chunks: chunked only
         reference=reference.value if reference is not None else "",
     )
-
-
-def step_in_backward_scratch(train: TrainSpec) -> int | None:
-    """Bytes of step scratch per element of one parameter stepped in its gradient hook (temporaries.py's rule
-    for an update over that one tensor), or None without --optimizer-in-backward."""
-    if not train.optimizer_in_backward:
-        return None
-    from planner.estimate.temporaries import optimizer_scratch_bytes
-
-    moment_bytes = 2 if train.precision is Precision.BF16 else 4
-    return optimizer_scratch_bytes(train, num_trainable_on_gpu=1, moment_bytes=moment_bytes, largest_trainable=1)
 
 
 def _cpu_kind(device: str, cpu: CpuKernels | None) -> CpuKernels | None:
@@ -293,7 +282,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
 
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
     t.packing = offload  # save_on_cpu around the model's forward, which computes the loss (offload.py)
-    t.autocast = inputs.precision.autocast_dtype  # accelerate's autocast around that forward (autocast.py)
+    t.autocast = t.autocast_step = inputs.precision.autocast_dtype  # accelerate's autocast around it (autocast.py)
     if inputs.reference:
         loss, logits_bytes, held_logits = dpo_loss(t, fam, ids, run_layers, inputs.reference, sim_layers)
     else:
@@ -437,10 +426,14 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         del unpacked
         # torch.random.fork_rng saves the current generator state while the stored one is replayed
         fork = t.scratch(CHECKPOINT_RNG_STATE_BYTES)
+        # torch.utils.checkpoint's recompute_fn re-enters the forward's autocast (the outermost region in
+        # backward): its weight casts are cached afresh and the cache is cleared when the recompute exits
+        t.autocast = t.autocast_step
         try:
             fam.layer(t, i, _detached(shape, dtype, src), layer_kwargs)
         except StopRecompute:
             pass  # early stop: the rest of the layer is not re-run; its locals are freed with the traceback
+        autocast.exit_recompute(t)
         t.saves_left = None
         fresh = t.sim.nodes[mark:]
         del t.sim.nodes[mark:]

@@ -22,6 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from planner.estimate.step import offload
+from planner.estimate.step.in_backward import (
+    _STOLEN_SUM,
+    _fresh_params,
+    _name_fresh_param_grads,
+    _step_in_hook,
+    param_grad_storage,
+)
 from planner.estimate.step.sim import (
     Edge,
     Fake,
@@ -66,6 +73,7 @@ class Tape:
         self.packing = False
         # torch.autocast (autocast.py): the dtype matmuls cast to ("" = off) and the region's weight-cast cache
         self.autocast = ""
+        self.autocast_step = ""  # the step's autocast dtype, re-entered by a checkpoint's recomputation
         self.autocast_cache: dict[int, Fake] = {}
         # Optimizer in backward (torchtune's optimizer_in_bwd): each parameter's post-accumulate-grad hook steps its
         # own optimizer (scratch: this many bytes per element of the parameter) and frees its gradient; None: off
@@ -247,61 +255,11 @@ def _accumulate_grad(tape: Tape, param, g: Storage) -> None:
         sim.grads += g.nbytes
 
 
-def _step_in_hook(tape: Tape, param) -> None:
-    """torchtune training/memory.py ``register_optim_in_bwd_hooks``: the parameter's post-accumulate-grad hook
-    runs ``optim_dict[param].step()`` (torch's AdamW/SGD over this one tensor: its scratch, e.g. foreach's copy of
-    the second moment, lives for the update) then ``zero_grad()`` (set_to_none): the gradient is freed."""
-    scratch = Storage(tape.sim, tape.step_in_backward * param.numel, "step_in_backward")
-    del scratch
-    tape.sim.grads -= param.grad.nbytes
-    param.grad = None
-
-
-def param_grad_storage(tape: Tape, p, nbytes: int, tag: str = "") -> Storage:
-    """A parameter's gradient made by a backward rule. With the optimizer in backward the step's peak can be the
-    moment it is made, and a profile names the tensor that becomes ``.grad`` a gradient from its allocation (as
-    for _STOLEN_SUM): one that AccumulateGrad will steal at once (``tape.fresh_params``) is counted as a gradient
-    before it is allocated."""
-    fresh = bool(tape.fresh_params) and id(p) in tape.fresh_params
-    if fresh:
-        tape.sim.grads += nbytes
-    st = Storage(tape.sim, nbytes, tag)
-    if fresh:
-        tape.counted_grads.add(id(st))
-    return st
-
-
-def _fresh_params(tape: Tape, uses: dict, pending: dict, edges) -> set[int]:
-    """The parameters of ``edges`` at their last use with nothing pending and no ``.grad``: AccumulateGrad will
-    steal the gradient the node makes for them."""
-    if not tape.keep_param_grads:
-        return set()
-    return {id(e[0]) for e in edges if e is not None and len(e) == 1 and uses.get(id(e[0])) == 1
-            and id(e[0]) not in pending and e[0].grad is None}
-
-
-def _name_fresh_param_grads(tape: Tape, edges, grads) -> None:
-    """After the rule: a fresh parameter's gradient is tagged as counted (a rule that made it without
-    param_grad_storage has it counted now), so that AccumulateGrad does not count it again."""
-    for e, g in zip(edges, grads, strict=True):
-        if e is None or g is None or len(e) != 1 or id(e[0]) not in tape.fresh_params:
-            continue
-        if id(g) not in tape.counted_grads:
-            tape.sim.grads += g.nbytes
-        g.tag = _STOLEN_SUM
-    tape.fresh_params = set()
-    tape.counted_grads = set()
-
-
 def _release_held(tape: Tape) -> None:
     if tape.held_grad is not None:
         tape.sim.grads -= tape.held_grad.nbytes
         tape.held_grad = None
 
-
-# A parameter's out-of-place gradient sum that AccumulateGrad will steal as .grad: counted as a gradient from
-# its allocation, as a profile names it (the tensor that becomes .grad).
-_STOLEN_SUM = "stolen_sum"
 
 
 def _param_grad_arrives(tape: Tape, uses: dict, pending: dict, param, g: Storage | None) -> None:
