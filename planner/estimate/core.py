@@ -124,8 +124,10 @@ def estimate(
             hidden_size=model.hidden_size,
             largest_trainable=counts.largest_module,
             largest_trainable_tensor=largest_tensor,
-            # ZeRO-3 gathers only the partitioned ones, and not those it drops after forward for good
-            num_params=split.num_params - num_persistent - num_released,
+            # ZeRO-3 gathers only the partitioned ones, and not those it drops after forward for good; adapters
+            # and modules_to_save copies are DeepSpeed parameters too (num_persistent counts theirs), gathered
+            # like the base's when over the persistence threshold (LoRA B of a wide MLP projection)
+            num_params=split.num_params + split.num_adapter + split.num_saved - num_persistent - num_released,
             params_bytes=states.params_bytes,
             device=device,
             partition=partition,
