@@ -12,6 +12,7 @@ from planner.estimate.count.zero_partition import (
     FlatOrder,
     PartitionSpec,
     RankPartition,
+    buffer_segment,
     partitions_to_evaluate,
     trainable_blocks,
     trainable_numels,
@@ -147,6 +148,13 @@ def estimate(
     transients, pm = None, None
     for candidate in partitions:
         cand_transients = transients_for(candidate)
+        if rank is not None and zero2 and cand_transients.zero_step is not None:
+            # the rank asked for: its ZeRO-2 buffer from the backward segment where DeepSpeed makes it (the
+            # default, the highest rank's peak, keeps the earliest: no rank makes it before the first gradient)
+            segment = buffer_segment(PartitionSpec(FlatOrder.of(counts, train, model.num_layers), cluster.num_gpus,
+                                                   reduce_bucket_elements(train, model.hidden_size)), rank)
+            cand_transients = replace(cand_transients,
+                                      zero_step=replace(cand_transients.zero_step, buffer_segment=segment))
         cand_pm = phase_breakdowns(train, sharded, step, cand_transients, overhead_bytes=cublas)
         if pm is None or cand_pm.peak.total_bytes > pm.peak.total_bytes:
             shown, transients, pm = candidate, cand_transients, cand_pm

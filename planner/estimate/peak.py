@@ -108,19 +108,29 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
             + gathered,
             overhead_bytes=overhead_bytes,
         )
-        late = MemoryBreakdown(
-            params_bytes=params,
-            # ZeRO-2's grads_in_partition: the whole tensors overlapping the rank's partition (zero_partition.py),
-            # and a gradient larger than the reduce bucket still awaiting its reduction
-            grads_bytes=(zs.partition_grads_bytes if zs is not None else grads) + held
-            + step.backward_late_peak_grads_bytes,
-            optimizer_states_bytes=opt,
-            activations_bytes=step.backward_late_peak_saved_bytes,
-            temporaries_bytes=step.backward_late_peak_bytes - step.backward_late_peak_saved_bytes
-            - step.backward_late_peak_grads_bytes + persistent + gathered + transients.late_bytes,
-            overhead_bytes=overhead_bytes,
-        )
-        backward = early if early.total_bytes >= late.total_bytes else late
+        # the late backward segment by segment (step/late_segments.py): ZeRO-2's grads_in_partition (the whole
+        # tensors overlapping the rank's partition, zero_partition.py) from the segment where the rank's first
+        # gradient is reduced, ZeRO-3's partition throughout; and a gradient larger than the reduce bucket
+        # still awaiting its reduction
+        segments = step.backward_late_segments or ((step.backward_late_peak_bytes,
+                                                    step.backward_late_peak_saved_bytes,
+                                                    step.backward_late_peak_grads_bytes),)
+        late = None
+        for i, (live, saved, awaiting) in enumerate(segments):
+            if not live:
+                continue  # a segment the step never reached
+            own = grads if zs is None else zs.partition_grads_bytes if i >= zs.buffer_segment else 0
+            moment = MemoryBreakdown(
+                params_bytes=params,
+                grads_bytes=own + held + awaiting,
+                optimizer_states_bytes=opt,
+                activations_bytes=saved,
+                temporaries_bytes=live - saved - awaiting + persistent + gathered + transients.late_bytes,
+                overhead_bytes=overhead_bytes,
+            )
+            if late is None or moment.total_bytes > late.total_bytes:
+                late = moment
+        backward = early if late is None or early.total_bytes >= late.total_bytes else late
 
     if zs is not None:
         # DeepSpeed ZeRO 1/2: the norm, the flattening and the update are separate moments (temporaries.py)
