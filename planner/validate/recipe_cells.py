@@ -88,6 +88,40 @@ ACCUMULATION_CELLS = tuple(
 )
 
 
+# DeepSpeed on three ranks and with overlap_comm set against its default (issue 17 items 4 and 5), full matrix
+# only: ZeRO-2 on three ranks, where each rank makes its grads_in_partition when its own first gradient is reduced
+# (rank 0's at the end of backward), without and with 2-step accumulation (the first micro-batch's buffer held
+# beside it), and one whose rank 0 peaks in layer 0's backward with its buffer (the others earlier without); ZeRO-1 and ZeRO-3 on three ranks; overlap_comm on at ZeRO-2 (a second reduce bucket,
+# stage_1_and_2.py setup_buckets) and off at ZeRO-3 (whose default is on); and LoRA under ZeRO-3 without
+# accumulation, whose wide adapters (over stage3_param_persistence_threshold) are gathered like the base weights.
+DS_RANKS_COMM_CELLS = (
+    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+         vocab=1000, method="full", precision="fp32", zero=2, num_ranks=3, ckpt=False, attn="eager", seq_len=64,
+         micro_batch=2),
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method="full", precision="bf16-mixed", zero=2, num_ranks=3, ckpt=True, attn="sdpa", seq_len=32,
+         micro_batch=1, grad_accum=2),
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=512,
+         method="full", precision="bf16-mixed", zero=2, num_ranks=3, ckpt=True, attn="sdpa", seq_len=64,
+         micro_batch=2),
+    Cell(family="qwen2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method="full", precision="bf16-mixed", zero=1, num_ranks=3, ckpt=False, attn="sdpa", seq_len=32,
+         micro_batch=1),
+    Cell(family="llama", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+         method="full", precision="bf16-mixed", zero=3, num_ranks=3, ckpt=False, attn="sdpa", seq_len=32,
+         micro_batch=1),
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method="full", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=False, attn="sdpa", seq_len=32,
+         micro_batch=1, zero_config=_ds(overlap_comm=True)),
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method="full", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=False, attn="sdpa", seq_len=32,
+         micro_batch=1, zero_config=_ds(overlap_comm=False)),
+    Cell(family="qwen2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=128, vocab=512,
+         method="lora-all", precision="bf16-mixed", zero=3, num_ranks=2, ckpt=True, attn="sdpa", seq_len=32,
+         micro_batch=1),
+)
+
+
 # bitsandbytes' AdamW8bit and transformers' Adafactor (``--optimizer adamw-8bit|adafactor``, issue 16 item 2), in the
 # full matrix only (the CI subset is near its time budget): per optimizer one full bf16-mixed Llama peaking at the
 # optimizer step (fp32 masters stepped one tensor at a time) and one fp32 cell whose states sit on the weights
@@ -222,7 +256,7 @@ OPTIM_IN_BACKWARD_CELLS = (
 
 FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_CELLS + DEEPSPEED_CONFIG_CELLS
                    + ACCUMULATION_CELLS + PRECISION_CELLS + OPTIM_IN_BACKWARD_CELLS + FSDP2_CELLS
-                   + POSTTRAIN_CELLS)
+                   + POSTTRAIN_CELLS + DS_RANKS_COMM_CELLS)
 
 
 # Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under

@@ -29,6 +29,7 @@ from planner.estimate.count.params import saved_groups
 from planner.estimate.count.rank_partitions import (
     RankPartition,
     RankPartitions,
+    _partition_size,
     even_partition,
     rank_partitions,
 )
@@ -68,6 +69,45 @@ def partitions_to_evaluate(spec: PartitionSpec, num_trainable: int, rank: int | 
     parts = zero12_partitions(spec)
     chosen = (parts[rank],) if rank is not None else parts.candidates
     return Candidates(chosen, rank is None and parts.ranks_differ)
+
+
+def buffer_segment(spec: PartitionSpec, rank: int) -> int:
+    """The late-backward segment (step/late_segments.py ``SEGMENTS``: 0 from the first gradient, 1 from layer 1's
+    backward, 2 from layer 0's) in which ZeRO-2 makes ``rank``'s gradient buffer: DeepSpeed allocates it when a
+    reduced bucket first holds a gradient of the rank's partition (stage_1_and_2.py ``copy_grads_in_partition``),
+    and the partition's first gradient to arrive is about its last tensor in the flat order (backward runs the
+    layers top down). Layers 2 and up count as segment 0, the earliest (the simulation has no segment of their
+    own), and a bucket reduced after the segment started counts from its start: never later than DeepSpeed."""
+    numels = flat_numels(spec.order)
+    total = sum(numels)
+    part = _partition_size(total, spec.num_ranks)
+    if part == 0 or rank * part >= total:
+        return 0  # padding only: no buffer
+    last = min((rank + 1) * part, total) - 1
+    start1, start2 = _layer_starts(spec.order)
+    return 2 if last < start1 else 1 if last < start2 else 0
+
+
+@lru_cache(maxsize=64)
+def _layer_starts(order: FlatOrder) -> tuple[int, int]:
+    """Flat offsets where decoder layers 1 and 2 start (the end of the layers where the model has fewer)."""
+    own = trainable_of(order)
+    pos, layer = 0, 0
+    starts: dict[int, int] = {}
+    for mods, reps in module_blocks(order.counts, order.num_layers):
+        size = sum(sum(own[id(g)]) for g in mods)
+        if any("*" in g.path for g in mods):
+            for k in (1, 2):
+                if layer <= k < layer + reps:
+                    starts[k] = pos + (k - layer) * size
+            layer += reps
+            pos += size * reps
+            continue
+        if layer:
+            starts.setdefault(1, pos)  # the first block after the layers
+            starts.setdefault(2, pos)
+        pos += size
+    return starts.get(1, pos), starts.get(2, pos)
 
 
 def zero3_persistence_threshold(train: TrainSpec, hidden_size: int) -> int:
@@ -132,7 +172,7 @@ def _persistent_numels(counts: ParamCounts, lora: LoraSpec | None, num_layers: i
     return base, extra
 
 
-__all__ = ["Candidates", "FlatOrder", "PartitionSpec", "RankPartition", "RankPartitions", "even_partition",
+__all__ = ["Candidates", "buffer_segment", "FlatOrder", "PartitionSpec", "RankPartition", "RankPartitions", "even_partition",
            "flat_numels", "layer_of", "module_blocks", "module_sequence", "partitions_to_evaluate", "rank_partitions",
            "trainable_blocks", "trainable_numels", "uneven_layer_ids", "zero12_partitions",
            "zero3_persistence_threshold", "zero3_persistent_numels", "zero3_released_after_forward"]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.estimate.step import late_segments
+
 ENVELOPE_POINTS = (2, 3)
 
 
@@ -49,6 +51,8 @@ class StepProfile:
     forward_loss_peak_saved_bytes: int = 0
     # --task dpo (posttrain_step.py): the reference forward's peak (0: none ran), part of the forward phase
     scoring_peak_bytes: int = 0
+    # the late backward's segments in time order (late_segments.py), each (live, saved, grads) at its peak
+    backward_late_segments: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def activations_bytes(self) -> int:
@@ -128,7 +132,8 @@ class StepEnvelope:
         fwd = self._peak("forward", b)
         bwd = self._peak("backward", b) if "backward" in self.hulls else (v["forward_end_bytes"],
                                                                            v["forward_end_saved_bytes"], 0)
-        late = self._peak("backward_late", b) if "backward_late" in self.hulls else bwd
+        segments = late_segments.segment_peaks(lambda ph: self._peak(ph, b) if ph in self.hulls else None)
+        late = max((seg for seg in segments if seg[0]), key=lambda seg: seg[0], default=bwd)
         loss = self._peak("forward_loss", b)
         return StepProfile(
             forward_loss_peak_bytes=loss[0],
@@ -136,6 +141,7 @@ class StepEnvelope:
             backward_late_peak_bytes=late[0],
             backward_late_peak_saved_bytes=late[1],
             backward_late_peak_grads_bytes=late[2],
+            backward_late_segments=segments,
             forward_peak_bytes=fwd[0],
             forward_peak_saved_bytes=fwd[1],
             backward_peak_bytes=bwd[0],

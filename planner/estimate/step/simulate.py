@@ -31,7 +31,7 @@ from functools import lru_cache
 
 from planner.errors import PlannerError
 from planner.estimate import peft_dtypes
-from planner.estimate.step import autocast, in_backward
+from planner.estimate.step import autocast, in_backward, late_segments
 from planner.estimate.step import offload as packing
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
@@ -302,6 +302,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
             "choose other --lora-targets or --modules-to-save."
         )
     end = sim.mark("forward_end")
+    late_segments.install(t, hooks, fam, sim_layers)
     host_end = (sim.host, sim.host_pinned)  # every packed copy exists now; backward only frees them
     fwd_peak = sim.peaks["forward"]
     if inputs.split_loss:
@@ -317,7 +318,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     bwd_end = sim.live
     del loss, held_logits
     bwd = sim.peaks.get("backward")
-    late = sim.peaks.get("backward_late") or bwd
+    late = late_segments.late_peak(sim.peaks) or bwd
     grads_total = fam.total_grad_bytes(num_layers) if keep_grads else 0
     if layer_saved[0] == 0 and sim_layers == 1:
         layer_saved[0] = end.saved_bytes
@@ -332,6 +333,8 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         backward_late_peak_bytes=late.live_bytes if late else end.live_bytes,
         backward_late_peak_saved_bytes=late.saved_bytes if late else end.saved_bytes,
         backward_late_peak_grads_bytes=late.grads_bytes if late else 0,
+        backward_late_segments=late_segments.segment_peaks(
+            lambda ph: (p.live_bytes, p.saved_bytes, p.grads_bytes) if (p := sim.peaks.get(ph)) else None),
         grads_bytes=grads_total,
         backward_end_bytes=bwd_end,
         per_layer_saved_bytes=layer_saved[0],

@@ -60,6 +60,7 @@ class Tape:
         # gradient arrives (0: no such holding)
         self.hold_grads_over = hold_grads_over
         self.held_grad: Storage | None = None
+        self.late_phase = "backward_late"  # the late backward's current segment (late_segments.py)
         self.device = device  # kernels differ: CPU casts mixed-dtype operands, dropout masks
         # On CPU: the CPU kind (cpu_kernels.py) -- whether 16-bit matmuls run oneDNN with a workspace -- and the
         # matmul calls whose workspace it does not know (reported, counted as 0)
@@ -245,14 +246,15 @@ def _accumulate_grad(tape: Tape, param, g: Storage) -> None:
     # ZeRO 2/3: copied into a reduce bucket and the incoming buffer freed. The first gradient starts the
     # buckets and the gradient partition.
     if sim.phase == "backward":
-        sim.set_phase("backward_late")
+        sim.set_phase(tape.late_phase)
     _release_held(tape)
     if tape.hold_grads_over and param.numel > tape.hold_grads_over:
         # ZeRO-2 (stage_1_and_2.py reduce_independent_p_g_buckets_and_remove_grads): a gradient larger than the
         # bucket is not copied into it but kept as extra_large_param_to_reduce, and reduced (then copied into
         # the partition or dropped) when the next gradient's hook finds the bucket over-full
         tape.held_grad = g
-        sim.grads += g.nbytes
+        if g.tag != _STOLEN_SUM:
+            sim.grads += g.nbytes
 
 
 def _release_held(tape: Tape) -> None:
@@ -278,7 +280,9 @@ def _param_grad_arrives(tape: Tape, uses: dict, pending: dict, param, g: Storage
             # embedding's lm_head gradient gets ``old + var`` when the lookup's gradient arrives -- a third
             # vocab x hidden tensor for a moment, then the two addends are freed.
             sim = tape.sim
-            stolen = not uses[key] and tape.keep_param_grads and param.grad is None
+            # ZeRO-2 holds a gradient larger than its bucket as it is (_accumulate_grad): it is .grad too
+            held = tape.hold_grads_over and param.numel > tape.hold_grads_over
+            stolen = not uses[key] and (tape.keep_param_grads or held) and param.grad is None
             if stolen:
                 sim.grads += old.nbytes
             pending[key] = Storage(sim, old.nbytes, _STOLEN_SUM if stolen else "grad_sum")

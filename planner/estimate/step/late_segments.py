@@ -1,0 +1,62 @@
+"""The late backward (after the first parameter gradient, ZeRO 2/3) split into segments by decoder layer.
+
+DeepSpeed ZeRO-2 makes a rank's gradient buffer (``grads_in_partition``) when a reduced bucket first holds a
+gradient of that rank's partition (deepspeed 0.19.8 stage_1_and_2.py ``copy_grads_in_partition``, called from
+``reduce_ipg_grads``), not at the first gradient of backward. Gradients arrive in about the reverse of the flat
+order (the output head first, the embeddings last), so a rank whose partition lies low in the flat order makes
+its buffer late in backward, after the moments where most activations are still alive.
+
+The simulation names three segments of the late backward, in time order (``SEGMENTS``): ``top`` (from the first
+gradient: the output head, the top layer and the ghost layers), ``L1`` (from the start of layer 1's backward)
+and ``L0`` (from layer 0's, through the embeddings). Each segment's peak is kept (``Sim.peaks`` under
+``backward_late`` + its suffix); the count package says in which segment a rank's buffer appears
+(zero_partition.py ``buffer_segment``), peak.py adds it from there on.
+"""
+
+from __future__ import annotations
+
+from planner.estimate.step.sim import PhasePeak
+
+LATE = "backward_late"
+# time order; the index is what zero_partition.buffer_segment returns
+SEGMENTS = ("", "|L1", "|L0")
+
+
+def install(tape, hooks: dict, fam, num_simulated_layers: int) -> None:
+    """Before the first backward node of simulated layers 1 and 0 (and before the hooks already there: the
+    layer's recomputation under checkpointing, the ghost layers' swap), later gradients belong to the next
+    segment."""
+    for index, layer in ((1, 1), (2, 0)):
+        node = fam.last_node_of_layer.get(layer)
+        if layer >= num_simulated_layers or node is None:
+            continue
+
+        def enter(phase: str = LATE + SEGMENTS[index]) -> None:
+            tape.late_phase = phase
+            if tape.sim.phase.startswith(LATE):
+                tape.sim.set_phase(phase)
+
+        after = hooks.get(id(node))
+
+        def first_enter(enter=enter, after=after) -> None:
+            enter()
+            if after is not None:
+                after()
+
+        hooks[id(node)] = first_enter
+
+
+def late_peak(peaks: dict[str, PhasePeak]) -> PhasePeak | None:
+    """The highest moment of the whole late backward (every segment)."""
+    found = [peaks[LATE + s] for s in SEGMENTS if LATE + s in peaks]
+    return max(found, key=lambda p: p.live_bytes) if found else None
+
+
+def segment_peaks(peak_of) -> tuple[tuple[int, int, int], ...]:
+    """(live, saved, grads) of each segment in time order, (0, 0, 0) for one the step never reached;
+    ``peak_of(phase)`` gives a phase's (live, saved, grads) or None."""
+    out = []
+    for s in SEGMENTS:
+        p = peak_of(LATE + s)
+        out.append((0, 0, 0) if p is None else tuple(p))
+    return tuple(out)
