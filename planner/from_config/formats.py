@@ -12,7 +12,7 @@ from planner.from_config.fields import (
     TORCHTUNE_NO_MEMORY,
     TORCHTUNE_OPTIMIZERS,
 )
-from planner.from_config.loss_fields import axolotl_loss, llamafactory_loss, torchtune_loss
+from planner.from_config.loss_fields import axolotl_loss, llamafactory_loss, torchtune_loss, trl_loss
 from planner.from_config.reader import (
     PEFT_DEFAULT_TARGETS,
     Reader,
@@ -328,12 +328,7 @@ def hf(r: Reader) -> dict[str, Any]:
                      ("neftune_noise_alpha", "adds noise tensors to the embeddings, which planner does not model."),
                      ("fp8", "training is not modelled.")):
         r.refuse_if(key, why)
-    loss = r.text("loss_type")
-    if loss not in (None, "nll"):
-        r.refuse(f"loss_type: {loss}", "is a loss planner does not model (it models the standard nll).")
-    if loss is None and trl:
-        r.notes.append("loss_type is unset: TRL releases before chunked_nll became the default compute the "
-                       "standard loss, which planner models; under a chunked-loss default the logits peak is lower.")
+    loss = trl_loss(r, trl)
     peft = bool(r.flag("use_peft", False))
     four = bool(r.flag("load_in_4bit", False))
     if four and not peft:
@@ -388,5 +383,5 @@ def hf(r: Reader) -> dict[str, Any]:
                 micro_batch=r.whole("per_device_train_batch_size", 8),
                 seq_len=seq or 2048, grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(checkpointing), attn_impl=attention(r, r.text("attn_implementation"),
-                                                                        "attn_implementation"))
+                                                                        "attn_implementation"), loss=loss)
 
