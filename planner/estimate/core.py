@@ -126,8 +126,6 @@ def estimate(
             largest_trainable_tensor=largest_tensor,
             # ZeRO-3 gathers only the partitioned ones, and not those it drops after forward for good
             num_params=split.num_params - num_persistent - num_released,
-            params_bytes=states.params_bytes,
-            device=device,
             partition=partition,
             optimizer_step_bytes=per_tensor.step_bytes if per_tensor else None,
         )

@@ -174,9 +174,22 @@ TRL_LOSS_CELLS = (
 )
 
 
+# torch DistributedDataParallel on two gloo ranks (ZeRO 0 on 2 ranks), in the full matrix only: the random design
+# draws multi-rank cells under DeepSpeed only. A full fp32 Llama (every gradient in DDP's Reducer buckets beside
+# .grad) and a LoRA bf16-mixed Qwen2 under checkpointing (only the adapters' gradients are bucketed).
+DDP_CELLS = (
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=1000,
+         method="full", precision="fp32", zero=0, num_ranks=2, ckpt=False, attn="sdpa", seq_len=64,
+         micro_batch=2),
+    Cell(family="qwen2", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=2048,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=2, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=1),
+)
+
+
 # Cells of the full matrix only (each tuple's comment says why); the CI subset never picks them.
 FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_CELLS + DEEPSPEED_CONFIG_CELLS
-                   + ACCUMULATION_CELLS + TRL_LOSS_CELLS)
+                   + ACCUMULATION_CELLS + TRL_LOSS_CELLS + DDP_CELLS)
 
 
 # Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under
