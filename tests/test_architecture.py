@@ -51,7 +51,8 @@ THIRD_PARTY: dict[str, set[str]] = {
     "planner.from_config": set(),
     "planner.nvml": {"pynvml"},
     "planner.profile": {"torch", "transformers", "deepspeed", "peft", "bitsandbytes", "accelerate", "pandas",
-                        "pynvml", "rich", "liger_kernel"},  # liger_kernel: --loss fused-linear-ce on CUDA
+                        "pynvml", "rich", "liger_kernel", "trl"},  # liger_kernel: --loss fused-linear-ce on CUDA;
+    # trl: --loss trl-fused-lm-head (its add_fused_lm_head)
     "planner.report": {"pandas", "plotly"},
     "planner.validate": {"rich"},
     "planner.cli": {"pandas", "rich", "typer"},
