@@ -52,7 +52,8 @@ THIRD_PARTY: dict[str, set[str]] = {
     "planner.nvml": {"pynvml"},
     "planner.profile": {"torch", "transformers", "deepspeed", "peft", "bitsandbytes", "accelerate", "pandas",
                         "pynvml", "rich", "liger_kernel",  # liger_kernel: --loss fused-linear-ce on CUDA
-                        "trl"},  # trl: --task dpo runs TRL's DPOTrainer (trl_dpo_script.py, its own process)
+                        "trl"},  # trl: --task dpo runs TRL's DPOTrainer (trl_dpo_script.py, its own process) and
+    # --loss trl-fused-lm-head its add_fused_lm_head (loss_run.py)
     "planner.report": {"pandas", "plotly"},
     "planner.validate": {"rich"},
     "planner.cli": {"pandas", "rich", "typer"},

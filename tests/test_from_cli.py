@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 from cli_harness import run_inprocess
+from test_from_config import EXAMPLES as SPEC_EXAMPLES
+from test_from_config import SAME_SHAPES
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "configs"
+EXAMPLES_DIR = EXAMPLES
 
 # (config, the same run as planner flags, written by hand from the file and its project's defaults)
 CASES = [
@@ -76,3 +79,39 @@ def test_report_from_estimates_the_same_row_as_estimate_from(tmp_path):
     html = (tmp_path / "r.html").read_text()
     row = _json(["--from", str(EXAMPLES / CASES[0][0]), "-m", "llama-3.1-8b"])["rows"][0]
     assert f"{row['device_bytes'] / 2**30:.2f}" in html and "lora" in html
+
+
+def _flags(train) -> list[str]:
+    """The planner flags of a TrainSpec, one flag per field (test_from_config.EXAMPLES' specs are hand-written)."""
+    par = train.parallelism
+    flags = ["--method", train.method.value, "--precision", train.precision.value, "--optimizer",
+             train.optimizer.value, "--lora-rank", str(train.lora.rank), "--lora-alpha", str(train.lora.alpha),
+             "--lora-dropout", str(train.lora.dropout), "--lora-targets", ",".join(train.lora.targets),
+             "--lora-dtype", train.lora_dtype.value, "--qlora-prep", train.qlora_prep.value,
+             "--quant-type", train.quant.quant_type.value,
+             "--double-quant" if train.quant.double_quant else "--no-double-quant",
+             "--zero", str(par.zero_stage), "--offload", par.offload.value,
+             "--micro-batch", str(train.micro_batch), "--grad-accum", str(train.grad_accum),
+             "--seq-len", str(train.seq_len), "--attn", train.attn_impl.value,
+             "--grad-checkpointing" if train.grad_checkpointing else "--no-grad-checkpointing",
+             "--activation-offload" if train.activation_offload else "--no-activation-offload",
+             "--loss", train.loss.kind.value, "--loss-chunks", str(train.loss.chunks)]
+    if train.lora.modules_to_save:
+        flags += ["--modules-to-save", ",".join(train.lora.modules_to_save)]
+    if train.dropout is not None:
+        flags += ["--dropout", str(train.dropout)]
+    return flags
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rel", [e[0] for e in SPEC_EXAMPLES])
+def test_every_example_estimates_as_its_flags(rel):
+    """Issue 19's acceptance: each example config's --from estimate equals the estimate of the same run typed as
+    flags (from the TrainSpec written by hand in test_from_config.EXAMPLES)."""
+    _, _, model, expected = next(e for e in SPEC_EXAMPLES if e[0] == rel)
+    model = SAME_SHAPES.get(model, model)
+    gpus = ["--gpus", "8"] if expected.zero_stage else []
+    got = _json(["--from", str(EXAMPLES_DIR / rel), "-m", model, *gpus])
+    want = _json(["-m", model, *gpus, *_flags(expected)])
+    assert got["train"] == want["train"]
+    assert got["rows"] == want["rows"] and len(got["rows"]) == 1

@@ -17,6 +17,8 @@ from planner.from_config import FromConfig, detect_format, read_training_config
 from planner.specs import (
     AttnImpl,
     LoraSpec,
+    Loss,
+    LossSpec,
     Method,
     Offload,
     Optimizer,
@@ -30,6 +32,7 @@ from planner.specs import (
 
 CONFIGS = Path(__file__).resolve().parent.parent / "examples" / "configs"
 ALL_LINEAR = ("all-linear",)
+TRL_LOSS = LossSpec(Loss.TRL_FUSED_LM_HEAD)
 PEFT_QKVO_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # (file, format, model, expected TrainSpec). Defaults used where the file is silent:
@@ -45,7 +48,8 @@ PEFT_QKVO_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 #   set_default_dtype, never upcast: --lora-dtype and --qlora-prep 16bit).
 # TRL (alignment-handbook recipes): no optim -> TrainingArguments' adamw_torch_fused (torch >= 2.8),
 #   ModelConfig use_bnb_nested_quant false, dtype bfloat16 + bf16 without
-#   DeepSpeed -> pure bf16 for full fine-tuning.
+#   DeepSpeed -> pure bf16 for full fine-tuning; no loss_type -> SFTConfig's "nll", SFTTrainer's fused LM head
+#   (TRL 1.16: trl/trainer/sft_config.py, sft_trainer.py add_fused_lm_head).
 EXAMPLES = [
     ("llamafactory/llama3_lora_sft.yaml", "llamafactory", "meta-llama/Meta-Llama-3-8B-Instruct",
      TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW,
@@ -100,16 +104,17 @@ EXAMPLES = [
     ("hf/zephyr-7b-beta_sft_config_full.yaml", "hf", "mistralai/Mistral-7B-v0.1",
      TrainSpec(method=Method.FULL, precision=Precision.BF16, optimizer=Optimizer.ADAMW_FUSED,
                lora=LoraSpec(rank=16, alpha=32, dropout=0.05, targets=("q_proj", "v_proj")), micro_batch=16,
-               seq_len=2048, grad_accum=1, grad_checkpointing=True, attn_impl=AttnImpl.FLASH_ATTENTION_2)),
+               seq_len=2048, grad_accum=1, grad_checkpointing=True, attn_impl=AttnImpl.FLASH_ATTENTION_2,
+               loss=TRL_LOSS)),
     ("hf/zephyr-7b-beta_sft_config_lora.yaml", "hf", "mistralai/Mistral-7B-v0.1",
      TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW_FUSED,
                lora=LoraSpec(rank=16, alpha=16, dropout=0.05, targets=PEFT_QKVO_MLP), micro_batch=4,
-               seq_len=2048, grad_accum=2, grad_checkpointing=True, attn_impl=AttnImpl.SDPA)),
+               seq_len=2048, grad_accum=2, grad_checkpointing=True, attn_impl=AttnImpl.SDPA, loss=TRL_LOSS)),
     ("hf/zephyr-7b-beta_sft_config_qlora.yaml", "hf", "mistralai/Mistral-7B-v0.1",
      TrainSpec(method=Method.QLORA, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW_FUSED,
                lora=LoraSpec(rank=16, alpha=16, dropout=0.05, targets=PEFT_QKVO_MLP),
                quant=QuantSpec(quant_type=QuantType.NF4, double_quant=False), micro_batch=4, seq_len=2048,
-               grad_accum=2, grad_checkpointing=True, attn_impl=AttnImpl.FLASH_ATTENTION_2)),
+               grad_accum=2, grad_checkpointing=True, attn_impl=AttnImpl.FLASH_ATTENTION_2, loss=TRL_LOSS)),
 ]
 
 
@@ -181,7 +186,7 @@ def test_accelerate_config_gives_gpus_and_deepspeed():
     assert got.train == TrainSpec(method=Method.FULL, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW_FUSED,
                                   lora=LoraSpec(rank=16, alpha=32, dropout=0.05, targets=("q_proj", "v_proj")),
                                   parallelism=Parallelism.from_zero(3), micro_batch=16, seq_len=2048, grad_accum=1,
-                                  grad_checkpointing=True, attn_impl=AttnImpl.FLASH_ATTENTION_2)
+                                  grad_checkpointing=True, attn_impl=AttnImpl.FLASH_ATTENTION_2, loss=TRL_LOSS)
     assert any("overrides the accelerate config's mixed_precision fp16" in n for n in got.notes)
     assert str(CONFIGS / "hf/accelerate/deepspeed_zero3.yaml") in got.files
 
@@ -229,7 +234,9 @@ def test_real_configs_planner_cannot_represent_are_refused(path, word):
     ("base_model: x/y\nadapter: lora\nmicro_batch_size: 1\nsequence_len: 512\n"
      "plugins: [axolotl.integrations.spectrum.SpectrumPlugin]\n", "SpectrumPlugin"),
     ("model_name_or_path: x/y\nper_device_train_batch_size: 1\nmax_length: 512\nuse_peft: true\n"
-     "loss_type: chunked_nll\n", "chunked_nll"),
+     "loss_type: dft\n", "dft"),
+    ("model_name_or_path: x/y\nper_device_train_batch_size: 1\nmax_length: 512\nuse_peft: true\n"
+     "label_smoothing_factor: 0.1\n", "label_smoothing_factor"),
     ("model_name_or_path: x/y\nper_device_train_batch_size: 1\nmax_length: 512\npacking: true\n"
      "use_liger_kernel: true\n", "Liger"),
     ("model_name_or_path: x/y\nper_device_train_batch_size: 1\nmax_length: 512\n", "dtype"),

@@ -25,7 +25,7 @@ from planner.validate import (
     run_cells,
     summarize,
 )
-from planner.validate.matrix import COVERED, EXTRA_CELLS, FAMILIES, FULL_ONLY_CELLS, METHODS
+from planner.validate.matrix import COVERED, DDP_CELLS, EXTRA_CELLS, FAMILIES, FULL_ONLY_CELLS, METHODS
 from planner.validate.report import csv_text, read_measurements
 from planner.validate.results import CATEGORIES
 from planner.validate.run import measurement_fingerprint
@@ -45,13 +45,14 @@ def test_full_matrix_is_reproducible_and_large_enough():
     assert levels["attn"] == {"eager", "sdpa"}
     assert len(levels["seq_len"]) >= 2 and len(levels["micro_batch"]) >= 2
     assert len(levels["hidden"]) >= 3 and len(levels["vocab"]) >= 3
-    # two ranks under DeepSpeed and FSDP2 (zero 0, Cell.fsdp set), three only in the issue-17 cells that check the
-    # per-rank partitions on three
+    # two ranks under DeepSpeed, FSDP2 (zero 0, Cell.fsdp set) and torch DDP (zero 0, its own cells), three only in
+    # the issue-17 cells that check the per-rank partitions on three
     from planner.validate.recipe_cells import DS_RANKS_COMM_CELLS
 
-    assert all(c.num_ranks == (1 if c.zero == 0 and not c.fsdp
+    assert all(c.num_ranks == (1 if c.zero == 0 and not c.fsdp and c not in DDP_CELLS
                                else 3 if c in DS_RANKS_COMM_CELLS and c.num_ranks == 3 else 2)
                for c in cells)
+    assert all(c in cells and c.zero == 0 for c in DDP_CELLS)
     # Every ZeRO stage runs every method it supports (QLoRA is refused with stage 3).
     pairs = {(c.zero, c.method) for c in cells}
     assert all((z, m) in pairs for z in (1, 2, 3) for m in METHODS if not (z == 3 and m.startswith("qlora")))

@@ -72,6 +72,8 @@ LOSS_WORDS = {
     Loss.STANDARD: "transformers' own (ForCausalLMLoss on the full logits, upcast to fp32)",
     Loss.CHUNKED_CE: "torchtune's CEWithChunkedOutputLoss in {chunks} chunks (lm_head applied per chunk)",
     Loss.FUSED_LINEAR_CE: "Liger's fused linear cross-entropy (the logits never materialise)",
+    Loss.TRL_FUSED_LM_HEAD: "TRL SFTTrainer's fused LM head (loss_type nll: lm_head in tiles of 4096 tokens x 32768 "
+                            "vocabulary entries)",
 }
 LOSS_INSTALL = {
     Loss.CHUNKED_CE: "The chunked loss is torchtune's: install it with `pip install --no-deps torchtune==0.6.1` "
@@ -79,6 +81,9 @@ LOSS_INSTALL = {
     Loss.FUSED_LINEAR_CE: "The fused loss is Liger-Kernel's (Triton kernels, CUDA GPUs only): install it with "
                           "`pip install liger-kernel`; train.py turns on its fused linear cross-entropy alone "
                           "(TrainingArguments use_liger_kernel with liger_kernel_config).",
+    Loss.TRL_FUSED_LM_HEAD: "The fused LM head is TRL's: install it with `pip install trl==1.16.0`; train.py adds "
+                            "it to the model (trl.trainer.utils.add_fused_lm_head) and computes SFTTrainer's loss "
+                            "from it.",
 }
 
 

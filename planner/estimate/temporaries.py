@@ -49,11 +49,15 @@ ADAFACTOR_SCRATCH_COPIES = 3
 # once in forward, once in backward) stays gathered, in the 16-bit dtype; a small model stays gathered entirely
 # (measured on CPU with `planner profile --zero 3`: every non-persistent parameter gathered at the loss
 # backward).
-# DistributedDataParallel broadcasts rank 0's parameters and buffers at construction (_sync_module_states,
-# _broadcast_coalesced): with gloo (CPU) rank 0 keeps the flat broadcast buffer, a copy of the parameters,
-# for the rest of the run (measured with `planner profile --zero 0 --gpus 2 --device cpu`). Not seen with NCCL
-# until the GPU profiles (issue 8) say otherwise.
-GLOO_DDP_RANK0_BROADCAST_COPIES = 1
+# DistributedDataParallel broadcasts rank 0's parameters and buffers at construction (torch 2.13
+# torch/nn/parallel/distributed.py ``__init__`` -> torch/distributed/utils.py ``_sync_module_states`` ->
+# ``_sync_params_and_buffers`` -> ``dist._broadcast_coalesced``): c10d's ``broadcast_coalesced``
+# (torch/csrc/distributed/c10d/comm.cpp) flattens each bucket of at most ``broadcast_bucket_size`` bytes into a
+# ``BroadcastWork``'s flat tensor, keeps at most two in flight and drops each once ``finish()`` has copied it
+# back: the copy lives only while DDP is constructed, before the first step, with gloo as with NCCL. The
+# params-sized tensor DDP keeps from construction on is the Reducer's gradient bucket (``ddp_bucket_bytes``).
+# Measured: a 2-rank gloo DDP run records no such copy on either rank (tests/test_profile_command.py, the DDP
+# validation cells); the rule that once added one on CPU is gone.
 
 
 # DeepSpeed computes the gradient norm before every ZeRO 1/2 step (zero_optimization.compute_grad_norm,
@@ -186,7 +190,7 @@ def zero3_gathered_bytes(train: TrainSpec, num_params: int, largest_module: int,
 
 def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable: int, num_ranks: int,
                     grads_bytes: int, hidden_size: int, largest_trainable: int, num_params: int = 0,
-                    params_bytes: int = 0, device: str = "cuda", largest_trainable_tensor: int | None = None,
+                    largest_trainable_tensor: int | None = None,
                     partition: RankPartition | None = None, num_stepped_16bit: int | None = None,
                     optimizer_step_bytes: int | None = None) -> Transients:
     """Everything above for one rank. ``largest_trainable``: the largest module (ZeRO-3 gathering, Adafactor);
@@ -223,8 +227,6 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
     master = master_grad_copy_bytes(train, num_16bit_trainable)
     grad_bytes = 2 if train.precision.compute_dtype in ("bf16", "fp16") else 4
     persistent = ddp_bucket_bytes(train, grads_bytes, n)
-    if device == "cpu" and not train.uses_deepspeed and n > 1:
-        persistent += GLOO_DDP_RANK0_BROADCAST_COPIES * params_bytes
     bucket = deepspeed_bucket_bytes(train, hidden_size, grad_bytes)
     late = bucket if train.zero_stage in (1, 2) else 0
     persistent += bucket if train.zero_stage == 3 else 0

@@ -12,7 +12,7 @@ from planner.from_config.fields import (
     TORCHTUNE_NO_MEMORY,
     TORCHTUNE_OPTIMIZERS,
 )
-from planner.from_config.loss_fields import axolotl_loss, llamafactory_loss, torchtune_loss
+from planner.from_config.loss_fields import axolotl_loss, llamafactory_loss, torchtune_loss, trl_loss
 from planner.from_config.posttrain_fields import dpo_task, is_dpo
 from planner.from_config.reader import (
     PEFT_DEFAULT_TARGETS,
@@ -26,6 +26,7 @@ from planner.from_config.reader import (
 from planner.specs import (
     AttnImpl,
     LoraSpec,
+    LossSpec,
     Method,
     Parallelism,
     PeftDtype,
@@ -331,12 +332,8 @@ def hf(r: Reader) -> dict[str, Any]:
                      ("fp8", "training is not modelled.")):
         r.refuse_if(key, why)
     task = dpo_task(r) if is_dpo(r) else TaskSpec()
-    loss = None if not task.is_default else r.text("loss_type")
-    if loss not in (None, "nll"):
-        r.refuse(f"loss_type: {loss}", "is a loss planner does not model (it models the standard nll).")
-    if loss is None and trl and task.is_default:
-        r.notes.append("loss_type is unset: TRL releases before chunked_nll became the default compute the "
-                       "standard loss, which planner models; under a chunked-loss default the logits peak is lower.")
+    # a DPOConfig's loss_type is DPO's own loss (posttrain_fields.py); an SFTConfig's is SFTTrainer's (loss_fields.py)
+    loss = trl_loss(r, trl) if task.is_default else LossSpec()
     peft = bool(r.flag("use_peft", False))
     four = bool(r.flag("load_in_4bit", False))
     if four and not peft:
@@ -391,5 +388,5 @@ def hf(r: Reader) -> dict[str, Any]:
                 micro_batch=r.whole("per_device_train_batch_size", 8),
                 seq_len=seq or 2048, grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(checkpointing), attn_impl=attention(r, r.text("attn_implementation"),
-                                                                        "attn_implementation"), task=task)
+                                                                        "attn_implementation"), task=task, loss=loss)
 

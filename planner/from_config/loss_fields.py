@@ -8,6 +8,10 @@
   ``fused_linear_cross_entropy=True`` for the sft and pt stages.
 - torchtune: ``loss: {_component_: torchtune.modules.loss.CEWithChunkedOutputLoss, num_output_chunks: N}``
   (default 8), the loss its recipes ship with.
+- TRL 1.16 SFTConfig (trl/trainer/sft_config.py): ``loss_type`` ``"nll"`` (the default; ``"chunked_nll"`` is its
+  deprecated alias, turned into ``"nll"`` in ``__post_init__``) runs SFTTrainer's fused LM head
+  (``add_fused_lm_head``); ``"dft"`` weighs each token's loss by its probability. A plain TrainingArguments file
+  (no TRL field) is the Trainer's own loss.
 """
 
 from __future__ import annotations
@@ -72,3 +76,22 @@ def torchtune_loss(r, component: str | None) -> LossSpec:
         if k not in ("_component_", "num_output_chunks"):
             r.ignored[f"loss.{k}"] = "does not change memory or time"
     return LossSpec(Loss.CHUNKED_CE, chunks)
+
+
+def trl_loss(r, trl: bool) -> LossSpec:
+    """``loss_type`` of a TRL SFTConfig (``trl``: the file has TRL's own fields); the standard loss otherwise."""
+    loss = r.text("loss_type")
+    if loss == "dft":
+        r.refuse("loss_type: dft", "weighs each token's loss by its probability, which planner does not model (it "
+                 "models nll).")
+    if loss not in (None, "nll", "chunked_nll"):
+        r.refuse(f"loss_type: {loss}", "is not one of TRL's SFTConfig loss types planner models (nll).")
+    if not trl:
+        return LossSpec()
+    value = r.data.get("label_smoothing_factor")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        r.refuse(f"label_smoothing_factor: {value}", "makes SFTTrainer compute the loss on the full logits beside "
+                 "its fused LM head, which planner does not model.")
+    if loss is None:
+        r.notes.append("loss_type is unset: TRL's SFTConfig defaults to nll, SFTTrainer's fused LM head.")
+    return LossSpec(Loss.TRL_FUSED_LM_HEAD)

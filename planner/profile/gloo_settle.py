@@ -54,6 +54,15 @@ COLLECTIVES = (
     "all_gather_single",
     "reduce_scatter_single",
 )
+# c10d bindings torch.distributed calls directly (not in distributed_c10d): ``_broadcast_coalesced``, through which
+# DistributedDataParallel broadcasts rank 0's parameters and buffers at construction and its buffers before every
+# forward (torch/distributed/utils.py ``_sync_params_and_buffers``, nn/parallel/distributed.py
+# ``_distributed_broadcast_coalesced``). c10d's ``broadcast_coalesced`` (torch/csrc/distributed/c10d/comm.cpp)
+# flattens each bucket into a tensor of its own that is freed when the broadcast finishes -- on the gloo worker
+# thread when it holds the last reference: measured on the receiving rank, a parameters-sized allocation whose free
+# the recording never saw (a 2-rank DDP cell's rank 1 at +1 parameter copy); inside a marked call, the replay
+# frees it at the call's end when the final liveness probe finds it unreachable (attribution.py).
+DIST_BINDINGS = ("_broadcast_coalesced",)
 # Longest wait for one tensor to be released (a tensor the collective legitimately keeps is not waited for
 # longer than this).
 SETTLE_TIMEOUT_S = 0.005
@@ -137,4 +146,8 @@ def install() -> None:
         setattr(c10d, name, wrapped)
         if getattr(dist, name, None) is fn:
             setattr(dist, name, wrapped)
+    for name in DIST_BINDINGS:
+        fn = getattr(dist, name, None)
+        if fn is not None:
+            setattr(dist, name, _wrap(fn))
     _installed = True

@@ -13,6 +13,11 @@ need: the class is loaded from the installed torchtune's own file (``pip install
 
 ``fused-linear-ce``: Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss`` on CUDA where ``liger_kernel`` is
 installed (its kernels are Triton); the labels shifted as its ``LigerForCausalLMLoss`` does.
+
+``trl-fused-lm-head``: TRL's ``add_fused_lm_head`` (trl/trainer/utils.py) on the HF model (the peft base model,
+as ``SFTTrainer.__init__`` does, with SFTTrainer's outputs), the model called with ``labels`` and
+``fused_lm_head=True``, and the loss ``SFTTrainer.compute_loss`` takes for ``loss_type="nll"``:
+``(-log_probs).sum() / label_mask.sum().clamp(min=1)``.
 """
 
 from __future__ import annotations
@@ -45,8 +50,14 @@ def chunked_loss_class():
     return module.CEWithChunkedOutputLoss
 
 
+TRL_OUTPUTS = ("log_probs", "entropy", "is_top1")  # SFTTrainer.__init__'s add_fused_lm_head(outputs=...)
+
+
 def check_loss_runs(train: TrainSpec, device: str) -> None:
     """Refuse a loss this machine cannot run, before the run starts."""
+    if train.loss.kind is Loss.TRL_FUSED_LM_HEAD and importlib.util.find_spec("trl") is None:
+        raise PlannerError("--loss trl-fused-lm-head is profiled with TRL's fused LM head: install it with "
+                           "'pip install trl==1.16.0'.")
     if train.loss.kind is Loss.CHUNKED_CE:
         chunked_loss_class()
     elif train.loss.kind is Loss.FUSED_LINEAR_CE:
@@ -70,6 +81,11 @@ class LossRun:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
             self.loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        elif self.kind is Loss.TRL_FUSED_LM_HEAD:
+            from trl.trainer.utils import add_fused_lm_head
+
+            base = self.hf_model.get_base_model() if hasattr(self.hf_model, "get_base_model") else self.hf_model
+            add_fused_lm_head(base, outputs=TRL_OUTPUTS)
 
     def forward(self, module, ids: torch.Tensor):
         if self.kind is Loss.STANDARD and self.inside:
@@ -79,6 +95,8 @@ class LossRun:
             return module(input_ids=ids, labels=ids, use_cache=False)
         if self.kind is Loss.STANDARD:
             return module(input_ids=ids, use_cache=False).logits
+        if self.kind is Loss.TRL_FUSED_LM_HEAD:
+            return module(input_ids=ids, labels=ids, use_cache=False, fused_lm_head=True)
         captured: dict[str, torch.Tensor] = {}
 
         def take(_mod, _args, out) -> None:
@@ -102,6 +120,10 @@ class LossRun:
         if self.kind is Loss.STANDARD:
             # transformers ForCausalLMLoss, called on its own so that forward and loss are separate phases
             return self.hf_model.loss_function(logits=outputs, labels=ids, vocab_size=self.hf_model.config.vocab_size)
+        if self.kind is Loss.TRL_FUSED_LM_HEAD:
+            # SFTTrainer.compute_loss, loss_type "nll"
+            per_token_loss = -outputs.log_probs
+            return per_token_loss.sum() / outputs.label_mask.sum().clamp(min=1)
         if self.kind is Loss.CHUNKED_CE:
             ignore = torch.full((ids.shape[0], 1), IGNORE_INDEX, dtype=ids.dtype, device=ids.device)
             labels = torch.hstack((ids[..., 1:], ignore))

@@ -6,6 +6,9 @@ the output projection applied per chunk of the sequence as torchtune's ``Transfo
 each chunk's logits are upcast to fp32 on their own (``chunks``: torchtune's ``num_output_chunks``, default 8).
 ``fused-linear-ce``: Liger's ``LigerFusedLinearCrossEntropyLoss`` (liger_kernel/ops/fused_linear_cross_entropy.py),
 the projection and the loss fused so that the [tokens, V] logits never exist: Triton kernels, GPU only.
+``trl-fused-lm-head``: TRL 1.16's SFTTrainer loss (``loss_type="nll"``, its default): ``add_fused_lm_head``
+(trl/trainer/utils.py) projects the final hidden states through lm_head in tiles of at most 4096 tokens x 32768
+vocabulary entries (trl/kernels/chunked_logprob.py ``ChunkedLogProbFunction``), never the full logits.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ DEFAULT_LOSS_CHUNKS = 8
 LOSS_HELP = ("Loss recipe: standard (transformers' loss on the full [tokens, vocab] logits, upcast to fp32), "
              "chunked-ce (torchtune's CEWithChunkedOutputLoss: projection and fp32 upcast per chunk) or "
              "fused-linear-ce (Liger's fused linear cross-entropy: the logits never exist; GPU only, modelled from "
-             "its source). Default: standard.")
+             "its source) or trl-fused-lm-head (TRL's SFTTrainer loss_type nll: lm_head in tiles of 4096 tokens x "
+             "32768 vocabulary entries). Default: standard.")
 LOSS_CHUNKS_HELP = f"chunked-ce: chunks of the sequence (torchtune's num_output_chunks). Default: {DEFAULT_LOSS_CHUNKS}."
 
 
@@ -30,6 +34,7 @@ class Loss(str, Enum):
     STANDARD = "standard"
     CHUNKED_CE = "chunked-ce"
     FUSED_LINEAR_CE = "fused-linear-ce"
+    TRL_FUSED_LM_HEAD = "trl-fused-lm-head"
 
 
 @dataclass(frozen=True)

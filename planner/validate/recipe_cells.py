@@ -211,6 +211,42 @@ POSTTRAIN_CELLS = (
 )
 
 
+# TRL SFTTrainer's fused LM head (``--loss trl-fused-lm-head``, issue 19), in the full matrix only (the CI subset
+# is near its time budget): a full fp32 Llama whose vocabulary (40000) spans two of TRL's 32768-entry tiles, at
+# micro-batch 2 (the shifted hidden states are copied by reshape); LoRA bf16-mixed Qwen2 under checkpointing at
+# micro-batch 1 (lm_head frozen: no weight gradient; a 16-bit tile widened to fp32 by the CPU tile ops); a full
+# fp32 GPT-2 (lm_head tied to the embedding: the head's fp32 gradient waits for the lookup's); and full bf16-mixed
+# ZeRO-2 on two ranks under checkpointing (DeepSpeed's engine runs the fused forward; the head's gradient reaches
+# its reduce hooks).
+TRL_LOSS_CELLS = (
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=40000,
+         method="full", precision="fp32", zero=0, num_ranks=1, ckpt=False, attn="sdpa", seq_len=64,
+         micro_batch=2, loss="trl-fused-lm-head"),
+    Cell(family="qwen2", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=8192,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=1, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=1, loss="trl-fused-lm-head"),
+    Cell(family="gpt2", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=64 // HEAD_DIM, intermediate=256,
+         vocab=3072, method="full", precision="fp32", zero=0, num_ranks=1, ckpt=False, attn="eager", seq_len=64,
+         micro_batch=2, loss="trl-fused-lm-head"),
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=8192,
+         method="full", precision="bf16-mixed", zero=2, num_ranks=2, ckpt=True, attn="sdpa", seq_len=64,
+         micro_batch=2, loss="trl-fused-lm-head"),
+)
+
+
+# torch DistributedDataParallel on two gloo ranks (ZeRO 0 on 2 ranks), in the full matrix only: the random design
+# draws multi-rank cells under DeepSpeed only. A full fp32 Llama (every gradient in DDP's Reducer buckets beside
+# .grad) and a LoRA bf16-mixed Qwen2 under checkpointing (only the adapters' gradients are bucketed).
+DDP_CELLS = (
+    Cell(family="llama", hidden=64, layers=2, heads=64 // HEAD_DIM, kv_heads=2, intermediate=192, vocab=1000,
+         method="full", precision="fp32", zero=0, num_ranks=2, ckpt=False, attn="sdpa", seq_len=64,
+         micro_batch=2),
+    Cell(family="qwen2", hidden=96, layers=2, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=2048,
+         method="lora-all", precision="bf16-mixed", zero=0, num_ranks=2, ckpt=True, attn="sdpa", seq_len=128,
+         micro_batch=1),
+)
+
+
 # Cells of the full matrix only (each tuple's comment says why); the CI subset never picks them.
 # The autocast recipe (``--precision bf16-autocast``, issue 16 item 1), full matrix only: fp32 weights with the
 # forward under accelerate's autocast, as the HF Trainer runs full fine-tuning without DeepSpeed
@@ -256,7 +292,7 @@ OPTIM_IN_BACKWARD_CELLS = (
 
 FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_CELLS + DEEPSPEED_CONFIG_CELLS
                    + ACCUMULATION_CELLS + PRECISION_CELLS + OPTIM_IN_BACKWARD_CELLS + FSDP2_CELLS
-                   + POSTTRAIN_CELLS + DS_RANKS_COMM_CELLS)
+                   + POSTTRAIN_CELLS + DS_RANKS_COMM_CELLS + TRL_LOSS_CELLS + DDP_CELLS)
 
 
 # Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under

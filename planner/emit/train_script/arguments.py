@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="fp32: peft's prepare_model_for_kbit_training; 16bit: skip it")
     plan.add_argument("--quant-type", choices=("nf4", "fp4"), default=PLAN["quant"]["quant_type"])
     plan.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=PLAN["quant"]["double_quant"])
-    plan.add_argument("--loss", choices=("standard", "chunked-ce", "fused-linear-ce"), default=PLAN["loss"]["kind"])
+    plan.add_argument("--loss", choices=("standard", "chunked-ce", "fused-linear-ce", "trl-fused-lm-head"), default=PLAN["loss"]["kind"])
     plan.add_argument("--loss-chunks", type=int, default=PLAN["loss"]["chunks"], help="chunked-ce: chunks")
 
     run = p.add_argument_group("run")

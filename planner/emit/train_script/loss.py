@@ -6,14 +6,16 @@ hidden states as torchtune's ``TransformerDecoder.chunked_output`` does, in a Tr
 the model without logits (``logits_to_keep`` an empty slice) -- what planner's profiler runs
 (planner/profile/loss_run.py). ``fused-linear-ce``: Liger's fused linear cross-entropy through
 ``TrainingArguments(use_liger_kernel=True, liger_kernel_config=...)`` with only that kernel switched on
-(``pip install liger-kernel``; Triton, GPU only).
+(``pip install liger-kernel``; Triton, GPU only). ``trl-fused-lm-head``: TRL's fused LM head
+(``trl.trainer.utils.add_fused_lm_head``, ``pip install trl``) on the Trainer's model, and the loss SFTTrainer's
+``compute_loss`` takes from it for ``loss_type="nll"`` -- what planner's profiler runs.
 """
 
 from __future__ import annotations
 
 LOSS = r'''# ---------------------------------------------------------------- loss
 
-LOSSES = ("standard", "chunked-ce", "fused-linear-ce")
+LOSSES = ("standard", "chunked-ce", "fused-linear-ce", "trl-fused-lm-head")
 # Liger's kernels the Trainer applies for --loss fused-linear-ce (liger_kernel _apply_liger_kernel_to_instance):
 # the fused linear cross-entropy only, the loss planner estimated; the others replace modules it counts as
 # transformers writes them.
@@ -48,8 +50,41 @@ def torchtune_chunked_loss(chunks: int):
     return module.CEWithChunkedOutputLoss(num_output_chunks=chunks)
 
 
+def trl_fused_trainer(trainer_cls):
+    """A Trainer computing TRL SFTTrainer's loss_type "nll": add_fused_lm_head on the (peft base) model, as
+    SFTTrainer.__init__ does, and compute_loss's negative log-likelihood over the fused head's log-probabilities."""
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
+        fail("--loss trl-fused-lm-head runs TRL's fused LM head: pip install trl")
+    from trl.trainer.utils import add_fused_lm_head
+
+    class FusedLMHeadTrainer(trainer_cls):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))  # SFTTrainer's outputs
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch
+
+            inputs = {**inputs, "use_cache": False}
+            outputs = model(**inputs, fused_lm_head=True)
+            per_token_loss = -outputs.log_probs  # zero on ignored positions
+            num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = per_token_loss.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return (loss, outputs) if return_outputs else loss
+
+    return FusedLMHeadTrainer
+
+
 def trainer_class(trainer_cls, args: argparse.Namespace):
-    """The Trainer for the planned loss: the Trainer itself, or one that computes torchtune's chunked loss."""
+    """The Trainer for the planned loss: the Trainer itself, or one that computes torchtune's chunked loss or
+    TRL's fused-LM-head loss."""
+    if args.loss == "trl-fused-lm-head":
+        return trl_fused_trainer(trainer_cls)
     if args.loss != "chunked-ce":
         return trainer_cls
     loss_fn = torchtune_chunked_loss(args.loss_chunks)

@@ -18,7 +18,7 @@ saved activations -- the spike that dominates for 128k-256k vocabularies (DESIGN
 Gemma-2 first applies final-logit softcapping (``logits / cap``, ``tanh`` saving its output, ``* cap``).
 
 The other loss recipes (``TrainSpec.loss``, specs/loss.py) are written in ``loss_recipes``: torchtune's chunked
-cross-entropy and Liger's fused linear cross-entropy.
+cross-entropy and Liger's fused linear cross-entropy; TRL's fused LM head in ``trl_loss``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from planner.errors import PlannerError
 from planner.estimate.step import layers as ly
-from planner.estimate.step import loss_recipes, ops
+from planner.estimate.step import loss_recipes, ops, trl_loss
 from planner.estimate.step.tape import Fake, Tape
 from planner.specs.loss import Loss, LossSpec
 
@@ -54,6 +54,8 @@ def causal_lm_loss(t: Tape, fam, ids: Fake, run_layers, *, keep_logits: bool,
         return LossOutput(out, logits_bytes, None)
     if kind is Loss.FUSED_LINEAR_CE:
         return LossOutput(loss_recipes.fused_linear_ce(t, fam, hidden, ids), 0, None)
+    if kind is Loss.TRL_FUSED_LM_HEAD:
+        return LossOutput(trl_loss.fused_lm_head(t, fam, hidden, ids), 0, None)
     logits = ly.linear(t, fam.ctx, hidden, fam.lm_head)
     if fam.final_softcap:
         logits = ops.mul_scalar(t, logits)

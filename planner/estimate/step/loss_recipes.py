@@ -58,6 +58,10 @@ def loss_notes(train: TrainSpec) -> list[str]:
     """What the user should know about the loss recipe's rule."""
     if train.loss.kind is Loss.FUSED_LINEAR_CE:
         return [LIGER_NOTE]
+    if train.loss.kind is Loss.TRL_FUSED_LM_HEAD:
+        from planner.estimate.step.trl_loss import TRL_NOTE
+
+        return [TRL_NOTE]
     if train.loss.kind is Loss.CHUNKED_CE:
         return [f"--loss chunked-ce: torchtune's CEWithChunkedOutputLoss in {train.loss.chunks} chunks of the "
                 "sequence, lm_head applied per chunk (TransformerDecoder.chunked_output); the fp32 upcast and its "

@@ -31,7 +31,7 @@ from functools import lru_cache
 
 from planner.errors import PlannerError
 from planner.estimate import peft_dtypes
-from planner.estimate.step import autocast, in_backward, late_segments
+from planner.estimate.step import autocast, in_backward, late_segments, trl_loss
 from planner.estimate.step import offload as packing
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
@@ -167,9 +167,12 @@ def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", k
     # every tensor's size is linear in the micro-batch and the order of allocations does not depend on it: two
     # simulations (micro-batch 2 and 3) give every candidate peak as a line in b (envelope.py).
     # Activation offloading's pinned host bytes round each copy to a power of two: not linear either.
-    # TRL's fused head (--task dpo) allocates min(tokens, 4096) rows: not linear in the micro-batch either.
+    # TRL's fused LM head tiles b * (s - 1) tokens by 4096 (--task dpo: min(tokens, 4096) rows; trl_loss.py): linear
+    # in the micro-batch only within one tile.
     direct = (train.micro_batch == 1 or _cpu_kind(device, cpu) is not None or train.activation_offload
-              or not train.task.is_default)
+              or not train.task.is_default
+              or (train.loss.kind is Loss.TRL_FUSED_LM_HEAD
+                  and not trl_loss.is_linear_in_micro_batch((train.micro_batch, *ENVELOPE_POINTS), train.seq_len)))
     inputs = step_inputs(model, train, device=device, keep_grads=keep_grads, keep_logits=keep_logits,
                          adapters=adapters, hold_grads_over=hold_grads_over, cpu=cpu,
                          micro_batch=None if direct else 0)
