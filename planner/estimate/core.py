@@ -143,8 +143,6 @@ def estimate(
             # and modules_to_save copies are DeepSpeed parameters too (num_persistent counts theirs), gathered
             # like the base's when over the persistence threshold (LoRA B of a wide MLP projection)
             num_params=split.num_params + split.num_adapter + split.num_saved - num_persistent - num_released,
-            params_bytes=states.params_bytes,
-            device=device,
             partition=partition,
             optimizer_step_bytes=per_tensor.step_bytes if per_tensor else None,
         )
