@@ -34,6 +34,7 @@ FLAG_FIELDS = {
     "lora_dtype": ("lora_dtype",), "qlora_prep": ("qlora_prep",), "quant_type": ("quant.quant_type",), "double_quant": ("quant.double_quant",), "zero": None,
     "offload": None, "micro_batch": ("micro_batch",), "seq_len": ("seq_len",), "grad_accum": ("grad_accum",),
     "grad_checkpointing": ("grad_checkpointing",), "activation_offload": ("activation_offload",),
+    "compile": ("compile",),
     "attn": ("attn_impl",), "dropout": ("dropout",),
     "loss": ("loss.kind",), "loss_chunks": ("loss.chunks",),
 }

@@ -73,6 +73,12 @@ ActivationOffloadOpt = Annotated[
                  help="Copy saved activations to host RAM in forward and back in backward "
                       "(torch.autograd.graph.save_on_cpu around the forward; default: off)."),
 ]
+CompileOpt = Annotated[
+    bool,
+    typer.Option("--compile/--no-compile",
+                 help="Wrap the model in torch.compile (inductor), as the HF Trainer's torch_compile=True does; the "
+                      "estimate keeps eager's activations, an upper bound (default: off)."),
+]
 LossOpt = Annotated[str, typer.Option("--loss", help=LOSS_HELP)]
 LossChunksOpt = Annotated[int, typer.Option("--loss-chunks", help=LOSS_CHUNKS_HELP)]
 AttnOpt = Annotated[str, typer.Option("--attn", help="Attention implementation: eager, sdpa, flash_attention_2.")]

@@ -68,6 +68,10 @@ class TrainSpec:
     # Saved activations copied to host RAM in forward and back in backward (torch.autograd.graph.save_on_cpu)
     activation_offload: bool = False
     loss: LossSpec = field(default_factory=LossSpec)
+    # The model wrapped in torch.compile (inductor), as the HF Trainer's torch_compile=True does through accelerate
+    # (Accelerator.prepare_model: torch.compile(model, backend="inductor"); DeepSpeed: engine.compile). The estimate
+    # keeps eager's activations, an upper bound (estimate/compile_note.py).
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, LossSpec):
@@ -168,6 +172,7 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "qlora_prep": train.qlora_prep.value,
         "activation_offload": train.activation_offload,
         "loss": train.loss.to_dict(),
+        "compile": train.compile,
     }
 
 
@@ -204,6 +209,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             qlora_prep=PeftDtype(d.get("qlora_prep", "fp32")),
             activation_offload=bool(d.get("activation_offload", False)),
             loss=LossSpec.from_dict(d.get("loss")),
+            compile=bool(d.get("compile", False)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

@@ -42,7 +42,8 @@ DEFAULT_LOSS = Loss.STANDARD.value  # transformers' ForCausalLMLoss: every desig
 # Cell fields added after the seeded design: at these values they are left out of the id and hash, so earlier
 # cells keep their ids and cached profiles (the loss and its chunks leave together, with the standard loss).
 DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
-                     "zero_config": "", "grad_accum": 1, "activation_offload": False}
+                     "zero_config": "", "grad_accum": 1, "activation_offload": False,
+                     "compile": False}
 # and a CSV row without one of these columns reads as the default
 LATE_FIELDS = (*DEFAULTS_LEFT_OUT, "loss", "loss_chunks")
 HEAD_DIM = 16
@@ -92,6 +93,7 @@ class Cell:
     activation_offload: bool = False
     loss: str = DEFAULT_LOSS
     loss_chunks: int = DEFAULT_LOSS_CHUNKS
+    compile: bool = False  # --compile: the model under torch.compile (inductor)
 
     @property
     def id(self) -> str:
@@ -111,6 +113,7 @@ class Cell:
         opt += "" if self.qlora_prep == DEFAULT_PEFT_DTYPE else f"-prep{self.qlora_prep}"
         opt += ("-dscfg" if self.zero_config else "") + (f"-ga{self.grad_accum}" if self.grad_accum != 1 else "")
         opt += "-actoffload" if self.activation_offload else ""
+        opt += "-compile" if self.compile else ""
         loss = "" if self.loss == DEFAULT_LOSS else f"-{self.loss}{self.loss_chunks}"
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
                 f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}{loss}"
@@ -161,7 +164,7 @@ class Cell:
                                        targets=targets),
                          quant=quant, parallelism=Parallelism.from_zero(self.zero, zero_config=self._zero_config()), micro_batch=self.micro_batch, seq_len=self.seq_len,
                          grad_accum=self.grad_accum, grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn),
-                         activation_offload=self.activation_offload,
+                         activation_offload=self.activation_offload, compile=self.compile,
                          loss=LossSpec(Loss(self.loss), self.loss_chunks))  # fmt: skip
 
     def _zero_config(self) -> ZeroConfig | None:
