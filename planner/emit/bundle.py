@@ -139,6 +139,7 @@ def render_bundle(
         "seq_len": train.seq_len,
         "grad_checkpointing": train.grad_checkpointing,
         "activation_offload": train.activation_offload,
+        "compile": train.compile,
         "attn_impl": t["attn_impl"],
         "dropout": train.dropout,
         "lora": t["lora"],

@@ -42,6 +42,7 @@ def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[s
         "--seq-len", str(t.seq_len),
         "--grad-checkpointing" if t.grad_checkpointing else "--no-grad-checkpointing",
         *(["--activation-offload"] if t.activation_offload else []),
+        *(["--compile"] if t.compile else []),
         "--attn", t.attn_impl.value,
     ]  # fmt: skip
     if t.method is not Method.FULL:
@@ -170,6 +171,8 @@ def render_plan_md(
         ("activation checkpointing", "on (every layer)" if t.grad_checkpointing else "off"),
         ("activation offloading", "on (torch.autograd.graph.save_on_cpu around the forward and loss)"
                                   if t.activation_offload else "off"),
+        *([("torch.compile", "on (TrainingArguments(torch_compile=True), inductor); the memory figures are "
+                              "eager PyTorch's, an upper bound")] if t.compile else []),
         ("attention", t.attn_impl.value),
         ("loss", LOSS_WORDS[t.loss.kind].format(chunks=t.loss.chunks)),
         ("dataset", f"`{_md(dataset)}`"),

@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     plan.add_argument("--activation-offload", action=argparse.BooleanOptionalAction,
                       default=PLAN["activation_offload"],
                       help="saved activations to host RAM in forward (torch.autograd.graph.save_on_cpu)")
+    plan.add_argument("--torch-compile", action=argparse.BooleanOptionalAction, default=PLAN.get("compile", False),
+                      help="TrainingArguments(torch_compile=True): the model under torch.compile (inductor)")
     plan.add_argument("--attn-impl", choices=("eager", "sdpa", "flash_attention_2"), default=PLAN["attn_impl"])
     plan.add_argument("--deepspeed", default=PLAN["deepspeed"],
                       help="DeepSpeed JSON config, or 'none' (default: %(default)s, next to this script)")

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator_config=accelerator_config,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        torch_compile=args.torch_compile,
         **checkpointing_kwargs(TrainingArguments, args.grad_checkpointing),
         **loss_arguments(args),
     )
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "grad_accum": args.grad_accum,
         "seq_len": args.seq_len,
         "activation_offload": args.activation_offload,
+        "torch_compile": args.torch_compile,
         "loss": args.loss,
         "param_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in params}),
         # Under ZeRO-3 a rank holds a partition: ds_numel is a parameter's full size, numel() the local part.
