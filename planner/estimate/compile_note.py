@@ -22,9 +22,9 @@ COMPILE_NOTE = (
     "torch.compile (--compile): the estimate keeps eager PyTorch's activations and temporaries, an upper bound. "
     "Inductor's partitioner (torch/_functorch/partitioners.py min_cut_rematerialization_partition) recomputes "
     "pointwise ops in backward instead of saving them and fuses temporaries away, by a min-cut over the graph "
-    "that planner does not model; parameters, gradients and optimizer states are unchanged. Measured on CPU it "
-    "lowered the peak by up to a few percent on tiny models (README, torch.compile); expect more on long sequences, "
-    "where activations dominate."
+    "that planner does not model; parameters, gradients and optimizer states are unchanged. Measured on CPU with "
+    "tiny Llama and Qwen2 models it saved 10-18% less for backward and peaked 3-5% lower (README, torch.compile); "
+    "the saving grows where activations dominate (long sequences, no checkpointing)."
 )
 
 
