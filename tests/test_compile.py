@@ -16,7 +16,7 @@ import pytest
 
 from planner import catalog
 from planner.errors import PlannerError
-from planner.estimate.compile_note import COMPILE_NOTE
+from planner.estimate.compile_note import COMPILE_CHECKPOINT_NOTE, COMPILE_NOTE
 from planner.estimate.core import estimate
 from planner.from_config import read_training_config
 from planner.models import load_model
@@ -30,7 +30,8 @@ def test_the_estimate_is_eagers_with_a_note():
         eager = estimate(model, TrainSpec(method=method, grad_checkpointing=ckpt, seq_len=1024), cluster)
         compiled = estimate(model, dataclasses.replace(eager.train, compile=True), cluster)
         assert compiled.per_gpu == eager.per_gpu and compiled.peak_phase == eager.peak_phase
-        assert COMPILE_NOTE in compiled.notes and COMPILE_NOTE not in eager.notes
+        note = COMPILE_CHECKPOINT_NOTE if ckpt else COMPILE_NOTE
+        assert note in compiled.notes and note not in eager.notes
 
 
 def test_the_train_block_round_trips_and_defaults_off():

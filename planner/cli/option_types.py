@@ -77,7 +77,8 @@ CompileOpt = Annotated[
     bool,
     typer.Option("--compile/--no-compile",
                  help="Wrap the model in torch.compile (inductor), as the HF Trainer's torch_compile=True does; the "
-                      "estimate keeps eager's activations, an upper bound (default: off)."),
+                      "estimate keeps eager's activations: an upper bound without --grad-checkpointing, not with it "
+                      "(default: off)."),
 ]
 LossOpt = Annotated[str, typer.Option("--loss", help=LOSS_HELP)]
 LossChunksOpt = Annotated[int, typer.Option("--loss-chunks", help=LOSS_CHUNKS_HELP)]

@@ -172,7 +172,8 @@ def render_plan_md(
         ("activation offloading", "on (torch.autograd.graph.save_on_cpu around the forward and loss)"
                                   if t.activation_offload else "off"),
         *([("torch.compile", "on (TrainingArguments(torch_compile=True), inductor); the memory figures are "
-                              "eager PyTorch's, an upper bound")] if t.compile else []),
+                              "eager PyTorch's (an upper bound without activation checkpointing, not with it)")]
+                             if t.compile else []),
         ("attention", t.attn_impl.value),
         ("loss", LOSS_WORDS[t.loss.kind].format(chunks=t.loss.chunks)),
         ("dataset", f"`{_md(dataset)}`"),

@@ -174,7 +174,7 @@ def estimate(
         notes.append(paged_note(paged, per_tensor.largest_paged_bytes, device_total))
     if train.activation_offload:
         notes.append(activation_offload_note(step.offloaded_bytes, device))
-    notes.extend(compile_notes(train.compile))
+    notes.extend(compile_notes(train.compile, train.grad_checkpointing))
     differ = shown is not None and ranks_differ
     if differ and shown.num_buffer > shown.num_partition:
         notes.append(

@@ -8,7 +8,7 @@
 - torchtune (recipes/lora_finetune_single_device.py ``_setup_model``, torchtune/training/_compile.py):
   ``compile: true`` compiles each transformer layer in place (``compile_model``: ``m.compile(backend=inductor)``)
   and the loss (``compile_loss``); planner's profiler compiles the whole model as the HF Trainer does, and the
-  estimate is eager's either way (an upper bound), so a note says which.
+  estimate is eager's either way, so a note says which.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def hf_compile(r: Reader) -> bool:
 
 
 TORCHTUNE_NOTE = ("compile: torchtune compiles each layer and the loss (training.compile_model, compile_loss); "
-                  "the estimate keeps eager's activations either way, an upper bound.")
+                  "the estimate keeps eager's activations either way.")
 
 
 def torchtune_compile(r: Reader) -> bool:

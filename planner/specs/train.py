@@ -70,7 +70,7 @@ class TrainSpec:
     loss: LossSpec = field(default_factory=LossSpec)
     # The model wrapped in torch.compile (inductor), as the HF Trainer's torch_compile=True does through accelerate
     # (Accelerator.prepare_model: torch.compile(model, backend="inductor"); DeepSpeed: engine.compile). The estimate
-    # keeps eager's activations, an upper bound (estimate/compile_note.py).
+    # keeps eager's activations, an upper bound without checkpointing and not with it (estimate/compile_note.py).
     compile: bool = False
 
     def __post_init__(self) -> None:
