@@ -35,6 +35,7 @@ FLAG_FIELDS = {
     "offload": None, "micro_batch": ("micro_batch",), "seq_len": ("seq_len",), "grad_accum": ("grad_accum",),
     "grad_checkpointing": ("grad_checkpointing",), "activation_offload": ("activation_offload",),
     "optimizer_in_backward": ("optimizer_in_backward",),
+    "compile": ("compile",),
     "attn": ("attn_impl",), "dropout": ("dropout",),
     "loss": ("loss.kind",), "loss_chunks": ("loss.chunks",),
 }

@@ -85,6 +85,13 @@ OptimizerInBackwardOpt = Annotated[
                       "fine-tuning on one GPU without accumulation, torch AdamW/SGD, --precision bf16, fp32 or "
                       "bf16-autocast (default: off)."),
 ]
+CompileOpt = Annotated[
+    bool,
+    typer.Option("--compile/--no-compile",
+                 help="Wrap the model in torch.compile (inductor), as the HF Trainer's torch_compile=True does; the "
+                      "estimate keeps eager's activations: an upper bound without --grad-checkpointing, not with it "
+                      "(default: off)."),
+]
 LossOpt = Annotated[str, typer.Option("--loss", help=LOSS_HELP)]
 LossChunksOpt = Annotated[int, typer.Option("--loss-chunks", help=LOSS_CHUNKS_HELP)]
 TaskOpt = Annotated[str, typer.Option("--task", help=TASK_HELP)]

@@ -48,7 +48,7 @@ from planner.specs import (
 )
 from planner.units import GIB
 
-__all__ = ["OptimizerInBackwardOpt", "ActivationOffloadOpt", "AllowLongerOpt", "AttnOpt", "CheckpointingOpt", "DEFAULT_SEQ_LEN", "DoubleQuantOpt", "DropoutOpt", "GpuOpt", "GpusOpt", "GradAccumOpt", "HostRamOpt", "JsonOpt", "LoraAlphaOpt", "LoraDropoutOpt", "LoraDtypeOpt", "LoraRankOpt", "LoraTargetsOpt", "LossChunksOpt", "LossOpt", "MarginOpt", "MethodOneOpt", "MethodOpt", "MfuOpt", "MicroBatchOpt", "ModelOpt", "ModulesToSaveOpt", "NodesOpt", "OffloadOneOpt", "OffloadOpt", "OptimizerOpt", "PrecisionOpt", "PriceOpt", "QloraPrepOpt", "QuantTypeOpt", "SeqLenOpt", "TokensOpt", "TrustRemoteCodeOpt", "ZeroOneOpt", "ZeroOpt"]
+__all__ = ["ActivationOffloadOpt", "AllowLongerOpt", "AttnOpt", "CheckpointingOpt", "CompileOpt", "DEFAULT_SEQ_LEN", "DoubleQuantOpt", "DropoutOpt", "GpuOpt", "GpusOpt", "GradAccumOpt", "HostRamOpt", "JsonOpt", "LoraAlphaOpt", "LoraDropoutOpt", "LoraDtypeOpt", "LoraRankOpt", "LoraTargetsOpt", "LossChunksOpt", "LossOpt", "MarginOpt", "MethodOneOpt", "MethodOpt", "MfuOpt", "MicroBatchOpt", "ModelOpt", "ModulesToSaveOpt", "NodesOpt", "OffloadOneOpt", "OffloadOpt", "OptimizerInBackwardOpt", "OptimizerOpt", "PrecisionOpt", "PriceOpt", "QloraPrepOpt", "QuantTypeOpt", "SeqLenOpt", "TokensOpt", "TrustRemoteCodeOpt", "ZeroOneOpt", "ZeroOpt"]
 
 from planner.cli.option_types import (  # re-exported: the commands read them as options.X
     DEFAULT_SEQ_LEN,
@@ -56,6 +56,7 @@ from planner.cli.option_types import (  # re-exported: the commands read them as
     AllowLongerOpt,
     AttnOpt,
     CheckpointingOpt,
+    CompileOpt,
     DoubleQuantOpt,
     DropoutOpt,
     GpuOpt,
@@ -129,6 +130,7 @@ class TrainingFlags:
     grad_checkpointing: CheckpointingOpt = False
     activation_offload: ActivationOffloadOpt = False
     optimizer_in_backward: OptimizerInBackwardOpt = False
+    compile: CompileOpt = False
     attn: AttnOpt = "sdpa"
     dropout: DropoutOpt = None
     loss: LossOpt = "standard"
@@ -339,6 +341,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         qlora_prep=_enum(PeftDtype, f.qlora_prep, "--qlora-prep"),
         loss=LossSpec.from_flags(f.loss, f.loss_chunks),
         task=TaskSpec.from_flags(f.task, f.reference),
+        compile=bool(f.compile),
     )
 
 

@@ -145,6 +145,7 @@ def render_bundle(
         "grad_checkpointing": train.grad_checkpointing,
         "activation_offload": train.activation_offload,
         "optimizer_in_backward": train.optimizer_in_backward,
+        "compile": train.compile,
         "attn_impl": t["attn_impl"],
         "dropout": train.dropout,
         "lora": t["lora"],

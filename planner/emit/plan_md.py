@@ -43,6 +43,7 @@ def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[s
         "--grad-checkpointing" if t.grad_checkpointing else "--no-grad-checkpointing",
         *(["--activation-offload"] if t.activation_offload else []),
         *(["--optimizer-in-backward"] if t.optimizer_in_backward else []),
+        *(["--compile"] if t.compile else []),
         "--attn", t.attn_impl.value,
     ]  # fmt: skip
     if t.method is not Method.FULL:
@@ -183,6 +184,9 @@ def render_plan_md(
         ("activation checkpointing", "on (every layer)" if t.grad_checkpointing else "off"),
         ("activation offloading", "on (torch.autograd.graph.save_on_cpu around the forward and loss)"
                                   if t.activation_offload else "off"),
+        *([("torch.compile", "on (TrainingArguments(torch_compile=True), inductor); the memory figures are "
+                              "eager PyTorch's (an upper bound without activation checkpointing, not with it)")]
+                             if t.compile else []),
         ("attention", t.attn_impl.value),
         ("loss", LOSS_WORDS[t.loss.kind].format(chunks=t.loss.chunks)),
         ("dataset", f"`{_md(dataset)}`"),

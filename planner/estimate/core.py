@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from planner.errors import PlannerError
 from planner.estimate import optim_rules, overhead, posttrain
+from planner.estimate.compile_note import compile_notes
 from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.count.zero_partition import (
     FlatOrder,
@@ -197,6 +198,7 @@ def estimate(
         notes.append(paged_note(paged, per_tensor.largest_paged_bytes, device_total))
     if train.activation_offload:
         notes.append(activation_offload_note(step.offloaded_bytes, device))
+    notes.extend(compile_notes(train.compile, train.grad_checkpointing))
     differ = shown is not None and ranks_differ
     if differ and shown.num_buffer > shown.num_partition:
         notes.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from planner.from_config.compile_fields import hf_compile, torchtune_compile
 from planner.from_config.fields import (
     AXOLOTL_NO_MEMORY,
     HF_NO_MEMORY,
@@ -66,7 +67,6 @@ def llamafactory(r: Reader) -> dict[str, Any]:
                      ("use_dft_loss", "is a loss planner does not model."),
                      ("fsdp", "is not modelled; planner models DDP and DeepSpeed ZeRO."),
                      ("sequence_parallel_size", "is not modelled."),
-                     ("torch_compile", "changes what autograd keeps, which planner does not model."),
                      ("upcast_lmhead_output", "upcasts the logits, which planner does not model.")):
         r.refuse_if(key, why)
     method = Method.LORA if finetuning == "lora" else Method.FULL
@@ -100,7 +100,7 @@ def llamafactory(r: Reader) -> dict[str, Any]:
     r.set_fields |= {k for k, f in (("seq_len", "cutoff_len"), ("micro_batch", "per_device_train_batch_size"),
                                     ("grad_accum", "gradient_accumulation_steps")) if r.has(f)}
     return dict(method=method, precision=precision, optimizer=hf_optimizer(r, "optim", "adamw_torch"), lora=lora,
-                loss=llamafactory_loss(r),
+                loss=llamafactory_loss(r), compile=hf_compile(r),
                 quant=quant, parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
                 micro_batch=r.whole("per_device_train_batch_size", 8), seq_len=r.whole("cutoff_len", 2048),
                 grad_accum=r.whole("gradient_accumulation_steps", 1), grad_checkpointing=checkpointing,
@@ -135,7 +135,6 @@ def axolotl(r: Reader) -> dict[str, Any]:
                      ("lora_qkv_kernel", "replaces LoRA's autograd, not modelled."),
                      ("lora_o_kernel", "replaces LoRA's autograd, not modelled."),
                      ("flash_attn_cross_entropy", "is a fused loss planner does not model."),
-                     ("torch_compile", "changes what autograd keeps, which planner does not model."),
                      ("sequence_parallel_degree", "is not modelled."), ("s2_attention", "is not modelled."),
                      ("xformers_attention", "is not modelled."), ("flex_attention", "is not modelled."),
                      ("fp8", "training is not modelled."), ("gptq", "base weights are not modelled."),
@@ -181,7 +180,7 @@ def axolotl(r: Reader) -> dict[str, Any]:
     r.set_fields |= {k for k, f in (("seq_len", "sequence_len"), ("micro_batch", "micro_batch_size"),
                                     ("grad_accum", "gradient_accumulation_steps")) if r.has(f)}
     return dict(method=method, precision=precision, optimizer=hf_optimizer(r, "optimizer", "adamw_torch_fused"),
-                lora=lora, loss=axolotl_loss(r), quant=QuantSpec(), parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
+                lora=lora, loss=axolotl_loss(r), compile=hf_compile(r), quant=QuantSpec(), parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
                 micro_batch=r.whole("micro_batch_size", 1),
                 seq_len=r.whole("sequence_len", 512), grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(checkpointing), attn_impl=attention(r, attn, "attention"))
@@ -216,7 +215,6 @@ def torchtune(r: Reader) -> dict[str, Any]:
             r.used.add(key)
             r.refuse(key, "belongs to torchtune's distributed recipes, which shard with FSDP2; planner models DDP "
                           "and DeepSpeed ZeRO only.")
-    r.refuse_if("compile", "changes what autograd keeps, which planner does not model.")
     # optimizer_in_bwd: torchtune's per-parameter optimizers stepped in post-accumulate-grad hooks
     # (training/memory.py register_optim_in_bwd_hooks): --optimizer-in-backward
     in_backward = bool(r.flag("optimizer_in_bwd", False))
@@ -302,7 +300,7 @@ def torchtune(r: Reader) -> dict[str, Any]:
             if f"{key}.{k}" not in r.used and k != "_component_":
                 r.ignored[f"{key}.{k}"] = "does not change memory or time"
     return dict(method=method, precision=precision, optimizer=TORCHTUNE_OPTIMIZERS[optim], lora=lora, quant=quant,
-                loss=loss,
+                loss=loss, compile=torchtune_compile(r),
                 micro_batch=r.whole("batch_size", 1), seq_len=seq or 2048,
                 grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(r.flag("enable_activation_checkpointing", False)),
@@ -326,7 +324,6 @@ def hf(r: Reader) -> dict[str, Any]:
                      ("use_liger_kernel", "replaces the loss and MLP kernels (Liger), which planner does not model."),
                      ("load_in_8bit", "holds the frozen base in 8 bits, which planner does not model (4-bit only)."),
                      ("use_dora", "(DoRA) is not modelled."),
-                     ("torch_compile", "changes what autograd keeps, which planner does not model."),
                      ("activation_offloading", "moves activations to the CPU, which planner does not model."),
                      ("neftune_noise_alpha", "adds noise tensors to the embeddings, which planner does not model."),
                      ("fp8", "training is not modelled.")):
@@ -384,7 +381,7 @@ def hf(r: Reader) -> dict[str, Any]:
     if seq is not None:
         r.set_fields.add("seq_len")
     return dict(method=method, precision=precision, optimizer=hf_optimizer(r, "optim", "adamw_torch_fused"),
-                lora=lora, quant=quant, parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
+                lora=lora, quant=quant, compile=hf_compile(r), parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
                 micro_batch=r.whole("per_device_train_batch_size", 8),
                 seq_len=seq or 2048, grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(checkpointing), attn_impl=attention(r, r.text("attn_implementation"),

@@ -131,7 +131,22 @@ def make_engine(built: Built, train: TrainSpec, device: str, num_ranks: int, loc
     else:
         engine = Engine(built, train, device)
     engine.loss_run = LossRun(built, train)
+    if train.compile:
+        compile_engine(engine)
     return engine
+
+
+def compile_engine(engine: Engine) -> None:
+    """--compile as the HF Trainer does it (trainer.py ``create_accelerator_and_postprocess`` hands accelerate a
+    ``TorchDynamoPlugin(backend="inductor")``): accelerate's ``Accelerator.prepare_model`` wraps the model, after
+    DDP, in ``torch.compile(model, backend="inductor")`` (the plugin's other fields are its defaults, which
+    ``to_kwargs`` leaves out); with DeepSpeed ``Accelerator._prepare_deepspeed`` calls
+    ``engine.compile(backend="inductor", compile_kwargs={})``, which compiles the wrapped module in place.
+    Compilation happens at the first forward, inside step 0's forward window."""
+    if isinstance(engine, DeepSpeedEngine):
+        engine.module.compile(backend="inductor", compile_kwargs={})
+    else:
+        engine.module = torch.compile(engine.module, backend="inductor")
 
 
 def init_distributed(device: str, with_deepspeed: bool) -> None:

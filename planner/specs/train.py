@@ -75,6 +75,10 @@ class TrainSpec:
     optimizer_in_backward: bool = False
     # sft, or TRL's DPOTrainer with its reference (specs/task.py)
     task: TaskSpec = field(default_factory=TaskSpec)
+    # The model wrapped in torch.compile (inductor), as the HF Trainer's torch_compile=True does through accelerate
+    # (Accelerator.prepare_model: torch.compile(model, backend="inductor"); DeepSpeed: engine.compile). The estimate
+    # keeps eager's activations, an upper bound without checkpointing and not with it (estimate/compile_note.py).
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, LossSpec):
@@ -265,6 +269,7 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "optimizer_in_backward": train.optimizer_in_backward,
         # post-training only (absent: sft, so every earlier plan and golden file reads the same)
         **({} if train.task.is_default else {"task": train.task.to_dict()}),
+        "compile": train.compile,
     }
 
 
@@ -333,6 +338,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             loss=LossSpec.from_dict(d.get("loss")),
             optimizer_in_backward=bool(d.get("optimizer_in_backward", False)),
             task=TaskSpec.from_dict(d.get("task")),
+            compile=bool(d.get("compile", False)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator_config=accelerator_config,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        torch_compile=args.torch_compile,
         **checkpointing_kwargs(TrainingArguments, args.grad_checkpointing),
         **loss_arguments(args),
     )
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "seq_len": args.seq_len,
         "activation_offload": args.activation_offload,
         "optimizer_in_backward": args.optimizer_in_backward,
+        "torch_compile": args.torch_compile,
         "loss": args.loss,
         "param_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in params}),
         # Under ZeRO-3 a rank holds a partition: ds_numel is a parameter's full size, numel() the local part.
