@@ -64,6 +64,7 @@ TRAIN_FIELDS_IGNORED = {
     "quant": "the 4-bit storage format changes the weights' bytes (quant.py), not the step: each 4-bit matmul "
              "dequantizes to the compute dtype whatever the quant type, double quantization or block size",
     "grad_accum": "one micro-batch is simulated; accumulation repeats it (peak.py keeps gradients across them)",
+    "compile": "the estimate keeps eager PyTorch's step: what inductor saves has no stable rule (compile_note.py)",
 }
 # the engine and the stage through _zero_key
 PARALLELISM_FIELDS_READ = ("engine", "zero_stage")
