@@ -105,6 +105,7 @@ IGNORED_VARIANTS = {
     "optimizer": dict(optimizer=Optimizer.SGD),
     "quant": dict(method=Method.QLORA, quant=QuantSpec(quant_type=QuantType.FP4, double_quant=False, blocksize=128)),
     "grad_accum": dict(grad_accum=4),
+    "compile": dict(compile=True),
 }
 
 
