@@ -26,6 +26,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from itertools import accumulate
 
 # stage_1_and_2.py: ``self.nccl_start_alignment_factor = 2  # 4-byte alignment/sizeof(fp16) = 2``; the flat
@@ -92,7 +93,7 @@ class RankPartitions(Sequence):
             seen.setdefault(p.shape, p)
         return tuple(seen.values())
 
-    @property
+    @cached_property
     def candidates(self) -> tuple[RankPartition, ...]:
         """The partitions that can hold the highest peak, lowest rank first: every part of a rank's step grows
         with its buffer, its largest piece and the gradients alive at its buffer (temporaries.zero12_step), so
@@ -121,35 +122,40 @@ def rank_partitions(numels: Sequence[int], num_ranks: int, bucket_elements: int)
     part = _partition_size(total, n)
     at_flush = _alive_at_flush(numels, total, bucket_elements)
 
-    def partition(r: int) -> RankPartition:
-        lo, hi = r * part, (r + 1) * part
-        first = bisect_right(ends, lo)  # the first tensor ending after lo
-        if first == len(numels):
-            return RankPartition(r, part, 0, 0, 0)  # padding only
-        stop = bisect_right(ends, hi - 1) + 1  # one past the last tensor starting before hi
-        stop = min(stop, len(numels))
-        start_first = ends[first] - numels[first]
-        largest = min(ends[first], hi) - max(start_first, lo)
-        if stop - first > 1:
-            last = stop - 1
-            largest = max(largest, min(ends[last], hi) - (ends[last] - numels[last]))
-            if stop - first > 2:
-                largest = max(largest, max(numels[first + 1 : last]))
-        return RankPartition(r, part, ends[stop - 1] - start_first, largest, at_flush[first])
-
+    # one pass over the ranks that start a new shape: a rank wholly inside one tensor has that tensor's shape, so
+    # the walk jumps past them; one RankPartition per run (the shape as a tuple until it changes)
+    num_tensors = len(numels)
     runs: list[RankPartition] = []
+    last_shape = None
     r = 0
     while r < n:
-        p = partition(r)
-        if not runs or runs[-1].shape != p.shape:
-            runs.append(p)
         lo = r * part
-        inside = bisect_right(ends, lo)
-        if inside == len(numels) or part == 0:
+        hi = lo + part
+        first = bisect_right(ends, lo)  # the first tensor ending after lo
+        if first == num_tensors:
+            here = (0, 0, 0)  # padding only
+        else:
+            stop = min(bisect_right(ends, hi - 1, first) + 1, num_tensors)  # one past the last starting before hi
+            end_first = ends[first]
+            start_first = end_first - numels[first]
+            largest = (end_first if end_first < hi else hi) - (start_first if start_first > lo else lo)
+            if stop - first > 1:
+                last = stop - 1
+                end_last = ends[last]
+                piece = (end_last if end_last < hi else hi) - (end_last - numels[last])
+                if piece > largest:
+                    largest = piece
+                if stop - first > 2:
+                    largest = max(largest, max(numels[first + 1 : last]))
+            here = (ends[stop - 1] - start_first, largest, at_flush[first])
+        if here != last_shape:
+            runs.append(RankPartition(r, part, *here))
+            last_shape = here
+        if first == num_tensors or part == 0:
             break  # this and every later rank hold padding only: one run
-        end = ends[inside]
+        end = ends[first]
         # ranks wholly inside this tensor share its shape: skip to the first rank past them
-        r = max(r + 1, end // part) if (r + 1) * part <= end else r + 1
+        r = max(r + 1, end // part) if hi <= end else r + 1
     return RankPartitions(tuple(runs), n)
 
 
