@@ -172,6 +172,17 @@ def test_bundle_train_py_deepspeed_zero2_through_the_trainer(tmp_path, tiny_conf
     check_within_bounds(tmp_path / "prof", num_ranks, tmp_path)
 
 
+def _profile_bundle_through_the_trainer(bundle: Path, tmp_path: Path) -> None:
+    """``planner profile --from BUNDLE -- python train.py``: the bundle's own script, 3 steps on CPU, a tiny random
+    model and byte tokens, profiled into tmp_path/prof (its run summary in tmp_path/run)."""
+    data = _small_dataset(tmp_path / "small.jsonl")
+    proc = planner("profile", "--from", str(bundle), "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "prof"),
+                   "--", "python", str(bundle / "train.py"), "--cpu", "--random-init", str(bundle / "model_config.json"),
+                   "--tokenizer", "bytes", "--dataset", str(data), "--max-steps", "20", "--no-save",
+                   "--output-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 0, _tail(proc)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seq_len", [32, 256])  # peaks at the optimizer step; in backward (the autocast casts)
 def test_bundle_train_py_autocast_through_the_trainer(tmp_path, tiny_config, seq_len):
@@ -183,12 +194,7 @@ def test_bundle_train_py_autocast_through_the_trainer(tmp_path, tiny_config, seq
                   "--json", cwd=tmp_path)
     assert rec.returncode == 0, _tail(rec)
     assert json.loads((bundle / "plan.json").read_text())["plan"]["train"]["precision"] == "bf16-autocast"
-    data = _small_dataset(tmp_path / "small.jsonl")
-    proc = planner("profile", "--from", str(bundle), "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "prof"),
-                   "--", "python", str(bundle / "train.py"), "--cpu", "--random-init", str(bundle / "model_config.json"),
-                   "--tokenizer", "bytes", "--dataset", str(data), "--max-steps", "20", "--no-save",
-                   "--output-dir", str(tmp_path / "run"), cwd=tmp_path)
-    assert proc.returncode == 0, _tail(proc)
+    _profile_bundle_through_the_trainer(bundle, tmp_path)
     meta = json.loads((tmp_path / "prof" / "meta.json").read_text())
     assert meta["train"]["precision"] == "bf16-autocast"
     check_within_bounds(tmp_path / "prof", 1, tmp_path)
@@ -203,12 +209,7 @@ def test_bundle_train_py_optimizer_in_backward_through_the_trainer(tmp_path, tin
                   "--precision", "bf16", "--optimizer", "adamw-fused", "--optimizer-in-backward", "--seq-len", "256",
                   "--out", str(bundle), "--json", cwd=tmp_path)
     assert rec.returncode == 0, _tail(rec)
-    data = _small_dataset(tmp_path / "small.jsonl")
-    proc = planner("profile", "--from", str(bundle), "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "prof"),
-                   "--", "python", str(bundle / "train.py"), "--cpu", "--random-init", str(bundle / "model_config.json"),
-                   "--tokenizer", "bytes", "--dataset", str(data), "--max-steps", "20", "--no-save",
-                   "--output-dir", str(tmp_path / "run"), cwd=tmp_path)
-    assert proc.returncode == 0, _tail(proc)
+    _profile_bundle_through_the_trainer(bundle, tmp_path)
     assert json.loads((tmp_path / "prof" / "meta.json").read_text())["train"]["optimizer_in_backward"]
     ran = json.loads((tmp_path / "run" / "run_summary.rank0.json").read_text())
     assert ran["optimizer_in_backward"] and ran["global_step"] == 3
