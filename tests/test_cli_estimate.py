@@ -27,11 +27,15 @@ def test_estimate_json_schema(cli):
     data = json.loads(r.stdout)
     assert set(data) >= {"model", "gpu", "rows"}
     assert data["model"]["num_params"] == 8_030_261_248
-    combos = {(row["method"], row["zero_stage"], row["offload"]) for row in data["rows"]}
-    # full and LoRA: 4 stages x valid offloads (0: none; 1-2: none, optimizer; 3: none, optimizer, +params)
-    assert ("full", 3, "optimizer+params") in combos and ("qlora", 2, "optimizer") in combos
-    assert ("qlora", 3, "none") not in combos  # refused combination is not listed
-    assert len(combos) == len(data["rows"]) == 8 + 8 + 5
+    combos = {(row["method"], row["engine"], row["zero_stage"], row["offload"],
+               row.get("fsdp", {}).get("reshard_after_forward")) for row in data["rows"]}
+    # full and LoRA: 4 stages x valid offloads (0: none; 1-2: none, optimizer; 3: none, optimizer, +params) and
+    # FSDP2 with and without resharding (8 ranks: they differ); QLoRA: no ZeRO-3, no FSDP2 yet
+    assert ("full", "deepspeed", 3, "optimizer+params", None) in combos
+    assert ("qlora", "deepspeed", 2, "optimizer", None) in combos
+    assert ("qlora", "deepspeed", 3, "none", None) not in combos  # refused combination is not listed
+    assert {("lora", "fsdp2", 0, "none", True), ("lora", "fsdp2", 0, "none", False)} <= combos
+    assert len(combos) == len(data["rows"]) == 10 + 10 + 5
     for row in data["rows"]:
         assert isinstance(row["fits"], bool)
         assert isinstance(row["num_trainable_params"], int)

@@ -118,7 +118,7 @@ def test_the_decorator_refuses_names_that_are_not_shared_options():
 
 
 def test_one_place_writes_a_stage_and_an_offload_into_a_train_spec():
-    """Only options._layout turns a ZeRO stage and an offload into a TrainSpec's fields (its parallelism): a new
+    """Only options._layout turns a ZeRO stage and an offload (or FSDP2's settings) into a TrainSpec's fields (its parallelism): a new
     parallelism field or engine changes one function."""
     layout_fields = {"zero_stage", "parallelism"}
     offenders = []

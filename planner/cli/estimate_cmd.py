@@ -12,13 +12,14 @@ import typer
 from planner.cli import deepspeed_options
 from planner.cli import from_options as fo
 from planner.cli import options as o
+from planner.cli.fsdp_options import fsdp_config, parse_engine
 from planner.errors import PlannerError
 from planner.estimate.core import estimate as run_estimate
 from planner.estimate.result import Estimate
 from planner.modelled import modelled_block
 from planner.models import load_model
 from planner.plan.fits import estimate_with_fit
-from planner.specs import Cluster, Method, ModelSpec, Offload, TrainSpec
+from planner.specs import Cluster, Engine, Method, ModelSpec, Offload, TrainSpec
 
 
 def table_base(flags: o.TrainingFlags, spec: ModelSpec, fc=None, *, seq_len_from_flags: bool = False):
@@ -32,7 +33,8 @@ def table_base(flags: o.TrainingFlags, spec: ModelSpec, fc=None, *, seq_len_from
         return fo.from_config_run(fc, flags, spec, seq_len_from_flags=seq_len_from_flags)
     # the rows set their own stage and offload; a fixed one (--zero, --deepspeed-config) starts the base, so that
     # the base carries a --deepspeed-config's buckets and thresholds into every row (with_layout keeps them)
-    return o.build_train_spec(flags, model=spec, method=flags.method or "full", zero=flags.zero or 0,
+    deepspeed = flags.zero is None and parse_engine(flags.engine) is Engine.DEEPSPEED  # rows set stages 1-3
+    return o.build_train_spec(flags, model=spec, method=flags.method or "full", zero=1 if deepspeed else flags.zero or 0,
                               offload=flags.offload if flags.zero else "none"), flags
 
 
@@ -43,7 +45,9 @@ def estimate_rows(
     """One Estimate (with time and cost) per valid method x stage x offload the flags ask for (None: every one).
     With all three fixed an invalid combination raises; none valid raises too."""
     methods = [o.parse_method(flags.method)] if flags.method else list(Method)
-    stages = [o.parse_zero(flags.zero)] if flags.zero is not None else [0, 1, 2, 3]
+    engine = parse_engine(flags.engine)
+    stages = [o.parse_zero(flags.zero)] if flags.zero is not None else \
+        {None: [0, 1, 2, 3], Engine.DDP: [0], Engine.DEEPSPEED: [1, 2, 3], Engine.FSDP2: []}[engine]
     offloads = [o.parse_offload(flags.offload)] if flags.offload else list(Offload)
     strict = flags.method is not None and flags.zero is not None and flags.offload is not None
     run = estimate_with_fit if with_fit else run_estimate
@@ -58,12 +62,38 @@ def estimate_rows(
                         raise
                     continue
                 rows.append(run(model, train, cluster, margin=flags.margin, allow_longer=flags.allow_longer))
+        rows += fsdp2_rows(model, cluster, base, flags, method, run)
     if not rows:
         raise PlannerError(
             "no valid combination of the given --method, --zero and --offload (offload needs ZeRO 1-3, "
-            "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2)."
+            "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2, FSDP2 full and LoRA)."
         )
     return [with_throughput(r, mfu=flags.mfu, num_tokens=num_tokens, price=flags.price_per_gpu_hour) for r in rows]
+
+
+def fsdp2_rows(model: ModelSpec, cluster: Cluster, base: TrainSpec, flags: o.TrainingFlags, method: Method,
+               run) -> list[Estimate]:
+    """FSDP2's rows of one method beside DeepSpeed's (none when --zero, --offload or another --engine is fixed):
+    reshard after forward on, and off where it changes the estimate (both fixed by --reshard/--no-reshard)."""
+    engine = parse_engine(flags.engine)
+    if engine not in (None, Engine.FSDP2) or (engine is None and (flags.zero is not None or
+                                                                  flags.offload not in (None, "none"))):
+        return []
+    out = []
+    for reshard in ([True, False] if flags.reshard is None else [flags.reshard]):
+        try:
+            cfg = fsdp_config(flags, base.precision, reshard=reshard)
+            train = o.with_layout(base, method, 0, Offload.NONE, cfg)
+        except PlannerError:
+            if engine is Engine.FSDP2 and flags.method is not None:
+                raise
+            continue
+        est = run(model, train, cluster, margin=flags.margin, allow_longer=flags.allow_longer)
+        if out and flags.reshard is None and (est.device_bytes, est.per_gpu) == (out[0].device_bytes,
+                                                                                 out[0].per_gpu):
+            continue  # no reshard changes nothing here (one rank): one row says it
+        out.append(est)
+    return out
 
 
 def with_throughput(est: Estimate, *, mfu: float | None, num_tokens: int, price: float) -> Estimate:

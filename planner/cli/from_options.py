@@ -91,6 +91,21 @@ def merge_from_config(config_train: TrainSpec, flags_train: TrainSpec, typed: se
         stage = (flags_train if "zero" in typed else config_train).zero_stage
         offload = (flags_train if "offload" in typed else config_train).offload
         train = with_layout(train, train.method, stage, offload)
+    return _merge_engine(train, flags_train, typed)
+
+
+def _merge_engine(train: TrainSpec, flags_train: TrainSpec, typed: set[str]) -> TrainSpec:
+    """A typed --engine (or FSDP2 flags that make the flags' run FSDP2) replaces the config's parallelism; FSDP2
+    flags typed beside an FSDP2 config replace only those settings of it."""
+    fsdp_typed = typed & {"reshard", "fsdp_offload", "reduce_dtype"}
+    if "engine" in typed:
+        fsdp = flags_train.parallelism.fsdp_config if flags_train.uses_fsdp2 else None
+        return with_layout(train, train.method, flags_train.zero_stage, flags_train.offload, fsdp)
+    if fsdp_typed and train.uses_fsdp2 and flags_train.uses_fsdp2:
+        fields = {"reshard": "reshard_after_forward", "fsdp_offload": "cpu_offload", "reduce_dtype": "reduce_dtype"}
+        cfg, ours = train.parallelism.fsdp_config, flags_train.parallelism.fsdp_config
+        cfg = dataclasses.replace(cfg, **{fields[f]: getattr(ours, fields[f]) for f in fsdp_typed})
+        return with_layout(train, train.method, 0, train.offload, cfg)
     return train
 
 
@@ -99,8 +114,9 @@ def from_config_run(fc, flags: TrainingFlags, model: ModelSpec, *, seq_len_from_
     run's method, ZeRO stage, offload, GPUs and nodes where they were not typed). ``seq_len_from_flags``: a
     config that leaves the sequence length unset takes --seq-len's default instead of the config format's."""
     typed = set(flags.typed) | ({"seq_len"} if seq_len_from_flags and "seq_len" in fc.unset else set())
+    fsdp2 = fc.train.uses_fsdp2 and flags.engine is None and not flags.zero  # the FSDP2 flags' own settings
     own = build_train_spec(flags, model=model, method=flags.method or "full", zero=flags.zero or 0,
-                           offload=flags.offload or "none")
+                           offload=flags.offload or "none", engine="fsdp2" if fsdp2 else flags.engine)
     train = merge_from_config(fc.train, own, typed)
     flags = dataclasses.replace(flags, method=flags.method or train.method.value,
                                 zero=train.zero_stage if flags.zero is None else flags.zero,

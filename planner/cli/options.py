@@ -21,14 +21,16 @@ from typing import Any, NamedTuple
 import typer
 
 from planner import catalog
-from planner.cli import deepspeed_options
+from planner.cli import deepspeed_options, fsdp_options
 from planner.cli.deepspeed_options import DeepSpeedConfigOpt
+from planner.cli.tokens import parse_tokens  # re-exported: o.parse_tokens
 from planner.errors import PlannerError
 from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_price
 from planner.specs import (
     DEFAULT_LOSS_CHUNKS,
     AttnImpl,
     Cluster,
+    FsdpConfig,
     GpuSpec,
     LoraSpec,
     LossSpec,
@@ -113,6 +115,10 @@ class TrainingFlags:
     method: MethodOpt = None
     zero: ZeroOpt = None
     offload: OffloadOpt = None
+    engine: fsdp_options.EngineOpt = None  # None: the stage decides, or every engine (estimate, recommend)
+    reshard: fsdp_options.ReshardOpt = None
+    fsdp_offload: fsdp_options.FsdpOffloadOpt = False
+    reduce_dtype: fsdp_options.ReduceDtypeOpt = "fp32"
     precision: PrecisionOpt = "bf16-mixed"
     optimizer: OptimizerOpt = "adamw"
     lora_rank: LoraRankOpt = 16
@@ -206,40 +212,6 @@ def training_options(*, omit: tuple[str, ...] = (), **changes):
     return decorate
 
 
-# --tokens suffixes: thousand, million, billion (short scale), trillion.
-_TOKEN_SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
-
-
-def parse_tokens(value: str) -> int:
-    """A token count as people write it: 2000000000, 2_000_000_000, 2,000,000,000, 2e9, 2B, 500M, 1.5T, 20k.
-    The result must be a whole, non-negative number; anything else raises PlannerError."""
-    from decimal import Decimal, InvalidOperation
-
-    from planner.config_fields import shown
-    from planner.estimate.throughput import validate_tokens
-
-    text = str(value).strip().replace("_", "").replace(",", "")
-    scale = _TOKEN_SUFFIXES.get(text[-1:].lower(), 1) if text else 1
-    number = text[:-1] if scale != 1 else text
-    try:
-        amount = Decimal(number)
-    except InvalidOperation:
-        amount = None
-    if amount is None or not amount.is_finite():
-        raise PlannerError(
-            f"--tokens {shown(value)} is not a number of tokens; write e.g. 2000000000, 2e9, 2B, 500M or 1.5T."
-        )
-    if amount.adjusted() > 30:  # far beyond validate_tokens' bound: no need to build the integer
-        amount = Decimal(10**31).copy_sign(amount)
-    tiny = amount != 0 and amount.adjusted() < -30  # would round to 0 below
-    amount *= scale
-    if tiny or amount != amount.to_integral_value():
-        raise PlannerError(f"--tokens {shown(value)} is not a whole number of tokens.")
-    tokens = int(amount)
-    validate_tokens(tokens)
-    return tokens
-
-
 def _enum(enum_cls, value: str, flag: str):
     try:
         return enum_cls(value.lower())
@@ -252,14 +224,14 @@ def parse_method(value: str) -> Method:
     return _enum(Method, value, "--method")
 
 
+def parse_offload(value: str) -> Offload:
+    return _enum(Offload, value, "--offload")
+
+
 def parse_zero(value: int) -> int:
     if value not in (0, 1, 2, 3):
         raise PlannerError(f"--zero must be 0, 1, 2 or 3, got {value}.")
     return value
-
-
-def parse_offload(value: str) -> Offload:
-    return _enum(Offload, value, "--offload")
 
 
 def parse_attn(value: str) -> AttnImpl:
@@ -316,8 +288,11 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
     if seq_len is None:
         seq_len = DEFAULT_SEQ_LEN if model is None else default_seq_len(model)
     method = parse_method("full" if f.method is None else f.method)
+    precision = _enum(Precision, f.precision, "--precision")
+    zero = 0 if f.zero is None else parse_zero(f.zero)
+    offload = Offload.NONE if f.offload is None else parse_offload(f.offload)
     return TrainSpec(
-        precision=_enum(Precision, f.precision, "--precision"),
+        precision=precision,
         optimizer=_enum(Optimizer, f.optimizer, "--optimizer"),
         lora=LoraSpec(
             rank=f.lora_rank,
@@ -327,8 +302,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
             modules_to_save=parse_modules(f.modules_to_save),
         ),
         quant=QuantSpec(quant_type=_enum(QuantType, f.quant_type, "--quant-type"), double_quant=f.double_quant),
-        **_layout(method, 0 if f.zero is None else parse_zero(f.zero),
-                  Offload.NONE if f.offload is None else parse_offload(f.offload), f.zero_config),
+        **_layout(method, zero, offload, f.zero_config, fsdp_options.fsdp_layout(f, precision, zero, offload)),
         micro_batch=f.micro_batch,
         seq_len=seq_len,
         grad_accum=f.grad_accum,
@@ -345,17 +319,19 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
     )
 
 
-def _layout(method: Method, zero: int, offload: Offload, zero_config: ZeroConfig | None = None) -> dict:
-    """The TrainSpec fields of a method, ZeRO stage and offload: the one place the CLI writes a stage and an
-    offload into a TrainSpec (``build_train_spec``, ``with_layout``). ``zero_config``: DeepSpeed's buckets and
-    thresholds (``--deepspeed-config``), kept at stages 1-3."""
+def _layout(method: Method, zero: int, offload: Offload, zero_config: ZeroConfig | None = None,
+            fsdp: FsdpConfig | None = None) -> dict:
+    """The one place the CLI writes a parallelism into a TrainSpec: a ZeRO stage and offload (DeepSpeed's buckets
+    kept at stages 1-3), or with ``fsdp`` FSDP2 with those settings (``fsdp_options``)."""
+    if fsdp is not None:
+        return {"method": method, "parallelism": Parallelism.fsdp2(fsdp)}
     return {"method": method, "parallelism": Parallelism.from_zero(zero, offload, zero_config)}
 
 
-def with_layout(train: TrainSpec, method: Method, zero: int, offload: Offload) -> TrainSpec:
-    """``train`` with this method, ZeRO stage and offload, keeping its DeepSpeed buckets and thresholds (an
-    invalid combination raises the TrainSpec's PlannerError)."""
-    return dataclasses.replace(train, **_layout(method, zero, offload, train.parallelism.zero_config))
+def with_layout(train: TrainSpec, method: Method, zero: int, offload: Offload,
+                fsdp: FsdpConfig | None = None) -> TrainSpec:
+    """``train`` with this method and layout, keeping its DeepSpeed buckets (invalid: the spec's PlannerError)."""
+    return dataclasses.replace(train, **_layout(method, zero, offload, train.parallelism.zero_config, fsdp))
 
 
 def default_seq_len(model) -> int:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from planner.cli import deepspeed_options
+from planner.cli import deepspeed_options, fsdp_options
 from planner.cli import from_options as fo
 from planner.cli import options as o
 from planner.errors import PlannerError
@@ -101,6 +101,7 @@ def profile(
         train, flags = fo.from_config_run(fc, flags, spec)
     else:
         train = o.build_train_spec(flags, model=spec)
+    fsdp_options.check_one_run(flags, train)
     deepspeed_options.echo_notes(flags)
     o.build_cluster(flags)  # validates --gpus and --nodes with the cluster's messages
     resolved = resolve_device(device, flags.gpus)

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from planner.cli.engine_cells import _OFFLOAD_SHORT, FSDP2_LEGEND, offload_cell, zero_cell
 from planner.estimate.result import Estimate
 from planner.specs import Cluster, ModelSpec, TrainSpec
 from planner.units import GIB, MIB, fmt_count, fmt_gib
@@ -23,7 +24,6 @@ PAPER_NOTE = (
 
 
 _PHASE_SHORT = {"optimizer_step": "optim step"}
-_OFFLOAD_SHORT = {"none": "none", "optimizer": "optimizer", "optimizer+params": "optim+params"}
 # Layouts of the estimate table, widest first; the widest that fits the terminal is printed. Each column:
 # (key, header, right-aligned). Headers may take two lines.
 _ESTIMATE_COLUMNS = {
@@ -97,6 +97,8 @@ def _cell_width(markup: str) -> int:
 
 
 def _row_label(est: Estimate) -> str:
+    if est.train.uses_fsdp2:
+        return f"{est.train.method.value} {est.train.parallelism.label}"
     offload = est.train.offload.value
     return f"{est.train.method.value} ZeRO-{est.train.zero_stage}" + ("" if offload == "none" else f" + {offload} offload")
 
@@ -131,8 +133,8 @@ def _estimate_cells(est: Estimate) -> dict[str, str]:
     verdict = "[green]yes[/]" if est.fits else ("[red]no (host)[/]" if est.gpu_fits else "[red]no[/]")
     return {
         "method": est.train.method.value,
-        "zero": str(est.train.zero_stage),
-        "offload": _OFFLOAD_SHORT.get(est.train.offload.value, est.train.offload.value),
+        "zero": zero_cell(est.train),
+        "offload": offload_cell(est.train),
         "trainable": fmt_count(est.num_trainable_params),
         "params": _gib(b.params_bytes),
         "grads": _gib(b.grads_bytes),
@@ -169,8 +171,8 @@ def _pick(console: Console, tables: list[Table]) -> Table:
 
 _THROUGHPUT_COLUMNS = {  # key: (header, right-aligned, cell)
     "method": ("method", False, lambda e: e.train.method.value),
-    "zero": ("ZeRO", True, lambda e: str(e.train.zero_stage)),
-    "offload": ("offload", False, lambda e: _OFFLOAD_SHORT.get(e.train.offload.value, e.train.offload.value)),
+    "zero": ("ZeRO", True, lambda e: zero_cell(e.train)),
+    "offload": ("offload", False, lambda e: offload_cell(e.train)),
     "tps": ("tokens/s\nper GPU", True, lambda e: f"{e.throughput.tokens_per_s_per_gpu:,.0f}"),
     "step": ("step\n(s)", True, lambda e: f"{e.throughput.step_time_s:.2f}"),
     "compute": ("compute\n(s)", True, lambda e: _step_part(e, "compute_s")),
@@ -244,6 +246,8 @@ def render_estimate_table(model: ModelSpec, cluster: Cluster, base: TrainSpec, r
                       "part. --mfu X replaces the per-phase time model with one utilisation for all GPU work.[/]")
     host_reasons = [f"{_row_label(r)} does not fit: {r.fit_reason}." for r in rows if r.host_fits is False]
     print_notes(console, host_reasons + notes_by_row(rows))
+    if any(r.train.uses_fsdp2 for r in rows):
+        console.print(f"[dim]{FSDP2_LEGEND}[/]")
     console.print(f"[dim]{PAPER_NOTE}[/]")
     console.print(
         "[dim]allocated = tensors at the peak moment; device = what nvidia-smi would show (allocator "

@@ -197,6 +197,8 @@ class Estimate:
             "method": self.train.method.value,
             "zero_stage": self.train.zero_stage,
             "offload": self.train.offload.value,
+            "engine": self.train.parallelism.engine.value,
+            **({"fsdp": self.train.parallelism.fsdp_config.to_dict()} if self.train.uses_fsdp2 else {}),
             "num_params": self.num_params,
             "num_trainable_params": self.num_trainable_params,
             "fits": self.fits,

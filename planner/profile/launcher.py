@@ -74,7 +74,7 @@ def parse_fail_at(value: str | None) -> str | None:
 
 def default_slug(model: ModelSpec, train: TrainSpec, num_ranks: int, device: str) -> str:
     name = model.name.replace("/", "--").replace(" ", "_")
-    parts = [name, train.method.value, f"z{train.zero_stage}", f"g{num_ranks}", f"b{train.micro_batch}",
+    parts = [name, train.method.value, engine_slug(train), f"g{num_ranks}", f"b{train.micro_batch}",
              f"s{train.seq_len}", train.precision.value]  # fmt: skip
     if train.grad_checkpointing:
         parts.append("ckpt")
@@ -82,6 +82,14 @@ def default_slug(model: ModelSpec, train: TrainSpec, num_ranks: int, device: str
         parts.append("off-" + train.offload.value.replace("+", "-"))
     parts.append(device)
     return "-".join(parts)
+
+
+def engine_slug(train: TrainSpec) -> str:
+    """``z2`` (DDP: ``z0``), or ``fsdp2`` (``fsdp2-nr``: no reshard; ``-cpuoff``: CPU offload)."""
+    if not train.uses_fsdp2:
+        return f"z{train.zero_stage}"
+    cfg = train.parallelism.fsdp_config
+    return "fsdp2" + ("" if cfg.reshard_after_forward else "-nr") + ("-cpuoff" if cfg.cpu_offload else "")
 
 
 # Resident memory of a rank's process before its model exists: Python with torch, transformers, peft and
