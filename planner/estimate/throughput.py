@@ -236,6 +236,10 @@ def step_time(
         raise PlannerError(f"GPU {cluster.gpu.name!r} has no dense FLOP/s figure for {train.precision.value}.")
     bw = cluster.gpu.memory_bandwidth_bytes_per_s or 1
     attention_s = elementwise_s = optimizer_s = 0.0
+    # the optimizer steps on the host: DeepSpeed's offload, or FSDP2's CPUOffloadPolicy (torch AdamW on the CPU;
+    # its rate is taken as DeepSpeed CPU Adam's below, which torch's foreach AdamW on the CPU does not beat)
+    host_optimizer = train.offload is not Offload.NONE or (train.uses_fsdp2 and
+                                                           train.parallelism.fsdp_config.cpu_offload)
     if mfu is not None:
         compute_s = tokens * fpt.total / (peak * mfu)
     else:
@@ -252,8 +256,8 @@ def step_time(
             # Causal fused kernels skip the masked half; FlashAttention's backward is 2.5 x its forward.
             attention_s = tokens * (attn_fwd / 2) * (passes + 2.5) / (peak * eff.attention)
         elementwise_s = tokens * elementwise_bytes_per_token(model, train) / bw
-        if train.offload is Offload.NONE:
-            local = split.num_trainable / n if train.uses_deepspeed else split.num_trainable
+        if not host_optimizer:
+            local = split.num_trainable / n if train.uses_deepspeed or train.uses_fsdp2 else split.num_trainable
             optimizer_s = local * OPTIMIZER_BYTES_PER_PARAM.get(train.optimizer.value, 28) / bw
     dequant_s = 0.0
     if train.method is Method.QLORA and split.num_quantized:
@@ -269,7 +273,7 @@ def step_time(
     host_b = host_transfer_bytes(train, split, n, accum)
     host_s = host_b / (cluster.gpu.host_bytes_per_s * HOST_TRANSFER_EFFICIENCY) if host_b else 0.0
     cpu_s = 0.0
-    if train.offload is not Offload.NONE:
+    if host_optimizer:
         # The node's CPUs update the partitions of all its ranks.
         params_per_node = split.num_trainable / n * cluster.num_gpus_per_node
         cpu_s = params_per_node / CPU_ADAM_PARAMS_PER_S_PER_NODE

@@ -9,6 +9,7 @@ divides them by the GPU's bandwidths. Never imports torch.
 
 from __future__ import annotations
 
+from planner.estimate import fsdp2_traffic
 from planner.estimate.count.params import ParamSplit
 from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Offload, PeftDtype, TrainSpec
 from planner.units import nbytes
@@ -86,6 +87,8 @@ def communication_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, acc
     reduce-scatter or all-gather; an all-reduce is both). ZeRO paper (Rajbhandari et al. 2020, §7):
     data parallelism and stages 1-2 move 2 x the 16-bit parameters per step, stage 3 3 x per micro-batch
     (all-gather in forward, all-gather in backward, reduce-scatter of gradients)."""
+    if train.uses_fsdp2:  # all-gathers and reduce-scatters of fully_shard's groups
+        return fsdp2_traffic.communication_bytes(train, split, num_ranks, accum)
     if num_ranks == 1:
         return 0.0
     ring = (num_ranks - 1) / num_ranks
@@ -112,6 +115,8 @@ def reduction_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, accum: 
     ``overlap_comm`` moves to a side stream. ZeRO-1 reduces once, at the accumulation boundary; ZeRO-2 and
     ZeRO-3 every micro-batch (stage_1_and_2.py ``reduce_ready_partitions_and_remove_grads``; stage3.py
     ``reduce_independent_p_g_buckets_and_remove_grads``)."""
+    if train.uses_fsdp2:
+        return fsdp2_traffic.reduction_bytes(train, split, num_ranks, accum)
     if num_ranks == 1:
         return 0.0
     ring = (num_ranks - 1) / num_ranks
@@ -124,6 +129,8 @@ def host_transfer_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, acc
     micro-batch at stages 2-3, which cannot keep full gradients; once at stage 1) and updated 16-bit
     parameters come back once per step. ZeRO-Infinity parameter offload (Rajbhandari et al. 2021) also
     copies the rank's 16-bit parameter partition to the GPU for forward and for backward."""
+    if train.uses_fsdp2:  # CPUOffloadPolicy's copies
+        return fsdp2_traffic.host_transfer_bytes(train, split, num_ranks, accum)
     if train.offload is Offload.NONE:
         return 0.0
     compute = train.precision.compute_dtype
@@ -175,9 +182,12 @@ def exposed_communication_s(train: TrainSpec, comm_s: float, accum: float, gpu_s
       Without it (its default at stages 1-2, and planner's bundle) the reductions run on the compute stream:
       all exposed.
     - With any offload every collective is counted exposed (the step waits on host copies too).
+    - FSDP2: ``fsdp2_traffic.exposed_communication_s``.
     """
     if comm_s <= 0:
         return 0.0
+    if train.uses_fsdp2:  # all-gather and reduce-scatter streams with prefetch (fsdp2_traffic.py)
+        return fsdp2_traffic.exposed_communication_s(comm_s, accum, gpu_s, num_layers)
     layers = max(num_layers, 1)
     stage = train.zero_stage
     if not train.uses_deepspeed:

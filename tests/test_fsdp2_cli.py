@@ -1,0 +1,103 @@
+"""FSDP2 reaching the user (issue 18 item 5): the engine flags read into the spec, the table's FSDP2 rows, the
+time model's FSDP2 collectives. Fast: no model runs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from planner.cli import options as o
+from planner.errors import PlannerError
+from planner.estimate import fsdp2_traffic
+from planner.estimate.count.params import count_params, split_params
+from planner.models import load_model
+from planner.specs import Engine, FsdpConfig, Offload, Parallelism
+from planner.units import nbytes
+
+
+def _spec(**values):
+    return o.build_train_spec(o.TrainingFlags(), **values)
+
+
+def test_engine_flags_make_the_fsdp2_spec():
+    t = _spec(engine="fsdp2", reshard=False, fsdp_offload=True, reduce_dtype="bf16")
+    assert t.parallelism.engine is Engine.FSDP2
+    assert t.parallelism.fsdp_config == FsdpConfig(reshard_after_forward=False, reduce_dtype=None, cpu_offload=True)
+    assert _spec(engine="fsdp2").parallelism.fsdp_config == FsdpConfig()  # reshard on, fp32 reduce
+    assert _spec(zero=2).parallelism.engine is Engine.DEEPSPEED and _spec().parallelism.engine is Engine.DDP
+    assert _spec(engine="deepspeed", zero=3).zero_stage == 3
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"engine": "fsdp2", "zero": 2}, "--zero 2 is DeepSpeed's"),
+    ({"engine": "fsdp2", "offload": "optimizer"}, "use --fsdp-offload"),
+    ({"engine": "ddp", "reshard": False}, "needs --engine fsdp2"),
+    ({"engine": "deepspeed", "zero": 2, "fsdp_offload": True}, "needs --engine fsdp2"),
+    ({"engine": "deepspeed"}, "--engine deepspeed needs --zero"),
+    ({"engine": "ddp", "zero": 1}, "use --engine deepspeed"),
+    ({"engine": "megatron"}, "--engine 'megatron' is not valid"),
+    ({"engine": "fsdp2", "reduce_dtype": "fp16"}, "--reduce-dtype 'fp16' is not valid"),
+    ({"engine": "fsdp2", "reduce_dtype": "bf16", "precision": "fp32"}, "bf16-mixed only"),
+    ({"engine": "fsdp2", "method": "qlora"}, "QLoRA with FSDP2"),
+])
+def test_engine_flag_errors_are_one_sentence(values, words):
+    with pytest.raises(PlannerError, match=words.replace("(", r"\(")) as info:
+        _spec(**values)
+    assert str(info.value).count(". ") == 0
+
+
+def test_profile_refuses_fsdp2_flags_without_the_engine():
+    from planner.cli.fsdp_options import check_one_run
+
+    flags = o.TrainingFlags(reshard=False, typed=frozenset({"reshard"}))
+    with pytest.raises(PlannerError, match="add --engine fsdp2"):
+        check_one_run(flags, o.build_train_spec(flags))
+    check_one_run(dataclasses.replace(flags, engine="fsdp2"), o.build_train_spec(flags, engine="fsdp2"))
+
+
+def test_fsdp2_time_model_counts_its_gathers_and_reduce_scatters():
+    """Per micro-batch and rank, ring (N-1)/N of: two bf16 all-gathers of every parameter with resharding (one
+    without) and one reduce-scatter of the trainable gradients in fp32 (reduce_dtype) or bf16."""
+    model = load_model("llama-3.2-1b")
+    counts = count_params(model)
+    base = _spec(engine="fsdp2", grad_accum=2)
+    split = split_params(counts, base)
+    n, ring = 8, 7 / 8
+    p16, g32 = nbytes(split.num_params, "bf16"), nbytes(split.num_trainable, "fp32")
+    assert fsdp2_traffic.communication_bytes(base, split, n, 2.0) == pytest.approx(2 * ring * (2 * p16 + g32))
+    nr = dataclasses.replace(base, parallelism=Parallelism.fsdp2(FsdpConfig(reshard_after_forward=False,
+                                                                            reduce_dtype=None)))
+    assert fsdp2_traffic.communication_bytes(nr, split, n, 2.0) == pytest.approx(2 * ring * (p16 + p16))
+    assert fsdp2_traffic.reduction_bytes(base, split, n, 2.0) == pytest.approx(2 * ring * g32)
+    assert fsdp2_traffic.communication_bytes(base, split, 1, 2.0) == 0.0
+    assert fsdp2_traffic.host_transfer_bytes(base, split, n, 2.0) == 0.0
+    off = dataclasses.replace(base, parallelism=Parallelism.fsdp2(FsdpConfig(cpu_offload=True)))
+    assert fsdp2_traffic.host_transfer_bytes(off, split, n, 2.0) == pytest.approx(
+        2 * (2 * nbytes(split.num_params, "fp32") / n + g32 / n))
+
+
+def test_table_has_fsdp2_rows_beside_deepspeed():
+    from planner.catalog import gpu
+    from planner.cli.estimate_cmd import estimate_rows
+    from planner.specs import Cluster
+
+    model = load_model("gpt2")
+    flags = o.TrainingFlags(method="full")
+    base = o.build_train_spec(flags, model=model)
+    rows = estimate_rows(model, Cluster(gpu=gpu("h100-sxm-80gb"), num_gpus=4), base, flags, num_tokens=0)
+    engines = [(r.train.parallelism.engine, r.train.parallelism.fsdp_config.reshard_after_forward) for r in rows]
+    assert engines[-2:] == [(Engine.FSDP2, True), (Engine.FSDP2, False)]
+    assert all(r.throughput is not None for r in rows)
+    row = rows[-1].row()
+    assert row["engine"] == "fsdp2" and row["fsdp"]["reshard_after_forward"] is False
+    assert rows[0].row()["engine"] == "ddp" and "fsdp" not in rows[0].row()
+    # --zero fixes DeepSpeed: no FSDP2 rows; --engine fsdp2: only them
+    fixed = dataclasses.replace(flags, zero=2)
+    assert all(r.train.uses_deepspeed for r in estimate_rows(model, Cluster(gpu=gpu("h100-sxm-80gb"), num_gpus=4),
+                                                              o.build_train_spec(fixed, model=model), fixed,
+                                                              num_tokens=0))
+    only = dataclasses.replace(flags, engine="fsdp2")
+    one = estimate_rows(model, Cluster(gpu=gpu("h100-sxm-80gb"), num_gpus=1), o.build_train_spec(only, model=model),
+                        only, num_tokens=0)
+    assert one and all(r.train.uses_fsdp2 and r.train.offload is Offload.NONE for r in one)
