@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from planner.estimate.result import Estimate
 from planner.report import figures, palette
+from planner.report.engine_text import fsdp2_words, zero_column
 from planner.report.html import Figure, KeyValues, Paragraph, Section, Table
 from planner.units import fmt_count, gib_value
 
@@ -14,11 +15,19 @@ OFFLOAD_SHORT = {"none": "", "optimizer": " + opt offload", "optimizer+params": 
 OFFLOAD_TICK = {"none": "", "optimizer": "\nopt", "optimizer+params": "\nopt+par"}
 
 
+def _offload(e: Estimate) -> str:
+    if e.train.uses_fsdp2:
+        return "CPU (FSDP2)" if e.train.parallelism.fsdp_config.cpu_offload else "none"
+    return e.train.offload.value.replace("+", " + ")
+
+
 def gib(num_bytes: float) -> float:
     return gib_value(num_bytes)
 
 
 def config_label(est: Estimate) -> str:
+    if est.train.uses_fsdp2:
+        return f"{est.train.method.value}, {fsdp2_words(est.train.parallelism.fsdp_config.to_dict())}"
     return f"{est.train.method.value}, ZeRO {est.train.zero_stage}{OFFLOAD_SHORT[est.train.offload.value]}"
 
 
@@ -26,7 +35,8 @@ def bar_row(est: Estimate) -> figures.BarRow:
     cats = est.per_gpu.by_category()
     return figures.BarRow(
         group=est.train.method.value,
-        label=f"Z{est.train.zero_stage}{OFFLOAD_TICK[est.train.offload.value]}",
+        label=zero_column(est.train).replace(" ", "\n") if est.train.uses_fsdp2 else
+        f"Z{est.train.zero_stage}{OFFLOAD_TICK[est.train.offload.value]}",
         bytes_by_category=cats,
         device_bytes=est.device_bytes,
         headroom_bytes=est.headroom_bytes,
@@ -69,7 +79,7 @@ def rows_table(rows: Sequence[Estimate]) -> Table:
     for e in rows:
         b = e.per_gpu
         out.append([
-            e.train.method.value, e.train.zero_stage, e.train.offload.value.replace("+", " + "),
+            e.train.method.value, zero_column(e.train), _offload(e),
             fmt_count(e.num_trainable_params),
             gib(b.params_bytes), gib(b.grads_bytes), gib(b.optimizer_states_bytes), gib(b.activations_bytes),
             gib(b.temporaries_bytes), gib(b.overhead_bytes), gib(b.total_bytes), gib(e.reserved_bytes),
@@ -91,7 +101,7 @@ def throughput_table(rows: Sequence[Estimate]) -> Table | None:
     for e in rows:
         th = e.throughput
         out.append([
-            e.train.method.value, e.train.zero_stage, e.train.offload.value, "yes" if e.fits else "no",
+            e.train.method.value, zero_column(e.train), _offload(e), "yes" if e.fits else "no",
             f"{th.flops_per_token:.3g}", round(th.tokens_per_s_per_gpu, 1), round(th.step_time_s, 3),
             round(th.step.compute_s, 3) if th.step else "-",
             round(th.step.exposed_communication_s, 3) if th.step else "-",

@@ -16,6 +16,7 @@ from typing import Any
 
 from planner.errors import PlannerError
 from planner.report import figures, palette
+from planner.report.engine_text import layout_words
 from planner.report.html import Code, Figure, KeyValues, Paragraph, Section, Table
 from planner.units import gib_value
 
@@ -87,8 +88,7 @@ def describe(entry: Mapping[str, Any]) -> str:
     if plan is None:
         return "(no single plan)"
     t = _train(entry)
-    offload = "" if t.get("offload", "none") == "none" else f", offload {t.get('offload')}"
-    return (f"{t.get('method', '?')}, ZeRO-{t.get('zero_stage', '?')}{offload}, micro-batch {t.get('micro_batch', '?')}"
+    return (f"{t.get('method', '?')}, {layout_words(t)}, micro-batch {t.get('micro_batch', '?')}"
             f" x accumulation {t.get('grad_accum', '?')} x {plan.get('num_gpus', '?')} GPUs, checkpointing "
             f"{'on' if t.get('grad_checkpointing') else 'off'}, {t.get('attn_impl', '?')}")
 
@@ -97,7 +97,8 @@ def _short(entry: Mapping[str, Any]) -> str:
     t = _train(entry)
     plan = entry.get("plan") or {}
     off = {"none": "", "optimizer": " opt-off", "optimizer+params": " opt+par-off"}.get(str(t.get("offload")), "")
-    return (f"{t.get('method', '?')} Z{t.get('zero_stage', '?')}{off}\nmb {t.get('micro_batch', '?')} x "
+    layout = "FSDP2" if t.get("engine") == "fsdp2" else f"Z{t.get('zero_stage', '?')}{off}"
+    return (f"{t.get('method', '?')} {layout}\nmb {t.get('micro_batch', '?')} x "
             f"{t.get('grad_accum', '?')} x {plan.get('num_gpus', '?')}{' ckpt' if t.get('grad_checkpointing') else ''}")
 
 
@@ -137,7 +138,7 @@ def _chosen(plan: Mapping[str, Any]) -> KeyValues:
         ("model", str(p.get("model", "?"))),
         ("GPUs", f"{p.get('num_gpus', '?')} x {p.get('gpu', '?')} on {p.get('num_nodes', 1)} node(s)"),
         ("method / precision / optimizer", f"{t.get('method')} / {t.get('precision')} / {t.get('optimizer')}"),
-        ("ZeRO / offload", f"{t.get('zero_stage')} / {t.get('offload')}"),
+        ("engine", layout_words(t)),
         ("batch", f"micro-batch {t.get('micro_batch')} x accumulation {t.get('grad_accum')} x {p.get('num_gpus')} "
                   f"GPUs = global batch {p.get('global_batch_size')}, sequence {t.get('seq_len')}"),
         ("checkpointing / attention", f"{'on' if t.get('grad_checkpointing') else 'off'} / {t.get('attn_impl')}"),

@@ -18,6 +18,7 @@ import pandas as pd
 
 from planner.errors import PlannerError
 from planner.report import palette
+from planner.report.engine_text import layout_words
 from planner.report.profile_section import ProfileView, RankPeak
 
 PROFILE_CATEGORIES = ("params", "grads", "optimizer_states", "activations", "temporaries", "other")
@@ -80,6 +81,7 @@ def _inputs(meta: Mapping[str, Any], profile: Any) -> list[tuple[str, str]]:
     hw = meta.get("hardware") or {}
     items = [("model", f"{model.get('name', '?')} ({model.get('config', {}).get('model_type', '?')})")]
     items += [(k.replace("_", " "), str(train[k])) for k in TRAIN_KEYS if k in train]
+    items.append(("engine", layout_words(train)))
     if train.get("method") in ("lora", "qlora") and isinstance(train.get("lora"), Mapping):
         lora = train["lora"]
         items.append(("LoRA", f"rank {lora.get('rank')}, alpha {lora.get('alpha')}, targets "
