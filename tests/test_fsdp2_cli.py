@@ -101,3 +101,25 @@ def test_table_has_fsdp2_rows_beside_deepspeed():
     one = estimate_rows(model, Cluster(gpu=gpu("h100-sxm-80gb"), num_gpus=1), o.build_train_spec(only, model=model),
                         only, num_tokens=0)
     assert one and all(r.train.uses_fsdp2 and r.train.offload is Offload.NONE for r in one)
+
+
+def test_recommend_weighs_fsdp2_against_deepspeed_and_says_why():
+    from planner.catalog import gpu
+    from planner.cli.fsdp_options import search_space
+    from planner.plan.recommend import recommend
+    from planner.specs import Cluster, Precision
+
+    model = load_model("qwen2.5-0.5b")
+    cluster = Cluster(gpu=gpu("h100-sxm-80gb"), num_gpus=8)
+    base = o.build_train_spec(o.TrainingFlags(), model=model)
+    space = search_space(o.TrainingFlags(), Precision.BF16_MIXED)
+    assert [c.reshard_after_forward for c in space["fsdp_configs"]] == [True, False] and "zero_stages" not in space
+    rec = recommend(model, base, cluster, global_batch_size=64, method="full", **space)
+    assert any(line.startswith("Engine: ") and "FSDP2" in line and "ZeRO" in line for line in rec.why)
+    only = search_space(o.TrainingFlags(engine="fsdp2", reshard=False), Precision.BF16_MIXED)
+    assert only["zero_stages"] == ()
+    rec = recommend(model, base, cluster, global_batch_size=64, method="full", **only)
+    assert rec.plan.train.uses_fsdp2 and not rec.plan.train.parallelism.fsdp_config.reshard_after_forward
+    assert not any(line.startswith("Engine: ") for line in rec.why)  # one engine asked: nothing to weigh
+    assert search_space(o.TrainingFlags(zero=2), Precision.BF16_MIXED) == {}
+    assert search_space(o.TrainingFlags(engine="deepspeed"), Precision.BF16_MIXED) == {"zero_stages": (1, 2, 3)}

@@ -93,3 +93,20 @@ def check_one_run(flags, train) -> None:
     typed = typed_fsdp_flags(flags)
     if typed and not train.uses_fsdp2:
         raise PlannerError(f"{typed[0]} is FSDP2's; add --engine fsdp2.")
+
+
+def search_space(flags, precision: Precision, config_fsdp: FsdpConfig | None = None) -> dict:
+    """recommend's engines as its keyword arguments: ``fsdp_configs`` (FSDP2's layouts: resharding on and off
+    unless --reshard/--no-reshard fixes it) and, where --engine narrows them, ``zero_stages``. Without --engine
+    FSDP2 is weighed beside DeepSpeed unless --zero or --offload fixes a DeepSpeed layout; a --from config
+    that runs FSDP2 (``config_fsdp``) is searched over FSDP2 with its settings."""
+    engine = parse_engine(flags.engine)
+    if engine is None and config_fsdp is not None and flags.zero is None:
+        return {"zero_stages": (), "fsdp_configs": (config_fsdp,)}
+    if engine in (Engine.DDP, Engine.DEEPSPEED) or (engine is None and (flags.zero is not None or
+                                                                         flags.offload not in (None, "none"))):
+        stages = {Engine.DDP: (0,), Engine.DEEPSPEED: (1, 2, 3), None: (0, 1, 2, 3)}[engine]
+        return {} if flags.zero is not None or engine is None else {"zero_stages": stages}
+    reshards = (True, False) if flags.reshard is None else (bool(flags.reshard),)
+    configs = tuple(fsdp_config(flags, precision, reshard=r) for r in reshards)
+    return {"fsdp_configs": configs, **({"zero_stages": ()} if engine is Engine.FSDP2 else {})}

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from planner.cli import deepspeed_options
+from planner.cli import deepspeed_options, fsdp_options
 from planner.cli import from_options as fo
 from planner.cli import options as o
 from planner.errors import PlannerError
@@ -55,7 +55,8 @@ def recommend(
     force: Annotated[bool, typer.Option("--force", help="With --out: write the bundle's files into a directory planner did not "
                                         "create, or over files changed since planner wrote them (nothing else is touched).")] = False,
 ) -> None:
-    """Choose method, ZeRO stage, offload, checkpointing, attention and batch layout for MODEL."""
+    """Choose method, engine (ZeRO stage and offload, or FSDP2), checkpointing, attention and batch layout for
+    MODEL."""
     from planner.models import load_model
     from planner.plan.recommend import NoPlanFits
     from planner.plan.recommend import recommend as run_recommend
@@ -104,6 +105,8 @@ def recommend(
         kwargs["checkpointing"] = (flags.grad_checkpointing,)
     if flags.attn is not None:
         kwargs["attn_impls"] = (o.parse_attn(flags.attn),)
+    config_fsdp = fc.train.parallelism.fsdp_config if fc is not None and fc.train.uses_fsdp2 else None
+    kwargs.update(fsdp_options.search_space(flags, base.precision, config_fsdp))
     try:
         rec = run_recommend(
             spec, base, cluster, global_batch_size=global_batch_size, method=flags.method.lower(),
@@ -165,8 +168,8 @@ def _render(rec) -> None:
     table.add_column()
     rows = [
         ("method", t.method.value + (f" (rank {t.lora.rank}, {', '.join(t.lora.targets)})" if t.method.value != "full" else "")),
-        ("ZeRO stage", str(t.zero_stage)),
-        ("offload", t.offload.value),
+        *((("engine", t.parallelism.label),) if t.uses_fsdp2 else
+          (("ZeRO stage", str(t.zero_stage)), ("offload", t.offload.value))),
         ("precision", t.precision.value),
         ("micro-batch", str(t.micro_batch)),
         ("gradient accumulation", str(t.grad_accum)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from planner.errors import PlannerError
+from planner.plan.engine_choice import engine_line
 from planner.plan.no_fit import ADVICE_MAX_GPUS, SEQ_STEP, no_fit
 from planner.plan.search import Scored, Searcher, divisors, gib
 from planner.plan.types import (
@@ -76,7 +77,8 @@ def lost_because(best: Scored, other: Scored) -> str:
         attr, _, words = max(STEP_PARTS, key=lambda p: per_token(other, p[1]) - per_token(best, p[1]))
         detail = ""
         if attr == "exposed_communication_s":
-            detail = f" (ZeRO-{ot.zero_stage} moves {gib(other.step.communication_bytes)} per GPU per step)"
+            name = ot.parallelism.label if ot.uses_fsdp2 else f"ZeRO-{ot.zero_stage}"
+            detail = f" ({name} moves {gib(other.step.communication_bytes)} per GPU per step)"
         elif attr == "compute_s" and ot.grad_checkpointing and not bt.grad_checkpointing:
             detail = " (checkpointing recomputes the forward)"
         elif attr in ("offload_transfer_s", "cpu_optimizer_s"):
@@ -122,17 +124,23 @@ def explain(search: Searcher, best: Scored, runners: list[Scored], per_method, *
     rejected = _rejected(search, best, skipped, fa2, attn_impls, num_rejected)
     off = "no offload" if t.offload is Offload.NONE else f"{t.offload.value} offloaded to the CPU"
     lost = next((r for r in rejected if r.plan is not None and r.reason.startswith("does not fit")
-                 and (r.plan.train.zero_stage, r.plan.train.offload) != (t.zero_stage, t.offload)), None)
-    if not t.uses_deepspeed:
+                 and r.plan.train.parallelism != t.parallelism), None)
+    if t.uses_fsdp2:
+        why.append(f"{t.parallelism.label} is the fastest layout that fits.")
+    elif not t.uses_deepspeed:
         why.append("ZeRO-0 (plain data parallelism, one gradient all-reduce per step) fits, and no layout moves less "
                    "data or spends less time off the GPU.")
     elif lost is not None:
         lt = lost.plan.train
         lost_off = "" if lt.offload is Offload.NONE else f" with {lt.offload.value} offload"
-        why.append(f"ZeRO-{t.zero_stage} with {off} is the fastest layout that fits; ZeRO-{lt.zero_stage}{lost_off} "
+        lost_name = lt.parallelism.label if lt.uses_fsdp2 else f"ZeRO-{lt.zero_stage}{lost_off}"
+        why.append(f"ZeRO-{t.zero_stage} with {off} is the fastest layout that fits; {lost_name} "
                    f"would be faster but {lost.reason} (more under rejected).")
     else:
         why.append(f"ZeRO-{t.zero_stage} with {off} is the fastest layout that fits.")
+    engine = engine_line(search, best)
+    if engine:
+        why.append(engine)
     # 3. batch
     micros = divisors(search.g // plan.cluster.num_gpus)
     i = micros.index(t.micro_batch)
@@ -211,10 +219,10 @@ def _rejected(search: Searcher, best: Scored, skipped, fa2, attn_impls, num_reje
             continue
         if est is None:
             # Model states alone: no micro-batch, checkpointing or attention choice changes that.
-            sig = (lay.method, lay.zero_stage, lay.offload, n)
+            sig = (lay.method, lay.zero_stage, lay.offload, lay.fsdp, n)
             reason += " (at any micro-batch, with or without checkpointing)"
         else:
-            sig = (lay.method, lay.zero_stage, lay.offload, lay.grad_checkpointing, n)
+            sig = (lay.method, lay.zero_stage, lay.offload, lay.fsdp, lay.grad_checkpointing, n)
         if sig in seen:
             continue
         seen.add(sig)

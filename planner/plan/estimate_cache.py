@@ -70,6 +70,13 @@ class EstimateCache:
     def states_lower_bound(self, train: TrainSpec, num_gpus: int) -> int:
         """Per-GPU model states after ZeRO/offload: part of every peak, so a peak is never below this."""
         key = (train, num_gpus)
+        if key not in self._lower and train.uses_fsdp2:
+            # rank 0's sharded states (estimate/fsdp2.py), none on the GPU under CPUOffloadPolicy (fsdp2_step.py)
+            from planner.estimate.fsdp2 import fsdp2_states
+
+            st = fsdp2_states(self.counts, train, self.model.num_layers, num_gpus)
+            offloaded = train.parallelism.fsdp_config.cpu_offload
+            self._lower[key] = 0 if offloaded else st.params_bytes + st.grads_bytes + st.optimizer_states_bytes
         if key not in self._lower:
             split = self.split(train)
             states = unsharded_states(self.counts, split, train, num_layers=self.model.num_layers)

@@ -130,7 +130,8 @@ def _closest_tries(search: Searcher, counts) -> tuple[Rejected, ...]:
     seen, closest = set(), []
     for _, _, p, e, r in tries:
         t = p.train
-        sig = (t.method, t.zero_stage, t.offload, p.cluster.num_gpus) + (() if e is None else (t.grad_checkpointing,))
+        sig = (t.method, t.parallelism.engine, t.parallelism.fsdp_config, t.zero_stage, t.offload,
+               p.cluster.num_gpus) + (() if e is None else (t.grad_checkpointing,))
         if sig in seen:
             continue
         seen.add(sig)

@@ -1,7 +1,7 @@
 """recommend(): choose the training plan. Enumerate, keep what fits, rank by estimated throughput.
 
 The search space: method (``auto`` tries full, then LoRA, then QLoRA, and takes the first that fits),
-ZeRO stage x offload, activation checkpointing, attention implementation, micro-batch with the gradient
+ZeRO stage x offload and FSDP2's layouts (``fsdp_configs``: reshard after forward or not), activation checkpointing, attention implementation, micro-batch with the gradient
 accumulation that completes the global batch (micro x accumulation x data-parallel ranks = global batch),
 and, with ``max_gpus``, the number of GPUs from ``--gpus`` up to ``max_gpus``.
 
@@ -15,7 +15,7 @@ improve (branch and bound): the search stops once the best plans are found.
 
 Ranking: method preference (auto only), then estimated tokens/s per GPU (on a fixed GPU count that is the
 cluster's throughput; across GPU counts it is also the cost order, since cost = GPU-hours x one price),
-then more GPUs (the same cost, sooner), lower ZeRO stage, less offload, no checkpointing, sdpa before
+then more GPUs (the same cost, sooner), lower ZeRO stage (FSDP2 after stage 3), less offload, no checkpointing, sdpa before
 flash_attention_2 before eager, larger micro-batch. Every key is explicit, so the output is deterministic.
 """
 
@@ -41,6 +41,7 @@ from planner.plan.types import (
 from planner.specs import (
     AttnImpl,
     Cluster,
+    FsdpConfig,
     GpuSpec,
     Method,
     ModelSpec,
@@ -104,6 +105,7 @@ def recommend(
     num_runners_up: int = DEFAULT_RUNNERS_UP,
     num_rejected: int = DEFAULT_REJECTED,
     allow_longer: bool = False,
+    fsdp_configs: tuple[FsdpConfig, ...] = (),
 ) -> Recommendation:
     """The best plan for ``model`` on ``cluster``'s GPU type; raises NoPlanFits when nothing fits."""
     validate_mfu(mfu)
@@ -147,6 +149,8 @@ def recommend(
         allow_longer=allow_longer,
         inter_node_bytes_per_s=cluster.inter_node_bytes_per_s,
     )
+    search.fsdp_configs = fsdp_configs  # FSDP2 layouts weighed beside DeepSpeed's (search.layouts)
+    search.zero_stages, search.offloads = zero_stages, offloads  # engine_choice compares within them
     k = 1 + num_runners_up
     per_method: dict[Method, list] = {}
     chosen_method = None

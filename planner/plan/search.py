@@ -13,7 +13,18 @@ from planner.estimate.result import Estimate
 from planner.estimate.throughput import StepTime, flops_per_token, step_time, throughput_from_step
 from planner.plan.estimate_cache import LAYOUTS, EstimateCache
 from planner.plan.types import ATTN_ORDER, METHOD_PREFERENCE, OFFLOAD_ORDER
-from planner.specs import AttnImpl, Cluster, GpuSpec, Method, ModelSpec, Offload, Parallelism, Plan, TrainSpec
+from planner.specs import (
+    AttnImpl,
+    Cluster,
+    FsdpConfig,
+    GpuSpec,
+    Method,
+    ModelSpec,
+    Offload,
+    Parallelism,
+    Plan,
+    TrainSpec,
+)
 from planner.units import fmt_gib
 
 
@@ -40,10 +51,14 @@ class Layout:
     offload: Offload
     grad_checkpointing: bool
     attn_impl: AttnImpl
+    fsdp: FsdpConfig | None = None  # FSDP2 with these settings (zero_stage 0, no DeepSpeed offload)
 
     def order(self) -> tuple:
+        # on a tie FSDP2 ranks after DeepSpeed's stages (resharding first, CPU offload last)
+        fsdp = () if self.fsdp is None else (not self.fsdp.reshard_after_forward, self.fsdp.cpu_offload)
         return (
-            self.zero_stage,
+            4 if self.fsdp is not None else self.zero_stage,
+            fsdp,
             OFFLOAD_ORDER.index(self.offload),
             self.grad_checkpointing,
             ATTN_ORDER.index(self.attn_impl),
@@ -95,6 +110,9 @@ class Searcher:
         self.groups: list[_Group] = []
         self.group_fit: dict[tuple[Layout, int], int] = {}  # largest micro-batch that fits, per group
         self.preference = METHOD_PREFERENCE
+        self.fsdp_configs: tuple[FsdpConfig, ...] = ()  # FSDP2 layouts the search weighs (recommend sets them)
+        self.zero_stages: tuple[int, ...] = (0, 1, 2, 3)  # the DeepSpeed/DDP stages and offloads it searches
+        self.offloads: tuple[Offload, ...] = OFFLOAD_ORDER
 
     # -- building blocks
     def cluster(self, n: int) -> Cluster:
@@ -108,8 +126,7 @@ class Searcher:
         return dataclasses.replace(
             self.base,
             method=layout.method,
-            # the base's DeepSpeed buckets and thresholds (--deepspeed-config) carry into every DeepSpeed layout
-            parallelism=Parallelism.from_zero(layout.zero_stage, layout.offload, self.base.parallelism.zero_config),
+            parallelism=layout_parallelism(layout, self.base),
             grad_checkpointing=layout.grad_checkpointing,
             attn_impl=layout.attn_impl,
             micro_batch=micro,
@@ -132,7 +149,7 @@ class Searcher:
             # buys, so it orders by cost too (one price for every GPU-hour).
             -round(per_gpu, 6),
             -plan.cluster.num_gpus,  # the same cost per token sooner
-            Layout(t.method, t.zero_stage, t.offload, t.grad_checkpointing, t.attn_impl).order(),
+            layout_of(t).order(),
             -t.micro_batch,
         )
         return Scored(key, plan, st, tps)
@@ -180,21 +197,24 @@ class Searcher:
 
     # -- the search
     def layouts(self, method: Method, zero_stages, offloads, checkpointing, attn_impls) -> list[Layout]:
+        """Every valid layout: DeepSpeed's (and ZeRO-0) stage x offload pairs asked for, then FSDP2's settings
+        in ``fsdp_configs``."""
         out = []
+        fsdp = [Layout(method, 0, Offload.NONE, False, AttnImpl.SDPA, c) for c in self.fsdp_configs]
         for ckpt in checkpointing:
-            for stage, offload in LAYOUTS:
-                if stage not in zero_stages or offload not in offloads:
-                    continue
+            candidates = [Layout(method, stage, offload, ckpt, AttnImpl.SDPA) for stage, offload in LAYOUTS
+                          if stage in zero_stages and offload in offloads]
+            for shape in candidates + [dataclasses.replace(f, grad_checkpointing=ckpt) for f in fsdp]:
                 for attn in attn_impls:
+                    layout = dataclasses.replace(shape, attn_impl=attn)
                     try:
                         # a layout the spec refuses (e.g. --precision bf16-autocast with DeepSpeed or
-                        # checkpointing) is not a candidate
-                        dataclasses.replace(self.base, method=method, parallelism=Parallelism.from_zero(
-                            stage, offload, self.base.parallelism.zero_config), grad_checkpointing=ckpt,
-                            attn_impl=attn)
+                        # checkpointing, QLoRA with FSDP2) is not a candidate
+                        dataclasses.replace(self.base, method=method, parallelism=layout_parallelism(layout, self.base),
+                                            grad_checkpointing=ckpt, attn_impl=attn)
                     except PlannerError:
                         continue
-                    out.append(Layout(method, stage, offload, ckpt, attn))
+                    out.append(layout)
         return sorted(out, key=lambda lay: (not lay.grad_checkpointing, lay.order()))
 
     def min_gpus(self, layout: Layout, counts: tuple[int, ...], cache: dict) -> int | None:
@@ -281,7 +301,21 @@ class Searcher:
 
 def _signature(plan: Plan) -> tuple:
     t = plan.train
-    return (t.method, t.zero_stage, t.offload, t.grad_checkpointing, plan.cluster.num_gpus)
+    return (t.method, t.parallelism.engine, t.parallelism.fsdp_config, t.zero_stage, t.offload, t.grad_checkpointing,
+            plan.cluster.num_gpus)
+
+
+def layout_parallelism(layout: Layout, base: TrainSpec) -> Parallelism:
+    """The layout's engine: FSDP2 with its settings, or the stage and offload with the base's DeepSpeed buckets and
+    thresholds (--deepspeed-config), which carry into every DeepSpeed layout."""
+    if layout.fsdp is not None:
+        return Parallelism.fsdp2(layout.fsdp)
+    return Parallelism.from_zero(layout.zero_stage, layout.offload, base.parallelism.zero_config)
+
+
+def layout_of(t: TrainSpec) -> Layout:
+    fsdp = t.parallelism.fsdp_config if t.uses_fsdp2 else None
+    return Layout(t.method, t.zero_stage, t.offload, t.grad_checkpointing, t.attn_impl, fsdp)
 
 
 # ------------------------------------------------------------------------------------------ recommend

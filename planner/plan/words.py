@@ -5,6 +5,7 @@ Shared by ``advice`` (why the plan won, why each runner-up lost) and ``no_fit`` 
 
 from __future__ import annotations
 
+from planner.plan import search
 from planner.plan.search import Layout
 from planner.specs import Method, Offload
 
@@ -12,11 +13,15 @@ METHOD_WORDS = {Method.FULL: "full fine-tuning", Method.LORA: "LoRA", Method.QLO
 
 
 def layout_of(plan) -> Layout:
-    t = plan.train
-    return Layout(t.method, t.zero_stage, t.offload, t.grad_checkpointing, t.attn_impl)
+    return search.layout_of(plan.train)
 
 
 def layout_words(lay: Layout) -> str:
     off = "" if lay.offload is Offload.NONE else f" + {lay.offload.value} offload"
     ck = "checkpointing on" if lay.grad_checkpointing else "checkpointing off"
-    return f"{METHOD_WORDS[lay.method]}, ZeRO-{lay.zero_stage}{off}, {ck}, {lay.attn_impl.value}"
+    if lay.fsdp is not None:
+        engine = "FSDP2" + ("" if lay.fsdp.reshard_after_forward else " without resharding") + \
+            (" + CPU offload" if lay.fsdp.cpu_offload else "")
+    else:
+        engine = f"ZeRO-{lay.zero_stage}{off}"
+    return f"{METHOD_WORDS[lay.method]}, {engine}, {ck}, {lay.attn_impl.value}"
