@@ -123,3 +123,13 @@ def test_recommend_weighs_fsdp2_against_deepspeed_and_says_why():
     assert not any(line.startswith("Engine: ") for line in rec.why)  # one engine asked: nothing to weigh
     assert search_space(o.TrainingFlags(zero=2), Precision.BF16_MIXED) == {}
     assert search_space(o.TrainingFlags(engine="deepspeed"), Precision.BF16_MIXED) == {"zero_stages": (1, 2, 3)}
+
+
+def test_the_bundle_refuses_fsdp2_in_one_sentence():
+    from planner.catalog import gpu
+    from planner.emit.accelerate_config import accelerate_config
+    from planner.specs import Cluster
+
+    train = _spec(engine="fsdp2")
+    with pytest.raises(PlannerError, match="does not write FSDP2 yet"):
+        accelerate_config(train, Cluster(gpu=gpu("h100-sxm-80gb"), num_gpus=2))

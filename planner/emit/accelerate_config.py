@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from planner.errors import PlannerError
 from planner.specs import Cluster, Precision, TrainSpec
 
 DS_CONFIG_FILE = "ds_config.json"
@@ -29,6 +30,13 @@ _MIXED_PRECISION = {
 
 
 def distributed_type(train: TrainSpec, cluster: Cluster) -> str:
+    if train.uses_fsdp2:
+        # accelerate's FSDP2 (utils/fsdp_utils.py fsdp2_prepare_model) shards the embeddings and the final norm
+        # and head in units of their own (the tail never resharded) and reduces in its mixed_precision dtype,
+        # where planner's estimate follows torchtune's shard_model (one root group) with an fp32 reduce: a bundle
+        # would not run what was estimated
+        raise PlannerError("the run bundle does not write FSDP2 yet (accelerate wraps and reduces differently from "
+                           "the torchtune layout planner estimates); plan without --out, or with --engine deepspeed.")
     if train.uses_deepspeed:
         return "DEEPSPEED"
     return "MULTI_GPU" if cluster.num_gpus > 1 else "NO"
