@@ -264,7 +264,8 @@ def test_torchtune_distributed_and_in_backward_optimizer_are_refused(tmp_path):
             "loss:\n  _component_: torch.nn.CrossEntropyLoss\noptimizer:\n  _component_: torch.optim.AdamW\n"
             "batch_size: 1\ndtype: bf16\n")
     # optimizer_in_bwd is read (--optimizer-in-backward), and refused with LoRA as planner's spec refuses it
-    for extra, word in (("fsdp_cpu_offload: true\n", "FSDP2"), ("optimizer_in_bwd: true\n", "--optimizer-in-backward")):
+    # a distributed recipe's FSDP2 is read (test_fsdp2_cli.py); tensor parallelism is refused
+    for extra, word in (("tensor_parallel_dim: 2\n", "FSDP2"), ("optimizer_in_bwd: true\n", "--optimizer-in-backward")):
         cfg = tmp_path / "tt.yaml"
         cfg.write_text(base + extra)
         with pytest.raises(PlannerError, match=word):

@@ -133,3 +133,38 @@ def test_the_bundle_refuses_fsdp2_in_one_sentence():
     train = _spec(engine="fsdp2")
     with pytest.raises(PlannerError, match="does not write FSDP2 yet"):
         accelerate_config(train, Cluster(gpu=gpu("h100-sxm-80gb"), num_gpus=2))
+
+
+def test_from_reads_fsdp2_from_accelerate_trainingarguments_and_torchtune(tmp_path):
+    from planner.from_config import read_training_config
+
+    acc = tmp_path / "fsdp2.yaml"
+    acc.write_text("distributed_type: FSDP\nnum_processes: 4\nnum_machines: 1\nmixed_precision: bf16\nfsdp_config:\n"
+                   "  fsdp_version: 2\n  fsdp_reshard_after_forward: false\n  fsdp_offload_params: true\n"
+                   "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n")
+    hf = tmp_path / "sft.yaml"
+    hf.write_text("model_name_or_path: Qwen/Qwen2.5-0.5B\ntorch_dtype: bfloat16\nper_device_train_batch_size: 2\nbf16: true\n"
+                  "optim: adamw_torch\n")
+    got = read_training_config(hf, accelerate_config=acc)
+    assert got.train.uses_fsdp2 and got.num_gpus == 4
+    assert got.train.parallelism.fsdp_config == FsdpConfig(reshard_after_forward=False, reduce_dtype=None,
+                                                           cpu_offload=True)
+    assert got.train.precision.value == "bf16-mixed" and any("upcasts trainable" in n for n in got.notes)
+    hf.write_text("model_name_or_path: Qwen/Qwen2.5-0.5B\ntorch_dtype: bfloat16\nbf16: true\nfsdp: shard_grad_op auto_wrap\n"
+                  "fsdp_config:\n  fsdp_version: 2\n")
+    got = read_training_config(hf)
+    assert got.train.uses_fsdp2 and not got.train.parallelism.fsdp_config.reshard_after_forward
+    hf.write_text("model_name_or_path: Qwen/Qwen2.5-0.5B\ntorch_dtype: bfloat16\nfsdp: full_shard\nfsdp_config:\n  version: 1\n")
+    with pytest.raises(PlannerError, match="FSDP1"):
+        read_training_config(hf)
+    acc.write_text("distributed_type: FSDP\nnum_processes: 4\nfsdp_config:\n  fsdp_version: 1\n")
+    with pytest.raises(PlannerError, match="FSDP1"):
+        read_training_config(tmp_path / "sft.yaml", accelerate_config=acc)
+    tt = tmp_path / "tt.yaml"
+    tt.write_text("model:\n  _component_: torchtune.models.llama3_2.lora_llama3_2_1b\n  lora_attn_modules: [q_proj]\n"
+                  "loss:\n  _component_: torch.nn.CrossEntropyLoss\noptimizer:\n  _component_: torch.optim.AdamW\n"
+                  "batch_size: 1\ndtype: bf16\nfsdp_cpu_offload: true\nfsdp_reshard_after_forward: false\n")
+    got = read_training_config(tt)
+    assert got.train.uses_fsdp2 and got.train.parallelism.fsdp_config == FsdpConfig(
+        reshard_after_forward=False, reduce_dtype=None, cpu_offload=True)
+    assert got.train.precision.value == "bf16"  # torchtune builds the model in dtype, no policy

@@ -25,6 +25,7 @@ from typing import Any
 from planner.errors import PlannerError
 from planner.from_config.bundle import ACCELERATE_CONFIG, bundle, bundle_script, load_plan
 from planner.from_config.formats import axolotl, hf, llamafactory, torchtune
+from planner.from_config.fsdp_fields import fsdp_run
 from planner.from_config.reader import Reader, autocast_precision, load_mapping
 from planner.specs import TrainSpec
 
@@ -73,7 +74,7 @@ def read_training_config(path: str | Path, accelerate_config: str | Path | None 
     if accelerate_config is not None:
         r.read_accelerate(Path(accelerate_config))
     reader = {"llamafactory": llamafactory, "axolotl": axolotl, "torchtune": torchtune, "hf": hf, "bundle": bundle}[fmt]
-    kwargs = reader(r)
+    kwargs = fsdp_run(r, reader(r))  # FSDP2 where the config (or its accelerate config) runs it
     if fmt != "bundle":  # the bundle writes planner's own --precision
         kwargs = autocast_precision(r, kwargs)
     r.list_unread()

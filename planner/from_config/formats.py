@@ -13,6 +13,7 @@ from planner.from_config.fields import (
     TORCHTUNE_NO_MEMORY,
     TORCHTUNE_OPTIMIZERS,
 )
+from planner.from_config.fsdp_fields import hf_fsdp, torchtune_fsdp
 from planner.from_config.loss_fields import axolotl_loss, llamafactory_loss, torchtune_loss, trl_loss
 from planner.from_config.posttrain_fields import dpo_task, is_dpo
 from planner.from_config.reader import (
@@ -209,12 +210,17 @@ def torchtune(r: Reader) -> dict[str, Any]:
     """torchtune recipes/configs/*: the model builder names the architecture and the method; the recipe's own
     fields (batch_size, gradient_accumulation_steps, dtype, enable_activation_checkpointing) the run."""
     r.no_memory = TORCHTUNE_NO_MEMORY
-    for key in ("fsdp_cpu_offload", "fsdp_sharding_strategy", "custom_sharded_layers", "fsdp_reshard_after_forward",
-                "tensor_parallel_dim", "data_parallel_shard_dim", "data_parallel_replicate_dim"):
+    torchtune_fsdp(r)  # fsdp_cpu_offload, fsdp_reshard_after_forward: the distributed recipes' FSDP2
+    for key, ok in (("fsdp_sharding_strategy", "FULL_SHARD"), ("tensor_parallel_dim", 1),
+                    ("data_parallel_replicate_dim", 1), ("data_parallel_shard_dim", -1)):
+        if r.data.get(key, ok) != ok:
+            r.used.add(key)
+            r.refuse(f"{key} {r.data[key]!r}", f"is not modelled; planner models FSDP2 over every rank ({key} {ok}).")
         if key in r.data:
             r.used.add(key)
-            r.refuse(key, "belongs to torchtune's distributed recipes, which shard with FSDP2; planner models DDP "
-                          "and DeepSpeed ZeRO only.")
+    if r.get("custom_sharded_layers"):
+        r.notes.append("custom_sharded_layers shards those modules in units of their own; planner estimates "
+                       "torchtune's default layout (one root group for embeddings, norm and head).")
     # optimizer_in_bwd: torchtune's per-parameter optimizers stepped in post-accumulate-grad hooks
     # (training/memory.py register_optim_in_bwd_hooks): --optimizer-in-backward
     in_backward = bool(r.flag("optimizer_in_bwd", False))
@@ -319,9 +325,8 @@ def hf(r: Reader) -> dict[str, Any]:
                                     "lora_r", "completion_only_loss", "assistant_only_loss", "padding_free",
                                     "loss_type", "use_bnb_nested_quant")) or is_dpo(r)
     r.set_model(r.text("model_name_or_path"), "model_name_or_path")
-    for key, why in (("fsdp", "is not modelled; planner models DDP and DeepSpeed ZeRO."),
-                     ("fsdp_config", "is not modelled; planner models DDP and DeepSpeed ZeRO."),
-                     ("use_liger_kernel", "replaces the loss and MLP kernels (Liger), which planner does not model."),
+    hf_fsdp(r)  # fsdp, fsdp_config: FSDP2 (fsdp_fields.py)
+    for key, why in (("use_liger_kernel", "replaces the loss and MLP kernels (Liger), which planner does not model."),
                      ("load_in_8bit", "holds the frozen base in 8 bits, which planner does not model (4-bit only)."),
                      ("use_dora", "(DoRA) is not modelled."),
                      ("activation_offloading", "moves activations to the CPU, which planner does not model."),

@@ -67,6 +67,8 @@ class Reader:
         self.accel_precision: str | None = None  # accelerate's mixed_precision: "no", "bf16", "fp16"
         self.accel_ds: dict[str, Any] | None = None  # stage, offload from accelerate's deepspeed_config
         self.no_memory: frozenset[str] = frozenset()
+        self.fsdp = None  # FSDP2's FsdpConfig where the config runs it (fsdp_fields.py), and who wraps it
+        self.fsdp_from = ""
 
     # -------- typed access; every access marks the field used
 
@@ -220,9 +222,9 @@ class Reader:
         self.files.append(str(path))
         name = path.name
         kind = str(acc.get("distributed_type", "NO")).upper()
-        if kind in ("FSDP", "MEGATRON_LM", "XLA", "TP"):
-            raise PlannerError(f"{name}: distributed_type {kind} is not modelled; planner models DDP and DeepSpeed "
-                               f"ZeRO only.")
+        if kind in ("MEGATRON_LM", "XLA", "TP"):
+            raise PlannerError(f"{name}: distributed_type {kind} is not modelled; planner models DDP, DeepSpeed "
+                               f"ZeRO and FSDP2 only.")
         if acc.get("use_cpu") is True:
             raise PlannerError(f"{name}: use_cpu trains on the CPU; planner estimates GPU runs from a config.")
         processes, machines = acc.get("num_processes", 1), acc.get("num_machines", 1)
@@ -238,8 +240,12 @@ class Reader:
                                               "use_cpu") if k in acc}
         for k in acc:
             if k not in ("distributed_type", "num_processes", "num_machines", "mixed_precision", "deepspeed_config",
-                         "use_cpu"):
+                         "use_cpu", "fsdp_config"):
                 self.ignored[f"{name}:{k}"] = "planner reads only the processes, machines, precision and DeepSpeed"
+        if kind == "FSDP":
+            from planner.from_config.fsdp_fields import accelerate_fsdp
+
+            accelerate_fsdp(self, acc, name)
         if kind == "DEEPSPEED":
             dsc = acc.get("deepspeed_config") or {}
             if dsc.get("deepspeed_config_file"):
@@ -363,7 +369,7 @@ def autocast_precision(r: Reader, kwargs: dict[str, Any]) -> dict[str, Any]:
     mixed = kwargs.get("precision")
     parallelism = kwargs.get("parallelism")
     if (mixed not in (Precision.BF16_MIXED, Precision.FP16_MIXED) or kwargs.get("method", Method.FULL) is not Method.FULL
-            or (parallelism is not None and parallelism.uses_deepspeed)):
+            or (parallelism is not None and (parallelism.uses_deepspeed or parallelism.uses_fsdp2))):
         return kwargs
     autocast = Precision.BF16_AUTOCAST if mixed is Precision.BF16_MIXED else Precision.FP16_AUTOCAST
     try:
