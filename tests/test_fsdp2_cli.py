@@ -168,3 +168,29 @@ def test_from_reads_fsdp2_from_accelerate_trainingarguments_and_torchtune(tmp_pa
     assert got.train.uses_fsdp2 and got.train.parallelism.fsdp_config == FsdpConfig(
         reshard_after_forward=False, reduce_dtype=None, cpu_offload=True)
     assert got.train.precision.value == "bf16"  # torchtune builds the model in dtype, no policy
+
+
+def test_estimate_from_an_fsdp2_config_shows_its_fsdp2_row(tmp_path):
+    from planner.catalog import gpu
+    from planner.cli.estimate_cmd import estimate_rows, table_base
+    from planner.from_config import read_training_config
+    from planner.specs import Cluster
+
+    tt = tmp_path / "tt.yaml"
+    tt.write_text("model:\n  _component_: torchtune.models.llama3_2.lora_llama3_2_1b\n  lora_attn_modules: [q_proj]\n"
+                  "loss:\n  _component_: torch.nn.CrossEntropyLoss\noptimizer:\n  _component_: torch.optim.AdamW\n"
+                  "batch_size: 1\ndtype: bf16\nfsdp_cpu_offload: false\nfsdp_reshard_after_forward: false\n")
+    fc = read_training_config(tt)
+    model = load_model(fc.model)
+    cluster = Cluster(gpu=gpu("h100-sxm-80gb"), num_gpus=4)
+
+    def rows(**typed):
+        flags = dataclasses.replace(o.TrainingFlags(gpus=4), **typed, typed=frozenset(typed) | {"gpus"})
+        base, flags = table_base(flags, model, fc)
+        return [(r.train.parallelism.engine.value, r.train.zero_stage, r.train.parallelism.fsdp_config)
+                for r in estimate_rows(model, cluster, base, flags, num_tokens=0)]
+
+    assert rows() == [("fsdp2", 0, FsdpConfig(reshard_after_forward=False, reduce_dtype=None))]
+    assert rows(reshard=True) == [("fsdp2", 0, FsdpConfig(reshard_after_forward=True, reduce_dtype=None))]
+    assert [r[:2] for r in rows(engine="deepspeed")] == [("deepspeed", 1), ("deepspeed", 2), ("deepspeed", 3)]
+    assert [r[:2] for r in rows(zero=2)] == [("deepspeed", 2)]

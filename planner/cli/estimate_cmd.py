@@ -79,10 +79,15 @@ def fsdp2_rows(model: ModelSpec, cluster: Cluster, base: TrainSpec, flags: o.Tra
     if engine not in (None, Engine.FSDP2) or (engine is None and (flags.zero is not None or
                                                                   flags.offload not in (None, "none"))):
         return []
+    # a --from config's FSDP2 keeps its settings, with FSDP2 flags typed beside it on top (from_options)
+    from_config = base.uses_fsdp2 and "engine" not in flags.typed
+    reshards = [flags.reshard] if flags.reshard is not None else \
+        [base.parallelism.fsdp_config.reshard_after_forward] if from_config else [True, False]
     out = []
-    for reshard in ([True, False] if flags.reshard is None else [flags.reshard]):
+    for reshard in reshards:
         try:
-            cfg = fsdp_config(flags, base.precision, reshard=reshard)
+            cfg = dataclasses.replace(base.parallelism.fsdp_config, reshard_after_forward=reshard) if from_config \
+                else fsdp_config(flags, base.precision, reshard=reshard)
             train = o.with_layout(base, method, 0, Offload.NONE, cfg)
         except PlannerError:
             if engine is Engine.FSDP2 and flags.method is not None:

@@ -115,11 +115,15 @@ def from_config_run(fc, flags: TrainingFlags, model: ModelSpec, *, seq_len_from_
     config that leaves the sequence length unset takes --seq-len's default instead of the config format's."""
     typed = set(flags.typed) | ({"seq_len"} if seq_len_from_flags and "seq_len" in fc.unset else set())
     fsdp2 = fc.train.uses_fsdp2 and flags.engine is None and not flags.zero  # the FSDP2 flags' own settings
-    own = build_train_spec(flags, model=model, method=flags.method or "full", zero=flags.zero or 0,
+    deepspeed = flags.zero is None and str(flags.engine).lower() == "deepspeed"  # the stage left to the rows
+    own = build_train_spec(flags, model=model, method=flags.method or "full", zero=1 if deepspeed else flags.zero or 0,
                            offload=flags.offload or "none", engine="fsdp2" if fsdp2 else flags.engine)
     train = merge_from_config(fc.train, own, typed)
+    fsdp2 = train.uses_fsdp2 and flags.zero is None  # the run's engine: FSDP2 rows only (estimate_cmd.fsdp2_rows)
     flags = dataclasses.replace(flags, method=flags.method or train.method.value,
-                                zero=train.zero_stage if flags.zero is None else flags.zero,
+                                engine="fsdp2" if fsdp2 else flags.engine,
+                                zero=None if fsdp2 or deepspeed else train.zero_stage if flags.zero is None else
+                                flags.zero,
                                 offload=flags.offload or train.offload.value)
     return train, from_cluster(fc, flags)
 
