@@ -194,3 +194,18 @@ def test_estimate_from_an_fsdp2_config_shows_its_fsdp2_row(tmp_path):
     assert rows(reshard=True) == [("fsdp2", 0, FsdpConfig(reshard_after_forward=True, reduce_dtype=None))]
     assert [r[:2] for r in rows(engine="deepspeed")] == [("deepspeed", 1), ("deepspeed", 2), ("deepspeed", 3)]
     assert [r[:2] for r in rows(zero=2)] == [("deepspeed", 2)]
+
+
+def test_reports_and_tables_name_the_engine():
+    from planner.cli.engine_cells import offload_cell, zero_cell
+    from planner.report.engine_text import layout_words
+    from planner.report.engine_text import zero_column as report_zero
+    from planner.specs import train_spec_to_dict
+
+    nr = _spec(engine="fsdp2", reshard=False, fsdp_offload=True)
+    assert (zero_cell(nr), offload_cell(nr), report_zero(nr)) == ("FSDP2-nr", "cpu", "FSDP2 nr")
+    assert layout_words(train_spec_to_dict(nr)) == "FSDP2, no reshard, CPU offload"
+    ds = _spec(zero=3, offload="optimizer")
+    assert (zero_cell(ds), offload_cell(ds), report_zero(ds)) == ("3", "optimizer", "3")
+    assert layout_words(train_spec_to_dict(ds)) == "ZeRO-3, offload optimizer"
+    assert nr.parallelism.label == "FSDP2, no reshard, CPU offload"
