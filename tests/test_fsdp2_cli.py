@@ -209,3 +209,15 @@ def test_reports_and_tables_name_the_engine():
     assert (zero_cell(ds), offload_cell(ds), report_zero(ds)) == ("3", "optimizer", "3")
     assert layout_words(train_spec_to_dict(ds)) == "ZeRO-3, offload optimizer"
     assert nr.parallelism.label == "FSDP2, no reshard, CPU offload"
+
+
+def test_recommend_out_searches_only_what_the_bundle_writes(tmp_path):
+    from tests.cli_harness import run_inprocess
+
+    res = run_inprocess(["recommend", "-m", "gpt2", "-s", "512", "-g", "8", "--gpus", "2", "--out",
+                         str(tmp_path / "b"), "--json"])
+    assert res.code == 0, res.stderr
+    assert "FSDP2 is not searched" in res.stderr and (tmp_path / "b" / "accelerate_config.yaml").is_file()
+    res = run_inprocess(["recommend", "-m", "gpt2", "-s", "512", "-g", "8", "--gpus", "2", "--engine", "fsdp2",
+                         "--out", str(tmp_path / "c")])
+    assert res.code == 1 and "does not write FSDP2 yet" in res.stderr
