@@ -221,3 +221,10 @@ def test_recommend_out_searches_only_what_the_bundle_writes(tmp_path):
     res = run_inprocess(["recommend", "-m", "gpt2", "-s", "512", "-g", "8", "--gpus", "2", "--engine", "fsdp2",
                          "--out", str(tmp_path / "c")])
     assert res.code == 1 and "does not write FSDP2 yet" in res.stderr
+
+
+def test_compare_gpus_refuses_fsdp2():
+    from tests.cli_harness import run_inprocess
+
+    res = run_inprocess(["estimate", "-m", "gpt2", "-s", "512", "--compare-gpus", "--engine", "fsdp2"])
+    assert res.code == 1 and "not FSDP2" in res.stderr

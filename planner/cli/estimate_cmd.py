@@ -150,6 +150,9 @@ def estimate(
         from planner.plan.compare_gpus import DEFAULT_MAX_HOURS
 
         max_hours = DEFAULT_MAX_HOURS if max_hours is None else max_hours
+        if base.uses_fsdp2 or parse_engine(flags.engine) is Engine.FSDP2:
+            raise PlannerError("--compare-gpus searches DDP and DeepSpeed layouts only, not FSDP2; drop --engine "
+                               "fsdp2 (or --compare-gpus).")
         if flags.gpu != o.TrainingFlags.gpu:
             raise PlannerError(f"--compare-gpus compares every GPU in the catalog, so --gpu {flags.gpu!r} does not "
                                "apply; drop one of them.")
