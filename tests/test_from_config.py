@@ -263,8 +263,7 @@ def test_torchtune_distributed_and_in_backward_optimizer_are_refused(tmp_path):
     base = ("model:\n  _component_: torchtune.models.llama3_2.lora_llama3_2_1b\n  lora_attn_modules: [q_proj]\n"
             "loss:\n  _component_: torch.nn.CrossEntropyLoss\noptimizer:\n  _component_: torch.optim.AdamW\n"
             "batch_size: 1\ndtype: bf16\n")
-    # optimizer_in_bwd is read (--optimizer-in-backward), and refused with LoRA as planner's spec refuses it
-    # a distributed recipe's FSDP2 is read (test_fsdp2_cli.py); tensor parallelism is refused
+    # tensor parallelism is refused (FSDP2: test_fsdp2_cli.py); optimizer_in_bwd is read and refused with LoRA
     for extra, word in (("tensor_parallel_dim: 2\n", "FSDP2"), ("optimizer_in_bwd: true\n", "--optimizer-in-backward")):
         cfg = tmp_path / "tt.yaml"
         cfg.write_text(base + extra)
