@@ -20,7 +20,7 @@ ruff check planner tests benchmarks examples
 native=$(python -c "import torch; print(torch.backends.cpu.get_cpu_capability(), bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))")
 echo "planner: CPU kernel path: ATen ${native% *}, oneDNN bf16 ${native#* } ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))" >&2
 if [ $# -eq 0 ] && [ "$native" != "AVX2 False" ]; then
-  python -m pytest -q -p no:cacheprovider
+  python -m pytest -q -p no:cacheprovider --durations=40
   echo "planner: the cpu_kernels tests again on the AVX2 path (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2)" >&2
   ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 exec python -m pytest -q -p no:cacheprovider -m cpu_kernels
 fi
