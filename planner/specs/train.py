@@ -10,6 +10,7 @@ from planner.errors import PlannerError
 from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, PeftDtype, Precision, QuantType
 from planner.specs.fsdp import FsdpConfig
 from planner.specs.loss import Loss, LossSpec
+from planner.specs.packing import check_packing
 from planner.specs.parallelism import Engine, Parallelism, ZeroConfig
 from planner.specs.task import Reference, Task, TaskSpec
 
@@ -79,6 +80,9 @@ class TrainSpec:
     # (Accelerator.prepare_model: torch.compile(model, backend="inductor"); DeepSpeed: engine.compile). The estimate
     # keeps eager's activations, an upper bound without checkpointing and not with it (estimate/compile_note.py).
     compile: bool = False
+    # Sequence packing, padding-free: the micro-batch's rows as one row with position ids reset per document
+    # (transformers DataCollatorWithFlattening, TRL packing=True; specs/packing.py, estimate/step/packed.py)
+    packing: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, LossSpec):
@@ -112,6 +116,8 @@ class TrainSpec:
             _check_autocast(self)
         if self.optimizer_in_backward:
             _check_optimizer_in_backward(self)
+        if self.packing:
+            check_packing(sft=self.task.is_default, activation_offload=self.activation_offload)
         # DeepSpeed wraps a client optimizer and hands it its flat 1-D fp32 partitions: bitsandbytes' block layout
         # and Adafactor's factored moment (>= 2-D only) would follow those, which planner has not profiled
         # (planner/estimate/optim_rules.py models each on the model's own tensors).
@@ -270,6 +276,8 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         # post-training only (absent: sft, so every earlier plan and golden file reads the same)
         **({} if train.task.is_default else {"task": train.task.to_dict()}),
         "compile": train.compile,
+        # only when on (absent: unpacked rows, so every earlier plan and golden file reads the same)
+        **({"packing": True} if train.packing else {}),
     }
 
 
@@ -339,6 +347,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             optimizer_in_backward=bool(d.get("optimizer_in_backward", False)),
             task=TaskSpec.from_dict(d.get("task")),
             compile=bool(d.get("compile", False)),
+            packing=bool(d.get("packing", False)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None
