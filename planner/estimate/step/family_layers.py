@@ -321,6 +321,7 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
               packed=packed)
     if packed:
         packing.check_modelled(model.model_type, LLAMA_LIKE, attn, device, ctx.attn_dropout)
+        notes.append(packing.note(attn, device))
     fam = Family(model, ctx, method, adapters, modules_to_save, input_requires_grad=input_requires_grad)
     fam.notes.extend(notes)
     if fam.arch is not None:

@@ -42,6 +42,21 @@ def check_modelled(model_type: str, llama_like: tuple[str, ...], attn: str, devi
                            "not written down yet; use --dropout 0.")
 
 
+def note(attn: str, device: str) -> str:
+    """What the estimate of a packed step counts, for the user."""
+    if attn == "flash_attention_2":
+        return ("--packing with flash_attention_2: one row of micro-batch x seq-len tokens run varlen from the "
+                "position ids, no mask.")
+    what = ("an additive (tokens x tokens) mask in the activation dtype and (heads x tokens x tokens) scores"
+            if attn == "eager" else
+            "a (tokens x tokens) bool mask, and per layer a query-dtype copy SDPA saves for backward, with grouped-query "
+            "K and V repeated to every head")
+    gpu = (" On CUDA the figure follows the CPU kernel's measured behaviour; the memory-efficient kernel's padding of "
+           "the mask is not modelled (no GPU profile yet)." if device != "cpu" and attn == "sdpa" else "")
+    return (f"--packing: one row of micro-batch x seq-len tokens; the mask built from the reset position ids costs "
+            f"{what}, growing with the square of the row (flash_attention_2 runs without one).{gpu}")
+
+
 def build_mask(t: Tape, tokens: int, attn: str, dtype: str) -> Fake | None:
     """``create_causal_mask`` for one packed row of ``tokens``: the bool mask (SDPA), the additive one (eager)
     or none (flash attention 2, varlen)."""
