@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from planner.from_config.compile_fields import hf_compile, torchtune_compile
-from planner.from_config.packing_fields import axolotl_packing, llamafactory_packing, torchtune_packing, trl_packing
 from planner.from_config.fields import (
     AXOLOTL_NO_MEMORY,
     HF_NO_MEMORY,
@@ -15,6 +14,12 @@ from planner.from_config.fields import (
     TORCHTUNE_OPTIMIZERS,
 )
 from planner.from_config.loss_fields import axolotl_loss, llamafactory_loss, torchtune_loss, trl_loss
+from planner.from_config.packing_fields import (
+    axolotl_packing,
+    llamafactory_packing,
+    torchtune_packing,
+    trl_packing,
+)
 from planner.from_config.posttrain_fields import dpo_task, is_dpo
 from planner.from_config.reader import (
     PEFT_DEFAULT_TARGETS,
