@@ -180,7 +180,12 @@ def test_the_bundle_flattens_and_reads_back(tmp_path):
 def test_bundle_train_py_packing_through_the_trainer(tmp_path):
     """The bundle's train.py with --packing (its rows flattened by its collator), recorded through the real Trainer
     and compared with its own estimate (issue 16, "close the loop"); measured -0.29%, worst category -0.15%."""
-    from tests.test_profile_command import _profile_bundle_through_the_trainer, _tail, check_within_bounds, planner
+    from tests.test_profile_command import (
+        _profile_bundle_through_the_trainer,
+        _tail,
+        check_within_bounds,
+        planner,
+    )
 
     config = tmp_path / "tiny" / "config.json"
     config.parent.mkdir()
