@@ -199,9 +199,12 @@ def _check_autocast(train: TrainSpec) -> None:
     if train.uses_fsdp2:
         raise PlannerError(f"--precision {name} with FSDP2 is not modelled: FSDP2 casts through its "
                            "MixedPrecisionPolicy (--precision bf16-mixed), not autocast.")
-    if train.method is not Method.FULL:
-        raise PlannerError(f"--precision {name} is modelled for full fine-tuning only; LoRA and QLoRA keep a "
-                           "16-bit base: use bf16-mixed (fp32 adapters) or bf16.")
+    if train.method is Method.QLORA:
+        raise PlannerError(f"--precision {name} is not modelled with QLoRA (bitsandbytes' 4-bit matmul under "
+                           "autocast); use bf16-mixed (fp32 adapters) or bf16.")
+    if train.method is Method.LORA and train.lora_dtype is PeftDtype.BIT16:
+        raise PlannerError(f"--precision {name} keeps fp32 weights and peft's fp32 adapters; --lora-dtype 16bit "
+                           "is not modelled with it: use --lora-dtype fp32, or bf16-mixed.")
     unmodelled = [flag for flag, on in (("--activation-offload", train.activation_offload),
                                         (f"--loss {train.loss.kind.value}", train.loss.kind.value != "standard"),
                                         (f"--attn-impl {train.attn_impl.value}", train.attn_impl is AttnImpl.EAGER))
