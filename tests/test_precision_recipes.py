@@ -17,7 +17,16 @@ import pytest
 from planner.errors import PlannerError
 from planner.estimate.step.simulate import simulate_step
 from planner.models import spec_from_config
-from planner.specs import AttnImpl, LoraSpec, Method, Parallelism, Precision, TrainSpec, train_spec_from_dict
+from planner.specs import (
+    AttnImpl,
+    LoraSpec,
+    Method,
+    Parallelism,
+    PeftDtype,
+    Precision,
+    TrainSpec,
+    train_spec_from_dict,
+)
 from planner.specs.train import train_spec_to_dict
 
 LLAMA = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -55,7 +64,8 @@ def test_autocast_dtypes():
 
 @pytest.mark.parametrize("changes, words", [
     (dict(parallelism=Parallelism.from_zero(2)), "without DeepSpeed"),
-    (dict(method=Method.LORA, lora=LoraSpec()), "full fine-tuning only"),
+    (dict(method=Method.QLORA, lora=LoraSpec()), "QLoRA"),
+    (dict(method=Method.LORA, lora_dtype=PeftDtype.BIT16), "--lora-dtype 16bit"),
     (dict(attn_impl=AttnImpl.EAGER), "--attn-impl eager"),
     (dict(activation_offload=True), "--activation-offload"),
 ])

@@ -93,6 +93,8 @@ READ_VARIANTS = {
                                   optimizer_in_backward=True),
     # read as the reference the DPO step runs (and the doubled batch); DPO is modelled without DeepSpeed
     "task": dict(task=TaskSpec(Task.DPO), parallelism=Parallelism()),
+    # read as one row of micro_batch * seq_len tokens with its mask (packed.py)
+    "packing": dict(packing=True),
 }
 LORA_READ_VARIANTS = {
     "rank": LoraSpec(rank=4),

@@ -36,6 +36,7 @@ FLAG_FIELDS = {
     "grad_checkpointing": ("grad_checkpointing",), "activation_offload": ("activation_offload",),
     "optimizer_in_backward": ("optimizer_in_backward",),
     "compile": ("compile",),
+    "packing": ("packing",),
     "attn": ("attn_impl",), "dropout": ("dropout",),
     "loss": ("loss.kind",), "loss_chunks": ("loss.chunks",),
 }

@@ -52,6 +52,11 @@ def recommend(
     trust_remote_code: o.TrustRemoteCodeOpt = False,
     as_json: o.JsonOpt = False,
     out: Annotated[Path | None, typer.Option("--out", help="Write the training bundle (train.py, configs, launch.sh, PLAN.md) here.")] = None,
+    recipes: Annotated[bool, typer.Option("--recipes/--no-recipes", help="When nothing fits with the recipe asked "
+                       "for, try the memory-saving knobs not typed: --loss chunked-ce, --activation-offload, "
+                       "--optimizer adamw-8bit, --optimizer-in-backward, then combinations (activation offload only "
+                       "with --host-ram); the output says which and why (default: on; never with --from, whose "
+                       "recipe is the config's).")] = True,
     force: Annotated[bool, typer.Option("--force", help="With --out: write the bundle's files into a directory planner did not "
                                         "create, or over files changed since planner wrote them (nothing else is touched).")] = False,
 ) -> None:
@@ -116,7 +121,8 @@ def recommend(
             spec, base, cluster, global_batch_size=global_batch_size, method=flags.method.lower(),
             max_gpus=max_gpus, margin=flags.margin, mfu=flags.mfu, num_tokens=num_tokens,
             price_per_gpu_hour=flags.price_per_gpu_hour, num_runners_up=runners_up,
-            allow_longer=flags.allow_longer, **kwargs,
+            allow_longer=flags.allow_longer, recipes=recipes and fc is None, fixed_knobs=frozenset(flags.typed),
+            **kwargs,
         )
     except NoPlanFits as exc:
         if as_json:

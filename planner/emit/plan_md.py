@@ -44,6 +44,7 @@ def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[s
         *(["--activation-offload"] if t.activation_offload else []),
         *(["--optimizer-in-backward"] if t.optimizer_in_backward else []),
         *(["--compile"] if t.compile else []),
+        *(["--packing"] if t.packing else []),
         "--attn", t.attn_impl.value,
     ]  # fmt: skip
     if t.method is not Method.FULL:
@@ -187,6 +188,9 @@ def render_plan_md(
         *([("torch.compile", "on (TrainingArguments(torch_compile=True), inductor); the memory figures are "
                               "eager PyTorch's (an upper bound without activation checkpointing, not with it)")]
                              if t.compile else []),
+        *([("sequence packing", "on (documents packed into rows; each micro-batch flattened into one row with "
+                                "position ids reset per document, as TRL's packing=True runs it padding-free)")]
+          if t.packing else []),
         ("attention", t.attn_impl.value),
         ("loss", LOSS_WORDS[t.loss.kind].format(chunks=t.loss.chunks)),
         ("dataset", f"`{_md(dataset)}`"),

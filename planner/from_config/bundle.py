@@ -114,4 +114,5 @@ def bundle(r: Reader) -> dict[str, Any]:
         attn_impl=_choice(r, "attn_impl", AttnImpl, "sdpa"),
         dropout=None if dropout is None else float(dropout),
         optimizer_in_backward=bool(r.flag("optimizer_in_backward", False)),
+        packing=bool(r.flag("packing", False)),
     )

@@ -15,6 +15,12 @@ from planner.from_config.fields import (
 )
 from planner.from_config.fsdp_fields import hf_fsdp, torchtune_fsdp
 from planner.from_config.loss_fields import axolotl_loss, llamafactory_loss, torchtune_loss, trl_loss
+from planner.from_config.packing_fields import (
+    axolotl_packing,
+    llamafactory_packing,
+    torchtune_packing,
+    trl_packing,
+)
 from planner.from_config.posttrain_fields import dpo_task, is_dpo
 from planner.from_config.reader import (
     PEFT_DEFAULT_TARGETS,
@@ -101,7 +107,7 @@ def llamafactory(r: Reader) -> dict[str, Any]:
     r.set_fields |= {k for k, f in (("seq_len", "cutoff_len"), ("micro_batch", "per_device_train_batch_size"),
                                     ("grad_accum", "gradient_accumulation_steps")) if r.has(f)}
     return dict(method=method, precision=precision, optimizer=hf_optimizer(r, "optim", "adamw_torch"), lora=lora,
-                loss=llamafactory_loss(r), compile=hf_compile(r),
+                loss=llamafactory_loss(r), compile=hf_compile(r), packing=llamafactory_packing(r),
                 quant=quant, parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
                 micro_batch=r.whole("per_device_train_batch_size", 8), seq_len=r.whole("cutoff_len", 2048),
                 grad_accum=r.whole("gradient_accumulation_steps", 1), grad_checkpointing=checkpointing,
@@ -181,7 +187,7 @@ def axolotl(r: Reader) -> dict[str, Any]:
     r.set_fields |= {k for k, f in (("seq_len", "sequence_len"), ("micro_batch", "micro_batch_size"),
                                     ("grad_accum", "gradient_accumulation_steps")) if r.has(f)}
     return dict(method=method, precision=precision, optimizer=hf_optimizer(r, "optimizer", "adamw_torch_fused"),
-                lora=lora, loss=axolotl_loss(r), compile=hf_compile(r), quant=QuantSpec(), parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
+                lora=lora, loss=axolotl_loss(r), compile=hf_compile(r), packing=axolotl_packing(r, attn), quant=QuantSpec(), parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
                 micro_batch=r.whole("micro_batch_size", 1),
                 seq_len=r.whole("sequence_len", 512), grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(checkpointing), attn_impl=attention(r, attn, "attention"))
@@ -306,7 +312,7 @@ def torchtune(r: Reader) -> dict[str, Any]:
             if f"{key}.{k}" not in r.used and k != "_component_":
                 r.ignored[f"{key}.{k}"] = "does not change memory or time"
     return dict(method=method, precision=precision, optimizer=TORCHTUNE_OPTIMIZERS[optim], lora=lora, quant=quant,
-                loss=loss, compile=torchtune_compile(r),
+                loss=loss, compile=torchtune_compile(r), packing=torchtune_packing(r, bool(packed)),
                 micro_batch=r.whole("batch_size", 1), seq_len=seq or 2048,
                 grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(r.flag("enable_activation_checkpointing", False)),
@@ -386,7 +392,7 @@ def hf(r: Reader) -> dict[str, Any]:
     if seq is not None:
         r.set_fields.add("seq_len")
     return dict(method=method, precision=precision, optimizer=hf_optimizer(r, "optim", "adamw_torch_fused"),
-                lora=lora, quant=quant, compile=hf_compile(r), parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
+                lora=lora, quant=quant, compile=hf_compile(r), packing=trl_packing(r), parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
                 micro_batch=r.whole("per_device_train_batch_size", 8),
                 seq_len=seq or 2048, grad_accum=r.whole("gradient_accumulation_steps", 1),
                 grad_checkpointing=bool(checkpointing), attn_impl=attention(r, r.text("attn_implementation"),

@@ -26,6 +26,7 @@ from dataclasses import replace
 from planner import catalog
 from planner.errors import PlannerError
 from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_price, validate_tokens
+from planner.plan import recipes
 from planner.plan.advice import explain, no_fit
 from planner.plan.estimate_cache import DEFAULT_HOST_MEMORY_BYTES_PER_NODE, GPUS_PER_NODE
 from planner.plan.search import Searcher
@@ -106,8 +107,12 @@ def recommend(
     num_rejected: int = DEFAULT_REJECTED,
     allow_longer: bool = False,
     fsdp_configs: tuple[FsdpConfig, ...] = (),
+    recipes: bool = False,
+    fixed_knobs: frozenset[str] = frozenset(),
 ) -> Recommendation:
-    """The best plan for ``model`` on ``cluster``'s GPU type; raises NoPlanFits when nothing fits."""
+    """The best plan for ``model`` on ``cluster``'s GPU type; raises NoPlanFits when nothing fits. ``recipes``:
+    when nothing fits with ``base``'s recipe, try the memory-saving knobs left off (plan/recipes.py), except
+    those whose training flag is in ``fixed_knobs`` (the ones the user typed)."""
     validate_mfu(mfu)
     validate_price(price_per_gpu_hour)
     validate_tokens(num_tokens)
@@ -172,7 +177,17 @@ def recommend(
             layouts = search.layouts(m, zero_stages, offloads, (top.train.grad_checkpointing,), (top.train.attn_impl,))
             per_method[m] = search.best(layouts, (top.cluster.num_gpus,), 1)
     if chosen_method is None:
-        raise no_fit(search, methods, counts, zero_stages, offloads, checkpointing, attn_impls, skipped)
+        failure = no_fit(search, methods, counts, zero_stages, offloads, checkpointing, attn_impls, skipped)
+        if recipes:
+            rec = _with_recipe_knobs(model, base, cluster, fixed_knobs, dict(
+                global_batch_size=global_batch_size, method=method, max_gpus=max_gpus, margin=margin, mfu=mfu,
+                num_tokens=num_tokens, price_per_gpu_hour=price_per_gpu_hour, zero_stages=zero_stages,
+                offloads=offloads, checkpointing=checkpointing, attn_impls=attn_impls,
+                host_memory_bytes_per_node=host_memory_bytes_per_node, num_runners_up=num_runners_up,
+                num_rejected=num_rejected, allow_longer=allow_longer, fsdp_configs=fsdp_configs))
+            if rec is not None:
+                return rec
+        raise failure
     ranked = sorted((s for lst in per_method.values() for s in lst), key=lambda s: s.key)
     best = ranked[0]
     rec = explain(search, best, ranked[1:k], per_method, auto=auto, counts=counts, skipped=skipped,
@@ -181,6 +196,21 @@ def recommend(
         rec = replace(rec, why=rec.why + (dropout_note,),
                       estimate=replace(rec.estimate, notes=rec.estimate.notes + (dropout_note,)))
     return rec
+
+
+def _with_recipe_knobs(model: ModelSpec, base: TrainSpec, cluster: Cluster, fixed: frozenset[str],
+                       kwargs: dict) -> Recommendation | None:
+    """The first recipe variant (plan/recipes.py) with a plan that fits, its sentence first in ``why``."""
+    host = kwargs["host_memory_bytes_per_node"]
+    host_known = (host if host is not None else cluster.host_memory_bytes_per_node) is not None
+    for train, knobs in recipes.variants(base, fixed, host_ram_known=host_known):
+        try:
+            rec = recommend(model, train, cluster, recipes=False, **kwargs)
+        except PlannerError:  # NoPlanFits, or a variant no layout accepts
+            continue
+        line = recipes.why(knobs, base)
+        return replace(rec, why=(line,) + rec.why, estimate=replace(rec.estimate, notes=rec.estimate.notes + (line,)))
+    return None
 
 
 def _peft_lora_dropout(model: ModelSpec, base: TrainSpec, methods: tuple[Method, ...]) -> tuple[TrainSpec, str]:

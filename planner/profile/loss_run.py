@@ -74,6 +74,8 @@ class LossRun:
         self.kind = train.loss.kind
         self.chunks = train.loss.chunks
         self.loss_fn: Any = None
+        # --packing: the collator's {"labels", "position_ids"} of the current batch (set by the runner), else None
+        self.packed: dict[str, torch.Tensor] | None = None
         self.inside = bool(train.precision.autocast_dtype)  # the loss inside the model's (autocast) forward
         if self.kind is Loss.CHUNKED_CE:
             self.loss_fn = chunked_loss_class()(num_output_chunks=self.chunks, ignore_index=IGNORE_INDEX)
@@ -87,16 +89,24 @@ class LossRun:
             base = self.hf_model.get_base_model() if hasattr(self.hf_model, "get_base_model") else self.hf_model
             add_fused_lm_head(base, outputs=TRL_OUTPUTS)
 
+    def _labels(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids if self.packed is None else self.packed["labels"]
+
+    def _kwargs(self) -> dict[str, Any]:
+        """The batch's position ids under --packing (the model builds the packed mask from them)."""
+        return {} if self.packed is None else {"position_ids": self.packed["position_ids"]}
+
     def forward(self, module, ids: torch.Tensor):
+        kw = self._kwargs()
         if self.kind is Loss.STANDARD and self.inside:
             # the HF Trainer's compute_loss under autocast (autocast_run.py): the labels go to the model, which
             # computes the loss in its autocast-wrapped forward; the output (loss, fp32 logits) is dropped
             # before backward
-            return module(input_ids=ids, labels=ids, use_cache=False)
+            return module(input_ids=ids, labels=self._labels(ids), use_cache=False, **kw)
         if self.kind is Loss.STANDARD:
-            return module(input_ids=ids, use_cache=False).logits
+            return module(input_ids=ids, use_cache=False, **kw).logits
         if self.kind is Loss.TRL_FUSED_LM_HEAD:
-            return module(input_ids=ids, labels=ids, use_cache=False, fused_lm_head=True)
+            return module(input_ids=ids, labels=self._labels(ids), use_cache=False, fused_lm_head=True, **kw)
         captured: dict[str, torch.Tensor] = {}
 
         def take(_mod, _args, out) -> None:
@@ -104,7 +114,7 @@ class LossRun:
 
         handle = self.hf_model.base_model.register_forward_hook(take)
         try:
-            module(input_ids=ids, use_cache=False, logits_to_keep=slice(0, 0))
+            module(input_ids=ids, use_cache=False, logits_to_keep=slice(0, 0), **kw)
         finally:
             handle.remove()
         hidden = captured.pop("hidden")
@@ -119,7 +129,7 @@ class LossRun:
             return outputs["loss"]
         if self.kind is Loss.STANDARD:
             # transformers ForCausalLMLoss, called on its own so that forward and loss are separate phases
-            return self.hf_model.loss_function(logits=outputs, labels=ids, vocab_size=self.hf_model.config.vocab_size)
+            return self.hf_model.loss_function(logits=outputs, labels=self._labels(ids), vocab_size=self.hf_model.config.vocab_size)
         if self.kind is Loss.TRL_FUSED_LM_HEAD:
             # SFTTrainer.compute_loss, loss_type "nll"
             per_token_loss = -outputs.log_probs

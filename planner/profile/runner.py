@@ -260,6 +260,7 @@ class RankRun(RankOutput):
                 w = f"step::{step}::{mb}::"
                 with self._window(w + "inputs", step, "inputs"):
                     ids = batches.next()
+                    self.engine.loss_run.packed = batches.packed  # --packing: labels, position ids
                 with offloading(train):  # --activation-offload: save_on_cpu around forward and loss
                     with self._window(w + "forward", step, "forward"):
                         logits = self.engine.forward(ids, mb)

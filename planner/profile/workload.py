@@ -251,6 +251,9 @@ class Batches:
         self.gen = torch.Generator().manual_seed(seed + 1000 * (rank + 1))
         self.rows: torch.Tensor | None = None
         self.next_row = 0
+        # --packing: the collator's labels and position ids of the last batch (profile/packing.py); None unpacked
+        self.packing = train.packing
+        self.packed: dict[str, torch.Tensor] | None = None
         if data is not None:
             self.rows = pack_rows(data, tokenizer, vocab_size, train.seq_len, self.gen)
             self.next_row = (rank * train.micro_batch) % len(self.rows)
@@ -263,6 +266,12 @@ class Batches:
             idx = [(self.next_row + i) % len(self.rows) for i in range(n)]
             self.next_row = (self.next_row + n) % len(self.rows)
             ids = self.rows[idx]
+        if self.packing:
+            from planner.profile.packing import collate
+
+            batch = {k: v.to(self.device) for k, v in collate(ids, self.gen).items()}
+            self.packed = {"labels": batch["labels"], "position_ids": batch["position_ids"]}
+            return batch["input_ids"]
         return ids.to(self.device)
 
 

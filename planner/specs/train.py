@@ -10,6 +10,7 @@ from planner.errors import PlannerError
 from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, PeftDtype, Precision, QuantType
 from planner.specs.fsdp import FsdpConfig
 from planner.specs.loss import Loss, LossSpec
+from planner.specs.packing import check_packing
 from planner.specs.parallelism import Engine, Parallelism, ZeroConfig
 from planner.specs.task import Reference, Task, TaskSpec
 
@@ -79,6 +80,9 @@ class TrainSpec:
     # (Accelerator.prepare_model: torch.compile(model, backend="inductor"); DeepSpeed: engine.compile). The estimate
     # keeps eager's activations, an upper bound without checkpointing and not with it (estimate/compile_note.py).
     compile: bool = False
+    # Sequence packing, padding-free: the micro-batch's rows as one row with position ids reset per document
+    # (transformers DataCollatorWithFlattening, TRL packing=True; specs/packing.py, estimate/step/packed.py)
+    packing: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, LossSpec):
@@ -112,6 +116,8 @@ class TrainSpec:
             _check_autocast(self)
         if self.optimizer_in_backward:
             _check_optimizer_in_backward(self)
+        if self.packing:
+            check_packing(sft=self.task.is_default, activation_offload=self.activation_offload)
         # DeepSpeed wraps a client optimizer and hands it its flat 1-D fp32 partitions: bitsandbytes' block layout
         # and Adafactor's factored moment (>= 2-D only) would follow those, which planner has not profiled
         # (planner/estimate/optim_rules.py models each on the model's own tensors).
@@ -193,9 +199,12 @@ def _check_autocast(train: TrainSpec) -> None:
     if train.uses_fsdp2:
         raise PlannerError(f"--precision {name} with FSDP2 is not modelled: FSDP2 casts through its "
                            "MixedPrecisionPolicy (--precision bf16-mixed), not autocast.")
-    if train.method is not Method.FULL:
-        raise PlannerError(f"--precision {name} is modelled for full fine-tuning only; LoRA and QLoRA keep a "
-                           "16-bit base: use bf16-mixed (fp32 adapters) or bf16.")
+    if train.method is Method.QLORA:
+        raise PlannerError(f"--precision {name} is not modelled with QLoRA (bitsandbytes' 4-bit matmul under "
+                           "autocast); use bf16-mixed (fp32 adapters) or bf16.")
+    if train.method is Method.LORA and train.lora_dtype is PeftDtype.BIT16:
+        raise PlannerError(f"--precision {name} keeps fp32 weights and peft's fp32 adapters; --lora-dtype 16bit "
+                           "is not modelled with it: use --lora-dtype fp32, or bf16-mixed.")
     unmodelled = [flag for flag, on in (("--activation-offload", train.activation_offload),
                                         (f"--loss {train.loss.kind.value}", train.loss.kind.value != "standard"),
                                         (f"--attn-impl {train.attn_impl.value}", train.attn_impl is AttnImpl.EAGER))
@@ -270,6 +279,8 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         # post-training only (absent: sft, so every earlier plan and golden file reads the same)
         **({} if train.task.is_default else {"task": train.task.to_dict()}),
         "compile": train.compile,
+        # only when on (absent: unpacked rows, so every earlier plan and golden file reads the same)
+        **({"packing": True} if train.packing else {}),
     }
 
 
@@ -339,6 +350,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             optimizer_in_backward=bool(d.get("optimizer_in_backward", False)),
             task=TaskSpec.from_dict(d.get("task")),
             compile=bool(d.get("compile", False)),
+            packing=bool(d.get("packing", False)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "optimizer_in_bwd; one GPU, no accumulation)")
     plan.add_argument("--torch-compile", action=argparse.BooleanOptionalAction, default=PLAN.get("compile", False),
                       help="TrainingArguments(torch_compile=True): the model under torch.compile (inductor)")
+    plan.add_argument("--packing", action=argparse.BooleanOptionalAction, default=PLAN.get("packing", False),
+                      help="documents packed into rows, each micro-batch flattened into one row with position ids "
+                           "reset per document (TRL packing=True, padding-free)")
     plan.add_argument("--attn-impl", choices=("eager", "sdpa", "flash_attention_2"), default=PLAN["attn_impl"])
     plan.add_argument("--deepspeed", default=PLAN["deepspeed"],
                       help="DeepSpeed JSON config, or 'none' (default: %(default)s, next to this script)")

@@ -88,4 +88,46 @@ def pack(texts: list[str], tokenizer, seq_len: int, min_rows: int = 1):
     return [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": r.clone()} for r in rows]
 
 
+def pack_documents(texts: list[str], tokenizer, seq_len: int, min_rows: int = 1):
+    """--packing: the texts as documents in rows of seq_len tokens (a document longer than what is left of a row
+    continues in the next), each row with its position ids reset at every document and the label of each
+    document's first token -100, as TRL's pack_dataset and padding-free collator give them."""
+    import torch
+
+    docs = [row + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+            for row in tokenizer(texts)["input_ids"] if row]
+    total = sum(len(d) for d in docs)
+    if not total:
+        fail("the dataset has no tokens.")
+    if total < min_rows * seq_len:
+        print(f"train.py: the dataset has {total} tokens, fewer than one optimizer step takes ({min_rows} x "
+              f"{seq_len}); repeating it to fill one step (fine for a smoke run, not for training).", file=sys.stderr)
+        docs = docs * -(-min_rows * seq_len // total)
+    ids: list[int] = []
+    positions: list[int] = []
+    for doc in docs:
+        ids.extend(doc)
+        positions.extend(range(len(doc)))
+    num_rows = len(ids) // seq_len
+    rows = []
+    for r in range(num_rows):
+        cut = slice(r * seq_len, (r + 1) * seq_len)
+        row_ids = torch.tensor(ids[cut], dtype=torch.long)
+        pos = torch.tensor(positions[cut], dtype=torch.long)
+        pos = pos - pos[0]  # a document carried over from the last row starts again at 0
+        labels = row_ids.clone()
+        labels[pos == 0] = -100
+        rows.append({"input_ids": row_ids, "labels": labels, "position_ids": pos})
+    return rows
+
+
+def flatten_rows(features: list[dict]) -> dict:
+    """--packing: the micro-batch's rows concatenated into one [1, micro_batch * seq_len] row, no attention mask
+    (TRL's DataCollatorForLanguageModeling with padding_free, transformers' DataCollatorWithFlattening): the
+    model builds the documents' mask from the position ids."""
+    import torch
+
+    return {key: torch.cat([f[key] for f in features])[None] for key in ("input_ids", "labels", "position_ids")}
+
+
 '''

@@ -137,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     training_args.device  # noqa: B018 - sets up the process group and this rank's device before the model
     tokenizer = load_tokenizer(args)
-    train_dataset = pack(texts, tokenizer, args.seq_len, args.micro_batch * args.grad_accum * world_size)
+    rows = pack_documents if args.packing else pack
+    train_dataset = rows(texts, tokenizer, args.seq_len, args.micro_batch * args.grad_accum * world_size)
     model = build_model(args, len(tokenizer) if args.random_init else None, training_args)
     model = add_adapters(model, args)
     trainer = offloading(trainer_class(Trainer, args), args.activation_offload)(
-        model=model, args=training_args, train_dataset=train_dataset, data_collator=default_data_collator,
+        model=model, args=training_args, train_dataset=train_dataset,
+        data_collator=flatten_rows if args.packing else default_data_collator,
         optimizers=in_backward_optimizers(model, args, training_args),
     )
     result = trainer.train()
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "activation_offload": args.activation_offload,
         "optimizer_in_backward": args.optimizer_in_backward,
         "torch_compile": args.torch_compile,
+        "packing": args.packing,
         "loss": args.loss,
         "param_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in params}),
         # Under ZeRO-3 a rank holds a partition: ds_numel is a parameter's full size, numel() the local part.

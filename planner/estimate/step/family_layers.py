@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from planner.estimate.step import autocast, moe, nearest, ops
 from planner.estimate.step import layers as ly
+from planner.estimate.step import packed as packing
 from planner.estimate.step.family_weights import LLAMA_LIKE, FamilyWeights, family_kind, nearest_arch
 from planner.estimate.step.layers import Ctx
 from planner.estimate.step.tape import Fake, Node, Param, Tape
@@ -61,7 +62,8 @@ class Family(FamilyWeights):
             emb = ops.add(t, emb, pos)
         if self.kind == "gpt2":
             emb = ops.dropout(t, emb, _gpt2_dropout(self, "embd_pdrop"), ctx.device)
-        extras = {"position_ids": t.new((1, c.s), "int64")}
+        # the model's own arange; --packing: the collator's, made with the batch (counted as inputs, like ids)
+        extras = {"position_ids": Fake((1, c.s), "int64", None) if c.packed else t.new((1, c.s), "int64")}
         if self.kind != "gpt2" and (self.kind != "nearest" or self.arch.rotary):
             # rotary cos/sin [1, s, head_dim] in the activation dtype, computed once per forward. No autograd
             # node in any release: 5.23 runs RotaryEmbedding.forward under @torch.no_grad(), 5.24 without it,
@@ -78,6 +80,8 @@ class Family(FamilyWeights):
         """Eager attention gets a materialised [b, 1, s, s] additive mask in the activation dtype
         (masking_utils.eager_mask: torch.where over the boolean mask); SDPA and flash get none (is_causal)."""
         c = self.ctx
+        if c.packed:
+            return packing.build_mask(t, c.s, c.attn, c.dtype)
         if c.attn != "eager":
             return None
         boolean = t.new((1, 1, c.s, c.s), "bool")
@@ -152,6 +156,9 @@ class Family(FamilyWeights):
                                  copy_q=gpt2, copy_k=gpt2 or mqa, copy_v=gpt2 or n_rep == 1 or mqa)
         if c.attn == "sdpa" and self._sdpa_falls_back():
             return ly.sdpa_math(t, c, q, k, v, n_rep, strided=gpt2), None
+        if mask is not None:  # --packing under SDPA: with a mask use_gqa_in_sdpa is False, K and V are repeated
+            return ly.sdpa_core(t, c, q, ly.repeat_kv(t, k, n_rep), ly.repeat_kv(t, v, n_rep),
+                                q_contiguous=self.kind == "phi3", mask=mask), None
         # sdpa / flash_attention_2: memory-efficient kernels; GQA is passed unrepeated (enable_gqa).
         return ly.sdpa_core(t, c, q, k, v, q_contiguous=self.kind == "phi3"), None
 
@@ -270,7 +277,7 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
                  dropout: float | None, adapters: tuple[tuple[str, int], ...], lora_dropout: float,
                  modules_to_save: tuple[str, ...], device: str, zero_stage: int = 0,
                  input_requires_grad: bool = False, adapter_dtype: str | None = None,
-                 unquantized_dtype: str | None = None) -> Family:
+                 unquantized_dtype: str | None = None, packed: bool = False) -> Family:
     """``adapter_dtype`` and ``unquantized_dtype``: the dtypes of LoRA adapters and of QLoRA's unquantized
     parameters (estimate/peft_dtypes.py); None: peft's defaults (fp32) as DeepSpeed leaves them."""
     deepspeed = zero_stage > 0
@@ -310,7 +317,11 @@ def build_family(model: ModelSpec, *, method: Method, precision: Precision, b: i
               # DeepSpeed casts the whole module to the training dtype (engine._configure_distributed_model:
               # module.bfloat16()/half())
               adapter_dtype=adapter_dtype,
-              lora_dropout=float(lora_dropout), quantized=method is Method.QLORA, zero3_linear=zero_stage == 3)
+              lora_dropout=float(lora_dropout), quantized=method is Method.QLORA, zero3_linear=zero_stage == 3,
+              packed=packed)
+    if packed:
+        packing.check_modelled(model.model_type, LLAMA_LIKE, attn, device, ctx.attn_dropout)
+        notes.append(packing.note(attn, device))
     fam = Family(model, ctx, method, adapters, modules_to_save, input_requires_grad=input_requires_grad)
     fam.notes.extend(notes)
     if fam.arch is not None:

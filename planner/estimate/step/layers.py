@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.estimate.step import autocast, ops
+from planner.estimate.step import autocast, ops, packed
 from planner.estimate.step.tape import Fake, Param, Storage, Tape
 
 
@@ -45,6 +45,8 @@ class Ctx:
     # peft's ``disable_adapter()`` (TRL's DPO reference pass of a LoRA policy, posttrain_step.py): every LoRA
     # layer runs its base layer alone
     lora_disabled: bool = False
+    # --packing: one row of every token, its mask built from the reset position ids (packed.py)
+    packed: bool = False
 
 
 class Linear:
@@ -353,7 +355,7 @@ def sdpa_math(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, n_rep: int, strided:
 
 
 def sdpa_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, qkv_base: Fake | None = None,
-              q_contiguous: bool = False) -> Fake:
+              q_contiguous: bool = False, mask: Fake | None = None) -> Fake:
     """``F.scaled_dot_product_attention`` with a memory-efficient kernel (CPU flash, CUDA flash/efficient):
     saves q, k, v (the tensors passed in; views keep their base alive: ``qkv_base``), the output and an fp32
     logsumexp [b, heads, s]. The output takes q's layout: q made by elementwise ops on a transposed projection
@@ -362,13 +364,15 @@ def sdpa_core(t: Tape, ctx: Ctx, q: Fake, k: Fake, v: Fake, qkv_base: Fake | Non
     if t.autocast:  # scaled_dot_product_attention is on autocast's lower-precision list (autocast.py)
         q, k, v = autocast.cast(t, q), autocast.cast(t, k), autocast.cast(t, v)
     b, a, s, d = q.shape
+    # --packing: the additive mask this call converts before the kernel runs, which saves it (packed.py)
+    converted = [] if mask is None else [packed.sdpa_saved_mask(t, mask, q.dtype)]
     lse = t.new((b, a, s), "fp32")
-    saved = [q, k, v, lse] if qkv_base is None else [qkv_base, lse]
+    saved = ([q, k, v, lse] if qkv_base is None else [qkv_base, lse]) + converted
     if ctx.device != "cpu" and ctx.attn_dropout > 0:
         saved.append(t.new((2,), "int64"))  # philox seed and offset
     out = t.op("sdpa", [q, k, v], [((b, s, a, d), q.dtype)], saved)[0]
     t.save_result(out)
-    del lse
+    del lse, converted
     if q_contiguous:
         return t.op("contiguous", [out], [((b, s, a, d), out.dtype)], [], ops._passthrough_rule)[0]
     return out

@@ -56,7 +56,8 @@ TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_chec
                      "lora", "parallelism", "activation_offload", "loss", "lora_dtype",
                      "qlora_prep",  # these two as dtypes (peft_dtypes.py)
                      "optimizer_in_backward",  # as the step's scratch per element (in_backward.scratch_per_element)
-                     "task")  # as the reference the DPO step runs (posttrain_step.py)
+                     "task",  # as the reference the DPO step runs (posttrain_step.py)
+                     "packing")  # as one row of micro_batch * seq_len tokens with its mask (packed.py)
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
                  "temporaries.py's (with --optimizer-in-backward its per-tensor scratch arrives through "
@@ -120,6 +121,9 @@ class StepInputs:
     split_loss: bool = False
     # --task dpo: the reference the step runs (posttrain_step.py); "" for sft
     reference: str = ""
+    # --packing: the micro-batch's rows flattened into one (micro_batch 1) with the mask built from the reset
+    # position ids (packed.py)
+    packed: bool = False
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -134,9 +138,12 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
     rows = train.micro_batch if micro_batch is None else micro_batch
     if reference is not None:
         rows *= 2  # DataCollatorForPreference: chosen and rejected rows in one batch (posttrain_step.py)
+    seq_len = train.seq_len
+    if train.packing:  # the collator's one row of every token (packed.py)
+        rows, seq_len = 1, rows * seq_len
     return StepInputs(
         model=model, config_json=model.config_json(), method=train.method, precision=train.precision,
-        micro_batch=rows, seq_len=train.seq_len, grad_checkpointing=train.grad_checkpointing,
+        micro_batch=rows, seq_len=seq_len, grad_checkpointing=train.grad_checkpointing,
         # DPOConfig.disable_dropout (default True): disable_dropout_in_model sets every nn.Dropout's p to 0, the
         # model's and peft's lora_dropout alike (dpo_trainer.py __init__), and F.dropout with p 0 returns its input
         attn_impl=train.attn_impl.value, dropout=0.0 if reference is not None else train.dropout, adapters=adapters,
@@ -148,6 +155,7 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         step_in_backward=in_backward.scratch_per_element(train) if keep_grads else None,
         loss=train.loss if train.loss.kind is Loss.CHUNKED_CE else LossSpec(train.loss.kind),  # chunks: chunked only
         reference=reference.value if reference is not None else "",
+        packed=train.packing,
     )
 
 
@@ -170,7 +178,8 @@ def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", k
     # Activation offloading's pinned host bytes round each copy to a power of two: not linear either.
     # TRL's fused LM head tiles b * (s - 1) tokens by 4096 (--task dpo: min(tokens, 4096) rows; trl_loss.py): linear
     # in the micro-batch only within one tile.
-    direct = (train.micro_batch == 1 or _cpu_kind(device, cpu) is not None or train.activation_offload
+    # Packing flattens the micro-batch into one row whose [tokens, tokens] mask grows with its square (packed.py).
+    direct = (train.micro_batch == 1 or train.packing or _cpu_kind(device, cpu) is not None or train.activation_offload
               or not train.task.is_default
               or (train.loss.kind is Loss.TRL_FUSED_LM_HEAD
                   and not trl_loss.is_linear_in_micro_batch((train.micro_batch, *ENVELOPE_POINTS), train.seq_len)))
@@ -256,7 +265,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
                        dropout=inputs.dropout, adapters=inputs.adapters, lora_dropout=inputs.lora_dropout,
                        modules_to_save=inputs.modules_to_save, device=inputs.device, zero_stage=inputs.zero,
                        input_requires_grad=ckpt, adapter_dtype=inputs.adapter_dtype,
-                       unquantized_dtype=inputs.unquantized_dtype)
+                       unquantized_dtype=inputs.unquantized_dtype, packed=inputs.packed)
     num_layers = model.num_layers
     sim_layers = min(num_layers, NUM_SIMULATED_LAYERS)
     ghost = num_layers - sim_layers
