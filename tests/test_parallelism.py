@@ -42,8 +42,9 @@ def test_invalid_combinations_are_one_sentence(kwargs, message):
 
 
 def test_the_train_spec_refuses_what_the_engine_cannot_run():
-    with pytest.raises(PlannerError, match="QLoRA with ZeRO stage 3"):
-        TrainSpec(method=Method.QLORA, parallelism=Parallelism.from_zero(3))
+    TrainSpec(method=Method.QLORA, parallelism=Parallelism.from_zero(3))  # the 4-bit base partitioned (qlora_shard.py)
+    with pytest.raises(PlannerError, match="QLoRA with ZeRO-3 parameter offload"):
+        TrainSpec(method=Method.QLORA, parallelism=Parallelism.from_zero(3, Offload.OPTIMIZER_PARAMS))
     with pytest.raises(PlannerError, match="Parallelism spec"):
         TrainSpec(parallelism=3)
 
