@@ -103,6 +103,7 @@ def _bnb_config(train: TrainSpec, dtype: torch.dtype):
         bnb_4bit_quant_type=train.quant.quant_type.value,
         bnb_4bit_use_double_quant=train.quant.double_quant,
         bnb_4bit_compute_dtype=dtype,
+        **({"bnb_4bit_quant_storage": dtype} if train.zero_stage == 3 or train.uses_fsdp2 else {}),
     )
 
 
