@@ -13,6 +13,7 @@ from planner.specs import (
     Method,
     Offload,
     Parallelism,
+    Precision,
     TrainSpec,
     train_spec_from_dict,
     train_spec_to_dict,
@@ -95,7 +96,9 @@ def test_fsdp2_is_its_own_engine_with_its_settings_round_tripping():
     (lambda F: F(replicate_degree=2), "HSDP"),
     (lambda F: F(reshard_after_forward="yes"), "true or false"),
     (lambda F: F.from_dict({"prefetch": 2}), "unknown FSDP2 setting"),
-    (lambda F: TrainSpec(method=Method.QLORA, parallelism=Parallelism.fsdp2()), "QLoRA with FSDP2"),
+    (lambda F: TrainSpec(method=Method.QLORA, parallelism=Parallelism.fsdp2(F(cpu_offload=True))), "QLoRA with FSDP2"),
+    (lambda F: TrainSpec(method=Method.QLORA, precision=Precision.BF16, parallelism=Parallelism.fsdp2()),
+     "QLoRA with FSDP2"),
 ])
 def test_fsdp2_settings_are_validated_in_one_place(make, message):
     from planner.specs import FsdpConfig

@@ -8,6 +8,7 @@ from planner.estimate.core import estimate
 from planner.estimate.qlora_shard import quant_storage_dtype, quant_storage_elements
 from planner.specs import Cluster, Method, Parallelism, Precision, TrainSpec
 from planner.validate.cell import HEAD_DIM, Cell
+from planner.validate.fsdp2_cells import _fsdp
 from tests.bundle_helpers import tiny_plan
 
 
@@ -52,3 +53,13 @@ def test_zero3_shards_the_4bit_base_below_stage_2():
                        cluster).per_gpu
            for z in (2, 3)}
     assert per[3].params_bytes < per[2].params_bytes
+
+
+def test_fsdp2_rank_params_match_the_profile():
+    # `planner profile` of torchtune's per-layer fully_shard on 2 gloo ranks (bf16 policy, fp32 reduce), Llama h96
+    # NF4 double-quant, --qlora-prep 16bit: padded dim-0 shards of the [n/4, 1] bf16 storage, each quant_state whole
+    # (identified on the Linear4bit modules), bf16 unquantized layers and fp32 adapters; params at the peak.
+    llama = Cell(family="llama", hidden=96, layers=3, heads=96 // HEAD_DIM, kv_heads=2, intermediate=256, vocab=1000,
+                 method="qlora-dq", precision="bf16-mixed", zero=0, num_ranks=2, ckpt=False, attn="sdpa", seq_len=64,
+                 micro_batch=2, qlora_prep="16bit", fsdp=_fsdp())
+    assert _rank_params(llama) == 375_468

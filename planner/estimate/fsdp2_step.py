@@ -50,7 +50,8 @@ def _sim_train(train: TrainSpec) -> TrainSpec:
     bf16 (MixedPrecisionPolicy.param_dtype applies to every floating-point parameter), so peft's adapters run
     in bf16 as with ``--lora-dtype 16bit``."""
     if train.precision is Precision.BF16_MIXED and train.method is not Method.FULL:
-        return replace(train, lora_dtype=PeftDtype.BIT16)
+        # QLoRA's unquantized parameters too (fp32 after prepare_model_for_kbit_training), so its activations are bf16
+        return replace(train, lora_dtype=PeftDtype.BIT16, qlora_prep=PeftDtype.BIT16)
     return train
 
 

@@ -276,9 +276,11 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
 
 def _check_fsdp2(train: TrainSpec) -> None:
     """What planner runs and models under FSDP2 (the profiler's real ``fully_shard``; estimate/fsdp2.py)."""
-    if train.method is Method.QLORA:
-        raise PlannerError("QLoRA with FSDP2 is not modelled yet (bitsandbytes 4-bit storage sharded as "
-                           "bnb_4bit_quant_storage); use full or LoRA, or DeepSpeed ZeRO for QLoRA.")
+    if train.method is Method.QLORA and (train.precision is not Precision.BF16_MIXED
+                                         or train.parallelism.fsdp_config.cpu_offload):
+        raise PlannerError("QLoRA with FSDP2 is modelled with the bf16-mixed policy and no CPU offload (the "
+                           "FSDP-QLoRA recipe, its 4-bit weights stored in bf16); use --precision bf16-mixed without "
+                           "offload.")
     if train.precision is Precision.FP16_MIXED:
         raise PlannerError("fp16-mixed with FSDP2 needs torch's ShardedGradScaler, which planner does not model; "
                            "use bf16-mixed, bf16 or fp32.")
