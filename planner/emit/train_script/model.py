@@ -52,7 +52,13 @@ def build_model(args: argparse.Namespace, vocab_size: int | None, training_args)
         # bitsandbytes quantizes while loading: rank 0 saves the random weights, then every rank loads them
         # in 4 bits (several nodes need a shared --output-dir for this).
         source = scratch = str(Path(args.output_dir) / "random-init-weights")
-        with training_args.main_process_first(local=False, desc="saving random weights"):
+        whole = contextlib.nullcontext()
+        if hasattr(next(model.parameters()), "ds_id"):
+            # ZeRO-3: from_config built it partitioned under zero.Init; every rank gathers it to save whole tensors
+            import deepspeed
+
+            whole = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+        with whole, training_args.main_process_first(local=False, desc="saving random weights"):
             model.save_pretrained(source)  # writes on rank 0 only
         del model
     if args.method == "qlora":
