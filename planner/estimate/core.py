@@ -183,6 +183,8 @@ def estimate(
     device_total = overhead.device_bytes(reserved, device, cluster.num_gpus) + paged
 
     notes = list(sharded.notes) + list(step.notes) + list(transients.notes)
+    if quantized:
+        notes.append(qlora_shard.sharded_note(train))
     if device == "cpu" and cpu is not None:
         notes.append(f"estimated for {cpu.describe()}.")
         if step.unknown_matmuls:

@@ -30,6 +30,13 @@ from planner.specs import Method, QuantSpec, TrainSpec
 from planner.units import dtype_bytes
 
 
+def sharded_note(train: TrainSpec) -> str:
+    """What the estimate assumes of a sharded 4-bit base, for the user."""
+    return (f"QLoRA sharded: the 4-bit weights are stored in {quant_storage_dtype(train)} (bnb_4bit_quant_storage, "
+            "as peft's ZeRO-3 and FSDP-QLoRA recipes set it) and partitioned like 16-bit parameters; each weight's "
+            "quantization state stays whole on every GPU.")
+
+
 def quant_storage_dtype(train: TrainSpec) -> str:
     """The dtype the packed 4-bit weights are stored in: the compute dtype where the base is sharded (ZeRO-3, FSDP2:
     the recipes set ``bnb_4bit_quant_storage`` to it so the partitioned flat buffers hold one dtype), else
