@@ -105,7 +105,7 @@ def _assert_clean_error(r, *needles):
         (["--model", "llama-3.1-8b", "--gpus", "0"], ["--gpus", "0"]),
         (["--model", "llama-3.1-8b", "--gpus", "6", "--nodes", "4"], ["divisible"]),
         (["--model", "llama-3.1-8b", "--method", "lora", "--lora-rank", "0"], ["rank"]),
-        (["--model", "llama-3.1-8b", "--method", "qlora", "--zero", "3", "--offload", "none"], ["qlora", "stage 3"]),
+        (["--model", "llama-3.1-8b", "--method", "qlora", "--zero", "3", "--offload", "optimizer+params"], ["qlora", "parameter offload"]),
         (["--model", "llama-3.1-8b", "--zero", "0", "--offload", "optimizer"], ["offload"]),
         (["--model", "llama-3.1-8b", "--method", "dora"], ["--method", "dora"]),
         (["--model", "llama-3.1-8b", "--seq-len", "0"], ["sequence length"]),

@@ -97,3 +97,25 @@ def test_trl_loss_types_are_the_ones_planner_reads():
     with pytest.warns(FutureWarning):
         assert SFTConfig(output_dir="x", use_cpu=True, loss_type="chunked_nll").loss_type == "nll"
     assert SFTConfig(output_dir="x", use_cpu=True).loss_type == "nll"
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", None, "uint8"])
+def test_trl_bnb_4bit_quant_storage_under_zero3(tmp_path, storage):
+    """ModelConfig's bnb_4bit_quant_storage (trl/trainer/model_config.py): QLoRA under ZeRO-3 is read with the 4-bit
+    weights stored in the compute dtype (estimate/qlora_shard.py), said in a note when unset; uint8 is refused."""
+    from planner.errors import PlannerError
+
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 3}, "bf16": {"enabled": "auto"}}')
+    fields = {"model_name_or_path": "Qwen/Qwen2.5-0.5B", "use_peft": True, "load_in_4bit": True, "bf16": True,
+              "dtype": "bfloat16", "deepspeed": str(tmp_path / "ds.json")}
+    if storage:
+        fields["bnb_4bit_quant_storage"] = storage
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(yaml.safe_dump(fields))
+    if storage == "uint8":
+        with pytest.raises(PlannerError, match="bnb_4bit_quant_storage"):
+            read_training_config(cfg)
+        return
+    got = read_training_config(cfg)
+    assert got.train.method is Method.QLORA and got.train.zero_stage == 3
+    assert any("bnb_4bit_quant_storage is unset" in n for n in got.notes) is (storage is None)

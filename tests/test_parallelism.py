@@ -13,6 +13,7 @@ from planner.specs import (
     Method,
     Offload,
     Parallelism,
+    Precision,
     TrainSpec,
     train_spec_from_dict,
     train_spec_to_dict,
@@ -42,8 +43,9 @@ def test_invalid_combinations_are_one_sentence(kwargs, message):
 
 
 def test_the_train_spec_refuses_what_the_engine_cannot_run():
-    with pytest.raises(PlannerError, match="QLoRA with ZeRO stage 3"):
-        TrainSpec(method=Method.QLORA, parallelism=Parallelism.from_zero(3))
+    TrainSpec(method=Method.QLORA, parallelism=Parallelism.from_zero(3))  # the 4-bit base partitioned (qlora_shard.py)
+    with pytest.raises(PlannerError, match="QLoRA with ZeRO-3 parameter offload"):
+        TrainSpec(method=Method.QLORA, parallelism=Parallelism.from_zero(3, Offload.OPTIMIZER_PARAMS))
     with pytest.raises(PlannerError, match="Parallelism spec"):
         TrainSpec(parallelism=3)
 
@@ -94,7 +96,9 @@ def test_fsdp2_is_its_own_engine_with_its_settings_round_tripping():
     (lambda F: F(replicate_degree=2), "HSDP"),
     (lambda F: F(reshard_after_forward="yes"), "true or false"),
     (lambda F: F.from_dict({"prefetch": 2}), "unknown FSDP2 setting"),
-    (lambda F: TrainSpec(method=Method.QLORA, parallelism=Parallelism.fsdp2()), "QLoRA with FSDP2"),
+    (lambda F: TrainSpec(method=Method.QLORA, parallelism=Parallelism.fsdp2(F(cpu_offload=True))), "QLoRA with FSDP2"),
+    (lambda F: TrainSpec(method=Method.QLORA, precision=Precision.BF16, parallelism=Parallelism.fsdp2()),
+     "QLoRA with FSDP2"),
 ])
 def test_fsdp2_settings_are_validated_in_one_place(make, message):
     from planner.specs import FsdpConfig

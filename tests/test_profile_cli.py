@@ -81,8 +81,9 @@ def test_crashed_rank_fails_the_profile_and_leaves_no_process(tmp_path, model_di
 
 
 def test_cli_user_errors_are_one_sentence(tmp_path, model_dir, cli):
-    res = cli("profile", "--model", str(model_dir), *TINY, "--zero", "3", "--method", "qlora", "--out", str(tmp_path / "x"))
-    assert res.returncode == 1 and res.stderr.startswith("error: QLoRA with ZeRO stage 3")
+    res = cli("profile", "--model", str(model_dir), *TINY, "--zero", "3", "--method", "qlora", "--offload", "optimizer+params",
+              "--out", str(tmp_path / "x"))
+    assert res.returncode == 1 and res.stderr.startswith("error: QLoRA with ZeRO-3 parameter offload")
     res = cli("profile", "--model", str(model_dir), "--device", "tpu", "--out", str(tmp_path / "x"))
     assert res.returncode == 1 and "--device 'tpu'" in res.stderr
     assert not (tmp_path / "x").exists()

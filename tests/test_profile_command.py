@@ -172,6 +172,26 @@ def test_bundle_train_py_deepspeed_zero2_through_the_trainer(tmp_path, tiny_conf
     check_within_bounds(tmp_path / "prof", num_ranks, tmp_path)
 
 
+@pytest.mark.slow
+def test_bundle_train_py_qlora_zero3_through_the_trainer(tmp_path, tiny_config):
+    """QLoRA with ZeRO-3 (issue 17 item 3): the bundle stores the 4-bit base in bf16 (bnb_4bit_quant_storage) and
+    loads it without a device_map; the Trainer's DeepSpeed partitions it on 2 ranks, within its own estimate."""
+    bundle = tmp_path / "bundle"
+    rec = planner("recommend", "-m", str(tiny_config), "--gpus", "2", "-g", "4", "--method", "qlora", "--zero", "3",
+                  "--precision", "bf16-mixed", "--seq-len", "32", "--out", str(bundle), "--json", cwd=tmp_path)
+    assert rec.returncode == 0, _tail(rec)
+    assert "bnb_4bit_quant_storage" in (bundle / "train.py").read_text()
+    data = _small_dataset(tmp_path / "small.jsonl")
+    proc = planner("profile", "--from", str(bundle), "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "prof"),
+                   "--", "torchrun", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(bundle / "train.py"),
+                   "--cpu", "--random-init", str(bundle / "model_config.json"), "--tokenizer", "bytes", "--dataset",
+                   str(data), "--max-steps", "20", "--no-save", "--output-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 0, _tail(proc)
+    ran = json.loads((tmp_path / "run" / "run_summary.rank0.json").read_text())
+    assert ran["global_step"] == 3 and ran["zero_stage"] == 3
+    check_within_bounds(tmp_path / "prof", 2, tmp_path)
+
+
 def _profile_bundle_through_the_trainer(bundle: Path, tmp_path: Path) -> None:
     """``planner profile --from BUNDLE -- python train.py``: the bundle's own script, 3 steps on CPU, a tiny random
     model and byte tokens, profiled into tmp_path/prof (its run summary in tmp_path/run)."""

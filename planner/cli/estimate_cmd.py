@@ -54,6 +54,8 @@ def estimate_rows(
     rows = []
     for method in methods:
         for stage in stages:
+            if method is Method.QLORA and stage == 3 and flags.method is None and flags.zero is None:
+                continue  # QLoRA with ZeRO-3 (estimate/qlora_shard.py) is shown when asked for: --method or --zero
             for offload in offloads:
                 try:
                     train = o.with_layout(base, method, stage, offload)
@@ -66,7 +68,7 @@ def estimate_rows(
     if not rows:
         raise PlannerError(
             "no valid combination of the given --method, --zero and --offload (offload needs ZeRO 1-3, "
-            "optimizer+params needs ZeRO 3, QLoRA supports ZeRO 0-2, FSDP2 full and LoRA)."
+            "optimizer+params needs ZeRO 3, QLoRA does not offload parameters, FSDP2 full, LoRA and QLoRA)."
         )
     return [with_throughput(r, mfu=flags.mfu, num_tokens=num_tokens, price=flags.price_per_gpu_hour) for r in rows]
 

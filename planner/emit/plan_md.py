@@ -144,6 +144,12 @@ def precision_notes(train: TrainSpec) -> list[str]:
             f"prepare_model_for_kbit_training is not called: the layers that stay unquantized (embeddings, norms, "
             f"output head) stay in {t.precision.compute_dtype} (torchtune's and Unsloth's QLoRA)."
         )
+    if t.method is Method.QLORA and t.zero_stage == 3:
+        notes.append(
+            f"ZeRO-3 partitions the 4-bit weights like any 16-bit parameter: train.py stores them in "
+            f"{t.precision.compute_dtype} (bnb_4bit_quant_storage, peft's QLoRA with ZeRO-3 recipe) and loads "
+            "without a device_map; each weight's quantization state stays whole on every GPU."
+        )
     if t.attn_impl.value == "flash_attention_2":
         notes.append("flash_attention_2 needs the flash-attn package on the GPU hosts; `--attn-impl sdpa` otherwise.")
     if t.precision.value == "bf16" and t.uses_deepspeed:

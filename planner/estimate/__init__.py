@@ -11,6 +11,7 @@
 - ``peak``          the phases of a steady-state step and which one peaks
 - ``overhead``      GPU-only memory outside the tensors (CUDA context, allocator)
 - ``quant``         bitsandbytes 4-bit storage
+- ``qlora_shard``   that storage sharded across ranks (ZeRO-3, FSDP2: ``bnb_4bit_quant_storage`` in the compute dtype)
 - ``result``        the frozen results
 - ``throughput``    the per-phase step time, tokens/s, time and cost
 - ``flops``         FLOPs per token, by pass (forward, backward, recomputation)

@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from planner.errors import PlannerError
-from planner.estimate import optim_rules, overhead, posttrain
+from planner.estimate import optim_rules, overhead, posttrain, qlora_shard
 from planner.estimate.compile_note import compile_notes
 from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.count.zero_partition import (
@@ -103,7 +103,13 @@ def estimate(
     num_persistent, persistent_bytes = zero3_persistent(counts, train, model.num_layers, model.hidden_size)
     num_released = zero3_released_after_forward(counts, train, zero3_persistence_threshold(train, model.hidden_size))
     sub_groups = _sub_groups(model, train, counts, split.num_trainable, cluster.num_gpus)
-    sharded = shard_states(states, train, cluster.num_gpus, counts.largest_module, persistent_bytes, sub_groups)
+    # QLoRA under ZeRO-3: the 4-bit weights partitioned in their storage dtype, quant_state whole (qlora_shard.py)
+    quantized = qlora_shard.zero3(counts, train, cluster.num_gpus, model.hidden_size) if qlora_shard.applies(train) else None
+    sharded = shard_states(qlora_shard.without_quantized(states, counts, train) if quantized else states, train,
+                           cluster.num_gpus, counts.largest_module, persistent_bytes, sub_groups)
+    if quantized:
+        sharded = replace(sharded, params_bytes=sharded.params_bytes + quantized.rank_bytes,
+                          gathered_bytes=quantized.largest_module_bytes)
     counters = fused_step_counter_bytes(train, _num_trainable_tensors(model, train, counts),
                                         math.ceil(split.num_trainable / cluster.num_gpus), sub_groups)
     if counters:
@@ -143,7 +149,8 @@ def estimate(
             # ZeRO-3 gathers only the partitioned ones, and not those it drops after forward for good; adapters
             # and modules_to_save copies are DeepSpeed parameters too (num_persistent counts theirs), gathered
             # like the base's when over the persistence threshold (LoRA B of a wide MLP projection)
-            num_params=split.num_params + split.num_adapter + split.num_saved - num_persistent - num_released,
+            num_params=split.num_params + split.num_adapter + split.num_saved - num_persistent - num_released
+            - (split.num_quantized - quantized.num_gathered if quantized else 0),
             partition=partition,
             optimizer_step_bytes=per_tensor.step_bytes if per_tensor else None,
         )
@@ -176,6 +183,8 @@ def estimate(
     device_total = overhead.device_bytes(reserved, device, cluster.num_gpus) + paged
 
     notes = list(sharded.notes) + list(step.notes) + list(transients.notes)
+    if quantized:
+        notes.append(qlora_shard.sharded_note(train))
     if device == "cpu" and cpu is not None:
         notes.append(f"estimated for {cpu.describe()}.")
         if step.unknown_matmuls:

@@ -29,6 +29,10 @@ installed torch:
   dtype, kept (``comm_ctx.reduce_scatter_states``, at most one: ``reduce_scatter_max_input_buffers`` 1) until
   the next group's post-backward, the last one until the root's final callback.
 
+- **QLoRA** (FSDP-QLoRA, ``bnb_4bit_quant_storage`` in the compute dtype): each 4-bit weight is a frozen
+  ``[(n + 1) // 2 // itemsize, 1]`` tensor of that dtype (qlora_shard.py), sharded on that dim 0 and all-gathered
+  like any parameter; its ``quant_state`` is a module attribute, whole on every rank.
+
 Padding is exact for parameters whose dim-0 divides by N (every validation shape); otherwise the padded rows
 are counted as torch allocates them.
 """
@@ -42,6 +46,9 @@ from functools import lru_cache
 from planner.estimate.count.flat_order import module_blocks
 from planner.estimate.count.inventory import ModuleGroup, ParamCounts
 from planner.estimate.count.params import lora_adapters
+from planner.estimate.peft_dtypes import unquantized_dtype
+from planner.estimate.qlora_shard import quant_storage_dtype, quant_storage_elements, quantized_shapes
+from planner.estimate.quant import quantized_tensor_bytes
 from planner.specs import LoraSpec, Method, PeftDtype, Precision, TrainSpec
 from planner.units import dtype_bytes
 
@@ -130,10 +137,24 @@ def compute_dtype(train: TrainSpec) -> str | None:
     return "bf16" if train.precision is Precision.BF16_MIXED else None
 
 
+def _quantized_tensors(g: ModuleGroup, storage: str, base_dtype: str) -> list[Tensor]:
+    """A QLoRA base linear under FSDP2: bitsandbytes' packed weight ``[(n + 1) // 2 // itemsize, 1]`` in its storage
+    dtype (qlora_shard.py), frozen, sharded on that dim 0 like any parameter; its bias in the base dtype."""
+    rows = quant_storage_elements(g.in_features * g.out_features, storage)
+    return [Tensor(rows, rows, False, storage)] + ([Tensor(g.out_features, g.out_features, False, base_dtype)]
+                                                   if g.bias else [])
+
+
+def _is_quantized(g: ModuleGroup) -> bool:
+    # transformers' replace_with_bnb_linear: every quantizable linear but the output head (quant.py)
+    return g.kind == "linear" and g.quantizable and g.component != "lm_head"
+
+
 @lru_cache(maxsize=64)
 def groups(counts: ParamCounts, num_layers: int, method: Method, lora: LoraSpec, adapter_dtype: str,
-           base_dtype: str) -> tuple[Group, ...]:
-    """The root group and the decoder-layer groups (alike layers as one group with repeats)."""
+           base_dtype: str, quant_storage: str | None = None) -> tuple[Group, ...]:
+    """The root group and the decoder-layer groups (alike layers as one group with repeats). ``quant_storage``:
+    QLoRA's packed 4-bit weights' dtype (None: no 4-bit base)."""
     adapters: dict[str, list] = {}
     if method is not Method.FULL:
         for a in lora_adapters(counts, lora):
@@ -147,7 +168,8 @@ def groups(counts: ParamCounts, num_layers: int, method: Method, lora: LoraSpec,
         for g in mods:
             if g.shared:  # a tied head: the embedding's parameter, in the root group once
                 continue
-            tensors += _module_tensors(g, full, base_dtype)
+            tensors += (_quantized_tensors(g, quant_storage, base_dtype) if quant_storage and _is_quantized(g)
+                        else _module_tensors(g, full, base_dtype))
             for path in [g.path] + [f"{g.path}.{name}" for name, _ in g.param_shapes]:
                 for a in adapters.get(path, ()):
                     r = a.rank * a.num_experts
@@ -162,6 +184,12 @@ def groups(counts: ParamCounts, num_layers: int, method: Method, lora: LoraSpec,
 
 
 def fsdp2_groups(counts: ParamCounts, train: TrainSpec, num_layers: int) -> tuple[Group, ...]:
+    if train.method is Method.QLORA:
+        # FSDP-QLoRA: the model loaded in the compute dtype, the 4-bit weights stored in it; the unquantized
+        # parameters in fp32 after peft's prepare_model_for_kbit_training, else in the compute dtype (peft_dtypes.py)
+        base = unquantized_dtype(train)
+        adapter = "fp32" if train.lora_dtype is PeftDtype.FP32 else train.precision.compute_dtype
+        return groups(counts, num_layers, train.method, train.lora, adapter, base, quant_storage_dtype(train))
     base = storage_dtype(train)
     adapter = "fp32" if train.lora_dtype is PeftDtype.FP32 else base
     return groups(counts, num_layers, train.method, train.lora, adapter, base)
@@ -176,6 +204,11 @@ def fsdp2_states(counts: ParamCounts, train: TrainSpec, num_layers: int, num_ran
     reduce = train.parallelism.fsdp_config.reduce_dtype
     cdt = compute_dtype(train)
     params = sum(g.repeats * g.shard_bytes(n) for g in gs)
+    if train.method is Method.QLORA:
+        # each Linear4bit keeps its quant_state (absmax, code, ...) as a module attribute, not a parameter:
+        # fully_shard leaves it whole on every rank (bitsandbytes fix_4bit_weight_quant_state_from_module
+        # re-attaches it to the gathered weight at each forward)
+        params += sum(m * quantized_tensor_bytes(numel, train.quant).state_bytes for numel, m in quantized_shapes(counts))
     grads = sum(g.repeats * g.shard_bytes(n, trainable_only=True) for g in gs)
     opt = sum(g.repeats * (2 * t.local_shard(n, rank) * dtype_bytes(t.dtype) + STEP_COUNTER_BYTES)
               for g in gs for t in g.tensors if t.trainable)

@@ -30,6 +30,7 @@ from dataclasses import replace
 from planner.estimate import overhead
 from planner.estimate.count.params import count_params, split_params
 from planner.estimate.fsdp2 import compute_dtype, fsdp2_groups, fsdp2_states
+from planner.estimate.qlora_shard import sharded_note
 from planner.estimate.result import Estimate, MemoryBreakdown
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
@@ -50,7 +51,8 @@ def _sim_train(train: TrainSpec) -> TrainSpec:
     bf16 (MixedPrecisionPolicy.param_dtype applies to every floating-point parameter), so peft's adapters run
     in bf16 as with ``--lora-dtype 16bit``."""
     if train.precision is Precision.BF16_MIXED and train.method is not Method.FULL:
-        return replace(train, lora_dtype=PeftDtype.BIT16)
+        # QLoRA's unquantized parameters too (fp32 after prepare_model_for_kbit_training), so its activations are bf16
+        return replace(train, lora_dtype=PeftDtype.BIT16, qlora_prep=PeftDtype.BIT16)
     return train
 
 
@@ -158,6 +160,8 @@ def estimate_fsdp2(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, marg
         notes.append("FSDP2 CPU offload: sharded parameters, gradients and optimizer states in host RAM; each "
                      "group's shards are copied to the device before its all-gather (not counted: modelled from "
                      "torch's source, validated on CPU only, where every state is host memory already).")
+    if train.method is Method.QLORA:
+        notes.append(sharded_note(train))
     if device == "cpu" and cpu is not None:
         notes.append(f"estimated for {cpu.describe()}.")
     return Estimate(

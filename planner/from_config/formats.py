@@ -322,6 +322,22 @@ def torchtune(r: Reader) -> dict[str, Any]:
 # ---------------------------------------------------------------- Hugging Face TrainingArguments / TRL
 
 
+def quant_storage(r: Reader, stage: int, precision: Precision) -> None:
+    """TRL ModelConfig's ``bnb_4bit_quant_storage``: under ZeRO-3 planner partitions the 4-bit weights stored in the
+    compute dtype (peft's QLoRA with ZeRO-3 recipe; estimate/qlora_shard.py), below it the packed bytes are the same
+    whatever the storage dtype."""
+    storage = r.text("bnb_4bit_quant_storage")
+    names = {"bf16": ("bfloat16", "bf16"), "fp16": ("float16", "fp16")}.get(precision.compute_dtype, ())
+    if stage == 3 and storage is None:
+        r.notes.append("bnb_4bit_quant_storage is unset: under ZeRO-3 planner stores the 4-bit weights in the "
+                       f"compute dtype ({precision.compute_dtype}), as peft's QLoRA with ZeRO-3 recipe sets it.")
+    elif stage == 3 and storage not in names:
+        r.refuse(f"bnb_4bit_quant_storage: {storage}", f"under ZeRO-3 is modelled as the compute dtype "
+                 f"({precision.compute_dtype}) only.")
+
+
+
+
 def hf(r: Reader) -> dict[str, Any]:
     """transformers TrainingArguments (training_args.py), TRL SFTConfig (trl/trainer/sft_config.py) and
     ModelConfig (trl/trainer/model_config.py): the fields of a TRL script's --config YAML."""
@@ -369,6 +385,8 @@ def hf(r: Reader) -> dict[str, Any]:
         r.refuse(f"{dtype_key}: {dtype or 'unset'}", "leaves the weights' dtype to the checkpoint or the library "
                  "version, which decides between pure 16-bit and mixed precision; set it to bfloat16 or float32.")
     precision = trainer_precision(r, bf16, fp16, ds, method, weights_16bit=dtype in ("bfloat16", "float16", "bf16", "fp16"))
+    if four:
+        quant_storage(r, ds["stage"] if ds else 0, precision)
     checkpointing = r.flag("gradient_checkpointing", None)
     if checkpointing is None:
         checkpointing = trl

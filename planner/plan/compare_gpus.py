@@ -163,7 +163,7 @@ def _layout_trains(base: TrainSpec, method: Method, precision: Precision) -> lis
                     )
                 )
             except PlannerError:
-                continue  # e.g. QLoRA with ZeRO-3, bitsandbytes optimizers with ZeRO
+                continue  # e.g. QLoRA with parameter offload, bitsandbytes optimizers with ZeRO
     return out
 
 
@@ -328,7 +328,7 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
     if plan is None:
         why = f"nothing fits on up to {max_gpus} GPUs"
         if method is Method.QLORA:
-            why += " (QLoRA runs with ZeRO 0-2 only, so every GPU holds the whole 4-bit base)"
+            why += " (even with QLoRA's 4-bit base)"
         return GpuOption(**common, fits=False, note=f"{why}; {note}" if note else why)
     train, n, st, in_time = plan
     if not in_time:

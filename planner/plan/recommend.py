@@ -164,7 +164,7 @@ def recommend(
         raise PlannerError(
             f"no valid combination of --method {method}, --zero {'/'.join(map(str, zero_stages))} and --offload "
             f"{'/'.join(o.value for o in offloads)}: offload needs ZeRO 1-3, optimizer+params needs ZeRO 3, QLoRA "
-            "supports ZeRO 0-2, and bitsandbytes optimizers and Adafactor no ZeRO."
+            "does not offload parameters, and bitsandbytes optimizers and Adafactor no ZeRO."
         )
     for m in methods:
         if chosen_method is None:

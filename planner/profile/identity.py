@@ -73,6 +73,17 @@ def quant_state_tensors(p: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def module_quant_states(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The quantization constants bitsandbytes' Linear4bit keeps on the module (``module.quant_state``, set by
+    ``Params4bit._quantize``): under FSDP2 the registered parameter is a DTensor shard without its ``quant_state``
+    (bitsandbytes ``fix_4bit_weight_quant_state_from_module`` re-attaches this one at each forward)."""
+    out: list[torch.Tensor] = []
+    for m in model.modules():
+        if getattr(m, "quant_state", None) is not None:
+            out += quant_state_tensors(m)
+    return out
+
+
 def _unique_model_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     seen: set[int] = set()
     out = []
@@ -99,6 +110,9 @@ def param_storage_bytes(model: torch.nn.Module) -> int:
             ptr = storage_ptr(t)
             if ptr:
                 storages[ptr] = _storage(t).nbytes()
+    for q in module_quant_states(model):
+        if storage_ptr(q):
+            storages[storage_ptr(q)] = _storage(q).nbytes()
     return sum(storages.values())
 
 
@@ -171,6 +185,8 @@ def collect(model: torch.nn.Module, optimizer: Any) -> dict[str, list[int]]:
             keys["params"].add(storage_ptr(q))
         if p.grad is not None:
             keys["grads"].add(storage_ptr(p.grad))
+    for q in module_quant_states(model):
+        keys["params"].add(storage_ptr(q))
     for opt in _inner_optimizers(optimizer):
         for state in opt.state.values():
             for t in iter_tensors(state):

@@ -103,6 +103,7 @@ def _bnb_config(train: TrainSpec, dtype: torch.dtype):
         bnb_4bit_quant_type=train.quant.quant_type.value,
         bnb_4bit_use_double_quant=train.quant.double_quant,
         bnb_4bit_compute_dtype=dtype,
+        **({"bnb_4bit_quant_storage": dtype} if train.zero_stage == 3 or train.uses_fsdp2 else {}),
     )
 
 
@@ -113,7 +114,9 @@ def build_model(
 
     _quiet_transformers()
     dtype = TORCH_DTYPES[train.precision.compute_dtype]
-    if train.uses_fsdp2:  # FSDP2 shards the parameters in their storage dtype (fp32 under its policy)
+    if train.uses_fsdp2 and train.method is not Method.QLORA:
+        # FSDP2 shards the parameters in their storage dtype (fp32 under its policy); the FSDP-QLoRA recipe loads a
+        # 4-bit base in the compute dtype, its packed weights stored in it too (bnb_4bit_quant_storage)
         dtype = TORCH_DTYPES[fsdp2_storage_dtype(train)]
     config = hf_config(model_config, train)
     attn = train.attn_impl.value

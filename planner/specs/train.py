@@ -100,8 +100,9 @@ class TrainSpec:
             raise PlannerError(f"gradient accumulation must be at least 1, got {self.grad_accum}.")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise PlannerError(f"dropout must be in [0, 1), got {self.dropout}.")
-        if self.method is Method.QLORA and self.zero_stage == 3:
-            raise PlannerError("QLoRA with ZeRO stage 3 is not supported: bitsandbytes 4-bit weights cannot be sharded by this planner; use stage 0-2.")
+        if self.method is Method.QLORA and self.zero_stage == 3 and self.offload is Offload.OPTIMIZER_PARAMS:
+            raise PlannerError("QLoRA with ZeRO-3 parameter offload is not modelled (the 4-bit weights' quant_state "
+                               "stays on the device); use --offload none or optimizer.")
         if self.method is Method.QLORA and self.precision is Precision.FP32:
             raise PlannerError("QLoRA needs a 16-bit compute dtype; use --precision bf16-mixed or fp16-mixed.")
         if self.method is not Method.FULL and self.lora_dtype is PeftDtype.BIT16:
@@ -286,9 +287,11 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
 
 def _check_fsdp2(train: TrainSpec) -> None:
     """What planner runs and models under FSDP2 (the profiler's real ``fully_shard``; estimate/fsdp2.py)."""
-    if train.method is Method.QLORA:
-        raise PlannerError("QLoRA with FSDP2 is not modelled yet (bitsandbytes 4-bit storage sharded as "
-                           "bnb_4bit_quant_storage); use full or LoRA, or DeepSpeed ZeRO 0-2 for QLoRA.")
+    if train.method is Method.QLORA and (train.precision is not Precision.BF16_MIXED
+                                         or train.parallelism.fsdp_config.cpu_offload):
+        raise PlannerError("QLoRA with FSDP2 is modelled with the bf16-mixed policy and no CPU offload (the "
+                           "FSDP-QLoRA recipe, its 4-bit weights stored in bf16); use --precision bf16-mixed without "
+                           "offload.")
     if train.precision is Precision.FP16_MIXED:
         raise PlannerError("fp16-mixed with FSDP2 needs torch's ShardedGradScaler, which planner does not model; "
                            "use bf16-mixed, bf16 or fp32.")

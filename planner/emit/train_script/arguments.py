@@ -23,6 +23,7 @@ The full run reads --dataset (default below): put your texts there, one {"text":
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os

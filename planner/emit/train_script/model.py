@@ -54,19 +54,33 @@ def build_model(args: argparse.Namespace, vocab_size: int | None, training_args)
         # bitsandbytes quantizes while loading: rank 0 saves the random weights, then every rank loads them
         # in 4 bits (several nodes need a shared --output-dir for this).
         source = scratch = str(Path(args.output_dir) / "random-init-weights")
-        with training_args.main_process_first(local=False, desc="saving random weights"):
+        whole = contextlib.nullcontext()
+        if hasattr(next(model.parameters()), "ds_id"):
+            # ZeRO-3: from_config built it partitioned under zero.Init; every rank gathers it to save whole tensors
+            import deepspeed
+
+            whole = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+        with whole, training_args.main_process_first(local=False, desc="saving random weights"):
             model.save_pretrained(source)  # writes on rank 0 only
         del model
     if args.method == "qlora":
         from transformers import BitsAndBytesConfig
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
+        # ZeRO-3 partitions the packed 4-bit weights like any 16-bit parameter: peft's "PEFT QLoRA and DeepSpeed
+        # with ZeRO3" recipe stores them in the compute dtype (bnb_4bit_quant_storage), and transformers refuses
+        # a device_map under ZeRO-3 (integrations/accelerate.py): DeepSpeed moves and partitions the model.
+        zero3 = is_deepspeed_zero3_enabled()
+        storage = {"bnb_4bit_quant_storage": torch_dtype(compute)} if zero3 else {}
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=args.quant_type,
             bnb_4bit_use_double_quant=args.double_quant,
             bnb_4bit_compute_dtype=torch_dtype(compute),
+            **storage,
         )
-        kwargs["device_map"] = {"": training_args.device}  # each rank loads a copy onto its own device
+        if not zero3:
+            kwargs["device_map"] = {"": training_args.device}  # each rank loads a copy onto its own device
     model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
     if scratch:
         with training_args.main_process_first(local=False, desc="removing random weights"):

@@ -128,7 +128,8 @@ def zero3_persistent_numels(counts: ParamCounts, train: TrainSpec, num_layers: i
     (GPT-2 h160, LoRA r2, fp32): the rank's parameters are P/N plus every tensor of at most 10*h elements
     (biases, norms, adapters), to the byte.
     """
-    return _persistent_numels(counts, train.lora if train.method is not Method.FULL else None, num_layers, threshold)
+    return _persistent_numels(counts, train.lora if train.method is not Method.FULL else None, num_layers, threshold,
+                              train.method is Method.QLORA)
 
 
 def zero3_released_after_forward(counts: ParamCounts, train: TrainSpec, threshold: int) -> int:
@@ -159,15 +160,21 @@ def zero3_released_after_forward(counts: ParamCounts, train: TrainSpec, threshol
 
 
 @lru_cache(maxsize=256)
-def _persistent_numels(counts: ParamCounts, lora: LoraSpec | None, num_layers: int, threshold: int) -> tuple[int, int]:
+def _persistent_numels(counts: ParamCounts, lora: LoraSpec | None, num_layers: int, threshold: int,
+                       quantized: bool = False) -> tuple[int, int]:
     # keyed on what the answer reads, not the whole TrainSpec: the fit search varies micro-batch and length.
     # Order does not matter here: each group's small tensors times its modules (a path without a layer index
-    # is one module).
-    def small(own: dict[int, tuple[int, ...]]) -> int:
-        return sum(sum(n for n in own[id(g)] if n <= threshold) * (g.num_modules if "*" in g.path else 1)
+    # is one module). ``quantized`` (QLoRA): the 4-bit weights are counted in their storage dtype by
+    # qlora_shard.py, so a quantizable linear contributes only its bias here.
+    def small(own: dict[int, tuple[int, ...]], base: bool = False) -> int:
+        def numels(g) -> tuple[int, ...]:
+            skip = base and quantized and g.kind == "linear" and g.quantizable and g.component != "lm_head"
+            return own[id(g)][1:] if skip else own[id(g)]
+
+        return sum(sum(n for n in numels(g) if n <= threshold) * (g.num_modules if "*" in g.path else 1)
                    for g in counts.modules)
 
-    base = small(trainable_of(FlatOrder(counts, num_layers, None)))
+    base = small(trainable_of(FlatOrder(counts, num_layers, None)), base=True)
     extra = small(trainable_of(FlatOrder(counts, num_layers, lora))) if lora is not None else 0
     return base, extra
 
