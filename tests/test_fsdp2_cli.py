@@ -39,7 +39,7 @@ def test_engine_flags_make_the_fsdp2_spec():
     ({"engine": "megatron"}, "--engine 'megatron' is not valid"),
     ({"engine": "fsdp2", "reduce_dtype": "fp16"}, "--reduce-dtype 'fp16' is not valid"),
     ({"engine": "fsdp2", "reduce_dtype": "bf16", "precision": "fp32"}, "bf16-mixed only"),
-    ({"engine": "fsdp2", "method": "qlora"}, "QLoRA with FSDP2"),
+    ({"engine": "fsdp2", "method": "qlora", "fsdp_offload": True}, "QLoRA with FSDP2"),
 ])
 def test_engine_flag_errors_are_one_sentence(values, words):
     with pytest.raises(PlannerError, match=words.replace("(", r"\(")) as info:
