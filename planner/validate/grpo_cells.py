@@ -1,5 +1,5 @@
 """``--task grpo`` cells (issue 21): TRL's GRPOTrainer (planner/profile/trl_grpo.py) with transformers generation,
-one CPU process: full and LoRA, group sizes 2 and 4, with a reference (beta 0.04: a frozen copy for the full
+one CPU process: full and LoRA, group sizes 2, 4 and 8, with a reference (beta 0.04: a frozen copy for the full
 policy, the adapter disabled for LoRA) and without (beta 0, TRL's default). Each run imports TRL, generates and
 tokenizes: the full matrix only."""
 
@@ -27,4 +27,7 @@ GRPO_CELLS = (
     _grpo("full", 4, 0.0),
     _grpo("lora-all", 2, 0.04),
     _grpo("lora-all", 4, 0.0),
+    # pure bf16 with checkpointing, tied embeddings (qwen2), a group of 8 in an 8-completion micro-batch, a copy
+    _grpo("full", 8, 0.04, family="qwen2", hidden=96, vocab=1024, precision="bf16", seq_len=48, completion=24,
+          micro_batch=8, ckpt=True),
 )
