@@ -96,24 +96,6 @@ LossOpt = Annotated[str, typer.Option("--loss", help=LOSS_HELP)]
 LossChunksOpt = Annotated[int, typer.Option("--loss-chunks", help=LOSS_CHUNKS_HELP)]
 TaskOpt = Annotated[str, typer.Option("--task", help=TASK_HELP)]
 ReferenceOpt = Annotated[str, typer.Option("--reference", help=REFERENCE_HELP)]
-NumGenerationsOpt = Annotated[int, typer.Option(
-    "--num-generations", help="grpo: completions per prompt (GRPOConfig.num_generations; the generation batch, "
-    "--micro-batch x GPUs x --grad-accum, holds whole groups). Default: 8.")]
-CompletionLenOpt = Annotated[int, typer.Option(
-    "--completion-len", help="grpo: the completion's tokens (GRPOConfig.max_completion_length) of each --seq-len "
-    "row, the rest being the prompt. Default: 512.")]
-BetaOpt = Annotated[float, typer.Option(
-    "--beta", help="grpo: the KL coefficient (GRPOConfig.beta): 0 keeps no reference model; otherwise a frozen copy "
-    "(full) or the policy with its adapter disabled (LoRA) scores every batch. Default: 0.0.")]
-GenerationOpt = Annotated[str, typer.Option(
-    "--generation", help="grpo: transformers (model.generate) or vllm-colocate (use_vllm, vllm_mode colocate: a vLLM "
-    "engine in the process, modelled from its source, not profiled). Default: transformers.")]
-VllmMemoryOpt = Annotated[float, typer.Option(
-    "--vllm-memory-utilization", help="grpo with vllm-colocate: the share of the GPU vLLM reserves for its weights "
-    "and KV cache (vllm_gpu_memory_utilization). Default: 0.3.")]
-VllmSleepOpt = Annotated[bool, typer.Option(
-    "--vllm-sleep/--no-vllm-sleep", help="grpo with vllm-colocate: vLLM's sleep mode releases its memory while the "
-    "policy trains (vllm_enable_sleep_mode). Default: off.")]
 AttnOpt = Annotated[str, typer.Option("--attn", help="Attention implementation: eager, sdpa, flash_attention_2.")]
 DropoutOpt = Annotated[
     float | None, typer.Option("--dropout", help="Override the model's dropout probabilities (default: config's).")

@@ -22,6 +22,7 @@ import typer
 
 from planner import catalog
 from planner.cli import deepspeed_options
+from planner.cli import grpo_options as go
 from planner.cli.deepspeed_options import DeepSpeedConfigOpt
 from planner.errors import PlannerError
 from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_price
@@ -29,9 +30,7 @@ from planner.specs import (
     DEFAULT_LOSS_CHUNKS,
     AttnImpl,
     Cluster,
-    Generation,
     GpuSpec,
-    GrpoSpec,
     LoraSpec,
     LossSpec,
     Method,
@@ -43,17 +42,10 @@ from planner.specs import (
     Precision,
     QuantSpec,
     QuantType,
-    Task,
     TaskSpec,
     TrainSpec,
     ZeroConfig,
     validate_margin,
-)
-from planner.specs.grpo import (
-    DEFAULT_BETA,
-    DEFAULT_COMPLETION_LEN,
-    DEFAULT_NUM_GENERATIONS,
-    DEFAULT_VLLM_MEMORY_UTILIZATION,
 )
 from planner.units import GIB
 
@@ -64,13 +56,10 @@ from planner.cli.option_types import (  # re-exported: the commands read them as
     ActivationOffloadOpt,
     AllowLongerOpt,
     AttnOpt,
-    BetaOpt,
     CheckpointingOpt,
     CompileOpt,
-    CompletionLenOpt,
     DoubleQuantOpt,
     DropoutOpt,
-    GenerationOpt,
     GpuOpt,
     GpusOpt,
     GradAccumOpt,
@@ -91,7 +80,6 @@ from planner.cli.option_types import (  # re-exported: the commands read them as
     ModelOpt,
     ModulesToSaveOpt,
     NodesOpt,
-    NumGenerationsOpt,
     OffloadOneOpt,
     OffloadOpt,
     OptimizerInBackwardOpt,
@@ -105,8 +93,6 @@ from planner.cli.option_types import (  # re-exported: the commands read them as
     TaskOpt,
     TokensOpt,
     TrustRemoteCodeOpt,
-    VllmMemoryOpt,
-    VllmSleepOpt,
     ZeroOneOpt,
     ZeroOpt,
 )
@@ -152,12 +138,12 @@ class TrainingFlags:
     loss_chunks: LossChunksOpt = DEFAULT_LOSS_CHUNKS
     task: TaskOpt = "sft"
     reference: ReferenceOpt = "auto"
-    num_generations: NumGenerationsOpt = DEFAULT_NUM_GENERATIONS
-    completion_len: CompletionLenOpt = DEFAULT_COMPLETION_LEN
-    beta: BetaOpt = DEFAULT_BETA
-    generation: GenerationOpt = Generation.TRANSFORMERS.value
-    vllm_memory_utilization: VllmMemoryOpt = DEFAULT_VLLM_MEMORY_UTILIZATION
-    vllm_sleep: VllmSleepOpt = False
+    num_generations: go.NumGenerationsOpt = go.DEFAULT_NUM_GENERATIONS  # --task grpo (grpo_options.py)
+    completion_len: go.CompletionLenOpt = go.DEFAULT_COMPLETION_LEN
+    beta: go.BetaOpt = go.DEFAULT_BETA
+    generation: go.GenerationOpt = go.Generation.TRANSFORMERS.value
+    vllm_memory_utilization: go.VllmMemoryOpt = go.DEFAULT_VLLM_MEMORY_UTILIZATION
+    vllm_sleep: go.VllmSleepOpt = False
     allow_longer: AllowLongerOpt = False
     deepspeed_config: DeepSpeedConfigOpt = None
     # time, cost and the fit (estimate, recommend, report)
@@ -361,24 +347,9 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         lora_dtype=_enum(PeftDtype, f.lora_dtype, "--lora-dtype"),
         qlora_prep=_enum(PeftDtype, f.qlora_prep, "--qlora-prep"),
         loss=LossSpec.from_flags(f.loss, f.loss_chunks),
-        task=TaskSpec.from_flags(f.task, f.reference, _grpo(f)),
+        task=TaskSpec.from_flags(f.task, f.reference, go.grpo_spec(f)),
         compile=bool(f.compile),
     )
-
-
-_GRPO_FLAGS = ("num_generations", "completion_len", "beta", "generation", "vllm_memory_utilization", "vllm_sleep")
-
-
-def _grpo(f: TrainingFlags) -> GrpoSpec | None:
-    """--task grpo's settings (specs/grpo.py); a GRPO flag typed with another task is refused in one sentence."""
-    if f.task.lower() != Task.GRPO.value:
-        typed = sorted(n for n in _GRPO_FLAGS if n in f.typed)
-        if typed:
-            raise PlannerError(f"--{typed[0].replace('_', '-')} applies to --task grpo, not --task {f.task}.")
-        return None
-    return GrpoSpec(num_generations=f.num_generations, completion_len=f.completion_len, beta=float(f.beta),
-                    generation=_enum(Generation, f.generation, "--generation"),
-                    vllm_memory_utilization=float(f.vllm_memory_utilization), vllm_sleep=bool(f.vllm_sleep))
 
 
 def _layout(method: Method, zero: int, offload: Offload, zero_config: ZeroConfig | None = None) -> dict:
