@@ -22,6 +22,7 @@ import typer
 
 from planner import catalog
 from planner.cli import deepspeed_options, fsdp_options
+from planner.cli import grpo_options as go
 from planner.cli.deepspeed_options import DeepSpeedConfigOpt
 from planner.cli.tokens import parse_tokens  # re-exported: o.parse_tokens
 from planner.errors import PlannerError
@@ -145,6 +146,12 @@ class TrainingFlags:
     loss_chunks: LossChunksOpt = DEFAULT_LOSS_CHUNKS
     task: TaskOpt = "sft"
     reference: ReferenceOpt = "auto"
+    num_generations: go.NumGenerationsOpt = go.DEFAULT_NUM_GENERATIONS  # --task grpo (grpo_options.py)
+    completion_len: go.CompletionLenOpt = go.DEFAULT_COMPLETION_LEN
+    beta: go.BetaOpt = go.DEFAULT_BETA
+    generation: go.GenerationOpt = go.Generation.TRANSFORMERS.value
+    vllm_memory_utilization: go.VllmMemoryOpt = go.DEFAULT_VLLM_MEMORY_UTILIZATION
+    vllm_sleep: go.VllmSleepOpt = False
     allow_longer: AllowLongerOpt = False
     deepspeed_config: DeepSpeedConfigOpt = None
     # time, cost and the fit (estimate, recommend, report)
@@ -316,7 +323,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         lora_dtype=_enum(PeftDtype, f.lora_dtype, "--lora-dtype"),
         qlora_prep=_enum(PeftDtype, f.qlora_prep, "--qlora-prep"),
         loss=LossSpec.from_flags(f.loss, f.loss_chunks),
-        task=TaskSpec.from_flags(f.task, f.reference),
+        task=TaskSpec.from_flags(f.task, f.reference, go.grpo_spec(f)),
         compile=bool(f.compile),
         packing=bool(f.packing),
     )

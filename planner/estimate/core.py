@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from planner.errors import PlannerError
-from planner.estimate import optim_rules, overhead, posttrain, qlora_shard
+from planner.estimate import grpo, optim_rules, overhead, posttrain, qlora_shard
 from planner.estimate.compile_note import compile_notes
 from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.count.zero_partition import (
@@ -178,9 +178,21 @@ def estimate(
         cand_pm = phase_breakdowns(train, sharded, step, cand_transients, overhead_bytes=cublas)
         if pm is None or cand_pm.peak.total_bytes > pm.peak.total_bytes:
             shown, transients, pm = candidate, cand_transients, cand_pm
+    if train.task.grpo is not None:  # the generation before the step (estimate/grpo.py)
+        train.task.grpo.check_run(train.micro_batch * cluster.num_gpus * train.grad_accum)
+        gen = grpo.generation_phase(model, train, pm.phases["forward"])
+        if gen is not None:
+            phases = {**pm.phases, "generation": gen}
+            pm = replace(pm, phases=phases, peak_phase=max(phases, key=lambda p: (phases[p].total_bytes, p)))
     peak = pm.peak
     reserved = overhead.reserved_bytes(peak.total_bytes, device)
     device_total = overhead.device_bytes(reserved, device, cluster.num_gpus) + paged
+    vllm_share, vllm_held = grpo.vllm_bytes(train, cluster.gpu.capacity_bytes)
+    if vllm_share:  # vLLM colocated: its share beside the trainer's tensors, while generating (and training)
+        states = pm.phases["forward"]
+        idle = states.params_bytes + states.optimizer_states_bytes + states.overhead_bytes
+        idle_device = overhead.device_bytes(overhead.reserved_bytes(idle, device), device, cluster.num_gpus)
+        device_total = max(device_total + vllm_held, idle_device + paged + vllm_share)
 
     notes = list(sharded.notes) + list(step.notes) + list(transients.notes)
     if quantized:
@@ -199,6 +211,7 @@ def estimate(
     notes.extend(loss_notes(train))
     models = posttrain.model_rows(train, policy_params_bytes, ref_bytes, cluster.num_gpus)
     notes.extend(posttrain.notes(train, models, step.scoring_peak_bytes))
+    notes.extend(grpo.notes(model, train, cluster.gpu.capacity_bytes, pm.phases.get("generation")))
     # fp32 log-probabilities + their gradient + log_softmax's backward result (logits.py)
     if train.loss.kind is Loss.STANDARD and pm.peak_phase == "backward" and 12 * num_logits > peak.total_bytes // 3:
         notes.append("the peak is the loss backward: fp32 log-probabilities and two fp32 gradients of "

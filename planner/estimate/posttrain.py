@@ -57,6 +57,9 @@ def reference_params_bytes(split: ParamSplit, train: TrainSpec) -> int:
 def model_rows(train: TrainSpec, policy_params_bytes: int, reference_bytes: int, num_ranks: int) -> tuple[ModelRow, ...]:
     """The policy's and the reference's rows (empty for sft)."""
     ref = reference(train)
+    if ref is None and train.task.grpo is not None:  # GRPO with beta 0: the policy alone
+        return (ModelRow("policy", train.method.value, "replicated (DDP)" if num_ranks > 1 else "one rank",
+                         policy_params_bytes, True),)
     if ref is None:
         return ()
     sharding = "replicated (DDP)" if num_ranks > 1 else "one rank"
@@ -73,7 +76,7 @@ def model_rows(train: TrainSpec, policy_params_bytes: int, reference_bytes: int,
 
 def notes(train: TrainSpec, rows: tuple[ModelRow, ...], scoring_peak_bytes: int) -> list[str]:
     ref = reference(train)
-    if ref is None:
+    if ref is None or train.task.grpo is not None:  # GRPO's are estimate/grpo.py's
         return []
     out = [f"--task dpo (TRL 1.16 DPOTrainer): each micro-batch is {2 * train.micro_batch} rows of "
            f"{train.seq_len} tokens (chosen and rejected concatenated); log-probabilities through TRL's fused LM "

@@ -98,7 +98,8 @@ _MARKERS = {
     "axolotl": {"base_model", "micro_batch_size", "sequence_len", "adapter", "lora_target_linear",
                 "sample_packing", "flash_attention", "pad_to_sequence_len", "num_epochs", "lr_scheduler"},
     "hf": {"max_seq_length", "max_length", "use_peft", "attn_implementation", "torch_dtype", "dtype",
-           "dataset_text_field", "use_bnb_nested_quant", "bnb_4bit_quant_type"},
+           "dataset_text_field", "use_bnb_nested_quant", "bnb_4bit_quant_type",
+           "num_generations", "max_completion_length"},  # a TRL GRPOConfig (posttrain_fields.GRPO_FIELDS)
 }
 # TrainingArguments fields: a file with some of these and no format's own field is a TrainingArguments file.
 _TRAINER_FIELDS = {"per_device_train_batch_size", "gradient_accumulation_steps", "output_dir", "optim",

@@ -21,7 +21,7 @@ from planner.from_config.packing_fields import (
     torchtune_packing,
     trl_packing,
 )
-from planner.from_config.posttrain_fields import dpo_task, is_dpo
+from planner.from_config.posttrain_fields import dpo_task, grpo_task, is_dpo, is_grpo
 from planner.from_config.reader import (
     PEFT_DEFAULT_TARGETS,
     Reader,
@@ -345,7 +345,7 @@ def hf(r: Reader) -> dict[str, Any]:
     # TRL's own fields (SFTConfig, ModelConfig); model_name_or_path alone is also in transformers' example scripts.
     trl = any(k in r.data for k in ("max_seq_length", "max_length", "packing", "dataset_text_field", "use_peft",
                                     "lora_r", "completion_only_loss", "assistant_only_loss", "padding_free",
-                                    "loss_type", "use_bnb_nested_quant")) or is_dpo(r)
+                                    "loss_type", "use_bnb_nested_quant")) or is_dpo(r) or is_grpo(r)
     r.set_model(r.text("model_name_or_path"), "model_name_or_path")
     hf_fsdp(r)  # fsdp, fsdp_config: FSDP2 (fsdp_fields.py)
     for key, why in (("use_liger_kernel", "replaces the loss and MLP kernels (Liger), which planner does not model."),
@@ -355,7 +355,7 @@ def hf(r: Reader) -> dict[str, Any]:
                      ("neftune_noise_alpha", "adds noise tensors to the embeddings, which planner does not model."),
                      ("fp8", "training is not modelled.")):
         r.refuse_if(key, why)
-    task = dpo_task(r) if is_dpo(r) else TaskSpec()
+    task = grpo_task(r) if is_grpo(r) else dpo_task(r) if is_dpo(r) else TaskSpec()
     # a DPOConfig's loss_type is DPO's own loss (posttrain_fields.py); an SFTConfig's is SFTTrainer's (loss_fields.py)
     loss = trl_loss(r, trl) if task.is_default else LossSpec()
     peft = bool(r.flag("use_peft", False))
@@ -395,7 +395,10 @@ def hf(r: Reader) -> dict[str, Any]:
     seq_key = "max_length" if r.has("max_length") else "max_seq_length"
     seq = r.whole(seq_key, None)
     if seq is None:
-        if trl:
+        if task.grpo is not None:
+            r.notes.append("a GRPOConfig has no prompt length (the dataset's prompts are kept whole): the estimate "
+                           "uses planner's default sequence, prompt plus max_completion_length (set --seq-len).")
+        elif trl:
             r.notes.append("max_length is unset: TRL's SFTConfig truncates at 1024 tokens.")
             seq = 1024
         else:

@@ -46,3 +46,53 @@ def dpo_task(r) -> TaskSpec:
                    if pre else "the reference as DPOTrainer builds it (a frozen copy for full fine-tuning, the "
                    "adapter disabled for a PEFT policy)."))
     return TaskSpec(Task.DPO, Reference.PRECOMPUTED if pre else Reference.AUTO)
+
+
+# GRPOConfig's own fields (trl/trainer/grpo_config.py; none in DPOConfig, SFTConfig or TrainingArguments): a config
+# with any of them is a GRPOTrainer run (its ``beta`` is then GRPO's KL coefficient, not DPO's)
+GRPO_FIELDS = ("num_generations", "max_completion_length", "generation_batch_size", "steps_per_generation",
+               "num_iterations", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode",
+               "epsilon", "epsilon_high", "importance_sampling_level", "scale_rewards", "reward_weights",
+               "mask_truncated_completions", "top_entropy_quantile", "use_transformers_paged", "temperature")
+# read, without a memory effect planner models (scalars of [B, C]-sized loss tensors, sampling settings)
+GRPO_NO_MEMORY = ("epsilon", "epsilon_high", "scale_rewards", "reward_weights", "mask_truncated_completions",
+                  "temperature", "importance_sampling_level")
+
+
+def is_grpo(r) -> bool:
+    return any(k in r.data for k in GRPO_FIELDS)
+
+
+def grpo_task(r) -> TaskSpec:
+    """The GRPOConfig's task; marks its fields read. What changes the step beyond planner's model is refused."""
+    from planner.specs import Generation, GrpoSpec
+    from planner.specs.grpo import DEFAULT_VLLM_MEMORY_UTILIZATION
+
+    r.refuse_if("sync_ref_model", "updates the reference from the policy during training (SyncRefModelCallback), "
+                "which planner does not model.")
+    r.refuse_if("use_transformers_paged", "generates with transformers' paged continuous batching, which planner "
+                "does not model.")
+    for key in ("generation_batch_size", "steps_per_generation"):
+        if r.has(key):
+            r.refuse(key, "sets the generation batch apart from the gradient accumulation, which planner does not "
+                     "model (it generates per_device_train_batch_size x gradient_accumulation_steps).")
+    if r.whole("num_iterations", 1) != 1:
+        r.refuse("num_iterations", "above 1 keeps old log-probabilities per batch, which planner does not model.")
+    if (r.text("loss_type") or "dapo") != "dapo" or r.get("top_entropy_quantile", 1.0) != 1.0:
+        r.notes.append("GRPO's loss_type and entropy mask change only [completions, tokens]-sized tensors.")
+    for key in GRPO_NO_MEMORY:
+        if key in r.data:
+            r.get(key)
+            r.ignored[key] = "does not change memory or time"
+    vllm = bool(r.flag("use_vllm", False))
+    if vllm and (r.text("vllm_mode") or "colocate") != "colocate":
+        r.refuse("vllm_mode", "server runs vLLM outside the training process: set it aside (planner models colocate).")
+    util = r.get("vllm_gpu_memory_utilization", DEFAULT_VLLM_MEMORY_UTILIZATION)
+    grpo = GrpoSpec(num_generations=r.whole("num_generations", 8), completion_len=r.whole("max_completion_length", 512),
+                    beta=float(r.get("beta", 0.0)),
+                    generation=Generation.VLLM_COLOCATE if vllm else Generation.TRANSFORMERS,
+                    vllm_memory_utilization=float(util) if vllm else DEFAULT_VLLM_MEMORY_UTILIZATION,
+                    vllm_sleep=bool(r.flag("vllm_enable_sleep_mode", False)) if vllm else False)
+    r.notes.append(f"a TRL GRPOConfig: --task grpo, {grpo.num_generations} generations of {grpo.completion_len} "
+                   f"tokens, beta {grpo.beta:g}, generation with {grpo.generation.value}.")
+    return TaskSpec(Task.GRPO, grpo=grpo)

@@ -135,7 +135,7 @@ def find_fit(evaluate: Evaluate, model: ModelSpec, train: TrainSpec, cluster: Cl
         return _device_bytes(evaluate, model, replace(train, micro_batch=b), cluster, device)
 
     def seq_bytes(k: int) -> int | None:
-        return _device_bytes(evaluate, model, replace(train, seq_len=k * SEQ_STEP), cluster, device)
+        return _device_bytes(evaluate, model, train.with_seq_len(k * SEQ_STEP), cluster, device)
 
     def fits_at(v: int | float | None) -> bool:
         return v is not None and v <= usable

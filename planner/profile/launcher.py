@@ -265,6 +265,10 @@ def run_profile(
         raise PlannerError(f"--data {data!r} is a directory; give a JSONL file with a text field.")
     check_target(out, force)
     resolved = resolve_device(device, num_gpus)
+    if train.task.grpo is not None:  # TRL's GRPOTrainer, recorded as a command (trl_grpo.py)
+        from planner.profile.trl_grpo import run_grpo_profile
+
+        return run_grpo_profile(model, train, num_gpus=num_gpus, steps=steps, device=resolved, out=out, force=force)
     if not train.task.is_default:  # post-training: TRL's own trainer, recorded as a command (trl_dpo.py)
         from planner.profile.trl_dpo import run_dpo_profile
 

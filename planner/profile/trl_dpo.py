@@ -32,18 +32,19 @@ def prompt_completion(seq_len: int) -> tuple[int, int]:
 
 
 def check_profilable(train: TrainSpec, num_gpus: int) -> None:
+    k = train.task.kind.value
     if num_gpus != 1:
-        raise PlannerError("planner profile --task dpo runs one process; use --gpus 1.")
+        raise PlannerError(f"planner profile --task {k} runs one process; use --gpus 1.")
     if train.precision not in (Precision.FP32, Precision.BF16):
-        raise PlannerError(f"planner profile --task dpo runs fp32 or pure bf16 (the HF Trainer keeps no fp32 master "
+        raise PlannerError(f"planner profile --task {k} runs fp32 or pure bf16 (the HF Trainer keeps no fp32 master "
                            f"weights of a 16-bit model), not {train.precision.value}; use --precision fp32 or bf16.")
     if train.optimizer not in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED):
-        raise PlannerError(f"planner profile --task dpo runs torch's AdamW (adamw, adamw-fused), not "
+        raise PlannerError(f"planner profile --task {k} runs torch's AdamW (adamw, adamw-fused), not "
                            f"{train.optimizer.value}.")
     if train.method is Method.QLORA:
-        raise PlannerError("planner profile --task dpo does not run QLoRA yet; use full or lora.")
+        raise PlannerError(f"planner profile --task {k} does not run QLoRA yet; use full or lora.")
     if train.grad_accum != 1:
-        raise PlannerError("planner profile --task dpo records one micro-batch per step; use --grad-accum 1.")
+        raise PlannerError(f"planner profile --task {k} records one micro-batch per step; use --grad-accum 1.")
 
 
 def run_config(model: ModelSpec, train: TrainSpec) -> dict:

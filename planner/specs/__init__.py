@@ -3,7 +3,7 @@
 int bytes; counts start with ``num_``.
 
 Module map: ``enums`` (method, precision, optimizer, adapter dtype, offload, attention, 4-bit type; the margin's check),
-``parallelism`` (Engine, Parallelism, DeepSpeed's ZeroConfig), ``fsdp`` (FSDP2's FsdpConfig), ``loss`` (Loss, LossSpec), ``task`` (Task, Reference, TaskSpec: sft or DPO), ``model`` (ModelSpec), ``train`` (LoraSpec, QuantSpec, TrainSpec and the
+``parallelism`` (Engine, Parallelism, DeepSpeed's ZeroConfig), ``fsdp`` (FSDP2's FsdpConfig), ``loss`` (Loss, LossSpec), ``task`` (Task, Reference, TaskSpec: sft, DPO or GRPO), ``grpo`` (Generation, GrpoSpec), ``model`` (ModelSpec), ``train`` (LoraSpec, QuantSpec, TrainSpec and the
 JSON ``train`` block), ``hardware`` (GpuSpec, Cluster), ``plan`` (Plan). Import them from here.
 """
 
@@ -20,6 +20,7 @@ from planner.specs.enums import (
     validate_margin,
 )
 from planner.specs.fsdp import FsdpConfig
+from planner.specs.grpo import Generation, GrpoSpec
 from planner.specs.hardware import Cluster, GpuSpec
 from planner.specs.loss import DEFAULT_LOSS_CHUNKS, LOSS_CHUNKS_HELP, LOSS_HELP, Loss, LossSpec
 from planner.specs.model import ModelSpec
@@ -29,7 +30,7 @@ from planner.specs.task import REFERENCE_HELP, TASK_HELP, Reference, Task, TaskS
 from planner.specs.train import LoraSpec, QuantSpec, TrainSpec, train_spec_from_dict, train_spec_to_dict
 
 __all__ = [
-    "AttnImpl", "Cluster", "DEFAULT_LOSS_CHUNKS", "Engine", "FsdpConfig", "LOSS_CHUNKS_HELP", "LOSS_HELP", "GpuSpec", "LoraSpec",
+    "AttnImpl", "Cluster", "DEFAULT_LOSS_CHUNKS", "Engine", "FsdpConfig", "LOSS_CHUNKS_HELP", "LOSS_HELP", "Generation", "GpuSpec", "GrpoSpec", "LoraSpec",
     "Loss", "LossSpec", "Method", "ModelSpec", "Offload", "Optimizer", "Parallelism", "PeftDtype", "Plan", "Precision",
     "QuantSpec", "QuantType", "REFERENCE_HELP", "Reference", "TASK_HELP", "Task", "TaskSpec", "TrainSpec", "train_spec_from_dict", "train_spec_to_dict", "validate_margin", "ZeroConfig",
 ]

@@ -1,4 +1,5 @@
-"""The training task: supervised fine-tuning, or post-training with TRL 1.16's DPOTrainer (TaskSpec, validated here).
+"""The training task: supervised fine-tuning, or post-training with TRL 1.16's DPOTrainer or GRPOTrainer (TaskSpec,
+validated here; GRPO's own settings are specs/grpo.py's GrpoSpec).
 
 ``sft``: one model, the sequences as given (``--seq-len`` tokens, ``--micro-batch`` rows): every rule before this
 spec existed.
@@ -25,10 +26,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 from planner.errors import PlannerError
+from planner.specs.grpo import GrpoSpec
 
 TASK_HELP = ("Training task: sft (one model, the sequences as given), dpo (TRL's DPOTrainer: chosen and rejected "
              "sequences in one batch, 2 x --micro-batch rows of --seq-len tokens, and a reference model, see "
-             "--reference). Default: sft.")
+             "--reference), grpo (TRL's GRPOTrainer: --micro-batch completions of --seq-len tokens, prompt plus "
+             "--completion-len, generated then trained; see --num-generations, --beta, --generation). Default: sft.")
 REFERENCE_HELP = ("dpo: the reference model: copy (a separate frozen model, the default for full fine-tuning), "
                   "adapter (the policy with its LoRA adapter disabled, the default for LoRA and QLoRA), "
                   "precomputed (precompute_ref_log_probs: no reference model in the step). Default: auto.")
@@ -37,6 +40,7 @@ REFERENCE_HELP = ("dpo: the reference model: copy (a separate frozen model, the 
 class Task(str, Enum):
     SFT = "sft"
     DPO = "dpo"
+    GRPO = "grpo"
 
 
 class Reference(str, Enum):
@@ -50,6 +54,7 @@ class Reference(str, Enum):
 class TaskSpec:
     kind: Task = Task.SFT
     reference: Reference = Reference.AUTO
+    grpo: GrpoSpec | None = None  # --task grpo's settings (None for sft and dpo)
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, Task):
@@ -60,6 +65,12 @@ class TaskSpec:
         if self.kind is Task.SFT and self.reference is not Reference.AUTO:
             raise PlannerError(f"--reference {self.reference.value} applies to --task dpo; sft trains one model "
                                "with no reference.")
+        if (self.kind is Task.GRPO) != isinstance(self.grpo, GrpoSpec):
+            raise PlannerError("GRPO's settings (--num-generations, --completion-len, --beta, --generation) apply "
+                               "to --task grpo only.")
+        if self.kind is Task.GRPO and self.reference is not Reference.AUTO:
+            raise PlannerError(f"--reference {self.reference.value} applies to --task dpo; GRPO's reference follows "
+                               "--beta (none at 0, a copy for full fine-tuning, the adapter disabled for LoRA).")
 
     @property
     def is_default(self) -> bool:
@@ -69,19 +80,28 @@ class TaskSpec:
         """The reference the step holds (``auto`` resolved as DPOTrainer does); None for sft."""
         if self.kind is Task.SFT:
             return None
+        if self.kind is Task.GRPO:
+            if not self.grpo.uses_reference:  # GRPOTrainer.__init__: beta 0.0 -> ref_model None, no reference pass
+                return None
+            return Reference.ADAPTER if peft else Reference.COPY
         if self.reference is Reference.AUTO:
             return Reference.ADAPTER if peft else Reference.COPY
         return self.reference
 
     @property
     def label(self) -> str:
+        if self.kind is Task.GRPO:
+            return f"grpo ({self.grpo.num_generations} generations, beta {self.grpo.beta:g})"
         return self.kind.value if self.kind is Task.SFT else f"{self.kind.value} ({self.reference.value} reference)"
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind.value, "reference": self.reference.value}
+        d = {"kind": self.kind.value, "reference": self.reference.value}
+        if self.grpo is not None:
+            d["grpo"] = self.grpo.to_dict()
+        return d
 
     @classmethod
-    def from_flags(cls, kind: str, reference: str) -> TaskSpec:
+    def from_flags(cls, kind: str, reference: str, grpo: GrpoSpec | None = None) -> TaskSpec:
         """``--task`` and ``--reference`` as typed; an unknown value is a PlannerError naming the flag."""
         try:
             task = Task(kind.lower())
@@ -93,7 +113,7 @@ class TaskSpec:
         except ValueError:
             raise PlannerError(f"--reference {reference!r} is not valid; choose one of "
                                f"{', '.join(r.value for r in Reference)}.") from None
-        return cls(task, ref)
+        return cls(task, ref, grpo if task is Task.GRPO else None)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TaskSpec:
@@ -101,6 +121,8 @@ class TaskSpec:
         if d is None:
             return cls()
         try:
-            return cls(kind=Task(d.get("kind", "sft")), reference=Reference(d.get("reference", "auto")))
+            kind = Task(d.get("kind", "sft"))
+            grpo = GrpoSpec.from_dict(d.get("grpo", {})) if kind is Task.GRPO else None
+            return cls(kind=kind, reference=Reference(d.get("reference", "auto")), grpo=grpo)
         except ValueError:
             raise PlannerError(f"the training specification's task is malformed: {d!r}.") from None

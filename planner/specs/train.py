@@ -3,7 +3,7 @@ JSON form (the `train` block)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from planner.errors import PlannerError
@@ -143,30 +143,48 @@ class TrainSpec:
             )
 
     def _check_task(self) -> None:
-        """What --task dpo is modelled with (estimate/posttrain.py); the rest is refused in one sentence."""
+        """What --task dpo and grpo are modelled with (estimate/posttrain.py); the rest is refused in one sentence."""
         if self.task.kind is Task.SFT:
             return
+        k = self.task.kind.value
         if self.task.reference is Reference.ADAPTER and self.method is Method.FULL:
             raise PlannerError("--reference adapter disables the policy's LoRA adapter for the reference pass; "
                                "full fine-tuning has none: use --reference copy or precomputed.")
         if self.parallelism.uses_deepspeed:
-            raise PlannerError("--task dpo with DeepSpeed is not modelled yet (TRL's prepare_deepspeed wraps the "
+            raise PlannerError(f"--task {k} with DeepSpeed is not modelled yet (TRL's prepare_deepspeed wraps the "
                                "reference in an inference engine of its own); use --zero 0.")
         if self.parallelism.uses_fsdp2:
-            raise PlannerError("--task dpo with FSDP2 is not modelled yet (the reference forward and TRL's fused LM "
+            raise PlannerError(f"--task {k} with FSDP2 is not modelled yet (the reference forward and TRL's fused LM "
                                "head between fully_shard's gathers); use --zero 0.")
         if self.precision.autocast_dtype:
-            raise PlannerError(f"--task dpo with --precision {self.precision.value} is not modelled yet (TRL's fused "
+            raise PlannerError(f"--task {k} with --precision {self.precision.value} is not modelled yet (TRL's fused "
                                "LM head under autocast); use bf16, bf16-mixed or fp32.")
         if self.optimizer_in_backward:
-            raise PlannerError("--task dpo with --optimizer-in-backward is not modelled: TRL's DPOTrainer steps "
+            raise PlannerError(f"--task {k} with --optimizer-in-backward is not modelled: TRL's trainers step "
                                "its optimizer after backward.")
         if self.loss.kind is not Loss.STANDARD:
-            raise PlannerError("--task dpo computes its log-probabilities with TRL's fused LM head "
+            raise PlannerError(f"--task {k} computes its log-probabilities with TRL's fused LM head "
                                "(add_fused_lm_head); --loss does not apply: leave it at standard.")
         if self.activation_offload:
-            raise PlannerError("--activation-offload with --task dpo is not modelled: the reference forward and "
+            raise PlannerError(f"--activation-offload with --task {k} is not modelled: the reference forward and "
                                "TRL's fused LM head under save_on_cpu are not written down yet.")
+        if self.task.kind is Task.GRPO and self.grpo_completion_len >= self.seq_len:
+            raise PlannerError(f"--seq-len {self.seq_len} is the prompt plus the completion: it must exceed "
+                               f"--completion-len {self.grpo_completion_len}.")
+
+    def with_seq_len(self, seq_len: int) -> TrainSpec:
+        """This run at another sequence length (the fit search): --task grpo keeps its completion, capped to leave
+        the prompt one token."""
+        grpo = self.task.grpo
+        if grpo is None or grpo.completion_len < seq_len:
+            return replace(self, seq_len=seq_len)
+        task = replace(self.task, grpo=replace(grpo, completion_len=max(1, seq_len - 1)))
+        return replace(self, seq_len=seq_len, task=task)
+
+    @property
+    def grpo_completion_len(self) -> int:
+        """--task grpo: the completion's tokens of each --seq-len row (0 otherwise)."""
+        return self.task.grpo.completion_len if self.task.grpo is not None else 0
 
     @property
     def zero_stage(self) -> int:

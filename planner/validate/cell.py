@@ -28,6 +28,7 @@ from planner.specs import (
     ZeroConfig,
 )
 from planner.specs.fsdp import FsdpConfig
+from planner.specs.grpo import GrpoSpec
 
 DEFAULT_SEED = 20240605
 FAMILIES = ("llama", "gpt2", "qwen2", "mixtral")
@@ -48,7 +49,7 @@ DEFAULT_LOSS = Loss.STANDARD.value  # transformers' ForCausalLMLoss: every desig
 DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
                      "zero_config": "", "grad_accum": 1, "activation_offload": False, "optimizer_in_backward": False,
                      "fsdp": "", "task": "sft", "reference": "auto", "compile": False,
-                     "packing": False}
+                     "packing": False, "grpo": ""}
 # and a CSV row without one of these columns reads as the default
 LATE_FIELDS = (*DEFAULTS_LEFT_OUT, "loss", "loss_chunks")
 HEAD_DIM = 16
@@ -105,6 +106,8 @@ class Cell:
     reference: str = "auto"  # --reference
     compile: bool = False  # --compile: the model under torch.compile (inductor)
     packing: bool = False  # --packing: the rows flattened by DataCollatorWithFlattening
+    # --task grpo: its GrpoSpec.to_dict() JSON (num_generations, completion_len, beta, ...); "" otherwise
+    grpo: str = ""
 
     @property
     def id(self) -> str:
@@ -130,7 +133,8 @@ class Cell:
         opt += "-compile" if self.compile else ""
         opt += "-packed" if self.packing else ""
         loss = "" if self.loss == DEFAULT_LOSS else f"-{self.loss}{self.loss_chunks}"
-        loss += "" if self.task == "sft" else f"-{self.task}-ref{self.reference}"
+        loss += "" if self.task in ("sft", "grpo") else f"-{self.task}-ref{self.reference}"
+        loss += _grpo_tag(self.grpo)
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
                 f"-{'ckpt' if self.ckpt else 'nock'}-{self.attn}-s{self.seq_len}b{self.micro_batch}-{prec}{opt}{loss}"
                 f"-{digest}")  # fmt: skip
@@ -182,7 +186,8 @@ class Cell:
                          grad_accum=self.grad_accum, grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn),
                          activation_offload=self.activation_offload, optimizer_in_backward=self.optimizer_in_backward,
                          compile=self.compile, packing=self.packing, loss=LossSpec(Loss(self.loss), self.loss_chunks),
-                         task=TaskSpec(Task(self.task), Reference(self.reference)))  # fmt: skip
+                         task=TaskSpec(Task(self.task), Reference(self.reference),
+                                       GrpoSpec.from_dict(json.loads(self.grpo)) if self.grpo else None))  # fmt: skip
 
     def _parallelism(self) -> Parallelism:
         if self.fsdp:
@@ -231,3 +236,11 @@ def _fsdp_tag(fsdp: str) -> str:
     cfg = FsdpConfig.from_dict(json.loads(fsdp))
     return ("-fsdp2" + ("" if cfg.reshard_after_forward else "-noreshard") + ("-offload" if cfg.cpu_offload else "")
             + ("" if cfg.reduce_dtype == "fp32" else "-reduceparam"))
+
+
+def _grpo_tag(grpo: str) -> str:
+    """``-grpo-g{generations}c{completion}b{beta}`` of a --task grpo cell ("" otherwise)."""
+    if not grpo:
+        return ""
+    d = json.loads(grpo)
+    return f"-grpo-g{d['num_generations']}c{d['completion_len']}b{d['beta']:g}"

@@ -36,10 +36,11 @@ from planner.estimate.step import offload as packing
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
 from planner.estimate.step.family_layers import build_family
+from planner.estimate.step.grpo_step import grpo_loss
 from planner.estimate.step.logits import causal_lm_loss
 from planner.estimate.step.posttrain_step import dpo_loss
 from planner.estimate.step.tape import Fake, Node, Sim, StopRecompute, Tape, backward, release
-from planner.specs import Loss, LossSpec, Method, ModelSpec, Precision, TrainSpec
+from planner.specs import Loss, LossSpec, Method, ModelSpec, Precision, Task, TrainSpec
 
 NUM_SIMULATED_LAYERS = 3
 # torch.utils.checkpoint (preserve_rng_state=True) stores the CPU generator state with every checkpointed
@@ -56,7 +57,7 @@ TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_chec
                      "lora", "parallelism", "activation_offload", "loss", "lora_dtype",
                      "qlora_prep",  # these two as dtypes (peft_dtypes.py)
                      "optimizer_in_backward",  # as the step's scratch per element (in_backward.scratch_per_element)
-                     "task",  # as the reference the DPO step runs (posttrain_step.py)
+                     "task",  # as the reference the DPO step runs (posttrain_step.py), GRPO's (grpo_step.py)
                      "packing")  # as one row of micro_batch * seq_len tokens with its mask (packed.py)
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
@@ -124,6 +125,9 @@ class StepInputs:
     # --packing: the micro-batch's rows flattened into one (micro_batch 1) with the mask built from the reset
     # position ids (packed.py)
     packed: bool = False
+    # --task grpo: the completion's tokens of each row (grpo_step.py; 0 otherwise) and whether beta != 0
+    grpo_completion: int = 0
+    grpo_kl: bool = False
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -136,7 +140,9 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         adapters = lora_adapter_paths(model, train)
     reference = train.task.reference_for(train.method is not Method.FULL)
     rows = train.micro_batch if micro_batch is None else micro_batch
-    if reference is not None:
+    dpo = train.task.kind is Task.DPO
+    grpo = train.task.grpo
+    if dpo:
         rows *= 2  # DataCollatorForPreference: chosen and rejected rows in one batch (posttrain_step.py)
     seq_len = train.seq_len
     if train.packing:  # the collator's one row of every token (packed.py)
@@ -145,9 +151,10 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         model=model, config_json=model.config_json(), method=train.method, precision=train.precision,
         micro_batch=rows, seq_len=seq_len, grad_checkpointing=train.grad_checkpointing,
         # DPOConfig.disable_dropout (default True): disable_dropout_in_model sets every nn.Dropout's p to 0, the
-        # model's and peft's lora_dropout alike (dpo_trainer.py __init__), and F.dropout with p 0 returns its input
-        attn_impl=train.attn_impl.value, dropout=0.0 if reference is not None else train.dropout, adapters=adapters,
-        lora_dropout=0.0 if reference is not None else train.lora.dropout,
+        # model's and peft's lora_dropout alike (dpo_trainer.py __init__), and F.dropout with p 0 returns its input.
+        # GRPOConfig.disable_dropout defaults to False: GRPO keeps the model's dropout
+        attn_impl=train.attn_impl.value, dropout=0.0 if dpo else train.dropout, adapters=adapters,
+        lora_dropout=0.0 if dpo else train.lora.dropout,
         modules_to_save=train.lora.modules_to_save, zero=_zero_key(train), device=device, keep_grads=keep_grads,
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=_cpu_kind(device, cpu),
         adapter_dtype=peft_dtypes.adapter_dtype(train), unquantized_dtype=peft_dtypes.unquantized_dtype(train),
@@ -156,6 +163,8 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         loss=train.loss if train.loss.kind is Loss.CHUNKED_CE else LossSpec(train.loss.kind),  # chunks: chunked only
         reference=reference.value if reference is not None else "",
         packed=train.packing,
+        grpo_completion=grpo.completion_len if grpo is not None else 0,
+        grpo_kl=grpo is not None and grpo.uses_reference,
     )
 
 
@@ -296,7 +305,10 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
     t.packing = offload  # save_on_cpu around the model's forward, which computes the loss (offload.py)
     t.autocast = t.autocast_step = inputs.precision.autocast_dtype  # accelerate's autocast around it (autocast.py)
-    if inputs.reference:
+    if inputs.grpo_completion:
+        loss, logits_bytes, held_logits = grpo_loss(t, fam, ids, run_layers, inputs.reference, sim_layers,
+                                                    inputs.grpo_completion, inputs.grpo_kl)
+    elif inputs.reference:
         loss, logits_bytes, held_logits = dpo_loss(t, fam, ids, run_layers, inputs.reference, sim_layers)
     else:
         loss, logits_bytes, held_logits = causal_lm_loss(t, fam, ids, run_layers,
