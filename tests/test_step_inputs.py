@@ -93,6 +93,8 @@ READ_VARIANTS = {
                                   optimizer_in_backward=True),
     # read as the reference the DPO step runs (and the doubled batch); DPO is modelled without DeepSpeed
     "task": dict(task=TaskSpec(Task.DPO), parallelism=Parallelism()),
+    # read as the layer policy's checkpointed layers (selective_layers.py)
+    "selective_ac": dict(selective_ac="1"),
 }
 LORA_READ_VARIANTS = {
     "rank": LoraSpec(rank=4),

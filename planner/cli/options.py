@@ -48,7 +48,7 @@ from planner.specs import (
 )
 from planner.units import GIB
 
-__all__ = ["ActivationOffloadOpt", "AllowLongerOpt", "AttnOpt", "CheckpointingOpt", "CompileOpt", "DEFAULT_SEQ_LEN", "DoubleQuantOpt", "DropoutOpt", "GpuOpt", "GpusOpt", "GradAccumOpt", "HostRamOpt", "JsonOpt", "LoraAlphaOpt", "LoraDropoutOpt", "LoraDtypeOpt", "LoraRankOpt", "LoraTargetsOpt", "LossChunksOpt", "LossOpt", "MarginOpt", "MethodOneOpt", "MethodOpt", "MfuOpt", "MicroBatchOpt", "ModelOpt", "ModulesToSaveOpt", "NodesOpt", "OffloadOneOpt", "OffloadOpt", "OptimizerInBackwardOpt", "OptimizerOpt", "PrecisionOpt", "PriceOpt", "QloraPrepOpt", "QuantTypeOpt", "SeqLenOpt", "TokensOpt", "TrustRemoteCodeOpt", "ZeroOneOpt", "ZeroOpt"]
+__all__ = ["ActivationOffloadOpt", "AllowLongerOpt", "AttnOpt", "CheckpointingOpt", "CompileOpt", "DEFAULT_SEQ_LEN", "DoubleQuantOpt", "DropoutOpt", "GpuOpt", "GpusOpt", "GradAccumOpt", "HostRamOpt", "JsonOpt", "LoraAlphaOpt", "LoraDropoutOpt", "LoraDtypeOpt", "LoraRankOpt", "LoraTargetsOpt", "LossChunksOpt", "LossOpt", "MarginOpt", "MethodOneOpt", "MethodOpt", "MfuOpt", "MicroBatchOpt", "ModelOpt", "ModulesToSaveOpt", "NodesOpt", "OffloadOneOpt", "OffloadOpt", "OptimizerInBackwardOpt", "OptimizerOpt", "PrecisionOpt", "PriceOpt", "QloraPrepOpt", "QuantTypeOpt", "SelectiveAcOpt", "SeqLenOpt", "TokensOpt", "TrustRemoteCodeOpt", "ZeroOneOpt", "ZeroOpt"]
 
 from planner.cli.option_types import (  # re-exported: the commands read them as options.X
     DEFAULT_SEQ_LEN,
@@ -88,6 +88,7 @@ from planner.cli.option_types import (  # re-exported: the commands read them as
     QloraPrepOpt,
     QuantTypeOpt,
     ReferenceOpt,
+    SelectiveAcOpt,
     SeqLenOpt,
     TaskOpt,
     TokensOpt,
@@ -131,6 +132,7 @@ class TrainingFlags:
     activation_offload: ActivationOffloadOpt = False
     optimizer_in_backward: OptimizerInBackwardOpt = False
     compile: CompileOpt = False
+    selective_ac: SelectiveAcOpt = ""
     attn: AttnOpt = "sdpa"
     dropout: DropoutOpt = None
     loss: LossOpt = "standard"
@@ -342,6 +344,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         loss=LossSpec.from_flags(f.loss, f.loss_chunks),
         task=TaskSpec.from_flags(f.task, f.reference),
         compile=bool(f.compile),
+        selective_ac=f.selective_ac.strip().lower(),
     )
 
 

@@ -29,6 +29,7 @@ from planner.errors import PlannerError
 from planner.estimate.count.params import ParamCounts, ParamSplit, count_params, split_params
 from planner.estimate.flops import FlopsPerToken, flops_per_token
 from planner.estimate.result import Estimate, StepBreakdown, Throughput
+from planner.estimate.selective import attention_share, layer_share
 from planner.estimate.traffic import (
     COLLECTIVE_EFFICIENCY,
     DEQUANT_BYTES_PER_PARAM,
@@ -240,7 +241,7 @@ def step_time(
         compute_s = tokens * fpt.total / (peak * mfu)
     else:
         eff = kernel_efficiency(cluster.gpu.name)
-        passes = 1 + (1 if train.grad_checkpointing else 0)
+        passes = 1 + attention_share(train, model.num_layers)
         attn_fwd = 4.0 * model.num_layers * train.seq_len * model.num_heads * model.head_dim
         attn_counted = attn_fwd * (3 + passes - 1)  # what flops_per_token counts: fwd, 2 x bwd, recompute
         compute_s = tokens * (fpt.total - attn_counted) / (peak * matmul_efficiency(cluster.gpu.name,
@@ -257,7 +258,8 @@ def step_time(
             optimizer_s = local * OPTIMIZER_BYTES_PER_PARAM.get(train.optimizer.value, 28) / bw
     dequant_s = 0.0
     if train.method is Method.QLORA and split.num_quantized:
-        passes = 3 if train.grad_checkpointing else 2  # forward, backward (+ recomputed forward)
+        # forward, backward (+ the recomputed layers' forward)
+        passes = 2 + layer_share(train, model.num_layers)
         dequant_s = accum * passes * split.num_quantized * DEQUANT_BYTES_PER_PARAM / bw
     comm_b = communication_bytes(train, split, n, accum)
     link = collective_bytes_per_s(cluster)

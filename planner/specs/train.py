@@ -11,6 +11,7 @@ from planner.specs.enums import AttnImpl, Method, Offload, Optimizer, PeftDtype,
 from planner.specs.fsdp import FsdpConfig
 from planner.specs.loss import Loss, LossSpec
 from planner.specs.parallelism import Engine, Parallelism, ZeroConfig
+from planner.specs.selective_ac import check_selective_ac
 from planner.specs.task import Reference, Task, TaskSpec
 
 
@@ -79,8 +80,11 @@ class TrainSpec:
     # (Accelerator.prepare_model: torch.compile(model, backend="inductor"); DeepSpeed: engine.compile). The estimate
     # keeps eager's activations, an upper bound without checkpointing and not with it (estimate/compile_note.py).
     compile: bool = False
+    # Selective activation checkpointing, torchtitan's selective_ac_option: "" (off), "op" or "N" (specs/selective_ac.py)
+    selective_ac: str = ""
 
     def __post_init__(self) -> None:
+        check_selective_ac(self.selective_ac, self.grad_checkpointing, self.parallelism.uses_fsdp2)
         if not isinstance(self.loss, LossSpec):
             raise PlannerError(f"loss must be a LossSpec, got {self.loss!r}.")
         if not isinstance(self.task, TaskSpec):
@@ -270,6 +274,8 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         # post-training only (absent: sft, so every earlier plan and golden file reads the same)
         **({} if train.task.is_default else {"task": train.task.to_dict()}),
         "compile": train.compile,
+        # selective activation checkpointing only (absent: off, so every earlier plan and golden file reads the same)
+        **({"selective_ac": train.selective_ac} if train.selective_ac else {}),
     }
 
 
@@ -339,6 +345,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             optimizer_in_backward=bool(d.get("optimizer_in_backward", False)),
             task=TaskSpec.from_dict(d.get("task")),
             compile=bool(d.get("compile", False)),
+            selective_ac=str(d.get("selective_ac", "")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

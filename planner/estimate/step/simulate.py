@@ -31,7 +31,7 @@ from functools import lru_cache
 
 from planner.errors import PlannerError
 from planner.estimate import peft_dtypes
-from planner.estimate.step import autocast, in_backward, late_segments, trl_loss
+from planner.estimate.step import autocast, in_backward, late_segments, selective_layers, trl_loss
 from planner.estimate.step import offload as packing
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
@@ -56,7 +56,8 @@ TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_chec
                      "lora", "parallelism", "activation_offload", "loss", "lora_dtype",
                      "qlora_prep",  # these two as dtypes (peft_dtypes.py)
                      "optimizer_in_backward",  # as the step's scratch per element (in_backward.scratch_per_element)
-                     "task")  # as the reference the DPO step runs (posttrain_step.py)
+                     "task",  # as the reference the DPO step runs (posttrain_step.py)
+                     "selective_ac")  # the layer policy's checkpointed layers (selective_layers.py; op: none)
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
                  "temporaries.py's (with --optimizer-in-backward its per-tensor scratch arrives through "
@@ -120,6 +121,8 @@ class StepInputs:
     split_loss: bool = False
     # --task dpo: the reference the step runs (posttrain_step.py); "" for sft
     reference: str = ""
+    # --selective-ac N: the decoder layers checkpointed, every layer simulated (selective_layers.py)
+    ckpt_layers: tuple[int, ...] = ()
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -148,6 +151,7 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         step_in_backward=in_backward.scratch_per_element(train) if keep_grads else None,
         loss=train.loss if train.loss.kind is Loss.CHUNKED_CE else LossSpec(train.loss.kind),  # chunks: chunked only
         reference=reference.value if reference is not None else "",
+        ckpt_layers=selective_layers.step_checkpointed_layers(train.selective_ac, model.num_layers),
     )
 
 
@@ -255,10 +259,12 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     fam = build_family(model, method=inputs.method, precision=inputs.precision, b=b, s=s, attn=inputs.attn_impl,
                        dropout=inputs.dropout, adapters=inputs.adapters, lora_dropout=inputs.lora_dropout,
                        modules_to_save=inputs.modules_to_save, device=inputs.device, zero_stage=inputs.zero,
-                       input_requires_grad=ckpt, adapter_dtype=inputs.adapter_dtype,
+                       input_requires_grad=ckpt or bool(inputs.ckpt_layers), adapter_dtype=inputs.adapter_dtype,
                        unquantized_dtype=inputs.unquantized_dtype)
     num_layers = model.num_layers
-    sim_layers = min(num_layers, NUM_SIMULATED_LAYERS)
+    sim_layers = selective_layers.num_simulated(num_layers, inputs.ckpt_layers, NUM_SIMULATED_LAYERS)
+    if sim_layers > NUM_SIMULATED_LAYERS:
+        fam.weigh_every_layer(sim_layers)
     ghost = num_layers - sim_layers
     ids = Fake((b, s), "int64", None)  # the input batch: allocated before the step, counted as inputs
     sim.peaks.clear()
@@ -272,7 +278,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     def run_layers(h: Fake, extras) -> Fake:
         for i in range(sim_layers):
             before, host, pinned = sim.saved, sim.host, sim.host_pinned
-            h = _run_layer(t, fam, i, h, extras, ckpt, hooks)
+            h = _run_layer(t, fam, i, h, extras, ckpt or i in inputs.ckpt_layers, hooks)
             if i == 1:
                 layer_saved[0] = sim.saved - before
                 layer_host[:] = [sim.host - host, sim.host_pinned - pinned]
