@@ -47,7 +47,8 @@ DEFAULT_LOSS = Loss.STANDARD.value  # transformers' ForCausalLMLoss: every desig
 # cells keep their ids and cached profiles (the loss and its chunks leave together, with the standard loss).
 DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
                      "zero_config": "", "grad_accum": 1, "activation_offload": False, "optimizer_in_backward": False,
-                     "fsdp": "", "task": "sft", "reference": "auto", "compile": False}
+                     "fsdp": "", "task": "sft", "reference": "auto", "compile": False,
+                     "selective_ac": ""}
 # and a CSV row without one of these columns reads as the default
 LATE_FIELDS = (*DEFAULTS_LEFT_OUT, "loss", "loss_chunks")
 HEAD_DIM = 16
@@ -103,6 +104,7 @@ class Cell:
     task: str = "sft"  # --task (sft, or TRL's DPOTrainer: specs/task.py)
     reference: str = "auto"  # --reference
     compile: bool = False  # --compile: the model under torch.compile (inductor)
+    selective_ac: str = ""  # --selective-ac: torchtitan's selective checkpointing policy ("op" or "N")
 
     @property
     def id(self) -> str:
@@ -126,6 +128,7 @@ class Cell:
         opt += "-optinbwd" if self.optimizer_in_backward else ""
         opt += _fsdp_tag(self.fsdp)
         opt += "-compile" if self.compile else ""
+        opt += f"-sac{self.selective_ac}" if self.selective_ac else ""
         loss = "" if self.loss == DEFAULT_LOSS else f"-{self.loss}{self.loss_chunks}"
         loss += "" if self.task == "sft" else f"-{self.task}-ref{self.reference}"
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
@@ -179,7 +182,8 @@ class Cell:
                          grad_accum=self.grad_accum, grad_checkpointing=self.ckpt, attn_impl=AttnImpl(self.attn),
                          activation_offload=self.activation_offload, optimizer_in_backward=self.optimizer_in_backward,
                          compile=self.compile, loss=LossSpec(Loss(self.loss), self.loss_chunks),
-                         task=TaskSpec(Task(self.task), Reference(self.reference)))  # fmt: skip
+                         task=TaskSpec(Task(self.task), Reference(self.reference)),
+                         selective_ac=self.selective_ac)  # fmt: skip
 
     def _parallelism(self) -> Parallelism:
         if self.fsdp:
