@@ -146,6 +146,7 @@ def render_bundle(
         "activation_offload": train.activation_offload,
         "optimizer_in_backward": train.optimizer_in_backward,
         "compile": train.compile,
+        "selective_ac": train.selective_ac,
         "attn_impl": t["attn_impl"],
         "dropout": train.dropout,
         "lora": t["lora"],

@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "optimizer_in_bwd; one GPU, no accumulation)")
     plan.add_argument("--torch-compile", action=argparse.BooleanOptionalAction, default=PLAN.get("compile", False),
                       help="TrainingArguments(torch_compile=True): the model under torch.compile (inductor)")
+    plan.add_argument("--selective-ac", default=PLAN.get("selective_ac", ""),
+                      help="torchtitan's selective activation checkpointing: 'op' or N (every N-th layer); '' off")
     plan.add_argument("--attn-impl", choices=("eager", "sdpa", "flash_attention_2"), default=PLAN["attn_impl"])
     plan.add_argument("--deepspeed", default=PLAN["deepspeed"],
                       help="DeepSpeed JSON config, or 'none' (default: %(default)s, next to this script)")

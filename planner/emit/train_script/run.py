@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(args)
     train_dataset = pack(texts, tokenizer, args.seq_len, args.micro_batch * args.grad_accum * world_size)
     model = build_model(args, len(tokenizer) if args.random_init else None, training_args)
+    selective_checkpointing(model, args.selective_ac)
     model = add_adapters(model, args)
     trainer = offloading(trainer_class(Trainer, args), args.activation_offload)(
         model=model, args=training_args, train_dataset=train_dataset, data_collator=default_data_collator,
