@@ -136,3 +136,26 @@ def test_lora_op_policy_recomputes_every_second_mm_of_base_and_adapters():
     full = flops_per_token(model, dataclasses.replace(train, selective_ac="", grad_checkpointing=True), counts,
                            split_params(counts, train))
     assert 0 < fpt.recompute < full.recompute
+
+
+def test_torchtune_ac_mode_and_option_read_as_its_recipe_applies_them(tmp_path):
+    """recipes/full_finetune_distributed.py: ac_mode/ac_option apply only with enable_activation_checkpointing
+    false; training/activations.py: selective N is every N-th layer (0 and 1: every layer), 'op' fails."""
+    from planner.from_config import read_training_config
+
+    base = ("model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\n"
+            "loss:\n  _component_: torch.nn.CrossEntropyLoss\noptimizer:\n  _component_: torch.optim.AdamW\n"
+            "batch_size: 1\ndtype: bf16\n")
+    cfg = tmp_path / "tt.yaml"
+    for extra, ckpt, selective in (("ac_mode: selective\nac_option: 2\n", False, "2"),
+                                   ("ac_mode: selective\nac_option: 1\n", True, ""),
+                                   ("ac_mode: full\n", True, ""),
+                                   ("enable_activation_checkpointing: true\nac_mode: selective\nac_option: 2\n",
+                                    True, ""),
+                                   ("", False, "")):
+        cfg.write_text(base + extra)
+        got = read_training_config(cfg)
+        assert (got.train.grad_checkpointing, got.train.selective_ac) == (ckpt, selective), extra
+    cfg.write_text(base + "ac_mode: selective\nac_option: op\n")
+    with pytest.raises(PlannerError, match="ac_option"):
+        read_training_config(cfg)
