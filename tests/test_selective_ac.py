@@ -159,3 +159,22 @@ def test_torchtune_ac_mode_and_option_read_as_its_recipe_applies_them(tmp_path):
     cfg.write_text(base + "ac_mode: selective\nac_option: op\n")
     with pytest.raises(PlannerError, match="ac_option"):
         read_training_config(cfg)
+
+
+def test_op_policy_memory_lies_between_full_and_no_checkpointing_and_falls_back_where_not_modelled():
+    """The op policy's cache on the step (sac.py) keeps more than full checkpointing and less than none; under
+    ZeRO-3 (DeepSpeed's own linear) the no-checkpointing step stands in, with the note."""
+    from planner import catalog
+    from planner.estimate.core import estimate
+    from planner.specs import Cluster, Parallelism
+
+    model = load_model("llama-3.2-1b")
+    base = TrainSpec(seq_len=512, micro_batch=2)
+    steps = {name: simulate_step(model, dataclasses.replace(base, **kw), device="cpu").forward_end_bytes
+             for name, kw in (("none", {}), ("full", {"grad_checkpointing": True}), ("op", {"selective_ac": "op"}))}
+    assert steps["full"] < steps["op"] < steps["none"]
+    cluster = Cluster(gpu=catalog.gpu("h100-sxm-80gb"), num_gpus=2)
+    z3 = dataclasses.replace(base, parallelism=Parallelism.from_zero(3))
+    op = estimate(model, dataclasses.replace(z3, selective_ac="op"), cluster)
+    assert op.per_gpu.activations_bytes == estimate(model, z3, cluster).per_gpu.activations_bytes
+    assert any("--selective-ac op" in n for n in op.notes)

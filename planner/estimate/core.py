@@ -200,7 +200,7 @@ def estimate(
     if train.activation_offload:
         notes.append(activation_offload_note(step.offloaded_bytes, device))
     notes.extend(compile_notes(train.compile, train.grad_checkpointing))
-    notes.extend(selective_layers.notes(train.selective_ac))
+    notes.extend(selective_layers.notes(train))
     differ = shown is not None and ranks_differ
     if differ and shown.num_buffer > shown.num_partition:
         notes.append(

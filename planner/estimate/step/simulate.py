@@ -123,6 +123,8 @@ class StepInputs:
     reference: str = ""
     # --selective-ac N: the decoder layers checkpointed, every layer simulated (selective_layers.py)
     ckpt_layers: tuple[int, ...] = ()
+    # --selective-ac op, where the step models the policy's cache (selective_layers.op_modelled; sac.py)
+    sac_op: bool = False
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -152,6 +154,7 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         loss=train.loss if train.loss.kind is Loss.CHUNKED_CE else LossSpec(train.loss.kind),  # chunks: chunked only
         reference=reference.value if reference is not None else "",
         ckpt_layers=selective_layers.step_checkpointed_layers(train.selective_ac, model.num_layers),
+        sac_op=selective_layers.op_modelled(train),
     )
 
 
@@ -246,7 +249,7 @@ def _simulate(inputs: StepInputs) -> Run:
 
 def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     """One forward + backward on ``sim`` (``_simulate``'s, or ``trace_step``'s tracing one)."""
-    model, b, s, ckpt = inputs.model, inputs.micro_batch, inputs.seq_len, inputs.grad_checkpointing
+    model, b, s, ckpt = inputs.model, inputs.micro_batch, inputs.seq_len, inputs.grad_checkpointing or inputs.sac_op
     keep_grads = inputs.keep_grads
     t = Tape(sim, device=inputs.device, cpu=inputs.cpu, hold_grads_over=inputs.hold_grads_over,
              keep_param_grads=keep_grads)
@@ -278,7 +281,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     def run_layers(h: Fake, extras) -> Fake:
         for i in range(sim_layers):
             before, host, pinned = sim.saved, sim.host, sim.host_pinned
-            h = _run_layer(t, fam, i, h, extras, ckpt or i in inputs.ckpt_layers, hooks)
+            h = _run_layer(t, fam, i, h, extras, ckpt or i in inputs.ckpt_layers, hooks, inputs.sac_op)
             if i == 1:
                 layer_saved[0] = sim.saved - before
                 layer_host[:] = [sim.host - host, sim.host_pinned - pinned]
@@ -390,7 +393,7 @@ def _chain_hook(hooks: dict, node, fn) -> None:
         hooks[id(node)] = both
 
 
-def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -> Fake:
+def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict, sac_op: bool = False) -> Fake:
     """One decoder layer, plain or under non-reentrant activation checkpointing (transformers'
     GradientCheckpointingLayer with ``use_reentrant=False``): the forward keeps only the layer input (and the
     kwargs: mask, rotary tables); the first backward node of the layer recomputes the forward and the
@@ -402,12 +405,16 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         _note_last(t, fam, i, start)
         return out
     t.saving = False
+    t.sac = selective_layers.recorder() if sac_op else None
     out = fam.layer(t, i, h, extras)
+    held, t.sac = (t.sac.held if sac_op else []), None
     t.saving = True
     region = t.sim.nodes[start:]
     _note_last(t, fam, i, start)
     if not region:
         return out
+    if held:  # the policy's cache lives with the region's checkpoint frame (sac.py)
+        t.keep(region[0], [st for sts in held for st in sts])
     # the checkpoint frame keeps the layer input and the RNG state until the region is done
     rng = t.scratch(CHECKPOINT_RNG_STATE_BYTES + (CUDA_RNG_STATE_BYTES if fam.ctx.device != "cpu" else 0))
     kwargs = fam.layer_kwargs(i, extras)
@@ -442,10 +449,13 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         # torch.utils.checkpoint's recompute_fn re-enters the forward's autocast (the outermost region in
         # backward): its weight casts are cached afresh and the cache is cleared when the recompute exits
         t.autocast = t.autocast_step
+        t.sac = selective_layers.replayer(held, t.sim, region[0]) if held else None
+        held.clear()  # the frame's entries are the region's hold now, each dropped as it is consumed
         try:
             fam.layer(t, i, _detached(shape, dtype, src), layer_kwargs)
         except StopRecompute:
             pass  # early stop: the rest of the layer is not re-run; its locals are freed with the traceback
+        t.sac = None
         autocast.exit_recompute(t)
         t.saves_left = None
         fresh = t.sim.nodes[mark:]
