@@ -18,7 +18,7 @@ rule (``split_of`` below; the `split` column of the CSV records it): the time mo
 calibration half only, and the held-back half is what issue 22's acceptance bound is measured on. Rows whose
 setup planner cannot state (their ``not_represented`` column says why) stay in the reports, with planner's
 bounds where it has them, and count in neither the calibration nor the acceptance figure; the report gives
-the figures with them too.
+the figures with them too. The report itself (summaries, the Markdown and CSV) is time_published_report.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import io
 import json
 import statistics
 import sys
@@ -58,25 +57,31 @@ from planner.specs import (  # noqa: E402
 )
 from planner.specs.train import LoraSpec  # noqa: E402
 
-# The --mfu override the report compares with: the command line's default before the per-phase model.
-OVERRIDE_MFU = 0.4
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from time_published_report import (  # noqa: E402  (the report half of this script, beside it)
+    BOUND_MAX_ABS,
+    BOUND_MEDIAN_ABS,
+    OVERRIDE_MFU,
+    SPLITS,
+    Summary,
+    _pct,
+    report_csv,
+    report_md,
+    summarise,
+)
 
 RUNS_CSV = ROOT / "benchmarks" / "published_runs.csv"
 REPORT_MD = ROOT / "reports" / "time_accuracy.md"
 REPORT_CSV = ROOT / "reports" / "time_accuracy.csv"
 
-# Issue 22's acceptance bound, on the held-back half: median |error| <= 15%, none beyond 30%.
-BOUND_MEDIAN_ABS = 0.15
-BOUND_MAX_ABS = 0.30
 
-SPLITS = ("calibration", "held_back")
 
 REQUIRED_COLUMNS = (
     "run_id", "source", "source_path", "source_version", "table", "model_published", "model", "gpu_published",
     "gpu", "num_gpus", "num_nodes", "inter_node_gbit_s_per_node", "engine_published", "zero_stage", "method", "lora",
     "seq_len",
     "micro_batch", "grad_accum", "global_batch", "checkpointing_published", "grad_checkpointing",
-    "precision_published", "precision", "attn_published", "attn_impl", "compile",
+    "selective_ac", "precision_published", "precision", "attn_published", "attn_impl", "compile",
     "published_tokens_per_s_per_gpu", "published_metric", "source_num_params", "approximated", "not_represented",
     "split",
 )
@@ -137,6 +142,7 @@ def train_for(row: dict[str, str]) -> TrainSpec:
         seq_len=int(row["seq_len"]),
         grad_accum=int(row["grad_accum"]),
         grad_checkpointing=row["grad_checkpointing"] == "true",
+        selective_ac=row["selective_ac"],
         attn_impl=AttnImpl(row["attn_impl"]),
     )
 
@@ -176,7 +182,7 @@ class Compared:
 def _tokens_per_s(row: dict[str, str], mfu: float | None, *, full_ckpt: bool = False) -> tuple[float, StepTime]:
     model, train, cluster = model_for(row), train_for(row), cluster_for(row)
     if full_ckpt:
-        train = dataclasses.replace(train, grad_checkpointing=True)
+        train = dataclasses.replace(train, grad_checkpointing=True, selective_ac="")
     counts = count_params(model)
     split_p = split_params(counts, train)
     st = step_time(model, train, cluster, mfu=mfu, global_batch_size=int(row["global_batch"]), counts=counts,
@@ -229,166 +235,6 @@ def calibrate(rows: list[dict[str, str]] | None = None) -> list[tuple[float, flo
     return sorted(scores)
 
 
-@dataclass(frozen=True)
-class Summary:
-    name: str
-    n: int
-    median_abs: float
-    max_abs: float
-    median_signed: float
-
-    @property
-    def meets_bound(self) -> bool:
-        return self.median_abs <= BOUND_MEDIAN_ABS and self.max_abs <= BOUND_MAX_ABS
-
-
-def summarise(name: str, results: list[Compared], *, override: bool = False) -> Summary:
-    errs = [c.error_override if override else c.error for c in results]
-    return Summary(name=name, n=len(errs), median_abs=statistics.median(abs(e) for e in errs),
-                   max_abs=max(abs(e) for e in errs), median_signed=statistics.median(errs))
-
-
-# ------------------------------------------------------------------------------------------ reports
-
-CSV_HEADER = (
-    "run_id", "split", "source", "model_published", "gpu", "num_gpus", "zero_stage", "seq_len", "micro_batch",
-    "grad_accum", "grad_checkpointing", "approximated", "published_tokens_per_s_per_gpu",
-    "planner_tokens_per_s_per_gpu", "error_pct", "mfu_override_tokens_per_s_per_gpu", "mfu_override_error_pct",
-    "step_time_s", "matmul_s", "attention_s", "elementwise_s", "optimizer_s", "communication_s",
-    "exposed_communication_s", "represented", "full_ckpt_tokens_per_s_per_gpu",
-)
-
-
-def report_csv(results: list[Compared]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_HEADER)
-    for c in results:
-        r, st = c.row, c.step
-        w.writerow([
-            r["run_id"], c.split, r["source"], r["model_published"], r["gpu"], r["num_gpus"], r["zero_stage"],
-            r["seq_len"], r["micro_batch"], r["grad_accum"], r["grad_checkpointing"], r["approximated"],
-            f"{c.published:.0f}", f"{c.planner:.1f}", f"{100 * c.error:+.2f}", f"{c.planner_override:.1f}",
-            f"{100 * c.error_override:+.2f}", f"{st.total_s:.4f}", f"{st.compute_s:.4f}", f"{st.attention_s:.4f}",
-            f"{st.elementwise_s:.4f}", f"{st.optimizer_s:.4f}", f"{st.communication_s:.4f}",
-            f"{st.exposed_communication_s:.4f}", "yes" if c.represented else "no",
-            "" if c.planner_full_ckpt is None else f"{c.planner_full_ckpt:.1f}",
-        ])
-    return buf.getvalue()
-
-
-def _pct(x: float, signed: bool = False) -> str:
-    return f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%"
-
-
-# The time model before the per-phase model (commit 150e03e's report: all FLOPs at --mfu 0.4, collectives
-# serial, a node's NIC bandwidth split over its GPUs), kept as the "before" of this table; it covered the 34
-# rows the table had then, the rows planner cannot represent included.
-BASELINE = {"calibration": (0.397, 0.556), "held_back": (0.424, 0.689), "all": (0.421, 0.689)}
-WITH_ALL = " + not represented"
-
-
-def _group_lines(results: list[Compared], label: str, key) -> list[str]:
-    groups: dict[str, list[Compared]] = {}
-    for c in results:
-        groups.setdefault(key(c), []).append(c)
-    out = []
-    for level in sorted(groups):
-        s = summarise(level, groups[level])
-        out.append(f"| {label} | {level} | {s.n} | {_pct(s.median_abs)} | {_pct(s.max_abs)} | "
-                   f"{_pct(s.median_signed, True)} |")
-    return out
-
-
-def report_md(results: list[Compared]) -> str:
-    names = SPLITS + ("all",)
-    rep = [c for c in results if c.represented]
-    parts = {n: rep if n == "all" else [c for c in rep if c.split == n] for n in names}
-    parts |= {n + WITH_ALL: results if n == "all" else [c for c in results if c.split == n] for n in names}
-    held, held_all = summarise("held_back", parts["held_back"]), summarise("", parts["held_back" + WITH_ALL])
-    left_out = len(results) - len(rep)
-    sources = sorted({(c.row["source"], c.row["source_path"], c.row["source_version"]) for c in results})
-    lines = [
-        "# planner's time model against published training runs",
-        "",
-        "Each row of `benchmarks/published_runs.csv` (a published training run with its setup and reported "
-        "tokens/s per GPU; sources, conversions and what is approximated: `benchmarks/published_runs.md`) "
-        "estimated with planner's time model (`planner/estimate/throughput.py`, `step_time` at the row's "
-        "global batch): the per-phase model (`mfu=None`, the default of `planner estimate`, `recommend` and "
-        f"`report`) and the `--mfu` override at {OVERRIDE_MFU} (their default before the per-phase model). "
-        "Error is signed, (planner - published) / published: negative means planner "
-        "predicts fewer tokens/s than the run reported. Generated by `python benchmarks/time_vs_published.py`; "
-        "`tests/test_time_published.py` checks that a fresh run reproduces this file and `time_accuracy.csv`.",
-        "",
-        f"- rows: {len(results)} from {len(sources)} published tables:",
-    ]
-    lines += [f"  - {s} `{p}` ({v})" for s, p, v in sources]
-    lines += [
-        "- split: inside each source file, rows sorted by run_id alternate calibration / held-back, the "
-        "first to calibration (`split_of`). The per-phase model's matmul efficiencies were set by "
-        "`--calibrate` (grid search, mean |log error| over the represented rows of the calibration half "
-        "only); its other constants are counted or cited, not fitted.",
-        f"- not represented: {left_out} rows state a setup planner cannot (their `not_represented` column and "
-        "`benchmarks/published_runs.md` say why: torchtitan's selective per-op activation checkpointing). They "
-        "stay in the table and below, with planner's estimate without and with full checkpointing (the "
-        "bounds of a selective policy), and are left out of the calibration and of the acceptance figure; "
-        f"the summary's `{WITH_ALL.strip()}` rows count them.",
-        f"- acceptance (issue 22), held-back half, per-phase model: median |error| <= {_pct(BOUND_MEDIAN_ABS)}, "
-        f"none beyond {_pct(BOUND_MAX_ABS)}: **{'met' if held.meets_bound else 'not met'}** "
-        f"(median {_pct(held.median_abs)}, max {_pct(held.max_abs)}; with the rows planner cannot represent, "
-        f"median {_pct(held_all.median_abs)}, max {_pct(held_all.max_abs)}).",
-        "",
-        "## Summary",
-        "",
-        "| rows | n | per-phase: median abs | max abs | median signed | --mfu 0.4: median abs | max abs | "
-        "before (serial, NIC/8): median abs | max abs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for n in parts:
-        s, o = summarise(n, parts[n]), summarise(n, parts[n], override=True)
-        b = [_pct(x) for x in BASELINE[n.removesuffix(WITH_ALL)]] if n.endswith(WITH_ALL) else ["-", "-"]
-        lines.append(f"| {n} | {s.n} | {_pct(s.median_abs)} | {_pct(s.max_abs)} | {_pct(s.median_signed, True)} | "
-                     f"{_pct(o.median_abs)} | {_pct(o.max_abs)} | {b[0]} | {b[1]} |")
-    lines += [
-        "",
-        "## By factor (all rows, per-phase model)",
-        "",
-        "| factor | level | n | median abs | max abs | median signed |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    lines += _group_lines(results, "source", lambda c: c.row["source"])
-    lines += _group_lines(results, "gpu", lambda c: c.row["gpu"])
-    lines += _group_lines(results, "nodes", lambda c: "1 node" if c.row["num_nodes"] == "1" else "multi-node")
-    lines += _group_lines(results, "checkpointing", lambda c: c.row["checkpointing_published"])
-    lines += _group_lines(results, "approximated", lambda c: c.row["approximated"] or "-")
-    lines += _group_lines(results, "represented", lambda c: "yes" if c.represented else "no")
-    lines += [
-        "",
-        "## Rows",
-        "",
-        "Per-phase step parts in seconds per optimizer step on one rank; `comm` is all collectives at the "
-        "link's bandwidth, `exposed` the part compute does not hide. `full ckpt` (selective checkpointing rows "
-        "only): planner's per-phase estimate of the same run with every layer checkpointed.",
-        "",
-        "| run | split | model | GPU | GPUs | seq | mb x accum | ckpt | published tok/s/GPU | per-phase | error | "
-        "--mfu 0.4 | error | matmul s | attention s | elementwise s | comm s | exposed s | represented | "
-        "full ckpt |",
-        "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
-    ]
-    for c in results:
-        r, st = c.row, c.step
-        lines.append(
-            f"| {r['run_id']} | {c.split} | {r['model_published']} | {r['gpu']} | {r['num_gpus']} | "
-            f"{r['seq_len']} | {r['micro_batch']} x {r['grad_accum']} | {r['checkpointing_published']} | "
-            f"{c.published:,.0f} | {c.planner:,.0f} | {_pct(c.error, True)} | {c.planner_override:,.0f} | "
-            f"{_pct(c.error_override, True)} | {st.compute_s:.3f} | {st.attention_s:.3f} | "
-            f"{st.elementwise_s:.3f} | {st.communication_s:.3f} | {st.exposed_communication_s:.3f} | "
-            f"{'yes' if c.represented else 'no'} | "
-            f"{'-' if c.planner_full_ckpt is None else format(c.planner_full_ckpt, ',.0f')} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the committed reports, write nothing")
@@ -412,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:12s} {label:10s} n={s.n:3d} median |err| {_pct(s.median_abs):>6s}  "
                   f"max |err| {_pct(s.max_abs):>6s}  median signed {_pct(s.median_signed, True)}")
     return 0
+
+
+__all__ = ["BOUND_MAX_ABS", "BOUND_MEDIAN_ABS", "OVERRIDE_MFU", "SPLITS", "Compared", "Summary", "calibrate",
+           "compare_all", "compare_row", "load_runs", "report_csv", "report_md", "split_of", "summarise"]
 
 
 if __name__ == "__main__":

@@ -95,6 +95,8 @@ READ_VARIANTS = {
     "task": dict(task=TaskSpec(Task.DPO), parallelism=Parallelism()),
     # read as one row of micro_batch * seq_len tokens with its mask (packed.py)
     "packing": dict(packing=True),
+    # read as the layer policy's checkpointed layers (selective_layers.py)
+    "selective_ac": dict(selective_ac="1"),
 }
 LORA_READ_VARIANTS = {
     "rank": LoraSpec(rank=4),

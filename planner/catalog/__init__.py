@@ -78,6 +78,18 @@ def gpu_records() -> tuple[dict[str, Any], ...]:
 
 
 @cache
+def kernel_efficiencies() -> tuple[tuple[str, float, float, str], ...]:
+    """(GPU name, matmul share of the dense 16-bit peak, attention share, provenance) of every catalog GPU whose
+    record states its kernel efficiencies (gpus.json ``kernel_efficiency``), in catalog order."""
+    out = []
+    for rec in gpu_records():
+        eff = rec.get("kernel_efficiency")
+        if eff:
+            out.append((rec["name"], float(eff["matmul"]), float(eff["attention"]), str(eff["source"])))
+    return tuple(out)
+
+
+@cache
 def gpus() -> tuple[GpuSpec, ...]:
     return tuple(_gpu_from_record(r) for r in gpu_records())
 

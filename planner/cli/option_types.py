@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from planner.specs import LOSS_CHUNKS_HELP, LOSS_HELP, REFERENCE_HELP, TASK_HELP
+from planner.specs import LOSS_CHUNKS_HELP, LOSS_HELP, REFERENCE_HELP, SELECTIVE_AC_HELP, TASK_HELP
 from planner.specs.packing import PACKING_HELP
 
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Catalog name, path to config.json or model dir, "
@@ -94,6 +94,7 @@ CompileOpt = Annotated[
                       "(default: off)."),
 ]
 PackingOpt = Annotated[bool, typer.Option("--packing/--no-packing", help=PACKING_HELP)]
+SelectiveAcOpt = Annotated[str, typer.Option("--selective-ac", help=SELECTIVE_AC_HELP)]
 LossOpt = Annotated[str, typer.Option("--loss", help=LOSS_HELP)]
 LossChunksOpt = Annotated[int, typer.Option("--loss-chunks", help=LOSS_CHUNKS_HELP)]
 TaskOpt = Annotated[str, typer.Option("--task", help=TASK_HELP)]

@@ -51,7 +51,7 @@ from planner.specs import (
 )
 from planner.units import GIB
 
-__all__ = ["ActivationOffloadOpt", "AllowLongerOpt", "AttnOpt", "CheckpointingOpt", "CompileOpt", "DEFAULT_SEQ_LEN", "DoubleQuantOpt", "DropoutOpt", "GpuOpt", "GpusOpt", "GradAccumOpt", "HostRamOpt", "JsonOpt", "LoraAlphaOpt", "LoraDropoutOpt", "LoraDtypeOpt", "LoraRankOpt", "LoraTargetsOpt", "LossChunksOpt", "LossOpt", "MarginOpt", "MethodOneOpt", "MethodOpt", "MfuOpt", "MicroBatchOpt", "ModelOpt", "ModulesToSaveOpt", "NodesOpt", "OffloadOneOpt", "OffloadOpt", "OptimizerInBackwardOpt", "OptimizerOpt", "PackingOpt", "PrecisionOpt", "PriceOpt", "QloraPrepOpt", "QuantTypeOpt", "SeqLenOpt", "TokensOpt", "TrustRemoteCodeOpt", "ZeroOneOpt", "ZeroOpt"]
+__all__ = ["ActivationOffloadOpt", "AllowLongerOpt", "AttnOpt", "CheckpointingOpt", "CompileOpt", "DEFAULT_SEQ_LEN", "DoubleQuantOpt", "DropoutOpt", "GpuOpt", "GpusOpt", "GradAccumOpt", "HostRamOpt", "JsonOpt", "LoraAlphaOpt", "LoraDropoutOpt", "LoraDtypeOpt", "LoraRankOpt", "LoraTargetsOpt", "LossChunksOpt", "LossOpt", "MarginOpt", "MethodOneOpt", "MethodOpt", "MfuOpt", "MicroBatchOpt", "ModelOpt", "ModulesToSaveOpt", "NodesOpt", "OffloadOneOpt", "OffloadOpt", "OptimizerInBackwardOpt", "OptimizerOpt", "PackingOpt", "PrecisionOpt", "PriceOpt", "QloraPrepOpt", "QuantTypeOpt", "SelectiveAcOpt", "SeqLenOpt", "TokensOpt", "TrustRemoteCodeOpt", "ZeroOneOpt", "ZeroOpt"]
 
 from planner.cli.option_types import (  # re-exported: the commands read them as options.X
     DEFAULT_SEQ_LEN,
@@ -92,6 +92,7 @@ from planner.cli.option_types import (  # re-exported: the commands read them as
     QloraPrepOpt,
     QuantTypeOpt,
     ReferenceOpt,
+    SelectiveAcOpt,
     SeqLenOpt,
     TaskOpt,
     TokensOpt,
@@ -140,6 +141,7 @@ class TrainingFlags:
     optimizer_in_backward: OptimizerInBackwardOpt = False
     compile: CompileOpt = False
     packing: PackingOpt = False
+    selective_ac: SelectiveAcOpt = ""
     attn: AttnOpt = "sdpa"
     dropout: DropoutOpt = None
     loss: LossOpt = "standard"
@@ -326,6 +328,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         task=TaskSpec.from_flags(f.task, f.reference, go.grpo_spec(f)),
         compile=bool(f.compile),
         packing=bool(f.packing),
+        selective_ac=f.selective_ac.strip().lower(),
     )
 
 

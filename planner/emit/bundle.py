@@ -147,6 +147,7 @@ def render_bundle(
         "optimizer_in_backward": train.optimizer_in_backward,
         "compile": train.compile,
         "packing": train.packing,
+        "selective_ac": train.selective_ac,
         "attn_impl": t["attn_impl"],
         "dropout": train.dropout,
         "lora": t["lora"],

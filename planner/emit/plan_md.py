@@ -45,6 +45,7 @@ def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[s
         *(["--optimizer-in-backward"] if t.optimizer_in_backward else []),
         *(["--compile"] if t.compile else []),
         *(["--packing"] if t.packing else []),
+        *([f"--selective-ac {t.selective_ac}"] if t.selective_ac else []),
         "--attn", t.attn_impl.value,
     ]  # fmt: skip
     if t.method is not Method.FULL:
@@ -188,7 +189,8 @@ def render_plan_md(
         ("batch", f"micro-batch {t.micro_batch} x accumulation {t.grad_accum} x {cluster.num_gpus} GPUs "
                   f"= {global_batch_size} sequences per step"),
         ("sequence length", f"{t.seq_len} tokens ({global_batch_size * t.seq_len:,} tokens per step)"),
-        ("activation checkpointing", "on (every layer)" if t.grad_checkpointing else "off"),
+        ("activation checkpointing", "on (every layer)" if t.grad_checkpointing else
+         f"selective ({t.selective_ac}, torchtitan's policy)" if t.selective_ac else "off"),
         ("activation offloading", "on (torch.autograd.graph.save_on_cpu around the forward and loss)"
                                   if t.activation_offload else "off"),
         *([("torch.compile", "on (TrainingArguments(torch_compile=True), inductor); the memory figures are "

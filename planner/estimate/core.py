@@ -31,6 +31,7 @@ from planner.estimate.sharding import (
     zero3_sub_groups,
 )
 from planner.estimate.states import unsharded_states
+from planner.estimate.step import selective_layers
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.loss_recipes import loss_notes
 from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
@@ -221,6 +222,7 @@ def estimate(
     if train.activation_offload:
         notes.append(activation_offload_note(step.offloaded_bytes, device))
     notes.extend(compile_notes(train.compile, train.grad_checkpointing))
+    notes.extend(selective_layers.notes(train))
     differ = shown is not None and ranks_differ
     if differ and shown.num_buffer > shown.num_partition:
         notes.append(

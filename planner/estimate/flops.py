@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.estimate.count.params import ParamCounts, ParamSplit
+from planner.estimate.selective import recompute as recomputed
 from planner.specs import Method, ModelSpec, TrainSpec
 
 
@@ -40,7 +41,8 @@ def flops_per_token(model: ModelSpec, train: TrainSpec, counts: ParamCounts, spl
     2P for the weight gradient); attention scores and their weighted sum cost 4*s*d_attn per layer forward
     (12*L*s*d_attn for training; counted without the causal half, the convention of Chowdhery et al. 2022,
     Appendix B). Embedding lookups and norms are not matmuls; the output head is (tied or not).
-    Full checkpointing re-runs each decoder layer's forward once during backward.
+    Full checkpointing re-runs each decoder layer's forward once during backward; a selective policy the part
+    selective.py says.
     LoRA/QLoRA: frozen weights skip their weight-gradient matmul (Hu et al. 2021), so the base costs 2P + 2P;
     the adapters cost 6 FLOPs per adapter parameter per token; modules_to_save train in full.
     """
@@ -61,8 +63,8 @@ def flops_per_token(model: ModelSpec, train: TrainSpec, counts: ParamCounts, spl
         # Input gradients through every matmul (2P), weight gradients only for the adapters (4 per adapter
         # parameter) and for modules_to_save copies (2 per weight).
         backward = 2.0 * matmul + 2.0 * attn_fwd + 4.0 * adapter + 2.0 * split.num_saved
-    recompute = 0.0
-    if train.grad_checkpointing:
-        # transformers checkpoints each decoder layer; the output head is not recomputed.
-        recompute = 2.0 * layer_matmul + attn_fwd + 2.0 * adapter
+    # Full checkpointing: transformers checkpoints each decoder layer; the output head is not recomputed.
+    # Selective policies re-run part of it (selective.py).
+    again = recomputed(model, train, counts, layer_matmul, adapter)
+    recompute = 2.0 * again.layer_matmul_params + again.attention * attn_fwd + 2.0 * again.adapter_params
     return FlopsPerToken(forward=forward, backward=backward, recompute=recompute, num_matmul_params=matmul)

@@ -25,10 +25,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from planner import catalog
 from planner.errors import PlannerError
 from planner.estimate.count.params import ParamCounts, ParamSplit, count_params, split_params
 from planner.estimate.flops import FlopsPerToken, flops_per_token
 from planner.estimate.result import Estimate, StepBreakdown, Throughput
+from planner.estimate.selective import attention_share, layer_share
 from planner.estimate.traffic import (
     COLLECTIVE_EFFICIENCY,
     DEQUANT_BYTES_PER_PARAM,
@@ -91,22 +93,17 @@ class KernelEfficiency:
     source: str
 
 
-# Matmul: calibrated on the calibration half of benchmarks/published_runs.csv (issue 22: at most half the
-# table; reports/time_accuracy.md has the held-back error), where A100 runs of llm-foundry and torchtitan
-# sustain a much higher share of their 312 TFLOP/s than H100 runs of their 989 (the H100's datasheet peak
-# assumes boost clocks a 700 W part does not hold under dense GEMMs). Attention: FlashAttention-2 reaches
-# 50-73% of A100 peak (Dao 2023, arXiv 2307.08691, abstract) and 35% of H100 peak (Shah et al. 2024,
-# FlashAttention-3, arXiv 2407.08608, abstract); the lower end is taken for causal training shapes.
-# Keyed by catalog-name prefix: the catalog has no architecture field yet (issue 22 item 2 puts these
-# curves there, with measured provenance).
-_A100 = KernelEfficiency(matmul=0.76, attention=0.50, source="A100: calibrated (matmul); FlashAttention-2 paper")
-_H100 = KernelEfficiency(matmul=0.54, attention=0.35, source="H100: calibrated (matmul); FlashAttention-3 paper")
-KERNEL_EFFICIENCY: tuple[tuple[str, KernelEfficiency], ...] = (
-    ("a100-", _A100),
-    ("a800-", _A100),
-    ("h100-", _H100),
-    ("h200-", _H100),
+# Per GPU kind, from the catalog (planner/catalog/gpus.json ``kernel_efficiency``, each with its provenance):
+# matmul calibrated on the calibration half of benchmarks/published_runs.csv (issue 22: at most half the table;
+# reports/time_accuracy.md has the held-back error), where A100 runs of llm-foundry and torchtitan sustain a
+# much higher share of their 312 TFLOP/s than H100 runs of their 989; attention from the FlashAttention-2 and -3
+# papers. Matched by name prefix (``calibrate`` in benchmarks/time_vs_published.py patches prefixes).
+KERNEL_EFFICIENCY: tuple[tuple[str, KernelEfficiency], ...] = tuple(
+    (name, KernelEfficiency(matmul=matmul, attention=attention, source=source))
+    for name, matmul, attention, source in catalog.kernel_efficiencies()
 )
+_A100 = dict(KERNEL_EFFICIENCY)["a100-sxm-80gb"]
+_H100 = dict(KERNEL_EFFICIENCY)["h100-sxm-80gb"]
 # Every other GPU: no published run checks it; the H100 figures are the lower, safer pair.
 DEFAULT_KERNEL_EFFICIENCY = KernelEfficiency(matmul=_H100.matmul, attention=_H100.attention,
                                              source="no published run on this GPU kind: H100 figures assumed")
@@ -244,7 +241,7 @@ def step_time(
         compute_s = tokens * fpt.total / (peak * mfu)
     else:
         eff = kernel_efficiency(cluster.gpu.name)
-        passes = 1 + (1 if train.grad_checkpointing else 0)
+        passes = 1 + attention_share(train, model.num_layers)
         attn_fwd = 4.0 * model.num_layers * train.seq_len * model.num_heads * model.head_dim
         attn_counted = attn_fwd * (3 + passes - 1)  # what flops_per_token counts: fwd, 2 x bwd, recompute
         compute_s = tokens * (fpt.total - attn_counted) / (peak * matmul_efficiency(cluster.gpu.name,
@@ -261,7 +258,8 @@ def step_time(
             optimizer_s = local * OPTIMIZER_BYTES_PER_PARAM.get(train.optimizer.value, 28) / bw
     dequant_s = 0.0
     if train.method is Method.QLORA and split.num_quantized:
-        passes = 3 if train.grad_checkpointing else 2  # forward, backward (+ recomputed forward)
+        # forward, backward (+ the recomputed layers' forward)
+        passes = 2 + layer_share(train, model.num_layers)
         dequant_s = accum * passes * split.num_quantized * DEQUANT_BYTES_PER_PARAM / bw
     comm_b = communication_bytes(train, split, n, accum)
     link = collective_bytes_per_s(cluster)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from planner.estimate import fsdp2_traffic
 from planner.estimate.count.params import ParamSplit
+from planner.estimate.selective import layer_share
 from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Offload, PeftDtype, TrainSpec
 from planner.units import nbytes
 
@@ -155,7 +156,8 @@ def elementwise_bytes_per_token(model: ModelSpec, train: TrainSpec) -> float:
     fwd += ELEMENTWISE_FWD_BYTES_PER_INTER[not gpt2] * inter
     bwd = (RESIDUAL_BYTES_PER_HIDDEN[1] + 2 * norm[1]) * h + ROPE_BYTES_PER_QK[1] * qk
     bwd += ELEMENTWISE_BWD_BYTES_PER_INTER[not gpt2] * inter
-    passes = 2 if train.grad_checkpointing else 1
+    # the recomputed layers run their elementwise kernels again (every layer under full or op checkpointing)
+    passes = 1 + layer_share(train, model.num_layers)
     per_layer = fwd * passes + bwd
     if train.attn_impl is AttnImpl.EAGER:
         per_layer += EAGER_SCORE_BYTES * model.num_heads * train.seq_len

@@ -31,6 +31,7 @@ from planner.from_config.reader import (
     packing_note,
     trainer_precision,
 )
+from planner.from_config.selective_fields import torchtune_checkpointing
 from planner.specs import (
     AttnImpl,
     LoraSpec,
@@ -311,11 +312,13 @@ def torchtune(r: Reader) -> dict[str, Any]:
         for k in section if isinstance(section, dict) else ():
             if f"{key}.{k}" not in r.used and k != "_component_":
                 r.ignored[f"{key}.{k}"] = "does not change memory or time"
+    ckpt, selective_ac = torchtune_checkpointing(r)
     return dict(method=method, precision=precision, optimizer=TORCHTUNE_OPTIMIZERS[optim], lora=lora, quant=quant,
                 loss=loss, compile=torchtune_compile(r), packing=torchtune_packing(r, bool(packed)),
+                selective_ac=selective_ac,
                 micro_batch=r.whole("batch_size", 1), seq_len=seq or 2048,
                 grad_accum=r.whole("gradient_accumulation_steps", 1),
-                grad_checkpointing=bool(r.flag("enable_activation_checkpointing", False)),
+                grad_checkpointing=ckpt,
                 activation_offload=offload, attn_impl=AttnImpl.SDPA, optimizer_in_backward=in_backward, **dtypes)
 
 

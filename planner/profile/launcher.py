@@ -78,6 +78,8 @@ def default_slug(model: ModelSpec, train: TrainSpec, num_ranks: int, device: str
              f"s{train.seq_len}", train.precision.value]  # fmt: skip
     if train.grad_checkpointing:
         parts.append("ckpt")
+    if train.selective_ac:
+        parts.append("sac-" + train.selective_ac)
     if train.offload.value != "none":
         parts.append("off-" + train.offload.value.replace("+", "-"))
     parts.append(device)

@@ -248,7 +248,9 @@ class RankRun(RankOutput):
         # What the parameters occupy in steady state (bitsandbytes casts biases to the compute dtype at the
         # first forward); updated after every step.
         facts["param_storage_bytes"] = facts["param_storage_bytes_after_wrap"]
-        if train.grad_checkpointing:
+        from planner.profile.selective_ac_run import marks_recompute
+
+        if train.grad_checkpointing or marks_recompute(train):
             self._install_recompute_hooks()
         batches = Batches(
             train, self.built.vocab_size, seed=job.seed, rank=self.rank, device=device,

@@ -165,6 +165,10 @@ def build_model(
         )
     elif train.grad_checkpointing:
         _enable_checkpointing(model)
+    elif train.selective_ac:
+        from planner.profile import selective_ac_run
+
+        selective_ac_run.enable(model, train, checkpointed_layers(model))
     hf_model = model
     if train.method in (Method.LORA, Method.QLORA):
         model = _apply_lora(model, train)

@@ -58,7 +58,8 @@ def inputs(est: Estimate, *, all_methods: bool) -> KeyValues:
                  f"node{'s' if c.num_nodes != 1 else ''}"),
         ("precision / optimizer", f"{t.precision.value} / {t.optimizer.value}"),
         ("batch", f"micro-batch {t.micro_batch} x sequence {t.seq_len} tokens, gradient accumulation {t.grad_accum}"),
-        ("attention / checkpointing", f"{t.attn_impl.value} / {'on' if t.grad_checkpointing else 'off'}"),
+        ("attention / checkpointing", f"{t.attn_impl.value} / "
+         f"{'selective ' + t.selective_ac if t.selective_ac else 'on' if t.grad_checkpointing else 'off'}"),
         ("safety margin", f"{est.margin:.0%} of GPU memory kept free"),
     ]
     if all_methods or t.method.value != "full":

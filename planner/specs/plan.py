@@ -34,7 +34,7 @@ class Plan:
         t = self.train
         return (
             f"{t.method.value}, {t.parallelism.label}, micro-batch {t.micro_batch} x accumulation "
-            f"{t.grad_accum} x {self.cluster.num_gpus} GPUs, checkpointing {'on' if t.grad_checkpointing else 'off'}, "
+            f"{t.grad_accum} x {self.cluster.num_gpus} GPUs, checkpointing {_ckpt(t)}, "
             f"{t.attn_impl.value}"
         )
 
@@ -47,3 +47,10 @@ class Plan:
             "global_batch_size": self.global_batch_size,
             "train": train_spec_to_dict(self.train),
         }
+
+
+def _ckpt(t) -> str:
+    """Checkpointing in words: on (every layer), torchtitan's selective policy, or off."""
+    if t.selective_ac:
+        return f"selective ({'op policy' if t.selective_ac == 'op' else '1 layer in ' + t.selective_ac})"
+    return "on" if t.grad_checkpointing else "off"

@@ -12,6 +12,7 @@ from planner.specs.fsdp import FsdpConfig
 from planner.specs.loss import Loss, LossSpec
 from planner.specs.packing import check_packing
 from planner.specs.parallelism import Engine, Parallelism, ZeroConfig
+from planner.specs.selective_ac import check_selective_ac
 from planner.specs.task import Reference, Task, TaskSpec
 
 
@@ -83,8 +84,11 @@ class TrainSpec:
     # Sequence packing, padding-free: the micro-batch's rows as one row with position ids reset per document
     # (transformers DataCollatorWithFlattening, TRL packing=True; specs/packing.py, estimate/step/packed.py)
     packing: bool = False
+    # Selective activation checkpointing, torchtitan's selective_ac_option: "" (off), "op" or "N" (specs/selective_ac.py)
+    selective_ac: str = ""
 
     def __post_init__(self) -> None:
+        check_selective_ac(self.selective_ac, self.grad_checkpointing, self.parallelism.uses_fsdp2)
         if not isinstance(self.loss, LossSpec):
             raise PlannerError(f"loss must be a LossSpec, got {self.loss!r}.")
         if not isinstance(self.task, TaskSpec):
@@ -300,6 +304,8 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         "compile": train.compile,
         # only when on (absent: unpacked rows, so every earlier plan and golden file reads the same)
         **({"packing": True} if train.packing else {}),
+        # selective activation checkpointing only (absent: off, so every earlier plan and golden file reads the same)
+        **({"selective_ac": train.selective_ac} if train.selective_ac else {}),
     }
 
 
@@ -372,6 +378,7 @@ def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:
             task=TaskSpec.from_dict(d.get("task")),
             compile=bool(d.get("compile", False)),
             packing=bool(d.get("packing", False)),
+            selective_ac=str(d.get("selective_ac", "")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PlannerError(f"the training specification is malformed ({type(exc).__name__}: {exc}).") from None

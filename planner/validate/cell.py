@@ -49,7 +49,7 @@ DEFAULT_LOSS = Loss.STANDARD.value  # transformers' ForCausalLMLoss: every desig
 DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
                      "zero_config": "", "grad_accum": 1, "activation_offload": False, "optimizer_in_backward": False,
                      "fsdp": "", "task": "sft", "reference": "auto", "compile": False,
-                     "packing": False, "grpo": ""}
+                     "packing": False, "grpo": "", "selective_ac": ""}
 # and a CSV row without one of these columns reads as the default
 LATE_FIELDS = (*DEFAULTS_LEFT_OUT, "loss", "loss_chunks")
 HEAD_DIM = 16
@@ -108,6 +108,7 @@ class Cell:
     packing: bool = False  # --packing: the rows flattened by DataCollatorWithFlattening
     # --task grpo: its GrpoSpec.to_dict() JSON (num_generations, completion_len, beta, ...); "" otherwise
     grpo: str = ""
+    selective_ac: str = ""  # --selective-ac: torchtitan's selective checkpointing policy ("op" or "N")
 
     @property
     def id(self) -> str:
@@ -132,6 +133,7 @@ class Cell:
         opt += _fsdp_tag(self.fsdp)
         opt += "-compile" if self.compile else ""
         opt += "-packed" if self.packing else ""
+        opt += f"-sac{self.selective_ac}" if self.selective_ac else ""
         loss = "" if self.loss == DEFAULT_LOSS else f"-{self.loss}{self.loss_chunks}"
         loss += "" if self.task in ("sft", "grpo") else f"-{self.task}-ref{self.reference}"
         loss += _grpo_tag(self.grpo)
@@ -187,7 +189,8 @@ class Cell:
                          activation_offload=self.activation_offload, optimizer_in_backward=self.optimizer_in_backward,
                          compile=self.compile, packing=self.packing, loss=LossSpec(Loss(self.loss), self.loss_chunks),
                          task=TaskSpec(Task(self.task), Reference(self.reference),
-                                       GrpoSpec.from_dict(json.loads(self.grpo)) if self.grpo else None))  # fmt: skip
+                                       GrpoSpec.from_dict(json.loads(self.grpo)) if self.grpo else None),
+                         selective_ac=self.selective_ac)  # fmt: skip
 
     def _parallelism(self) -> Parallelism:
         if self.fsdp:

@@ -13,6 +13,7 @@ from planner.validate.fsdp2_cells import FSDP2_CELLS
 from planner.validate.grpo_cells import GRPO_CELLS
 from planner.validate.packing_cells import PACKING_CELLS
 from planner.validate.qlora_shard_cells import QLORA_FSDP2_CELLS, QLORA_ZERO3_CELLS
+from planner.validate.selective_cells import SELECTIVE_CELLS
 
 # Adapter and QLoRA dtypes (``--lora-dtype``, ``--qlora-prep``, issue 16 item 6), in the full matrix only (after
 # EXTRA_CELLS, not in the CI subset): bf16 LoRA adapters (peft's get_peft_model with autocast_adapter_dtype=False,
@@ -297,7 +298,7 @@ OPTIM_IN_BACKWARD_CELLS = (
 FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_CELLS + DEEPSPEED_CONFIG_CELLS
                    + ACCUMULATION_CELLS + PRECISION_CELLS + OPTIM_IN_BACKWARD_CELLS + FSDP2_CELLS
                    + POSTTRAIN_CELLS + DS_RANKS_COMM_CELLS + TRL_LOSS_CELLS + DDP_CELLS + PACKING_CELLS
-                   + AUTOCAST_LORA_CELLS + QLORA_ZERO3_CELLS + QLORA_FSDP2_CELLS + GRPO_CELLS)
+                   + AUTOCAST_LORA_CELLS + QLORA_ZERO3_CELLS + QLORA_FSDP2_CELLS + GRPO_CELLS + SELECTIVE_CELLS)
 
 
 # Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under

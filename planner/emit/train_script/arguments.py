@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     plan.add_argument("--packing", action=argparse.BooleanOptionalAction, default=PLAN.get("packing", False),
                       help="documents packed into rows, each micro-batch flattened into one row with position ids "
                            "reset per document (TRL packing=True, padding-free)")
+    plan.add_argument("--selective-ac", default=PLAN.get("selective_ac", ""),
+                      help="torchtitan's selective activation checkpointing: 'op' or N (every N-th layer); '' off")
     plan.add_argument("--attn-impl", choices=("eager", "sdpa", "flash_attention_2"), default=PLAN["attn_impl"])
     plan.add_argument("--deepspeed", default=PLAN["deepspeed"],
                       help="DeepSpeed JSON config, or 'none' (default: %(default)s, next to this script)")

@@ -116,4 +116,51 @@ def add_adapters(model, args: argparse.Namespace):
     return get_peft_model(model, config, autocast_adapter_dtype=args.lora_dtype == "fp32")
 
 
+def selective_checkpointing(model, option: str) -> None:
+    """--selective-ac: torchtitan's selective activation checkpointing through transformers' per-layer
+    non-reentrant checkpoint. "N": every N-th decoder layer (counted from 1, as torchtitan and torchtune count).
+    "op": every layer with torch's create_selective_checkpoint_contexts over torchtitan's op policy (save the
+    SDPA kernels' outputs and each layer's odd-numbered aten.mm outputs, recompute the rest)."""
+    if not option:
+        return
+    from collections import defaultdict
+
+    import torch
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    kwargs = {"use_reentrant": False}
+    if option == "op":
+        from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+        aten = torch.ops.aten
+        sdpa = {getattr(aten, n).default for n in (
+            "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
+            "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu") if hasattr(aten, n)}
+
+        def context_fn():
+            meta = defaultdict(int)
+
+            def policy(ctx, func, *args, **kw):
+                key = "recompute" if ctx.is_recompute else "forward"
+                if func == aten.mm.default:
+                    meta[key] += 1
+                    save = meta[key] % 2 == 1
+                else:
+                    save = func in sdpa
+                return CheckpointPolicy.MUST_SAVE if save else CheckpointPolicy.PREFER_RECOMPUTE
+
+            return create_selective_checkpoint_contexts(policy)
+
+        kwargs["context_fn"] = context_fn
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers < 5
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if option != "op":
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        for i, layer in enumerate(layers):
+            if (i + 1) % int(option):
+                layer.gradient_checkpointing = False
+
+
 '''

@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = pack_documents if args.packing else pack
     train_dataset = rows(texts, tokenizer, args.seq_len, args.micro_batch * args.grad_accum * world_size)
     model = build_model(args, len(tokenizer) if args.random_init else None, training_args)
+    selective_checkpointing(model, args.selective_ac)
     model = add_adapters(model, args)
     trainer = offloading(trainer_class(Trainer, args), args.activation_offload)(
         model=model, args=training_args, train_dataset=train_dataset,

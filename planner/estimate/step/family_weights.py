@@ -55,6 +55,11 @@ class FamilyWeights:
         self.layer_weights = [self._layer_weights(i) for i in range(min(model.num_layers, 3))]
         self.layer_grad_bytes = _grad_bytes(self.layer_weights[min(1, len(self.layer_weights) - 1)])
 
+    def weigh_every_layer(self, num_layers: int) -> None:
+        """Weights of their own for every layer, when the step simulates each (selective_layers.py): each
+        layer's gradients are then new tensors, not accumulated into the three simulated layers' ones."""
+        self.layer_weights += [self._layer_weights(i) for i in range(len(self.layer_weights), num_layers)]
+
     # ------------------------------------------------------------ weights
 
     def _rank(self, *suffixes: str) -> int:

@@ -31,7 +31,7 @@ from functools import lru_cache
 
 from planner.errors import PlannerError
 from planner.estimate import peft_dtypes
-from planner.estimate.step import autocast, in_backward, late_segments, trl_loss
+from planner.estimate.step import autocast, in_backward, late_segments, selective_layers, trl_loss
 from planner.estimate.step import offload as packing
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
@@ -58,7 +58,8 @@ TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_chec
                      "qlora_prep",  # these two as dtypes (peft_dtypes.py)
                      "optimizer_in_backward",  # as the step's scratch per element (in_backward.scratch_per_element)
                      "task",  # as the reference the DPO step runs (posttrain_step.py), GRPO's (grpo_step.py)
-                     "packing")  # as one row of micro_batch * seq_len tokens with its mask (packed.py)
+                     "packing",  # as one row of micro_batch * seq_len tokens with its mask (packed.py)
+                     "selective_ac")  # the layer policy's checkpointed layers (selective_layers.py; op: none)
 TRAIN_FIELDS_IGNORED = {
     "optimizer": "the step ends before optimizer.step(): optimizer states and their scratch are states.py's and "
                  "temporaries.py's (with --optimizer-in-backward its per-tensor scratch arrives through "
@@ -128,6 +129,10 @@ class StepInputs:
     # --task grpo: the completion's tokens of each row (grpo_step.py; 0 otherwise) and whether beta != 0
     grpo_completion: int = 0
     grpo_kl: bool = False
+    # --selective-ac N: the decoder layers checkpointed, every layer simulated (selective_layers.py)
+    ckpt_layers: tuple[int, ...] = ()
+    # --selective-ac op, where the step models the policy's cache (selective_layers.op_modelled; sac.py)
+    sac_op: bool = False
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -165,6 +170,8 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         packed=train.packing,
         grpo_completion=grpo.completion_len if grpo is not None else 0,
         grpo_kl=grpo is not None and grpo.uses_reference,
+        ckpt_layers=selective_layers.step_checkpointed_layers(train.selective_ac, model.num_layers),
+        sac_op=selective_layers.op_modelled(train),
     )
 
 
@@ -260,7 +267,7 @@ def _simulate(inputs: StepInputs) -> Run:
 
 def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     """One forward + backward on ``sim`` (``_simulate``'s, or ``trace_step``'s tracing one)."""
-    model, b, s, ckpt = inputs.model, inputs.micro_batch, inputs.seq_len, inputs.grad_checkpointing
+    model, b, s, ckpt = inputs.model, inputs.micro_batch, inputs.seq_len, inputs.grad_checkpointing or inputs.sac_op
     keep_grads = inputs.keep_grads
     t = Tape(sim, device=inputs.device, cpu=inputs.cpu, hold_grads_over=inputs.hold_grads_over,
              keep_param_grads=keep_grads)
@@ -273,10 +280,12 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     fam = build_family(model, method=inputs.method, precision=inputs.precision, b=b, s=s, attn=inputs.attn_impl,
                        dropout=inputs.dropout, adapters=inputs.adapters, lora_dropout=inputs.lora_dropout,
                        modules_to_save=inputs.modules_to_save, device=inputs.device, zero_stage=inputs.zero,
-                       input_requires_grad=ckpt, adapter_dtype=inputs.adapter_dtype,
+                       input_requires_grad=ckpt or bool(inputs.ckpt_layers), adapter_dtype=inputs.adapter_dtype,
                        unquantized_dtype=inputs.unquantized_dtype, packed=inputs.packed)
     num_layers = model.num_layers
-    sim_layers = min(num_layers, NUM_SIMULATED_LAYERS)
+    sim_layers = selective_layers.num_simulated(num_layers, inputs.ckpt_layers, NUM_SIMULATED_LAYERS)
+    if sim_layers > NUM_SIMULATED_LAYERS:
+        fam.weigh_every_layer(sim_layers)
     ghost = num_layers - sim_layers
     ids = Fake((b, s), "int64", None)  # the input batch: allocated before the step, counted as inputs
     sim.peaks.clear()
@@ -290,7 +299,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     def run_layers(h: Fake, extras) -> Fake:
         for i in range(sim_layers):
             before, host, pinned = sim.saved, sim.host, sim.host_pinned
-            h = _run_layer(t, fam, i, h, extras, ckpt, hooks)
+            h = _run_layer(t, fam, i, h, extras, ckpt or i in inputs.ckpt_layers, hooks, inputs.sac_op)
             if i == 1:
                 layer_saved[0] = sim.saved - before
                 layer_host[:] = [sim.host - host, sim.host_pinned - pinned]
@@ -405,7 +414,7 @@ def _chain_hook(hooks: dict, node, fn) -> None:
         hooks[id(node)] = both
 
 
-def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -> Fake:
+def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict, sac_op: bool = False) -> Fake:
     """One decoder layer, plain or under non-reentrant activation checkpointing (transformers'
     GradientCheckpointingLayer with ``use_reentrant=False``): the forward keeps only the layer input (and the
     kwargs: mask, rotary tables); the first backward node of the layer recomputes the forward and the
@@ -417,12 +426,16 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         _note_last(t, fam, i, start)
         return out
     t.saving = False
+    t.sac = selective_layers.recorder() if sac_op else None
     out = fam.layer(t, i, h, extras)
+    held, t.sac = (t.sac.held if sac_op else []), None
     t.saving = True
     region = t.sim.nodes[start:]
     _note_last(t, fam, i, start)
     if not region:
         return out
+    if held:  # the policy's cache lives with the region's checkpoint frame (sac.py)
+        t.keep(region[0], [st for sts in held for st in sts])
     # the checkpoint frame keeps the layer input and the RNG state until the region is done
     rng = t.scratch(CHECKPOINT_RNG_STATE_BYTES + (CUDA_RNG_STATE_BYTES if fam.ctx.device != "cpu" else 0))
     kwargs = fam.layer_kwargs(i, extras)
@@ -457,10 +470,13 @@ def _run_layer(t: Tape, fam, i: int, h: Fake, extras, ckpt: bool, hooks: dict) -
         # torch.utils.checkpoint's recompute_fn re-enters the forward's autocast (the outermost region in
         # backward): its weight casts are cached afresh and the cache is cleared when the recompute exits
         t.autocast = t.autocast_step
+        t.sac = selective_layers.replayer(held, t.sim, region[0]) if held else None
+        held.clear()  # the frame's entries are the region's hold now, each dropped as it is consumed
         try:
             fam.layer(t, i, _detached(shape, dtype, src), layer_kwargs)
         except StopRecompute:
             pass  # early stop: the rest of the layer is not re-run; its locals are freed with the traceback
+        t.sac = None
         autocast.exit_recompute(t)
         t.saves_left = None
         fresh = t.sim.nodes[mark:]

@@ -69,6 +69,9 @@ class Tape:
         # During a checkpoint recomputation: how many saving ops are still to come before it stops early
         # (torch.utils.checkpoint non-reentrant "early stop", on by default).
         self.saves_left: int | None = None
+        # --selective-ac op: the checkpointed layer's policy cache (sac.py): a Recorder in its forward, a
+        # Replayer in its recomputation; None otherwise
+        self.sac = None
         # Activation offloading (offload.py): True while the forward runs under save_on_cpu; ops then also list
         # the parameters they save (``packs``), and every saved tensor is packed to the host
         self.packing = False
@@ -164,10 +167,15 @@ class Tape:
             # the redispatch), so a recomputation that stops early at this save never allocates the outputs.
             self._count_save()
         sim = self.sim
-        return [
+        if self.sac is not None and alias is None and hasattr(self.sac, "alias"):
+            alias = self.sac.alias(name, inputs)  # a kept op returns its cached output (sac.py)
+        outs = [
             Fake(shape, dtype, alias or Storage(sim, tensor_bytes(shape, dtype), name), node, k)
             for k, (shape, dtype) in enumerate(outputs)
         ]
+        if self.sac is not None and hasattr(self.sac, "after"):
+            self.sac.after(name, inputs, saved, outs)
+        return outs
 
     def _count_save(self) -> None:
         if self.saves_left is not None:
