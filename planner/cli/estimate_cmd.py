@@ -54,8 +54,6 @@ def estimate_rows(
     rows = []
     for method in methods:
         for stage in stages:
-            if method is Method.QLORA and stage == 3 and flags.method is None and flags.zero is None:
-                continue  # QLoRA with ZeRO-3 (estimate/qlora_shard.py) is shown when asked for: --method or --zero
             for offload in offloads:
                 try:
                     train = o.with_layout(base, method, stage, offload)
