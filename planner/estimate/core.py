@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from planner.errors import PlannerError
-from planner.estimate import optim_rules, overhead, posttrain
+from planner.estimate import offload_pool, optim_rules, overhead, posttrain
 from planner.estimate.compile_note import compile_notes
 from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.count.zero_partition import (
@@ -103,7 +103,13 @@ def estimate(
     num_persistent, persistent_bytes = zero3_persistent(counts, train, model.num_layers, model.hidden_size)
     num_released = zero3_released_after_forward(counts, train, zero3_persistence_threshold(train, model.hidden_size))
     sub_groups = _sub_groups(model, train, counts, split.num_trainable, cluster.num_gpus)
-    sharded = shard_states(states, train, cluster.num_gpus, counts.largest_module, persistent_bytes, sub_groups)
+    # ZeRO-3 offload on the CPU accelerator: host and device are one pool, both sides counted (offload_pool.py)
+    pooled = offload_pool.applies(train, device)
+    sharding_train = offload_pool.pool_train(train) if pooled else train
+    sharded = shard_states(states, sharding_train, cluster.num_gpus, counts.largest_module, persistent_bytes,
+                           sub_groups)
+    if pooled:  # every sub-group's fp32 gradient buffer is held through the step, not made at it
+        sharded = replace(sharded, step_grad_fp32_bytes=0)
     counters = fused_step_counter_bytes(train, _num_trainable_tensors(model, train, counts),
                                         math.ceil(split.num_trainable / cluster.num_gpus), sub_groups)
     if counters:
@@ -130,8 +136,8 @@ def estimate(
     largest_tensor = largest_trainable_tensor(counts, train)
 
     def transients_for(partition: RankPartition | None) -> Transients:
-        return step_transients(
-            train,
+        made = step_transients(
+            sharding_train,
             num_trainable=split.num_trainable,
             num_16bit_trainable=num_mastered,
             num_stepped_16bit=states.num_stepped_16bit,
@@ -147,6 +153,10 @@ def estimate(
             partition=partition,
             optimizer_step_bytes=per_tensor.step_bytes if per_tensor else None,
         )
+        if not pooled:
+            return made
+        held = offload_pool.subgroup_grads_bytes(math.ceil(split.num_trainable / cluster.num_gpus), sub_groups)
+        return replace(made, persistent_bytes=made.persistent_bytes + held)
 
     host = host_ram_per_rank(
         states, train, cluster.num_gpus, largest_param_numel=largest_tensor,

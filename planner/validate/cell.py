@@ -16,6 +16,7 @@ from planner.specs import (
     Loss,
     LossSpec,
     Method,
+    Offload,
     Optimizer,
     Parallelism,
     PeftDtype,
@@ -47,7 +48,7 @@ DEFAULT_LOSS = Loss.STANDARD.value  # transformers' ForCausalLMLoss: every desig
 # cells keep their ids and cached profiles (the loss and its chunks leave together, with the standard loss).
 DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
                      "zero_config": "", "grad_accum": 1, "activation_offload": False, "optimizer_in_backward": False,
-                     "fsdp": "", "task": "sft", "reference": "auto", "compile": False}
+                     "fsdp": "", "task": "sft", "reference": "auto", "compile": False, "offload": ""}
 # and a CSV row without one of these columns reads as the default
 LATE_FIELDS = (*DEFAULTS_LEFT_OUT, "loss", "loss_chunks")
 HEAD_DIM = 16
@@ -103,6 +104,7 @@ class Cell:
     task: str = "sft"  # --task (sft, or TRL's DPOTrainer: specs/task.py)
     reference: str = "auto"  # --reference
     compile: bool = False  # --compile: the model under torch.compile (inductor)
+    offload: str = ""  # --offload under DeepSpeed ZeRO (an Offload value); "": nothing offloaded
 
     @property
     def id(self) -> str:
@@ -126,6 +128,7 @@ class Cell:
         opt += "-optinbwd" if self.optimizer_in_backward else ""
         opt += _fsdp_tag(self.fsdp)
         opt += "-compile" if self.compile else ""
+        opt += f"-off{self.offload.replace('optimizer', 'opt').replace('+', '')}" if self.offload else ""
         loss = "" if self.loss == DEFAULT_LOSS else f"-{self.loss}{self.loss_chunks}"
         loss += "" if self.task == "sft" else f"-{self.task}-ref{self.reference}"
         return (f"{self.family}-h{self.hidden}l{self.layers}v{self.vocab}-{self.method}-z{self.zero}g{self.num_ranks}"
@@ -184,7 +187,8 @@ class Cell:
     def _parallelism(self) -> Parallelism:
         if self.fsdp:
             return Parallelism.fsdp2(FsdpConfig.from_dict(json.loads(self.fsdp)))
-        return Parallelism.from_zero(self.zero, zero_config=self._zero_config())
+        offload = Offload(self.offload) if self.offload else Offload.NONE
+        return Parallelism.from_zero(self.zero, offload, zero_config=self._zero_config())
 
     def _zero_config(self) -> ZeroConfig | None:
         return ZeroConfig.from_dict(json.loads(self.zero_config)) if self.zero_config else None

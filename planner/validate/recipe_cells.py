@@ -8,6 +8,7 @@ import json
 
 from planner.specs import ZeroConfig
 from planner.validate.cell import HEAD_DIM, Cell
+from planner.validate.ds_offload_cells import DS_OFFLOAD_CELLS
 from planner.validate.fsdp2_cells import FSDP2_CELLS
 
 # Adapter and QLoRA dtypes (``--lora-dtype``, ``--qlora-prep``, issue 16 item 6), in the full matrix only (after
@@ -292,7 +293,7 @@ OPTIM_IN_BACKWARD_CELLS = (
 
 FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_CELLS + DEEPSPEED_CONFIG_CELLS
                    + ACCUMULATION_CELLS + PRECISION_CELLS + OPTIM_IN_BACKWARD_CELLS + FSDP2_CELLS
-                   + POSTTRAIN_CELLS + DS_RANKS_COMM_CELLS + TRL_LOSS_CELLS + DDP_CELLS)
+                   + POSTTRAIN_CELLS + DS_RANKS_COMM_CELLS + TRL_LOSS_CELLS + DDP_CELLS + DS_OFFLOAD_CELLS)
 
 
 # Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under
