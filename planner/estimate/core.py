@@ -299,6 +299,10 @@ def _host_notes(est: Estimate, host) -> tuple[str, ...]:
             held += (" and " if held else "") + "the offloaded activations"
         notes.append(f"host RAM per node = its ranks x ({held}); PyTorch's pinned allocator rounds each pinned buffer up to a power of two "
                      "(cpu_pinned_bytes_per_node in --json).")
+    if est.train.offload is not Offload.NONE and est.train.uses_deepspeed and host.pinned_bytes:
+        # offload_pool.py: on the CPU accelerator both sides are one pool, so CPU profiles check only their sum
+        notes.append("DeepSpeed offload's split between GPU and host RAM follows DeepSpeed 0.19's source (stage3.py, "
+                     "stage_1_and_2.py); planner's CPU profiles check the two sides together, not the split.")
     if est.cluster.host_memory_bytes_per_node is None:
         notes.append("host RAM per node was not checked against the offload's need; pass --host-ram GIB to check it.")
     return tuple(notes)
