@@ -40,6 +40,26 @@ def test_llamafactory_zero3_config_keeps_auto_and_its_stage():
     assert choice.zero_config == ZeroConfig(overlap_comm=True)  # auto, auto, auto; 1e9 is DeepSpeed's default
 
 
+def test_deepspeed_tutorial_zero_infinity_config_offloads_both_with_its_buckets():
+    """The ZeRO tutorial's ZeRO-Infinity config (deepspeed.ai/tutorials/zero): stage 3, optimizer and parameters
+    on the CPU (pin_memory absent: DeepSpeed 0.19's default, true: offload_config.py), 1e7-element reduce and
+    prefetch buckets and a 1e5 persistence threshold as written; no precision section (the Trainer's bf16 flag
+    decides)."""
+    choice = dso.read_choice(EXAMPLES / "deepspeed_tutorial_zero_infinity_offload.json")
+    assert (choice.stage, choice.offload, choice.precision, choice.optimizer) == (3, Offload.OPTIMIZER_PARAMS, None,
+                                                                                  None)
+    assert choice.zero_config == ZeroConfig(reduce_bucket_size=10_000_000, stage3_prefetch_bucket_size=10_000_000,
+                                            stage3_param_persistence_threshold=100_000)
+
+
+def test_unpinned_offload_is_noted(tmp_path):
+    """pin_memory false: DeepSpeed allocates pageable host buffers, planner's host figure assumes pinned ones."""
+    path = _write(tmp_path, {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu",
+                                                                                      "pin_memory": False}}})
+    assert any("pin_memory false" in n for n in dso.read_choice(path).notes)
+    assert not any("pin_memory" in n for n in dso.read_choice(EXAMPLES / "llamafactory_ds_z3_offload_config.json").notes)
+
+
 def test_axolotl_zero3_config_reads_its_sub_groups_and_reuse_distance():
     choice = dso.read_choice(EXAMPLES / "axolotl_zero3_bf16.json")
     assert (choice.stage, choice.precision) == (3, "bf16-mixed")

@@ -77,6 +77,12 @@ EXPECTED: dict[str, dict] = {
         zero_stage=3, reduce_bucket_size=H2, stage3_prefetch_bucket_size=H2_90,
         stage3_param_persistence_threshold=H10, overlap_comm=False, sub_group_size=10**9,
         offload_optimizer=CPU_OPT, offload_param=CPU_PARAM, stage3_gather_16bit_weights_on_model_save=True),
+    # DeepSpeed's ZeRO tutorial, ZeRO-Infinity: numbers written out, pin_memory absent (DeepSpeed's default true)
+    "deepspeed_tutorial_zero_infinity_offload.json": dict(
+        zero_stage=3, contiguous_gradients=True, stage3_max_live_parameters=10**9, stage3_max_reuse_distance=10**9,
+        stage3_prefetch_bucket_size=10**7, stage3_param_persistence_threshold=10**5, reduce_bucket_size=10**7,
+        sub_group_size=10**9, offload_optimizer=OffloadOptimizer(device=OffloadDevice.CPU),
+        offload_param=OffloadParam(device=OffloadDevice.CPU), unknown_keys=(), unsupported_keys=()),
     "axolotl_zero1.json": dict(
         zero_stage=1, overlap_comm=True, reduce_bucket_size=DS_BUCKET, allgather_bucket_size=DS_BUCKET,
         contiguous_gradients=True, round_robin_gradients=False, offload_optimizer=NO_OFFLOAD_OPT,
@@ -291,6 +297,9 @@ def assert_matches_deepspeed(ours: DeepSpeedSettings, theirs) -> None:
 @pytest.mark.parametrize("hidden_size", [64, H])
 def test_example_matches_transformers_and_deepspeed(hf_resolve, name, hidden_size):
     config = json.loads((EXAMPLES / name).read_text())
+    if "train_batch_size" not in config and "train_micro_batch_size_per_gpu" not in config:
+        # the tutorial's config takes its batch from the launcher; DeepSpeedConfig asserts one is given
+        config["train_micro_batch_size_per_gpu"] = "auto"
     filled, theirs = hf_resolve(config, hidden_size)
     ours = read_deepspeed_config(config, hidden_size=hidden_size)
     assert_matches_deepspeed(ours, theirs)

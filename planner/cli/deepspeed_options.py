@@ -96,6 +96,11 @@ def read_choice(path: Path) -> DeepSpeedChoice:
         raise PlannerError("--deepspeed-config offloads the parameters without the optimizer, which planner does "
                            "not model; offload the optimizer too, or neither.")
     offload = Offload.OPTIMIZER_PARAMS if param_cpu else Offload.OPTIMIZER if opt_cpu else Offload.NONE
+    unpinned = [name for name, on, part in (("offload_optimizer", opt_cpu, ds.offload_optimizer),
+                                            ("offload_param", param_cpu, ds.offload_param)) if on and not part.pin_memory]
+    pin_notes = [f"--deepspeed-config: {', '.join(unpinned)} pin_memory false is not modelled: the host RAM figure "
+                 "assumes pinned buffers (DeepSpeed's default), each rounded up to a power of two by PyTorch's pinned "
+                 "allocator; unpinned, the host needs about the requested bytes."] if unpinned else []
     values: dict[str, Any] = {}
     for key in _ZERO_KEYS:
         if zero_raw.get(key) == "auto" or _short_name(zero_raw, key) == "auto":
@@ -105,7 +110,7 @@ def read_choice(path: Path) -> DeepSpeedChoice:
         # written, or absent: DeepSpeed's own default (the Trainer fills only keys that say "auto")
         values[key] = getattr(ds, key)
     zero_config = ZeroConfig(**values) if ds.zero_stage > 0 else ZeroConfig()
-    notes = [f"--deepspeed-config: {note}" for note in ds.notes]
+    notes = [f"--deepspeed-config: {note}" for note in ds.notes] + pin_notes
     for key, why in _NOT_MODELLED.items():
         if getattr(ds, key) != _NOT_MODELLED_DEFAULTS[key] and (key in zero_raw or _short_key(key) in zero_raw):
             notes.append(f"--deepspeed-config: {key} = {getattr(ds, key)} is not modelled ({why}).")

@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from planner.errors import PlannerError
-from planner.estimate import grpo, optim_rules, overhead, posttrain, qlora_shard
+from planner.estimate import grpo, offload_pool, optim_rules, overhead, posttrain, qlora_shard
 from planner.estimate.compile_note import compile_notes
 from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.count.zero_partition import (
@@ -104,13 +104,18 @@ def estimate(
     num_persistent, persistent_bytes = zero3_persistent(counts, train, model.num_layers, model.hidden_size)
     num_released = zero3_released_after_forward(counts, train, zero3_persistence_threshold(train, model.hidden_size))
     sub_groups = _sub_groups(model, train, counts, split.num_trainable, cluster.num_gpus)
+    # ZeRO-3 offload on the CPU accelerator: host and device are one pool, both sides counted (offload_pool.py)
+    pooled = offload_pool.applies(train, device)
+    sharding_train = offload_pool.pool_train(train) if pooled else train
     # QLoRA under ZeRO-3: the 4-bit weights partitioned in their storage dtype, quant_state whole (qlora_shard.py)
     quantized = qlora_shard.zero3(counts, train, cluster.num_gpus, model.hidden_size) if qlora_shard.applies(train) else None
-    sharded = shard_states(qlora_shard.without_quantized(states, counts, train) if quantized else states, train,
-                           cluster.num_gpus, counts.largest_module, persistent_bytes, sub_groups)
+    sharded = shard_states(qlora_shard.without_quantized(states, counts, train) if quantized else states,
+                           sharding_train, cluster.num_gpus, counts.largest_module, persistent_bytes, sub_groups)
     if quantized:
         sharded = replace(sharded, params_bytes=sharded.params_bytes + quantized.rank_bytes,
                           gathered_bytes=quantized.largest_module_bytes)
+    if pooled:  # every sub-group's fp32 gradient buffer is held through the step, not made at it
+        sharded = replace(sharded, step_grad_fp32_bytes=0)
     counters = fused_step_counter_bytes(train, _num_trainable_tensors(model, train, counts),
                                         math.ceil(split.num_trainable / cluster.num_gpus), sub_groups)
     if counters:
@@ -137,8 +142,8 @@ def estimate(
     largest_tensor = largest_trainable_tensor(counts, train)
 
     def transients_for(partition: RankPartition | None) -> Transients:
-        return step_transients(
-            train,
+        made = step_transients(
+            sharding_train,
             num_trainable=split.num_trainable,
             num_16bit_trainable=num_mastered,
             num_stepped_16bit=states.num_stepped_16bit,
@@ -155,6 +160,10 @@ def estimate(
             partition=partition,
             optimizer_step_bytes=per_tensor.step_bytes if per_tensor else None,
         )
+        if not pooled:
+            return made
+        held = offload_pool.subgroup_grads_bytes(math.ceil(split.num_trainable / cluster.num_gpus), sub_groups)
+        return replace(made, persistent_bytes=made.persistent_bytes + held)
 
     host = host_ram_per_rank(
         states, train, cluster.num_gpus, largest_param_numel=largest_tensor,
@@ -313,6 +322,10 @@ def _host_notes(est: Estimate, host) -> tuple[str, ...]:
             held += (" and " if held else "") + "the offloaded activations"
         notes.append(f"host RAM per node = its ranks x ({held}); PyTorch's pinned allocator rounds each pinned buffer up to a power of two "
                      "(cpu_pinned_bytes_per_node in --json).")
+    if est.train.offload is not Offload.NONE and est.train.uses_deepspeed and host.pinned_bytes:
+        # offload_pool.py: on the CPU accelerator both sides are one pool, so CPU profiles check only their sum
+        notes.append("DeepSpeed offload's split between GPU and host RAM follows DeepSpeed 0.19's source (stage3.py, "
+                     "stage_1_and_2.py); planner's CPU profiles check the two sides together, not the split.")
     if est.cluster.host_memory_bytes_per_node is None:
         notes.append("host RAM per node was not checked against the offload's need; pass --host-ram GIB to check it.")
     return tuple(notes)

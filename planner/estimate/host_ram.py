@@ -7,7 +7,9 @@ Follows what DeepSpeed 0.19 allocates on the host with ``offload_optimizer``/``o
   (``param_buffer_of_bit16_for_cpu_offload_groups``, pinned), a 16-bit buffer of the largest parameter
   (``temp_grad_buffer_for_cpu_offload``, pinned), with gradient accumulation one 16-bit buffer per parameter
   of the partition (``accumulated_grads_in_cpu``, pinned each), and DeepSpeedCPUAdam's moments (pageable).
-- ZeRO-3 (stage3.py): the fp32 gradient partition (``grad_partitions_flat_buffer``, pinned), an fp32 gradient
+- ZeRO-3 (stage3.py): the gradient partition (``grad_partitions_flat_buffer``, pinned) in
+  ``gradient_accumulation_dtype`` (engine.py ``get_data_types``: the model's dtype, 16-bit under bf16/fp16 mixed
+  precision; a CPU profile of bf16 ZeRO-3 offload measures 2 bytes per partition element), an fp32 gradient
   buffer per optimizer sub-group (``subgroup_gradient_buffer``, pinned each), the fp32 master partition and the
   moments (pageable), and with parameter offload the 16-bit partition (``param_groups_fp16_flat_cpu_memory``,
   pinned).
@@ -80,7 +82,7 @@ def host_ram_per_rank(states: UnshardedStates, train: TrainSpec, num_ranks: int,
             accumulation_rounded = math.ceil(sum(pinned_size(word * k) for k in accumulation_numels) / num_ranks)
     else:
         pageable += 4 * n  # the fp32 master partition, a pageable clone
-        pinned.append(4 * n)  # grad_partitions_flat_buffer
+        pinned.append(word * n)  # grad_partitions_flat_buffer, in the model's dtype (gradient_accumulation_dtype)
         if sub_groups:  # one fp32 buffer per sub-group (sharding.zero3_sub_groups)
             pinned += [4 * g for g in sub_groups]
         else:

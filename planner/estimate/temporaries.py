@@ -181,8 +181,11 @@ def deepspeed_bucket_bytes(train: TrainSpec, hidden_size: int, grad_dtype_bytes:
 
 
 def zero3_gathered_bytes(train: TrainSpec, num_params: int, largest_module: int, param_dtype_bytes: int) -> int:
-    """16-bit parameters ZeRO-3 keeps gathered around the forward/backward turn (stage3_max_reuse_distance)."""
-    if train.zero_stage != 3 or train.offload is Offload.OPTIMIZER_PARAMS:
+    """16-bit parameters ZeRO-3 keeps gathered around the forward/backward turn (stage3_max_reuse_distance).
+    Parameter offload changes where the partition lives, not what is gathered: the coordinator that releases
+    gathered parameters (partitioned_param_coordinator.py ``release_sub_module``, reuse distance) reads no
+    offload setting, and the CPU profiles with and without ``offload_param`` gather the same bytes."""
+    if train.zero_stage != 3:
         return 0
     reuse = train.parallelism.zero_config.stage3_max_reuse_distance
     return param_dtype_bytes * min(num_params, reuse // 2 + largest_module)

@@ -1,0 +1,45 @@
+"""ZeRO-3 offload on the CPU accelerator (estimate/offload_pool.py): host and device are one pool, so a CPU
+estimate counts both sides. Measured figures: the profiles of the two DS_OFFLOAD_CELLS (planner validate, rank 0,
+steady-state peak in backward, both kernel paths): params 390,048, grads 389,088 bytes, the same with and without
+offload_param."""
+
+from __future__ import annotations
+
+import math
+
+from planner import catalog
+from planner.estimate.core import estimate
+from planner.specs import Cluster
+from planner.validate.ds_offload_cells import DS_OFFLOAD_CELLS
+
+MEASURED_PARAMS_BYTES = 390_048  # the 16-bit partition and the persistent norms
+MEASURED_GRADS_BYTES = 389_088  # grad_partitions_flat_buffer: 194,544 bf16 elements
+
+
+def _estimates(device: str):
+    cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=2)
+    return [estimate(c.model_spec(), c.train_spec(), cluster, device=device, rank=0) for c in DS_OFFLOAD_CELLS]
+
+
+def test_cpu_estimate_counts_the_offloaded_states_where_the_profile_finds_them():
+    opt, opt_params = _estimates("cpu")
+    assert opt.per_gpu == opt_params.per_gpu  # one pool: offload_param moves nothing on the CPU accelerator
+    assert opt.per_gpu.params_bytes == MEASURED_PARAMS_BYTES
+    assert opt.per_gpu.grads_bytes == MEASURED_GRADS_BYTES
+
+
+def test_the_pooled_host_side_is_the_host_ram_model():
+    """What the CPU estimate puts back in the pool is what host_ram.py says the host holds (optimizer offload):
+    the master and moments, the 16-bit gradient partition, every sub-group's fp32 gradient buffer."""
+    (opt, _), (cuda_opt, _) = _estimates("cpu"), _estimates("cuda")
+    n = math.ceil(opt.num_trainable_params / 2)
+    host_per_rank = opt.cpu_bytes_per_node // 2
+    assert host_per_rank == opt.per_gpu.optimizer_states_bytes + opt.per_gpu.grads_bytes + 4 * n
+    assert cuda_opt.per_gpu.optimizer_states_bytes == 0 and cuda_opt.per_gpu.grads_bytes == 0
+
+
+def test_parameter_offload_keeps_the_gathered_parameters_on_the_device():
+    _, cuda_opt_params = _estimates("cuda")
+    cuda_opt, _ = _estimates("cuda")
+    moved = cuda_opt.per_gpu.params_bytes - cuda_opt_params.per_gpu.params_bytes
+    assert moved > 0 and cuda_opt.per_gpu.temporaries_bytes == cuda_opt_params.per_gpu.temporaries_bytes
