@@ -50,7 +50,7 @@ from planner.estimate.traffic import (
     host_transfer_bytes,
     reduction_bytes,
 )
-from planner.specs import AttnImpl, Cluster, Method, ModelSpec, Offload, TrainSpec
+from planner.specs import AttnImpl, Cluster, GpuSpec, Method, ModelSpec, Offload, TrainSpec
 
 __all__ = [
     "COLLECTIVE_EFFICIENCY", "CPU_ADAM_PARAMS_PER_S_PER_NODE", "DEFAULT_KERNEL_EFFICIENCY", "DEFAULT_MFU",
@@ -58,8 +58,9 @@ __all__ = [
     "ELEMENTWISE_FWD_BYTES_PER_INTER", "HOST_TRANSFER_EFFICIENCY", "KERNEL_EFFICIENCY", "LOSS_BYTES_PER_LOGIT",
     "MATMUL_HALF_HIDDEN", "MAX_PRICE_PER_GPU_HOUR", "MAX_TOKENS", "MIN_MFU", "NORM_BYTES_PER_HIDDEN",
     "OPTIMIZER_BYTES_PER_PARAM", "RESIDUAL_BYTES_PER_HIDDEN", "ROPE_BYTES_PER_QK", "SECONDS_PER_HOUR",
-    "FlopsPerToken", "KernelEfficiency", "StepTime", "collective_bytes_per_s", "flops_per_token",
-    "kernel_efficiency", "matmul_efficiency", "step_time", "throughput", "throughput_from_step", "validate_mfu",
+    "FlopsPerToken", "KernelEfficiency", "StepOnGpu", "StepTime", "collective_bytes_per_s", "flops_per_token",
+    "kernel_efficiency", "matmul_efficiency", "step_on_gpu", "step_time", "step_time_on", "throughput",
+    "throughput_from_step", "validate_mfu",
     "validate_price", "validate_tokens",
 ]
 
@@ -226,26 +227,50 @@ def step_time(
         if global_batch_size < 1:
             raise PlannerError(f"--global-batch-size must be at least 1, got {global_batch_size}.")
         accum = global_batch_size / (train.micro_batch * n)
+    return step_time_on(step_on_gpu(model, train, cluster.gpu, mfu=mfu, accum=accum, counts=counts, split=split),
+                        cluster)
+
+
+@dataclass(frozen=True)
+class StepOnGpu:
+    """The part of ``step_time`` that one GPU kind, one train spec and its accumulation fix, whatever the
+    number of GPUs: a search over GPU counts (plan/compare_gpus.py) computes it once per layout and GPU and
+    finishes it per count with ``step_time_on``, the same arithmetic in the same order as one ``step_time``."""
+
+    model: ModelSpec
+    train: TrainSpec
+    split: ParamSplit
+    mfu: float | None
+    accum: float
+    tokens: float
+    fpt_total: float
+    peak: float
+    bw: float
+    compute_s: float
+    attention_s: float
+    elementwise_s: float
+    dequant_s: float
+    bwd_share: float
+
+
+def step_on_gpu(model: ModelSpec, train: TrainSpec, gpu: GpuSpec, *, mfu: float | None, accum: float,
+                counts: ParamCounts, split: ParamSplit) -> StepOnGpu:
+    """``step_time``'s phases that do not depend on the GPU count (``mfu`` already validated)."""
     tokens = accum * train.micro_batch * train.seq_len
     fpt = flops_per_token(model, train, counts, split)
-    peak = cluster.gpu.dense_flops(train.precision.matmul_dtype)
+    peak = gpu.dense_flops(train.precision.matmul_dtype)
     if peak <= 0:
-        raise PlannerError(f"GPU {cluster.gpu.name!r} has no dense FLOP/s figure for {train.precision.value}.")
-    bw = cluster.gpu.memory_bandwidth_bytes_per_s or 1
-    attention_s = elementwise_s = optimizer_s = 0.0
-    # the optimizer steps on the host: DeepSpeed's offload, or FSDP2's CPUOffloadPolicy (torch AdamW on the CPU;
-    # its rate is taken as DeepSpeed CPU Adam's below, which torch's foreach AdamW on the CPU does not beat)
-    host_optimizer = train.offload is not Offload.NONE or (train.uses_fsdp2 and
-                                                           train.parallelism.fsdp_config.cpu_offload)
+        raise PlannerError(f"GPU {gpu.name!r} has no dense FLOP/s figure for {train.precision.value}.")
+    bw = gpu.memory_bandwidth_bytes_per_s or 1
+    attention_s = elementwise_s = 0.0
     if mfu is not None:
         compute_s = tokens * fpt.total / (peak * mfu)
     else:
-        eff = kernel_efficiency(cluster.gpu.name)
-        passes = 1 + attention_share(train, model.num_layers)
+        eff = kernel_efficiency(gpu.name)
+        passes = 1 + (1 if train.grad_checkpointing else 0)
         attn_fwd = 4.0 * model.num_layers * train.seq_len * model.num_heads * model.head_dim
         attn_counted = attn_fwd * (3 + passes - 1)  # what flops_per_token counts: fwd, 2 x bwd, recompute
-        compute_s = tokens * (fpt.total - attn_counted) / (peak * matmul_efficiency(cluster.gpu.name,
-                                                                                    model.hidden_size))
+        compute_s = tokens * (fpt.total - attn_counted) / (peak * matmul_efficiency(gpu.name, model.hidden_size))
         if train.attn_impl is AttnImpl.EAGER:
             # The full score matrix (masked, not skipped) as batched GEMMs at the matmul efficiency.
             attention_s = tokens * attn_counted / (peak * eff.matmul)
@@ -253,21 +278,31 @@ def step_time(
             # Causal fused kernels skip the masked half; FlashAttention's backward is 2.5 x its forward.
             attention_s = tokens * (attn_fwd / 2) * (passes + 2.5) / (peak * eff.attention)
         elementwise_s = tokens * elementwise_bytes_per_token(model, train) / bw
-        if not host_optimizer:
-            local = split.num_trainable / n if train.uses_deepspeed or train.uses_fsdp2 else split.num_trainable
-            optimizer_s = local * OPTIMIZER_BYTES_PER_PARAM.get(train.optimizer.value, 28) / bw
     dequant_s = 0.0
     if train.method is Method.QLORA and split.num_quantized:
         # forward, backward (+ the recomputed layers' forward)
         passes = 2 + layer_share(train, model.num_layers)
         dequant_s = accum * passes * split.num_quantized * DEQUANT_BYTES_PER_PARAM / bw
+    total = fpt.total
+    return StepOnGpu(model=model, train=train, split=split, mfu=mfu, accum=accum, tokens=tokens, fpt_total=total,
+                     peak=peak, bw=bw, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s,
+                     dequant_s=dequant_s, bwd_share=(fpt.backward + fpt.recompute) / total if total else 0.0)
+
+
+def step_time_on(part: StepOnGpu, cluster: Cluster) -> StepTime:
+    """``step_time`` on ``cluster`` (of ``part``'s GPU kind) from its GPU-count-free part."""
+    model, train, split, accum, tokens = part.model, part.train, part.split, part.accum, part.tokens
+    n = cluster.num_gpus
+    optimizer_s = 0.0
+    if part.mfu is None and train.offload is Offload.NONE:
+        local = split.num_trainable / n if train.uses_deepspeed else split.num_trainable
+        optimizer_s = local * OPTIMIZER_BYTES_PER_PARAM.get(train.optimizer.value, 28) / part.bw
     comm_b = communication_bytes(train, split, n, accum)
     link = collective_bytes_per_s(cluster)
     comm_s = comm_b / link if comm_b else 0.0
     reduce_s = reduction_bytes(train, split, n, accum) / link if comm_b else 0.0
-    gpu_s = compute_s + attention_s + elementwise_s + dequant_s
-    bwd_share = (fpt.backward + fpt.recompute) / fpt.total if fpt.total else 0.0
-    exposed_s = exposed_communication_s(train, comm_s, accum, gpu_s, bwd_share, model.num_layers, reduce_s)
+    gpu_s = part.compute_s + part.attention_s + part.elementwise_s + part.dequant_s
+    exposed_s = exposed_communication_s(train, comm_s, accum, gpu_s, part.bwd_share, model.num_layers, reduce_s)
     host_b = host_transfer_bytes(train, split, n, accum)
     host_s = host_b / (cluster.gpu.host_bytes_per_s * HOST_TRANSFER_EFFICIENCY) if host_b else 0.0
     cpu_s = 0.0
@@ -276,22 +311,22 @@ def step_time(
         params_per_node = split.num_trainable / n * cluster.num_gpus_per_node
         cpu_s = params_per_node / CPU_ADAM_PARAMS_PER_S_PER_NODE
     total_s = gpu_s + optimizer_s + exposed_s + host_s + cpu_s
-    hfu = tokens * fpt.total / (peak * total_s) if total_s > 0 else 0.0
+    hfu = tokens * part.fpt_total / (part.peak * total_s) if total_s > 0 else 0.0
     return StepTime(
-        compute_s=compute_s,
-        dequant_s=dequant_s,
+        compute_s=part.compute_s,
+        dequant_s=part.dequant_s,
         communication_s=comm_s,
         offload_transfer_s=host_s,
         cpu_optimizer_s=cpu_s,
         tokens_per_rank=tokens,
         communication_bytes=comm_b,
         host_transfer_bytes=host_b,
-        attention_s=attention_s,
-        elementwise_s=elementwise_s,
+        attention_s=part.attention_s,
+        elementwise_s=part.elementwise_s,
         optimizer_s=optimizer_s,
         exposed_communication_s=exposed_s,
         hardware_flops_utilisation=hfu,
-        modelled=mfu is None,
+        modelled=part.mfu is None,
     )
 
 

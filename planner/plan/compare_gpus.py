@@ -32,7 +32,8 @@ from planner.estimate.throughput import (
     DEFAULT_MFU,
     SECONDS_PER_HOUR,
     flops_per_token,
-    step_time,
+    step_on_gpu,
+    step_time_on,
     throughput_from_step,
     validate_mfu,
     validate_price,
@@ -254,10 +255,14 @@ def _best_plan(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], cou
     cluster_of = {n: cluster_for(gpu, n, search.gpus_per_node) for n in counts[first:]}
     limit_s = max_hours * SECONDS_PER_HOUR
 
-    splits = {id(t): search.split(t) for t in trains}
+    on_gpu: dict = {}  # step_time's GPU-count-free part, once per layout (mfu was validated by compare_gpus)
 
     def tps(train: TrainSpec, n: int):
-        st = step_time(search.model, train, cluster_of[n], mfu=mfu, counts=search.counts, split=splits[id(train)])
+        part = on_gpu.get(id(train))
+        if part is None:
+            part = on_gpu[id(train)] = step_on_gpu(search.model, train, gpu, mfu=mfu, accum=float(train.grad_accum),
+                                                   counts=search.counts, split=search.split(train))
+        st = step_time_on(part, cluster_of[n])
         return (st.tokens_per_rank / st.total_s if st.total_s > 0 else 0.0), st
 
     def in_time(value: float, n: int) -> bool:

@@ -43,6 +43,8 @@ def _passthrough_rule(tape: Tape, node, grads_out):
 def broadcast(a, b) -> tuple[int, ...]:
     """The broadcast shape of two operands (PyTorch/NumPy rules)."""
     x, y = tuple(a), tuple(b)
+    if x == y:
+        return x  # the common case: same shapes
     n = max(len(x), len(y))
     x = (1,) * (n - len(x)) + x
     y = (1,) * (n - len(y)) + y

@@ -110,15 +110,25 @@ class Storage:
         self.nbytes = nbytes
         self.num_saves = 0
         self.tag = tag
-        sim.live += nbytes  # allocation and free are counted here (the hottest path of an estimate)
-        sim._touch()
+        # allocation and free are counted here (the hottest path of an estimate): Sim._touch, inlined
+        live = sim.live = sim.live + nbytes
+        phase = sim.phase
+        peak = sim.peaks.get(phase)
+        if peak is None:
+            sim.peaks[phase] = PhasePeak(live, sim.saved, sim.grads)
+        elif live > peak.live_bytes:
+            peak.live_bytes, peak.saved_bytes, peak.grads_bytes = live, sim.saved, sim.grads
+        if sim.record is not None:
+            sim._pending = (phase, live, sim.saved, sim.grads)
         if sim.trace is not None:
             sim.storages.append(weakref.ref(self))
 
     def __del__(self) -> None:
         sim = self.sim
-        if sim._pending is not None:
-            sim.flush()
+        pending = sim._pending
+        if pending is not None:  # Sim.flush, inlined: the allocation before this free was a local maximum
+            sim.record.append(pending)
+            sim._pending = None
         sim.live -= self.nbytes
 
 

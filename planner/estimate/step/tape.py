@@ -145,8 +145,16 @@ class Tape:
             node = Node(name, edges, rule or default_rule, len(outputs), extra)
             self.sim._seq += 1
             node.seq = self.sim._seq
-            node.has_saved = any((s.st if isinstance(s, Fake) else s) is not None for s in saved
-                                 if not isinstance(s, Param))
+            has_saved = False
+            for s in saved:
+                if type(s) is Fake:
+                    if s.st is not None:
+                        has_saved = True
+                        break
+                elif s is not None and not isinstance(s, Param):
+                    has_saved = True
+                    break
+            node.has_saved = has_saved
             if self.saving and self.packing:
                 for s in saved:
                     offload.pack(self.sim, node, s, self.device)
@@ -321,7 +329,7 @@ def backward(tape: Tape, loss: Fake, hooks: dict | None = None) -> None:
                 uses[id(e[0])] = uses.get(id(e[0]), 0) + 1
     pending: dict[int, Storage] = {}
     for node in reversed(nodes):
-        if all(g is None for g in node.grad_in):
+        if node.grad_in.count(None) == node.num_outputs:  # no gradient reached the node
             for e in node.edges:  # a use that sends no gradient still counts down its parameter's uses
                 if e is not None and len(e) == 1:
                     _param_grad_arrives(tape, uses, pending, e[0], None)
