@@ -81,7 +81,8 @@ def test_fit_costs_few_simulations():
     """llama-3.1-8b on 8 x H100, the full table: the prediction lands on the sequence limit, so each row's
     search simulates the limit and the length after it (90 simulations before, 68 with the first guess; 72 since
     full fine-tuning under ZeRO-3 simulates DeepSpeed's own linear and so has a simulation key of its own, dadac8a;
-    a regression shows)."""
+    77 since QLoRA under ZeRO-3 is modelled (estimate/qlora_shard.py): its rows take 5 simulations of their own,
+    the table's earlier rows still 72; a regression shows)."""
     model = load_model("llama-3.1-8b")
     cluster = Cluster(gpu=catalog.gpu("h100-sxm-80gb"), num_gpus=8)
     simulate._simulate.cache_clear()
@@ -94,7 +95,7 @@ def test_fit_costs_few_simulations():
                 except PlannerError:
                     continue
                 estimate_with_fit(model, train, cluster)
-    assert simulate._simulate.cache_info().misses <= 72
+    assert simulate._simulate.cache_info().misses <= 77
 
 
 @st.composite

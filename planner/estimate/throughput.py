@@ -267,7 +267,7 @@ def step_on_gpu(model: ModelSpec, train: TrainSpec, gpu: GpuSpec, *, mfu: float 
         compute_s = tokens * fpt.total / (peak * mfu)
     else:
         eff = kernel_efficiency(gpu.name)
-        passes = 1 + (1 if train.grad_checkpointing else 0)
+        passes = 1 + attention_share(train, model.num_layers)
         attn_fwd = 4.0 * model.num_layers * train.seq_len * model.num_heads * model.head_dim
         attn_counted = attn_fwd * (3 + passes - 1)  # what flops_per_token counts: fwd, 2 x bwd, recompute
         compute_s = tokens * (fpt.total - attn_counted) / (peak * matmul_efficiency(gpu.name, model.hidden_size))
@@ -294,8 +294,12 @@ def step_time_on(part: StepOnGpu, cluster: Cluster) -> StepTime:
     model, train, split, accum, tokens = part.model, part.train, part.split, part.accum, part.tokens
     n = cluster.num_gpus
     optimizer_s = 0.0
-    if part.mfu is None and train.offload is Offload.NONE:
-        local = split.num_trainable / n if train.uses_deepspeed else split.num_trainable
+    # the optimizer steps on the host: DeepSpeed's offload, or FSDP2's CPUOffloadPolicy (torch AdamW on the CPU;
+    # its rate is taken as DeepSpeed CPU Adam's below, which torch's foreach AdamW on the CPU does not beat)
+    host_optimizer = train.offload is not Offload.NONE or (train.uses_fsdp2 and
+                                                           train.parallelism.fsdp_config.cpu_offload)
+    if part.mfu is None and not host_optimizer:
+        local = split.num_trainable / n if train.uses_deepspeed or train.uses_fsdp2 else split.num_trainable
         optimizer_s = local * OPTIMIZER_BYTES_PER_PARAM.get(train.optimizer.value, 28) / part.bw
     comm_b = communication_bytes(train, split, n, accum)
     link = collective_bytes_per_s(cluster)
