@@ -150,6 +150,15 @@ def precision_notes(train: TrainSpec) -> list[str]:
     return notes
 
 
+FSDP2_FILES = [
+    "- `launch.sh`: `torchrun` running train.py's own FSDP2 loop (`--engine fsdp2`): fully_shard on every decoder "
+    "layer, then the root, the layout this estimate describes (multi-node form when the plan spans nodes).",
+    "- FSDP2's alternative launch: `accelerate launch --config_file accelerate_config.yaml train.py --engine trainer` "
+    "runs accelerate's FSDP2 through the HF Trainer; it wraps the decoder layers too, but under bf16 reduces the "
+    "gradients in bf16 and its memory was not checked against this estimate (see the file's header).",
+]
+
+
 def render_plan_md(
     model: ModelSpec,
     train: TrainSpec,
@@ -260,7 +269,8 @@ def render_plan_md(
     if has_ds_config:
         lines.append("- `ds_config.json`: ZeRO stage, offload, buckets, batch sizes, clipping, bf16/fp16.")
     lines += [
-        "- `launch.sh`: the `accelerate launch` command (multi-node form in its comments).",
+        *(FSDP2_FILES if train.uses_fsdp2 else
+          ["- `launch.sh`: the `accelerate launch` command (multi-node form in its comments)."]),
         "- `model_config.json`: the model's config.json, for `--random-init` runs and for `planner profile`.",
         f"- `{SAMPLE_DATASET}`: a few generated texts for the smoke run (a dataset shorter than one optimizer step "
         "is repeated to fill it).",
