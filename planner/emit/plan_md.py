@@ -9,7 +9,7 @@ from planner.emit.ds_config import bucket_sizes
 from planner.emit.launch import SMOKE_RUN
 from planner.emit.sample_data import SAMPLE_DATASET
 from planner.estimate.result import CATEGORIES, Estimate
-from planner.specs import Cluster, Loss, Method, ModelSpec, Offload, PeftDtype, TrainSpec
+from planner.specs import Cluster, Loss, Method, ModelSpec, Offload, PeftDtype, Precision, TrainSpec
 from planner.units import fmt_count, fmt_gib
 
 PROFILE_STEPS = 3
@@ -25,6 +25,14 @@ def model_argument(model: ModelSpec) -> str:
     return os.path.abspath(model.source)  # the command may run from anywhere (the bundle, for one)
 
 
+def _fsdp2_flags(t: TrainSpec) -> list[str]:
+    """FSDP2's flags (cli/fsdp_options.py): --reduce-dtype applies under bf16-mixed only."""
+    c = t.parallelism.fsdp_config
+    return ["--engine", "fsdp2", "--reshard" if c.reshard_after_forward else "--no-reshard",
+            *(["--fsdp-offload"] if c.cpu_offload else []),
+            *(["--reduce-dtype", c.reduce_dtype or "bf16"] if t.precision is Precision.BF16_MIXED else [])]
+
+
 def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[str]:
     """`planner profile` with every training flag of the plan (the flags `planner estimate` shares)."""
     t = train
@@ -35,8 +43,7 @@ def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[s
         "--method", t.method.value,
         "--precision", t.precision.value,
         "--optimizer", t.optimizer.value,
-        "--zero", str(t.zero_stage),
-        "--offload", t.offload.value,
+        *(_fsdp2_flags(t) if t.uses_fsdp2 else ["--zero", str(t.zero_stage), "--offload", t.offload.value]),
         "--micro-batch", str(t.micro_batch),
         "--grad-accum", str(t.grad_accum),
         "--seq-len", str(t.seq_len),
