@@ -125,14 +125,18 @@ def test_recommend_weighs_fsdp2_against_deepspeed_and_says_why():
     assert search_space(o.TrainingFlags(engine="deepspeed"), Precision.BF16_MIXED) == {"zero_stages": (1, 2, 3)}
 
 
-def test_the_bundle_refuses_fsdp2_in_one_sentence():
+def test_the_bundle_writes_accelerate_fsdp2_as_the_alternative_launch():
     from planner.catalog import gpu
-    from planner.emit.accelerate_config import accelerate_config
+    from planner.emit.accelerate_config import accelerate_config, render_accelerate_yaml
     from planner.specs import Cluster
 
-    train = _spec(engine="fsdp2")
-    with pytest.raises(PlannerError, match="does not write FSDP2 yet"):
-        accelerate_config(train, Cluster(gpu=gpu("h100-sxm-80gb"), num_gpus=2))
+    train = _spec(engine="fsdp2", reshard=False)
+    cluster = Cluster(gpu=gpu("h100-sxm-80gb"), num_gpus=2)
+    cfg = accelerate_config(train, cluster)
+    assert cfg["distributed_type"] == "FSDP" and cfg["mixed_precision"] == "bf16"
+    assert cfg["fsdp_config"]["fsdp_version"] == 2 and cfg["fsdp_config"]["fsdp_reshard_after_forward"] is False
+    assert cfg["fsdp_config"]["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert "ALTERNATIVE launch" in render_accelerate_yaml(train, cluster)
 
 
 def test_from_reads_fsdp2_from_accelerate_trainingarguments_and_torchtune(tmp_path):
@@ -211,16 +215,18 @@ def test_reports_and_tables_name_the_engine():
     assert nr.parallelism.label == "FSDP2, no reshard, CPU offload"
 
 
-def test_recommend_out_searches_only_what_the_bundle_writes(tmp_path):
+def test_recommend_out_writes_an_fsdp2_bundle_launched_by_torchrun(tmp_path):
+    from planner.from_config import read_training_config
     from tests.cli_harness import run_inprocess
 
-    res = run_inprocess(["recommend", "-m", "gpt2", "-s", "512", "-g", "8", "--gpus", "2", "--out",
-                         str(tmp_path / "b"), "--json"])
-    assert res.code == 0, res.stderr
-    assert "FSDP2 is not searched" in res.stderr and (tmp_path / "b" / "accelerate_config.yaml").is_file()
     res = run_inprocess(["recommend", "-m", "gpt2", "-s", "512", "-g", "8", "--gpus", "2", "--engine", "fsdp2",
-                         "--out", str(tmp_path / "c")])
-    assert res.code == 1 and "does not write FSDP2 yet" in res.stderr
+                         "--no-reshard", "--out", str(tmp_path / "c")])
+    assert res.code == 0, res.stderr
+    launch = (tmp_path / "c" / "launch.sh").read_text()
+    assert "-m torch.distributed.run --nproc_per_node 2" in launch and "train.py --engine fsdp2" in launch
+    back = read_training_config(tmp_path / "c")  # PLAN's fsdp wins over the accelerate config beside it
+    assert back.train.uses_fsdp2 and back.train.parallelism.fsdp_config.reshard_after_forward is False
+    assert back.train.parallelism.fsdp_config.reduce_dtype == "fp32" and back.num_gpus == 2
 
 
 def test_compare_gpus_refuses_fsdp2():

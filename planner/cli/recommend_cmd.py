@@ -112,10 +112,6 @@ def recommend(
         kwargs["attn_impls"] = (o.parse_attn(flags.attn),)
     config_fsdp = fc.train.parallelism.fsdp_config if fc is not None and fc.train.uses_fsdp2 else None
     kwargs.update(fsdp_options.search_space(flags, base.precision, config_fsdp))
-    if out is not None and kwargs.get("fsdp_configs") and kwargs.get("zero_stages", True):
-        # the bundle cannot write FSDP2 yet (emit/accelerate_config.py): search the engines it writes
-        del kwargs["fsdp_configs"]
-        typer.echo("note: --out: FSDP2 is not searched, as the run bundle does not write it yet.", err=True)
     try:
         rec = run_recommend(
             spec, base, cluster, global_batch_size=global_batch_size, method=flags.method.lower(),

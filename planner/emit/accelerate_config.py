@@ -3,7 +3,8 @@
 ZeRO 1-3: ``distributed_type: DEEPSPEED`` pointing at ds_config.json. accelerate refuses a config file
 that sets ``mixed_precision`` (or gradient accumulation, clipping, ZeRO stage, offload) next to
 ``deepspeed_config_file`` (accelerate/utils/dataclasses.py, ``DeepSpeedPlugin._deepspeed_config_checks``):
-those live in ds_config.json only. ZeRO 0 on several GPUs is plain DDP (``MULTI_GPU``); one GPU is ``NO``.
+those live in ds_config.json only. FSDP2 (``distributed_type: FSDP``, ``fsdp_version: 2``) is the
+alternative launch of an FSDP2 plan (emit/fsdp2_accelerate.py); launch.sh runs torchrun. ZeRO 0 on several GPUs is plain DDP (``MULTI_GPU``); one GPU is ``NO``.
 Multi-node plans use the "standalone" launcher: the same command on every node with its machine rank.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from planner.errors import PlannerError
+from planner.emit.fsdp2_accelerate import FSDP2_HEADER, fsdp2_accelerate
 from planner.specs import Cluster, Precision, TrainSpec
 
 DS_CONFIG_FILE = "ds_config.json"
@@ -31,12 +32,7 @@ _MIXED_PRECISION = {
 
 def distributed_type(train: TrainSpec, cluster: Cluster) -> str:
     if train.uses_fsdp2:
-        # accelerate's FSDP2 (utils/fsdp_utils.py fsdp2_prepare_model) shards the embeddings and the final norm
-        # and head in units of their own (the tail never resharded) and reduces in its mixed_precision dtype,
-        # where planner's estimate follows torchtune's shard_model (one root group) with an fp32 reduce: a bundle
-        # would not run what was estimated
-        raise PlannerError("the run bundle does not write FSDP2 yet (accelerate wraps and reduces differently from "
-                           "the torchtune layout planner estimates); plan without --out, or with --engine deepspeed.")
+        return "FSDP"
     if train.uses_deepspeed:
         return "DEEPSPEED"
     return "MULTI_GPU" if cluster.num_gpus > 1 else "NO"
@@ -70,10 +66,15 @@ def accelerate_config(train: TrainSpec, cluster: Cluster) -> dict[str, Any]:
     else:
         config["mixed_precision"] = _MIXED_PRECISION[train.precision]
         config["gpu_ids"] = "all"
+    if kind == "FSDP":
+        config["fsdp_config"] = fsdp2_accelerate(train)
     return dict(sorted(config.items()))
 
 
 def render_accelerate_yaml(train: TrainSpec, cluster: Cluster) -> str:
+    if train.uses_fsdp2:
+        return FSDP2_HEADER + yaml.safe_dump(accelerate_config(train, cluster), sort_keys=True,
+                                             default_flow_style=False)
     header = (
         "# accelerate launch config written by planner (see PLAN.md).\n"
         "# Precision, batch sizes, clipping and ZeRO settings live in ds_config.json when DeepSpeed is used.\n"

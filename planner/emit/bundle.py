@@ -37,6 +37,7 @@ from planner.emit.ds_config import MAX_GRAD_NORM, deepspeed_config
 from planner.emit.launch import render_launch_sh
 from planner.emit.plan_md import render_plan_md
 from planner.emit.sample_data import SAMPLE_DATASET, render_sample_jsonl
+from planner.emit.torchrun_launch import render_torchrun_sh
 from planner.emit.train_script import PLACEHOLDER, TEMPLATE
 from planner.errors import PlannerError
 from planner.estimate.result import Estimate
@@ -91,9 +92,8 @@ def render_train_script(values: dict[str, Any]) -> str:
 
 
 def _label(train: TrainSpec, cluster: Cluster) -> str:
-    offload = "" if train.offload.value == "none" else f", offload {train.offload.value}"
     return (
-        f"{train.method.value}, ZeRO-{train.zero_stage}{offload}, micro-batch {train.micro_batch} x "
+        f"{train.method.value}, {train.parallelism.label}, micro-batch {train.micro_batch} x "
         f"accumulation {train.grad_accum} x {cluster.num_gpus} GPUs, checkpointing "
         f"{'on' if train.grad_checkpointing else 'off'}, {train.attn_impl.value}"
     )
@@ -162,11 +162,12 @@ def render_bundle(
         "num_gpus": cluster.num_gpus,
         "num_nodes": cluster.num_nodes,
         "global_batch_size": global_batch_size,
+        **({"fsdp": train.parallelism.fsdp_config.to_dict()} if train.uses_fsdp2 else {}),  # train.py --engine fsdp2
     }
     files = {
         "train.py": render_train_script(plan_values),
         "accelerate_config.yaml": render_accelerate_yaml(train, cluster),
-        "launch.sh": render_launch_sh(
+        "launch.sh": (render_torchrun_sh if train.uses_fsdp2 else render_launch_sh)(
             label=label, cluster=cluster, model_ref=model_ref, dataset=dataset, tokenizer=tokenizer
         ),
         "PLAN.md": render_plan_md(

@@ -9,7 +9,7 @@ from planner.emit.ds_config import bucket_sizes
 from planner.emit.launch import SMOKE_RUN
 from planner.emit.sample_data import SAMPLE_DATASET
 from planner.estimate.result import CATEGORIES, Estimate
-from planner.specs import Cluster, Loss, Method, ModelSpec, Offload, PeftDtype, TrainSpec
+from planner.specs import Cluster, Loss, Method, ModelSpec, Offload, PeftDtype, Precision, TrainSpec
 from planner.units import fmt_count, fmt_gib
 
 PROFILE_STEPS = 3
@@ -25,6 +25,14 @@ def model_argument(model: ModelSpec) -> str:
     return os.path.abspath(model.source)  # the command may run from anywhere (the bundle, for one)
 
 
+def _fsdp2_flags(t: TrainSpec) -> list[str]:
+    """FSDP2's flags (cli/fsdp_options.py): --reduce-dtype applies under bf16-mixed only."""
+    c = t.parallelism.fsdp_config
+    return ["--engine", "fsdp2", "--reshard" if c.reshard_after_forward else "--no-reshard",
+            *(["--fsdp-offload"] if c.cpu_offload else []),
+            *(["--reduce-dtype", c.reduce_dtype or "bf16"] if t.precision is Precision.BF16_MIXED else [])]
+
+
 def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[str]:
     """`planner profile` with every training flag of the plan (the flags `planner estimate` shares)."""
     t = train
@@ -35,8 +43,7 @@ def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[s
         "--method", t.method.value,
         "--precision", t.precision.value,
         "--optimizer", t.optimizer.value,
-        "--zero", str(t.zero_stage),
-        "--offload", t.offload.value,
+        *(_fsdp2_flags(t) if t.uses_fsdp2 else ["--zero", str(t.zero_stage), "--offload", t.offload.value]),
         "--micro-batch", str(t.micro_batch),
         "--grad-accum", str(t.grad_accum),
         "--seq-len", str(t.seq_len),
@@ -158,6 +165,15 @@ def precision_notes(train: TrainSpec) -> list[str]:
     return notes
 
 
+FSDP2_FILES = [
+    "- `launch.sh`: `torchrun` running train.py's own FSDP2 loop (`--engine fsdp2`): fully_shard on every decoder "
+    "layer, then the root, the layout this estimate describes (multi-node form when the plan spans nodes).",
+    "- FSDP2's alternative launch: `accelerate launch --config_file accelerate_config.yaml train.py --engine trainer` "
+    "runs accelerate's FSDP2 through the HF Trainer; it wraps the decoder layers too, but under bf16 reduces the "
+    "gradients in bf16 and its memory was not checked against this estimate (see the file's header).",
+]
+
+
 def render_plan_md(
     model: ModelSpec,
     train: TrainSpec,
@@ -272,7 +288,8 @@ def render_plan_md(
     if has_ds_config:
         lines.append("- `ds_config.json`: ZeRO stage, offload, buckets, batch sizes, clipping, bf16/fp16.")
     lines += [
-        "- `launch.sh`: the `accelerate launch` command (multi-node form in its comments).",
+        *(FSDP2_FILES if train.uses_fsdp2 else
+          ["- `launch.sh`: the `accelerate launch` command (multi-node form in its comments)."]),
         "- `model_config.json`: the model's config.json, for `--random-init` runs and for `planner profile`.",
         f"- `{SAMPLE_DATASET}`: a few generated texts for the smoke run (a dataset shorter than one optimizer step "
         "is repeated to fill it).",

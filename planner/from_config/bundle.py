@@ -19,7 +19,17 @@ from typing import Any
 from planner.catalog import model_names
 from planner.errors import PlannerError
 from planner.from_config.reader import MAX_CONFIG_BYTES, Reader
-from planner.specs import AttnImpl, LoraSpec, Method, Optimizer, Parallelism, Precision, QuantSpec, QuantType
+from planner.specs import (
+    AttnImpl,
+    FsdpConfig,
+    LoraSpec,
+    Method,
+    Optimizer,
+    Parallelism,
+    Precision,
+    QuantSpec,
+    QuantType,
+)
 
 TRAIN_SCRIPT = "train.py"
 ACCELERATE_CONFIG = "accelerate_config.yaml"
@@ -75,6 +85,20 @@ def _section(r: Reader, key: str) -> Reader:
     return sub
 
 
+def plan_fsdp(r: Reader) -> None:
+    """PLAN's ``fsdp`` (an FSDP2 plan: train.py's own fully_shard loop under torchrun, ``--engine fsdp2``) wins over
+    the accelerate config beside it, which is FSDP2's alternative launch through the Trainer."""
+    fsdp = r.get("fsdp")
+    if fsdp is None:
+        return
+    if not isinstance(fsdp, dict):
+        raise r.bad("fsdp", fsdp, "a mapping")
+    from planner.from_config.fsdp_fields import ACCELERATE_NOTE
+
+    r.fsdp, r.fsdp_from = FsdpConfig.from_dict(fsdp), "bundle"
+    r.notes[:] = [n for n in r.notes if n != ACCELERATE_NOTE]
+
+
 def bundle(r: Reader) -> dict[str, Any]:
     """TrainSpec keywords of the run a bundle's train.py makes with its defaults (``r.data`` is PLAN)."""
     r.no_memory = NO_MEMORY
@@ -92,6 +116,7 @@ def bundle(r: Reader) -> dict[str, Any]:
         r.notes.append(f"{r.name} names no catalog model and has no {MODEL_CONFIG} beside it; give --model.")
     lora, quant = _section(r, "lora"), _section(r, "quant")
     ds = r.deepspeed()  # train.py's TrainingArguments(deepspeed=...), else the accelerate config's
+    plan_fsdp(r)
     dropout = r.get("dropout")
     if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))):
         raise r.bad("dropout", dropout, "a number or None")

@@ -92,6 +92,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     plan.add_argument("--attn-impl", choices=("eager", "sdpa", "flash_attention_2"), default=PLAN["attn_impl"])
     plan.add_argument("--deepspeed", default=PLAN["deepspeed"],
                       help="DeepSpeed JSON config, or 'none' (default: %(default)s, next to this script)")
+    fsdp = PLAN.get("fsdp") or {}
+    plan.add_argument("--engine", choices=("trainer", "fsdp2"), default="fsdp2" if fsdp else "trainer",
+                      help="trainer: the HF Trainer (DDP or DeepSpeed); fsdp2: fully_shard per decoder layer then "
+                           "the root, a plain torch loop under torchrun (default: %(default)s)")
+    plan.add_argument("--reshard", action=argparse.BooleanOptionalAction,
+                      default=fsdp.get("reshard_after_forward", True), help="fsdp2: reshard_after_forward")
+    plan.add_argument("--fsdp-offload", action=argparse.BooleanOptionalAction, default=fsdp.get("cpu_offload", False),
+                      help="fsdp2: CPUOffloadPolicy (sharded parameters, gradients, optimizer states on the host)")
+    plan.add_argument("--reduce-dtype", choices=("fp32", "none"), default=fsdp.get("reduce_dtype") or "none",
+                      help="fsdp2 under bf16-mixed: the gradients' reduce dtype (none: the gradients' own, bf16)")
     plan.add_argument("--dropout", type=float, default=PLAN["dropout"], help="override the model's dropout")
     plan.add_argument("--lora-rank", type=int, default=PLAN["lora"]["rank"])
     plan.add_argument("--lora-alpha", type=int, default=PLAN["lora"]["alpha"])

@@ -91,6 +91,8 @@ def in_backward_optimizers(model, args: argparse.Namespace, training_args):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     texts = read_texts(args)  # fail on a bad dataset before loading anything large
+    if args.engine == "fsdp2":  # planner's FSDP2 layout: a plain torch loop (the fsdp2 part above)
+        return train_fsdp2(args, texts)
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
