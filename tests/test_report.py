@@ -330,13 +330,13 @@ def test_estimate_report_has_every_combination_and_escapes_the_model_name(cli, t
     assert "fig-estimate-bars" in _figure_names(out)
     assert name not in text and "<script>alert" not in text
     assert html.esc(name) in text
-    # 3 methods x ZeRO 0-3 x valid offloads: full 8, LoRA 8, QLoRA 5 (no ZeRO-3); FSDP2 with and without
-    # resharding for full and LoRA (QLoRA not yet).
-    assert "25 configurations estimated" in text
+    # 3 methods x ZeRO 0-3 x valid offloads: full 8, LoRA 8, QLoRA 7 (no parameter offload); FSDP2 with and
+    # without resharding for each method.
+    assert "29 configurations estimated" in text
     bars = re.search(r'id="fig-estimate-bars".*?push\(\{id:"fig-estimate-bars",f:(\{.*?\})\}\);</script>', text, re.S)
     data = json.loads(bars.group(1))["data"]
     stacks = [t for t in data if t["type"] == "bar"]
-    assert len(stacks) == len(palette.CATEGORIES) and all(len(t["x"][0]) == 25 for t in stacks)
+    assert len(stacks) == len(palette.CATEGORIES) and all(len(t["x"][0]) == 29 for t in stacks)
 
 
 def test_report_of_a_profile_that_failed_before_any_peak(cli, tmp_path):

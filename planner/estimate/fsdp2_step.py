@@ -152,6 +152,11 @@ def estimate_fsdp2(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, marg
     notes = [f"FSDP2: fully_shard per decoder layer and on the root, {cluster.num_gpus} ranks; "
              + ("parameters resharded after forward." if train.parallelism.fsdp_config.reshard_after_forward
                 else "parameters kept gathered from forward to backward (no reshard).")]
+    # the simulated step's own notes (a nearest-family stand-in, packing's mask ...), as estimate() gives them;
+    # the same StepInputs as fsdp2_phases', so the cached simulation
+    sim_train = _sim_train(train)
+    notes.extend(simulate_step(model, sim_train, device=device, keep_grads=False,
+                               adapters=lora_adapter_paths(model, sim_train), cpu=cpu).notes)
     if train.grad_checkpointing and not train.parallelism.fsdp_config.reshard_after_forward:
         notes.append("FSDP2 with checkpointing and no resharding: a layer's recomputation with its unsharded "
                      "gradients and the reduce-scatter input of the layer above is not modelled yet: measured "

@@ -88,7 +88,6 @@ class TrainSpec:
     selective_ac: str = ""
 
     def __post_init__(self) -> None:
-        check_selective_ac(self.selective_ac, self.grad_checkpointing, self.parallelism.uses_fsdp2)
         if not isinstance(self.loss, LossSpec):
             raise PlannerError(f"loss must be a LossSpec, got {self.loss!r}.")
         if not isinstance(self.task, TaskSpec):
@@ -96,6 +95,7 @@ class TrainSpec:
         self._check_task()
         if not isinstance(self.parallelism, Parallelism):
             raise PlannerError(f"parallelism must be a Parallelism spec, got {self.parallelism!r}.")
+        check_selective_ac(self.selective_ac, self.grad_checkpointing, self.parallelism.uses_fsdp2)
         if self.micro_batch < 1:
             raise PlannerError(f"micro-batch must be at least 1, got {self.micro_batch}.")
         if self.seq_len < 1:
