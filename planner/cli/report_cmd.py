@@ -65,7 +65,7 @@ def _inputs(model: str | None, plan: Path | None, accuracy: Path | None) -> dict
     }
 
 
-@o.training_options(omit=("host_ram",), seq_len=o.DEFAULT_SEQ_LEN)
+@o.training_options(omit=("host_ram",))
 def report(
     *,
     output: OutputOpt,
