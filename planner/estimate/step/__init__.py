@@ -10,6 +10,8 @@
 - ``family_layers`` each family's decoder layer and embeddings assembled from the blocks
 - ``nearest``       an unknown causal family mapped onto the nearest validated layer
 - ``simulate``      ``simulate_step``: one micro-batch's forward and backward, cached by ``StepInputs``
+- ``inputs``        ``StepInputs``, exactly what a simulation reads (its cache key), and the TrainSpec field audit
+- ``layer_runner``  one decoder layer, plain or checkpointed (recomputed at the first unpack), and backward hooks
 - ``envelope``      exact lines in the micro-batch through two simulations
 - ``offload``       activation offloading (save_on_cpu): saved tensors packed to the host, unpacked per node
 - ``cpu_kernels``   the CPU kind of a validation run (oneDNN workspaces inside 16-bit matmuls)
