@@ -14,6 +14,8 @@ The only package of planner that runs torch training. Layout, one concern per mo
 - ``attribution``   replay of alloc/free events into categories, peaks and a timeline (pure)
 - ``torch_categories`` optional cross-check with torch.profiler._memory_profiler (private API)
 - ``runner``        one rank's run: phases, probes, failure handling
+- ``inject``        ``planner profile -- COMMAND``: which processes of a user's command record
+- ``inject_session`` one recording process of such a command: its windows, probes and output
 - ``job``           what a rank is handed (``Job``) and the exceptions that stop it
 - ``rank_output``   what a rank writes when its run ends: its timeline and ``rank<r>.json``
 - ``launcher``      one rank in-process or N ranks via torchrun; merging; signals
