@@ -3,7 +3,8 @@
 - ``sim``           what the tape is made of: ``Sim`` (live bytes, each phase's peak), storages, fakes, nodes
 - ``tape``          a symbolic autograd engine: ops recorded, saved tensors, backward and its gradient buffers
 - ``ops``           the torch ops the families use: outputs, what autograd saves, what backward allocates
-- ``layers``        transformers' building blocks (norms, attention, MLP, LoRA, 4-bit linears) line by line
+- ``layers``        transformers' building blocks (norms, attention, MLP) line by line, over ``linears``
+- ``linears``       the step's ``Ctx``, nn.Linear with peft LoRA and a bitsandbytes 4-bit base, LoRA embeddings
 - ``moe``           mixture-of-experts blocks (routers, grouped experts, peft ParamWrapper)
 - ``logits``        the output head and the causal-LM loss
 - ``family_weights`` each family's simulated weights (trainable or not, dtypes, LoRA adapters, 4-bit bases)
