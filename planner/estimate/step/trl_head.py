@@ -81,7 +81,7 @@ def fused_lm_head(t: Tape, fam, hidden: Fake, outputs: tuple[str, ...], device: 
     flat = t.op("clone", [hidden], [((n, h), hidden.dtype)], [], _slice_copy_rule)[0]
     targets = t.new((n,), "int64")  # labels.clamp(min=0).reshape(-1)
     made = [name for name in _OUTPUTS if name in outputs]
-    raw = chunked_logprob(t, w, flat, targets, made, compute, compact=device != "cpu", legacy_hidden_chunk=True)
+    raw = chunked_logprob(t, w, flat, targets, made, compute, compact=device != "cpu")
     del targets, flat
     # (x.view(mask.shape).masked_fill(~mask, 0) for x in per_token): the raw outputs die one by one
     kept = [mask]
@@ -145,7 +145,7 @@ def _forward_tile(t: Tape, rows: int, cols: int, compute: str, outputs: tuple[st
 
 
 def chunked_logprob(t: Tape, w, x: Fake, targets: Fake, outputs: list[str], compute: str,
-                    compact: bool, legacy_hidden_chunk: bool = False) -> list[Fake]:
+                    compact: bool) -> list[Fake]:
     """``ChunkedLogProbFunction.forward`` on ``x`` [N, H] and lm_head's weight ``w``; returns the asked ``outputs``
     ([N] each) in its return order. ``compact``: Triton folds each tile in registers (CUDA, XPU)."""
     num, h = x.shape
@@ -169,7 +169,7 @@ def chunked_logprob(t: Tape, w, x: Fake, targets: Fake, outputs: list[str], comp
     div = t.new((num,), "fp32") if "entropy" in outputs else None  # x_sum_exp / sum_exp, for the entropy
     top1_parts = [t.new((num,), "bool"), t.new((num,), "bool")] if "is_top1" in outputs else []  # >=, > (then &)
     extra = {"num": num, "vocab": vocab, "h": h, "cdt": compute, "compact": compact, "w": w,
-             "w_dtype": w.dtype, "x_dtype": x.dtype, "legacy_hidden_chunk": legacy_hidden_chunk}
+             "w_dtype": w.dtype, "x_dtype": x.dtype}
     specs = [((num,), _OUTPUTS[name][0]) for name in outputs]
     raw = t.op("chunked_logprob", [x, w], specs, [x, targets, log_z], _backward_rule, extra)
     if "entropy" in outputs:
@@ -201,11 +201,8 @@ def _backward_rule(tape: Tape, node, grads_out):
     cuda_out_dtype = compact and cdt in ("bf16", "fp16")  # _addmm_fp32: addmm(out_dtype=float32) on CUDA
     for start in range(0, num, TOKEN_CHUNK_SIZE):
         n = min(TOKEN_CHUNK_SIZE, num - start)
-        # hidden[...].to(compute_dtype): a copy only when the dtypes differ ("legacy_hidden_chunk": DPO/GRPO's
-        # earlier rule, a copy whenever the compute dtype is 16-bit, kept so that merging the two modules moves no
-        # number; branch trlhead-dpo-copy drops it: Tensor.to returns self when the dtypes agree)
-        copies_chunk = ex["x_dtype"] != cdt or (ex["legacy_hidden_chunk"] and cdt != "fp32")
-        chunk = Storage(sim, n * h * dtype_bytes(cdt)) if copies_chunk else None
+        # hidden[...].to(compute_dtype): a copy only when the dtypes differ (Tensor.to returns self otherwise)
+        chunk = Storage(sim, n * h * dtype_bytes(cdt)) if ex["x_dtype"] != cdt else None
         for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
             nc = min(VOCAB_CHUNK_SIZE, vocab - v0)
             w_chunk = Storage(sim, nc * h * dtype_bytes(cdt)) if ex["w_dtype"] != cdt else None
