@@ -106,6 +106,24 @@ def test_fused_linear_ce_keeps_gradients_not_logits():
     assert fused.forward_peak_bytes < standard.forward_peak_bytes - 6 * num_logits
 
 
+def test_fused_linear_ce_is_simulated_directly_at_each_micro_batch():
+    """Liger's chunk rounds b * s / ceil(V / H) up to a power of two, so its [chunk, V] buffer is not linear in b:
+    lines through b = 2, 3 would be off from b = 4 on; simulate_step matches a direct simulation at every b."""
+    from planner.estimate.step.simulate import _envelope, _simulate, step_inputs
+
+    cell = LOSS_CELLS[1]  # vocabulary 8192, hidden 96, 128 tokens: chunks of 4, 8, 8, 8, 16 ... tokens
+    model = cell.model_spec()
+    assert [liger_chunk_size(b * 128, cell.vocab, cell.hidden) for b in (2, 3, 4, 5, 6)] == [4, 8, 8, 8, 16]
+    missed = 0
+    for b in (2, 3, 4, 5, 6, 7, 8):
+        train = dataclasses.replace(cell.train_spec(), loss=LossSpec(Loss.FUSED_LINEAR_CE), micro_batch=b)
+        direct = _simulate(step_inputs(model, train, device="cuda")).profile
+        assert simulate_step(model, train, device="cuda") == direct
+        enveloped = _envelope(step_inputs(model, train, device="cuda", micro_batch=0)).at(b)
+        missed += enveloped.forward_peak_bytes != direct.forward_peak_bytes
+    assert missed  # the envelope would have been wrong here
+
+
 def test_the_loss_is_a_train_spec_field_with_a_json_block():
     train = TrainSpec(loss=LossSpec(Loss.CHUNKED_CE, 4))
     assert train_spec_to_dict(train)["loss"] == {"kind": "chunked-ce", "chunks": 4}

@@ -239,7 +239,7 @@ def test_bundle_train_py_optimizer_in_backward_through_the_trainer(tmp_path, tin
 # TRL 1.16's SFTTrainer computes loss_type "nll" (its default) through its fused LM head (trl/trainer/utils.py
 # add_fused_lm_head, trl/kernels/chunked_logprob.py): the hf reader maps it to --loss trl-fused-lm-head, whose
 # [min(tokens, 4096), 32768] tile buffer (7.75 MiB here, against 5.9 MiB for the whole tiny model) and the CPU
-# tile ops' temporaries the estimator writes from TRL's source (planner/estimate/step/trl_loss.py).
+# tile ops' temporaries the estimator writes from TRL's source (planner/estimate/step/trl_head.py, trl_loss.py).
 @pytest.mark.slow
 def test_trl_sft_trainer_script(tmp_path, tiny_config):
     pytest.importorskip("trl")

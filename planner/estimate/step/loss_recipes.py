@@ -149,6 +149,12 @@ def liger_chunk_size(num_tokens: int, vocab: int, hidden: int) -> int:
     return min(size, num_tokens)
 
 
+def liger_is_linear_in_micro_batch(micro_batches: tuple[int, ...], seq_len: int, vocab: int, hidden: int) -> bool:
+    """Liger's [chunk, V] logits buffer is linear in the micro-batch only where every chunk is all b * s tokens
+    (next_power_of_2 rounds it otherwise: ``liger_chunk_size``)."""
+    return all(liger_chunk_size(b * seq_len, vocab, hidden) == b * seq_len for b in micro_batches)
+
+
 def fused_linear_ce(t: Tape, fam, hidden: Fake, ids: Fake) -> Fake:
     """Liger's LigerForCausalLMLoss -> LigerFusedLinearCrossEntropyFunction (see the module docstring)."""
     lin = fam.lm_head

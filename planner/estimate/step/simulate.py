@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from planner.errors import PlannerError
-from planner.estimate.step import autocast, late_segments, selective_layers, trl_loss
+from planner.estimate.step import autocast, late_segments, loss_recipes, selective_layers, trl_loss
 from planner.estimate.step import offload as packing
 from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.envelope import ENVELOPE_POINTS, Run, StepEnvelope, StepProfile
@@ -74,11 +74,15 @@ def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", k
     # Activation offloading's pinned host bytes round each copy to a power of two: not linear either.
     # TRL's fused LM head tiles b * (s - 1) tokens by 4096 (--task dpo: min(tokens, 4096) rows; trl_loss.py): linear
     # in the micro-batch only within one tile.
+    # Liger's fused linear cross-entropy rounds its chunk of b * s tokens up to a power of two (loss_recipes.py).
     # Packing flattens the micro-batch into one row whose [tokens, tokens] mask grows with its square (packed.py).
     direct = (train.micro_batch == 1 or train.packing or cpu_kind(device, cpu) is not None or train.activation_offload
               or not train.task.is_default
               or (train.loss.kind is Loss.TRL_FUSED_LM_HEAD
-                  and not trl_loss.is_linear_in_micro_batch((train.micro_batch, *ENVELOPE_POINTS), train.seq_len)))
+                  and not trl_loss.is_linear_in_micro_batch((train.micro_batch, *ENVELOPE_POINTS), train.seq_len))
+              or (train.loss.kind is Loss.FUSED_LINEAR_CE
+                  and not loss_recipes.liger_is_linear_in_micro_batch(
+                      (train.micro_batch, *ENVELOPE_POINTS), train.seq_len, model.vocab_size, model.hidden_size)))
     inputs = step_inputs(model, train, device=device, keep_grads=keep_grads, keep_logits=keep_logits,
                          adapters=adapters, hold_grads_over=hold_grads_over, cpu=cpu,
                          micro_batch=None if direct else 0)

@@ -1,4 +1,5 @@
-"""TRL 1.16's fused LM head on the tape: per-token log-probabilities in tiles, never the [tokens, V] logits.
+"""TRL 1.16's fused LM head on the tape: ``ChunkedLogProbFunction`` (trl/kernels/chunked_logprob.py), shared by
+SFT's loss (``--loss trl-fused-lm-head``, trl_loss.py) and DPO/GRPO's policy and reference scoring (below).
 
 ``add_fused_lm_head`` (trl/trainer/utils.py) replaces the model's forward; called with ``fused_lm_head=True`` it runs
 the backbone and then, off Triton devices (``_use_triton``: CUDA/XPU with Triton; the CPU runs the torch path
@@ -13,32 +14,44 @@ the backbone and then, off Triton devices (``_use_triton``: CUDA/XPU with Triton
     loss = -log_probs.sum() / mask.sum().clamp(min=1)
 
 On Triton devices (``compact``) only the N = completion tokens are scored (``hidden_states[mask]``), and
-``masked_scatter`` puts them back; planner does not know the completion's share of the sequence and scores every
-position there too (an upper bound of the tiles), and the Triton kernels fold each tile without the CPU path's
-[tokens, vocabulary] temporaries: that GPU rule is modelled from the source, not measured. ``ChunkedLogProbFunction`` (trl/kernels/chunked_logprob.py) forward, in
-no-grad: seven fp32 [N] statistics, ``mm_buf = torch.empty((min(N, TOKEN_CHUNK_SIZE), chunk_size))`` in the
-compute dtype (``chunk_size`` is ``_CHUNKED_LOGPROB_CHUNK_SIZE`` = 32768 columns whatever the vocabulary: the buffer
-is allocated at full width), then per tile of 4096 tokens x 32768 vocabulary columns ``torch.mm(..., out=tile)`` and
-``_forward_tile`` (the CPU fold): ``z`` (``tile.float()`` scaled twice), the is-top-1 masks, ``exp(z - max)``,
-``e * z`` for the entropy; after the loop ``log_z``, ``logprobs`` and the optional outputs. It saves
-``(hidden, weight, bias, targets, log_z, entropy or log_z)``. Backward: ``grad_hidden`` (fp32 [N, H]),
-``grad_weight`` (fp32 [V, H], when lm_head trains), a second ``mm_buf``, and per tile ``_backward_tile``'s
-locals (``y``, ``z``, ``log_p``, ``p``, ``grad``, the bool ``is_target`` and two temporaries of its update),
-then ``_addmm_fp32`` into the fp32 accumulators.
+``masked_scatter`` puts them back; for DPO/GRPO planner does not know the completion's share of the sequence and
+scores every position there too (an upper bound of the tiles), and the Triton kernels fold each tile without the
+CPU path's [tokens, vocabulary] temporaries: that GPU rule is modelled from the source, not measured.
+
+``ChunkedLogProbFunction.forward`` (``chunked_logprob`` below): seven fp32 [N] statistics, ``mm_buf =
+torch.empty((min(N, TOKEN_CHUNK_SIZE), chunk_size))`` in the compute dtype (``chunk_size`` is
+``_CHUNKED_LOGPROB_CHUNK_SIZE`` = 32768 columns whatever the vocabulary: the buffer is allocated at full width),
+then per tile of 4096 tokens x 32768 vocabulary columns ``torch.mm(..., out=tile)`` and ``_forward_tile`` (the CPU
+fold): ``z`` (``tile.float()`` scaled twice), the is-top-1 masks, ``exp(z - max)``, ``e * z`` for the entropy;
+after the loop ``log_z``, ``logprobs`` and the optional outputs. It saves ``(hidden, weight, bias, targets, log_z,
+entropy or log_z)``. Backward: ``grad_hidden`` (fp32 [N, H]) and ``grad_weight`` (fp32 [V, H]) when they need
+gradients, a second ``mm_buf``, and per tile ``_backward_tile``'s locals (``y``, ``z``, ``log_p``, ``p``,
+``grad``, the bool ``is_target`` and two temporaries of its update), then ``_addmm_fp32`` into the fp32
+accumulators (``a.float()`` and ``b.float()`` copies unless the CUDA ``out_dtype`` addmm applies), returned cast
+to the inputs' dtypes.
 """
 
 from __future__ import annotations
 
-from planner.estimate.step.tape import _STOLEN_SUM, Fake, Param, Storage, Tape
+from planner.estimate.step import ops
+from planner.estimate.step.tape import _STOLEN_SUM, Fake, Storage, Tape
 from planner.units import dtype_bytes
 
-# trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE; trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE
+# trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE: tokens per projection tile
 TOKEN_CHUNK_SIZE = 4096
+# trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE: vocabulary entries per tile, and mm_buf's width
 VOCAB_CHUNK_SIZE = 32768
+# ChunkedLogProbFunction.forward: running_max, sum_exp, x_sum_exp, sq_sum_exp, z_sum, max_before_target,
+# target_logit (fp32 [N] each, allocated whichever outputs are asked for)
+NUM_STATISTICS = 7
 # DPOTrainer's policy head: add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
 # (dpo_trainer.py __init__, without use_weighting); its reference model's: the default ("log_probs",)
 POLICY_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
 REFERENCE_OUTPUTS = ("log_probs",)
+# ChunkedLogProbFunction.forward's outputs in its return order, with their dtype and whether they are differentiable
+# (mark_non_differentiable: log_sum_sq_probs, mean_logits, is_top1)
+_OUTPUTS = {"log_probs": ("fp32", True), "entropy": ("fp32", True), "mean_logits": ("fp32", False),
+            "is_top1": ("bool", False)}
 
 
 def _new(t: Tape, shape, dtype: str) -> Storage:
@@ -48,13 +61,18 @@ def _new(t: Tape, shape, dtype: str) -> Storage:
     return Storage(t.sim, n * dtype_bytes(dtype))
 
 
+def tiles(num_tokens: int, vocab: int) -> list[tuple[int, int]]:
+    """(tokens, vocabulary entries) of every tile, in the order ChunkedLogProbFunction runs them."""
+    return [(min(TOKEN_CHUNK_SIZE, num_tokens - t0), min(VOCAB_CHUNK_SIZE, vocab - v0))
+            for t0 in range(0, num_tokens, TOKEN_CHUNK_SIZE) for v0 in range(0, vocab, VOCAB_CHUNK_SIZE)]
+
+
 def fused_lm_head(t: Tape, fam, hidden: Fake, outputs: tuple[str, ...], device: str) -> tuple[Fake, list]:
     """``_fused_forward`` after the backbone. Returns the per-token log-probabilities [B, S-1] (a tensor of the
     graph when gradients are on) and what the output object keeps alive with them (the other outputs, the mask)."""
     b, s, h = hidden.shape
     lin = fam.lm_head
     w = lin.w
-    vocab = w.shape[0]
     n = b * (s - 1)
     compute = fam.ctx.dtype
     # labels[:, 1:] != -100 -> mask; ~mask per output below
@@ -62,48 +80,15 @@ def fused_lm_head(t: Tape, fam, hidden: Fake, outputs: tuple[str, ...], device: 
     # the CPU path scores every position: hidden_states.reshape(-1, H) of a [:, :-1] slice copies
     flat = t.op("clone", [hidden], [((n, h), hidden.dtype)], [], _slice_copy_rule)[0]
     targets = t.new((n,), "int64")  # labels.clamp(min=0).reshape(-1)
-    grad = flat.node is not None or (isinstance(w, Param) and w.trainable and t.grad_enabled)
-    # ChunkedLogProbFunction.forward runs without grad: its locals are plain tensors
-    stats = [t.new((n,), "fp32") for _ in range(7)]
-    mm_buf = _new(t, (min(n, TOKEN_CHUNK_SIZE), VOCAB_CHUNK_SIZE), compute)
-    for start in range(0, n, TOKEN_CHUNK_SIZE):
-        rows = min(TOKEN_CHUNK_SIZE, n - start)
-        chunk = _new(t, (rows, h), compute) if flat.dtype != compute else None  # hidden[...].to(compute)
-        for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
-            cols = min(VOCAB_CHUNK_SIZE, vocab - v0)
-            w_copy = _new(t, (cols, h), compute) if w.dtype != compute else None  # weight[...].to(compute)
-            del w_copy  # a temporary of the torch.mm call
-            if device == "cpu":  # on a GPU _forward_kernel (Triton) folds the tile in registers
-                _forward_tile(t, rows, cols, compute, outputs)
-        del chunk
-    del mm_buf
-    log_z = t.new((n,), "fp32")  # running_max + torch.log(sum_exp)
-    made = {"log_probs": ("fp32", True)}  # target_logit - log_z
-    if "entropy" in outputs:
-        tmp = t.new((n,), "fp32")  # x_sum_exp / sum_exp
-        made["entropy"] = ("fp32", True)
-    if "mean_logits" in outputs:
-        made["mean_logits"] = ("fp32", False)  # z_sum / vocab
-    if "is_top1" in outputs:
-        made["is_top1"] = ("bool", False)  # (target_logit >= running_max) & (target_logit > max_before_target)
-    specs = [((n,), dtype) for dtype, _ in made.values()]
-    if grad:
-        saved = [flat, targets, log_z]  # hidden, targets, log_z (weight: the parameter); entropy is an output
-        inputs = [flat, w]
-        raw = t.op("trl_chunked_logprob", inputs, specs, saved, _chunked_backward(n, h, vocab, compute, w, device))
-        if "entropy" in made:
-            t.save_result(raw[1])
-    else:
-        raw = [t.new(shape, dtype) for shape, dtype in specs]
-    if "entropy" in outputs:
-        del tmp
-    del stats, log_z, targets, flat
+    made = [name for name in _OUTPUTS if name in outputs]
+    raw = chunked_logprob(t, w, flat, targets, made, compute, compact=device != "cpu")
+    del targets, flat
     # (x.view(mask.shape).masked_fill(~mask, 0) for x in per_token): the raw outputs die one by one
     kept = [mask]
     log_probs = None
     for name, x in zip(made, raw, strict=True):
         inv = t.new((b, s - 1), "bool")
-        differentiable = made[name][1] and x.node is not None
+        differentiable = _OUTPUTS[name][1] and x.node is not None
         out = t.op("masked_fill", [x], [((b, s - 1), x.dtype)], [inv] if differentiable else [])[0]
         del inv
         if name == "log_probs":
@@ -159,46 +144,98 @@ def _forward_tile(t: Tape, rows: int, cols: int, compute: str, outputs: tuple[st
     del clamped, target_z, in_tile, where, local, z
 
 
-def _chunked_backward(n: int, h: int, vocab: int, compute: str, w, device: str):
-    """``ChunkedLogProbFunction.backward``: the fp32 accumulators, a second mm_buf and each tile's locals."""
+def chunked_logprob(t: Tape, w, x: Fake, targets: Fake, outputs: list[str], compute: str,
+                    compact: bool) -> list[Fake]:
+    """``ChunkedLogProbFunction.forward`` on ``x`` [N, H] and lm_head's weight ``w``; returns the asked ``outputs``
+    ([N] each) in its return order. ``compact``: Triton folds each tile in registers (CUDA, XPU)."""
+    num, h = x.shape
+    vocab = w.shape[0]
+    stats = [t.new((num,), "fp32") for _ in range(NUM_STATISTICS)]
+    mm_buf = t.new((min(num, TOKEN_CHUNK_SIZE), VOCAB_CHUNK_SIZE), compute)
+    for start in range(0, num, TOKEN_CHUNK_SIZE):
+        rows = min(TOKEN_CHUNK_SIZE, num - start)
+        chunk = t.new((rows, h), compute) if x.dtype != compute else None  # hidden[...].to(compute_dtype)
+        for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
+            cols = min(VOCAB_CHUNK_SIZE, vocab - v0)
+            cast = t.new((cols, h), compute) if w.dtype != compute else None  # weight[start:end].to(compute_dtype)
+            _tile_matmul(t, compute, rows, h, cols)
+            del cast
+            if not compact:
+                _forward_tile(t, rows, cols, compute, outputs)
+        del chunk
+    log = t.new((num,), "fp32")  # torch.log(sum_exp)
+    log_z = t.new((num,), "fp32")  # running_max + log
+    del log
+    div = t.new((num,), "fp32") if "entropy" in outputs else None  # x_sum_exp / sum_exp, for the entropy
+    top1_parts = [t.new((num,), "bool"), t.new((num,), "bool")] if "is_top1" in outputs else []  # >=, > (then &)
+    extra = {"num": num, "vocab": vocab, "h": h, "cdt": compute, "compact": compact, "w": w,
+             "w_dtype": w.dtype, "x_dtype": x.dtype}
+    specs = [((num,), _OUTPUTS[name][0]) for name in outputs]
+    raw = t.op("chunked_logprob", [x, w], specs, [x, targets, log_z], _backward_rule, extra)
+    if "entropy" in outputs:
+        t.save_result(raw[1])
+    del div, top1_parts, log_z, stats, mm_buf  # forward returns: its locals are freed
+    return raw
 
-    def rule(t: Tape, node, grads_out):
-        grad_hidden = _new(t, (n, h), "fp32")
-        grad_weight = None
-        if isinstance(w, Param) and w.trainable:
-            # torch.zeros(weight.shape, fp32): returned as it is (.to(weight.dtype) of an fp32 weight), AccumulateGrad
-            # steals it as lm_head's .grad, so a profile names it a gradient from its allocation
-            grad_weight = _new(t, tuple(w.shape), "fp32")
-            if t.keep_param_grads and w.grad is None and w.dtype == "fp32":
-                grad_weight.tag = _STOLEN_SUM
-                t.sim.grads += grad_weight.nbytes
-        mm_buf = _new(t, (min(n, TOKEN_CHUNK_SIZE), VOCAB_CHUNK_SIZE), compute)
-        for start in range(0, n, TOKEN_CHUNK_SIZE):
-            rows = min(TOKEN_CHUNK_SIZE, n - start)
-            chunk = _new(t, (rows, h), compute) if compute != "fp32" else None  # hidden[...].to(compute)
-            for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
-                cols = min(VOCAB_CHUNK_SIZE, vocab - v0)
-                w_chunk = _new(t, (cols, h), compute) if w.dtype != compute else None
-                if device != "cpu":  # _backward_kernel (Triton); addmm(out_dtype=float32) accumulates in place
-                    del w_chunk
-                    continue
-                _backward_tile(t, rows, cols, compute)
-                # _addmm_fp32: a.float() and b.float() copy 16-bit operands
-                if compute != "fp32":
-                    a = _new(t, (rows, cols), "fp32")
-                    bb = _new(t, (cols, h), "fp32")
-                    del a, bb
-                    if grad_weight is not None:
-                        a = _new(t, (cols, rows), "fp32")
-                        bb = _new(t, (rows, h), "fp32")
-                        del a, bb
-                del w_chunk
-            del chunk
-        del mm_buf
-        # grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype): copies only when those are 16-bit
-        return [grad_hidden, grad_weight]
 
-    return rule
+def _tile_matmul(t: Tape, cdt: str, n: int, h: int, nc: int) -> None:
+    """torch.mm(hidden_chunk, w_chunk.t(), out=tile): oneDNN's workspace for a 16-bit CPU matmul."""
+    if ops.onednn(t, cdt):
+        ops.matmul_workspace(t, (cdt, 1, n, h, nc, False, True))
+
+
+def _backward_rule(tape: Tape, node, grads_out):
+    """ChunkedLogProbFunction.backward (grad_entropy is None: the entropy only feeds a metric)."""
+    ex = node.extra
+    sim = tape.sim
+    num, vocab, h, cdt, compact = ex["num"], ex["vocab"], ex["h"], ex["cdt"], ex["compact"]
+    needs_hidden = node.edges[0] is not None
+    needs_weight = node.edges[1] is not None
+    grad_hidden = Storage(sim, num * h * 4) if needs_hidden else None  # zeros fp32
+    grad_weight = None
+    if needs_weight:
+        grad_weight = Storage(sim, vocab * h * 4)  # zeros fp32
+        if ex["w_dtype"] == "fp32":
+            _counts_as_grad(tape, ex["w"], grad_weight)  # returned as is: AccumulateGrad steals it
+    mm_buf = Storage(sim, min(num, TOKEN_CHUNK_SIZE) * VOCAB_CHUNK_SIZE * dtype_bytes(cdt))
+    cuda_out_dtype = compact and cdt in ("bf16", "fp16")  # _addmm_fp32: addmm(out_dtype=float32) on CUDA
+    for start in range(0, num, TOKEN_CHUNK_SIZE):
+        n = min(TOKEN_CHUNK_SIZE, num - start)
+        # hidden[...].to(compute_dtype): a copy only when the dtypes differ (Tensor.to returns self otherwise)
+        chunk = Storage(sim, n * h * dtype_bytes(cdt)) if ex["x_dtype"] != cdt else None
+        for v0 in range(0, vocab, VOCAB_CHUNK_SIZE):
+            nc = min(VOCAB_CHUNK_SIZE, vocab - v0)
+            w_chunk = Storage(sim, nc * h * dtype_bytes(cdt)) if ex["w_dtype"] != cdt else None
+            _tile_matmul(tape, cdt, n, h, nc)
+            if not compact:
+                _backward_tile(tape, n, nc, cdt)
+            if not cuda_out_dtype and cdt != "fp32":  # a.float(), b.float()
+                if grad_hidden is not None:
+                    copies = (Storage(sim, n * nc * 4), Storage(sim, nc * h * 4))
+                    del copies
+                if grad_weight is not None:
+                    copies = (Storage(sim, n * nc * 4), Storage(sim, n * h * 4))
+                    del copies
+            del w_chunk
+        del chunk
+    # grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype): copies unless already fp32
+    out_hidden = grad_hidden
+    if grad_hidden is not None and ex["x_dtype"] != "fp32":
+        out_hidden = Storage(sim, num * h * dtype_bytes(ex["x_dtype"]))
+    out_weight = grad_weight
+    if grad_weight is not None and ex["w_dtype"] != "fp32":
+        out_weight = Storage(sim, vocab * h * dtype_bytes(ex["w_dtype"]))
+        _counts_as_grad(tape, ex["w"], out_weight)
+    del grad_hidden, grad_weight, mm_buf
+    return [out_hidden, out_weight]
+
+
+def _counts_as_grad(tape: Tape, param, g: Storage) -> None:
+    """The tensor AccumulateGrad will steal as ``.grad``: a gradient from its allocation, as a profile names it
+    (tape._STOLEN_SUM)."""
+    if tape.keep_param_grads and param.grad is None:
+        g.tag = _STOLEN_SUM
+        tape.sim.grads += g.nbytes
 
 
 def _backward_tile(t: Tape, rows: int, cols: int, compute: str) -> None:

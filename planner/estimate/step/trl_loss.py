@@ -21,34 +21,26 @@ torch ops off Triton), accumulating both matmuls into the fp32 gradients (``_add
 ``_fused_forward`` masks each per-token output (``x.view(mask.shape).masked_fill(~mask, 0)``; on Triton devices
 ``new_zeros(...).masked_scatter(mask, x)``); ``compute_loss`` takes ``(-log_probs).sum() / num_tokens`` and drops
 the outputs when it returns.
+
+This module writes only what SFTTrainer's caller does around the kernel; ``ChunkedLogProbFunction`` itself (forward,
+tiles, backward) is trl_head.chunked_logprob, shared with DPO/GRPO's scoring.
 """
 
 from __future__ import annotations
 
 from planner.errors import PlannerError
-from planner.estimate.step import ops
-from planner.estimate.step.tape import Fake, Storage, Tape
-from planner.units import dtype_bytes
+from planner.estimate.step import trl_head
+from planner.estimate.step.tape import Fake, Tape
+from planner.estimate.step.trl_head import TOKEN_CHUNK_SIZE, VOCAB_CHUNK_SIZE, tiles  # noqa: F401 (re-exported)
 
-# trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE: tokens per projection tile
-TOKEN_CHUNK_SIZE = 4096
-# trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE: vocabulary entries per tile, and mm_buf's width
-VOCAB_CHUNK_SIZE = 32768
-# ChunkedLogProbFunction.forward: running_max, sum_exp, x_sum_exp, sq_sum_exp, z_sum, max_before_target,
-# target_logit (fp32 [N] each, allocated whichever outputs are asked for)
-NUM_STATISTICS = 7
+# SFTTrainer.__init__: add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+SFT_OUTPUTS = ("log_probs", "entropy", "is_top1")
 
 TRL_NOTE = ("--loss trl-fused-lm-head: TRL's fused LM head (SFTTrainer loss_type nll) projects lm_head in tiles of "
             f"at most {TOKEN_CHUNK_SIZE} tokens x {VOCAB_CHUNK_SIZE} vocabulary entries into a "
             f"[min(tokens, {TOKEN_CHUNK_SIZE}), {VOCAB_CHUNK_SIZE}] buffer, in forward and again in backward, beside "
             "fp32 lm_head and hidden-state gradients; the CUDA path (Triton kernels) is modelled from TRL's source, "
             "the CPU path is measured.")
-
-
-def tiles(num_tokens: int, vocab: int) -> list[tuple[int, int]]:
-    """(tokens, vocabulary entries) of every tile, in the order ChunkedLogProbFunction runs them."""
-    return [(min(TOKEN_CHUNK_SIZE, num_tokens - t0), min(VOCAB_CHUNK_SIZE, vocab - v0))
-            for t0 in range(0, num_tokens, TOKEN_CHUNK_SIZE) for v0 in range(0, vocab, VOCAB_CHUNK_SIZE)]
 
 
 def is_linear_in_micro_batch(micro_batches: tuple[int, ...], seq_len: int) -> bool:
@@ -63,7 +55,6 @@ def fused_lm_head(t: Tape, fam, hidden: Fake, ids: Fake) -> Fake:
         raise PlannerError("--loss trl-fused-lm-head passes lm_head.weight to TRL's kernel directly: a LoRA adapter, "
                            "4-bit weight or bias on lm_head is not modelled; leave lm_head out of the targets.")
     b, s, h = hidden.shape
-    vocab = lin.w.shape[0]
     num = b * (s - 1)
     cdt = hidden.dtype  # no autocast in the simulated step: the compute dtype is the hidden states'
     compact = t.device != "cpu"  # _use_triton: CUDA (and XPU)
@@ -82,8 +73,8 @@ def fused_lm_head(t: Tape, fam, hidden: Fake, ids: Fake) -> Fake:
         x = t.view(sliced, (num, h))
     del sliced
     targets = t.new((num,), "int64")  # labels[mask] / labels.clamp(min=0).reshape(-1)
-    log_probs, entropy = _chunked_logprob(t, lin, x, targets, num, vocab, h, cdt, compact)
-    del x, targets
+    log_probs, entropy, top1_raw = trl_head.chunked_logprob(t, lin.w, x, targets, list(SFT_OUTPUTS), cdt, compact)
+    del x, targets, top1_raw  # is_top1 is dropped by the masking below at once
     # _fused_forward: each requested per-token output masked to [b, s - 1]; the originals not saved are dropped
     log_probs = _mask_output(t, log_probs, (b, s - 1), compact)
     entropy_out = [t.new((b, s - 1), "fp32"), t.new((b, s - 1), "bool")]  # entropy (its node keeps ~mask)
@@ -114,136 +105,6 @@ def _mask_output(t: Tape, x: Fake, shape, compact: bool) -> Fake:
     # x.view(mask.shape).masked_fill(~mask, 0): MaskedFillBackward0 saves ~mask
     not_mask = t.new(shape, "bool")
     return t.op("masked_fill", [t.view(x, shape)], [(shape, x.dtype)], [not_mask])[0]
-
-
-def _chunked_logprob(t: Tape, lin, x: Fake, targets: Fake, num: int, vocab: int, h: int, cdt: str,
-                     compact: bool) -> tuple[Fake, Fake]:
-    """ChunkedLogProbFunction.forward; returns (log_probs, entropy) [N] (is_top1 is dropped by the caller's
-    masking at once)."""
-    stats = [t.new((num,), "fp32") for _ in range(NUM_STATISTICS)]
-    mm_buf = t.new((min(num, TOKEN_CHUNK_SIZE), VOCAB_CHUNK_SIZE), cdt)
-    for n, nc in tiles(num, vocab):
-        cast = t.new((nc, h), cdt) if lin.w.dtype != cdt else None  # weight[start:end].to(compute_dtype)
-        _tile_matmul(t, cdt, n, h, nc)
-        del cast
-        if not compact:
-            _forward_tile(t, n, nc, cdt)
-    log = t.new((num,), "fp32")  # torch.log(sum_exp)
-    log_z = t.new((num,), "fp32")  # running_max + log
-    del log
-    div = t.new((num,), "fp32")  # x_sum_exp / sum_exp, for the entropy
-    top1_parts = [t.new((num,), "bool"), t.new((num,), "bool")]  # >=, > (then &: is_top1)
-    extra = {"num": num, "vocab": vocab, "h": h, "cdt": cdt, "compact": compact, "w": lin.w,
-             "w_dtype": lin.w.dtype, "x_dtype": x.dtype}
-    log_probs, entropy, top1 = t.op("chunked_logprob", [x, lin.w], [((num,), "fp32"), ((num,), "fp32"),
-                                                                   ((num,), "bool")],
-                                    [x, targets, log_z], _backward_rule, extra)
-    t.save_result(entropy)
-    del div, top1_parts, top1, log_z, stats, mm_buf  # forward returns: its locals are freed
-    return log_probs, entropy
-
-
-def _tile_matmul(t: Tape, cdt: str, n: int, h: int, nc: int) -> None:
-    """torch.mm(hidden_chunk, w_chunk.t(), out=tile): oneDNN's workspace for a 16-bit CPU matmul."""
-    if ops.onednn(t, cdt):
-        ops.matmul_workspace(t, (cdt, 1, n, h, nc, False, True))
-
-
-def _forward_tile(t: Tape, n: int, nc: int, cdt: str) -> None:
-    """``_forward_tile`` (outputs log_probs, entropy, is_top1): its [n, nc] temporaries in the order the torch ops
-    allocate and CPython frees them; the [n] ones beside them are a few bytes per token."""
-    sim = t.sim
-    f32 = n * nc * 4
-    up = Storage(sim, f32) if cdt != "fp32" else None  # tile.float()
-    a = Storage(sim, f32)  # _torch_transform: z * logit_scale
-    del up
-    z = Storage(sim, f32)  # z * inv_t
-    del a
-    # is_top1: before_target = arange(n_cols) < local.unsqueeze(-1) (kept until return), then
-    # z.masked_fill(~before_target, -inf).amax(-1)
-    before = Storage(sim, n * nc)
-    inv = Storage(sim, n * nc)
-    filled = Storage(sim, f32)
-    del inv, filled
-    diff = Storage(sim, f32)  # z - new_m.unsqueeze(-1)
-    e = Storage(sim, f32)  # torch.exp(...)
-    del diff
-    ez = Storage(sim, f32)  # entropy: (e * z).sum(-1)
-    del ez, e, z, before
-
-
-def _backward_rule(tape: Tape, node, grads_out):
-    """ChunkedLogProbFunction.backward (grad_entropy is None: the entropy only feeds a metric)."""
-    ex = node.extra
-    sim = tape.sim
-    num, vocab, h, cdt, compact = ex["num"], ex["vocab"], ex["h"], ex["cdt"], ex["compact"]
-    needs_hidden = node.edges[0] is not None
-    needs_weight = node.edges[1] is not None
-    grad_hidden = Storage(sim, num * h * 4) if needs_hidden else None  # zeros fp32
-    grad_weight = None
-    if needs_weight:
-        grad_weight = Storage(sim, vocab * h * 4)  # zeros fp32
-        if ex["w_dtype"] == "fp32":
-            _counts_as_grad(tape, ex["w"], grad_weight)  # returned as is: AccumulateGrad steals it
-    mm_buf = Storage(sim, min(num, TOKEN_CHUNK_SIZE) * VOCAB_CHUNK_SIZE * dtype_bytes(cdt))
-    cuda_out_dtype = compact and cdt in ("bf16", "fp16")  # _addmm_fp32: addmm(out_dtype=float32) on CUDA
-    for n, nc in tiles(num, vocab):
-        w_chunk = Storage(sim, nc * h * dtype_bytes(cdt)) if ex["w_dtype"] != cdt else None
-        _tile_matmul(tape, cdt, n, h, nc)
-        if not compact:
-            _backward_tile(sim, n, nc, cdt)
-        if not cuda_out_dtype and cdt != "fp32":  # a.float(), b.float()
-            if grad_hidden is not None:
-                copies = (Storage(sim, n * nc * 4), Storage(sim, nc * h * 4))
-                del copies
-            if grad_weight is not None:
-                copies = (Storage(sim, n * nc * 4), Storage(sim, n * h * 4))
-                del copies
-        del w_chunk
-    # grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype): copies unless already fp32
-    out_hidden = grad_hidden
-    if grad_hidden is not None and ex["x_dtype"] != "fp32":
-        out_hidden = Storage(sim, num * h * dtype_bytes(ex["x_dtype"]))
-    out_weight = grad_weight
-    if grad_weight is not None and ex["w_dtype"] != "fp32":
-        out_weight = Storage(sim, vocab * h * dtype_bytes(ex["w_dtype"]))
-        _counts_as_grad(tape, ex["w"], out_weight)
-    del grad_hidden, grad_weight, mm_buf
-    return [out_hidden, out_weight]
-
-
-def _counts_as_grad(tape: Tape, param, g: Storage) -> None:
-    """The tensor AccumulateGrad will steal as ``.grad``: a gradient from its allocation, as a profile names it
-    (tape._STOLEN_SUM)."""
-    from planner.estimate.step import tape as tape_mod
-
-    if tape.keep_param_grads and param.grad is None:
-        g.tag = tape_mod._STOLEN_SUM
-        tape.sim.grads += g.nbytes
-
-
-def _backward_tile(sim, n: int, nc: int, cdt: str) -> None:
-    """``_backward_tile`` (log-probability gradient only): its [n, nc] temporaries in allocation order."""
-    f32 = n * nc * 4
-    up = Storage(sim, f32) if cdt != "fp32" else None  # tile.float()
-    y = Storage(sim, f32)  # * logit_scale
-    del up
-    z = Storage(sim, f32)  # y * inv_t
-    log_p = Storage(sim, f32)  # z - log_z.unsqueeze(-1)
-    p = Storage(sim, f32)  # torch.exp(log_p)
-    grad = Storage(sim, f32)  # torch.zeros_like(z)
-    arange = Storage(sim, nc * 8)  # torch.arange(vocab_start, vocab_start + n_cols)
-    is_target = Storage(sim, n * nc)  # == targets.unsqueeze(-1)
-    del arange
-    as_float = Storage(sim, f32)  # is_target.float()
-    diff = Storage(sim, f32)  # - p
-    del as_float
-    prod = Storage(sim, f32)  # grad_logprobs.unsqueeze(-1) * (...)
-    del diff, prod  # grad += ...
-    scaled = Storage(sim, f32)  # grad = grad * inv_t
-    del grad
-    final = Storage(sim, f32)  # grad * logit_scale, copied into the tile
-    del final, scaled, y, z, log_p, p, is_target
 
 
 def _passthrough(tape: Tape, node, grads_out):
