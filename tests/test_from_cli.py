@@ -100,6 +100,10 @@ def _flags(train) -> list[str]:
         flags += ["--modules-to-save", ",".join(train.lora.modules_to_save)]
     if train.dropout is not None:
         flags += ["--dropout", str(train.dropout)]
+    if train.packing:
+        flags += ["--packing"]
+    if train.selective_ac:
+        flags += ["--selective-ac", train.selective_ac]
     return flags
 
 

@@ -128,6 +128,10 @@ def recommend(
         )
     if method == "auto":
         methods, auto = METHOD_PREFERENCE, True
+        if base.precision.compute_dtype == "bf16" and not cluster.gpu.supports_bf16:
+            # QLoRA's bf16 compute has no kernel there (estimate/core.py check_combination refuses it): the auto
+            # search leaves it out rather than stopping on it; --method qlora still gets that sentence
+            methods = tuple(m for m in methods if m is not Method.QLORA)
     else:
         try:
             methods, auto = (Method(method),), False
