@@ -36,12 +36,12 @@ from __future__ import annotations
 
 from planner.estimate.step import logits as lg
 from planner.estimate.step import trl_head
+from planner.estimate.step.posttrain_step import ADAPTER, COPY, reference_head, scoring
 from planner.estimate.step.tape import Fake, Tape
 
 # GRPOTrainer.__init__: add_fused_lm_head(policy, outputs=("log_probs", "entropy")); the reference copy's head
 # keeps add_fused_lm_head's default ("log_probs",)
 POLICY_OUTPUTS = ("log_probs", "entropy")
-COPY, ADAPTER = "copy", "adapter"
 
 
 def _completion_slice(t: Tape, per_token: Fake, completion: int) -> Fake:
@@ -67,27 +67,10 @@ def grpo_loss(t: Tape, fam, ids: Fake, run_layers, reference: str, num_layers: i
              t.new(shape, "int32"), t.new((b,), "fp32")]
     ref_logps = None
     if reference in (COPY, ADAPTER):
-        was_enabled = t.grad_enabled
-        t.grad_enabled = False
-        fam.ctx.lora_disabled = reference == ADAPTER or fam.ctx.lora_disabled
-        t.sim.set_phase("scoring")
-        try:
-            emb, extras, held = fam.embed(t, ids)
-            h = emb
-            del emb
-            for i in range(num_layers):
-                h = fam.layer(t, i, h, extras)
-            h = fam.final_norm(t, h)
-            del extras, held
-            outputs = POLICY_OUTPUTS if reference == ADAPTER else trl_head.REFERENCE_OUTPUTS
-            lp, kept = trl_head.fused_lm_head(t, fam, h, outputs, device)
-            del h
+        with scoring(t, fam, reference):
+            lp, kept = reference_head(t, fam, ids, num_layers, reference, POLICY_OUTPUTS)
             ref_logps = _completion_slice(t, lp, completion)  # ref_per_token_logps, kept in the batch
             del lp, kept
-        finally:
-            t.grad_enabled = was_enabled
-            fam.ctx.lora_disabled = False
-            t.sim.set_phase("forward")
     elif kl:
         ref_logps = t.new(shape, "fp32")
     # _compute_loss: torch.cat of the prompt and completion ids and masks (int64 [B, S]), the labels and their mask

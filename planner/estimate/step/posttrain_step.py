@@ -22,12 +22,45 @@ are locals of ``_compute_loss``: freed before ``accelerator.backward`` runs.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from planner.estimate.step import logits as lg
 from planner.estimate.step import trl_head
 from planner.estimate.step.tape import Fake, Storage, Tape
 from planner.units import dtype_bytes
 
 COPY, ADAPTER, PRECOMPUTED = "copy", "adapter", "precomputed"
+
+
+@contextmanager
+def scoring(t: Tape, fam, reference: str):
+    """The reference's pass, as DPOTrainer and GRPOTrainer run it: under no_grad, the adapter disabled for
+    ``adapter`` (peft's disable_adapter), recorded as the phase "scoring"; back to the forward after it."""
+    was_enabled = t.grad_enabled
+    t.grad_enabled = False
+    fam.ctx.lora_disabled = reference == ADAPTER or fam.ctx.lora_disabled
+    t.sim.set_phase("scoring")
+    try:
+        yield
+    finally:
+        t.grad_enabled = was_enabled
+        fam.ctx.lora_disabled = False
+        t.sim.set_phase("forward")
+
+
+def reference_head(t: Tape, fam, ids: Fake, num_layers: int, reference: str, policy_outputs: tuple[str, ...]):
+    """The reference forward through TRL's fused head, inside ``scoring``: (log-probs, what the head keeps). A LoRA
+    policy scores through its own head (``policy_outputs``); a separate model through the head add_fused_lm_head
+    gave it (log_probs only). Nothing of the forward is kept (no_grad)."""
+    emb, extras, held = fam.embed(t, ids)
+    h = emb
+    del emb
+    for i in range(num_layers):
+        h = fam.layer(t, i, h, extras)
+    h = fam.final_norm(t, h)
+    del extras, held
+    outputs = policy_outputs if reference == ADAPTER else trl_head.REFERENCE_OUTPUTS
+    return trl_head.fused_lm_head(t, fam, h, outputs, fam.ctx.device)
 
 
 def dpo_loss(t: Tape, fam, ids: Fake, run_layers, reference: str, num_layers: int) -> lg.LossOutput:
@@ -44,29 +77,10 @@ def dpo_loss(t: Tape, fam, ids: Fake, run_layers, reference: str, num_layers: in
     del log_probs
     ref_kept: list = []
     if reference in (COPY, ADAPTER):
-        was_enabled = t.grad_enabled
-        t.grad_enabled = False
-        fam.ctx.lora_disabled = reference == ADAPTER or fam.ctx.lora_disabled
-        t.sim.set_phase("scoring")
-        try:
-            emb, extras, held = fam.embed(t, ids)
-            h = emb
-            del emb
-            for i in range(num_layers):
-                h = fam.layer(t, i, h, extras)
-            h = fam.final_norm(t, h)
-            del extras, held
-            # a LoRA policy scores through its own head (the policy's outputs); a separate model through the
-            # head add_fused_lm_head gave it (log_probs only)
-            outputs = trl_head.POLICY_OUTPUTS if reference == ADAPTER else trl_head.REFERENCE_OUTPUTS
-            ref_lp, ref_kept = trl_head.fused_lm_head(t, fam, h, outputs, device)
-            del h
+        with scoring(t, fam, reference):
+            ref_lp, ref_kept = reference_head(t, fam, ids, num_layers, reference, trl_head.POLICY_OUTPUTS)
             ref_logps = t.new((rows,), "fp32")  # .sum(dim=1)
             del ref_lp
-        finally:
-            t.grad_enabled = was_enabled
-            fam.ctx.lora_disabled = False
-            t.sim.set_phase("forward")
     else:
         ref_logps = t.new((rows,), "fp32")  # inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
     # chosen/rejected log-ratios, the sigmoid loss and its mean: [b]-sized tensors and a scalar
