@@ -265,6 +265,24 @@ def test_cli_no_fit_exits_1_with_one_sentence(cli):
     assert "What would fit" in proc.stdout and "Traceback" not in proc.stderr
 
 
+def test_cli_gpu_without_bf16_plans_fp16_unless_precision_is_typed(cli):
+    # the HF Trainer refuses bf16=True on a T4 (transformers/training_args.py): an untyped recipe becomes fp16-mixed,
+    # as --compare-gpus plans it, and QLoRA (fp16 compute there) stays in the auto search
+    proc = cli("recommend", "-m", "llama-3.2-1b", "--gpu", "t4-16gb", "-g", "8", "-s", "1024", "--json")
+    assert proc.returncode == 0, proc.stderr
+    a = json.loads(proc.stdout)
+    assert a["plan"]["train"]["precision"] == "fp16-mixed"
+    assert any("t4-16gb has no bf16" in w and "planned in fp16-mixed" in w for w in a["why"])
+    typed = cli("recommend", "-m", "llama-3.2-1b", "--gpu", "t4-16gb", "-g", "8", "-s", "1024", "--method", "lora",
+                "--precision", "bf16-mixed", "--json")
+    assert typed.returncode == 0, typed.stderr
+    assert json.loads(typed.stdout)["plan"]["train"]["precision"] == "bf16-mixed" and not any("no bf16" in w for w in json.loads(typed.stdout)["why"])
+    qlora = cli("recommend", "-m", "llama-3.2-1b", "--gpu", "t4-16gb", "-g", "8", "-s", "1024", "--method", "qlora",
+                "--json")
+    assert qlora.returncode == 0, qlora.stderr
+    assert json.loads(qlora.stdout)["plan"]["train"]["precision"] == "fp16-mixed"
+
+
 def test_cli_bad_global_batch(cli):
     proc = cli("recommend", "--model", "llama-3.1-8b", "--gpus", "8", "-g", "12")
     assert proc.returncode == 1 and "not divisible" in proc.stderr and "Traceback" not in proc.stderr

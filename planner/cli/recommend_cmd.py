@@ -99,6 +99,7 @@ def recommend(
             typer.echo(f"note: {note}", err=True)
     deepspeed_options.echo_notes(flags)
     cluster = o.build_cluster(flags)
+    base, precision_note = _precision_for_gpu(base, cluster.gpu, typed="precision" in flags.typed or fc is not None)
     kwargs = {}
     if flags.zero is not None:
         kwargs["zero_stages"] = (flags.zero,)
@@ -126,6 +127,9 @@ def recommend(
         else:
             _render_no_fit(exc)
         raise
+    if precision_note:
+        rec = replace(rec, why=(*rec.why, precision_note),
+                      estimate=replace(rec.estimate, notes=(*rec.estimate.notes, precision_note)))
     if out is not None:
         _write_bundle(rec, out, force)
     if as_json:
@@ -231,3 +235,21 @@ def _render_no_fit(exc) -> None:
     for s in exc.suggestions:
         console.print(f" - {s}")
     _render_rejected(console, exc.rejected, "Closest tries")
+
+
+def _precision_for_gpu(base, gpu, typed: bool):
+    """On a GPU without bf16 (Volta, Turing) a recipe the user did not choose trains in fp16 with loss scaling,
+    as ``--compare-gpus`` plans it (plan/compare_gpus.py precision_for): the HF Trainer refuses ``bf16=True``
+    there (transformers/training_args.py ``__post_init__``: "Your setup doesn't support bf16/gpu"), so a bf16
+    plan would emit a bundle that cannot start. A typed --precision (or a --from config's) is kept. Returns the
+    spec and the sentence for the plan's Why list and notes (None when nothing changed)."""
+    from planner.plan.compare_gpus import precision_for
+
+    if typed or gpu.supports_bf16:
+        return base, None
+    precision = precision_for(gpu, base.precision)
+    if precision is base.precision:
+        return base, None
+    return replace(base, precision=precision), (
+        f"{gpu.name} has no bf16 (the HF Trainer refuses bf16=True there): planned in {precision.value}, fp16 with "
+        f"loss scaling, instead of {base.precision.value}; pass --precision to choose.")
