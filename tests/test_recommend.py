@@ -272,7 +272,7 @@ def test_cli_gpu_without_bf16_plans_fp16_unless_precision_is_typed(cli):
     assert proc.returncode == 0, proc.stderr
     a = json.loads(proc.stdout)
     assert a["plan"]["train"]["precision"] == "fp16-mixed"
-    assert any("t4-16gb has no bf16" in w and "planned in fp16-mixed" in w for w in a["why"])
+    assert any("t4-16gb has no bf16" in w and "the recipe is fp16-mixed" in w for w in a["why"])
     typed = cli("recommend", "-m", "llama-3.2-1b", "--gpu", "t4-16gb", "-g", "8", "-s", "1024", "--method", "lora",
                 "--precision", "bf16-mixed", "--json")
     assert typed.returncode == 0, typed.stderr
@@ -281,6 +281,12 @@ def test_cli_gpu_without_bf16_plans_fp16_unless_precision_is_typed(cli):
                 "--json")
     assert qlora.returncode == 0, qlora.stderr
     assert json.loads(qlora.stdout)["plan"]["train"]["precision"] == "fp16-mixed"
+    # estimate's default table (QLoRA rows included) on a T4 ran into QLoRA's bf16 refusal and printed nothing
+    table = cli("estimate", "-m", "llama-3.2-1b", "--gpu", "t4-16gb", "--json")
+    assert table.returncode == 0, table.stderr
+    payload = json.loads(table.stdout)
+    assert payload["train"]["precision"] == "fp16-mixed" and {r["method"] for r in payload["rows"]} >= {"qlora"}
+    assert any("t4-16gb has no bf16" in n for n in payload["modelled"]["notes"])
 
 
 def test_cli_bad_global_batch(cli):

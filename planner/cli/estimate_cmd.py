@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from planner.cli import deepspeed_options
+from planner.cli import deepspeed_options, gpu_precision
 from planner.cli import from_options as fo
 from planner.cli import options as o
 from planner.cli.fsdp_options import fsdp_config, parse_engine
@@ -143,6 +143,9 @@ def estimate(
         from planner.safe_write import check_output_file
 
         check_output_file(csv, flag="--csv", inputs=_inputs(spec))  # before any work
+    precision_note = None
+    if not compare_gpus:  # --compare-gpus switches precision per GPU itself
+        flags, precision_note = gpu_precision.for_gpu(flags, typed="precision" in flags.typed or fc is not None)
     base, flags = table_base(flags, spec, fc)
     if max_hours is not None and not compare_gpus:
         raise PlannerError("--max-hours applies to --compare-gpus only; add --compare-gpus or drop --max-hours.")
@@ -170,6 +173,8 @@ def estimate(
         "rows": [r.row() for r in rows],
         "modelled": modelled_block("cuda"),
     }
+    if precision_note:
+        payload["modelled"]["notes"] = [*payload["modelled"]["notes"], precision_note]
     if fc is not None:
         payload["from_config"] = fo.from_config_json(fc)
     if flags.deepspeed_config is not None:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from planner.cli import deepspeed_options, fsdp_options
+from planner.cli import deepspeed_options, fsdp_options, gpu_precision
 from planner.cli import from_options as fo
 from planner.cli import options as o
 from planner.errors import PlannerError
@@ -86,6 +86,7 @@ def recommend(
         raise typer.BadParameter("sequences per optimizer step (micro-batch x accumulation x GPUs) are needed to "
                                  "plan, or --from a training config that states them.",
                                  param_hint="'--global-batch-size' / '-g'")
+    flags, precision_note = gpu_precision.for_gpu(flags, typed="precision" in flags.typed or fc is not None)
     spec = load_model(model, trust_remote_code=trust_remote_code)
     # the recipe; the layout (method, ZeRO stage, offload, checkpointing, attention, micro-batch) is searched
     # (a fixed stage and offload start the base, so that it carries a --deepspeed-config's buckets into the search)
@@ -99,7 +100,6 @@ def recommend(
             typer.echo(f"note: {note}", err=True)
     deepspeed_options.echo_notes(flags)
     cluster = o.build_cluster(flags)
-    base, precision_note = _precision_for_gpu(base, cluster.gpu, typed="precision" in flags.typed or fc is not None)
     kwargs = {}
     if flags.zero is not None:
         kwargs["zero_stages"] = (flags.zero,)
@@ -236,20 +236,3 @@ def _render_no_fit(exc) -> None:
         console.print(f" - {s}")
     _render_rejected(console, exc.rejected, "Closest tries")
 
-
-def _precision_for_gpu(base, gpu, typed: bool):
-    """On a GPU without bf16 (Volta, Turing) a recipe the user did not choose trains in fp16 with loss scaling,
-    as ``--compare-gpus`` plans it (plan/compare_gpus.py precision_for): the HF Trainer refuses ``bf16=True``
-    there (transformers/training_args.py ``__post_init__``: "Your setup doesn't support bf16/gpu"), so a bf16
-    plan would emit a bundle that cannot start. A typed --precision (or a --from config's) is kept. Returns the
-    spec and the sentence for the plan's Why list and notes (None when nothing changed)."""
-    from planner.plan.compare_gpus import precision_for
-
-    if typed or gpu.supports_bf16:
-        return base, None
-    precision = precision_for(gpu, base.precision)
-    if precision is base.precision:
-        return base, None
-    return replace(base, precision=precision), (
-        f"{gpu.name} has no bf16 (the HF Trainer refuses bf16=True there): planned in {precision.value}, fp16 with "
-        f"loss scaling, instead of {base.precision.value}; pass --precision to choose.")
