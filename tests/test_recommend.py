@@ -289,6 +289,12 @@ def test_cli_gpu_without_bf16_plans_fp16_unless_precision_is_typed(cli):
     assert any("t4-16gb has no bf16" in n for n in payload["modelled"]["notes"])
 
 
+def test_report_on_a_gpu_without_bf16_is_written(cli, tmp_path):
+    proc = cli("report", "-m", "llama-3.2-1b", "--gpu", "t4-16gb", "-o", str(tmp_path / "t4.html"))
+    assert proc.returncode == 0, proc.stderr
+    assert "t4-16gb has no bf16" in (tmp_path / "t4.html").read_text()
+
+
 def test_cli_bad_global_batch(cli):
     proc = cli("recommend", "--model", "llama-3.1-8b", "--gpus", "8", "-g", "12")
     assert proc.returncode == 1 and "not divisible" in proc.stderr and "Traceback" not in proc.stderr

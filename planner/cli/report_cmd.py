@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -43,12 +44,17 @@ OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="The HTML file t
 def _estimates(model: str, flags: o.TrainingFlags, num_tokens: int, *, trust_remote_code: bool, compare_gpus: bool,
                from_config=None):
     """The estimate rows exactly as `planner estimate` enumerates them, plus the GPU comparison rows."""
-    from planner.cli import estimate_cmd
+    from planner.cli import estimate_cmd, gpu_precision
     from planner.models import load_model
 
     spec = load_model(model, trust_remote_code=trust_remote_code)
+    note = None
+    if not compare_gpus:  # the comparison switches precision per GPU itself
+        flags, note = gpu_precision.for_gpu(flags, typed="precision" in flags.typed or from_config is not None)
     base, flags = estimate_cmd.table_base(flags, spec, from_config, seq_len_from_flags=True)
     rows = estimate_cmd.estimate_rows(spec, o.build_cluster(flags), base, flags, num_tokens=num_tokens)
+    if note:
+        rows = [dataclasses.replace(r, notes=(*r.notes, note)) for r in rows]
     gpu_rows = estimate_cmd.gpu_rows(spec, base, flags, num_tokens) if compare_gpus else []
     return rows, gpu_rows, flags.method is None
 
