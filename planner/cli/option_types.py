@@ -33,7 +33,7 @@ OffloadOpt = Annotated[
     str | None, typer.Option("--offload", help="none, optimizer, optimizer+params (default: all valid).")
 ]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help=(
-    "bf16-mixed (default): 16-bit weights and gradients, fp32 master weights (DeepSpeed's bf16); fp16-mixed: "
+    "bf16-mixed (default; fp16-mixed on a GPU without bf16, with a note): 16-bit weights and gradients, fp32 master weights (DeepSpeed's bf16); fp16-mixed: "
     "the same in fp16; bf16-autocast / fp16-autocast: fp32 weights, gradients and optimizer states, forward "
     "under torch.autocast (the HF Trainer's bf16=True / fp16=True without DeepSpeed; Lightning's bf16-mixed / "
     "16-mixed); bf16 (alias bf16-true): pure bf16, no master copy; fp32 (alias 32-true)."))]
