@@ -1,6 +1,6 @@
 """The simulated step's cache key is StepInputs, built in one place from exactly what the simulation reads.
 
-Every TrainSpec (and LoraSpec) field is either read or ignored, with a reason (activations.TRAIN_FIELDS_*): a new
+Every TrainSpec (and LoraSpec) field is either read or ignored, with a reason (step/inputs.py TRAIN_FIELDS_*): a new
 field fails here until someone decides. Read fields change the key; ignored ones leave it, and the simulation,
 unchanged.
 """
@@ -11,8 +11,7 @@ import dataclasses
 
 import pytest
 
-from planner.estimate.step import simulate as activations
-from planner.estimate.step import tape
+from planner.estimate.step import simulate, tape
 from planner.estimate.step.simulate import (
     LORA_FIELDS_IGNORED,
     LORA_FIELDS_READ,
@@ -66,7 +65,7 @@ def test_every_field_is_read_or_ignored_with_a_reason(cls, read, ignored):
     undecided = _names(cls) - set(read) - set(ignored)
     assert not undecided, (
         f"{cls.__name__} fields {sorted(undecided)} are neither read by the simulated step nor ignored: add each to "
-        "StepInputs (built in activations.step_inputs) or to the ignored table with the reason"
+        "StepInputs (built in step/inputs.py step_inputs) or to the ignored table with the reason"
     )
     assert set(read) | set(ignored) == _names(cls), "the tables name a field the spec no longer has"
     assert all(reason.strip() for reason in ignored.values())
@@ -187,7 +186,7 @@ def test_no_step_state_lives_on_the_modules():
     sim = tape.Sim(record=True)
     t = tape.Tape(sim, device="cpu", hold_grads_over=7, keep_param_grads=False)
     assert (t.device, t.hold_grads_over, t.keep_param_grads, sim.record, sim.trace) == ("cpu", 7, False, [], None)
-    assert not hasattr(activations, "TRACE")
+    assert not hasattr(simulate, "TRACE")
 
 
 def test_fsdp2_settings_change_neither_the_key_nor_the_step():
