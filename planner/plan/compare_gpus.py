@@ -45,6 +45,7 @@ from planner.plan.estimate_cache import (
     EstimateCache,
 )
 from planner.specs import (
+    FsdpConfig,
     GpuSpec,
     Method,
     ModelSpec,
@@ -107,6 +108,8 @@ class GpuOption:
     cost_per_million_tokens: float | None = None
     within_max_hours: bool | None = None  # False: no plan finishes the tokens in max_hours; the fastest is shown
     step: StepBreakdown | None = None  # where the chosen plan's step time goes (compute, communication, offload)
+    engine: str | None = None  # ddp, deepspeed or fsdp2 (then zero_stage is 0 and ``fsdp`` its FsdpConfig dict)
+    fsdp: dict | None = None
 
     @property
     def tokens_per_s_cluster(self) -> float | None:
@@ -151,12 +154,15 @@ def compare_gpus(
     gpus: tuple[GpuSpec, ...] | None = None,
     methods: tuple[Method, ...] = METHOD_ORDER,
     max_hours: float = DEFAULT_MAX_HOURS,
+    fsdp_configs: tuple[FsdpConfig, ...] = (),
+    zero_layouts: bool = True,
 ) -> list[GpuOption]:
     """For every catalog GPU x method, the cheapest plan that fits (and, with ``num_tokens``, finishes within
     ``max_hours``), ranked as ``sort_rows`` says.
     ``price_per_gpu_hour`` > 0 prices every GPU alike (the user's currency); 0 uses each GPU's catalog price
     (USD) where it has one. ``train`` supplies micro-batch, sequence, accumulation, precision, optimizer, LoRA
-    and attention settings; method, ZeRO stage, offload, checkpointing and GPU count are searched."""
+    and attention settings; method, ZeRO stage, offload, checkpointing and GPU count are searched, and FSDP2 with
+    each of ``fsdp_configs`` (none by default: DDP and DeepSpeed only; ``zero_layouts`` False: FSDP2 only)."""
     validate_mfu(mfu)
     validate_price(price_per_gpu_hour)
     validate_tokens(num_tokens)
@@ -173,7 +179,7 @@ def compare_gpus(
         price = _price(gpu, price_per_gpu_hour)
         for method in methods:
             rows.append(_row(search, gpu, method, precision, train, counts, max_gpus, mfu, num_tokens, price,
-                             max_hours))
+                             max_hours, layout_trains(train, method, precision, fsdp_configs, zero_layouts)))
     return sort_rows(rows)
 
 
@@ -186,14 +192,14 @@ def _price(gpu: GpuSpec, given: float) -> tuple[float | None, str | None, str]:
     return None, None, gpu.price_source or "no catalog price"
 
 
-def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens, price, max_hours) -> GpuOption:
+def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens, price, max_hours,
+         trains: list[TrainSpec]) -> GpuOption:
     price_value, currency, source = price
     common = dict(gpu=gpu.name, method=method.value, max_gpus=max_gpus, capacity_bytes=gpu.capacity_bytes,
                   precision=precision.value, price_per_gpu_hour=price_value, price_currency=currency,
                   price_source=source)
     note = "" if precision is base.precision else f"{gpu.name} has no bf16: {precision.value} instead"
     try:
-        trains = layout_trains(base, method, precision)
         n_min, _ = fewest_gpus(search, gpu, trains, counts, collect_all=False) if trains else (None, [])
         plan = (best_plan(search, gpu, trains, counts, counts.index(n_min), mfu, num_tokens, max_hours)
                 if n_min is not None else None)  # fmt: skip
@@ -227,6 +233,8 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
         num_nodes=cluster.num_nodes,
         zero_stage=train.zero_stage,
         offload=train.offload.value,
+        engine=train.parallelism.engine.value,
+        fsdp=train.parallelism.fsdp_config.to_dict() if train.uses_fsdp2 else None,
         grad_checkpointing=train.grad_checkpointing,
         device_bytes=est.device_bytes,
         headroom_bytes=est.headroom_bytes,

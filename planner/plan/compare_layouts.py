@@ -9,7 +9,7 @@ import dataclasses
 from planner.errors import PlannerError
 from planner.estimate.throughput import SECONDS_PER_HOUR, step_on_gpu, step_time_on
 from planner.plan.estimate_cache import GPUS_PER_NODE, LAYOUTS, EstimateCache
-from planner.specs import Cluster, GpuSpec, Method, Parallelism, Precision, TrainSpec
+from planner.specs import Cluster, FsdpConfig, GpuSpec, Method, Parallelism, Precision, TrainSpec
 
 # Within this share of the cheapest per token, the plan with fewer GPUs wins: 4096 GPUs to save 0.1% of the
 # cost is not a better plan (tokens/s per GPU can creep up with the GPU count in the step-time model).
@@ -21,23 +21,21 @@ def cluster_for(gpu: GpuSpec, num_gpus: int, gpus_per_node: int = GPUS_PER_NODE)
     return Cluster(gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes)
 
 
-def layout_trains(base: TrainSpec, method: Method, precision: Precision) -> list[TrainSpec]:
-    """Every valid ZeRO x offload x checkpointing variant of ``base`` for ``method``; checkpointing off
-    first (faster), on only when the user did not already ask for it."""
+def layout_trains(base: TrainSpec, method: Method, precision: Precision, fsdp_configs: tuple[FsdpConfig, ...] = (),
+                  zero_layouts: bool = True) -> list[TrainSpec]:
+    """Every valid ZeRO x offload x checkpointing variant of ``base`` for ``method`` (unless ``zero_layouts`` is
+    off), then FSDP2 with each of ``fsdp_configs`` (recommend's FSDP2 layouts, cli/fsdp_options.search_space);
+    checkpointing off first (faster), on only when the user did not already ask for it. DeepSpeed's layouts come
+    first, so a tie (same GPUs, same tokens/s) keeps the plan shown without FSDP2."""
     ckpts = (base.grad_checkpointing,) if base.grad_checkpointing else (False, True)
+    layouts = ([Parallelism.from_zero(stage, offload) for stage, offload in LAYOUTS] if zero_layouts else [])
+    layouts += [Parallelism.fsdp2(cfg) for cfg in fsdp_configs]
     out = []
     for ckpt in ckpts:
-        for stage, offload in LAYOUTS:
+        for parallelism in layouts:
             try:
-                out.append(
-                    dataclasses.replace(
-                        base,
-                        method=method,
-                        precision=precision,
-                        parallelism=Parallelism.from_zero(stage, offload),
-                        grad_checkpointing=ckpt,
-                    )
-                )
+                out.append(dataclasses.replace(base, method=method, precision=precision, parallelism=parallelism,
+                                               grad_checkpointing=ckpt))
             except PlannerError:
                 continue  # e.g. QLoRA with parameter offload, bitsandbytes optimizers with ZeRO
     return out
