@@ -229,8 +229,17 @@ def test_recommend_out_writes_an_fsdp2_bundle_launched_by_torchrun(tmp_path):
     assert back.train.parallelism.fsdp_config.reduce_dtype == "fp32" and back.num_gpus == 2
 
 
-def test_compare_gpus_refuses_fsdp2():
+def test_compare_gpus_searches_fsdp2_with_its_engine_flag():
+    """--compare-gpus --engine fsdp2 searches FSDP2's layouts (resharding on and off) in place of DeepSpeed's;
+    --hsdp is refused there (the GPU counts searched start at 1). The search itself: tests/test_compare_gpus_fsdp2.py."""
     from tests.cli_harness import run_inprocess
 
-    res = run_inprocess(["estimate", "-m", "gpt2", "-s", "512", "--compare-gpus", "--engine", "fsdp2"])
-    assert res.code == 1 and "not FSDP2" in res.stderr
+    res = run_inprocess(["estimate", "-m", "gpt2", "-s", "512", "--compare-gpus", "--engine", "fsdp2", "--method",
+                         "lora", "--json"])
+    assert res.code == 0, res.stderr
+    import json
+
+    rows = json.loads(res.stdout)["rows"]
+    assert rows and all(r["engine"] == "fsdp2" and r["fsdp"] for r in rows if r["fits"])
+    res = run_inprocess(["estimate", "-m", "gpt2", "--compare-gpus", "--engine", "fsdp2", "--hsdp", "2"])
+    assert res.code == 1 and "drop --hsdp" in res.stderr

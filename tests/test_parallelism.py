@@ -93,7 +93,7 @@ def test_fsdp2_is_its_own_engine_with_its_settings_round_tripping():
     (lambda F: Parallelism(engine=Engine.DDP, fsdp_config=F(cpu_offload=True)), "fsdp2 engine only"),
     (lambda F: F(reduce_dtype="bf16"), "reduce dtype must be fp32 or none"),
     (lambda F: F(replicate_degree=0), "whole number from 1"),
-    (lambda F: F(replicate_degree=2), "HSDP"),
+    (lambda F: F(replicate_degree=4).shard_size(6), "HSDP's replicate degree 4 must divide the 6 GPUs"),
     (lambda F: F(reshard_after_forward="yes"), "true or false"),
     (lambda F: F.from_dict({"prefetch": 2}), "unknown FSDP2 setting"),
     (lambda F: TrainSpec(method=Method.QLORA, parallelism=Parallelism.fsdp2(F(cpu_offload=True))), "QLoRA with FSDP2"),

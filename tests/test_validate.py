@@ -25,6 +25,7 @@ from planner.validate import (
     run_cells,
     summarize,
 )
+from planner.validate.hsdp_cells import FOUR_RANK_FSDP2_CELLS, HSDP_CELLS
 from planner.validate.matrix import COVERED, DDP_CELLS, EXTRA_CELLS, FAMILIES, FULL_ONLY_CELLS, METHODS
 from planner.validate.report import csv_text, read_measurements
 from planner.validate.results import CATEGORIES
@@ -50,7 +51,8 @@ def test_full_matrix_is_reproducible_and_large_enough():
     from planner.validate.recipe_cells import DS_RANKS_COMM_CELLS
 
     assert all(c.num_ranks == (1 if c.zero == 0 and not c.fsdp and c not in DDP_CELLS
-                               else 3 if c in DS_RANKS_COMM_CELLS and c.num_ranks == 3 else 2)
+                               else 3 if c in DS_RANKS_COMM_CELLS and c.num_ranks == 3
+                               else 4 if c in HSDP_CELLS + FOUR_RANK_FSDP2_CELLS else 2)
                for c in cells)
     assert all(c in cells and c.zero == 0 for c in DDP_CELLS)
     # Every ZeRO stage runs every method it supports (QLoRA is refused with stage 3).

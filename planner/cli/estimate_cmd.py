@@ -12,7 +12,7 @@ import typer
 from planner.cli import deepspeed_options, gpu_precision
 from planner.cli import from_options as fo
 from planner.cli import options as o
-from planner.cli.fsdp_options import fsdp_config, parse_engine
+from planner.cli.fsdp_options import fsdp_config, parse_engine, search_space
 from planner.errors import PlannerError
 from planner.estimate.core import estimate as run_estimate
 from planner.estimate.result import Estimate
@@ -153,9 +153,9 @@ def estimate(
         from planner.plan.compare_gpus import DEFAULT_MAX_HOURS
 
         max_hours = DEFAULT_MAX_HOURS if max_hours is None else max_hours
-        if base.uses_fsdp2 or parse_engine(flags.engine) is Engine.FSDP2:
-            raise PlannerError("--compare-gpus searches DDP and DeepSpeed layouts only, not FSDP2; drop --engine "
-                               "fsdp2 (or --compare-gpus).")
+        if flags.hsdp != 1:
+            raise PlannerError("--compare-gpus searches GPU counts from 1 up, which HSDP's replicate degree must "
+                               "divide; drop --hsdp (or --compare-gpus).")
         if flags.gpu != o.TrainingFlags.gpu:
             raise PlannerError(f"--compare-gpus compares every GPU in the catalog, so --gpu {flags.gpu!r} does not "
                                "apply; drop one of them.")
@@ -256,9 +256,15 @@ def gpu_rows(spec: ModelSpec, base: TrainSpec, flags: o.TrainingFlags, num_token
     from planner.plan.compare_gpus import compare_gpus
 
     method = o.parse_method(flags.method) if flags.method is not None else None
+    engines = {}
+    if base.uses_fsdp2 or parse_engine(flags.engine) is Engine.FSDP2:
+        # FSDP2's layouts as recommend searches them (resharding on and off unless --reshard/--no-reshard fixes
+        # it), in place of DDP's and DeepSpeed's; without --engine fsdp2 the search is DDP and DeepSpeed only
+        engines = {"fsdp_configs": search_space(dataclasses.replace(flags, engine="fsdp2"),
+                                                base.precision)["fsdp_configs"], "zero_layouts": False}
     rows = compare_gpus(spec, base if method is None else dataclasses.replace(base, method=method),
                         num_tokens=num_tokens, mfu=flags.mfu, price_per_gpu_hour=flags.price_per_gpu_hour,
-                        margin=flags.margin, **limits)
+                        margin=flags.margin, **engines, **limits)
     return rows if method is None else [r for r in rows if r.method == method.value]
 
 

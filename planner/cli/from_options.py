@@ -98,12 +98,13 @@ def merge_from_config(config_train: TrainSpec, flags_train: TrainSpec, typed: se
 def _merge_engine(train: TrainSpec, flags_train: TrainSpec, typed: set[str]) -> TrainSpec:
     """A typed --engine (or FSDP2 flags that make the flags' run FSDP2) replaces the config's parallelism; FSDP2
     flags typed beside an FSDP2 config replace only those settings of it."""
-    fsdp_typed = typed & {"reshard", "fsdp_offload", "reduce_dtype"}
+    fsdp_typed = typed & {"reshard", "fsdp_offload", "reduce_dtype", "hsdp"}
     if "engine" in typed:
         fsdp = flags_train.parallelism.fsdp_config if flags_train.uses_fsdp2 else None
         return with_layout(train, train.method, flags_train.zero_stage, flags_train.offload, fsdp)
     if fsdp_typed and train.uses_fsdp2 and flags_train.uses_fsdp2:
-        fields = {"reshard": "reshard_after_forward", "fsdp_offload": "cpu_offload", "reduce_dtype": "reduce_dtype"}
+        fields = {"reshard": "reshard_after_forward", "fsdp_offload": "cpu_offload", "reduce_dtype": "reduce_dtype",
+                  "hsdp": "replicate_degree"}
         cfg, ours = train.parallelism.fsdp_config, flags_train.parallelism.fsdp_config
         cfg = dataclasses.replace(cfg, **{fields[f]: getattr(ours, fields[f]) for f in fsdp_typed})
         return with_layout(train, train.method, 0, train.offload, cfg)

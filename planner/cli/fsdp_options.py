@@ -1,4 +1,4 @@
-"""The engine flags (``--engine``) and FSDP2's own (``--reshard``, ``--fsdp-offload``, ``--reduce-dtype``): their
+"""The engine flags (``--engine``) and FSDP2's own (``--reshard``, ``--fsdp-offload``, ``--reduce-dtype``, ``--hsdp``): their
 declarations, read by ``options.TrainingFlags``, and their one reading into a ``Parallelism``.
 
 FSDP2's settings become a ``specs.FsdpConfig`` (validated there); ``--reduce-dtype`` is ``MixedPrecisionPolicy``'s
@@ -17,8 +17,9 @@ from planner.errors import PlannerError
 from planner.specs import Engine, FsdpConfig, Offload, Precision
 
 DEFAULT_REDUCE_DTYPE = "fp32"
+DEFAULT_HSDP = 1
 FSDP_FLAGS = {"reshard": "--reshard/--no-reshard", "fsdp_offload": "--fsdp-offload",
-              "reduce_dtype": "--reduce-dtype"}
+              "reduce_dtype": "--reduce-dtype", "hsdp": "--hsdp"}
 
 EngineOpt = Annotated[str | None, typer.Option("--engine", help=(
     "ddp (torch DDP or one process), deepspeed (ZeRO 1-3, with --zero) or fsdp2 (torch fully_shard per decoder "
@@ -34,6 +35,11 @@ FsdpOffloadOpt = Annotated[bool, typer.Option("--fsdp-offload/--no-fsdp-offload"
 ReduceDtypeOpt = Annotated[str, typer.Option("--reduce-dtype", help=(
     "FSDP2's MixedPrecisionPolicy reduce_dtype under --precision bf16-mixed: fp32 (torchtitan's default, the "
     "default here) or bf16 (the gradients' own dtype)."))]
+
+HsdpOpt = Annotated[int, typer.Option("--hsdp", metavar="R", help=(
+    "FSDP2's HSDP: a replicate x shard device mesh of R x GPUs/R (torchtitan's data_parallel_replicate_degree, "
+    "accelerate's dp_replicate_size); every state is sharded over the GPUs/R ranks of a shard group and each "
+    "gradient shard all-reduced over the R replicas. R must divide the GPU count (default: 1, plain FSDP2)."))]
 
 
 def parse_engine(value: str | None) -> Engine | None:
@@ -56,13 +62,15 @@ def fsdp_config(flags, precision: Precision, *, reshard: bool | None = None) -> 
         raise PlannerError(f"--reduce-dtype bf16 sets FSDP2's mixed-precision policy, which planner applies under "
                            f"--precision bf16-mixed only, not {precision.value}.")
     return FsdpConfig(reshard_after_forward=True if reshard is None else bool(reshard),
-                      reduce_dtype="fp32" if value == "fp32" else None, cpu_offload=bool(flags.fsdp_offload))
+                      reduce_dtype="fp32" if value == "fp32" else None, cpu_offload=bool(flags.fsdp_offload),
+                      replicate_degree=flags.hsdp)
 
 
 def typed_fsdp_flags(flags) -> list[str]:
     """FSDP2's flags the user typed (or set away from their defaults)."""
     changed = {"reshard": flags.reshard is not None, "fsdp_offload": bool(flags.fsdp_offload),
-               "reduce_dtype": str(flags.reduce_dtype).lower() != DEFAULT_REDUCE_DTYPE}
+               "reduce_dtype": str(flags.reduce_dtype).lower() != DEFAULT_REDUCE_DTYPE,
+               "hsdp": flags.hsdp != DEFAULT_HSDP}
     return [FSDP_FLAGS[n] for n in FSDP_FLAGS if n in flags.typed or changed[n]]
 
 

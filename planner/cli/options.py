@@ -122,6 +122,7 @@ class TrainingFlags:
     reshard: fsdp_options.ReshardOpt = None
     fsdp_offload: fsdp_options.FsdpOffloadOpt = False
     reduce_dtype: fsdp_options.ReduceDtypeOpt = "fp32"
+    hsdp: fsdp_options.HsdpOpt = 1
     precision: PrecisionOpt = "bf16-mixed"
     optimizer: OptimizerOpt = "adamw"
     lora_rank: LoraRankOpt = 16

@@ -285,8 +285,10 @@ def _compare_cells(i: int, d: dict, tokens: bool) -> dict[str, str]:
         "gpu": d["gpu"],
         "method": d["method"],
         "gpus": str(d.get("num_gpus")) if fits else "-",
-        "zero": str(d.get("zero_stage")) if fits else "-",
-        "offload": _OFFLOAD_SHORT.get(d.get("offload"), d.get("offload")) if fits else "-",
+        "zero": ("-" if not fits else str(d.get("zero_stage")) if not d.get("fsdp") else
+                 "FSDP2" + ("" if d["fsdp"]["reshard_after_forward"] else "-nr")),
+        "offload": ("-" if not fits else _OFFLOAD_SHORT.get(d.get("offload"), d.get("offload")) if not d.get("fsdp")
+                    else "cpu" if d["fsdp"]["cpu_offload"] else "none"),
         "precision": d.get("precision", ""),
         "ckpt": ("on" if d.get("grad_checkpointing") else "off") if fits else "-",
         "tps": f"{d.get('tokens_per_s_per_gpu', 0):,.0f}" if fits else "-",
@@ -317,7 +319,7 @@ def _stacked_compare(console: Console, dicts: list[dict], tokens: bool, cur: str
             continue
         offload = "no offload" if d.get("offload") == "none" else f"{d.get('offload')} offload"
         gpus = f"{c['gpus']} GPU" + ("" if c["gpus"] == "1" else "s")
-        console.print(f"{i:>3}. [bold]{d['gpu']}[/] {d['method']} on {gpus}: ZeRO-{c['zero']}, {offload}, "
+        console.print(f"{i:>3}. [bold]{d['gpu']}[/] {d['method']} on {gpus}: {'' if d.get('fsdp') else 'ZeRO-'}{c['zero']}, {offload}, "
                       f"{c['precision']}, checkpointing {c['ckpt']}", highlight=False)  # fmt: skip
         money = ""
         if c["price"] != "-":

@@ -68,6 +68,10 @@ def accelerate_config(train: TrainSpec, cluster: Cluster) -> dict[str, Any]:
         config["gpu_ids"] = "all"
     if kind == "FSDP":
         config["fsdp_config"] = fsdp2_accelerate(train)
+        replicas = train.parallelism.fsdp_config.replicate_degree
+        if replicas > 1:  # HSDP: accelerate's ParallelismConfig mesh (accelerate/commands/config/cluster.py)
+            config["parallelism_config"] = {"parallelism_config_dp_replicate_size": replicas,
+                                            "parallelism_config_dp_shard_size": cluster.num_gpus // replicas}
     return dict(sorted(config.items()))
 
 

@@ -30,7 +30,8 @@ def _fsdp2_flags(t: TrainSpec) -> list[str]:
     c = t.parallelism.fsdp_config
     return ["--engine", "fsdp2", "--reshard" if c.reshard_after_forward else "--no-reshard",
             *(["--fsdp-offload"] if c.cpu_offload else []),
-            *(["--reduce-dtype", c.reduce_dtype or "bf16"] if t.precision is Precision.BF16_MIXED else [])]
+            *(["--reduce-dtype", c.reduce_dtype or "bf16"] if t.precision is Precision.BF16_MIXED else []),
+            *(["--hsdp", str(c.replicate_degree)] if c.replicate_degree > 1 else [])]
 
 
 def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[str]:

@@ -52,6 +52,8 @@ def check_combination(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, a
             "--optimizer-in-backward runs on one GPU: the step in each gradient's hook would come before DDP "
             "reduces it (torchtune's distributed recipes shard with FSDP2, which planner does not model); use --gpus 1."
         )
+    if train.uses_fsdp2:  # HSDP's replicate degree divides the ranks (specs/fsdp.py)
+        train.parallelism.fsdp_config.shard_size(cluster.num_gpus)
     if train.uses_deepspeed and cluster.num_gpus == 1 and train.offload is Offload.NONE:
         # Valid in DeepSpeed (nothing to shard across), kept: ZeRO with one rank equals stage 0 plus buffers.
         pass

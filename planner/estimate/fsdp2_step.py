@@ -30,6 +30,7 @@ from dataclasses import replace
 from planner.estimate import overhead
 from planner.estimate.count.params import count_params, split_params
 from planner.estimate.fsdp2 import compute_dtype, fsdp2_groups, fsdp2_states
+from planner.estimate.hsdp import held_all_reduce_bytes, hsdp_note
 from planner.estimate.qlora_shard import sharded_note
 from planner.estimate.result import Estimate, MemoryBreakdown
 from planner.estimate.step.cpu_kernels import CpuKernels
@@ -59,6 +60,10 @@ def _sim_train(train: TrainSpec) -> TrainSpec:
 def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: str, cpu: CpuKernels | None,
                  rank: int = 0) -> dict[str, MemoryBreakdown]:
     counts = count_params(model)
+    # HSDP: every state is sharded over the shard group only (the mesh's last dim; a rank's index in it is its
+    # mesh column), its buffers sized by it; the replicas' all-reduce adds the held buffers of hsdp.py
+    num_ranks = train.parallelism.fsdp_config.shard_size(num_ranks)
+    rank %= num_ranks
     st = fsdp2_states(counts, train, model.num_layers, num_ranks, rank)
     gs = fsdp2_groups(counts, train, model.num_layers)
     cfg = train.parallelism.fsdp_config
@@ -76,6 +81,8 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
 
     root = gs[0]
     reshard = cfg.reshard_after_forward
+    # HSDP: the layers' reduce-dtype all-reduce buffers held to the end of backward (hsdp.py)
+    held = held_all_reduce_bytes(gs, cfg.reduce_dtype or cdt, num_ranks, root=False) if cfg.replicate_degree > 1 else 0
     root_grads = unsharded_grads(root)
     layers_sharded_grads = st.grads_bytes - root.shard_bytes(num_ranks, trainable_only=True)
     layer = gs[1] if len(gs) > 1 else None
@@ -119,11 +126,11 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
            for extra, grads in neighbours] if in_layer else []),
         # the final callback: the root's unsharded gradients copied into its reduce-scatter input, every layer's
         # gradients reduced
-        moment(step.backward_end_bytes, 0, root_grads + st.root_reduce_input_bytes, layers_sharded_grads),
+        moment(step.backward_end_bytes, 0, root_grads + st.root_reduce_input_bytes + held, layers_sharded_grads),
         # then its reduce-scatter: the output (the root's sharded gradients) beside the input, and on CPU gloo's
         # copy of the input inside the call (GLOO_REDUCE_SCATTER_INPUT_COPIES)
         moment(step.backward_end_bytes, 0, st.root_reduce_input_bytes * (
-            1 + (GLOO_REDUCE_SCATTER_INPUT_COPIES if device == "cpu" else 0)), st.grads_bytes),
+            1 + (GLOO_REDUCE_SCATTER_INPUT_COPIES if device == "cpu" else 0)) + held, st.grads_bytes),
     ), key=lambda m: m.total_bytes)
     copies = ADAMW_FOREACH_SCRATCH_COPIES if train.optimizer is Optimizer.ADAMW else 0
     moments = st.optimizer_states_bytes  # exp_avg + exp_avg_sq (+ step counters): one moment is half
@@ -157,6 +164,8 @@ def estimate_fsdp2(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, marg
     sim_train = _sim_train(train)
     notes.extend(simulate_step(model, sim_train, device=device, keep_grads=False,
                                adapters=lora_adapter_paths(model, sim_train), cpu=cpu).notes)
+    if train.parallelism.fsdp_config.replicate_degree > 1:
+        notes.append(hsdp_note(train.parallelism.fsdp_config, cluster.num_gpus))
     if train.grad_checkpointing and not train.parallelism.fsdp_config.reshard_after_forward:
         notes.append("FSDP2 with checkpointing and no resharding: a layer's recomputation with its unsharded "
                      "gradients and the reduce-scatter input of the layer above is not modelled yet: measured "

@@ -16,6 +16,12 @@ torch 2.13, torch/distributed/fsdp/_fully_shard/:
   ``reduce_scatter_stream`` (``FSDPCommContext``). Each micro-batch exposes what exceeds its compute, and at
   least one layer's share: the first gather and the last reduce-scatter have nothing to hide behind (the same
   rule as DeepSpeed ZeRO-3 with ``overlap_comm``, traffic.py).
+- HSDP (a 2-D ``(R, S)`` mesh, ``_fsdp_init.py`` ``HSDPMeshInfo``): the gathers and reduce-scatters run over
+  the S ranks of a shard group; ``foreach_reduce`` then all-reduces the reduce-scatter output (one shard, in
+  ``reduce_dtype``) over the R replicas (``dist.all_reduce(reduce_output, group=all_reduce_group)``) on
+  ``all_reduce_stream``. Ranks are laid out row-major (rank = r x S + s): a shard group of S <= GPUs per node
+  stays inside a node, and the S replica rings (one per shard index) cross every node boundary, sharing the
+  node's inter-node links.
 - ``CPUOffloadPolicy``: every gather first copies the rank's sharded parameters host to device
   (``FSDPParam.unshard``/``all_gather_inputs``), and every reduce-scatter's gradient shard goes back to the host
   (``foreach_reduce``, ``non_blocking`` to pinned memory); the optimizer steps on the host.
@@ -26,7 +32,7 @@ Never imports torch.
 from __future__ import annotations
 
 from planner.estimate.count.params import ParamSplit
-from planner.specs import Method, PeftDtype, Precision, TrainSpec
+from planner.specs import Cluster, Method, PeftDtype, Precision, TrainSpec
 from planner.units import nbytes
 
 
@@ -51,20 +57,45 @@ def gathers_per_microbatch(train: TrainSpec) -> int:
 
 
 def communication_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, accum: float) -> float:
-    """Bytes one rank sends per optimizer step (ring: (N-1)/N of each buffer): per micro-batch one or two
-    all-gathers of every parameter and one reduce-scatter of the trainable gradients."""
-    if num_ranks == 1:
-        return 0.0
-    ring = (num_ranks - 1) / num_ranks
+    """Bytes one rank sends per optimizer step (ring: (S-1)/S of each buffer over the shard group of S ranks):
+    per micro-batch one or two all-gathers of every parameter and one reduce-scatter of the trainable gradients,
+    and under HSDP the replicas' all-reduce of the shard (``replica_bytes``)."""
+    shard = train.parallelism.fsdp_config.shard_size(num_ranks)
+    ring = (shard - 1) / shard
     gather = _param_bytes(train, split, split.num_params, split.num_adapter)
-    return accum * ring * (gathers_per_microbatch(train) * gather + _reduce_bytes(train, split))
+    return (accum * ring * (gathers_per_microbatch(train) * gather + _reduce_bytes(train, split))
+            + replica_bytes(train, split, num_ranks, accum))
+
+
+def replica_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, accum: float) -> float:
+    """HSDP's all-reduce of each micro-batch's gradient shard (1/S of the gradients in the reduce dtype) over the
+    R replicas: a ring all-reduce sends 2 (R-1)/R of it (0 without HSDP)."""
+    cfg = train.parallelism.fsdp_config
+    r = cfg.replicate_degree
+    return accum * 2 * (r - 1) / r * _reduce_bytes(train, split) / cfg.shard_size(num_ranks)
 
 
 def reduction_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, accum: float) -> float:
-    """The reduce-scatter part of ``communication_bytes``."""
-    if num_ranks == 1:
-        return 0.0
-    return accum * (num_ranks - 1) / num_ranks * _reduce_bytes(train, split)
+    """The reduce-scatter (and HSDP all-reduce) part of ``communication_bytes``."""
+    shard = train.parallelism.fsdp_config.shard_size(num_ranks)
+    return accum * (shard - 1) / shard * _reduce_bytes(train, split) + replica_bytes(train, split, num_ranks, accum)
+
+
+def hsdp_seconds(train: TrainSpec, split: ParamSplit, cluster: Cluster, accum: float, total_bytes: float,
+                 intra_bytes_per_s: float, inter_bytes_per_s: float) -> float:
+    """Seconds of ``total_bytes`` of HSDP traffic (``communication_bytes`` or ``reduction_bytes``), each part over
+    its own group's link (module docstring): the shard group's inside a node when it fits in one (else bounded by
+    the inter-node link, as traffic.collective_bytes_per_s), the replicas' across nodes, where the S concurrent
+    replica rings share a node's inter-node bandwidth (each rank its own NIC's share with S = GPUs per node).
+    ``*_bytes_per_s`` are bus bandwidths with traffic.py's COLLECTIVE_EFFICIENCY applied."""
+    n = cluster.num_gpus
+    shard = train.parallelism.fsdp_config.shard_size(n)
+    replica_b = replica_bytes(train, split, n, accum)
+    shard_link = intra_bytes_per_s if shard <= cluster.num_gpus_per_node else min(intra_bytes_per_s,
+                                                                                 inter_bytes_per_s)
+    replica_link = (intra_bytes_per_s if cluster.num_nodes == 1 else
+                    min(intra_bytes_per_s, inter_bytes_per_s / min(shard, cluster.num_gpus_per_node)))
+    return (total_bytes - replica_b) / shard_link + replica_b / replica_link
 
 
 def exposed_communication_s(comm_s: float, accum: float, gpu_s: float, num_layers: int) -> float:
@@ -79,5 +110,6 @@ def host_transfer_bytes(train: TrainSpec, split: ParamSplit, num_ranks: int, acc
     if not train.parallelism.fsdp_config.cpu_offload:
         return 0.0
     storage = "fp32" if train.precision is Precision.BF16_MIXED else train.precision.compute_dtype
-    shard = nbytes(split.num_params, storage) / num_ranks
-    return accum * (gathers_per_microbatch(train) * shard + _reduce_bytes(train, split) / num_ranks)
+    ranks = train.parallelism.fsdp_config.shard_size(num_ranks)
+    shard = nbytes(split.num_params, storage) / ranks
+    return accum * (gathers_per_microbatch(train) * shard + _reduce_bytes(train, split) / ranks)

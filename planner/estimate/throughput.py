@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from planner import catalog
 from planner.errors import PlannerError
+from planner.estimate import fsdp2_traffic
 from planner.estimate.count.params import ParamCounts, ParamSplit, count_params, split_params
 from planner.estimate.flops import FlopsPerToken, flops_per_token
 from planner.estimate.result import Estimate, StepBreakdown, Throughput
@@ -305,6 +306,12 @@ def step_time_on(part: StepOnGpu, cluster: Cluster) -> StepTime:
     link = collective_bytes_per_s(cluster)
     comm_s = comm_b / link if comm_b else 0.0
     reduce_s = reduction_bytes(train, split, n, accum) / link if comm_b else 0.0
+    if train.uses_fsdp2 and train.parallelism.fsdp_config.replicate_degree > 1:  # HSDP: two groups, two links
+        intra = float(cluster.gpu.intra_node_bytes_per_s) * COLLECTIVE_EFFICIENCY
+        inter = float(cluster.inter_node_bytes_per_s) * COLLECTIVE_EFFICIENCY
+        comm_s = fsdp2_traffic.hsdp_seconds(train, split, cluster, accum, comm_b, intra, inter)
+        reduce_s = fsdp2_traffic.hsdp_seconds(train, split, cluster, accum, reduction_bytes(train, split, n, accum),
+                                              intra, inter)
     gpu_s = part.compute_s + part.attention_s + part.elementwise_s + part.dequant_s
     exposed_s = exposed_communication_s(train, comm_s, accum, gpu_s, part.bwd_share, model.num_layers, reduce_s)
     host_b = host_transfer_bytes(train, split, n, accum)

@@ -2,7 +2,8 @@
 
 - accelerate config (accelerate/utils/dataclasses.py ``FullyShardedDataParallelPlugin.__post_init__``, the
   ``fsdp_config`` section ``accelerate config`` writes): ``distributed_type: FSDP`` with ``fsdp_version: 2``;
-  ``fsdp_reshard_after_forward`` (default true for version 2), ``fsdp_offload_params`` (CPUOffloadPolicy).
+  ``fsdp_reshard_after_forward`` (default true for version 2), ``fsdp_offload_params`` (CPUOffloadPolicy); its
+  ``parallelism_config`` section's ``parallelism_config_dp_replicate_size`` is HSDP's replicate degree.
   ``mixed_precision: bf16`` makes accelerate's policy ``param_dtype = reduce_dtype = bf16`` (``set_mixed_precision``)
   over trainable parameters upcast to fp32 (utils/fsdp_utils.py ``fsdp2_prepare_model``): planner's bf16-mixed
   with the gradients' own reduce dtype.
@@ -50,7 +51,8 @@ def accelerate_fsdp(r, acc: dict, name: str) -> None:
                            "(fsdp_version: 2), DDP and DeepSpeed ZeRO.")
     reshard = _bool(cfg.get("fsdp_reshard_after_forward", True), f"{name}: fsdp_reshard_after_forward")
     offload = _bool(cfg.get("fsdp_offload_params", False), f"{name}: fsdp_offload_params")
-    r.fsdp = FsdpConfig(reshard_after_forward=reshard, reduce_dtype=None, cpu_offload=offload)
+    r.fsdp = FsdpConfig(reshard_after_forward=reshard, reduce_dtype=None, cpu_offload=offload,
+                        replicate_degree=_accelerate_replicas(r, acc, name))
     r.fsdp_from = "accelerate"
     read = ("fsdp_version", "fsdp_reshard_after_forward", "fsdp_offload_params")
     r.used |= {f"{name}:fsdp_config.{k}" for k in read if k in cfg}
@@ -58,6 +60,26 @@ def accelerate_fsdp(r, acc: dict, name: str) -> None:
         if k not in read:
             r.ignored[f"{name}:fsdp_config.{k}"] = "planner estimates fully_shard per decoder layer and on the root"
     r.notes.append(ACCELERATE_NOTE)
+
+
+def _accelerate_replicas(r, acc: dict, name: str) -> int:
+    """HSDP's replicate degree from an accelerate config's ``parallelism_config`` (accelerate/commands/config/
+    cluster.py writes ``parallelism_config_dp_replicate_size`` and ``_dp_shard_size`` for fsdp_version 2;
+    accelerate/parallelism_config.py ``ParallelismConfig`` builds the ("dp_replicate", "dp_shard", ...) mesh
+    FSDP2 shards over): 1 without it. Tensor, context and sequence parallelism are not modelled."""
+    pc = acc.get("parallelism_config") or {}
+    if not isinstance(pc, dict):
+        raise PlannerError(f"{name}: parallelism_config is not a mapping.")
+    for k in pc:
+        key = f"{name}:parallelism_config.{k}"
+        r.used.add(key)
+        if k.endswith(("tp_size", "cp_size", "sp_size")) and pc[k] not in (None, 1):
+            r.refuse(f"parallelism_config.{k} {pc[k]!r}", "is not modelled; planner models data parallelism "
+                     "(FSDP2 and HSDP: dp_replicate_size, dp_shard_size).")
+    replicas = pc.get("parallelism_config_dp_replicate_size", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise PlannerError(f"{name}: parallelism_config_dp_replicate_size is {replicas!r}, not a whole number.")
+    return replicas
 
 
 def hf_fsdp(r) -> None:

@@ -240,7 +240,7 @@ class Reader:
                                               "use_cpu") if k in acc}
         for k in acc:
             if k not in ("distributed_type", "num_processes", "num_machines", "mixed_precision", "deepspeed_config",
-                         "use_cpu", "fsdp_config"):
+                         "use_cpu", "fsdp_config") and not (k == "parallelism_config" and kind == "FSDP"):
                 self.ignored[f"{name}:{k}"] = "planner reads only the processes, machines, precision and DeepSpeed"
         if kind == "FSDP":
             from planner.from_config.fsdp_fields import accelerate_fsdp

@@ -32,13 +32,12 @@ from planner.estimate.throughput import (
     DEFAULT_MFU,
     SECONDS_PER_HOUR,
     flops_per_token,
-    step_on_gpu,
-    step_time_on,
     throughput_from_step,
     validate_mfu,
     validate_price,
     validate_tokens,
 )
+from planner.plan.compare_layouts import COST_TOLERANCE, best_plan, cluster_for, fewest_gpus, layout_trains
 from planner.plan.estimate_cache import (
     DEFAULT_HOST_MEMORY_BYTES_PER_NODE,
     GPUS_PER_NODE,
@@ -46,21 +45,20 @@ from planner.plan.estimate_cache import (
     EstimateCache,
 )
 from planner.specs import (
-    Cluster,
+    FsdpConfig,
     GpuSpec,
     Method,
     ModelSpec,
-    Parallelism,
     Precision,
     TrainSpec,
     validate_margin,
 )
 from planner.units import fmt_gib
 
+__all__ = ["COST_TOLERANCE", "DEFAULT_MAX_HOURS", "LAYOUTS", "GpuOption", "cluster_for", "compare_gpus", "gpu_counts",
+           "precision_for", "sort_rows"]
+
 DEFAULT_MAX_GPUS = 4096
-# Within this share of the cheapest per token, the plan with fewer GPUs wins: 4096 GPUs to save 0.1% of the
-# cost is not a better plan (tokens/s per GPU can creep up with the GPU count in the step-time model).
-COST_TOLERANCE = 0.02
 # With --tokens, only plans that finish within this many hours compete on cost (a 30-day run); when none does,
 # the fastest is shown with a note. 1-GPU offload plans of thousands of hours were ranked first without it.
 DEFAULT_MAX_HOURS = 720.0
@@ -110,6 +108,8 @@ class GpuOption:
     cost_per_million_tokens: float | None = None
     within_max_hours: bool | None = None  # False: no plan finishes the tokens in max_hours; the fastest is shown
     step: StepBreakdown | None = None  # where the chosen plan's step time goes (compute, communication, offload)
+    engine: str | None = None  # ddp, deepspeed or fsdp2 (then zero_stage is 0 and ``fsdp`` its FsdpConfig dict)
+    fsdp: dict | None = None
 
     @property
     def tokens_per_s_cluster(self) -> float | None:
@@ -131,11 +131,6 @@ def gpu_counts(max_gpus: int) -> tuple[int, ...]:
     return tuple(counts)
 
 
-def cluster_for(gpu: GpuSpec, num_gpus: int, gpus_per_node: int = GPUS_PER_NODE) -> Cluster:
-    num_nodes = 1 if num_gpus <= gpus_per_node else -(-num_gpus // gpus_per_node)
-    return Cluster(gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes)
-
-
 def precision_for(gpu: GpuSpec, precision: Precision) -> Precision:
     """GPUs without bf16 (Volta, Turing) train in fp16 with loss scaling instead."""
     if gpu.supports_bf16:
@@ -144,56 +139,6 @@ def precision_for(gpu: GpuSpec, precision: Precision) -> Precision:
             Precision.BF16_AUTOCAST: Precision.FP16_AUTOCAST}.get(
         precision, precision
     )
-
-
-def _layout_trains(base: TrainSpec, method: Method, precision: Precision) -> list[TrainSpec]:
-    """Every valid ZeRO x offload x checkpointing variant of ``base`` for ``method``; checkpointing off
-    first (faster), on only when the user did not already ask for it."""
-    ckpts = (base.grad_checkpointing,) if base.grad_checkpointing else (False, True)
-    out = []
-    for ckpt in ckpts:
-        for stage, offload in LAYOUTS:
-            try:
-                out.append(
-                    dataclasses.replace(
-                        base,
-                        method=method,
-                        precision=precision,
-                        parallelism=Parallelism.from_zero(stage, offload),
-                        grad_checkpointing=ckpt,
-                    )
-                )
-            except PlannerError:
-                continue  # e.g. QLoRA with parameter offload, bitsandbytes optimizers with ZeRO
-    return out
-
-
-def _fewest_gpus(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], counts: tuple[int, ...],
-                 collect_all: bool = True):
-    """(fewest N, [trains that fit on N]) or (None, []); with ``collect_all`` False the list may be short once
-    N is the smallest count."""
-    best_n: int | None = None
-    found: list[tuple[int, TrainSpec]] = []
-    for train in trains:
-        limit_i = len(counts) - 1 if best_n is None else counts.index(best_n)
-        if not search.fits(train, cluster_for(gpu, counts[limit_i], search.gpus_per_node)):
-            continue
-        lo, hi = 0, limit_i  # fits at hi; find the smallest index that fits (memory non-increasing in N)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if search.fits(train, cluster_for(gpu, counts[mid], search.gpus_per_node)):
-                hi = mid
-            else:
-                lo = mid + 1
-        n = counts[hi]
-        if best_n is None or n < best_n:
-            best_n = n
-            found = [(n, t) for n_, t in found if n_ == n]
-        if n == best_n:
-            found.append((n, train))
-        if best_n == counts[0] and not collect_all:
-            break  # nothing fits on fewer
-    return best_n, [t for _, t in found]
 
 
 def compare_gpus(
@@ -209,12 +154,15 @@ def compare_gpus(
     gpus: tuple[GpuSpec, ...] | None = None,
     methods: tuple[Method, ...] = METHOD_ORDER,
     max_hours: float = DEFAULT_MAX_HOURS,
+    fsdp_configs: tuple[FsdpConfig, ...] = (),
+    zero_layouts: bool = True,
 ) -> list[GpuOption]:
     """For every catalog GPU x method, the cheapest plan that fits (and, with ``num_tokens``, finishes within
     ``max_hours``), ranked as ``sort_rows`` says.
     ``price_per_gpu_hour`` > 0 prices every GPU alike (the user's currency); 0 uses each GPU's catalog price
     (USD) where it has one. ``train`` supplies micro-batch, sequence, accumulation, precision, optimizer, LoRA
-    and attention settings; method, ZeRO stage, offload, checkpointing and GPU count are searched."""
+    and attention settings; method, ZeRO stage, offload, checkpointing and GPU count are searched, and FSDP2 with
+    each of ``fsdp_configs`` (none by default: DDP and DeepSpeed only; ``zero_layouts`` False: FSDP2 only)."""
     validate_mfu(mfu)
     validate_price(price_per_gpu_hour)
     validate_tokens(num_tokens)
@@ -231,7 +179,7 @@ def compare_gpus(
         price = _price(gpu, price_per_gpu_hour)
         for method in methods:
             rows.append(_row(search, gpu, method, precision, train, counts, max_gpus, mfu, num_tokens, price,
-                             max_hours))
+                             max_hours, layout_trains(train, method, precision, fsdp_configs, zero_layouts)))
     return sort_rows(rows)
 
 
@@ -244,89 +192,16 @@ def _price(gpu: GpuSpec, given: float) -> tuple[float | None, str | None, str]:
     return None, None, gpu.price_source or "no catalog price"
 
 
-def _best_plan(search: EstimateCache, gpu: GpuSpec, trains: list[TrainSpec], counts: tuple[int, ...],
-               first: int, mfu: float | None, num_tokens: int, max_hours: float):
-    """(train, GPU count, step, within max_hours) of the plan to show, over every layout and every count from
-    the layout's own fewest: among plans that finish ``num_tokens`` within ``max_hours`` (all of them without
-    tokens), those within COST_TOLERANCE of the most tokens/s per GPU (the cheapest per token), and of those
-    the fewest GPUs, then the faster, then the earlier (simpler) layout. When no plan finishes in time, the
-    fastest. A layout whose best possible tokens/s per GPU (at any count, memory aside) cannot come within the
-    tolerance of a plan already found in time is not searched."""
-    cluster_of = {n: cluster_for(gpu, n, search.gpus_per_node) for n in counts[first:]}
-    limit_s = max_hours * SECONDS_PER_HOUR
-
-    on_gpu: dict = {}  # step_time's GPU-count-free part, once per layout (mfu was validated by compare_gpus)
-
-    def tps(train: TrainSpec, n: int):
-        part = on_gpu.get(id(train))
-        if part is None:
-            part = on_gpu[id(train)] = step_on_gpu(search.model, train, gpu, mfu=mfu, accum=float(train.grad_accum),
-                                                   counts=search.counts, split=search.split(train))
-        st = step_time_on(part, cluster_of[n])
-        return (st.tokens_per_rank / st.total_s if st.total_s > 0 else 0.0), st
-
-    def in_time(value: float, n: int) -> bool:
-        return not num_tokens or (value > 0 and num_tokens / (value * n) <= limit_s)
-
-    speeds = {id(t): [tps(t, n) for n in counts[first:]] for t in trains}
-    bound = {id(t): max(v for v, _ in speeds[id(t)]) for t in trains}
-    ordered = sorted(enumerate(trains), key=lambda it: (-bound[id(it[1])], it[0]))
-    found = []  # (tokens/s per GPU, GPU count, layout order, train, step)
-    best_in_time = 0.0
-    for k, (order, train) in enumerate(ordered):
-        if best_in_time and bound[id(train)] < best_in_time * (1 - COST_TOLERANCE):
-            break  # sorted by bound: no later layout comes within the tolerance either
-        top = len(counts) - 1
-        if search.fits(train, cluster_of[counts[first]]):
-            top = first  # fits on the fewest GPUs of any layout: nothing to search
-        elif not search.fits(train, cluster_of[counts[top]]):
-            continue
-        lo, hi = first, top  # fits at hi; the smallest index that fits (memory non-increasing in N)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if search.fits(train, cluster_of[counts[mid]]):
-                hi = mid
-            else:
-                lo = mid + 1
-        for i in range(hi, len(counts)):
-            value, st = speeds[id(train)][i - first]
-            found.append((value, counts[i], order, train, st))
-            if in_time(value, counts[i]):
-                best_in_time = max(best_in_time, value)
-        # Fits on the fewest GPUs there are, in time, at its best speed: no later layout (bound no higher) can be
-        # preferred, as preference is fewer GPUs, then more tokens/s per GPU, then the earlier layout.
-        nxt = bound[id(ordered[k + 1][1])] if k + 1 < len(ordered) else -1.0
-        head = speeds[id(train)][0][0]
-        if hi == first and in_time(head, counts[first]) and head >= bound[id(train)] and head >= nxt:
-            break
-    # Per-GPU memory is not monotone in the GPU count under ZeRO-1/2 (a rank's gradient buffer holds the whole
-    # tensors across its partition's edges), so the plan picked is checked and the next one taken if it does not
-    # fit.
-    while found:
-        in_time_values = [f[0] for f in found if in_time(f[0], f[1])]
-        if in_time_values:
-            best = max(in_time_values)
-            near = [f for f in found if f[0] >= best * (1 - COST_TOLERANCE) and in_time(f[0], f[1])]
-            pick = min(near, key=lambda f: (f[1], -f[0], f[2]))
-        else:
-            pick = max(found, key=lambda f: (f[0] * f[1], -f[1], -f[2]))  # the fastest
-        value, n, _, train, st = pick
-        if search.fits(train, cluster_of[n]):
-            return train, n, st, bool(in_time_values)
-        found.remove(pick)
-    return None
-
-
-def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens, price, max_hours) -> GpuOption:
+def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens, price, max_hours,
+         trains: list[TrainSpec]) -> GpuOption:
     price_value, currency, source = price
     common = dict(gpu=gpu.name, method=method.value, max_gpus=max_gpus, capacity_bytes=gpu.capacity_bytes,
                   precision=precision.value, price_per_gpu_hour=price_value, price_currency=currency,
                   price_source=source)
     note = "" if precision is base.precision else f"{gpu.name} has no bf16: {precision.value} instead"
     try:
-        trains = _layout_trains(base, method, precision)
-        n_min, _ = _fewest_gpus(search, gpu, trains, counts, collect_all=False) if trains else (None, [])
-        plan = (_best_plan(search, gpu, trains, counts, counts.index(n_min), mfu, num_tokens, max_hours)
+        n_min, _ = fewest_gpus(search, gpu, trains, counts, collect_all=False) if trains else (None, [])
+        plan = (best_plan(search, gpu, trains, counts, counts.index(n_min), mfu, num_tokens, max_hours)
                 if n_min is not None else None)  # fmt: skip
     except PlannerError as exc:
         return GpuOption(**common, fits=False, note=str(exc))
@@ -358,6 +233,8 @@ def _row(search, gpu, method, precision, base, counts, max_gpus, mfu, num_tokens
         num_nodes=cluster.num_nodes,
         zero_stage=train.zero_stage,
         offload=train.offload.value,
+        engine=train.parallelism.engine.value,
+        fsdp=train.parallelism.fsdp_config.to_dict() if train.uses_fsdp2 else None,
         grad_checkpointing=train.grad_checkpointing,
         device_bytes=est.device_bytes,
         headroom_bytes=est.headroom_bytes,

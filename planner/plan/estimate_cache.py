@@ -74,7 +74,8 @@ class EstimateCache:
             # rank 0's sharded states (estimate/fsdp2.py), none on the GPU under CPUOffloadPolicy (fsdp2_step.py)
             from planner.estimate.fsdp2 import fsdp2_states
 
-            st = fsdp2_states(self.counts, train, self.model.num_layers, num_gpus)
+            shard = train.parallelism.fsdp_config.shard_size(num_gpus)  # HSDP: sharded over a shard group only
+            st = fsdp2_states(self.counts, train, self.model.num_layers, shard)
             offloaded = train.parallelism.fsdp_config.cpu_offload
             self._lower[key] = 0 if offloaded else st.params_bytes + st.grads_bytes + st.optimizer_states_bytes
         if key not in self._lower:

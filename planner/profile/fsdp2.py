@@ -41,7 +41,11 @@ def shard(model: torch.nn.Module, train: TrainSpec, device: str, num_ranks: int)
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
     cfg = train.parallelism.fsdp_config
-    mesh = init_device_mesh(device, (num_ranks,))
+    shard_size = cfg.shard_size(num_ranks)
+    # HSDP: torchtitan's ParallelDims builds the ("dp_replicate", "dp_shard") mesh and passes it to fully_shard,
+    # which shards over the last dim and all-reduces over the first (_fsdp_init.py: a 2-D mesh is HSDPMeshInfo)
+    mesh = (init_device_mesh(device, (num_ranks,)) if cfg.replicate_degree == 1 else
+            init_device_mesh(device, (cfg.replicate_degree, shard_size), mesh_dim_names=("dp_replicate", "dp_shard")))
     kwargs: dict[str, Any] = {
         "mesh": mesh,
         "reshard_after_forward": cfg.reshard_after_forward,

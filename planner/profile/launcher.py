@@ -91,7 +91,8 @@ def engine_slug(train: TrainSpec) -> str:
     if not train.uses_fsdp2:
         return f"z{train.zero_stage}"
     cfg = train.parallelism.fsdp_config
-    return "fsdp2" + ("" if cfg.reshard_after_forward else "-nr") + ("-cpuoff" if cfg.cpu_offload else "")
+    return ("fsdp2" + ("" if cfg.reshard_after_forward else "-nr") + ("-cpuoff" if cfg.cpu_offload else "")
+            + (f"-hsdp{cfg.replicate_degree}" if cfg.replicate_degree > 1 else ""))
 
 
 # Resident memory of a rank's process before its model exists: Python with torch, transformers, peft and

@@ -27,7 +27,9 @@ class FsdpConfig:
     """``fully_shard``'s knobs. ``reshard_after_forward`` True frees each layer's all-gathered parameters after
     its forward (re-gathered in backward, ZeRO-3-like); False keeps them until backward (ZeRO-2-like).
     ``cpu_offload`` is ``CPUOffloadPolicy()``: sharded parameters, gradients and optimizer states on the host.
-    ``replicate_degree`` > 1 is HSDP (replicate x shard mesh), not modelled yet."""
+    ``replicate_degree`` R > 1 is HSDP: a 2-D ``(R, N / R)`` device mesh (replicate x shard), the states sharded
+    over the N / R ranks of a shard group and each gradient shard all-reduced over the R replicas
+    (torchtitan's ``data_parallel_replicate_degree``, accelerate's ``dp_replicate_size``)."""
 
     reshard_after_forward: bool = True
     reduce_dtype: str | None = "fp32"
@@ -45,9 +47,15 @@ class FsdpConfig:
                 self.replicate_degree < 1:
             raise PlannerError(f"FSDP2's replicate degree must be a whole number from 1, got "
                                f"{self.replicate_degree!r}.")
-        if self.replicate_degree != 1:
-            raise PlannerError(f"HSDP (FSDP2 with replicate degree {self.replicate_degree}) is not modelled yet; "
-                               "use replicate degree 1 (every rank in one shard group).")
+
+    def shard_size(self, num_ranks: int) -> int:
+        """The ranks one shard group spans (the mesh's shard dim): ``num_ranks / replicate_degree``, which must
+        divide evenly (``init_device_mesh`` refuses a mesh whose product is not the world size)."""
+        if num_ranks % self.replicate_degree:
+            raise PlannerError(f"HSDP's replicate degree {self.replicate_degree} must divide the {num_ranks} GPUs "
+                               f"evenly (a replicate x shard mesh of {self.replicate_degree} x N / "
+                               f"{self.replicate_degree}).")
+        return num_ranks // self.replicate_degree
 
     @property
     def is_default(self) -> bool:

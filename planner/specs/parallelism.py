@@ -175,7 +175,8 @@ class Parallelism:
         """``ZeRO-2, offload optimizer`` / ``ZeRO-0`` (plain data parallelism): how a plan names it (Plan.label)."""
         if self.engine is Engine.FSDP2:
             c = self.fsdp_config
-            return "FSDP2" + ("" if c.reshard_after_forward else ", no reshard") + (", CPU offload" if c.cpu_offload else "")
+            return ("FSDP2" + ("" if c.reshard_after_forward else ", no reshard") + (", CPU offload" if c.cpu_offload else "")
+                    + (f", HSDP over {c.replicate_degree} replicas" if c.replicate_degree > 1 else ""))
         if self.engine is Engine.DDP:
             return "ZeRO-0"
         off = "" if self.offload is Offload.NONE else f", offload {self.offload.value}"

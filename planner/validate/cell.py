@@ -242,7 +242,8 @@ def _fsdp_tag(fsdp: str) -> str:
         return ""
     cfg = FsdpConfig.from_dict(json.loads(fsdp))
     return ("-fsdp2" + ("" if cfg.reshard_after_forward else "-noreshard") + ("-offload" if cfg.cpu_offload else "")
-            + ("" if cfg.reduce_dtype == "fp32" else "-reduceparam"))
+            + ("" if cfg.reduce_dtype == "fp32" else "-reduceparam")
+            + (f"-hsdp{cfg.replicate_degree}" if cfg.replicate_degree > 1 else ""))
 
 
 def _grpo_tag(grpo: str) -> str:

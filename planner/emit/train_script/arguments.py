@@ -102,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="fsdp2: CPUOffloadPolicy (sharded parameters, gradients, optimizer states on the host)")
     plan.add_argument("--reduce-dtype", choices=("fp32", "none"), default=fsdp.get("reduce_dtype") or "none",
                       help="fsdp2 under bf16-mixed: the gradients' reduce dtype (none: the gradients' own, bf16)")
+    plan.add_argument("--hsdp", type=int, default=fsdp.get("replicate_degree", 1), metavar="R",
+                      help="fsdp2: HSDP's replicate degree, a (R, world/R) replicate x shard mesh (1: plain FSDP2)")
     plan.add_argument("--dropout", type=float, default=PLAN["dropout"], help="override the model's dropout")
     plan.add_argument("--lora-rank", type=int, default=PLAN["lora"]["rank"])
     plan.add_argument("--lora-alpha", type=int, default=PLAN["lora"]["alpha"])

@@ -53,8 +53,14 @@ def fsdp2_shard(model, args: argparse.Namespace, device) -> None:
                                       reduce_dtype=torch.float32 if args.reduce_dtype == "fp32" else None)
     else:
         policy = MixedPrecisionPolicy()
+    world = torch.distributed.get_world_size()
+    if world % args.hsdp:
+        fail(f"--hsdp {args.hsdp} must divide the {world} processes (a replicate x shard mesh).")
+    # HSDP: fully_shard over a 2-D (replicate, shard) mesh shards over the last dim and all-reduces over the first
+    mesh = (init_device_mesh(device.type, (world,)) if args.hsdp == 1 else
+            init_device_mesh(device.type, (args.hsdp, world // args.hsdp), mesh_dim_names=("dp_replicate", "dp_shard")))
     kwargs = {
-        "mesh": init_device_mesh(device.type, (torch.distributed.get_world_size(),)),
+        "mesh": mesh,
         "reshard_after_forward": args.reshard,
         "mp_policy": policy,
         # pin_memory needs an accelerator; on CPU the parameters already live on the host
@@ -126,7 +132,7 @@ def train_fsdp2(args: argparse.Namespace, texts: list[str]) -> int:
         "zero_stage": 0, "model": None if args.random_init else args.model, "method": args.method,
         "precision": args.precision, "micro_batch": args.micro_batch, "grad_accum": args.grad_accum,
         "seq_len": args.seq_len, "reshard_after_forward": args.reshard, "fsdp_offload": args.fsdp_offload,
-        "reduce_dtype": args.reduce_dtype,
+        "reduce_dtype": args.reduce_dtype, "hsdp": args.hsdp,
     }
     (Path(args.output_dir) / f"run_summary.rank{rank}.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not args.no_save:
