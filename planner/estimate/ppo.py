@@ -47,6 +47,7 @@ from planner.estimate.peak import PhaseModel
 from planner.estimate.posttrain import ModelRow
 from planner.estimate.result import MemoryBreakdown
 from planner.estimate.states import unsharded_states
+from planner.estimate.temporaries import master_grad_copy_bytes, optimizer_scratch_bytes
 from planner.specs import Method, ModelSpec, TaskSpec, TrainSpec
 from planner.specs.ppo import TRL_PPO_RELEASE
 from planner.units import dtype_bytes, fmt_gib, nbytes
@@ -63,6 +64,7 @@ class PpoSide:
     value_params_bytes: int
     value_grads_bytes: int
     value_optimizer_bytes: int
+    value_step_bytes: int  # the optimizer step's scratch over the value model's parameters (temporaries.py)
     reward_params_bytes: int
     value_saved_bytes: int  # the value backbone's saved activations for one micro-batch (no checkpointing)
     logitss_bytes: int  # the rollout's padded fp32 scores, alive through the update
@@ -96,6 +98,13 @@ def side(model: ModelSpec, train: TrainSpec, counts: ParamCounts, value_per_laye
     # the value model trained in full by the wrapper's optimizer: its states as a full model's (states.py)
     value = unsharded_states(counts, ParamSplit(num_value, num_value, 0, 0, num_value),
                              replace(train, method=Method.FULL))
+    # one optimizer steps the wrapper's parameters: its step's scratch covers the value model's too, by the policy's
+    # rules (temporaries.py: foreach AdamW's sqrt copy of the second moment, in the states' dtype; mixed
+    # precision's fp32 copy of the 16-bit gradients)
+    moment = 2 if train.precision.value == "bf16" else 4
+    value_step = (optimizer_scratch_bytes(train, num_trainable_on_gpu=num_value, moment_bytes=moment,
+                                          largest_trainable=counts.largest_module)
+                  + master_grad_copy_bytes(train, num_value if compute != "fp32" else 0))
     local, rows = rollout_rows(train)
     chunks = math.ceil(local / rows)
     chunk_scores = rows * r * v * dtype_bytes("fp32")  # one chunk's stacked scores
@@ -121,7 +130,7 @@ def side(model: ModelSpec, train: TrainSpec, counts: ParamCounts, value_per_laye
     value_saved = n_layers * value_per_layer_saved_bytes + 2 * b * s * h * db
     return PpoSide(
         value_params_bytes=value.params_bytes, value_grads_bytes=value.grads_bytes,
-        value_optimizer_bytes=value.optimizer_states_bytes,
+        value_optimizer_bytes=value.optimizer_states_bytes, value_step_bytes=value_step,
         reward_params_bytes=nbytes(num_value, compute), value_saved_bytes=value_saved,
         logitss_bytes=logitss, rollout_bytes=rollout, generation_bytes=generation, scoring_bytes=scoring,
         held_bytes=held, entropy_bytes=entropy, carried_bytes=carried,
@@ -142,7 +151,7 @@ def phases(pm: PhaseModel, train: TrainSpec, ps: PpoSide) -> PhaseModel:
     for name, m in pm.phases.items():
         grads = ps.value_grads_bytes if (accumulating or name == "optimizer_step") else 0
         acts = ps.value_saved_bytes if name in ("forward", "backward") else 0
-        extra = ps.logitss_bytes + ps.rollout_bytes
+        extra = ps.logitss_bytes + ps.rollout_bytes + (ps.value_step_bytes if name == "optimizer_step" else 0)
         if name in ("forward", "backward"):
             extra += ps.carried_bytes
         else:
@@ -182,6 +191,7 @@ def model_rows(train: TrainSpec, policy_params_bytes: int, reference_bytes: int,
 def notes(model: ModelSpec, train: TrainSpec, ps: PpoSide, pm: PhaseModel) -> list[str]:
     ppo = train.task.ppo
     local, rows = rollout_rows(train)
+    training = max(pm.phases[p].total_bytes for p in ("forward", "backward", "optimizer_step"))
     return [
         f"--task ppo follows TRL {TRL_PPO_RELEASE}'s PPOTrainer source (trl/experimental/ppo, the last release "
         "with one); not profiled with the installed TRL, which has no PPOTrainer.",
@@ -194,10 +204,9 @@ def notes(model: ModelSpec, train: TrainSpec, ps: PpoSide, pm: PhaseModel) -> li
         f"the rollout's fp32 scores (generate(output_scores=True), stacked and padded: {fmt_gib(ps.logitss_bytes)}) "
         "stay alive through the whole update; the previous update's are alive while the next generates.",
         f"phases: generation {fmt_gib(pm.phases['generation'].total_bytes)}, scoring "
-        f"{fmt_gib(pm.phases['scoring'].total_bytes)}, training {fmt_gib(max(pm.phases[p].total_bytes for p in ('forward', 'backward', 'optimizer_step')))}, "
-        f"entropy {fmt_gib(pm.phases['entropy'].total_bytes)}; one decoder layer's working set in the no-grad "
-        "forwards (generation's prefill, scoring) is not counted, and the optimizer step's scratch counts the "
-        "policy's parameters only.",
+        f"{fmt_gib(pm.phases['scoring'].total_bytes)}, training {fmt_gib(training)}, entropy "
+        f"{fmt_gib(pm.phases['entropy'].total_bytes)}; one decoder layer's working set in the no-grad forwards "
+        "(generation's prefill, scoring) is not counted.",
         "the step-time figures count one training pass of the policy: generation, scoring, the value model and "
         "the PPO epochs are not in the time model yet.",
     ]
