@@ -150,8 +150,13 @@ def test_phases_and_carry_over():
     two = ppo.side(tiny_model(), _train(grad_accum=2), est_counts(), 0)
     split = ppo.side(tiny_model(), _train(grad_accum=2, task=_task(num_mini_batches=2)), est_counts(), 0)
     assert one.carried_bytes == 0 and split.carried_bytes == 0
-    # the previous micro-batch's output (logits [b, S, V], three hidden states [b, S, H]) and prob_dist [b, R, V]
-    assert two.carried_bytes == 4 * (4 * 32 * VOCAB + 3 * 4 * 32 * 128 + 4 * 16 * VOCAB)
+    # the previous micro-batch's output (logits [b, S, V], three hidden states [b, S, H], the DynamicCache's keys
+    # and values [b, 2 KV heads, S, 32] of two layers) and prob_dist [b, R, V]
+    cache = 2 * 2 * 4 * 2 * 32 * 32
+    assert two.carried_bytes == 4 * (4 * 32 * VOCAB + 3 * 4 * 32 * 128 + cache + 4 * 16 * VOCAB)
+    # checkpointing the policy turns its cache off (merge_with_config_defaults): the output keeps none
+    ckpt = ppo.side(tiny_model(), _train(grad_accum=2, grad_checkpointing=True), est_counts(), 0)
+    assert two.held_bytes - ckpt.held_bytes == 4 * cache
 
 
 def test_note_says_unprofiled_and_sft_unchanged():

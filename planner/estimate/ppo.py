@@ -25,12 +25,14 @@ The phases of one PPO update (``train()``), each a moment of the trainer's tenso
   tensor ``logitss`` ``[chunks x rows, R, V]`` fp32. ``logitss`` is a local of ``train()`` that no ``del``
   releases: it stays alive through the update, and the previous update's is alive while the next generates.
 - ``scoring``: per chunk, under no_grad, the reference (``forward``: ``output_hidden_states=True``, every layer's
-  output kept in the output, and the ``[rows, S, V]`` logits in the compute dtype), then the value model and the
+  output kept in the output, the ``[rows, S, V]`` logits in the compute dtype and the DynamicCache transformers
+  builds when use_cache is not passed), then the value model and the
   reward model (``get_reward``: the backbone with ``output_hidden_states=True`` and the score ``[rows, S, 1]``).
 - ``forward``/``backward``/``optimizer_step``: the wrapper's forward runs the value backbone first (never
   checkpointed: ``PolicyAndValueWrapper.gradient_checkpointing_enable`` enables the policy only; its saved
   activations live until its backward, which comes after the policy's), then the policy (step/ppo_step.py); the
-  ``output`` keeps the policy's logits and the layers' outputs through ``optimizer.step``.
+  ``output`` keeps the policy's logits, the layers' outputs and (without checkpointing) its DynamicCache through
+  ``optimizer.step``.
 - ``entropy``: after ``optimizer.step()`` and ``zero_grad()``, under no_grad: ``prob_dist = softmax(logits)`` and
   ``prob_dist * logits``, each ``[b, R, V]`` in the compute dtype, beside the logits. When a mini-batch has more
   than one micro-batch, these locals (``output`` with its logits and hidden states, ``prob_dist``) are only
@@ -116,12 +118,19 @@ def side(model: ModelSpec, train: TrainSpec, counts: ParamCounts, value_per_laye
     at_pad = 2 * logitss
     generation = logitss + max(at_stack, at_pad)  # the previous update's logitss is still alive
     hidden_states = (n_layers + 1) * rows * s * h * db  # output_hidden_states: the embeddings and every layer
-    scoring = hidden_states + rows * s * v * db  # the reference's outputs; the value's and reward's are smaller
+    # forward() passes no use_cache: transformers' merge_with_config_defaults (utils/generic.py) takes the config's
+    # use_cache (True) unless the model checkpoints with gradients enabled, and XModel.forward builds a
+    # DynamicCache whose keys and values [rows, kv_heads, S, head_dim] of every layer the output keeps
+    # (get_reward passes use_cache=False: the value and reward models keep none)
+    per_row_cache = 2 * n_layers * model.num_kv_heads * model.head_dim * s * db
+    # the reference's outputs (no_grad: its cache is on); the value's and reward's are smaller
+    scoring = hidden_states + rows * s * v * db + rows * per_row_cache
     # rollout buffers: query_responses [local, S] int64; responses, postprocessed_responses, response_idxs int64,
     # padding_mask and padding_mask_p1 bool, logprobs, ref_logprobs, values, kl, non_score_reward, rewards,
     # advantages, returns fp32 [local, R]; scores and sequence_lengths [local]
     rollout = local * (s * 8 + r * (3 * 8 + 2 * 1 + 8 * 4) + 4 + 8)
-    held = b * s * v * db + (n_layers + 1) * b * s * h * db
+    # the policy's output: its logits, the layers' outputs and, without checkpointing, its cache
+    held = b * s * v * db + (n_layers + 1) * b * s * h * db + (0 if train.grad_checkpointing else b * per_row_cache)
     entropy = 2 * b * r * v * db
     per_mini_batch = local // ppo.num_mini_batches // b
     carried = held + b * r * v * db if per_mini_batch > 1 else 0
