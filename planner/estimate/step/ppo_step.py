@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from planner.estimate.step import layers as ly
 from planner.estimate.step import logits as lg
-from planner.estimate.step.tape import Fake, Tape
+from planner.estimate.step.tape import Fake, Storage, Tape
+from planner.units import dtype_bytes
 
 # the loss's [b, R] fp32 tensors alive at its end: new_logprobs (masked), vpred (masked), vpredclipped, vf_losses1,
 # vf_losses2, vf_loss_max, logprobs_diff, ratio, pg_losses, pg_losses2, pg_loss_max (ppo_trainer.py train())
@@ -41,8 +42,11 @@ def ppo_policy_loss(t: Tape, fam, ids: Fake, run_layers, response: int) -> lg.Lo
     dtype = logits.dtype
     v = logits.shape[-1]
     shape = (b, response, v)
-    # output.logits[:, c - 1 : -1] /= T: a view, divided in place (its backward: the full-shaped slice gradient)
-    sliced = t.op("slice_div", [logits], [(shape, dtype)], [], alias=logits.st)[0]
+    # output.logits[:, c - 1 : -1] /= T: a view, divided in place: autograd rebases the view's history on the base
+    # (CopySlices), whose backward is _copy_slices_rule's
+    db = dtype_bytes(dtype)
+    sliced = t.op("slice_div", [logits], [(shape, dtype)], [], _copy_slices_rule(b * s * v * db, b * response * v * db),
+                  alias=logits.st)[0]
     if dtype in ("fp32", "fp64"):
         selected = t.op("gather", [sliced], [((b, response), dtype)], [])[0]
         row = t.new((response, v), dtype)  # logsumexp's exponentials of one row at a time
@@ -64,3 +68,21 @@ def ppo_policy_loss(t: Tape, fam, ids: Fake, run_layers, response: int) -> lg.Lo
     logits_bytes = logits.nbytes
     del logits
     return lg.LossOutput(loss, logits_bytes, held)
+
+
+def _copy_slices_rule(full_bytes: int, slice_bytes: int):
+    """The backward of the in-place division on the logits' response view, as torch's autograd runs it: the view's
+    gradient goes through its as-strided backward (zeros of the base's [b, S, V] shape, the view's gradient copied
+    in), then CopySlices (torch/csrc/autograd/functions/tensor.cpp ``CopySlices::apply``: ``result = grad.clone()``,
+    ``grad_slice.clone()`` of the view's region, the division's backward ``grad / (T + 1e-7)`` on it, copied back):
+    two [b, S, V] and two [b, R, V] tensors at once; ``result`` goes on to the output head's backward."""
+    def rule(t: Tape, node, grads_out):
+        if node.edges[0] is None:
+            return [None]
+        zeros = Storage(t.sim, full_bytes)
+        result = Storage(t.sim, full_bytes)
+        piece = Storage(t.sim, slice_bytes)
+        quotient = Storage(t.sim, slice_bytes)
+        del quotient, piece, zeros
+        return [result]
+    return rule
