@@ -83,7 +83,7 @@ def test_run_refusals():
     with pytest.raises(PlannerError, match="apply to --task ppo only"):
         TaskSpec(Task.SFT, ppo=PpoSpec())
     with pytest.raises(PlannerError, match="multiple of --num-mini-batches 3"):
-        _train(task=_task(num_mini_batches=3))
+        _est(task=_task(num_mini_batches=3))
     with pytest.raises(PlannerError, match="adamw-8bit is not modelled"):
         _train(optimizer=Optimizer.ADAMW_8BIT)
 

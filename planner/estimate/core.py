@@ -196,6 +196,7 @@ def estimate(
             pm = replace(pm, phases=phases, peak_phase=max(phases, key=lambda p: (phases[p].total_bytes, p)))
     ppo_side = None
     if train.task.ppo is not None:  # the value and reward models, the rollout and its phases (estimate/ppo.py)
+        train.task.ppo.check_run(train.micro_batch, train.grad_accum)
         value_step = simulate_step(model, ppo.value_train(train), device=device, cpu=cpu)
         ppo_side = ppo.side(model, train, counts, value_step.per_layer_saved_bytes)
         pm = ppo.phases(pm, train, ppo_side)

@@ -47,7 +47,8 @@ class PpoSpec:
         _positive(self.rollout_batch, "--rollout-batch")
 
     def check_run(self, micro_batch: int, grad_accum: int) -> None:
-        """PPOTrainer.__init__: ``local_batch_size`` must split into ``num_mini_batches`` whole mini-batches."""
+        """PPOTrainer.__init__: ``local_batch_size`` must split into ``num_mini_batches`` whole mini-batches (checked
+        by the estimator, as GRPO's groups are, so the fit search skips a micro-batch that breaks it)."""
         local = micro_batch * grad_accum
         if local % self.num_mini_batches:
             raise PlannerError(f"TRL's rollout batch per rank (--micro-batch x --grad-accum = {local}) must be a "
@@ -80,4 +81,3 @@ def check_train(train) -> None:
     if train.selective_ac or train.compile:
         raise PlannerError("--task ppo runs TRL's PolicyAndValueWrapper, which checkpoints the policy's layers "
                            "only with --grad-checkpointing; --selective-ac and --compile do not apply.")
-    ppo.check_run(train.micro_batch, train.grad_accum)
