@@ -23,6 +23,7 @@ import typer
 from planner import catalog
 from planner.cli import deepspeed_options, fsdp_options
 from planner.cli import grpo_options as go
+from planner.cli import ppo_options as po
 from planner.cli.deepspeed_options import DeepSpeedConfigOpt
 from planner.cli.tokens import parse_tokens  # re-exported: o.parse_tokens
 from planner.errors import PlannerError
@@ -155,6 +156,10 @@ class TrainingFlags:
     generation: go.GenerationOpt = go.Generation.TRANSFORMERS.value
     vllm_memory_utilization: go.VllmMemoryOpt = go.DEFAULT_VLLM_MEMORY_UTILIZATION
     vllm_sleep: go.VllmSleepOpt = False
+    response_len: po.ResponseLenOpt = po.DEFAULT_RESPONSE_LEN  # --task ppo (ppo_options.py)
+    num_ppo_epochs: po.NumPpoEpochsOpt = po.DEFAULT_NUM_PPO_EPOCHS
+    num_mini_batches: po.NumMiniBatchesOpt = po.DEFAULT_NUM_MINI_BATCHES
+    rollout_batch: po.RolloutBatchOpt = po.DEFAULT_ROLLOUT_BATCH
     allow_longer: AllowLongerOpt = False
     deepspeed_config: DeepSpeedConfigOpt = None
     # time, cost and the fit (estimate, recommend, report)
@@ -326,7 +331,7 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
         lora_dtype=_enum(PeftDtype, f.lora_dtype, "--lora-dtype"),
         qlora_prep=_enum(PeftDtype, f.qlora_prep, "--qlora-prep"),
         loss=LossSpec.from_flags(f.loss, f.loss_chunks),
-        task=TaskSpec.from_flags(f.task, f.reference, go.grpo_spec(f)),
+        task=TaskSpec.from_flags(f.task, f.reference, go.grpo_spec(f), po.ppo_spec(f)),
         compile=bool(f.compile),
         packing=bool(f.packing),
         selective_ac=f.selective_ac.strip().lower(),

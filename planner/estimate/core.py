@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from planner.errors import PlannerError
-from planner.estimate import grpo, offload_pool, optim_rules, overhead, posttrain, qlora_shard
+from planner.estimate import grpo, offload_pool, optim_rules, overhead, posttrain, ppo, qlora_shard
 from planner.estimate.compile_note import compile_notes
 from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.count.zero_partition import (
@@ -196,6 +196,12 @@ def estimate(
         if gen is not None:
             phases = {**pm.phases, "generation": gen}
             pm = replace(pm, phases=phases, peak_phase=max(phases, key=lambda p: (phases[p].total_bytes, p)))
+    ppo_side = None
+    if train.task.ppo is not None:  # the value and reward models, the rollout and its phases (estimate/ppo.py)
+        train.task.ppo.check_run(train.micro_batch, train.grad_accum)
+        value_step = simulate_step(model, ppo.value_train(train), device=device, cpu=cpu)
+        ppo_side = ppo.side(model, train, counts, value_step.per_layer_saved_bytes)
+        pm = ppo.phases(pm, train, ppo_side)
     peak = pm.peak
     reserved = overhead.reserved_bytes(peak.total_bytes, device)
     device_total = overhead.device_bytes(reserved, device, cluster.num_gpus) + paged
@@ -222,6 +228,9 @@ def estimate(
     num_logits = step.logits_bytes // dtype_bytes(train.precision.matmul_dtype)
     notes.extend(loss_notes(train))
     models = posttrain.model_rows(train, policy_params_bytes, ref_bytes, cluster.num_gpus)
+    if ppo_side is not None:
+        models = ppo.model_rows(train, policy_params_bytes, ref_bytes, ppo_side, cluster.num_gpus)
+        notes.extend(ppo.notes(model, train, ppo_side, pm))
     notes.extend(posttrain.notes(train, models, step.scoring_peak_bytes))
     notes.extend(grpo.notes(model, train, cluster.gpu.capacity_bytes, pm.phases.get("generation")))
     # fp32 log-probabilities + their gradient + log_softmax's backward result (logits.py)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.estimate.count.params import ParamSplit
-from planner.specs import Method, Reference, TrainSpec
+from planner.specs import Method, Reference, Task, TrainSpec
 from planner.units import fmt_gib, nbytes
 
 
@@ -76,7 +76,7 @@ def model_rows(train: TrainSpec, policy_params_bytes: int, reference_bytes: int,
 
 def notes(train: TrainSpec, rows: tuple[ModelRow, ...], scoring_peak_bytes: int) -> list[str]:
     ref = reference(train)
-    if ref is None or train.task.grpo is not None:  # GRPO's are estimate/grpo.py's
+    if ref is None or train.task.kind is not Task.DPO:  # GRPO's are estimate/grpo.py's, PPO's estimate/ppo.py's
         return []
     out = [f"--task dpo (TRL 1.16 DPOTrainer): each micro-batch is {2 * train.micro_batch} rows of "
            f"{train.seq_len} tokens (chosen and rejected concatenated); log-probabilities through TRL's fused LM "

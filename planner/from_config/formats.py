@@ -17,7 +17,7 @@ from planner.from_config.packing_fields import (
     llamafactory_packing,
     trl_packing,
 )
-from planner.from_config.posttrain_fields import dpo_task, grpo_task, is_dpo, is_grpo
+from planner.from_config.posttrain_fields import dpo_task, grpo_task, is_dpo, is_grpo, is_ppo, ppo_task
 from planner.from_config.reader import (
     PEFT_DEFAULT_TARGETS,
     Reader,
@@ -214,7 +214,7 @@ def hf(r: Reader) -> dict[str, Any]:
     # TRL's own fields (SFTConfig, ModelConfig); model_name_or_path alone is also in transformers' example scripts.
     trl = any(k in r.data for k in ("max_seq_length", "max_length", "packing", "dataset_text_field", "use_peft",
                                     "lora_r", "completion_only_loss", "assistant_only_loss", "padding_free",
-                                    "loss_type", "use_bnb_nested_quant")) or is_dpo(r) or is_grpo(r)
+                                    "loss_type", "use_bnb_nested_quant")) or is_dpo(r) or is_grpo(r) or is_ppo(r)
     r.set_model(r.text("model_name_or_path"), "model_name_or_path")
     hf_fsdp(r)  # fsdp, fsdp_config: FSDP2 (fsdp_fields.py)
     for key, why in (("use_liger_kernel", "replaces the loss and MLP kernels (Liger), which planner does not model."),
@@ -224,7 +224,7 @@ def hf(r: Reader) -> dict[str, Any]:
                      ("neftune_noise_alpha", "adds noise tensors to the embeddings, which planner does not model."),
                      ("fp8", "training is not modelled.")):
         r.refuse_if(key, why)
-    task = grpo_task(r) if is_grpo(r) else dpo_task(r) if is_dpo(r) else TaskSpec()
+    task = ppo_task(r) if is_ppo(r) else grpo_task(r) if is_grpo(r) else dpo_task(r) if is_dpo(r) else TaskSpec()
     # a DPOConfig's loss_type is DPO's own loss (posttrain_fields.py); an SFTConfig's is SFTTrainer's (loss_fields.py)
     loss = trl_loss(r, trl) if task.is_default else LossSpec()
     peft = bool(r.flag("use_peft", False))

@@ -96,3 +96,37 @@ def grpo_task(r) -> TaskSpec:
     r.notes.append(f"a TRL GRPOConfig: --task grpo, {grpo.num_generations} generations of {grpo.completion_len} "
                    f"tokens, beta {grpo.beta:g}, generation with {grpo.generation.value}.")
     return TaskSpec(Task.GRPO, grpo=grpo)
+
+
+# PPOConfig's own fields (TRL 1.12 trl/experimental/ppo/ppo_config.py, the last release with a PPOTrainer; none in
+# DPOConfig, GRPOConfig or TrainingArguments): a config with any of them is a PPOTrainer run (its temperature is
+# then PPO's sampling temperature)
+PPO_FIELDS = ("response_length", "num_ppo_epochs", "num_mini_batches", "local_rollout_forward_batch_size",
+              "kl_coef", "kl_estimator", "vf_coef", "cliprange", "cliprange_value", "gamma", "lam", "whiten_rewards",
+              "reward_model_path", "sft_model_path", "total_episodes", "missing_eos_penalty", "stop_token",
+              "stop_token_id", "ds3_gather_for_generation", "num_sample_generations")
+PPO_NO_MEMORY = ("kl_coef", "kl_estimator", "vf_coef", "cliprange", "cliprange_value", "gamma", "lam",
+                 "whiten_rewards", "reward_model_path", "sft_model_path", "total_episodes", "missing_eos_penalty",
+                 "stop_token", "stop_token_id", "ds3_gather_for_generation", "num_sample_generations", "temperature")
+
+
+def is_ppo(r) -> bool:
+    return any(k in r.data for k in PPO_FIELDS)
+
+
+def ppo_task(r) -> TaskSpec:
+    """The PPOConfig's task; marks its fields read."""
+    from planner.specs import PpoSpec
+
+    for key in PPO_NO_MEMORY:
+        if key in r.data:
+            r.get(key)
+            r.ignored[key] = "does not change memory or time planner models"
+    ppo = PpoSpec(response_len=r.whole("response_length", 53), num_ppo_epochs=r.whole("num_ppo_epochs", 4),
+                  num_mini_batches=r.whole("num_mini_batches", 1),
+                  rollout_batch=r.whole("local_rollout_forward_batch_size", 64))
+    r.notes.append(f"a TRL PPOConfig: --task ppo, {ppo.response_len}-token responses, {ppo.num_mini_batches} "
+                   f"mini-batch(es), {ppo.rollout_batch} rows generated at once (TRL 1.12's PPOTrainer; "
+                   "PPOConfig's gradient_checkpointing defaults to true, TrainingArguments' to false: planner reads "
+                   "what the file says).")
+    return TaskSpec(Task.PPO, ppo=ppo)

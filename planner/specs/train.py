@@ -12,6 +12,7 @@ from planner.specs.fsdp import FsdpConfig
 from planner.specs.loss import Loss, LossSpec
 from planner.specs.packing import check_packing
 from planner.specs.parallelism import Engine, Parallelism, ZeroConfig
+from planner.specs.ppo import check_train as _check_ppo
 from planner.specs.selective_ac import check_selective_ac
 from planner.specs.task import Reference, Task, TaskSpec
 
@@ -172,6 +173,8 @@ class TrainSpec:
         if self.activation_offload:
             raise PlannerError(f"--activation-offload with --task {k} is not modelled: the reference forward and "
                                "TRL's fused LM head under save_on_cpu are not written down yet.")
+        if self.task.kind is Task.PPO:
+            _check_ppo(self)
         if self.task.kind is Task.GRPO and self.grpo_completion_len >= self.seq_len:
             raise PlannerError(f"--seq-len {self.seq_len} is the prompt plus the completion: it must exceed "
                                f"--completion-len {self.grpo_completion_len}.")
@@ -179,6 +182,10 @@ class TrainSpec:
     def with_seq_len(self, seq_len: int) -> TrainSpec:
         """This run at another sequence length (the fit search): --task grpo keeps its completion, capped to leave
         the prompt one token."""
+        ppo = self.task.ppo
+        if ppo is not None and ppo.response_len >= seq_len:
+            task = replace(self.task, ppo=replace(ppo, response_len=max(1, seq_len - 1)))
+            return replace(self, seq_len=seq_len, task=task)
         grpo = self.task.grpo
         if grpo is None or grpo.completion_len < seq_len:
             return replace(self, seq_len=seq_len)

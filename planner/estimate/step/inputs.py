@@ -20,7 +20,7 @@ TRAIN_FIELDS_READ = ("method", "precision", "micro_batch", "seq_len", "grad_chec
                      "lora", "parallelism", "activation_offload", "loss", "lora_dtype",
                      "qlora_prep",  # these two as dtypes (peft_dtypes.py)
                      "optimizer_in_backward",  # as the step's scratch per element (in_backward.scratch_per_element)
-                     "task",  # as the reference the DPO step runs (posttrain_step.py), GRPO's (grpo_step.py)
+                     "task",  # as the reference the DPO step runs (posttrain_step.py), GRPO's (grpo_step.py), PPO's (ppo_step.py)
                      "packing",  # as one row of micro_batch * seq_len tokens with its mask (packed.py)
                      "selective_ac")  # the layer policy's checkpointed layers (selective_layers.py; op: none)
 TRAIN_FIELDS_IGNORED = {
@@ -93,6 +93,8 @@ class StepInputs:
     # --task grpo: the completion's tokens of each row (grpo_step.py; 0 otherwise) and whether beta != 0
     grpo_completion: int = 0
     grpo_kl: bool = False
+    # --task ppo: the response's tokens of each row (ppo_step.py; 0 otherwise): the policy's PPO head and loss
+    ppo_response: int = 0
     # --selective-ac N: the decoder layers checkpointed, every layer simulated (selective_layers.py)
     ckpt_layers: tuple[int, ...] = ()
     # --selective-ac op, where the step models the policy's cache (selective_layers.op_modelled; sac.py)
@@ -110,6 +112,9 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
     reference = train.task.reference_for(train.method is not Method.FULL)
     rows = train.micro_batch if micro_batch is None else micro_batch
     dpo = train.task.kind is Task.DPO
+    ppo = train.task.ppo
+    if ppo is not None:  # the policy's own step: its reference scores in the rollout, outside it (estimate/ppo.py)
+        reference = None
     grpo = train.task.grpo
     if dpo:
         rows *= 2  # DataCollatorForPreference: chosen and rejected rows in one batch (posttrain_step.py)
@@ -122,8 +127,9 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         # DPOConfig.disable_dropout (default True): disable_dropout_in_model sets every nn.Dropout's p to 0, the
         # model's and peft's lora_dropout alike (dpo_trainer.py __init__), and F.dropout with p 0 returns its input.
         # GRPOConfig.disable_dropout defaults to False: GRPO keeps the model's dropout
-        attn_impl=train.attn_impl.value, dropout=0.0 if dpo else train.dropout, adapters=adapters,
-        lora_dropout=0.0 if dpo else train.lora.dropout,
+        # PPOTrainer.__init__ (TRL 1.12) calls disable_dropout_in_model on all four models
+        attn_impl=train.attn_impl.value, dropout=0.0 if dpo or ppo else train.dropout, adapters=adapters,
+        lora_dropout=0.0 if dpo or ppo else train.lora.dropout,
         modules_to_save=train.lora.modules_to_save, zero=_zero_key(train), device=device, keep_grads=keep_grads,
         keep_logits=keep_logits, hold_grads_over=hold_grads_over, cpu=cpu_kind(device, cpu),
         adapter_dtype=peft_dtypes.adapter_dtype(train), unquantized_dtype=peft_dtypes.unquantized_dtype(train),
@@ -134,6 +140,7 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         packed=train.packing,
         grpo_completion=grpo.completion_len if grpo is not None else 0,
         grpo_kl=grpo is not None and grpo.uses_reference,
+        ppo_response=ppo.response_len if ppo is not None else 0,
         ckpt_layers=selective_layers.step_checkpointed_layers(train.selective_ac, model.num_layers),
         sac_op=selective_layers.op_modelled(train),
     )

@@ -54,6 +54,7 @@ from planner.estimate.step.inputs import (
 from planner.estimate.step.layer_runner import chain_hook, ghost_swap_hook, run_layer
 from planner.estimate.step.logits import causal_lm_loss
 from planner.estimate.step.posttrain_step import dpo_loss
+from planner.estimate.step.ppo_step import ppo_policy_loss
 from planner.estimate.step.tape import Fake, Sim, Tape, backward
 from planner.specs import Loss, ModelSpec, TrainSpec
 
@@ -171,7 +172,9 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
     t.packing = offload  # save_on_cpu around the model's forward, which computes the loss (offload.py)
     t.autocast = t.autocast_step = inputs.precision.autocast_dtype  # accelerate's autocast around it (autocast.py)
-    if inputs.grpo_completion:
+    if inputs.ppo_response:
+        loss, logits_bytes, held_logits = ppo_policy_loss(t, fam, ids, run_layers, inputs.ppo_response)
+    elif inputs.grpo_completion:
         loss, logits_bytes, held_logits = grpo_loss(t, fam, ids, run_layers, inputs.reference, sim_layers,
                                                     inputs.grpo_completion, inputs.grpo_kl)
     elif inputs.reference:
