@@ -150,11 +150,13 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
         # gathered (every group without resharding), the root's unsharded gradients waiting for the final
         # callback, and of the layer's neighbours the next one's prefetched flat buffer (a layer with one below
         # it) and the one above's reduce-scatter input and sharded gradients (a layer with one above): both from
-        # the third layer on, the larger of the two with two layers. The layer's own unsharded gradients stay
-        # as the unsharded parameters' .grad until its post_backward; the simulation's peak holds the one its
-        # node makes there (tape.py backward), not those made earlier in the layer's backward (not counted:
-        # every measured checkpointing cell is over its measured peak without them, and was 0.3-7.7% further
-        # over with the whole layer's added, validate/fsdp2_cells.py)
+        # the third layer on, the larger of the two with two layers. The layer's own unsharded gradients (the
+        # unsharded parameters' .grad until its post_backward) are not added: non-reentrant checkpointing
+        # (torch/utils/checkpoint.py, _checkpoint_hook's unpack_hook) recomputes the whole layer at the first
+        # saved tensor its backward unpacks, before any of the layer's gradients exist (the measured LoRA and
+        # QLoRA peaks are there), and at a later peak inside the layer's backward the simulation holds the
+        # gradient its node makes (tape.py backward), not the ones made before it (GPT-2 fp32 without
+        # resharding: 65,792 bytes, with the estimate still +1.9% over)
         *([moment(*peak, (st.root_unsharded_bytes + st.layer_unsharded_bytes if reshard else st.all_unsharded_bytes)
                   + unsharded_grads(root, after_layers_only=True) + extra, grads)
            for peak, extra, grads in neighbours] if in_layer else []),
