@@ -173,15 +173,15 @@ def groups(counts: ParamCounts, num_layers: int, method: Method, lora: LoraSpec,
                 continue
             own = (_quantized_tensors(g, quant_storage, base_dtype) if quant_storage and _is_quantized(g)
                    else _module_tensors(g, full, base_dtype))
-            if before and not (tied and g.component == "embedding"):
-                own = [replace(t, before_layers=True) for t in own]
-            tensors += own
+            tensors += [replace(t, before_layers=before and not (tied and g.component == "embedding"))
+                        for t in own]
             for path in [g.path] + [f"{g.path}.{name}" for name, _ in g.param_shapes]:
                 for a in adapters.get(path, ()):
                     r = a.rank * a.num_experts
                     # peft lora.Linear: lora_A [r, in], lora_B [out, r]
-                    tensors += [Tensor(r, r * a.in_features, True, adapter_dtype),
-                                Tensor(a.out_features, a.out_features * r, True, adapter_dtype)]
+                    tensors += [Tensor(r, r * a.in_features, True, adapter_dtype, before_layers=before),
+                                Tensor(a.out_features, a.out_features * r, True, adapter_dtype,
+                                       before_layers=before)]
         if any("*" in g.path for g in mods):
             layers.append(Group(tuple(tensors), reps, root=False))
         else:
