@@ -66,6 +66,7 @@ class Tensor:
     trainable: bool
     dtype: str
     # a root parameter of a module before the decoder layers (embeddings): its gradient arrives last in backward
+    # (not a tied head's embedding, whose gradient the head makes first)
     before_layers: bool = False
 
     def padded_shard(self, num_ranks: int) -> int:
@@ -160,6 +161,8 @@ def groups(counts: ParamCounts, num_layers: int, method: Method, lora: LoraSpec,
         for a in lora_adapters(counts, lora):
             adapters.setdefault(a.path, []).append(a)
     full = method is Method.FULL
+    # a tied output head's gradient is the token embedding's, made by the head's backward, first
+    tied = any(g.shared for g in counts.modules)
     root: list[Tensor] = []
     layers: list[Group] = []
     for mods, reps in module_blocks(counts, num_layers):
@@ -168,18 +171,21 @@ def groups(counts: ParamCounts, num_layers: int, method: Method, lora: LoraSpec,
         for g in mods:
             if g.shared:  # a tied head: the embedding's parameter, in the root group once
                 continue
-            tensors += (_quantized_tensors(g, quant_storage, base_dtype) if quant_storage and _is_quantized(g)
-                        else _module_tensors(g, full, base_dtype))
+            own = (_quantized_tensors(g, quant_storage, base_dtype) if quant_storage and _is_quantized(g)
+                   else _module_tensors(g, full, base_dtype))
+            tensors += [replace(t, before_layers=before and not (tied and g.component == "embedding"))
+                        for t in own]
             for path in [g.path] + [f"{g.path}.{name}" for name, _ in g.param_shapes]:
                 for a in adapters.get(path, ()):
                     r = a.rank * a.num_experts
                     # peft lora.Linear: lora_A [r, in], lora_B [out, r]
-                    tensors += [Tensor(r, r * a.in_features, True, adapter_dtype),
-                                Tensor(a.out_features, a.out_features * r, True, adapter_dtype)]
+                    tensors += [Tensor(r, r * a.in_features, True, adapter_dtype, before_layers=before),
+                                Tensor(a.out_features, a.out_features * r, True, adapter_dtype,
+                                       before_layers=before)]
         if any("*" in g.path for g in mods):
             layers.append(Group(tuple(tensors), reps, root=False))
         else:
-            root += [replace(t, before_layers=before) for t in tensors]
+            root += tensors
     return (Group(tuple(root), 1, root=True), *layers)
 
 

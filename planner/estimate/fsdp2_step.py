@@ -45,6 +45,10 @@ PHASES = ("forward", "backward", "optimizer_step")
 # inside FSDP2's root reduce-scatter marker with `planner profile --engine fsdp2` on CPU (2 ranks). NCCL does not
 # (not modelled on CUDA until GPU profiles say otherwise).
 GLOO_REDUCE_SCATTER_INPUT_COPIES = 1
+# gloo's all-gather (dist.all_gather_single from _fsdp_collectives.py DefaultAllGather) likewise allocates a buffer
+# the size of its output inside the call (two in turn, one at a time): measured at every FSDP2 all-gather on CPU
+# (2 ranks, `planner profile --engine fsdp2`); not modelled on CUDA.
+GLOO_ALL_GATHER_OUTPUT_COPIES = 1
 
 
 def _sim_train(train: TrainSpec) -> TrainSpec:
@@ -84,17 +88,45 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
     # HSDP: the layers' reduce-dtype all-reduce buffers held to the end of backward (hsdp.py)
     held = held_all_reduce_bytes(gs, cfg.reduce_dtype or cdt, num_ranks, root=False) if cfg.replicate_degree > 1 else 0
     root_grads = unsharded_grads(root)
+    # foreach_reduce (_fsdp_collectives.py) binds each unsharded gradient to its loop variable ``unsharded_grad``
+    # (the ``for i, (fsdp_param, unsharded_grad) in enumerate(zip(...))`` over a mesh of more than one rank):
+    # ``unsharded_grads.clear()`` frees the others after the copy-in, but the group's last parameter with a
+    # gradient keeps its unsharded gradient until foreach_reduce returns, through the reduce-scatter
+    last = next((t for t in reversed(root.tensors) if t.trainable), None)
+    root_last_grad = (num_ranks * last.padded_shard(num_ranks) * dtype_bytes(cdt or last.dtype)
+                      if last is not None and num_ranks > 1 else 0)
     layers_sharded_grads = st.grads_bytes - root.shard_bytes(num_ranks, trainable_only=True)
     layer = gs[1] if len(gs) > 1 else None
-    layer_grads = unsharded_grads(layer) if layer else 0
     layer_sharded_grads = layer.shard_bytes(num_ranks, trainable_only=True) if layer else 0
-    # (with resharding only: without it, the one measured cell, GPT-2 fp32, peaked 3.8% above the head moment
-    # and 10.8% below this one; not modelled yet)
-    in_layer = train.grad_checkpointing and model.num_layers > 1 and reshard
+    in_layer = train.grad_checkpointing and model.num_layers > 1
     prefetched = st.layer_unsharded_bytes if reshard else 0
     above = (st.layer_reduce_input_bytes, layer_sharded_grads)
-    neighbours = ([(prefetched + above[0], above[1])] if model.num_layers > 2
-                  else [(prefetched, 0), above])
+    late = (step.backward_late_peak_bytes, step.backward_late_peak_saved_bytes)
+    if reshard:
+        # (live, saved) of the recomputation's peak, extra bytes, sharded gradients
+        neighbours = ([(late, prefetched + above[0], above[1])] if model.num_layers > 2
+                      else [(late, prefetched, 0), (late, *above)])
+    else:
+        # without resharding after forward every group stays gathered until its own post_backward reshards it
+        # (_fsdp_param_group.py post_backward, reshard_after_backward): the top layer computes with all of them
+        # gathered (the late backward's peak), the one below it (its own segment of the late backward,
+        # late_segments.py: L0 with two layers, else L1) with all but the top one, whose reduce-scatter input and
+        # sharded gradients exist
+        segment = step.backward_late_segments[2 if model.num_layers == 2 else 1] if step.backward_late_segments \
+            else (0, 0, 0)
+        below = segment[:2] if segment[0] else late
+        neighbours = [(late, 0, 0), (below, above[0] - st.layer_unsharded_bytes, above[1])]
+
+    # a layer's pre-backward (_fsdp_param_group.py pre_backward: wait_for_unshard copies the layer's all-gather
+    # out, then _backward_prefetch unshards the next layer, foreach_all_gather): the layer's unsharded parameters,
+    # the next layer's flat all-gather output (one layer's unsharded size), gloo's copy of it inside the call, and
+    # under the policy the bf16 copy-in of this rank's shards (_get_param_all_gather_inputs'
+    # flat_foreach_copy_input, referenced by ``all_gather_inputs`` until foreach_all_gather returns)
+    gather_next = 0
+    if reshard and model.num_layers > 1:
+        gloo = GLOO_ALL_GATHER_OUTPUT_COPIES if device == "cpu" else 0
+        copy_in = st.layer_unsharded_bytes // num_ranks if cdt is not None else 0
+        gather_next = (1 + gloo) * st.layer_unsharded_bytes + copy_in
 
     def moment(live: int, saved: int, extra: int, grads: int = 0) -> MemoryBreakdown:
         return MemoryBreakdown(grads_bytes=grads, activations_bytes=saved, temporaries_bytes=live - saved + extra,
@@ -115,21 +147,33 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
         # from the output head on: the root gathered again and the last layer's all-gather prefetched (the head)
         moment(step.backward_late_peak_bytes, step.backward_late_peak_saved_bytes,
                st.root_unsharded_bytes + st.layer_unsharded_bytes if reshard else st.all_unsharded_bytes),
+        # the top decoder layer's pre-backward, before its recomputation: every layer's activations, the hidden
+        # state's gradient, the root gathered and its gradients from the head, the layer gathered and the next
+        # one's all-gather in flight (gather_next); every group gathered without resharding
+        moment(step.layer_backward_entry_bytes, step.layer_backward_entry_saved_bytes,
+               (st.root_unsharded_bytes + st.layer_unsharded_bytes + gather_next if reshard
+                else st.all_unsharded_bytes) + unsharded_grads(root, after_layers_only=True)),
         # under checkpointing the late peak is a layer's recomputation (simulate.py): the root and the layer
-        # gathered (every group without resharding), the layer's unsharded gradients, the root's waiting for the
-        # final callback, and of the layer's neighbours the next one's prefetched flat buffer (a layer with one
-        # below it) and the one above's reduce-scatter input and sharded gradients (a layer with one above): both
-        # from the third layer on, the larger of the two with two layers
-        *([moment(step.backward_late_peak_bytes, step.backward_late_peak_saved_bytes,
-                  (st.root_unsharded_bytes + st.layer_unsharded_bytes if reshard else st.all_unsharded_bytes)
-                  + layer_grads + unsharded_grads(root, after_layers_only=True) + extra, grads)
-           for extra, grads in neighbours] if in_layer else []),
+        # gathered (every group without resharding), the root's unsharded gradients waiting for the final
+        # callback, and of the layer's neighbours the next one's prefetched flat buffer (a layer with one below
+        # it) and the one above's reduce-scatter input and sharded gradients (a layer with one above): both from
+        # the third layer on, the larger of the two with two layers. The layer's own unsharded gradients (the
+        # unsharded parameters' .grad until its post_backward) are not added: non-reentrant checkpointing
+        # (torch/utils/checkpoint.py, _checkpoint_hook's unpack_hook) recomputes the whole layer at the first
+        # saved tensor its backward unpacks, before any of the layer's gradients exist (the measured LoRA and
+        # QLoRA peaks are there), and at a later peak inside the layer's backward the simulation holds the
+        # gradient its node makes (tape.py backward), not the ones made before it (GPT-2 fp32 without
+        # resharding: 65,792 bytes, with the estimate still +1.9% over)
+        *([moment(*peak, (st.root_unsharded_bytes + st.layer_unsharded_bytes if reshard else st.all_unsharded_bytes)
+                  + unsharded_grads(root, after_layers_only=True) + extra, grads)
+           for peak, extra, grads in neighbours] if in_layer else []),
         # the final callback: the root's unsharded gradients copied into its reduce-scatter input, every layer's
         # gradients reduced
         moment(step.backward_end_bytes, 0, root_grads + st.root_reduce_input_bytes + held, layers_sharded_grads),
-        # then its reduce-scatter: the output (the root's sharded gradients) beside the input, and on CPU gloo's
-        # copy of the input inside the call (GLOO_REDUCE_SCATTER_INPUT_COPIES)
-        moment(step.backward_end_bytes, 0, st.root_reduce_input_bytes * (
+        # then its reduce-scatter: the output (the root's sharded gradients) beside the input, the root's last
+        # unsharded gradient (root_last_grad), and on CPU gloo's copy of the input inside the call
+        # (GLOO_REDUCE_SCATTER_INPUT_COPIES)
+        moment(step.backward_end_bytes, 0, root_last_grad + st.root_reduce_input_bytes * (
             1 + (GLOO_REDUCE_SCATTER_INPUT_COPIES if device == "cpu" else 0)) + held, st.grads_bytes),
     ), key=lambda m: m.total_bytes)
     copies = ADAMW_FOREACH_SCRATCH_COPIES if train.optimizer is Optimizer.ADAMW else 0
@@ -166,10 +210,6 @@ def estimate_fsdp2(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, marg
                                adapters=lora_adapter_paths(model, sim_train), cpu=cpu).notes)
     if train.parallelism.fsdp_config.replicate_degree > 1:
         notes.append(hsdp_note(train.parallelism.fsdp_config, cluster.num_gpus))
-    if train.grad_checkpointing and not train.parallelism.fsdp_config.reshard_after_forward:
-        notes.append("FSDP2 with checkpointing and no resharding: a layer's recomputation with its unsharded "
-                     "gradients and the reduce-scatter input of the layer above is not modelled yet: measured "
-                     "3.8% above this estimate on CPU (validate/fsdp2_cells.py).")
     if offload:
         notes.append("FSDP2 CPU offload: sharded parameters, gradients and optimizer states in host RAM; each "
                      "group's shards are copied to the device before its all-gather (not counted: modelled from "

@@ -53,6 +53,10 @@ class StepProfile:
     scoring_peak_bytes: int = 0
     # the late backward's segments in time order (late_segments.py), each (live, saved, grads) at its peak
     backward_late_segments: tuple[tuple[int, int, int], ...] = ()
+    # FSDP2 (split_loss): live and saved bytes as the top simulated layer's backward begins, before its
+    # recomputation and the ghost layers' swap: the top decoder layer's pre-backward moment (simulate.py)
+    layer_backward_entry_bytes: int = 0
+    layer_backward_entry_saved_bytes: int = 0
 
     @property
     def activations_bytes(self) -> int:
@@ -69,7 +73,7 @@ class Run:
 
 _FIELDS = (
     "forward_end_bytes", "forward_end_saved_bytes", "grads_bytes", "backward_end_bytes",
-    "per_layer_saved_bytes", "logits_bytes",
+    "per_layer_saved_bytes", "logits_bytes", "layer_backward_entry_bytes", "layer_backward_entry_saved_bytes",
 )
 
 

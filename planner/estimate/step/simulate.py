@@ -59,6 +59,7 @@ from planner.estimate.step.tape import Fake, Sim, Tape, backward
 from planner.specs import Loss, ModelSpec, TrainSpec
 
 NUM_SIMULATED_LAYERS = 3
+TOP_LAYER_ENTRY = "backward_top_layer_entry"  # Sim.marks (FSDP2: fsdp2_step.py)
 
 
 def simulate_step(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -197,6 +198,19 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         )
     end = sim.mark("forward_end")
     late_segments.install(t, hooks, fam, sim_layers)
+    top = fam.last_node_of_layer.get(sim_layers - 1)
+    if inputs.split_loss and top is not None:
+        # FSDP2: the live bytes as the top simulated layer's backward begins, before its hooks (recomputation,
+        # the ghost layers' swap): with any ghost layers' activations still alive, the top decoder layer's
+        # pre-backward moment (fsdp2_step.py)
+        after_top = hooks.get(id(top))
+
+        def top_entry() -> None:
+            sim.mark(TOP_LAYER_ENTRY)
+            if after_top is not None:
+                after_top()
+
+        hooks[id(top)] = top_entry
     host_end = (sim.host, sim.host_pinned)  # every packed copy exists now; backward only frees them
     fwd_peak = sim.peaks["forward"]
     if inputs.split_loss:
@@ -240,6 +254,8 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         **({"forward_loss_peak_bytes": floss.live_bytes, "forward_loss_peak_saved_bytes": floss.saved_bytes}
            if (floss := sim.peaks.get("forward_loss")) else {}),
         scoring_peak_bytes=scoring.live_bytes if scoring is not None else 0,
+        **({"layer_backward_entry_bytes": entry.live_bytes, "layer_backward_entry_saved_bytes": entry.saved_bytes}
+           if (entry := sim.marks.get(TOP_LAYER_ENTRY)) else {}),
     )
     return Run(profile=profile, candidates=tuple(sim.record))
 
