@@ -119,3 +119,15 @@ def test_grpo_bundle_trains_within_its_estimate(tmp_path):
     vocab = GRPO_CELL.model_spec().vocab_size
     rows = [{"prompt": _words(train.seq_len - train.task.grpo.completion_len, i, vocab)} for i in range(64)]
     _run_recorded(tmp_path, GRPO_CELL, rows)
+
+
+@pytest.mark.parametrize("cell", [DPO_CELL, POSTTRAIN_CELLS[2], GRPO_CELL], ids=["dpo-full", "dpo-lora", "grpo"])
+def test_trl_bundle_reads_back_as_its_plan(tmp_path, cell):
+    """--from BUNDLE (the round trip): the task and its settings come back, and with them the same estimate."""
+    from planner.from_config import read_training_config
+
+    plan, est = _plan(cell)
+    write_bundle(plan, tmp_path / "bundle", estimate=est)
+    got = read_training_config(tmp_path / "bundle")
+    assert got.format == "bundle" and got.train.task == plan.train.task
+    assert estimate(plan.model, got.train, plan.cluster).per_gpu == est.per_gpu

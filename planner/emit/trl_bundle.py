@@ -103,8 +103,7 @@ def plan_values(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, model_r
         "num_gpus": cluster.num_gpus, "num_nodes": cluster.num_nodes, "global_batch_size": global_batch_size,
     }
     if task.kind is Task.DPO:
-        values.update(beta=DPO_BETA, loss_type=DPO_LOSS_TYPE,
-                      reference=task.reference_for(train.method is not Method.FULL).value)
+        values.update(beta=DPO_BETA, loss_type=DPO_LOSS_TYPE, reference=task.reference.value)
     else:
         values.update({k: v for k, v in task.grpo.to_dict().items()})
     return values

@@ -92,10 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="dpo: DPOConfig.beta (the loss's temperature); grpo: GRPOConfig.beta, the KL coefficient "
                            "(0: no reference model) (default: %(default)s)")
     if task == "dpo":
-        plan.add_argument("--reference", choices=("copy", "adapter", "precomputed"), default=PLAN["reference"],
+        plan.add_argument("--reference", choices=("auto", "copy", "adapter", "precomputed"),
+                          default=PLAN["reference"],
                           help="copy: a frozen copy DPOTrainer loads from the policy's path; adapter: the LoRA "
-                               "policy with its adapter disabled; precomputed: precompute_ref_log_probs "
-                               "(default: %(default)s)")
+                               "policy with its adapter disabled; precomputed: precompute_ref_log_probs; auto: copy "
+                               "for full fine-tuning, adapter for (Q)LoRA, as DPOTrainer decides (default: "
+                               "%(default)s)")
         plan.add_argument("--loss-type", default=PLAN["loss_type"], help="DPOConfig.loss_type, comma-separated")
     else:
         plan.add_argument("--num-generations", type=int, default=PLAN["num_generations"], help="completions per prompt")
@@ -129,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         fail("--random-init needs --tokenizer (a tokenizer directory or hub id).")
     if args.cpu and args.precision in ("fp16-mixed", "fp16-autocast"):
         fail("fp16 training needs a GPU; on CPU use --precision bf16-mixed or fp32.")
+    if task == "dpo" and args.reference == "auto":
+        args.reference = "copy" if args.method == "full" else "adapter"
     if task == "dpo" and args.reference == "adapter" and args.method == "full":
         fail("--reference adapter disables a LoRA adapter: full fine-tuning has none (use copy or precomputed).")
     if args.learning_rate is None:
