@@ -131,3 +131,22 @@ def test_trl_bundle_reads_back_as_its_plan(tmp_path, cell):
     got = read_training_config(tmp_path / "bundle")
     assert got.format == "bundle" and got.train.task == plan.train.task
     assert estimate(plan.model, got.train, plan.cluster).per_gpu == est.per_gpu
+
+
+@pytest.mark.parametrize(("utilization", "advice"), [(0.3, "Colocate vLLM with sleep mode"),
+                                                     (0.9, "Generate with transformers in the trainer")])
+def test_grpo_generation_advice_follows_what_fits(utilization, advice):
+    """Llama 3.1 8B LoRA GRPO on one H100 (the README's example shape): vLLM's default 0.3 share fits with sleep mode
+    and not held through training; a 0.9 share does not fit beside the trainer even asleep (its weights and the
+    trainer's states are both resident while generating)."""
+    from planner.models import load_model
+    from planner.plan.generation_choice import generation_advice
+    from planner.specs import Generation, GrpoSpec, Method, Precision, Task, TaskSpec, TrainSpec
+
+    grpo = GrpoSpec(num_generations=8, completion_len=512, beta=0.04, generation=Generation.VLLM_COLOCATE,
+                    vllm_memory_utilization=utilization)
+    train = TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, micro_batch=8, seq_len=1024,
+                      grad_checkpointing=True, task=TaskSpec(Task.GRPO, grpo=grpo))
+    cluster = Cluster(gpu=catalog.gpu("h100-sxm-80gb"), num_gpus=1)
+    (line,) = generation_advice(load_model("llama-3.1-8b"), train, cluster, 0.1)
+    assert line.startswith("Generation: device peak with transformers' generate") and advice in line

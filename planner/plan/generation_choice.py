@@ -15,14 +15,16 @@ from dataclasses import replace
 
 from planner.estimate.core import estimate
 from planner.specs import Cluster, Generation, GrpoSpec, ModelSpec, TaskSpec, TrainSpec
+from planner.specs.grpo import DEFAULT_VLLM_MEMORY_UTILIZATION
 from planner.units import fmt_gib
 
 
 def _with(train: TrainSpec, generation: Generation, sleep: bool) -> TrainSpec:
     g = train.task.grpo
+    vllm = generation is Generation.VLLM_COLOCATE  # GrpoSpec refuses vLLM's settings with transformers generation
     grpo = GrpoSpec(num_generations=g.num_generations, completion_len=g.completion_len, beta=g.beta,
-                    generation=generation, vllm_memory_utilization=g.vllm_memory_utilization,
-                    vllm_sleep=sleep and generation is Generation.VLLM_COLOCATE)
+                    generation=generation, vllm_sleep=sleep and vllm,
+                    vllm_memory_utilization=g.vllm_memory_utilization if vllm else DEFAULT_VLLM_MEMORY_UTILIZATION)
     return replace(train, task=TaskSpec(train.task.kind, train.task.reference, grpo))
 
 
