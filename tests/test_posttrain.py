@@ -191,13 +191,14 @@ def test_from_a_dpo_config(tmp_path):
         _from(tmp_path, {"beta": 0.1, "sync_ref_model": True})
 
 
-def test_no_sft_bundle_for_a_dpo_plan(tmp_path):
-    """The bundle's train.py is the HF Trainer on text: it must not be written for a DPO plan."""
+def test_a_dpo_plan_gets_a_trl_bundle(tmp_path):
+    """The SFT bundle's train.py is the HF Trainer on text: a DPO plan gets TRL's DPOTrainer (emit/trl_bundle.py)."""
     from tests.bundle_helpers import TINY_LLAMA
 
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(TINY_LLAMA))
     out = run_inprocess(["recommend", "-m", str(cfg), "--gpus", "1", "-g", "2", "--task", "dpo", "--seq-len", "32",
                          "--out", str(tmp_path / "bundle")])
-    assert out.code == 1 and "--task dpo bundle" in out.stderr
-    assert not (tmp_path / "bundle").exists()
+    assert out.code == 0, out.stderr
+    script = (tmp_path / "bundle" / "train.py").read_text()
+    assert "DPOTrainer" in script and "'task': 'dpo'" in script

@@ -34,6 +34,7 @@ from planner.emit.plan_md import render_plan_md
 from planner.emit.sample_data import SAMPLE_DATASET, render_sample_jsonl
 from planner.emit.torchrun_launch import render_torchrun_sh
 from planner.emit.train_script import PLACEHOLDER, TEMPLATE
+from planner.emit.trl_bundle import render_trl_files
 from planner.errors import PlannerError
 from planner.estimate.result import Estimate
 from planner.plan.types import Recommendation
@@ -97,11 +98,6 @@ def render_bundle(
     label: str | None = None,
 ) -> dict[str, str]:
     """Every file of the bundle as ``{filename: text}``; pure and deterministic."""
-    if not train.task.is_default:
-        # the bundle's train.py runs the HF Trainer on text (supervised fine-tuning): it would not train what was
-        # estimated; a TRL DPOTrainer bundle is issue 21's item 4
-        raise PlannerError(f"the run bundle trains with the HF Trainer (sft); a --task {train.task.kind.value} bundle "
-                           "(a TRL script) is not written yet: plan without --out, or with --task sft.")
     expected = train.micro_batch * train.grad_accum * cluster.num_gpus
     if global_batch_size != expected:
         raise PlannerError(
@@ -114,6 +110,9 @@ def render_bundle(
         raise PlannerError("the text field must name a field of the dataset, got an empty string.")
     label = label or _label(train, cluster)
     model_ref = weights_reference(model)
+    if not train.task.is_default:  # --task dpo or grpo: TRL's own trainer (trl_bundle.py)
+        return render_trl_files(model, train, cluster, estimate, global_batch_size=global_batch_size,
+                                model_ref=model_ref, dataset=dataset, tokenizer=tokenizer, label=label)
     has_ds = train.uses_deepspeed
     t = train_spec_to_dict(train)
     plan_values: dict[str, Any] = {

@@ -19,6 +19,7 @@ from typing import Any
 from planner.catalog import model_names
 from planner.errors import PlannerError
 from planner.from_config.reader import MAX_CONFIG_BYTES, Reader
+from planner.from_config.trl_bundle_fields import bundle_task
 from planner.specs import (
     AttnImpl,
     FsdpConfig,
@@ -140,4 +141,5 @@ def bundle(r: Reader) -> dict[str, Any]:
         dropout=None if dropout is None else float(dropout),
         optimizer_in_backward=bool(r.flag("optimizer_in_backward", False)),
         packing=bool(r.flag("packing", False)),
+        task=bundle_task(r),  # a --task dpo or grpo bundle (TRL's trainer); sft without PLAN["task"]
     )

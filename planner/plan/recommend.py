@@ -29,6 +29,7 @@ from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_pric
 from planner.plan import recipes
 from planner.plan.advice import explain, no_fit
 from planner.plan.estimate_cache import DEFAULT_HOST_MEMORY_BYTES_PER_NODE, GPUS_PER_NODE
+from planner.plan.generation_choice import generation_advice
 from planner.plan.search import Searcher
 from planner.plan.types import (
     ATTN_ORDER,
@@ -199,6 +200,8 @@ def recommend(
     if dropout_note and rec.plan.train.method is not Method.FULL:
         rec = replace(rec, why=rec.why + (dropout_note,),
                       estimate=replace(rec.estimate, notes=rec.estimate.notes + (dropout_note,)))
+    # --task grpo: whether to colocate vLLM's generation beside the trainer, and why (plan/generation_choice.py)
+    rec = replace(rec, why=rec.why + tuple(generation_advice(model, rec.plan.train, rec.plan.cluster, margin)))
     return rec
 
 
