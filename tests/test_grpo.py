@@ -155,6 +155,15 @@ def test_cli_estimate_with_grpo(tmp_path):
     assert bad.code == 1 and "applies to --task grpo" in bad.stderr
 
 
+def test_no_fit_advice_keeps_the_completion_whole():
+    # the "shorter sequences" tip tried --seq-len 256 under a 512-token completion, which TrainSpec refuses, and
+    # recommend stopped on that sentence instead of its no-fit answer
+    out = run_inprocess(["recommend", "-m", "llama-3.1-8b", "--task", "grpo", "-g", "8", "--gpus", "1",
+                         "--generation", "vllm-colocate", "--vllm-memory-utilization", "0.9"])
+    assert out.code == 1 and out.stderr.startswith("error: no full fine-tuning/LoRA/QLoRA plan"), out.stderr
+    assert "--seq-len 256" not in out.stdout + out.stderr
+
+
 def test_from_a_grpo_config(tmp_path):
     from planner.from_config import read_training_config
 

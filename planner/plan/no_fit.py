@@ -142,12 +142,16 @@ def _closest_tries(search: Searcher, counts) -> tuple[Rejected, ...]:
 
 
 def _shorter_seq(search: Searcher, leanest, n0: int) -> str | None:
-    seqs = list(range(SEQ_STEP, search.base.seq_len, SEQ_STEP))
+    # --task grpo/ppo: a row is the prompt plus its completion (TrainSpec refuses --seq-len up to
+    # --completion-len / --response-len), so a shorter sequence keeps the completion whole
+    ppo = search.base.task.ppo
+    generated = max(search.base.grpo_completion_len, ppo.response_len if ppo is not None else 0)
+    seqs = [s for s in range(SEQ_STEP, search.base.seq_len, SEQ_STEP) if s > generated]
     if not seqs:
         return None
     best = None
     for lay in leanest:
-        short = _with_seq(search, SEQ_STEP)
+        short = _with_seq(search, seqs[0])
         if not short.fits(lay, 1, n0):
             continue
         lo, hi = 0, len(seqs) - 1
