@@ -45,3 +45,13 @@ def test_the_bundle_loads_bf16_and_autocasts():
     t = _spec()
     files = render_bundle(model, t, cluster, estimate(model, t, cluster), global_batch_size=t.micro_batch * t.grad_accum)
     assert "'precision': 'bf16-base-autocast'" in files["train.py"]
+
+
+def test_a_bf16_mixed_lora_bundle_says_it_runs_this_recipe():
+    # train.py sets bf16=True for bf16-mixed LoRA without DeepSpeed, and accelerate then autocasts the bf16 base
+    from planner.emit import render_bundle
+
+    model, cluster = load_model("llama-3.2-1b"), Cluster(catalog.gpu("h100-sxm-80gb"), 1)
+    t = _spec(precision=Precision.BF16_MIXED)
+    files = render_bundle(model, t, cluster, estimate(model, t, cluster), global_batch_size=t.micro_batch * t.grad_accum)
+    assert "--precision bf16-base-autocast` estimates" in files["PLAN.md"]
