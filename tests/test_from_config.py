@@ -38,7 +38,7 @@ PEFT_QKVO_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 # (file, format, model, expected TrainSpec). Defaults used where the file is silent:
 # LLaMA-Factory (src/llamafactory/hparams): lora_alpha = 2 * lora_rank, lora_dropout 0.0, lora_rank 8,
 #   gradient checkpointing on unless disable_gradient_checkpointing, optim adamw_torch, trainable params upcast
-#   to fp32 under bf16 autocast (LoRA without DeepSpeed: bf16-base-autocast), flash_attn auto -> transformers' sdpa, quantization_type nf4,
+#   to fp32 under bf16 autocast (bf16-mixed), flash_attn auto -> transformers' sdpa, quantization_type nf4,
 #   double_quantization true.
 # axolotl (utils/schemas/config.py): bf16 auto -> bf16 (weights loaded in bf16: pure bf16 for full fine-tuning),
 #   lora_target_linear -> all-linear, bnb 4-bit nf4 with double quantization.
@@ -52,7 +52,7 @@ PEFT_QKVO_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 #   (TRL 1.16: trl/trainer/sft_config.py, sft_trainer.py add_fused_lm_head).
 EXAMPLES = [
     ("llamafactory/llama3_lora_sft.yaml", "llamafactory", "meta-llama/Meta-Llama-3-8B-Instruct",
-     TrainSpec(method=Method.LORA, precision=Precision.BF16_BASE_AUTOCAST, optimizer=Optimizer.ADAMW,
+     TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW,
                lora=LoraSpec(rank=8, alpha=16, dropout=0.0, targets=ALL_LINEAR), micro_batch=1, seq_len=2048,
                grad_accum=8, grad_checkpointing=True, attn_impl=AttnImpl.SDPA)),
     ("llamafactory/llama3_lora_sft_otfq.yaml", "llamafactory", "meta-llama/Meta-Llama-3-8B-Instruct",
@@ -69,7 +69,7 @@ EXAMPLES = [
                lora=LoraSpec(rank=8, alpha=16, dropout=0.0, targets=ALL_LINEAR), parallelism=Parallelism.from_zero(3), micro_batch=1,
                seq_len=2048, grad_accum=2, grad_checkpointing=True, attn_impl=AttnImpl.SDPA)),
     ("axolotl/lora-1b.yml", "axolotl", "llama-3.2-1b",
-     TrainSpec(method=Method.LORA, precision=Precision.BF16_BASE_AUTOCAST, optimizer=Optimizer.ADAMW_8BIT,
+     TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, optimizer=Optimizer.ADAMW_8BIT,
                lora=LoraSpec(rank=16, alpha=32, dropout=0.05,
                              targets=("gate_proj", "down_proj", "up_proj", "q_proj", "v_proj", "k_proj", "o_proj")),
                micro_batch=2, seq_len=2048, grad_accum=2, grad_checkpointing=True,

@@ -11,7 +11,7 @@ from typing import Any
 from planner.errors import PlannerError
 from planner.from_config.fields import HF_OPTIMIZERS
 from planner.models import catalog_name_for_hub_id
-from planner.specs import AttnImpl, Method, Offload, Optimizer, PeftDtype, Precision, TrainSpec
+from planner.specs import AttnImpl, Method, Offload, Optimizer, Precision, TrainSpec
 
 # A training config is a page of text; anything larger is not one (and is not parsed).
 MAX_CONFIG_BYTES = 1_000_000
@@ -368,22 +368,14 @@ def autocast_precision(r: Reader, kwargs: dict[str, Any]) -> dict[str, Any]:
     (the same 16 bytes of AdamW states per parameter, split differently) with a note."""
     mixed = kwargs.get("precision")
     parallelism = kwargs.get("parallelism")
-    method = kwargs.get("method", Method.FULL)
-    if parallelism is not None and (parallelism.uses_deepspeed or parallelism.uses_fsdp2):
+    if (mixed not in (Precision.BF16_MIXED, Precision.FP16_MIXED) or kwargs.get("method", Method.FULL) is not Method.FULL
+            or (parallelism is not None and (parallelism.uses_deepspeed or parallelism.uses_fsdp2))):
         return kwargs
-    if method is Method.LORA and mixed is Precision.BF16_MIXED and kwargs.get("lora_dtype", PeftDtype.FP32) is (
-            PeftDtype.FP32):
-        # LoRA on the bf16 base these configs load, with bf16=True: accelerate autocasts the forward whatever the
-        # weights' dtype (accelerator.py prepare_model), planner's bf16-base-autocast
-        autocast = Precision.BF16_BASE_AUTOCAST
-    elif mixed not in (Precision.BF16_MIXED, Precision.FP16_MIXED) or method is not Method.FULL:
-        return kwargs
-    else:
-        autocast = Precision.BF16_AUTOCAST if mixed is Precision.BF16_MIXED else Precision.FP16_AUTOCAST
+    autocast = Precision.BF16_AUTOCAST if mixed is Precision.BF16_MIXED else Precision.FP16_AUTOCAST
     try:
         TrainSpec(**{**kwargs, "precision": autocast})
     except PlannerError as exc:
-        r.notes.append(f"The Trainer runs this {autocast.compute_dtype} model under {autocast.autocast_dtype} autocast "
+        r.notes.append(f"The Trainer runs this fp32 model under {autocast.autocast_dtype} autocast "
                        f"(--precision {autocast.value}), which is not modelled here ({exc}); estimated as "
                        f"{mixed.value}: 16-bit weights with fp32 masters.")
         return kwargs
