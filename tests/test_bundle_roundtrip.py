@@ -40,7 +40,8 @@ def _flags(plan: dict) -> list[str]:
              t["optimizer"], "--micro-batch", str(t["micro_batch"]), "--grad-accum", str(t["grad_accum"]),
              "--seq-len", str(t["seq_len"]), "--zero", str(t["zero_stage"]), "--offload", t["offload"],
              "--attn", t["attn_impl"],
-             "--grad-checkpointing" if t["grad_checkpointing"] else "--no-grad-checkpointing"]
+             "--grad-checkpointing" if t["grad_checkpointing"] else "--no-grad-checkpointing",
+             "--loss", t["loss"]["kind"], "--loss-chunks", str(t["loss"]["chunks"])]  # recommend may choose the loss
     if t["method"] != "full":
         lora = t["lora"]
         flags += ["--lora-rank", str(lora["rank"]), "--lora-alpha", str(lora["alpha"]), "--lora-dropout",

@@ -36,7 +36,9 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help=(
     "bf16-mixed (default; fp16-mixed on a GPU without bf16, with a note): 16-bit weights and gradients, fp32 master weights (DeepSpeed's bf16); fp16-mixed: "
     "the same in fp16; bf16-autocast / fp16-autocast: fp32 weights, gradients and optimizer states, forward "
     "under torch.autocast (the HF Trainer's bf16=True / fp16=True without DeepSpeed; Lightning's bf16-mixed / "
-    "16-mixed); bf16 (alias bf16-true): pure bf16, no master copy; fp32 (alias 32-true)."))]
+    "16-mixed); bf16 (alias bf16-true): pure bf16, no master copy; fp32 (alias 32-true); bf16-base-autocast: "
+    "LoRA on a bf16 base with peft's fp32 adapters, forward under bf16 autocast (the HF Trainer's bf16=True on a "
+    "model loaded in bf16, without DeepSpeed)."))]
 OptimizerOpt = Annotated[
     str, typer.Option("--optimizer", help="adamw (torch foreach, the default), adamw-fused (torch fused=True), adamw-8bit (bitsandbytes, 8-bit states), paged-adamw, paged-adamw-8bit (bitsandbytes, states in CUDA unified memory), sgd, adafactor (transformers, factored; no ZeRO for these three kinds).")
 ]

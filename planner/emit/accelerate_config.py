@@ -27,6 +27,7 @@ _MIXED_PRECISION = {
     Precision.BF16_AUTOCAST: "bf16",
     Precision.FP16_AUTOCAST: "fp16",
     Precision.FP32: "no",
+    Precision.BF16_BASE_AUTOCAST: "bf16",
 }
 
 

@@ -137,6 +137,15 @@ def precision_notes(train: TrainSpec) -> list[str]:
             f"The frozen base is loaded in {t.precision.compute_dtype}; peft keeps the LoRA adapters (and their "
             "gradients and optimizer states) in fp32."
         )
+        if t.precision is Precision.BF16_BASE_AUTOCAST:
+            notes.append("The Trainer (bf16=True) runs the forward under bf16 torch.autocast: the estimate counts "
+                         "the bf16 casts of peft's fp32 adapter inputs and the adapters' cached bf16 copies.")
+        elif t.method is Method.LORA and t.precision in (Precision.BF16_MIXED, Precision.BF16) and not (
+                t.uses_deepspeed or t.uses_fsdp2):
+            # accelerate's prepare_model wraps the forward in autocast whatever the weights' dtype
+            notes.append("The Trainer's bf16=True also runs this bf16 base's forward under torch.autocast, which "
+                         "this estimate (no autocast) does not count; `--precision bf16-base-autocast` estimates "
+                         "that recipe (peft's fp32 adapter inputs saved as bf16 casts).")
     elif t.method is not Method.FULL:
         notes.append(
             f"The frozen base and the LoRA adapters are in {t.precision.compute_dtype} (get_peft_model with "

@@ -24,6 +24,8 @@ from planner.specs import (
     AttnImpl,
     FsdpConfig,
     LoraSpec,
+    Loss,
+    LossSpec,
     Method,
     Optimizer,
     Parallelism,
@@ -115,7 +117,7 @@ def bundle(r: Reader) -> dict[str, Any]:
         r.files.append(str(beside))
     else:
         r.notes.append(f"{r.name} names no catalog model and has no {MODEL_CONFIG} beside it; give --model.")
-    lora, quant = _section(r, "lora"), _section(r, "quant")
+    lora, quant, loss = _section(r, "lora"), _section(r, "quant"), _section(r, "loss")
     ds = r.deepspeed()  # train.py's TrainingArguments(deepspeed=...), else the accelerate config's
     plan_fsdp(r)
     dropout = r.get("dropout")
@@ -142,4 +144,7 @@ def bundle(r: Reader) -> dict[str, Any]:
         optimizer_in_backward=bool(r.flag("optimizer_in_backward", False)),
         packing=bool(r.flag("packing", False)),
         task=bundle_task(r),  # a --task dpo or grpo bundle (TRL's trainer); sft without PLAN["task"]
+        # the loss train.py runs (PLAN['loss'], written by emit/bundle.py): recommend may choose one (plan/recipes.py,
+        # plan/faster.py), and the read-back must estimate what the bundle trains
+        loss=LossSpec(_choice(loss, "kind", Loss, "standard"), loss.whole("chunks", LossSpec().chunks)),
     )

@@ -26,7 +26,7 @@ from dataclasses import replace
 from planner import catalog
 from planner.errors import PlannerError
 from planner.estimate.throughput import DEFAULT_MFU, validate_mfu, validate_price, validate_tokens
-from planner.plan import recipes
+from planner.plan import faster, recipes
 from planner.plan.advice import explain, no_fit
 from planner.plan.estimate_cache import DEFAULT_HOST_MEMORY_BYTES_PER_NODE, GPUS_PER_NODE
 from planner.plan.generation_choice import generation_advice
@@ -181,15 +181,16 @@ def recommend(
             top = per_method[chosen_method][0].plan
             layouts = search.layouts(m, zero_stages, offloads, (top.train.grad_checkpointing,), (top.train.attn_impl,))
             per_method[m] = search.best(layouts, (top.cluster.num_gpus,), 1)
+    rerun = dict(
+        global_batch_size=global_batch_size, method=method, max_gpus=max_gpus, margin=margin, mfu=mfu,
+        num_tokens=num_tokens, price_per_gpu_hour=price_per_gpu_hour, zero_stages=zero_stages,
+        offloads=offloads, checkpointing=checkpointing, attn_impls=attn_impls,
+        host_memory_bytes_per_node=host_memory_bytes_per_node, num_runners_up=num_runners_up,
+        num_rejected=num_rejected, allow_longer=allow_longer, fsdp_configs=fsdp_configs)
     if chosen_method is None:
         failure = no_fit(search, methods, counts, zero_stages, offloads, checkpointing, attn_impls, skipped)
         if recipes:
-            rec = _with_recipe_knobs(model, base, cluster, fixed_knobs, dict(
-                global_batch_size=global_batch_size, method=method, max_gpus=max_gpus, margin=margin, mfu=mfu,
-                num_tokens=num_tokens, price_per_gpu_hour=price_per_gpu_hour, zero_stages=zero_stages,
-                offloads=offloads, checkpointing=checkpointing, attn_impls=attn_impls,
-                host_memory_bytes_per_node=host_memory_bytes_per_node, num_runners_up=num_runners_up,
-                num_rejected=num_rejected, allow_longer=allow_longer, fsdp_configs=fsdp_configs))
+            rec = _with_recipe_knobs(model, base, cluster, fixed_knobs, rerun)
             if rec is not None:
                 return rec
         raise failure
@@ -200,6 +201,9 @@ def recommend(
     if dropout_note and rec.plan.train.method is not Method.FULL:
         rec = replace(rec, why=rec.why + (dropout_note,),
                       estimate=replace(rec.estimate, notes=rec.estimate.notes + (dropout_note,)))
+    if recipes:
+        rec = _faster_with_recipe_knobs(model, base, cluster, fixed_knobs, rerun, search, best, rec,
+                                        (counts, zero_stages, offloads, checkpointing, attn_impls))
     # --task grpo: whether to colocate vLLM's generation beside the trainer, and why (plan/generation_choice.py)
     rec = replace(rec, why=rec.why + tuple(generation_advice(model, rec.plan.train, rec.plan.cluster, margin)))
     return rec
@@ -218,6 +222,34 @@ def _with_recipe_knobs(model: ModelSpec, base: TrainSpec, cluster: Cluster, fixe
         line = recipes.why(knobs, base)
         return replace(rec, why=(line,) + rec.why, estimate=replace(rec.estimate, notes=rec.estimate.notes + (line,)))
     return None
+
+
+def _faster_with_recipe_knobs(model: ModelSpec, base: TrainSpec, cluster: Cluster, fixed: frozenset[str],
+                              kwargs: dict, search: Searcher, best, asked: Recommendation,
+                              space: tuple) -> Recommendation:
+    """The fastest loss knob (plan/faster.py) whose plan beats ``asked`` by faster.MIN_SPEEDUP, with its sentence
+    first in ``why`` and the plan as asked first among the runners-up; ``asked`` when none does."""
+    chosen: tuple[Recommendation, tuple[str, str]] | None = None
+    for train, knob in faster.variants(base, fixed):
+        try:
+            if faster.faster_fits(search, train, best, *space) is None:
+                continue
+            rec = recommend(model, train, cluster, recipes=False, **kwargs)
+        except PlannerError:  # a combination the estimator refuses (e.g. chunked-ce with Gemma 2's softcapping)
+            continue
+        speed = rec.estimate.throughput.tokens_per_s_per_gpu
+        if rec.plan.train.method is not asked.plan.train.method or speed < (
+                asked.estimate.throughput.tokens_per_s_per_gpu * (1.0 + faster.MIN_SPEEDUP)):
+            continue  # a knob may speed up the method chosen, never change it
+        if chosen is None or speed > chosen[0].estimate.throughput.tokens_per_s_per_gpu:
+            chosen = (rec, knob)
+    if chosen is None:
+        return asked
+    rec, knob = chosen
+    line = faster.why(knob, asked, rec)
+    return replace(rec, why=(line,) + rec.why, runners_up=((faster.as_runner_up(asked),) + rec.runners_up)[:kwargs["num_runners_up"]],
+                   estimate=replace(rec.estimate, notes=rec.estimate.notes + (line,)),
+                   num_estimates=rec.num_estimates + asked.num_estimates)
 
 
 def _peft_lora_dropout(model: ModelSpec, base: TrainSpec, methods: tuple[Method, ...]) -> tuple[TrainSpec, str]:

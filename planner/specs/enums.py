@@ -22,6 +22,9 @@ class Precision(str, Enum):
     weights, gradients and optimizer states, the forward under ``torch.autocast`` (what the HF Trainer and
     accelerate do with ``bf16``/``fp16`` without DeepSpeed or FSDP; Lightning calls it ``bf16-mixed``/``16-mixed``).
     ``bf16``: pure bf16, no master copy (Lightning's ``bf16-true``). ``fp32``: everything in fp32 (``32-true``).
+    ``bf16-base-autocast``: the usual HF LoRA recipe: the base loaded in bf16 (transformers 5 loads a checkpoint in
+    its own dtype), peft's fp32 adapters, and the forward under bf16 ``torch.autocast`` (the Trainer's ``bf16=True``
+    without DeepSpeed or FSDP), so each adapter's matmuls run in bf16 on cast copies (LoRA only).
 
     Lightning's ``bf16-mixed`` is planner's ``bf16-autocast``: planner's ``bf16-mixed`` kept the meaning it had
     (16-bit weights with fp32 masters), so no existing estimate or config changes meaning. ``_missing_``
@@ -34,6 +37,7 @@ class Precision(str, Enum):
     FP16_AUTOCAST = "fp16-autocast"
     BF16 = "bf16"
     FP32 = "fp32"
+    BF16_BASE_AUTOCAST = "bf16-base-autocast"
 
     @classmethod
     def _missing_(cls, value: object) -> Precision | None:
@@ -43,12 +47,13 @@ class Precision(str, Enum):
     def compute_dtype(self) -> str:
         """The dtype the model's weights (and so its gradients) are held in: fp32 under autocast, whose matmuls
         run in ``autocast_dtype``."""
-        return {"bf16-mixed": "bf16", "fp16-mixed": "fp16", "bf16": "bf16"}.get(self.value, "fp32")
+        return {"bf16-mixed": "bf16", "fp16-mixed": "fp16", "bf16": "bf16", "bf16-base-autocast": "bf16"}.get(
+            self.value, "fp32")
 
     @property
     def autocast_dtype(self) -> str:
         """The dtype torch.autocast casts matmul operands to; "" without autocast."""
-        return {"bf16-autocast": "bf16", "fp16-autocast": "fp16"}.get(self.value, "")
+        return {"bf16-autocast": "bf16", "fp16-autocast": "fp16", "bf16-base-autocast": "bf16"}.get(self.value, "")
 
     @property
     def matmul_dtype(self) -> str:

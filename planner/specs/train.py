@@ -223,6 +223,9 @@ def _check_autocast(train: TrainSpec) -> None:
     """What the autocast recipe (fp32 weights, forward under torch.autocast: estimate/step/autocast.py) is
     modelled and profiled for: full fine-tuning on one process or DDP, standard loss, SDPA."""
     name = train.precision.value
+    if train.precision is Precision.BF16_BASE_AUTOCAST and train.method is not Method.LORA:
+        raise PlannerError(f"--precision {name} is modelled for LoRA (a frozen bf16 base, peft's fp32 adapters); "
+                           "use bf16-autocast (fp32 weights) or bf16 for full fine-tuning, bf16-mixed for QLoRA.")
     if train.uses_deepspeed:
         raise PlannerError(f"--precision {name} is the HF Trainer's recipe without DeepSpeed (DeepSpeed keeps "
                            "16-bit weights with fp32 masters and does not autocast); use bf16-mixed with --zero.")

@@ -124,7 +124,8 @@ class Cell:
         if self.loss == DEFAULT_LOSS:
             del inputs["loss"], inputs["loss_chunks"]
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:6]
-        prec = {"fp32": "fp32", "bf16": "bf16", "bf16-autocast": "bf16ac", "fp16-autocast": "fp16ac"}.get(
+        prec = {"fp32": "fp32", "bf16": "bf16", "bf16-autocast": "bf16ac", "fp16-autocast": "fp16ac",
+                "bf16-base-autocast": "bf16bac"}.get(
             self.precision, "bf16m")
         opt = "" if self.optimizer == DEFAULT_OPTIMIZER else f"-{self.optimizer}"
         opt += "" if self.lora_dtype == DEFAULT_PEFT_DTYPE else f"-lora{self.lora_dtype}"

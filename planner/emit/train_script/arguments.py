@@ -43,7 +43,7 @@ OPTIMIZERS = {
     "adamw": "adamw_torch", "adamw-fused": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit",
     "paged-adamw": "paged_adamw_32bit", "paged-adamw-8bit": "paged_adamw_8bit", "sgd": "sgd", "adafactor": "adafactor",
 }
-PRECISIONS = ("bf16-mixed", "fp16-mixed", "bf16-autocast", "fp16-autocast", "bf16", "fp32")
+PRECISIONS = ("bf16-mixed", "fp16-mixed", "bf16-autocast", "fp16-autocast", "bf16", "fp32", "bf16-base-autocast")
 
 
 def fail(message: str) -> None:

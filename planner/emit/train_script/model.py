@@ -37,12 +37,13 @@ def build_model(args: argparse.Namespace, vocab_size: int | None, training_args)
 
     config = load_config(args, vocab_size)
     compute = {"bf16-mixed": "bf16", "bf16-autocast": "bf16", "bf16": "bf16", "fp16-mixed": "fp16",
-               "fp16-autocast": "fp16"}.get(args.precision, "fp32")
+               "fp16-autocast": "fp16", "bf16-base-autocast": "bf16"}.get(args.precision, "fp32")
     # Full fine-tuning in mixed precision keeps fp32 weights (the master copy: DeepSpeed casts its working
     # copy to 16 bits; without DeepSpeed the Trainer autocasts them, --precision bf16-autocast); a frozen
     # (Q)LoRA base and pure bf16 hold 16-bit weights, and peft keeps the adapters in fp32; under
-    # --precision bf16-autocast a LoRA base stays fp32 too (the Trainer autocasts its forward).
-    autocast = args.precision.endswith("-autocast")
+    # --precision bf16-autocast a LoRA base stays fp32 too (the Trainer autocasts its forward); under
+    # bf16-base-autocast the LoRA base is loaded in bf16 and the Trainer autocasts its forward.
+    autocast = args.precision.endswith("-autocast") and args.precision != "bf16-base-autocast"
     weights = compute if args.precision == "bf16" or (args.method != "full" and not autocast) else "fp32"
     kwargs = {"attn_implementation": args.attn_impl, "dtype": torch_dtype(weights)}
     source, scratch = args.model, None

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=args.output_dir,
         per_device_train_batch_size=args.micro_batch,
         gradient_accumulation_steps=args.grad_accum,
-        bf16=args.precision in ("bf16-mixed", "bf16-autocast", "bf16"),
+        bf16=args.precision in ("bf16-mixed", "bf16-autocast", "bf16", "bf16-base-autocast"),
         fp16=args.precision in ("fp16-mixed", "fp16-autocast"),
         optim=OPTIMIZERS[args.optimizer],
         optim_args="momentum=0.9" if args.optimizer == "sgd" else None,  # the planned SGD keeps momentum
