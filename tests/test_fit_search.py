@@ -82,7 +82,9 @@ def test_fit_costs_few_simulations():
     search simulates the limit and the length after it (90 simulations before, 68 with the first guess; 72 since
     full fine-tuning under ZeRO-3 simulates DeepSpeed's own linear and so has a simulation key of its own, dadac8a;
     77 since QLoRA under ZeRO-3 is modelled (estimate/qlora_shard.py): its rows take 5 simulations of their own,
-    the table's earlier rows still 72; a regression shows)."""
+    the table's earlier rows still 72; 67 since LoRA and QLoRA under ZeRO-2, whose adapters are all smaller than
+    the reduce bucket, share the offload row's simulation (core.py, tests/test_step_sharing.py); a regression
+    shows)."""
     model = load_model("llama-3.1-8b")
     cluster = Cluster(gpu=catalog.gpu("h100-sxm-80gb"), num_gpus=8)
     simulate._simulate.cache_clear()
@@ -95,7 +97,7 @@ def test_fit_costs_few_simulations():
                 except PlannerError:
                     continue
                 estimate_with_fit(model, train, cluster)
-    assert simulate._simulate.cache_info().misses <= 77
+    assert simulate._simulate.cache_info().misses <= 67
 
 
 @st.composite
