@@ -12,6 +12,7 @@ The estimator comes in as a function (``evaluate``), so this module does not imp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -112,7 +113,9 @@ def _extrapolate(good: int, usable: int, known: dict, hints: dict, steer) -> int
         n1, n2 = below[-2], below[-1]
         v1, v2 = steer(n1), steer(n2)
         if v2 > v1 and v2 <= usable:
-            return n2 + int((usable - v2) * (n2 - n1) / (v2 - v1))
+            step = (usable - v2) * (n2 - n1) / (v2 - v1)
+            if math.isfinite(step):  # a rise of a few denormals (an approximate hint) overflows: double instead
+                return n2 + int(step)
     return 2 * good
 
 
