@@ -137,9 +137,11 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
             # ZeRO-3 after the last gradient: no activation left, the last bucket's flat copies beside the bucket
             end = MemoryBreakdown(
                 params_bytes=params,
-                grads_bytes=grads + held,
+                # without contiguous gradients the last bucket's still in their own tensors (tape._hold_in_bucket)
+                grads_bytes=grads + held + step.bucket_end_grads_bytes,
                 optimizer_states_bytes=opt,
-                temporaries_bytes=max(step.backward_end_bytes - step.grads_bytes, 0) + persistent
+                temporaries_bytes=max(step.backward_end_bytes - step.grads_bytes - step.bucket_end_grads_bytes, 0)
+                + persistent
                 + (gathered if epilogue.gathered_cap_bytes is None else min(gathered, epilogue.gathered_cap_bytes))
                 + epilogue.copies_bytes,
                 overhead_bytes=overhead_bytes,
