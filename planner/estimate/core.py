@@ -36,7 +36,7 @@ from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.loss_recipes import loss_notes
 from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
 from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
-from planner.estimate.zero3_epilogue import zero3_epilogue
+from planner.estimate.zero3_epilogue import largest_gathered_module, zero3_epilogue
 from planner.specs import Cluster, Loss, Method, ModelSpec, Offload, Optimizer, TrainSpec, validate_margin
 from planner.units import dtype_bytes, fmt_gib
 
@@ -111,7 +111,9 @@ def estimate(
     # QLoRA under ZeRO-3: the 4-bit weights partitioned in their storage dtype, quant_state whole (qlora_shard.py)
     quantized = qlora_shard.zero3(counts, train, cluster.num_gpus, model.hidden_size) if qlora_shard.applies(train) else None
     sharded = shard_states(qlora_shard.without_quantized(states, counts, train) if quantized else states,
-                           sharding_train, cluster.num_gpus, counts.largest_module, persistent_bytes, sub_groups)
+                           sharding_train, cluster.num_gpus,
+                           largest_gathered_module(counts, zero3_persistence_threshold(train, model.hidden_size))
+                           if train.zero_stage == 3 else counts.largest_module, persistent_bytes, sub_groups)
     if quantized:
         sharded = replace(sharded, params_bytes=sharded.params_bytes + quantized.rank_bytes,
                           gathered_bytes=quantized.largest_module_bytes)

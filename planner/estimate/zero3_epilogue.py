@@ -72,6 +72,28 @@ def embedding_elements(counts: ParamCounts, threshold: int) -> int:
                if g.kind == "embedding" and g.component == "embedding" and not g.shared and g.num_params > threshold)
 
 
+def largest_gathered_module(counts: ParamCounts, threshold: int) -> int:
+    """The parameters of the largest module ZeRO-3 gathers: one with a tensor over the persistence threshold
+    (partition_parameters.py ``ds_persist = ds_numel <= threshold``: a persistent tensor is never gathered). Under
+    DeepSpeed's 1e5-element default a small model may have none (measured: a Qwen2 h96 LoRA run with the tutorial
+    config gathers nothing at its loss backward)."""
+    return max((g.num_params for g in counts.modules if not g.shared and max(_tensors(g)) > threshold), default=0)
+
+
+def _tensors(g) -> tuple[int, ...]:
+    if g.param_shapes:
+        out = []
+        for _, shape in g.param_shapes:
+            size = 1
+            for dim in shape:
+                size *= dim
+            out.append(size)
+        return tuple(out) or (0,)
+    if g.kind == "linear":
+        return (g.in_features * g.out_features,)
+    return (g.num_params,)
+
+
 def zero3_epilogue(train: TrainSpec, counts: ParamCounts, flat_numels: tuple[int, ...], *, num_ranks: int,
                    bucket_elements: int, threshold: int, grad_bytes: int, device: str) -> Zero3Epilogue | None:
     """The epilogue of one rank (None outside ZeRO-3 or on one rank). ``flat_numels``: the trainable tensors in
