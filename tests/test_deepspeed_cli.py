@@ -77,7 +77,7 @@ def test_absent_buckets_are_deepspeeds_own_defaults(tmp_path):
 
 
 @pytest.mark.parametrize(("config", "words"), [
-    ({"zero_optimization": {"stage": 2, "contiguous_gradients": False}}, "contiguous_gradients false"),
+    ({"zero_optimization": {"stage": 2, "contiguous_gradients": False}}, "contiguous_gradients false at ZeRO stage 1 or 2"),
     ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "nvme", "nvme_path": "/x"}}}, "NVMe"),
     ({"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}, "without the optimizer"),
     ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "Lamb"}}, "'lamb' is not modelled"),

@@ -7,14 +7,15 @@ for what is absent, "auto" as transformers resolves it, every key accounted for)
 - the precision from its ``bf16``/``fp16`` sections when they say true or false (``--precision`` typed wins;
   "auto" takes ``--precision``),
 - DeepSpeed's buckets and thresholds (specs.ZeroConfig): ``reduce_bucket_size``, ``stage3_prefetch_bucket_size``,
-  ``stage3_param_persistence_threshold``, ``stage3_max_reuse_distance``, ``sub_group_size``, ``overlap_comm``;
-  "auto" stays "auto" (the Trainer's rule from the hidden size),
+  ``stage3_param_persistence_threshold``, ``stage3_max_reuse_distance``, ``sub_group_size``, ``overlap_comm``,
+  ``contiguous_gradients`` (false modelled at stage 3); "auto" stays "auto" (the Trainer's rule from the hidden size),
 - its optimizer section: DeepSpeed builds its own Adam/AdamW (FusedAdam on the GPU, DeepSpeedCPUAdam with
   offload; deepspeed/runtime/engine.py ``_configure_basic_optimizer``), modelled as torch's fused AdamW, which
   likewise makes no copy of the second moment (``--optimizer`` typed wins).
 
 What planner does not model is said in a note (``DeepSpeedChoice.notes``), never ignored silently; what it
-cannot represent (contiguous_gradients off, NVMe offload, parameters offloaded without the optimizer) is
+cannot represent (contiguous_gradients off at stages 1-2 without offload, NVMe offload, parameters offloaded without
+the optimizer) is
 refused in one sentence.
 """
 
@@ -82,9 +83,10 @@ def read_choice(path: Path) -> DeepSpeedChoice:
     # Any hidden size resolves the "auto" buckets; those are kept as "auto" below, so the number is never used.
     ds = read_deepspeed_config(raw, hidden_size=1)
     zero_raw = raw.get("zero_optimization") if isinstance(raw.get("zero_optimization"), dict) else {}
-    if not ds.contiguous_gradients and ds.zero_stage > 0:
-        raise PlannerError("--deepspeed-config sets contiguous_gradients false, which planner does not model "
-                           "(gradients then wait in their own tensors until reduced); remove it or set it true.")
+    if not ds.contiguous_gradients and ds.zero_stage in (1, 2) and ds.offload_optimizer.device is OffloadDevice.NONE:
+        # stage_1_and_2.py: ``contiguous_gradients or self.cpu_offload`` (offload turns it on again)
+        raise PlannerError("--deepspeed-config sets contiguous_gradients false at ZeRO stage 1 or 2, which planner does "
+                           "not model (each gradient is then reduced in place); remove it or set it true.")
     nvme = [p for p, part in (("offload_optimizer", ds.offload_optimizer), ("offload_param", ds.offload_param))
             if part.device is OffloadDevice.NVME]
     if nvme and ds.zero_stage > 0:
@@ -109,6 +111,8 @@ def read_choice(path: Path) -> DeepSpeedChoice:
             continue  # None: DeepSpeed's default (on for stage 3 only)
         # written, or absent: DeepSpeed's own default (the Trainer fills only keys that say "auto")
         values[key] = getattr(ds, key)
+    if ds.zero_stage == 3 and not ds.contiguous_gradients:
+        values["contiguous_gradients"] = False
     zero_config = ZeroConfig(**values) if ds.zero_stage > 0 else ZeroConfig()
     notes = [f"--deepspeed-config: {note}" for note in ds.notes] + pin_notes
     for key, why in _NOT_MODELLED.items():

@@ -69,7 +69,7 @@ def deepspeed_config(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> di
     sizes = bucket_sizes(model, train)
     zero: dict[str, Any] = {
         "stage": stage,
-        "contiguous_gradients": True,
+        "contiguous_gradients": train.parallelism.zero_config.contiguous_gradients,
         "reduce_bucket_size": sizes["reduce_bucket_size"],
         "reduce_scatter": True,
         # DeepSpeed's default (ZeroConfig.overlaps): on for stage 3 only; at stages 1-2 it doubles the bucket.

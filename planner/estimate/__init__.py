@@ -9,6 +9,7 @@
 - ``temporaries``   optimizer-step scratch, mixed-precision copies, DeepSpeed buckets and buffers
 - ``optim_rules``   per-tensor states and step of bitsandbytes' 8-bit/paged AdamW and Adafactor (paged memory)
 - ``peak``          the phases of a steady-state step and which one peaks
+- ``zero3_epilogue`` ZeRO-3's last bucket reduced at the end of backward (flat copies, what stays gathered)
 - ``overhead``      GPU-only memory outside the tensors (CUDA context, allocator)
 - ``quant``         bitsandbytes 4-bit storage
 - ``qlora_shard``   that storage sharded across ranks (ZeRO-3, FSDP2: ``bnb_4bit_quant_storage`` in the compute dtype)

@@ -36,6 +36,7 @@ from planner.estimate.step.cpu_kernels import CpuKernels
 from planner.estimate.step.loss_recipes import loss_notes
 from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
 from planner.estimate.temporaries import Transients, reduce_bucket_elements, step_transients
+from planner.estimate.zero3_epilogue import largest_gathered_module, zero3_epilogue
 from planner.specs import Cluster, Loss, Method, ModelSpec, Offload, Optimizer, TrainSpec, validate_margin
 from planner.units import dtype_bytes, fmt_gib
 
@@ -112,7 +113,9 @@ def estimate(
     # QLoRA under ZeRO-3: the 4-bit weights partitioned in their storage dtype, quant_state whole (qlora_shard.py)
     quantized = qlora_shard.zero3(counts, train, cluster.num_gpus, model.hidden_size) if qlora_shard.applies(train) else None
     sharded = shard_states(qlora_shard.without_quantized(states, counts, train) if quantized else states,
-                           sharding_train, cluster.num_gpus, counts.largest_module, persistent_bytes, sub_groups)
+                           sharding_train, cluster.num_gpus,
+                           largest_gathered_module(counts, zero3_persistence_threshold(train, model.hidden_size))
+                           if train.zero_stage == 3 else counts.largest_module, persistent_bytes, sub_groups)
     if quantized:
         sharded = replace(sharded, params_bytes=sharded.params_bytes + quantized.rank_bytes,
                           gathered_bytes=quantized.largest_module_bytes)
@@ -179,6 +182,11 @@ def estimate(
     )
     host = with_activation_offload(host, step.offloaded_bytes, step.offloaded_pinned_bytes, device)
     cublas = overhead.allocated_overhead_bytes(device)
+    epilogue = zero3_epilogue(
+        train, counts, trainable_numels(counts, train, model.num_layers) if train.zero_stage == 3 else (),
+        num_ranks=cluster.num_gpus, bucket_elements=reduce_bucket_elements(train, model.hidden_size),
+        threshold=zero3_persistence_threshold(train, model.hidden_size),
+        grad_bytes=2 if train.precision.compute_dtype in ("bf16", "fp16") else 4, device=device)
     # the rank with the highest peak (or the one asked for); ranks differ only in their ZeRO 1/2 partition
     partitions, ranks_differ = _rank_partitions(model, train, cluster.num_gpus, counts, split.num_trainable, rank)
     shown: RankPartition | None = None
@@ -192,7 +200,7 @@ def estimate(
                                                    reduce_bucket_elements(train, model.hidden_size)), rank)
             cand_transients = replace(cand_transients,
                                       zero_step=replace(cand_transients.zero_step, buffer_segment=segment))
-        cand_pm = phase_breakdowns(train, sharded, step, cand_transients, overhead_bytes=cublas)
+        cand_pm = phase_breakdowns(train, sharded, step, cand_transients, overhead_bytes=cublas, epilogue=epilogue)
         if pm is None or cand_pm.peak.total_bytes > pm.peak.total_bytes:
             shown, transients, pm = candidate, cand_transients, cand_pm
     if train.task.grpo is not None:  # the generation before the step (estimate/grpo.py)

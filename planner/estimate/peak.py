@@ -26,6 +26,7 @@ from planner.estimate.result import MemoryBreakdown
 from planner.estimate.sharding import ShardedStates
 from planner.estimate.step.simulate import StepProfile
 from planner.estimate.temporaries import Transients
+from planner.estimate.zero3_epilogue import Zero3Epilogue
 from planner.specs import TrainSpec
 
 PHASES = ("forward", "backward", "optimizer_step")
@@ -42,8 +43,9 @@ class PhaseModel:
 
 
 def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile, transients: Transients,
-                     *, overhead_bytes: int = 0) -> PhaseModel:
-    """Per-phase breakdowns on one GPU; ``overhead_bytes``: allocator-held non-model bytes (cuBLAS)."""
+                     *, overhead_bytes: int = 0, epilogue: Zero3Epilogue | None = None) -> PhaseModel:
+    """Per-phase breakdowns on one GPU; ``overhead_bytes``: allocator-held non-model bytes (cuBLAS);
+    ``epilogue``: ZeRO-3's reduction of its last bucket at the end of backward (zero3_epilogue.py)."""
     params, grads, opt = states.params_bytes, states.grads_bytes, states.optimizer_states_bytes
     keep = train.zero_stage < 2  # ZeRO 0/1 keep full gradients; 2/3 reduce them into partitions as they come
     accumulating = train.grad_accum > 1
@@ -131,6 +133,21 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
             if late is None or moment.total_bytes > late.total_bytes:
                 late = moment
         backward = early if late is None or early.total_bytes >= late.total_bytes else late
+        if epilogue is not None:
+            # ZeRO-3 after the last gradient: no activation left, the last bucket's flat copies beside the bucket
+            end = MemoryBreakdown(
+                params_bytes=params,
+                # without contiguous gradients the last bucket's still in their own tensors (tape._hold_in_bucket)
+                grads_bytes=grads + held + step.bucket_end_grads_bytes,
+                optimizer_states_bytes=opt,
+                temporaries_bytes=max(step.backward_end_bytes - step.grads_bytes - step.bucket_end_grads_bytes, 0)
+                + persistent
+                + (gathered if epilogue.gathered_cap_bytes is None else min(gathered, epilogue.gathered_cap_bytes))
+                + epilogue.copies_bytes,
+                overhead_bytes=overhead_bytes,
+            )
+            if end.total_bytes > backward.total_bytes:
+                backward = end
 
     if zs is not None:
         # DeepSpeed ZeRO 1/2: the norm, the flattening and the update are separate moments (temporaries.py)

@@ -175,9 +175,9 @@ def deepspeed_bucket_bytes(train: TrainSpec, hidden_size: int, grad_dtype_bytes:
     if train.zero_stage in (1, 2) and train.offload is Offload.NONE:
         buffers = 2 if zero.overlaps(train.zero_stage) else 1
         return buffers * reduce_bucket_elements(train, hidden_size) * grad_dtype_bytes
-    if train.zero_stage == 3:
+    if train.zero_stage == 3 and zero.contiguous_gradients:
         return reduce_bucket_elements(train, hidden_size) * grad_dtype_bytes
-    return 0
+    return 0  # ZeRO-3 without contiguous gradients allocates no bucket buffer (the gradients wait where they are)
 
 
 def zero3_gathered_bytes(train: TrainSpec, num_params: int, largest_module: int, param_dtype_bytes: int) -> int:

@@ -174,6 +174,8 @@ def deepspeed_config(train: TrainSpec, num_ranks: int, hidden_size: int) -> dict
     defaults = ZeroConfig()
     if zc.overlap_comm is not None:
         zero["overlap_comm"] = zc.overlap_comm
+    if not zc.contiguous_gradients:
+        zero["contiguous_gradients"] = False  # DeepSpeed's default is true
     for key in ("stage3_max_reuse_distance", "sub_group_size"):
         if getattr(zc, key) != getattr(defaults, key):
             zero[key] = getattr(zc, key)

@@ -50,6 +50,9 @@ class ZeroConfig:
     stage3_max_reuse_distance: int = DS_MAX_REUSE_DISTANCE
     sub_group_size: int = DS_SUB_GROUP_SIZE
     overlap_comm: bool | None = None
+    # DeepSpeed's default true: gradients copied into the reduce bucket as they arrive; false (modelled at stage 3
+    # only, Parallelism): each waits in its own tensor until its bucket is reduced (estimate/zero3_epilogue.py)
+    contiguous_gradients: bool = True
 
     def __post_init__(self) -> None:
         for name in ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
@@ -62,6 +65,9 @@ class ZeroConfig:
                                    f"got {value!r}.")
         if self.overlap_comm is not None and not isinstance(self.overlap_comm, bool):
             raise PlannerError(f"DeepSpeed's overlap_comm must be true or false, got {self.overlap_comm!r}.")
+        if not isinstance(self.contiguous_gradients, bool):
+            raise PlannerError(f"DeepSpeed's contiguous_gradients must be true or false, got "
+                               f"{self.contiguous_gradients!r}.")
 
     def reduce_bucket(self, hidden_size: int) -> int:
         return hidden_size * hidden_size if self.reduce_bucket_size is None else self.reduce_bucket_size
@@ -83,11 +89,16 @@ class ZeroConfig:
         return self == ZeroConfig()
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in _FIELDS}
+        """Every field; contiguous_gradients only when off (the dicts written before it existed stay as they were:
+        validation cells are named by them)."""
+        out = {name: getattr(self, name) for name in _FIELDS}
+        if not self.contiguous_gradients:
+            out["contiguous_gradients"] = False
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> ZeroConfig:
-        unknown = set(d) - set(_FIELDS)
+        unknown = set(d) - set(_FIELDS) - {"contiguous_gradients"}
         if unknown:
             raise PlannerError(f"unknown DeepSpeed ZeRO setting(s) {', '.join(sorted(unknown))}.")
         return cls(**d)
@@ -142,6 +153,9 @@ class Parallelism:
         if self.engine is not Engine.FSDP2 and not self.fsdp_config.is_default:
             raise PlannerError("FSDP2's settings (resharding, reduce dtype, CPU offload) apply to the fsdp2 engine "
                                "only.")
+        if not self.zero_config.contiguous_gradients and self.zero_stage != 3:
+            raise PlannerError("DeepSpeed's contiguous_gradients false is modelled at ZeRO stage 3 only (stages 1 and 2 "
+                               "then reduce each gradient in place); set it true or use stage 3.")
         if self.offload is Offload.OPTIMIZER_PARAMS and self.zero_stage != 3:
             raise PlannerError(
                 f"offload 'optimizer+params' needs ZeRO stage 3 (parameter offload), not stage {self.zero_stage}."

@@ -51,6 +51,9 @@ class StepProfile:
     forward_loss_peak_saved_bytes: int = 0
     # --task dpo (posttrain_step.py): the reference forward's peak (0: none ran), part of the forward phase
     scoring_peak_bytes: int = 0
+    # ZeRO-3 without contiguous gradients: the gradients of the last bucket, still in their own tensors at the end
+    # of backward (tape._hold_in_bucket)
+    bucket_end_grads_bytes: int = 0
     # the late backward's segments in time order (late_segments.py), each (live, saved, grads) at its peak
     backward_late_segments: tuple[tuple[int, int, int], ...] = ()
     # FSDP2 (split_loss): live and saved bytes as the top simulated layer's backward begins, before its
@@ -74,6 +77,7 @@ class Run:
 _FIELDS = (
     "forward_end_bytes", "forward_end_saved_bytes", "grads_bytes", "backward_end_bytes",
     "per_layer_saved_bytes", "logits_bytes", "layer_backward_entry_bytes", "layer_backward_entry_saved_bytes",
+    "bucket_end_grads_bytes",
 )
 
 

@@ -99,6 +99,9 @@ class StepInputs:
     ckpt_layers: tuple[int, ...] = ()
     # --selective-ac op, where the step models the policy's cache (selective_layers.op_modelled; sac.py)
     sac_op: bool = False
+    # ZeRO-3 with contiguous_gradients false: (reduce bucket elements, flat copies made when it is reduced)
+    # (tape._hold_in_bucket); () otherwise
+    zero3_bucket: tuple[int, int] = ()
 
 
 def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", keep_grads: bool = True,
@@ -143,6 +146,7 @@ def step_inputs(model: ModelSpec, train: TrainSpec, *, device: str = "cuda", kee
         ppo_response=ppo.response_len if ppo is not None else 0,
         ckpt_layers=selective_layers.step_checkpointed_layers(train.selective_ac, model.num_layers),
         sac_op=selective_layers.op_modelled(train),
+        zero3_bucket=_zero3_bucket(model, train, device),
     )
 
 
@@ -182,3 +186,12 @@ def _zero_key(train: TrainSpec) -> int:
 
 __all__ = ["LORA_FIELDS_IGNORED", "LORA_FIELDS_READ", "PARALLELISM_FIELDS_IGNORED", "PARALLELISM_FIELDS_READ",
            "TRAIN_FIELDS_IGNORED", "TRAIN_FIELDS_READ", "StepInputs", "cpu_kind", "lora_adapter_paths", "step_inputs"]
+
+
+def _zero3_bucket(model: ModelSpec, train: TrainSpec, device: str) -> tuple[int, int]:
+    """ZeRO-3 without contiguous gradients: the reduce bucket in elements and the flat copies of each reduction:
+    reduce_scatter_coalesced's torch.cat and, on the CPU accelerator, gloo's input-sized buffer (zero3_epilogue.py)."""
+    zero = train.parallelism.zero_config
+    if train.zero_stage != 3 or zero.contiguous_gradients:
+        return ()
+    return (zero.reduce_bucket(model.hidden_size), 2 if device == "cpu" else 1)

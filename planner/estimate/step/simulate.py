@@ -130,6 +130,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     keep_grads = inputs.keep_grads
     t = Tape(sim, device=inputs.device, cpu=inputs.cpu, hold_grads_over=inputs.hold_grads_over,
              keep_param_grads=keep_grads)
+    t.zero3_bucket = inputs.zero3_bucket
     t.step_in_backward = inputs.step_in_backward
     t.split_loss = inputs.split_loss
     # transformers' checkpointing calls enable_input_require_grads(): input_requires_grad
@@ -224,6 +225,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     backward(t, loss, hooks)
     sim.flush()
     bwd_end = sim.live
+    bucket_end = sum(g.nbytes for g in t.bucket_held)  # ZeRO-3 without contiguous gradients: the last bucket, not yet reduced
     del loss, held_logits
     bwd = sim.peaks.get("backward")
     late = late_segments.late_peak(sim.peaks) or bwd
@@ -245,6 +247,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
             lambda ph: (p.live_bytes, p.saved_bytes, p.grads_bytes) if (p := sim.peaks.get(ph)) else None),
         grads_bytes=grads_total,
         backward_end_bytes=bwd_end,
+        bucket_end_grads_bytes=bucket_end,
         per_layer_saved_bytes=layer_saved[0],
         logits_bytes=logits_bytes,
         notes=tuple(fam.notes),

@@ -60,6 +60,10 @@ class Tape:
         # gradient arrives (0: no such holding)
         self.hold_grads_over = hold_grads_over
         self.held_grad: Storage | None = None
+        # ZeRO-3 without contiguous gradients: (bucket elements, copies per reduction); the gradients waiting
+        self.zero3_bucket: tuple[int, int] = ()
+        self.bucket_held: list[Storage] = []
+        self.bucket_elements = 0
         self.late_phase = "backward_late"  # the late backward's current segment (late_segments.py)
         self.device = device  # kernels differ: CPU casts mixed-dtype operands, dropout masks
         # On CPU: the CPU kind (cpu_kernels.py) -- whether 16-bit matmuls run oneDNN with a workspace -- and the
@@ -263,6 +267,9 @@ def _accumulate_grad(tape: Tape, param, g: Storage) -> None:
     # buckets and the gradient partition.
     if sim.phase == "backward":
         sim.set_phase(tape.late_phase)
+    if tape.zero3_bucket:
+        _hold_in_bucket(tape, param, g)
+        return
     _release_held(tape)
     if tape.hold_grads_over and param.numel > tape.hold_grads_over:
         # ZeRO-2 (stage_1_and_2.py reduce_independent_p_g_buckets_and_remove_grads): a gradient larger than the
@@ -271,6 +278,28 @@ def _accumulate_grad(tape: Tape, param, g: Storage) -> None:
         tape.held_grad = g
         if g.tag != _STOLEN_SUM:
             sim.grads += g.nbytes
+
+
+def _hold_in_bucket(tape: Tape, param, g: Storage) -> None:
+    """ZeRO-3 with contiguous_gradients false (deepspeed 0.19.8 stage3.py
+    ``reduce_independent_p_g_buckets_and_remove_grads``): when the gradient would overflow a non-empty bucket, the
+    bucket is reduced first -- ``__avg_scatter_grads`` -> reduce_scatter_coalesced's flat torch.cat of the
+    bucket's gradients (each padded to a multiple of the ranks: at most ranks - 1 elements each, not counted)
+    and, on gloo, the reduce-scatter's input-sized buffer -- and ``partition_grads`` drops the bucket's ``.grad``
+    tensors; ``__add_grad_to_ipg_bucket`` then only lists the gradient, which stays in its own tensor."""
+    sim = tape.sim
+    bucket, copies = tape.zero3_bucket
+    if tape.bucket_held and tape.bucket_elements + param.numel > bucket:
+        held = sum(s.nbytes for s in tape.bucket_held)
+        flat = [Storage(sim, held, "reduce_scatter_coalesced") for _ in range(copies if len(tape.bucket_held) > 1
+                                                                               else copies - 1)]
+        del flat
+        sim.grads -= held
+        tape.bucket_held = []
+        tape.bucket_elements = 0
+    tape.bucket_held.append(g)
+    tape.bucket_elements += param.numel
+    sim.grads += g.nbytes
 
 
 def _release_held(tape: Tape) -> None:
