@@ -67,8 +67,8 @@ def test_sft_takes_no_reference():
 
 
 def test_flags_name_the_bad_value():
-    with pytest.raises(PlannerError, match="--task 'ppo' is not valid"):
-        TaskSpec.from_flags("ppo", "auto")
+    with pytest.raises(PlannerError, match="--task 'rlhf' is not valid"):
+        TaskSpec.from_flags("rlhf", "auto")
     with pytest.raises(PlannerError, match="--reference 'twin' is not valid"):
         TaskSpec.from_flags("dpo", "twin")
 
