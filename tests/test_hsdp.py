@@ -123,7 +123,10 @@ def test_held_buffers_make_the_short_row_cell_exact():
     """The 2 x 2 HSDP cell with bf16 reduce and 16-token rows peaks at the root's reduce-scatter with every layer's
     bf16 all-reduce buffer held: measured 4,964,798 bytes on rank 0 (every rank, both CPU kernel paths;
     planner validate, hsdp_cells.py). Without the held buffers that moment would be 6% lower and the optimizer
-    step (1.8% under the measurement) would be taken for the peak."""
+    step (1.8% under the measurement) would be taken for the peak. At that moment the root's gradients are its
+    bf16 reduce-scatter output and lm_head's unsharded bf16 gradient (foreach_reduce's loop variable), both
+    temporaries: the fp32 sharded gradients come with the cast after the all-reduce, so the measured gradients
+    are the layers' alone (590,976 bytes) and the temporaries 1,448,002."""
     from planner import catalog
     from planner.estimate.core import estimate
 
@@ -133,6 +136,8 @@ def test_held_buffers_make_the_short_row_cell_exact():
                    device="cpu", rank=0)
     measured = 4_964_798
     assert abs(est.per_gpu.total_bytes - measured) / measured < 0.0005
+    assert est.per_gpu.grads_bytes == 590_976  # measured
+    assert est.per_gpu.temporaries_bytes == pytest.approx(1_448_002, abs=64)  # measured
     model, train = cell.model_spec(), cell.train_spec()
     held = held_all_reduce_bytes(fsdp2_groups(count_params(model), train, model.num_layers), "bf16", 2, root=False)
     assert (est.phases["backward"].total_bytes - held - measured) / measured < -0.05

@@ -13,7 +13,8 @@ installed torch:
 - **Gradients** (``_fsdp_collectives.py`` ``foreach_reduce``): a group's reduce-scatter output is one flat
   tensor of its trainable parameters' padded shards, in ``reduce_dtype`` (``_fsdp_param.py`` ``init_dtype_attrs``
   clamps it to None when it equals ``param_dtype``); ``_to_dtype_if_needed`` casts it to the parameters' dtype
-  (fp32 here, so no copy) and each ``sharded_param.grad`` is a view of it: a group's gradients are one storage
+  (no copy with an fp32 reduce; a bf16 one is a buffer beside the new fp32 tensor until the cast returns,
+  fsdp2_step.py's root moments) and each ``sharded_param.grad`` is a view of it: a group's gradients are one storage
   of ``sum(padded shard)`` elements in the parameters' dtype. Frozen parameters have none.
 - **Optimizer states**: torch AdamW's ``exp_avg`` and ``exp_avg_sq`` are ``zeros_like`` of the DTensor, so of
   its unpadded local rows (rank 0 has the most), plus one 4-byte ``step`` tensor per parameter.

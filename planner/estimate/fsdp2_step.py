@@ -86,7 +86,10 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
     root = gs[0]
     reshard = cfg.reshard_after_forward
     # HSDP: the layers' reduce-dtype all-reduce buffers held to the end of backward (hsdp.py)
-    held = held_all_reduce_bytes(gs, cfg.reduce_dtype or cdt, num_ranks, root=False) if cfg.replicate_degree > 1 else 0
+    # the dtype foreach_reduce reduces in: the policy's reduce_dtype (the profiler sets one under bf16-mixed only,
+    # profile/fsdp2.py mixed_precision_policy), else the gradients' own (the compute dtype, or the parameter's)
+    reduce_dtype = (cfg.reduce_dtype if cdt is not None else None) or cdt
+    held = held_all_reduce_bytes(gs, reduce_dtype, num_ranks, root=False) if cfg.replicate_degree > 1 else 0
     root_grads = unsharded_grads(root)
     # foreach_reduce (_fsdp_collectives.py) binds each unsharded gradient to its loop variable ``unsharded_grad``
     # (the ``for i, (fsdp_param, unsharded_grad) in enumerate(zip(...))`` over a mesh of more than one rank):
@@ -96,6 +99,13 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
     root_last_grad = (num_ranks * last.padded_shard(num_ranks) * dtype_bytes(cdt or last.dtype)
                       if last is not None and num_ranks > 1 else 0)
     layers_sharded_grads = st.grads_bytes - root.shard_bytes(num_ranks, trainable_only=True)
+    # the root's reduce-scatter output (foreach_reduce's ``reduce_output``, one padded shard per trainable
+    # parameter in the reduce dtype): where that is the parameter's dtype ``_to_dtype_if_needed`` returns it and
+    # the sharded gradients are views of it; otherwise (bf16 reduce under fp32 shards) it is a buffer of its own
+    # until the cast after the reduce-scatter (and HSDP's all-reduce) makes the fp32 gradients beside it
+    root_output_copy = sum(t.padded_shard(num_ranks) * dtype_bytes(reduce_dtype)
+                           for t in root.tensors if t.trainable and reduce_dtype not in (None, t.dtype))
+    root_output_grads = root.shard_bytes(num_ranks, trainable_only=True) if not root_output_copy else 0
     layer = gs[1] if len(gs) > 1 else None
     layer_sharded_grads = layer.shard_bytes(num_ranks, trainable_only=True) if layer else 0
     in_layer = train.grad_checkpointing and model.num_layers > 1
@@ -170,11 +180,20 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
         # the final callback: the root's unsharded gradients copied into its reduce-scatter input, every layer's
         # gradients reduced
         moment(step.backward_end_bytes, 0, root_grads + st.root_reduce_input_bytes + held, layers_sharded_grads),
-        # then its reduce-scatter: the output (the root's sharded gradients) beside the input, the root's last
-        # unsharded gradient (root_last_grad), and on CPU gloo's copy of the input inside the call
-        # (GLOO_REDUCE_SCATTER_INPUT_COPIES)
+        # then its reduce-scatter: the output beside the input (the root's sharded gradients themselves, or its
+        # reduce-dtype buffer: root_output_copy), the root's last unsharded gradient (root_last_grad), HSDP's held
+        # layer buffers, and on CPU gloo's copy of the input inside the call (GLOO_REDUCE_SCATTER_INPUT_COPIES)
         moment(step.backward_end_bytes, 0, root_last_grad + st.root_reduce_input_bytes * (
-            1 + (GLOO_REDUCE_SCATTER_INPUT_COPIES if device == "cpu" else 0)) + held, st.grads_bytes),
+            1 + (GLOO_REDUCE_SCATTER_INPUT_COPIES if device == "cpu" else 0)) + held + root_output_copy,
+            layers_sharded_grads + root_output_grads),
+        # with a reduce-dtype buffer, the cast after it (foreach_reduce's ``reduce_output =
+        # _to_dtype_if_needed(reduce_output, orig_dtype)``): the root's sharded gradients made beside the buffer
+        # (still bound to ``reduce_output`` while the cast runs, and HSDP's ``all_reduce_input`` after), the input
+        # (foreach_reduce's ``reduce_scatter_input``, returned to the final callback) and the loop variable's
+        # gradient; gloo's copy is gone with its call. After the reduce-scatter in the list so that a tie (the
+        # copy and the fp32 shards are equal over two ranks) is reported as the moment the profiles measure
+        *([moment(step.backward_end_bytes, 0, root_last_grad + st.root_reduce_input_bytes + held + root_output_copy,
+                  st.grads_bytes)] if root_output_copy else []),
     ), key=lambda m: m.total_bytes)
     copies = ADAMW_FOREACH_SCRATCH_COPIES if train.optimizer is Optimizer.ADAMW else 0
     moments = st.optimizer_states_bytes  # exp_avg + exp_avg_sq (+ step counters): one moment is half
