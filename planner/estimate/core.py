@@ -14,6 +14,7 @@ from planner.estimate.count.zero_partition import (
     PartitionSpec,
     RankPartition,
     buffer_segment,
+    buffer_threshold,
     partitions_to_evaluate,
     trainable_blocks,
     trainable_numels,
@@ -169,6 +170,7 @@ def estimate(
             - (split.num_quantized - quantized.num_gathered if quantized else 0),
             partition=partition,
             optimizer_step_bytes=per_tensor.step_bytes if per_tensor else None,
+            device=device,
         )
         if not pooled:
             return made
@@ -196,10 +198,11 @@ def estimate(
         if rank is not None and zero2 and cand_transients.zero_step is not None:
             # the rank asked for: its ZeRO-2 buffer from the backward segment where DeepSpeed makes it (the
             # default, the highest rank's peak, keeps the earliest: no rank makes it before the first gradient)
-            segment = buffer_segment(PartitionSpec(FlatOrder.of(counts, train, model.num_layers), cluster.num_gpus,
-                                                   reduce_bucket_elements(train, model.hidden_size)), rank)
-            cand_transients = replace(cand_transients,
-                                      zero_step=replace(cand_transients.zero_step, buffer_segment=segment))
+            spec = PartitionSpec(FlatOrder.of(counts, train, model.num_layers), cluster.num_gpus,
+                                 reduce_bucket_elements(train, model.hidden_size))
+            cand_transients = replace(cand_transients, zero_step=replace(
+                cand_transients.zero_step, buffer_segment=buffer_segment(spec, rank),
+                buffer_threshold=buffer_threshold(spec, rank)))
         cand_pm = phase_breakdowns(train, sharded, step, cand_transients, overhead_bytes=cublas, epilogue=epilogue)
         if pm is None or cand_pm.peak.total_bytes > pm.peak.total_bytes:
             shown, transients, pm = candidate, cand_transients, cand_pm

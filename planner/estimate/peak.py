@@ -117,11 +117,18 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
         segments = step.backward_late_segments or ((step.backward_late_peak_bytes,
                                                     step.backward_late_peak_saved_bytes,
                                                     step.backward_late_peak_grads_bytes),)
+        # ZeRO-2 with a rank's buffer placed by the reduction that makes it: the segments' sub-segments, one from
+        # each reduction of the reduce bucket (late_segments.py), the buffer from the first that reduced more than
+        # the elements after the rank's last tensor (zero_partition.buffer_threshold)
+        threshold = zs.buffer_threshold if zs is not None and zs.buffer_segment else None
+        flushes = step.backward_late_flushes if threshold is not None else ()
+        timeline = flushes or tuple((i, 0, *seg) for i, seg in enumerate(segments))
         late = None
-        for i, (live, saved, awaiting) in enumerate(segments):
+        for i, reduced, live, saved, awaiting in timeline:
             if not live:
                 continue  # a segment the step never reached
-            own = grads if zs is None else zs.partition_grads_bytes if i >= zs.buffer_segment else 0
+            own = grads if zs is None else zs.partition_grads_bytes if i >= zs.buffer_segment and (
+                not flushes or reduced > threshold) else 0
             moment = MemoryBreakdown(
                 params_bytes=params,
                 grads_bytes=own + held + awaiting,
@@ -157,9 +164,9 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
                             overhead_bytes=overhead_bytes)
             for nbytes in (zs.norm_bytes, zs.flatten_bytes)
         ]
-        moments.append(MemoryBreakdown(params_bytes=params, grads_bytes=0, optimizer_states_bytes=opt,
-                                       temporaries_bytes=zs.update_bytes + persistent,
-                                       overhead_bytes=overhead_bytes))
+        for nbytes in (zs.update_bytes, zs.gather_bytes):
+            moments.append(MemoryBreakdown(params_bytes=params, grads_bytes=0, optimizer_states_bytes=opt,
+                                           temporaries_bytes=nbytes + persistent, overhead_bytes=overhead_bytes))
         optimizer_step = max(moments, key=lambda m: m.total_bytes)
     elif train.optimizer_in_backward:
         # every parameter was stepped in backward (tape._step_in_hook): the optimizer step is a no-op

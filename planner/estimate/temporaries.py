@@ -79,6 +79,12 @@ class ZeroStep:
     - ``update``: the gradient pieces freed (``free_grad_in_param_list``), the fp32 gradient partition and the
       optimizer's scratch over the partition.
 
+    - ``gather``: on CPU, the all-gather of the updated partitions (``all_gather_dp_groups`` ->
+      ``all_gather_into_tensor_dp_groups``: ``dist.all_gather_into_tensor(group_flat, ...)`` into the flat 16-bit
+      buffer), inside which gloo allocates a buffer the size of its output (fsdp2_step.py
+      ``GLOO_ALL_GATHER_OUTPUT_COPIES``): the whole padded flat group, every gradient and the fp32 gradient
+      partition already freed.
+
     The reduce bucket is gone by then (``_release_ipg_buffers`` at the end of backward). ZeRO-1 also has an
     end-of-backward moment (``epilogue_grads_bytes``): the gradients still in their own storage plus the buffer
     just allocated.
@@ -89,9 +95,14 @@ class ZeroStep:
     flatten_bytes: int
     update_bytes: int
     epilogue_grads_bytes: int = 0  # ZeRO-1: gradients at the moment grads_in_partition is allocated
+    gather_bytes: int = 0  # CPU (gloo): the all-gather's output-sized buffer at the end of the step
     # ZeRO-2: the late-backward segment from which the buffer exists (zero_partition.buffer_segment; 0: from the
     # first gradient, the earliest, as for the rank an estimate reports by default)
     buffer_segment: int = 0
+    # ZeRO-2: the gradient elements reduced before the buffer exists (zero_partition.buffer_threshold), which picks
+    # the sub-segment of the late backward where it appears (StepProfile.backward_late_flushes); None: from the
+    # start of buffer_segment
+    buffer_threshold: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,8 +115,15 @@ class Transients:
     notes: tuple[str, ...] = ()
 
 
-def zero12_step(train: TrainSpec, partition: RankPartition, *, grad_bytes: int, scratch_bytes: int
-                ) -> ZeroStep | None:
+# gloo's all-gather allocates a buffer the size of its output inside the call, two in turn, one at a time
+# (torch/csrc/distributed/c10d/ProcessGroupGloo.cpp): measured at every FSDP2 all-gather on CPU and at the end of
+# every DeepSpeed ZeRO 1/2 step on CPU (3 gloo ranks, GPT-2 h96 fp32: two 1,594,752-byte buffers, the whole flat
+# group, on each rank; tests/test_zero_partition.py). Not modelled on CUDA (NCCL gathers in place).
+GLOO_ALL_GATHER_OUTPUT_COPIES = 1
+
+
+def zero12_step(train: TrainSpec, partition: RankPartition, *, grad_bytes: int, scratch_bytes: int,
+                num_ranks: int = 1, device: str = "cuda") -> ZeroStep | None:
     """The ZeroStep of one rank (None outside ZeRO 1/2 without offload)."""
     if train.zero_stage not in (1, 2) or train.offload is not Offload.NONE or partition.num_partition <= 0:
         return None
@@ -119,6 +137,10 @@ def zero12_step(train: TrainSpec, partition: RankPartition, *, grad_bytes: int, 
         update_bytes=part * 4 + scratch_bytes,
         epilogue_grads_bytes=(partition.num_full_grads_at_buffer * grad_bytes + buffer
                               if train.zero_stage == 1 else 0),
+        # the flat 16-bit group (bit16_groups_flat, padded to num_ranks partitions) in the parameters' dtype, which
+        # is the gradients' (DeepSpeedZeroOptimizer.dtype); skipped on one rank (dp_world_size == 1)
+        gather_bytes=(GLOO_ALL_GATHER_OUTPUT_COPIES * num_ranks * part * grad_bytes
+                      if device == "cpu" and num_ranks > 1 else 0),
     )
 
 
@@ -195,13 +217,14 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
                     grads_bytes: int, hidden_size: int, largest_trainable: int, num_params: int = 0,
                     largest_trainable_tensor: int | None = None,
                     partition: RankPartition | None = None, num_stepped_16bit: int | None = None,
-                    optimizer_step_bytes: int | None = None) -> Transients:
+                    optimizer_step_bytes: int | None = None, device: str = "cuda") -> Transients:
     """Everything above for one rank. ``largest_trainable``: the largest module (ZeRO-3 gathering, Adafactor);
     ``largest_trainable_tensor``: the largest trainable parameter (ZeRO 1/2 norm; default the former);
     ``partition``: the rank's ZeRO 1/2 partition (zero_partition.py; default an even share);
     ``num_stepped_16bit``: without DeepSpeed, the trainable parameters stepped in 16 bits with 16-bit states
     (states.py; default: every one in pure bf16, none otherwise); ``optimizer_step_bytes``: the step scratch of
-    an optimizer with a per-tensor rule (optim_rules.py), in place of ``optimizer_scratch_bytes``."""
+    an optimizer with a per-tensor rule (optim_rules.py), in place of ``optimizer_scratch_bytes``; ``device``:
+    "cpu" for gloo's collective buffers (ZeroStep ``gather``)."""
     n = max(num_ranks, 1)
     largest_tensor = largest_trainable if largest_trainable_tensor is None else largest_trainable_tensor
     if partition is None:
@@ -233,7 +256,8 @@ def step_transients(train: TrainSpec, *, num_trainable: int, num_16bit_trainable
     bucket = deepspeed_bucket_bytes(train, hidden_size, grad_bytes)
     late = bucket if train.zero_stage in (1, 2) else 0
     persistent += bucket if train.zero_stage == 3 else 0
-    zero_step = zero12_step(train, partition, grad_bytes=grad_bytes, scratch_bytes=scratch)
+    zero_step = zero12_step(train, partition, grad_bytes=grad_bytes, scratch_bytes=scratch, num_ranks=n,
+                            device=device)
     gathered = zero3_gathered_bytes(train, num_params, largest_trainable, grad_bytes)
     notes = []
     if scratch and train.optimizer is Optimizer.ADAMW:

@@ -12,8 +12,10 @@ after forward (``zero3_released_after_forward``).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
 
 from planner.estimate.count.flat_order import (
     FlatOrder,
@@ -86,6 +88,24 @@ def buffer_segment(spec: PartitionSpec, rank: int) -> int:
     last = min((rank + 1) * part, total) - 1
     start1, start2 = _layer_starts(spec.order)
     return 2 if last < start1 else 1 if last < start2 else 0
+
+
+def buffer_threshold(spec: PartitionSpec, rank: int) -> int:
+    """The gradient elements reduced before ``rank``'s buffer exists, counted from the end of the flat order:
+    DeepSpeed makes it in ``copy_grads_in_partition`` (stage_1_and_2.py, from ``reduce_ipg_grads``) when the
+    bucket holding the first gradient of the rank's partition to arrive -- its last tensor, the flat order
+    arriving about reversed -- is reduced, that is once more than the elements after that tensor's end were
+    reduced (late_segments.py names each sub-segment of the late backward by the elements reduced before it).
+    Counting from the tensor's end, not its start, places the buffer no later than DeepSpeed when a small tensor
+    after it (a layer's norms) arrives later than the flat order says."""
+    numels = [n for n in flat_numels(spec.order) if n > 0]
+    ends = list(accumulate(numels))
+    total = ends[-1] if ends else 0
+    part = _partition_size(total, spec.num_ranks)
+    if part == 0 or rank * part >= total:
+        return 0
+    last = min((rank + 1) * part, total) - 1
+    return total - ends[bisect_right(ends, last)]
 
 
 @lru_cache(maxsize=64)
@@ -179,7 +199,7 @@ def _persistent_numels(counts: ParamCounts, lora: LoraSpec | None, num_layers: i
     return base, extra
 
 
-__all__ = ["Candidates", "buffer_segment", "FlatOrder", "PartitionSpec", "RankPartition", "RankPartitions", "even_partition",
+__all__ = ["Candidates", "buffer_segment", "buffer_threshold", "FlatOrder", "PartitionSpec", "RankPartition", "RankPartitions", "even_partition",
            "flat_numels", "layer_of", "module_blocks", "module_sequence", "partitions_to_evaluate", "rank_partitions",
            "trainable_blocks", "trainable_numels", "uneven_layer_ids", "zero12_partitions",
            "zero3_persistence_threshold", "zero3_persistent_numels", "zero3_released_after_forward"]

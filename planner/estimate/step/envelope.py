@@ -56,6 +56,9 @@ class StepProfile:
     bucket_end_grads_bytes: int = 0
     # the late backward's segments in time order (late_segments.py), each (live, saved, grads) at its peak
     backward_late_segments: tuple[tuple[int, int, int], ...] = ()
+    # ZeRO-2: the late backward's sub-segments, one from each reduction of DeepSpeed's reduce bucket, in time order
+    # (late_segments.flush_peaks): (segment index, gradient elements reduced before it, live, saved, grads)
+    backward_late_flushes: tuple[tuple[int, int, int, int, int], ...] = ()
     # FSDP2 (split_loss): live and saved bytes as the top simulated layer's backward begins, before its
     # recomputation and the ghost layers' swap: the top decoder layer's pre-backward moment (simulate.py)
     layer_backward_entry_bytes: int = 0
@@ -140,7 +143,8 @@ class StepEnvelope:
         fwd = self._peak("forward", b)
         bwd = self._peak("backward", b) if "backward" in self.hulls else (v["forward_end_bytes"],
                                                                            v["forward_end_saved_bytes"], 0)
-        segments = late_segments.segment_peaks(lambda ph: self._peak(ph, b) if ph in self.hulls else None)
+        late_tuples = {ph: self._peak(ph, b) for ph in self.hulls}
+        segments = late_segments.segment_peaks(late_tuples)
         late = max((seg for seg in segments if seg[0]), key=lambda seg: seg[0], default=bwd)
         loss = self._peak("forward_loss", b)
         return StepProfile(
@@ -150,6 +154,7 @@ class StepEnvelope:
             backward_late_peak_saved_bytes=late[1],
             backward_late_peak_grads_bytes=late[2],
             backward_late_segments=segments,
+            backward_late_flushes=late_segments.flush_peaks(late_tuples),
             forward_peak_bytes=fwd[0],
             forward_peak_saved_bytes=fwd[1],
             backward_peak_bytes=bwd[0],

@@ -54,6 +54,8 @@ class FamilyWeights:
         self.final_norm_b = Param((model.hidden_size,), ctx.dtype, full)
         self.layer_weights = [self._layer_weights(i) for i in range(min(model.num_layers, 3))]
         self.layer_grad_bytes = _grad_bytes(self.layer_weights[min(1, len(self.layer_weights) - 1)])
+        self.layer_grad_numel = sum(p.numel for v in self.layer_weights[min(1, len(self.layer_weights) - 1)].values()
+                                    for p in _params_of(v) if p.trainable)
 
     def weigh_every_layer(self, num_layers: int) -> None:
         """Weights of their own for every layer, when the step simulates each (selective_layers.py): each

@@ -11,6 +11,14 @@ gradient: the output head, the top layer and the ghost layers), ``L1`` (from the
 and ``L0`` (from layer 0's, through the embeddings). Each segment's peak is kept (``Sim.peaks`` under
 ``backward_late`` + its suffix); the count package says in which segment a rank's buffer appears
 (zero_partition.py ``buffer_segment``), peak.py adds it from there on.
+
+Within a segment, ZeRO-2's reduce bucket splits the time further: DeepSpeed reduces a bucket when the next
+gradient's hook finds it would overflow (stage_1_and_2.py ``reduce_independent_p_g_buckets_and_remove_grads``:
+``bucket.elements + param.numel() > self.reduce_bucket_size`` -> ``reduce_ipg_grads`` -> ``copy_grads_in_partition``,
+which allocates the rank's buffer at the first reduced gradient of its partition). The tape starts a sub-segment
+at every such reduction, named ``<segment>#<elements reduced so far>`` (``flushed``); ``flush_peaks`` lists them
+in time order, so that a rank's buffer is added from the reduction that makes it (zero_partition.py
+``buffer_threshold``), not from the start of the layer.
 """
 
 from __future__ import annotations
@@ -31,8 +39,8 @@ def install(tape, hooks: dict, fam, num_simulated_layers: int) -> None:
         if layer >= num_simulated_layers or node is None:
             continue
 
-        def enter(phase: str = LATE + SEGMENTS[index]) -> None:
-            tape.late_phase = phase
+        def enter(base: str = LATE + SEGMENTS[index]) -> None:
+            phase = tape.late_phase = named(base, tape.reduced_elements)
             if tape.sim.phase.startswith(LATE):
                 tape.sim.set_phase(phase)
 
@@ -46,17 +54,48 @@ def install(tape, hooks: dict, fam, num_simulated_layers: int) -> None:
         hooks[id(node)] = first_enter
 
 
+def named(base: str, reduced: int) -> str:
+    """The phase of segment ``base`` after ``reduced`` gradient elements were reduced (0: none yet)."""
+    return f"{base}#{reduced}" if reduced else base
+
+
+def flushed(tape, reduced: int) -> None:
+    """A reduce bucket was reduced (tape.py ``_accumulate_grad``): a sub-segment of the current segment starts,
+    with the live bytes of this moment (the arriving gradient is alive while the bucket is reduced)."""
+    tape.reduced_elements = reduced
+    tape.late_phase = named(tape.late_phase.partition("#")[0], reduced)
+    if tape.sim.phase.startswith(LATE):
+        tape.sim.set_phase(tape.late_phase)
+        tape.sim.touch()
+
+
+def _parse(phase: str) -> tuple[int, int] | None:
+    """(segment index, elements reduced) of a late-backward phase name, None for another phase."""
+    base, _, reduced = phase.partition("#")
+    if not base.startswith(LATE) or base[len(LATE):] not in SEGMENTS:
+        return None
+    return SEGMENTS.index(base[len(LATE):]), int(reduced or 0)
+
+
 def late_peak(peaks: dict[str, PhasePeak]) -> PhasePeak | None:
     """The highest moment of the whole late backward (every segment)."""
-    found = [peaks[LATE + s] for s in SEGMENTS if LATE + s in peaks]
+    found = [p for name, p in peaks.items() if _parse(name) is not None]
     return max(found, key=lambda p: p.live_bytes) if found else None
 
 
-def segment_peaks(peak_of) -> tuple[tuple[int, int, int], ...]:
-    """(live, saved, grads) of each segment in time order, (0, 0, 0) for one the step never reached;
-    ``peak_of(phase)`` gives a phase's (live, saved, grads) or None."""
-    out = []
-    for s in SEGMENTS:
-        p = peak_of(LATE + s)
-        out.append((0, 0, 0) if p is None else tuple(p))
+def segment_peaks(peaks: dict) -> tuple[tuple[int, int, int], ...]:
+    """(live, saved, grads) of each segment in time order (the highest of its sub-segments), (0, 0, 0) for one the
+    step never reached; ``peaks`` maps phase names to (live, saved, grads)."""
+    out = [(0, 0, 0)] * len(SEGMENTS)
+    for name, p in peaks.items():
+        at = _parse(name)
+        if at is not None and tuple(p)[0] > out[at[0]][0]:
+            out[at[0]] = tuple(p)
     return tuple(out)
+
+
+def flush_peaks(peaks: dict) -> tuple[tuple[int, int, int, int, int], ...]:
+    """(segment index, elements reduced, live, saved, grads) of every sub-segment, in time order (the reduced
+    elements only grow), or () when no bucket was reduced after the first gradient (not ZeRO-2)."""
+    found = sorted((*at, *tuple(p)) for name, p in peaks.items() if (at := _parse(name)) is not None)
+    return tuple(found) if any(f[1] for f in found) else ()

@@ -72,6 +72,10 @@ class Sim:
         if self.record is not None:
             self._pending = (self.phase, self.live, self.saved, self.grads)
 
+    def touch(self) -> None:
+        """Count the present moment in the current phase (a phase that starts with bytes already alive)."""
+        self._touch()
+
     def flush(self) -> None:
         if self._pending is not None:
             self.record.append(self._pending)

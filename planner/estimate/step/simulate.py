@@ -169,6 +169,11 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
                     sim.host_pinned += ghost * layer_host[1]
                     ghost_swap_hook(sim, hooks, fam, ghost * layer_saved[0], ghost * layer_grads,
                                      (ghost * layer_host[0], ghost * layer_host[1]))
+                    if t.hold_grads_over:
+                        # ZeRO-2: the ghost layers' gradients have arrived too (late_segments.py counts the
+                        # elements reduced in flat order)
+                        chain_hook(hooks, fam.last_node_of_layer.get(1), lambda: setattr(
+                            t, "arrived_elements", t.arrived_elements + ghost * fam.layer_grad_numel))
         return h
 
     # held_logits: with keep_logits, the caller's output object keeps the logits alive through backward
@@ -229,6 +234,7 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
     del loss, held_logits
     bwd = sim.peaks.get("backward")
     late = late_segments.late_peak(sim.peaks) or bwd
+    late_tuples = {ph: (p.live_bytes, p.saved_bytes, p.grads_bytes) for ph, p in sim.peaks.items()}
     grads_total = fam.total_grad_bytes(num_layers) if keep_grads else 0
     if layer_saved[0] == 0 and sim_layers == 1:
         layer_saved[0] = end.saved_bytes
@@ -243,8 +249,8 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         backward_late_peak_bytes=late.live_bytes if late else end.live_bytes,
         backward_late_peak_saved_bytes=late.saved_bytes if late else end.saved_bytes,
         backward_late_peak_grads_bytes=late.grads_bytes if late else 0,
-        backward_late_segments=late_segments.segment_peaks(
-            lambda ph: (p.live_bytes, p.saved_bytes, p.grads_bytes) if (p := sim.peaks.get(ph)) else None),
+        backward_late_segments=late_segments.segment_peaks(late_tuples),
+        backward_late_flushes=late_segments.flush_peaks(late_tuples),
         grads_bytes=grads_total,
         backward_end_bytes=bwd_end,
         bucket_end_grads_bytes=bucket_end,

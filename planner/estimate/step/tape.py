@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from planner.estimate.step import offload
+from planner.estimate.step import late_segments, offload
 from planner.estimate.step.in_backward import (
     _STOLEN_SUM,
     _fresh_params,
@@ -65,6 +65,11 @@ class Tape:
         self.bucket_held: list[Storage] = []
         self.bucket_elements = 0
         self.late_phase = "backward_late"  # the late backward's current segment (late_segments.py)
+        # ZeRO-2's reduce bucket as DeepSpeed fills it (hold_grads_over elements): the gradient elements arrived,
+        # those in the open bucket, and those reduced so far (late_segments.py names sub-segments by them)
+        self.arrived_elements = 0
+        self.bucket_fill = 0
+        self.reduced_elements = 0
         self.device = device  # kernels differ: CPU casts mixed-dtype operands, dropout masks
         # On CPU: the CPU kind (cpu_kernels.py) -- whether 16-bit matmuls run oneDNN with a workspace -- and the
         # matmul calls whose workspace it does not know (reported, counted as 0)
@@ -270,6 +275,16 @@ def _accumulate_grad(tape: Tape, param, g: Storage) -> None:
     if tape.zero3_bucket:
         _hold_in_bucket(tape, param, g)
         return
+    if tape.hold_grads_over:
+        # stage_1_and_2.py reduce_independent_p_g_buckets_and_remove_grads: the bucket is reduced when this
+        # gradient would overflow it (``bucket.elements + param.numel() > self.reduce_bucket_size``), before this
+        # one joins it; reduce_ipg_grads -> copy_grads_in_partition then makes a rank's grads_in_partition at the
+        # first reduced gradient of its partition (peak.py adds it from this sub-segment on)
+        if tape.bucket_fill and tape.bucket_fill + param.numel > tape.hold_grads_over:
+            late_segments.flushed(tape, tape.arrived_elements)
+            tape.bucket_fill = 0
+        tape.arrived_elements += param.numel
+        tape.bucket_fill += param.numel
     _release_held(tape)
     if tape.hold_grads_over and param.numel > tape.hold_grads_over:
         # ZeRO-2 (stage_1_and_2.py reduce_independent_p_g_buckets_and_remove_grads): a gradient larger than the
