@@ -117,6 +117,9 @@ class StepEnvelope:
     scalars: dict  # field -> (A, B)
     hulls: dict  # phase -> list of (live_line, saved_line, grads_line)
     notes: tuple[str, ...]
+    # ZeRO-2: whether the simulated step keeps its reduce bucket's sub-segments (simulate.py: only with a gradient
+    # larger than the bucket)
+    flushes: bool = False
 
     @classmethod
     def from_runs(cls, r0: Run, r1: Run, points: tuple[int, int]) -> StepEnvelope:
@@ -129,7 +132,8 @@ class StepEnvelope:
             item = tuple(_line(c0[i], c1[i], x0, x1) for i in (1, 2, 3))
             per_phase.setdefault(c0[0], []).append(item)
         hulls = {phase: _hull(items) for phase, items in per_phase.items()}
-        return cls(scalars=scalars, hulls=hulls, notes=r0.profile.notes)
+        return cls(scalars=scalars, hulls=hulls, notes=r0.profile.notes,
+                   flushes=bool(r0.profile.backward_late_flushes))
 
     def _peak(self, phase: str, b: int) -> tuple[int, int, int]:
         hull = self.hulls.get(phase)
@@ -154,7 +158,7 @@ class StepEnvelope:
             backward_late_peak_saved_bytes=late[1],
             backward_late_peak_grads_bytes=late[2],
             backward_late_segments=segments,
-            backward_late_flushes=late_segments.flush_peaks(late_tuples),
+            backward_late_flushes=late_segments.flush_peaks(late_tuples) if self.flushes else (),
             forward_peak_bytes=fwd[0],
             forward_peak_saved_bytes=fwd[1],
             backward_peak_bytes=bwd[0],

@@ -250,7 +250,9 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
         backward_late_peak_saved_bytes=late.saved_bytes if late else end.saved_bytes,
         backward_late_peak_grads_bytes=late.grads_bytes if late else 0,
         backward_late_segments=late_segments.segment_peaks(late_tuples),
-        backward_late_flushes=late_segments.flush_peaks(late_tuples),
+        # only with a gradient larger than the bucket: without one, core.py shares this step with the row that has
+        # no bucket rule (hold_grads_over=0: no sub-segment), and the buffer is placed at its segment's start
+        backward_late_flushes=late_segments.flush_peaks(late_tuples) if t.held_any else (),
         grads_bytes=grads_total,
         backward_end_bytes=bwd_end,
         bucket_end_grads_bytes=bucket_end,

@@ -70,6 +70,7 @@ class Tape:
         self.arrived_elements = 0
         self.bucket_fill = 0
         self.reduced_elements = 0
+        self.held_any = False  # a gradient larger than the bucket was held (the rule changed the step)
         self.device = device  # kernels differ: CPU casts mixed-dtype operands, dropout masks
         # On CPU: the CPU kind (cpu_kernels.py) -- whether 16-bit matmuls run oneDNN with a workspace -- and the
         # matmul calls whose workspace it does not know (reported, counted as 0)
@@ -291,6 +292,7 @@ def _accumulate_grad(tape: Tape, param, g: Storage) -> None:
         # bucket is not copied into it but kept as extra_large_param_to_reduce, and reduced (then copied into
         # the partition or dropped) when the next gradient's hook finds the bucket over-full
         tape.held_grad = g
+        tape.held_any = True
         if g.tag != _STOLEN_SUM:
             sim.grads += g.nbytes
 
