@@ -101,3 +101,21 @@ def test_measured_workspace_is_what_the_library_allocates():
     extra = sum(s for s in sizes if s > 0) - 64 * 64 * 2
     assert measured == extra
     assert (measured > 0) == kind.onednn_bf16
+
+
+
+def test_an_fsdp2_profile_records_every_matmul_its_estimate_makes(monkeypatch):
+    """FSDP2's estimate simulates the MixedPrecisionPolicy's step (fsdp2_step.py sim_train: the LoRA adapters
+    all-gathered in bf16), whose adapter matmuls differ from the plain spec's autocast ones: the profile must
+    record the workspace of each, or the estimate counts them as 0."""
+    from planner.estimate.fsdp2_step import sim_train
+    from planner.profile import cpu_kind
+    from planner.specs import Parallelism
+
+    monkeypatch.setattr(cpu_kind, "measure_workspaces", lambda calls, threads: dict.fromkeys(calls, 4096))
+    spec = _spec()
+    train = TrainSpec(method=Method.LORA, precision=Precision.BF16_MIXED, micro_batch=2, seq_len=32,
+                      attn_impl=AttnImpl.EAGER, grad_checkpointing=True, parallelism=Parallelism.fsdp2())
+    kind = cpu_kind.kernels_for(spec, train, CpuKernels(capability="AVX512", onednn_bf16=True))
+    step = simulate_step(spec, sim_train(train), device="cpu", keep_grads=False, cpu=kind)
+    assert step.unknown_matmuls == ()

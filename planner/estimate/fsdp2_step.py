@@ -34,6 +34,7 @@ from planner.estimate.hsdp import held_all_reduce_bytes, hsdp_note
 from planner.estimate.qlora_shard import sharded_note
 from planner.estimate.result import Estimate, MemoryBreakdown
 from planner.estimate.step.cpu_kernels import CpuKernels
+from planner.estimate.step.late_segments import TOP
 from planner.estimate.step.simulate import lora_adapter_paths, simulate_step
 from planner.estimate.temporaries import ADAMW_FOREACH_SCRATCH_COPIES
 from planner.specs import Cluster, Method, ModelSpec, Optimizer, PeftDtype, Precision, TrainSpec
@@ -51,7 +52,7 @@ GLOO_REDUCE_SCATTER_INPUT_COPIES = 1
 GLOO_ALL_GATHER_OUTPUT_COPIES = 1
 
 
-def _sim_train(train: TrainSpec) -> TrainSpec:
+def sim_train(train: TrainSpec) -> TrainSpec:
     """What the compute sees: under the bf16 policy every parameter, LoRA adapters included, is all-gathered in
     bf16 (MixedPrecisionPolicy.param_dtype applies to every floating-point parameter), so peft's adapters run
     in bf16 as with ``--lora-dtype 16bit``."""
@@ -72,9 +73,9 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
     gs = fsdp2_groups(counts, train, model.num_layers)
     cfg = train.parallelism.fsdp_config
     cdt = compute_dtype(train)
-    sim_train = _sim_train(train)
-    step = simulate_step(model, sim_train, device=device, keep_grads=False,
-                         adapters=lora_adapter_paths(model, sim_train), cpu=cpu)
+    computed = sim_train(train)
+    step = simulate_step(model, computed, device=device, keep_grads=False,
+                         adapters=lora_adapter_paths(model, computed), cpu=cpu)
     cublas = overhead.allocated_overhead_bytes(device)
     base = dict(params_bytes=st.params_bytes, optimizer_states_bytes=st.optimizer_states_bytes,
                 overhead_bytes=cublas)
@@ -109,13 +110,42 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
     layer = gs[1] if len(gs) > 1 else None
     layer_sharded_grads = layer.shard_bytes(num_ranks, trainable_only=True) if layer else 0
     in_layer = train.grad_checkpointing and model.num_layers > 1
-    prefetched = st.layer_unsharded_bytes if reshard else 0
+    # a prefetch's flat all-gather output; over a shard group of one rank _fsdp_param_group.py ``unshard`` (its
+    # ``world_size == 1`` branch) wraps the group's existing ``_all_gather_output`` and allocates nothing: the
+    # unsharded parameters are made in the group's own wait_for_unshard
+    prefetched = st.layer_unsharded_bytes if reshard and num_ranks > 1 else 0
     above = (st.layer_reduce_input_bytes, layer_sharded_grads)
     late = (step.backward_late_peak_bytes, step.backward_late_peak_saved_bytes)
+    neighbours: list = []
     if reshard:
-        # (live, saved) of the recomputation's peak, extra bytes, sharded gradients
-        neighbours = ([(late, prefetched + above[0], above[1])] if model.num_layers > 2
-                      else [(late, prefetched, 0), (late, *above)])
+        # each decoder layer's backward, checkpointed or not, one late-backward segment each (late_segments.py:
+        # the top layer, layer 1 standing for the ghost layers below the top one, layer 0). Its pre_backward
+        # (_fsdp_param_group.py pre_backward) copies its own all-gather out and frees the flat buffer
+        # (wait_for_unshard: in backward "we free the all-gather result immediately after the current
+        # copy-out"), then _backward_prefetch unshards the group before it in post_forward_order (one group per
+        # module: ``post_forward_order[curr_index - 1]``), whose flat all-gather output (one layer's unsharded
+        # size) lives through the whole layer's backward until that group's own copy-out; layer 0 (index 0)
+        # prefetches nothing. Above the layer: the last reduce-scatter input (``reduce_scatter_states``, one
+        # buffer) once a layer above has reduced, and the sharded gradients (and HSDP's held all-reduce buffers)
+        # of every layer above. The top segment also holds the ghost layers' backward (layers 2 to L - 2, with
+        # more than three layers): a ghost layer k holds the saved activations of layers 0..k and the sharded
+        # gradients of the L - 1 - k above it, a sum linear in k over identical layers, so highest at an end of
+        # the run: k = 1 is layer 1's own segment, k = L - 2 is bounded by the top segment's peak with one
+        # layer above
+        n = model.num_layers
+        per_layer_held = (held_all_reduce_bytes((replace(layer, repeats=1),), reduce_dtype, num_ranks, root=False)
+                          if layer is not None and cfg.replicate_degree > 1 else 0)
+        segs = step.backward_late_segments
+        # (segment index, a layer below it, layers above it)
+        layout = ([(TOP, True, min(1, n - 3)), (1, True, n - 2), (2, False, n - 1)] if n >= 3
+                  else [(1, True, 0), (2, False, 1)] if n == 2 else [(2, False, 0)])
+        for index, below, n_above in layout:
+            seg = segs[index] if len(segs) > index else (0, 0, 0)
+            if not seg[0]:
+                continue  # a segment the simulation did not reach
+            neighbours.append((seg[:2], (prefetched if below else 0)
+                               + (above[0] + n_above * per_layer_held if n_above > 0 else 0),
+                               n_above * above[1]))
     else:
         # without resharding after forward every group stays gathered until its own post_backward reshards it
         # (_fsdp_param_group.py post_backward, reshard_after_backward): the top layer computes with all of them
@@ -125,7 +155,8 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
         segment = step.backward_late_segments[2 if model.num_layers == 2 else 1] if step.backward_late_segments \
             else (0, 0, 0)
         below = segment[:2] if segment[0] else late
-        neighbours = [(late, 0, 0), (below, above[0] - st.layer_unsharded_bytes, above[1])]
+        if in_layer:
+            neighbours = [(late, 0, 0), (below, above[0] - st.layer_unsharded_bytes, above[1])]
 
     # a layer's pre-backward (_fsdp_param_group.py pre_backward: wait_for_unshard copies the layer's all-gather
     # out, then _backward_prefetch unshards the next layer, foreach_all_gather): the layer's unsharded parameters,
@@ -133,7 +164,7 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
     # under the policy the bf16 copy-in of this rank's shards (_get_param_all_gather_inputs'
     # flat_foreach_copy_input, referenced by ``all_gather_inputs`` until foreach_all_gather returns)
     gather_next = 0
-    if reshard and model.num_layers > 1:
+    if prefetched and model.num_layers > 1:
         gloo = GLOO_ALL_GATHER_OUTPUT_COPIES if device == "cpu" else 0
         copy_in = st.layer_unsharded_bytes // num_ranks if cdt is not None else 0
         gather_next = (1 + gloo) * st.layer_unsharded_bytes + copy_in
@@ -163,20 +194,21 @@ def fsdp2_phases(model: ModelSpec, train: TrainSpec, num_ranks: int, *, device: 
         moment(step.layer_backward_entry_bytes, step.layer_backward_entry_saved_bytes,
                (st.root_unsharded_bytes + st.layer_unsharded_bytes + gather_next if reshard
                 else st.all_unsharded_bytes) + unsharded_grads(root, after_layers_only=True)),
-        # under checkpointing the late peak is a layer's recomputation (simulate.py): the root and the layer
-        # gathered (every group without resharding), the root's unsharded gradients waiting for the final
-        # callback, and of the layer's neighbours the next one's prefetched flat buffer (a layer with one below
-        # it) and the one above's reduce-scatter input and sharded gradients (a layer with one above): both from
-        # the third layer on, the larger of the two with two layers. The layer's own unsharded gradients (the
-        # unsharded parameters' .grad until its post_backward) are not added: non-reentrant checkpointing
-        # (torch/utils/checkpoint.py, _checkpoint_hook's unpack_hook) recomputes the whole layer at the first
-        # saved tensor its backward unpacks, before any of the layer's gradients exist (the measured LoRA and
-        # QLoRA peaks are there), and at a later peak inside the layer's backward the simulation holds the
-        # gradient its node makes (tape.py backward), not the ones made before it (GPT-2 fp32 without
+        # a decoder layer's backward (with resharding: each layer's own late-backward segment, checkpointed or
+        # not; without: the top layer and the one below it, under checkpointing): the root and the layer gathered
+        # (every group without resharding), the root's unsharded gradients waiting for the final callback, and of
+        # the layer's neighbours the next one's prefetched flat buffer (a layer with one below it) and the one
+        # above's reduce-scatter input and the sharded gradients of the layers above (``neighbours``). Under
+        # checkpointing the segment's peak is the layer's recomputation (simulate.py). The layer's own unsharded
+        # gradients (the unsharded parameters' .grad until its post_backward) are not added: non-reentrant
+        # checkpointing (torch/utils/checkpoint.py, _checkpoint_hook's unpack_hook) recomputes the whole layer at
+        # the first saved tensor its backward unpacks, before any of the layer's gradients exist (the measured
+        # LoRA and QLoRA peaks are there), and at a later peak inside the layer's backward the simulation holds
+        # the gradient its node makes (tape.py backward), not the ones made before it (GPT-2 fp32 without
         # resharding: 65,792 bytes, with the estimate still +1.9% over)
-        *([moment(*peak, (st.root_unsharded_bytes + st.layer_unsharded_bytes if reshard else st.all_unsharded_bytes)
-                  + unsharded_grads(root, after_layers_only=True) + extra, grads)
-           for peak, extra, grads in neighbours] if in_layer else []),
+        *[moment(*peak, (st.root_unsharded_bytes + st.layer_unsharded_bytes if reshard else st.all_unsharded_bytes)
+                 + unsharded_grads(root, after_layers_only=True) + extra, grads)
+          for peak, extra, grads in neighbours],
         # the final callback: the root's unsharded gradients copied into its reduce-scatter input, every layer's
         # gradients reduced
         moment(step.backward_end_bytes, 0, root_grads + st.root_reduce_input_bytes + held, layers_sharded_grads),
@@ -224,9 +256,9 @@ def estimate_fsdp2(model: ModelSpec, train: TrainSpec, cluster: Cluster, *, marg
                 else "parameters kept gathered from forward to backward (no reshard).")]
     # the simulated step's own notes (a nearest-family stand-in, packing's mask ...), as estimate() gives them;
     # the same StepInputs as fsdp2_phases', so the cached simulation
-    sim_train = _sim_train(train)
-    notes.extend(simulate_step(model, sim_train, device=device, keep_grads=False,
-                               adapters=lora_adapter_paths(model, sim_train), cpu=cpu).notes)
+    computed = sim_train(train)
+    notes.extend(simulate_step(model, computed, device=device, keep_grads=False,
+                               adapters=lora_adapter_paths(model, computed), cpu=cpu).notes)
     if train.parallelism.fsdp_config.replicate_degree > 1:
         notes.append(hsdp_note(train.parallelism.fsdp_config, cluster.num_gpus))
     if offload:

@@ -133,7 +133,14 @@ def kernels_for(model: ModelSpec, train: TrainSpec, kernels: CpuKernels) -> CpuK
         return kernels
     from planner.estimate.step.simulate import simulate_step
 
-    step = simulate_step(model, train, device="cpu", cpu=kernels)
-    if not step.unknown_matmuls:
+    calls = set(simulate_step(model, train, device="cpu", cpu=kernels).unknown_matmuls)
+    if train.uses_fsdp2:
+        # FSDP2's estimate simulates the step its MixedPrecisionPolicy computes (fsdp2_step.py ``sim_train``: under
+        # bf16 every parameter, LoRA adapters included, is all-gathered in bf16), whose adapter matmuls are bf16
+        # and so reach oneDNN where the plain spec's fp32 adapters do not
+        from planner.estimate.fsdp2_step import sim_train
+
+        calls |= set(simulate_step(model, sim_train(train), device="cpu", cpu=kernels).unknown_matmuls)
+    if not calls:
         return kernels
-    return kernels.with_workspaces(measure_workspaces(step.unknown_matmuls, kernels.num_threads))
+    return kernels.with_workspaces(measure_workspaces(tuple(sorted(calls)), kernels.num_threads))

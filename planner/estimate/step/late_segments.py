@@ -19,6 +19,13 @@ which allocates the rank's buffer at the first reduced gradient of its partition
 at every such reduction, named ``<segment>#<elements reduced so far>`` (``flushed``); ``flush_peaks`` lists them
 in time order, so that a rank's buffer is added from the reduction that makes it (zero_partition.py
 ``buffer_threshold``), not from the start of the layer.
+
+FSDP2 (``StepInputs.split_loss``) splits ``top`` once more where the top simulated layer's backward begins
+(``TOP``, listed last so that the indices above stay ZeRO's; in time order it comes second): FSDP2 holds
+different gathered parameters in the output head's backward (the root and the top layer's prefetched
+all-gather) and in a decoder layer's (the root, the layer, and the next layer's prefetched all-gather), so
+fsdp2_step.py needs the head's peak apart from the top layer's. Only with three or more simulated layers: with
+two the top layer is layer 1 and ``L1`` already starts there.
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ from planner.estimate.step.sim import PhasePeak
 
 LATE = "backward_late"
 # time order; the index is what zero_partition.buffer_segment returns
-SEGMENTS = ("", "|L1", "|L0")
+SEGMENTS = ("", "|L1", "|L0", "|top")
+TOP = 3  # SEGMENTS' index of FSDP2's top-layer segment
+
+
+def enter_top(tape) -> None:
+    """FSDP2: from here on the late backward's peaks belong to the top layer's segment (module docstring)."""
+    tape.late_phase = LATE + SEGMENTS[TOP]
+    if tape.sim.phase.startswith(LATE):
+        tape.sim.set_phase(tape.late_phase)
 
 
 def install(tape, hooks: dict, fam, num_simulated_layers: int) -> None:

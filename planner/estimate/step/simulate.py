@@ -213,6 +213,8 @@ def _run_step(inputs: StepInputs, sim: Sim) -> Run:
 
         def top_entry() -> None:
             sim.mark(TOP_LAYER_ENTRY)
+            if sim_layers >= 3:  # with two, the top layer is layer 1, whose own segment starts in after_top
+                late_segments.enter_top(t)
             if after_top is not None:
                 after_top()
 
