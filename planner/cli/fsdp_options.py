@@ -22,7 +22,8 @@ FSDP_FLAGS = {"reshard": "--reshard/--no-reshard", "fsdp_offload": "--fsdp-offlo
               "reduce_dtype": "--reduce-dtype", "hsdp": "--hsdp"}
 
 EngineOpt = Annotated[str | None, typer.Option("--engine", help=(
-    "ddp (torch DDP or one process), deepspeed (ZeRO 1-3, with --zero) or fsdp2 (torch fully_shard per decoder "
+    "ddp (torch DDP or one process), deepspeed (ZeRO 1-3 with --zero; --zero 0: DeepSpeed's engine without ZeRO, "
+    "full bf16-mixed fine-tuning) or fsdp2 (torch fully_shard per decoder "
     "layer and on the root, as torchtune, torchtitan and accelerate's fsdp_version 2 run it). Default: estimate "
     "shows every engine's rows, recommend weighs them, profile follows --zero (0 ddp, 1-3 deepspeed)."))]
 ReshardOpt = Annotated[bool | None, typer.Option("--reshard/--no-reshard", help=(

@@ -131,7 +131,8 @@ def precision_notes(train: TrainSpec) -> list[str]:
     elif t.method is Method.FULL and mixed:
         notes.append(
             "DeepSpeed keeps 16-bit weights and gradients on the GPU and the fp32 master weights with the "
-            "optimizer states, partitioned by ZeRO."
+            "optimizer states" + (", whole on every GPU at ZeRO stage 0." if t.zero_stage == 0 else
+                                  ", partitioned by ZeRO.")
         )
     if t.method is not Method.FULL and t.lora_dtype is PeftDtype.FP32:
         notes.append(
