@@ -90,7 +90,7 @@ def fsdp_layout(flags, precision: Precision, zero: int, offload: Offload) -> Fsd
     typed = typed_fsdp_flags(flags)
     if engine is not None and typed:
         raise PlannerError(f"{typed[0]} is FSDP2's; it needs --engine fsdp2, not --engine {engine.value}.")
-    if engine is Engine.DEEPSPEED and zero == 0 and flags.zero is None:
+    if engine is Engine.DEEPSPEED and zero == 0 and (flags.zero is None or "zero" not in flags.typed):
         raise PlannerError("--engine deepspeed needs --zero 0, 1, 2 or 3 (0: DeepSpeed's own data parallel engine).")
     if engine is Engine.DDP and zero != 0:
         raise PlannerError(f"--zero {zero} is DeepSpeed's; use --engine deepspeed (or drop --engine).")
