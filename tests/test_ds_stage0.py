@@ -140,3 +140,26 @@ def test_deepspeed_builds_the_unfused_optimizer_for_the_profiled_config():
     masters = [p for g in wrapped.fp32_groups for p in g]
     assert [m.dtype for m in masters] == [torch.float32] * 4 and [m.numel() for m in masters] == [1536, 48, 768, 16]
     assert all(p.dtype == torch.bfloat16 for p in engine.module.parameters())
+
+
+def test_every_rank_steps_every_parameter():
+    """Stage 0 shards nothing: the optimizer step's time is DDP's (not divided by the ranks as under ZeRO), the
+    all-reduce after backward is not hidden (buffered_allreduce_fallback runs after the last gradient), and
+    torch's fused AdamW keeps one step counter per fp32 master tensor (sharding.fused_step_counter_bytes)."""
+    from typer.testing import CliRunner
+
+    from planner.cli.app import build_app
+
+    def step(engine: str, optimizer: str = "adamw") -> dict:
+        result = CliRunner().invoke(build_app(["estimate"]), [
+            "estimate", "-m", "llama-3.2-1b", "--engine", engine, "--zero", "0", "--method", "full", "--gpus", "2",
+            "--optimizer", optimizer, "--tokens", "1000000000", "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["rows"][0]
+
+    ds0, ddp = step("deepspeed"), step("ddp")
+    assert ds0["throughput"]["step"]["optimizer_s"] == ddp["throughput"]["step"]["optimizer_s"] > 0
+    assert ds0["throughput"]["step"]["exposed_communication_s"] > ddp["throughput"]["step"]["exposed_communication_s"]
+    fused_ds0, fused_ddp = step("deepspeed", "adamw-fused"), step("ddp", "adamw-fused")
+    assert (fused_ds0["per_gpu"]["optimizer_states_bytes"] - ds0["per_gpu"]["optimizer_states_bytes"]
+            == fused_ddp["per_gpu"]["optimizer_states_bytes"] - ddp["per_gpu"]["optimizer_states_bytes"] > 0)
