@@ -48,13 +48,15 @@ def tiny_plan(
     offload: str = "none",
     model: ModelSpec | None = None,
     activation_offload: bool = False,
+    deepspeed_stage0: bool = False,
 ):
-    """(model, train, cluster, estimate, global batch size) of one tiny plan."""
+    """(model, train, cluster, estimate, global batch size) of one tiny plan (``deepspeed_stage0``: zero 0 on
+    DeepSpeed's engine)."""
     model = model or tiny_model()
     train = TrainSpec(
         method=Method(method),
         precision=Precision(precision),
-        parallelism=Parallelism.from_zero(zero, Offload(offload)),
+        parallelism=Parallelism.from_zero(zero, Offload(offload), deepspeed_stage0=deepspeed_stage0),
         micro_batch=micro_batch,
         grad_accum=grad_accum,
         seq_len=seq_len,

@@ -86,6 +86,9 @@ def _tail(proc: subprocess.CompletedProcess) -> str:
 CASES = {
     # name: plan; every DeepSpeed case runs 2 processes
     "zero2-full-bf16": dict(method="full", zero=2, num_gpus=2, precision="bf16-mixed", grad_accum=2),
+    # DeepSpeed's own engine at stage 0 (estimate/ds_stage0.py): the Trainer's AdamW in FP16_UnfusedOptimizer
+    "zero0-deepspeed-full-bf16": dict(method="full", zero=0, num_gpus=2, precision="bf16-mixed",
+                                      deepspeed_stage0=True),
     "zero2-lora": dict(method="lora", zero=2, num_gpus=2),
     "zero3-full": dict(method="full", zero=3, num_gpus=2),
     "zero3-lora-bf16": dict(method="lora", zero=3, num_gpus=2, precision="bf16-mixed"),

@@ -21,6 +21,9 @@ CASES = {
     "lora": ["-m", "llama-3.1-8b", "--gpus", "8", "-g", "64", "--method", "lora", "--zero", "0"],
     "qlora": ["-m", "llama-3.1-8b", "--gpus", "1", "-g", "16", "--method", "qlora", "--lora-rank", "8",
               "--precision", "bf16-mixed"],
+    # DeepSpeed's own engine at stage 0: its ds_config.json says stage 0, and is DeepSpeed's all the same
+    "zero0-deepspeed": ["-m", "qwen2.5-0.5b", "--gpus", "2", "-g", "8", "--method", "full", "--zero", "0",
+                        "--engine", "deepspeed"],
     "zero2": ["-m", "llama-3.1-8b", "--gpus", "8", "-g", "64", "--method", "full", "--zero", "2",
               "--offload", "optimizer"],
 }
@@ -42,6 +45,8 @@ def _flags(plan: dict) -> list[str]:
              "--attn", t["attn_impl"],
              "--grad-checkpointing" if t["grad_checkpointing"] else "--no-grad-checkpointing",
              "--loss", t["loss"]["kind"], "--loss-chunks", str(t["loss"]["chunks"])]  # recommend may choose the loss
+    if t.get("engine") == "deepspeed":
+        flags += ["--engine", "deepspeed"]
     if t["method"] != "full":
         lora = t["lora"]
         flags += ["--lora-rank", str(lora["rank"]), "--lora-alpha", str(lora["alpha"]), "--lora-dropout",
@@ -57,7 +62,8 @@ def test_bundle_read_back_gives_the_same_estimate(tmp_path, case):
     bundle = tmp_path / "bundle"
     rec = _run(["recommend", *CASES[case], "--out", str(bundle), "--json"])
     plan = rec["plan"]
-    assert (bundle / "ds_config.json").exists() == (plan["train"]["zero_stage"] > 0)
+    assert (bundle / "ds_config.json").exists() == (plan["train"]["zero_stage"] > 0
+                                                    or plan["train"].get("engine") == "deepspeed")
     got = _run(["estimate", "--from", str(bundle), "--gpu", plan["gpu"], "--json"])
     assert got["from_config"]["format"] == "bundle"
     assert len(got["rows"]) == 1

@@ -31,7 +31,7 @@ def test_zero_stage_zero_is_plain_data_parallel_and_the_rest_deepspeed(stage):
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(engine=Engine.DDP, zero_stage=2), "plain data parallelism has stage 0"),
-    (dict(engine=Engine.DEEPSPEED, zero_stage=0), "stage 0 is not modelled"),
+    (dict(engine=Engine.DEEPSPEED, zero_stage=0, offload=Offload.OPTIMIZER), "needs ZeRO stage 1, 2 or 3"),
     (dict(engine=Engine.DEEPSPEED, zero_stage=4), "must be 0, 1, 2 or 3"),
     (dict(engine=Engine.DDP, offload=Offload.OPTIMIZER), "needs ZeRO stage 1, 2 or 3"),
     (dict(engine=Engine.DEEPSPEED, zero_stage=2, offload=Offload.OPTIMIZER_PARAMS), "needs ZeRO stage 3"),

@@ -48,9 +48,16 @@ def test_full_matrix_is_reproducible_and_large_enough():
     assert len(levels["hidden"]) >= 3 and len(levels["vocab"]) >= 3
     # two ranks under DeepSpeed, FSDP2 (zero 0, Cell.fsdp set) and torch DDP (zero 0, its own cells), three only in
     # the issue-17 cells that check the per-rank partitions on three
+    from planner.validate.ds_stage0_cells import DS_STAGE0_CELLS
     from planner.validate.recipe_cells import DS_RANKS_COMM_CELLS
 
-    assert all(c.num_ranks == (1 if c.zero == 0 and not c.fsdp and c not in DDP_CELLS
+    # DeepSpeed's own engine at stage 0 (Cell.engine) on one process and on two ranks
+    assert {c.num_ranks for c in DS_STAGE0_CELLS} == {1, 2} and all(c in cells and c.engine for c in DS_STAGE0_CELLS)
+    from planner.validate.packing_cells import PACKING_RANKS_CELLS
+
+    assert all(c.num_ranks == (1 if c.zero == 0 and not c.fsdp and c not in DDP_CELLS + DS_STAGE0_CELLS
+                               + PACKING_RANKS_CELLS
+                               else c.num_ranks if c in DS_STAGE0_CELLS + PACKING_RANKS_CELLS
                                else 3 if c in DS_RANKS_COMM_CELLS and c.num_ranks == 3
                                else 4 if c in HSDP_CELLS + FOUR_RANK_FSDP2_CELLS else 2)
                for c in cells)

@@ -22,7 +22,8 @@ FSDP_FLAGS = {"reshard": "--reshard/--no-reshard", "fsdp_offload": "--fsdp-offlo
               "reduce_dtype": "--reduce-dtype", "hsdp": "--hsdp"}
 
 EngineOpt = Annotated[str | None, typer.Option("--engine", help=(
-    "ddp (torch DDP or one process), deepspeed (ZeRO 1-3, with --zero) or fsdp2 (torch fully_shard per decoder "
+    "ddp (torch DDP or one process), deepspeed (ZeRO 1-3 with --zero; --zero 0: DeepSpeed's engine without ZeRO, "
+    "full bf16-mixed fine-tuning) or fsdp2 (torch fully_shard per decoder "
     "layer and on the root, as torchtune, torchtitan and accelerate's fsdp_version 2 run it). Default: estimate "
     "shows every engine's rows, recommend weighs them, profile follows --zero (0 ddp, 1-3 deepspeed)."))]
 ReshardOpt = Annotated[bool | None, typer.Option("--reshard/--no-reshard", help=(
@@ -89,8 +90,8 @@ def fsdp_layout(flags, precision: Precision, zero: int, offload: Offload) -> Fsd
     typed = typed_fsdp_flags(flags)
     if engine is not None and typed:
         raise PlannerError(f"{typed[0]} is FSDP2's; it needs --engine fsdp2, not --engine {engine.value}.")
-    if engine is Engine.DEEPSPEED and zero == 0:
-        raise PlannerError("--engine deepspeed needs --zero 1, 2 or 3.")
+    if engine is Engine.DEEPSPEED and zero == 0 and (flags.zero is None or "zero" not in flags.typed):
+        raise PlannerError("--engine deepspeed needs --zero 0, 1, 2 or 3 (0: DeepSpeed's own data parallel engine).")
     if engine is Engine.DDP and zero != 0:
         raise PlannerError(f"--zero {zero} is DeepSpeed's; use --engine deepspeed (or drop --engine).")
     return None

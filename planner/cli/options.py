@@ -32,6 +32,7 @@ from planner.specs import (
     DEFAULT_LOSS_CHUNKS,
     AttnImpl,
     Cluster,
+    Engine,
     FsdpConfig,
     GpuSpec,
     LoraSpec,
@@ -319,7 +320,8 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
             modules_to_save=parse_modules(f.modules_to_save),
         ),
         quant=QuantSpec(quant_type=_enum(QuantType, f.quant_type, "--quant-type"), double_quant=f.double_quant),
-        **_layout(method, zero, offload, f.zero_config, fsdp_options.fsdp_layout(f, precision, zero, offload)),
+        **_layout(method, zero, offload, f.zero_config, fsdp_options.fsdp_layout(f, precision, zero, offload),
+                  deepspeed_stage0=zero == 0 and fsdp_options.parse_engine(f.engine) is Engine.DEEPSPEED),
         micro_batch=f.micro_batch,
         seq_len=seq_len,
         grad_accum=f.grad_accum,
@@ -339,18 +341,23 @@ def build_train_spec(flags: TrainingFlags | None = None, /, *, model: ModelSpec 
 
 
 def _layout(method: Method, zero: int, offload: Offload, zero_config: ZeroConfig | None = None,
-            fsdp: FsdpConfig | None = None) -> dict:
+            fsdp: FsdpConfig | None = None, deepspeed_stage0: bool = False) -> dict:
     """The one place the CLI writes a parallelism into a TrainSpec: a ZeRO stage and offload (DeepSpeed's buckets
-    kept at stages 1-3), or with ``fsdp`` FSDP2 with those settings (``fsdp_options``)."""
+    kept at stages 1-3; ``deepspeed_stage0``: stage 0 on DeepSpeed's engine, ``--engine deepspeed --zero 0``), or
+    with ``fsdp`` FSDP2 with those settings (``fsdp_options``)."""
     if fsdp is not None:
         return {"method": method, "parallelism": Parallelism.fsdp2(fsdp)}
-    return {"method": method, "parallelism": Parallelism.from_zero(zero, offload, zero_config)}
+    return {"method": method, "parallelism": Parallelism.from_zero(zero, offload, zero_config,
+                                                                   deepspeed_stage0=deepspeed_stage0)}
 
 
 def with_layout(train: TrainSpec, method: Method, zero: int, offload: Offload,
                 fsdp: FsdpConfig | None = None) -> TrainSpec:
-    """``train`` with this method and layout, keeping its DeepSpeed buckets (invalid: the spec's PlannerError)."""
-    return dataclasses.replace(train, **_layout(method, zero, offload, train.parallelism.zero_config, fsdp))
+    """``train`` with this method and layout, keeping its DeepSpeed buckets, and DeepSpeed's engine at stage 0
+    when ``train`` runs it (invalid: the spec's PlannerError)."""
+    stage0 = zero == 0 and train.uses_deepspeed and train.zero_stage == 0
+    return dataclasses.replace(train, **_layout(method, zero, offload, train.parallelism.zero_config, fsdp,
+                                                deepspeed_stage0=stage0))
 
 
 def default_seq_len(model) -> int:

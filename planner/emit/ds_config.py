@@ -1,4 +1,4 @@
-"""The DeepSpeed JSON config of a plan (ZeRO stages 1-3; stage 0 runs plain DDP and has none).
+"""The DeepSpeed JSON config of a plan (ZeRO stages 1-3, and stage 0 on DeepSpeed's engine; plain DDP has none).
 
 Every value is explicit (the planned numbers), except the optimizer hyperparameters of an offloaded
 optimizer, which are "auto" so that the Hugging Face Trainer fills them from its own arguments
@@ -62,12 +62,15 @@ def _precision_sections(precision: Precision) -> dict[str, Any]:
 
 
 def deepspeed_config(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> dict[str, Any]:
-    """The ds_config.json dict for ZeRO stage 1-3 (raises for stage 0, which uses no DeepSpeed)."""
+    """The ds_config.json dict for ZeRO stage 1-3, or stage 0 on DeepSpeed's engine (``--engine deepspeed --zero 0``;
+    raises for plain data parallelism, which uses no DeepSpeed)."""
     stage = train.zero_stage
-    if stage == 0:
-        raise PlannerError("ZeRO stage 0 runs plain data parallel and has no DeepSpeed config; use stage 1, 2 or 3.")
+    if not train.uses_deepspeed:
+        raise PlannerError("ZeRO stage 0 without --engine deepspeed runs plain data parallel and has no DeepSpeed "
+                           "config; use --engine deepspeed or stage 1, 2 or 3.")
     sizes = bucket_sizes(model, train)
-    zero: dict[str, Any] = {
+    # stage 0 (estimate/ds_stage0.py): no ZeRO buckets or partitions; the all-reduce buckets are DeepSpeed's own 5e8
+    zero: dict[str, Any] = {"stage": 0} if stage == 0 else {
         "stage": stage,
         "contiguous_gradients": train.parallelism.zero_config.contiguous_gradients,
         "reduce_bucket_size": sizes["reduce_bucket_size"],
@@ -75,7 +78,9 @@ def deepspeed_config(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> di
         # DeepSpeed's default (ZeroConfig.overlaps): on for stage 3 only; at stages 1-2 it doubles the bucket.
         "overlap_comm": train.parallelism.zero_config.overlaps(stage),
     }
-    if stage in (1, 2):
+    if stage == 0:
+        pass
+    elif stage in (1, 2):
         zero["allgather_partitions"] = True
         zero["allgather_bucket_size"] = sizes["allgather_bucket_size"]
     else:

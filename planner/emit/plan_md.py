@@ -45,6 +45,7 @@ def profile_argv(model: ModelSpec, train: TrainSpec, cluster: Cluster) -> list[s
         "--precision", t.precision.value,
         "--optimizer", t.optimizer.value,
         *(_fsdp2_flags(t) if t.uses_fsdp2 else ["--zero", str(t.zero_stage), "--offload", t.offload.value]),
+        *(["--engine", "deepspeed"] if t.uses_deepspeed and t.zero_stage == 0 else []),
         "--micro-batch", str(t.micro_batch),
         "--grad-accum", str(t.grad_accum),
         "--seq-len", str(t.seq_len),
@@ -130,7 +131,8 @@ def precision_notes(train: TrainSpec) -> list[str]:
     elif t.method is Method.FULL and mixed:
         notes.append(
             "DeepSpeed keeps 16-bit weights and gradients on the GPU and the fp32 master weights with the "
-            "optimizer states, partitioned by ZeRO."
+            "optimizer states" + (", whole on every GPU at ZeRO stage 0." if t.zero_stage == 0 else
+                                  ", partitioned by ZeRO.")
         )
     if t.method is not Method.FULL and t.lora_dtype is PeftDtype.FP32:
         notes.append(
@@ -210,7 +212,7 @@ def render_plan_md(
         ("method", method),
         ("precision / optimizer", f"{t.precision.value} / {t.optimizer.value}"),
         ("GPUs", f"{cluster.num_gpus} x {cluster.gpu.name} on {cluster.num_nodes} node(s)"),
-        ("parallelism", f"ZeRO stage {t.zero_stage}{offload}" if t.uses_deepspeed else
+        ("parallelism", f"DeepSpeed ZeRO stage {t.zero_stage}{offload}" if t.uses_deepspeed else
                         ("data parallel (DDP)" if cluster.num_gpus > 1 else "one GPU")),
         ("batch", f"micro-batch {t.micro_batch} x accumulation {t.grad_accum} x {cluster.num_gpus} GPUs "
                   f"= {global_batch_size} sequences per step"),
@@ -268,7 +270,11 @@ def render_plan_md(
     lines += ["", "## Assumptions", ""]
     lines += [f"- {_md(note)}" for note in est.notes]
     sizes = bucket_sizes(model, t)
-    if t.uses_deepspeed:
+    if t.uses_deepspeed and t.zero_stage == 0:
+        lines.append("- DeepSpeed at ZeRO stage 0: the Trainer's torch AdamW in DeepSpeed's FP16_UnfusedOptimizer "
+                     "(fp32 masters, fp32 gradients at the step), gradients all-reduced in flat buckets of 5e8 "
+                     "elements at the end of backward; see ds_config.json.")
+    elif t.uses_deepspeed:
         lines.append(
             "- DeepSpeed buckets (elements, "
             + (f"from hidden size {model.hidden_size}" if t.parallelism.zero_config.is_default

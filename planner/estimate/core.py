@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from planner.errors import PlannerError
-from planner.estimate import grpo, offload_pool, optim_rules, overhead, posttrain, ppo, qlora_shard
+from planner.estimate import ds_stage0, grpo, offload_pool, optim_rules, overhead, posttrain, ppo, qlora_shard
 from planner.estimate.compile_note import compile_notes
 from planner.estimate.count.params import count_params, largest_trainable_tensor, split_params
 from planner.estimate.count.zero_partition import (
@@ -172,6 +172,9 @@ def estimate(
             optimizer_step_bytes=per_tensor.step_bytes if per_tensor else None,
             device=device,
         )
+        if ds_stage0.applies(train):  # DeepSpeed stage 0's flat all-reduce buckets (ds_stage0.py)
+            made = replace(made, allreduce_flat_bytes=ds_stage0.allreduce_flat_bytes(
+                trainable_numels(counts, train, model.num_layers), dtype_bytes(train.precision.compute_dtype)))
         if not pooled:
             return made
         held = offload_pool.subgroup_grads_bytes(math.ceil(split.num_trainable / cluster.num_gpus), sub_groups)

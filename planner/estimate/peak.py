@@ -94,6 +94,18 @@ def phase_breakdowns(train: TrainSpec, states: ShardedStates, step: StepProfile,
             )
             if epilogue.total_bytes > backward.total_bytes:
                 backward = epilogue
+        if transients.allreduce_flat_bytes:
+            # DeepSpeed stage 0 after backward (ds_stage0.py): every gradient, beside the flat bucket being reduced
+            reduce = MemoryBreakdown(
+                params_bytes=params,
+                grads_bytes=grads,
+                optimizer_states_bytes=opt,
+                temporaries_bytes=max(step.backward_end_bytes - step.grads_bytes, 0) + persistent
+                + transients.allreduce_flat_bytes,
+                overhead_bytes=overhead_bytes,
+            )
+            if reduce.total_bytes > backward.total_bytes:
+                backward = reduce
     else:
         # ZeRO-2 accumulating: from the second micro-batch on, the first one's grads_in_partition is alive the whole
         # backward (deepspeed 0.19.8 stage_1_and_2.py independent_gradient_partition_epilogue keeps its param.grad

@@ -152,7 +152,8 @@ def fused_step_counter_bytes(train: TrainSpec, num_trainable_tensors: int, num_p
     """
     if train.optimizer is not Optimizer.ADAMW_FUSED or train.offload is not Offload.NONE:
         return 0
-    if not train.uses_deepspeed:
+    if not train.uses_deepspeed or train.zero_stage == 0:
+        # DeepSpeed at stage 0 hands torch's fused AdamW its per-tensor fp32 masters (ds_stage0.py)
         stepped = num_trainable_tensors
     elif train.zero_stage in (1, 2):
         stepped = 1 if num_partition_elements > 0 else 0

@@ -112,6 +112,7 @@ class Transients:
     late_bytes: int = 0  # from the first reduced gradient to the end of backward (ZeRO 1/2 reduce bucket)
     gathered_bytes: int = 0  # forward and backward (ZeRO-3 parameters kept gathered for reuse)
     zero_step: ZeroStep | None = None  # DeepSpeed ZeRO 1/2 without offload: the step's moments
+    allreduce_flat_bytes: int = 0  # DeepSpeed stage 0: the largest flat gradient bucket at the end of backward
     notes: tuple[str, ...] = ()
 
 
@@ -163,8 +164,9 @@ def optimizer_scratch_bytes(train: TrainSpec, *, num_trainable_on_gpu: int, mome
 def master_grad_copy_bytes(train: TrainSpec, num_16bit_trainable: int) -> int:
     """Mixed precision without DeepSpeed: the 16-bit gradients converted to fp32 for the master weights, all at
     once at the step (what DeepSpeed's ZeRO optimizers do for their partition; planner/profile/optim.py
-    ``MasterWeightsOptimizer``)."""
-    if train.uses_deepspeed or not train.precision.has_master_weights:
+    ``MasterWeightsOptimizer``). DeepSpeed at stage 0 does the same (runtime/fp16/unfused_optimizer.py
+    ``FP16_UnfusedOptimizer.step``: ``fp16_param.grad.to(fp32)`` for every parameter before the step; ds_stage0.py)."""
+    if (train.uses_deepspeed and train.zero_stage != 0) or not train.precision.has_master_weights:
         return 0
     return 4 * num_16bit_trainable
 

@@ -300,7 +300,9 @@ def step_time_on(part: StepOnGpu, cluster: Cluster) -> StepTime:
     host_optimizer = train.offload is not Offload.NONE or (train.uses_fsdp2 and
                                                            train.parallelism.fsdp_config.cpu_offload)
     if part.mfu is None and not host_optimizer:
-        local = split.num_trainable / n if train.uses_deepspeed or train.uses_fsdp2 else split.num_trainable
+        # ZeRO 1-3 and FSDP2 step the rank's share; DeepSpeed at stage 0 (ds_stage0.py), like DDP, steps every parameter
+        sharded = (train.uses_deepspeed and train.zero_stage > 0) or train.uses_fsdp2
+        local = split.num_trainable / n if sharded else split.num_trainable
         optimizer_s = local * OPTIMIZER_BYTES_PER_PARAM.get(train.optimizer.value, 28) / part.bw
     comm_b = communication_bytes(train, split, n, accum)
     link = collective_bytes_per_s(cluster)

@@ -134,7 +134,8 @@ def bundle(r: Reader) -> dict[str, Any]:
         quant=QuantSpec(quant_type=_choice(quant, "quant_type", QuantType, "nf4"),
                         double_quant=bool(quant.flag("double_quant", True)),
                         blocksize=quant.whole("blocksize", 64)),
-        parallelism=Parallelism.from_zero(ds["stage"], ds["offload"]) if ds else Parallelism(),
+        # a bundle's ds_config.json at stage 0 is DeepSpeed's own engine (emit/ds_config.py writes one only then)
+        parallelism=Parallelism.from_zero(ds["stage"], ds["offload"], deepspeed_stage0=True) if ds else Parallelism(),
         micro_batch=r.whole("micro_batch", None),
         seq_len=r.whole("seq_len", None),
         grad_accum=r.whole("grad_accum", 1),

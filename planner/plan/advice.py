@@ -130,6 +130,9 @@ def explain(search: Searcher, best: Scored, runners: list[Scored], per_method, *
     elif not t.uses_deepspeed:
         why.append("ZeRO-0 (plain data parallelism, one gradient all-reduce per step) fits, and no layout moves less "
                    "data or spends less time off the GPU.")
+    elif t.zero_stage == 0:
+        why.append("DeepSpeed at ZeRO-0 (--engine deepspeed --zero 0, as asked): every state whole on every GPU, one "
+                   "gradient all-reduce per step after backward.")
     elif lost is not None:
         lt = lost.plan.train
         lost_off = "" if lt.offload is Offload.NONE else f" with {lt.offload.value} offload"

@@ -307,10 +307,12 @@ def _signature(plan: Plan) -> tuple:
 
 def layout_parallelism(layout: Layout, base: TrainSpec) -> Parallelism:
     """The layout's engine: FSDP2 with its settings, or the stage and offload with the base's DeepSpeed buckets and
-    thresholds (--deepspeed-config), which carry into every DeepSpeed layout."""
+    thresholds (--deepspeed-config), which carry into every DeepSpeed layout; stage 0 stays on DeepSpeed's engine
+    when the base runs it (``--engine deepspeed --zero 0``)."""
     if layout.fsdp is not None:
         return Parallelism.fsdp2(layout.fsdp)
-    return Parallelism.from_zero(layout.zero_stage, layout.offload, base.parallelism.zero_config)
+    return Parallelism.from_zero(layout.zero_stage, layout.offload, base.parallelism.zero_config,
+                                 deepspeed_stage0=base.uses_deepspeed and base.zero_stage == 0)
 
 
 def layout_of(t: TrainSpec) -> Layout:

@@ -167,7 +167,11 @@ def deepspeed_config(train: TrainSpec, num_ranks: int, hidden_size: int) -> dict
             "keeps fp32 master weights; use --precision bf16-mixed."
         )
     zc = train.parallelism.zero_config  # a --deepspeed-config's settings; "auto" resolved as the Trainer does
-    zero: dict[str, Any] = {"stage": train.zero_stage, "reduce_bucket_size": zc.reduce_bucket(hidden_size)}
+    if train.zero_stage == 0:
+        # DeepSpeed's own engine at stage 0 (estimate/ds_stage0.py): no ZeRO buckets or thresholds apply
+        zero: dict[str, Any] = {"stage": 0}
+    else:
+        zero = {"stage": train.zero_stage, "reduce_bucket_size": zc.reduce_bucket(hidden_size)}
     if train.zero_stage == 3:
         zero["stage3_prefetch_bucket_size"] = zc.prefetch_bucket(hidden_size)
         zero["stage3_param_persistence_threshold"] = zc.persistence_threshold(hidden_size)

@@ -135,14 +135,11 @@ class Parallelism:
             raise PlannerError(f"ZeRO stage must be 0, 1, 2 or 3, got {self.zero_stage}.")
         if self.engine is Engine.DDP and self.zero_stage != 0:
             raise PlannerError(f"ZeRO stage {self.zero_stage} is DeepSpeed's; plain data parallelism has stage 0.")
-        if self.engine is Engine.DEEPSPEED and self.zero_stage == 0:
-            raise PlannerError("DeepSpeed at ZeRO stage 0 is not modelled; use stage 1, 2 or 3, or plain data "
-                               "parallelism.")
         if self.offload is not Offload.NONE and self.zero_stage == 0:
             raise PlannerError(f"offload {self.offload.value!r} needs ZeRO stage 1, 2 or 3, not stage 0.")
         if not isinstance(self.zero_config, ZeroConfig):
             raise PlannerError("the DeepSpeed ZeRO settings must be a ZeroConfig.")
-        if self.engine is not Engine.DEEPSPEED and not self.zero_config.is_default:
+        if (self.engine is not Engine.DEEPSPEED or self.zero_stage == 0) and not self.zero_config.is_default:
             raise PlannerError("DeepSpeed's bucket and threshold settings apply to ZeRO stages 1-3 only, not to "
                                "plain data parallelism (stage 0).")
         if not isinstance(self.fsdp_config, FsdpConfig):
@@ -163,11 +160,13 @@ class Parallelism:
 
     @classmethod
     def from_zero(cls, zero_stage: int, offload: Offload = Offload.NONE,
-                  zero_config: ZeroConfig | None = None) -> Parallelism:
-        """``--zero``/``--offload`` as a spec: stage 0 is plain data parallelism, 1-3 DeepSpeed ZeRO.
+                  zero_config: ZeroConfig | None = None, *, deepspeed_stage0: bool = False) -> Parallelism:
+        """``--zero``/``--offload`` as a spec: stage 0 is plain data parallelism, 1-3 DeepSpeed ZeRO;
+        ``deepspeed_stage0`` (``--engine deepspeed --zero 0``) makes stage 0 DeepSpeed's own engine (data parallel
+        with DeepSpeed's mixed-precision optimizer wrapper, estimate/ds_stage0.py).
         ``zero_config`` (DeepSpeed's buckets, ``--deepspeed-config``) is kept for stages 1-3 and dropped at
-        stage 0, which runs no DeepSpeed."""
-        engine = Engine.DDP if zero_stage == 0 else Engine.DEEPSPEED
+        stage 0, where none of its buckets or thresholds apply."""
+        engine = Engine.DEEPSPEED if zero_stage > 0 or deepspeed_stage0 else Engine.DDP
         kept = ZeroConfig() if zero_config is None or zero_stage == 0 else zero_config
         return cls(engine=engine, zero_stage=zero_stage, offload=offload, zero_config=kept)
 
@@ -193,5 +192,7 @@ class Parallelism:
                     + (f", HSDP over {c.replicate_degree} replicas" if c.replicate_degree > 1 else ""))
         if self.engine is Engine.DDP:
             return "ZeRO-0"
+        if self.zero_stage == 0:
+            return "DeepSpeed ZeRO-0"
         off = "" if self.offload is Offload.NONE else f", offload {self.offload.value}"
         return f"ZeRO-{self.zero_stage}{off}"

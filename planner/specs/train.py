@@ -141,6 +141,8 @@ class TrainSpec:
             )
         if self.parallelism.uses_fsdp2:
             _check_fsdp2(self)
+        if self.parallelism.uses_deepspeed and self.zero_stage == 0:
+            _check_deepspeed_stage0(self)
         if self.optimizer is Optimizer.ADAFACTOR and self.parallelism.uses_deepspeed:
             raise PlannerError(
                 f"optimizer 'adafactor' with DeepSpeed ZeRO stage {self.zero_stage} is not modelled (DeepSpeed steps "
@@ -298,6 +300,8 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         **({} if train.parallelism.zero_config.is_default else {"zero_config": train.parallelism.zero_config.to_dict()}),
         # FSDP2 only (absent: DDP or DeepSpeed, as before FSDP2 existed)
         **({"engine": "fsdp2", "fsdp": train.parallelism.fsdp_config.to_dict()} if train.uses_fsdp2 else {}),
+        # DeepSpeed at stage 0 only: the dicts of every other layout stay as they were (cells are named by them)
+        **({"engine": "deepspeed"} if train.uses_deepspeed and train.zero_stage == 0 else {}),
         "micro_batch": train.micro_batch,
         "seq_len": train.seq_len,
         "grad_accum": train.grad_accum,
@@ -317,6 +321,22 @@ def train_spec_to_dict(train: TrainSpec) -> dict[str, Any]:
         # selective activation checkpointing only (absent: off, so every earlier plan and golden file reads the same)
         **({"selective_ac": train.selective_ac} if train.selective_ac else {}),
     }
+
+
+def _check_deepspeed_stage0(train: TrainSpec) -> None:
+    """DeepSpeed's own engine at ZeRO stage 0 (estimate/ds_stage0.py) as modelled and profiled: full fine-tuning
+    under bf16-mixed with a torch AdamW, the HF Trainer's client optimizer, which DeepSpeed 0.19 wraps in its
+    FP16_UnfusedOptimizer (engine.py ``_do_optimizer_sanity_check`` returns DDP_BFLOAT16 when the model and
+    gradient-accumulation dtypes are both bf16)."""
+    if train.precision is not Precision.BF16_MIXED:
+        raise PlannerError(f"DeepSpeed at ZeRO stage 0 is modelled with --precision bf16-mixed only, not "
+                           f"{train.precision.value}; use bf16-mixed, or --engine ddp.")
+    if train.method is not Method.FULL:
+        raise PlannerError(f"DeepSpeed at ZeRO stage 0 is modelled for full fine-tuning only, not "
+                           f"{train.method.value}; use --method full, or --engine ddp.")
+    if train.optimizer not in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED):
+        raise PlannerError(f"optimizer {train.optimizer.value!r} with DeepSpeed at ZeRO stage 0 is not modelled; "
+                           "use adamw or adamw-fused.")
 
 
 def _check_fsdp2(train: TrainSpec) -> None:
@@ -349,7 +369,8 @@ def _parallelism_from_dict(d: dict[str, Any]) -> Parallelism:
         raise PlannerError(f"unknown parallelism engine {engine!r}; use one of "
                            f"{', '.join(e.value for e in Engine)}.")
     return Parallelism.from_zero(int(d["zero_stage"]), Offload(d.get("offload", "none")),
-                                 ZeroConfig.from_dict(d.get("zero_config") or {}))
+                                 ZeroConfig.from_dict(d.get("zero_config") or {}),
+                                 deepspeed_stage0=engine == Engine.DEEPSPEED.value)
 
 
 def train_spec_from_dict(d: dict[str, Any]) -> TrainSpec:

@@ -50,7 +50,7 @@ DEFAULT_LOSS = Loss.STANDARD.value  # transformers' ForCausalLMLoss: every desig
 DEFAULTS_LEFT_OUT = {"optimizer": DEFAULT_OPTIMIZER, "lora_dtype": DEFAULT_PEFT_DTYPE, "qlora_prep": DEFAULT_PEFT_DTYPE,
                      "zero_config": "", "grad_accum": 1, "activation_offload": False, "optimizer_in_backward": False,
                      "fsdp": "", "task": "sft", "reference": "auto", "compile": False,
-                     "packing": False, "grpo": "", "selective_ac": "", "offload": ""}
+                     "packing": False, "grpo": "", "selective_ac": "", "offload": "", "engine": ""}
 # and a CSV row without one of these columns reads as the default
 LATE_FIELDS = (*DEFAULTS_LEFT_OUT, "loss", "loss_chunks")
 HEAD_DIM = 16
@@ -111,6 +111,7 @@ class Cell:
     grpo: str = ""
     selective_ac: str = ""  # --selective-ac: torchtitan's selective checkpointing policy ("op" or "N")
     offload: str = ""  # --offload under DeepSpeed ZeRO (an Offload value); "": nothing offloaded
+    engine: str = ""  # "deepspeed" at zero 0: DeepSpeed's own engine (--engine deepspeed --zero 0); "": the stage decides
 
     @property
     def id(self) -> str:
@@ -138,6 +139,7 @@ class Cell:
         opt += "-packed" if self.packing else ""
         opt += f"-sac{self.selective_ac}" if self.selective_ac else ""
         opt += f"-off{self.offload.replace('optimizer', 'opt').replace('+', '')}" if self.offload else ""
+        opt += "-ds" if self.engine else ""
         loss = "" if self.loss == DEFAULT_LOSS else f"-{self.loss}{self.loss_chunks}"
         loss += "" if self.task in ("sft", "grpo") else f"-{self.task}-ref{self.reference}"
         loss += _grpo_tag(self.grpo)
@@ -200,7 +202,8 @@ class Cell:
         if self.fsdp:
             return Parallelism.fsdp2(FsdpConfig.from_dict(json.loads(self.fsdp)))
         offload = Offload(self.offload) if self.offload else Offload.NONE
-        return Parallelism.from_zero(self.zero, offload, zero_config=self._zero_config())
+        return Parallelism.from_zero(self.zero, offload, zero_config=self._zero_config(),
+                                     deepspeed_stage0=self.engine == "deepspeed")
 
     def _zero_config(self) -> ZeroConfig | None:
         return ZeroConfig.from_dict(json.loads(self.zero_config)) if self.zero_config else None
