@@ -140,4 +140,7 @@ def _deepspeed_note(train: TrainSpec, ref: Reference) -> str:
         text += "the reference pass disables the policy's LoRA adapter inside the same engine: no second model."
     else:
         text += "the reference log-probabilities are precomputed: no reference model in the step."
+    if train.precision.compute_dtype != "fp32":
+        text += (f" The reference is counted in {train.precision.compute_dtype} (DeepSpeed's engine casts the module "
+                 "it wraps); DPO under DeepSpeed is measured on CPU in fp32 only.")
     return text

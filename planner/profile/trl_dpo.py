@@ -5,8 +5,9 @@ and the reference) and ``python -m planner.profile.trl_dpo_script`` trains it un
 planned steps. The planned batch is ``--micro-batch`` preference pairs of ``--seq-len`` tokens each: the prompt is
 the first third (at least one token), the completion the rest, both the chosen and the rejected one.
 
-What it runs, and what is refused in one sentence: one process (the reference copy under DDP or DeepSpeed is not
-profiled), fp32 or pure bf16 (the Trainer's ``bf16=True`` with bf16 weights; planner's bf16-mixed keeps fp32
+What it runs, and what is refused in one sentence: one process, or with ``--zero 1-3`` torchrun's ranks over gloo
+(``DPOConfig(deepspeed=...)`` with planner's own ZeRO config, profile/optim.py; fp32, no offload; the reference copy
+under DDP is not profiled), fp32 or pure bf16 (the Trainer's ``bf16=True`` with bf16 weights; planner's bf16-mixed keeps fp32
 master weights the HF Trainer does not), AdamW (foreach, or fused), no activation offloading.
 """
 
