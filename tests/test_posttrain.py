@@ -53,7 +53,8 @@ def _est(**kw):
 
 @pytest.mark.parametrize("kw, words", [
     (dict(task=TaskSpec(Task.DPO, Reference.ADAPTER)), "full fine-tuning has none"),
-    (dict(parallelism=Parallelism.from_zero(2)), "DeepSpeed is not modelled"),
+    (dict(parallelism=Parallelism.from_zero(2), task=TaskSpec(Task.DPO, Reference.PRECOMPUTED)),
+     "precomputed and DeepSpeed is not modelled"),
     (dict(activation_offload=True), "--activation-offload"),
 ])
 def test_refusals_are_one_sentence(kw, words):

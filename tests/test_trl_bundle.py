@@ -20,9 +20,10 @@ from planner.emit import render_bundle, write_bundle
 from planner.errors import PlannerError
 from planner.estimate.core import estimate
 from planner.specs import Cluster, Plan
+from planner.validate.dpo_deepspeed_cells import DPO_DEEPSPEED_CELLS
 from planner.validate.grpo_cells import GRPO_CELLS
 from planner.validate.recipe_cells import POSTTRAIN_CELLS
-from tests.test_profile_command import check_within_bounds
+from tests.test_profile_command import _free_port, check_within_bounds
 
 DPO_CELL, GRPO_CELL = POSTTRAIN_CELLS[0], GRPO_CELLS[0]
 
@@ -31,8 +32,8 @@ def _plan(cell, **changes) -> tuple[Plan, object]:
     from dataclasses import replace
 
     model, train = cell.model_spec(), replace(cell.train_spec(), **changes)
-    cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=1)
-    plan = Plan(model=model, train=train, cluster=cluster, global_batch_size=train.micro_batch)
+    cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=cell.num_ranks)
+    plan = Plan(model=model, train=train, cluster=cluster, global_batch_size=train.micro_batch * cell.num_ranks)
     return plan, estimate(model, train, cluster)
 
 
@@ -87,13 +88,16 @@ def _run_recorded(tmp_path: Path, cell, rows: list[dict]) -> None:
     write_bundle(plan, bundle, estimate=est)
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    command = [sys.executable, str(bundle / "train.py"), "--cpu", "--random-init", str(bundle / "model_config.json"),
+    ranks = plan.cluster.num_gpus
+    launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                                                    str(ranks), "--master_port", str(_free_port())]
+    command = [*launcher, str(bundle / "train.py"), "--cpu", "--random-init", str(bundle / "model_config.json"),
                "--tokenizer", _tokenizer(tmp_path / "tok", plan.model.vocab_size), "--dataset", str(data),
                "--max-steps", "50", "--no-save", "--output-dir", str(tmp_path / "run")]
-    status, message, _ = run_command_profile(plan.model, plan.train, command, num_gpus=1, steps=2, device="cpu",
+    status, message, _ = run_command_profile(plan.model, plan.train, command, num_gpus=ranks, steps=2, device="cpu",
                                              out=tmp_path / "prof")
     assert status == "ok", message
-    check_within_bounds(tmp_path / "prof", 1, tmp_path)
+    check_within_bounds(tmp_path / "prof", ranks, tmp_path)
 
 
 def _words(n: int, seed: int, vocab: int) -> str:
@@ -103,14 +107,24 @@ def _words(n: int, seed: int, vocab: int) -> str:
 
 
 @pytest.mark.slow
-def test_dpo_bundle_trains_within_its_estimate(tmp_path):
+@pytest.mark.parametrize("cell", [DPO_CELL, DPO_DEEPSPEED_CELLS[1]], ids=["one-process", "zero3-two-ranks"])
+def test_dpo_bundle_trains_within_its_estimate(tmp_path, cell):
+    """The DeepSpeed one: the bundle's ds_config.json and train.py under torchrun over gloo, TRL's prepare_deepspeed
+    partitioning the reference."""
     from planner.profile.trl_dpo import prompt_completion
 
-    vocab = DPO_CELL.model_spec().vocab_size
-    prompt, completion = prompt_completion(DPO_CELL.train_spec().seq_len)
+    vocab = cell.model_spec().vocab_size
+    prompt, completion = prompt_completion(cell.train_spec().seq_len)
     rows = [{"prompt": _words(prompt, i, vocab) + " ", "chosen": _words(completion - 1, i + 1, vocab),
              "rejected": _words(completion - 1, i + 2, vocab)} for i in range(64)]
-    _run_recorded(tmp_path, DPO_CELL, rows)
+    _run_recorded(tmp_path, cell, rows)
+
+
+def test_dpo_deepspeed_bundle_writes_its_ds_config():
+    files = _render(DPO_DEEPSPEED_CELLS[1])
+    config = json.loads(files["ds_config.json"])
+    assert config["zero_optimization"]["stage"] == 3
+    assert _plan_literal(files["train.py"])["deepspeed"] == "ds_config.json"
 
 
 @pytest.mark.slow

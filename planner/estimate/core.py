@@ -19,6 +19,7 @@ from planner.estimate.count.zero_partition import (
     trainable_blocks,
     trainable_numels,
     zero3_persistence_threshold,
+    zero3_persistent_numels,
     zero3_released_after_forward,
 )
 from planner.estimate.host_ram import host_ram_per_rank, with_activation_offload
@@ -130,7 +131,10 @@ def estimate(
     # PyTorch's caching allocator, so not in the allocated and reserved figures; it is in the device figure
     # (NVML) while resident, which is what fits checks (Estimate.paged_optimizer_bytes)
     # --task dpo with a separate reference model: its frozen weights on every rank (posttrain.py)
-    ref_bytes = posttrain.reference_params_bytes(split, train)
+    ref_bytes = posttrain.reference_params_bytes(
+        split, train, cluster.num_gpus,
+        zero3_persistent_numels(counts, train, model.num_layers, zero3_persistence_threshold(train, model.hidden_size))[0]
+        if train.zero_stage == 3 else 0)
     policy_params_bytes = sharded.params_bytes
     if ref_bytes:
         sharded = replace(sharded, params_bytes=sharded.params_bytes + ref_bytes)

@@ -140,7 +140,15 @@ def unsharded_states(counts: ParamCounts, split: ParamSplit, train: TrainSpec, *
     # paper: 4 bytes of the K = 12); fp32 adapters need none.
     if train.zero_stage in (1, 2):
         # DeepSpeed ZeRO-1/2 clone an fp32 partition of every trainable parameter, even when the weights are
-        # already fp32 (stage_1_and_2.py: single_partition_of_fp32_groups); stage 3 reuses an fp32 partition.
+        # already fp32 (stage_1_and_2.py: single_partition_of_fp32_groups).
+        master = nbytes(trainable, "fp32")
+    elif train.zero_stage == 3 and precision is Precision.FP32:
+        # ZeRO-3 with fp32 weights clones them too: stage3.py _create_fp32_partitions reuses the flat partition
+        # only when ``fp16_partitioned_groups_flat[i].device == self.device``, a torch.device compared with the
+        # accelerator's device name, a str (current_device_name()), which is never equal, so it takes the
+        # ``converted.clone()`` branch. Measured (`planner profile --zero 3`, fp32, 2 ranks): three fp32 shards
+        # of optimizer states (the partition's clone, exp_avg, exp_avg_sq), for the SFT LoRA Mixtral cell and
+        # TRL's DPOTrainer alike.
         master = nbytes(trainable, "fp32")
     else:
         master = nbytes(num_16bit_trainable - stepped_16bit, "fp32") if precision.has_master_weights else 0

@@ -5,8 +5,9 @@ and the reference) and ``python -m planner.profile.trl_dpo_script`` trains it un
 planned steps. The planned batch is ``--micro-batch`` preference pairs of ``--seq-len`` tokens each: the prompt is
 the first third (at least one token), the completion the rest, both the chosen and the rejected one.
 
-What it runs, and what is refused in one sentence: one process (the reference copy under DDP or DeepSpeed is not
-profiled), fp32 or pure bf16 (the Trainer's ``bf16=True`` with bf16 weights; planner's bf16-mixed keeps fp32
+What it runs, and what is refused in one sentence: one process, or with ``--zero 1-3`` torchrun's ranks over gloo
+(``DPOConfig(deepspeed=...)`` with planner's own ZeRO config, profile/optim.py; fp32, no offload; the reference copy
+under DDP is not profiled), fp32 or pure bf16 (the Trainer's ``bf16=True`` with bf16 weights; planner's bf16-mixed keeps fp32
 master weights the HF Trainer does not), AdamW (foreach, or fused), no activation offloading.
 """
 
@@ -19,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from planner.errors import PlannerError
-from planner.specs import Method, ModelSpec, Optimizer, Precision, TrainSpec
+from planner.specs import Method, ModelSpec, Offload, Optimizer, Precision, Task, TrainSpec
 
 
 def prompt_completion(seq_len: int) -> tuple[int, int]:
@@ -33,8 +34,11 @@ def prompt_completion(seq_len: int) -> tuple[int, int]:
 
 def check_profilable(train: TrainSpec, num_gpus: int) -> None:
     k = train.task.kind.value
-    if num_gpus != 1:
-        raise PlannerError(f"planner profile --task {k} runs one process; use --gpus 1.")
+    if train.uses_deepspeed:
+        _check_deepspeed(train, num_gpus)
+    elif num_gpus != 1:
+        raise PlannerError(f"planner profile --task {k} runs one process without DeepSpeed; use --gpus 1 or --zero "
+                           "2/3.")
     if train.precision not in (Precision.FP32, Precision.BF16):
         raise PlannerError(f"planner profile --task {k} runs fp32 or pure bf16 (the HF Trainer keeps no fp32 master "
                            f"weights of a 16-bit model), not {train.precision.value}; use --precision fp32 or bf16.")
@@ -45,6 +49,22 @@ def check_profilable(train: TrainSpec, num_gpus: int) -> None:
         raise PlannerError(f"planner profile --task {k} does not run QLoRA yet; use full or lora.")
     if train.grad_accum != 1:
         raise PlannerError(f"planner profile --task {k} records one micro-batch per step; use --grad-accum 1.")
+
+
+def _check_deepspeed(train: TrainSpec, num_gpus: int) -> None:
+    """What the DeepSpeed DPO profile runs: torchrun's ranks over gloo, fp32 (the HF Trainer's bf16 under DeepSpeed
+    keeps fp32 masters: planner's bf16-mixed, which the single-process profile does not run), no offload."""
+    if train.task.kind is not Task.DPO:
+        raise PlannerError(f"planner profile --task {train.task.kind.value} with DeepSpeed is not supported yet; "
+                           "use --zero 0.")
+    if train.precision is not Precision.FP32:
+        raise PlannerError("planner profile --task dpo with DeepSpeed runs fp32 (DeepSpeed keeps fp32 master "
+                           "weights of a 16-bit model, which the HF Trainer's pure bf16 does not); use --precision "
+                           "fp32.")
+    if train.offload is not Offload.NONE:
+        raise PlannerError("planner profile --task dpo with DeepSpeed does not offload; drop --offload.")
+    if num_gpus < 2:
+        raise PlannerError("planner profile --task dpo with DeepSpeed runs at least two ranks; use --gpus 2.")
 
 
 def run_config(model: ModelSpec, train: TrainSpec) -> dict:
@@ -74,6 +94,14 @@ def run_config(model: ModelSpec, train: TrainSpec) -> dict:
     }
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_dpo_profile(model: ModelSpec, train: TrainSpec, *, num_gpus: int, steps: int, device: str, out: Path,
                     force: bool = False) -> tuple[str, str, Path]:
     from planner.profile.command import run_command_profile
@@ -88,6 +116,14 @@ def run_dpo_profile(model: ModelSpec, train: TrainSpec, *, num_gpus: int, steps:
         run["dpo_config"]["output_dir"] = str(work / "out")
         (work / "run.json").write_text(json.dumps(run))
         command = [sys.executable, "-m", "planner.profile.trl_dpo_script", "--workdir", str(work)]
+        if train.uses_deepspeed:
+            from planner.profile.optim import deepspeed_config
+
+            # the ZeRO config planner's own DeepSpeed profile runs (optim.py), handed to DPOConfig(deepspeed=...)
+            run["deepspeed"] = deepspeed_config(train, num_gpus, int(model.config["hidden_size"]))
+            (work / "run.json").write_text(json.dumps(run))
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_gpus),
+                       "--master_port", str(_free_port()), *command[1:]]
         return run_command_profile(model, train, command, num_gpus=num_gpus, steps=steps, device=device, out=out,
                                    force=force)
     finally:

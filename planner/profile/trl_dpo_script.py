@@ -26,7 +26,20 @@ def main() -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    config = DPOConfig(**run["dpo_config"])
+    kwargs = dict(run["dpo_config"])
+    if run.get("deepspeed"):
+        # Without a GPU accelerate sets up no process group for DeepSpeed (and its CPU mode turns DeepSpeed off):
+        # start it with gloo, DeepSpeed's CPU backend, and have the Trainer use that state (as the bundle's train.py)
+        import os
+
+        from accelerate import PartialState
+
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+        kwargs.update(deepspeed=run["deepspeed"], ddp_backend="gloo",
+                      accelerator_config={"use_configured_state": True})
+    config = DPOConfig(**kwargs)
+    config.device  # noqa: B018 - sets up the process group and this rank's device before the models
     model_config = AutoConfig.for_model(**run["model_config"])
     tokenizer = build_tokenizer(model_config.vocab_size)
     text = text_maker(model_config.vocab_size)

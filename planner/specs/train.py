@@ -158,8 +158,7 @@ class TrainSpec:
             raise PlannerError("--reference adapter disables the policy's LoRA adapter for the reference pass; "
                                "full fine-tuning has none: use --reference copy or precomputed.")
         if self.parallelism.uses_deepspeed:
-            raise PlannerError(f"--task {k} with DeepSpeed is not modelled yet (TRL's prepare_deepspeed wraps the "
-                               "reference in an inference engine of its own); use --zero 0.")
+            _check_dpo_deepspeed(self)
         if self.parallelism.uses_fsdp2:
             raise PlannerError(f"--task {k} with FSDP2 is not modelled yet (the reference forward and TRL's fused LM "
                                "head between fully_shard's gathers); use --zero 0.")
@@ -337,6 +336,27 @@ def _check_deepspeed_stage0(train: TrainSpec) -> None:
     if train.optimizer not in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED):
         raise PlannerError(f"optimizer {train.optimizer.value!r} with DeepSpeed at ZeRO stage 0 is not modelled; "
                            "use adamw or adamw-fused.")
+
+
+def _check_dpo_deepspeed(train: TrainSpec) -> None:
+    """What --task dpo is modelled with under DeepSpeed ZeRO (estimate/posttrain.py: the policy as supervised
+    training, the reference as TRL's prepare_deepspeed makes it); the rest is refused in one sentence."""
+    k = train.task.kind.value
+    if train.task.kind is not Task.DPO:
+        why = ("PPO follows TRL 1.12's PPOTrainer, which is not installed" if train.task.kind is Task.PPO
+               else "GRPO's generation and its reference under TRL's prepare_deepspeed are not written down")
+        raise PlannerError(f"--task {k} with DeepSpeed is not modelled yet ({why}); use --zero 0.")
+    if train.zero_stage == 0:
+        raise PlannerError("--task dpo with DeepSpeed's engine at ZeRO stage 0 is not modelled yet (no cell measures "
+                           "TRL's DPOTrainer under it); use --zero 1, 2 or 3, or drop --engine deepspeed.")
+    if train.method is Method.QLORA:
+        raise PlannerError("--task dpo with QLoRA and DeepSpeed is not modelled yet; use --method lora or --zero 0.")
+    if train.offload is not Offload.NONE:
+        raise PlannerError("--task dpo with DeepSpeed offload is not modelled yet (TRL's prepare_deepspeed drops "
+                           "offload_optimizer from the reference's config but keeps offload_param); drop --offload.")
+    if train.task.reference_for(train.method is not Method.FULL) is Reference.PRECOMPUTED:
+        raise PlannerError("--task dpo with --reference precomputed and DeepSpeed is not modelled yet (TRL wraps the "
+                           "policy in a second engine to precompute); use --reference copy or --zero 0.")
 
 
 def _check_fsdp2(train: TrainSpec) -> None:

@@ -10,6 +10,7 @@ from planner.specs import ZeroConfig
 from planner.validate.autocast_lora_cells import AUTOCAST_LORA_CELLS
 from planner.validate.base_autocast_cells import BASE_AUTOCAST_CELLS
 from planner.validate.cell import HEAD_DIM, Cell
+from planner.validate.dpo_deepspeed_cells import DPO_DEEPSPEED_CELLS
 from planner.validate.ds_contiguous_cells import DS_CONTIGUOUS_CELLS
 from planner.validate.ds_offload_cells import DS_OFFLOAD_CELLS
 from planner.validate.ds_stage0_cells import DS_STAGE0_CELLS
@@ -306,7 +307,8 @@ FULL_ONLY_CELLS = (DTYPE_CELLS + RECIPE_OPTIMIZER_CELLS + OFFLOAD_CELLS + LOSS_C
                    + POSTTRAIN_CELLS + DS_RANKS_COMM_CELLS + TRL_LOSS_CELLS + DDP_CELLS + PACKING_CELLS
                    + AUTOCAST_LORA_CELLS + QLORA_ZERO3_CELLS + QLORA_FSDP2_CELLS + GRPO_CELLS + SELECTIVE_CELLS
                    + DS_OFFLOAD_CELLS + HSDP_CELLS + FOUR_RANK_FSDP2_CELLS
-                   + BASE_AUTOCAST_CELLS + DS_TUTORIAL_CELLS + DS_CONTIGUOUS_CELLS + DS_STAGE0_CELLS)
+                   + BASE_AUTOCAST_CELLS + DS_TUTORIAL_CELLS + DS_CONTIGUOUS_CELLS + DS_STAGE0_CELLS
+                   + DPO_DEEPSPEED_CELLS)
 
 
 # Cells for the GPU reference run (``planner profile --device cuda`` with each cell's inputs, committed under

@@ -27,6 +27,7 @@ GRPO {"prompt"}. GRPO's reward is the function reward() below: replace it with y
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os

@@ -100,7 +100,14 @@ def build_model(args: argparse.Namespace, training_args):
         # TRL loads the reference copy from the policy's path, bitsandbytes quantizes while loading: rank 0 saves
         # the random weights (several nodes need a shared --output-dir for this)
         source = str(Path(args.output_dir) / "random-init-weights")
-        with training_args.main_process_first(local=False, desc="saving random weights"):
+        whole = contextlib.nullcontext()
+        if hasattr(next(model.parameters()), "ds_id"):
+            # ZeRO-3: from_config built it partitioned under zero.Init; every rank gathers it so that rank 0 saves
+            # whole tensors (the reference TRL loads from them would not match the config otherwise)
+            import deepspeed
+
+            whole = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+        with whole, training_args.main_process_first(local=False, desc="saving random weights"):
             model.save_pretrained(source)
         if args.method != "qlora":
             model.config._name_or_path = source  # get_config_model_id: where TRL loads the reference from
