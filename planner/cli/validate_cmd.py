@@ -15,7 +15,7 @@ SUITES = ("cpu", "gpu-reference")
 
 SuiteOpt = Annotated[str, typer.Option("--suite", help="cpu (profile and estimate a matrix of tiny models) or "
                                        "gpu-reference (committed GPU profiles under profiles/gpu/, offline).")]  # fmt: skip
-FullOpt = Annotated[bool, typer.Option("--full", help="The full matrix (174 cells) instead of the CI subset (30).")]
+FullOpt = Annotated[bool, typer.Option("--full", help="The full matrix (177 cells) instead of the CI subset (30).")]
 ResumeOpt = Annotated[
     bool, typer.Option("--resume/--no-resume", help="Reuse cells already profiled (cache dir or the CSV).")
 ]
