@@ -8,7 +8,11 @@ layers; ``fsdp2_prepare_auto_wrap_policy``), the layout planner estimates. Where
 reduces in bf16 (``FullyShardedDataParallelPlugin.set_mixed_precision``: param_dtype = reduce_dtype), where
 planner's bf16-mixed FSDP2 reduces in fp32 unless ``--reduce-dtype none``; the HF Trainer's loop, its loss and
 its checkpointing run instead of train.py's; and this path is not checked by a profile. PLAN.md and the header
-below say so.
+below say so. It cannot be checked on CPU: accelerate 1.16 turns FSDP on only for accelerator process types
+(state.py ``AcceleratorState.__init__`` sets ``DistributedType.FSDP`` inside the MULTI_GPU/NPU/XPU/... branch, never
+for MULTI_CPU), so this file with train.py ``--cpu`` runs DDP (tried on 2026-12-03: two CPU processes, every
+parameter whole on each rank); train.py's own FSDP2 loop under torchrun is the launch a CPU test runs
+(tests/test_fsdp2_bundle.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ FSDP2_HEADER = (
     "# accelerate_config.yaml train.py --engine trainer ...) the HF Trainer runs accelerate's FSDP2 instead:\n"
     "# TRANSFORMER_BASED_WRAP wraps the model's _no_split_modules (its decoder layers) and then the root, but\n"
     "# under bf16 accelerate gathers and reduces gradients in bf16 (planner's --reduce-dtype none), and its\n"
-    "# memory was not checked against the estimate by a profile.\n"
+    "# memory was not checked against the estimate by a profile. accelerate 1.16 runs FSDP only on GPUs and\n"
+    "# other accelerators: with --cpu this file gives DDP, not FSDP2.\n"
 )
 
 
