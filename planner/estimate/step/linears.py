@@ -72,18 +72,25 @@ def linear(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     if lin.lora_a is None or ctx.lora_disabled:
         return result
     result_dtype = result.dtype
-    # peft rebinds ``x = self._cast_input_dtype(x, lora_A.weight.dtype)``: the cast lives until forward returns
-    xa = ops.to(t, x, lin.lora_a.dtype)
-    d = ops.dropout(t, xa, ctx.lora_dropout, ctx.device)
-    delta = ops.linear(t, d, lin.lora_a)
-    del d
-    delta = ops.linear(t, delta, lin.lora_b)
-    delta = ops.mul_scalar(t, delta)
+    delta, xa = _lora_branch(t, ctx, x, lin)
     result = ops.add(t, result, delta)
     del delta
     out = ops.to(t, result, result_dtype)
     del result, xa
     return out
+
+
+def _lora_branch(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> tuple[Fake, Fake]:
+    """peft's LoRA branch, shared by ``lora.Linear`` and ``lora.bnb.Linear4bit`` (tuners/lora/layer.py, bnb.py):
+    ``x = self._cast_input_dtype(x, lora_A.weight.dtype)`` (rebound: the cast ``xa`` lives until forward returns,
+    so it is returned for the caller to drop), then ``lora_B(lora_A(dropout(x))) * scaling``. The two callers
+    differ only in where the cast back to the result dtype comes: after the add (Linear) or before it (4-bit)."""
+    xa = ops.to(t, x, lin.lora_a.dtype)
+    d = ops.dropout(t, xa, ctx.lora_dropout, ctx.device)
+    delta = ops.linear(t, d, lin.lora_a)
+    del d
+    delta = ops.linear(t, delta, lin.lora_b)
+    return ops.mul_scalar(t, delta), xa
 
 
 def lora_embedding(t: Tape, ctx: Ctx, ids: Fake, result: Fake, a: Param, b: Param, *, scaled: bool = False) -> Fake:
@@ -143,12 +150,7 @@ def _lora_4bit(t: Tape, ctx: Ctx, x: Fake, lin: Linear) -> Fake:
     result = _linear_4bit(t, x, lin, ctx.quant_compute_dtype)
     result = t.op("clone", [result], [(result.shape, result.dtype)], [], ops._passthrough_rule)[0]
     expected = result.dtype
-    xa = ops.to(t, x, lin.lora_a.dtype)  # rebound to x in peft: lives until forward returns
-    d = ops.dropout(t, xa, ctx.lora_dropout, ctx.device)
-    out = ops.linear(t, d, lin.lora_a)
-    del d
-    out = ops.linear(t, out, lin.lora_b)
-    out = ops.mul_scalar(t, out)
+    out, xa = _lora_branch(t, ctx, x, lin)
     out = ops.to(t, out, expected)
     result = ops.add(t, result, out)
     del out, xa
