@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from planner.cli.task_flags import for_task
 from planner.errors import PlannerError
 from planner.specs import Generation, GrpoSpec, Task
 from planner.specs.grpo import (  # noqa: F401 (TrainingFlags' defaults)
@@ -40,10 +41,7 @@ _GRPO_FLAGS = ("num_generations", "completion_len", "beta", "generation", "vllm_
 
 def grpo_spec(f) -> GrpoSpec | None:
     """--task grpo's settings (specs/grpo.py); a GRPO flag typed with another task is refused in one sentence."""
-    if f.task.lower() != Task.GRPO.value:
-        typed = sorted(n for n in _GRPO_FLAGS if n in f.typed)
-        if typed:
-            raise PlannerError(f"--{typed[0].replace('_', '-')} applies to --task grpo, not --task {f.task}.")
+    if not for_task(f, Task.GRPO, _GRPO_FLAGS):
         return None
     return GrpoSpec(num_generations=f.num_generations, completion_len=f.completion_len, beta=float(f.beta),
                     generation=_generation(f.generation),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from planner.errors import PlannerError
+from planner.cli.task_flags import for_task
 from planner.specs import PpoSpec, Task
 from planner.specs.ppo import (  # noqa: F401 (TrainingFlags' defaults)
     DEFAULT_NUM_MINI_BATCHES,
@@ -33,10 +33,7 @@ _PPO_FLAGS = ("response_len", "num_ppo_epochs", "num_mini_batches", "rollout_bat
 
 def ppo_spec(f) -> PpoSpec | None:
     """--task ppo's settings (specs/ppo.py); a PPO flag typed with another task is refused in one sentence."""
-    if f.task.lower() != Task.PPO.value:
-        typed = sorted(n for n in _PPO_FLAGS if n in f.typed)
-        if typed:
-            raise PlannerError(f"--{typed[0].replace('_', '-')} applies to --task ppo, not --task {f.task}.")
+    if not for_task(f, Task.PPO, _PPO_FLAGS):
         return None
     return PpoSpec(response_len=f.response_len, num_ppo_epochs=f.num_ppo_epochs,
                    num_mini_batches=f.num_mini_batches, rollout_batch=f.rollout_batch)
