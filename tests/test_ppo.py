@@ -191,3 +191,12 @@ def test_from_a_ppo_config(tmp_path):
     read = read_training_config(path)
     assert read.train.task == TaskSpec(Task.PPO, ppo=PpoSpec(response_len=128, num_mini_batches=2, rollout_batch=16))
     assert any("PPOConfig" in n for n in read.notes)
+
+
+def test_a_ppo_flag_with_another_task_is_refused_and_its_default_is_not(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TINY_LLAMA))
+    bad = run_inprocess(["estimate", "-m", str(cfg), "--task", "grpo", "--response-len", "16"])
+    assert bad.code == 1 and "--response-len applies to --task ppo, not --task grpo" in bad.stderr
+    ok = run_inprocess(["estimate", "-m", str(cfg), "--zero", "0", "--method", "lora", "--json"])
+    assert ok.code == 0, ok.stderr
