@@ -115,31 +115,49 @@ def test_the_cli_estimates_it_and_says_what_it_refuses(tmp_path):
     assert isinstance(refused.exception, PlannerError) and "full fine-tuning only" in str(refused.exception)
 
 
+_UNFUSED_CHECK = """
+import deepspeed
+import deepspeed.comm.torch as ds_torch_comm
+import torch
+from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+from planner.profile.optim import deepspeed_config as profile_config
+from tests.test_ds_stage0 import _train
+
+ds_torch_comm.build_shm_op = lambda: None
+deepspeed.init_distributed(dist_backend="gloo")
+model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.Linear(48, 16))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+cfg = profile_config(_train(), 1, 32)
+assert cfg["zero_optimization"] == {"stage": 0}, cfg
+engine, wrapped, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+assert isinstance(wrapped, FP16_UnfusedOptimizer), type(wrapped)
+masters = [p for g in wrapped.fp32_groups for p in g]
+assert [m.dtype for m in masters] == [torch.float32] * 4 and [m.numel() for m in masters] == [1536, 48, 768, 16]
+assert all(p.dtype == torch.bfloat16 for p in engine.module.parameters())
+"""
+
+
 @pytest.mark.slow
 def test_deepspeed_builds_the_unfused_optimizer_for_the_profiled_config():
     """The installed DeepSpeed, on the CPU accelerator, with the profiler's config (profile/optim.py): the wrapper
-    the estimate follows, per-tensor fp32 masters and bf16 weights."""
+    the estimate follows, per-tensor fp32 masters and bf16 weights. In its own process: a process group (and the
+    rank variables it reads) must not outlive the test in pytest's process, where later tests launch their own."""
     import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    import deepspeed
-    import deepspeed.comm.torch as ds_torch_comm
-    import torch
-    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
-
-    from planner.profile.optim import deepspeed_config as profile_config
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29631", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    ds_torch_comm.build_shm_op = lambda: None
-    deepspeed.init_distributed(dist_backend="gloo")
-    model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.Linear(48, 16))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-    cfg = profile_config(_train(), 1, 32)
-    assert cfg["zero_optimization"] == {"stage": 0}
-    engine, wrapped, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
-    assert isinstance(wrapped, FP16_UnfusedOptimizer)
-    masters = [p for g in wrapped.fp32_groups for p in g]
-    assert [m.dtype for m in masters] == [torch.float32] * 4 and [m.numel() for m in masters] == [1536, 48, 768, 16]
-    assert all(p.dtype == torch.bfloat16 for p in engine.module.parameters())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                            LOCAL_RANK="0", PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-c", _UNFUSED_CHECK], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_every_rank_steps_every_parameter():
