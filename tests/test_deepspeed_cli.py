@@ -159,3 +159,12 @@ def test_cli_estimate_reads_the_file_and_says_what_it_did_not_model(tmp_path):
     assert any("round_robin_gradients" in n for n in payload["deepspeed_config"]["notes"])
     missing = run_inprocess(["estimate", "-m", "llama-3.2-1b", "--deepspeed-config", str(tmp_path / "nope.json")])
     assert missing.code == 1 and "cannot read --deepspeed-config" in missing.stderr
+
+
+def test_contiguous_gradients_false_with_offload_at_stage_2_is_noted(tmp_path):
+    """deepspeed 0.19.8 stage_1_and_2.py: ``contiguous_gradients or self.cpu_offload``; the key is not dropped
+    silently (issue 17 item 1)."""
+    choice = dso.read_choice(_write(tmp_path, {"zero_optimization": {
+        "stage": 2, "contiguous_gradients": False, "offload_optimizer": {"device": "cpu"}}}))
+    assert choice.zero_config.contiguous_gradients
+    assert any("contiguous_gradients false has no effect" in n for n in choice.notes)

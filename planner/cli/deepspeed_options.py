@@ -8,7 +8,8 @@ for what is absent, "auto" as transformers resolves it, every key accounted for)
   "auto" takes ``--precision``),
 - DeepSpeed's buckets and thresholds (specs.ZeroConfig): ``reduce_bucket_size``, ``stage3_prefetch_bucket_size``,
   ``stage3_param_persistence_threshold``, ``stage3_max_reuse_distance``, ``sub_group_size``, ``overlap_comm``,
-  ``contiguous_gradients`` (false modelled at stage 3); "auto" stays "auto" (the Trainer's rule from the hidden size),
+  ``contiguous_gradients`` (false modelled at stage 3; at stages 1-2 with offload DeepSpeed turns it back on, noted);
+  "auto" stays "auto" (the Trainer's rule from the hidden size),
 - its optimizer section: DeepSpeed builds its own Adam/AdamW (FusedAdam on the GPU, DeepSpeedCPUAdam with
   offload; deepspeed/runtime/engine.py ``_configure_basic_optimizer``), modelled as torch's fused AdamW, which
   likewise makes no copy of the second moment (``--optimizer`` typed wins).
@@ -115,6 +116,11 @@ def read_choice(path: Path) -> DeepSpeedChoice:
         values["contiguous_gradients"] = False
     zero_config = ZeroConfig(**values) if ds.zero_stage > 0 else ZeroConfig()
     notes = [f"--deepspeed-config: {note}" for note in ds.notes] + pin_notes
+    if not ds.contiguous_gradients and ds.zero_stage in (1, 2):
+        # only reached with offload_optimizer (refused above without it): deepspeed 0.19.8 stage_1_and_2.py
+        # ``DeepSpeedZeroOptimizer.__init__``: ``self.contiguous_gradients = contiguous_gradients or self.cpu_offload``
+        notes.append("--deepspeed-config: contiguous_gradients false has no effect here: DeepSpeed turns it back on "
+                     "at ZeRO stage 1 or 2 when the optimizer is offloaded, and planner models it on.")
     for key, why in _NOT_MODELLED.items():
         if getattr(ds, key) != _NOT_MODELLED_DEFAULTS[key] and (key in zero_raw or _short_key(key) in zero_raw):
             notes.append(f"--deepspeed-config: {key} = {getattr(ds, key)} is not modelled ({why}).")
