@@ -317,8 +317,8 @@ def zero12_cpu_offload_note(stage: int, host_bytes: int) -> str:
             f"device side; the host side ({fmt_gib(host_bytes)}, {host_bytes:,} bytes per rank: the fp32 master partition and its "
             "persistent fp32 .grad, the 16-bit copy-back buffer param_buffer_of_bit16_for_cpu_offload_groups, "
             "temp_grad_buffer_for_cpu_offload, the optimizer's moments; stage_1_and_2.py) and the optimizer step's "
-            "scratch on it are not added, so a CPU run peaks far above this figure (a 2-rank ZeRO-2 CPU profile: 74-75% "
-            "of its measured peak missing, and still 9-13% with the host side added); the GPU split follows "
+            "scratch on it are not added, so a CPU run peaks far above this figure (2-rank ZeRO-1 and ZeRO-2 CPU profiles: "
+            "74-75% of the measured peak missing, and still 9-16% with the host side added); the GPU split follows "
             "DeepSpeed's source but is not validated.")
 
 
