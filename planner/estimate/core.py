@@ -300,6 +300,14 @@ def estimate(
         result = replace(result, notes=result.notes + _host_notes(result, host))
     if device == "cpu" and train.uses_deepspeed and train.zero_stage in (1, 2) and train.offload is not Offload.NONE:
         result = replace(result, notes=result.notes + (zero12_cpu_offload_note(train.zero_stage, host.total_bytes),))
+    if train.uses_deepspeed and train.zero_stage in (1, 2) and train.offload is not Offload.NONE and largest_tensor:
+        # stage_1_and_2.py __init__ (cpu_offload): temp_grad_buffer_for_gpu_offload, torch.zeros(largest_param_numel,
+        # device=current_device_name(), dtype=self.dtype), kept for the run; not in the device figure yet
+        buffer_bytes = largest_tensor * dtype_bytes(train.precision.compute_dtype)
+        result = replace(result, notes=result.notes + (
+            "not modelled: DeepSpeed ZeRO-1/2 offload keeps temp_grad_buffer_for_gpu_offload on the device "
+            f"(stage_1_and_2.py: the largest trainable parameter in the training dtype, {fmt_gib(buffer_bytes)}, "
+            f"{buffer_bytes:,} bytes), which this figure does not count.",))
     return result
 
 
