@@ -43,3 +43,33 @@ def test_parameter_offload_keeps_the_gathered_parameters_on_the_device():
     cuda_opt, _ = _estimates("cuda")
     moved = cuda_opt.per_gpu.params_bytes - cuda_opt_params.per_gpu.params_bytes
     assert moved > 0 and cuda_opt.per_gpu.temporaries_bytes == cuda_opt_params.per_gpu.temporaries_bytes
+
+
+def test_zero12_offload_on_cpu_says_the_host_side_is_not_modelled():
+    """ZeRO-1/2 offload is not pooled (offload_pool.applies is ZeRO-3 only): the CPU estimate must say that its
+    host side is left out, with host_ram.py's bytes, never silently; ZeRO-3 (pooled) and GPU estimates do not."""
+    from dataclasses import replace
+
+    cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=2)
+    for zero in (1, 2):
+        cell = replace(DS_OFFLOAD_CELLS[0], zero=zero)
+        cpu = estimate(cell.model_spec(), cell.train_spec(), cluster, device="cpu", rank=0)
+        notes = [n for n in cpu.notes if "on the CPU accelerator" in n]
+        assert len(notes) == 1 and f"ZeRO-{zero} " in notes[0]
+        assert f"{cpu.cpu_bytes_per_node // 2:,} bytes per rank" in notes[0]
+        cuda = estimate(cell.model_spec(), cell.train_spec(), cluster, device="cuda", rank=0)
+        assert not any("on the CPU accelerator" in n for n in cuda.notes)
+    pooled = estimate(DS_OFFLOAD_CELLS[0].model_spec(), DS_OFFLOAD_CELLS[0].train_spec(), cluster, device="cpu", rank=0)
+    assert not any("on the CPU accelerator" in n for n in pooled.notes)
+
+
+def test_zero12_offload_names_the_device_buffer_it_does_not_count():
+    """stage_1_and_2.py keeps temp_grad_buffer_for_gpu_offload (the largest trainable parameter, 16-bit) on the
+    device under ZeRO-1/2 offload; until it is counted, every such estimate names it with its bytes."""
+    from dataclasses import replace
+
+    cluster = Cluster(gpu=catalog.gpu(catalog.DEFAULT_GPU), num_gpus=2)
+    cell = replace(DS_OFFLOAD_CELLS[0], zero=2)
+    est = estimate(cell.model_spec(), cell.train_spec(), cluster, device="cuda", rank=0)
+    notes = [n for n in est.notes if "temp_grad_buffer_for_gpu_offload" in n]
+    assert len(notes) == 1 and f"{2 * cell.vocab * cell.hidden:,} bytes" in notes[0]  # the embedding, bf16
