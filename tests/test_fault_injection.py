@@ -224,7 +224,7 @@ def test_sigint_at_a_random_time(delay, model_dir, good_profile, tmp_path):
     out = tmp_path / "p"
     started = time.monotonic()
     with _SigintTimer(delay) as timer:
-        res = run_inprocess(["profile", "-m", str(model_dir / "tiny-llama"), *TINY, "--steps", "1000", "--out", str(out)])
+        res = run_inprocess(["profile", "-m", str(model_dir / "tiny-llama"), *TINY, "--steps", "100000", "--out", str(out)])
     ended = time.monotonic()
     assert timer.sent_at is not None, "the run ended before SIGINT was sent"
     problems = _after(out, {"interrupted"}, may_be_missing=True, wall_s=ended - timer.sent_at,
